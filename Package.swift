@@ -1,0 +1,42 @@
+// swift-tools-version: 6.1
+// cocomem: an executable model of memory management on confidential-computing hardware.
+import PackageDescription
+
+let package = Package(
+    name: "cocomem",
+    platforms: [.macOS(.v14)],
+    products: [
+        .library(name: "PageTables", targets: ["PageTables"]),
+        .library(name: "Hardware", targets: ["Hardware"]),
+        .library(name: "HostKernel", targets: ["HostKernel"]),
+        .library(name: "Reports", targets: ["Reports"]),
+        .executable(name: "cocomem", targets: ["cocomem"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // Layer 0: addresses, descriptors, the radix page table and its walker.
+        .target(name: "PageTables"),
+        // Layer 1: physical memory (e820), later the ownership tables and MMU check path.
+        .target(name: "Hardware", dependencies: ["PageTables"]),
+        // Layer 2: the host kernel: direct map, change_page_attr, vmalloc aliases.
+        .target(name: "HostKernel", dependencies: ["Hardware", "PageTables"]),
+        // Renderers in the kernel's own formats (/proc/meminfo, ptdump).
+        .target(name: "Reports", dependencies: ["HostKernel", "Hardware", "PageTables"]),
+        // The command line, as a library so tests can drive it.
+        .target(
+            name: "CocomemCLI",
+            dependencies: [
+                "Reports", "HostKernel", "Hardware", "PageTables",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
+        .executableTarget(name: "cocomem", dependencies: ["CocomemCLI"]),
+
+        .testTarget(name: "PageTablesTests", dependencies: ["PageTables"]),
+        .testTarget(name: "HardwareTests", dependencies: ["Hardware"]),
+        .testTarget(name: "HostKernelTests", dependencies: ["HostKernel"]),
+        .testTarget(name: "ReportsTests", dependencies: ["Reports"]),
+        .testTarget(name: "CocomemCLITests", dependencies: ["CocomemCLI"]),
+    ]
+)

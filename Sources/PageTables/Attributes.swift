@@ -1,0 +1,71 @@
+/// Descriptor attributes, independent of architecture: what a leaf permits and how it maps.
+///
+/// A RawRepresentable set with named members, in the shape of swift-system's
+/// FilePermissions. Each architecture's encoder maps these onto its own bits (x86:
+/// Intel SDM Vol 3 §4.5 table 4-19/4-20 and AMD APM Vol 2 §7.10 for the C-bit; arm64: Arm ARM
+/// D8.3).
+public struct Attributes: OptionSet, Hashable, Sendable, CustomStringConvertible {
+    public var rawValue: UInt16
+    @inlinable public init(rawValue: UInt16) { self.rawValue = rawValue }
+
+    /// x86 _PAGE_PRESENT / arm64 valid bit.
+    public static let present = Attributes(rawValue: 1 << 0)
+    /// x86 _PAGE_RW / arm64 AP[2] clear.
+    public static let writable = Attributes(rawValue: 1 << 1)
+    /// x86 _PAGE_USER / arm64 AP[1].
+    public static let user = Attributes(rawValue: 1 << 2)
+    /// x86 _PAGE_NX / arm64 PXN|UXN.
+    public static let noExecute = Attributes(rawValue: 1 << 3)
+    /// x86 _PAGE_GLOBAL / arm64 nG clear.
+    public static let global = Attributes(rawValue: 1 << 4)
+    // Bits 5-6 hold the MemoryType (see `memoryType`).
+    /// x86 C-bit (_PAGE_ENC, sme_me_mask): the page is accessed encrypted with the owner's key.
+    public static let encrypted = Attributes(rawValue: 1 << 7)
+    /// TDX shared GPA bit / Arm CCA NS-shared (top IPA bit): the page is shared with the host.
+    public static let shared = Attributes(rawValue: 1 << 8)
+    /// Arm MTE: Normal-Tagged memory attribute (MAIR 0xf0).
+    public static let tagged = Attributes(rawValue: 1 << 9)
+    /// x86 _PAGE_SPECIAL / arm64 PTE_SPECIAL: no struct page behind the mapping.
+    public static let special = Attributes(rawValue: 1 << 10)
+    /// x86 _PAGE_KERNEL_4K (software bit 3): split by set_memory_4k, never collapse again.
+    /// Linux arch/x86/mm/pat/set_memory.c, set_memory_4k (CPA_COLLAPSE series, 2025).
+    public static let forced4K = Attributes(rawValue: 1 << 11)
+    /// A spare software bit for later layers.
+    public static let software1 = Attributes(rawValue: 1 << 12)
+
+    @usableFromInline static let memoryTypeShift: UInt16 = 5
+    @usableFromInline static let memoryTypeMask: UInt16 = 0b11 << memoryTypeShift
+
+    /// The memory type carried in bits 5-6.
+    @inlinable public var memoryType: MemoryType {
+        get { MemoryType(rawValue: UInt8((rawValue & Self.memoryTypeMask) >> Self.memoryTypeShift))! }
+        set { rawValue = (rawValue & ~Self.memoryTypeMask) | (UInt16(newValue.rawValue) << Self.memoryTypeShift) }
+    }
+
+    /// These attributes with a different memory type.
+    @inlinable public func with(memoryType: MemoryType) -> Attributes {
+        var copy = self
+        copy.memoryType = memoryType
+        return copy
+    }
+
+    /// The x86 kernel's PAGE_KERNEL: present, RW, NX, global, write-back; the C-bit when the
+    /// host runs with memory encryption. Linux arch/x86/include/asm/pgtable_types.h.
+    public static func pageKernel(encrypted: Bool) -> Attributes {
+        var a: Attributes = [.present, .writable, .noExecute, .global]
+        if encrypted { a.insert(.encrypted) }
+        return a
+    }
+
+    private static let names: [(Attributes, String)] = [
+        (.present, "present"), (.writable, "rw"), (.user, "user"), (.noExecute, "nx"),
+        (.global, "global"), (.encrypted, "enc"), (.shared, "shared"), (.tagged, "tagged"),
+        (.special, "special"), (.forced4K, "forced-4k"), (.software1, "sw1"),
+    ]
+
+    public var description: String {
+        var parts = Self.names.filter { contains($0.0) }.map(\.1)
+        if memoryType != .writeBack { parts.append(memoryType.description) }
+        return "[" + parts.joined(separator: " ") + "]"
+    }
+}

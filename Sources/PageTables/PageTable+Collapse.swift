@@ -1,0 +1,49 @@
+/// What a collapse walk did.
+public struct CollapseResult: Hashable, Sendable {
+    /// Leaves created by collapsing, by their new size.
+    public var collapses = LeafCounts()
+    /// The sizes of the leaves created, in order (for collapse_page_count).
+    public var collapseLevels: [PageSize] = []
+    public init() {}
+}
+
+/// Re-merges tables whose 512 entries could be one leaf.
+///
+/// Linux arch/x86/mm/pat/set_memory.c collapse_pmd_page / collapse_pud_page (the
+/// CPA_COLLAPSE series): the first entry is present, not marked `_PAGE_KERNEL_4K`, and maps
+/// a frame aligned to the larger size; all 512 are present leaves of the next size down,
+/// map contiguous frames and carry identical attributes. Visiting after the children
+/// (table-post) lets 512 freshly collapsed 2M leaves collapse again into 1G.
+@usableFromInline struct CollapseVisitor: PageTableVisitor {
+    @usableFromInline let sizes: [PageSize]
+    @usableFromInline var result = CollapseResult()
+    @usableFromInline var flags: VisitFlags { .tablePost }
+    @inlinable init(sizes: [PageSize]) { self.sizes = sizes }
+
+    @inlinable mutating func visit(_ v: Visit, table: inout PageTable) throws(PageTableError) {
+        guard let size = PageSize(level: v.level), sizes.contains(size), v.entry.isTable else { return }
+        let child = v.entry.tableNumber
+        let first = table.entry(table: child, index: 0)
+        guard first.isPresentLeaf, !first.attributes.contains(.forced4K),
+              first.frame.rawValue & (size.pages - 1) == 0 else { return }
+        let step = size.smaller!.pages
+        for i in 1..<entriesPerTable {
+            let e = table.entry(table: child, index: i)
+            guard e.isLeaf, e.attributes == first.attributes, e.frame.rawValue == first.frame.rawValue + UInt64(i) * step else { return }
+        }
+        table.store(.leaf(first.frame, first.attributes), slot: v.slot, level: v.level)
+        result.collapses[size] += 1
+        result.collapseLevels.append(size)
+    }
+}
+
+extension PageTable {
+    /// Collapses every table in `[virt, virt + size)` that can become one leaf of an allowed
+    /// size (default: the format's large sizes), lower levels first.
+    @inlinable @discardableResult
+    public mutating func collapse(virt: VirtAddr, size: UInt64, sizes: [PageSize]? = nil) throws(PageTableError) -> CollapseResult {
+        var visitor = CollapseVisitor(sizes: (sizes ?? format.leafSizes).filter { $0 != .size4K && allows($0) })
+        try walk(start: virt.rawValue, size: size, &visitor)
+        return visitor.result
+    }
+}

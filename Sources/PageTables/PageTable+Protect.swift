@@ -1,0 +1,112 @@
+/// What a protect or split walk did.
+public struct ProtectResult: Hashable, Sendable {
+    /// Base pages whose entry value changed (a large leaf rewritten in place counts all of its pages).
+    public var pagesChanged: UInt64 = 0
+    /// Leaves whose value changed.
+    public var leavesChanged = 0
+    /// Base pages in the range with no entry at all (holes).
+    public var pagesUnmapped: UInt64 = 0
+    /// Large leaves split, by the size of the leaf that was split.
+    public var splits = LeafCounts()
+    /// The levels of the leaves that were split, in order (for split_page_count).
+    public var splitLevels: [PageSize] = []
+
+    public init() {}
+}
+
+/// Changes the attributes of every leaf in a range: `new = (old & ~clear) | set`.
+///
+/// The rules are those of x86 change_page_attr (arch/x86/mm/pat/set_memory.c
+/// __change_page_attr and __should_split_large_page): a large leaf whose value would not
+/// change is kept even when the range covers only part of it; a large leaf wholly inside the
+/// range is rewritten in place; one partly inside is split one level and the walk goes on
+/// below, so 1G→2M→4K happens only as far as needed. With `forceSplit` (set_memory_4k)
+/// every large leaf met is split down to 4K.
+@usableFromInline struct ProtectVisitor: PageTableVisitor {
+    @usableFromInline let start: UInt64
+    @usableFromInline let last: UInt64
+    @usableFromInline let set: Attributes
+    @usableFromInline let clear: Attributes
+    @usableFromInline let forceSplit: Bool
+    @usableFromInline var result = ProtectResult()
+    @usableFromInline var flags: VisitFlags { .leaf }
+
+    @inlinable init(start: UInt64, last: UInt64, set: Attributes, clear: Attributes, forceSplit: Bool) {
+        self.start = start
+        self.last = last
+        self.set = set
+        self.clear = clear
+        self.forceSplit = forceSplit
+    }
+
+    @inlinable mutating func visit(_ v: Visit, table: inout PageTable) throws(PageTableError) {
+        let size = PageSize(level: v.level)
+        guard v.entry.isLeaf, let size else {
+            if v.entry.isNone {
+                let lo = max(v.address, start), hi = min(v.last, last)
+                result.pagesUnmapped += (hi - lo) / pageBytes + 1
+            }
+            return
+        }
+        let old = v.entry.attributes
+        let new = old.subtracting(clear).union(set)
+        if v.level > 1 && (forceSplit || (new != old && !v.isCovered(start: start, last: last))) {
+            try table.splitLeaf(slot: v.slot, level: v.level)
+            result.splits[size] += 1
+            result.splitLevels.append(size)
+            return
+        }
+        if new == old { return }
+        table.store(v.entry.with(attributes: new), slot: v.slot, level: v.level)
+        result.leavesChanged += 1
+        result.pagesChanged += size.pages
+    }
+}
+
+extension PageTable {
+    /// Sets and clears attributes over `[virt, virt + size)` by the CPA rules (see
+    /// ProtectVisitor). With `forceSplit`, large leaves are split to 4K first.
+    @inlinable @discardableResult
+    public mutating func protect(
+        virt: VirtAddr, size: UInt64, set: Attributes = [], clear: Attributes = [], forceSplit: Bool = false
+    ) throws(PageTableError) -> ProtectResult {
+        var result = ProtectResult()
+        try protect(virt: virt, size: size, set: set, clear: clear, forceSplit: forceSplit, into: &result)
+        return result
+    }
+
+    /// As `protect`, accumulating into `result`, which also holds what was done before an
+    /// `outOfMemory` part way through.
+    @inlinable
+    public mutating func protect(
+        virt: VirtAddr, size: UInt64, set: Attributes, clear: Attributes, forceSplit: Bool, into result: inout ProtectResult
+    ) throws(PageTableError) {
+        var visitor = ProtectVisitor(start: virt.rawValue, last: virt.rawValue &+ (size &- 1), set: set, clear: clear, forceSplit: forceSplit)
+        visitor.result = result
+        defer { result = visitor.result }
+        try walk(start: virt.rawValue, size: size, &visitor)
+    }
+
+    /// Splits every large leaf overlapping `[virt, virt + size)` down to `size` leaves.
+    @inlinable @discardableResult
+    public mutating func split(virt: VirtAddr, size: UInt64, to target: PageSize = .size4K) throws(PageTableError) -> ProtectResult {
+        var visitor = SplitVisitor(target: target)
+        try walk(start: virt.rawValue, size: size, &visitor)
+        return visitor.result
+    }
+}
+
+/// Splits large leaves above a target size. Linux set_memory.c split_large_page, repeated.
+@usableFromInline struct SplitVisitor: PageTableVisitor {
+    @usableFromInline let target: PageSize
+    @usableFromInline var result = ProtectResult()
+    @usableFromInline var flags: VisitFlags { .leaf }
+    @inlinable init(target: PageSize) { self.target = target }
+
+    @inlinable mutating func visit(_ v: Visit, table: inout PageTable) throws(PageTableError) {
+        guard v.entry.isLeaf, v.level > target.level, let size = PageSize(level: v.level) else { return }
+        try table.splitLeaf(slot: v.slot, level: v.level)
+        result.splits[size] += 1
+        result.splitLevels.append(size)
+    }
+}

@@ -1,0 +1,86 @@
+/// A leaf found for an address.
+public struct Leaf: Hashable, Sendable, CustomStringConvertible {
+    /// First virtual address of the leaf.
+    public let virt: VirtAddr
+    public let size: PageSize
+    public let descriptor: Descriptor
+
+    @inlinable public init(virt: VirtAddr, size: PageSize, descriptor: Descriptor) {
+        self.virt = virt
+        self.size = size
+        self.descriptor = descriptor
+    }
+
+    /// First physical address of the leaf.
+    @inlinable public var phys: PhysAddr { descriptor.frame.physAddr }
+    @inlinable public var attributes: Attributes { descriptor.attributes }
+    /// The physical address `virt` maps to, if it lies in this leaf.
+    @inlinable public func translate(_ address: VirtAddr) -> PhysAddr {
+        PhysAddr(phys.rawValue + (address.rawValue - virt.rawValue))
+    }
+    public var description: String { "\(virt) \(size) -> \(phys) \(attributes)" }
+}
+
+/// Finds the leaf (present or not) that holds one address. Linux lookup_address.
+@usableFromInline struct LookupVisitor: PageTableVisitor {
+    @usableFromInline var found: Leaf?
+    @usableFromInline var flags: VisitFlags { .leaf }
+    @inlinable init() {}
+    @inlinable mutating func visit(_ v: Visit, table: inout PageTable) throws(PageTableError) {
+        if v.entry.isLeaf, let size = PageSize(level: v.level) {
+            found = Leaf(virt: VirtAddr(v.address), size: size, descriptor: v.entry)
+        }
+    }
+}
+
+/// Collects every leaf overlapping a range, in address order.
+@usableFromInline struct LeavesVisitor: PageTableVisitor {
+    @usableFromInline var leaves: [Leaf] = []
+    @usableFromInline var flags: VisitFlags { .leaf }
+    @inlinable init() {}
+    @inlinable mutating func visit(_ v: Visit, table: inout PageTable) throws(PageTableError) {
+        if v.entry.isLeaf, let size = PageSize(level: v.level) {
+            leaves.append(Leaf(virt: VirtAddr(v.address), size: size, descriptor: v.entry))
+        }
+    }
+}
+
+extension PageTable {
+    /// The leaf that holds `virt`, present or not; nil where there is no entry.
+    @inlinable
+    public func lookup(_ virt: VirtAddr) -> Leaf? {
+        var copy = self  // The walk does not write; the copy shares storage and is never mutated.
+        var visitor = LookupVisitor()
+        try? copy.walk(start: virt.rawValue & ~(pageBytes - 1), size: pageBytes, &visitor)
+        return visitor.found
+    }
+
+    /// The physical address `virt` maps to through a present leaf, with the leaf.
+    @inlinable
+    public func translate(_ virt: VirtAddr) -> (phys: PhysAddr, leaf: Leaf)? {
+        guard let leaf = lookup(virt), leaf.descriptor.isPresentLeaf else { return nil }
+        return (leaf.translate(virt), leaf)
+    }
+
+    /// Every leaf overlapping `[virt, virt + size)`, present or not, in address order.
+    public func leaves(virt: VirtAddr, size: UInt64) throws(PageTableError) -> [Leaf] {
+        var copy = self
+        var visitor = LeavesVisitor()
+        try copy.walk(start: virt.rawValue, size: size, &visitor)
+        return visitor.leaves
+    }
+
+    /// The entry at `level` on the path to `virt`, or nil when the path ends above that level.
+    /// For exact-shape tests, as Hafnium's mm_test.cc reads tables level by level.
+    public func descriptor(at virt: VirtAddr, level: Int) -> Descriptor? {
+        var table = 0
+        var current = rootLevel
+        while true {
+            let e = entry(table: table, index: tableIndex(virt.rawValue, level: current))
+            if current == level { return e }
+            guard e.isTable else { return nil }
+            table = e.tableNumber
+            current -= 1
+        }
+    }
+}

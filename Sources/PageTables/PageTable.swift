@@ -1,0 +1,107 @@
+/// One radix page table: 512-entry tables in a dense array, indexed by table number.
+///
+/// Every table of the tree lives in `entries` at `[number * 512, number * 512 + 512)`; table 0
+/// is the root. There is no object per table, so copying a PageTable is a snapshot and a
+/// walk touches only flat memory. Freed table numbers are reused. Leaf counts by size and
+/// the number of table pages are kept exactly by the one function that writes an entry
+/// (`store`). Modelled on Linux arch/arm64/kvm/hyp/pgtable.c (kvm_pgtable) and Hafnium
+/// src/mm.c.
+public struct PageTable: Sendable {
+    public let format: PageTableFormat
+    @usableFromInline var entries: [UInt64]
+    @usableFromInline var freeTables: [Int] = []
+    /// Leaves of each size in the whole table, present or not.
+    public internal(set) var leafCounts = LeafCounts()
+    /// Table pages in use, the root included (what the kernel spends on page tables).
+    public internal(set) var tablePages = 1
+    /// Fault injection: when set, every table allocation fails with `outOfMemory`.
+    public var failAllocations = false
+
+    public init(format: PageTableFormat) {
+        self.format = format
+        self.entries = [UInt64](repeating: 0, count: entriesPerTable)
+    }
+
+    /// The root's level (4 or 5).
+    @inlinable public var rootLevel: Int { format.levels }
+
+    /// Bytes the model spends on table storage (entries and free list), for benchmarks.
+    public var storageBytes: Int { entries.capacity * 8 + freeTables.capacity * 8 }
+
+    /// The entry in table `table` at `index`.
+    @inlinable public func entry(table: Int, index: Int) -> Descriptor {
+        Descriptor(rawValue: entries[table &* entriesPerTable &+ index])
+    }
+
+    /// Whether leaves of `size` are allowed by the format.
+    @inlinable public func allows(_ size: PageSize) -> Bool { format.leafSizes.contains(size) }
+
+    /// Takes a zeroed table page from the free list or grows the array.
+    @usableFromInline mutating func allocateTable() throws(PageTableError) -> Int {
+        if failAllocations { throw .outOfMemory }
+        tablePages += 1
+        if let t = freeTables.popLast() { return t }
+        let t = entries.count / entriesPerTable
+        entries.append(contentsOf: repeatElement(0, count: entriesPerTable))
+        return t
+    }
+
+    /// Writes `new` into `slot` (an entry at `level`), keeping the counters exact. A table it
+    /// replaces is freed with everything below it.
+    @usableFromInline mutating func store(_ new: Descriptor, slot: Int, level: Int) {
+        let old = Descriptor(rawValue: entries[slot])
+        if old.isLeaf {
+            leafCounts[PageSize(level: level)!] -= 1
+        } else if old.isTable {
+            freeTable(old.tableNumber, level: level - 1)
+        }
+        if new.isLeaf { leafCounts[PageSize(level: level)!] += 1 }
+        entries[slot] = new.rawValue
+    }
+
+    /// Returns table `table` (at `level`) and its subtree to the free list.
+    @usableFromInline mutating func freeTable(_ table: Int, level: Int) {
+        let base = table * entriesPerTable
+        for i in base..<base + entriesPerTable {
+            let e = Descriptor(rawValue: entries[i])
+            if e.isLeaf {
+                leafCounts[PageSize(level: level)!] -= 1
+            } else if e.isTable {
+                freeTable(e.tableNumber, level: level - 1)
+            }
+            entries[i] = 0
+        }
+        freeTables.append(table)
+        tablePages -= 1
+    }
+
+    /// Replaces the large leaf in `slot` by a table of 512 leaves one size down that map the
+    /// same frames with the same attributes. Linux set_memory.c __split_large_page.
+    /// Allocation comes first, so a failure changes nothing.
+    @usableFromInline mutating func splitLeaf(slot: Int, level: Int) throws(PageTableError) {
+        let old = Descriptor(rawValue: entries[slot])
+        precondition(old.isLeaf && level > 1, "split of a non-leaf or a 4K leaf")
+        let child = try allocateTable()
+        let step = PageSize(level: level - 1)!.pages
+        let base = child * entriesPerTable
+        let attrs = old.attributes
+        var frame = old.frame.rawValue
+        for i in 0..<entriesPerTable {
+            entries[base + i] = Descriptor.leaf(PFN(frame), attrs).rawValue
+            frame += step
+        }
+        leafCounts[PageSize(level: level - 1)!] += entriesPerTable
+        store(.table(child), slot: slot, level: level)
+    }
+
+    /// Checks `[start, start + size)` is a non-empty, 4K-aligned range inside one root window.
+    @usableFromInline func validate(start: UInt64, size: UInt64) throws(PageTableError) {
+        if start & (pageBytes - 1) != 0 { throw .unaligned(what: "address", value: start) }
+        if size & (pageBytes - 1) != 0 { throw .unaligned(what: "size", value: size) }
+        let (end, overflow) = start.addingReportingOverflow(size)
+        if size == 0 || overflow && end != 0 { throw .badRange(start: start, size: size) }
+        if start >> format.addressBits != (start &+ (size - 1)) >> format.addressBits {
+            throw .badRange(start: start, size: size)
+        }
+    }
+}
