@@ -1,0 +1,109 @@
+import Testing
+@testable import PageTables
+
+/// Seeded differential tests: random map, unmap, protect, forced split and collapse on the
+/// real table and on the naive per-unit model; leaves, tables and counters are compared
+/// after every operation.
+@Suite struct PageTableDifferentialTests {
+    static let base: UInt64 = 0xffff_8880_0000_0000
+    static let operations = 10_000
+
+    /// A window of `count` units of `unit`; ops are `unit`-granular.
+    struct Config: Sendable, CustomTestStringConvertible {
+        let unit: PageSize
+        let count: Int
+        let seed: UInt64
+        var testDescription: String { "\(unit) units ×\(count), seed \(seed)" }
+    }
+
+    static let configs: [Config] =
+        [1, 2, 3, 4].map { Config(unit: .size4K, count: 2048, seed: $0) }      // 8 MiB: 4K and 2M leaves
+        + [11, 12, 13].map { Config(unit: .size2M, count: 2048, seed: $0) }    // 4 GiB: 2M and 1G leaves
+
+    static let attributeChoices: [Attributes] = [
+        .pageKernel(encrypted: false), .pageKernel(encrypted: true),
+        [.present, .noExecute, .global], Attributes.pageKernel(encrypted: false).with(memoryType: .uncached),
+    ]
+    static let flagChoices: [Attributes] = [.writable, .present, .noExecute, .global, .encrypted]
+
+    @Test(arguments: configs)
+    func randomOperationsAgreeWithNaiveModel(_ config: Config) throws {
+        var rng = TestRNG(seed: config.seed)
+        var real = PageTable(format: .x86_64)
+        let naive = NaiveTable(base: Self.base, unit: config.unit, count: config.count)
+        let per2M = Int(PageSize.size2M.bytes / config.unit.bytes)
+        let aligned = config.unit == .size4K ? per2M : 512  // units in the next size up
+        for step in 0..<Self.operations {
+            var start = Int.random(in: 0..<config.count, using: &rng)
+            if Bool.random(using: &rng) { start = start / aligned * aligned }
+            let lengths = [1, Int.random(in: 1...8, using: &rng), aligned, 2 * aligned, Int.random(in: 1...config.count, using: &rng)]
+            let length = min(lengths.randomElement(using: &rng)!, config.count - start)
+            let range = start..<start + length
+            let va = VirtAddr(naive.va(start))
+            let bytes = UInt64(length) * config.unit.bytes
+            let roll = Int.random(in: 0..<100, using: &rng)
+            var what = ""
+            switch roll {
+            case 0..<35:
+                let attrs = Self.attributeChoices.randomElement(using: &rng)!
+                var sizes = config.unit == .size4K ? [PageSize.size4K, .size2M, .size1G] : [.size2M, .size1G]
+                if Int.random(in: 0..<4, using: &rng) == 0 { sizes.removeLast() }
+                let bigPages = config.unit == .size4K ? UInt64(512) : UInt64(512 * 512)
+                var pfn = UInt64.random(in: 0..<(1 << 20), using: &rng) * config.unit.pages
+                if Int.random(in: 0..<4, using: &rng) != 0 { pfn = pfn / bigPages * bigPages + UInt64(start % aligned) * config.unit.pages }
+                what = "map \(range) pfn \(hex(pfn)) \(attrs) \(sizes)"
+                try real.map(virt: va, phys: PFN(pfn).physAddr, size: bytes, attributes: attrs, sizes: sizes)
+                naive.map(range, pfn: pfn, attributes: attrs, sizes: sizes)
+            case 35..<72:
+                let flag = Self.flagChoices.randomElement(using: &rng)!
+                let set = Bool.random(using: &rng)
+                what = "protect \(range) \(set ? "set" : "clear") \(flag)"
+                try real.protect(virt: va, size: bytes, set: set ? flag : [], clear: set ? [] : flag)
+                naive.protect(range, set: set ? flag : [], clear: set ? [] : flag, force: false)
+            case 72..<82:
+                what = "unmap \(range)"
+                try real.unmap(virt: va, size: bytes)
+                naive.unmap(range)
+            case 82..<87 where config.unit == .size4K:
+                what = "set_memory_4k \(range)"
+                try real.protect(virt: va, size: bytes, set: .forced4K, forceSplit: true)
+                naive.protect(range, set: .forced4K, clear: [], force: true)
+            default:
+                what = "collapse \(range)"
+                try real.collapse(virt: va, size: bytes)
+                naive.collapse(range, sizes: [.size2M, .size1G])
+            }
+            try compare(real, naive, step: step, what: what)
+        }
+    }
+
+    func compare(_ real: PageTable, _ naive: NaiveTable, step: Int, what: String) throws {
+        let bytes = UInt64(naive.count) * naive.unit.bytes
+        var mapped = [Bool](repeating: false, count: naive.count)
+        for leaf in try real.leaves(virt: VirtAddr(naive.base), size: bytes) {
+            let first = Int((leaf.virt.rawValue - naive.base) / naive.unit.bytes)
+            for k in 0..<naive.per(leaf.size) {
+                let u = first + k
+                mapped[u] = true
+                let ok = naive.mapped[u] && naive.size[u] == leaf.size && naive.attrs[u] == leaf.attributes
+                    && naive.frame[u] == leaf.descriptor.frame.rawValue + UInt64(k) * naive.unit.pages
+                if !ok {
+                    Issue.record("step \(step) (\(what)): unit \(u) real \(leaf) naive mapped=\(naive.mapped[u]) size=\(naive.size[u]) frame=\(hex(naive.frame[u])) \(naive.attrs[u])")
+                    throw CancellationError()
+                }
+            }
+        }
+        if let u = (0..<naive.count).first(where: { naive.mapped[$0] != mapped[$0] }) {
+            Issue.record("step \(step) (\(what)): unit \(u) mapped in naive=\(naive.mapped[u]) real=\(mapped[u])")
+            throw CancellationError()
+        }
+        var copy = real
+        var tables = TablesVisitor()
+        try copy.walk(start: naive.base, size: bytes, &tables)
+        #expect(tables.found == naive.tables, "step \(step) (\(what)): tables")
+        #expect(real.leafCounts == naive.leafCounts, "step \(step) (\(what)): leaf counts")
+        #expect(real.tablePages == naive.tables.count + 1, "step \(step) (\(what)): table pages")
+        try real.checkInvariants()
+        if tables.found != naive.tables || real.leafCounts != naive.leafCounts { throw CancellationError() }
+    }
+}
