@@ -1,0 +1,54 @@
+import PageTables
+
+extension PhysicalMemory {
+    /// Reads a memory map from lines exactly as dmesg prints them:
+    /// `BIOS-e820: [mem 0x0000000000100000-0x00000000bfffffff] usable`.
+    ///
+    /// A leading dmesg timestamp (`[    0.000000] `) is skipped, as are blank lines and
+    /// lines starting with `#`. Linux arch/x86/kernel/e820.c e820__print_table.
+    public static func parse(e820 text: String) throws(MemoryMapError) -> PhysicalMemory {
+        var entries: [E820Entry] = []
+        var lines: [Int] = []
+        for (index, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let n = index + 1
+            var line = Substring(raw.trimmingCharacters(in: " \t\r"))
+            if line.isEmpty || line.hasPrefix("#") { continue }
+            if line.hasPrefix("["), let close = line.firstIndex(of: "]"), !line.hasPrefix("[mem") {
+                line = line[line.index(after: close)...].drop { $0 == " " }
+            }
+            let expected = "expected 'BIOS-e820: [mem 0xSTART-0xEND] TYPE' with TYPE one of "
+                + E820Type.allCases.map { "'\($0)'" }.joined(separator: ", ")
+            guard line.hasPrefix("BIOS-e820: [mem "), let close = line.firstIndex(of: "]") else {
+                throw MemoryMapError(line: n, "cannot read '\(raw)': \(expected)")
+            }
+            let range = line[line.index(line.startIndex, offsetBy: 16)..<close]
+            let parts = range.split(separator: "-")
+            guard parts.count == 2, let start = hexValue(parts[0]), let last = hexValue(parts[1]) else {
+                throw MemoryMapError(line: n, "cannot read the range '[mem \(range)]': \(expected)")
+            }
+            let typeText = line[line.index(after: close)...].trimmingCharacters(in: " ")
+            guard let type = E820Type(rawValue: String(typeText)) else {
+                throw MemoryMapError(line: n, "unknown type '\(typeText)': valid types are "
+                    + E820Type.allCases.map { "'\($0)'" }.joined(separator: ", "))
+            }
+            guard start <= last else {
+                throw MemoryMapError(line: n, "range ends (\(hex(last))) before it starts (\(hex(start)))")
+            }
+            guard last < 1 << 52 else {
+                throw MemoryMapError(line: n, "range ends at \(hex(last)), past the 52-bit physical address limit")
+            }
+            if let i = entries.firstIndex(where: { $0.start <= last && start <= $0.last }) {
+                throw MemoryMapError(line: n, "range \(hex(start))-\(hex(last)) overlaps line \(lines[i]) (\(entries[i]))")
+            }
+            entries.append(E820Entry(start: start, last: last, type: type))
+            lines.append(n)
+        }
+        if entries.isEmpty { throw MemoryMapError(line: nil, "no 'BIOS-e820:' lines found") }
+        return try PhysicalMemory(entries: entries)
+    }
+
+    private static func hexValue(_ s: Substring) -> UInt64? {
+        guard s.hasPrefix("0x"), s.count > 2, s.count <= 18 else { return nil }
+        return UInt64(s.dropFirst(2), radix: 16)
+    }
+}

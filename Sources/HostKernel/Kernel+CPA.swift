@@ -1,0 +1,168 @@
+import PageTables
+
+/// One change_page_attr request. Linux arch/x86/mm/pat/set_memory.c struct cpa_data.
+struct CPARequest {
+    var address: UInt64
+    var numpages: Int
+    var set: Attributes
+    var clear: Attributes
+    var forceSplit = false
+    /// CPA_NO_CHECK_ALIAS.
+    var noCheckAlias = false
+    /// CPA_COLLAPSE.
+    var collapse = false
+}
+
+/// What the walk left for cpa_flush. Linux cpa_data.flags / force_flush_all.
+struct CPAOutcome {
+    /// CPA_FLUSHTLB: a primary entry changed.
+    var flushTLB = false
+    /// force_flush_all: an alias was processed.
+    var forceFlushAll = false
+    var error: Errno?
+}
+
+extension Kernel {
+    /// Checks a request names whole pages inside the direct map or the vmalloc area.
+    func validate(address: UInt64, numpages: Int, function: String) throws(HostKernelError) {
+        if address & (pageBytes - 1) != 0 {
+            throw HostKernelError("\(function): address \(hex(address)) is not page-aligned (the kernel would WARN and round it down)")
+        }
+        guard numpages >= 1 else { throw HostKernelError("\(function): numpages must be at least 1, got \(numpages)") }
+        let (bytes, o1) = UInt64(numpages).multipliedReportingOverflow(by: pageBytes)
+        let (end, o2) = address.addingReportingOverflow(bytes)
+        let inDirect = isDirectMap(address) && !o1 && !o2 && end <= directMapEnd
+        let inVmalloc = isVmalloc(address) && !o1 && !o2 && end <= layout.vmallocEnd
+        guard inDirect || inVmalloc else {
+            throw HostKernelError("\(function): \(hex(address)) + \(numpages) pages is not inside the direct map "
+                + "[\(hex(layout.pageOffset))-\(hex(directMapEnd))) or the vmalloc area [\(hex(layout.vmallocStart))-\(hex(layout.vmallocEnd)))")
+        }
+    }
+
+    mutating func log(_ event: @autoclosure () -> String) {
+        if eventLog != nil { eventLog!.append(event()) }
+    }
+
+    /// Counts the splits a walk did: split_large_page flushes all, and split_page_count runs
+    /// for direct-map addresses only. Linux set_memory.c __split_large_page.
+    mutating func accountSplits(_ result: ProtectResult, directMap: Bool) {
+        for size in result.splitLevels {
+            stats.tlbFullFlushes += 1
+            stats.tlbSplitFlushes += 1
+            guard directMap else { continue }
+            stats.splits[size] += 1
+            // split_page_count: nothing when the count is already 0.
+            if directPagesCount[size] > 0 {
+                directPagesCount[size] -= 1
+                directPagesCount[size.smaller!] += entriesPerTable
+            }
+        }
+    }
+
+    /// Applies set/clear to one range of one address space, counting splits.
+    mutating func protectRange(_ start: UInt64, pages: Int, set: Attributes, clear: Attributes, forceSplit: Bool) -> (changed: Bool, error: Errno?) {
+        var result = ProtectResult()
+        var failure: Errno?
+        do {
+            try pageTable.protect(virt: VirtAddr(start), size: UInt64(pages) * pageBytes, set: set, clear: clear,
+                                  forceSplit: forceSplit, into: &result)
+        } catch {
+            // The range is validated before the walk, so only a split's allocation can fail.
+            stats.allocationFailures += 1
+            failure = .ENOMEM
+        }
+        accountSplits(result, directMap: isDirectMap(start))
+        return (result.pagesChanged > 0, failure)
+    }
+
+    /// The walk of __change_page_attr_set_clr with alias processing: direct-map ranges in one
+    /// pass (holes are skipped, __cpa_process_fault), vmalloc pages one by one with the
+    /// direct-map alias of each (cpa_process_alias: NX masked out, force_flush_all set; the
+    /// alias's own CPA_FLUSHTLB is lost, as it runs on a copy of cpa_data).
+    mutating func changePageAttr(_ req: CPARequest) -> CPAOutcome {
+        var out = CPAOutcome()
+        if isDirectMap(req.address) {
+            let r = protectRange(req.address, pages: req.numpages, set: req.set, clear: req.clear, forceSplit: req.forceSplit)
+            out.flushTLB = r.changed
+            out.error = r.error
+            return out
+        }
+        for i in 0..<req.numpages {
+            let va = req.address + UInt64(i) * pageBytes
+            guard let leaf = pageTable.lookup(VirtAddr(va)) else {
+                log("CPA: called for zero pte at \(hex(va))")  // the kernel WARNs
+                out.error = .EFAULT
+                return out
+            }
+            let r = protectRange(va, pages: 1, set: req.set, clear: req.clear, forceSplit: req.forceSplit)
+            out.flushTLB = out.flushTLB || r.changed
+            if let e = r.error { out.error = e; return out }
+            let pa = leaf.translate(VirtAddr(va)).rawValue
+            guard !req.noCheckAlias, isMapped(pa) else { continue }
+            out.forceFlushAll = true
+            let alias = protectRange(layout.pageOffset + pa, pages: 1, set: req.set.subtracting(.noExecute),
+                                     clear: req.clear.subtracting(.noExecute), forceSplit: req.forceSplit)
+            if let e = alias.error { out.error = e; return out }
+        }
+        return out
+    }
+
+    /// Flushes after a change: everything when forced or above the single-page ceiling,
+    /// else page by page; then CLFLUSH of each present page when `cache`; then, with
+    /// CPA_COLLAPSE, re-merging. Linux set_memory.c cpa_flush.
+    mutating func cpaFlush(_ req: CPARequest, cache: Bool, forceFlushAll: Bool) {
+        if forceFlushAll || req.numpages > config.tlbSinglePageFlushCeiling {
+            stats.tlbFullFlushes += 1
+            log("flush_tlb_all")
+        } else {
+            stats.tlbPageFlushRounds += 1
+            stats.tlbPagesFlushed += UInt64(req.numpages)
+            log("flush_tlb_one_kernel x\(req.numpages)")
+        }
+        if cache {
+            var flushed: UInt64 = 0
+            for i in 0..<req.numpages where pageTable.translate(VirtAddr(req.address + UInt64(i) * pageBytes)) != nil {
+                flushed += 1
+            }
+            stats.cacheFlushPages += flushed
+            log("clflush x\(flushed)")
+        }
+        if req.collapse { collapseLargePages(req) }
+    }
+
+    /// Re-merges the direct-map tables the request touched, 2M first and 1G only right after
+    /// a 2M collapse under it; one flush_tlb_all if anything merged. Linux set_memory.c
+    /// cpa_collapse_large_pages / collapse_large_pages / collapse_page_count.
+    mutating func collapseLargePages(_ req: CPARequest) {
+        let sizes: [PageSize] = config.gbpages ? [.size2M, .size1G] : [.size2M]
+        guard let result = try? pageTable.collapse(virt: VirtAddr(req.address), size: UInt64(req.numpages) * pageBytes,
+                                                   sizes: sizes, onlyAfterLowerCollapse: true),
+              !result.collapseLevels.isEmpty else { return }
+        stats.tlbFullFlushes += 1
+        log("collapse \(result.collapseLevels.map(\.description).joined(separator: ",")); flush_tlb_all")
+        guard isDirectMap(req.address) else { return }
+        for size in result.collapseLevels {
+            stats.collapses[size] += 1
+            directPagesCount[size] += 1
+            directPagesCount[size.smaller!] -= entriesPerTable
+        }
+    }
+
+    /// change_page_attr_set_clr: nothing to do returns 0; else the walk, then no flush
+    /// unless an entry changed, cpa_flush_all on error, cpa_flush otherwise. Linux
+    /// set_memory.c change_page_attr_set_clr.
+    mutating func changePageAttrSetClr(_ req: CPARequest) -> KernelStatus {
+        if req.set.isEmpty && req.clear.isEmpty && !req.forceSplit { return .ok }
+        let out = changePageAttr(req)
+        guard out.flushTLB else { return out.error.map(KernelStatus.error) ?? .ok }
+        let cache = req.set.memoryType != .writeBack
+        if let error = out.error {
+            stats.tlbFullFlushes += 1  // cpa_flush_all: __flush_tlb_all on every CPU
+            if cache { stats.wbinvd += 1 }
+            log("cpa_flush_all")
+            return .error(error)
+        }
+        cpaFlush(req, cache: cache, forceFlushAll: out.forceFlushAll)
+        return .ok
+    }
+}

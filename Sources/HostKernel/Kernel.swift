@@ -1,0 +1,97 @@
+import Hardware
+import PageTables
+
+/// The host kernel's memory-management state: init_mm's page table with the direct map and
+/// the vmalloc area, the direct-map page counts, and what change_page_attr has done.
+///
+/// A value: copying a Kernel is a snapshot.
+public struct Kernel: Sendable {
+    public let config: KernelConfig
+    public let layout: KernelLayout
+    public let memory: PhysicalMemory
+    /// init_mm.pgd: one table for the direct map and vmalloc.
+    public internal(set) var pageTable: PageTable
+    /// direct_pages_count[], as arch_report_meminfo prints it. Linux
+    /// arch/x86/mm/pat/set_memory.c update_page_count / split_page_count.
+    public internal(set) var directPagesCount = LeafCounts()
+    /// Physical ranges the direct map covers (pfn_range_is_mapped): [0, 1M) and RAM.
+    public let mappedRanges: [Range<UInt64>]
+    public internal(set) var stats = CPAStats()
+    /// The vmap areas made so far, in address order.
+    public internal(set) var vmapAreas: [VmapArea] = []
+    /// Fault injection: the next encryption-status hook to fail (prepare or finish).
+    public var failingHook: EncryptionHook?
+    /// When not nil, each step of a CPA call is appended here (for tests and traces).
+    public var eventLog: [String]?
+
+    /// Fault injection: every page-table page allocation fails (-ENOMEM from splits).
+    public var failPageTableAllocations: Bool {
+        get { pageTable.failAllocations }
+        set { pageTable.failAllocations = newValue }
+    }
+
+    /// Boots: builds the direct map over `memory` as init_mem_mapping does.
+    public init(memory: PhysicalMemory, config: KernelConfig = KernelConfig()) throws(HostKernelError) {
+        self.config = config
+        self.memory = memory
+        self.layout = config.la57 ? .fiveLevel : .fourLevel
+        self.pageTable = PageTable(format: config.la57 ? .x86_64_la57 : .x86_64)
+        guard memory.endOfRAM <= layout.directMapMax else {
+            throw HostKernelError("RAM ends at \(hex(memory.endOfRAM)), past the \(ByteSize.format(layout.directMapMax)) the direct map can hold"
+                + (config.la57 ? "" : " with 4-level paging (use 5-level paging)"))
+        }
+        var ranges: [Range<UInt64>] = [0..<Self.isaEnd]
+        for r in memory.ram {
+            let start = max(r.lowerBound, Self.isaEnd)
+            guard start < r.upperBound else { continue }
+            if ranges[ranges.count - 1].upperBound == start {
+                ranges[ranges.count - 1] = ranges[ranges.count - 1].lowerBound..<r.upperBound
+            } else {
+                ranges.append(start..<r.upperBound)
+            }
+        }
+        self.mappedRanges = ranges
+        bootDirectMap()
+    }
+
+    /// End of the ISA range, always mapped. Linux ISA_END_ADDRESS.
+    public static let isaEnd: UInt64 = 0x10_0000
+
+    /// PAGE_KERNEL for this machine.
+    public var pageKernel: Attributes { .pageKernel(encrypted: config.memEncrypt) }
+
+    /// The direct-map address of a physical address (__va).
+    @inlinable public func va(_ pa: PhysAddr) -> VirtAddr { VirtAddr(layout.pageOffset + pa.rawValue) }
+    /// The physical address of a direct-map address (__pa).
+    @inlinable public func pa(_ va: VirtAddr) -> PhysAddr { PhysAddr(va.rawValue - layout.pageOffset) }
+
+    /// First address past the direct map (PAGE_OFFSET + max_pfn_mapped << PAGE_SHIFT).
+    public var directMapEnd: UInt64 { layout.pageOffset + mappedRanges.last!.upperBound }
+
+    /// Whether `va` lies in the direct map's window.
+    public func isDirectMap(_ va: UInt64) -> Bool { va >= layout.pageOffset && va < directMapEnd }
+    /// Whether `va` lies in the vmalloc area.
+    public func isVmalloc(_ va: UInt64) -> Bool { va >= layout.vmallocStart && va < layout.vmallocEnd }
+
+    /// Whether a physical frame is covered by the direct map. Linux pfn_range_is_mapped.
+    public func isMapped(_ pa: UInt64) -> Bool {
+        mappedRanges.contains { $0.contains(pa) }
+    }
+
+    /// The direct-map leaf that holds a physical address, if any.
+    public func directMapLeaf(_ pa: PhysAddr) -> Leaf? { pageTable.lookup(va(pa)) }
+}
+
+/// The encryption-status hooks around a C-bit change. Linux x86_platform.guest
+/// enc_status_change_prepare / enc_status_change_finish.
+public enum EncryptionHook: String, Sendable, CaseIterable {
+    case prepare
+    case finish
+}
+
+/// One vmap()ed area: contiguous physical pages mapped at a vmalloc address with 4K PTEs.
+public struct VmapArea: Hashable, Sendable {
+    public let virt: VirtAddr
+    public let phys: PhysAddr
+    public let pages: Int
+}

@@ -1,0 +1,51 @@
+import PageTables
+
+/// How the host kernel is built and booted: the switches that change its memory layout.
+public struct KernelConfig: Hashable, Sendable {
+    /// 1G direct-map leaves (X86_FEATURE_GBPAGES and no `nogbpages`). Linux
+    /// arch/x86/mm/init.c probe_page_size_mask.
+    public var gbpages = true
+    /// 5-level paging (LA57): PAGE_OFFSET 0xff11000000000000.
+    public var la57 = false
+    /// Host memory encryption (SME): PAGE_KERNEL carries the C-bit and
+    /// cc_platform_has(CC_ATTR_MEM_ENCRYPT) holds, so set_memory_{en,de}crypted act.
+    /// Linux arch/x86/mm/pat/set_memory.c __set_memory_enc_dec.
+    public var memEncrypt = true
+    /// X86_FEATURE_SME_COHERENT: no cache flush before an encryption change.
+    /// Linux arch/x86/mm/mem_encrypt_amd.c amd_enc_cache_flush_required.
+    public var smeCoherent = true
+    /// tlb_single_page_flush_ceiling, arch/x86/mm/tlb.c (default 33).
+    public var tlbSinglePageFlushCeiling = 33
+
+    public init(gbpages: Bool = true, la57: Bool = false, memEncrypt: Bool = true, smeCoherent: Bool = true) {
+        self.gbpages = gbpages
+        self.la57 = la57
+        self.memEncrypt = memEncrypt
+        self.smeCoherent = smeCoherent
+    }
+}
+
+/// Where the kernel puts its mappings. Linux Documentation/arch/x86/x86_64/mm.rst.
+public struct KernelLayout: Hashable, Sendable {
+    /// Start of the direct map (__PAGE_OFFSET_BASE_L4 / _L5, without KASLR).
+    public let pageOffset: UInt64
+    /// Bytes the direct map can span (64 TiB with 4 levels, 32 PiB with 5).
+    public let directMapMax: UInt64
+    /// VMALLOC_START.
+    public let vmallocStart: UInt64
+    /// VMALLOC_START + VMALLOC_SIZE (exclusive).
+    public let vmallocEnd: UInt64
+    /// VMEMMAP_START, the marker after the vmalloc area in ptdump.
+    public let vmemmapStart: UInt64
+
+    /// 4-level x86-64: direct map at 0xffff888000000000, vmalloc at 0xffffc90000000000 (32 TiB).
+    public static let fourLevel = KernelLayout(
+        pageOffset: 0xffff_8880_0000_0000, directMapMax: 64 << 40,
+        vmallocStart: 0xffff_c900_0000_0000, vmallocEnd: 0xffff_c900_0000_0000 + (32 << 40),
+        vmemmapStart: 0xffff_ea00_0000_0000)
+    /// 5-level x86-64: direct map at 0xff11000000000000, vmalloc at 0xffa0000000000000 (12800 TiB).
+    public static let fiveLevel = KernelLayout(
+        pageOffset: 0xff11_0000_0000_0000, directMapMax: 32 << 50,
+        vmallocStart: 0xffa0_0000_0000_0000, vmallocEnd: 0xffa0_0000_0000_0000 + (12800 << 40),
+        vmemmapStart: 0xffd4_0000_0000_0000)
+}
