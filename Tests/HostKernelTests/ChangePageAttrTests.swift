@@ -1,0 +1,266 @@
+import Testing
+import Hardware
+import PageTables
+@testable import HostKernel
+
+/// change_page_attr, one documented rule per test (linux-x86.md §1, invariants 1–9).
+@Suite struct ChangePageAttrTests {
+    /// A direct-map address inside the 1G leaf [1G, 2G).
+    let inGig = pageOffset + 0x4000_0000
+    /// A direct-map address inside the 2M leaf [2M, 4M).
+    let in2M = pageOffset + 0x20_0000
+
+    @Test func fourKChangeInsideOneGigSplitsTwiceAsSplitPageCountSays() throws {
+        var k = try exampleKernel()
+        let before = k.directPagesCount
+        #expect(try k.setMemoryRO(inGig + 5 * K, numpages: 1) == .ok)
+        // 1G −1, 2M +511, 4K +512 (split_page_count twice).
+        #expect(k.directPagesCount == LeafCounts(size4K: before.size4K + 512, size2M: before.size2M + 511, size1G: before.size1G - 1))
+        #expect(k.stats.splits == LeafCounts(size2M: 1, size1G: 1))
+        #expect(k.stats.tlbSplitFlushes == 2)
+        #expect(k.stats.tlbFullFlushes == 2)
+        #expect(k.stats.tlbPageFlushRounds == 1 && k.stats.tlbPagesFlushed == 1)
+        #expect(k.pageTable.lookup(VirtAddr(inGig + 5 * K))?.attributes == Attributes.pageKernel(encrypted: true).subtracting(.writable))
+        #expect(k.pageTable.lookup(VirtAddr(inGig + 2 * M2))?.size == .size2M)
+        try k.checkInvariants()
+    }
+
+    @Test func sameProtectionMeansNoSplitAndNoFlush() throws {
+        var k = try exampleKernel()
+        #expect(try k.setMemoryRW(inGig + K, numpages: 3) == .ok)
+        #expect(try k.setMemoryNX(in2M + K, numpages: 1) == .ok)
+        #expect(k.stats == CPAStats())
+        #expect(k.directPagesCount == (try exampleKernel()).directPagesCount)
+    }
+
+    @Test func wholeAlignedLargeLeafIsRewrittenInPlace() throws {
+        var k = try exampleKernel()
+        #expect(try k.setMemoryRO(in2M, numpages: 512) == .ok)
+        #expect(k.stats.splits == LeafCounts())
+        #expect(k.pageTable.lookup(VirtAddr(in2M))?.size == .size2M)
+        #expect(k.pageTable.lookup(VirtAddr(in2M))?.attributes.contains(.writable) == false)
+        // 512 pages > the 33-page ceiling: one full flush.
+        #expect(k.stats.tlbFullFlushes == 1 && k.stats.tlbPageFlushRounds == 0)
+    }
+
+    @Test func flushIsPerPageUpToTheCeilingAndFullAbove() throws {
+        var k = try exampleKernel()
+        #expect(try k.setMemoryRO(pageOffset + 0x10_0000, numpages: 33) == .ok)
+        #expect(k.stats.tlbPageFlushRounds == 1 && k.stats.tlbPagesFlushed == 33 && k.stats.tlbFullFlushes == 0)
+        #expect(try k.setMemoryRO(pageOffset + 0x14_0000, numpages: 34) == .ok)
+        #expect(k.stats.tlbPageFlushRounds == 1 && k.stats.tlbFullFlushes == 1)
+    }
+
+    @Test func setMemory4KForcesASplitAndMarksThePages() throws {
+        var k = try exampleKernel()
+        #expect(try k.setMemory4K(in2M, numpages: 1) == .ok)
+        #expect(k.stats.splits == LeafCounts(size2M: 1))
+        let leaf = try #require(k.pageTable.lookup(VirtAddr(in2M)))
+        #expect(leaf.size == .size4K && leaf.attributes.contains(.forced4K))
+        #expect(k.pageTable.lookup(VirtAddr(in2M + K))?.attributes.contains(.forced4K) == false)
+        // The PTE changed (the _PAGE_KERNEL_4K bit), so one per-page flush follows the split's.
+        #expect(k.stats.tlbSplitFlushes == 1 && k.stats.tlbPageFlushRounds == 1)
+        try k.checkInvariants()
+    }
+
+    @Test func setMemory4KOnFourKPageDoesNotSplit() throws {
+        var k = try exampleKernel()
+        #expect(try k.setMemory4K(pageOffset + 0x10_0000, numpages: 2) == .ok)
+        #expect(k.stats.splits == LeafCounts() && k.stats.tlbSplitFlushes == 0)
+    }
+
+    @Test func notPresentAndBack() throws {
+        var k = try exampleKernel()
+        #expect(try k.setMemoryNP(in2M + K, numpages: 1) == .ok)
+        #expect(k.pageTable.translate(VirtAddr(in2M + K)) == nil)
+        #expect(k.pageTable.lookup(VirtAddr(in2M + K))?.phys == PhysAddr(0x20_1000))
+        #expect(try k.setMemoryP(in2M + K, numpages: 1) == .ok)
+        #expect(k.pageTable.translate(VirtAddr(in2M + K))?.phys == PhysAddr(0x20_1000))
+        #expect(k.stats.splits == LeafCounts(size2M: 1))
+    }
+
+    @Test func executeBitFlips() throws {
+        var k = try exampleKernel()
+        #expect(try k.setMemoryX(in2M, numpages: 512) == .ok)
+        #expect(k.pageTable.lookup(VirtAddr(in2M))?.attributes.contains(.noExecute) == false)
+        #expect(try k.setMemoryNX(in2M, numpages: 512) == .ok)
+        #expect(k.pageTable.lookup(VirtAddr(in2M))?.attributes.contains(.noExecute) == true)
+    }
+
+    @Test func holesInTheDirectMapAreSkipped() throws {
+        var k = try exampleKernel()
+        // [3G-4K, 3G+4K): the second page is in the hole above RAM's first range.
+        #expect(try k.setMemoryRO(pageOffset + 0xc000_0000 - K, numpages: 2) == .ok)
+        #expect(k.pageTable.lookup(VirtAddr(pageOffset + 0xc000_0000 - K))?.attributes.contains(.writable) == false)
+    }
+
+    @Test func splitWithoutMemoryFailsWithENOMEMAndChangesNothing() throws {
+        var k = try exampleKernel()
+        k.failPageTableAllocations = true
+        #expect(try k.setMemoryRO(in2M, numpages: 1) == .error(.ENOMEM))
+        #expect(k.stats.allocationFailures == 1)
+        #expect(k.stats.tlbFullFlushes == 0 && k.stats.tlbPageFlushRounds == 0)  // CPA_FLUSHTLB was never set
+        #expect(k.pageTable.lookup(VirtAddr(in2M))?.size == .size2M)
+        try k.checkInvariants()
+    }
+
+    @Test func failureAfterAChangeFlushesEverything() throws {
+        var k = try exampleKernel()
+        k.failPageTableAllocations = true
+        // [2M-4K, 2M+4K): the 4K page before 2M changes, then the 2M leaf cannot split.
+        #expect(try k.setMemoryRO(in2M - K, numpages: 2) == .error(.ENOMEM))
+        #expect(k.pageTable.lookup(VirtAddr(in2M - K))?.attributes.contains(.writable) == false)
+        #expect(k.stats.tlbFullFlushes == 1)  // cpa_flush_all
+        #expect(k.stats.tlbPageFlushRounds == 0)
+    }
+
+    @Test func noflushVariantsNeverFlushButASplitStillDoes() throws {
+        var k = try exampleKernel()
+        #expect(try k.setDirectMapInvalidNoflush(pageOffset + 0x10_0000) == .ok)
+        #expect(k.stats.tlbFullFlushes == 0 && k.stats.tlbPageFlushRounds == 0)
+        #expect(k.pageTable.translate(VirtAddr(pageOffset + 0x10_0000)) == nil)
+        #expect(try k.setDirectMapInvalidNoflush(in2M) == .ok)
+        #expect(k.stats.tlbFullFlushes == 1 && k.stats.tlbSplitFlushes == 1 && k.stats.tlbPageFlushRounds == 0)
+        #expect(try k.setDirectMapDefaultNoflush(in2M) == .ok)
+        #expect(k.pageTable.translate(VirtAddr(in2M))?.leaf.attributes == .pageKernel(encrypted: true))
+        #expect(k.stats.tlbFullFlushes == 1 && k.stats.tlbPageFlushRounds == 0)
+    }
+
+    @Test func decryptFollowsTheDocumentedOrder() throws {
+        var k = try exampleKernel(smeCoherent: false)
+        k.eventLog = []
+        #expect(try k.setMemoryDecrypted(inGig, numpages: 1) == .ok)
+        #expect(k.eventLog == [
+            "flush_tlb_one_kernel x1", "clflush x1",  // cache flush before the flip
+            "enc_status_change_prepare",
+            "pte change",
+            "flush_tlb_one_kernel x1",
+            "enc_status_change_finish",
+        ])
+        #expect(k.pageTable.lookup(VirtAddr(inGig))?.attributes.contains(.encrypted) == false)
+        #expect(k.stats.splits == LeafCounts(size2M: 1, size1G: 1))
+        #expect(k.stats.cacheFlushPages == 1)
+        try k.checkInvariants()
+    }
+
+    @Test func encryptionChangeFlushesEvenWhenNothingChanges() throws {
+        var k = try exampleKernel()
+        #expect(try k.setMemoryEncrypted(inGig, numpages: 1) == .ok)
+        // __set_memory_enc_pgtable flushes before and after unconditionally.
+        #expect(k.stats.tlbPageFlushRounds == 2 && k.stats.splits == LeafCounts())
+        #expect(k.stats.cacheFlushPages == 0)  // SME_COHERENT
+    }
+
+    @Test func prepareHookFailureIsEIOAndLeavesThePTE() throws {
+        var k = try exampleKernel()
+        k.failingHook = .prepare
+        #expect(try k.setMemoryDecrypted(inGig, numpages: 1) == .error(.EIO))
+        #expect(k.pageTable.lookup(VirtAddr(inGig))?.attributes.contains(.encrypted) == true)
+        #expect(k.stats.splits == LeafCounts())
+    }
+
+    @Test func finishHookFailureIsEIOAfterThePTEChange() throws {
+        var k = try exampleKernel()
+        k.failingHook = .finish
+        #expect(try k.setMemoryDecrypted(inGig, numpages: 1) == .error(.EIO))
+        #expect(k.pageTable.lookup(VirtAddr(inGig))?.attributes.contains(.encrypted) == false)
+    }
+
+    @Test func withoutMemoryEncryptionEncDecDoNothing() throws {
+        var k = try exampleKernel(memEncrypt: false)
+        #expect(try k.setMemoryDecrypted(inGig, numpages: 1) == .ok)
+        #expect(k.stats == CPAStats())
+        #expect(k.pageTable.lookup(VirtAddr(inGig))?.size == .size1G)
+    }
+
+    @Test func vmallocChangeAlsoChangesTheDirectMapAlias() throws {
+        var k = try exampleKernel()
+        let v = try k.vmap(PhysAddr(0x4000_0000), pages: 2)
+        #expect(v == VirtAddr(0xffff_c900_0000_0000))
+        #expect(try k.setMemoryDecrypted(v.rawValue, numpages: 1) == .ok)
+        #expect(k.pageTable.lookup(v)?.attributes.contains(.encrypted) == false)
+        #expect(k.pageTable.lookup(VirtAddr(inGig))?.attributes.contains(.encrypted) == false)
+        #expect(k.pageTable.lookup(VirtAddr(inGig + K))?.attributes.contains(.encrypted) == true)
+        #expect(k.stats.splits == LeafCounts(size2M: 1, size1G: 1))  // the alias split the 1G leaf
+        // force_flush_all from the alias: the post-change flush is a full one.
+        #expect(k.stats.tlbFullFlushes == 2 + 1 && k.stats.tlbPageFlushRounds == 1)
+        try k.checkInvariants()
+    }
+
+    @Test func aliasChangeLeavesNXAlone() throws {
+        var k = try exampleKernel()
+        let v = try k.vmap(PhysAddr(0x4000_0000), pages: 1)
+        #expect(try k.setMemoryX(v.rawValue, numpages: 1) == .ok)
+        #expect(k.pageTable.lookup(v)?.attributes.contains(.noExecute) == false)
+        #expect(k.pageTable.lookup(VirtAddr(inGig))?.attributes.contains(.noExecute) == true)
+        #expect(k.stats.splits == LeafCounts())
+    }
+
+    @Test func aliasOnlyChangeIsNotFlushed() throws {
+        var k = try exampleKernel()
+        let v = try k.vmap(PhysAddr(0x20_0000), pages: 1)
+        #expect(try k.setMemoryRO(v.rawValue, numpages: 1) == .ok)
+        #expect(try k.setMemoryRW(in2M, numpages: 1) == .ok)   // direct map back to RW
+        let flushes = (k.stats.tlbFullFlushes, k.stats.tlbPageFlushRounds)
+        // Primary already RO: only the alias changes, and its CPA_FLUSHTLB is lost.
+        #expect(try k.setMemoryRO(v.rawValue, numpages: 1) == .ok)
+        #expect(k.pageTable.lookup(VirtAddr(in2M))?.attributes.contains(.writable) == false)
+        #expect(k.stats.tlbFullFlushes == flushes.0 && k.stats.tlbPageFlushRounds == flushes.1)
+    }
+
+    @Test func vmallocHoleIsEFAULT() throws {
+        var k = try exampleKernel()
+        #expect(try k.setMemoryRO(0xffff_c900_0010_0000, numpages: 1) == .error(.EFAULT))
+    }
+
+    @Test func roxCollapsesTwoMegThenOneGig() throws {
+        var k = try exampleKernel()
+        let start = k.directPagesCount
+        #expect(try k.setMemoryRO(inGig + K, numpages: 1) == .ok)  // 1G → 2M → 4K
+        #expect(try k.setMemoryROX(inGig, numpages: Int(G1 / K)) == .ok)
+        #expect(k.stats.collapses == LeafCounts(size2M: 1, size1G: 1))
+        #expect(k.directPagesCount == start)
+        #expect(k.pageTable.lookup(VirtAddr(inGig))?.size == .size1G)
+        try k.checkInvariants()
+    }
+
+    @Test func roxDoesNotCollapseForcedFourKPages() throws {
+        var k = try exampleKernel()
+        #expect(try k.setMemory4K(in2M, numpages: 1) == .ok)
+        #expect(try k.setMemoryROX(in2M, numpages: 512) == .ok)
+        #expect(k.stats.collapses == LeafCounts())
+        #expect(k.pageTable.lookup(VirtAddr(in2M + K))?.size == .size4K)
+    }
+
+    @Test func roxWithoutGbpagesStopsAtTwoMeg() throws {
+        var k = try exampleKernel(gbpages: false)
+        #expect(try k.setMemoryRO(inGig + K, numpages: 1) == .ok)
+        #expect(try k.setMemoryROX(inGig, numpages: 512) == .ok)
+        #expect(k.stats.collapses == LeafCounts(size2M: 1))
+    }
+
+    @Test func unalignedAddressIsAnError() throws {
+        var k = try exampleKernel()
+        let e = #expect(throws: HostKernelError.self) { try k.setMemoryRO(in2M + 1, numpages: 1) }
+        #expect(e?.message.contains("is not page-aligned") == true)
+    }
+
+    @Test func zeroPagesIsAnError() throws {
+        var k = try exampleKernel()
+        #expect(throws: HostKernelError("set_memory_np: numpages must be at least 1, got 0")) { try k.setMemoryNP(in2M, numpages: 0) }
+    }
+
+    @Test func addressOutsideDirectMapAndVmallocIsAnError() throws {
+        var k = try exampleKernel()
+        let e = #expect(throws: HostKernelError.self) { try k.setMemoryDecrypted(pageOffset + 0x6_4000_0000, numpages: 1) }
+        #expect(e?.message.contains("is not inside the direct map [0xffff888000000000-0xffff888640000000)") == true)
+        #expect(throws: HostKernelError.self) { try k.setMemoryRO(0x1000, numpages: 1) }
+        #expect(throws: HostKernelError.self) { try k.setMemoryRO(pageOffset + 0x6_3fff_f000, numpages: 2) }
+    }
+
+    @Test func vmapOfNonRAMIsAnError() throws {
+        var k = try exampleKernel()
+        #expect(throws: HostKernelError.self) { try k.vmap(PhysAddr(0xc000_0000), pages: 1) }
+        #expect(throws: HostKernelError.self) { try k.vmap(PhysAddr(0x1001), pages: 1) }
+    }
+}
