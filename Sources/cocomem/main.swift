@@ -1,1 +1,3 @@
 import CocomemCLI
+
+Cocomem.main()

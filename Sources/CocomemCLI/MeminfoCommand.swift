@@ -1,0 +1,54 @@
+import ArgumentParser
+import HostKernel
+import Reports
+
+/// `cocomem meminfo`: the DirectMap lines of /proc/meminfo after boot and any --apply.
+struct Meminfo: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print the DirectMap lines of /proc/meminfo, exactly as the kernel does.",
+        discussion: """
+            Boots the host kernel's direct map over the memory map (init_mem_mapping), runs
+            each --apply operation in order (results on stderr), and prints DirectMap4k,
+            DirectMap2M and, with gbpages, DirectMap1G as arch_report_meminfo does.
+            """)
+
+    @OptionGroup var machine: MachineOptions
+
+    func run() throws {
+        let (kernel, results) = try machine.boot()
+        machine.report(results)
+        print(Reports.Meminfo.directMap(kernel), terminator: "")
+    }
+}
+
+/// `cocomem ptdump`: the direct map and vmalloc area in the kernel's ptdump format.
+struct Ptdump: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print the kernel page table as /sys/kernel/debug/page_tables/kernel does.",
+        discussion: """
+            Shows the Low Kernel Mapping (the direct map) and the vmalloc() Area after boot and
+            any --apply operations: one line per run of entries with the same flags and level.
+            """)
+
+    @OptionGroup var machine: MachineOptions
+
+    func run() throws {
+        let (kernel, results) = try machine.boot()
+        machine.report(results)
+        print(Reports.Ptdump.render(kernel), terminator: "")
+    }
+}
+
+/// `cocomem list-operations`: what --apply accepts.
+struct ListOperations: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "list-operations", abstract: "List the operations --apply accepts, one a line.")
+
+    func run() {
+        let width = KernelOperation.catalogue.map { $0.name.count + $0.arguments.count + 1 }.max() ?? 0
+        for op in KernelOperation.catalogue {
+            let head = "\(op.name) \(op.arguments)"
+            print(head + String(repeating: " ", count: width - head.count + 2) + op.summary)
+        }
+    }
+}

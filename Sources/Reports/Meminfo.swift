@@ -1,0 +1,21 @@
+import HostKernel
+import PageTables
+
+/// The DirectMap lines of /proc/meminfo, byte for byte. Linux arch/x86/mm/pat/set_memory.c
+/// arch_report_meminfo: DirectMap4k always, DirectMap2M on x86-64, DirectMap1G only with
+/// gbpages; each `label:` padded to 16 columns and `%8lu kB`.
+public enum Meminfo {
+    public static func directMap(_ kernel: Kernel) -> String {
+        let c = kernel.directPagesCount
+        var out = line("DirectMap4k:", UInt64(c.size4K) << 2)
+        out += line("DirectMap2M:", UInt64(c.size2M) << 11)
+        if kernel.config.gbpages { out += line("DirectMap1G:", UInt64(c.size1G) << 20) }
+        return out
+    }
+
+    /// `"%s    %8lu kB\n"` for a 12-character label.
+    static func line(_ label: String, _ kb: UInt64) -> String {
+        let n = String(kb)
+        return label + "    " + String(repeating: " ", count: max(0, 8 - n.count)) + n + " kB\n"
+    }
+}

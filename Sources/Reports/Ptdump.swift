@@ -1,0 +1,94 @@
+import HostKernel
+import PageTables
+
+/// The kernel page table in the format of /sys/kernel/debug/page_tables/kernel.
+///
+/// Linux arch/x86/mm/dump_pagetables.c: a `---[ name ]---` line per marker; one line per run
+/// of entries with the same level and the same flags (frame numbers are ignored, the
+/// C-bit is part of the flags though not printed); `0x%016lx-0x%016lx   `, the size as
+/// `%9lu%c ` in the largest exact unit of BKMGTPE, then USR, RW/ro, PWT, PCD, PSE, PAT,
+/// GLB, NX/x columns (30 spaces when not present), then the level name.
+public enum Ptdump {
+    /// The direct map ("Low Kernel Mapping") and the vmalloc area.
+    public static func render(_ kernel: Kernel) -> String {
+        let l = kernel.layout
+        var out = ""
+        section(kernel, "Low Kernel Mapping", from: l.pageOffset, to: l.vmallocStart, into: &out)
+        section(kernel, "vmalloc() Area", from: l.vmallocStart, to: l.vmemmapStart, into: &out)
+        out += "---[ Vmemmap ]---\n"
+        return out
+    }
+
+    static func section(_ kernel: Kernel, _ name: String, from start: UInt64, to end: UInt64, into out: inout String) {
+        out += "---[ \(name) ]---\n"
+        var visitor = RunVisitor(la57: kernel.config.la57)
+        var table = kernel.pageTable
+        try? table.walk(start: start, size: end - start, &visitor)
+        visitor.flush(upTo: end)
+        out += visitor.text
+    }
+
+    /// The level names of the generic ptdump walker, by cocomem level (1 = PTE). With
+    /// 4-level paging the p4d level is folded into the pgd and shows as p4d.
+    static func levelName(_ level: Int) -> String { ["pte", "pmd", "pud", "p4d", "pgd"][level - 1] }
+
+    /// `%9lu%c` over B, K, M, G, T, P, E: divide by 1024 while exact.
+    static func size(_ bytes: UInt64) -> String {
+        let units: [Character] = ["B", "K", "M", "G", "T", "P", "E"]
+        var v = bytes, u = 0
+        while v & 1023 == 0 && v != 0 && u < units.count - 1 {
+            v >>= 10
+            u += 1
+        }
+        let n = String(v)
+        return String(repeating: " ", count: max(0, 9 - n.count)) + n + String(units[u])
+    }
+
+    /// The flag columns for an entry at `level`. PWT/PCD/PAT follow Linux's PAT layout
+    /// (WB 0, WC PWT, UC- PCD, UC PCD|PWT; arch/x86/mm/pat/memtype.c).
+    static func flags(_ e: Descriptor, level: Int) -> String {
+        let a = e.attributes
+        guard e.isLeaf, a.contains(.present) else { return String(repeating: " ", count: 30) }
+        let mt = a.memoryType
+        var s = a.contains(.user) ? "USR " : "    "
+        s += a.contains(.writable) ? "RW " : "ro "
+        s += mt == .writeCombining || mt == .uncached ? "PWT " : "    "
+        s += mt == .uncachedMinus || mt == .uncached ? "PCD " : "    "
+        s += level > 1 ? "PSE " : "    "
+        s += "    "  // PAT: none of the four PAT entries used needs it
+        s += a.contains(.global) ? "GLB " : "    "
+        s += a.contains(.noExecute) ? "NX " : "x  "
+        return s
+    }
+}
+
+/// Walks leaves and holes in address order, merging runs as note_page does.
+struct RunVisitor: PageTableVisitor {
+    let la57: Bool
+    var text = ""
+    var runStart: UInt64?
+    var runKey: (level: Int, flags: UInt16, present: Bool)?
+    var flags: VisitFlags { .leaf }
+
+    init(la57: Bool) { self.la57 = la57 }
+
+    mutating func visit(_ v: Visit, table: inout PageTable) throws(PageTableError) {
+        let e = v.entry
+        let key = (level: v.level, flags: e.isLeaf ? e.attributes.rawValue : 0, present: e.isLeaf && e.attributes.contains(.present))
+        if let k = runKey, k.level == key.level, k.flags == key.flags, k.present == key.present { return }
+        flush(upTo: v.address)
+        runStart = v.address
+        runKey = key
+        pending = e
+    }
+
+    var pending: Descriptor = .none
+
+    mutating func flush(upTo end: UInt64) {
+        guard let start = runStart, let key = runKey else { return }
+        text += hex(start, digits: 16) + "-" + hex(end, digits: 16) + "   " + Ptdump.size(end - start) + " "
+            + Ptdump.flags(pending, level: key.level) + Ptdump.levelName(key.level) + "\n"
+        runStart = nil
+        runKey = nil
+    }
+}

@@ -1,0 +1,79 @@
+import Testing
+import Hardware
+import HostKernel
+import PageTables
+@testable import Reports
+
+let exampleE820 = """
+    BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable
+    BIOS-e820: [mem 0x0000000000100000-0x00000000bfffffff] usable
+    BIOS-e820: [mem 0x0000000100000000-0x000000063fffffff] usable
+    """
+
+@Suite struct MeminfoTests {
+    @Test func issueExampleByteForByteWithGbpages() throws {
+        let k = try Kernel(memory: PhysicalMemory.parse(e820: exampleE820))
+        #expect(Meminfo.directMap(k) == """
+            DirectMap4k:        2048 kB
+            DirectMap2M:     1046528 kB
+            DirectMap1G:    24117248 kB
+
+            """)
+    }
+
+    @Test func withoutGbpagesThereIsNoDirectMap1GLine() throws {
+        let k = try Kernel(memory: PhysicalMemory.parse(e820: exampleE820), config: KernelConfig(gbpages: false))
+        #expect(Meminfo.directMap(k) == """
+            DirectMap4k:        2048 kB
+            DirectMap2M:    25163776 kB
+
+            """)
+    }
+
+    @Test func wideValuesOverflowTheFieldAsPrintfDoes() {
+        #expect(Meminfo.line("DirectMap1G:", 123_456_789_012) == "DirectMap1G:    123456789012 kB\n")
+    }
+}
+
+@Suite struct PtdumpTests {
+    @Test func sizesUseTheLargestExactUnit() {
+        // %9lu then the unit letter.
+        #expect(Ptdump.size(4096) == "        4K")
+        #expect(Ptdump.size(2 << 20) == "        2M")
+        #expect(Ptdump.size(2036 << 10) == "     2036K")
+        #expect(Ptdump.size(64 << 40) == "       64T")
+        #expect(Ptdump.size(1000) == "     1000B")
+    }
+
+    @Test func smallMachineDumpsExactly() throws {
+        var k = try Kernel(memory: PhysicalMemory.pc(size: 4 << 30))
+        #expect(try k.setMemoryRO(k.layout.pageOffset + 0x20_0000, numpages: 3) == .ok)
+        #expect(try k.setMemoryNP(k.layout.pageOffset + 0x4000_0000, numpages: 512) == .ok)
+        let expected = """
+            ---[ Low Kernel Mapping ]---
+            0xffff888000000000-0xffff888000200000           2M     RW                 GLB NX pte
+            0xffff888000200000-0xffff888000203000          12K     ro                 GLB NX pte
+            0xffff888000203000-0xffff888000400000        2036K     RW                 GLB NX pte
+            0xffff888000400000-0xffff888040000000        1020M     RW         PSE     GLB NX pmd
+            0xffff888040000000-0xffff888040200000           2M                               pmd
+            0xffff888040200000-0xffff888080000000        1022M     RW         PSE     GLB NX pmd
+            0xffff888080000000-0xffff888100000000           2G     RW         PSE     GLB NX pud
+            0xffff888100000000-0xffff890000000000         508G                               pud
+            0xffff890000000000-0xffffc90000000000          64T                               p4d
+            ---[ vmalloc() Area ]---
+            0xffffc90000000000-0xffffea0000000000          33T                               p4d
+            ---[ Vmemmap ]---
+
+            """
+        #expect(Ptdump.render(k) == expected)
+    }
+
+    @Test func cacheModesShowAsPWTAndPCD() {
+        let wc = Descriptor.leaf(PFN(0), Attributes.pageKernel(encrypted: false).with(memoryType: .writeCombining))
+        let uc = Descriptor.leaf(PFN(0), Attributes.pageKernel(encrypted: false).with(memoryType: .uncached))
+        let user = Descriptor.leaf(PFN(0), [.present, .user])
+        #expect(Ptdump.flags(wc, level: 1) == "    RW PWT             GLB NX ")
+        #expect(Ptdump.flags(uc, level: 2) == "    RW PWT PCD PSE     GLB NX ")
+        #expect(Ptdump.flags(user, level: 1) == "USR ro                     x  ")
+    }
+}
