@@ -65,7 +65,7 @@ extension Kernel {
         var failure: Errno?
         do {
             try pageTable.protect(virt: VirtAddr(start), size: UInt64(pages) * pageBytes, set: set, clear: clear,
-                                  forceSplit: forceSplit, into: &result)
+                                  forceSplit: forceSplit, notPresentClearsGlobal: true, into: &result)
         } catch {
             // The range is validated before the walk, so only a split's allocation can fail.
             stats.allocationFailures += 1

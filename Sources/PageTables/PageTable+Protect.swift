@@ -28,15 +28,19 @@ public struct ProtectResult: Hashable, Sendable {
     @usableFromInline let set: Attributes
     @usableFromInline let clear: Attributes
     @usableFromInline let forceSplit: Bool
+    /// Drop `global` from entries that end up not present: x86 pgprot_clear_protnone_bits,
+    /// applied by __change_page_attr and __should_split_large_page.
+    @usableFromInline let notPresentClearsGlobal: Bool
     @usableFromInline var result = ProtectResult()
     @usableFromInline var flags: VisitFlags { .leaf }
 
-    @inlinable init(start: UInt64, last: UInt64, set: Attributes, clear: Attributes, forceSplit: Bool) {
+    @inlinable init(start: UInt64, last: UInt64, set: Attributes, clear: Attributes, forceSplit: Bool, notPresentClearsGlobal: Bool) {
         self.start = start
         self.last = last
         self.set = set
         self.clear = clear
         self.forceSplit = forceSplit
+        self.notPresentClearsGlobal = notPresentClearsGlobal
     }
 
     @inlinable mutating func visit(_ v: Visit, table: inout PageTable) throws(PageTableError) {
@@ -49,7 +53,8 @@ public struct ProtectResult: Hashable, Sendable {
             return
         }
         let old = v.entry.attributes
-        let new = old.subtracting(clear).union(set)
+        var new = old.subtracting(clear).union(set)
+        if notPresentClearsGlobal && !new.contains(.present) { new.remove(.global) }
         if v.level > 1 && (forceSplit || (new != old && !v.isCovered(start: start, last: last))) {
             try table.splitLeaf(slot: v.slot, level: v.level)
             result.splits[size] += 1
@@ -71,7 +76,7 @@ extension PageTable {
         virt: VirtAddr, size: UInt64, set: Attributes = [], clear: Attributes = [], forceSplit: Bool = false
     ) throws(PageTableError) -> ProtectResult {
         var result = ProtectResult()
-        try protect(virt: virt, size: size, set: set, clear: clear, forceSplit: forceSplit, into: &result)
+        try protect(virt: virt, size: size, set: set, clear: clear, forceSplit: forceSplit, notPresentClearsGlobal: false, into: &result)
         return result
     }
 
@@ -79,9 +84,11 @@ extension PageTable {
     /// `outOfMemory` part way through.
     @inlinable
     public mutating func protect(
-        virt: VirtAddr, size: UInt64, set: Attributes, clear: Attributes, forceSplit: Bool, into result: inout ProtectResult
+        virt: VirtAddr, size: UInt64, set: Attributes, clear: Attributes, forceSplit: Bool, notPresentClearsGlobal: Bool,
+        into result: inout ProtectResult
     ) throws(PageTableError) {
-        var visitor = ProtectVisitor(start: virt.rawValue, last: virt.rawValue &+ (size &- 1), set: set, clear: clear, forceSplit: forceSplit)
+        var visitor = ProtectVisitor(start: virt.rawValue, last: virt.rawValue &+ (size &- 1), set: set, clear: clear,
+                                     forceSplit: forceSplit, notPresentClearsGlobal: notPresentClearsGlobal)
         visitor.result = result
         defer { result = visitor.result }
         try walk(start: virt.rawValue, size: size, &visitor)
