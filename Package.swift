@@ -9,11 +9,13 @@ let package = Package(
         .library(name: "PageTables", targets: ["PageTables"]),
         .library(name: "Hardware", targets: ["Hardware"]),
         .library(name: "HostKernel", targets: ["HostKernel"]),
+        .library(name: "Simulation", targets: ["Simulation"]),
         .library(name: "Reports", targets: ["Reports"]),
         .executable(name: "cocomem", targets: ["cocomem"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
         // Layer 0: addresses, descriptors, the radix page table and its walker.
@@ -22,13 +24,16 @@ let package = Package(
         .target(name: "Hardware", dependencies: ["PageTables"]),
         // Layer 2: the host kernel: direct map, change_page_attr, vmalloc aliases.
         .target(name: "HostKernel", dependencies: ["Hardware", "PageTables"]),
-        // Renderers in the kernel's own formats (/proc/meminfo, ptdump).
-        .target(name: "Reports", dependencies: ["HostKernel", "Hardware", "PageTables"]),
+        // Machine, scenarios, workloads, policies, invariants, metrics.
+        .target(name: "Simulation", dependencies: ["HostKernel", "Hardware", "PageTables", "Yams"]),
+        // Renderers: the kernel's own formats (/proc/meminfo, ptdump), tables, JSON, CSV,
+        // Chrome traces, SVG/HTML maps.
+        .target(name: "Reports", dependencies: ["Simulation", "HostKernel", "Hardware", "PageTables"]),
         // The command line, as a library so tests can drive it.
         .target(
             name: "CocomemCLI",
             dependencies: [
-                "Reports", "HostKernel", "Hardware", "PageTables",
+                "Reports", "Simulation", "HostKernel", "Hardware", "PageTables",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .executableTarget(name: "cocomem", dependencies: ["CocomemCLI"]),
@@ -36,6 +41,7 @@ let package = Package(
         .testTarget(name: "PageTablesTests", dependencies: ["PageTables"]),
         .testTarget(name: "HardwareTests", dependencies: ["Hardware"]),
         .testTarget(name: "HostKernelTests", dependencies: ["HostKernel"]),
+        .testTarget(name: "SimulationTests", dependencies: ["Simulation"]),
         .testTarget(name: "ReportsTests", dependencies: ["Reports"]),
         .testTarget(name: "CocomemCLITests", dependencies: ["CocomemCLI"]),
     ]

@@ -11,12 +11,15 @@ public struct Cocomem: ParsableCommand {
 
             Examples:
               cocomem                                   # the built-in demo
-              cocomem meminfo --memory 64G
-              cocomem meminfo --e820 dmesg.txt --apply 'set_memory_decrypted pa:0x40000000 1'
+              cocomem run examples/cpa-basics.yaml --meminfo
+              cocomem check examples/*.yaml             # TAP
+              cocomem compare examples/cpa-churn.yaml --policy never --policy rox --policy always
+              cocomem meminfo --memory 64G --apply 'set_memory_decrypted pa:0x40000000 1'
               cocomem ptdump --e820 dmesg.txt --no-gbpages
+              cocomem list steps
             """,
         version: "0.1.0",
-        subcommands: [Demo.self, Meminfo.self, Ptdump.self, ListOperations.self],
+        subcommands: [Demo.self, Run.self, Check.self, Compare.self, List.self, MeminfoCommand.self, PtdumpCommand.self, ListOperations.self],
         defaultSubcommand: Demo.self)
 
     public init() {}

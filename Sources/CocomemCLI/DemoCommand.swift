@@ -1,50 +1,63 @@
 import ArgumentParser
-import Hardware
-import HostKernel
-import PageTables
 import Reports
+import Simulation
 
-/// `cocomem demo` (and `cocomem` alone): a built-in showcase.
+/// `cocomem demo` (and `cocomem` alone): the built-in showcase scenario, explained.
 struct Demo: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run the built-in showcase: what one set_memory_decrypted does to the direct map.")
+        abstract: "Run the built-in showcase scenario and explain what it shows.")
 
-    /// The machine of the showcase: 25 GiB of RAM around the usual PCI hole.
-    static let e820 = """
-        BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable
-        BIOS-e820: [mem 0x000000000009fc00-0x000000000009ffff] reserved
-        BIOS-e820: [mem 0x00000000000f0000-0x00000000000fffff] reserved
-        BIOS-e820: [mem 0x0000000000100000-0x00000000bfffffff] usable
-        BIOS-e820: [mem 0x00000000c0000000-0x00000000ffffffff] reserved
-        BIOS-e820: [mem 0x0000000100000000-0x000000063fffffff] usable
+    /// The showcase: what C-bit changes do to an SME host's direct map.
+    static let scenario = """
+        name: demo-direct-map-fragmentation
+        seed: 42
+        machine:
+          arch: x86-64
+          memory: 16G
+          gbpages: true
+        host:
+          cpa-collapse: rox
+        steps:
+          - set_memory_decrypted: {pa: 0x40001000, numpages: 1}
+            expect: ok
+          - set_memory_encrypted: {pa: 0x40001000, numpages: 1}
+            expect: ok
+          - set_memory_rox: {pa: 0x40000000, numpages: 512}
+            expect: ok
+          - workload: {kind: cpa-churn, operations: 2000}
+            expect: ok
+        check:
+          - no-errors
+          - invariants
+          - directmap: {1g: "<= 14G"}
         """
 
-    func run() throws {
-        print(try Self.text())
-    }
+    func run() throws { print(try Self.text()) }
 
-    /// The showcase's whole output.
     static func text() throws -> String {
-        var k = try Kernel(memory: PhysicalMemory.parse(e820: e820))
-        var out = "cocomem demo: one 4K page of the host direct map changes its C-bit.\n\n"
-        out += "Boot: 25 GiB of RAM, gbpages on. The direct map after init_mem_mapping:\n"
-        out += Reports.Meminfo.directMap(k).indented() + "\n"
-        let va = k.va(PhysAddr(0x4000_1000)).rawValue
-        out += "set_memory_decrypted(\(hex(va)), 1) = \(try k.setMemoryDecrypted(va, numpages: 1))\n"
-        out += "The page sat in a 1G leaf: it split 1G -> 2M -> 4K (split_page_count twice):\n"
-        out += Reports.Meminfo.directMap(k).indented() + "\n"
-        let leaves = try k.pageTable.leaves(virt: VirtAddr(va - pageBytes), size: 3 * pageBytes)
-        for l in leaves { out += "  \(l)\n" }
-        out += "\nCounters:\n"
-        for (name, value) in k.stats.fields where value != 0 { out += "  \(name) \(value)\n" }
-        out += "\nTry: cocomem meminfo --memory 64G --apply 'set_memory_4k pa:0x40000000 1'\n"
-        out += "     cocomem ptdump --memory 4G\n"
-        return out
-    }
-}
+        let s = try Scenario.load(yaml: scenario, file: "<demo>")
+        let r = try Runner.run(s, options: RunOptions(checkInvariants: true))
+        var out = """
+            cocomem demo: how C-bit changes fragment an SME host's direct map.
 
-extension String {
-    func indented() -> String {
-        split(separator: "\n", omittingEmptySubsequences: false).map { $0.isEmpty ? "" : "  " + $0 }.joined(separator: "\n")
+            The host boots 16 GiB with 1G direct-map pages. Step 1 decrypts one 4K page that
+            sits inside a 1G leaf: change_page_attr splits 1G -> 2M -> 4K. Step 2 encrypts it
+            again, but splitting is one-way: the 4K leaves stay. Step 3 is set_memory_rox over
+            that 2M region: with CPA_COLLAPSE (policy host.cpa-collapse=rox) the 512 identical
+            PTEs collapse back into one 2M leaf. Step 4 bounces 2000 random pages through
+            decrypt/encrypt, as swiotlb-style buffers would, and nothing collapses them.
+
+            """
+        out += "\n" + RunReport.summary(r)
+        out += "\n/proc/meminfo at the end:\n" + Meminfo.directMap(r.machine.kernel)
+        out += """
+
+            Try:
+              cocomem run examples/cpa-basics.yaml --ptdump
+              cocomem compare examples/cpa-churn.yaml --policy never --policy rox --policy always
+              cocomem run examples/cpa-churn.yaml --svg map.svg
+              cocomem list steps
+            """
+        return out
     }
 }

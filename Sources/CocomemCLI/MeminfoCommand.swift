@@ -3,8 +3,9 @@ import HostKernel
 import Reports
 
 /// `cocomem meminfo`: the DirectMap lines of /proc/meminfo after boot and any --apply.
-struct Meminfo: ParsableCommand {
+struct MeminfoCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "meminfo",
         abstract: "Print the DirectMap lines of /proc/meminfo, exactly as the kernel does.",
         discussion: """
             Boots the host kernel's direct map over the memory map (init_mem_mapping), runs
@@ -17,13 +18,14 @@ struct Meminfo: ParsableCommand {
     func run() throws {
         let (kernel, results) = try machine.boot()
         machine.report(results)
-        print(Reports.Meminfo.directMap(kernel), terminator: "")
+        print(Meminfo.directMap(kernel), terminator: "")
     }
 }
 
 /// `cocomem ptdump`: the direct map and vmalloc area in the kernel's ptdump format.
-struct Ptdump: ParsableCommand {
+struct PtdumpCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "ptdump",
         abstract: "Print the kernel page table as /sys/kernel/debug/page_tables/kernel does.",
         discussion: """
             Shows the Low Kernel Mapping (the direct map) and the vmalloc() Area after boot and
@@ -35,7 +37,7 @@ struct Ptdump: ParsableCommand {
     func run() throws {
         let (kernel, results) = try machine.boot()
         machine.report(results)
-        print(Reports.Ptdump.render(kernel), terminator: "")
+        print(Ptdump.render(kernel), terminator: "")
     }
 }
 

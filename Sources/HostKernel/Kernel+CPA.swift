@@ -24,7 +24,7 @@ struct CPAOutcome {
 
 extension Kernel {
     /// Checks a request names whole pages inside the direct map or the vmalloc area.
-    func validate(address: UInt64, numpages: Int, function: String) throws(HostKernelError) {
+    public func validate(address: UInt64, numpages: Int, function: String) throws(HostKernelError) {
         if address & (pageBytes - 1) != 0 {
             throw HostKernelError("\(function): address \(hex(address)) is not page-aligned (the kernel would WARN and round it down)")
         }
@@ -109,7 +109,7 @@ extension Kernel {
 
     /// Flushes after a change: everything when forced or above the single-page ceiling,
     /// else page by page; then CLFLUSH of each present page when `cache`; then, with
-    /// CPA_COLLAPSE, re-merging. Linux set_memory.c cpa_flush.
+    /// CPA_COLLAPSE, re-merging (as the collapse policy says). Linux set_memory.c cpa_flush.
     mutating func cpaFlush(_ req: CPARequest, cache: Bool, forceFlushAll: Bool) {
         if forceFlushAll || req.numpages > config.tlbSinglePageFlushCeiling {
             stats.tlbFullFlushes += 1
@@ -127,7 +127,11 @@ extension Kernel {
             stats.cacheFlushPages += flushed
             log("clflush x\(flushed)")
         }
-        if req.collapse { collapseLargePages(req) }
+        switch config.collapse {
+        case .never: break
+        case .rox: if req.collapse { collapseLargePages(req) }
+        case .always: collapseLargePages(req)
+        }
     }
 
     /// Re-merges the direct-map tables the request touched, 2M first and 1G only right after

@@ -6,6 +6,11 @@ extension Kernel {
     /// (cpa_process_alias keeps them together).
     public func checkInvariants() throws(InvariantViolation) {
         try pageTable.checkInvariants()
+        try checkDirectMapInvariants()
+    }
+
+    /// The kernel's own invariants without the page table's structural ones.
+    public func checkDirectMapInvariants() throws(InvariantViolation) {
         let walked = directMapLeafCounts()
         if walked != directPagesCount {
             throw InvariantViolation("direct_pages_count equals the direct-map walk", "count \(directPagesCount), walk \(walked)")

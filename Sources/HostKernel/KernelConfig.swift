@@ -16,6 +16,8 @@ public struct KernelConfig: Hashable, Sendable {
     public var smeCoherent = true
     /// tlb_single_page_flush_ceiling, arch/x86/mm/tlb.c (default 33).
     public var tlbSinglePageFlushCeiling = 33
+    /// When change_page_attr re-merges split tables.
+    public var collapse = CollapsePolicy.rox
 
     public init(gbpages: Bool = true, la57: Bool = false, memEncrypt: Bool = true, smeCoherent: Bool = true) {
         self.gbpages = gbpages
@@ -48,4 +50,25 @@ public struct KernelLayout: Hashable, Sendable {
         pageOffset: 0xff11_0000_0000_0000, directMapMax: 32 << 50,
         vmallocStart: 0xffa0_0000_0000_0000, vmallocEnd: 0xffa0_0000_0000_0000 + (12800 << 40),
         vmemmapStart: 0xffd4_0000_0000_0000)
+}
+
+/// When change_page_attr re-merges 512 entries into one large leaf (policy slot
+/// `host.cpa-collapse`).
+public enum CollapsePolicy: String, CaseIterable, Hashable, Sendable {
+    /// Splits are one-way, as in Linux before the CPA_COLLAPSE series (and in mainline
+    /// wherever no caller passes CPA_COLLAPSE). Linux arch/x86/mm/pat/set_memory.c.
+    case never
+    /// Only set_memory_rox passes CPA_COLLAPSE: "x86/mm/pat: restore large ROX pages after
+    /// fragmentation" (Rapoport, execmem ROX series, 2025).
+    case rox
+    /// What-if: every flush tries to collapse, as if every caller passed CPA_COLLAPSE.
+    case always
+
+    public var summary: String {
+        switch self {
+        case .never: "splits are one-way (Linux before CPA_COLLAPSE)"
+        case .rox: "only set_memory_rox re-merges (CPA_COLLAPSE, 2025)"
+        case .always: "what-if: every change_page_attr flush tries to re-merge"
+        }
+    }
 }

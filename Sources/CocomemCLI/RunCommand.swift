@@ -1,0 +1,94 @@
+import ArgumentParser
+import Foundation
+import Reports
+import Simulation
+
+/// `cocomem run FILE`: run a scenario and report.
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a scenario file and report what happened.",
+        discussion: """
+            Prints a summary: failed expectations, every metric, the end checks. Exit status 1
+            when an expectation or check fails or an invariant breaks. See docs/SCENARIOS.md
+            for the file format; 'cocomem list steps' for what a step can be.
+            """)
+
+    @Argument(help: "The scenario (YAML).") var file: String
+    @Flag(help: "Print the run as one JSON object instead of the summary.") var json = false
+    @Flag(help: "Print metrics as CSV (with --sample: one row per sample).") var csv = false
+    @Flag(help: "Also print /proc/meminfo's DirectMap lines (at the end, or after step --at).") var meminfo = false
+    @Flag(help: "Also print the kernel page table in ptdump format (at the end, or after step --at).") var ptdump = false
+    @Option(help: ArgumentHelp("Show --meminfo/--ptdump/--svg as they were right after step N (0 = after boot).", valueName: "N")) var at: Int?
+    @Flag(help: "Check every invariant after every step; stop at the first violation.") var check = false
+    @Option(help: ArgumentHelp("Record all metrics every N steps (JSON 'samples', CSV rows).", valueName: "N")) var sample: Int?
+    @Option(help: ArgumentHelp("Write a Chrome trace event file (open it in Perfetto).", valueName: "file")) var trace: String?
+    @Option(help: ArgumentHelp("Write an SVG map of physical memory.", valueName: "file")) var svg: String?
+    @Option(help: ArgumentHelp("Write an HTML page with the map and the summary.", valueName: "file")) var html: String?
+    @Option(help: ArgumentHelp("Colour the map by leaf-size or ownership.", valueName: "mode")) var color: String = "leaf-size"
+    @Flag(help: "No progress line on stderr.") var quiet = false
+
+    func validate() throws {
+        if json && csv { throw ValidationError("give --json or --csv, not both") }
+        if (json || csv) && (meminfo || ptdump) { throw ValidationError("--meminfo and --ptdump print text; they cannot be mixed with --json or --csv") }
+        if let at, at < 0 { throw ValidationError("--at must be 0 or a step number") }
+        if let sample, sample < 1 { throw ValidationError("--sample must be at least 1") }
+        if MemoryMap.Coloring(rawValue: color) == nil {
+            throw ValidationError("--color '\(color)': valid: \(MemoryMap.Coloring.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+    }
+
+    func run() throws {
+        let scenario = try ScenarioFiles.load(file)
+        if let at, at > scenario.steps.count {
+            throw CLIError("--at \(at): \(file) has \(scenario.steps.count) steps; valid: 0 to \(scenario.steps.count)")
+        }
+        let progress = ProgressLine(quiet: quiet)
+        var options = RunOptions(checkInvariants: check, sampleEvery: sample, snapshotAt: at)
+        options.progress = { progress.update($0, $1, $2) }
+        let result = try Runner.run(scenario, options: options)
+        progress.finish()
+        print(try Self.render(result, options: self), terminator: "")
+        if !result.passed { throw ExitCode(1) }
+    }
+
+    /// Everything `run` prints and writes, for a finished run.
+    static func render(_ result: RunResult, options o: Run) throws -> String {
+        let shown = result.snapshot ?? result.machine
+        if let path = o.trace { try ScenarioFiles.write(Trace.render(result), to: path) }
+        let coloring = MemoryMap.Coloring(rawValue: o.color) ?? .leafSize
+        let svgText = (o.svg != nil || o.html != nil) ? MemoryMap.svg(shown.kernel, coloring: coloring, title: result.scenario.name) : ""
+        if let path = o.svg { try ScenarioFiles.write(svgText, to: path) }
+        if let path = o.html {
+            try ScenarioFiles.write(MemoryMap.html(svg: svgText, summary: RunReport.summary(result), title: result.scenario.name), to: path)
+        }
+        if o.json { return RunReport.json(result) }
+        if o.csv { return RunReport.csv(result) }
+        var out = RunReport.summary(result)
+        let when = o.at.map { "after step \($0)" } ?? "at the end"
+        if o.meminfo { out += "\n/proc/meminfo \(when):\n" + Meminfo.directMap(shown.kernel) }
+        if o.ptdump { out += "\nptdump \(when):\n" + Ptdump.render(shown.kernel) }
+        return out
+    }
+}
+
+/// `cocomem check FILE…`: expectations and end checks as TAP.
+struct Check: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run scenarios and print TAP version 13, one test point per expectation and check.",
+        discussion: "Invariants are checked after every step. Exit status 1 if any test point fails.")
+
+    @Argument(help: "Scenario files.") var files: [String]
+
+    func validate() throws {
+        if files.isEmpty { throw ValidationError("name at least one scenario file") }
+    }
+
+    func run() throws {
+        var results: [RunResult] = []
+        for f in files {
+            results.append(try Runner.run(try ScenarioFiles.load(f), options: RunOptions(checkInvariants: true)))
+        }
+        print(RunReport.tap(results), terminator: "")
+        if !results.allSatisfy(\.passed) { throw ExitCode(1) }
+    }
+}

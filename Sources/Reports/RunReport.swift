@@ -1,0 +1,103 @@
+import PageTables
+import Simulation
+
+/// Renders a run: a summary table for a terminal, JSON and CSV for tools, TAP for `check`.
+public enum RunReport {
+    /// The summary: scenario, policies, failed expectations, metrics, checks.
+    public static func summary(_ r: RunResult) -> String {
+        var out = "scenario  \(r.scenario.name)  (\(r.scenario.file), seed \(r.scenario.seed), \(r.records.count) steps)\n"
+        let policies = r.scenario.policies.map { "\($0.slot)=\($0.policy)" }.joined(separator: " ")
+        if !policies.isEmpty { out += "policies  \(policies)\n" }
+        if let f = r.failure { out += "\nSTOPPED   \(f)\n" }
+        let failed = r.failedExpectations
+        out += "\nexpectations  \(r.records.filter { $0.expect != nil }.count - failed.count) passed, \(failed.count) failed\n"
+        for rec in failed {
+            out += "  FAIL step \(rec.index)\(rec.line.map { " (line \($0))" } ?? "") \(rec.name): expected \(rec.expect!), got \(rec.result)\n"
+        }
+        out += "\n" + table(["metric", "value"], r.metrics.map { [$0.0, String($0.1)] }, rightAlign: [1])
+        if !r.checks.isEmpty {
+            out += "\nchecks\n"
+            for c in r.checks {
+                out += "  \(c.passed ? "PASS" : "FAIL")  \(c.description)\(c.passed ? "" : "  (\(c.detail))")\n"
+            }
+        }
+        out += "\n" + (r.passed ? "PASS" : "FAIL") + "\n"
+        return out
+    }
+
+    /// A plain text table with a header rule; columns in `rightAlign` are right-aligned.
+    public static func table(_ header: [String], _ rows: [[String]], rightAlign: Set<Int> = []) -> String {
+        let widths = header.indices.map { c in ([header[c]] + rows.map { $0[c] }).map(\.count).max() ?? 0 }
+        func line(_ cells: [String]) -> String {
+            cells.enumerated().map { c, s in
+                let gap = String(repeating: " ", count: widths[c] - s.count)
+                return rightAlign.contains(c) ? gap + s : s + gap
+            }.joined(separator: "  ").trimmingTrailingSpaces() + "\n"
+        }
+        return line(header) + line(widths.map { String(repeating: "-", count: $0) }) + rows.map(line).joined()
+    }
+
+    /// The whole run as one JSON object, keys in a fixed order.
+    public static func json(_ r: RunResult) -> String {
+        func metrics(_ m: [(String, UInt64)]) -> JSON { .object(m.map { ($0.0, .number($0.1)) }) }
+        let steps: [JSON] = r.records.map { rec in
+            .object([
+                ("index", .int(rec.index)), ("line", rec.line.map { .int($0) } ?? .null), ("step", .string(rec.name)),
+                ("args", .object(rec.arguments.map { ($0.0, .string($0.1)) })), ("result", .string(rec.result)),
+                ("expect", rec.expect.map { .string($0) } ?? .null), ("passed", rec.passed.map { .bool($0) } ?? .null),
+            ])
+        }
+        var top: [(String, JSON)] = [
+            ("scenario", .string(r.scenario.name)), ("file", .string(r.scenario.file)), ("seed", .number(r.scenario.seed)),
+            ("policies", .object(r.scenario.policies.map { ($0.slot, .string($0.policy)) })),
+            ("steps", .array(steps)), ("metrics", metrics(r.metrics)),
+            ("checks", .array(r.checks.map { .object([("check", .string($0.description)), ("passed", .bool($0.passed)), ("detail", .string($0.detail))]) })),
+        ]
+        if !r.samples.isEmpty {
+            top.append(("samples", .array(r.samples.map { .object([("step", .int($0.step)), ("metrics", metrics($0.metrics))]) })))
+        }
+        top.append(("invariant_failure", r.failure.map { .object([("step", .int($0.step)), ("invariant", .string($0.invariant)), ("detail", .string($0.detail))]) } ?? .null))
+        top.append(("passed", .bool(r.passed)))
+        return JSON.object(top).render() + "\n"
+    }
+
+    /// CSV: with samples, one row per sample (step, then every metric); else `metric,value`.
+    public static func csv(_ r: RunResult) -> String {
+        if r.samples.isEmpty {
+            return "metric,value\n" + r.metrics.map { "\($0.0),\($0.1)\n" }.joined()
+        }
+        var out = "step," + r.samples[0].metrics.map(\.0).joined(separator: ",") + "\n"
+        for s in r.samples { out += "\(s.step)," + s.metrics.map { String($0.1) }.joined(separator: ",") + "\n" }
+        return out
+    }
+
+    /// TAP version 13: one test point per expectation and per check.
+    public static func tap(_ results: [RunResult]) -> String {
+        var points: [(Bool, String, String?)] = []
+        for r in results {
+            for rec in r.records where rec.expect != nil {
+                let where_ = "\(r.scenario.file):\(rec.line.map(String.init) ?? "?")"
+                points.append((rec.passed == true, "\(where_) step \(rec.index) \(rec.name) = \(rec.expect!)",
+                               rec.passed == true ? nil : "got: \(rec.result)"))
+            }
+            for c in r.checks {
+                points.append((c.passed, "\(r.scenario.file):\(c.line.map(String.init) ?? "?") check \(c.description)", c.passed ? nil : c.detail))
+            }
+            if let f = r.failure { points.append((false, "\(r.scenario.file) invariants", f.description)) }
+        }
+        var out = "TAP version 13\n1..\(points.count)\n"
+        for (i, p) in points.enumerated() {
+            out += "\(p.0 ? "ok" : "not ok") \(i + 1) - \(p.1)\n"
+            if let d = p.2 { out += "  ---\n  message: \(JSON.quote(d))\n  ...\n" }
+        }
+        return out
+    }
+}
+
+extension String {
+    func trimmingTrailingSpaces() -> String {
+        var s = Substring(self)
+        while s.last == " " { s = s.dropLast() }
+        return String(s)
+    }
+}

@@ -1,0 +1,78 @@
+import Hardware
+import HostKernel
+import PageTables
+
+/// The whole simulated machine: hardware, host kernel, the run's seeded generator and step
+/// counters. A struct of structs, so a copy is a snapshot.
+public struct Machine: Sendable {
+    public let architecture: Architecture
+    public let cpus: Int
+    public internal(set) var kernel: Kernel
+    public internal(set) var rng: SeededGenerator
+    /// Step results that were kernel errors (-E…), workloads' operations included.
+    public internal(set) var errors = 0
+    /// Operations run, workloads' operations counted one by one.
+    public internal(set) var operations = 0
+    /// Called now and then by long workloads with (done, total), for a progress line.
+    public var onProgress: (@Sendable (UInt64, UInt64) -> Void)?
+
+    public init(architecture: Architecture, cpus: Int, kernel: Kernel, seed: UInt64) {
+        self.architecture = architecture
+        self.cpus = cpus
+        self.kernel = kernel
+        self.rng = SeededGenerator(seed: seed)
+    }
+
+    /// Runs a host-kernel operation and counts it.
+    mutating func apply(_ op: KernelOperation) throws(HostKernelError) -> String {
+        let result = try op.apply(to: &kernel)
+        operations += 1
+        if result.hasPrefix("-E") { errors += 1 }
+        return result
+    }
+
+    /// Every counter the layers keep, in a fixed order: the metrics of a run.
+    public var metrics: [(String, UInt64)] {
+        let c = kernel.directPagesCount
+        var m: [(String, UInt64)] = [
+            ("directmap_4k_kb", UInt64(c.size4K) << 2),
+            ("directmap_2m_kb", UInt64(c.size2M) << 11),
+            ("directmap_1g_kb", UInt64(c.size1G) << 20),
+            ("pgtable_pages", UInt64(kernel.pageTable.tablePages)),
+        ]
+        m += kernel.stats.fields
+        m += [("operations", UInt64(operations)), ("errors", UInt64(errors))]
+        return m
+    }
+
+    /// The names `metrics` reports, in order.
+    public static let metricNames: [String] =
+        ["directmap_4k_kb", "directmap_2m_kb", "directmap_1g_kb", "pgtable_pages"] + CPAStats().fields.map(\.0) + ["operations", "errors"]
+
+    /// Checks every registered invariant, in registry order.
+    public func checkInvariants() throws(InvariantViolation) {
+        for invariant in Invariants.all { try invariant.check(self) }
+    }
+}
+
+/// A named invariant a layer registers; checked after every step in `--check` runs and tests.
+public struct Invariant: Sendable {
+    public let name: String
+    public let layer: String
+    public let summary: String
+    let check: @Sendable (Machine) throws(InvariantViolation) -> Void
+}
+
+/// The registry of invariants, one entry per layer's checker.
+public enum Invariants {
+    public static let all: [Invariant] = [
+        Invariant(name: "page-table", layer: "PageTables",
+                  summary: "leaf counts and table pages equal a walk; every table reached once; free tables empty") { m throws(InvariantViolation) in
+            try m.kernel.pageTable.checkInvariants()
+        },
+        Invariant(name: "direct-pages-count", layer: "HostKernel",
+                  summary: "direct_pages_count equals the direct-map walk; vmalloc aliases share the C-bit") { m throws(InvariantViolation) in
+            try m.kernel.checkDirectMapInvariants()
+        },
+    ]
+}

@@ -1,0 +1,105 @@
+import HostKernel
+import PageTables
+
+/// What one step did.
+public struct StepRecord: Sendable {
+    public let index: Int
+    public let line: Int?
+    public let name: String
+    public let arguments: [(String, String)]
+    public let result: String
+    public let expect: String?
+    /// Metrics right after the step (for traces).
+    public let metrics: [(String, UInt64)]
+    /// nil when the step has no expectation.
+    public var passed: Bool? { expect.map { $0 == result } }
+}
+
+/// The outcome of one end check.
+public struct CheckRecord: Sendable {
+    public let name: String
+    public let description: String
+    public let line: Int?
+    public let passed: Bool
+    public let detail: String
+}
+
+/// How to run a scenario.
+public struct RunOptions: Sendable {
+    /// Check every invariant after boot and after each step.
+    public var checkInvariants = false
+    /// Record all metrics every N steps.
+    public var sampleEvery: Int?
+    /// Keep a copy of the machine right after step N (0 = after boot).
+    public var snapshotAt: Int?
+    /// Called before each step with (step, total, name) and during long workloads.
+    public var progress: (@Sendable (Int, Int, String) -> Void)?
+
+    public init(checkInvariants: Bool = false, sampleEvery: Int? = nil, snapshotAt: Int? = nil) {
+        self.checkInvariants = checkInvariants
+        self.sampleEvery = sampleEvery
+        self.snapshotAt = snapshotAt
+    }
+}
+
+/// Everything a run produced, in order.
+public struct RunResult: Sendable {
+    public let scenario: Scenario
+    public let records: [StepRecord]
+    public let samples: [(step: Int, metrics: [(String, UInt64)])]
+    public let checks: [CheckRecord]
+    public let machine: Machine
+    public let snapshot: Machine?
+    public let failure: InvariantFailure?
+
+    public var metrics: [(String, UInt64)] { machine.metrics }
+    public var failedExpectations: [StepRecord] { records.filter { $0.passed == false } }
+    /// Every expectation and check passed and no invariant broke.
+    public var passed: Bool { failure == nil && failedExpectations.isEmpty && checks.allSatisfy(\.passed) }
+}
+
+/// Runs scenarios step by step.
+public enum Runner {
+    public static func run(_ scenario: Scenario, options: RunOptions = RunOptions()) throws(ScenarioError) -> RunResult {
+        var m = try scenario.boot()
+        var records: [StepRecord] = []
+        var samples: [(step: Int, metrics: [(String, UInt64)])] = []
+        var snapshot: Machine? = options.snapshotAt == 0 ? m : nil
+        func finish(_ failure: InvariantFailure?, checks: [CheckRecord]) -> RunResult {
+            RunResult(scenario: scenario, records: records, samples: samples, checks: checks, machine: m, snapshot: snapshot, failure: failure)
+        }
+        if options.checkInvariants {
+            do { try m.checkInvariants() } catch {
+                return finish(InvariantFailure(step: 0, invariant: error.name, detail: error.detail), checks: [])
+            }
+        }
+        if options.sampleEvery != nil { samples.append((0, m.metrics)) }
+        let total = scenario.steps.count
+        for step in scenario.steps {
+            options.progress?(step.index, total, step.name)
+            if let progress = options.progress {
+                m.onProgress = { done, all in progress(step.index, total, "\(step.name) \(done)/\(all)") }
+            }
+            let result: String
+            do { result = try step.action(&m) } catch {
+                // Only a state the loader could not foresee gets here (e.g. the vmalloc area filling up).
+                throw ScenarioError(file: scenario.file, line: step.line, column: nil, field: "steps[\(step.index)].\(step.name)", error.message)
+            }
+            m.onProgress = nil
+            records.append(StepRecord(index: step.index, line: step.line, name: step.name, arguments: step.arguments,
+                                      result: result, expect: step.expect, metrics: m.metrics))
+            if options.snapshotAt == step.index { snapshot = m }
+            if let n = options.sampleEvery, step.index % n == 0 { samples.append((step.index, m.metrics)) }
+            if options.checkInvariants {
+                do { try m.checkInvariants() } catch {
+                    return finish(InvariantFailure(step: step.index, invariant: error.name, detail: error.detail), checks: [])
+                }
+            }
+        }
+        let checks = scenario.checks.map { c in
+            let (passed, detail) = c.evaluate(m, records)
+            return CheckRecord(name: c.name, description: c.description, line: c.line, passed: passed, detail: detail)
+        }
+        return finish(nil, checks: checks)
+    }
+}

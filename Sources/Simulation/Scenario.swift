@@ -1,0 +1,113 @@
+import Hardware
+import HostKernel
+import PageTables
+import Yams
+
+/// A scenario as read from its file: the machine, the policies, the steps and the checks,
+/// every step already checked against the registries and the booted machine.
+public struct Scenario: Sendable {
+    public let file: String
+    public let name: String
+    public let seed: UInt64
+    public let architecture: Architecture
+    public let cpus: Int
+    public let memory: PhysicalMemory
+    public let kernelConfig: KernelConfig
+    /// Chosen policies by slot, in registry order (defaults included).
+    public let policies: [(slot: String, policy: String)]
+    public let steps: [PreparedStep]
+    public let checks: [PreparedCheck]
+
+    /// A fresh machine booted as the scenario says.
+    public func boot() throws(ScenarioError) -> Machine {
+        do {
+            return Machine(architecture: architecture, cpus: cpus, kernel: try Kernel(memory: memory, config: kernelConfig), seed: seed)
+        } catch {
+            throw ScenarioError(file: file, line: nil, column: nil, field: "machine", error.message)
+        }
+    }
+}
+
+/// A step ready to run: its name, its arguments as text, and what it does.
+public struct PreparedStep: Sendable {
+    /// 1-based position in `steps`.
+    public let index: Int
+    public let line: Int?
+    public let name: String
+    /// Arguments in document order, normalised (numbers in hex).
+    public let arguments: [(String, String)]
+    public let expect: String?
+    let action: @Sendable (inout Machine) throws(HostKernelError) -> String
+}
+
+/// An end check ready to evaluate.
+public struct PreparedCheck: Sendable {
+    public let name: String
+    /// What it asserts, e.g. `directmap 4k <= 8M`.
+    public let description: String
+    public let line: Int?
+    let evaluate: @Sendable (Machine, [StepRecord]) -> (passed: Bool, detail: String)
+}
+
+extension Scenario {
+    /// Largest scenario file read, in bytes.
+    public static let maxBytes = 4 << 20
+    /// Most YAML nodes a document may expand to (aliases count each time they are used).
+    public static let maxNodes = 1_000_000
+    /// Deepest flow nesting ([ and {) accepted.
+    public static let maxFlowDepth = 256
+
+    /// Reads and checks a scenario. `policyOverrides` (slot → policy) replace the file's
+    /// choices, as `cocomem compare` does.
+    public static func load(yaml text: String, file: String, policyOverrides: [(String, String)] = []) throws(ScenarioError) -> Scenario {
+        func docError(_ m: String) -> ScenarioError { ScenarioError(file: file, line: nil, column: nil, field: "", m) }
+        guard text.utf8.count <= maxBytes else {
+            throw docError("the document is \(text.utf8.count) bytes; at most \(maxBytes) are read")
+        }
+        var depth = 0, deepest = 0
+        for c in text.utf8 {
+            if c == UInt8(ascii: "[") || c == UInt8(ascii: "{") { depth += 1; deepest = max(deepest, depth) }
+            if c == UInt8(ascii: "]") || c == UInt8(ascii: "}") { depth = max(0, depth - 1) }
+        }
+        guard deepest <= maxFlowDepth else { throw docError("flow collections nest \(deepest) deep; at most \(maxFlowDepth)") }
+        let node: Node
+        do {
+            guard let n = try Yams.compose(yaml: text) else { throw docError("the document is empty") }
+            node = n
+        } catch let e as ScenarioError {
+            throw e
+        } catch let e as YamlError {
+            throw yamlError(e, file: file)
+        } catch {
+            throw docError("cannot read YAML: \(error)")
+        }
+        var budget = maxNodes
+        guard countNodes(node, budget: &budget) else {
+            throw docError("the document expands to more than \(maxNodes) nodes (YAML aliases?); refused")
+        }
+        return try ScenarioReader(file: file, overrides: policyOverrides).read(Field(node: node, path: "", file: file))
+    }
+
+    static func countNodes(_ node: Node, budget: inout Int) -> Bool {
+        budget -= 1
+        if budget < 0 { return false }
+        switch node {
+        case .scalar, .alias: return true
+        case .sequence(let s):
+            for n in s where !countNodes(n, budget: &budget) { return false }
+            return true
+        case .mapping(let m):
+            for (k, v) in m where !countNodes(k, budget: &budget) || !countNodes(v, budget: &budget) { return false }
+            return true
+        }
+    }
+
+    static func yamlError(_ e: YamlError, file: String) -> ScenarioError {
+        switch e {
+        case .scanner(_, let problem, let mark, _), .parser(_, let problem, let mark, _), .composer(_, let problem, let mark, _):
+            return ScenarioError(file: file, line: mark.line, column: mark.column, field: "", "YAML: \(problem)")
+        default:
+            return ScenarioError(file: file, line: nil, column: nil, field: "", "YAML: \(e)")
+        }
+    }
+}
