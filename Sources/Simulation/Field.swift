@@ -33,6 +33,7 @@ public struct Field: @unchecked Sendable {
     public func mapping() throws(ScenarioError) -> Fields {
         guard case .mapping(let m) = node else { throw error("expected a mapping (key: value), found \(kind)") }
         var entries: [(String, Field)] = []
+        var keys: [Field] = []
         for (k, v) in m {
             guard case .scalar(let ks) = k else {
                 throw Field(node: k, path: path, file: file).error("keys must be plain names")
@@ -42,8 +43,9 @@ public struct Field: @unchecked Sendable {
                 throw Field(node: k, path: join(key), file: file).error("'\(key)' appears twice")
             }
             entries.append((key, Field(node: v, path: join(key), file: file)))
+            keys.append(Field(node: k, path: join(key), file: file))
         }
-        return Fields(entries: entries, owner: self)
+        return Fields(entries: entries, keys: keys, owner: self)
     }
 
     /// A sequence's items.
@@ -102,7 +104,14 @@ public struct Field: @unchecked Sendable {
 /// The entries of a mapping, with lookups that report missing and unknown keys.
 public struct Fields: Sendable {
     public let entries: [(String, Field)]
+    /// The key nodes, parallel to `entries`, for errors that point at a key.
+    let keys: [Field]
     public let owner: Field
+
+    /// An error pointing at the key `key` itself.
+    public func keyError(_ key: String, _ message: String) -> ScenarioError {
+        (keys.first { $0.path == owner.join(key) } ?? owner).error(message)
+    }
 
     public subscript(key: String) -> Field? { entries.first { $0.0 == key }?.1 }
 
@@ -113,8 +122,8 @@ public struct Fields: Sendable {
 
     /// Refuses any key not in `allowed`, listing the valid ones.
     public func only(_ allowed: [String]) throws(ScenarioError) {
-        for (key, field) in entries where !allowed.contains(key) {
-            throw field.error("unknown field '\(key)'; valid: \(allowed.joined(separator: ", "))")
+        for (key, _) in entries where !allowed.contains(key) {
+            throw keyError(key, "unknown field '\(key)'; valid: \(allowed.joined(separator: ", "))")
         }
     }
 }

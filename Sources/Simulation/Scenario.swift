@@ -106,8 +106,12 @@ extension Scenario {
         switch e {
         case .scanner(_, let problem, let mark, _), .parser(_, let problem, let mark, _), .composer(_, let problem, let mark, _):
             return ScenarioError(file: file, line: mark.line, column: mark.column, field: "", "YAML: \(problem)")
+        case .duplicatedKeysInMapping(let duplicates, let context):
+            return ScenarioError(file: file, line: context.mark.line, column: context.mark.column, field: "",
+                                 "a mapping repeats \(duplicates.map { "'\($0)'" }.joined(separator: ", ")); each key may appear once")
         default:
-            return ScenarioError(file: file, line: nil, column: nil, field: "", "YAML: \(e)")
+            let first = "\(e)".split(separator: "\n").first.map(String.init) ?? "unreadable"
+            return ScenarioError(file: file, line: nil, column: nil, field: "", "YAML: \(first)")
         }
     }
 }

@@ -102,7 +102,7 @@ struct ScenarioReader {
             return try Workloads.prepare(args, index: index, line: line, expect: expect, kernel: kernel)
         }
         guard let def = Steps.all.first(where: { $0.name == name }) else {
-            throw fields.entries.first { $0.0 == name }!.1.error(
+            throw fields.keyError(name,
                 "unknown step '\(name)'; known steps: " + (Steps.all.map(\.name) + ["workload"]).joined(separator: ", "))
         }
         let prepared = try def.prepare(args, kernel)

@@ -1,0 +1,157 @@
+import Foundation
+import Testing
+@testable import CocomemCLI
+
+/// run, check, compare, list and demo, through the built binary.
+@Suite struct ScenarioCommandTests {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    static func example(_ name: String) -> String { root.appendingPathComponent("examples/\(name)").path }
+    static func run(_ args: [String]) throws -> (status: Int32, out: String, err: String) { try CommandLineTests.run(args) }
+
+    static func examples() throws -> [String] {
+        try FileManager.default.contentsOfDirectory(atPath: root.appendingPathComponent("examples").path)
+            .filter { $0.hasSuffix(".yaml") }.sorted().map(example)
+    }
+
+    @Test func everyExamplePassesCheck() throws {
+        let files = try Self.examples()
+        #expect(files.count >= 6)
+        let r = try Self.run(["check"] + files)
+        #expect(r.status == 0, "\(r.out)")
+        #expect(r.out.hasPrefix("TAP version 13\n1.."))
+        #expect(!r.out.contains("not ok"))
+        // Every example has at least one expectation or check.
+        for f in files { #expect(r.out.contains(f + ":"), "no test point from \(f)") }
+    }
+
+    @Test func checkReportsAFailureAsNotOkAndExitsOne() throws {
+        let path = try CommandLineTests.writeTemp("""
+            name: failing
+            machine: {memory: 4G}
+            steps:
+              - set_memory_ro: {pa: 0x40000000}
+                expect: -ENOMEM
+            check:
+              - directmap: {1g: "== 3G"}
+            """)
+        let r = try Self.run(["check", path])
+        #expect(r.status == 1)
+        #expect(r.out == """
+            TAP version 13
+            1..2
+            not ok 1 - \(path):4 step 1 set_memory_ro = -ENOMEM
+              ---
+              message: "got: ok"
+              ...
+            not ok 2 - \(path):7 check directmap 1g == 3G
+              ---
+              message: "1g is 2G"
+              ...
+
+            """)
+    }
+
+    /// Separate processes hash differently, so this catches any Dictionary order in output.
+    @Test func outputIsByteIdenticalAcrossProcesses() throws {
+        let trace1 = NSTemporaryDirectory() + "cocomem-t1-\(UUID().uuidString).json"
+        let trace2 = NSTemporaryDirectory() + "cocomem-t2-\(UUID().uuidString).json"
+        let svg1 = NSTemporaryDirectory() + "cocomem-s1-\(UUID().uuidString).svg"
+        let svg2 = NSTemporaryDirectory() + "cocomem-s2-\(UUID().uuidString).svg"
+        let f = Self.example("cpa-basics.yaml")
+        let a = try Self.run(["run", f, "--json", "--sample", "3", "--trace", trace1, "--svg", svg1])
+        let b = try Self.run(["run", f, "--json", "--sample", "3", "--trace", trace2, "--svg", svg2])
+        #expect(a.status == 0 && a.out == b.out)
+        #expect(try String(contentsOfFile: trace1, encoding: .utf8) == String(contentsOfFile: trace2, encoding: .utf8))
+        #expect(try String(contentsOfFile: svg1, encoding: .utf8) == String(contentsOfFile: svg2, encoding: .utf8))
+        let c1 = try Self.run(["run", Self.example("cpa-churn.yaml"), "--csv"])
+        let c2 = try Self.run(["run", Self.example("cpa-churn.yaml"), "--csv"])
+        #expect(c1.out == c2.out && c1.out.hasPrefix("metric,value\ndirectmap_4k_kb,"))
+    }
+
+    @Test func jsonHasStepsMetricsAndChecksInOrder() throws {
+        let r = try Self.run(["run", Self.example("boot-e820.yaml"), "--json"])
+        #expect(r.status == 0)
+        #expect(r.out.hasPrefix("{\n  \"scenario\": \"boot-e820\",\n  \"file\": "))
+        #expect(r.out.contains("\"directmap_4k_kb\": 2048,\n    \"directmap_2m_kb\": 1046528,\n    \"directmap_1g_kb\": 24117248,"))
+        #expect(r.out.hasSuffix("\"invariant_failure\": null,\n  \"passed\": true\n}\n"))
+    }
+
+    @Test func traceIsChromeTraceEventJSON() throws {
+        let path = NSTemporaryDirectory() + "cocomem-trace-\(UUID().uuidString).json"
+        let r = try Self.run(["run", Self.example("cpa-basics.yaml"), "--trace", path, "--quiet"])
+        #expect(r.status == 0)
+        let data = try Data(contentsOf: URL(fileURLWithPath: path))
+        let object = try JSONSerialization.jsonObject(with: data) as? [String: Any]
+        let events = try #require(object?["traceEvents"] as? [[String: Any]])
+        #expect(events.filter { $0["ph"] as? String == "X" }.count == 18)
+        #expect(events.contains { $0["ph"] as? String == "C" && $0["name"] as? String == "DirectMap kB" })
+        let first = try #require(events.first { $0["ph"] as? String == "X" })
+        #expect(first["name"] as? String == "set_memory_ro")
+        #expect((first["args"] as? [String: Any])?["result"] as? String == "ok")
+    }
+
+    @Test func meminfoAndPtdumpAtAStep() throws {
+        let r = try Self.run(["run", Self.example("cpa-basics.yaml"), "--meminfo", "--at", "0"])
+        #expect(r.status == 0)
+        #expect(r.out.contains("/proc/meminfo after step 0:\nDirectMap4k:        2048 kB\nDirectMap2M:     1046528 kB\nDirectMap1G:     7340032 kB\n"))
+        let p = try Self.run(["run", Self.example("cpa-basics.yaml"), "--ptdump"])
+        #expect(p.out.contains("ptdump at the end:\n---[ Low Kernel Mapping ]---\n"))
+    }
+
+    @Test func svgAndHtmlAreWritten() throws {
+        let svg = NSTemporaryDirectory() + "cocomem-\(UUID().uuidString).svg"
+        let html = NSTemporaryDirectory() + "cocomem-\(UUID().uuidString).html"
+        let r = try Self.run(["run", Self.example("split-scatter.yaml"), "--svg", svg, "--html", html, "--color", "leaf-size"])
+        #expect(r.status == 0)
+        let s = try String(contentsOfFile: svg, encoding: .utf8)
+        #expect(s.hasPrefix("<svg xmlns=\"http://www.w3.org/2000/svg\""))
+        #expect(s.contains("4K, set_memory_4k (never collapses): "))
+        #expect(s.contains(">0x0007c0000000</text>"))  // the last of 32 rows
+        let h = try String(contentsOfFile: html, encoding: .utf8)
+        #expect(h.contains("<svg") && h.contains("metric"))
+    }
+
+    @Test func compareRunsEachPolicyInOrder() throws {
+        let r = try Self.run(["compare", Self.example("cpa-basics.yaml"), "--policy", "never", "--policy", "rox", "--policy", "always"])
+        #expect(r.status == 0)
+        let rows = r.out.split(separator: "\n", omittingEmptySubsequences: false).map { $0.split(separator: " ").map(String.init) }
+        #expect(rows[0] == ["scenario", "cpa-basics,", "slot", "host.cpa-collapse"])
+        #expect(rows[2] == ["metric", "never", "rox", "always"])
+        #expect(rows.contains(["direct_map_level2_collapses", "0", "1", "1"]))
+        #expect(rows.contains(["directmap_4k_kb", "14336", "12288", "12288"]))
+        let csv = try Self.run(["compare", Self.example("cpa-basics.yaml"), "--policy", "never", "--policy", "rox", "--csv"])
+        #expect(csv.out.hasPrefix("metric,never,rox\ndirectmap_4k_kb,"))
+    }
+
+    @Test(arguments: [
+        (["compare", "examples/cpa-churn.yaml", "--policy", "sometimes"], "no policy slot has all of sometimes"),
+        (["compare", "examples/cpa-churn.yaml", "--policy", "rox", "--slot", "host.nothing"], "--slot 'host.nothing': unknown slot; valid: host.cpa-collapse"),
+        (["run", "examples/cpa-basics.yaml", "--at", "99"], "--at 99: examples/cpa-basics.yaml has 18 steps; valid: 0 to 18"),
+        (["run", "examples/cpa-basics.yaml", "--color", "rainbow"], "--color 'rainbow': valid: leaf-size, ownership"),
+        (["run", "examples/cpa-basics.yaml", "--json", "--meminfo"], "cannot be mixed with --json or --csv"),
+        (["run", "/nonexistent.yaml"], "/nonexistent.yaml: cannot read the file"),
+        (["list", "everything"], "everything"),
+    ])
+    func badCommandLinesAreClearErrors(_ args: [String], _ message: String) throws {
+        let fixed = args.map { $0.hasPrefix("examples/") ? Self.root.appendingPathComponent($0).path : $0 }
+        let r = try Self.run(fixed)
+        #expect(r.status != 0)
+        let expected = message.replacingOccurrences(of: "examples/", with: Self.root.path + "/examples/")
+        #expect(r.err.contains(expected), "stderr: \(r.err)")
+    }
+
+    @Test func scenarioErrorNamesFileLineColumnAndField() throws {
+        let path = try CommandLineTests.writeTemp("name: bad\nmachine: {memory: 4G}\nsteps:\n  - set_memory_ro: {pa: 0x40000000, pages: 2}\n")
+        let r = try Self.run(["run", path])
+        #expect(r.status == 1)
+        #expect(r.err.contains("\(path):4:37: steps[1].set_memory_ro.pages: unknown field 'pages'; valid: addr, pa, numpages"))
+    }
+
+    @Test func listShowsEachRegistry() throws {
+        for what in ["steps", "policies", "workloads", "checks", "invariants", "archs"] {
+            let r = try Self.run(["list", what])
+            #expect(r.status == 0 && !r.out.isEmpty)
+        }
+        #expect(try Self.run(["list", "workloads"]).out.hasPrefix("cpa-churn      set_memory_decrypted then"))
+    }
+}

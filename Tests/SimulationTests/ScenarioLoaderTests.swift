@@ -1,0 +1,168 @@
+import Testing
+@testable import HostKernel
+@testable import Simulation
+
+/// Reading scenarios: good files load; each kind of mistake is an error naming the place.
+@Suite struct ScenarioLoaderTests {
+    static let minimal = """
+        name: t
+        machine:
+          memory: 4G
+        steps:
+          - set_memory_ro: {pa: 0x40000000, numpages: 1}
+            expect: ok
+        """
+
+    func load(_ text: String) throws -> Scenario { try Scenario.load(yaml: text, file: "t.yaml") }
+
+    func error(_ text: String) -> ScenarioError? {
+        #expect(throws: ScenarioError.self) { try load(text) }
+    }
+
+    @Test func minimalScenarioLoads() throws {
+        let s = try load(Self.minimal)
+        #expect(s.name == "t" && s.seed == 0 && s.architecture == .x86_64)
+        #expect(s.steps.count == 1 && s.steps[0].name == "set_memory_ro" && s.steps[0].expect == "ok")
+        #expect(s.steps[0].arguments.map(\.1) == ["0xffff888040000000", "1"])
+        #expect(s.policies.map(\.policy) == ["rox"])
+    }
+
+    @Test func numbersAcceptHexDecimalAndSizes() throws {
+        let s = try load("""
+            name: t
+            seed: 0x10
+            machine: {memory: 3G-1M+1M}
+            steps:
+              - set_memory_ro: {addr: 0xffff888040000000, numpages: 2K}
+            """)
+        #expect(s.seed == 16)
+        #expect(s.memory.endOfRAM == 3 << 30)
+        #expect(s.steps[0].arguments.map(\.1) == ["0xffff888040000000", "2048"])
+    }
+
+    @Test func unknownStepListsTheKnownOnes() {
+        let e = error("name: t\nmachine: {memory: 4G}\nsteps:\n  - set_memory_bogus: {pa: 0}\n")
+        #expect(e?.line == 4 && e?.column == 5)  // the key
+        #expect(e?.field == "steps[1].set_memory_bogus")
+        #expect(e?.message.hasPrefix("unknown step 'set_memory_bogus'; known steps: set_memory_4k, set_memory_np") == true)
+    }
+
+    @Test func unalignedAddressNamesTheField() {
+        let e = error("name: t\nmachine: {memory: 4G}\nsteps:\n  - set_memory_ro: {pa: 0x40000001}\n")
+        #expect(e?.description == "t.yaml:4:25: steps[1].set_memory_ro.pa: set_memory_ro: address 0xffff888040000001 is not page-aligned (the kernel would WARN and round it down)")
+    }
+
+    @Test func sizePastRAMIsRefused() {
+        let e = error("name: t\nmachine: {memory: 4G}\nsteps:\n  - set_memory_ro: {pa: 0xffffff000, numpages: 2}\n")
+        #expect(e?.message.contains("is not inside the direct map [0xffff888000000000-0xffff888100000000)") == true)
+    }
+
+    @Test func unknownFieldListsValidOnes() {
+        let e = error("name: t\nmachine: {memory: 4G, ram: 8G}\nsteps: []\n")
+        #expect(e?.field == "machine.ram")
+        #expect(e?.line == 2 && e?.column == 23)
+        #expect(e?.message == "unknown field 'ram'; valid: arch, e820, memory, cpus, gbpages, la57, mem-encrypt, sme-coherent")
+    }
+
+    @Test func missingNameIsRequired() {
+        #expect(error("machine: {memory: 4G}\nsteps: []\n")?.message == "'name' is required")
+    }
+
+    @Test func unknownArchitectureListsTheValidOnes() {
+        let e = error("name: t\nmachine: {arch: riscv, memory: 4G}\nsteps: []\n")
+        #expect(e?.message.hasPrefix("unknown architecture 'riscv'; valid: x86-64, x86-sev, x86-snp") == true)
+    }
+
+    @Test func unmodelledArchitectureSaysSo() {
+        let e = error("name: t\nmachine: {arch: x86-snp, memory: 4G}\nsteps: []\n")
+        #expect(e?.message == "architecture 'x86-snp' is not modelled yet; modelled: x86-64")
+    }
+
+    @Test func unknownPolicyListsTheValidOnes() {
+        let e = error("name: t\nmachine: {memory: 4G}\nhost: {cpa-collapse: sometimes}\nsteps: []\n")
+        #expect(e?.message == "unknown policy for host.cpa-collapse 'sometimes'; valid: never, rox, always")
+        #expect(e?.line == 3)
+    }
+
+    @Test func unknownWorkloadListsTheValidOnes() {
+        let e = error("name: t\nmachine: {memory: 4G}\nsteps:\n  - workload: {kind: stress, operations: 5}\n")
+        #expect(e?.message == "unknown workload 'stress'; valid: cpa-churn, split-scatter, rox-cycle")
+    }
+
+    @Test func unknownCheckListsTheValidOnes() {
+        let e = error("name: t\nmachine: {memory: 4G}\nsteps: []\ncheck:\n  - no-crash\n")
+        #expect(e?.message == "unknown check 'no-crash'; valid: no-errors, invariants, directmap, metric")
+    }
+
+    @Test func badConditionIsExplained() {
+        let e = error("name: t\nmachine: {memory: 4G}\nsteps: []\ncheck:\n  - directmap: {4k: lots}\n")
+        #expect(e?.message.hasPrefix("'lots' is not a condition") == true)
+    }
+
+    @Test func unknownMetricIsRefused() {
+        let e = error("name: t\nmachine: {memory: 4G}\nsteps: []\ncheck:\n  - metric: {speed: 1}\n")
+        #expect(e?.message.hasPrefix("unknown field 'speed'; valid: directmap_4k_kb") == true)
+    }
+
+    @Test func stepWithTwoOperationsIsRefused() {
+        let e = error("name: t\nmachine: {memory: 4G}\nsteps:\n  - {set_memory_ro: {pa: 0}, set_memory_rw: {pa: 0}}\n")
+        #expect(e?.message.hasPrefix("a step is one operation") == true)
+    }
+
+    @Test func e820ErrorPointsAtItsLine() {
+        let e = error("name: t\nmachine:\n  e820: |\n    BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable\n    BIOS-e820: [mem 0x0000000000100000-0x00000000bfffffff] RAM\nsteps: []\n")
+        #expect(e?.line == 5)
+        #expect(e?.message.hasPrefix("unknown type 'RAM'") == true)
+    }
+
+    @Test func memoryAndE820TogetherAreRefused() {
+        #expect(error("name: t\nmachine: {memory: 4G, e820: x}\nsteps: []\n")?.message == "give either 'e820' or 'memory', not both")
+    }
+
+    @Test func memoryPastTheDirectMapIsRefused() {
+        #expect(error("name: t\nmachine: {memory: 65T}\nsteps: []\n")?.message.contains("past the 64T the direct map can hold") == true)
+    }
+
+    @Test func guestsAreRefusedUntilAHypervisorExists() {
+        #expect(error("name: t\nmachine: {memory: 4G}\nguests: [{name: vm0}]\nsteps: []\n")?.message.hasPrefix("guests need a hypervisor layer") == true)
+    }
+
+    @Test func yamlSyntaxErrorHasLineAndColumn() {
+        let e = error("name: t\nmachine: {memory: 4G\nsteps: []\n")
+        #expect(e?.line != nil && e?.column != nil)
+        #expect(e?.message.hasPrefix("YAML: ") == true)
+    }
+
+    @Test func duplicateKeyIsRefused() {
+        let e = error("name: t\nname: u\nmachine: {memory: 4G}\nsteps: []\n")
+        #expect(e?.message == "a mapping repeats 'name'; each key may appear once")
+        #expect(e?.line == 1)
+    }
+
+    @Test func aliasBombIsRefused() {
+        var text = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n"
+        for i in 1...9 { text += "a\(i): &a\(i) [" + Array(repeating: "*a\(i - 1)", count: 10).joined(separator: ", ") + "]\n" }
+        text += "name: t\nmachine: {memory: 4G}\nsteps: []\n"
+        #expect(error(text)?.message == "the document expands to more than 1000000 nodes (YAML aliases?); refused")
+    }
+
+    @Test func overLargeDocumentIsRefused() {
+        let text = "name: t\n# " + String(repeating: "x", count: Scenario.maxBytes) + "\n"
+        #expect(error(text)?.message.hasPrefix("the document is ") == true)
+    }
+
+    @Test func deepFlowNestingIsRefused() {
+        let text = "name: " + String(repeating: "[", count: 300) + String(repeating: "]", count: 300) + "\n"
+        #expect(error(text)?.message == "flow collections nest 300 deep; at most 256")
+    }
+
+    @Test func vmapOfNonRAMIsRefused() {
+        let e = error("name: t\nmachine: {memory: 4G}\nsteps:\n  - vmap: {pa: 0x200000000}\n")
+        #expect(e?.message.hasPrefix("[0x200000000-0x200001000) is not RAM; RAM is [0x0-0xa0000) [0x100000-0x100000000)") == true)
+    }
+
+    @Test func zeroOperationsIsOutOfRange() {
+        let e = error("name: t\nmachine: {memory: 4G}\nsteps:\n  - workload: {kind: cpa-churn, operations: 0}\n")
+        #expect(e?.message == "operations 0 is out of range; valid: 1 to 1000000000000")
+    }
+}
