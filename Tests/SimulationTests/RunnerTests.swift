@@ -35,7 +35,7 @@ import PageTables
     }
 
     @Test func sameSeedGivesTheSameRunAndAnotherSeedDoesNot() throws {
-        let a = try Runner.run(try Scenario.load(yaml: Self.scenario, file: "run.yaml"))
+        let a = try Runner.run(try Scenario.load(yaml: Self.scenario, file: "run.yaml"), options: RunOptions(checkInvariants: true))
         let b = try Runner.run(try Scenario.load(yaml: Self.scenario, file: "run.yaml"))
         let c = try Runner.run(try Scenario.load(yaml: Self.scenario.replacingOccurrences("seed: 9", "seed: 10"), file: "run.yaml"))
         func layout(_ r: RunResult) throws -> [Leaf] {
@@ -83,7 +83,7 @@ import PageTables
             check:
               - no-errors
             """, file: "e.yaml")
-        let r = try Runner.run(s)
+        let r = try Runner.run(s, options: RunOptions(checkInvariants: true))
         #expect(r.records.map(\.result) == ["ok", "-ENOMEM", "-ENOMEM"])
         #expect(r.checks[0].passed == false)
         #expect(r.checks[0].detail == "step 3 set_memory_ro = -ENOMEM")
@@ -99,7 +99,7 @@ import PageTables
               - set_memory_encrypted: {pa: 0x40001000}
             """
         func run(_ p: String) throws -> LeafCounts {
-            try Runner.run(try Scenario.load(yaml: text.replacingOccurrences("POLICY", p), file: "p.yaml")).machine.kernel.directPagesCount
+            try Runner.run(try Scenario.load(yaml: text.replacingOccurrences("POLICY", p), file: "p.yaml"), options: RunOptions(checkInvariants: true)).machine.kernel.directPagesCount
         }
         #expect(try run("never") == LeafCounts(size4K: 1024, size2M: 1022, size1G: 2))
         #expect(try run("rox") == LeafCounts(size4K: 1024, size2M: 1022, size1G: 2))
