@@ -21,6 +21,8 @@ public struct CPAStats: Hashable, Sendable {
     public var wbinvd = 0
     /// Page-table page allocations that failed (each gave -ENOMEM).
     public var allocationFailures = 0
+    /// Pages whose C-bit set_memory_{en,de}crypted flipped (primary mappings).
+    public var encConversions: UInt64 = 0
 
     public init() {}
 
@@ -38,6 +40,7 @@ public struct CPAStats: Hashable, Sendable {
             ("cache_flush_pages", cacheFlushPages),
             ("wbinvd", UInt64(wbinvd)),
             ("pgtable_alloc_failures", UInt64(allocationFailures)),
+            ("cbit_conversions", encConversions),
         ]
     }
 }

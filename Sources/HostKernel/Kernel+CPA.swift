@@ -19,6 +19,8 @@ struct CPAOutcome {
     var flushTLB = false
     /// force_flush_all: an alias was processed.
     var forceFlushAll = false
+    /// Base pages whose primary entry changed.
+    var pagesChanged: UInt64 = 0
     var error: Errno?
 }
 
@@ -60,7 +62,7 @@ extension Kernel {
     }
 
     /// Applies set/clear to one range of one address space, counting splits.
-    mutating func protectRange(_ start: UInt64, pages: Int, set: Attributes, clear: Attributes, forceSplit: Bool) -> (changed: Bool, error: Errno?) {
+    mutating func protectRange(_ start: UInt64, pages: Int, set: Attributes, clear: Attributes, forceSplit: Bool) -> (changed: UInt64, error: Errno?) {
         var result = ProtectResult()
         var failure: Errno?
         do {
@@ -72,7 +74,7 @@ extension Kernel {
             failure = .ENOMEM
         }
         accountSplits(result, directMap: isDirectMap(start))
-        return (result.pagesChanged > 0, failure)
+        return (result.pagesChanged, failure)
     }
 
     /// The walk of __change_page_attr_set_clr with alias processing: direct-map ranges in one
@@ -83,7 +85,8 @@ extension Kernel {
         var out = CPAOutcome()
         if isDirectMap(req.address) {
             let r = protectRange(req.address, pages: req.numpages, set: req.set, clear: req.clear, forceSplit: req.forceSplit)
-            out.flushTLB = r.changed
+            out.flushTLB = r.changed > 0
+            out.pagesChanged = r.changed
             out.error = r.error
             return out
         }
@@ -95,7 +98,8 @@ extension Kernel {
                 return out
             }
             let r = protectRange(va, pages: 1, set: req.set, clear: req.clear, forceSplit: req.forceSplit)
-            out.flushTLB = out.flushTLB || r.changed
+            out.flushTLB = out.flushTLB || r.changed > 0
+            out.pagesChanged += r.changed
             if let e = r.error { out.error = e; return out }
             let pa = leaf.translate(VirtAddr(va)).rawValue
             guard !req.noCheckAlias, isMapped(pa) else { continue }

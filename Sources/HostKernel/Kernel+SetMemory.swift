@@ -98,6 +98,7 @@ extension Kernel {
             return .error(.EIO)
         }
         let out = changePageAttr(req)
+        stats.encConversions += out.pagesChanged
         log("pte change")
         cpaFlush(req, cache: false, forceFlushAll: out.forceFlushAll)
         if let error = out.error { return .error(error) }

@@ -146,6 +146,14 @@ import PageTables
         try k.checkInvariants()
     }
 
+    @Test func conversionsCountThePagesWhoseCBitFlipped() throws {
+        var k = try exampleKernel()
+        #expect(try k.setMemoryDecrypted(in2M, numpages: 512) == .ok)  // a whole 2M leaf, in place
+        #expect(try k.setMemoryDecrypted(inGig, numpages: 3) == .ok)
+        #expect(try k.setMemoryDecrypted(inGig, numpages: 3) == .ok)   // already clear: nothing flips
+        #expect(k.stats.encConversions == 515)
+    }
+
     @Test func encryptionChangeFlushesEvenWhenNothingChanges() throws {
         var k = try exampleKernel()
         #expect(try k.setMemoryEncrypted(inGig, numpages: 1) == .ok)
