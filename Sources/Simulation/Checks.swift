@@ -9,7 +9,7 @@ public struct CheckDefinition: Sendable {
 }
 
 /// A comparison such as `<= 8M`: an operator and a number (sizes allowed).
-struct Condition: Sendable, CustomStringConvertible {
+struct Condition: Sendable {
     let op: String
     let value: UInt64
 
@@ -35,8 +35,6 @@ struct Condition: Sendable, CustomStringConvertible {
         default: x == value
         }
     }
-
-    var description: String { "\(op) \(ByteSize.format(value))" }
 }
 
 /// The registry of checks.
@@ -75,41 +73,37 @@ public enum Checks {
         }
         switch name {
         case "directmap":
-            let conds = try args.mapping()
-            try conds.only(["4k", "2m", "1g"])
-            guard !conds.entries.isEmpty else { throw args.error("give at least one of 4k, 2m, 1g") }
-            var parsed: [(String, Condition)] = []
-            for (k, f) in conds.entries { parsed.append((k, try Condition.parse(f))) }
-            let conditions = parsed
-            let text = "directmap " + parsed.map { "\($0.0) \($0.1)" }.joined(separator: ", ")
-            return PreparedCheck(name: name, description: text, line: line) { m, _ in
+            return try conditionCheck(name, args, line: line, keys: ["4k", "2m", "1g"], show: ByteSize.format) { m in
                 let c = m.kernel.directPagesCount
-                var failures: [String] = []
-                for (k, cond) in conditions {
-                    let bytes: UInt64 = k == "4k" ? UInt64(c.size4K) << 12 : k == "2m" ? UInt64(c.size2M) << 21 : UInt64(c.size1G) << 30
-                    if !cond.holds(bytes) { failures.append("\(k) is \(ByteSize.format(bytes))") }
-                }
-                return (failures.isEmpty, failures.joined(separator: ", "))
+                return [("4k", UInt64(c.size4K) << 12), ("2m", UInt64(c.size2M) << 21), ("1g", UInt64(c.size1G) << 30)]
             }
         case "metric":
-            let conds = try args.mapping()
-            try conds.only(Machine.metricNames)
-            guard !conds.entries.isEmpty else { throw args.error("name a metric; valid: \(Machine.metricNames.joined(separator: ", "))") }
-            var parsed: [(String, Condition)] = []
-            for (k, f) in conds.entries { parsed.append((k, try Condition.parse(f))) }
-            let conditions = parsed
-            let text = "metric " + parsed.map { "\($0.0) \($0.1.op) \($0.1.value)" }.joined(separator: ", ")
-            return PreparedCheck(name: name, description: text, line: line) { m, _ in
-                let metrics = m.metrics
-                var failures: [String] = []
-                for (k, cond) in conditions {
-                    let v = metrics.first { $0.0 == k }!.1
-                    if !cond.holds(v) { failures.append("\(k) is \(v)") }
-                }
-                return (failures.isEmpty, failures.joined(separator: ", "))
-            }
+            return try conditionCheck(name, args, line: line, keys: Machine.metricNames, show: { String($0) }) { $0.metrics }
         default:
             throw fields.entries[0].1.error("unknown check '\(name)'; valid checks: \(names.joined(separator: ", "))")
+        }
+    }
+
+    /// A check of `key: "<condition>"` pairs against named values of the final machine;
+    /// `show` prints a value in a failure message.
+    static func conditionCheck(
+        _ name: String, _ args: Field, line: Int?, keys: [String], show: @escaping @Sendable (UInt64) -> String,
+        values: @escaping @Sendable (Machine) -> [(String, UInt64)]
+    ) throws(ScenarioError) -> PreparedCheck {
+        let fields = try args.mapping()
+        try fields.only(keys)
+        guard !fields.entries.isEmpty else { throw args.error("give at least one of: \(keys.joined(separator: ", "))") }
+        var parsed: [(String, Condition)] = []
+        for (k, f) in fields.entries { parsed.append((k, try Condition.parse(f))) }
+        let conditions = parsed
+        let text = "\(name) " + parsed.map { "\($0.0) \($0.1.op) \(show($0.1.value))" }.joined(separator: ", ")
+        return PreparedCheck(name: name, description: text, line: line) { m, _ in
+            let all = values(m)
+            let failures = conditions.compactMap { k, cond -> String? in
+                let v = all.first { $0.0 == k }!.1
+                return cond.holds(v) ? nil : "\(k) is \(show(v))"
+            }
+            return (failures.isEmpty, failures.joined(separator: ", "))
         }
     }
 }
