@@ -1,0 +1,181 @@
+import PageTables
+
+/// RMPUPDATE's input (Linux struct rmp_state: gpa, assigned, pagesize, immutable, asid).
+public struct RMPUpdate: Hashable, Sendable {
+    public var gpa: UInt64
+    public var assigned: Bool
+    public var size: PageSize
+    public var immutable: Bool
+    public var asid: UInt32
+
+    public init(gpa: UInt64 = 0, assigned: Bool, size: PageSize = .size4K, immutable: Bool = false, asid: UInt32 = 0) {
+        self.gpa = gpa
+        self.assigned = assigned
+        self.size = size
+        self.immutable = immutable
+        self.asid = asid
+    }
+}
+
+/// Who executes a guest instruction or access: the guest's ASID and VMPL, and how its
+/// nested page table maps the GPA (to which SPA, with which page size).
+public struct GuestContext: Hashable, Sendable {
+    public let asid: UInt32
+    public let vmpl: Int
+    public let gpa: UInt64
+    public let spa: UInt64
+    /// The nested (NPT) mapping's page size at `gpa`.
+    public let nptSize: PageSize
+
+    public init(asid: UInt32, vmpl: Int, gpa: UInt64, spa: UInt64, nptSize: PageSize) {
+        self.asid = asid
+        self.vmpl = vmpl
+        self.gpa = gpa
+        self.spa = spa
+        self.nptSize = nptSize
+    }
+}
+
+extension RMP {
+    /// Highest ASID an RMP entry holds (10 bits).
+    public static let maxASID: UInt32 = 1023
+
+    /// RMPUPDATE: writes one 4K entry or one 2M entry (all 512 of its entries, GPAs
+    /// contiguous). A reassignment clears Validated and VMSA and gives VMPL0 every permission
+    /// and VMPL1-3 none. AMD APM Vol 2 §15.36.5; statuses from Linux asm/sev.h (first RFC).
+    ///
+    /// FAIL_INPUT: an SPA past the RMP or not aligned to the size, a 2M GPA not 2M-aligned,
+    /// an ASID past 10 bits (the last three inferred, APM text unavailable). FAIL_PERMISSION:
+    /// an immutable entry (verismo). FAIL_INUSE: a VMSA/VMCB page of a running vCPU (Singh,
+    /// SNP RFC). FAIL_OVERLAP: a 2M update over a region with assigned 4K entries
+    /// (subpage_count ≠ 0), or a 4K update inside an assigned 2M page (AMD-ASPFW
+    /// subpage_count; KVM PSMASHes first for that reason).
+    public mutating func rmpupdate(spa: UInt64, _ u: RMPUpdate) -> SNPStatus {
+        let pfn = spa >> pageShift
+        guard spa & (u.size.bytes - 1) == 0, covers(pfn), u.size != .size1G, u.asid <= Self.maxASID else { return .failInput }
+        if u.size == .size2M && u.assigned && u.gpa & (PageSize.size2M.bytes - 1) != 0 { return .failInput }
+        let pages: Range<UInt64> = u.size == .size2M ? pfn..<pfn + 512 : pfn..<pfn + 1
+        if pages.contains(where: { self[$0].immutable }) { return .failPermission }
+        if pages.contains(where: isInUse) { return .failInUse }
+        let large = largeEntry(pfn)
+        if u.size == .size2M && assigned4KCount(pfn) != 0 { return .failOverlap }
+        if u.size == .size4K && large.assigned && large.isLarge { return .failOverlap }
+        for (i, p) in pages.enumerated() {
+            var e = RMPEntry()
+            if u.assigned {
+                e.assigned = true
+                e.isLarge = u.size == .size2M
+                e.immutable = u.immutable
+                e.asid = u.asid
+                e.gpa = u.gpa + UInt64(i) * pageBytes
+                if u.asid != 0 { e.setPermissions(.all, vmpl: 0) }
+            }
+            set(p, e)
+        }
+        return .success
+    }
+
+    /// PSMASH: turns one 2M RMP page into 512 4K entries, copying everything else
+    /// (Validated included; Linux: "while preserving the Validated bit"). FAIL_INPUT for an
+    /// SPA that is not 2M-aligned or past the RMP; FAIL_INUSE for a page of a running vCPU;
+    /// 7 when the entry is not an assigned 2M page (seen by KVM on a 4K entry).
+    public mutating func psmash(spa: UInt64) -> SNPStatus {
+        let pfn = spa >> pageShift
+        guard spa & (PageSize.size2M.bytes - 1) == 0, covers(pfn) else { return .failInput }
+        let large = self[pfn]
+        guard large.assigned && large.isLarge else { return .failNotExpandable }
+        if (pfn..<pfn + 512).contains(where: isInUse) { return .failInUse }
+        for p in pfn..<pfn + 512 {
+            var e = self[p]
+            e.isLarge = false
+            set(p, e)
+        }
+        return .success
+    }
+
+    /// The checks PVALIDATE, RMPADJUST and RMPQUERY share: the page must be assigned to the
+    /// guest at this GPA and mutable, else NPF(RMP|ENC); a 4K request inside a 2M RMP page
+    /// is NPF(RMP|ENC|SIZEM) (KVM log "#VMEXIT (NPF) - SIZEM, err 0xc80000005"; verismo
+    /// fault_rmp_update).
+    func ownershipFault(_ g: GuestContext, size: PageSize) -> SNPOutcome? {
+        let pfn = g.spa >> pageShift
+        guard covers(pfn) else { return .npf([.rmp, .enc]) }
+        let base = size == .size2M ? pfn & ~511 : pfn
+        let e = self[base]
+        let gpa = size == .size2M ? g.gpa & ~(PageSize.size2M.bytes - 1) : g.gpa & ~(pageBytes - 1)
+        if !e.assigned || e.asid != g.asid || e.gpa != gpa || e.immutable { return .npf([.rmp, .enc]) }
+        if size == .size4K && largeEntry(pfn).isLarge { return .npf([.rmp, .enc, .sizem]) }
+        return nil
+    }
+
+    /// PVALIDATE: sets or clears Validated. Order as verismo models it: FAIL_PERMISSION below
+    /// VMPL0; the ownership NPFs; FAIL_SIZEMISMATCH for a 2M request over 4K entries;
+    /// success with CF=1 when nothing changes. A 2M request needs a 2M-aligned GPA
+    /// (FAIL_INPUT, inferred). AMD APM Vol 2 §15.36.11 (PVALIDATE).
+    public mutating func pvalidate(_ g: GuestContext, size: PageSize, validate: Bool) -> SNPOutcome {
+        if g.vmpl != 0 { return .status(.failPermission) }
+        if size == .size2M && (g.gpa | g.spa) & (PageSize.size2M.bytes - 1) != 0 { return .status(.failInput) }
+        if let fault = ownershipFault(g, size: size) { return fault }
+        let pfn = g.spa >> pageShift
+        if size == .size2M && !self[pfn].isLarge { return .status(.failSizeMismatch) }
+        let pages: Range<UInt64> = size == .size2M ? pfn..<pfn + 512 : pfn..<pfn + 1
+        if pages.allSatisfy({ self[$0].validated == validate }) { return .status(.success, unchanged: true) }
+        for p in pages {
+            var e = self[p]
+            e.validated = validate
+            set(p, e)
+        }
+        return .status(.success)
+    }
+
+    /// RMPADJUST: sets a less privileged VMPL's permissions (and, at VMPL0, the VMSA bit).
+    /// Order as verismo models it: target ≤ current VMPL → FAIL_PERMISSION; the ownership
+    /// NPFs; not validated → #VC(0x404); a 2M request over 4K entries → FAIL_SIZEMISMATCH;
+    /// permissions beyond the current VMPL's own → FAIL_PERMISSION. The VMSA bit is honoured
+    /// only from VMPL0 (Linux: "Running at VMPL0 allows the kernel to change the VMSA bit").
+    public mutating func rmpadjust(_ g: GuestContext, size: PageSize, targetVMPL: Int, permissions: VMPLPermissions, vmsa: Bool) -> SNPOutcome {
+        if targetVMPL <= g.vmpl { return .status(.failPermission) }
+        if size == .size2M && (g.gpa | g.spa) & (PageSize.size2M.bytes - 1) != 0 { return .status(.failInput) }
+        if let fault = ownershipFault(g, size: size) { return fault }
+        let pfn = g.spa >> pageShift
+        let pages: Range<UInt64> = size == .size2M ? pfn..<pfn + 512 : pfn..<pfn + 1
+        if !self[pages.lowerBound].validated { return .notValidated }
+        if size == .size2M && !self[pfn].isLarge { return .status(.failSizeMismatch) }
+        if !permissions.isSubset(of: self[pages.lowerBound].permissions(vmpl: g.vmpl)) { return .status(.failPermission) }
+        for p in pages {
+            var e = self[p]
+            e.setPermissions(permissions, vmpl: targetVMPL)
+            if g.vmpl == 0 { e.vmsa = vmsa }
+            set(p, e)
+        }
+        return .status(.success)
+    }
+
+    /// RMPQUERY: a VMPL's permissions on a page, its VMSA bit and page size. The ownership
+    /// NPFs, then #VC(0x404) for a page not validated (Oak's note on RMPQUERY); querying a
+    /// more privileged VMPL than the caller's is FAIL_PERMISSION (inferred from RMPADJUST).
+    public func rmpquery(_ g: GuestContext, targetVMPL: Int) -> SNPOutcome {
+        if targetVMPL < g.vmpl { return .status(.failPermission) }
+        if let fault = ownershipFault(g, size: .size4K), fault != .npf([.rmp, .enc, .sizem]) { return fault }
+        let pfn = g.spa >> pageShift
+        let e = self[pfn]
+        if !e.validated { return .notValidated }
+        return .read("perms=\(e.permissions(vmpl: targetVMPL)) vmsa=\(e.vmsa ? 1 : 0) pagesize=\(largeEntry(pfn).isLarge ? "2M" : "4K")")
+    }
+
+    /// RMPREAD: the RMPREAD-format view of an entry (gpa, assigned, pagesize,
+    /// hpage_region_status, immutable, asid). hpage_region_status is 1 when the SPA is
+    /// 2M-aligned and another page of its 2M region is assigned (Lendacky, SNP host series).
+    public func rmpread(spa: UInt64) -> SNPOutcome {
+        let pfn = spa >> pageShift
+        guard spa & (pageBytes - 1) == 0, covers(pfn) else { return .status(.failInput) }
+        let e = self[pfn]
+        let others = pfn & 511 == 0 && (pfn + 1..<pfn + 512).contains { self[$0].assigned }
+        return .read("gpa=\(hex(e.gpa)) assigned=\(e.assigned ? 1 : 0) pagesize=\(largeEntry(pfn).isLarge ? "2M" : "4K") "
+            + "hpage_region_status=\(others ? 1 : 0) immutable=\(e.immutable ? 1 : 0) asid=\(e.asid)")
+    }
+
+    /// VMRUN marks a vCPU's VMSA in use until the vCPU exits (Singh, SNP RFC: "After the VMRUN
+    /// is successful, the VMSA page is marked IN_USE by the hardware").
+    public mutating func markRunning(spa: UInt64, _ running: Bool) { setInUse(spa >> pageShift, running) }
+}

@@ -1,0 +1,43 @@
+import PageTables
+
+extension RMP {
+    /// The RMP's invariants: "the per-2M count equals the assigned 4K entries", "a 2M
+    /// entry's 512 pages agree" (same owner, state and permissions, GPAs contiguous),
+    /// "permissions above VMPL0 never exceed VMPL0's", and every chunk is indexed once.
+    public func checkInvariants() throws(InvariantViolation) {
+        var owner = [Int](repeating: -1, count: subpageCount.count)
+        for (region, c) in chunkOf.enumerated() where c >= 0 {
+            guard owner[Int(c)] < 0 else {
+                throw InvariantViolation("every RMP chunk indexed once", "chunk \(c) for regions \(owner[Int(c)]) and \(region)")
+            }
+            owner[Int(c)] = region
+            let base = UInt64(region) << 9
+            let count = (base..<base + 512).filter { self[$0].assigned && !self[$0].isLarge }.count
+            if count != Int(subpageCount[Int(c)]) {
+                throw InvariantViolation("the per-2M count equals the assigned 4K entries",
+                                         "region \(hex(base << pageShift)): count \(subpageCount[Int(c)]), entries \(count)")
+            }
+            let head = self[base]
+            for p in base..<base + 512 {
+                let e = self[p]
+                if head.isLarge && head.assigned {
+                    var expected = head
+                    expected.gpa = head.gpa + (p - base) * pageBytes
+                    if e != expected {
+                        throw InvariantViolation("a 2M entry's 512 pages agree", "\(hex(p << pageShift)): \(e) under \(head)")
+                    }
+                } else if e.isLarge && p != base {
+                    throw InvariantViolation("a 2M entry's 512 pages agree", "\(hex(p << pageShift)) is marked 2M under a 4K head")
+                }
+                let vmpl0 = e.permissions(vmpl: 0)
+                for v in 1...3 where !e.permissions(vmpl: v).isSubset(of: vmpl0) {
+                    throw InvariantViolation("permissions above VMPL0 never exceed VMPL0's",
+                                             "\(hex(p << pageShift)) VMPL\(v) \(e.permissions(vmpl: v)) vs VMPL0 \(vmpl0)")
+                }
+            }
+        }
+        for c in freeChunks where owner[Int(c)] >= 0 {
+            throw InvariantViolation("every RMP chunk indexed once", "chunk \(c) is free and in use")
+        }
+    }
+}

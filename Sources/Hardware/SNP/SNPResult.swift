@@ -1,0 +1,74 @@
+/// An SNP instruction's status in RAX, printed by its APM / Linux name.
+/// Linux arch/x86/include/asm/sev.h (RMPUPDATE_FAIL_OVERLAP, PSMASH_FAIL_INUSE,
+/// PVALIDATE_FAIL_SIZEMISMATCH); AMD APM Vol 2 §15.36.
+public enum SNPStatus: UInt32, Sendable, CustomStringConvertible {
+    case success = 0
+    case failInput = 1
+    case failPermission = 2
+    case failInUse = 3
+    case failOverlap = 4
+    case failSizeMismatch = 6
+    /// PSMASH on an entry that is not a 2M page. Microsoft's __psmash documents 7 as "the
+    /// page doesn't meet the requirements for expansion"; Linux logs "psmash failed … rc 7".
+    /// No public name, so it prints as FAIL(7).
+    case failNotExpandable = 7
+
+    public var description: String {
+        switch self {
+        case .success: "ok"
+        case .failInput: "FAIL_INPUT"
+        case .failPermission: "FAIL_PERMISSION"
+        case .failInUse: "FAIL_INUSE"
+        case .failOverlap: "FAIL_OVERLAP"
+        case .failSizeMismatch: "FAIL_SIZEMISMATCH"
+        case .failNotExpandable: "FAIL(7)"
+        }
+    }
+}
+
+/// The bits of an NPF's EXITINFO1 that the RMP check sets. Linux
+/// arch/x86/include/asm/kvm_host.h PFERR_GUEST_{RMP,ENC,SIZEM,VMPL}_MASK.
+public struct NPFBits: OptionSet, Hashable, Sendable, CustomStringConvertible {
+    public let rawValue: UInt64
+    public init(rawValue: UInt64) { self.rawValue = rawValue }
+    public static let rmp = NPFBits(rawValue: 1 << 31)
+    public static let enc = NPFBits(rawValue: 1 << 34)
+    public static let sizem = NPFBits(rawValue: 1 << 35)
+    public static let vmpl = NPFBits(rawValue: 1 << 36)
+
+    public var description: String {
+        [(NPFBits.rmp, "RMP"), (.enc, "ENC"), (.sizem, "SIZEM"), (.vmpl, "VMPL")].filter { contains($0.0) }.map(\.1).joined(separator: "|")
+    }
+}
+
+/// What an SNP instruction or access did: a status (with CF for PVALIDATE), or an exception.
+public enum SNPOutcome: Hashable, Sendable, CustomStringConvertible {
+    /// A status in RAX; `unchanged` is PVALIDATE's CF=1.
+    case status(SNPStatus, unchanged: Bool = false)
+    /// A nested page fault with these EXITINFO1 bits.
+    case npf(NPFBits)
+    /// #VC with this error code (0x404: the page is not validated).
+    case vc(UInt32)
+    /// A host #PF with error-code bit 31 (X86_PF_RMP).
+    case hostRMPFault
+    /// An IOMMU RMP_PAGE_FAULT event (EVENT_TYPE_RMP_FAULT 0xd, drivers/iommu/amd/iommu.c).
+    case iommuRMPFault
+    /// An access that passed every check.
+    case ok
+    /// RMPREAD / RMPQUERY results.
+    case read(String)
+
+    public static let notValidated = SNPOutcome.vc(0x404)
+
+    public var description: String {
+        switch self {
+        case .status(let s, let unchanged): unchanged ? "ok (CF=1)" : s.description
+        case .npf(let bits): "NPF(\(bits))"
+        case .vc(let code): "#VC(0x" + String(code, radix: 16) + ")"
+        case .hostRMPFault: "#PF(RMP)"
+        case .iommuRMPFault: "RMP_PAGE_FAULT"
+        case .ok: "ok"
+        case .read(let text): "ok " + text
+        }
+    }
+}

@@ -1,0 +1,356 @@
+import Testing
+import PageTables
+@testable import Hardware
+
+/// The SEV-SNP cases of hardware-specs.md §5 and the rules of the SNP issue, one test each.
+@Suite struct RMPTests {
+    static let M: UInt64 = 2 << 20
+    static let base: UInt64 = 0x4000_0000  // a 2M-aligned SPA
+
+    func rmp() -> RMP { RMP(end: 8 << 30) }
+    func guest(_ gpa: UInt64, spa: UInt64, asid: UInt32 = 5, vmpl: Int = 0, npt: PageSize = .size4K) -> GuestContext {
+        GuestContext(asid: asid, vmpl: vmpl, gpa: gpa, spa: spa, nptSize: npt)
+    }
+    /// A 4K page assigned to ASID 5 at GPA 0x1000.
+    func assigned4K(validated: Bool = false) -> RMP {
+        var r = rmp()
+        #expect(r.rmpupdate(spa: Self.base, RMPUpdate(gpa: 0x1000, assigned: true, asid: 5)) == .success)
+        if validated { #expect(r.pvalidate(guest(0x1000, spa: Self.base), size: .size4K, validate: true) == .status(.success)) }
+        return r
+    }
+    /// A 2M page assigned to ASID 5 at GPA 0x200000.
+    func assigned2M(validated: Bool = false) -> RMP {
+        var r = rmp()
+        #expect(r.rmpupdate(spa: Self.base, RMPUpdate(gpa: Self.M, assigned: true, size: .size2M, asid: 5)) == .success)
+        if validated { #expect(r.pvalidate(guest(Self.M, spa: Self.base), size: .size2M, validate: true) == .status(.success)) }
+        return r
+    }
+
+    // §5 case 1
+    @Test func rmpupdateAssignsAndResetsValidatedVMSAAndPermissions() throws {
+        var r = assigned4K(validated: true)
+        #expect(r.rmpupdate(spa: Self.base, RMPUpdate(gpa: 0x3000, assigned: true, asid: 6)) == .success)
+        let e = r[Self.base >> 12]
+        #expect(e.assigned && e.asid == 6 && e.gpa == 0x3000 && !e.isLarge && !e.immutable)
+        #expect(!e.validated && !e.vmsa)
+        #expect(e.permissions(vmpl: 0) == .all && e.permissions(vmpl: 1) == [] && e.permissions(vmpl: 3) == [])
+        #expect(e.state == .guestInvalid)
+        try r.checkInvariants()
+    }
+
+    // §5 case 2
+    @Test func rmpupdateOfImmutableEntryIsFailPermission() {
+        var r = rmp()
+        #expect(r.rmpupdate(spa: Self.base, RMPUpdate(assigned: true, immutable: true, asid: 0)) == .success)
+        let before = r[Self.base >> 12]
+        #expect(before.state == .firmware)
+        #expect(r.rmpupdate(spa: Self.base, RMPUpdate(assigned: false)) == .failPermission)
+        #expect(r[Self.base >> 12] == before)
+    }
+
+    // §5 case 3
+    @Test func rmpupdate2MWithMisalignedSPAIsFailInput() {
+        var r = rmp()
+        #expect(r.rmpupdate(spa: Self.base + 0x1000, RMPUpdate(gpa: 0, assigned: true, size: .size2M, asid: 5)) == .failInput)
+        #expect(r.rmpupdate(spa: Self.base, RMPUpdate(gpa: 0x1000, assigned: true, size: .size2M, asid: 5)) == .failInput)
+        #expect(r.rmpupdate(spa: 16 << 30, RMPUpdate(assigned: true, asid: 5)) == .failInput)  // past the RMP
+        #expect(r.rmpupdate(spa: Self.base, RMPUpdate(assigned: true, asid: 1024)) == .failInput)
+        #expect(r.chunksInUse == 0)
+    }
+
+    // §5 case 4
+    @Test func rmpupdateOfARunningVMSAIsFailInUse() {
+        var r = assigned4K()
+        r.markRunning(spa: Self.base, true)
+        #expect(r.rmpupdate(spa: Self.base, RMPUpdate(assigned: false)) == .failInUse)
+        r.markRunning(spa: Self.base, false)
+        #expect(r.rmpupdate(spa: Self.base, RMPUpdate(assigned: false)) == .success)
+    }
+
+    @Test func rmpupdate2MOverAssigned4KIsFailOverlap() {
+        var r = rmp()
+        #expect(r.rmpupdate(spa: Self.base + 0x5000, RMPUpdate(gpa: 0x5000, assigned: true, asid: 5)) == .success)
+        #expect(r.assigned4KCount(Self.base >> 12) == 1)
+        #expect(r.rmpupdate(spa: Self.base, RMPUpdate(gpa: 0, assigned: true, size: .size2M, asid: 5)) == .failOverlap)
+        #expect(r.rmpupdate(spa: Self.base, RMPUpdate(assigned: false, size: .size2M)) == .failOverlap)
+    }
+
+    @Test func rmpupdate4KInsideAssigned2MIsFailOverlap() {
+        var r = assigned2M()
+        #expect(r.rmpupdate(spa: Self.base + 0x3000, RMPUpdate(assigned: false)) == .failOverlap)
+        #expect(r.rmpupdate(spa: Self.base, RMPUpdate(assigned: false, size: .size2M)) == .success)
+        #expect(r.chunksInUse == 0)
+    }
+
+    @Test func rmpupdate2MWritesAll512EntriesWithContiguousGPAs() throws {
+        let r = assigned2M()
+        let last = r[(Self.base >> 12) + 511]
+        #expect(last.assigned && last.isLarge && last.gpa == Self.M + 511 * 0x1000 && last.asid == 5)
+        #expect(r.assigned4KCount(Self.base >> 12) == 0)
+        try r.checkInvariants()
+    }
+
+    // §5 case 5
+    @Test func psmashSplitsA2MPageKeepingValidatedAndPermissions() throws {
+        var r = assigned2M(validated: true)
+        #expect(r.psmash(spa: Self.base) == .success)
+        for i: UInt64 in [0, 1, 511] {
+            let e = r[(Self.base >> 12) + i]
+            #expect(e.assigned && !e.isLarge && e.validated && e.gpa == Self.M + i * 0x1000 && e.permissions(vmpl: 0) == .all)
+        }
+        #expect(r.assigned4KCount(Self.base >> 12) == 512)
+        try r.checkInvariants()
+    }
+
+    // §5 case 6
+    @Test func psmashOfMisalignedSPAIsFailInput() {
+        var r = assigned2M()
+        #expect(r.psmash(spa: Self.base + 0x1000) == .failInput)
+    }
+
+    @Test func psmashOfA4KEntryIsSeven() {
+        var r = assigned4K()
+        #expect(r.psmash(spa: Self.base) == .failNotExpandable)
+        #expect(SNPStatus.failNotExpandable.rawValue == 7)
+        var empty = rmp()
+        #expect(empty.psmash(spa: Self.base) == .failNotExpandable)
+    }
+
+    @Test func psmashOfARunningPageIsFailInUse() {
+        var r = assigned2M()
+        r.markRunning(spa: Self.base + 0x7000, true)
+        #expect(r.psmash(spa: Self.base) == .failInUse)
+    }
+
+    // §5 case 7
+    @Test func pvalidate4KSetsValidated() {
+        var r = assigned4K()
+        #expect(r.pvalidate(guest(0x1000, spa: Self.base), size: .size4K, validate: true) == .status(.success))
+        #expect(r[Self.base >> 12].validated)
+        #expect(r[Self.base >> 12].state == .guestValid)
+    }
+
+    @Test func pvalidateWithNothingToChangeSetsCF() {
+        var r = assigned4K(validated: true)
+        let out = r.pvalidate(guest(0x1000, spa: Self.base), size: .size4K, validate: true)
+        #expect(out == .status(.success, unchanged: true))
+        #expect(out.description == "ok (CF=1)")
+    }
+
+    // §5 case 8
+    @Test func pvalidate2MOver4KEntriesIsFailSizeMismatch() {
+        var r = rmp()
+        #expect(r.rmpupdate(spa: Self.base, RMPUpdate(gpa: Self.M, assigned: true, asid: 5)) == .success)
+        #expect(r.pvalidate(guest(Self.M, spa: Self.base), size: .size2M, validate: true) == .status(.failSizeMismatch))
+        #expect(!r[Self.base >> 12].validated)
+    }
+
+    @Test func pvalidate4KInside2MEntryIsNPFWithSizem() {
+        var r = assigned2M()
+        let out = r.pvalidate(guest(Self.M + 0x3000, spa: Self.base + 0x3000), size: .size4K, validate: true)
+        #expect(out == .npf([.rmp, .enc, .sizem]))
+        #expect(out.description == "NPF(RMP|ENC|SIZEM)")
+    }
+
+    // §5 case 9
+    @Test(arguments: [(UInt32(6), UInt64(0x1000)), (5, 0x2000)])
+    func pvalidateWithASIDOrGPAMismatchIsNPF(_ asid: UInt32, _ gpa: UInt64) {
+        var r = assigned4K()
+        #expect(r.pvalidate(guest(gpa, spa: Self.base, asid: asid), size: .size4K, validate: true) == .npf([.rmp, .enc]))
+    }
+
+    @Test func pvalidateOfAnUnassignedPageIsNPF() {
+        var r = rmp()
+        #expect(r.pvalidate(guest(0x1000, spa: Self.base), size: .size4K, validate: true) == .npf([.rmp, .enc]))
+    }
+
+    @Test func pvalidateBelowVMPL0IsFailPermission() {
+        var r = assigned4K()
+        #expect(r.pvalidate(guest(0x1000, spa: Self.base, vmpl: 1), size: .size4K, validate: true) == .status(.failPermission))
+    }
+
+    // §5 case 10
+    @Test func privateReadOfUnvalidatedPageIsVC404() {
+        let r = assigned4K()
+        let out = r.guestAccess(guest(0x1000, spa: Self.base), write: false, encrypted: true)
+        #expect(out == .vc(0x404) && out.description == "#VC(0x404)")
+    }
+
+    @Test func privateAccessChecksInPriorityOrder() {
+        var r = assigned2M()  // not validated, 2M RMP
+        // Page size differs from the 4K nested mapping: NPF, before the #VC for Validated.
+        #expect(r.guestAccess(guest(Self.M, spa: Self.base, npt: .size4K), write: false, encrypted: true) == .npf([.rmp, .enc]))
+        #expect(r.guestAccess(guest(Self.M, spa: Self.base, npt: .size2M), write: false, encrypted: true) == .vc(0x404))
+        #expect(r.pvalidate(guest(Self.M, spa: Self.base), size: .size2M, validate: true) == .status(.success))
+        #expect(r.guestAccess(guest(Self.M, spa: Self.base, npt: .size2M), write: true, encrypted: true) == .ok)
+        // VMPL1 has no permissions yet: NPF with the VMPL bit, lowest priority.
+        #expect(r.guestAccess(guest(Self.M, spa: Self.base, vmpl: 1, npt: .size2M), write: false, encrypted: true) == .npf([.rmp, .enc, .vmpl]))
+        // Another ASID: ownership fails first.
+        #expect(r.guestAccess(guest(Self.M, spa: Self.base, asid: 9, vmpl: 1, npt: .size2M), write: false, encrypted: true) == .npf([.rmp, .enc]))
+    }
+
+    // §5 case 11
+    @Test func sharedWriteToAssignedPageIsNPF() {
+        let r = assigned4K()
+        #expect(r.guestAccess(guest(0x1000, spa: Self.base), write: true, encrypted: false) == .npf(.rmp))
+        #expect(r.guestAccess(guest(0x1000, spa: Self.base), write: false, encrypted: false) == .ok)
+        #expect(r.guestAccess(guest(0x1000, spa: Self.base + 0x1000), write: true, encrypted: false) == .ok)
+    }
+
+    // §5 case 12
+    @Test func hostWriteThrough2MMappingOverOneAssigned4KPageFaults() {
+        var r = rmp()
+        #expect(r.rmpupdate(spa: Self.base + 0x1000, RMPUpdate(gpa: 0, assigned: true, asid: 5)) == .success)
+        let other = Self.base + 0x1f_f000
+        #expect(r.hostAccess(spa: other, write: true, mappingSize: .size2M) == .hostRMPFault)
+        #expect(r.hostAccess(spa: other, write: true, mappingSize: .size1G) == .hostRMPFault)
+        #expect(r.hostAccess(spa: other, write: false, mappingSize: .size2M) == .ok)
+        #expect(r.hostAccess(spa: other, write: true, mappingSize: .size4K) == .ok)
+        #expect(r.hostAccess(spa: Self.base + 0x1000, write: true, mappingSize: .size4K).description == "#PF(RMP)")
+        #expect(r.hostAccess(spa: other, write: false, walk: true, mappingSize: .size2M) == .hostRMPFault)
+        #expect(r.hostAccess(spa: Self.base + M(2), write: true, mappingSize: .size2M) == .ok)  // the next 2M region
+    }
+    func M(_ n: UInt64) -> UInt64 { n * Self.M }
+
+    @Test func dmaWriteToAssignedPageIsAnIOMMURMPFault() {
+        let r = assigned4K()
+        #expect(r.dmaWrite(spa: Self.base).description == "RMP_PAGE_FAULT")
+        #expect(r.dmaWrite(spa: Self.base + 0x1000) == .ok)
+    }
+
+    // §5 case 13
+    @Test func rmpadjustOfSameOrHigherVMPLIsFailPermission() {
+        var r = assigned4K(validated: true)
+        #expect(r.rmpadjust(guest(0x1000, spa: Self.base, vmpl: 1), size: .size4K, targetVMPL: 1, permissions: .read, vmsa: false) == .status(.failPermission))
+        #expect(r.rmpadjust(guest(0x1000, spa: Self.base, vmpl: 1), size: .size4K, targetVMPL: 0, permissions: .read, vmsa: false) == .status(.failPermission))
+    }
+
+    // §5 case 14
+    @Test func rmpadjustSizeRules() {
+        var r = assigned4K(validated: true)
+        #expect(r.rmpadjust(guest(0, spa: Self.base), size: .size2M, targetVMPL: 1, permissions: .read, vmsa: false) == .npf([.rmp, .enc]))
+        var r4 = rmp()
+        #expect(r4.rmpupdate(spa: Self.base, RMPUpdate(gpa: Self.M, assigned: true, asid: 5)) == .success)
+        #expect(r4.pvalidate(guest(Self.M, spa: Self.base), size: .size4K, validate: true) == .status(.success))
+        #expect(r4.rmpadjust(guest(Self.M, spa: Self.base), size: .size2M, targetVMPL: 1, permissions: .read, vmsa: false) == .status(.failSizeMismatch))
+        var r2 = assigned2M(validated: true)
+        #expect(r2.rmpadjust(guest(Self.M + 0x1000, spa: Self.base + 0x1000), size: .size4K, targetVMPL: 1, permissions: .read, vmsa: false) == .npf([.rmp, .enc, .sizem]))
+    }
+
+    @Test func rmpadjustGrantsOnlyWhatTheCallerHas() throws {
+        var r = assigned4K(validated: true)
+        let g0 = guest(0x1000, spa: Self.base), g1 = guest(0x1000, spa: Self.base, vmpl: 1)
+        #expect(r.rmpadjust(g0, size: .size4K, targetVMPL: 1, permissions: [.read, .write], vmsa: false) == .status(.success))
+        #expect(r.rmpadjust(g1, size: .size4K, targetVMPL: 2, permissions: [.read, .executeUser], vmsa: false) == .status(.failPermission))
+        #expect(r.rmpadjust(g1, size: .size4K, targetVMPL: 2, permissions: .read, vmsa: false) == .status(.success))
+        #expect(r[Self.base >> 12].permissions(vmpl: 2) == .read)
+        #expect(r.guestAccess(guest(0x1000, spa: Self.base, vmpl: 2), write: true, encrypted: true) == .npf([.rmp, .enc, .vmpl]))
+        #expect(r.guestAccess(guest(0x1000, spa: Self.base, vmpl: 2), write: false, encrypted: true) == .ok)
+        try r.checkInvariants()
+    }
+
+    @Test func rmpadjustOfUnvalidatedPageIsVC() {
+        var r = assigned4K()
+        #expect(r.rmpadjust(guest(0x1000, spa: Self.base), size: .size4K, targetVMPL: 1, permissions: .read, vmsa: false) == .vc(0x404))
+    }
+
+    @Test func rmpadjustSetsVMSAOnlyFromVMPL0() {
+        var r = assigned4K(validated: true)
+        #expect(r.rmpadjust(guest(0x1000, spa: Self.base), size: .size4K, targetVMPL: 1, permissions: .all, vmsa: true) == .status(.success))
+        #expect(r[Self.base >> 12].vmsa)
+        #expect(r.rmpadjust(guest(0x1000, spa: Self.base, vmpl: 1), size: .size4K, targetVMPL: 2, permissions: .read, vmsa: false) == .status(.success))
+        #expect(r[Self.base >> 12].vmsa)  // VMPL1 cannot clear it
+    }
+
+    @Test func rmpqueryReportsPermissionsVMSAAndSize() {
+        var r = assigned4K(validated: true)
+        #expect(r.rmpadjust(guest(0x1000, spa: Self.base), size: .size4K, targetVMPL: 1, permissions: [.read, .write], vmsa: false) == .status(.success))
+        #expect(r.rmpquery(guest(0x1000, spa: Self.base), targetVMPL: 1).description == "ok perms=0x3 vmsa=0 pagesize=4K")
+        #expect(r.rmpquery(guest(0x1000, spa: Self.base, vmpl: 2), targetVMPL: 1) == .status(.failPermission))
+        #expect(assigned4K().rmpquery(guest(0x1000, spa: Self.base), targetVMPL: 0) == .vc(0x404))
+    }
+
+    @Test func rmpreadShowsHpageRegionStatus() {
+        var r = rmp()
+        #expect(r.rmpupdate(spa: Self.base + 0x2000, RMPUpdate(gpa: 0x2000, assigned: true, asid: 5)) == .success)
+        #expect(r.rmpread(spa: Self.base).description == "ok gpa=0x0 assigned=0 pagesize=4K hpage_region_status=1 immutable=0 asid=0")
+        #expect(r.rmpread(spa: Self.base + 0x2000).description == "ok gpa=0x2000 assigned=1 pagesize=4K hpage_region_status=0 immutable=0 asid=5")
+        #expect(r.rmpread(spa: Self.base + 0x1001) == .status(.failInput))
+        let big = assigned2M()
+        #expect(big.rmpread(spa: Self.base + 0x5000).description == "ok gpa=0x205000 assigned=1 pagesize=2M hpage_region_status=0 immutable=0 asid=5")
+    }
+
+    @Test func pageStatesAreNamedAsTheFirmwareNamesThem() {
+        var e = RMPEntry()
+        #expect(e.state == .hypervisor)
+        e.assigned = true
+        #expect(e.state == .reclaim)
+        e.immutable = true
+        #expect(e.state == .firmware)
+        e.vmsa = true
+        #expect(e.state == .context)
+        e = RMPEntry(); e.assigned = true; e.asid = 3; e.immutable = true
+        #expect(e.state.description == "Pre-Guest")
+        e.immutable = false
+        #expect(e.state == .guestInvalid)
+        e.validated = true
+        #expect(e.state == .guestValid)
+    }
+
+    @Test func memoryGrowsWithTouchedRegionsOnly() {
+        var r = RMP(end: 1 << 40)
+        #expect(r.chunksInUse == 0)
+        for i: UInt64 in 0..<10 { _ = r.rmpupdate(spa: i << 30, RMPUpdate(assigned: true, asid: 1)) }
+        #expect(r.chunksInUse == 10)
+        for i: UInt64 in 0..<10 { _ = r.rmpupdate(spa: i << 30, RMPUpdate(assigned: false)) }
+        #expect(r.chunksInUse == 0)
+    }
+}
+
+/// GHCB page-state-change formats (hardware-specs §1.4, §5 cases 15-17).
+@Suite struct PageStateChangeTests {
+    // §5 case 15
+    @Test func endEntry253IsInvalidHeader() {
+        let r = PSCRequest(endEntry: 253, entries: [])
+        #expect(r.validate().exitInfo2 == 0x1_0000_0001)
+    }
+
+    // §5 case 16
+    @Test func misaligned2MGfnOrCurPage513IsInvalidEntry() {
+        let misaligned = PSCRequest(endEntry: 0, entries: [PSCEntry(gfn: 0x201, operation: 2, size2M: true)])
+        #expect(misaligned.validate() == (0x1_0000_0002, 0))
+        let overrun = PSCRequest(endEntry: 1, entries: [PSCEntry(gfn: 0, operation: 1, size2M: false),
+                                                         PSCEntry(gfn: 0x200, operation: 1, size2M: true, curPage: 513)])
+        #expect(overrun.validate() == (0x1_0000_0002, 1))
+        let fine = PSCRequest(endEntry: 0, entries: [PSCEntry(gfn: 0x200, operation: 1, size2M: true, curPage: 512)])
+        #expect(fine.validate().exitInfo2 == 0)
+        let done = PSCRequest(curEntry: 2, endEntry: 1, entries: [])
+        #expect(done.validate().exitInfo2 == 0)
+    }
+
+    @Test func entryLayoutRoundTrips() {
+        let e = PSCEntry(gfn: 0xabcde, operation: 2, size2M: true, curPage: 7)
+        #expect(e.raw == 7 | 0xabcde << 12 | 2 << 52 | 1 << 56)
+        #expect(PSCEntry(raw: e.raw) == e && e.gfn == 0xabcde && e.operation == 2 && e.size2M && e.curPage == 7 && e.pages == 512)
+    }
+
+    // §5 case 17
+    @Test func msrRequestForSharedParsesAndSucceeds() throws {
+        let gfn: UInt64 = 0x12345
+        let msr = 0x014 | gfn << 12 | 2 << 52
+        let request = try #require(PSCMSRRequest.parse(msr)).get()
+        #expect(request == PSCMSRRequest(gfn: gfn, operation: .makeShared))
+        #expect(request.msr == msr)
+        let response = PSCMSRRequest.response(error: 0)
+        #expect(response == 0x015 && response >> 32 == 0)
+    }
+
+    @Test func msrRequestWithBadOpGetsTheErrorResponse() {
+        guard case .failure(let e)? = PSCMSRRequest.parse(0x014 | 1 << 12 | 3 << 52) else {
+            Issue.record("PSMASH over the MSR protocol was accepted")
+            return
+        }
+        #expect(e.response == UInt64(1) << 63 | 0x015)
+        #expect(PSCMSRRequest.parse(0x012) == nil)  // GHCB_MSR_REG_GPA_REQ, not a PSC request
+    }
+}
