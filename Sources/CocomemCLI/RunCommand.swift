@@ -56,7 +56,7 @@ struct Run: ParsableCommand {
         let shown = result.snapshot ?? result.machine
         if let path = o.trace { try ScenarioFiles.write(Trace.render(result), to: path) }
         let coloring = MemoryMap.Coloring(rawValue: o.color) ?? .leafSize
-        let svgText = (o.svg != nil || o.html != nil) ? MemoryMap.svg(shown.kernel, coloring: coloring, title: result.scenario.name) : ""
+        let svgText = (o.svg != nil || o.html != nil) ? MemoryMap.svg(shown.kernel, rmp: shown.rmp, coloring: coloring, title: result.scenario.name) : ""
         if let path = o.svg { try ScenarioFiles.write(svgText, to: path) }
         if let path = o.html {
             try ScenarioFiles.write(MemoryMap.html(svg: svgText, summary: RunReport.summary(result), title: result.scenario.name), to: path)

@@ -1,3 +1,4 @@
+import Hardware
 import HostKernel
 import PageTables
 
@@ -8,7 +9,8 @@ public enum MemoryMap {
     public enum Coloring: String, CaseIterable, Sendable {
         /// The direct-map leaf size over the region.
         case leafSize = "leaf-size"
-        /// Ownership: host private (C-bit set), host shared (C-bit clear), not present, not RAM.
+        /// Ownership: host private (C-bit set), host shared (C-bit clear), not present, not RAM,
+        /// and on SEV-SNP the regions holding pages the RMP assigns to a guest or firmware.
         case ownership
     }
 
@@ -26,10 +28,11 @@ public enum MemoryMap {
     static let ownershipClasses = [
         Class(color: "#4575b4", label: "host private (encrypted)"), Class(color: "#f46d43", label: "host shared (decrypted pages)"),
         Class(color: "#fee090", label: "not present pages"), Class(color: "#dddddd", label: "not mapped (hole)"),
+        Class(color: "#762a83", label: "RMP-assigned pages (guest or firmware)"),
     ]
 
     /// The class index of every 2M region of [0, end of RAM).
-    static func classify(_ kernel: Kernel, coloring: Coloring) -> [UInt8] {
+    static func classify(_ kernel: Kernel, rmp: RMP?, coloring: Coloring) -> [UInt8] {
         let end = (kernel.mappedRanges.last!.upperBound + PageSize.size1G.bytes - 1) & ~(PageSize.size1G.bytes - 1)
         let hole: UInt8 = coloring == .leafSize ? 4 : 3
         var cells = [UInt8](repeating: hole, count: Int(end / PageSize.size2M.bytes))
@@ -49,13 +52,19 @@ public enum MemoryMap {
                 cells[c] = cells[c] == hole ? cls : max(cells[c], cls)
             }
         }
+        if coloring == .ownership, let rmp {
+            for c in cells.indices where c * 512 < Int(rmp.end >> pageShift) {
+                let base = UInt64(c) * 512
+                if rmp.regionHasAssigned(base) { cells[c] = 4 }
+            }
+        }
         return cells
     }
 
     /// The SVG document.
-    public static func svg(_ kernel: Kernel, coloring: Coloring = .leafSize, title: String) -> String {
-        let cells = classify(kernel, coloring: coloring)
-        let classes = coloring == .leafSize ? leafClasses : ownershipClasses
+    public static func svg(_ kernel: Kernel, rmp: RMP? = nil, coloring: Coloring = .leafSize, title: String) -> String {
+        let cells = classify(kernel, rmp: rmp, coloring: coloring)
+        let classes = coloring == .leafSize ? leafClasses : Array(ownershipClasses.prefix(rmp == nil ? 4 : 5))
         let rows = cells.count / 512
         let cellW = 2, rowH = max(3, min(14, 3000 / max(rows, 1)))
         let left = 130, top = 56, gridW = 512 * cellW

@@ -8,7 +8,13 @@ public struct Machine: Sendable {
     public let architecture: Architecture
     public let cpus: Int
     public internal(set) var kernel: Kernel
+    /// The SEV-SNP Reverse Map Table (x86-snp only), covering all of RAM.
+    public internal(set) var rmp: RMP?
+    /// The guests, in scenario order.
+    public let guests: [GuestSpec]
     public internal(set) var rng: SeededGenerator
+    /// Faults counted by kind: host #PF(RMP), guest NPF, guest #VC, IOMMU RMP faults.
+    public internal(set) var faults = FaultCounts()
     /// Step results that were kernel errors (-E…), workloads' operations included.
     public internal(set) var errors = 0
     /// Operations run, workloads' operations counted one by one.
@@ -16,11 +22,25 @@ public struct Machine: Sendable {
     /// Called now and then by long workloads with (done, total), for a progress line.
     public var onProgress: (@Sendable (UInt64, UInt64) -> Void)?
 
-    public init(architecture: Architecture, cpus: Int, kernel: Kernel, seed: UInt64) {
+    public init(architecture: Architecture, cpus: Int, kernel: Kernel, guests: [GuestSpec] = [], seed: UInt64) {
         self.architecture = architecture
         self.cpus = cpus
         self.kernel = kernel
+        self.guests = guests
+        self.rmp = architecture == .x86_snp ? RMP(end: kernel.memory.endOfRAM) : nil
         self.rng = SeededGenerator(seed: seed)
+    }
+
+    /// Counts an SNP outcome under its kind.
+    mutating func count(_ outcome: SNPOutcome) {
+        operations += 1
+        switch outcome {
+        case .hostRMPFault: faults.hostRMP += 1
+        case .npf: faults.npf += 1
+        case .vc: faults.vc += 1
+        case .iommuRMPFault: faults.iommuRMP += 1
+        default: break
+        }
     }
 
     /// Runs a host-kernel operation and counts it.
@@ -41,13 +61,16 @@ public struct Machine: Sendable {
             ("pgtable_pages", UInt64(kernel.pageTable.tablePages)),
         ]
         m += kernel.stats.fields
+        m += [("rmp_regions", UInt64(rmp?.chunksInUse ?? 0)), ("host_rmp_faults", UInt64(faults.hostRMP)), ("guest_npf", UInt64(faults.npf)),
+              ("guest_vc", UInt64(faults.vc)), ("iommu_rmp_faults", UInt64(faults.iommuRMP))]
         m += [("operations", UInt64(operations)), ("errors", UInt64(errors))]
         return m
     }
 
     /// The names `metrics` reports, in order.
     public static let metricNames: [String] =
-        ["directmap_4k_kb", "directmap_2m_kb", "directmap_1g_kb", "pgtable_pages"] + CPAStats().fields.map(\.0) + ["operations", "errors"]
+        ["directmap_4k_kb", "directmap_2m_kb", "directmap_1g_kb", "pgtable_pages"] + CPAStats().fields.map(\.0)
+        + ["rmp_regions", "host_rmp_faults", "guest_npf", "guest_vc", "iommu_rmp_faults", "operations", "errors"]
 
     /// Checks every registered invariant, in registry order.
     public func checkInvariants() throws(InvariantViolation) {
@@ -70,9 +93,21 @@ public enum Invariants {
                   summary: "leaf counts and table pages equal a walk; every table reached once; free tables empty") { m throws(InvariantViolation) in
             try m.kernel.pageTable.checkInvariants()
         },
+        Invariant(name: "rmp", layer: "Hardware/SNP",
+                  summary: "per-2M assigned count equals the 4K entries; a 2M page's 512 entries agree; VMPL1-3 never exceed VMPL0") { m throws(InvariantViolation) in
+            try m.rmp?.checkInvariants()
+        },
         Invariant(name: "direct-pages-count", layer: "HostKernel",
                   summary: "direct_pages_count equals the direct-map walk; vmalloc aliases share the C-bit") { m throws(InvariantViolation) in
             try m.kernel.checkDirectMapInvariants()
         },
     ]
+}
+
+/// Faults the hardware raised during a run, by kind.
+public struct FaultCounts: Hashable, Sendable {
+    public var hostRMP = 0
+    public var npf = 0
+    public var vc = 0
+    public var iommuRMP = 0
 }

@@ -13,6 +13,8 @@ public struct Scenario: Sendable {
     public let cpus: Int
     public let memory: PhysicalMemory
     public let kernelConfig: KernelConfig
+    /// The guests (x86-snp), in document order.
+    public let guests: [GuestSpec]
     /// Chosen policies by slot, in registry order (defaults included).
     public let policies: [(slot: String, policy: String)]
     public let steps: [PreparedStep]
@@ -21,7 +23,8 @@ public struct Scenario: Sendable {
     /// A fresh machine booted as the scenario says.
     public func boot() throws(ScenarioError) -> Machine {
         do {
-            return Machine(architecture: architecture, cpus: cpus, kernel: try Kernel(memory: memory, config: kernelConfig), seed: seed)
+            return Machine(architecture: architecture, cpus: cpus, kernel: try Kernel(memory: memory, config: kernelConfig),
+                           guests: guests, seed: seed)
         } catch {
             throw ScenarioError(file: file, line: nil, column: nil, field: "machine", error.message)
         }

@@ -33,8 +33,13 @@ struct ScenarioReader {
             smeCoherent: try machine["sme-coherent"]?.bool() ?? true)
         let policies = try readPolicies(top["host"], config: &config)
 
-        if let guests = top["guests"], !(try guests.sequence()).isEmpty {
-            throw guests.error("guests need a hypervisor layer (x86-snp, x86-tdx, arm64-cca …), which is not modelled yet; use 'guests: []'")
+        var guests: [GuestSpec] = []
+        if let list = top["guests"] {
+            if arch == .x86_snp {
+                guests = try GuestSpec.readAll(list, memory: memory)
+            } else if !(try list.sequence()).isEmpty {
+                throw list.error("guests need an architecture with a guest layer (modelled: x86-snp); '\(arch.rawValue)' has none, so use 'guests: []'")
+            }
         }
 
         // Boot once so steps can be checked against the real layout and memory.
@@ -42,16 +47,17 @@ struct ScenarioReader {
         do { kernel = try Kernel(memory: memory, config: config) } catch {
             throw (machine["memory"] ?? machine["e820"] ?? root).error(error.message)
         }
+        let context = StepContext(kernel: kernel, architecture: arch, guests: guests)
         var steps: [PreparedStep] = []
         for (i, item) in try top.required("steps").sequence().enumerated() {
-            steps.append(try readStep(item, index: i + 1, kernel: kernel))
+            steps.append(try readStep(item, index: i + 1, context: context))
         }
         var checks: [PreparedCheck] = []
         if let list = top["check"] {
             for item in try list.sequence() { checks.append(try Checks.prepare(item)) }
         }
         return Scenario(file: file, name: name, seed: seed, architecture: arch, cpus: cpus, memory: memory,
-                        kernelConfig: config, policies: policies, steps: steps, checks: checks)
+                        kernelConfig: config, guests: guests, policies: policies, steps: steps, checks: checks)
     }
 
     func readMemory(_ machine: Fields) throws(ScenarioError) -> PhysicalMemory {
@@ -90,7 +96,7 @@ struct ScenarioReader {
         return result
     }
 
-    func readStep(_ item: Field, index: Int, kernel: Kernel) throws(ScenarioError) -> PreparedStep {
+    func readStep(_ item: Field, index: Int, context: StepContext) throws(ScenarioError) -> PreparedStep {
         let fields = try item.mapping()
         let keys = fields.entries.map(\.0).filter { $0 != "expect" }
         guard keys.count == 1, let name = keys.first, let args = fields[name] else {
@@ -99,13 +105,13 @@ struct ScenarioReader {
         let expect = try fields["expect"]?.text()
         let line = item.node.mark?.line
         if name == "workload" {
-            return try Workloads.prepare(args, index: index, line: line, expect: expect, kernel: kernel)
+            return try Workloads.prepare(args, index: index, line: line, expect: expect, kernel: context.kernel)
         }
         guard let def = Steps.all.first(where: { $0.name == name }) else {
             throw fields.keyError(name,
                 "unknown step '\(name)'; known steps: " + (Steps.all.map(\.name) + ["workload"]).joined(separator: ", "))
         }
-        let prepared = try def.prepare(args, kernel)
+        let prepared = try def.prepare(args, context)
         return PreparedStep(index: index, line: line, name: name, arguments: prepared.arguments, expect: expect, action: prepared.action)
     }
 }

@@ -8,7 +8,15 @@ public struct StepDefinition: Sendable {
     public let summary: String
     /// Argument names and what they mean, for `list steps` and docs/SCENARIOS.md.
     public let arguments: [(name: String, help: String)]
-    let prepare: @Sendable (Field, Kernel) throws(ScenarioError) -> (arguments: [(String, String)], action: @Sendable (inout Machine) throws(HostKernelError) -> String)
+    let prepare: @Sendable (Field, StepContext) throws(ScenarioError) -> (arguments: [(String, String)], action: @Sendable (inout Machine) throws(HostKernelError) -> String)
+}
+
+/// What a step can check its arguments against while the scenario is read: the booted
+/// kernel, the architecture and the guests.
+public struct StepContext: Sendable {
+    public let kernel: Kernel
+    public let architecture: Architecture
+    public let guests: [GuestSpec]
 }
 
 /// The registry of steps.
@@ -21,7 +29,9 @@ public enum Steps {
 
     public static let all: [StepDefinition] = KernelOperation.catalogue.map { op in
         op.name == "vmap" ? vmapStep(summary: op.summary) : cpaStep(op.name, summary: op.summary, single: op.arguments == "ADDR")
-    } + [
+    } + faultInjection + snp
+
+    static let faultInjection: [StepDefinition] = [
         StepDefinition(name: "fail_page_alloc", summary: "fault injection: make page-table allocations fail (or succeed again)",
                        arguments: [("enabled", "true or false")]) { args, _ throws(ScenarioError) in
             let fields = try args.mapping()
@@ -58,7 +68,8 @@ public enum Steps {
     }
 
     static func cpaStep(_ name: String, summary: String, single: Bool) -> StepDefinition {
-        StepDefinition(name: name, summary: summary, arguments: single ? Array(addressArguments.prefix(2)) : addressArguments) { args, kernel throws(ScenarioError) in
+        StepDefinition(name: name, summary: summary, arguments: single ? Array(addressArguments.prefix(2)) : addressArguments) { args, ctx throws(ScenarioError) in
+            let kernel = ctx.kernel
             let fields = try args.mapping()
             try fields.only(single ? ["addr", "pa"] : ["addr", "pa", "numpages"])
             let address = try address(fields, kernel: kernel)
@@ -76,7 +87,8 @@ public enum Steps {
 
     static func vmapStep(summary: String) -> StepDefinition {
         StepDefinition(name: "vmap", summary: summary + "; the result is the address",
-                       arguments: [("pa", "first physical page"), ("numpages", "pages (default 1)")]) { args, kernel throws(ScenarioError) in
+                       arguments: [("pa", "first physical page"), ("numpages", "pages (default 1)")]) { args, ctx throws(ScenarioError) in
+            let kernel = ctx.kernel
             let fields = try args.mapping()
             try fields.only(["pa", "numpages"])
             let paField = try fields.required("pa")

@@ -62,7 +62,7 @@ import PageTables
             return "ok"
         }
         let broken = Scenario(file: s.file, name: s.name, seed: s.seed, architecture: s.architecture, cpus: s.cpus, memory: s.memory,
-                              kernelConfig: s.kernelConfig, policies: s.policies, steps: [s.steps[0], corrupt, s.steps[2]], checks: s.checks)
+                              kernelConfig: s.kernelConfig, guests: s.guests, policies: s.policies, steps: [s.steps[0], corrupt, s.steps[2]], checks: s.checks)
         let r = try Runner.run(broken, options: RunOptions(checkInvariants: true))
         #expect(r.failure?.step == 2)
         #expect(r.failure?.invariant == "direct_pages_count equals the direct-map walk")

@@ -74,8 +74,8 @@ import Testing
     }
 
     @Test func unmodelledArchitectureSaysSo() {
-        let e = error("name: t\nmachine: {arch: x86-snp, memory: 4G}\nsteps: []\n")
-        #expect(e?.message == "architecture 'x86-snp' is not modelled yet; modelled: x86-64")
+        let e = error("name: t\nmachine: {arch: x86-tdx, memory: 4G}\nsteps: []\n")
+        #expect(e?.message == "architecture 'x86-tdx' is not modelled yet; modelled: x86-64, x86-snp")
     }
 
     @Test func unknownPolicyListsTheValidOnes() {
@@ -123,8 +123,9 @@ import Testing
         #expect(error("name: t\nmachine: {memory: 65T}\nsteps: []\n")?.message.contains("past the 64T the direct map can hold") == true)
     }
 
-    @Test func guestsAreRefusedUntilAHypervisorExists() {
-        #expect(error("name: t\nmachine: {memory: 4G}\nguests: [{name: vm0}]\nsteps: []\n")?.message.hasPrefix("guests need a hypervisor layer") == true)
+    @Test func guestsAreRefusedOnAMachineWithoutAGuestLayer() {
+        #expect(error("name: t\nmachine: {memory: 4G}\nguests: [{name: vm0}]\nsteps: []\n")?.message
+            == "guests need an architecture with a guest layer (modelled: x86-snp); 'x86-64' has none, so use 'guests: []'")
     }
 
     @Test func yamlSyntaxErrorHasLineAndColumn() {
@@ -164,5 +165,73 @@ import Testing
     @Test func zeroOperationsIsOutOfRange() {
         let e = error("name: t\nmachine: {memory: 4G}\nsteps:\n  - workload: {kind: cpa-churn, operations: 0}\n")
         #expect(e?.message == "operations 0 is out of range; valid: 1 to 1000000000000")
+    }
+}
+
+/// SNP scenarios: what only a scenario can get wrong is an error naming the place.
+@Suite struct SNPScenarioTests {
+    static let head = """
+        name: s
+        machine: {arch: x86-snp, memory: 4G}
+        guests:
+          - {name: vm0, asid: 5, memory: 4M, placement: {pa: 0x40000000}}
+
+        """
+
+    func error(_ text: String) -> ScenarioError? {
+        #expect(throws: ScenarioError.self) { try Scenario.load(yaml: text, file: "s.yaml") }
+    }
+
+    @Test func snpScenarioLoadsAndRuns() throws {
+        let s = try Scenario.load(yaml: Self.head + "steps:\n  - rmpupdate: {spa: 0x40000000, assigned: true, asid: 5}\n    expect: ok\n", file: "s.yaml")
+        let r = try Runner.run(s, options: RunOptions(checkInvariants: true))
+        #expect(r.records[0].result == "ok" && r.machine.rmp?.chunksInUse == 1)
+    }
+
+    @Test func pageBeyondRAMIsAScenarioError() {
+        let e = error(Self.head + "steps:\n  - rmpread: {spa: 0x100000000}\n")
+        #expect(e?.message == "0x100000000 is past the end of RAM (0x100000000)")
+        #expect(e?.line == 6)
+    }
+
+    @Test func unknownGuestListsTheGuests() {
+        #expect(error(Self.head + "steps:\n  - pvalidate: {guest: vm9, gpa: 0, validate: true}\n")?.message == "unknown guest 'vm9'; guests: vm0")
+    }
+
+    @Test func sizeMustBe4KOr2M() {
+        #expect(error(Self.head + "steps:\n  - rmpupdate: {spa: 0x40000000, assigned: true, size: 1G}\n")?.message == "unknown size '1G'; valid: 4K, 2M")
+    }
+
+    @Test func vmplAboveThreeIsRefused() {
+        #expect(error(Self.head + "steps:\n  - guest-read: {guest: vm0, gpa: 0, vmpl: 4}\n")?.message == "VMPL 4 is out of range; valid: 0 to 3")
+    }
+
+    @Test func gpaPastGuestMemoryIsRefused() {
+        #expect(error(Self.head + "steps:\n  - guest-read: {guest: vm0, gpa: 0x400000}\n")?.message == "gpa 0x400000 is past vm0's 4M of memory")
+    }
+
+    @Test func overlappingPlacementNamesBothRanges() {
+        let e = error(Self.head.replacingOccurrences("\n\n", "\n") + "  - {name: vm1, asid: 6, memory: 2M, placement: {pa: 0x40200000}}\nsteps: []\n")
+        #expect(e?.message == "[0x40200000-0x40400000) overlaps vm0 at [0x40000000-0x40400000)")
+    }
+
+    @Test func placementOutsideRAMIsRefused() {
+        let e = error("name: s\nmachine: {arch: x86-snp, memory: 4G}\nguests:\n  - {name: vm0, asid: 5, memory: 4M, placement: {pa: 0xc0000}}\nsteps: []\n")
+        #expect(e?.message.hasPrefix("[0xc0000-0x4c0000) is not all RAM") == true)
+    }
+
+    @Test func duplicateASIDIsRefused() {
+        let e = error(Self.head.replacingOccurrences("\n\n", "\n") + "  - {name: vm1, asid: 5, memory: 2M, placement: {pa: 0x80000000}}\nsteps: []\n")
+        #expect(e?.message == "ASID 5 is already vm0's")
+    }
+
+    @Test func snpStepsNeedTheSNPMachine() {
+        let e = error("name: s\nmachine: {memory: 4G}\nsteps:\n  - psmash: {spa: 0x40000000}\n")
+        #expect(e?.message == "psmash needs the SEV-SNP machine: set 'arch: x86-snp' (this one is x86-64)")
+    }
+
+    @Test func unknownHostContextListsTheValidOnes() {
+        let e = error(Self.head + "steps:\n  - host-write: {pa: 0x1000, context: irq}\n")
+        #expect(e?.message == "unknown context 'irq'; valid: data, kernel-stack, page-table, gdt-idt, nmi, user-copy, user")
     }
 }

@@ -45,6 +45,14 @@ public struct RMP: Sendable {
         return c < 0 ? 0 : Int(subpageCount[Int(c)])
     }
 
+    /// Whether any page of the 2M region holding `pfn` is assigned (cheap for untouched regions).
+    public func regionHasAssigned(_ pfn: UInt64) -> Bool {
+        let c = chunkOf[Int(pfn >> 9)]
+        guard c >= 0 else { return false }
+        let base = Int(c) * 512
+        return entries[base..<base + 512].contains { $0.assigned }
+    }
+
     /// Chunks (2M regions) holding non-default entries.
     public var chunksInUse: Int { subpageCount.count - freeChunks.count }
 

@@ -51,6 +51,8 @@ public enum SNPOutcome: Hashable, Sendable, CustomStringConvertible {
     case vc(UInt32)
     /// A host #PF with error-code bit 31 (X86_PF_RMP).
     case hostRMPFault
+    /// A host #PF because the mapping is not present (before any RMP check).
+    case hostNotPresent
     /// An IOMMU RMP_PAGE_FAULT event (EVENT_TYPE_RMP_FAULT 0xd, drivers/iommu/amd/iommu.c).
     case iommuRMPFault
     /// An access that passed every check.
@@ -66,6 +68,7 @@ public enum SNPOutcome: Hashable, Sendable, CustomStringConvertible {
         case .npf(let bits): "NPF(\(bits))"
         case .vc(let code): "#VC(0x" + String(code, radix: 16) + ")"
         case .hostRMPFault: "#PF(RMP)"
+        case .hostNotPresent: "#PF(not-present)"
         case .iommuRMPFault: "RMP_PAGE_FAULT"
         case .ok: "ok"
         case .read(let text): "ok " + text

@@ -1,0 +1,59 @@
+import Hardware
+import PageTables
+
+/// A guest as the hardware sees it: its ASID and a nested page table that maps guest
+/// physical `[0, memory)` linearly onto host physical `[placement, placement + memory)` with
+/// `npt`-sized leaves. The KVM layer will build guests from memslots and guest_memfd; until
+/// then a scenario places them by hand.
+public struct GuestSpec: Hashable, Sendable {
+    public let name: String
+    public let asid: UInt32
+    public let memory: UInt64
+    public let placement: UInt64
+    public let npt: PageSize
+
+    /// The SPA that backs `gpa`.
+    public func spa(_ gpa: UInt64) -> UInt64 { placement + gpa }
+
+    /// The context of an instruction or access this guest issues at `gpa` from `vmpl`.
+    public func context(gpa: UInt64, vmpl: Int) -> GuestContext {
+        GuestContext(asid: asid, vmpl: vmpl, gpa: gpa, spa: spa(gpa), nptSize: npt)
+    }
+
+    /// Reads the `guests:` list of an x86-snp scenario: names and ASIDs unique, memory in
+    /// RAM, placements that do not overlap (each error names the ranges involved).
+    static func readAll(_ field: Field, memory ram: PhysicalMemory) throws(ScenarioError) -> [GuestSpec] {
+        var guests: [GuestSpec] = []
+        for item in try field.sequence() {
+            let f = try item.mapping()
+            try f.only(["name", "asid", "memory", "placement", "npt"])
+            let name = try f.required("name").text()
+            if guests.contains(where: { $0.name == name }) { throw f.keyError("name", "guest '\(name)' is defined twice") }
+            let asidField = try f.required("asid")
+            let asid = UInt32(try asidField.number(in: 1...UInt64(RMP.maxASID), what: "asid"))
+            if let other = guests.first(where: { $0.asid == asid }) { throw asidField.error("ASID \(asid) is already \(other.name)'s") }
+            let npt = PageSize(level: Int(try f["npt"]?.choice(["4K", "2M"], what: "npt page size") == "2M" ? 2 : 1))!
+            let memField = try f.required("memory")
+            let size = try memField.number()
+            guard size > 0, size & (npt.bytes - 1) == 0 else {
+                throw memField.error("memory \(ByteSize.format(size)) must be a non-zero multiple of the \(npt) nested page size")
+            }
+            let placementField = try f.required("placement")
+            let placement = try placementField.mapping()
+            try placement.only(["pa"])
+            let paField = try placement.required("pa")
+            let pa = try paField.number()
+            guard pa & (npt.bytes - 1) == 0 else { throw paField.error("placement \(hex(pa)) must be \(npt)-aligned for a \(npt) nested page table") }
+            let range = pa..<pa + size
+            guard ram.isRAM(range) else {
+                throw paField.error("[\(hex(pa))-\(hex(pa + size))) is not all RAM; RAM is "
+                    + ram.ram.map { "[\(hex($0.lowerBound))-\(hex($0.upperBound)))" }.joined(separator: " "))
+            }
+            if let other = guests.first(where: { $0.placement < range.upperBound && range.lowerBound < $0.placement + $0.memory }) {
+                throw paField.error("[\(hex(pa))-\(hex(pa + size))) overlaps \(other.name) at [\(hex(other.placement))-\(hex(other.placement + other.memory)))")
+            }
+            guests.append(GuestSpec(name: name, asid: asid, memory: size, placement: pa, npt: npt))
+        }
+        return guests
+    }
+}

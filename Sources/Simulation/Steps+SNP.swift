@@ -1,0 +1,160 @@
+import Hardware
+import HostKernel
+import PageTables
+
+/// The SEV-SNP steps: each RMP instruction under its lowercase name, and host, DMA and guest
+/// accesses. Results print as the APM and Linux name them (`ok (CF=1)`, `FAIL_OVERLAP`,
+/// `#PF(RMP)`, `NPF(RMP|ENC|SIZEM)`, `#VC(0x404)`).
+extension Steps {
+    /// Host access contexts (the fault outcome per context is the host fault handler's work).
+    public static let hostContexts = ["data", "kernel-stack", "page-table", "gdt-idt", "nmi", "user-copy", "user"]
+
+    static let snp: [StepDefinition] = [
+        snpStep("rmpupdate", "RMPUPDATE: assign or unassign a 4K or 2M RMP entry",
+                [("spa", "system physical address"), ("assigned", "true or false"), ("asid", "owner ASID (default 0)"),
+                 ("gpa", "guest physical address (default 0)"), ("size", "4K or 2M (default 4K)"), ("immutable", "default false")]) { f, ctx throws(ScenarioError) in
+            let spa = try spaField(f, ctx)
+            let u = RMPUpdate(gpa: try f["gpa"]?.number() ?? 0, assigned: try f.required("assigned").bool(), size: try size(f),
+                              immutable: try f["immutable"]?.bool() ?? false, asid: UInt32(truncatingIfNeeded: try f["asid"]?.number(in: 0...0xffff_ffff, what: "asid") ?? 0))
+            return ([("spa", hex(spa)), ("assigned", "\(u.assigned)"), ("asid", "\(u.asid)"), ("gpa", hex(u.gpa)), ("size", "\(u.size)"), ("immutable", "\(u.immutable)")],
+                    { m in .status(m.rmp!.rmpupdate(spa: spa, u)) })
+        },
+        snpStep("psmash", "PSMASH: split a 2M RMP entry into 512 4K entries", [("spa", "2M-aligned system physical address")]) { f, ctx throws(ScenarioError) in
+            let spa = try spaField(f, ctx)
+            return ([("spa", hex(spa))], { m in .status(m.rmp!.psmash(spa: spa)) })
+        },
+        snpStep("rmpread", "RMPREAD: an RMP entry in the RMPREAD format", [("spa", "system physical address")]) { f, ctx throws(ScenarioError) in
+            let spa = try spaField(f, ctx)
+            return ([("spa", hex(spa))], { m in m.rmp!.rmpread(spa: spa) })
+        },
+        snpStep("pvalidate", "PVALIDATE: the guest validates or rescinds a page",
+                [("guest", "guest name"), ("gpa", "guest physical address"), ("size", "4K or 2M (default 4K)"),
+                 ("validate", "true or false"), ("vmpl", "VMPL executing it (default 0)")]) { f, ctx throws(ScenarioError) in
+            let (g, gpa) = try guestAddress(f, ctx)
+            let sz = try size(f), v = try f.required("validate").bool(), vmpl = try vmplField(f, "vmpl")
+            return ([("guest", g.name), ("gpa", hex(gpa)), ("size", "\(sz)"), ("validate", "\(v)"), ("vmpl", "\(vmpl)")],
+                    { m in m.rmp!.pvalidate(g.context(gpa: gpa, vmpl: vmpl), size: sz, validate: v) })
+        },
+        snpStep("rmpadjust", "RMPADJUST: set a less privileged VMPL's permissions on a page",
+                [("guest", "guest name"), ("gpa", "guest physical address"), ("size", "4K or 2M (default 4K)"),
+                 ("vmpl", "target VMPL"), ("perms", "permission mask: 1 R, 2 W, 4 Xuser, 8 Xsuper, 0x10 SSS"),
+                 ("vmsa", "set the VMSA bit (default false)"), ("from", "VMPL executing it (default 0)")]) { f, ctx throws(ScenarioError) in
+            let (g, gpa) = try guestAddress(f, ctx)
+            let sz = try size(f), target = try vmplField(f, "vmpl", required: true), from = try vmplField(f, "from")
+            let perms = VMPLPermissions(rawValue: UInt8(try f.required("perms").number(in: 0...0x1f, what: "perms")))
+            let vmsa = try f["vmsa"]?.bool() ?? false
+            return ([("guest", g.name), ("gpa", hex(gpa)), ("size", "\(sz)"), ("vmpl", "\(target)"), ("perms", perms.description), ("vmsa", "\(vmsa)"), ("from", "\(from)")],
+                    { m in m.rmp!.rmpadjust(g.context(gpa: gpa, vmpl: from), size: sz, targetVMPL: target, permissions: perms, vmsa: vmsa) })
+        },
+        snpStep("rmpquery", "RMPQUERY: a VMPL's permissions on a page",
+                [("guest", "guest name"), ("gpa", "guest physical address"), ("vmpl", "VMPL to query"), ("from", "VMPL executing it (default 0)")]) { f, ctx throws(ScenarioError) in
+            let (g, gpa) = try guestAddress(f, ctx)
+            let target = try vmplField(f, "vmpl", required: true), from = try vmplField(f, "from")
+            return ([("guest", g.name), ("gpa", hex(gpa)), ("vmpl", "\(target)"), ("from", "\(from)")],
+                    { m in m.rmp!.rmpquery(g.context(gpa: gpa, vmpl: from), targetVMPL: target) })
+        },
+        snpStep("vmrun", "VMRUN: a vCPU runs with this VMSA page, which is now in use", [("spa", "the VMSA page")]) { f, ctx throws(ScenarioError) in
+            let spa = try spaField(f, ctx)
+            return ([("spa", hex(spa))], { m in m.rmp!.markRunning(spa: spa, true); return .ok })
+        },
+        snpStep("vmexit", "#VMEXIT: the vCPU using this VMSA page stops", [("spa", "the VMSA page")]) { f, ctx throws(ScenarioError) in
+            let spa = try spaField(f, ctx)
+            return ([("spa", hex(spa))], { m in m.rmp!.markRunning(spa: spa, false); return .ok })
+        },
+        hostStep("host-read", write: false), hostStep("host-write", write: true),
+        snpStep("dma-write", "a device writes the page through the IOMMU", [("pa", "physical address")]) { f, ctx throws(ScenarioError) in
+            let pa = try paField(f, ctx)
+            return ([("pa", hex(pa))], { m in m.rmp!.dmaWrite(spa: pa) })
+        },
+        guestStep("guest-read", write: false), guestStep("guest-write", write: true),
+    ]
+
+    /// A step that needs the RMP (arch x86-snp) and counts its outcome.
+    static func snpStep(
+        _ name: String, _ summary: String, _ arguments: [(String, String)],
+        _ body: @escaping @Sendable (Fields, StepContext) throws(ScenarioError) -> ([(String, String)], @Sendable (inout Machine) -> SNPOutcome)
+    ) -> StepDefinition {
+        StepDefinition(name: name, summary: summary, arguments: arguments) { args, ctx throws(ScenarioError) in
+            let fields = try args.mapping()
+            try fields.only(arguments.map(\.0))
+            guard ctx.architecture == .x86_snp else {
+                throw args.error("\(name) needs the SEV-SNP machine: set 'arch: x86-snp' (this one is \(ctx.architecture.rawValue))")
+            }
+            let (shown, run) = try body(fields, ctx)
+            return (shown, { m throws(HostKernelError) in
+                let outcome = run(&m)
+                m.count(outcome)
+                return outcome.description
+            })
+        }
+    }
+
+    static func hostStep(_ name: String, write: Bool) -> StepDefinition {
+        snpStep(name, write ? "the host kernel writes a page through its direct-map (or, for context user, 4K user) mapping"
+                    : "the host kernel reads a page: RMP-checked only as a page-table walk (context page-table)",
+                [("pa", "physical address"), ("context", "one of " + hostContexts.joined(separator: ", ") + " (default data)")]) { f, ctx throws(ScenarioError) in
+            let pa = try paField(f, ctx)
+            let context = try f["context"]?.choice(hostContexts, what: "context") ?? "data"
+            return ([("pa", hex(pa)), ("context", context)], { m in
+                // User memory is reached through 4K user mappings; everything else through the direct map.
+                var size = PageSize.size4K
+                if context != "user" {
+                    guard let leaf = m.kernel.directMapLeaf(PhysAddr(pa)), leaf.descriptor.isPresentLeaf else { return .hostNotPresent }
+                    size = leaf.size
+                }
+                return m.rmp!.hostAccess(spa: pa, write: write, walk: context == "page-table", mappingSize: size)
+            })
+        }
+    }
+
+    static func guestStep(_ name: String, write: Bool) -> StepDefinition {
+        snpStep(name, "the guest \(write ? "writes" : "reads") a page, private (C=1) or shared (C=0)",
+                [("guest", "guest name"), ("gpa", "guest physical address"), ("private", "C-bit set (default true)"), ("vmpl", "VMPL (default 0)")]) { f, ctx throws(ScenarioError) in
+            let (g, gpa) = try guestAddress(f, ctx)
+            let priv = try f["private"]?.bool() ?? true, vmpl = try vmplField(f, "vmpl")
+            return ([("guest", g.name), ("gpa", hex(gpa)), ("private", "\(priv)"), ("vmpl", "\(vmpl)")],
+                    { m in m.rmp!.guestAccess(g.context(gpa: gpa, vmpl: vmpl), write: write, encrypted: priv) })
+        }
+    }
+
+    /// A system physical address inside RAM's reach (a page past RAM is a scenario mistake;
+    /// misalignment is left for the hardware to answer).
+    static func spaField(_ f: Fields, _ ctx: StepContext) throws(ScenarioError) -> UInt64 {
+        let field = try f.required("spa")
+        return try physical(field, ctx)
+    }
+
+    static func paField(_ f: Fields, _ ctx: StepContext) throws(ScenarioError) -> UInt64 {
+        try physical(try f.required("pa"), ctx)
+    }
+
+    static func physical(_ field: Field, _ ctx: StepContext) throws(ScenarioError) -> UInt64 {
+        let a = try field.number()
+        let end = ctx.kernel.memory.endOfRAM
+        guard a < end else { throw field.error("\(hex(a)) is past the end of RAM (\(hex(end)))") }
+        return a
+    }
+
+    static func size(_ f: Fields) throws(ScenarioError) -> PageSize {
+        guard let field = f["size"] else { return .size4K }
+        return try field.choice(["4K", "2M"], what: "size") == "2M" ? .size2M : .size4K
+    }
+
+    static func vmplField(_ f: Fields, _ key: String, required: Bool = false) throws(ScenarioError) -> Int {
+        guard let field = required ? try f.required(key) : f[key] else { return 0 }
+        return Int(try field.number(in: 0...3, what: "VMPL"))
+    }
+
+    /// The named guest and a GPA inside its memory.
+    static func guestAddress(_ f: Fields, _ ctx: StepContext) throws(ScenarioError) -> (GuestSpec, UInt64) {
+        let nameField = try f.required("guest")
+        let name = try nameField.text()
+        guard let g = ctx.guests.first(where: { $0.name == name }) else {
+            throw nameField.error("unknown guest '\(name)'; guests: " + (ctx.guests.isEmpty ? "none defined" : ctx.guests.map(\.name).joined(separator: ", ")))
+        }
+        let gpaField = try f.required("gpa")
+        let gpa = try gpaField.number()
+        guard gpa < g.memory else { throw gpaField.error("gpa \(hex(gpa)) is past \(name)'s \(ByteSize.format(g.memory)) of memory") }
+        return (g, gpa)
+    }
+}
