@@ -27,6 +27,14 @@ extension Steps {
             let spa = try spaField(f, ctx)
             return ([("spa", hex(spa))], { m in m.rmp!.rmpread(spa: spa) })
         },
+        snpStep("dump_rmpentry", "the raw RMP entry as Linux's dump_rmpentry prints it, with the firmware's page-state name",
+                [("spa", "system physical address")]) { f, ctx throws(ScenarioError) in
+            let spa = try spaField(f, ctx)
+            return ([("spa", hex(spa))], { m in
+                let e = m.rmp![spa >> pageShift]
+                return .read("PFN \(hex(spa >> pageShift)), RMP entry: [\(hex(e.hi, digits: 16)) - \(hex(e.lo, digits: 16))] \(e.state)")
+            })
+        },
         snpStep("pvalidate", "PVALIDATE: the guest validates or rescinds a page",
                 [("guest", "guest name"), ("gpa", "guest physical address"), ("size", "4K or 2M (default 4K)"),
                  ("validate", "true or false"), ("vmpl", "VMPL executing it (default 0)")]) { f, ctx throws(ScenarioError) in
