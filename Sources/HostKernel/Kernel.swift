@@ -17,6 +17,8 @@ public struct Kernel: Sendable {
     /// Physical ranges the direct map covers (pfn_range_is_mapped): [0, 1M) and RAM.
     public let mappedRanges: [Range<UInt64>]
     public internal(set) var stats = CPAStats()
+    /// SEV-SNP host counters: RMP faults by outcome, crashes, leaks.
+    public internal(set) var snp = SNPHostStats()
     /// The vmap areas made so far, in address order.
     public internal(set) var vmapAreas: [VmapArea] = []
     /// Fault injection: the next encryption-status hook to fail (prepare or finish).

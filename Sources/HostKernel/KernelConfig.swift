@@ -18,6 +18,8 @@ public struct KernelConfig: Hashable, Sendable {
     public var tlbSinglePageFlushCeiling = 33
     /// When change_page_attr re-merges split tables.
     public var collapse = CollapsePolicy.rox
+    /// What the host does to its direct map as pages enter and leave the RMP (SEV-SNP).
+    public var directMapPolicy = DirectMapPolicyKind.splitOnAssign
 
     public init(gbpages: Bool = true, la57: Bool = false, memEncrypt: Bool = true, smeCoherent: Bool = true) {
         self.gbpages = gbpages

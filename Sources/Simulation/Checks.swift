@@ -42,6 +42,7 @@ public enum Checks {
     public static let all: [CheckDefinition] = [
         CheckDefinition(name: "no-errors", summary: "no operation returned an error, except where the step's expect names it", usage: "- no-errors"),
         CheckDefinition(name: "invariants", summary: "every registered invariant holds at the end", usage: "- invariants"),
+        CheckDefinition(name: "no-host-crash", summary: "no host access ended in an oops, double or triple fault", usage: "- no-host-crash"),
         CheckDefinition(name: "directmap", summary: "DirectMap4k/2M/1G (bytes) meet conditions", usage: "- directmap: {4k: \"<= 8M\", 2m: \">= 1G\", 1g: \"== 23G\"}"),
         CheckDefinition(name: "metric", summary: "a metric of the run meets a condition", usage: "- metric: {tlb_full_flushes: \"<= 100\"}"),
     ]
@@ -58,6 +59,11 @@ public enum Checks {
                 return PreparedCheck(name: name, description: "no-errors", line: line) { _, records in
                     let bad = records.filter { isError($0.result) && $0.expect != $0.result }
                     return (bad.isEmpty, bad.first.map { "step \($0.index) \($0.name) = \($0.result)" } ?? "")
+                }
+            case "no-host-crash":
+                return PreparedCheck(name: name, description: "no-host-crash", line: line) { m, _ in
+                    let n = m.kernel.snp.hostCrashes
+                    return (n == 0, n == 0 ? "" : "\(n) host access\(n == 1 ? "" : "es") crashed the host")
                 }
             case "invariants":
                 return PreparedCheck(name: name, description: "invariants", line: line) { m, _ in

@@ -63,6 +63,12 @@ public struct Machine: Sendable {
         m += kernel.stats.fields
         m += [("rmp_regions", UInt64(rmp?.chunksInUse ?? 0)), ("host_rmp_faults", UInt64(faults.hostRMP)), ("guest_npf", UInt64(faults.npf)),
               ("guest_vc", UInt64(faults.vc)), ("iommu_rmp_faults", UInt64(faults.iommuRMP))]
+        let s = kernel.snp
+        m += s.rmpFaultFields
+        m += [("host_crashes", UInt64(s.hostCrashes)), ("not_present_faults", UInt64(s.notPresentFaults)),
+              ("splits_on_fault", UInt64(s.splitsOnFault)), ("ciphertext_reads", UInt64(s.ciphertextReads)),
+              ("rmp_make_private", UInt64(s.rmpMakePrivate)), ("rmp_make_shared", UInt64(s.rmpMakeShared)),
+              ("leaked_pages", s.leakedPages)]
         m += [("operations", UInt64(operations)), ("errors", UInt64(errors))]
         return m
     }
@@ -70,7 +76,9 @@ public struct Machine: Sendable {
     /// The names `metrics` reports, in order.
     public static let metricNames: [String] =
         ["directmap_4k_kb", "directmap_2m_kb", "directmap_1g_kb", "pgtable_pages"] + CPAStats().fields.map(\.0)
-        + ["rmp_regions", "host_rmp_faults", "guest_npf", "guest_vc", "iommu_rmp_faults", "operations", "errors"]
+        + ["rmp_regions", "host_rmp_faults", "guest_npf", "guest_vc", "iommu_rmp_faults"] + SNPHostStats().rmpFaultFields.map(\.0)
+        + ["host_crashes", "not_present_faults", "splits_on_fault", "ciphertext_reads", "rmp_make_private", "rmp_make_shared", "leaked_pages",
+           "operations", "errors"]
 
     /// Checks every registered invariant, in registry order.
     public func checkInvariants() throws(InvariantViolation) {

@@ -21,6 +21,12 @@ public enum Policies {
             policies: CollapsePolicy.allCases.map { ($0.rawValue, $0.summary) },
             defaultPolicy: CollapsePolicy.rox.rawValue,
             apply: { name, config in config.collapse = CollapsePolicy(rawValue: name)! }),
+        PolicySlot(
+            name: "host.directmap-policy", key: "directmap-policy",
+            summary: "what the host does to its direct map as pages enter and leave the RMP (SEV-SNP)",
+            policies: DirectMapPolicyKind.allCases.map { ($0.rawValue, $0.summary) },
+            defaultPolicy: DirectMapPolicyKind.splitOnAssign.rawValue,
+            apply: { name, config in config.directMapPolicy = DirectMapPolicyKind(rawValue: name)! }),
     ]
 
     /// The slot that holds a policy named `policy`, if exactly one does.

@@ -6,8 +6,8 @@ import PageTables
 /// accesses. Results print as the APM and Linux name them (`ok (CF=1)`, `FAIL_OVERLAP`,
 /// `#PF(RMP)`, `NPF(RMP|ENC|SIZEM)`, `#VC(0x404)`).
 extension Steps {
-    /// Host access contexts (the fault outcome per context is the host fault handler's work).
-    public static let hostContexts = ["data", "kernel-stack", "page-table", "gdt-idt", "nmi", "user-copy", "user"]
+    /// Host access contexts, in HostAccessContext's order.
+    public static let hostContexts = HostAccessContext.allCases.map(\.rawValue)
 
     static let snp: [StepDefinition] = [
         snpStep("rmpupdate", "RMPUPDATE: assign or unassign a 4K or 2M RMP entry",
@@ -70,6 +70,7 @@ extension Steps {
             return ([("spa", hex(spa))], { m in m.rmp!.markRunning(spa: spa, false); return .ok })
         },
         hostStep("host-read", write: false), hostStep("host-write", write: true),
+        rmpMakeStep(private: true), rmpMakeStep(private: false),
         snpStep("dma-write", "a device writes the page through the IOMMU", [("pa", "physical address")]) { f, ctx throws(ScenarioError) in
             let pa = try paField(f, ctx)
             return ([("pa", hex(pa))], { m in m.rmp!.dmaWrite(spa: pa) })
@@ -98,19 +99,72 @@ extension Steps {
     }
 
     static func hostStep(_ name: String, write: Bool) -> StepDefinition {
-        snpStep(name, write ? "the host kernel writes a page through its direct-map (or, for context user, 4K user) mapping"
-                    : "the host kernel reads a page: RMP-checked only as a page-table walk (context page-table)",
-                [("pa", "physical address"), ("context", "one of " + hostContexts.joined(separator: ", ") + " (default data)")]) { f, ctx throws(ScenarioError) in
+        let arguments = [("pa", "physical address"), ("context", "one of " + hostContexts.joined(separator: ", ") + " (default data)")]
+        return StepDefinition(
+            name: name,
+            summary: write ? "the host kernel writes a page; an RMP or not-present fault ends as its context decides (oops, double fault, …)"
+                : "the host kernel reads a page: RMP-checked only as a page-table walk; a private page still mapped reads as ciphertext",
+            arguments: arguments
+        ) { args, ctx throws(ScenarioError) in
+            let f = try args.mapping()
+            try f.only(arguments.map(\.0))
+            guard ctx.architecture == .x86_snp else {
+                throw args.error("\(name) needs the SEV-SNP machine: set 'arch: x86-snp' (this one is \(ctx.architecture.rawValue))")
+            }
             let pa = try paField(f, ctx)
-            let context = try f["context"]?.choice(hostContexts, what: "context") ?? "data"
-            return ([("pa", hex(pa)), ("context", context)], { m in
-                // User memory is reached through 4K user mappings; everything else through the direct map.
-                var size = PageSize.size4K
-                if context != "user" {
-                    guard let leaf = m.kernel.directMapLeaf(PhysAddr(pa)), leaf.descriptor.isPresentLeaf else { return .hostNotPresent }
-                    size = leaf.size
-                }
-                return m.rmp!.hostAccess(spa: pa, write: write, walk: context == "page-table", mappingSize: size)
+            let context = HostAccessContext(rawValue: try f["context"]?.choice(hostContexts, what: "context") ?? "data")!
+            return ([("pa", hex(pa)), ("context", context.rawValue)], { m throws(HostKernelError) in
+                let outcome = m.kernel.hostAccess(m.rmp!, pa: pa, write: write, context: context)
+                m.operations += 1
+                if case .fault(let cause, _) = outcome, cause == "RMP" { m.faults.hostRMP += 1 }
+                return outcome.description
+            })
+        }
+    }
+
+    /// rmp_make_private / rmp_make_shared: the host kernel's way to change the RMP, through
+    /// the direct-map policy (Linux arch/x86/virt/svm/sev.c).
+    static func rmpMakeStep(private makePrivate: Bool) -> StepDefinition {
+        let arguments: [(String, String)] = makePrivate
+            ? [("pa", "physical address"), ("gpa", "guest physical address (default 0)"), ("asid", "owner ASID"),
+               ("size", "4K or 2M (default 4K)"), ("immutable", "default false")]
+            : [("pa", "physical address"), ("size", "4K or 2M (default 4K)")]
+        return snpKernelStep(makePrivate ? "rmp_make_private" : "rmp_make_shared",
+                             makePrivate ? "Linux rmp_make_private: the direct-map policy, then RMPUPDATE to guest-owned"
+                                 : "Linux rmp_make_shared: the direct-map policy, then RMPUPDATE back to the hypervisor",
+                             arguments) { f, ctx throws(ScenarioError) in
+            let pa = try paField(f, ctx)
+            let sz = try size(f)
+            let u = makePrivate
+                ? RMPUpdate(gpa: try f["gpa"]?.number() ?? 0, assigned: true, size: sz, immutable: try f["immutable"]?.bool() ?? false,
+                            asid: UInt32(try f.required("asid").number(in: 0...UInt64(RMP.maxASID), what: "asid")))
+                : RMPUpdate(assigned: false, size: sz)
+            var shown = [("pa", hex(pa)), ("size", "\(sz)")]
+            if makePrivate { shown += [("gpa", hex(u.gpa)), ("asid", "\(u.asid)"), ("immutable", "\(u.immutable)")] }
+            return (shown, { m in
+                let (status, hw) = m.kernel.rmpUpdate(&m.rmp!, pfn: pa >> pageShift, u)
+                return hw.map { $0 == .success ? status.description : "\(status) (\($0))" } ?? status.description
+            })
+        }
+    }
+
+    /// A host-kernel step on the SNP machine whose result is a kernel status.
+    static func snpKernelStep(
+        _ name: String, _ summary: String, _ arguments: [(String, String)],
+        _ body: @escaping @Sendable (Fields, StepContext) throws(ScenarioError) -> ([(String, String)], @Sendable (inout Machine) -> String)
+    ) -> StepDefinition {
+        StepDefinition(name: name, summary: summary, arguments: arguments) { args, ctx throws(ScenarioError) in
+            let fields = try args.mapping()
+            try fields.only(arguments.map(\.0))
+            guard ctx.architecture == .x86_snp else {
+                throw args.error("\(name) needs the SEV-SNP machine: set 'arch: x86-snp' (this one is \(ctx.architecture.rawValue))")
+            }
+            let (shown, run) = try body(fields, ctx)
+            return (shown, { m throws(HostKernelError) in
+                let result = run(&m)
+                m.operations += 1
+                if result.hasPrefix("-E") { m.errors += 1 }
+                return result
             })
         }
     }

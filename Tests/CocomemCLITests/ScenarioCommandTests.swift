@@ -125,7 +125,8 @@ import Testing
 
     @Test(arguments: [
         (["compare", "examples/cpa-churn.yaml", "--policy", "sometimes"], "no policy slot has all of sometimes"),
-        (["compare", "examples/cpa-churn.yaml", "--policy", "rox", "--slot", "host.nothing"], "--slot 'host.nothing': unknown slot; valid: host.cpa-collapse"),
+        (["compare", "examples/cpa-churn.yaml", "--policy", "rox", "--slot", "host.nothing"], "--slot 'host.nothing': unknown slot; valid: host.cpa-collapse, host.directmap-policy"),
+        (["compare", "examples/cpa-churn.yaml", "--policy", "rox", "--slot", "host.directmap-policy"], "--policy 'rox' is not a policy of host.directmap-policy; valid: none, split-on-assign"),
         (["run", "examples/cpa-basics.yaml", "--at", "99"], "--at 99: examples/cpa-basics.yaml has 18 steps; valid: 0 to 18"),
         (["run", "examples/cpa-basics.yaml", "--color", "rainbow"], "--color 'rainbow': valid: leaf-size, ownership"),
         (["run", "examples/cpa-basics.yaml", "--json", "--meminfo"], "cannot be mixed with --json or --csv"),
@@ -145,6 +146,19 @@ import Testing
         let r = try Self.run(["run", path])
         #expect(r.status == 1)
         #expect(r.err.contains("\(path):4:37: steps[1].set_memory_ro.pages: unknown field 'pages'; valid: addr, pa, numpages"))
+    }
+
+    /// The seed thread's question, answered by compare: which policies keep the host up when
+    /// a kernel stack shares a 2M region with a guest-private page.
+    @Test func compareAnswersTheKernelStackQuestion() throws {
+        let r = try Self.run(["compare", Self.example("snp-directmap-policies.yaml"), "--policy", "none", "--policy", "split-on-assign",
+                              "--policy", "proactive-4k", "--policy", "unmap-private", "--policy", "split-on-fault", "--policy", "coalesce"])
+        #expect(r.status == 0)
+        let rows = r.out.split(separator: "\n").map { $0.split(separator: " ").map(String.init) }
+        #expect(rows.contains(["rmp_fault_double_fault", "1", "0", "0", "0", "1", "0"]))
+        #expect(rows.contains(["host_crashes", "1", "0", "0", "1", "1", "0"]))  // unmap-private: the stray read oopses
+        #expect(rows.contains(["ciphertext_reads", "1", "1", "1", "0", "1", "1"]))
+        #expect(rows.contains(["directmap_4k_kb", "2048", "4096", "4096", "4096", "4096", "2048"]))
     }
 
     @Test func listShowsEachRegistry() throws {

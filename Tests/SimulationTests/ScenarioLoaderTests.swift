@@ -24,7 +24,7 @@ import Testing
         #expect(s.name == "t" && s.seed == 0 && s.architecture == .x86_64)
         #expect(s.steps.count == 1 && s.steps[0].name == "set_memory_ro" && s.steps[0].expect == "ok")
         #expect(s.steps[0].arguments.map(\.1) == ["0xffff888040000000", "1"])
-        #expect(s.policies.map(\.policy) == ["rox"])
+        #expect(s.policies.map(\.policy) == ["rox", "split-on-assign"])
     }
 
     @Test func numbersAcceptHexDecimalAndSizes() throws {
@@ -91,7 +91,7 @@ import Testing
 
     @Test func unknownCheckListsTheValidOnes() {
         let e = error("name: t\nmachine: {memory: 4G}\nsteps: []\ncheck:\n  - no-crash\n")
-        #expect(e?.message == "unknown check 'no-crash'; valid: no-errors, invariants, directmap, metric")
+        #expect(e?.message == "unknown check 'no-crash'; valid: no-errors, invariants, no-host-crash, directmap, metric")
     }
 
     @Test func badConditionIsExplained() {

@@ -1,0 +1,147 @@
+import Hardware
+import PageTables
+
+/// What the host does to its direct map when pages change hands in the RMP: the choice the
+/// SNP threads argue about (seed 001). Each policy is a named type behind this protocol;
+/// `DirectMapPolicyKind` names them for scenarios.
+public protocol DirectMapPolicy: Sendable {
+    /// The name scenarios use (`host.directmap-policy`).
+    static var name: String { get }
+    /// One line on what it does and where it comes from.
+    static var summary: String { get }
+    /// Runs before RMPUPDATE changes `size` at `pfn`; an error stops the update (-EFAULT).
+    func beforeUpdate(_ kernel: inout Kernel, pfn: UInt64, size: PageSize, makingPrivate: Bool) -> Errno?
+    /// Runs after a successful RMPUPDATE.
+    func afterUpdate(_ kernel: inout Kernel, rmp: RMP, pfn: UInt64, size: PageSize, madePrivate: Bool)
+    /// Whether the #PF handler splits a large kernel mapping that took an RMP fault.
+    var splitsOnFault: Bool { get }
+}
+
+extension DirectMapPolicy {
+    public func beforeUpdate(_ kernel: inout Kernel, pfn: UInt64, size: PageSize, makingPrivate: Bool) -> Errno? { nil }
+    public func afterUpdate(_ kernel: inout Kernel, rmp: RMP, pfn: UInt64, size: PageSize, madePrivate: Bool) {}
+    public var splitsOnFault: Bool { false }
+}
+
+/// `none`: the direct map is left alone, to show what goes wrong.
+public struct NoAdjustment: DirectMapPolicy {
+    public static let name = "none"
+    public static let summary = "leave the direct map alone (shows the failure)"
+    public init() {}
+}
+
+/// `split-on-assign`: merged Linux. Before a 4K RMPUPDATE the covering direct-map leaf is
+/// split to 4K with set_memory_4k; a 2M update splits nothing ("even accesses from 1GB
+/// mappings will be treated as 2MB accesses"); never undone. Linux 661b1c6169e2,
+/// arch/x86/virt/svm/sev.c adjust_direct_map (v6.11).
+public struct SplitOnAssign: DirectMapPolicy {
+    public static let name = "split-on-assign"
+    public static let summary = "merged Linux (adjust_direct_map): split the leaf to 4K before a 4K RMPUPDATE; never undone"
+    public init() {}
+
+    public func beforeUpdate(_ kernel: inout Kernel, pfn: UInt64, size: PageSize, makingPrivate: Bool) -> Errno? {
+        // A 2M request needs an aligned pfn and a valid pfn + 511, and never splits.
+        if size == .size2M { return pfn & 511 == 0 && kernel.isMapped((pfn + 511) << pageShift) ? nil : .EINVAL }
+        let va = kernel.va(PFN(pfn).physAddr)
+        guard let leaf = kernel.pageTable.lookup(va), leaf.descriptor.isPresentLeaf, leaf.size != .size4K else { return nil }
+        return (try? kernel.setMemory4K(va.rawValue, numpages: 1)) == .ok ? nil : .EFAULT
+    }
+}
+
+/// `proactive-4k`: the 2021 RFC. set_memory_4k on every page added to or removed from the
+/// RMP, whatever the RMP page size. Singh, "[RFC Part2 PATCH 04/30] x86/mm: split the
+/// physmap when adding the page in RMP table" (seed 001).
+public struct Proactive4K: DirectMapPolicy {
+    public static let name = "proactive-4k"
+    public static let summary = "2021 RFC: set_memory_4k on every page the RMP update touches, whatever its size"
+    public init() {}
+
+    public func beforeUpdate(_ kernel: inout Kernel, pfn: UInt64, size: PageSize, makingPrivate: Bool) -> Errno? {
+        let va = kernel.va(PFN(pfn).physAddr).rawValue
+        return (try? kernel.setMemory4K(va, numpages: Int(size.pages))) == .ok ? nil : .EFAULT
+    }
+}
+
+/// `unmap-private`: RFC v1-v10. Assigned pages leave the direct map
+/// (set_direct_map_invalid_noflush per 4K, then a flush) and come back when unassigned
+/// (set_direct_map_default_noflush). Linux SNP host RFC invalidate_direct_map /
+/// restore_direct_map.
+public struct UnmapPrivate: DirectMapPolicy {
+    public static let name = "unmap-private"
+    public static let summary = "RFC v1-v10: remove assigned pages from the direct map, restore them when unassigned"
+    public init() {}
+
+    public func beforeUpdate(_ kernel: inout Kernel, pfn: UInt64, size: PageSize, makingPrivate: Bool) -> Errno? {
+        guard makingPrivate else { return nil }
+        for p in pfn..<pfn + size.pages {
+            guard (try? kernel.setDirectMapInvalidNoflush(kernel.va(PFN(p).physAddr).rawValue)) == .ok else { return .EFAULT }
+        }
+        kernel.flushTLBAll()
+        return nil
+    }
+
+    public func afterUpdate(_ kernel: inout Kernel, rmp: RMP, pfn: UInt64, size: PageSize, madePrivate: Bool) {
+        guard !madePrivate else { return }
+        for p in pfn..<pfn + size.pages {
+            _ = try? kernel.setDirectMapDefaultNoflush(kernel.va(PFN(p).physAddr).rawValue)
+        }
+    }
+}
+
+/// `split-on-fault`: nothing up front; the #PF handler splits a large kernel mapping that
+/// took an RMP fault and retries, where that is safe. The idea the thread rejects: "you
+/// can't _easily_ do the 2M->4k kernel mapping demotion in a page fault handler" (Hansen),
+/// "We are certainly toast if this hits the stack" (Lutomirski).
+public struct SplitOnFault: DirectMapPolicy {
+    public static let name = "split-on-fault"
+    public static let summary = "split a large kernel mapping in the #PF handler after an RMP fault, where safe (rejected in the thread)"
+    public init() {}
+    public var splitsOnFault: Bool { true }
+}
+
+/// `coalesce`: split-on-assign, plus re-merging the 2M (and 1G) leaf once its whole region
+/// is hypervisor-owned again. Hypothetical: the splits are made without _PAGE_KERNEL_4K so
+/// they may collapse, as CPA_COLLAPSE would (Borislav Petkov in seed 001: "Dunno how useful
+/// it would be if we also do coalescing of 4K pages").
+public struct Coalesce: DirectMapPolicy {
+    public static let name = "coalesce"
+    public static let summary = "split-on-assign, then re-merge a 2M/1G leaf once its whole region is hypervisor-owned again"
+    public init() {}
+
+    public func beforeUpdate(_ kernel: inout Kernel, pfn: UInt64, size: PageSize, makingPrivate: Bool) -> Errno? {
+        guard size == .size4K else { return nil }
+        return kernel.splitDirectMap(pfn: pfn) ? nil : .EFAULT
+    }
+
+    public func afterUpdate(_ kernel: inout Kernel, rmp: RMP, pfn: UInt64, size: PageSize, madePrivate: Bool) {
+        guard !madePrivate else { return }
+        let region2M = pfn & ~511
+        guard !rmp.regionHasAssigned(region2M) else { return }
+        let region1G = pfn & ~(UInt64(1 << 18) - 1)
+        let gigFree = kernel.config.gbpages && !(0..<512).contains { rmp.regionHasAssigned(region1G + UInt64($0) * 512) }
+        kernel.collapseDirectMap(pfn: gigFree ? region1G : region2M, size: gigFree ? .size1G : .size2M)
+    }
+}
+
+/// The policies by name, in the order `list policies` shows them.
+public enum DirectMapPolicyKind: String, CaseIterable, Hashable, Sendable {
+    case none
+    case splitOnAssign = "split-on-assign"
+    case proactive4K = "proactive-4k"
+    case unmapPrivate = "unmap-private"
+    case splitOnFault = "split-on-fault"
+    case coalesce
+
+    public var policy: any DirectMapPolicy {
+        switch self {
+        case .none: NoAdjustment()
+        case .splitOnAssign: SplitOnAssign()
+        case .proactive4K: Proactive4K()
+        case .unmapPrivate: UnmapPrivate()
+        case .splitOnFault: SplitOnFault()
+        case .coalesce: Coalesce()
+        }
+    }
+
+    public var summary: String { type(of: policy).summary }
+}

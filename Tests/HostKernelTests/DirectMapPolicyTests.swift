@@ -1,0 +1,114 @@
+import Testing
+import Hardware
+import PageTables
+@testable import HostKernel
+
+/// The SNP host direct-map policies and how host faults end (linux-x86.md §2, seed 001).
+@Suite struct DirectMapPolicyTests {
+    static let page: UInt64 = 0x4000_0000        // becomes guest-private
+    static let stack: UInt64 = 0x4000_1000       // a kernel stack page in the same 2M region
+
+    func machine(_ policy: DirectMapPolicyKind, gbpages: Bool = false) throws -> (Kernel, RMP) {
+        var config = KernelConfig(gbpages: gbpages)
+        config.directMapPolicy = policy
+        let k = try Kernel(memory: PhysicalMemory.pc(size: 4 << 30), config: config)
+        return (k, RMP(end: k.memory.endOfRAM))
+    }
+
+    func makePrivate(_ k: inout Kernel, _ rmp: inout RMP, _ pa: UInt64 = page, size: PageSize = .size4K) -> KernelStatus {
+        k.rmpUpdate(&rmp, pfn: pa >> 12, RMPUpdate(gpa: 0, assigned: true, size: size, asid: 1)).0
+    }
+
+    /// The example of the SNP host issue: a kernel-stack write next to a private 4K page.
+    @Test(arguments: [
+        (DirectMapPolicyKind.none, "#PF(RMP): double fault"), (.splitOnAssign, "ok"), (.proactive4K, "ok"),
+        (.unmapPrivate, "ok"), (.splitOnFault, "#PF(RMP): double fault"), (.coalesce, "ok"),
+    ])
+    func kernelStackWriteNextToAPrivatePage(_ policy: DirectMapPolicyKind, _ expected: String) throws {
+        var (k, rmp) = try machine(policy)
+        #expect(makePrivate(&k, &rmp) == .ok)
+        #expect(k.hostAccess(rmp, pa: Self.stack, write: true, context: .kernelStack).description == expected)
+        #expect(k.snp.hostCrashes == (expected == "ok" ? 0 : 1))
+    }
+
+    @Test func splitOnAssignSplitsOnlyFor4KAndNeverUndoes() throws {
+        var (k, rmp) = try machine(.splitOnAssign)
+        #expect(makePrivate(&k, &rmp) == .ok)
+        #expect(k.stats.splits == LeafCounts(size2M: 1))
+        #expect(k.pageTable.lookup(k.va(PhysAddr(Self.page)))?.attributes.contains(.forced4K) == true)  // set_memory_4k
+        #expect(k.rmpUpdate(&rmp, pfn: Self.page >> 12, RMPUpdate(assigned: false)).0 == .ok)
+        #expect(k.directPagesCount.size4K == 1024)  // still split
+        #expect(makePrivate(&k, &rmp, 0x8000_0000, size: .size2M) == .ok)
+        #expect(k.stats.splits == LeafCounts(size2M: 1))  // a 2M transition never splits
+    }
+
+    @Test func splitOnAssign2MNeedsAnAlignedPfn() throws {
+        var (k, rmp) = try machine(.splitOnAssign)
+        #expect(makePrivate(&k, &rmp, 0x4000_1000, size: .size2M) == .error(.EINVAL))
+    }
+
+    @Test func proactive4KSplitsEvery2MPageToo() throws {
+        var (k, rmp) = try machine(.proactive4K)
+        #expect(makePrivate(&k, &rmp, 0x8000_0000, size: .size2M) == .ok)
+        #expect(k.stats.splits == LeafCounts(size2M: 1))
+        #expect(k.pageTable.lookup(k.va(PhysAddr(0x8000_0000 + 0x1ff000)))?.size == .size4K)
+    }
+
+    @Test func unmapPrivateRemovesAndRestoresTheDirectMap() throws {
+        var (k, rmp) = try machine(.unmapPrivate)
+        #expect(makePrivate(&k, &rmp) == .ok)
+        #expect(k.pageTable.translate(k.va(PhysAddr(Self.page))) == nil)
+        // A stray read faults (not present) instead of reading ciphertext.
+        #expect(k.hostAccess(rmp, pa: Self.page, write: false, context: .data).description == "#PF(not-present): oops")
+        #expect(k.rmpUpdate(&rmp, pfn: Self.page >> 12, RMPUpdate(assigned: false)).0 == .ok)
+        #expect(k.pageTable.translate(k.va(PhysAddr(Self.page))) != nil)
+        #expect(k.hostAccess(rmp, pa: Self.page, write: true, context: .data) == .ok)
+    }
+
+    @Test func strayReadUnderSplitOnAssignReturnsCiphertext() throws {
+        var (k, rmp) = try machine(.splitOnAssign)
+        #expect(makePrivate(&k, &rmp) == .ok)
+        #expect(k.hostAccess(rmp, pa: Self.page, write: false, context: .data) == .ciphertext)
+        #expect(k.snp.ciphertextReads == 1 && k.snp.hostCrashes == 0)
+    }
+
+    @Test func splitOnFaultSplitsInSafeContextsOnly() throws {
+        var (k, rmp) = try machine(.splitOnFault)
+        #expect(makePrivate(&k, &rmp) == .ok)
+        #expect(k.stats.splits == LeafCounts())
+        #expect(k.hostAccess(rmp, pa: Self.stack, write: true, context: .data) == .splitAndRetried)
+        #expect(k.snp.splitsOnFault == 1 && k.stats.splits == LeafCounts(size2M: 1))
+        #expect(k.hostAccess(rmp, pa: Self.stack, write: true, context: .kernelStack) == .ok)  // already split
+    }
+
+    @Test(arguments: [
+        (HostAccessContext.data, "#PF(RMP): oops"), (.kernelStack, "#PF(RMP): double fault"), (.pageTable, "#PF(RMP): triple fault"),
+        (.gdtIDT, "#PF(RMP): triple fault"), (.nmi, "#PF(RMP): oops"), (.userCopy, "#PF(RMP): fixed up"), (.user, "#PF(RMP): SIGBUS"),
+    ])
+    func anRMPFaultEndsAsItsContextDecides(_ context: HostAccessContext, _ expected: String) throws {
+        var (k, rmp) = try machine(.none)
+        #expect(makePrivate(&k, &rmp) == .ok)
+        #expect(k.hostAccess(rmp, pa: Self.page, write: true, context: context).description == expected)
+    }
+
+    @Test func coalesceRemergesOnceTheRegionIsHypervisorOwnedAgain() throws {
+        var (k, rmp) = try machine(.coalesce, gbpages: true)
+        let before = k.directPagesCount
+        #expect(makePrivate(&k, &rmp) == .ok)
+        #expect(makePrivate(&k, &rmp, Self.page + 0x5000) == .ok)
+        #expect(k.directPagesCount.size1G == before.size1G - 1)
+        #expect(k.rmpUpdate(&rmp, pfn: Self.page >> 12, RMPUpdate(assigned: false)).0 == .ok)
+        #expect(k.stats.collapses == LeafCounts())  // one page still private
+        #expect(k.rmpUpdate(&rmp, pfn: (Self.page + 0x5000) >> 12, RMPUpdate(assigned: false)).0 == .ok)
+        #expect(k.stats.collapses == LeafCounts(size2M: 1, size1G: 1))
+        #expect(k.directPagesCount == before)
+        try k.checkInvariants()
+    }
+
+    @Test func aFailedRMPUpdateIsEFAULTWithTheStatus() throws {
+        var (k, rmp) = try machine(.splitOnAssign)
+        #expect(makePrivate(&k, &rmp, 0x8000_0000, size: .size2M) == .ok)
+        let (status, hw) = k.rmpUpdate(&rmp, pfn: 0x8000_3000 >> 12, RMPUpdate(assigned: false))
+        #expect(status == .error(.EFAULT) && hw == .failOverlap)
+    }
+}
