@@ -105,7 +105,7 @@ struct ScenarioReader {
         let expect = try fields["expect"]?.text()
         let line = item.node.mark?.line
         if name == "workload" {
-            return try Workloads.prepare(args, index: index, line: line, expect: expect, kernel: context.kernel)
+            return try Workloads.prepare(args, index: index, line: line, expect: expect, context: context)
         }
         guard let def = Steps.all.first(where: { $0.name == name }) else {
             throw fields.keyError(name,
