@@ -166,6 +166,6 @@ import Testing
             let r = try Self.run(["list", what])
             #expect(r.status == 0 && !r.out.isEmpty)
         }
-        #expect(try Self.run(["list", "workloads"]).out.hasPrefix("cpa-churn      set_memory_decrypted then"))
+        #expect(try Self.run(["list", "workloads"]).out.hasPrefix("cpa-churn         set_memory_decrypted then"))
     }
 }

@@ -86,7 +86,7 @@ import Testing
 
     @Test func unknownWorkloadListsTheValidOnes() {
         let e = error("name: t\nmachine: {memory: 4G}\nsteps:\n  - workload: {kind: stress, operations: 5}\n")
-        #expect(e?.message == "unknown workload 'stress'; valid: cpa-churn, split-scatter, rox-cycle")
+        #expect(e?.message == "unknown workload 'stress'; valid: cpa-churn, split-scatter, rox-cycle, guest-boot, adversarial-flip, swiotlb-churn, vm-churn, host-writes")
     }
 
     @Test func unknownCheckListsTheValidOnes() {
