@@ -9,6 +9,7 @@ let package = Package(
         .library(name: "PageTables", targets: ["PageTables"]),
         .library(name: "Hardware", targets: ["Hardware"]),
         .library(name: "HostKernel", targets: ["HostKernel"]),
+        .library(name: "Hypervisor", targets: ["Hypervisor"]),
         .library(name: "Simulation", targets: ["Simulation"]),
         .library(name: "Reports", targets: ["Reports"]),
         .executable(name: "cocomem", targets: ["cocomem"]),
@@ -24,8 +25,10 @@ let package = Package(
         .target(name: "Hardware", dependencies: ["PageTables"]),
         // Layer 2: the host kernel: direct map, change_page_attr, vmalloc aliases.
         .target(name: "HostKernel", dependencies: ["Hardware", "PageTables"]),
+        // Layer 3: KVM with an SEV-SNP backend (guest_memfd, attributes, launch, PSC, RMP faults).
+        .target(name: "Hypervisor", dependencies: ["HostKernel", "Hardware", "PageTables"]),
         // Machine, scenarios, workloads, policies, invariants, metrics.
-        .target(name: "Simulation", dependencies: ["HostKernel", "Hardware", "PageTables", "Yams"]),
+        .target(name: "Simulation", dependencies: ["Hypervisor", "HostKernel", "Hardware", "PageTables", "Yams"]),
         // Renderers: the kernel's own formats (/proc/meminfo, ptdump), tables, JSON, CSV,
         // Chrome traces, SVG/HTML maps.
         .target(name: "Reports", dependencies: ["Simulation", "HostKernel", "Hardware", "PageTables"]),
@@ -41,6 +44,7 @@ let package = Package(
         .testTarget(name: "PageTablesTests", dependencies: ["PageTables"]),
         .testTarget(name: "HardwareTests", dependencies: ["Hardware"]),
         .testTarget(name: "HostKernelTests", dependencies: ["HostKernel"]),
+        .testTarget(name: "HypervisorTests", dependencies: ["Hypervisor"]),
         .testTarget(name: "SimulationTests", dependencies: ["Simulation"]),
         .testTarget(name: "ReportsTests", dependencies: ["Reports"]),
         .testTarget(name: "CocomemCLITests", dependencies: ["CocomemCLI"]),

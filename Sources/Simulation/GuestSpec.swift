@@ -1,4 +1,5 @@
 import Hardware
+import Hypervisor
 import PageTables
 
 /// A guest as the hardware sees it: its ASID and a nested page table that maps guest
@@ -11,6 +12,14 @@ public struct GuestSpec: Hashable, Sendable {
     public let memory: UInt64
     public let placement: UInt64
     public let npt: PageSize
+    public let vcpus: Int
+    /// The guest_memfd folio size KVM backs private memory with.
+    public let backing: GmemBacking
+
+    /// The VM KVM creates for this guest.
+    public var vmConfig: SNPVMConfig {
+        SNPVMConfig(name: name, asid: asid, vcpus: vcpus, memory: memory, placement: placement, backing: backing)
+    }
 
     /// The SPA that backs `gpa`.
     public func spa(_ gpa: UInt64) -> UInt64 { placement + gpa }
@@ -26,13 +35,15 @@ public struct GuestSpec: Hashable, Sendable {
         var guests: [GuestSpec] = []
         for item in try field.sequence() {
             let f = try item.mapping()
-            try f.only(["name", "asid", "memory", "placement", "npt"])
+            try f.only(["name", "asid", "memory", "placement", "npt", "vcpus", "backing"])
             let name = try f.required("name").text()
             if guests.contains(where: { $0.name == name }) { throw f.keyError("name", "guest '\(name)' is defined twice") }
             let asidField = try f.required("asid")
             let asid = UInt32(try asidField.number(in: 1...UInt64(RMP.maxASID), what: "asid"))
             if let other = guests.first(where: { $0.asid == asid }) { throw asidField.error("ASID \(asid) is already \(other.name)'s") }
             let npt = PageSize(level: Int(try f["npt"]?.choice(["4K", "2M"], what: "npt page size") == "2M" ? 2 : 1))!
+            let vcpus = Int(try f["vcpus"]?.number(in: 1...512, what: "vcpus") ?? 1)
+            let backing = GmemBacking(rawValue: try f["backing"]?.choice(GmemBacking.allCases.map(\.rawValue), what: "backing") ?? GmemBacking.gmem2M.rawValue)!
             let memField = try f.required("memory")
             let size = try memField.number()
             guard size > 0, size & (npt.bytes - 1) == 0 else {
@@ -52,7 +63,7 @@ public struct GuestSpec: Hashable, Sendable {
             if let other = guests.first(where: { $0.placement < range.upperBound && range.lowerBound < $0.placement + $0.memory }) {
                 throw paField.error("[\(hex(pa))-\(hex(pa + size))) overlaps \(other.name) at [\(hex(other.placement))-\(hex(other.placement + other.memory)))")
             }
-            guests.append(GuestSpec(name: name, asid: asid, memory: size, placement: pa, npt: npt))
+            guests.append(GuestSpec(name: name, asid: asid, memory: size, placement: pa, npt: npt, vcpus: vcpus, backing: backing))
         }
         return guests
     }

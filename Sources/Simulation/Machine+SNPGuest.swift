@@ -1,81 +1,112 @@
 import Hardware
 import HostKernel
+import Hypervisor
 import PageTables
 
-/// Guest memory conversions driven from the host side, the way KVM's guest_memfd hooks
-/// reach the RMP: a stand-in until the Hypervisor layer models memslots, guest_memfd folios
-/// and page-state-change exits. Sources: arch/x86/kvm/svm/sev.c sev_gmem_prepare (2M only
-/// when the whole 2M range is unassigned and the backing allows it, else 4K) and
-/// sev_gmem_invalidate (a partly covered 2M entry is PSMASHed first, then made shared per
-/// 4K); the guest side from arch/x86/coco/sev (PVALIDATE 2M first, 4K on SIZEMISMATCH).
+/// The SNP guest kernel's side of conversions, driving KVM (arch/x86/coco/sev/core.c and
+/// arch/x86/mm/mem_encrypt_amd.c): to make pages shared the guest first rescinds validation
+/// (PVALIDATE, 2M for 2M-aligned runs of at least 2M, 4K otherwise and on
+/// FAIL_SIZEMISMATCH), then asks for the change with a GHCB page-state change; to make them
+/// private it asks first and validates after.
 extension Machine {
-    /// Makes guest page `gfn` private (2M when `size` says so) and has the guest validate it.
-    mutating func guestMakePrivate(_ g: GuestSpec, gfn: UInt64, size: PageSize) -> String {
-        let gpa = gfn << pageShift
-        let spa = g.spa(gpa)
-        var use = size
-        if size == .size2M && (spa & (PageSize.size2M.bytes - 1) != 0 || rmp!.regionHasAssigned(spa >> pageShift)) { use = .size4K }
-        if use == .size4K, rmp![spa >> pageShift].assigned { return "ok" }
-        let (status, _) = kernel.rmpUpdate(&rmp!, pfn: spa >> pageShift, RMPUpdate(gpa: gpa, assigned: true, size: use, asid: g.asid))
-        operations += 1
-        guard status == .ok else { errors += 1; return status.description }
-        if rmp!.pvalidate(g.context(gpa: gpa, vmpl: 0), size: use, validate: true) == .status(.failSizeMismatch) {
-            _ = rmp!.pvalidate(g.context(gpa: gpa, vmpl: 0), size: .size4K, validate: true)
+    /// PVALIDATE `gfns` through KVM, 2M where it can, falling back to 4K on FAIL_SIZEMISMATCH.
+    mutating func guestPvalidate(_ i: Int, gfns: Range<UInt64>, validate: Bool) -> String {
+        var gfn = gfns.lowerBound
+        while gfn < gfns.upperBound {
+            let big = gfn & 511 == 0 && gfn + 512 <= gfns.upperBound
+            var result = kvmGuestOp(i, gfn: gfn, private: true) { rmp, ctx in
+                rmp.pvalidate(ctx, size: big ? .size2M : .size4K, validate: validate)
+            }
+            if big && result == SNPOutcome.status(.failSizeMismatch).description {
+                for g in gfn..<gfn + 512 where result != "bad" {
+                    let r = kvmGuestOp(i, gfn: g, private: true) { rmp, ctx in rmp.pvalidate(ctx, size: .size4K, validate: validate) }
+                    if !r.hasPrefix("ok") { return r }
+                }
+                result = "ok"
+            }
+            if !result.hasPrefix("ok") { return result }
+            gfn += big ? 512 : 1
         }
         return "ok"
     }
 
-    /// Makes guest page `gfn` shared: the guest rescinds validation, then the host PSMASHes a
-    /// covering 2M RMP page and returns the 4K page to the hypervisor.
-    mutating func guestMakeShared(_ g: GuestSpec, gfn: UInt64) -> String {
-        let gpa = gfn << pageShift
-        let spa = g.spa(gpa)
-        guard rmp![spa >> pageShift].assigned else { return "ok" }
-        _ = rmp!.pvalidate(g.context(gpa: gpa, vmpl: 0), size: .size4K, validate: false)
-        if rmp!.largeEntry(spa >> pageShift).isLarge {
-            _ = rmp!.psmash(spa: spa & ~(PageSize.size2M.bytes - 1))
-            _ = rmp!.pvalidate(g.context(gpa: gpa, vmpl: 0), size: .size4K, validate: false)
-        }
-        let (status, _) = kernel.rmpUpdate(&rmp!, pfn: spa >> pageShift, RMPUpdate(assigned: false))
+    mutating func kvmGuestOp(_ i: Int, gfn: UInt64, private isPrivate: Bool, _ op: (inout RMP, GuestContext) -> SNPOutcome) -> String {
+        let (outcome, _) = kvm!.guestOperation(i, gfn: gfn, private: isPrivate, kernel: &kernel, rmp: &rmp!, op)
         operations += 1
-        if status != .ok { errors += 1 }
-        return status.description
+        return outcome
     }
 
-    /// Launch and boot: all guest memory private, in 2M units where the nested mapping and
-    /// placement allow, and validated by the guest (accept_memory in 2M units).
-    mutating func guestBoot(_ g: GuestSpec) -> String {
-        var gfn: UInt64 = 0
-        let pages = g.memory >> pageShift
-        var first: String?
-        while gfn < pages {
-            let big = g.npt == .size2M && gfn & 511 == 0 && gfn + 512 <= pages
-            let r = guestMakePrivate(g, gfn: gfn, size: big ? .size2M : .size4K)
-            if r != "ok" && first == nil { first = r }
+    /// A GHCB page-state change for `gfns`, 2M entries where aligned.
+    mutating func guestPSC(_ i: Int, gfns: Range<UInt64>, toPrivate: Bool) -> String {
+        var entries: [PSCEntry] = []
+        var gfn = gfns.lowerBound
+        while gfn < gfns.upperBound {
+            let big = gfn & 511 == 0 && gfn + 512 <= gfns.upperBound
+            entries.append(PSCEntry(gfn: gfn, operation: toPrivate ? 1 : 2, size2M: big))
             gfn += big ? 512 : 1
         }
-        return first ?? "ok"
+        // The guest sends at most 64 entries a request (Linux VMGEXIT_PSC_MAX_ENTRY).
+        var start = 0
+        while start < entries.count {
+            let chunk = Array(entries[start..<min(start + 64, entries.count)])
+            let (code, _) = kvm!.handlePSC(i, PSCRequest(endEntry: chunk.count - 1, entries: chunk), kernel: &kernel, rmp: &rmp!)
+            operations += 1
+            if code != 0 { errors += 1; return "PSC error " + hex(code) }
+            start += 64
+        }
+        return "ok"
     }
 
-    /// Returns all guest memory to the hypervisor (VM teardown): 2M pages at 2M.
-    mutating func guestTeardown(_ g: GuestSpec) -> String {
-        var gfn: UInt64 = 0
-        let pages = g.memory >> pageShift
-        var first: String?
-        while gfn < pages {
-            let spa = g.spa(gfn << pageShift)
-            let e = rmp!.largeEntry(spa >> pageShift)
-            if spa & (PageSize.size2M.bytes - 1) == 0 && e.assigned && e.isLarge && gfn + 512 <= pages {
-                let (status, _) = kernel.rmpUpdate(&rmp!, pfn: spa >> pageShift, RMPUpdate(assigned: false, size: .size2M))
-                operations += 1
-                if status != .ok { errors += 1; first = first ?? status.description }
-                gfn += 512
-            } else {
-                let r = guestMakeShared(g, gfn: gfn)
-                if r != "ok" { first = first ?? r }
-                gfn += 1
-            }
+    /// The SNP guest's set_memory_decrypted: rescind validation, then PSC to shared, for
+    /// each run of pages that is private now (the guest knows which of its pages are shared).
+    mutating func guestSetShared(_ i: Int, gfns: Range<UInt64>) -> String {
+        for run in runs(i, gfns, private: true) {
+            let r = guestPvalidate(i, gfns: run, validate: false)
+            let s = r == "ok" ? guestPSC(i, gfns: run, toPrivate: false) : r
+            if s != "ok" { return s }
         }
-        return first ?? "ok"
+        return "ok"
+    }
+
+    /// The SNP guest's set_memory_encrypted: PSC to private, then validate (the first
+    /// PVALIDATE takes a gmem fault, and KVM prepares the page), for each run now shared.
+    mutating func guestSetPrivate(_ i: Int, gfns: Range<UInt64>) -> String {
+        for run in runs(i, gfns, private: false) {
+            let r = guestPSC(i, gfns: run, toPrivate: true)
+            let s = r == "ok" ? guestPvalidate(i, gfns: run, validate: true) : r
+            if s != "ok" { return s }
+        }
+        return "ok"
+    }
+
+    /// The maximal runs inside `gfns` whose attribute is `private`.
+    func runs(_ i: Int, _ gfns: Range<UInt64>, private isPrivate: Bool) -> [Range<UInt64>] {
+        var out: [Range<UInt64>] = []
+        var start: UInt64?
+        for gfn in gfns {
+            let match = kvm!.vms[i].isPrivate(gfn) == isPrivate
+            if match && start == nil { start = gfn }
+            if !match, let s = start { out.append(s..<gfn); start = nil }
+        }
+        if let s = start { out.append(s..<gfns.upperBound) }
+        return out
+    }
+
+    /// Launch, then accept all memory in 2M units (accept_memory).
+    mutating func guestBoot(_ i: Int) -> String {
+        let status = kvm!.launch(i, imagePages: 0, kernel: &kernel, rmp: &rmp!)
+        guard status == .ok else { return status.description }
+        return guestPvalidate(i, gfns: 0..<kvm!.vms[i].config.pages, validate: true)
+    }
+
+    /// The KVM index of a guest.
+    func guestIndex(_ g: GuestSpec) -> Int { guests.firstIndex { $0.name == g.name }! }
+
+    /// Teardown, then create the VM again (not launched).
+    mutating func guestRecreate(_ i: Int) -> String {
+        let status = kvm!.destroy(i, kernel: &kernel, rmp: &rmp!)
+        guard status == .ok else { return status.description }
+        kvm!.recreate(i)
+        return "ok"
     }
 }

@@ -1,5 +1,6 @@
 import Hardware
 import HostKernel
+import Hypervisor
 import PageTables
 
 /// The whole simulated machine: hardware, host kernel, the run's seeded generator and step
@@ -12,6 +13,8 @@ public struct Machine: Sendable {
     public internal(set) var rmp: RMP?
     /// The guests, in scenario order.
     public let guests: [GuestSpec]
+    /// KVM with its SEV-SNP VMs (x86-snp), one per guest, in the same order.
+    public internal(set) var kvm: KVM?
     public internal(set) var rng: SeededGenerator
     /// Faults counted by kind: host #PF(RMP), guest NPF, guest #VC, IOMMU RMP faults.
     public internal(set) var faults = FaultCounts()
@@ -28,6 +31,14 @@ public struct Machine: Sendable {
         self.kernel = kernel
         self.guests = guests
         self.rmp = architecture == .x86_snp ? RMP(end: kernel.memory.endOfRAM) : nil
+        if architecture == .x86_snp {
+            var kvm = KVM()
+            for g in guests { kvm.create(g.vmConfig) }
+            if kernel.config.directMapPolicy == .pooled {
+                kvm.reservePool(&self.kernel, start: KVM.poolStart, pages: KVM.poolPages)
+            }
+            self.kvm = kvm
+        }
         self.rng = SeededGenerator(seed: seed)
     }
 
@@ -69,6 +80,8 @@ public struct Machine: Sendable {
               ("splits_on_fault", UInt64(s.splitsOnFault)), ("ciphertext_reads", UInt64(s.ciphertextReads)),
               ("rmp_make_private", UInt64(s.rmpMakePrivate)), ("rmp_make_shared", UInt64(s.rmpMakeShared)),
               ("leaked_pages", s.leakedPages)]
+        m += (kvm?.stats ?? KVMStats()).fields
+        m.append(("pool_pages_wasted", kvm?.poolPagesWasted ?? 0))
         m += [("operations", UInt64(operations)), ("errors", UInt64(errors))]
         return m
     }
@@ -77,8 +90,8 @@ public struct Machine: Sendable {
     public static let metricNames: [String] =
         ["directmap_4k_kb", "directmap_2m_kb", "directmap_1g_kb", "pgtable_pages"] + CPAStats().fields.map(\.0)
         + ["rmp_regions", "host_rmp_faults", "guest_npf", "guest_vc", "iommu_rmp_faults"] + SNPHostStats().rmpFaultFields.map(\.0)
-        + ["host_crashes", "not_present_faults", "splits_on_fault", "ciphertext_reads", "rmp_make_private", "rmp_make_shared", "leaked_pages",
-           "operations", "errors"]
+        + ["host_crashes", "not_present_faults", "splits_on_fault", "ciphertext_reads", "rmp_make_private", "rmp_make_shared", "leaked_pages"]
+        + KVMStats().fields.map(\.0) + ["pool_pages_wasted", "operations", "errors"]
 
     /// Checks every registered invariant, in registry order.
     public func checkInvariants() throws(InvariantViolation) {

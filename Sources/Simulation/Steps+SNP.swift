@@ -1,5 +1,6 @@
 import Hardware
 import HostKernel
+import Hypervisor
 import PageTables
 
 /// The SEV-SNP steps: each RMP instruction under its lowercase name, and host, DMA and guest
@@ -71,6 +72,7 @@ extension Steps {
         },
         hostStep("host-read", write: false), hostStep("host-write", write: true),
         rmpMakeStep(private: true), rmpMakeStep(private: false),
+    ] + kvm + [
         snpStep("dma-write", "a device writes the page through the IOMMU", [("pa", "physical address")]) { f, ctx throws(ScenarioError) in
             let pa = try paField(f, ctx)
             return ([("pa", hex(pa))], { m in m.rmp!.dmaWrite(spa: pa) })
@@ -218,5 +220,105 @@ extension Steps {
         let gpa = try gpaField.number()
         guard gpa < g.memory else { throw gpaField.error("gpa \(hex(gpa)) is past \(name)'s \(ByteSize.format(g.memory)) of memory") }
         return (g, gpa)
+    }
+}
+
+/// The KVM steps: launch, destroy, guest page-state changes and accesses through KVM.
+extension Steps {
+    static let kvm: [StepDefinition] = [
+        kvmStep("launch", "SNP_LAUNCH_START/UPDATE/FINISH: context page, image pages populated via guest_memfd, one VMSA per vCPU",
+                [("guest", "guest name"), ("image", "bytes of guest memory populated at launch (default 0)")]) { f, g, i throws(ScenarioError) in
+            let image = try f["image"]?.number() ?? 0
+            guard image <= g.memory, image & (pageBytes - 1) == 0 else {
+                throw f["image"]!.error("image \(hex(image)) must be page-aligned and at most \(g.name)'s \(ByteSize.format(g.memory))")
+            }
+            return ([("image", hex(image))], { m in m.kvm!.launch(i, imagePages: image >> pageShift, kernel: &m.kernel, rmp: &m.rmp!).description })
+        },
+        kvmStep("destroy", "VM teardown: guest memory, VMSAs and the context page back to the hypervisor (a failed reclaim leaks)",
+                [("guest", "guest name")]) { _, _, i throws(ScenarioError) in
+            ([], { m in m.kvm!.destroy(i, kernel: &m.kernel, rmp: &m.rmp!).description })
+        },
+        kvmStep("psc", "a GHCB page-state change from the guest (no PVALIDATE): size bytes at gpa to shared or private",
+                [("guest", "guest name"), ("gpa", "first guest physical address"), ("size", "bytes (default 4K)"),
+                 ("to", "shared or private"), ("via", "ghcb (default) or msr (one 4K page)")]) { f, g, i throws(ScenarioError) in
+            let gpaField = try f.required("gpa")
+            let gpa = try gpaField.number()
+            let size = try f["size"]?.number() ?? pageBytes
+            guard gpa & (pageBytes - 1) == 0, size > 0, size & (pageBytes - 1) == 0, gpa + size <= g.memory else {
+                throw gpaField.error("[\(hex(gpa))-\(hex(gpa + size))) must be whole pages inside \(g.name)'s \(ByteSize.format(g.memory))")
+            }
+            let toPrivate = try f.required("to").choice(["shared", "private"], what: "target state") == "private"
+            let via = try f["via"]?.choice(["ghcb", "msr"], what: "protocol") ?? "ghcb"
+            if via == "msr" && size != pageBytes { throw f["size"]!.error("the MSR protocol changes one 4K page; use via: ghcb") }
+            let gfns = (gpa >> pageShift)..<((gpa + size) >> pageShift)
+            return ([("gpa", hex(gpa)), ("size", hex(size)), ("to", toPrivate ? "private" : "shared"), ("via", via)], { m in
+                if via == "msr" {
+                    let msr = PSCMSRRequest(gfn: gfns.lowerBound, operation: toPrivate ? .makePrivate : .makeShared).msr
+                    let response = m.kvm!.handlePSCMSR(i, msr: msr, kernel: &m.kernel, rmp: &m.rmp!)
+                    return response == PSCMSRRequest.response(error: 0) ? "ok" : "response \(hex(response))"
+                }
+                return m.guestPSC(i, gfns: gfns, toPrivate: toPrivate)
+            })
+        },
+        kvmStep("guest_set_memory_decrypted", "the SNP guest's set_memory_decrypted: PVALIDATE rescind, then PSC to shared",
+                [("guest", "guest name"), ("gpa", "first guest physical address"), ("numpages", "pages (default 1)")]) { f, g, i throws(ScenarioError) in
+            let gfns = try guestRange(f, g)
+            return ([("gpa", hex(gfns.lowerBound << pageShift)), ("numpages", "\(gfns.count)")], { m in m.guestSetShared(i, gfns: gfns) })
+        },
+        kvmStep("guest_set_memory_encrypted", "the SNP guest's set_memory_encrypted: PSC to private, then PVALIDATE",
+                [("guest", "guest name"), ("gpa", "first guest physical address"), ("numpages", "pages (default 1)")]) { f, g, i throws(ScenarioError) in
+            let gfns = try guestRange(f, g)
+            return ([("gpa", hex(gfns.lowerBound << pageShift)), ("numpages", "\(gfns.count)")], { m in m.guestSetPrivate(i, gfns: gfns) })
+        },
+        kvmStep("guest-access", "a guest access through KVM: gmem faults prepare pages, RMP #NPFs are handled, then the result",
+                [("guest", "guest name"), ("gpa", "guest physical address"), ("write", "default false"), ("private", "default true")]) { f, g, i throws(ScenarioError) in
+            let gpaField = try f.required("gpa")
+            let gpa = try gpaField.number()
+            guard gpa < g.memory else { throw gpaField.error("gpa \(hex(gpa)) is past \(g.name)'s \(ByteSize.format(g.memory)) of memory") }
+            let write = try f["write"]?.bool() ?? false, priv = try f["private"]?.bool() ?? true
+            return ([("gpa", hex(gpa)), ("write", "\(write)"), ("private", "\(priv)")], { m in
+                let (outcome, path) = m.kvm!.guestOperation(i, gfn: gpa >> pageShift, private: priv, kernel: &m.kernel, rmp: &m.rmp!) { rmp, ctx in
+                    rmp.guestAccess(ctx, write: write, encrypted: priv)
+                }
+                return path.isEmpty ? outcome : "\(outcome) (\(path.joined(separator: ", ")))"
+            })
+        },
+        StepDefinition(name: "fail_snp_reclaim", summary: "fault injection: SNP_PAGE_RECLAIM fails, so teardown leaks the context page",
+                       arguments: [("enabled", "true or false")]) { args, ctx throws(ScenarioError) in
+            let fields = try args.mapping()
+            try fields.only(["enabled"])
+            guard ctx.architecture == .x86_snp else { throw args.error("fail_snp_reclaim needs 'arch: x86-snp'") }
+            let on = try fields.required("enabled").bool()
+            return ([("enabled", "\(on)")], { m throws(HostKernelError) in
+                m.kvm!.failReclaim = on
+                return "ok"
+            })
+        },
+    ]
+
+    static func guestRange(_ f: Fields, _ g: GuestSpec) throws(ScenarioError) -> Range<UInt64> {
+        let gpaField = try f.required("gpa")
+        let gpa = try gpaField.number()
+        let n = try f["numpages"]?.number(in: 1...(1 << 30), what: "numpages") ?? 1
+        guard gpa & (pageBytes - 1) == 0, gpa + n * pageBytes <= g.memory else {
+            throw gpaField.error("\(hex(gpa)) + \(n) pages must be page-aligned and inside \(g.name)'s \(ByteSize.format(g.memory))")
+        }
+        return (gpa >> pageShift)..<((gpa >> pageShift) + n)
+    }
+
+    /// A KVM step on one guest of the SEV-SNP machine.
+    static func kvmStep(
+        _ name: String, _ summary: String, _ arguments: [(String, String)],
+        _ body: @escaping @Sendable (Fields, GuestSpec, Int) throws(ScenarioError) -> ([(String, String)], @Sendable (inout Machine) -> String)
+    ) -> StepDefinition {
+        snpKernelStep(name, summary, arguments) { f, ctx throws(ScenarioError) in
+            let nameField = try f.required("guest")
+            let gname = try nameField.text()
+            guard let i = ctx.guests.firstIndex(where: { $0.name == gname }) else {
+                throw nameField.error("unknown guest '\(gname)'; guests: " + (ctx.guests.isEmpty ? "none defined" : ctx.guests.map(\.name).joined(separator: ", ")))
+            }
+            let (shown, run) = try body(f, ctx.guests[i], i)
+            return ([("guest", gname)] + shown, run)
+        }
     }
 }

@@ -93,48 +93,46 @@ public enum Workloads {
     static let snp: [WorkloadDefinition] = [
         WorkloadDefinition(
             name: "guest-boot",
-            summary: "launch and boot: all guest memory made private, 2M where the nested mapping allows, and validated (accept_memory in 2M units)",
+            summary: "launch (context and VMSA pages), then the guest accepts all its memory in 2M units; KVM prepares guest_memfd pages on fault",
             parameters: [("guest", "the guest (x86-snp)")], needsGuest: true
         ) { m, a throws(HostKernelError) in
-            let r = m.guestBoot(a.guest!)
+            let r = m.guestBoot(m.guestIndex(a.guest!))
             return r == "ok" ? (0, nil) : (1, r)
         },
         WorkloadDefinition(
             name: "adversarial-flip",
-            summary: "the guest flips random 4K pages between private and shared, forcing PSMASH and host 4K splits",
+            summary: "the guest flips random 4K pages between private and shared (set_memory_decrypted/encrypted), forcing PSMASH and host splits",
             parameters: guestParameters, needsGuest: true
         ) { m, a throws(HostKernelError) in
-            let g = a.guest!
+            let i = m.guestIndex(a.guest!)
             return try repeatOps(&m, a.operations) { m throws(HostKernelError) in
-                let gfn = m.rng.below(g.memory >> pageShift)
-                return m.rmp![g.spa(gfn << pageShift) >> pageShift].assigned ? m.guestMakeShared(g, gfn: gfn) : m.guestMakePrivate(g, gfn: gfn, size: .size4K)
+                let gfn = m.rng.below(a.guest!.memory >> pageShift)
+                return m.kvm!.vms[i].isPrivate(gfn) ? m.guestSetShared(i, gfns: gfn..<gfn + 1) : m.guestSetPrivate(i, gfns: gfn..<gfn + 1)
             }
         },
         WorkloadDefinition(
             name: "swiotlb-churn",
-            summary: "bounce buffers of numpages pages converted to shared and back to private, as swiotlb-style I/O does",
+            summary: "bounce buffers of numpages pages made shared and private again, as swiotlb-style I/O does",
             parameters: guestParameters + [("numpages", "pages per buffer (default 1)")], needsGuest: true
         ) { m, a throws(HostKernelError) in
-            let g = a.guest!
+            let i = m.guestIndex(a.guest!)
             return try repeatOps(&m, a.operations) { m throws(HostKernelError) in
-                let pages = g.memory >> pageShift
+                let pages = a.guest!.memory >> pageShift
                 let n = UInt64(min(a.numpages, Int(pages)))
                 let first = m.rng.below(pages - n + 1)
-                var result = "ok"
-                for gfn in first..<first + n where result == "ok" { result = m.guestMakeShared(g, gfn: gfn) }
-                for gfn in first..<first + n where result == "ok" { result = m.guestMakePrivate(g, gfn: gfn, size: .size4K) }
-                return result
+                let r = m.guestSetShared(i, gfns: first..<first + n)
+                return r == "ok" ? m.guestSetPrivate(i, gfns: first..<first + n) : r
             }
         },
         WorkloadDefinition(
             name: "vm-churn",
-            summary: "the guest is torn down (all memory back to the hypervisor) and booted again",
+            summary: "the VM is destroyed (memory, VMSAs and the context page back to the hypervisor), created and booted again",
             parameters: guestParameters, needsGuest: true
         ) { m, a throws(HostKernelError) in
-            let g = a.guest!
+            let i = m.guestIndex(a.guest!)
             return try repeatOps(&m, a.operations) { m throws(HostKernelError) in
-                let down = m.guestTeardown(g)
-                return down == "ok" ? m.guestBoot(g) : down
+                let down = m.guestRecreate(i)
+                return down == "ok" ? m.guestBoot(i) : down
             }
         },
         WorkloadDefinition(

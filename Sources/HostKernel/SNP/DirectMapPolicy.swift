@@ -123,6 +123,16 @@ public struct Coalesce: DirectMapPolicy {
     }
 }
 
+/// `pooled`: firmware, VMSA and other SNP metadata pages come from a pool split to 4K once
+/// at boot; guest memory gets no adjustment. Singh in seed 001: "we can probably create SNP
+/// buffer pool. All the firmware and VMSA pages should come from this pool." The pool
+/// itself is KVM's (Hypervisor layer); this type only declines to split.
+public struct Pooled: DirectMapPolicy {
+    public static let name = "pooled"
+    public static let summary = "firmware and VMSA pages from a pool split to 4K at boot; guest memory is not adjusted"
+    public init() {}
+}
+
 /// The policies by name, in the order `list policies` shows them.
 public enum DirectMapPolicyKind: String, CaseIterable, Hashable, Sendable {
     case none
@@ -130,6 +140,7 @@ public enum DirectMapPolicyKind: String, CaseIterable, Hashable, Sendable {
     case proactive4K = "proactive-4k"
     case unmapPrivate = "unmap-private"
     case splitOnFault = "split-on-fault"
+    case pooled
     case coalesce
 
     public var policy: any DirectMapPolicy {
@@ -139,6 +150,7 @@ public enum DirectMapPolicyKind: String, CaseIterable, Hashable, Sendable {
         case .proactive4K: Proactive4K()
         case .unmapPrivate: UnmapPrivate()
         case .splitOnFault: SplitOnFault()
+        case .pooled: Pooled()
         case .coalesce: Coalesce()
         }
     }

@@ -106,6 +106,12 @@ extension String {
 }
 
 extension Kernel {
+    /// snp_leak_pages: counts pages that stay assigned and are never freed.
+    public mutating func noteLeakedPages(_ n: UInt64) {
+        snp.leakedPages += n
+        log("Leaking PFN range")
+    }
+
     /// flush_tlb_all, counted.
     mutating func flushTLBAll() {
         stats.tlbFullFlushes += 1

@@ -1,0 +1,67 @@
+import Hardware
+import HostKernel
+import PageTables
+
+extension KVM {
+    /// Converts `gfns` as a page-state change asks: the attributes change
+    /// (KVM_HC_MAP_GPA_RANGE → the VMM's KVM_SET_MEMORY_ATTRIBUTES); for shared the VMM then
+    /// punches the range out of guest_memfd, which invalidates it in the RMP. For private the
+    /// RMP changes only at the next gmem fault (lazily, as Linux does).
+    public mutating func convert(_ i: Int, gfns: Range<UInt64>, toPrivate: Bool, kernel: inout Kernel, rmp: inout RMP) {
+        for gfn in gfns { vms[i].setPrivate(gfn, toPrivate) }
+        if !toPrivate { invalidate(i, gfns: gfns, kernel: &kernel, rmp: &rmp) }
+        stats.pscPages += UInt64(gfns.count)
+    }
+
+    /// The GHCB MSR protocol's page-state change (snp_handle_vmgexit_msr_protocol): one 4K
+    /// page; the response MSR value. A bad operation gets GHCB_MSR_PSC_RESP_ERROR.
+    public mutating func handlePSCMSR(_ i: Int, msr: UInt64, kernel: inout Kernel, rmp: inout RMP) -> UInt64 {
+        guard let parsed = PSCMSRRequest.parse(msr) else { return msr }  // not a PSC request: left as-is
+        switch parsed {
+        case .failure(let e): return e.response
+        case .success(let r):
+            guard r.gfn < vms[i].config.pages else { return PSCMSRRequest.errorResponse }
+            stats.pscRequests += 1
+            convert(i, gfns: r.gfn..<r.gfn + 1, toPrivate: r.operation == .makePrivate, kernel: &kernel, rmp: &rmp)
+            return PSCMSRRequest.response(error: 0)
+        }
+    }
+
+    /// The GHCB NAE page-state change (snp_begin_psc / snp_complete_one_psc): the header and
+    /// entries are checked (INVALID_HDR, INVALID_ENTRY); a partly done 2M entry continues as
+    /// 4K; adjacent entries with the same operation and size are handled as one range;
+    /// PSMASH and UNSMASH entries complete as no-ops; each entry ends with cur_page = its
+    /// pages and cur_entry advanced. Returns SW_EXITINFO2 and the request as the guest sees it.
+    public mutating func handlePSC(_ i: Int, _ request: PSCRequest, kernel: inout Kernel, rmp: inout RMP) -> (exitInfo2: UInt64, request: PSCRequest) {
+        var req = request
+        let (error, _) = req.validate()
+        if error != 0 { return (error, req) }
+        stats.pscRequests += 1
+        while req.curEntry <= req.endEntry && req.curEntry < req.entries.count {
+            let e = req.entries[req.curEntry]
+            var first = e.gfn + UInt64(e.curPage)
+            var end = e.gfn + UInt64(e.pages)
+            let op = e.operation
+            // Coalesce the following entries that continue the same range with the same op and size.
+            var last = req.curEntry
+            while last + 1 <= req.endEntry && last + 1 < req.entries.count {
+                let n = req.entries[last + 1]
+                guard n.operation == op && n.size2M == e.size2M && n.curPage == 0 && n.gfn == end else { break }
+                end = n.gfn + UInt64(n.pages)
+                last += 1
+            }
+            if op == PSCOperation.makePrivate.rawValue || op == PSCOperation.makeShared.rawValue {
+                first = min(first, vms[i].config.pages)
+                end = min(end, vms[i].config.pages)
+                guard first < end || e.curPage == e.pages else { return (PSCRequest.errorGeneric, req) }
+                convert(i, gfns: first..<end, toPrivate: op == PSCOperation.makePrivate.rawValue, kernel: &kernel, rmp: &rmp)
+            }
+            for k in req.curEntry...last {
+                let done = req.entries[k]
+                req.entries[k] = PSCEntry(gfn: done.gfn, operation: done.operation, size2M: done.size2M, curPage: UInt16(done.pages))
+            }
+            req.curEntry = last + 1
+        }
+        return (0, req)
+    }
+}

@@ -1,0 +1,157 @@
+import Testing
+import Hardware
+import HostKernel
+import PageTables
+@testable import Hypervisor
+
+/// KVM's SEV-SNP paths, one documented rule each (linux-x86.md §2-3, invariants 12-17).
+@Suite struct KVMTests {
+    static let base: UInt64 = 0x4000_0000
+
+    func setup(_ backing: GmemBacking = .gmem2M, memory: UInt64 = 8 << 20, vcpus: Int = 1) throws -> (KVM, Kernel, RMP) {
+        let k = try Kernel(memory: PhysicalMemory.pc(size: 4 << 30), config: KernelConfig(gbpages: false))
+        var kvm = KVM()
+        kvm.create(SNPVMConfig(name: "vm0", asid: 1, vcpus: vcpus, memory: memory, placement: Self.base, backing: backing))
+        return (kvm, k, RMP(end: k.memory.endOfRAM))
+    }
+
+    func touch(_ kvm: inout KVM, _ k: inout Kernel, _ rmp: inout RMP, gfn: UInt64, private p: Bool = true) -> (String, [String]) {
+        kvm.guestOperation(0, gfn: gfn, private: p, kernel: &k, rmp: &rmp) { r, ctx in r.guestAccess(ctx, write: false, encrypted: p) }
+    }
+
+    @Test func launchMakesAFirmwarePageAndVMSAsThatAreNever2MAligned() throws {
+        var (kvm, k, rmp) = try setup(vcpus: 3)
+        #expect(kvm.launch(0, imagePages: 4, kernel: &k, rmp: &rmp) == .ok)
+        let vm = kvm.vms[0]
+        #expect(rmp[vm.contextPage! >> 12].state == .firmware)
+        #expect(vm.vmsaPages.count == 3)
+        for v in vm.vmsaPages {
+            #expect(v & 0x1f_ffff != 0)
+            #expect(rmp[v >> 12].vmsa && rmp[v >> 12].state == .guestValid && rmp[v >> 12].asid == 1)
+        }
+        #expect(rmp[Self.base >> 12].state == .guestValid)  // an image page after LAUNCH_FINISH
+        #expect(rmp[(Self.base >> 12) + 4].assigned == false)
+        try rmp.checkInvariants()
+    }
+
+    @Test func gmemPrepareUses2MOnlyForLargeFoliosOverAnUnassignedRange() throws {
+        var (kvm, k, rmp) = try setup(.gmem2M)
+        #expect(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp) == .ok)
+        #expect(touch(&kvm, &k, &rmp, gfn: 0x203).1 == ["gmem prepare 2M"])
+        #expect(rmp.largeEntry((Self.base >> 12) + 0x200).isLarge)
+        // A range with one assigned page already: the next prepare is 4K.
+        _ = kvm.convert(0, gfns: 0x400..<0x401, toPrivate: true, kernel: &k, rmp: &rmp)
+        #expect(touch(&kvm, &k, &rmp, gfn: 0x400).1 == ["gmem prepare 2M"])
+        var (kvm4, k4, rmp4) = try setup(.gmem4K)
+        #expect(kvm4.launch(0, imagePages: 0, kernel: &k4, rmp: &rmp4) == .ok)
+        #expect(touch(&kvm4, &k4, &rmp4, gfn: 0x200).1 == ["gmem prepare 4K"])
+        #expect(kvm.stats.prepared2M == 2 && kvm4.stats.prepared4K == 1)
+    }
+
+    @Test func invalidateOfPartOfA2MPagePSMASHesFirst() throws {
+        var (kvm, k, rmp) = try setup()
+        #expect(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp) == .ok)
+        _ = touch(&kvm, &k, &rmp, gfn: 0x200)
+        kvm.convert(0, gfns: 0x201..<0x202, toPrivate: false, kernel: &k, rmp: &rmp)
+        #expect(kvm.stats.psmash == 1 && kvm.stats.invalidated4K == 1)
+        #expect(!rmp[(Self.base >> 12) + 0x201].assigned && rmp[(Self.base >> 12) + 0x202].assigned)
+        kvm.convert(0, gfns: 0x000..<0x200, toPrivate: false, kernel: &k, rmp: &rmp)  // never prepared: nothing to do
+        #expect(kvm.stats.invalidated2M == 0)
+        try rmp.checkInvariants()
+    }
+
+    @Test func invalidateOfAWhole2MPageIsOne2MUpdate() throws {
+        var (kvm, k, rmp) = try setup()
+        #expect(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp) == .ok)
+        _ = touch(&kvm, &k, &rmp, gfn: 0x200)
+        kvm.convert(0, gfns: 0x200..<0x400, toPrivate: false, kernel: &k, rmp: &rmp)
+        #expect(kvm.stats.invalidated2M == 1 && kvm.stats.psmash == 0)
+    }
+
+    @Test func mixedAttributesMapAt4KAndTheRMPFaultPSMASHesAndZaps() throws {
+        var (kvm, k, rmp) = try setup()
+        #expect(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp) == .ok)
+        _ = touch(&kvm, &k, &rmp, gfn: 0x200)
+        // Attributes go mixed without the RMP changing (to-private of a shared page elsewhere
+        // in the region is lazy): make one gfn shared in attributes only.
+        kvm.vms[0].setPrivate(0x3ff, false)
+        #expect(kvm.nptLevel(0, gfn: 0x200, rmp: rmp) == .size4K)  // NPT level ≤ RMP level, no mixed hugepage
+        let (outcome, path) = touch(&kvm, &k, &rmp, gfn: 0x200)
+        #expect(path == ["RMP #NPF: PSMASH"])
+        #expect(outcome == "#VC(0x404)")  // now 4K and matching; never validated
+        #expect(kvm.stats.rmpNPF == 1 && kvm.stats.zappedGFNs == 512)
+    }
+
+    @Test func anRMPFaultOnA4KEntryIsSpurious() throws {
+        var (kvm, _, rmp) = try setup(.gmem4K)
+        var k = try Kernel(memory: PhysicalMemory.pc(size: 4 << 30))
+        #expect(kvm.launch(0, imagePages: 1, kernel: &k, rmp: &rmp) == .ok)
+        kvm.handleRMPFault(0, gfn: 0, rmp: &rmp)
+        #expect(kvm.stats.spuriousRMPNPF == 1 && kvm.stats.psmash == 0)
+    }
+
+    @Test func privateAccessToASharedGfnExitsToTheVMM() throws {
+        var (kvm, k, rmp) = try setup()
+        #expect(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp) == .ok)
+        kvm.convert(0, gfns: 5..<6, toPrivate: false, kernel: &k, rmp: &rmp)
+        #expect(touch(&kvm, &k, &rmp, gfn: 5).0 == "KVM_EXIT_MEMORY_FAULT")
+        #expect(touch(&kvm, &k, &rmp, gfn: 5, private: false).0 == "ok")
+        #expect(kvm.stats.memoryFaultExits == 1)
+    }
+
+    @Test func ghcbPSCCoalescesContinuesPartial2MAndSkipsPsmashEntries() throws {
+        var (kvm, k, rmp) = try setup()
+        #expect(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp) == .ok)
+        let request = PSCRequest(endEntry: 3, entries: [
+            PSCEntry(gfn: 0x10, operation: 2, size2M: false), PSCEntry(gfn: 0x11, operation: 2, size2M: false),
+            PSCEntry(gfn: 0x200, operation: 2, size2M: true, curPage: 0x100),   // half done: the rest as 4K
+            PSCEntry(gfn: 0x400, operation: 3, size2M: true),                    // PSMASH: a no-op
+        ])
+        let (code, done) = kvm.handlePSC(0, request, kernel: &k, rmp: &rmp)
+        #expect(code == 0 && done.curEntry == 4)
+        #expect(done.entries.map(\.curPage) == [1, 1, 512, 512])
+        #expect(!kvm.vms[0].isPrivate(0x10) && !kvm.vms[0].isPrivate(0x11) && kvm.vms[0].isPrivate(0x12))
+        #expect(kvm.vms[0].isPrivate(0x2ff) && !kvm.vms[0].isPrivate(0x300) && !kvm.vms[0].isPrivate(0x3ff))  // only [cur_page, 512) is done now
+        #expect(kvm.vms[0].isPrivate(0x400))
+        #expect(kvm.stats.pscPages == 2 + 256)
+    }
+
+    @Test func ghcbPSCErrorsComeBackAsKVMReturnsThem() throws {
+        var (kvm, k, rmp) = try setup()
+        #expect(kvm.handlePSC(0, PSCRequest(endEntry: 253, entries: []), kernel: &k, rmp: &rmp).exitInfo2 == PSCRequest.errorInvalidHeader)
+        let bad = PSCRequest(endEntry: 0, entries: [PSCEntry(gfn: 0x201, operation: 2, size2M: true)])
+        #expect(kvm.handlePSC(0, bad, kernel: &k, rmp: &rmp).exitInfo2 == PSCRequest.errorInvalidEntry)
+        let outside = PSCRequest(endEntry: 0, entries: [PSCEntry(gfn: 0x10_0000, operation: 2, size2M: false)])
+        #expect(kvm.handlePSC(0, outside, kernel: &k, rmp: &rmp).exitInfo2 == PSCRequest.errorGeneric)
+    }
+
+    @Test func msrPSCConvertsOnePage() throws {
+        var (kvm, k, rmp) = try setup()
+        #expect(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp) == .ok)
+        let response = kvm.handlePSCMSR(0, msr: PSCMSRRequest(gfn: 7, operation: .makeShared).msr, kernel: &k, rmp: &rmp)
+        #expect(response == 0x015 && !kvm.vms[0].isPrivate(7))
+        #expect(kvm.handlePSCMSR(0, msr: 0x014 | 7 << 12 | 4 << 52, kernel: &k, rmp: &rmp) == PSCMSRRequest.errorResponse)
+    }
+
+    @Test func teardownReturnsEveryPageAndAFailedReclaimLeaks() throws {
+        var (kvm, k, rmp) = try setup(vcpus: 2)
+        #expect(kvm.launch(0, imagePages: 16, kernel: &k, rmp: &rmp) == .ok)
+        _ = touch(&kvm, &k, &rmp, gfn: 0x200)
+        kvm.failReclaim = true
+        #expect(kvm.destroy(0, kernel: &k, rmp: &rmp) == .ok)
+        #expect(kvm.stats.leakedPages == 1 && k.snp.leakedPages == 1)
+        #expect(rmp.chunksInUse == 1)  // only the leaked context page stays assigned
+        #expect(kvm.destroy(0, kernel: &k, rmp: &rmp) == .error(.EINVAL))
+        try rmp.checkInvariants()
+    }
+
+    @Test func pooledMetadataComesFromThePreSplitPool() throws {
+        var (kvm, k, rmp) = try setup(vcpus: 2)
+        kvm.reservePool(&k, start: KVM.poolStart, pages: 512)
+        let splits = k.stats.splits
+        #expect(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp) == .ok)
+        #expect(kvm.vms[0].vmsaPages.allSatisfy { KVM.poolStart..<KVM.poolStart + (2 << 20) ~= $0 })
+        #expect(k.stats.splits == splits)
+        #expect(kvm.poolPagesWasted == 512 - 3)
+    }
+}
