@@ -158,7 +158,7 @@ import Testing
         #expect(rows.contains(["rmp_fault_double_fault", "1", "0", "0", "0", "1", "0"]))
         #expect(rows.contains(["host_crashes", "1", "0", "0", "1", "1", "0"]))  // unmap-private: the stray read oopses
         #expect(rows.contains(["ciphertext_reads", "1", "1", "1", "0", "1", "1"]))
-        #expect(rows.contains(["directmap_4k_kb", "2048", "4096", "4096", "4096", "4096", "2048"]))
+        #expect(rows.contains(["directmap_4k_kb", "2048", "6144", "6144", "6144", "4096", "2048"]))
     }
 
     @Test func listShowsEachRegistry() throws {

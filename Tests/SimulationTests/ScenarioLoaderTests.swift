@@ -230,6 +230,30 @@ import Testing
         #expect(e?.message == "psmash needs the SEV-SNP machine: set 'arch: x86-snp' (this one is x86-64)")
     }
 
+    @Test func unknownBackingListsTheValidOnes() {
+        let e = error("name: s\nmachine: {arch: x86-snp, memory: 4G}\nguests:\n  - {name: vm0, asid: 5, memory: 4M, placement: {pa: 0x40000000}, backing: hugetlb}\nsteps: []\n")
+        #expect(e?.message == "unknown backing 'hugetlb'; valid: guest-memfd-4K, guest-memfd-2M, guest-memfd-1G")
+    }
+
+    @Test func unknownDirectMapPolicyListsTheValidOnes() {
+        let e = error("name: s\nmachine: {arch: x86-snp, memory: 4G}\nhost: {directmap-policy: lazy}\nsteps: []\n")
+        #expect(e?.message == "unknown policy for host.directmap-policy 'lazy'; valid: none, split-on-assign, proactive-4k, unmap-private, split-on-fault, pooled, coalesce")
+    }
+
+    @Test func guestThatDoesNotFitIsRefusedBeforeAnythingRuns() {
+        let e = error("name: s\nmachine: {arch: x86-snp, memory: 4G}\nguests:\n  - {name: vm0, asid: 5, memory: 2G, placement: {pa: 0xc0000000}}\nsteps: []\n")
+        #expect(e?.message == "[0xc0000000-0x140000000) is not all RAM; RAM is [0x0-0xa0000) [0x100000-0x100000000)")
+    }
+
+    @Test func kvmStepOnAnUnknownGuestListsTheGuests() {
+        #expect(error(Self.head + "steps:\n  - launch: {guest: vm7}\n")?.message == "unknown guest 'vm7'; guests: vm0")
+    }
+
+    @Test func msrPageStateChangeIsOnePage() {
+        let e = error(Self.head + "steps:\n  - psc: {guest: vm0, gpa: 0, size: 8K, to: shared, via: msr}\n")
+        #expect(e?.message == "the MSR protocol changes one 4K page; use via: ghcb")
+    }
+
     @Test func unknownHostContextListsTheValidOnes() {
         let e = error(Self.head + "steps:\n  - host-write: {pa: 0x1000, context: irq}\n")
         #expect(e?.message == "unknown context 'irq'; valid: data, kernel-stack, page-table, gdt-idt, nmi, user-copy, user")
