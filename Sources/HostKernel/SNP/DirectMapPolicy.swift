@@ -113,13 +113,11 @@ public struct Coalesce: DirectMapPolicy {
         return kernel.splitDirectMap(pfn: pfn) ? nil : .EFAULT
     }
 
+    /// Re-merges the 2M region once no page of it is assigned; the same walk tries the 1G
+    /// leaf above it, which is safe because RMP checks treat a 1G mapping as 2M.
     public func afterUpdate(_ kernel: inout Kernel, rmp: RMP, pfn: UInt64, size: PageSize, madePrivate: Bool) {
-        guard !madePrivate else { return }
-        let region2M = pfn & ~511
-        guard !rmp.regionHasAssigned(region2M) else { return }
-        let region1G = pfn & ~(UInt64(1 << 18) - 1)
-        let gigFree = kernel.config.gbpages && !(0..<512).contains { rmp.regionHasAssigned(region1G + UInt64($0) * 512) }
-        kernel.collapseDirectMap(pfn: gigFree ? region1G : region2M, size: gigFree ? .size1G : .size2M)
+        guard !madePrivate, !rmp.regionHasAssigned(pfn & ~511) else { return }
+        kernel.collapseDirectMap(pfn: pfn & ~511, size: .size2M)
     }
 }
 
