@@ -59,7 +59,8 @@ import PageTables
     /// The non-default entries of the region (offset, lo, hi): the state's identity.
     static func key(_ r: RMP) -> [UInt64] {
         let c = r.chunkOf[Int(base >> 21)]
-        guard c >= 0 else { return [] }
+        if c == -1 { return [] }
+        if c <= -2 { let e = r.largeEntries[Int(-2 - c)]; return [0, e.lo, e.hi] }  // one 2M page
         var k: [UInt64] = []
         for i in 0..<512 {
             let e = r.entries[Int(c) * 512 + i]

@@ -11,8 +11,7 @@ extension RMP {
         let pfn = spa >> pageShift
         guard covers(pfn) else { return .ok }  // pages beyond RMP_END are hypervisor-owned
         if mappingSize == .size4K { return self[pfn].assigned ? .hostRMPFault : .ok }
-        let base = pfn & ~511
-        return (base..<base + 512).contains { self[$0].assigned } ? .hostRMPFault : .ok
+        return regionHasAssigned(pfn) ? .hostRMPFault : .ok
     }
 
     /// A device write through the IOMMU, checked like a host write at 4K granularity; a

@@ -60,17 +60,19 @@ extension RMP {
         let large = largeEntry(pfn)
         if u.size == .size2M && assigned4KCount(pfn) != 0 { return .failOverlap }
         if u.size == .size4K && large.assigned && large.isLarge { return .failOverlap }
-        for (i, p) in pages.enumerated() {
-            var e = RMPEntry()
-            if u.assigned {
-                e.assigned = true
-                e.isLarge = u.size == .size2M
-                e.immutable = u.immutable
-                e.asid = u.asid
-                e.gpa = u.gpa + UInt64(i) * pageBytes
-                if u.asid != 0 { e.setPermissions(.all, vmpl: 0) }
-            }
-            set(p, e)
+        var e = RMPEntry()
+        if u.assigned {
+            e.assigned = true
+            e.isLarge = u.size == .size2M
+            e.immutable = u.immutable
+            e.asid = u.asid
+            e.gpa = u.gpa
+            if u.asid != 0 { e.setPermissions(.all, vmpl: 0) }
+        }
+        if u.size == .size2M {
+            setRegion(pfn, u.assigned ? e : nil)
+        } else {
+            set(pfn, e)
         }
         return .success
     }
@@ -85,6 +87,7 @@ extension RMP {
         let large = self[pfn]
         guard large.assigned && large.isLarge else { return .failNotExpandable }
         if (pfn..<pfn + 512).contains(where: isInUse) { return .failInUse }
+        expand(Int(pfn >> 9))
         for p in pfn..<pfn + 512 {
             var e = self[p]
             e.isLarge = false
@@ -120,11 +123,7 @@ extension RMP {
         if size == .size2M && !self[pfn].isLarge { return .status(.failSizeMismatch) }
         let pages: Range<UInt64> = size == .size2M ? pfn..<pfn + 512 : pfn..<pfn + 1
         if pages.allSatisfy({ self[$0].validated == validate }) { return .status(.success, unchanged: true) }
-        for p in pages {
-            var e = self[p]
-            e.validated = validate
-            set(p, e)
-        }
+        modify(pages) { $0.validated = validate }
         return .status(.success)
     }
 
@@ -142,11 +141,9 @@ extension RMP {
         if !self[pages.lowerBound].validated { return .notValidated }
         if size == .size2M && !self[pfn].isLarge { return .status(.failSizeMismatch) }
         if !permissions.isSubset(of: self[pages.lowerBound].permissions(vmpl: g.vmpl)) { return .status(.failPermission) }
-        for p in pages {
-            var e = self[p]
+        modify(pages) { e in
             e.setPermissions(permissions, vmpl: targetVMPL)
             if g.vmpl == 0 { e.vmsa = vmsa }
-            set(p, e)
         }
         return .status(.success)
     }

@@ -6,6 +6,19 @@ extension RMP {
     /// "permissions above VMPL0 never exceed VMPL0's", and every chunk is indexed once.
     public func checkInvariants() throws(InvariantViolation) {
         var owner = [Int](repeating: -1, count: subpageCount.count)
+        var largeOwner = [Int](repeating: -1, count: largeEntries.count)
+        for (region, c) in chunkOf.enumerated() where c <= -2 {
+            let k = Int(-2 - c)
+            guard largeOwner[k] < 0 else { throw InvariantViolation("every RMP chunk indexed once", "2M entry \(k) for regions \(largeOwner[k]) and \(region)") }
+            largeOwner[k] = region
+            let head = largeEntries[k]
+            if !(head.assigned && head.isLarge) || head.gpa & (PageSize.size2M.bytes - 1) != 0 {
+                throw InvariantViolation("a 2M entry's 512 pages agree", "region \(hex(UInt64(region) << 21)) held as 2M page with entry \(head)")
+            }
+            for v in 1...3 where !head.permissions(vmpl: v).isSubset(of: head.permissions(vmpl: 0)) {
+                throw InvariantViolation("permissions above VMPL0 never exceed VMPL0's", "2M page at \(hex(UInt64(region) << 21)) VMPL\(v)")
+            }
+        }
         for (region, c) in chunkOf.enumerated() where c >= 0 {
             guard owner[Int(c)] < 0 else {
                 throw InvariantViolation("every RMP chunk indexed once", "chunk \(c) for regions \(owner[Int(c)]) and \(region)")

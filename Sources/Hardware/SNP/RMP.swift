@@ -3,20 +3,25 @@ import PageTables
 /// The Reverse Map Table: one `RMPEntry` per 4K page of the RAM it covers.
 ///
 /// Entries are held in chunks of 512 (one 2M region) that exist only once some entry in the
-/// region differs from the hypervisor default, so memory grows with what guests and firmware
-/// own, plus four bytes of index per 2M of covered RAM. Beside each chunk is the count of
+/// region differs from the hypervisor default; a region that is one 2M RMP page is held as a
+/// single entry (its 512 entries agree, GPAs contiguous). Memory grows with what guests and
+/// firmware own at 4K, plus four bytes of index per 2M of covered RAM. Beside each chunk is the count of
 /// assigned 4K entries in the region, the `subpage_count` AMD-ASPFW keeps in bits 3-11 of
 /// the 2M-aligned entry, on which FAIL_OVERLAP rests. Linux arch/x86/virt/svm/sev.c;
 /// AMD APM Vol 2 §15.36.3.
 public struct RMP: Sendable {
     /// First byte past the covered memory (RMP_END's reach).
     public let end: UInt64
-    /// Per 2M region: the chunk holding its entries, or -1 when all are the default.
-    var chunkOf: [Int32]
+    /// Per 2M region: the chunk holding its entries (≥ 0), -1 when all are the default, or
+    /// -2 - k when the region is one 2M page whose entry is `largeEntries[k]`.
+    @usableFromInline var chunkOf: [Int32]
+    /// The 2M-aligned entries of regions held as one 2M page.
+    var largeEntries: [RMPEntry] = []
+    var freeLarge: [Int32] = []
     /// 512 entries per chunk.
     var entries: [RMPEntry] = []
     /// Assigned 4K (non-2M) entries per chunk.
-    var subpageCount: [UInt16] = []
+    @usableFromInline var subpageCount: [UInt16] = []
     var freeChunks: [Int32] = []
     /// Pages in use by a running vCPU (VMSA, VMCB): RMPUPDATE and PSMASH on them give FAIL_INUSE.
     public internal(set) var inUse: [UInt64] = []
@@ -33,7 +38,11 @@ public struct RMP: Sendable {
     /// The entry for a 4K frame (the default for frames never touched).
     public subscript(pfn: UInt64) -> RMPEntry {
         let c = chunkOf[Int(pfn >> 9)]
-        return c < 0 ? .hypervisor : entries[Int(c) * 512 + Int(pfn & 511)]
+        if c >= 0 { return entries[Int(c) * 512 + Int(pfn & 511)] }
+        if c == -1 { return .hypervisor }
+        var e = largeEntries[Int(-2 - c)]
+        e.gpa += (pfn & 511) << pageShift
+        return e
     }
 
     /// The 2M-aligned entry of the region holding `pfn`, which decides its page size.
@@ -45,23 +54,78 @@ public struct RMP: Sendable {
         return c < 0 ? 0 : Int(subpageCount[Int(c)])
     }
 
-    /// Whether any page of the 2M region holding `pfn` is assigned (cheap for untouched regions).
-    public func regionHasAssigned(_ pfn: UInt64) -> Bool {
+    /// Whether any page of the 2M region holding `pfn` is assigned: the host-write check
+    /// through a large mapping. O(1): a 2M page, or the region's count of assigned 4K entries.
+    @inlinable public func regionHasAssigned(_ pfn: UInt64) -> Bool {
         let c = chunkOf[Int(pfn >> 9)]
-        guard c >= 0 else { return false }
-        let base = Int(c) * 512
-        return entries[base..<base + 512].contains { $0.assigned }
+        if c >= 0 { return subpageCount[Int(c)] != 0 }
+        return c != -1
     }
 
-    /// Chunks (2M regions) holding non-default entries.
-    public var chunksInUse: Int { subpageCount.count - freeChunks.count }
+    /// 2M regions holding non-default entries (as 512 entries or as one 2M page).
+    public var chunksInUse: Int { subpageCount.count - freeChunks.count + largeEntries.count - freeLarge.count }
 
     /// Bytes the table takes in the model.
-    public var storageBytes: Int { chunkOf.capacity * 4 + entries.capacity * 16 + subpageCount.capacity * 2 + freeChunks.capacity * 4 }
+    public var storageBytes: Int {
+        chunkOf.capacity * 4 + entries.capacity * 16 + subpageCount.capacity * 2 + freeChunks.capacity * 4
+            + largeEntries.capacity * 16 + freeLarge.capacity * 4
+    }
+
+    /// Makes the region of `base` one 2M page with entry `head` (its 2M-aligned entry), or the
+    /// default when `head` is nil, dropping whatever the region held.
+    mutating func setRegion(_ base: UInt64, _ head: RMPEntry?) {
+        let region = Int(base >> 9)
+        let c = chunkOf[region]
+        if c >= 0 {
+            let b = Int(c) * 512
+            for i in b..<b + 512 { entries[i] = .hypervisor }
+            subpageCount[Int(c)] = 0
+            freeChunks.append(c)
+            chunkOf[region] = -1
+        }
+        if let head {
+            if c <= -2 {
+                largeEntries[Int(-2 - c)] = head
+                return
+            }
+            let k: Int32
+            if let free = freeLarge.popLast() { k = free; largeEntries[Int(k)] = head } else { k = Int32(largeEntries.count); largeEntries.append(head) }
+            chunkOf[region] = -2 - k
+        } else if c <= -2 {
+            freeLarge.append(-2 - c)
+            chunkOf[region] = -1
+        }
+    }
+
+    /// Turns a region held as one 2M page into 512 entries, so single entries can change.
+    mutating func expand(_ region: Int) {
+        let c = chunkOf[region]
+        guard c <= -2 else { return }
+        let base = UInt64(region) << 9
+        let all = (0..<512).map { self[base + UInt64($0)] }
+        freeLarge.append(-2 - c)
+        chunkOf[region] = -1
+        for (i, e) in all.enumerated() { set(base + UInt64(i), e) }
+    }
+
+    /// Applies `change` to every entry of `pages`: to the one entry of a region held as a 2M
+    /// page when `pages` is that whole region, else entry by entry.
+    mutating func modify(_ pages: Range<UInt64>, _ change: (inout RMPEntry) -> Void) {
+        if pages.count == 512 && pages.lowerBound & 511 == 0, case let c = chunkOf[Int(pages.lowerBound >> 9)], c <= -2 {
+            change(&largeEntries[Int(-2 - c)])
+            return
+        }
+        for p in pages {
+            var e = self[p]
+            change(&e)
+            set(p, e)
+        }
+    }
 
     /// Writes one entry, keeping the per-2M count and the chunk storage exact.
     mutating func set(_ pfn: UInt64, _ e: RMPEntry) {
         let region = Int(pfn >> 9)
+        if chunkOf[region] <= -2 { expand(region) }
         var c = chunkOf[region]
         if c < 0 {
             if e == .hypervisor { return }
