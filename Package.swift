@@ -36,10 +36,12 @@ let package = Package(
         .target(
             name: "CocomemCLI",
             dependencies: [
-                "Reports", "Simulation", "HostKernel", "Hardware", "PageTables",
+                "Reports", "Simulation", "Hypervisor", "HostKernel", "Hardware", "PageTables", "CReference",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .executableTarget(name: "cocomem", dependencies: ["CocomemCLI"]),
+        // The physical-limit reference `cocomem bench` compares the model against.
+        .target(name: "CReference", cSettings: [.unsafeFlags(["-O2"])]),
 
         .testTarget(name: "PageTablesTests", dependencies: ["PageTables"]),
         .testTarget(name: "HardwareTests", dependencies: ["Hardware"]),

@@ -27,6 +27,13 @@ public struct PageTable: Sendable {
 
     /// Bytes the model spends on table storage (entries and free list), for benchmarks.
     public var storageBytes: Int { entries.capacity * 8 + freeTables.capacity * 8 }
+    /// Bytes of table pages in use (allocated tables, not counting spare capacity).
+    public var usedBytes: Int { (entries.count / entriesPerTable - freeTables.count) * entriesPerTable * 8 }
+
+    /// The raw entry array, for the C reference benchmarks run on the same layout.
+    public func withEntries<R>(_ body: (UnsafePointer<UInt64>) -> R) -> R {
+        entries.withUnsafeBufferPointer { body($0.baseAddress!) }
+    }
 
     /// The entry in table `table` at `index`.
     @inlinable public func entry(table: Int, index: Int) -> Descriptor {

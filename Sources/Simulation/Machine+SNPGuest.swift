@@ -92,8 +92,17 @@ extension Machine {
         return out
     }
 
+    /// One page-state change of guest `i`'s page `gfn` as the guest kernel makes it
+    /// (set_memory_encrypted or set_memory_decrypted of one page), through KVM.
+    public mutating func pageStateChange(guest i: Int, gfn: UInt64, toPrivate: Bool) -> String {
+        toPrivate ? guestSetPrivate(i, gfns: gfn..<gfn + 1) : guestSetShared(i, gfns: gfn..<gfn + 1)
+    }
+
+    /// Whether guest `i`'s page `gfn` is private now.
+    public func isPrivate(guest i: Int, gfn: UInt64) -> Bool { kvm!.vms[i].isPrivate(gfn) }
+
     /// Launch, then accept all memory in 2M units (accept_memory).
-    mutating func guestBoot(_ i: Int) -> String {
+    public mutating func guestBoot(_ i: Int) -> String {
         let status = kvm!.launch(i, imagePages: 0, kernel: &kernel, rmp: &rmp!)
         guard status == .ok else { return status.description }
         return guestPvalidate(i, gfns: 0..<kvm!.vms[i].config.pages, validate: true)

@@ -71,6 +71,20 @@ public struct RMP: Sendable {
             + largeEntries.capacity * 16 + freeLarge.capacity * 4
     }
 
+    /// The region index, the per-chunk 4K counts and the entries (two words each), for the C
+    /// reference benchmarks run on the same layout.
+    public func withStorage<R>(_ body: (UnsafePointer<Int32>, UnsafePointer<UInt16>, UnsafePointer<UInt64>) -> R) -> R {
+        let counts = subpageCount.isEmpty ? [0] : subpageCount
+        let flat = entries.isEmpty ? [RMPEntry()] : entries
+        return chunkOf.withUnsafeBufferPointer { c in
+            counts.withUnsafeBufferPointer { s in
+                flat.withUnsafeBufferPointer { e in
+                    e.withMemoryRebound(to: UInt64.self) { body(c.baseAddress!, s.baseAddress!, $0.baseAddress!) }
+                }
+            }
+        }
+    }
+
     /// Makes the region of `base` one 2M page with entry `head` (its 2M-aligned entry), or the
     /// default when `head` is nil, dropping whatever the region held.
     mutating func setRegion(_ base: UInt64, _ head: RMPEntry?) {

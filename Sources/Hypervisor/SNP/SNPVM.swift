@@ -71,7 +71,7 @@ public struct SNPVM: Sendable {
     public func hugepageUniform(_ gfn: UInt64) -> Bool {
         let base = gfn & ~511
         guard base + 512 <= config.pages else { return false }
-        let first = isPrivate(base)
-        return (base..<base + 512).allSatisfy { isPrivate($0) == first }
+        let words = privateBits[Int(base >> 6)..<Int(base >> 6) + 8]  // 512 bits, 2M-aligned
+        return words.allSatisfy { $0 == 0 } || words.allSatisfy { $0 == ~0 }
     }
 }

@@ -1,0 +1,43 @@
+#include "creference.h"
+
+#define LEAF_BIT (1ULL << 62)
+#define TABLE_BIT (1ULL << 63)
+#define FRAME_MASK ((1ULL << 40) - 1)
+
+uint64_t cref_walk_check(const uint64_t *entries, int levels,
+                         const int32_t *chunk_of, const uint16_t *subpage_count,
+                         const uint64_t *rmp_entries, const uint64_t *vas, size_t n) {
+    uint64_t sum = 0;
+    for (size_t k = 0; k < n; k++) {
+        uint64_t va = vas[k];
+        uint64_t table = 0, e = 0;
+        int level = levels;
+        for (; level >= 1; level--) {
+            e = entries[table * 512 + ((va >> (12 + 9 * (level - 1))) & 511)];
+            if (!(e & TABLE_BIT)) break;
+            table = (e >> 16) & FRAME_MASK;
+        }
+        if (!(e & LEAF_BIT)) { sum += 1; continue; }
+        uint64_t shift = 12 + 9 * (uint64_t)(level - 1);
+        uint64_t pa = (((e >> 16) & FRAME_MASK) << 12) + (va & ((1ULL << shift) - 1));
+        int32_t c = chunk_of[pa >> 21];
+        int fault;
+        if (level >= 2) {
+            fault = c >= 0 ? subpage_count[c] != 0 : c != -1;
+        } else {
+            fault = c == -1 ? 0 : c <= -2 ? 1 : (int)(rmp_entries[((uint64_t)c * 512 + ((pa >> 12) & 511)) * 2] & 1);
+        }
+        sum += pa ^ (uint64_t)fault;
+    }
+    return sum;
+}
+
+uint64_t cref_tlb_lookup(const uint64_t *tags, const uint64_t *pages, const uint64_t *vas, size_t n) {
+    uint64_t sum = 0;
+    for (size_t k = 0; k < n; k++) {
+        uint64_t va = vas[k], vpn = va >> 12;
+        size_t i = vpn & 255;
+        sum += tags[i] == vpn ? (pages[i] | (va & 4095)) : 1;
+    }
+    return sum;
+}
