@@ -18,6 +18,7 @@ let package = Package(
                 .product(name: "PageTables", package: "cocomem"),
                 .product(name: "Hardware", package: "cocomem"),
                 .product(name: "HostKernel", package: "cocomem"),
+                .product(name: "Simulation", package: "cocomem"),
             ],
             path: "Benchmarks/CocomemBenchmarks",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]),

@@ -32,12 +32,12 @@ uint64_t cref_walk_check(const uint64_t *entries, int levels,
     return sum;
 }
 
-uint64_t cref_tlb_lookup(const uint64_t *tags, const uint64_t *pages, const uint64_t *vas, size_t n) {
+uint64_t cref_tlb_lookup(const uint64_t *slots, const uint64_t *vas, size_t n) {
     uint64_t sum = 0;
     for (size_t k = 0; k < n; k++) {
         uint64_t va = vas[k], vpn = va >> 12;
-        size_t i = vpn & 255;
-        sum += tags[i] == vpn ? (pages[i] | (va & 4095)) : 1;
+        const uint64_t *s = slots + 2 * (vpn & 255);
+        sum += s[0] == vpn ? ((s[1] & ~4095ULL) | (va & 4095)) : 1;
     }
     return sum;
 }

@@ -41,7 +41,7 @@ public struct PageTable: Sendable {
     }
 
     /// Whether leaves of `size` are allowed by the format.
-    @inlinable public func allows(_ size: PageSize) -> Bool { format.leafSizes.contains(size) }
+    @inlinable public func allows(_ size: PageSize) -> Bool { format.allows(size) }
 
     /// Takes a zeroed table page from the free list or grows the array.
     @usableFromInline mutating func allocateTable() throws(PageTableError) -> Int {

@@ -354,3 +354,21 @@ import PageTables
         #expect(PSCMSRRequest.parse(0x012) == nil)  // GHCB_MSR_REG_GPA_REQ, not a PSC request
     }
 }
+
+/// The software TLB: one comparison decides a hit; flushes empty it.
+@Suite struct SoftTLBTests {
+    @Test func fillLookupAndFlush() {
+        var tlb = SoftTLB()
+        #expect(tlb.lookup(0x1234_5000) == nil)
+        tlb.fill(0x1234_5678, pa: 0x9000_0000, size: .size2M)
+        #expect(tlb.lookup(0x1234_5abc) == 0x9000_0abc)
+        #expect(tlb.leafSize(0x1234_5000) == .size2M)
+        tlb.fill(0x1234_5000 + (256 << 12), pa: 0x1000, size: .size4K)  // same slot: evicts
+        #expect(tlb.lookup(0x1234_5000) == nil)
+        tlb.flushAll()
+        #expect(tlb.lookup(0x1234_5000 + (256 << 12)) == nil)
+        tlb.fill(0x7000, pa: 0x8000, size: .size4K)
+        tlb.flush(0x7fff)
+        #expect(tlb.lookup(0x7000) == nil)
+    }
+}

@@ -275,3 +275,15 @@ import PageTables
         #expect(throws: HostKernelError.self) { try k.vmap(PhysAddr(0x1001), pages: 1) }
     }
 }
+
+/// The memory figure bytes_per_split_2m, which is exact: each 2M region split to 4K costs
+/// one 512-entry table (4096 bytes), as it costs the kernel one page-table page.
+@Suite struct SplitMemoryTests {
+    @Test func eachTwoMegSplitCostsExactlyOneTablePage() throws {
+        var k = try Kernel(memory: PhysicalMemory.pc(size: 8 << 30), config: KernelConfig(gbpages: false))
+        let before = k.pageTable.usedBytes
+        for i: UInt64 in 0..<100 { #expect(try k.setMemory4K(pageOffset + (1 << 30) + i << 21, numpages: 1) == .ok) }
+        #expect(k.pageTable.usedBytes - before == 100 * 4096)
+        #expect(k.stats.splits == LeafCounts(size2M: 100))
+    }
+}

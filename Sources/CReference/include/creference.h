@@ -14,8 +14,8 @@ uint64_t cref_walk_check(const uint64_t *entries, int levels,
                          const int32_t *chunk_of, const uint16_t *subpage_count,
                          const uint64_t *rmp_entries, const uint64_t *vas, size_t n);
 
-/// Looks each address up in a 256-entry direct-mapped TLB (tags = virtual page numbers,
-/// pages = physical page bases); returns a checksum.
-uint64_t cref_tlb_lookup(const uint64_t *tags, const uint64_t *pages, const uint64_t *vas, size_t n);
+/// Looks each address up in a 256-entry direct-mapped TLB laid out as SoftTLB's slots: pairs
+/// of words (virtual page number, physical page base | level); returns a checksum.
+uint64_t cref_tlb_lookup(const uint64_t *slots, const uint64_t *vas, size_t n);
 
 #endif

@@ -6,7 +6,7 @@ extension RMP {
     /// region that holds the address ("even accesses from 1GB mappings will be treated as
     /// 2MB accesses"); a 4K mapping against the page's own entry. A failure is #PF with error
     /// code bit 31. AMD APM Vol 2 §15.36.10; Linux 661b1c6169e2 (adjust_direct_map).
-    public func hostAccess(spa: UInt64, write: Bool, walk: Bool = false, mappingSize: PageSize) -> SNPOutcome {
+    @inlinable public func hostAccess(spa: UInt64, write: Bool, walk: Bool = false, mappingSize: PageSize) -> SNPOutcome {
         guard write || walk else { return .ok }
         let pfn = spa >> pageShift
         guard covers(pfn) else { return .ok }  // pages beyond RMP_END are hypervisor-owned

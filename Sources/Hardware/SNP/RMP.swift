@@ -16,10 +16,10 @@ public struct RMP: Sendable {
     /// -2 - k when the region is one 2M page whose entry is `largeEntries[k]`.
     @usableFromInline var chunkOf: [Int32]
     /// The 2M-aligned entries of regions held as one 2M page.
-    var largeEntries: [RMPEntry] = []
+    @usableFromInline var largeEntries: [RMPEntry] = []
     var freeLarge: [Int32] = []
     /// 512 entries per chunk.
-    var entries: [RMPEntry] = []
+    @usableFromInline var entries: [RMPEntry] = []
     /// Assigned 4K (non-2M) entries per chunk.
     @usableFromInline var subpageCount: [UInt16] = []
     var freeChunks: [Int32] = []
@@ -36,7 +36,7 @@ public struct RMP: Sendable {
     @inlinable public func covers(_ pfn: UInt64) -> Bool { pfn < end >> pageShift }
 
     /// The entry for a 4K frame (the default for frames never touched).
-    public subscript(pfn: UInt64) -> RMPEntry {
+    @inlinable public subscript(pfn: UInt64) -> RMPEntry {
         let c = chunkOf[Int(pfn >> 9)]
         if c >= 0 { return entries[Int(c) * 512 + Int(pfn & 511)] }
         if c == -1 { return .hypervisor }

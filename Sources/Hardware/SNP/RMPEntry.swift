@@ -11,7 +11,7 @@ public struct RMPEntry: Hashable, Sendable, CustomStringConvertible {
     public var lo: UInt64
     public var hi: UInt64
 
-    public init(lo: UInt64 = 0, hi: UInt64 = 0) {
+    @inlinable public init(lo: UInt64 = 0, hi: UInt64 = 0) {
         self.lo = lo
         self.hi = hi
     }
@@ -19,10 +19,10 @@ public struct RMPEntry: Hashable, Sendable, CustomStringConvertible {
     /// The entry of a page the hypervisor owns (all zero).
     public static let hypervisor = RMPEntry()
 
-    @inline(__always) func bit(_ n: UInt64) -> Bool { lo >> n & 1 != 0 }
-    @inline(__always) mutating func setBit(_ n: UInt64, _ v: Bool) { lo = v ? lo | 1 << n : lo & ~(1 << n) }
+    @inlinable func bit(_ n: UInt64) -> Bool { lo >> n & 1 != 0 }
+    @inlinable mutating func setBit(_ n: UInt64, _ v: Bool) { lo = v ? lo | 1 << n : lo & ~(1 << n) }
 
-    public var assigned: Bool { get { bit(0) } set { setBit(0, newValue) } }
+    @inlinable public var assigned: Bool { get { bit(0) } set { setBit(0, newValue) } }
     /// The entry covers a 2M page (only meaningful in a 2M-aligned entry).
     public var isLarge: Bool { get { bit(1) } set { setBit(1, newValue) } }
     public var immutable: Bool { get { bit(2) } set { setBit(2, newValue) } }
@@ -30,7 +30,7 @@ public struct RMPEntry: Hashable, Sendable, CustomStringConvertible {
     public var validated: Bool { get { bit(62) } set { setBit(62, newValue) } }
 
     /// The guest physical address the page is assigned at (4K-aligned, 51 bits).
-    public var gpa: UInt64 {
+    @inlinable public var gpa: UInt64 {
         get { lo & 0x0007_ffff_ffff_f000 }
         set { lo = (lo & ~0x0007_ffff_ffff_f000) | (newValue & 0x0007_ffff_ffff_f000) }
     }
