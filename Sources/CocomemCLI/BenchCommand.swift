@@ -44,7 +44,7 @@ struct Bench: ParsableCommand {
         figures.append(("scale_run_s", scale, quick ? "1 TiB host, 64 guests, 200,000 PSCs (quick)" : "1 TiB host, 64 guests, 10,000,000 adversarial PSCs"))
         figures.append(("scale_run_rss_mib", scaleRSS, "resident memory of that run"))
         if json {
-            print(JSON.object(figures.map { ($0.0, .string(String(format: "%.3f", $0.1))) }).render())
+            print(JSON.object(figures.map { ($0.0, .double($0.1)) }).render())
         } else {
             print(RunReport.table(["figure", "value", "what"], figures.map { [$0.0, fmt($0.1), $0.2] }, rightAlign: [1]), terminator: "")
         }

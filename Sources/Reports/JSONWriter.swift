@@ -4,6 +4,8 @@ public indirect enum JSON: Sendable {
     case string(String)
     case number(UInt64)
     case int(Int)
+    /// A number printed with three decimals (figures, ratios).
+    case double(Double)
     case bool(Bool)
     case null
     case array([JSON])
@@ -23,6 +25,7 @@ public indirect enum JSON: Sendable {
         case .string(let s): out += JSON.quote(s)
         case .number(let n): out += String(n)
         case .int(let n): out += String(n)
+        case .double(let d): out += d.isFinite ? String(format3(d)) : "null"
         case .bool(let b): out += b ? "true" : "false"
         case .null: out += "null"
         case .array(let items):
@@ -64,4 +67,13 @@ public indirect enum JSON: Sendable {
         }
         return out + "\""
     }
+}
+
+/// `d` with three decimals, without Foundation.
+func format3(_ d: Double) -> String {
+    let scaled = (d * 1000).rounded()
+    let negative = scaled < 0
+    let v = UInt64(abs(scaled))
+    let frac = String(v % 1000)
+    return (negative ? "-" : "") + String(v / 1000) + "." + String(repeating: "0", count: 3 - frac.count) + frac
 }
