@@ -42,9 +42,8 @@ public struct Machine: Sendable {
         self.rng = SeededGenerator(seed: seed)
     }
 
-    /// Counts an SNP outcome under its kind.
-    mutating func count(_ outcome: SNPOutcome) {
-        operations += 1
+    /// Counts the fault an SNP outcome is, if it is one, under its kind.
+    mutating func countFault(_ outcome: SNPOutcome) {
         switch outcome {
         case .hostRMPFault: faults.hostRMP += 1
         case .npf: faults.npf += 1

@@ -80,44 +80,32 @@ extension Steps {
         guestStep("guest-read", write: false), guestStep("guest-write", write: true),
     ]
 
-    /// A step that needs the RMP (arch x86-snp) and counts its outcome.
+    /// A step that needs the RMP (arch x86-snp) and counts its outcome's fault, if any.
     static func snpStep(
         _ name: String, _ summary: String, _ arguments: [(String, String)],
         _ body: @escaping @Sendable (Fields, StepContext) throws(ScenarioError) -> ([(String, String)], @Sendable (inout Machine) -> SNPOutcome)
     ) -> StepDefinition {
-        StepDefinition(name: name, summary: summary, arguments: arguments) { args, ctx throws(ScenarioError) in
-            let fields = try args.mapping()
-            try fields.only(arguments.map(\.0))
-            guard ctx.architecture == .x86_snp else {
-                throw args.error("\(name) needs the SEV-SNP machine: set 'arch: x86-snp' (this one is \(ctx.architecture.rawValue))")
-            }
-            let (shown, run) = try body(fields, ctx)
-            return (shown, { m throws(HostKernelError) in
+        snpKernelStep(name, summary, arguments) { f, ctx throws(ScenarioError) in
+            let (shown, run) = try body(f, ctx)
+            return (shown, { m in
                 let outcome = run(&m)
-                m.count(outcome)
+                m.countFault(outcome)
                 return outcome.description
             })
         }
     }
 
     static func hostStep(_ name: String, write: Bool) -> StepDefinition {
-        let arguments = [("pa", "physical address"), ("context", "one of " + hostContexts.joined(separator: ", ") + " (default data)")]
-        return StepDefinition(
-            name: name,
-            summary: write ? "the host kernel writes a page; an RMP or not-present fault ends as its context decides (oops, double fault, …)"
+        snpKernelStep(
+            name,
+            write ? "the host kernel writes a page; an RMP or not-present fault ends as its context decides (oops, double fault, …)"
                 : "the host kernel reads a page: RMP-checked only as a page-table walk; a private page still mapped reads as ciphertext",
-            arguments: arguments
-        ) { args, ctx throws(ScenarioError) in
-            let f = try args.mapping()
-            try f.only(arguments.map(\.0))
-            guard ctx.architecture == .x86_snp else {
-                throw args.error("\(name) needs the SEV-SNP machine: set 'arch: x86-snp' (this one is \(ctx.architecture.rawValue))")
-            }
+            [("pa", "physical address"), ("context", "one of " + hostContexts.joined(separator: ", ") + " (default data)")]
+        ) { f, ctx throws(ScenarioError) in
             let pa = try paField(f, ctx)
             let context = HostAccessContext(rawValue: try f["context"]?.choice(hostContexts, what: "context") ?? "data")!
-            return ([("pa", hex(pa)), ("context", context.rawValue)], { m throws(HostKernelError) in
+            return ([("pa", hex(pa)), ("context", context.rawValue)], { m in
                 let outcome = m.kernel.hostAccess(m.rmp!, pa: pa, write: write, context: context)
-                m.operations += 1
                 if case .fault(let cause, _) = outcome, cause == "RMP" { m.faults.hostRMP += 1 }
                 return outcome.description
             })
