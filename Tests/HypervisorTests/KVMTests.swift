@@ -155,3 +155,27 @@ import PageTables
         #expect(kvm.poolPagesWasted == 512 - 3)
     }
 }
+
+/// The memory design behind rss_16t_256g_mib: a booted guest's 2M RMP pages cost one entry
+/// each, not 512, so idle guests cost the model almost nothing.
+@Suite struct KVMMemoryTests {
+    @Test func aBootedGuestCostsOneRMPEntryPer2MPage() throws {
+        var k = try Kernel(memory: PhysicalMemory.pc(size: 64 << 30))
+        var rmp = RMP(end: k.memory.endOfRAM)
+        let empty = rmp.storageBytes
+        var kvm = KVM()
+        kvm.create(SNPVMConfig(name: "vm0", asid: 1, vcpus: 1, memory: 16 << 30, placement: 16 << 30, backing: .gmem2M))
+        #expect(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp) == .ok)
+        for gfn in stride(from: UInt64(0), to: (16 << 30) >> 12, by: 512) {
+            let (outcome, _) = kvm.guestOperation(0, gfn: gfn, private: true, kernel: &k, rmp: &rmp) { r, ctx in
+                r.pvalidate(ctx, size: .size2M, validate: true)
+            }
+            #expect(outcome == "ok")
+        }
+        #expect(kvm.stats.prepared2M == 8192)
+        // 8192 2M pages at 16 bytes each, plus one 512-entry chunk for the context and VMSA
+        // pages, within the arrays' growth slack (at most double).
+        #expect(rmp.storageBytes - empty <= 2 * (8192 * 16 + 512 * 16 + 16) + 64)
+        #expect(rmp.chunksInUse == 8192 + 1)
+    }
+}
