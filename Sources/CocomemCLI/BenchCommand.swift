@@ -89,7 +89,8 @@ struct Bench: ParsableCommand {
             var sum: UInt64 = 0
             for va in vas {
                 guard let (pa, leaf) = table.translate(VirtAddr(va)) else { sum &+= 1; continue }
-                let fault: UInt64 = rmp.hostAccess(spa: pa.rawValue, write: true, mappingSize: leaf.size) == .hostRMPFault ? 1 : 0
+                var fault: UInt64 = 0
+                if case .hostRMPFault = rmp.hostAccess(spa: pa.rawValue, write: true, mappingSize: leaf.size) { fault = 1 }
                 sum &+= pa.rawValue ^ fault
             }
             return sum

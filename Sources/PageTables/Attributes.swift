@@ -9,29 +9,29 @@ public struct Attributes: OptionSet, Hashable, Sendable, CustomStringConvertible
     @inlinable public init(rawValue: UInt16) { self.rawValue = rawValue }
 
     /// x86 _PAGE_PRESENT / arm64 valid bit.
-    public static let present = Attributes(rawValue: 1 << 0)
+    @inlinable public static var present: Attributes { Attributes(rawValue: 1 << 0) }
     /// x86 _PAGE_RW / arm64 AP[2] clear.
-    public static let writable = Attributes(rawValue: 1 << 1)
+    @inlinable public static var writable: Attributes { Attributes(rawValue: 1 << 1) }
     /// x86 _PAGE_USER / arm64 AP[1].
-    public static let user = Attributes(rawValue: 1 << 2)
+    @inlinable public static var user: Attributes { Attributes(rawValue: 1 << 2) }
     /// x86 _PAGE_NX / arm64 PXN|UXN.
-    public static let noExecute = Attributes(rawValue: 1 << 3)
+    @inlinable public static var noExecute: Attributes { Attributes(rawValue: 1 << 3) }
     /// x86 _PAGE_GLOBAL / arm64 nG clear.
-    public static let global = Attributes(rawValue: 1 << 4)
+    @inlinable public static var global: Attributes { Attributes(rawValue: 1 << 4) }
     // Bits 5-6 hold the MemoryType (see `memoryType`).
     /// x86 C-bit (_PAGE_ENC, sme_me_mask): the page is accessed encrypted with the owner's key.
-    public static let encrypted = Attributes(rawValue: 1 << 7)
+    @inlinable public static var encrypted: Attributes { Attributes(rawValue: 1 << 7) }
     /// TDX shared GPA bit / Arm CCA NS-shared (top IPA bit): the page is shared with the host.
-    public static let shared = Attributes(rawValue: 1 << 8)
+    @inlinable public static var shared: Attributes { Attributes(rawValue: 1 << 8) }
     /// Arm MTE: Normal-Tagged memory attribute (MAIR 0xf0).
-    public static let tagged = Attributes(rawValue: 1 << 9)
+    @inlinable public static var tagged: Attributes { Attributes(rawValue: 1 << 9) }
     /// x86 _PAGE_SPECIAL / arm64 PTE_SPECIAL: no struct page behind the mapping.
-    public static let special = Attributes(rawValue: 1 << 10)
+    @inlinable public static var special: Attributes { Attributes(rawValue: 1 << 10) }
     /// x86 _PAGE_KERNEL_4K (software bit 3): split by set_memory_4k, never collapse again.
     /// Linux arch/x86/mm/pat/set_memory.c, set_memory_4k (CPA_COLLAPSE series, 2025).
-    public static let forced4K = Attributes(rawValue: 1 << 11)
+    @inlinable public static var forced4K: Attributes { Attributes(rawValue: 1 << 11) }
     /// A spare software bit for later layers.
-    public static let software1 = Attributes(rawValue: 1 << 12)
+    @inlinable public static var software1: Attributes { Attributes(rawValue: 1 << 12) }
 
     @usableFromInline static let memoryTypeShift: UInt16 = 5
     @usableFromInline static let memoryTypeMask: UInt16 = 0b11 << memoryTypeShift

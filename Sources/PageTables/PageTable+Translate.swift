@@ -23,10 +23,11 @@ public struct Leaf: Hashable, Sendable, CustomStringConvertible {
 
 /// Finds the leaf (present or not) that holds one address. Linux lookup_address.
 @usableFromInline struct LookupVisitor: PageTableVisitor {
+    @usableFromInline typealias Store = ReadOnlyPageTable
     @usableFromInline var found: Leaf?
     @usableFromInline var flags: VisitFlags { .leaf }
     @inlinable init() {}
-    @inlinable mutating func visit(_ v: Visit, table: inout PageTable) throws(PageTableError) {
+    @inlinable mutating func visit(_ v: Visit, table: inout ReadOnlyPageTable) throws(PageTableError) {
         if v.entry.isLeaf, let size = PageSize(level: v.level) {
             found = Leaf(virt: VirtAddr(v.address), size: size, descriptor: v.entry)
         }
@@ -35,10 +36,11 @@ public struct Leaf: Hashable, Sendable, CustomStringConvertible {
 
 /// Collects every leaf overlapping a range, in address order.
 @usableFromInline struct LeavesVisitor: PageTableVisitor {
+    @usableFromInline typealias Store = ReadOnlyPageTable
     @usableFromInline var leaves: [Leaf] = []
     @usableFromInline var flags: VisitFlags { .leaf }
     @inlinable init() {}
-    @inlinable mutating func visit(_ v: Visit, table: inout PageTable) throws(PageTableError) {
+    @inlinable mutating func visit(_ v: Visit, table: inout ReadOnlyPageTable) throws(PageTableError) {
         if v.entry.isLeaf, let size = PageSize(level: v.level) {
             leaves.append(Leaf(virt: VirtAddr(v.address), size: size, descriptor: v.entry))
         }
@@ -49,9 +51,8 @@ extension PageTable {
     /// The leaf that holds `virt`, present or not; nil where there is no entry.
     @inlinable
     public func lookup(_ virt: VirtAddr) -> Leaf? {
-        var copy = self  // The walk does not write; the copy shares storage and is never mutated.
         var visitor = LookupVisitor()
-        try? copy.walk(start: virt.rawValue & ~(pageBytes - 1), size: pageBytes, &visitor)
+        try? readChecked(start: virt.rawValue & ~(pageBytes - 1), size: pageBytes, &visitor)  // one aligned page is always valid
         return visitor.found
     }
 
@@ -64,9 +65,8 @@ extension PageTable {
 
     /// Every leaf overlapping `[virt, virt + size)`, present or not, in address order.
     public func leaves(virt: VirtAddr, size: UInt64) throws(PageTableError) -> [Leaf] {
-        var copy = self
         var visitor = LeavesVisitor()
-        try copy.walk(start: virt.rawValue, size: size, &visitor)
+        try read(start: virt.rawValue, size: size, &visitor)
         return visitor.leaves
     }
 

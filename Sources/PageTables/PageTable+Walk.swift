@@ -4,11 +4,11 @@ public struct VisitFlags: OptionSet, Sendable {
     public let rawValue: UInt8
     @inlinable public init(rawValue: UInt8) { self.rawValue = rawValue }
     /// Entries that are not tables: leaves and none.
-    public static let leaf = VisitFlags(rawValue: 1)
+    @inlinable public static var leaf: VisitFlags { VisitFlags(rawValue: 1) }
     /// Table entries, before the walker descends.
-    public static let tablePre = VisitFlags(rawValue: 2)
+    @inlinable public static var tablePre: VisitFlags { VisitFlags(rawValue: 2) }
     /// Table entries, after the walker has come back up.
-    public static let tablePost = VisitFlags(rawValue: 4)
+    @inlinable public static var tablePost: VisitFlags { VisitFlags(rawValue: 4) }
 }
 
 /// One entry as the walker shows it to a visitor.
@@ -40,54 +40,122 @@ public struct Visit: Sendable {
     }
 }
 
+/// Where the walker reads entries: the table itself (visitors that change it get it `inout`),
+/// or a read-only view of its storage for visitors that only look, so a lookup copies nothing.
+public protocol PageTableStore {
+    func load(_ slot: Int) -> UInt64
+}
+
+extension PageTable: PageTableStore {
+    @inlinable public func load(_ slot: Int) -> UInt64 { entries[slot] }
+}
+
+/// A read-only view of a table's entries, valid during `PageTable.read`.
+public struct ReadOnlyPageTable: PageTableStore {
+    @usableFromInline let base: UnsafePointer<UInt64>
+    @inlinable init(base: UnsafePointer<UInt64>) { self.base = base }
+    @inlinable public func load(_ slot: Int) -> UInt64 { base[slot] }
+}
+
 /// A visitor for the one page-table walker. Map, unmap, protect, split, collapse and
 /// translate are all visitors; the walker is generic over them, never an existential.
 public protocol PageTableVisitor {
+    /// What the visitor gets: the table (to change it) or a read-only view.
+    associatedtype Store: PageTableStore = PageTable
     /// Which calls the visitor wants.
     var flags: VisitFlags { get }
     /// Called for an entry that overlaps the walked range. The visitor may rewrite the entry
     /// through `table`; if it turns a leaf into a table the walker descends into it.
-    mutating func visit(_ visit: Visit, table: inout PageTable) throws(PageTableError)
+    mutating func visit(_ visit: Visit, table: inout Store) throws(PageTableError)
 }
 
 extension PageTable {
     /// Walks every entry that overlaps `[start, start + size)`, top-down, calling `visitor`
     /// as its flags ask. Linux arch/arm64/kvm/hyp/pgtable.c __kvm_pgtable_walk.
     @inlinable
-    public mutating func walk<V: PageTableVisitor>(start: UInt64, size: UInt64, _ visitor: inout V) throws(PageTableError) {
+    public mutating func walk<V: PageTableVisitor>(start: UInt64, size: UInt64, _ visitor: inout V) throws(PageTableError)
+    where V.Store == PageTable {
         try validate(start: start, size: size)
         let rootBase = start & ~((1 << format.addressBits) &- 1)
-        try walkTable(0, level: rootLevel, base: rootBase, start: start, last: start &+ (size - 1), &visitor)
+        try Self.walkTable(&self, 0, level: rootLevel, base: rootBase, start: start, last: start &+ (size - 1), &visitor)
+    }
+
+    /// The same walk for a visitor that only reads: it sees the entries in place.
+    @inlinable
+    public func read<V: PageTableVisitor>(start: UInt64, size: UInt64, _ visitor: inout V) throws(PageTableError)
+    where V.Store == ReadOnlyPageTable {
+        try validate(start: start, size: size)
+        try readChecked(start: start, size: size, &visitor)
+    }
+
+    /// `read` for a range already known to be valid (one aligned page, in `lookup`).
+    @inlinable
+    func readChecked<V: PageTableVisitor>(start: UInt64, size: UInt64, _ visitor: inout V) throws(PageTableError)
+    where V.Store == ReadOnlyPageTable {
+        let rootBase = start & ~((1 << format.addressBits) &- 1)
+        let root = rootLevel
+        var failure: PageTableError?
+        entries.withUnsafeBufferPointer { buffer in
+            var store = ReadOnlyPageTable(base: buffer.baseAddress!)
+            do throws(PageTableError) {
+                try Self.walkTable(&store, 0, level: root, base: rootBase, start: start, last: start &+ (size - 1), &visitor)
+            } catch {
+                failure = error
+            }
+        }
+        if let failure { throw failure }
     }
 
     @inlinable
-    mutating func walkTable<V: PageTableVisitor>(
-        _ table: Int, level: Int, base: UInt64, start: UInt64, last: UInt64, _ visitor: inout V
+    static func walkTable<V: PageTableVisitor>(
+        _ store: inout V.Store, _ table: Int, level: Int, base: UInt64, start: UInt64, last: UInt64, _ visitor: inout V
     ) throws(PageTableError) {
+        let flags = visitor.flags
+        // One page, leaves only (lookup): descend with a loop instead of recursion.
+        if flags == .leaf && start >> pageShift == last >> pageShift {
+            var table = table, level = level, base = base
+            while true {
+                let shift = levelShift(level)
+                let index = tableIndex(start, level: level)
+                let slot = table &* entriesPerTable &+ index
+                let entry = Descriptor(rawValue: store.load(slot))
+                let address = base &+ (UInt64(index) << shift)
+                if !entry.isTable {
+                    try visitor.visit(Visit(address: address, level: level, slot: slot, entry: entry, kind: .leaf), table: &store)
+                    // A visitor that turned the leaf into a table is walked the general way.
+                    guard Descriptor(rawValue: store.load(slot)).isTable, level > 1 else { return }
+                    return try walkTable(&store, Descriptor(rawValue: store.load(slot)).tableNumber, level: level - 1,
+                                         base: address, start: start, last: last, &visitor)
+                }
+                guard level > 1 else { return }
+                table = entry.tableNumber
+                base = address
+                level -= 1
+            }
+        }
         let shift = levelShift(level)
         let tableLast = base &+ ((1 << (shift + 9)) &- 1)
-        let lo = max(start, base)
-        let hi = min(last, tableLast)
-        let first = tableIndex(lo, level: level)
-        let final = tableIndex(hi, level: level)
-        let flags = visitor.flags
-        for index in first...final {
+        let first = tableIndex(max(start, base), level: level)
+        let final = tableIndex(min(last, tableLast), level: level)
+        var index = first
+        while index <= final {
             let address = base &+ (UInt64(index) << shift)
             let slot = table &* entriesPerTable &+ index
-            var entry = Descriptor(rawValue: entries[slot])
+            index += 1
+            var entry = Descriptor(rawValue: store.load(slot))
             if entry.isTable && flags.contains(.tablePre) {
-                try visitor.visit(Visit(address: address, level: level, slot: slot, entry: entry, kind: .tablePre), table: &self)
-                entry = Descriptor(rawValue: entries[slot])
+                try visitor.visit(Visit(address: address, level: level, slot: slot, entry: entry, kind: .tablePre), table: &store)
+                entry = Descriptor(rawValue: store.load(slot))
             }
             if !entry.isTable && flags.contains(.leaf) {
-                try visitor.visit(Visit(address: address, level: level, slot: slot, entry: entry, kind: .leaf), table: &self)
-                entry = Descriptor(rawValue: entries[slot])
+                try visitor.visit(Visit(address: address, level: level, slot: slot, entry: entry, kind: .leaf), table: &store)
+                entry = Descriptor(rawValue: store.load(slot))
             }
             guard entry.isTable, level > 1 else { continue }
-            try walkTable(entry.tableNumber, level: level - 1, base: address, start: start, last: last, &visitor)
+            try walkTable(&store, entry.tableNumber, level: level - 1, base: address, start: start, last: last, &visitor)
             if flags.contains(.tablePost) {
-                entry = Descriptor(rawValue: entries[slot])
-                try visitor.visit(Visit(address: address, level: level, slot: slot, entry: entry, kind: .tablePost), table: &self)
+                entry = Descriptor(rawValue: store.load(slot))
+                try visitor.visit(Visit(address: address, level: level, slot: slot, entry: entry, kind: .tablePost), table: &store)
             }
         }
     }

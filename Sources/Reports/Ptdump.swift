@@ -22,8 +22,7 @@ public enum Ptdump {
     static func section(_ kernel: Kernel, _ name: String, from start: UInt64, to end: UInt64, into out: inout String) {
         out += "---[ \(name) ]---\n"
         var visitor = RunVisitor(la57: kernel.config.la57)
-        var table = kernel.pageTable
-        try? table.walk(start: start, size: end - start, &visitor)
+        try? kernel.pageTable.read(start: start, size: end - start, &visitor)
         visitor.flush(upTo: end)
         out += visitor.text
     }
@@ -64,6 +63,7 @@ public enum Ptdump {
 
 /// Walks leaves and holes in address order, merging runs as note_page does.
 struct RunVisitor: PageTableVisitor {
+    typealias Store = ReadOnlyPageTable
     let la57: Bool
     var text = ""
     var runStart: UInt64?
@@ -72,7 +72,7 @@ struct RunVisitor: PageTableVisitor {
 
     init(la57: Bool) { self.la57 = la57 }
 
-    mutating func visit(_ v: Visit, table: inout PageTable) throws(PageTableError) {
+    mutating func visit(_ v: Visit, table: inout ReadOnlyPageTable) throws(PageTableError) {
         let e = v.entry
         let key = (level: v.level, flags: e.isLeaf ? e.attributes.rawValue : 0, present: e.isLeaf && e.attributes.contains(.present))
         if let k = runKey, k.level == key.level, k.flags == key.flags, k.present == key.present { return }
