@@ -23,6 +23,7 @@ struct Bench: ParsableCommand {
     @Flag(help: "One JSON object keyed by figure name.") var json = false
     @Option(help: .hidden) var worker: String?
     @Flag(help: .hidden) var walkOnly = false
+    @Flag(help: .hidden) var cpaOnly = false
 
     func run() throws {
         if let worker {
@@ -30,6 +31,7 @@ struct Bench: ParsableCommand {
             return
         }
         var figures: [(String, Double, String)] = []
+        if cpaOnly { print(try Self.cpaOps(quick: quick)); return }
         let (walk, tlb) = try Self.walkAndTLB(quick: quick)
         if walkOnly { print(walk.ratio, tlb.ratio); return }
         figures.append(("walk_ratio", walk.ratio, "model \(fmt(walk.model)) ns, C \(fmt(walk.c)) ns per translate+check (goal ≤ 1.5)"))

@@ -30,6 +30,12 @@ public struct PageTable: Sendable {
     /// Bytes of table pages in use (allocated tables, not counting spare capacity).
     public var usedBytes: Int { (entries.count / entriesPerTable - freeTables.count) * entriesPerTable * 8 }
 
+    /// Reserves address space for `tables` table pages so growth never copies the entry array
+    /// (untouched capacity costs no resident memory).
+    public mutating func reserveCapacity(tables: Int) {
+        entries.reserveCapacity(tables * entriesPerTable)
+    }
+
     /// The raw entry array, for the C reference benchmarks run on the same layout.
     public func withEntries<R>(_ body: (UnsafePointer<UInt64>) -> R) -> R {
         entries.withUnsafeBufferPointer { body($0.baseAddress!) }

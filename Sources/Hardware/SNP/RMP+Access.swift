@@ -10,7 +10,7 @@ extension RMP {
         guard write || walk else { return .ok }
         let pfn = spa >> pageShift
         guard covers(pfn) else { return .ok }  // pages beyond RMP_END are hypervisor-owned
-        if mappingSize == .size4K { return self[pfn].assigned ? .hostRMPFault : .ok }
+        if mappingSize == .size4K { return isAssigned(pfn) ? .hostRMPFault : .ok }
         return regionHasAssigned(pfn) ? .hostRMPFault : .ok
     }
 

@@ -54,6 +54,13 @@ public struct RMP: Sendable {
         return c < 0 ? 0 : Int(subpageCount[Int(c)])
     }
 
+    /// Whether `pfn`'s own entry is assigned (the 4K host-write check), without building it.
+    @inlinable public func isAssigned(_ pfn: UInt64) -> Bool {
+        let c = chunkOf[Int(pfn >> 9)]
+        if c >= 0 { return entries[Int(c) * 512 + Int(pfn & 511)].lo & 1 != 0 }
+        return c != -1
+    }
+
     /// Whether any page of the 2M region holding `pfn` is assigned: the host-write check
     /// through a large mapping. O(1): a 2M page, or the region's count of assigned 4K entries.
     @inlinable public func regionHasAssigned(_ pfn: UInt64) -> Bool {
