@@ -24,6 +24,7 @@ struct Bench: ParsableCommand {
     @Option(help: .hidden) var worker: String?
     @Flag(help: .hidden) var walkOnly = false
     @Flag(help: .hidden) var cpaOnly = false
+    @Flag(help: .hidden) var pscOnly = false
 
     func run() throws {
         if let worker {
@@ -32,6 +33,7 @@ struct Bench: ParsableCommand {
         }
         var figures: [(String, Double, String)] = []
         if cpaOnly { print(try Self.cpaOps(quick: quick)); return }
+        if pscOnly { print(try Self.pscOps(quick: quick)); return }
         let (walk, tlb) = try Self.walkAndTLB(quick: quick)
         if walkOnly { print(walk.ratio, tlb.ratio); return }
         figures.append(("walk_ratio", walk.ratio, "model \(fmt(walk.model)) ns, C \(fmt(walk.c)) ns per translate+check (goal ≤ 1.5)"))

@@ -14,26 +14,25 @@ extension Machine {
         var gfn = gfns.lowerBound
         while gfn < gfns.upperBound {
             let big = gfn & 511 == 0 && gfn + 512 <= gfns.upperBound
-            var result = kvmGuestOp(i, gfn: gfn, private: true) { rmp, ctx in
-                rmp.pvalidate(ctx, size: big ? .size2M : .size4K, validate: validate)
-            }
-            if big && result == SNPOutcome.status(.failSizeMismatch).description {
-                for g in gfn..<gfn + 512 where result != "bad" {
-                    let r = kvmGuestOp(i, gfn: g, private: true) { rmp, ctx in rmp.pvalidate(ctx, size: .size4K, validate: validate) }
-                    if !r.hasPrefix("ok") { return r }
+            let r = kvmPvalidate(i, gfn: gfn, size: big ? .size2M : .size4K, validate: validate)
+            if big && r.outcome == .status(.failSizeMismatch) {
+                for g in gfn..<gfn + 512 {
+                    let small = kvmPvalidate(i, gfn: g, size: .size4K, validate: validate)
+                    if !small.succeeded { return small.description }
                 }
-                result = "ok"
+            } else if !r.succeeded {
+                return r.description
             }
-            if !result.hasPrefix("ok") { return result }
             gfn += big ? 512 : 1
         }
         return "ok"
     }
 
-    mutating func kvmGuestOp(_ i: Int, gfn: UInt64, private isPrivate: Bool, _ op: (inout RMP, GuestContext) -> SNPOutcome) -> String {
-        let (outcome, _) = kvm!.guestOperation(i, gfn: gfn, private: isPrivate, kernel: &kernel, rmp: &rmp!, op)
+    mutating func kvmPvalidate(_ i: Int, gfn: UInt64, size: PageSize, validate: Bool) -> KVM.GuestStepResult {
         operations += 1
-        return outcome
+        return kvm!.guestStep(i, gfn: gfn, private: true, kernel: &kernel, rmp: &rmp!) { rmp, ctx in
+            rmp.pvalidate(ctx, size: size, validate: validate)
+        }
     }
 
     /// A GHCB page-state change for `gfns`, 2M entries where aligned.

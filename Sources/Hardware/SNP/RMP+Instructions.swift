@@ -56,7 +56,7 @@ extension RMP {
         if u.size == .size2M && u.assigned && u.gpa & (PageSize.size2M.bytes - 1) != 0 { return .failInput }
         let pages: Range<UInt64> = u.size == .size2M ? pfn..<pfn + 512 : pfn..<pfn + 1
         if pages.contains(where: { self[$0].immutable }) { return .failPermission }
-        if pages.contains(where: isInUse) { return .failInUse }
+        if !inUse.isEmpty, pages.contains(where: isInUse) { return .failInUse }
         let large = largeEntry(pfn)
         if u.size == .size2M && assigned4KCount(pfn) != 0 { return .failOverlap }
         if u.size == .size4K && large.assigned && large.isLarge { return .failOverlap }
@@ -86,12 +86,15 @@ extension RMP {
         guard spa & (PageSize.size2M.bytes - 1) == 0, covers(pfn) else { return .failInput }
         let large = self[pfn]
         guard large.assigned && large.isLarge else { return .failNotExpandable }
-        if (pfn..<pfn + 512).contains(where: isInUse) { return .failInUse }
-        expand(Int(pfn >> 9))
-        for p in pfn..<pfn + 512 {
-            var e = self[p]
-            e.isLarge = false
-            set(p, e)
+        if !inUse.isEmpty, (pfn..<pfn + 512).contains(where: isInUse) { return .failInUse }
+        if chunkOf[Int(pfn >> 9)] <= -2 {
+            expand(Int(pfn >> 9), as4K: true)
+        } else {
+            for p in pfn..<pfn + 512 {
+                var e = self[p]
+                e.isLarge = false
+                set(p, e)
+            }
         }
         return .success
     }

@@ -118,15 +118,30 @@ public struct RMP: Sendable {
         }
     }
 
-    /// Turns a region held as one 2M page into 512 entries, so single entries can change.
-    mutating func expand(_ region: Int) {
+    /// Turns a region held as one 2M page into 512 entries, so single entries can change;
+    /// with `as4K` they become 4K entries (PSMASH). Writes the chunk in one pass.
+    mutating func expand(_ region: Int, as4K: Bool = false) {
         let c = chunkOf[region]
         guard c <= -2 else { return }
-        let base = UInt64(region) << 9
-        let all = (0..<512).map { self[base + UInt64($0)] }
+        var head = largeEntries[Int(-2 - c)]
         freeLarge.append(-2 - c)
-        chunkOf[region] = -1
-        for (i, e) in all.enumerated() { set(base + UInt64(i), e) }
+        if as4K { head.isLarge = false }
+        let chunk: Int32
+        if let free = freeChunks.popLast() {
+            chunk = free
+        } else {
+            chunk = Int32(subpageCount.count)
+            entries.append(contentsOf: repeatElement(.hypervisor, count: 512))
+            subpageCount.append(0)
+        }
+        let base = Int(chunk) * 512
+        var e = head
+        for i in 0..<512 {
+            entries[base + i] = e
+            e.gpa += pageBytes
+        }
+        subpageCount[Int(chunk)] = as4K ? 512 : 0
+        chunkOf[region] = chunk
     }
 
     /// Applies `change` to every entry of `pages`: to the one entry of a region held as a 2M

@@ -74,32 +74,67 @@ extension KVM {
     /// A guest memory access or PVALIDATE through KVM: a private/shared mismatch with the
     /// attributes exits to the VMM (KVM_EXIT_MEMORY_FAULT); a private gfn not yet prepared
     /// takes a gmem fault (prepare); an RMP #NPF is handled (sev_handle_rmp_fault) and the
-    /// instruction retried. Returns the final outcome and the path taken.
+    /// instruction retried. Returns the final outcome and the path taken, as text.
     public mutating func guestOperation(
         _ i: Int, gfn: UInt64, vmpl: Int = 0, private isPrivate: Bool, kernel: inout Kernel, rmp: inout RMP,
         _ op: (inout RMP, GuestContext) -> SNPOutcome
     ) -> (outcome: String, path: [String]) {
+        let r = guestStep(i, gfn: gfn, vmpl: vmpl, private: isPrivate, kernel: &kernel, rmp: &rmp, op)
+        var path: [String] = []
+        if let size = r.prepared { path.append("gmem prepare \(size)") }
+        for _ in 0..<r.psmashes { path.append("RMP #NPF: PSMASH") }
+        return (r.description, path)
+    }
+
+    /// What one guest operation through KVM came to.
+    public struct GuestStepResult: Sendable, CustomStringConvertible {
+        /// The instruction's or access's outcome, when it ran.
+        public var outcome: SNPOutcome?
+        /// Set when KVM stopped first: KVM_EXIT_MEMORY_FAULT, or a kernel error from prepare.
+        public var stopped: String?
+        /// The size KVM prepared the page at, if it did.
+        public var prepared: PageSize?
+        /// RMP #NPFs resolved by PSMASH on the way.
+        public var psmashes = 0
+
+        public var description: String { stopped ?? outcome?.description ?? "NPF loop" }
+        /// The outcome was a plain success (with or without CF).
+        public var succeeded: Bool {
+            if case .status(.success, _)? = outcome { return true }
+            return outcome == .ok
+        }
+    }
+
+    /// `guestOperation` without building text, for the conversion paths that run millions
+    /// of times.
+    public mutating func guestStep(
+        _ i: Int, gfn: UInt64, vmpl: Int = 0, private isPrivate: Bool, kernel: inout Kernel, rmp: inout RMP,
+        _ op: (inout RMP, GuestContext) -> SNPOutcome
+    ) -> GuestStepResult {
+        var r = GuestStepResult()
         let c = vms[i].config
-        guard vms[i].state == .running else { return ("-EINVAL", []) }
+        guard vms[i].state == .running else { r.stopped = "-EINVAL"; return r }
         guard isPrivate == vms[i].isPrivate(gfn) else {
             stats.memoryFaultExits += 1
-            return ("KVM_EXIT_MEMORY_FAULT", [])
+            r.stopped = "KVM_EXIT_MEMORY_FAULT"
+            return r
         }
-        var path: [String] = []
         if isPrivate {
             let (size, status) = prepare(i, gfn: gfn, kernel: &kernel, rmp: &rmp)
-            if status != .ok { return (status.description, ["gmem prepare"]) }
-            if let size { path.append("gmem prepare \(size)") }
+            r.prepared = size
+            if status != .ok { r.stopped = status.description; return r }
         }
         for _ in 0..<3 {
             let ctx = GuestContext(asid: c.asid, vmpl: vmpl, gpa: gfn << pageShift, spa: c.spa(gfn), nptSize: nptLevel(i, gfn: gfn, rmp: rmp))
             let outcome = op(&rmp, ctx)
-            guard case .npf(let bits) = outcome, bits.contains(.rmp), isPrivate else { return (outcome.description, path) }
+            r.outcome = outcome
+            guard case .npf(let bits) = outcome, bits.contains(.rmp), isPrivate else { return r }
             let wasLarge = rmp.largeEntry(c.spa(gfn) >> pageShift).isLarge
             handleRMPFault(i, gfn: gfn, rmp: &rmp)
-            guard wasLarge else { return (outcome.description, path) }
-            path.append("RMP #NPF: PSMASH")
+            guard wasLarge else { return r }
+            r.psmashes += 1
         }
-        return ("NPF loop", path)
+        r.outcome = nil
+        return r
     }
 }
