@@ -94,16 +94,10 @@ extension PageTable {
     where V.Store == ReadOnlyPageTable {
         let rootBase = start & ~((1 << format.addressBits) &- 1)
         let root = rootLevel
-        var failure: PageTableError?
-        entries.withUnsafeBufferPointer { buffer in
+        try entries.withUnsafeBufferPointer { (buffer) throws(PageTableError) in
             var store = ReadOnlyPageTable(base: buffer.baseAddress!)
-            do throws(PageTableError) {
-                try Self.walkTable(&store, 0, level: root, base: rootBase, start: start, last: start &+ (size - 1), &visitor)
-            } catch {
-                failure = error
-            }
+            try Self.walkTable(&store, 0, level: root, base: rootBase, start: start, last: start &+ (size - 1), &visitor)
         }
-        if let failure { throw failure }
     }
 
     @inlinable
@@ -122,7 +116,9 @@ extension PageTable {
                 let address = base &+ (UInt64(index) << shift)
                 if !entry.isTable {
                     try visitor.visit(Visit(address: address, level: level, slot: slot, entry: entry, kind: .leaf), table: &store)
-                    // A visitor that turned the leaf into a table is walked the general way.
+                    // A visitor that turned the leaf into a table is walked the general way
+                    // (a read-only one cannot have).
+                    if V.Store.self == ReadOnlyPageTable.self { return }
                     guard Descriptor(rawValue: store.load(slot)).isTable, level > 1 else { return }
                     return try walkTable(&store, Descriptor(rawValue: store.load(slot)).tableNumber, level: level - 1,
                                          base: address, start: start, last: last, &visitor)
