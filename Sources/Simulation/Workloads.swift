@@ -107,7 +107,7 @@ public enum Workloads {
             let i = m.guestIndex(a.guest!)
             return try repeatOps(&m, a.operations) { m throws(HostKernelError) in
                 let gfn = m.rng.below(a.guest!.memory >> pageShift)
-                return m.kvm!.vms[i].isPrivate(gfn) ? m.guestSetShared(i, gfns: gfn..<gfn + 1) : m.guestSetPrivate(i, gfns: gfn..<gfn + 1)
+                return m.pageStateChange(guest: i, gfn: gfn, toPrivate: !m.isPrivate(guest: i, gfn: gfn))
             }
         },
         WorkloadDefinition(

@@ -126,14 +126,7 @@ public struct RMP: Sendable {
         var head = largeEntries[Int(-2 - c)]
         freeLarge.append(-2 - c)
         if as4K { head.isLarge = false }
-        let chunk: Int32
-        if let free = freeChunks.popLast() {
-            chunk = free
-        } else {
-            chunk = Int32(subpageCount.count)
-            entries.append(contentsOf: repeatElement(.hypervisor, count: 512))
-            subpageCount.append(0)
-        }
+        let chunk = allocateChunk()
         let base = Int(chunk) * 512
         var e = head
         for i in 0..<512 {
@@ -158,6 +151,14 @@ public struct RMP: Sendable {
         }
     }
 
+    /// A chunk of 512 default entries with a zero count, from the free list or new.
+    mutating func allocateChunk() -> Int32 {
+        if let free = freeChunks.popLast() { return free }
+        entries.append(contentsOf: repeatElement(.hypervisor, count: 512))
+        subpageCount.append(0)
+        return Int32(subpageCount.count - 1)
+    }
+
     /// Writes one entry, keeping the per-2M count and the chunk storage exact.
     mutating func set(_ pfn: UInt64, _ e: RMPEntry) {
         let region = Int(pfn >> 9)
@@ -165,13 +166,7 @@ public struct RMP: Sendable {
         var c = chunkOf[region]
         if c < 0 {
             if e == .hypervisor { return }
-            if let free = freeChunks.popLast() {
-                c = free
-            } else {
-                c = Int32(subpageCount.count)
-                entries.append(contentsOf: repeatElement(.hypervisor, count: 512))
-                subpageCount.append(0)
-            }
+            c = allocateChunk()
             chunkOf[region] = c
         }
         let i = Int(c) * 512 + Int(pfn & 511)
