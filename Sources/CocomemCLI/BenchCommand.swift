@@ -13,10 +13,11 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure cocomem's speed and memory: ratios against a C reference, operations per second, resident memory.",
         discussion: """
-            Figures: walk_ratio, tlb_hit_ratio (model ÷ C on the same data and address stream),
-            cpa_ops_per_s, psc_ops_per_s, rss_16t_256g_mib, bytes_per_split_2m, scale_run_s,
-            scale_run_rss_mib. Memory figures run in a child process so each starts clean.
-            --quick uses smaller sizes (the same figures) and finishes in under a minute.
+            Figures: walk_ratio, tlb_hit_ratio (model ÷ C on the same data and address
+            stream), cpa_ops_per_s, psc_ops_per_s, rss_16t_256g_mib,
+            bytes_per_split_2m, scale_run_s, scale_run_rss_mib. Memory figures run in
+            a child process so each starts clean. --quick uses smaller sizes (the same
+            figures) and finishes in under a minute.
             """)
 
     @Flag(help: "Smaller sizes, the same figures (what CI runs).") var quick = false

@@ -6,15 +6,16 @@ public struct Cocomem: ParsableCommand {
         commandName: "cocomem",
         abstract: "An executable model of memory management on confidential-computing hardware.",
         discussion: """
-            cocomem models how the host kernel keeps its direct map consistent with what the
-            hardware enforces, and reports it in the kernel's own formats.
+            cocomem models how operating systems and hypervisors keep their page
+            tables consistent with what confidential-computing hardware enforces
+            (SEV-SNP's RMP today), and reports it in the kernel's own formats.
 
             Examples:
               cocomem                                   # the built-in demo
               cocomem run examples/cpa-basics.yaml --meminfo
               cocomem check examples/*.yaml             # TAP
-              cocomem compare examples/cpa-churn.yaml --policy never --policy rox --policy always
-              cocomem meminfo --memory 64G --apply 'set_memory_decrypted pa:0x40000000 1'
+              cocomem compare examples/cpa-churn.yaml --policy never --policy always
+              cocomem meminfo --memory 64G --apply 'set_memory_4k pa:0x40000000 1'
               cocomem ptdump --e820 dmesg.txt --no-gbpages
               cocomem list steps
             """,

@@ -8,9 +8,10 @@ struct Compare: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run one scenario once per policy and print the metrics side by side.",
         discussion: """
-            Each --policy replaces the scenario's choice in one slot (given by --slot, or the
-            only slot that has all the named policies). Runs are spread over the cores; the
-            output is in the order the policies were given. 'cocomem list policies' lists them.
+            Each --policy replaces the scenario's choice in one slot (given by --slot,
+            or the only slot that has all the named policies). Runs are spread over
+            the cores; the output is in the order the policies were given. 'cocomem
+            list policies' lists them.
             """)
 
     @Argument(help: "The scenario (YAML).") var file: String

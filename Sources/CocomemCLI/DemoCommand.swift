@@ -54,7 +54,7 @@ struct Demo: ParsableCommand {
 
             Try:
               cocomem run examples/cpa-basics.yaml --ptdump
-              cocomem compare examples/cpa-churn.yaml --policy never --policy rox --policy always
+              cocomem compare examples/cpa-churn.yaml --policy never --policy always
               cocomem run examples/cpa-churn.yaml --svg map.svg
               cocomem compare examples/snp-directmap-policies.yaml --policy none --policy split-on-assign --policy unmap-private
               cocomem list steps

@@ -8,9 +8,10 @@ struct MeminfoCommand: ParsableCommand {
         commandName: "meminfo",
         abstract: "Print the DirectMap lines of /proc/meminfo, exactly as the kernel does.",
         discussion: """
-            Boots the host kernel's direct map over the memory map (init_mem_mapping), runs
-            each --apply operation in order (results on stderr), and prints DirectMap4k,
-            DirectMap2M and, with gbpages, DirectMap1G as arch_report_meminfo does.
+            Boots the host kernel's direct map over the memory map (init_mem_mapping),
+            runs each --apply operation in order (results on stderr), and prints
+            DirectMap4k, DirectMap2M and, with gbpages, DirectMap1G as
+            arch_report_meminfo does.
             """)
 
     @OptionGroup var machine: MachineOptions
@@ -28,8 +29,9 @@ struct PtdumpCommand: ParsableCommand {
         commandName: "ptdump",
         abstract: "Print the kernel page table as /sys/kernel/debug/page_tables/kernel does.",
         discussion: """
-            Shows the Low Kernel Mapping (the direct map) and the vmalloc() Area after boot and
-            any --apply operations: one line per run of entries with the same flags and level.
+            Shows the Low Kernel Mapping (the direct map) and the vmalloc() Area after
+            boot and any --apply operations: one line per run of entries with the same
+            flags and level.
             """)
 
     @OptionGroup var machine: MachineOptions

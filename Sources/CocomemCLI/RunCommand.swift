@@ -8,9 +8,10 @@ struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run a scenario file and report what happened.",
         discussion: """
-            Prints a summary: failed expectations, every metric, the end checks. Exit status 1
-            when an expectation or check fails or an invariant breaks. See docs/SCENARIOS.md
-            for the file format; 'cocomem list steps' for what a step can be.
+            Prints a summary: failed expectations, every metric, the end checks. Exit
+            status 1 when an expectation or check fails or an invariant breaks. See
+            docs/SCENARIOS.md for the file format; 'cocomem list steps' for what a
+            step can be.
             """)
 
     @Argument(help: "The scenario (YAML).") var file: String
