@@ -2,13 +2,14 @@ import Simulation
 
 /// Chrome trace event JSON (opens in Perfetto and chrome://tracing): one complete ("X")
 /// event per step with its arguments and result, and counter ("C") events for the direct
-/// map and the flush counters after each step. Time is logical: step n runs from n ms to
-/// n ms + 1 ms, so traces are byte-identical run to run.
+/// map, the flush counters and the SEV-SNP counters after each step. Time is logical: step
+/// n runs from n ms to n ms + 1 ms, so traces are byte-identical run to run.
 public enum Trace {
     static let counters: [(track: String, metrics: [String])] = [
         ("DirectMap kB", ["directmap_4k_kb", "directmap_2m_kb", "directmap_1g_kb"]),
         ("splits", ["direct_map_level2_splits", "direct_map_level3_splits"]),
         ("TLB flushes", ["tlb_full_flushes", "tlb_page_flush_rounds"]),
+        ("SEV-SNP", ["rmp_regions", "psmash", "host_rmp_faults", "host_crashes"]),
     ]
 
     public static func render(_ r: RunResult) -> String {
