@@ -199,14 +199,10 @@ extension Steps {
 
     /// The named guest and a GPA inside its memory.
     static func guestAddress(_ f: Fields, _ ctx: StepContext) throws(ScenarioError) -> (GuestSpec, UInt64) {
-        let nameField = try f.required("guest")
-        let name = try nameField.text()
-        guard let g = ctx.guests.first(where: { $0.name == name }) else {
-            throw nameField.error("unknown guest '\(name)'; guests: " + (ctx.guests.isEmpty ? "none defined" : ctx.guests.map(\.name).joined(separator: ", ")))
-        }
+        let g = try ctx.guest(f).spec
         let gpaField = try f.required("gpa")
         let gpa = try gpaField.number()
-        guard gpa < g.memory else { throw gpaField.error("gpa \(hex(gpa)) is past \(name)'s \(ByteSize.format(g.memory)) of memory") }
+        guard gpa < g.memory else { throw gpaField.error("gpa \(hex(gpa)) is past \(g.name)'s \(ByteSize.format(g.memory)) of memory") }
         return (g, gpa)
     }
 }
@@ -300,13 +296,9 @@ extension Steps {
         _ body: @escaping @Sendable (Fields, GuestSpec, Int) throws(ScenarioError) -> ([(String, String)], @Sendable (inout Machine) -> String)
     ) -> StepDefinition {
         snpKernelStep(name, summary, arguments) { f, ctx throws(ScenarioError) in
-            let nameField = try f.required("guest")
-            let gname = try nameField.text()
-            guard let i = ctx.guests.firstIndex(where: { $0.name == gname }) else {
-                throw nameField.error("unknown guest '\(gname)'; guests: " + (ctx.guests.isEmpty ? "none defined" : ctx.guests.map(\.name).joined(separator: ", ")))
-            }
-            let (shown, run) = try body(f, ctx.guests[i], i)
-            return ([("guest", gname)] + shown, run)
+            let (i, g) = try ctx.guest(f)
+            let (shown, run) = try body(f, g, i)
+            return ([("guest", g.name)] + shown, run)
         }
     }
 }

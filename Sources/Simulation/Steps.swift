@@ -17,6 +17,17 @@ public struct StepContext: Sendable {
     public let kernel: Kernel
     public let architecture: Architecture
     public let guests: [GuestSpec]
+
+    /// The guest the `guest:` field names, with its index (KVM's VM number), or an error
+    /// listing the guests there are.
+    func guest(_ f: Fields) throws(ScenarioError) -> (index: Int, spec: GuestSpec) {
+        let field = try f.required("guest")
+        let name = try field.text()
+        guard let i = guests.firstIndex(where: { $0.name == name }) else {
+            throw field.error("unknown guest '\(name)'; guests: " + (guests.isEmpty ? "none defined" : guests.map(\.name).joined(separator: ", ")))
+        }
+        return (i, guests[i])
+    }
 }
 
 /// The registry of steps.

@@ -187,12 +187,7 @@ public enum Workloads {
             guard context.architecture == .x86_snp else {
                 throw kindField.error("workload \(kind) drives a guest and needs 'arch: x86-snp'")
             }
-            let gField = try fields.required("guest")
-            let name = try gField.text()
-            guard let g = context.guests.first(where: { $0.name == name }) else {
-                throw gField.error("unknown guest '\(name)'; guests: " + (context.guests.isEmpty ? "none defined" : context.guests.map(\.name).joined(separator: ", ")))
-            }
-            guest = g
+            guest = try context.guest(fields).spec
         }
         let hostContext = HostAccessContext(rawValue: try fields["context"]?.choice(Steps.hostContexts, what: "context") ?? "data")!
         let floor = try fields["from"]?.number() ?? Kernel.isaEnd

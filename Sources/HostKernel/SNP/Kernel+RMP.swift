@@ -106,10 +106,11 @@ extension String {
 }
 
 extension Kernel {
-    /// snp_leak_pages: counts pages that stay assigned and are never freed.
-    public mutating func noteLeakedPages(_ n: UInt64) {
-        snp.leakedPages += n
-        log("Leaking PFN range")
+    /// snp_leak_pages: counts pages that stay assigned and are never freed, with the
+    /// kernel's warning ("Leaking PFN range 0x…-0x…").
+    public mutating func noteLeakedPages(pfn: UInt64, count: UInt64) {
+        snp.leakedPages += count
+        log("Leaking PFN range \(hex(pfn))-\(hex(pfn + count))")
     }
 
     /// flush_tlb_all, counted.

@@ -65,6 +65,6 @@ extension KVM {
     /// snp_leak_pages: the page stays assigned and is never freed; counted.
     mutating func leak(_ pa: UInt64, kernel: inout Kernel) {
         stats.leakedPages += 1
-        kernel.noteLeakedPages(1)
+        kernel.noteLeakedPages(pfn: pa >> pageShift, count: 1)
     }
 }

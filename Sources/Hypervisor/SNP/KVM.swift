@@ -24,7 +24,6 @@ public struct KVM: Sendable {
     public static let poolStart: UInt64 = 16 << 20
     public static let poolPages = 512
 
-    public func vm(_ name: String) -> Int? { vms.firstIndex { $0.config.name == name } }
 
     /// Adds a VM (KVM_CREATE_VM with KVM_X86_SNP_VM, a guest_memfd memslot over all memory).
     public mutating func create(_ config: SNPVMConfig) { vms.append(SNPVM(config: config)) }
