@@ -76,6 +76,7 @@ struct Bench: ParsableCommand {
     /// address stream. Then the model's translate+check against the C loop, and TLB hits.
     static func walkAndTLB(quick: Bool) throws -> (Ratio, Ratio) {
         var k = try Kernel(memory: PhysicalMemory.pc(size: 1 << 40))
+        k.compactPageTables = false  // the C reference reads the dense layout
         var rmp = RMP(end: 1 << 40)
         let off = k.layout.pageOffset
         for g in stride(from: UInt64(1), to: 1024, by: 16) {

@@ -31,6 +31,12 @@ public struct Kernel: Sendable {
         get { pageTable.failAllocations }
         set { pageTable.failAllocations = newValue }
     }
+    /// Whether direct-map splits make compact tables (`PageTable.compactSplits`); the C
+    /// reference benchmark turns it off to read the dense layout.
+    public var compactPageTables: Bool {
+        get { pageTable.compactSplits }
+        set { pageTable.compactSplits = newValue }
+    }
 
     /// Boots: builds the direct map over `memory` as init_mem_mapping does.
     public init(memory: PhysicalMemory, config: KernelConfig = KernelConfig()) throws(HostKernelError) {

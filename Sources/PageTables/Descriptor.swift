@@ -2,7 +2,8 @@
 ///
 /// The layout is the same for every architecture, so one walker serves them all:
 /// bits 0-15 hold `Attributes`, bits 16-55 the frame number of a leaf or the number of the
-/// next-level table, bit 62 marks a leaf and bit 63 a table. An entry of zero is none
+/// next-level table, bit 56 marks a table held compactly (see `CompactTable`), bit 62 marks
+/// a leaf and bit 63 a table. An entry of zero is none
 /// (x86 pte_none, arm64 invalid with no software state). A leaf whose `present` attribute
 /// is clear is still a leaf: it keeps its frame, as a PTE cleared by set_memory_np does.
 public struct Descriptor: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
@@ -13,6 +14,8 @@ public struct Descriptor: RawRepresentable, Hashable, Sendable, CustomStringConv
     @usableFromInline static let tableBit: UInt64 = 1 << 63
     @usableFromInline static let frameShift: UInt64 = 16
     @usableFromInline static let frameMask: UInt64 = (1 << 40) - 1
+    /// Table numbers carry one more bit than frames: `PageTable.compactTableFlag`.
+    @usableFromInline static let tableMask: UInt64 = (1 << 41) - 1
 
     /// The empty entry.
     public static let none = Descriptor(rawValue: 0)
@@ -24,7 +27,7 @@ public struct Descriptor: RawRepresentable, Hashable, Sendable, CustomStringConv
 
     /// A pointer to table number `table`.
     @inlinable public static func table(_ table: Int) -> Descriptor {
-        Descriptor(rawValue: tableBit | (UInt64(table) & frameMask) << frameShift)
+        Descriptor(rawValue: tableBit | (UInt64(table) & tableMask) << frameShift)
     }
 
     @inlinable public var isNone: Bool { rawValue == 0 }
@@ -36,7 +39,7 @@ public struct Descriptor: RawRepresentable, Hashable, Sendable, CustomStringConv
     /// The first frame a leaf maps.
     @inlinable public var frame: PFN { PFN((rawValue >> Self.frameShift) & Self.frameMask) }
     /// The table a table entry points to.
-    @inlinable public var tableNumber: Int { Int((rawValue >> Self.frameShift) & Self.frameMask) }
+    @inlinable public var tableNumber: Int { Int((rawValue >> Self.frameShift) & Self.tableMask) }
     @inlinable public var attributes: Attributes { Attributes(rawValue: UInt16(truncatingIfNeeded: rawValue)) }
 
     /// This leaf with other attributes.
@@ -46,7 +49,10 @@ public struct Descriptor: RawRepresentable, Hashable, Sendable, CustomStringConv
 
     public var description: String {
         if isNone { return "none" }
-        if isTable { return "table \(tableNumber)" }
+        if isTable {
+            let n = tableNumber
+            return n & PageTable.compactTableFlag != 0 ? "compact table \(n & ~PageTable.compactTableFlag)" : "table \(n)"
+        }
         return "leaf \(hex(frame.rawValue << pageShift)) \(attributes)"
     }
 }

@@ -38,9 +38,12 @@ public struct CollapseResult: Hashable, Sendable {
         guard first.isPresentLeaf, !first.attributes.contains(.forced4K),
               first.frame.rawValue & (size.pages - 1) == 0 else { return }
         let step = size.smaller!.pages
-        for i in 1..<entriesPerTable {
-            let e = table.entry(table: child, index: i)
-            guard e.isLeaf, e.attributes == first.attributes, e.frame.rawValue == first.frame.rawValue + UInt64(i) * step else { return }
+        // A compact table untouched since its split holds the formula: contiguous, alike.
+        if table.compactTable(child)?.isUniform != true {
+            for i in 1..<entriesPerTable {
+                let e = table.entry(table: child, index: i)
+                guard e.isLeaf, e.attributes == first.attributes, e.frame.rawValue == first.frame.rawValue + UInt64(i) * step else { return }
+            }
         }
         table.store(.leaf(first.frame, first.attributes), slot: v.slot, level: v.level)
         result.collapses[size] += 1

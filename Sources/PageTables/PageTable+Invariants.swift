@@ -12,13 +12,16 @@ public struct InvariantViolation: Error, Hashable, Sendable, CustomStringConvert
 extension PageTable {
     /// Checks the counters against a full walk: "leaf counts equal the walk", "table pages
     /// equal the reachable tables", every table reached once, no leaf where the format has
-    /// none, free tables empty. As swift-collections' _checkInvariants.
+    /// none, free tables empty; and that each compact table is well formed. As
+    /// swift-collections' _checkInvariants.
     public func checkInvariants() throws(InvariantViolation) {
         var counts = LeafCounts()
-        var seen = [Bool](repeating: false, count: entries.count / entriesPerTable)
+        let denseCount = entries.count / entriesPerTable
+        var seen = [Bool](repeating: false, count: denseCount)
+        var seenCompact = [Bool](repeating: false, count: compacts.count)
         var stack: [(table: Int, level: Int)] = [(0, rootLevel)]
         seen[0] = true
-        var reachable = 1
+        var reachable = 1, reachableDense = 1
         while let (table, level) = stack.popLast() {
             for i in 0..<entriesPerTable {
                 let e = entry(table: table, index: i)
@@ -30,10 +33,26 @@ extension PageTable {
                 } else if e.isTable {
                     guard level > 1 else { throw InvariantViolation("no table below level 1", "table \(table) entry \(i)") }
                     let child = e.tableNumber
-                    guard child < seen.count, !seen[child] else {
-                        throw InvariantViolation("every table reached once", "table \(child) from table \(table) entry \(i)")
+                    if child & Self.compactTableFlag != 0 {
+                        let t = child & ~Self.compactTableFlag
+                        guard t < compacts.count, !seenCompact[t] else {
+                            throw InvariantViolation("every table reached once", "\(e) from table \(table) entry \(i)")
+                        }
+                        seenCompact[t] = true
+                        try checkCompact(t, level: level - 1)
+                        if compacts[t].dense >= 0 {
+                            let d = Int(compacts[t].dense)
+                            guard !seen[d] else { throw InvariantViolation("every table reached once", "dense page \(d) of \(e)") }
+                            seen[d] = true
+                            reachableDense += 1
+                        }
+                    } else {
+                        guard child < seen.count, !seen[child] else {
+                            throw InvariantViolation("every table reached once", "table \(child) from table \(table) entry \(i)")
+                        }
+                        seen[child] = true
+                        reachableDense += 1
                     }
-                    seen[child] = true
                     reachable += 1
                     stack.append((child, level - 1))
                 }
@@ -51,8 +70,34 @@ extension PageTable {
                 throw InvariantViolation("free tables empty", "table \(t) entry \(i)")
             }
         }
-        if reachable + freeTables.count != seen.count {
-            throw InvariantViolation("every table is reachable or free", "\(seen.count - reachable - freeTables.count) lost")
+        for t in freeCompacts where seenCompact[t] {
+            throw InvariantViolation("free tables unreachable", "compact table \(t) is free and reachable")
+        }
+        if reachableDense + freeTables.count != denseCount {
+            throw InvariantViolation("every table is reachable or free", "\(denseCount - reachableDense - freeTables.count) lost")
+        }
+        if seenCompact.count(where: { $0 }) + freeCompacts.count != compacts.count {
+            throw InvariantViolation("every table is reachable or free", "compact tables lost")
+        }
+    }
+
+    /// A compact table starts with a leaf aligned to its step, keeps at most `capacity`
+    /// differences at distinct indices, each differing from the formula, and none once dense.
+    func checkCompact(_ t: Int, level: Int) throws(InvariantViolation) {
+        let c = compacts[t]
+        let first = Descriptor(rawValue: c.first)
+        let step = PageSize(level: level).map { UInt64($0.pages.trailingZeroBitCount) }
+        guard first.isLeaf, step == UInt64(c.stepShift), first.frame.rawValue & ((1 << (step! + 9)) - 1) == 0 else {
+            throw InvariantViolation("compact tables follow a split", "compact table \(t): first \(first), step \(c.stepShift) at level \(level)")
+        }
+        guard c.dense < 0 || c.count == 0, Int(c.count) <= CompactTable.capacity else {
+            throw InvariantViolation("compact tables follow a split", "compact table \(t): \(c.count) differences, dense \(c.dense)")
+        }
+        for k in 0..<Int(c.count) {
+            guard c.index(k) < entriesPerTable, c.value(k) != c.formula(c.index(k)),
+                  !(0..<k).contains(where: { c.index($0) == c.index(k) }) else {
+                throw InvariantViolation("compact tables follow a split", "compact table \(t): difference \(k) at entry \(c.index(k))")
+            }
         }
     }
 }

@@ -21,19 +21,6 @@ public struct Leaf: Hashable, Sendable, CustomStringConvertible {
     public var description: String { "\(virt) \(size) -> \(phys) \(attributes)" }
 }
 
-/// Finds the leaf (present or not) that holds one address. Linux lookup_address.
-@usableFromInline struct LookupVisitor: PageTableVisitor {
-    @usableFromInline typealias Store = ReadOnlyPageTable
-    @usableFromInline var found: Leaf?
-    @usableFromInline var flags: VisitFlags { .leaf }
-    @inlinable init() {}
-    @inlinable mutating func visit(_ v: Visit, table: inout ReadOnlyPageTable) throws(PageTableError) {
-        if v.entry.isLeaf, let size = PageSize(level: v.level) {
-            found = Leaf(virt: VirtAddr(v.address), size: size, descriptor: v.entry)
-        }
-    }
-}
-
 /// Collects every leaf overlapping a range, in address order.
 @usableFromInline struct LeavesVisitor: PageTableVisitor {
     @usableFromInline typealias Store = ReadOnlyPageTable
@@ -48,12 +35,16 @@ public struct Leaf: Hashable, Sendable, CustomStringConvertible {
 }
 
 extension PageTable {
-    /// The leaf that holds `virt`, present or not; nil where there is no entry.
+    /// The leaf that holds `virt`, present or not; nil where there is no entry. Linux
+    /// lookup_address: the walker's one-page descent.
     @inlinable
     public func lookup(_ virt: VirtAddr) -> Leaf? {
-        var visitor = LookupVisitor()
-        try? readChecked(start: virt.rawValue & ~(pageBytes - 1), size: pageBytes, &visitor)  // one aligned page is always valid
-        return visitor.found
+        let va = virt.rawValue
+        let rootBase = va & ~((1 << format.addressBits) &- 1)
+        let root = rootLevel
+        let v = withReadOnly { Self.descend($0, 0, level: root, base: rootBase, address: va) }
+        guard v.entry.isLeaf, let size = PageSize(level: v.level) else { return nil }
+        return Leaf(virt: VirtAddr(v.address), size: size, descriptor: v.entry)
     }
 
     /// The physical address `virt` maps to through a present leaf, with the leaf.

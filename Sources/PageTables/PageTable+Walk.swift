@@ -47,14 +47,30 @@ public protocol PageTableStore {
 }
 
 extension PageTable: PageTableStore {
-    @inlinable public func load(_ slot: Int) -> UInt64 { entries[slot] }
+    @inlinable public func load(_ slot: Int) -> UInt64 {
+        _fastPath(slot < Self.compactSlotBase) ? entries[slot] : loadCompact(slot)
+    }
 }
 
 /// A read-only view of a table's entries, valid during `PageTable.read`.
 public struct ReadOnlyPageTable: PageTableStore {
     @usableFromInline let base: UnsafePointer<UInt64>
-    @inlinable init(base: UnsafePointer<UInt64>) { self.base = base }
-    @inlinable public func load(_ slot: Int) -> UInt64 { base[slot] }
+    @usableFromInline let compacts: UnsafePointer<CompactTable>?
+    @inlinable init(base: UnsafePointer<UInt64>, compacts: UnsafePointer<CompactTable>?) {
+        self.base = base
+        self.compacts = compacts
+    }
+    @inlinable public func load(_ slot: Int) -> UInt64 {
+        if _fastPath(slot < PageTable.compactSlotBase) { return base[slot] }
+        return loadCompact(slot)
+    }
+
+    /// Out of line, so the dense path the walker takes stays small.
+    @inline(never) @usableFromInline func loadCompact(_ slot: Int) -> UInt64 {
+        let (t, index) = PageTable.compactPosition(slot)
+        let c = compacts.unsafelyUnwrapped[t]
+        return c.dense >= 0 ? base[Int(c.dense) &* entriesPerTable &+ index] : c.entry(index)
+    }
 }
 
 /// A visitor for the one page-table walker. Map, unmap, protect, split, collapse and
@@ -88,15 +104,43 @@ extension PageTable {
         try readChecked(start: start, size: size, &visitor)
     }
 
-    /// `read` for a range already known to be valid (one aligned page, in `lookup`).
+    /// `read` for a range already known to be valid.
     @inlinable
     func readChecked<V: PageTableVisitor>(start: UInt64, size: UInt64, _ visitor: inout V) throws(PageTableError)
     where V.Store == ReadOnlyPageTable {
         let rootBase = start & ~((1 << format.addressBits) &- 1)
         let root = rootLevel
-        try entries.withUnsafeBufferPointer { (buffer) throws(PageTableError) in
-            var store = ReadOnlyPageTable(base: buffer.baseAddress!)
+        try withReadOnly { (store) throws(PageTableError) in
+            var store = store
             try Self.walkTable(&store, 0, level: root, base: rootBase, start: start, last: start &+ (size - 1), &visitor)
+        }
+    }
+
+    /// Runs `body` with a read-only view of the storage.
+    @inlinable @inline(__always)
+    func withReadOnly<R, E: Error>(_ body: (ReadOnlyPageTable) throws(E) -> R) throws(E) -> R {
+        try entries.withUnsafeBufferPointer { (buffer) throws(E) in
+            try compacts.withUnsafeBufferPointer { (compacts) throws(E) in
+                try body(ReadOnlyPageTable(base: buffer.baseAddress!, compacts: compacts.baseAddress))
+            }
+        }
+    }
+
+    /// The entry that holds `address` below `table` (at `level`, covering from `base`): the
+    /// walk of one page for leaves only, as a loop (Linux lookup_address_in_pgd_attr). It
+    /// stops at the first entry that is not a table.
+    @inlinable @inline(__always)
+    static func descend<S: PageTableStore>(_ store: S, _ table: Int, level: Int, base: UInt64, address: UInt64) -> Visit {
+        var table = table, level = level, base = base
+        while true {
+            let index = tableIndex(address, level: level)
+            let slot = table &* entriesPerTable &+ index
+            let entry = Descriptor(rawValue: store.load(slot))
+            let at = base &+ (UInt64(index) &<< levelShift(level))
+            if !entry.isTable || level == 1 { return Visit(address: at, level: level, slot: slot, entry: entry, kind: .leaf) }
+            table = entry.tableNumber
+            base = at
+            level -= 1
         }
     }
 
@@ -105,29 +149,17 @@ extension PageTable {
         _ store: inout V.Store, _ table: Int, level: Int, base: UInt64, start: UInt64, last: UInt64, _ visitor: inout V
     ) throws(PageTableError) {
         let flags = visitor.flags
-        // One page, leaves only (lookup): descend with a loop instead of recursion.
+        // One page, leaves only: descend with a loop instead of recursion.
         if flags == .leaf && start >> pageShift == last >> pageShift {
-            var table = table, level = level, base = base
-            while true {
-                let shift = levelShift(level)
-                let index = tableIndex(start, level: level)
-                let slot = table &* entriesPerTable &+ index
-                let entry = Descriptor(rawValue: store.load(slot))
-                let address = base &+ (UInt64(index) << shift)
-                if !entry.isTable {
-                    try visitor.visit(Visit(address: address, level: level, slot: slot, entry: entry, kind: .leaf), table: &store)
-                    // A visitor that turned the leaf into a table is walked the general way
-                    // (a read-only one cannot have).
-                    if V.Store.self == ReadOnlyPageTable.self { return }
-                    guard Descriptor(rawValue: store.load(slot)).isTable, level > 1 else { return }
-                    return try walkTable(&store, Descriptor(rawValue: store.load(slot)).tableNumber, level: level - 1,
-                                         base: address, start: start, last: last, &visitor)
-                }
-                guard level > 1 else { return }
-                table = entry.tableNumber
-                base = address
-                level -= 1
-            }
+            let v = descend(store, table, level: level, base: base, address: start)
+            if v.entry.isTable { return }  // a table at level 1 (checkInvariants forbids it)
+            try visitor.visit(v, table: &store)
+            // A visitor that turned the leaf into a table is walked the general way (a
+            // read-only one cannot have).
+            if V.Store.self == ReadOnlyPageTable.self { return }
+            let now = Descriptor(rawValue: store.load(v.slot))
+            guard now.isTable, v.level > 1 else { return }
+            return try walkTable(&store, now.tableNumber, level: v.level - 1, base: v.address, start: start, last: last, &visitor)
         }
         let shift = levelShift(level)
         let tableLast = base &+ ((1 << (shift + 9)) &- 1)

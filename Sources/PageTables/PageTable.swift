@@ -5,17 +5,24 @@
 /// walk touches only flat memory. Freed table numbers are reused. Leaf counts by size and
 /// the number of table pages are kept exactly by the one function that writes an entry
 /// (`store`). Modelled on Linux arch/arm64/kvm/hyp/pgtable.c (kvm_pgtable) and Hafnium
-/// src/mm.c.
+/// src/mm.c. A table made by splitting a large leaf starts compact (`CompactTable`, numbers
+/// with `compactTableFlag` set) and becomes dense only when its entries stop following the
+/// split's formula.
 public struct PageTable: Sendable {
     public let format: PageTableFormat
     @usableFromInline var entries: [UInt64]
     @usableFromInline var freeTables: [Int] = []
+    @usableFromInline var compacts: [CompactTable] = []
+    @usableFromInline var freeCompacts: [Int] = []
     /// Leaves of each size in the whole table, present or not.
     public internal(set) var leafCounts = LeafCounts()
     /// Table pages in use, the root included (what the kernel spends on page tables).
     public internal(set) var tablePages = 1
     /// Fault injection: when set, every table allocation fails with `outOfMemory`.
     public var failAllocations = false
+    /// Whether splits make compact tables (the default) or fill 512 entries at once, as the
+    /// dense layout the C reference benchmark reads needs.
+    public var compactSplits = true
 
     public init(format: PageTableFormat) {
         self.format = format
@@ -26,9 +33,15 @@ public struct PageTable: Sendable {
     @inlinable public var rootLevel: Int { format.levels }
 
     /// Bytes the model spends on table storage (entries and free list), for benchmarks.
-    public var storageBytes: Int { entries.capacity * 8 + freeTables.capacity * 8 }
-    /// Bytes of table pages in use (allocated tables, not counting spare capacity).
-    public var usedBytes: Int { (entries.count / entriesPerTable - freeTables.count) * entriesPerTable * 8 }
+    public var storageBytes: Int {
+        entries.capacity * 8 + (freeTables.capacity + freeCompacts.capacity) * 8 + compacts.capacity * Self.compactTableBytes
+    }
+    /// Bytes the model spends on the tables in use: 4096 for a dense table (as the kernel's
+    /// page), `compactTableBytes` for a compact one (plus 4096 once it is dense).
+    public var usedBytes: Int {
+        (entries.count / entriesPerTable - freeTables.count) * entriesPerTable * 8
+            + (compacts.count - freeCompacts.count) * Self.compactTableBytes
+    }
 
     /// Reserves address space for `tables` table pages so growth never copies the entry array
     /// (untouched capacity costs no resident memory).
@@ -43,7 +56,7 @@ public struct PageTable: Sendable {
 
     /// The entry in table `table` at `index`.
     @inlinable public func entry(table: Int, index: Int) -> Descriptor {
-        Descriptor(rawValue: entries[table &* entriesPerTable &+ index])
+        Descriptor(rawValue: load(table &* entriesPerTable &+ index))
     }
 
     /// Whether leaves of `size` are allowed by the format.
@@ -53,27 +66,47 @@ public struct PageTable: Sendable {
     @usableFromInline mutating func allocateTable() throws(PageTableError) -> Int {
         if failAllocations { throw .outOfMemory }
         tablePages += 1
-        if let t = freeTables.popLast() { return t }
-        let t = entries.count / entriesPerTable
-        entries.append(contentsOf: repeatElement(0, count: entriesPerTable))
-        return t
+        return takeDenseTable()
+    }
+
+    /// Writes raw entry `slot`, dense or compact.
+    @inlinable mutating func write(_ slot: Int, _ value: UInt64) {
+        if slot < Self.compactSlotBase { entries[slot] = value } else { writeCompact(slot, value) }
     }
 
     /// Writes `new` into `slot` (an entry at `level`), keeping the counters exact. A table it
     /// replaces is freed with everything below it.
     @usableFromInline mutating func store(_ new: Descriptor, slot: Int, level: Int) {
-        let old = Descriptor(rawValue: entries[slot])
+        let old = Descriptor(rawValue: load(slot))
         if old.isLeaf {
             leafCounts[PageSize(level: level)!] -= 1
         } else if old.isTable {
             freeTable(old.tableNumber, level: level - 1)
         }
         if new.isLeaf { leafCounts[PageSize(level: level)!] += 1 }
-        entries[slot] = new.rawValue
+        write(slot, new.rawValue)
     }
 
     /// Returns table `table` (at `level`) and its subtree to the free list.
     @usableFromInline mutating func freeTable(_ table: Int, level: Int) {
+        tablePages -= 1
+        guard table & Self.compactTableFlag != 0 else { return freeDenseTable(table, level: level) }
+        let t = table & ~Self.compactTableFlag
+        let c = compacts[t]
+        freeCompacts.append(t)
+        if c.dense >= 0 { return freeDenseTable(Int(c.dense), level: level) }
+        // The formula's entries are leaves; only the differing ones can be otherwise.
+        var leaves = entriesPerTable
+        for k in 0..<Int(c.count) {
+            let e = Descriptor(rawValue: c.value(k))
+            if !e.isLeaf { leaves -= 1 }
+            if e.isTable { freeTable(e.tableNumber, level: level - 1) }
+        }
+        leafCounts[PageSize(level: level)!] -= leaves
+    }
+
+    /// Clears dense table `table` (at `level`), frees what is below it, and lists it free.
+    @usableFromInline mutating func freeDenseTable(_ table: Int, level: Int) {
         let base = table * entriesPerTable
         for i in base..<base + entriesPerTable {
             let e = Descriptor(rawValue: entries[i])
@@ -85,15 +118,24 @@ public struct PageTable: Sendable {
             entries[i] = 0
         }
         freeTables.append(table)
-        tablePages -= 1
     }
 
     /// Replaces the large leaf in `slot` by a table of 512 leaves one size down that map the
     /// same frames with the same attributes. Linux set_memory.c __split_large_page.
     /// Allocation comes first, so a failure changes nothing.
     @usableFromInline mutating func splitLeaf(slot: Int, level: Int) throws(PageTableError) {
-        let old = Descriptor(rawValue: entries[slot])
+        let old = Descriptor(rawValue: load(slot))
         precondition(old.isLeaf && level > 1, "split of a non-leaf or a 4K leaf")
+        if compactSplits {
+            if failAllocations { throw .outOfMemory }
+            tablePages += 1
+            let c = CompactTable(first: old.rawValue, stepShift: UInt8(PageSize(level: level - 1)!.pages.trailingZeroBitCount))
+            let t: Int
+            if let free = freeCompacts.popLast() { t = free; compacts[t] = c } else { t = compacts.count; compacts.append(c) }
+            leafCounts[PageSize(level: level - 1)!] += entriesPerTable
+            store(.table(Self.compactTableFlag | t), slot: slot, level: level)
+            return
+        }
         let child = try allocateTable()
         let step = PageSize(level: level - 1)!.pages
         let base = child * entriesPerTable

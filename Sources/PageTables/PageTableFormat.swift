@@ -39,5 +39,5 @@ public let entriesPerTable = 512
 
 /// The index of `address` in a table at `level`. Hafnium src/mm.c mm_index.
 @inlinable @inline(__always) public func tableIndex(_ address: UInt64, level: Int) -> Int {
-    Int((address >> levelShift(level)) & 511)
+    Int((address &>> levelShift(level)) & 511)
 }

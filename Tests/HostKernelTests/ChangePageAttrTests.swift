@@ -276,14 +276,17 @@ import PageTables
     }
 }
 
-/// The memory figure bytes_per_split_2m, which is exact: each 2M region split to 4K costs
-/// one 512-entry table (4096 bytes), as it costs the kernel one page-table page.
+/// The memory figure bytes_per_split_2m, which is exact: each 2M region split to 4K costs the
+/// model one compact table (56 bytes) while its entries follow the split, and one 512-entry
+/// table (4096 bytes, the kernel's page-table page) once they do not.
 @Suite struct SplitMemoryTests {
-    @Test func eachTwoMegSplitCostsExactlyOneTablePage() throws {
+    @Test(arguments: [true, false])
+    func eachTwoMegSplitCostsOneCompactTableOrOneTablePage(compact: Bool) throws {
         var k = try Kernel(memory: PhysicalMemory.pc(size: 8 << 30), config: KernelConfig(gbpages: false))
+        k.compactPageTables = compact
         let before = k.pageTable.usedBytes
         for i: UInt64 in 0..<100 { #expect(try k.setMemory4K(pageOffset + (1 << 30) + i << 21, numpages: 1) == .ok) }
-        #expect(k.pageTable.usedBytes - before == 100 * 4096)
+        #expect(k.pageTable.usedBytes - before == 100 * (compact ? 56 : 4096))
         #expect(k.stats.splits == LeafCounts(size2M: 100))
     }
 }

@@ -13,12 +13,16 @@ import Testing
         let unit: PageSize
         let count: Int
         let seed: UInt64
-        var testDescription: String { "\(unit) units ×\(count), seed \(seed)" }
+        /// Splits make compact tables (the default) or dense ones.
+        var compact = true
+        var testDescription: String { "\(unit) units ×\(count), seed \(seed)\(compact ? "" : ", dense splits")" }
     }
 
     static let configs: [Config] =
-        [1, 2, 3, 4].map { Config(unit: .size4K, count: 2048, seed: $0) }      // 8 MiB: 4K and 2M leaves
-        + [11, 12, 13].map { Config(unit: .size2M, count: 2048, seed: $0) }    // 4 GiB: 2M and 1G leaves
+        [1, 2, 3].map { Config(unit: .size4K, count: 2048, seed: $0) }      // 8 MiB: 4K and 2M leaves
+        + [Config(unit: .size4K, count: 2048, seed: 4, compact: false)]
+        + [11, 12].map { Config(unit: .size2M, count: 2048, seed: $0) }     // 4 GiB: 2M and 1G leaves
+        + [Config(unit: .size2M, count: 2048, seed: 13, compact: false)]
 
     static let attributeChoices: [Attributes] = [
         .pageKernel(encrypted: false), .pageKernel(encrypted: true),
@@ -30,6 +34,7 @@ import Testing
     func randomOperationsAgreeWithNaiveModel(_ config: Config) throws {
         var rng = TestRNG(seed: config.seed)
         var real = PageTable(format: .x86_64)
+        real.compactSplits = config.compact
         let naive = NaiveTable(base: Self.base, unit: config.unit, count: config.count)
         let per2M = Int(PageSize.size2M.bytes / config.unit.bytes)
         let aligned = config.unit == .size4K ? per2M : 512  // units in the next size up
