@@ -47,6 +47,19 @@ extension PageTable {
         return Leaf(virt: VirtAddr(v.address), size: size, descriptor: v.entry)
     }
 
+    /// The leaf that holds `virt` when it is larger than 4K, present or not; nil when the
+    /// address is mapped by a 4K entry or not at all. Reads no PTE table: what a split
+    /// decision needs (Linux adjust_direct_map looks at the level only).
+    @inlinable
+    public func largeLeaf(_ virt: VirtAddr) -> Leaf? {
+        let va = virt.rawValue
+        let rootBase = va & ~((1 << format.addressBits) &- 1)
+        let root = rootLevel
+        let v = withReadOnly { Self.descend($0, 0, level: root, base: rootBase, address: va, lowest: 2) }
+        guard v.entry.isLeaf, let size = PageSize(level: v.level) else { return nil }
+        return Leaf(virt: VirtAddr(v.address), size: size, descriptor: v.entry)
+    }
+
     /// The physical address `virt` maps to through a present leaf, with the leaf.
     @inlinable
     public func translate(_ virt: VirtAddr) -> (phys: PhysAddr, leaf: Leaf)? {

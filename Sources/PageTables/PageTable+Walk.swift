@@ -128,16 +128,18 @@ extension PageTable {
 
     /// The entry that holds `address` below `table` (at `level`, covering from `base`): the
     /// walk of one page for leaves only, as a loop (Linux lookup_address_in_pgd_attr). It
-    /// stops at the first entry that is not a table.
+    /// stops at the first entry that is not a table, or at `lowest` whatever it holds.
     @inlinable @inline(__always)
-    static func descend<S: PageTableStore>(_ store: S, _ table: Int, level: Int, base: UInt64, address: UInt64) -> Visit {
+    static func descend<S: PageTableStore>(
+        _ store: S, _ table: Int, level: Int, base: UInt64, address: UInt64, lowest: Int = 1
+    ) -> Visit {
         var table = table, level = level, base = base
         while true {
             let index = tableIndex(address, level: level)
             let slot = table &* entriesPerTable &+ index
             let entry = Descriptor(rawValue: store.load(slot))
             let at = base &+ (UInt64(index) &<< levelShift(level))
-            if !entry.isTable || level == 1 { return Visit(address: at, level: level, slot: slot, entry: entry, kind: .leaf) }
+            if !entry.isTable || level <= lowest { return Visit(address: at, level: level, slot: slot, entry: entry, kind: .leaf) }
             table = entry.tableNumber
             base = at
             level -= 1

@@ -42,6 +42,19 @@ import PageTables
         #expect(k.stats.splits == LeafCounts(size2M: 1))  // a 2M transition never splits
     }
 
+    /// adjust_direct_map returns early only for pte_none or a 4K level: a large leaf made not
+    /// present by set_memory_np is still split.
+    @Test func splitOnAssignSplitsANotPresentLargeLeafToo() throws {
+        var (k, rmp) = try machine(.splitOnAssign)
+        #expect(try k.setMemoryNP(k.va(PhysAddr(Self.page)).rawValue, numpages: 512) == .ok)
+        #expect(k.stats.splits == LeafCounts())
+        #expect(makePrivate(&k, &rmp) == .ok)
+        #expect(k.stats.splits == LeafCounts(size2M: 1))
+        #expect(k.pageTable.lookup(k.va(PhysAddr(Self.page)))?.size == .size4K)
+        #expect(makePrivate(&k, &rmp, Self.page + 0x2000) == .ok)
+        #expect(k.stats.splits == LeafCounts(size2M: 1))  // already 4K: lookup_address's level
+    }
+
     @Test func splitOnAssign2MNeedsAnAlignedPfn() throws {
         var (k, rmp) = try machine(.splitOnAssign)
         #expect(makePrivate(&k, &rmp, 0x4000_1000, size: .size2M) == .error(.EINVAL))

@@ -103,6 +103,18 @@ import Testing
         try t.checkInvariants()
     }
 
+    /// `largeLeaf` answers from the levels above the PTE table: the 2M leaf, then nothing
+    /// once it is split (the compact table is not read), nothing where nothing is mapped.
+    @Test func largeLeafStopsAboveThePTETable() throws {
+        var t = PageTable(format: .x86_64)
+        try t.map(virt: VirtAddr(Self.base), phys: PhysAddr(M), size: M, attributes: Self.kernel)
+        #expect(t.largeLeaf(VirtAddr(Self.base + 5 * K)) == Leaf(virt: VirtAddr(Self.base), size: .size2M, descriptor: .leaf(PFN(512), Self.kernel)))
+        try t.split(virt: VirtAddr(Self.base), size: K)
+        #expect(t.largeLeaf(VirtAddr(Self.base + 5 * K)) == nil)
+        #expect(t.lookup(VirtAddr(Self.base + 5 * K))?.size == .size4K)
+        #expect(t.largeLeaf(VirtAddr(Self.base + M)) == nil)
+    }
+
     @Test func aFailedSplitChangesNothing() throws {
         var t = PageTable(format: .x86_64)
         try t.map(virt: VirtAddr(Self.base), phys: PhysAddr(M), size: M, attributes: Self.kernel)

@@ -43,7 +43,9 @@ public struct SplitOnAssign: DirectMapPolicy {
         // A 2M request needs an aligned pfn and a valid pfn + 511, and never splits.
         if size == .size2M { return pfn & 511 == 0 && kernel.isMapped((pfn + 511) << pageShift) ? nil : .EINVAL }
         let va = kernel.va(PFN(pfn).physAddr)
-        guard let leaf = kernel.pageTable.lookup(va), leaf.descriptor.isPresentLeaf, leaf.size != .size4K else { return nil }
+        // lookup_address then `pte_none` or PG_LEVEL_4K returns early: a large leaf is split
+        // even when not present (set_memory_np keeps it non-none).
+        guard kernel.pageTable.largeLeaf(va) != nil else { return nil }
         return (try? kernel.setMemory4K(va.rawValue, numpages: 1)) == .ok ? nil : .EFAULT
     }
 }
