@@ -30,11 +30,6 @@ public struct RMP: Sendable {
     public init(end: UInt64) {
         self.end = (end + PageSize.size2M.bytes - 1) & ~(PageSize.size2M.bytes - 1)
         chunkOf = [Int32](repeating: -1, count: Int(self.end / PageSize.size2M.bytes))
-        // Address space for every region in 4K form (at most 4 GiB), so chunk storage never
-        // grows by copying; untouched capacity costs no resident memory.
-        let chunks = min(chunkOf.count, 1 << 19)
-        entries.reserveCapacity(chunks * 512)
-        subpageCount.reserveCapacity(chunks)
     }
 
     /// Whether the RMP covers `pfn`.
