@@ -22,7 +22,8 @@ public struct SoftTLB: Sendable {
     /// The physical address for `va`, if the TLB holds its page.
     @inlinable public func lookup(_ va: UInt64) -> UInt64? {
         let vpn = va >> pageShift
-        let s = slots[Int(truncatingIfNeeded: vpn) & (Self.entries - 1)]
+        // The index is masked below `entries` and `slots` never changes size: no bounds check.
+        let s = slots.withUnsafeBufferPointer { $0[Int(truncatingIfNeeded: vpn) & (Self.entries - 1)] }
         return s.tag == vpn ? (s.page & ~(pageBytes - 1)) | (va & (pageBytes - 1)) : nil
     }
 
