@@ -60,7 +60,7 @@ public struct Kernel: Sendable {
         }
         self.mappedRanges = ranges
         // Room for one table per 2M region of RAM (what splitting all of it would take), at
-        // most a million tables (4 GiB of address space), so splits never copy the table.
+        // most a million tables (4 GiB of address space), so dense tables never copy the array.
         pageTable.reserveCapacity(tables: min(Int(memory.endOfRAM >> 21) + 64, 1 << 20))
         bootDirectMap()
     }

@@ -6,9 +6,11 @@
 /// entry `i` is `first + i << stepShift` frames, except for up to `capacity` entries that
 /// differ (kept in `indices`/`values`). A write that would need one more makes the table
 /// dense: its 512 entries move to a table page of the dense array (`dense`), and the compact
-/// number stays valid, so walks in progress and the parent entry are undisturbed. A write
-/// that restores the formula's value drops the difference. What a table holds is the same
-/// either way; only the model's memory and time differ (docs/PERFORMANCE.md).
+/// number forwards there until the walk ends, so the walk in progress is undisturbed; then
+/// the parent entry is pointed at the dense page and the compact number freed
+/// (`unforward`). A write that restores the formula's value drops the difference. What a
+/// table holds is the same either way; only the model's memory and time differ
+/// (docs/PERFORMANCE.md).
 public struct CompactTable: Sendable {
     /// Differing entries kept before the table becomes dense.
     public static let capacity = 4
@@ -124,6 +126,15 @@ extension PageTable {
         for i in 0..<entriesPerTable { entries[base &+ i] = c.entry(i) }
         compacts[t].count = 0
         compacts[t].dense = Int32(d)
+        forwarded += 1
+    }
+
+    /// After a walk that made compact tables dense: points their parent entries in
+    /// `[start, last]` at the dense pages and frees the compact numbers.
+    @usableFromInline mutating func unforward(rootBase: UInt64, start: UInt64, last: UInt64) {
+        var visitor = UnforwardVisitor()
+        try? Self.walkTable(&self, 0, level: rootLevel, base: rootBase, start: start, last: last, &visitor)  // allocates nothing
+        forwarded = 0
     }
 
     /// A zeroed page of the dense array, from the free list or new.
@@ -139,14 +150,21 @@ extension PageTable {
         table & Self.compactTableFlag != 0 ? compacts[table & ~Self.compactTableFlag] : nil
     }
 
-    /// Compact tables in use that are still compact, and those that became dense.
-    public var compactTableCounts: (compact: Int, dense: Int) {
-        var live = [Bool](repeating: true, count: compacts.count)
-        for t in freeCompacts { live[t] = false }
-        var compact = 0, dense = 0
-        for (t, c) in compacts.enumerated() where live[t] {
-            if c.dense >= 0 { dense += 1 } else { compact += 1 }
-        }
-        return (compact, dense)
+    /// Compact tables in use.
+    public var compactTableCount: Int { compacts.count - freeCompacts.count }
+}
+
+/// Replaces a pointer to a compact table that became dense by a pointer to its dense page.
+@usableFromInline struct UnforwardVisitor: PageTableVisitor {
+    @usableFromInline var flags: VisitFlags { .tablePre }
+    @inlinable init() {}
+    @inlinable mutating func visit(_ v: Visit, table: inout PageTable) throws(PageTableError) {
+        let n = v.entry.tableNumber
+        guard n & PageTable.compactTableFlag != 0 else { return }
+        let t = n & ~PageTable.compactTableFlag
+        let d = table.compacts[t].dense
+        guard d >= 0 else { return }
+        table.write(v.slot, Descriptor.table(Int(d)).rawValue)  // replaces a difference: never a new one
+        table.freeCompacts.append(t)
     }
 }

@@ -40,12 +40,7 @@ extension PageTable {
                         }
                         seenCompact[t] = true
                         try checkCompact(t, level: level - 1)
-                        if compacts[t].dense >= 0 {
-                            let d = Int(compacts[t].dense)
-                            guard !seen[d] else { throw InvariantViolation("every table reached once", "dense page \(d) of \(e)") }
-                            seen[d] = true
-                            reachableDense += 1
-                        }
+
                     } else {
                         guard child < seen.count, !seen[child] else {
                             throw InvariantViolation("every table reached once", "table \(child) from table \(table) entry \(i)")
@@ -65,14 +60,15 @@ extension PageTable {
             throw InvariantViolation("table pages equal the reachable tables", "kept \(tablePages), walk \(reachable)")
         }
         for t in freeTables {
-            if seen[t] { throw InvariantViolation("free tables unreachable", "table \(t) is free and reachable") }
+            if t >= seen.count || seen[t] { throw InvariantViolation("free tables unreachable", "table \(t) is free and reachable, or unknown") }
             for i in 0..<entriesPerTable where entries[t * entriesPerTable + i] != 0 {
                 throw InvariantViolation("free tables empty", "table \(t) entry \(i)")
             }
         }
-        for t in freeCompacts where seenCompact[t] {
-            throw InvariantViolation("free tables unreachable", "compact table \(t) is free and reachable")
+        for t in freeCompacts where t >= compacts.count || seenCompact[t] {
+            throw InvariantViolation("free tables unreachable", "compact table \(t) is free and reachable, or unknown")
         }
+        if forwarded != 0 { throw InvariantViolation("compact tables follow a split", "\(forwarded) forwarded after the walk") }
         if reachableDense + freeTables.count != denseCount {
             throw InvariantViolation("every table is reachable or free", "\(denseCount - reachableDense - freeTables.count) lost")
         }
@@ -82,7 +78,8 @@ extension PageTable {
     }
 
     /// A compact table starts with a leaf aligned to its step, keeps at most `capacity`
-    /// differences at distinct indices, each differing from the formula, and none once dense.
+    /// differences at distinct indices, each differing from the formula, and is not dense
+    /// (one made dense is replaced by its dense page when its walk ends).
     func checkCompact(_ t: Int, level: Int) throws(InvariantViolation) {
         let c = compacts[t]
         let first = Descriptor(rawValue: c.first)
@@ -90,7 +87,7 @@ extension PageTable {
         guard first.isLeaf, step == UInt64(c.stepShift), first.frame.rawValue & ((1 << (step! + 9)) - 1) == 0 else {
             throw InvariantViolation("compact tables follow a split", "compact table \(t): first \(first), step \(c.stepShift) at level \(level)")
         }
-        guard c.dense < 0 || c.count == 0, Int(c.count) <= CompactTable.capacity else {
+        guard c.dense < 0, Int(c.count) <= CompactTable.capacity else {
             throw InvariantViolation("compact tables follow a split", "compact table \(t): \(c.count) differences, dense \(c.dense)")
         }
         for k in 0..<Int(c.count) {

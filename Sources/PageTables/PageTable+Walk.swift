@@ -92,8 +92,9 @@ extension PageTable {
     public mutating func walk<V: PageTableVisitor>(start: UInt64, size: UInt64, _ visitor: inout V) throws(PageTableError)
     where V.Store == PageTable {
         try validate(start: start, size: size)
-        let rootBase = start & ~((1 << format.addressBits) &- 1)
-        try Self.walkTable(&self, 0, level: rootLevel, base: rootBase, start: start, last: start &+ (size - 1), &visitor)
+        let rootBase = start & ~((1 << format.addressBits) &- 1), last = start &+ (size - 1)
+        defer { if forwarded > 0 { unforward(rootBase: rootBase, start: start, last: last) } }
+        try Self.walkTable(&self, 0, level: rootLevel, base: rootBase, start: start, last: last, &visitor)
     }
 
     /// The same walk for a visitor that only reads: it sees the entries in place.

@@ -14,6 +14,9 @@ public struct PageTable: Sendable {
     @usableFromInline var freeTables: [Int] = []
     @usableFromInline var compacts: [CompactTable] = []
     @usableFromInline var freeCompacts: [Int] = []
+    /// Compact tables made dense during the current walk, still reached through their
+    /// compact numbers until the walk ends (`unforward`).
+    @usableFromInline var forwarded = 0
     /// Leaves of each size in the whole table, present or not.
     public internal(set) var leafCounts = LeafCounts()
     /// Table pages in use, the root included (what the kernel spends on page tables).
@@ -49,9 +52,11 @@ public struct PageTable: Sendable {
         entries.reserveCapacity(tables * entriesPerTable)
     }
 
-    /// The raw entry array, for the C reference benchmarks run on the same layout.
+    /// The raw entry array, for the C reference benchmarks run on the same layout: dense
+    /// tables only (build the table with `compactSplits` off).
     public func withEntries<R>(_ body: (UnsafePointer<UInt64>) -> R) -> R {
-        entries.withUnsafeBufferPointer { body($0.baseAddress!) }
+        precondition(compacts.count == freeCompacts.count, "the C reference reads dense tables only; compact tables are in use")
+        return entries.withUnsafeBufferPointer { body($0.baseAddress!) }
     }
 
     /// The entry in table `table` at `index`.

@@ -6,7 +6,7 @@ import Testing
 @Suite struct CompactTableTests {
     static let base: UInt64 = 0xffff_8880_0000_0000
     static let kernel = Attributes.pageKernel(encrypted: true)
-    let M = PageSize.size2M.bytes, K = pageBytes
+    let M = PageSize.size2M.bytes, K = pageBytes, G = PageSize.size1G.bytes
 
     /// A table with one 2M leaf at `base` mapping physical 2M, split to 4K.
     func splitTable(compact: Bool) throws -> PageTable {
@@ -23,6 +23,14 @@ import Testing
         (0..<512).map { t.descriptor(at: VirtAddr(Self.base + UInt64($0) * K), level: 1)! }
     }
 
+    /// Applies the same protect to a compact and a dense table and checks they agree.
+    func protectBoth(_ c: inout PageTable, _ d: inout PageTable, page: UInt64, set: Attributes = [], clear: Attributes = []) throws {
+        try c.protect(virt: VirtAddr(Self.base + page * K), size: K, set: set, clear: clear)
+        try d.protect(virt: VirtAddr(Self.base + page * K), size: K, set: set, clear: clear)
+        #expect(ptes(c) == ptes(d))
+        try c.checkInvariants()
+    }
+
     @Test func splitMakesACompactTableHoldingTheSameEntries() throws {
         let compact = try splitTable(compact: true), dense = try splitTable(compact: false)
         #expect(pmd(compact).description == "compact table 0")
@@ -31,7 +39,7 @@ import Testing
         #expect(ptes(compact) == ptes(dense))
         #expect(ptes(compact)[511] == .leaf(PFN(512 + 511), Self.kernel))
         #expect(compact.leafCounts == LeafCounts(size4K: 512) && compact.tablePages == 4 && dense.tablePages == 4)
-        #expect(compact.compactTableCounts == (compact: 1, dense: 0))
+        #expect(compact.compactTableCount == 1)
         #expect(compact.usedBytes == 3 * 4096 + PageTable.compactTableBytes)
         #expect(PageTable.compactTableBytes == 56)
         try compact.checkInvariants()
@@ -39,44 +47,41 @@ import Testing
 
     @Test func fourDifferencesStayCompactTheFifthMakesItDense() throws {
         var t = try splitTable(compact: true), d = try splitTable(compact: false)
-        for i: UInt64 in [7, 100, 300, 511] {
-            try t.protect(virt: VirtAddr(Self.base + i * K), size: K, clear: .encrypted)
-            try d.protect(virt: VirtAddr(Self.base + i * K), size: K, clear: .encrypted)
-        }
-        #expect(t.compactTableCounts == (compact: 1, dense: 0))
-        #expect(ptes(t) == ptes(d))
-        try t.checkInvariants()
-        try t.protect(virt: VirtAddr(Self.base + 8 * K), size: K, clear: .encrypted)
-        try d.protect(virt: VirtAddr(Self.base + 8 * K), size: K, clear: .encrypted)
-        #expect(t.compactTableCounts == (compact: 0, dense: 1))
-        #expect(pmd(t).description == "compact table 0")  // the number stays; the entries moved
-        #expect(ptes(t) == ptes(d))
-        #expect(t.usedBytes == 4 * 4096 + PageTable.compactTableBytes)
-        #expect(t.tablePages == 4)
-        try t.checkInvariants()
+        for i: UInt64 in [7, 100, 300, 511] { try protectBoth(&t, &d, page: i, clear: .encrypted) }
+        #expect(t.compactTableCount == 1)
+        #expect(t.compactTable(pmd(t).tableNumber).map { Int($0.count) } == 4)
+        try protectBoth(&t, &d, page: 8, clear: .encrypted)
+        // The walk that made it dense ends by pointing the PMD entry at the dense page.
+        #expect(t.compactTableCount == 0)
+        #expect(pmd(t).description == "table 3")
+        #expect(t.usedBytes == 4 * 4096)
+        #expect(t.tablePages == 4 && t.leafCounts == LeafCounts(size4K: 512))
     }
 
     @Test func restoringAnEntryDropsItsDifference() throws {
-        var t = try splitTable(compact: true)
-        try t.protect(virt: VirtAddr(Self.base + 9 * K), size: K, clear: .encrypted)
-        try t.protect(virt: VirtAddr(Self.base + 10 * K), size: K, set: .forced4K)
-        #expect(t.compactTable(pmd(t).tableNumber)?.isUniform == false)
-        try t.protect(virt: VirtAddr(Self.base + 9 * K), size: K, set: .encrypted)
-        try t.protect(virt: VirtAddr(Self.base + 10 * K), size: K, clear: .forced4K)
+        var t = try splitTable(compact: true), d = try splitTable(compact: false)
+        try protectBoth(&t, &d, page: 9, clear: .encrypted)
+        try protectBoth(&t, &d, page: 10, set: .forced4K)
+        try protectBoth(&t, &d, page: 11, set: .forced4K)
+        #expect(t.compactTable(pmd(t).tableNumber).map { Int($0.count) } == 3)
+        try protectBoth(&t, &d, page: 9, set: .encrypted)  // the first of three: the last moves into its place
+        #expect(t.compactTable(pmd(t).tableNumber).map { Int($0.count) } == 2)
+        try protectBoth(&t, &d, page: 11, clear: .forced4K)
+        try protectBoth(&t, &d, page: 10, clear: .forced4K)
         #expect(t.compactTable(pmd(t).tableNumber)?.isUniform == true)
-        try t.checkInvariants()
         // A uniform compact table collapses back into the 2M leaf it came from.
         let r = try t.collapse(virt: VirtAddr(Self.base), size: M)
         #expect(r.collapses == LeafCounts(size2M: 1))
         #expect(pmd(t) == .leaf(PFN(512), Self.kernel))
         #expect(t.tablePages == 3 && t.leafCounts == LeafCounts(size2M: 1))
-        #expect(t.compactTableCounts == (compact: 0, dense: 0))
+        #expect(t.compactTableCount == 0)
         try t.checkInvariants()
     }
 
     @Test func unmapFreesCompactAndDenseTablesAndReusesThem() throws {
         var t = try splitTable(compact: true)
         try t.protect(virt: VirtAddr(Self.base), size: 6 * K, set: .forced4K)  // six differences: dense
+        #expect(pmd(t).description == "table 3")
         try t.unmap(virt: VirtAddr(Self.base), size: M)
         #expect(t.leafCounts == LeafCounts() && t.tablePages == 3)
         #expect(t.usedBytes == 3 * 4096)  // root, PUD, PMD; the dense page is free again
@@ -84,16 +89,18 @@ import Testing
         try t.map(virt: VirtAddr(Self.base), phys: PhysAddr(M), size: M, attributes: Self.kernel)
         try t.split(virt: VirtAddr(Self.base), size: K)
         #expect(pmd(t).description == "compact table 0")
+        try t.protect(virt: VirtAddr(Self.base), size: 6 * K, set: .forced4K)
+        #expect(pmd(t).description == "table 3")  // the freed page, reused
+        #expect(t.usedBytes == 4 * 4096)
         try t.checkInvariants()
     }
 
     @Test func aSplitGigHoldsTablesAmongItsDifferences() throws {
         var t = PageTable(format: .x86_64)
-        let G = PageSize.size1G.bytes
         try t.map(virt: VirtAddr(Self.base), phys: PhysAddr(G), size: G, attributes: Self.kernel)
         try t.protect(virt: VirtAddr(Self.base + 5 * M + 3 * K), size: K, clear: .encrypted)
         #expect(t.leafCounts == LeafCounts(size4K: 512, size2M: 511))
-        #expect(t.compactTableCounts == (compact: 2, dense: 0))
+        #expect(t.compactTableCount == 2)
         let leaf = try #require(t.lookup(VirtAddr(Self.base + 5 * M + 3 * K)))
         #expect(leaf.descriptor == .leaf(PFN(G >> 12 + 5 * 512 + 3), Self.kernel.subtracting(.encrypted)))
         #expect(t.lookup(VirtAddr(Self.base + 6 * M))?.descriptor == .leaf(PFN(G >> 12 + 6 * 512), Self.kernel))
@@ -103,8 +110,44 @@ import Testing
         try t.checkInvariants()
     }
 
+    /// One walk over [2M - 4K, 10M + 4K) of a 1G leaf: the 1G is split, the 2M regions at
+    /// both ends are split to 4K (two compact children) and the four between are rewritten
+    /// in place, six differences, so the 1G's table goes dense in the walk, compact children
+    /// among its entries, and its PUD entry is re-pointed when the walk ends.
+    @Test func aGigTableGoesDenseWithCompactChildren() throws {
+        var t = PageTable(format: .x86_64), d = PageTable(format: .x86_64)
+        d.compactSplits = false
+        for table in [0, 1] {
+            var x = table == 0 ? t : d
+            try x.map(virt: VirtAddr(Self.base), phys: PhysAddr(G), size: G, attributes: Self.kernel)
+            try x.protect(virt: VirtAddr(Self.base + M - K), size: 4 * M + 2 * K, clear: .encrypted)
+            if table == 0 { t = x } else { d = x }
+        }
+        let pud = try #require(t.descriptor(at: VirtAddr(Self.base), level: 3))
+        #expect(pud.description == "table 2")  // the dense page of the 1G's table
+        #expect(t.compactTableCount == 2)
+        #expect(t.leafCounts == d.leafCounts && t.leafCounts == LeafCounts(size4K: 2 * 512, size2M: 510))
+        #expect(try t.leaves(virt: VirtAddr(Self.base), size: G) == d.leaves(virt: VirtAddr(Self.base), size: G))
+        try t.checkInvariants()
+        try t.unmap(virt: VirtAddr(Self.base), size: G)
+        #expect(t.leafCounts == LeafCounts() && t.tablePages == 2 && t.compactTableCount == 0)
+        try t.checkInvariants()
+    }
+
+    @Test func aCopyIsASnapshot() throws {
+        let original = try splitTable(compact: true)
+        var copy = original
+        try copy.protect(virt: VirtAddr(Self.base + 3 * K), size: K, clear: .encrypted)
+        try copy.protect(virt: VirtAddr(Self.base), size: 8 * K, set: .forced4K)  // dense in the copy
+        #expect(original.compactTable(pmd(original).tableNumber)?.isUniform == true)
+        #expect(ptes(original) == ptes(try splitTable(compact: true)))
+        #expect(pmd(copy).description == "table 3")
+        try original.checkInvariants()
+        try copy.checkInvariants()
+    }
+
     /// `largeLeaf` answers from the levels above the PTE table: the 2M leaf, then nothing
-    /// once it is split (the compact table is not read), nothing where nothing is mapped.
+    /// once it is split, nothing where nothing is mapped.
     @Test func largeLeafStopsAboveThePTETable() throws {
         var t = PageTable(format: .x86_64)
         try t.map(virt: VirtAddr(Self.base), phys: PhysAddr(M), size: M, attributes: Self.kernel)
@@ -122,5 +165,14 @@ import Testing
         #expect(throws: PageTableError.outOfMemory) { try t.split(virt: VirtAddr(Self.base), size: K) }
         #expect(pmd(t) == .leaf(PFN(512), Self.kernel) && t.tablePages == 3)
         try t.checkInvariants()
+    }
+
+    @Test func theCReferenceRefusesCompactTables() async throws {
+        let dense = try splitTable(compact: false)
+        #expect(dense.withEntries { $0[tableIndex(Self.base, level: 4)] } == dense.descriptor(at: VirtAddr(Self.base), level: 4)!.rawValue)
+        await #expect(processExitsWith: .failure) {
+            let compact = try CompactTableTests().splitTable(compact: true)
+            _ = compact.withEntries { $0[0] }
+        }
     }
 }
