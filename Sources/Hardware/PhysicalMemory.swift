@@ -67,6 +67,16 @@ public struct PhysicalMemory: Hashable, Sendable {
         return lo < ram.count && ram[lo].contains(address) ? ram[lo] : nil
     }
 
+    /// Whether a pfn has a struct page: its 128 MiB memory section (SECTION_SIZE_BITS 27,
+    /// arch/x86/include/asm/sparsemem.h) holds some RAM, as boot memory sections are valid
+    /// whole. Linux include/linux/mmzone.h pfn_valid (SPARSEMEM, early sections).
+    public func pfnValid(_ pfn: UInt64) -> Bool {
+        let section = (pfn << 12) >> 27
+        let start = section << 27, end = start + (1 << 27)
+        guard let r = ramRange(containing: start) ?? ram.first(where: { $0.lowerBound >= start }) else { return false }
+        return r.lowerBound < end
+    }
+
     /// The e820 entry that holds `address`, if any.
     public func entry(containing address: UInt64) -> E820Entry? {
         entries.first { $0.start <= address && address <= $0.last }

@@ -94,4 +94,16 @@ import PageTables
     func badByteSizesAreRefused(_ text: String) {
         #expect(ByteSize.parse(text) == nil)
     }
+
+    /// pfn_valid by 128 MiB section: a section with any RAM is valid whole (the one holding
+    /// the 640K hole too), the PCI hole's sections and anything past RAM are not.
+    @Test func pfnValidFollowsMemorySections() throws {
+        let m = try PhysicalMemory.parse(e820: Self.example)
+        #expect(m.pfnValid(0x9f))  // below the 640K hole
+        #expect(m.pfnValid(0xa0))  // in it, same section as RAM
+        #expect(m.pfnValid(0xbfff_f000 >> 12) && !m.pfnValid(0xc000_0000 >> 12))  // the PCI hole's sections
+        #expect(!m.pfnValid(0xfed1_c000 >> 12))  // ACPI data is not memblock memory
+        #expect(m.pfnValid(m.endOfRAM / 4096 - 1))
+        #expect(!m.pfnValid(m.endOfRAM / 4096 + (1 << 15)))
+    }
 }

@@ -55,9 +55,24 @@ import PageTables
         #expect(k.stats.splits == LeafCounts(size2M: 1))  // already 4K: lookup_address's level
     }
 
+    /// adjust_direct_map's -EINVAL for a misaligned 2M pfn comes back from rmpupdate as
+    /// -EFAULT, and RMPUPDATE is not executed.
     @Test func splitOnAssign2MNeedsAnAlignedPfn() throws {
         var (k, rmp) = try machine(.splitOnAssign)
-        #expect(makePrivate(&k, &rmp, 0x4000_1000, size: .size2M) == .error(.EINVAL))
+        #expect(makePrivate(&k, &rmp, 0x4000_1000, size: .size2M) == .error(.EFAULT))
+        #expect(!rmp[0x4000_1000 >> 12].assigned && k.snp.rmpMakePrivate == 0)
+    }
+
+    /// adjust_direct_map checks pfn_valid first: a pfn in the PCI hole (no memory section)
+    /// is refused before RMPUPDATE; `none` has no such check.
+    @Test(arguments: [(DirectMapPolicyKind.splitOnAssign, KernelStatus.error(.EFAULT)), (.none, .ok)])
+    func splitOnAssignRefusesAPfnWithoutAStructPage(_ policy: DirectMapPolicyKind, _ expected: KernelStatus) throws {
+        var config = KernelConfig()
+        config.directMapPolicy = policy
+        var k = try Kernel(memory: PhysicalMemory.parse(e820: exampleE820), config: config)
+        var rmp = RMP(end: k.memory.endOfRAM)
+        #expect(makePrivate(&k, &rmp, 0xd000_0000) == expected)
+        #expect(rmp[0xd000_0000 >> 12].assigned == (expected == .ok))
     }
 
     @Test func proactive4KSplitsEvery2MPageToo() throws {

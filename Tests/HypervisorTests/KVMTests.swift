@@ -28,6 +28,7 @@ import PageTables
         for v in vm.vmsaPages {
             #expect(v & 0x1f_ffff != 0)
             #expect(rmp[v >> 12].vmsa && rmp[v >> 12].state == .guestValid && rmp[v >> 12].asid == 1)
+            #expect(rmp[v >> 12].gpa == KVM.initialVMSAGPA)  // INITIAL_VMSA_GPA
         }
         #expect(rmp[Self.base >> 12].state == .guestValid)  // an image page after LAUNCH_FINISH
         #expect(rmp[(Self.base >> 12) + 4].assigned == false)
@@ -82,6 +83,18 @@ import PageTables
         #expect(kvm.stats.rmpNPF == 1 && kvm.stats.zappedGFNs == 512)
     }
 
+    /// An RMP #NPF that persists on a 4K entry: sev_handle_rmp_fault calls it spurious and
+    /// changes nothing, so the vCPU faults again without end.
+    @Test func anRMPFaultThatPersistsAt4KLoops() throws {
+        var (kvm, _, rmp) = try setup(.gmem4K)
+        var k = try Kernel(memory: PhysicalMemory.pc(size: 4 << 30))
+        #expect(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp) == .ok)
+        // The page is assigned to another ASID behind KVM's back.
+        #expect(rmp.rmpupdate(spa: kvm.vms[0].config.spa(5), RMPUpdate(gpa: 5 << 12, assigned: true, asid: 9)) == .success)
+        #expect(touch(&kvm, &k, &rmp, gfn: 5).0 == "NPF loop")
+        #expect(kvm.stats.spuriousRMPNPF == 1 && kvm.stats.psmash == 0)
+    }
+
     @Test func anRMPFaultOnA4KEntryIsSpurious() throws {
         var (kvm, _, rmp) = try setup(.gmem4K)
         var k = try Kernel(memory: PhysicalMemory.pc(size: 4 << 30))
@@ -123,6 +136,35 @@ import PageTables
         #expect(kvm.handlePSC(0, bad, kernel: &k, rmp: &rmp).exitInfo2 == PSCRequest.errorInvalidEntry)
         let outside = PSCRequest(endEntry: 0, entries: [PSCEntry(gfn: 0x10_0000, operation: 2, size2M: false)])
         #expect(kvm.handlePSC(0, outside, kernel: &k, rmp: &rmp).exitInfo2 == PSCRequest.errorGeneric)
+    }
+
+    /// snp_begin_psc checks an entry only when the search for the next range reaches it: the
+    /// ranges before a bad entry are converted and completed, and cur_entry stops on it.
+    @Test func ghcbPSCConvertsTheRangesBeforeABadEntry() throws {
+        var (kvm, k, rmp) = try setup()
+        #expect(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp) == .ok)
+        let request = PSCRequest(endEntry: 2, entries: [
+            PSCEntry(gfn: 0x10, operation: 2, size2M: false),
+            PSCEntry(gfn: 0x201, operation: 2, size2M: true),  // a 2M entry that is not 2M-aligned
+            PSCEntry(gfn: 0x30, operation: 2, size2M: false),
+        ])
+        let (code, done) = kvm.handlePSC(0, request, kernel: &k, rmp: &rmp)
+        #expect(code == PSCRequest.errorInvalidEntry)
+        #expect(done.curEntry == 1)
+        #expect(done.entries.map(\.curPage) == [1, 0, 0])
+        #expect(!kvm.vms[0].isPrivate(0x10) && kvm.vms[0].isPrivate(0x30))
+        #expect(kvm.stats.pscPages == 1)
+    }
+
+    /// Slots from the written entries to end_entry read as zero (operation 0): they complete
+    /// as no-ops and cur_entry ends past end_entry.
+    @Test func ghcbPSCRunsToEndEntryOverUnwrittenSlots() throws {
+        var (kvm, k, rmp) = try setup()
+        #expect(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp) == .ok)
+        let request = PSCRequest(endEntry: 3, entries: [PSCEntry(gfn: 0x10, operation: 2, size2M: false)])
+        let (code, done) = kvm.handlePSC(0, request, kernel: &k, rmp: &rmp)
+        #expect(code == 0 && done.curEntry == 4 && done.entries.map(\.curPage) == [1])
+        #expect(kvm.stats.pscPages == 1)
     }
 
     @Test func msrPSCConvertsOnePage() throws {

@@ -65,6 +65,8 @@ public struct PSCEntry: Hashable, Sendable {
     public var size2M: Bool { raw >> 56 & 1 != 0 }
     /// Pages the entry covers (512 for 2M, else 1).
     public var pages: Int { size2M ? 512 : 1 }
+    /// snp_begin_psc's entry check: cur_page within the entry and a 2M gfn 2M-aligned.
+    public var isValid: Bool { curPage <= pages && gfn & UInt64(pages - 1) == 0 }
 }
 
 /// A GHCB page-state-change request (NAE exit 0x8000_0010): header {cur_entry, end_entry}
@@ -93,10 +95,10 @@ public struct PSCRequest: Hashable, Sendable {
     public func validate() -> (exitInfo2: UInt64, entry: Int?) {
         if endEntry >= Self.maxEntries { return (Self.errorInvalidHeader, nil) }
         guard curEntry <= endEntry else { return (0, nil) }
-        for i in curEntry...endEntry {
-            let e = i < entries.count ? entries[i] : PSCEntry(raw: 0)
-            if e.curPage > e.pages || e.gfn & UInt64(e.pages - 1) != 0 { return (Self.errorInvalidEntry, i) }
-        }
+        for i in curEntry...endEntry where !entry(i).isValid { return (Self.errorInvalidEntry, i) }
         return (0, nil)
     }
+
+    /// Entry `i` of the shared buffer: zero past the entries written.
+    public func entry(_ i: Int) -> PSCEntry { i < entries.count ? entries[i] : PSCEntry(raw: 0) }
 }

@@ -40,8 +40,10 @@ public struct SplitOnAssign: DirectMapPolicy {
     public init() {}
 
     public func beforeUpdate(_ kernel: inout Kernel, pfn: UInt64, size: PageSize, makingPrivate: Bool) -> Errno? {
-        // A 2M request needs an aligned pfn and a valid pfn + 511, and never splits.
-        if size == .size2M { return pfn & 511 == 0 && kernel.isMapped((pfn + 511) << pageShift) ? nil : .EINVAL }
+        // pfn_valid first; a 2M request needs an aligned pfn and a valid pfn + 511, and never
+        // splits (each failure -EINVAL, which rmpupdate turns into -EFAULT).
+        if !kernel.memory.pfnValid(pfn) { return .EINVAL }
+        if size == .size2M { return pfn & 511 == 0 && kernel.memory.pfnValid(pfn + 511) ? nil : .EINVAL }
         let va = kernel.va(PFN(pfn).physAddr)
         // lookup_address then `pte_none` or PG_LEVEL_4K returns early: a large leaf is split
         // even when not present (set_memory_np keeps it non-none).

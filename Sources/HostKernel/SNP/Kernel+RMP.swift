@@ -142,12 +142,13 @@ extension Kernel {
     }
 
     /// Linux rmp_make_private / rmp_make_shared (arch/x86/virt/svm/sev.c): the configured
-    /// direct-map policy first (a failure is -EFAULT), then RMPUPDATE. Linux retries FAIL_OVERLAP as
-    /// transient; in the model nothing else runs concurrently, so any failing status is
-    /// final: -EFAULT, as the kernel returns after dumping the entry.
+    /// direct-map policy first (rmpupdate: `if (adjust_direct_map(pfn, level)) return
+    /// -EFAULT;`), then RMPUPDATE. Linux retries FAIL_OVERLAP as transient; in the model
+    /// nothing else runs concurrently, so any failing status is final: -EFAULT, as the kernel
+    /// returns after dumping the entry.
     public mutating func rmpUpdate(_ rmp: inout RMP, pfn: UInt64, _ update: RMPUpdate) -> (KernelStatus, SNPStatus?) {
         let p = config.directMapPolicy.policy
-        if let e = p.beforeUpdate(&self, pfn: pfn, size: update.size, makingPrivate: update.assigned) { return (.error(e), nil) }
+        if p.beforeUpdate(&self, pfn: pfn, size: update.size, makingPrivate: update.assigned) != nil { return (.error(.EFAULT), nil) }
         let status = rmp.rmpupdate(spa: pfn << pageShift, update)
         guard status == .success else { return (.error(.EFAULT), status) }
         if update.assigned { snp.rmpMakePrivate += 1 } else { snp.rmpMakeShared += 1 }

@@ -122,7 +122,8 @@ extension KVM {
         if isPrivate {
             let (size, status) = prepare(i, gfn: gfn, kernel: &kernel, rmp: &rmp)
             r.prepared = size
-            if status != .ok { r.stopped = status.description; return r }
+            // sev_gmem_prepare reports any rmp_make_private failure as -EINVAL.
+            if status != .ok { r.stopped = KernelStatus.error(.EINVAL).description; return r }
         }
         for _ in 0..<3 {
             let ctx = GuestContext(asid: c.asid, vmpl: vmpl, gpa: gfn << pageShift, spa: c.spa(gfn), nptSize: nptLevel(i, gfn: gfn, rmp: rmp))
@@ -131,7 +132,9 @@ extension KVM {
             guard case .npf(let bits) = outcome, bits.contains(.rmp), isPrivate else { return r }
             let wasLarge = rmp.largeEntry(c.spa(gfn) >> pageShift).isLarge
             handleRMPFault(i, gfn: gfn, rmp: &rmp)
-            guard wasLarge else { return r }
+            // A 4K entry: sev_handle_rmp_fault calls it spurious and changes nothing, so the
+            // guest re-enters and faults again, without end.
+            guard wasLarge else { r.outcome = nil; return r }
             r.psmashes += 1
         }
         r.outcome = nil

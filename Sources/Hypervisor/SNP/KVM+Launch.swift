@@ -3,6 +3,9 @@ import HostKernel
 import PageTables
 
 extension KVM {
+    /// The GPA a VMSA is assigned with in the RMP: INITIAL_VMSA_GPA, arch/x86/kvm/svm/sev.c.
+    public static let initialVMSAGPA: UInt64 = 0xFFFF_FFFF_F000
+
     /// SNP_LAUNCH_START/UPDATE/FINISH (sev.c snp_launch_start, snp_launch_update,
     /// snp_launch_update_vmsa, snp_launch_finish): a firmware context page
     /// (rmp_mark_pages_firmware: private, ASID 0, immutable); the first `imagePages` of guest
@@ -27,7 +30,8 @@ extension KVM {
         }
         for _ in 0..<vms[i].config.vcpus {
             guard let vmsa = allocMetadata(rmp: rmp, avoiding: vms, vmsa: true) else { return .error(.ENOMEM) }
-            let (s, _) = kernel.rmpUpdate(&rmp, pfn: vmsa >> pageShift, RMPUpdate(assigned: true, immutable: true, asid: asid))
+            // rmp_make_private(pfn, INITIAL_VMSA_GPA, PG_LEVEL_4K, sev->asid, true), sev.c snp_launch_update_vmsa.
+            let (s, _) = kernel.rmpUpdate(&rmp, pfn: vmsa >> pageShift, RMPUpdate(gpa: KVM.initialVMSAGPA, assigned: true, immutable: true, asid: asid))
             guard s == .ok else { return s }
             rmp.firmwareWrite(vmsa >> pageShift) { $0.validated = true; $0.vmsa = true }  // LAUNCH_UPDATE (PAGE_TYPE_VMSA)
             vms[i].vmsaPages.append(vmsa)

@@ -27,25 +27,33 @@ extension KVM {
         }
     }
 
-    /// The GHCB NAE page-state change (snp_begin_psc / snp_complete_one_psc): the header and
-    /// entries are checked (INVALID_HDR, INVALID_ENTRY); a partly done 2M entry continues as
-    /// 4K; adjacent entries with the same operation and size are handled as one range;
-    /// PSMASH and UNSMASH entries complete as no-ops; each entry ends with cur_page = its
-    /// pages and cur_entry advanced. Returns SW_EXITINFO2 and the request as the guest sees it.
+    /// The GHCB NAE page-state change (snp_begin_psc / snp_complete_one_psc): INVALID_HDR for
+    /// end_entry ≥ 253; then range by range, each entry checked as the search for the next
+    /// range reaches it (INVALID_ENTRY stops there, ranges before it stay done); a partly done
+    /// 2M entry continues as 4K; following entries with the same operation and size that
+    /// continue the range join it; PSMASH and UNSMASH entries complete as no-ops; done
+    /// entries get cur_page = their pages and cur_entry moves past them. Returns SW_EXITINFO2
+    /// and the request as the guest sees it.
     public mutating func handlePSC(_ i: Int, _ request: PSCRequest, kernel: inout Kernel, rmp: inout RMP) -> (exitInfo2: UInt64, request: PSCRequest) {
         var req = request
-        let (error, _) = req.validate()
-        if error != 0 { return (error, req) }
+        if req.endEntry >= PSCRequest.maxEntries { return (PSCRequest.errorInvalidHeader, req) }
         stats.pscRequests += 1
-        while req.curEntry <= req.endEntry && req.curEntry < req.entries.count {
-            let e = req.entries[req.curEntry]
+        while true {
+            // Find the next entry with pages left, checking each on the way.
+            var e = PSCEntry(raw: 0)
+            while req.curEntry <= req.endEntry {
+                e = req.entry(req.curEntry)
+                guard e.isValid else { return (PSCRequest.errorInvalidEntry, req) }
+                if e.curPage < e.pages { break }
+                req.curEntry += 1
+            }
+            if req.curEntry > req.endEntry { return (0, req) }
             var first = e.gfn + UInt64(e.curPage)
             var end = e.gfn + UInt64(e.pages)
             let op = e.operation
-            // Coalesce the following entries that continue the same range with the same op and size.
             var last = req.curEntry
-            while last + 1 <= req.endEntry && last + 1 < req.entries.count {
-                let n = req.entries[last + 1]
+            while last + 1 <= req.endEntry {
+                let n = req.entry(last + 1)
                 guard n.operation == op && n.size2M == e.size2M && n.curPage == 0 && n.gfn == end else { break }
                 end = n.gfn + UInt64(n.pages)
                 last += 1
@@ -53,15 +61,14 @@ extension KVM {
             if op == PSCOperation.makePrivate.rawValue || op == PSCOperation.makeShared.rawValue {
                 first = min(first, vms[i].config.pages)
                 end = min(end, vms[i].config.pages)
-                guard first < end || e.curPage == e.pages else { return (PSCRequest.errorGeneric, req) }
+                guard first < end else { return (PSCRequest.errorGeneric, req) }
                 convert(i, gfns: first..<end, toPrivate: op == PSCOperation.makePrivate.rawValue, kernel: &kernel, rmp: &rmp)
             }
-            for k in req.curEntry...last {
+            for k in req.curEntry..<min(last + 1, max(req.curEntry, req.entries.count)) {  // unwritten slots stay zero
                 let done = req.entries[k]
                 req.entries[k] = PSCEntry(gfn: done.gfn, operation: done.operation, size2M: done.size2M, curPage: UInt16(done.pages))
             }
             req.curEntry = last + 1
         }
-        return (0, req)
     }
 }
