@@ -57,6 +57,21 @@ import PageTables
 
     /// adjust_direct_map's -EINVAL for a misaligned 2M pfn comes back from rmpupdate as
     /// -EFAULT, and RMPUPDATE is not executed.
+    /// The kernel's messages for a failed split (adjust_direct_map) and a failed RMPUPDATE.
+    @Test func failuresAreLoggedAsTheKernelPrintsThem() throws {
+        var (k, rmp) = try machine(.splitOnAssign)
+        k.eventLog = []
+        k.failPageTableAllocations = true
+        #expect(makePrivate(&k, &rmp) == .error(.EFAULT))
+        k.failPageTableAllocations = false
+        #expect(makePrivate(&k, &rmp, 0x8000_0000, size: .size2M) == .ok)
+        #expect(makePrivate(&k, &rmp, 0x8000_1000) == .error(.EFAULT))  // inside an assigned 2M page
+        #expect(k.eventLog?.filter { $0.lowercased().contains("failed") } == [
+            "Failed to split direct map for PFN 0x40000, ret: -12",
+            "RMPUPDATE failed for PFN 80001, pg_level: 1, ret: 4",
+        ])
+    }
+
     @Test func splitOnAssign2MNeedsAnAlignedPfn() throws {
         var (k, rmp) = try machine(.splitOnAssign)
         #expect(makePrivate(&k, &rmp, 0x4000_1000, size: .size2M) == .error(.EFAULT))

@@ -48,7 +48,10 @@ public struct SplitOnAssign: DirectMapPolicy {
         // lookup_address then `pte_none` or PG_LEVEL_4K returns early: a large leaf is split
         // even when not present (set_memory_np keeps it non-none).
         guard kernel.pageTable.largeLeaf(va) != nil else { return nil }
-        return (try? kernel.setMemory4K(va.rawValue, numpages: 1)) == .ok ? nil : .EFAULT
+        let status = (try? kernel.setMemory4K(va.rawValue, numpages: 1)) ?? .error(.EFAULT)
+        guard case .error(let e) = status else { return nil }
+        kernel.log("Failed to split direct map for PFN \(hex(pfn)), ret: -\(e.rawValue)")  // pr_err in adjust_direct_map
+        return .EFAULT
     }
 }
 

@@ -150,7 +150,11 @@ extension Kernel {
         let p = config.directMapPolicy.policy
         if p.beforeUpdate(&self, pfn: pfn, size: update.size, makingPrivate: update.assigned) != nil { return (.error(.EFAULT), nil) }
         let status = rmp.rmpupdate(spa: pfn << pageShift, update)
-        guard status == .success else { return (.error(.EFAULT), status) }
+        guard status == .success else {
+            // pr_err in rmpupdate (then dump_rmpentry and dump_stack); pg_level 1 = 4K, 2 = 2M.
+            log("RMPUPDATE failed for PFN \(String(pfn, radix: 16)), pg_level: \(update.size == .size2M ? 2 : 1), ret: \(status.rawValue)")
+            return (.error(.EFAULT), status)
+        }
         if update.assigned { snp.rmpMakePrivate += 1 } else { snp.rmpMakeShared += 1 }
         p.afterUpdate(&self, rmp: rmp, pfn: pfn, size: update.size, madePrivate: update.assigned)
         return (.ok, status)
