@@ -40,7 +40,7 @@ public struct PageTable: Sendable {
         entries.capacity * 8 + (freeTables.capacity + freeCompacts.capacity) * 8 + compacts.capacity * Self.compactTableBytes
     }
     /// Bytes the model spends on the tables in use: 4096 for a dense table (as the kernel's
-    /// page), `compactTableBytes` for a compact one (plus 4096 once it is dense).
+    /// page), `compactTableBytes` for a compact one.
     public var usedBytes: Int {
         (entries.count / entriesPerTable - freeTables.count) * entriesPerTable * 8
             + (compacts.count - freeCompacts.count) * Self.compactTableBytes
