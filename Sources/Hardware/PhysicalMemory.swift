@@ -59,22 +59,27 @@ public struct PhysicalMemory: Hashable, Sendable {
 
     /// The RAM range that holds `address`, if any (binary search).
     public func ramRange(containing address: UInt64) -> Range<UInt64>? {
+        let i = firstRAMRange(endingAfter: address)
+        return i < ram.count && ram[i].contains(address) ? ram[i] : nil
+    }
+
+    /// The index of the first RAM range that ends after `address` (binary search).
+    func firstRAMRange(endingAfter address: UInt64) -> Int {
         var lo = 0, hi = ram.count
         while lo < hi {
             let mid = (lo + hi) / 2
             if ram[mid].upperBound <= address { lo = mid + 1 } else { hi = mid }
         }
-        return lo < ram.count && ram[lo].contains(address) ? ram[lo] : nil
+        return lo
     }
 
     /// Whether a pfn has a struct page: its 128 MiB memory section (SECTION_SIZE_BITS 27,
     /// arch/x86/include/asm/sparsemem.h) holds some RAM, as boot memory sections are valid
     /// whole. Linux include/linux/mmzone.h pfn_valid (SPARSEMEM, early sections).
     public func pfnValid(_ pfn: UInt64) -> Bool {
-        let section = (pfn << 12) >> 27
-        let start = section << 27, end = start + (1 << 27)
-        guard let r = ramRange(containing: start) ?? ram.first(where: { $0.lowerBound >= start }) else { return false }
-        return r.lowerBound < end
+        let start = (pfn << 12) & ~((1 << 27) - 1)  // the section's first byte
+        let i = firstRAMRange(endingAfter: start)
+        return i < ram.count && ram[i].lowerBound < start + (1 << 27)
     }
 
     /// The e820 entry that holds `address`, if any.

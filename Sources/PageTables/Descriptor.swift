@@ -51,7 +51,7 @@ public struct Descriptor: RawRepresentable, Hashable, Sendable, CustomStringConv
         if isNone { return "none" }
         if isTable {
             let n = tableNumber
-            return n & PageTable.compactTableFlag != 0 ? "compact table \(n & ~PageTable.compactTableFlag)" : "table \(n)"
+            return PageTable.compactIndex(n).map { "compact table \($0)" } ?? "table \(n)"
         }
         return "leaf \(hex(frame.rawValue << pageShift)) \(attributes)"
     }

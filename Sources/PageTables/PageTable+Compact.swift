@@ -92,6 +92,10 @@ extension PageTable {
     /// `compacts`. Slots of compact tables therefore start at `compactSlotBase`.
     @inlinable public static var compactTableFlag: Int { 1 << 40 }
     @inlinable static var compactSlotBase: Int { 1 << 49 }
+    /// The index in `compacts` a table number names, or nil for a dense table.
+    @inlinable static func compactIndex(_ table: Int) -> Int? {
+        table & compactTableFlag != 0 ? table & ~compactTableFlag : nil
+    }
     /// Model bytes of one compact table.
     public static let compactTableBytes = MemoryLayout<CompactTable>.stride
 
@@ -147,7 +151,7 @@ extension PageTable {
 
     /// The compact table a table number names, if it is one.
     public func compactTable(_ table: Int) -> CompactTable? {
-        table & Self.compactTableFlag != 0 ? compacts[table & ~Self.compactTableFlag] : nil
+        Self.compactIndex(table).map { compacts[$0] }
     }
 
     /// Compact tables in use.
@@ -159,9 +163,7 @@ extension PageTable {
     @usableFromInline var flags: VisitFlags { .tablePre }
     @inlinable init() {}
     @inlinable mutating func visit(_ v: Visit, table: inout PageTable) throws(PageTableError) {
-        let n = v.entry.tableNumber
-        guard n & PageTable.compactTableFlag != 0 else { return }
-        let t = n & ~PageTable.compactTableFlag
+        guard let t = PageTable.compactIndex(v.entry.tableNumber) else { return }
         let d = table.compacts[t].dense
         guard d >= 0 else { return }
         table.write(v.slot, Descriptor.table(Int(d)).rawValue)  // replaces a difference: never a new one

@@ -33,14 +33,12 @@ extension PageTable {
                 } else if e.isTable {
                     guard level > 1 else { throw InvariantViolation("no table below level 1", "table \(table) entry \(i)") }
                     let child = e.tableNumber
-                    if child & Self.compactTableFlag != 0 {
-                        let t = child & ~Self.compactTableFlag
+                    if let t = Self.compactIndex(child) {
                         guard t < compacts.count, !seenCompact[t] else {
                             throw InvariantViolation("every table reached once", "\(e) from table \(table) entry \(i)")
                         }
                         seenCompact[t] = true
                         try checkCompact(t, level: level - 1)
-
                     } else {
                         guard child < seen.count, !seen[child] else {
                             throw InvariantViolation("every table reached once", "table \(child) from table \(table) entry \(i)")

@@ -38,24 +38,19 @@ extension PageTable {
     /// The leaf that holds `virt`, present or not; nil where there is no entry. Linux
     /// lookup_address: the walker's one-page descent.
     @inlinable
-    public func lookup(_ virt: VirtAddr) -> Leaf? {
-        let va = virt.rawValue
-        let rootBase = va & ~((1 << format.addressBits) &- 1)
-        let root = rootLevel
-        let v = withReadOnly { Self.descend($0, 0, level: root, base: rootBase, address: va) }
-        guard v.entry.isLeaf, let size = PageSize(level: v.level) else { return nil }
-        return Leaf(virt: VirtAddr(v.address), size: size, descriptor: v.entry)
-    }
+    public func lookup(_ virt: VirtAddr) -> Leaf? { leaf(holding: virt, lowest: 1) }
 
     /// The leaf that holds `virt` when it is larger than 4K, present or not; nil when the
     /// address is mapped by a 4K entry or not at all. Reads no PTE table: what a split
     /// decision needs (Linux adjust_direct_map looks at the level only).
     @inlinable
-    public func largeLeaf(_ virt: VirtAddr) -> Leaf? {
-        let va = virt.rawValue
-        let rootBase = va & ~((1 << format.addressBits) &- 1)
-        let root = rootLevel
-        let v = withReadOnly { Self.descend($0, 0, level: root, base: rootBase, address: va, lowest: 2) }
+    public func largeLeaf(_ virt: VirtAddr) -> Leaf? { leaf(holding: virt, lowest: 2) }
+
+    /// The leaf the one-page descent to `virt` ends on, looking no lower than `lowest`.
+    @inlinable @inline(__always)
+    func leaf(holding virt: VirtAddr, lowest: Int) -> Leaf? {
+        let va = virt.rawValue, rootBase = rootBase(va), root = rootLevel
+        let v = withReadOnly { Self.descend($0, 0, level: root, base: rootBase, address: va, lowest: lowest) }
         guard v.entry.isLeaf, let size = PageSize(level: v.level) else { return nil }
         return Leaf(virt: VirtAddr(v.address), size: size, descriptor: v.entry)
     }

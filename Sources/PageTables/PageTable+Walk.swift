@@ -92,7 +92,7 @@ extension PageTable {
     public mutating func walk<V: PageTableVisitor>(start: UInt64, size: UInt64, _ visitor: inout V) throws(PageTableError)
     where V.Store == PageTable {
         try validate(start: start, size: size)
-        let rootBase = start & ~((1 << format.addressBits) &- 1), last = start &+ (size - 1)
+        let rootBase = rootBase(start), last = start &+ (size - 1)
         defer { if forwarded > 0 { unforward(rootBase: rootBase, start: start, last: last) } }
         try Self.walkTable(&self, 0, level: rootLevel, base: rootBase, start: start, last: last, &visitor)
     }
@@ -109,13 +109,16 @@ extension PageTable {
     @inlinable
     func readChecked<V: PageTableVisitor>(start: UInt64, size: UInt64, _ visitor: inout V) throws(PageTableError)
     where V.Store == ReadOnlyPageTable {
-        let rootBase = start & ~((1 << format.addressBits) &- 1)
+        let rootBase = rootBase(start)
         let root = rootLevel
         try withReadOnly { (store) throws(PageTableError) in
             var store = store
             try Self.walkTable(&store, 0, level: root, base: rootBase, start: start, last: start &+ (size - 1), &visitor)
         }
     }
+
+    /// The first address of the root table's window that holds `address`.
+    @inlinable func rootBase(_ address: UInt64) -> UInt64 { address & ~((1 << format.addressBits) &- 1) }
 
     /// Runs `body` with a read-only view of the storage.
     @inlinable @inline(__always)

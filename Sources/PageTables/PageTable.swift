@@ -95,8 +95,7 @@ public struct PageTable: Sendable {
     /// Returns table `table` (at `level`) and its subtree to the free list.
     @usableFromInline mutating func freeTable(_ table: Int, level: Int) {
         tablePages -= 1
-        guard table & Self.compactTableFlag != 0 else { return freeDenseTable(table, level: level) }
-        let t = table & ~Self.compactTableFlag
+        guard let t = Self.compactIndex(table) else { return freeDenseTable(table, level: level) }
         let c = compacts[t]
         freeCompacts.append(t)
         if c.dense >= 0 { return freeDenseTable(Int(c.dense), level: level) }

@@ -115,14 +115,15 @@ import Testing
     /// in place, six differences, so the 1G's table goes dense in the walk, compact children
     /// among its entries, and its PUD entry is re-pointed when the walk ends.
     @Test func aGigTableGoesDenseWithCompactChildren() throws {
-        var t = PageTable(format: .x86_64), d = PageTable(format: .x86_64)
-        d.compactSplits = false
-        for table in [0, 1] {
-            var x = table == 0 ? t : d
+        func build(compact: Bool) throws -> PageTable {
+            var x = PageTable(format: .x86_64)
+            x.compactSplits = compact
             try x.map(virt: VirtAddr(Self.base), phys: PhysAddr(G), size: G, attributes: Self.kernel)
             try x.protect(virt: VirtAddr(Self.base + M - K), size: 4 * M + 2 * K, clear: .encrypted)
-            if table == 0 { t = x } else { d = x }
+            return x
         }
+        var t = try build(compact: true)
+        let d = try build(compact: false)
         let pud = try #require(t.descriptor(at: VirtAddr(Self.base), level: 3))
         #expect(pud.description == "table 2")  // the dense page of the 1G's table
         #expect(t.compactTableCount == 2)

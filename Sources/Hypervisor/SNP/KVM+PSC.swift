@@ -64,7 +64,7 @@ extension KVM {
                 guard first < end else { return (PSCRequest.errorGeneric, req) }
                 convert(i, gfns: first..<end, toPrivate: op == PSCOperation.makePrivate.rawValue, kernel: &kernel, rmp: &rmp)
             }
-            for k in req.curEntry..<min(last + 1, max(req.curEntry, req.entries.count)) {  // unwritten slots stay zero
+            for k in req.curEntry...last where k < req.entries.count {  // unwritten slots stay zero
                 let done = req.entries[k]
                 req.entries[k] = PSCEntry(gfn: done.gfn, operation: done.operation, size2M: done.size2M, curPage: UInt16(done.pages))
             }
