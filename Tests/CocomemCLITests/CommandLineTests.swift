@@ -41,6 +41,13 @@ import Testing
         BIOS-e820: [mem 0x0000000100000000-0x000000063fffffff] usable
         """
 
+    /// The bench's worker names are internal, but a wrong one is still a clear error.
+    @Test func benchRefusesAnUnknownWorker() throws {
+        let r = try Self.run(["bench", "--worker", "bogus"])
+        #expect(r.status == 1)
+        #expect(r.err == "Error: unknown bench worker bogus\n")
+    }
+
     @Test func meminfoFromAnE820File() throws {
         let path = try Self.writeTemp(Self.e820)
         let r = try Self.run(["meminfo", "--e820", path])
