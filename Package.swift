@@ -10,6 +10,7 @@ let package = Package(
         .library(name: "Hardware", targets: ["Hardware"]),
         .library(name: "HostKernel", targets: ["HostKernel"]),
         .library(name: "Hypervisor", targets: ["Hypervisor"]),
+        .library(name: "GuestKernel", targets: ["GuestKernel"]),
         .library(name: "Simulation", targets: ["Simulation"]),
         .library(name: "Reports", targets: ["Reports"]),
         .executable(name: "cocomem", targets: ["cocomem"]),
@@ -25,18 +26,22 @@ let package = Package(
         .target(name: "Hardware", dependencies: ["PageTables"]),
         // Layer 2: the host kernel: direct map, change_page_attr, vmalloc aliases.
         .target(name: "HostKernel", dependencies: ["Hardware", "PageTables"]),
-        // Layer 3: KVM with an SEV-SNP backend (guest_memfd, attributes, launch, PSC, RMP faults).
+        // Layer 3: KVM (VMs, memory attributes, guest_memfd, stage-2 tables) and one backend per
+        // architecture (SNP/: launch, PSC, RMP faults).
         .target(name: "Hypervisor", dependencies: ["HostKernel", "Hardware", "PageTables"]),
+        // Layer 3, beside Hypervisor: a guest's own kernel (its direct map through the shared
+        // change_page_attr engine) and each architecture's conversion protocol.
+        .target(name: "GuestKernel", dependencies: ["HostKernel", "Hardware", "PageTables"]),
         // Machine, scenarios, workloads, policies, invariants, metrics.
-        .target(name: "Simulation", dependencies: ["Hypervisor", "HostKernel", "Hardware", "PageTables", "Yams"]),
+        .target(name: "Simulation", dependencies: ["GuestKernel", "Hypervisor", "HostKernel", "Hardware", "PageTables", "Yams"]),
         // Renderers: the kernel's own formats (/proc/meminfo, ptdump), tables, JSON, CSV,
         // Chrome traces, SVG/HTML maps.
-        .target(name: "Reports", dependencies: ["Simulation", "HostKernel", "Hardware", "PageTables"]),
+        .target(name: "Reports", dependencies: ["Simulation", "GuestKernel", "HostKernel", "Hardware", "PageTables"]),
         // The command line, as a library so tests can drive it.
         .target(
             name: "CocomemCLI",
             dependencies: [
-                "Reports", "Simulation", "Hypervisor", "HostKernel", "Hardware", "PageTables", "CReference",
+                "Reports", "Simulation", "GuestKernel", "Hypervisor", "HostKernel", "Hardware", "PageTables", "CReference",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .executableTarget(name: "cocomem", dependencies: ["CocomemCLI"]),
@@ -47,6 +52,7 @@ let package = Package(
         .testTarget(name: "HardwareTests", dependencies: ["Hardware"]),
         .testTarget(name: "HostKernelTests", dependencies: ["HostKernel"]),
         .testTarget(name: "HypervisorTests", dependencies: ["Hypervisor"]),
+        .testTarget(name: "GuestKernelTests", dependencies: ["GuestKernel"]),
         .testTarget(name: "SimulationTests", dependencies: ["Simulation"]),
         .testTarget(name: "ReportsTests", dependencies: ["Reports"]),
         .testTarget(name: "CocomemCLITests", dependencies: ["CocomemCLI"]),

@@ -38,12 +38,12 @@ struct Compare: ParsableCommand {
     static func resolveSlot(_ name: String?, policies: [String]) throws -> PolicySlot {
         let slot: PolicySlot
         if let name {
-            guard let s = Policies.slots.first(where: { $0.name == name }) else {
-                throw CLIError("--slot '\(name)': unknown slot; valid: \(Policies.slots.map(\.name).joined(separator: ", "))")
+            guard let s = Policies.all.first(where: { $0.name == name }) else {
+                throw CLIError("--slot '\(name)': unknown slot; valid: \(Policies.all.map(\.name).joined(separator: ", "))")
             }
             slot = s
         } else {
-            let fits = Policies.slots.filter { s in policies.allSatisfy { p in s.policies.contains { $0.name == p } } }
+            let fits = Policies.all.filter { s in policies.allSatisfy { p in s.policies.contains { $0.name == p } } }
             guard fits.count == 1 else {
                 throw CLIError(fits.isEmpty
                     ? "no policy slot has all of \(policies.joined(separator: ", ")); 'cocomem list policies' shows them"

@@ -1,14 +1,16 @@
 import ArgumentParser
+import Hardware
 import HostKernel
 import Simulation
 
-/// `cocomem list steps|policies|workloads|checks|invariants|archs`.
+/// `cocomem list steps|policies|workloads|checks|invariants|metrics|archs`.
 struct List: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "List what exists: steps, policies, workloads, checks, invariants or archs, one a line.")
+        abstract: "List what exists: steps (with their arguments), policies, workloads, checks, invariants, metrics or archs.",
+        discussion: "Steps and workloads list their arguments under them, with their defaults; metrics give their unit and meaning, grouped by the layer or architecture that reports them.")
 
     enum What: String, ExpressibleByArgument, CaseIterable {
-        case steps, policies, workloads, checks, invariants, archs
+        case steps, policies, workloads, checks, invariants, metrics, archs
     }
 
     @Argument(help: ArgumentHelp("One of: \(What.allCases.map(\.rawValue).joined(separator: ", ")).", valueName: "what"))
@@ -20,16 +22,33 @@ struct List: ParsableCommand {
         var rows: [(String, String)] = []
         switch what {
         case .steps:
-            rows = Steps.all.map { ($0.name, $0.summary) } + [("workload", "run a named generator: " + Workloads.all.map(\.name).joined(separator: ", "))]
+            for s in Steps.all {
+                let owner = Architectures.all.first { a in a.steps.contains { $0.name == s.name } }
+                rows.append((s.name, s.summary + (owner.map { " [\($0.name)]" } ?? "") + (s.aliases.isEmpty ? "" : " (also: \(s.aliases.joined(separator: ", ")))")))
+                rows += s.arguments.map { ("  " + $0.name, $0.helpLine) }
+            }
+            rows.append(("workload", "run a named generator: " + Workloads.all.map(\.name).joined(separator: ", ")))
         case .policies:
-            for slot in Policies.slots {
+            for slot in Policies.all {
                 rows.append((slot.name, slot.summary + " (default \(slot.defaultPolicy))"))
                 rows += slot.policies.map { ("  " + $0.name, $0.summary) }
             }
-        case .workloads: rows = Workloads.all.map { ($0.name, $0.summary) }
+        case .workloads:
+            for w in Workloads.all {
+                rows.append((w.name, w.summary))
+                rows += w.parameters.map { ("  " + $0.name, $0.helpLine) }
+            }
+        case .metrics:
+            let groups: [(String, [MetricInfo])] = [("every machine (host kernel)", Kernel.metrics.map(\.info))]
+                + Architectures.modelled.filter { !$0.metrics.isEmpty }.map { ($0.name, $0.metrics) }
+                + [("every run", Machine.metricInfo(Architectures.x86_64).suffix(2).map { $0 })]
+            for (group, metrics) in groups {
+                rows.append(("[\(group)]", ""))
+                rows += metrics.map { ("  " + $0.name, "\($0.summary) (\($0.unit))") }
+            }
         case .checks: rows = Checks.all.map { ($0.name, $0.summary) }
         case .invariants: rows = Invariants.all.map { ($0.name, "[\($0.layer)] \($0.summary)") }
-        case .archs: rows = Architecture.allCases.map { ($0.rawValue, $0.summary) }
+        case .archs: rows = Architectures.all.map { ($0.name, $0.summary) }
         }
         let width = rows.map(\.0.count).max() ?? 0
         return rows.map { $0.0 + String(repeating: " ", count: width - $0.0.count + 2) + $0.1 + "\n" }.joined()

@@ -19,6 +19,7 @@ struct Run: ParsableCommand {
     @Flag(help: "Print metrics as CSV (with --sample: one row per sample).") var csv = false
     @Flag(help: "Also print /proc/meminfo's DirectMap lines (at the end, or after step --at).") var meminfo = false
     @Flag(help: "Also print the kernel page table in ptdump format (at the end, or after step --at).") var ptdump = false
+    @Option(help: ArgumentHelp("Print --meminfo/--ptdump of this guest's own kernel instead of the host's.", valueName: "name")) var guest: String?
     @Option(help: ArgumentHelp("Show --meminfo/--ptdump/--svg as they were right after step N (0 = after boot).", valueName: "N")) var at: Int?
     @Flag(help: "Check every invariant after every step; stop at the first violation.") var check = false
     @Option(help: ArgumentHelp("Record all metrics every N steps (JSON 'samples', CSV rows).", valueName: "N")) var sample: Int?
@@ -30,6 +31,7 @@ struct Run: ParsableCommand {
 
     func validate() throws {
         if json && csv { throw ValidationError("give --json or --csv, not both") }
+        if guest != nil && !(meminfo || ptdump) { throw ValidationError("--guest chooses whose --meminfo or --ptdump to print; give one of them") }
         if (json || csv) && (meminfo || ptdump) { throw ValidationError("--meminfo and --ptdump print text; they cannot be mixed with --json or --csv") }
         if let at, at < 0 { throw ValidationError("--at must be 0 or a step number") }
         if let sample, sample < 1 { throw ValidationError("--sample must be at least 1") }
@@ -40,6 +42,9 @@ struct Run: ParsableCommand {
 
     func run() throws {
         let scenario = try ScenarioFiles.load(file)
+        if let guest, !scenario.guests.contains(where: { $0.name == guest }) {
+            throw CLIError("--guest '\(guest)': \(file) has " + (scenario.guests.isEmpty ? "no guests" : "guests " + scenario.guests.map(\.name).joined(separator: ", ")))
+        }
         if let at, at > scenario.steps.count {
             throw CLIError("--at \(at): \(file) has \(scenario.steps.count) steps; valid: 0 to \(scenario.steps.count)")
         }
@@ -57,7 +62,7 @@ struct Run: ParsableCommand {
         let shown = result.snapshot ?? result.machine
         if let path = o.trace { try ScenarioFiles.write(Trace.render(result), to: path) }
         let coloring = MemoryMap.Coloring(rawValue: o.color) ?? .leafSize
-        let svgText = (o.svg != nil || o.html != nil) ? MemoryMap.svg(shown.kernel, rmp: shown.rmp, coloring: coloring, title: result.scenario.name) : ""
+        let svgText = (o.svg != nil || o.html != nil) ? MemoryMap.svg(shown.kernel, ownership: shown.platform is NoPlatform ? nil : shown.platform.ownership, coloring: coloring, title: result.scenario.name) : ""
         if let path = o.svg { try ScenarioFiles.write(svgText, to: path) }
         if let path = o.html {
             try ScenarioFiles.write(MemoryMap.html(svg: svgText, summary: RunReport.summary(result), title: result.scenario.name), to: path)
@@ -65,9 +70,14 @@ struct Run: ParsableCommand {
         if o.json { return RunReport.json(result) }
         if o.csv { return RunReport.csv(result) }
         var out = RunReport.summary(result)
-        let when = o.at.map { "after step \($0)" } ?? "at the end"
-        if o.meminfo { out += "\n/proc/meminfo \(when):\n" + Meminfo.directMap(shown.kernel) }
-        if o.ptdump { out += "\nptdump \(when):\n" + Ptdump.render(shown.kernel) }
+        var when = o.at.map { "after step \($0)" } ?? "at the end"
+        var kernel = shown.kernel
+        if let name = o.guest, let i = shown.guestIndex(name) {
+            kernel = shown.guestKernels[i].kernel
+            when = "of guest \(name) " + when
+        }
+        if o.meminfo { out += "\n/proc/meminfo \(when):\n" + Meminfo.directMap(kernel) }
+        if o.ptdump { out += "\nptdump \(when):\n" + Ptdump.render(kernel) }
         return out
     }
 }

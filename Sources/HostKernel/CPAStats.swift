@@ -1,3 +1,4 @@
+import Hardware
 import PageTables
 
 /// Counters for everything change_page_attr does to the direct map and the TLBs.
@@ -26,21 +27,19 @@ public struct CPAStats: Hashable, Sendable {
 
     public init() {}
 
-    /// Named counters in a fixed order, for reports.
-    public var fields: [(String, UInt64)] {
-        [
-            ("direct_map_level2_splits", UInt64(splits.size2M)),
-            ("direct_map_level3_splits", UInt64(splits.size1G)),
-            ("direct_map_level2_collapses", UInt64(collapses.size2M)),
-            ("direct_map_level3_collapses", UInt64(collapses.size1G)),
-            ("tlb_full_flushes", UInt64(tlbFullFlushes)),
-            ("tlb_split_flushes", UInt64(tlbSplitFlushes)),
-            ("tlb_page_flush_rounds", UInt64(tlbPageFlushRounds)),
-            ("tlb_pages_flushed", tlbPagesFlushed),
-            ("cache_flush_pages", cacheFlushPages),
-            ("wbinvd", UInt64(wbinvd)),
-            ("pgtable_alloc_failures", UInt64(allocationFailures)),
-            ("cbit_conversions", encConversions),
-        ]
-    }
+    /// What change_page_attr counts, as metrics.
+    public static let metrics: [Metric<CPAStats>] = [
+        Metric("direct_map_level2_splits", "splits", "2M direct-map leaves split to 4K (vmstat direct_map_level2_splits)") { UInt64($0.splits.size2M) },
+        Metric("direct_map_level3_splits", "splits", "1G direct-map leaves split to 2M (vmstat direct_map_level3_splits)") { UInt64($0.splits.size1G) },
+        Metric("direct_map_level2_collapses", "collapses", "tables re-merged into a 2M leaf") { UInt64($0.collapses.size2M) },
+        Metric("direct_map_level3_collapses", "collapses", "tables re-merged into a 1G leaf") { UInt64($0.collapses.size1G) },
+        Metric("tlb_full_flushes", "flushes", "flush_tlb_all calls") { UInt64($0.tlbFullFlushes) },
+        Metric("tlb_split_flushes", "flushes", "the part of tlb_full_flushes done by split_large_page") { UInt64($0.tlbSplitFlushes) },
+        Metric("tlb_page_flush_rounds", "rounds", "cpa_flush rounds that flushed page by page") { UInt64($0.tlbPageFlushRounds) },
+        Metric("tlb_pages_flushed", "pages", "pages those rounds flushed one by one (flush_tlb_one_kernel)") { $0.tlbPagesFlushed },
+        Metric("cache_flush_pages", "pages", "present pages written back by CLFLUSH(OPT) in cpa_flush") { $0.cacheFlushPages },
+        Metric("wbinvd", "flushes", "WBINVD on every CPU (cpa_flush_all with a cache flush)") { UInt64($0.wbinvd) },
+        Metric("pgtable_alloc_failures", "allocations", "page-table page allocations that failed (-ENOMEM)") { UInt64($0.allocationFailures) },
+        Metric("cbit_conversions", "pages", "pages whose C-bit set_memory_{en,de}crypted flipped") { $0.encConversions },
+    ]
 }

@@ -58,17 +58,28 @@ extension Kernel {
         try directMapNoflush(address, set: [.present, .writable], clear: [], "set_direct_map_default_noflush")
     }
 
-    /// set_memory_encrypted: set the C-bit.
-    public mutating func setMemoryEncrypted(_ address: UInt64, numpages: Int) throws(HostKernelError) -> KernelStatus {
+    /// set_memory_encrypted: set the C-bit. `hook` is the platform's
+    /// enc_status_change_prepare/finish (a guest's conversion protocol); it returns an errno
+    /// to fail the call.
+    public mutating func setMemoryEncrypted(
+        _ address: UInt64, numpages: Int, hook: EncStatusHook = { _, _, _, _ in nil }
+    ) throws(HostKernelError) -> KernelStatus {
         try validate(address: address, numpages: numpages, function: "set_memory_encrypted")
-        return setMemoryEncDec(address, numpages: numpages, encrypt: true)
+        return setMemoryEncDec(address, numpages: numpages, encrypt: true, hook: hook)
     }
 
-    /// set_memory_decrypted: clear the C-bit.
-    public mutating func setMemoryDecrypted(_ address: UInt64, numpages: Int) throws(HostKernelError) -> KernelStatus {
+    /// set_memory_decrypted: clear the C-bit, with the platform's hooks as for
+    /// set_memory_encrypted.
+    public mutating func setMemoryDecrypted(
+        _ address: UInt64, numpages: Int, hook: EncStatusHook = { _, _, _, _ in nil }
+    ) throws(HostKernelError) -> KernelStatus {
         try validate(address: address, numpages: numpages, function: "set_memory_decrypted")
-        return setMemoryEncDec(address, numpages: numpages, encrypt: false)
+        return setMemoryEncDec(address, numpages: numpages, encrypt: false, hook: hook)
     }
+
+    /// x86_platform.guest.enc_status_change_prepare / _finish: (which hook, the first
+    /// address, the page count, whether the pages become encrypted) → an errno to fail with.
+    public typealias EncStatusHook = (EncryptionHook, UInt64, Int, Bool) -> Errno?
 
     private mutating func change(_ address: UInt64, _ numpages: Int, set: Attributes, clear: Attributes, _ function: String) throws(HostKernelError) -> KernelStatus {
         try validate(address: address, numpages: numpages, function: function)
@@ -87,13 +98,13 @@ extension Kernel {
     /// change with aliases, an unconditional flush, then the finish hook; a hook failure is
     /// -EIO. Nothing happens without CC_ATTR_MEM_ENCRYPT. Linux set_memory.c
     /// __set_memory_enc_dec / __set_memory_enc_pgtable; mem_encrypt_amd.c.
-    mutating func setMemoryEncDec(_ address: UInt64, numpages: Int, encrypt: Bool) -> KernelStatus {
+    mutating func setMemoryEncDec(_ address: UInt64, numpages: Int, encrypt: Bool, hook: EncStatusHook) -> KernelStatus {
         guard config.memEncrypt else { return .ok }
         let req = CPARequest(address: address, numpages: numpages,
                              set: encrypt ? .encrypted : [], clear: encrypt ? [] : .encrypted)
         cpaFlush(req, cache: !config.smeCoherent, forceFlushAll: false)
         log("enc_status_change_prepare")
-        if failingHook == .prepare {
+        if failingHook == .prepare || hook(.prepare, address, numpages, encrypt) != nil {
             log("CPA VMM failure to convert memory")
             return .error(.EIO)
         }
@@ -103,7 +114,7 @@ extension Kernel {
         cpaFlush(req, cache: false, forceFlushAll: out.forceFlushAll)
         if let error = out.error { return .error(error) }
         log("enc_status_change_finish")
-        if failingHook == .finish {
+        if failingHook == .finish || hook(.finish, address, numpages, encrypt) != nil {
             log("CPA VMM failure to convert memory")
             return .error(.EIO)
         }

@@ -17,8 +17,8 @@ public struct Kernel: Sendable {
     /// Physical ranges the direct map covers (pfn_range_is_mapped): [0, 1M) and RAM.
     public let mappedRanges: [Range<UInt64>]
     public internal(set) var stats = CPAStats()
-    /// SEV-SNP host counters: RMP faults by outcome, crashes, leaks.
-    public internal(set) var snp = SNPHostStats()
+    /// Faults on host accesses by how they ended, and pages given away and leaked.
+    public internal(set) var faults = HostFaultStats()
     /// The vmap areas made so far, in address order.
     public internal(set) var vmapAreas: [VmapArea] = []
     /// Fault injection: the next encryption-status hook to fail (prepare or finish).
@@ -39,7 +39,9 @@ public struct Kernel: Sendable {
     }
 
     /// Boots: builds the direct map over `memory` as init_mem_mapping does.
-    public init(memory: PhysicalMemory, config: KernelConfig = KernelConfig()) throws(HostKernelError) {
+    /// `reserveTables` sets aside room for splitting all of RAM up front (the host's); a
+    /// guest's kernel, one of hundreds, grows its tables as it splits.
+    public init(memory: PhysicalMemory, config: KernelConfig = KernelConfig(), reserveTables: Bool = true) throws(HostKernelError) {
         self.config = config
         self.memory = memory
         self.layout = config.la57 ? .fiveLevel : .fourLevel
@@ -61,7 +63,7 @@ public struct Kernel: Sendable {
         self.mappedRanges = ranges
         // Room for one table per 2M region of RAM (what splitting all of it would take), at
         // most a million tables (4 GiB of address space), so dense tables never copy the array.
-        pageTable.reserveCapacity(tables: min(Int(memory.endOfRAM >> 21) + 64, 1 << 20))
+        if reserveTables { pageTable.reserveCapacity(tables: min(Int(memory.endOfRAM >> 21) + 64, 1 << 20)) }
         bootDirectMap()
     }
 
@@ -105,4 +107,15 @@ public struct VmapArea: Hashable, Sendable {
     public let virt: VirtAddr
     public let phys: PhysAddr
     public let pages: Int
+}
+
+extension Kernel {
+    /// The host kernel's metrics: the direct map as /proc/meminfo counts it, its page-table
+    /// pages, what change_page_attr did, and how host accesses faulted.
+    public static let metrics: [Metric<Kernel>] = [
+        Metric("directmap_4k_kb", "KiB", "DirectMap4k in /proc/meminfo") { UInt64($0.directPagesCount.size4K) << 2 },
+        Metric("directmap_2m_kb", "KiB", "DirectMap2M in /proc/meminfo") { UInt64($0.directPagesCount.size2M) << 11 },
+        Metric("directmap_1g_kb", "KiB", "DirectMap1G in /proc/meminfo") { UInt64($0.directPagesCount.size1G) << 20 },
+        Metric("pgtable_pages", "pages", "page-table pages of init_mm (direct map and vmalloc)") { UInt64($0.pageTable.tablePages) },
+    ] + CPAStats.metrics.map { $0.pulled { $0.stats } } + HostFaultStats.metrics.map { $0.pulled { $0.faults } }
 }

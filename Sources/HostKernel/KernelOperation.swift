@@ -1,3 +1,4 @@
+import Hardware
 import PageTables
 
 /// A host-kernel memory operation by its Linux name, with its arguments: what `--apply`
@@ -67,7 +68,7 @@ public struct KernelOperation: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// Runs the operation; vmap answers with the address it chose.
-    public func apply(to kernel: inout Kernel) throws(HostKernelError) -> String {
+    public func apply(to kernel: inout Kernel) throws(HostKernelError) -> any Outcome {
         let status: KernelStatus
         switch name {
         case "set_memory_4k": status = try kernel.setMemory4K(address, numpages: numpages)
@@ -82,9 +83,9 @@ public struct KernelOperation: Hashable, Sendable, CustomStringConvertible {
         case "set_memory_decrypted": status = try kernel.setMemoryDecrypted(address, numpages: numpages)
         case "set_direct_map_invalid_noflush": status = try kernel.setDirectMapInvalidNoflush(address)
         case "set_direct_map_default_noflush": status = try kernel.setDirectMapDefaultNoflush(address)
-        case "vmap": return hex(try kernel.vmap(PhysAddr(address), pages: numpages).rawValue)
+        case "vmap": return ValueOutcome(hex(try kernel.vmap(PhysAddr(address), pages: numpages).rawValue))
         default: throw HostKernelError("unknown operation '\(name)'")
         }
-        return status.description
+        return status
     }
 }

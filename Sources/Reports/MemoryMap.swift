@@ -28,11 +28,11 @@ public enum MemoryMap {
     static let ownershipClasses = [
         Class(color: "#4575b4", label: "host private (encrypted)"), Class(color: "#f46d43", label: "host shared (decrypted pages)"),
         Class(color: "#fee090", label: "not present pages"), Class(color: "#dddddd", label: "not mapped (hole)"),
-        Class(color: "#762a83", label: "RMP-assigned pages (guest or firmware)"),
+        Class(color: "#762a83", label: "pages given to a guest or the firmware (RMP-assigned on SEV-SNP)"),
     ]
 
     /// The class index of every 2M region of [0, end of RAM).
-    static func classify(_ kernel: Kernel, rmp: RMP?, coloring: Coloring) -> [UInt8] {
+    static func classify(_ kernel: Kernel, ownership: (any HostOwnership)?, coloring: Coloring) -> [UInt8] {
         let end = (kernel.mappedRanges.last!.upperBound + PageSize.size1G.bytes - 1) & ~(PageSize.size1G.bytes - 1)
         let hole: UInt8 = coloring == .leafSize ? 4 : 3
         var cells = [UInt8](repeating: hole, count: Int(end / PageSize.size2M.bytes))
@@ -52,19 +52,17 @@ public enum MemoryMap {
                 cells[c] = cells[c] == hole ? cls : max(cells[c], cls)
             }
         }
-        if coloring == .ownership, let rmp {
-            for c in cells.indices where c * 512 < Int(rmp.end >> pageShift) {
-                let base = UInt64(c) * 512
-                if rmp.regionHasAssigned(base) { cells[c] = 4 }
-            }
+        if coloring == .ownership, let ownership {
+            for c in cells.indices where ownership.regionHasGuestPages(pfn: UInt64(c) * 512) { cells[c] = 4 }
         }
         return cells
     }
 
     /// The SVG document.
-    public static func svg(_ kernel: Kernel, rmp: RMP? = nil, coloring: Coloring = .leafSize, title: String) -> String {
-        let cells = classify(kernel, rmp: rmp, coloring: coloring)
-        let classes = coloring == .leafSize ? leafClasses : Array(ownershipClasses.prefix(rmp == nil ? 4 : 5))
+    /// `ownership` is the platform's ownership table (nil for a machine without one).
+    public static func svg(_ kernel: Kernel, ownership: (any HostOwnership)? = nil, coloring: Coloring = .leafSize, title: String) -> String {
+        let cells = classify(kernel, ownership: ownership, coloring: coloring)
+        let classes = coloring == .leafSize ? leafClasses : Array(ownershipClasses.prefix(ownership == nil ? 4 : 5))
         let rows = cells.count / 512
         let cellW = 2, rowH = max(3, min(14, 3000 / max(rows, 1)))
         let left = 130, top = 56, gridW = 512 * cellW

@@ -9,7 +9,8 @@ public enum Trace {
         ("DirectMap kB", ["directmap_4k_kb", "directmap_2m_kb", "directmap_1g_kb"]),
         ("splits", ["direct_map_level2_splits", "direct_map_level3_splits"]),
         ("TLB flushes", ["tlb_full_flushes", "tlb_page_flush_rounds"]),
-        ("SEV-SNP", ["rmp_regions", "psmash", "host_rmp_faults", "host_crashes"]),
+        ("host faults", ["host_crashes", "not_present_faults"]),
+        ("SEV-SNP", ["rmp_regions", "psmash", "host_rmp_faults"]),
     ]
 
     public static func render(_ r: RunResult) -> String {
@@ -26,6 +27,7 @@ public enum Trace {
                                    ("ts", .int(ts)), ("dur", .int(1000)), ("pid", .int(1)), ("tid", .int(1)), ("args", .object(args))]))
             for c in counters {
                 let values: [(String, JSON)] = c.metrics.compactMap { name in rec.metrics.first { $0.0 == name }.map { (name, .number($0.1)) } }
+                if values.isEmpty { continue }  // a track for layers this machine does not have
                 events.append(.object([("name", .string(c.track)), ("ph", .string("C")), ("ts", .int(ts + 1000)),
                                        ("pid", .int(1)), ("args", .object(values))]))
             }

@@ -1,29 +1,94 @@
-/// The machine architectures a scenario can name. Only those marked `modelled` can run yet;
-/// the others are accepted names that give a clear error until their layers exist.
-public enum Architecture: String, CaseIterable, Sendable {
-    case x86_64 = "x86-64"
-    case x86_sev = "x86-sev"
-    case x86_snp = "x86-snp"
-    case x86_tdx = "x86-tdx"
-    case arm64 = "arm64"
-    case arm64_cca = "arm64-cca"
-    case arm64_pkvm = "arm64-pkvm"
-    case arm64_mte = "arm64-mte"
-    case s390_pv = "s390-pv"
+import Hardware
+import HostKernel
+import PageTables
 
-    public var modelled: Bool { self == .x86_64 || self == .x86_snp }
+/// An architecture as the simulation knows it: its name, how to build its platform, and
+/// everything it adds to scenarios (steps, workloads, policy slots, invariants, metrics).
+/// Each modelled architecture registers one of these from its `Simulation/<ARCH>/` folder;
+/// `Architectures.all` lists them, one line each.
+public struct ArchitectureDefinition: Sendable {
+    public let name: String
+    public let summary: String
+    public let modelled: Bool
+    /// Whether scenarios may define guests, and the largest guest identifier (ASID on SNP).
+    public let guestIDs: ClosedRange<UInt64>?
+    public let steps: [StepDefinition]
+    public let workloads: [WorkloadDefinition]
+    public let policySlots: [PolicySlot]
+    public let invariants: [Invariant]
+    /// The platform's metrics, in the order its `metrics(kernel:)` reports them.
+    public let metrics: [MetricInfo]
+    let makePlatform: @Sendable (inout Kernel, [GuestSpec]) -> any Platform
 
-    public var summary: String {
-        switch self {
-        case .x86_64: "x86-64 host: boot direct map, change_page_attr, vmalloc aliases"
-        case .x86_sev: "AMD SEV (C-bit guests) — not modelled yet"
-        case .x86_snp: "AMD SEV-SNP host: the RMP and its instructions and access checks, on the x86-64 host"
-        case .x86_tdx: "Intel TDX (PAMT, Secure EPT) — not modelled yet"
-        case .arm64: "arm64 host — not modelled yet"
-        case .arm64_cca: "Arm CCA (GPT, RMM) — not modelled yet"
-        case .arm64_pkvm: "pKVM (host stage-2 ownership) — not modelled yet"
-        case .arm64_mte: "Arm MTE tags — not modelled yet"
-        case .s390_pv: "s390 protected virtualization — not modelled yet"
-        }
+    public init(
+        name: String, summary: String, modelled: Bool = true, guestIDs: ClosedRange<UInt64>? = nil,
+        steps: [StepDefinition] = [], workloads: [WorkloadDefinition] = [], policySlots: [PolicySlot] = [],
+        invariants: [Invariant] = [], metrics: [MetricInfo] = [],
+        makePlatform: @escaping @Sendable (inout Kernel, [GuestSpec]) -> any Platform = { _, _ in NoPlatform() }
+    ) {
+        self.name = name
+        self.summary = summary
+        self.modelled = modelled
+        self.guestIDs = guestIDs
+        self.steps = steps
+        self.workloads = workloads
+        self.policySlots = policySlots
+        self.invariants = invariants
+        self.metrics = metrics
+        self.makePlatform = makePlatform
+    }
+
+    /// A name scenarios may give that has no model yet (a clear error until it lands).
+    static func planned(_ name: String, _ summary: String) -> ArchitectureDefinition {
+        ArchitectureDefinition(name: name, summary: summary + " — not modelled yet", modelled: false)
+    }
+}
+
+/// The registry of architectures. Adding one is its folders and one line here.
+public enum Architectures {
+    public static let all: [ArchitectureDefinition] = [
+        x86_64,
+        SNPArchitecture.definition,
+        .planned("x86-sev", "AMD SEV (C-bit guests)"),
+        .planned("x86-tdx", "Intel TDX (PAMT, Secure EPT)"),
+        .planned("arm64", "arm64 host"),
+        .planned("arm64-cca", "Arm CCA (GPT, RMM)"),
+        .planned("arm64-pkvm", "pKVM (host stage-2 ownership)"),
+        .planned("s390-pv", "s390 protected virtualization"),
+    ]
+
+    /// The plain x86-64 host: boot direct map, change_page_attr, vmalloc aliases, host faults.
+    public static let x86_64 = ArchitectureDefinition(
+        name: "x86-64", summary: "x86-64 host: boot direct map, change_page_attr, vmalloc aliases")
+
+    public static func named(_ name: String) -> ArchitectureDefinition? { all.first { $0.name == name } }
+    public static var modelled: [ArchitectureDefinition] { all.filter(\.modelled) }
+}
+
+/// What an architecture adds to a machine beyond the host kernel: its hardware tables and
+/// hypervisor backend. A value, so a copied machine is a snapshot; each architecture's steps
+/// reach their own platform type with `Machine.withPlatform`.
+public protocol Platform: Sendable {
+    /// The architecture's metrics, in the order its definition declares them.
+    func metrics(kernel: Kernel) -> [(String, UInt64)]
+    /// The ownership check host accesses meet.
+    var ownership: any HostOwnership { get }
+    /// A host kernel access through this platform's ownership check, counted.
+    mutating func hostAccess(_ kernel: inout Kernel, pa: UInt64, write: Bool, context: HostAccessContext) -> HostAccessOutcome
+    /// set_memory_encrypted/decrypted in guest `guest`'s own kernel, with the architecture's
+    /// conversion protocol.
+    static func guestSetMemory(_ m: inout Machine, guest: Int, gfns: Range<UInt64>, encrypt: Bool) -> any Outcome
+}
+
+/// The platform of a machine that is only a host (x86-64): no ownership table, no guests.
+public struct NoPlatform: Platform {
+    public init() {}
+    public func metrics(kernel: Kernel) -> [(String, UInt64)] { [] }
+    public var ownership: any HostOwnership { NoOwnership() }
+    public mutating func hostAccess(_ kernel: inout Kernel, pa: UInt64, write: Bool, context: HostAccessContext) -> HostAccessOutcome {
+        kernel.hostAccess(NoOwnership(), pa: pa, write: write, context: context)
+    }
+    public static func guestSetMemory(_ m: inout Machine, guest: Int, gfns: Range<UInt64>, encrypt: Bool) -> any Outcome {
+        KernelStatus.error(.EINVAL)  // no guests: the scenario reader refuses `guest:` first
     }
 }

@@ -1,3 +1,4 @@
+import Hardware
 import PageTables
 
 /// An end-of-run assertion, named in a scenario's `check:` list.
@@ -47,22 +48,21 @@ public enum Checks {
         CheckDefinition(name: "metric", summary: "a metric of the run meets a condition", usage: "- metric: {tlb_full_flushes: \"<= 100\"}"),
     ]
 
-    static func isError(_ result: String) -> Bool { result.hasPrefix("-E") || result.contains(" failed (first ") }
-
-    static func prepare(_ item: Field) throws(ScenarioError) -> PreparedCheck {
+    static func prepare(_ item: Field, architecture: ArchitectureDefinition) throws(ScenarioError) -> PreparedCheck {
         let line = item.node.mark?.line
         let names = all.map(\.name)
         if item.isScalar {
-            let name = try item.choice(names, what: "check")
+            let name = try item.text()
+            guard names.contains(name) else { throw item.error("unknown check '\(name)'" + Suggest.hint(name, in: names, listedBy: "'cocomem list checks'")) }
             switch name {
             case "no-errors":
                 return PreparedCheck(name: name, description: "no-errors", line: line) { _, records in
-                    let bad = records.filter { isError($0.result) && $0.expect != $0.result }
+                    let bad = records.filter { $0.outcome.isError && $0.passed != true }
                     return (bad.isEmpty, bad.first.map { "step \($0.index) \($0.name) = \($0.result)" } ?? "")
                 }
             case "no-host-crash":
                 return PreparedCheck(name: name, description: "no-host-crash", line: line) { m, _ in
-                    let n = m.kernel.snp.hostCrashes
+                    let n = m.kernel.faults.hostCrashes
                     return (n == 0, n == 0 ? "" : "\(n) host access\(n == 1 ? "" : "es") crashed the host")
                 }
             case "invariants":
@@ -84,9 +84,16 @@ public enum Checks {
                 return [("4k", UInt64(c.size4K) << 12), ("2m", UInt64(c.size2M) << 21), ("1g", UInt64(c.size1G) << 30)]
             }
         case "metric":
-            return try conditionCheck(name, args, line: line, keys: Machine.metricNames, show: { String($0) }) { $0.metrics }
+            let metricNames = Machine.metricInfo(architecture).map(\.name)
+            for (key, _) in try args.mapping().entries where !metricNames.contains(key) {
+                let elsewhere = Architectures.all.filter { $0.metrics.contains { $0.name == key } }.map(\.name)
+                throw try args.mapping().keyError(key, "unknown metric '\(key)'" + (elsewhere.isEmpty
+                    ? Suggest.hint(key, in: metricNames, listedBy: "'cocomem list metrics'")
+                    : "; it is reported on \(elsewhere.joined(separator: ", ")), and this machine is \(architecture.name)"))
+            }
+            return try conditionCheck(name, args, line: line, keys: metricNames, show: { String($0) }) { $0.metrics }
         default:
-            throw fields.entries[0].1.error("unknown check '\(name)'; valid checks: \(names.joined(separator: ", "))")
+            throw fields.keyError(name, "unknown check '\(name)'" + Suggest.hint(name, in: names, listedBy: "'cocomem list checks'"))
         }
     }
 

@@ -84,7 +84,7 @@ public struct Field: @unchecked Sendable {
     public func choice(_ choices: [String], what: String) throws(ScenarioError) -> String {
         let t = try text()
         guard choices.contains(t) else {
-            throw error("unknown \(what) '\(t)'; valid: \(choices.joined(separator: ", "))")
+            throw error("unknown \(what) '\(t)'" + Suggest.hint(t, in: choices, listedBy: "docs/SCENARIOS.md"))
         }
         return t
     }
@@ -123,7 +123,7 @@ public struct Fields: Sendable {
     /// Refuses any key not in `allowed`, listing the valid ones.
     public func only(_ allowed: [String]) throws(ScenarioError) {
         for (key, _) in entries where !allowed.contains(key) {
-            throw keyError(key, "unknown field '\(key)'; valid: \(allowed.joined(separator: ", "))")
+            throw keyError(key, "unknown field '\(key)'" + Suggest.hint(key, in: allowed, listedBy: "docs/SCENARIOS.md"))
         }
     }
 }

@@ -2,10 +2,11 @@ import Hardware
 import Hypervisor
 import PageTables
 
-/// A guest as the hardware sees it: its ASID and a nested page table that maps guest
-/// physical `[0, memory)` linearly onto host physical `[placement, placement + memory)` with
-/// `npt`-sized leaves. The KVM layer will build guests from memslots and guest_memfd; until
-/// then a scenario places them by hand.
+/// A guest as a scenario defines it: its hardware identifier (the ASID on SEV-SNP), its
+/// memory placed linearly at host physical `[placement, placement + memory)` (KVM's one
+/// guest_memfd memslot), its vCPUs and backing. `npt` is the nested page size the hardware
+/// steps that bypass KVM (guest-read, pvalidate …) assume; through KVM the stage-2 table's
+/// real leaves decide it.
 public struct GuestSpec: Hashable, Sendable {
     public let name: String
     public let asid: UInt32
@@ -17,29 +18,25 @@ public struct GuestSpec: Hashable, Sendable {
     public let backing: GmemBacking
 
     /// The VM KVM creates for this guest.
-    public var vmConfig: SNPVMConfig {
-        SNPVMConfig(name: name, asid: asid, vcpus: vcpus, memory: memory, placement: placement, backing: backing)
+    public var vmConfig: VMConfig {
+        VMConfig(name: name, id: asid, vcpus: vcpus, memory: memory, placement: placement, backing: backing)
     }
 
     /// The SPA that backs `gpa`.
     public func spa(_ gpa: UInt64) -> UInt64 { placement + gpa }
 
-    /// The context of an instruction or access this guest issues at `gpa` from `vmpl`.
-    public func context(gpa: UInt64, vmpl: Int) -> GuestContext {
-        GuestContext(asid: asid, vmpl: vmpl, gpa: gpa, spa: spa(gpa), nptSize: npt)
-    }
-
-    /// Reads the `guests:` list of an x86-snp scenario: names and ASIDs unique, memory in
-    /// RAM, placements that do not overlap (each error names the ranges involved).
-    static func readAll(_ field: Field, memory ram: PhysicalMemory) throws(ScenarioError) -> [GuestSpec] {
+    /// Reads the `guests:` list: names and identifiers unique, memory in RAM, placements
+    /// that do not overlap (each error names the ranges involved). A guest may override the
+    /// scenario's `guest.` policies for itself (none exist yet).
+    static func readAll(_ field: Field, memory ram: PhysicalMemory, ids: ClosedRange<UInt64>, guestSlots: [PolicySlot]) throws(ScenarioError) -> [GuestSpec] {
         var guests: [GuestSpec] = []
         for item in try field.sequence() {
             let f = try item.mapping()
-            try f.only(["name", "asid", "memory", "placement", "npt", "vcpus", "backing"])
+            try f.only(["name", "asid", "memory", "placement", "npt", "vcpus", "backing"] + guestSlots.map(\.key))
             let name = try f.required("name").text()
             if guests.contains(where: { $0.name == name }) { throw f.keyError("name", "guest '\(name)' is defined twice") }
             let asidField = try f.required("asid")
-            let asid = UInt32(try asidField.number(in: 1...UInt64(RMP.maxASID), what: "asid"))
+            let asid = UInt32(try asidField.number(in: ids, what: "asid"))
             if let other = guests.first(where: { $0.asid == asid }) { throw asidField.error("ASID \(asid) is already \(other.name)'s") }
             let npt = PageSize(level: Int(try f["npt"]?.choice(["4K", "2M"], what: "npt page size") == "2M" ? 2 : 1))!
             let vcpus = Int(try f["vcpus"]?.number(in: 1...512, what: "vcpus") ?? 1)

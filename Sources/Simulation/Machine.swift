@@ -1,23 +1,22 @@
+import GuestKernel
 import Hardware
 import HostKernel
-import Hypervisor
 import PageTables
 
-/// The whole simulated machine: hardware, host kernel, the run's seeded generator and step
-/// counters. A struct of structs, so a copy is a snapshot.
+/// The whole simulated machine: the host kernel, the platform of its architecture, the
+/// guests' own kernels, the run's seeded generator and step counters. A struct of structs,
+/// so a copy is a snapshot.
 public struct Machine: Sendable {
-    public let architecture: Architecture
+    public let architecture: ArchitectureDefinition
     public let cpus: Int
     public internal(set) var kernel: Kernel
-    /// The SEV-SNP Reverse Map Table (x86-snp only), covering all of RAM.
-    public internal(set) var rmp: RMP?
+    /// The architecture's hardware and hypervisor backend.
+    public internal(set) var platform: any Platform
     /// The guests, in scenario order.
     public let guests: [GuestSpec]
-    /// KVM with its SEV-SNP VMs (x86-snp), one per guest, in the same order.
-    public internal(set) var kvm: KVM?
+    /// Each guest's own kernel (its direct map), in the same order.
+    public internal(set) var guestKernels: [GuestKernel]
     public internal(set) var rng: SeededGenerator
-    /// Faults counted by kind: host #PF(RMP), guest NPF, guest #VC, IOMMU RMP faults.
-    public internal(set) var faults = FaultCounts()
     /// Step results that were kernel errors (-E…), workloads' operations included.
     public internal(set) var errors = 0
     /// Operations run, workloads' operations counted one by one.
@@ -25,77 +24,66 @@ public struct Machine: Sendable {
     /// Called now and then by long workloads with (done, total), for a progress line.
     public var onProgress: (@Sendable (UInt64, UInt64) -> Void)?
 
-    public init(architecture: Architecture, cpus: Int, kernel: Kernel, guests: [GuestSpec] = [], seed: UInt64) {
+    public init(architecture: ArchitectureDefinition, cpus: Int, kernel: Kernel, guests: [GuestSpec] = [], seed: UInt64) throws(HostKernelError) {
         self.architecture = architecture
         self.cpus = cpus
         self.kernel = kernel
         self.guests = guests
-        self.rmp = architecture == .x86_snp ? RMP(end: kernel.memory.endOfRAM) : nil
-        if architecture == .x86_snp {
-            var kvm = KVM()
-            for g in guests { kvm.create(g.vmConfig) }
-            if kernel.config.directMapPolicy == .pooled {
-                kvm.reservePool(&self.kernel, start: KVM.poolStart, pages: KVM.poolPages)
-            }
-            self.kvm = kvm
-        }
+        var gks: [GuestKernel] = []
+        for g in guests { gks.append(try GuestKernel(name: g.name, memory: g.memory)) }
+        self.guestKernels = gks
+        self.platform = architecture.makePlatform(&self.kernel, guests)
         self.rng = SeededGenerator(seed: seed)
     }
 
-    /// Counts the fault an SNP outcome is, if it is one, under its kind.
-    mutating func countFault(_ outcome: SNPOutcome) {
-        switch outcome {
-        case .hostRMPFault: faults.hostRMP += 1
-        case .npf: faults.npf += 1
-        case .vc: faults.vc += 1
-        case .iommuRMPFault: faults.iommuRMP += 1
-        default: break
+    /// Runs `body` with the platform as its concrete type `P`, taken out of the machine so
+    /// both can change without copying either (the platform's arrays stay uniquely held).
+    public mutating func withPlatform<P: Platform, R, E: Error>(_ type: P.Type, _ body: (inout P, inout Machine) throws(E) -> R) throws(E) -> R {
+        guard var p = platform as? P else {
+            preconditionFailure("a \(P.self) step on a \(architecture.name) machine")  // the scenario reader checks the architecture
         }
+        platform = NoPlatform()
+        defer { platform = p }
+        return try body(&p, &self)
+    }
+
+    /// Counts one operation and its error, if it is one.
+    mutating func count(_ outcome: any Outcome) {
+        operations += 1
+        if outcome.isError { errors += 1 }
     }
 
     /// Runs a host-kernel operation and counts it.
-    mutating func apply(_ op: KernelOperation) throws(HostKernelError) -> String {
+    mutating func apply(_ op: KernelOperation) throws(HostKernelError) -> any Outcome {
         let result = try op.apply(to: &kernel)
-        operations += 1
-        if result.hasPrefix("-E") { errors += 1 }
+        count(result)
         return result
     }
 
-    /// Every counter the layers keep, in a fixed order: the metrics of a run.
+    /// The metrics every machine reports after its layers': what the run did.
+    static let runMetrics: [MetricInfo] = [
+        MetricInfo("operations", "operations", "operations run, a workload's counted one by one"),
+        MetricInfo("errors", "operations", "operations that returned a kernel error (-E…)"),
+    ]
+
+    /// Every counter the machine's layers keep, in a fixed order: the host kernel's, the
+    /// platform's, then the run's.
     public var metrics: [(String, UInt64)] {
-        let c = kernel.directPagesCount
-        var m: [(String, UInt64)] = [
-            ("directmap_4k_kb", UInt64(c.size4K) << 2),
-            ("directmap_2m_kb", UInt64(c.size2M) << 11),
-            ("directmap_1g_kb", UInt64(c.size1G) << 20),
-            ("pgtable_pages", UInt64(kernel.pageTable.tablePages)),
-        ]
-        m += kernel.stats.fields
-        m += [("rmp_regions", UInt64(rmp?.chunksInUse ?? 0)), ("host_rmp_faults", UInt64(faults.hostRMP)), ("guest_npf", UInt64(faults.npf)),
-              ("guest_vc", UInt64(faults.vc)), ("iommu_rmp_faults", UInt64(faults.iommuRMP))]
-        let s = kernel.snp
-        m += s.rmpFaultFields
-        m += [("host_crashes", UInt64(s.hostCrashes)), ("not_present_faults", UInt64(s.notPresentFaults)),
-              ("splits_on_fault", UInt64(s.splitsOnFault)), ("ciphertext_reads", UInt64(s.ciphertextReads)),
-              ("rmp_make_private", UInt64(s.rmpMakePrivate)), ("rmp_make_shared", UInt64(s.rmpMakeShared)),
-              ("leaked_pages", s.leakedPages)]
-        m += (kvm?.stats ?? KVMStats()).fields
-        m.append(("pool_pages_wasted", kvm?.poolPagesWasted ?? 0))
-        m += [("operations", UInt64(operations)), ("errors", UInt64(errors))]
-        return m
+        Kernel.metrics.values(kernel) + platform.metrics(kernel: kernel) + [("operations", UInt64(operations)), ("errors", UInt64(errors))]
     }
 
-    /// The names `metrics` reports, in order.
-    public static let metricNames: [String] =
-        ["directmap_4k_kb", "directmap_2m_kb", "directmap_1g_kb", "pgtable_pages"] + CPAStats().fields.map(\.0)
-        + ["rmp_regions", "host_rmp_faults", "guest_npf", "guest_vc", "iommu_rmp_faults"] + SNPHostStats().rmpFaultFields.map(\.0)
-        + ["host_crashes", "not_present_faults", "splits_on_fault", "ciphertext_reads", "rmp_make_private", "rmp_make_shared", "leaked_pages"]
-        + KVMStats().fields.map(\.0) + ["pool_pages_wasted", "operations", "errors"]
+    /// The metrics a machine of `architecture` reports, declared, in order.
+    public static func metricInfo(_ architecture: ArchitectureDefinition) -> [MetricInfo] {
+        Kernel.metrics.map(\.info) + architecture.metrics + runMetrics
+    }
 
-    /// Checks every registered invariant, in registry order.
+    /// Checks every invariant the machine's layers register, in registry order.
     public func checkInvariants() throws(InvariantViolation) {
-        for invariant in Invariants.all { try invariant.check(self) }
+        for invariant in Invariants.common + architecture.invariants { try invariant.check(self) }
     }
+
+    /// The index of the guest named `name`.
+    public func guestIndex(_ name: String) -> Int? { guests.firstIndex { $0.name == name } }
 }
 
 /// A named invariant a layer registers; checked after every step in `--check` runs and tests.
@@ -104,30 +92,35 @@ public struct Invariant: Sendable {
     public let layer: String
     public let summary: String
     let check: @Sendable (Machine) throws(InvariantViolation) -> Void
+
+    public init(name: String, layer: String, summary: String, check: @escaping @Sendable (Machine) throws(InvariantViolation) -> Void) {
+        self.name = name
+        self.layer = layer
+        self.summary = summary
+        self.check = check
+    }
 }
 
-/// The registry of invariants, one entry per layer's checker.
+/// The registry of invariants every machine has; architectures add theirs.
 public enum Invariants {
-    public static let all: [Invariant] = [
+    public static let common: [Invariant] = [
         Invariant(name: "page-table", layer: "PageTables",
                   summary: "leaf counts and table pages equal a walk; every table reached once; free tables empty") { m throws(InvariantViolation) in
             try m.kernel.pageTable.checkInvariants()
-        },
-        Invariant(name: "rmp", layer: "Hardware/SNP",
-                  summary: "per-2M assigned count equals the 4K entries; a 2M page's 512 entries agree; VMPL1-3 never exceed VMPL0") { m throws(InvariantViolation) in
-            try m.rmp?.checkInvariants()
         },
         Invariant(name: "direct-pages-count", layer: "HostKernel",
                   summary: "direct_pages_count equals the direct-map walk; vmalloc aliases share the C-bit") { m throws(InvariantViolation) in
             try m.kernel.checkDirectMapInvariants()
         },
+        Invariant(name: "guest-direct-map", layer: "GuestKernel",
+                  summary: "each guest kernel's page table and direct_pages_count are consistent") { m throws(InvariantViolation) in
+            for g in m.guestKernels {
+                try g.kernel.pageTable.checkInvariants()
+                try g.kernel.checkDirectMapInvariants()
+            }
+        },
     ]
-}
 
-/// Faults the hardware raised during a run, by kind.
-public struct FaultCounts: Hashable, Sendable {
-    public var hostRMP = 0
-    public var npf = 0
-    public var vc = 0
-    public var iommuRMP = 0
+    /// Every invariant of every architecture, for `list invariants`.
+    public static var all: [Invariant] { common + Architectures.all.flatMap(\.invariants) }
 }

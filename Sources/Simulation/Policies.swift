@@ -1,36 +1,57 @@
 import HostKernel
 
-/// A choice point in the model that scenarios name and `cocomem compare` varies.
+/// A choice point in the model that scenarios name and `cocomem compare` varies. Its full
+/// name is `SECTION.KEY`, where SECTION is the scenario section it is written in: `host`
+/// (the host kernel), `kvm` (the hypervisor), `guest` (every guest's kernel) or `machine`
+/// (hardware options).
 public struct PolicySlot: Sendable {
-    /// Full name, `layer.key` (e.g. `host.cpa-collapse`).
-    public let name: String
-    /// The key under its layer in a scenario (`host: {cpa-collapse: rox}`).
+    public enum Section: String, CaseIterable, Sendable { case host, kvm, guest, machine }
+
+    public let section: Section
+    /// The key under its section (`host: {cpa-collapse: rox}`).
     public let key: String
     public let summary: String
     public let policies: [(name: String, summary: String)]
     public let defaultPolicy: String
     let apply: @Sendable (String, inout KernelConfig) -> Void
+
+    /// `section.key`, e.g. `host.cpa-collapse`.
+    public var name: String { "\(section.rawValue).\(key)" }
+
+    public init(section: Section, key: String, summary: String, policies: [(name: String, summary: String)], defaultPolicy: String,
+                apply: @escaping @Sendable (String, inout KernelConfig) -> Void) {
+        self.section = section
+        self.key = key
+        self.summary = summary
+        self.policies = policies
+        self.defaultPolicy = defaultPolicy
+        self.apply = apply
+    }
 }
 
-/// The registry of policy slots.
+/// The registry of policy slots: those every machine has; architectures add theirs.
 public enum Policies {
-    public static let slots: [PolicySlot] = [
+    public static let common: [PolicySlot] = [
         PolicySlot(
-            name: "host.cpa-collapse", key: "cpa-collapse",
+            section: .host, key: "cpa-collapse",
             summary: "when change_page_attr re-merges split direct-map tables",
             policies: CollapsePolicy.allCases.map { ($0.rawValue, $0.summary) },
             defaultPolicy: CollapsePolicy.rox.rawValue,
             apply: { name, config in config.collapse = CollapsePolicy(rawValue: name)! }),
-        PolicySlot(
-            name: "host.directmap-policy", key: "directmap-policy",
-            summary: "what the host does to its direct map as pages enter and leave the RMP (SEV-SNP)",
-            policies: DirectMapPolicyKind.allCases.map { ($0.rawValue, $0.summary) },
-            defaultPolicy: DirectMapPolicyKind.splitOnAssign.rawValue,
-            apply: { name, config in config.directMapPolicy = DirectMapPolicyKind(rawValue: name)! }),
     ]
 
-    /// The slot that holds a policy named `policy`, if exactly one does.
+    /// The slots a machine of `architecture` has.
+    public static func slots(_ architecture: ArchitectureDefinition) -> [PolicySlot] { common + architecture.policySlots }
+
+    /// Every slot of every architecture, each once, for `list policies`.
+    public static var all: [PolicySlot] {
+        var out = common
+        for a in Architectures.all { for s in a.policySlots where !out.contains(where: { $0.name == s.name }) { out.append(s) } }
+        return out
+    }
+
+    /// The slots that hold a policy named `policy`.
     public static func slots(holding policy: String) -> [PolicySlot] {
-        slots.filter { $0.policies.contains { $0.name == policy } }
+        all.filter { $0.policies.contains { $0.name == policy } }
     }
 }

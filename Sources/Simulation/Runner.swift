@@ -1,3 +1,4 @@
+import Hardware
 import HostKernel
 import PageTables
 
@@ -7,12 +8,15 @@ public struct StepRecord: Sendable {
     public let line: Int?
     public let name: String
     public let arguments: [(String, String)]
-    public let result: String
+    /// What the step answered, as a value.
+    public let outcome: any Outcome
     public let expect: String?
     /// Metrics right after the step (for traces).
     public let metrics: [(String, UInt64)]
+    /// The result as the specification prints it.
+    public var result: String { outcome.description }
     /// nil when the step has no expectation.
-    public var passed: Bool? { expect.map { $0 == result } }
+    public var passed: Bool? { expect.map { outcome.matches($0) } }
 }
 
 /// The outcome of one end check.
@@ -80,14 +84,14 @@ public enum Runner {
             if let progress = options.progress {
                 m.onProgress = { done, all in progress(step.index, total, "\(step.name) \(done)/\(all)") }
             }
-            let result: String
+            let result: any Outcome
             do { result = try step.action(&m) } catch {
                 // Only a state the loader could not foresee gets here (e.g. the vmalloc area filling up).
                 throw ScenarioError(file: scenario.file, line: step.line, column: nil, field: "steps[\(step.index)].\(step.name)", error.message)
             }
             m.onProgress = nil
             records.append(StepRecord(index: step.index, line: step.line, name: step.name, arguments: step.arguments,
-                                      result: result, expect: step.expect, metrics: m.metrics))
+                                      outcome: result, expect: step.expect, metrics: m.metrics))
             if options.snapshotAt == step.index { snapshot = m }
             if let n = options.sampleEvery, step.index % n == 0 { samples.append((step.index, m.metrics)) }
             if options.checkInvariants {

@@ -9,11 +9,11 @@ public struct Scenario: Sendable {
     public let file: String
     public let name: String
     public let seed: UInt64
-    public let architecture: Architecture
+    public let architecture: ArchitectureDefinition
     public let cpus: Int
     public let memory: PhysicalMemory
     public let kernelConfig: KernelConfig
-    /// The guests (x86-snp), in document order.
+    /// The guests, in document order.
     public let guests: [GuestSpec]
     /// Chosen policies by slot, in registry order (defaults included).
     public let policies: [(slot: String, policy: String)]
@@ -23,8 +23,8 @@ public struct Scenario: Sendable {
     /// A fresh machine booted as the scenario says.
     public func boot() throws(ScenarioError) -> Machine {
         do {
-            return Machine(architecture: architecture, cpus: cpus, kernel: try Kernel(memory: memory, config: kernelConfig),
-                           guests: guests, seed: seed)
+            return try Machine(architecture: architecture, cpus: cpus, kernel: try Kernel(memory: memory, config: kernelConfig),
+                               guests: guests, seed: seed)
         } catch {
             throw ScenarioError(file: file, line: nil, column: nil, field: "machine", error.message)
         }
@@ -40,7 +40,7 @@ public struct PreparedStep: Sendable {
     /// Arguments in document order, normalised (numbers in hex).
     public let arguments: [(String, String)]
     public let expect: String?
-    let action: @Sendable (inout Machine) throws(HostKernelError) -> String
+    let action: StepAction
 }
 
 /// An end check ready to evaluate.

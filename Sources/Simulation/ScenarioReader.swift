@@ -7,7 +7,7 @@ struct ScenarioReader {
     let file: String
     let overrides: [(String, String)]
 
-    static let topKeys = ["name", "seed", "machine", "host", "guests", "steps", "check"]
+    static let topKeys = ["name", "seed", "machine", "host", "kvm", "guest", "guests", "steps", "check"]
     static let machineKeys = ["arch", "e820", "memory", "cpus", "gbpages", "la57", "mem-encrypt", "sme-coherent"]
 
     func read(_ root: Field) throws(ScenarioError) -> Scenario {
@@ -15,15 +15,19 @@ struct ScenarioReader {
         try top.only(Self.topKeys)
         let name = try top.required("name").text()
         let seed = try top["seed"]?.number() ?? 0
-        let machine = try top.required("machine").mapping()
-        try machine.only(Self.machineKeys)
+        let machineField = try top.required("machine")
+        let machine = try machineField.mapping()
 
         let archField = machine["arch"]
-        let arch = Architecture(rawValue: try archField?.choice(Architecture.allCases.map(\.rawValue), what: "architecture") ?? "x86-64")!
-        guard arch.modelled else {
-            throw archField!.error("architecture '\(arch.rawValue)' is not modelled yet; modelled: "
-                + Architecture.allCases.filter(\.modelled).map(\.rawValue).joined(separator: ", "))
+        let archName = try archField?.text() ?? "x86-64"
+        guard let arch = Architectures.named(archName) else {
+            throw archField!.error("unknown architecture '\(archName)'" + Suggest.hint(archName, in: Architectures.all.map(\.name), listedBy: "'cocomem list archs'"))
         }
+        guard arch.modelled else {
+            throw archField!.error("architecture '\(arch.name)' is not modelled yet; modelled: " + Architectures.modelled.map(\.name).joined(separator: ", "))
+        }
+        let slots = Policies.slots(arch)
+        try machine.only(Self.machineKeys + slots.filter { $0.section == .machine }.map(\.key))
         let memory = try readMemory(machine)
         let cpus = Int(try machine["cpus"]?.number(in: 1...4096, what: "cpus") ?? 1)
         var config = KernelConfig(
@@ -31,14 +35,16 @@ struct ScenarioReader {
             la57: try machine["la57"]?.bool() ?? false,
             memEncrypt: try machine["mem-encrypt"]?.bool() ?? true,
             smeCoherent: try machine["sme-coherent"]?.bool() ?? true)
-        let policies = try readPolicies(top["host"], config: &config)
+        let policies = try readPolicies(top, machine: machine, slots: slots, config: &config)
 
         var guests: [GuestSpec] = []
         if let list = top["guests"] {
-            if arch == .x86_snp {
-                guests = try GuestSpec.readAll(list, memory: memory)
+            if let ids = arch.guestIDs {
+                guests = try GuestSpec.readAll(list, memory: memory, ids: ids, guestSlots: slots.filter { $0.section == .guest })
             } else if !(try list.sequence()).isEmpty {
-                throw list.error("guests need an architecture with a guest layer (modelled: x86-snp); '\(arch.rawValue)' has none, so use 'guests: []'")
+                throw list.error("guests need an architecture with guests (modelled: "
+                    + Architectures.modelled.filter { $0.guestIDs != nil }.map(\.name).joined(separator: ", ")
+                    + "); '\(arch.name)' has none, so use 'guests: []'")
             }
         }
 
@@ -47,14 +53,14 @@ struct ScenarioReader {
         do { kernel = try Kernel(memory: memory, config: config) } catch {
             throw (machine["memory"] ?? machine["e820"] ?? root).error(error.message)
         }
-        let context = StepContext(kernel: kernel, architecture: arch, guests: guests)
+        let context = StepContext(kernel: kernel, architecture: arch, guests: guests, cpus: cpus)
         var steps: [PreparedStep] = []
         for (i, item) in try top.required("steps").sequence().enumerated() {
             steps.append(try readStep(item, index: i + 1, context: context))
         }
         var checks: [PreparedCheck] = []
         if let list = top["check"] {
-            for item in try list.sequence() { checks.append(try Checks.prepare(item)) }
+            for item in try list.sequence() { checks.append(try Checks.prepare(item, architecture: arch)) }
         }
         return Scenario(file: file, name: name, seed: seed, architecture: arch, cpus: cpus, memory: memory,
                         kernelConfig: config, guests: guests, policies: policies, steps: steps, checks: checks)
@@ -76,20 +82,29 @@ struct ScenarioReader {
         }
     }
 
-    func readPolicies(_ host: Field?, config: inout KernelConfig) throws(ScenarioError) -> [(slot: String, policy: String)] {
-        var chosen: [String: String] = [:]
-        if let host {
-            let fields = try host.mapping()
-            try fields.only(Policies.slots.map(\.key))
-            for (key, field) in fields.entries {
-                let slot = Policies.slots.first { $0.key == key }!
-                chosen[slot.name] = try field.choice(slot.policies.map(\.name), what: "policy for \(slot.name)")
+    /// Reads the policy slots from their sections (`host:`, `kvm:`, `guest:`, and the
+    /// hardware options under `machine:`), applies `overrides`, then every slot's choice.
+    func readPolicies(_ top: Fields, machine: Fields, slots: [PolicySlot], config: inout KernelConfig) throws(ScenarioError) -> [(slot: String, policy: String)] {
+        var chosen: [(String, String)] = []
+        for section in PolicySlot.Section.allCases {
+            let inSection = slots.filter { $0.section == section }
+            let fields: Fields
+            if section == .machine {
+                fields = machine
+            } else {
+                guard let f = top[section.rawValue] else { continue }
+                fields = try f.mapping()
+                try fields.only(inSection.map(\.key))
+            }
+            for slot in inSection {
+                guard let field = fields[slot.key] else { continue }
+                chosen.append((slot.name, try field.choice(slot.policies.map(\.name), what: "policy for \(slot.name)")))
             }
         }
-        for (slot, policy) in overrides { chosen[slot] = policy }
+        chosen += overrides
         var result: [(slot: String, policy: String)] = []
-        for slot in Policies.slots {
-            let policy = chosen[slot.name] ?? slot.defaultPolicy
+        for slot in slots {
+            let policy = chosen.last { $0.0 == slot.name }?.1 ?? slot.defaultPolicy
             slot.apply(policy, &config)
             result.append((slot.name, policy))
         }
@@ -107,11 +122,8 @@ struct ScenarioReader {
         if name == "workload" {
             return try Workloads.prepare(args, index: index, line: line, expect: expect, context: context)
         }
-        guard let def = Steps.all.first(where: { $0.name == name }) else {
-            throw fields.keyError(name,
-                "unknown step '\(name)'; known steps: " + (Steps.all.map(\.name) + ["workload"]).joined(separator: ", "))
-        }
-        let prepared = try def.prepare(args, context)
-        return PreparedStep(index: index, line: line, name: name, arguments: prepared.arguments, expect: expect, action: prepared.action)
+        let def = try Steps.find(name, architecture: context.architecture, at: fields)
+        let (arguments, action) = try def.prepared(args, context)
+        return PreparedStep(index: index, line: line, name: name, arguments: arguments, expect: expect, action: action)
     }
 }

@@ -2,116 +2,197 @@ import Hardware
 import HostKernel
 import PageTables
 
-/// A scenario step: an operation under its lowercase real name, with documented arguments.
+/// A scenario step: an operation under its real name (kernel and specification spelling;
+/// model-only actions lowercase with hyphens), with its arguments declared once.
 public struct StepDefinition: Sendable {
     public let name: String
+    /// Older names that still work.
+    public let aliases: [String]
     public let summary: String
-    /// Argument names and what they mean, for `list steps` and docs/SCENARIOS.md.
-    public let arguments: [(name: String, help: String)]
-    let prepare: @Sendable (Field, StepContext) throws(ScenarioError) -> (arguments: [(String, String)], action: @Sendable (inout Machine) throws(HostKernelError) -> String)
+    public let arguments: [Parameter]
+    /// Fields accepted besides the schema's (the `pa` alternative to `addr`).
+    let extraKeys: [String]
+    let prepare: @Sendable (inout StepArguments, StepContext) throws(ScenarioError) -> StepAction
+
+    public init(_ name: String, aliases: [String] = [], _ summary: String, _ arguments: [Parameter], extraKeys: [String] = [],
+                prepare: @escaping @Sendable (inout StepArguments, StepContext) throws(ScenarioError) -> StepAction) {
+        self.name = name
+        self.aliases = aliases
+        self.summary = summary
+        self.arguments = arguments
+        self.extraKeys = extraKeys
+        self.prepare = prepare
+    }
+
+    /// Reads a step's arguments and makes it ready to run: (arguments to echo, action).
+    func prepared(_ field: Field, _ context: StepContext) throws(ScenarioError) -> ([(String, String)], StepAction) {
+        var args = try StepArguments(field, schema: arguments, context: context, extraKeys: extraKeys)
+        let action = try prepare(&args, context)
+        return (args.echoed, action)
+    }
 }
+
+/// What a step does when it runs: the machine changes and the step answers.
+public typealias StepAction = @Sendable (inout Machine) throws(HostKernelError) -> any Outcome
 
 /// What a step can check its arguments against while the scenario is read: the booted
 /// kernel, the architecture and the guests.
 public struct StepContext: Sendable {
     public let kernel: Kernel
-    public let architecture: Architecture
+    public let architecture: ArchitectureDefinition
     public let guests: [GuestSpec]
-
-    /// The guest the `guest:` field names, with its index (KVM's VM number), or an error
-    /// listing the guests there are.
-    func guest(_ f: Fields) throws(ScenarioError) -> (index: Int, spec: GuestSpec) {
-        let field = try f.required("guest")
-        let name = try field.text()
-        guard let i = guests.firstIndex(where: { $0.name == name }) else {
-            throw field.error("unknown guest '\(name)'; guests: " + (guests.isEmpty ? "none defined" : guests.map(\.name).joined(separator: ", ")))
-        }
-        return (i, guests[i])
-    }
+    public let cpus: Int
 }
 
-/// The registry of steps.
+/// The registry of steps: the host kernel's, which every machine has, and each
+/// architecture's.
 public enum Steps {
-    static let addressArguments: [(String, String)] = [
-        ("addr", "a direct-map or vmalloc virtual address (e.g. 0xffff888040000000)"),
-        ("pa", "instead of addr: a physical address, reached through the direct map"),
-        ("numpages", "pages to change (default 1)"),
-    ]
-
-    public static let all: [StepDefinition] = KernelOperation.catalogue.map { op in
+    public static let host: [StepDefinition] = KernelOperation.catalogue.map { op in
         op.name == "vmap" ? vmapStep(summary: op.summary) : cpaStep(op.name, summary: op.summary, single: op.arguments == "ADDR")
-    } + faultInjection + snp
+    } + faultInjection + [hostAccessStep("host-read", write: false), hostAccessStep("host-write", write: true)]
+
+    /// The steps a machine of `architecture` has.
+    public static func available(_ architecture: ArchitectureDefinition) -> [StepDefinition] { host + architecture.steps }
+
+    /// Every step of every architecture, each once, for `list steps` and the docs.
+    public static var all: [StepDefinition] { host + Architectures.all.flatMap(\.steps) }
+
+    /// The step called `name` (or an alias) on `architecture`, or an error that says which
+    /// architecture has it or which names are close.
+    static func find(_ name: String, architecture: ArchitectureDefinition, at fields: Fields) throws(ScenarioError) -> StepDefinition {
+        if let def = available(architecture).first(where: { $0.name == name || $0.aliases.contains(name) }) { return def }
+        let owners = Architectures.all.filter { a in a.steps.contains { $0.name == name || $0.aliases.contains(name) } }
+        if !owners.isEmpty {
+            throw fields.keyError(name, "step '\(name)' needs " + owners.map { "'arch: \($0.name)'" }.joined(separator: " or ")
+                + "; this machine is \(architecture.name)")
+        }
+        let names = available(architecture).map(\.name) + ["workload"]
+        throw fields.keyError(name, "unknown step '\(name)'" + Suggest.hint(name, in: names, listedBy: "'cocomem list steps'"))
+    }
 
     static let faultInjection: [StepDefinition] = [
-        StepDefinition(name: "fail_page_alloc", summary: "fault injection: make page-table allocations fail (or succeed again)",
-                       arguments: [("enabled", "true or false")]) { args, _ throws(ScenarioError) in
-            let fields = try args.mapping()
-            try fields.only(["enabled"])
-            let on = try fields.required("enabled").bool()
-            return ([("enabled", "\(on)")], { m throws(HostKernelError) in
+        StepDefinition("fail_page_alloc", "fault injection: make page-table allocations fail (or succeed again)",
+                       [Parameter("enabled", .bool, required: true, "whether allocations fail")]) { a, _ throws(ScenarioError) in
+            let on = a.bool("enabled")
+            return { m throws(HostKernelError) in
                 m.kernel.failPageTableAllocations = on
-                return "ok"
-            })
+                return OK()
+            }
         },
-        StepDefinition(name: "fail_enc_status_change", summary: "fault injection: make an encryption-status hook fail (-EIO)",
-                       arguments: [("hook", "prepare, finish or none")]) { args, _ throws(ScenarioError) in
-            let fields = try args.mapping()
-            try fields.only(["hook"])
-            let hook = try fields.required("hook").choice(EncryptionHook.allCases.map(\.rawValue) + ["none"], what: "hook")
-            return ([("hook", hook)], { m throws(HostKernelError) in
-                m.kernel.failingHook = EncryptionHook(rawValue: hook)
-                return "ok"
-            })
+        StepDefinition("fail_enc_status_change", "fault injection: make an encryption-status hook fail (-EIO)",
+                       [Parameter("hook", .choice(EncryptionHook.allCases.map(\.rawValue) + ["none"]), required: true, "the hook that fails")]) { a, _ throws(ScenarioError) in
+            let hook = EncryptionHook(rawValue: a.text("hook")!)
+            return { m throws(HostKernelError) in
+                m.kernel.failingHook = hook
+                return OK()
+            }
         },
     ]
 
-    /// The address a step names with `addr:` or `pa:`.
-    static func address(_ fields: Fields, kernel: Kernel) throws(ScenarioError) -> UInt64 {
-        switch (fields["addr"], fields["pa"]) {
-        case (.some(let a), .none): return try a.number()
-        case (.none, .some(let p)):
-            let pa = try p.number()
-            guard pa < kernel.layout.directMapMax else { throw p.error("physical address \(hex(pa)) is past the direct map") }
-            return kernel.layout.pageOffset + pa
-        case (.some, .some): throw fields.owner.error("give either 'addr' or 'pa', not both")
-        case (.none, .none): throw fields.owner.error("'addr' or 'pa' is required")
+    /// Host access contexts, in HostAccessContext's order.
+    public static let hostContexts = HostAccessContext.allCases.map(\.rawValue)
+
+    /// Access steps take `cpu:` from the start, so per-CPU state can follow unchanged.
+    static let cpuArgument = Parameter("cpu", .count(0...4095), default: "0", "the CPU that makes the access")
+
+    /// host-read / host-write: a host kernel access through the direct map (or a user
+    /// mapping), the platform's ownership check, and how a fault ends in its context.
+    static func hostAccessStep(_ name: String, write: Bool) -> StepDefinition {
+        StepDefinition(
+            name,
+            write ? "the host kernel writes a page; a fault (not present, or the ownership check) ends as its context decides (oops, double fault, …)"
+                : "the host kernel reads a page: ownership-checked only as a page-table walk; a guest page still mapped reads as ciphertext",
+            [Parameter("pa", .physical, required: true, "physical address"),
+             Parameter("context", .choice(hostContexts), default: "data", "where the access comes from"), cpuArgument]
+        ) { a, ctx throws(ScenarioError) in
+            let pa = a.number("pa"), context = HostAccessContext(rawValue: a.text("context")!)!
+            guard a.number("cpu") < UInt64(ctx.cpus) else { throw a.field("cpu").error("cpu \(a.number("cpu")) is past the machine's \(ctx.cpus) CPUs (valid: 0 to \(ctx.cpus - 1))") }
+            return { m throws(HostKernelError) in
+                let outcome = m.platform.hostAccess(&m.kernel, pa: pa, write: write, context: context)
+                m.count(outcome)
+                return outcome
+            }
         }
     }
 
     static func cpaStep(_ name: String, summary: String, single: Bool) -> StepDefinition {
-        StepDefinition(name: name, summary: summary, arguments: single ? Array(addressArguments.prefix(2)) : addressArguments) { args, ctx throws(ScenarioError) in
+        var args = [Parameter("addr", .address(), "a direct-map or vmalloc virtual address (e.g. 0xffff888040000000), or 'pa:' a physical address reached through the direct map")]
+        if !single { args.append(Parameter("numpages", .count(1...(1 << 40)), default: "1", "pages to change")) }
+        args += [Parameter("guest", .guest, "run it in this guest's own kernel instead of the host's"),
+                 Parameter("gpa", .address(), "with guest: the guest physical address, reached through the guest's direct map")]
+        return StepDefinition(name, aliases: name.hasPrefix("set_memory_") && name.hasSuffix("crypted") ? ["guest_" + name] : [],
+                              summary + " (with guest: in that guest's kernel)", args, extraKeys: ["pa"]) { a, ctx throws(ScenarioError) in
+            let numpages = Int(a[number: "numpages"] ?? 1)
+            if let (i, g) = a.guest {
+                return try guestCPAStep(name, &a, guest: i, spec: g, numpages: numpages)
+            }
+            if a.has("gpa") { throw a.field("gpa").error("'gpa' goes with 'guest'; for the host give 'addr' or 'pa'") }
             let kernel = ctx.kernel
-            let fields = try args.mapping()
-            try fields.only(single ? ["addr", "pa"] : ["addr", "pa", "numpages"])
-            let address = try address(fields, kernel: kernel)
-            let numpages = Int(try fields["numpages"]?.number(in: 1...(1 << 40), what: "numpages") ?? 1)
+            let address = try hostAddress(a, kernel: kernel)
             do throws(HostKernelError) {
                 try kernel.validate(address: address, numpages: numpages, function: name)
             } catch {
-                throw (fields["addr"] ?? fields["pa"]!).error(error.message)
+                throw (a.fields["addr"] ?? a.fields["pa"]!).error(error.message)
             }
+            a.show("addr", hex(address))
             let op = KernelOperation(name: name, address: address, numpages: numpages)
-            let shown: [(String, String)] = single ? [("addr", hex(address))] : [("addr", hex(address)), ("numpages", "\(numpages)")]
-            return (shown, { m throws(HostKernelError) in try m.apply(op) })
+            return { m throws(HostKernelError) in try m.apply(op) }
+        }
+    }
+
+    /// The address a host step names with `addr:` or `pa:`.
+    static func hostAddress(_ a: StepArguments, kernel: Kernel) throws(ScenarioError) -> UInt64 {
+        switch (a.fields["addr"], a.fields["pa"]) {
+        case (.some, .none): return a.number("addr")
+        case (.none, .some(let p)):
+            let pa = try p.number()
+            guard pa < kernel.layout.directMapMax else { throw p.error("physical address \(hex(pa)) is past the direct map") }
+            return kernel.layout.pageOffset + pa
+        case (.some, .some): throw a.fields.owner.error("give either 'addr' or 'pa', not both")
+        case (.none, .none): throw a.fields.owner.error("'addr' or 'pa' is required (or 'guest' and 'gpa')")
+        }
+    }
+
+    /// A set_memory_* step in a guest's own kernel: set_memory_encrypted/decrypted run the
+    /// architecture's conversion protocol; the others change the guest's direct map alone.
+    static func guestCPAStep(_ name: String, _ a: inout StepArguments, guest i: Int, spec g: GuestSpec, numpages: Int) throws(ScenarioError) -> StepAction {
+        guard !a.has("addr") && !a.has("pa") else { throw a.field(a.has("addr") ? "addr" : "pa").error("with 'guest', give 'gpa' (a guest physical address)") }
+        guard a.has("gpa") else { throw a.fields.owner.error("with 'guest', 'gpa' is required") }
+        let gpa = a.number("gpa")
+        guard gpa & (pageBytes - 1) == 0, gpa + UInt64(numpages) * pageBytes <= g.memory else {
+            throw a.field("gpa").error("\(hex(gpa)) + \(numpages) pages must be page-aligned and inside \(g.name)'s \(ByteSize.format(g.memory))")
+        }
+        let gfns = (gpa >> pageShift)..<((gpa >> pageShift) + UInt64(numpages))
+        if name == "set_memory_encrypted" || name == "set_memory_decrypted" {
+            let encrypt = name == "set_memory_encrypted"
+            return { m throws(HostKernelError) in
+                let r = type(of: m.platform).guestSetMemory(&m, guest: i, gfns: gfns, encrypt: encrypt)
+                m.count(r)
+                return r
+            }
+        }
+        return { m throws(HostKernelError) in
+            let k = m.guestKernels[i].kernel
+            let op = KernelOperation(name: name, address: k.va(PhysAddr(gpa)).rawValue, numpages: numpages)
+            let r = try m.guestKernels[i].apply(op)
+            m.count(r)
+            return r
         }
     }
 
     static func vmapStep(summary: String) -> StepDefinition {
-        StepDefinition(name: "vmap", summary: summary + "; the result is the address",
-                       arguments: [("pa", "first physical page"), ("numpages", "pages (default 1)")]) { args, ctx throws(ScenarioError) in
+        StepDefinition("vmap", summary + "; the result is the address",
+                       [Parameter("pa", .address(), required: true, "first physical page"),
+                        Parameter("numpages", .count(1...(1 << 30)), default: "1", "pages")]) { a, ctx throws(ScenarioError) in
             let kernel = ctx.kernel
-            let fields = try args.mapping()
-            try fields.only(["pa", "numpages"])
-            let paField = try fields.required("pa")
-            let pa = try paField.number()
-            let numpages = Int(try fields["numpages"]?.number(in: 1...(1 << 30), what: "numpages") ?? 1)
-            guard pa & (pageBytes - 1) == 0 else { throw paField.error("\(hex(pa)) is not page-aligned") }
+            let pa = a.number("pa"), numpages = Int(a.number("numpages"))
+            guard pa & (pageBytes - 1) == 0 else { throw a.field("pa").error("\(hex(pa)) is not page-aligned") }
             guard kernel.memory.isRAM(pa..<pa + UInt64(numpages) * pageBytes) else {
-                throw paField.error("[\(hex(pa))-\(hex(pa + UInt64(numpages) * pageBytes))) is not RAM; RAM is "
+                throw a.field("pa").error("[\(hex(pa))-\(hex(pa + UInt64(numpages) * pageBytes))) is not RAM; RAM is "
                     + kernel.memory.ram.map { "[\(hex($0.lowerBound))-\(hex($0.upperBound)))" }.joined(separator: " "))
             }
             let op = KernelOperation(name: "vmap", address: pa, numpages: numpages)
-            return ([("pa", hex(pa)), ("numpages", "\(numpages)")], { m throws(HostKernelError) in try m.apply(op) })
+            return { m throws(HostKernelError) in try m.apply(op) }
         }
     }
 }

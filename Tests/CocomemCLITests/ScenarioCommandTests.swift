@@ -145,7 +145,7 @@ import Testing
         let path = try CommandLineTests.writeTemp("name: bad\nmachine: {memory: 4G}\nsteps:\n  - set_memory_ro: {pa: 0x40000000, pages: 2}\n")
         let r = try Self.run(["run", path])
         #expect(r.status == 1)
-        #expect(r.err.contains("\(path):4:37: steps[1].set_memory_ro.pages: unknown field 'pages'; valid: addr, pa, numpages"))
+        #expect(r.err.contains("\(path):4:37: steps[1].set_memory_ro.pages: unknown field 'pages'; did you mean 'numpages'?; valid: addr, numpages, guest, gpa, pa"))
     }
 
     /// The seed thread's question, answered by compare: which policies keep the host up when

@@ -28,7 +28,7 @@ import PageTables
         var (k, rmp) = try machine(policy)
         #expect(makePrivate(&k, &rmp) == .ok)
         #expect(k.hostAccess(rmp, pa: Self.stack, write: true, context: .kernelStack).description == expected)
-        #expect(k.snp.hostCrashes == (expected == "ok" ? 0 : 1))
+        #expect(k.faults.hostCrashes == (expected == "ok" ? 0 : 1))
     }
 
     @Test func splitOnAssignSplitsOnlyFor4KAndNeverUndoes() throws {
@@ -75,7 +75,7 @@ import PageTables
     @Test func splitOnAssign2MNeedsAnAlignedPfn() throws {
         var (k, rmp) = try machine(.splitOnAssign)
         #expect(makePrivate(&k, &rmp, 0x4000_1000, size: .size2M) == .error(.EFAULT))
-        #expect(!rmp[0x4000_1000 >> 12].assigned && k.snp.rmpMakePrivate == 0)
+        #expect(!rmp[0x4000_1000 >> 12].assigned && k.faults.pagesGiven == 0)
     }
 
     /// adjust_direct_map checks pfn_valid first: a pfn in the PCI hole (no memory section)
@@ -112,7 +112,7 @@ import PageTables
         var (k, rmp) = try machine(.splitOnAssign)
         #expect(makePrivate(&k, &rmp) == .ok)
         #expect(k.hostAccess(rmp, pa: Self.page, write: false, context: .data) == .ciphertext)
-        #expect(k.snp.ciphertextReads == 1 && k.snp.hostCrashes == 0)
+        #expect(k.faults.ciphertextReads == 1 && k.faults.hostCrashes == 0)
     }
 
     @Test func splitOnFaultSplitsInSafeContextsOnly() throws {
@@ -120,7 +120,7 @@ import PageTables
         #expect(makePrivate(&k, &rmp) == .ok)
         #expect(k.stats.splits == LeafCounts())
         #expect(k.hostAccess(rmp, pa: Self.stack, write: true, context: .data) == .splitAndRetried)
-        #expect(k.snp.splitsOnFault == 1 && k.stats.splits == LeafCounts(size2M: 1))
+        #expect(k.faults.splitsOnFault == 1 && k.stats.splits == LeafCounts(size2M: 1))
         #expect(k.hostAccess(rmp, pa: Self.stack, write: true, context: .kernelStack) == .ok)  // already split
     }
 

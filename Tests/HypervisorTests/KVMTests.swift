@@ -4,31 +4,36 @@ import HostKernel
 import PageTables
 @testable import Hypervisor
 
+typealias SNPKVM = KVM<SNPBackend>
+
 /// KVM's SEV-SNP paths, one documented rule each (linux-x86.md §2-3, invariants 12-17).
 @Suite struct KVMTests {
     static let base: UInt64 = 0x4000_0000
 
-    func setup(_ backing: GmemBacking = .gmem2M, memory: UInt64 = 8 << 20, vcpus: Int = 1) throws -> (KVM, Kernel, RMP) {
+    func setup(_ backing: GmemBacking = .gmem2M, memory: UInt64 = 8 << 20, vcpus: Int = 1) throws -> (SNPKVM, Kernel, RMP) {
         let k = try Kernel(memory: PhysicalMemory.pc(size: 4 << 30), config: KernelConfig(gbpages: false))
-        var kvm = KVM()
-        kvm.create(SNPVMConfig(name: "vm0", asid: 1, vcpus: vcpus, memory: memory, placement: Self.base, backing: backing))
+        var kvm = SNPKVM(backend: SNPBackend())
+        kvm.create(VMConfig(name: "vm0", id: 1, vcpus: vcpus, memory: memory, placement: Self.base, backing: backing))
         return (kvm, k, RMP(end: k.memory.endOfRAM))
     }
 
-    func touch(_ kvm: inout KVM, _ k: inout Kernel, _ rmp: inout RMP, gfn: UInt64, private p: Bool = true) -> (String, [String]) {
-        kvm.guestOperation(0, gfn: gfn, private: p, kernel: &k, rmp: &rmp) { r, ctx in r.guestAccess(ctx, write: false, encrypted: p) }
+    func touch(_ kvm: inout SNPKVM, _ k: inout Kernel, _ rmp: inout RMP, gfn: UInt64, private p: Bool = true) -> (String, [String]) {
+        let r = kvm.guestOperation(0, gfn: gfn, private: p, kernel: &k, hw: &rmp, retryNote: "RMP #NPF: PSMASH") { r, level in
+            r.guestAccess(GuestContext(asid: 1, vmpl: 0, gpa: gfn << 12, spa: Self.base + gfn << 12, nptSize: level), write: false, encrypted: p)
+        }
+        return (r.outcome.description, r.notes)
     }
 
     @Test func launchMakesAFirmwarePageAndVMSAsThatAreNever2MAligned() throws {
         var (kvm, k, rmp) = try setup(vcpus: 3)
         #expect(kvm.launch(0, imagePages: 4, kernel: &k, rmp: &rmp) == .ok)
         let vm = kvm.vms[0]
-        #expect(rmp[vm.contextPage! >> 12].state == .firmware)
-        #expect(vm.vmsaPages.count == 3)
-        for v in vm.vmsaPages {
+        #expect(rmp[vm.arch.contextPage! >> 12].state == .firmware)
+        #expect(vm.arch.vmsaPages.count == 3)
+        for v in vm.arch.vmsaPages {
             #expect(v & 0x1f_ffff != 0)
             #expect(rmp[v >> 12].vmsa && rmp[v >> 12].state == .guestValid && rmp[v >> 12].asid == 1)
-            #expect(rmp[v >> 12].gpa == KVM.initialVMSAGPA)  // INITIAL_VMSA_GPA
+            #expect(rmp[v >> 12].gpa == SNPKVM.initialVMSAGPA)  // INITIAL_VMSA_GPA
         }
         #expect(rmp[Self.base >> 12].state == .guestValid)  // an image page after LAUNCH_FINISH
         #expect(rmp[(Self.base >> 12) + 4].assigned == false)
@@ -41,23 +46,23 @@ import PageTables
         #expect(touch(&kvm, &k, &rmp, gfn: 0x203).1 == ["gmem prepare 2M"])
         #expect(rmp.largeEntry((Self.base >> 12) + 0x200).isLarge)
         // A range with one assigned page already: the next prepare is 4K.
-        _ = kvm.convert(0, gfns: 0x400..<0x401, toPrivate: true, kernel: &k, rmp: &rmp)
+        _ = kvm.convert(0, gfns: 0x400..<0x401, toPrivate: true, kernel: &k, hw: &rmp)
         #expect(touch(&kvm, &k, &rmp, gfn: 0x400).1 == ["gmem prepare 2M"])
         var (kvm4, k4, rmp4) = try setup(.gmem4K)
         #expect(kvm4.launch(0, imagePages: 0, kernel: &k4, rmp: &rmp4) == .ok)
         #expect(touch(&kvm4, &k4, &rmp4, gfn: 0x200).1 == ["gmem prepare 4K"])
-        #expect(kvm.stats.prepared2M == 2 && kvm4.stats.prepared4K == 1)
+        #expect(kvm.backend.stats.prepared2M == 2 && kvm4.backend.stats.prepared4K == 1)
     }
 
     @Test func invalidateOfPartOfA2MPagePSMASHesFirst() throws {
         var (kvm, k, rmp) = try setup()
         #expect(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp) == .ok)
         _ = touch(&kvm, &k, &rmp, gfn: 0x200)
-        kvm.convert(0, gfns: 0x201..<0x202, toPrivate: false, kernel: &k, rmp: &rmp)
-        #expect(kvm.stats.psmash == 1 && kvm.stats.invalidated4K == 1)
+        kvm.convert(0, gfns: 0x201..<0x202, toPrivate: false, kernel: &k, hw: &rmp)
+        #expect(kvm.backend.stats.psmash == 1 && kvm.backend.stats.invalidated4K == 1)
         #expect(!rmp[(Self.base >> 12) + 0x201].assigned && rmp[(Self.base >> 12) + 0x202].assigned)
-        kvm.convert(0, gfns: 0x000..<0x200, toPrivate: false, kernel: &k, rmp: &rmp)  // never prepared: nothing to do
-        #expect(kvm.stats.invalidated2M == 0)
+        kvm.convert(0, gfns: 0x000..<0x200, toPrivate: false, kernel: &k, hw: &rmp)  // never prepared: nothing to do
+        #expect(kvm.backend.stats.invalidated2M == 0)
         try rmp.checkInvariants()
     }
 
@@ -65,8 +70,8 @@ import PageTables
         var (kvm, k, rmp) = try setup()
         #expect(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp) == .ok)
         _ = touch(&kvm, &k, &rmp, gfn: 0x200)
-        kvm.convert(0, gfns: 0x200..<0x400, toPrivate: false, kernel: &k, rmp: &rmp)
-        #expect(kvm.stats.invalidated2M == 1 && kvm.stats.psmash == 0)
+        kvm.convert(0, gfns: 0x200..<0x400, toPrivate: false, kernel: &k, hw: &rmp)
+        #expect(kvm.backend.stats.invalidated2M == 1 && kvm.backend.stats.psmash == 0)
     }
 
     @Test func mixedAttributesMapAt4KAndTheRMPFaultPSMASHesAndZaps() throws {
@@ -75,12 +80,17 @@ import PageTables
         _ = touch(&kvm, &k, &rmp, gfn: 0x200)
         // Attributes go mixed without the RMP changing (to-private of a shared page elsewhere
         // in the region is lazy): make one gfn shared in attributes only.
-        kvm.vms[0].setPrivate(0x3ff, false)
-        #expect(kvm.nptLevel(0, gfn: 0x200, rmp: rmp) == .size4K)  // NPT level ≤ RMP level, no mixed hugepage
+        #expect(kvm.vms[0].stage2Leaf(0x200)?.size == .size2M)  // the fault mapped the 2M page at 2M
+        kvm.vms[0].attributes.setPrivate(0x3ff, false)
+        kvm.zapStage2(0, gfns: 0x3ff..<0x400)  // KVM_SET_MEMORY_ATTRIBUTES zaps the range: the whole 2M leaf goes
+        #expect(kvm.vms[0].stage2Leaf(0x200) == nil)
+        #expect(kvm.mapStage2(0, gfn: 0x200, hw: rmp) == .size4K)  // stage-2 level ≤ RMP level, no mixed hugepage
+        kvm.zapStage2(0, gfns: 0x200..<0x201)
         let (outcome, path) = touch(&kvm, &k, &rmp, gfn: 0x200)
         #expect(path == ["RMP #NPF: PSMASH"])
         #expect(outcome == "#VC(0x404)")  // now 4K and matching; never validated
-        #expect(kvm.stats.rmpNPF == 1 && kvm.stats.zappedGFNs == 512)
+        #expect(kvm.vms[0].stage2Leaf(0x200)?.size == .size4K && kvm.vms[0].stage2Leaf(0x201) == nil)
+        #expect(kvm.backend.stats.rmpNPF == 1 && kvm.stats.zappedGFNs == 512)
     }
 
     /// An RMP #NPF that persists on a 4K entry: sev_handle_rmp_fault calls it spurious and
@@ -92,21 +102,21 @@ import PageTables
         // The page is assigned to another ASID behind KVM's back.
         #expect(rmp.rmpupdate(spa: kvm.vms[0].config.spa(5), RMPUpdate(gpa: 5 << 12, assigned: true, asid: 9)) == .success)
         #expect(touch(&kvm, &k, &rmp, gfn: 5).0 == "NPF loop")
-        #expect(kvm.stats.spuriousRMPNPF == 1 && kvm.stats.psmash == 0)
+        #expect(kvm.backend.stats.spuriousRMPNPF == 1 && kvm.backend.stats.psmash == 0)
     }
 
     @Test func anRMPFaultOnA4KEntryIsSpurious() throws {
         var (kvm, _, rmp) = try setup(.gmem4K)
         var k = try Kernel(memory: PhysicalMemory.pc(size: 4 << 30))
         #expect(kvm.launch(0, imagePages: 1, kernel: &k, rmp: &rmp) == .ok)
-        kvm.handleRMPFault(0, gfn: 0, rmp: &rmp)
-        #expect(kvm.stats.spuriousRMPNPF == 1 && kvm.stats.psmash == 0)
+        _ = kvm.backend.handleFault(&kvm.vms[0], gfn: 0, private: true, outcome: .npf(.rmp), hw: &rmp)
+        #expect(kvm.backend.stats.spuriousRMPNPF == 1 && kvm.backend.stats.psmash == 0)
     }
 
     @Test func privateAccessToASharedGfnExitsToTheVMM() throws {
         var (kvm, k, rmp) = try setup()
         #expect(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp) == .ok)
-        kvm.convert(0, gfns: 5..<6, toPrivate: false, kernel: &k, rmp: &rmp)
+        kvm.convert(0, gfns: 5..<6, toPrivate: false, kernel: &k, hw: &rmp)
         #expect(touch(&kvm, &k, &rmp, gfn: 5).0 == "KVM_EXIT_MEMORY_FAULT")
         #expect(touch(&kvm, &k, &rmp, gfn: 5, private: false).0 == "ok")
         #expect(kvm.stats.memoryFaultExits == 1)
@@ -126,7 +136,7 @@ import PageTables
         #expect(!kvm.vms[0].isPrivate(0x10) && !kvm.vms[0].isPrivate(0x11) && kvm.vms[0].isPrivate(0x12))
         #expect(kvm.vms[0].isPrivate(0x2ff) && !kvm.vms[0].isPrivate(0x300) && !kvm.vms[0].isPrivate(0x3ff))  // only [cur_page, 512) is done now
         #expect(kvm.vms[0].isPrivate(0x400))
-        #expect(kvm.stats.pscPages == 2 + 256)
+        #expect(kvm.backend.stats.pscPages == 2 + 256)
     }
 
     @Test func ghcbPSCErrorsComeBackAsKVMReturnsThem() throws {
@@ -153,7 +163,7 @@ import PageTables
         #expect(done.curEntry == 1)
         #expect(done.entries.map(\.curPage) == [1, 0, 0])
         #expect(!kvm.vms[0].isPrivate(0x10) && kvm.vms[0].isPrivate(0x30))
-        #expect(kvm.stats.pscPages == 1)
+        #expect(kvm.backend.stats.pscPages == 1)
     }
 
     /// Slots from the written entries to end_entry read as zero (operation 0): they complete
@@ -164,7 +174,7 @@ import PageTables
         let request = PSCRequest(endEntry: 3, entries: [PSCEntry(gfn: 0x10, operation: 2, size2M: false)])
         let (code, done) = kvm.handlePSC(0, request, kernel: &k, rmp: &rmp)
         #expect(code == 0 && done.curEntry == 4 && done.entries.map(\.curPage) == [1])
-        #expect(kvm.stats.pscPages == 1)
+        #expect(kvm.backend.stats.pscPages == 1)
     }
 
     @Test func msrPSCConvertsOnePage() throws {
@@ -179,22 +189,22 @@ import PageTables
         var (kvm, k, rmp) = try setup(vcpus: 2)
         #expect(kvm.launch(0, imagePages: 16, kernel: &k, rmp: &rmp) == .ok)
         _ = touch(&kvm, &k, &rmp, gfn: 0x200)
-        kvm.failReclaim = true
-        #expect(kvm.destroy(0, kernel: &k, rmp: &rmp) == .ok)
-        #expect(kvm.stats.leakedPages == 1 && k.snp.leakedPages == 1)
+        kvm.backend.failReclaim = true
+        #expect(kvm.destroy(0, kernel: &k, hw: &rmp) == .ok)
+        #expect(kvm.backend.stats.leakedPages == 1 && k.faults.leakedPages == 1)
         #expect(rmp.chunksInUse == 1)  // only the leaked context page stays assigned
-        #expect(kvm.destroy(0, kernel: &k, rmp: &rmp) == .error(.EINVAL))
+        #expect(kvm.destroy(0, kernel: &k, hw: &rmp) == .error(.EINVAL))
         try rmp.checkInvariants()
     }
 
     @Test func pooledMetadataComesFromThePreSplitPool() throws {
         var (kvm, k, rmp) = try setup(vcpus: 2)
-        kvm.reservePool(&k, start: KVM.poolStart, pages: 512)
+        kvm.backend.reservePool(&k, start: SNPBackend.poolStart, pages: 512)
         let splits = k.stats.splits
         #expect(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp) == .ok)
-        #expect(kvm.vms[0].vmsaPages.allSatisfy { KVM.poolStart..<KVM.poolStart + (2 << 20) ~= $0 })
+        #expect(kvm.vms[0].arch.vmsaPages.allSatisfy { SNPBackend.poolStart..<SNPBackend.poolStart + (2 << 20) ~= $0 })
         #expect(k.stats.splits == splits)
-        #expect(kvm.poolPagesWasted == 512 - 3)
+        #expect(kvm.backend.poolPagesWasted == 512 - 3)
     }
 }
 
@@ -205,16 +215,16 @@ import PageTables
         var k = try Kernel(memory: PhysicalMemory.pc(size: 64 << 30))
         var rmp = RMP(end: k.memory.endOfRAM)
         let empty = rmp.storageBytes
-        var kvm = KVM()
-        kvm.create(SNPVMConfig(name: "vm0", asid: 1, vcpus: 1, memory: 16 << 30, placement: 16 << 30, backing: .gmem2M))
+        var kvm = SNPKVM(backend: SNPBackend())
+        kvm.create(VMConfig(name: "vm0", id: 1, vcpus: 1, memory: 16 << 30, placement: 16 << 30, backing: .gmem2M))
         #expect(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp) == .ok)
         for gfn in stride(from: UInt64(0), to: (16 << 30) >> 12, by: 512) {
-            let (outcome, _) = kvm.guestOperation(0, gfn: gfn, private: true, kernel: &k, rmp: &rmp) { r, ctx in
-                r.pvalidate(ctx, size: .size2M, validate: true)
+            let r = kvm.guestStep(0, gfn: gfn, private: true, kernel: &k, hw: &rmp) { r, level in
+                r.pvalidate(GuestContext(asid: 1, vmpl: 0, gpa: gfn << 12, spa: (16 << 30) + gfn << 12, nptSize: level), size: .size2M, validate: true)
             }
-            #expect(outcome == "ok")
+            #expect(r.succeeded)
         }
-        #expect(kvm.stats.prepared2M == 8192)
+        #expect(kvm.backend.stats.prepared2M == 8192)
         // 8192 2M pages at 16 bytes each, plus one 512-entry chunk for the context and VMSA
         // pages, within the arrays' growth slack (at most double).
         #expect(rmp.storageBytes - empty <= 2 * (8192 * 16 + 512 * 16 + 16) + 64)

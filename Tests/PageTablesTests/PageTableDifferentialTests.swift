@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 @testable import PageTables
 
@@ -6,7 +7,12 @@ import Testing
 /// after every operation.
 @Suite struct PageTableDifferentialTests {
     static let base: UInt64 = 0xffff_8880_0000_0000
-    static let operations = 10_000
+    /// Operations per configuration: a quick 2,500 by default (every operation kind many
+    /// times over), the full 10,000 or more with COCOMEM_LONG_TESTS=1 (or a number).
+    static let operations: Int = {
+        guard let v = ProcessInfo.processInfo.environment["COCOMEM_LONG_TESTS"] else { return 2_500 }
+        return Int(v).map { max($0, 10_000) } ?? 10_000
+    }()
 
     /// A window of `count` units of `unit`; ops are `unit`-granular.
     struct Config: Sendable, CustomTestStringConvertible {

@@ -12,9 +12,10 @@ import Testing
     @Test func everyStepWorkloadCheckPolicyArchAndInvariantIsDocumented() throws {
         let doc = try Self.scenariosDoc()
         var names = Steps.all.map(\.name) + ["workload"] + Workloads.all.map(\.name) + Checks.all.map(\.name)
-        names += Invariants.all.map(\.name) + Architecture.allCases.map(\.rawValue)
-        for slot in Policies.slots { names += [slot.name, slot.key] + slot.policies.map(\.name) }
-        names += Machine.metricNames + ScenarioReader.machineKeys + ScenarioReader.topKeys
+        names += Invariants.all.map(\.name) + Architectures.all.map(\.name)
+        for slot in Policies.all { names += [slot.name, slot.key] + slot.policies.map(\.name) }
+        names += Architectures.all.flatMap { Machine.metricInfo($0).map(\.name) } + ScenarioReader.machineKeys + ScenarioReader.topKeys
+        for s in Steps.all { names += s.aliases }
         let missing = names.filter { !doc.contains("`\($0)`") }
         #expect(missing.isEmpty, "docs/SCENARIOS.md does not mention: \(missing.joined(separator: ", "))")
     }

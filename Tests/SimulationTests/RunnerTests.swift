@@ -1,4 +1,5 @@
 import Testing
+import Hardware
 @testable import HostKernel
 import PageTables
 @testable import Simulation
@@ -59,7 +60,7 @@ import PageTables
         let s = try Scenario.load(yaml: Self.scenario, file: "run.yaml")
         let corrupt = PreparedStep(index: 2, line: 7, name: "corrupt", arguments: [], expect: nil) { m throws(HostKernelError) in
             m.kernel.directPagesCount.size1G += 1
-            return "ok"
+            return OK()
         }
         let broken = Scenario(file: s.file, name: s.name, seed: s.seed, architecture: s.architecture, cpus: s.cpus, memory: s.memory,
                               kernelConfig: s.kernelConfig, guests: s.guests, policies: s.policies, steps: [s.steps[0], corrupt, s.steps[2]], checks: s.checks)

@@ -2,7 +2,7 @@ import Hardware
 import HostKernel
 import PageTables
 
-extension KVM {
+extension KVM where Backend == SNPBackend {
     /// The GPA a VMSA is assigned with in the RMP: INITIAL_VMSA_GPA, arch/x86/kvm/svm/sev.c.
     public static let initialVMSAGPA: UInt64 = 0xFFFF_FFFF_F000
 
@@ -14,11 +14,12 @@ extension KVM {
     /// never 2M-aligned; then LAUNCH_FINISH leaves the pages Guest-Valid.
     public mutating func launch(_ i: Int, imagePages: UInt64, kernel: inout Kernel, rmp: inout RMP) -> KernelStatus {
         guard vms[i].state == .created else { return .error(.EINVAL) }
-        let asid = vms[i].config.asid
-        guard let context = allocMetadata(rmp: rmp, avoiding: vms, vmsa: false) else { return .error(.ENOMEM) }
+        let asid = vms[i].config.id
+        let configs = vms.map(\.config)
+        guard let context = backend.allocMetadata(rmp: rmp, avoiding: configs, vmsa: false) else { return .error(.ENOMEM) }
         let (status, _) = kernel.rmpUpdate(&rmp, pfn: context >> pageShift, RMPUpdate(assigned: true, immutable: true, asid: 0))
         guard status == .ok else { return status }
-        vms[i].contextPage = context
+        vms[i].arch.contextPage = context
         vms[i].state = .launching
         var launched: [UInt64] = []
         for gfn in 0..<min(imagePages, vms[i].config.pages) {
@@ -29,46 +30,16 @@ extension KVM {
             launched.append(pfn)
         }
         for _ in 0..<vms[i].config.vcpus {
-            guard let vmsa = allocMetadata(rmp: rmp, avoiding: vms, vmsa: true) else { return .error(.ENOMEM) }
+            guard let vmsa = backend.allocMetadata(rmp: rmp, avoiding: configs, vmsa: true) else { return .error(.ENOMEM) }
             // rmp_make_private(pfn, INITIAL_VMSA_GPA, PG_LEVEL_4K, sev->asid, true), sev.c snp_launch_update_vmsa.
             let (s, _) = kernel.rmpUpdate(&rmp, pfn: vmsa >> pageShift, RMPUpdate(gpa: KVM.initialVMSAGPA, assigned: true, immutable: true, asid: asid))
             guard s == .ok else { return s }
             rmp.firmwareWrite(vmsa >> pageShift) { $0.validated = true; $0.vmsa = true }  // LAUNCH_UPDATE (PAGE_TYPE_VMSA)
-            vms[i].vmsaPages.append(vmsa)
+            vms[i].arch.vmsaPages.append(vmsa)
             launched.append(vmsa >> pageShift)
         }
         for pfn in launched { rmp.firmwareWrite(pfn) { $0.immutable = false } }  // SNP_LAUNCH_FINISH
         vms[i].state = .running
         return .ok
-    }
-
-    /// VM teardown (sev_vm_destroy, sev_free_vcpu, kvm_gmem release): every private page goes
-    /// back to the hypervisor through sev_gmem_invalidate, each VMSA through
-    /// kvm_rmp_make_shared, and the context page through SNP_PAGE_RECLAIM then
-    /// rmp_make_shared; a failed reclaim leaks the page for good (snp_leak_pages).
-    public mutating func destroy(_ i: Int, kernel: inout Kernel, rmp: inout RMP) -> KernelStatus {
-        guard vms[i].state != .destroyed else { return .error(.EINVAL) }
-        invalidate(i, gfns: 0..<vms[i].config.pages, kernel: &kernel, rmp: &rmp)
-        for vmsa in vms[i].vmsaPages {
-            if kernel.rmpUpdate(&rmp, pfn: vmsa >> pageShift, RMPUpdate(assigned: false)).0 != .ok { leak(vmsa, kernel: &kernel) }
-        }
-        if let context = vms[i].contextPage {
-            if failReclaim {
-                leak(context, kernel: &kernel)
-            } else {
-                rmp.firmwareWrite(context >> pageShift) { $0.immutable = false }  // SNP_PAGE_RECLAIM: Firmware → Reclaim
-                if kernel.rmpUpdate(&rmp, pfn: context >> pageShift, RMPUpdate(assigned: false)).0 != .ok { leak(context, kernel: &kernel) }
-            }
-        }
-        vms[i].vmsaPages = []
-        vms[i].contextPage = nil
-        vms[i].state = .destroyed
-        return .ok
-    }
-
-    /// snp_leak_pages: the page stays assigned and is never freed; counted.
-    mutating func leak(_ pa: UInt64, kernel: inout Kernel) {
-        stats.leakedPages += 1
-        kernel.noteLeakedPages(pfn: pa >> pageShift, count: 1)
     }
 }

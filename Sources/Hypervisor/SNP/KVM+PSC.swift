@@ -2,15 +2,11 @@ import Hardware
 import HostKernel
 import PageTables
 
-extension KVM {
-    /// Converts `gfns` as a page-state change asks: the attributes change
-    /// (KVM_HC_MAP_GPA_RANGE → the VMM's KVM_SET_MEMORY_ATTRIBUTES); for shared the VMM then
-    /// punches the range out of guest_memfd, which invalidates it in the RMP. For private the
-    /// RMP changes only at the next gmem fault (lazily, as Linux does).
-    public mutating func convert(_ i: Int, gfns: Range<UInt64>, toPrivate: Bool, kernel: inout Kernel, rmp: inout RMP) {
-        for gfn in gfns { vms[i].setPrivate(gfn, toPrivate) }
-        if !toPrivate { invalidate(i, gfns: gfns, kernel: &kernel, rmp: &rmp) }
-        stats.pscPages += UInt64(gfns.count)
+extension KVM where Backend == SNPBackend {
+    /// A page-state change's conversion of `gfns`, counted.
+    mutating func pscConvert(_ i: Int, gfns: Range<UInt64>, toPrivate: Bool, kernel: inout Kernel, rmp: inout RMP) {
+        convert(i, gfns: gfns, toPrivate: toPrivate, kernel: &kernel, hw: &rmp)
+        backend.stats.pscPages += UInt64(gfns.count)
     }
 
     /// The GHCB MSR protocol's page-state change (snp_handle_vmgexit_msr_protocol): one 4K
@@ -21,8 +17,8 @@ extension KVM {
         case .failure(let e): return e.response
         case .success(let r):
             guard r.gfn < vms[i].config.pages else { return PSCMSRRequest.errorResponse }
-            stats.pscRequests += 1
-            convert(i, gfns: r.gfn..<r.gfn + 1, toPrivate: r.operation == .makePrivate, kernel: &kernel, rmp: &rmp)
+            backend.stats.pscRequests += 1
+            pscConvert(i, gfns: r.gfn..<r.gfn + 1, toPrivate: r.operation == .makePrivate, kernel: &kernel, rmp: &rmp)
             return PSCMSRRequest.response(error: 0)
         }
     }
@@ -37,7 +33,7 @@ extension KVM {
     public mutating func handlePSC(_ i: Int, _ request: PSCRequest, kernel: inout Kernel, rmp: inout RMP) -> (exitInfo2: UInt64, request: PSCRequest) {
         var req = request
         if req.endEntry >= PSCRequest.maxEntries { return (PSCRequest.errorInvalidHeader, req) }
-        stats.pscRequests += 1
+        backend.stats.pscRequests += 1
         while true {
             // Find the next entry with pages left, checking each on the way.
             var e = PSCEntry(raw: 0)
@@ -62,7 +58,7 @@ extension KVM {
                 first = min(first, vms[i].config.pages)
                 end = min(end, vms[i].config.pages)
                 guard first < end else { return (PSCRequest.errorGeneric, req) }
-                convert(i, gfns: first..<end, toPrivate: op == PSCOperation.makePrivate.rawValue, kernel: &kernel, rmp: &rmp)
+                pscConvert(i, gfns: first..<end, toPrivate: op == PSCOperation.makePrivate.rawValue, kernel: &kernel, rmp: &rmp)
             }
             for k in req.curEntry...last where k < req.entries.count {  // unwritten slots stay zero
                 let done = req.entries[k]

@@ -1,25 +1,27 @@
 import Hardware
 import PageTables
 
-/// What the host does to its direct map when pages change hands in the RMP: the choice the
-/// SNP threads argue about (seed 001). Each policy is a named type behind this protocol;
-/// `DirectMapPolicyKind` names them for scenarios.
+/// What the host does to its direct map when pages change owner (given to a guest or the
+/// firmware, or given back): the choice the SNP threads argue about (seed 001). The hooks are
+/// neutral: the architecture's own code (rmp_make_private on SEV-SNP) calls them around the
+/// ownership change, and the host's fault path asks `splitsOnFault`. Each policy is a named
+/// type behind this protocol; `DirectMapPolicyKind` names them for scenarios.
 public protocol DirectMapPolicy: Sendable {
     /// The name scenarios use (`host.directmap-policy`).
     static var name: String { get }
     /// One line on what it does and where it comes from.
     static var summary: String { get }
-    /// Runs before RMPUPDATE changes `size` at `pfn`; an error stops the update (-EFAULT).
-    func beforeUpdate(_ kernel: inout Kernel, pfn: UInt64, size: PageSize, makingPrivate: Bool) -> Errno?
-    /// Runs after a successful RMPUPDATE.
-    func afterUpdate(_ kernel: inout Kernel, rmp: RMP, pfn: UInt64, size: PageSize, madePrivate: Bool)
-    /// Whether the #PF handler splits a large kernel mapping that took an RMP fault.
+    /// Runs before `size` at `pfn` changes owner; an error stops the change (-EFAULT).
+    func beforeOwnerChange(_ kernel: inout Kernel, pfn: UInt64, size: PageSize, toGuest: Bool) -> Errno?
+    /// Runs after a successful change, with the ownership table as it is now.
+    func afterOwnerChange(_ kernel: inout Kernel, ownership: some HostOwnership, pfn: UInt64, size: PageSize, toGuest: Bool)
+    /// Whether the #PF handler splits a large kernel mapping that took an ownership fault.
     var splitsOnFault: Bool { get }
 }
 
 extension DirectMapPolicy {
-    public func beforeUpdate(_ kernel: inout Kernel, pfn: UInt64, size: PageSize, makingPrivate: Bool) -> Errno? { nil }
-    public func afterUpdate(_ kernel: inout Kernel, rmp: RMP, pfn: UInt64, size: PageSize, madePrivate: Bool) {}
+    public func beforeOwnerChange(_ kernel: inout Kernel, pfn: UInt64, size: PageSize, toGuest: Bool) -> Errno? { nil }
+    public func afterOwnerChange(_ kernel: inout Kernel, ownership: some HostOwnership, pfn: UInt64, size: PageSize, toGuest: Bool) {}
     public var splitsOnFault: Bool { false }
 }
 
@@ -39,7 +41,7 @@ public struct SplitOnAssign: DirectMapPolicy {
     public static let summary = "merged Linux (adjust_direct_map): split the leaf to 4K before a 4K RMPUPDATE; never undone"
     public init() {}
 
-    public func beforeUpdate(_ kernel: inout Kernel, pfn: UInt64, size: PageSize, makingPrivate: Bool) -> Errno? {
+    public func beforeOwnerChange(_ kernel: inout Kernel, pfn: UInt64, size: PageSize, toGuest: Bool) -> Errno? {
         // pfn_valid first; a 2M request needs an aligned pfn and a valid pfn + 511, and never
         // splits (each failure -EINVAL, which rmpupdate turns into -EFAULT).
         if !kernel.memory.pfnValid(pfn) { return .EINVAL }
@@ -63,7 +65,7 @@ public struct Proactive4K: DirectMapPolicy {
     public static let summary = "2021 RFC: set_memory_4k on every page the RMP update touches, whatever its size"
     public init() {}
 
-    public func beforeUpdate(_ kernel: inout Kernel, pfn: UInt64, size: PageSize, makingPrivate: Bool) -> Errno? {
+    public func beforeOwnerChange(_ kernel: inout Kernel, pfn: UInt64, size: PageSize, toGuest: Bool) -> Errno? {
         let va = kernel.va(PFN(pfn).physAddr).rawValue
         return (try? kernel.setMemory4K(va, numpages: Int(size.pages))) == .ok ? nil : .EFAULT
     }
@@ -78,8 +80,8 @@ public struct UnmapPrivate: DirectMapPolicy {
     public static let summary = "RFC v1-v10: remove assigned pages from the direct map, restore them when unassigned"
     public init() {}
 
-    public func beforeUpdate(_ kernel: inout Kernel, pfn: UInt64, size: PageSize, makingPrivate: Bool) -> Errno? {
-        guard makingPrivate else { return nil }
+    public func beforeOwnerChange(_ kernel: inout Kernel, pfn: UInt64, size: PageSize, toGuest: Bool) -> Errno? {
+        guard toGuest else { return nil }
         for p in pfn..<pfn + size.pages {
             guard (try? kernel.setDirectMapInvalidNoflush(kernel.va(PFN(p).physAddr).rawValue)) == .ok else { return .EFAULT }
         }
@@ -87,8 +89,8 @@ public struct UnmapPrivate: DirectMapPolicy {
         return nil
     }
 
-    public func afterUpdate(_ kernel: inout Kernel, rmp: RMP, pfn: UInt64, size: PageSize, madePrivate: Bool) {
-        guard !madePrivate else { return }
+    public func afterOwnerChange(_ kernel: inout Kernel, ownership: some HostOwnership, pfn: UInt64, size: PageSize, toGuest: Bool) {
+        guard !toGuest else { return }
         for p in pfn..<pfn + size.pages {
             _ = try? kernel.setDirectMapDefaultNoflush(kernel.va(PFN(p).physAddr).rawValue)
         }
@@ -115,15 +117,15 @@ public struct Coalesce: DirectMapPolicy {
     public static let summary = "split-on-assign, then re-merge a 2M/1G leaf once its whole region is hypervisor-owned again"
     public init() {}
 
-    public func beforeUpdate(_ kernel: inout Kernel, pfn: UInt64, size: PageSize, makingPrivate: Bool) -> Errno? {
+    public func beforeOwnerChange(_ kernel: inout Kernel, pfn: UInt64, size: PageSize, toGuest: Bool) -> Errno? {
         guard size == .size4K else { return nil }
         return kernel.splitDirectMap(pfn: pfn) ? nil : .EFAULT
     }
 
     /// Re-merges the 2M region once no page of it is assigned; the same walk tries the 1G
     /// leaf above it, which is safe because RMP checks treat a 1G mapping as 2M.
-    public func afterUpdate(_ kernel: inout Kernel, rmp: RMP, pfn: UInt64, size: PageSize, madePrivate: Bool) {
-        guard !madePrivate, !rmp.regionHasAssigned(pfn & ~511) else { return }
+    public func afterOwnerChange(_ kernel: inout Kernel, ownership: some HostOwnership, pfn: UInt64, size: PageSize, toGuest: Bool) {
+        guard !toGuest, !ownership.regionHasGuestPages(pfn: pfn & ~511) else { return }
         kernel.collapseDirectMap(pfn: pfn & ~511, size: .size2M)
     }
 }

@@ -1,0 +1,59 @@
+import Hardware
+import HostKernel
+import PageTables
+
+/// A confidential guest's own kernel: its direct map, built at boot over its guest-physical
+/// memory and changed by the same change_page_attr engine as the host's. GuestKernel imports
+/// HostKernel because change_page_attr is kernel code host and guest share (Linux builds one
+/// arch/x86/mm/pat/set_memory.c into both); only the platform's hooks differ. The
+/// architecture's conversion protocol (GuestKernel/SNP) runs inside those hooks, and every
+/// request it makes of the host leaves as an exit value the machine hands to the hypervisor.
+public struct GuestKernel: Sendable {
+    public let name: String
+    /// The guest's memory-management state, as the host's: its page table with the direct
+    /// map, direct_pages_count, the CPA counters.
+    public internal(set) var kernel: Kernel
+
+    /// Boots the guest kernel over `memory` bytes of guest-physical memory, all of it RAM (the
+    /// one guest_memfd memslot KVM gives it; the ISA range is mapped whatever it holds, as on
+    /// the host). Private memory is mapped with the encryption bit, as PAGE_KERNEL carries
+    /// sme_me_mask in an SEV guest.
+    public init(name: String, memory: UInt64) throws(HostKernelError) {
+        self.name = name
+        do {
+            let ram = try PhysicalMemory(entries: [E820Entry(start: 0, last: memory - 1, type: .usable)])
+            kernel = try Kernel(memory: ram, config: KernelConfig(memEncrypt: true, smeCoherent: true), reserveTables: false)
+        } catch let e as HostKernelError {
+            throw e
+        } catch {
+            throw HostKernelError("guest \(name): \(error)")
+        }
+    }
+
+    /// The guest's direct-map address of a guest frame.
+    public func va(gfn: UInt64) -> UInt64 { kernel.va(PhysAddr(gfn << pageShift)).rawValue }
+
+    /// Whether the guest maps `gfn` encrypted (private) in its direct map.
+    public func isEncrypted(gfn: UInt64) -> Bool {
+        kernel.directMapLeaf(PhysAddr(gfn << pageShift))?.attributes.contains(.encrypted) ?? false
+    }
+
+    /// The maximal runs inside `gfns` whose direct-map encryption is `encrypted`: the guest
+    /// converts only pages that are not in the target state already.
+    public func runs(_ gfns: Range<UInt64>, encrypted: Bool) -> [Range<UInt64>] {
+        var out: [Range<UInt64>] = []
+        var start: UInt64?
+        for gfn in gfns {
+            let match = isEncrypted(gfn: gfn) == encrypted
+            if match && start == nil { start = gfn }
+            if !match, let s = start { out.append(s..<gfn); start = nil }
+        }
+        if let s = start { out.append(s..<gfns.upperBound) }
+        return out
+    }
+}
+
+extension GuestKernel {
+    /// Runs a set_memory_* operation on the guest's own direct map, with no platform hooks.
+    public mutating func apply(_ op: KernelOperation) throws(HostKernelError) -> any Outcome { try op.apply(to: &kernel) }
+}

@@ -1,0 +1,112 @@
+import Hardware
+import HostKernel
+import PageTables
+
+/// What one PVALIDATE the guest executes came to, as the machine ran it (through KVM's
+/// gmem and #NPF handling).
+public struct PvalidateResult: Sendable {
+    public let outcome: any Outcome
+    public let succeeded: Bool
+    /// FAIL_SIZEMISMATCH: a 2M PVALIDATE over an RMP entry that is 4K.
+    public let sizeMismatch: Bool
+    public init(outcome: any Outcome, succeeded: Bool, sizeMismatch: Bool) {
+        self.outcome = outcome
+        self.succeeded = succeeded
+        self.sizeMismatch = sizeMismatch
+    }
+}
+
+/// A page-state change the hypervisor refused: SW_EXITINFO2 as the guest reads it.
+public struct PSCError: Outcome, Hashable {
+    public let exitInfo2: UInt64
+    public init(exitInfo2: UInt64) { self.exitInfo2 = exitInfo2 }
+    public var kind: OutcomeKind { .error }
+    public var description: String { "PSC error " + hex(exitInfo2) }
+}
+
+/// The guest's instruction and exit, supplied by the machine: PVALIDATE on the guest's vCPU,
+/// and VMGEXIT with a GHCB page-state-change request (its SW_EXITINFO2 comes back).
+public typealias SNPPvalidate = (_ gfn: UInt64, _ size: PageSize, _ validate: Bool) -> PvalidateResult
+public typealias SNPVMGEXIT = (_ request: PSCRequest) -> UInt64
+
+/// The SEV-SNP guest's side of conversions (arch/x86/coco/sev/core.c, arch/x86/mm/
+/// mem_encrypt_amd.c): set_memory_decrypted's prepare hook rescinds validation (PVALIDATE,
+/// 2M for 2M-aligned runs of at least 2M, 4K otherwise and on FAIL_SIZEMISMATCH) and then
+/// asks for the change with a GHCB page-state change; set_memory_encrypted's finish hook asks
+/// first and validates after. In Linux a failure terminates the guest (sev_es_terminate);
+/// the model returns the failing outcome instead.
+extension GuestKernel {
+    /// PVALIDATE `gfns`, 2M where it can, falling back to 4K on FAIL_SIZEMISMATCH
+    /// (pvalidate_pages). Also accept_memory's loop.
+    public static func snpPvalidate(_ gfns: Range<UInt64>, validate: Bool, pvalidate: SNPPvalidate) -> (any Outcome)? {
+        var gfn = gfns.lowerBound
+        while gfn < gfns.upperBound {
+            let big = gfn & 511 == 0 && gfn + 512 <= gfns.upperBound
+            let r = pvalidate(gfn, big ? .size2M : .size4K, validate)
+            if big && r.sizeMismatch {
+                for g in gfn..<gfn + 512 {
+                    let small = pvalidate(g, .size4K, validate)
+                    if !small.succeeded { return small.outcome }
+                }
+            } else if !r.succeeded {
+                return r.outcome
+            }
+            gfn += big ? 512 : 1
+        }
+        return nil
+    }
+
+    /// GHCB page-state changes for `gfns`, 2M entries where aligned, at most 64 entries a
+    /// request (VMGEXIT_PSC_MAX_ENTRY). set_pages_state / vmgexit_psc.
+    public static func snpPageStateChange(_ gfns: Range<UInt64>, toPrivate: Bool, vmgexit: SNPVMGEXIT) -> PSCError? {
+        var entries: [PSCEntry] = []
+        var gfn = gfns.lowerBound
+        while gfn < gfns.upperBound {
+            let big = gfn & 511 == 0 && gfn + 512 <= gfns.upperBound
+            entries.append(PSCEntry(gfn: gfn, operation: toPrivate ? 1 : 2, size2M: big))
+            gfn += big ? 512 : 1
+        }
+        var start = 0
+        while start < entries.count {
+            let chunk = Array(entries[start..<min(start + 64, entries.count)])
+            let code = vmgexit(PSCRequest(endEntry: chunk.count - 1, entries: chunk))
+            if code != 0 { return PSCError(exitInfo2: code) }
+            start += 64
+        }
+        return nil
+    }
+
+    /// set_memory_decrypted (`encrypt` false) or set_memory_encrypted of `gfns` in an SNP
+    /// guest: for each run not yet in the target state, change_page_attr on the guest's
+    /// direct map with the SNP hooks (amd_enc_status_change_prepare → snp_set_memory_shared:
+    /// rescind, then PSC to shared; amd_enc_status_change_finish → snp_set_memory_private:
+    /// PSC to private, then validate).
+    public mutating func snpSetMemory(_ gfns: Range<UInt64>, encrypt: Bool, pvalidate: SNPPvalidate, vmgexit: SNPVMGEXIT) -> any Outcome {
+        for run in runs(gfns, encrypted: !encrypt) {
+            var failure: (any Outcome)?
+            let hook: Kernel.EncStatusHook = { which, _, _, enc in
+                switch (which, enc) {
+                case (.prepare, false):
+                    failure = Self.snpPvalidate(run, validate: false, pvalidate: pvalidate)
+                        ?? Self.snpPageStateChange(run, toPrivate: false, vmgexit: vmgexit)
+                case (.finish, true):
+                    failure = Self.snpPageStateChange(run, toPrivate: true, vmgexit: vmgexit)
+                        ?? Self.snpPvalidate(run, validate: true, pvalidate: pvalidate)
+                default: break
+                }
+                return failure == nil ? nil : .EIO
+            }
+            let status: KernelStatus
+            let address = va(gfn: run.lowerBound)
+            do {
+                status = encrypt ? try kernel.setMemoryEncrypted(address, numpages: run.count, hook: hook)
+                    : try kernel.setMemoryDecrypted(address, numpages: run.count, hook: hook)
+            } catch {
+                return KernelStatus.error(.EINVAL)  // the range is inside the guest's memory by construction
+            }
+            if let failure { return failure }
+            if status != .ok { return status }
+        }
+        return OK()
+    }
+}

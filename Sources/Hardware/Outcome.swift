@@ -1,0 +1,63 @@
+/// What kind of answer an operation gave: how a run counts it and whether `no-errors` minds.
+public enum OutcomeKind: UInt8, Hashable, Sendable {
+    /// It did what was asked (`ok`, `ok (CF=1)`, an RMPREAD's entry, vmap's address).
+    case success
+    /// The hardware or firmware refused with a documented status (`FAIL_OVERLAP`,
+    /// `TDX_OPERAND_INVALID`, `RMI_ERROR_RTT(2)`): an answer, not a kernel error.
+    case status
+    /// The hardware raised a fault or an exit (`#PF(RMP)`, `NPF(RMP|ENC)`, `#VC(0x404)`,
+    /// `KVM_EXIT_MEMORY_FAULT`).
+    case fault
+    /// A kernel function returned a negative errno (`-EINVAL`), or a workload's operations did.
+    case error
+}
+
+/// A step's result as a value: it prints in the specification's terms, and says itself what
+/// kind of answer it is, so nothing is decided by reading the printed text.
+public protocol Outcome: Sendable, CustomStringConvertible {
+    var kind: OutcomeKind { get }
+}
+
+extension Outcome {
+    /// A kernel error (what the `errors` metric and the `no-errors` check count).
+    public var isError: Bool { kind == .error }
+    /// Whether the scenario's `expect:` text names this result: its printed form, exactly.
+    public func matches(_ expectation: String) -> Bool { description == expectation }
+}
+
+/// A plain success with nothing to add: prints `ok`.
+public struct OK: Outcome, Hashable {
+    public init() {}
+    public var kind: OutcomeKind { .success }
+    public var description: String { "ok" }
+}
+
+/// A successful read or allocation whose answer is a value (RMPREAD's entry, vmap's address),
+/// printed as the specification shows it.
+public struct ValueOutcome: Outcome, Hashable {
+    public let text: String
+    public init(_ text: String) { self.text = text }
+    public var kind: OutcomeKind { .success }
+    public var description: String { text }
+}
+
+/// An outcome together with what happened on the way to it (`ok (gmem prepare 2M)`): the
+/// kind is the final outcome's.
+public struct AnnotatedOutcome: Outcome {
+    public let outcome: any Outcome
+    public let notes: [String]
+    public init(_ outcome: any Outcome, notes: [String]) {
+        self.outcome = outcome
+        self.notes = notes
+    }
+    public var kind: OutcomeKind { outcome.kind }
+    public var description: String { notes.isEmpty ? outcome.description : "\(outcome) (\(notes.joined(separator: ", ")))" }
+}
+
+/// A typed name for a kind of fault an ownership check raises (`RMP` on SEV-SNP), so fault
+/// records and counters compare values, not printed text.
+public struct FaultKind: Hashable, Sendable, CustomStringConvertible {
+    public let name: String
+    public init(_ name: String) { self.name = name }
+    public var description: String { name }
+}

@@ -1,0 +1,30 @@
+import PageTables
+
+/// What an architecture's ownership table says of a host CPU access.
+public enum HostCheck: Hashable, Sendable {
+    case allowed
+    /// The access faults with this kind (`#PF(RMP)` on SEV-SNP).
+    case fault(FaultKind)
+}
+
+/// The ownership check a host access meets after its page-table walk, which each
+/// architecture supplies: the RMP on SEV-SNP (and later the TDX module's PAMT, the GPT, pKVM's
+/// host stage-2). The host kernel's one fault path asks it; it never names the architecture.
+public protocol HostOwnership: Sendable {
+    /// The check of a host access to `pa` through a mapping of `mappingSize` (a write, a
+    /// read, or the CPU's own page-table walk).
+    func hostCheck(pa: UInt64, write: Bool, walk: Bool, mappingSize: PageSize) -> HostCheck
+    /// Whether the page is given to a guest or the firmware (a read of it returns ciphertext
+    /// or nothing useful).
+    func isGuestOwned(pfn: UInt64) -> Bool
+    /// Whether any page of the 2M region holding `pfn` is given away.
+    func regionHasGuestPages(pfn: UInt64) -> Bool
+}
+
+/// A machine with no ownership table (plain x86-64): every access is allowed.
+public struct NoOwnership: HostOwnership {
+    public init() {}
+    public func hostCheck(pa: UInt64, write: Bool, walk: Bool, mappingSize: PageSize) -> HostCheck { .allowed }
+    public func isGuestOwned(pfn: UInt64) -> Bool { false }
+    public func regionHasGuestPages(pfn: UInt64) -> Bool { false }
+}

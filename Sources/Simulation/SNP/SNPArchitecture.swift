@@ -1,0 +1,107 @@
+import GuestKernel
+import Hardware
+import HostKernel
+import Hypervisor
+import PageTables
+
+/// The SEV-SNP platform: the RMP over all of RAM, KVM with its SEV-SNP backend, and the
+/// faults the hardware raised.
+public struct SNPPlatform: Platform {
+    public internal(set) var rmp: RMP
+    public internal(set) var kvm: KVM<SNPBackend>
+    public internal(set) var faults = SNPFaultCounts()
+
+    init(kernel: inout Kernel, guests: [GuestSpec]) {
+        rmp = RMP(end: kernel.memory.endOfRAM)
+        kvm = KVM(backend: SNPBackend())
+        for g in guests { kvm.create(g.vmConfig) }
+        if kernel.config.directMapPolicy == .pooled {
+            kvm.backend.reservePool(&kernel, start: SNPBackend.poolStart, pages: SNPBackend.poolPages)
+        }
+    }
+
+    public var ownership: any HostOwnership { rmp }
+
+    public mutating func hostAccess(_ kernel: inout Kernel, pa: UInt64, write: Bool, context: HostAccessContext) -> HostAccessOutcome {
+        let outcome = kernel.hostAccess(rmp, pa: pa, write: write, context: context)
+        if case .fault(.ownership(.rmp), _) = outcome { faults.hostRMP += 1 }
+        return outcome
+    }
+
+    /// Counts the fault an SNP outcome is, if it is one, under its kind.
+    mutating func count(_ outcome: SNPOutcome) {
+        switch outcome {
+        case .hostRMPFault: faults.hostRMP += 1
+        case .npf: faults.npf += 1
+        case .vc: faults.vc += 1
+        case .iommuRMPFault: faults.iommuRMP += 1
+        default: break
+        }
+    }
+
+    public func metrics(kernel: Kernel) -> [(String, UInt64)] {
+        Self.metricList.values(SNPMetricsView(platform: self, kernel: kernel))
+    }
+
+    /// What `metrics` reads: the platform and the host kernel's ownership counters.
+    struct SNPMetricsView {
+        let platform: SNPPlatform
+        let kernel: Kernel
+    }
+
+    static let metricList: [Metric<SNPMetricsView>] = [
+        Metric("rmp_regions", "2M regions", "2M regions whose RMP entries the model holds (any entry not default)") { UInt64($0.platform.rmp.chunksInUse) },
+        Metric("host_rmp_faults", "faults", "host #PF with the RMP bit") { UInt64($0.platform.faults.hostRMP) },
+        Metric("guest_npf", "faults", "nested page faults the RMP check raised for a guest") { UInt64($0.platform.faults.npf) },
+        Metric("guest_vc", "faults", "#VC(0x404): a guest touched a page it had not validated") { UInt64($0.platform.faults.vc) },
+        Metric("iommu_rmp_faults", "events", "IOMMU RMP_PAGE_FAULT events (device writes to assigned pages)") { UInt64($0.platform.faults.iommuRMP) },
+    ] + HostFaultEnd.allCases.map { end in
+        Metric("rmp_fault_" + end.metricSuffix, "faults", "host RMP faults that ended as \(end)") { UInt64($0.kernel.faults.ownershipFaults(end)) }
+    } + [
+        Metric("rmp_make_private", "calls", "successful rmp_make_private (pages or 2M pages given to a guest or the firmware)") { UInt64($0.kernel.faults.pagesGiven) },
+        Metric("rmp_make_shared", "calls", "successful rmp_make_shared (given back to the hypervisor)") { UInt64($0.kernel.faults.pagesReturned) },
+        Metric("leaked_pages", "pages", "pages snp_leak_pages leaked (a failed reclaim)") { $0.kernel.faults.leakedPages },
+    ] + SNPKVMStats.metrics.map { $0.pulled { $0.platform.kvm.backend.stats } }
+      + KVMStats.metrics.map { $0.pulled { $0.platform.kvm.stats } } + [
+        Metric("stage2_pgtable_pages", "pages", "page-table pages of the VMs' stage-2 (NPT) tables") { UInt64($0.platform.kvm.stage2TablePages) },
+        Metric("pool_pages_wasted", "pages", "pool pages set aside and never used (pooled policy)") { $0.platform.kvm.backend.poolPagesWasted },
+    ]
+}
+
+/// Faults the SEV-SNP hardware raised during a run, by kind.
+public struct SNPFaultCounts: Hashable, Sendable {
+    public var hostRMP = 0
+    public var npf = 0
+    public var vc = 0
+    public var iommuRMP = 0
+}
+
+/// SEV-SNP's registration: its steps, workloads, policy slot, invariants and metrics.
+public enum SNPArchitecture {
+    public static let definition = ArchitectureDefinition(
+        name: "x86-snp",
+        summary: "AMD SEV-SNP host: the RMP and its instructions and access checks, KVM's SEV-SNP backend, SNP guests, on the x86-64 host",
+        guestIDs: 1...UInt64(RMP.maxASID),
+        steps: Steps.snp,
+        workloads: Workloads.snp,
+        policySlots: [
+            PolicySlot(
+                section: .host, key: "directmap-policy",
+                summary: "what the host does to its direct map as pages enter and leave the RMP (SEV-SNP)",
+                policies: DirectMapPolicyKind.allCases.map { ($0.rawValue, $0.summary) },
+                defaultPolicy: DirectMapPolicyKind.splitOnAssign.rawValue,
+                apply: { name, config in config.directMapPolicy = DirectMapPolicyKind(rawValue: name)! }),
+        ],
+        invariants: [
+            Invariant(name: "rmp", layer: "Hardware/SNP",
+                      summary: "per-2M assigned count equals the 4K entries; a 2M page's 512 entries agree; VMPL1-3 never exceed VMPL0") { m throws(InvariantViolation) in
+                try (m.platform as? SNPPlatform)?.rmp.checkInvariants()
+            },
+            Invariant(name: "stage-2", layer: "Hypervisor",
+                      summary: "each VM's stage-2 table: leaf counts and table pages equal a walk") { m throws(InvariantViolation) in
+                for vm in (m.platform as? SNPPlatform)?.kvm.vms ?? [] { try vm.stage2.checkInvariants() }
+            },
+        ],
+        metrics: SNPPlatform.metricList.map(\.info),
+        makePlatform: { kernel, guests in SNPPlatform(kernel: &kernel, guests: guests) })
+}

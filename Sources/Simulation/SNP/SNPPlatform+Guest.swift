@@ -1,0 +1,70 @@
+import GuestKernel
+import Hardware
+import HostKernel
+import Hypervisor
+import PageTables
+
+/// The SNP guest's operations as the machine runs them: the guest kernel (GuestKernel/SNP)
+/// executes PVALIDATE and VMGEXIT, and the machine hands each to the hardware and KVM, which
+/// handle the gmem faults, #NPFs and page-state changes and let the guest resume.
+extension SNPPlatform {
+    /// PVALIDATE of guest `i`'s `gfn` as its vCPU runs it, through KVM (gmem fault → prepare,
+    /// RMP #NPF → PSMASH and retry).
+    mutating func pvalidate(_ i: Int, gfn: UInt64, size: PageSize, validate: Bool, vmpl: Int = 0, kernel: inout Kernel) -> KVM<SNPBackend>.GuestStepResult {
+        let c = kvm.vms[i].config
+        let r = kvm.guestStep(i, gfn: gfn, private: true, kernel: &kernel, hw: &rmp) { rmp, level in
+            rmp.pvalidate(GuestContext(asid: c.id, vmpl: vmpl, gpa: gfn << pageShift, spa: c.spa(gfn), nptSize: level), size: size, validate: validate)
+        }
+        if let o = r.outcome { count(o) }
+        return r
+    }
+
+    /// The guest's PVALIDATE and VMGEXIT(PSC) for guest `i`, each counted as an operation.
+    static func guestCalls<R>(
+        _ p: inout SNPPlatform, _ i: Int, _ m: inout Machine, _ body: (inout GuestKernel, SNPPvalidate, SNPVMGEXIT) -> R
+    ) -> R {
+        guestCalls(&p, i, &m.kernel, &m.operations, &m.guestKernels[i], body)
+    }
+
+    static func guestCalls<R>(
+        _ p: inout SNPPlatform, _ i: Int, _ kernel: inout Kernel, _ operations: inout Int, _ guest: inout GuestKernel,
+        _ body: (inout GuestKernel, SNPPvalidate, SNPVMGEXIT) -> R
+    ) -> R {
+        body(&guest, { gfn, size, validate in
+            operations += 1
+            let r = p.pvalidate(i, gfn: gfn, size: size, validate: validate, kernel: &kernel)
+            return PvalidateResult(outcome: r, succeeded: r.succeeded, sizeMismatch: r.stopped == nil && r.outcome == .status(.failSizeMismatch))
+        }, { request in
+            operations += 1
+            return p.kvm.handlePSC(i, request, kernel: &kernel, rmp: &p.rmp).exitInfo2
+        })
+    }
+
+    /// set_memory_encrypted/decrypted in guest `i`'s kernel with the SNP protocol.
+    public static func guestSetMemory(_ m: inout Machine, guest i: Int, gfns: Range<UInt64>, encrypt: Bool) -> any Outcome {
+        m.withPlatform(SNPPlatform.self) { p, m in
+            guestCalls(&p, i, &m) { guest, pvalidate, vmgexit in
+                guest.snpSetMemory(gfns, encrypt: encrypt, pvalidate: pvalidate, vmgexit: vmgexit)
+            }
+        }
+    }
+
+    /// Launch, then accept all memory in 2M units (accept_memory → PVALIDATE).
+    static func guestBoot(_ p: inout SNPPlatform, _ m: inout Machine, _ i: Int) -> any Outcome {
+        let status = p.kvm.launch(i, imagePages: 0, kernel: &m.kernel, rmp: &p.rmp)
+        guard status == .ok else { return status }
+        let pages = p.kvm.vms[i].config.pages
+        return guestCalls(&p, i, &m) { _, pvalidate, _ in
+            GuestKernel.snpPvalidate(0..<pages, validate: true, pvalidate: pvalidate)
+        } ?? OK()
+    }
+
+    /// Teardown, then create the VM and its guest kernel again (not launched).
+    static func guestRecreate(_ p: inout SNPPlatform, _ m: inout Machine, _ i: Int) -> any Outcome {
+        let status = p.kvm.destroy(i, kernel: &m.kernel, hw: &p.rmp)
+        guard status == .ok else { return status }
+        p.kvm.recreate(i)
+        m.guestKernels[i] = (try? GuestKernel(name: m.guests[i].name, memory: m.guests[i].memory)) ?? m.guestKernels[i]
+        return OK()
+    }
+}

@@ -1,0 +1,235 @@
+import GuestKernel
+import Hardware
+import HostKernel
+import Hypervisor
+import PageTables
+
+/// The SEV-SNP steps: each RMP instruction under its lowercase name, rmp_make_*, DMA and
+/// direct guest accesses, and KVM's launch, teardown, page-state changes and guest accesses.
+/// Results print as the APM and Linux name them (`ok (CF=1)`, `FAIL_OVERLAP`, `#PF(RMP)`,
+/// `NPF(RMP|ENC|SIZEM)`, `#VC(0x404)`).
+extension Steps {
+    static let spa = Parameter("spa", .physical, required: true, "system physical address")
+    static let guest = Parameter("guest", .guest, required: true, "the guest")
+    static let gpa = Parameter("gpa", .address(), required: true, "guest physical address")
+    static let size4K2M = Parameter("size", .choice(["4K", "2M"]), default: "4K", "page size")
+    static func vmpl(_ name: String, required: Bool = false, _ help: String) -> Parameter {
+        Parameter(name, .count(0...3), default: required ? nil : "0", required: required, help)
+    }
+
+    static let snp: [StepDefinition] = rmpInstructions + [rmpMakeStep(private: true), rmpMakeStep(private: false)] + guestAccess + kvm
+
+    static let rmpInstructions: [StepDefinition] = [
+        snpStep("rmpupdate", "RMPUPDATE: assign or unassign a 4K or 2M RMP entry",
+                [spa, Parameter("assigned", .bool, required: true, "assign (true) or return to the hypervisor (false)"),
+                 Parameter("asid", .count(0...0xffff_ffff), default: "0", "owner ASID"),
+                 Parameter("gpa", .address(), default: "0", "guest physical address"), size4K2M,
+                 Parameter("immutable", .bool, default: "false", "the Immutable bit")]) { a, _ throws(ScenarioError) in
+            let spa = a.number("spa")
+            let u = RMPUpdate(gpa: a.number("gpa"), assigned: a.bool("assigned"), size: size(a), immutable: a.bool("immutable"),
+                              asid: UInt32(truncatingIfNeeded: a.number("asid")))
+            return { p, _ in .status(p.rmp.rmpupdate(spa: spa, u)) }
+        },
+        snpStep("psmash", "PSMASH: split a 2M RMP entry into 512 4K entries", [Parameter("spa", .physical, required: true, "2M-aligned system physical address")]) { a, _ throws(ScenarioError) in
+            let spa = a.number("spa")
+            return { p, _ in .status(p.rmp.psmash(spa: spa)) }
+        },
+        snpStep("rmpread", "RMPREAD: an RMP entry in the RMPREAD format", [spa]) { a, _ throws(ScenarioError) in
+            let spa = a.number("spa")
+            return { p, _ in p.rmp.rmpread(spa: spa) }
+        },
+        snpStep("dump_rmpentry", "the raw RMP entry as Linux's dump_rmpentry prints it, with the firmware's page-state name", [spa]) { a, _ throws(ScenarioError) in
+            let spa = a.number("spa")
+            return { p, _ in
+                let e = p.rmp[spa >> pageShift]
+                return .read("PFN \(hex(spa >> pageShift)), RMP entry: [\(hex(e.hi, digits: 16)) - \(hex(e.lo, digits: 16))] \(e.state)")
+            }
+        },
+        snpStep("pvalidate", "PVALIDATE: the guest validates or rescinds a page",
+                [guest, gpa, size4K2M, Parameter("validate", .bool, required: true, "validate (true) or rescind (false)"),
+                 vmpl("vmpl", "VMPL executing it")]) { a, _ throws(ScenarioError) in
+            let ctx = try guestContext(a, vmplArgument: "vmpl")
+            let sz = size(a), v = a.bool("validate")
+            return { p, _ in p.rmp.pvalidate(ctx, size: sz, validate: v) }
+        },
+        snpStep("rmpadjust", "RMPADJUST: set a less privileged VMPL's permissions on a page",
+                [guest, gpa, size4K2M, vmpl("vmpl", required: true, "target VMPL"),
+                 Parameter("perms", .count(0...0x1f), required: true, "permission mask: 1 R, 2 W, 4 Xuser, 8 Xsuper, 0x10 SSS"),
+                 Parameter("vmsa", .bool, default: "false", "set the VMSA bit"), vmpl("from", "VMPL executing it")]) { a, _ throws(ScenarioError) in
+            let ctx = try guestContext(a, vmplArgument: "from")
+            let sz = size(a), target = Int(a.number("vmpl")), vmsa = a.bool("vmsa")
+            let perms = VMPLPermissions(rawValue: UInt8(a.number("perms")))
+            a.show("perms", perms.description)
+            return { p, _ in p.rmp.rmpadjust(ctx, size: sz, targetVMPL: target, permissions: perms, vmsa: vmsa) }
+        },
+        snpStep("rmpquery", "RMPQUERY: a VMPL's permissions on a page",
+                [guest, gpa, vmpl("vmpl", required: true, "VMPL to query"), vmpl("from", "VMPL executing it")]) { a, _ throws(ScenarioError) in
+            let ctx = try guestContext(a, vmplArgument: "from")
+            let target = Int(a.number("vmpl"))
+            return { p, _ in p.rmp.rmpquery(ctx, targetVMPL: target) }
+        },
+        snpStep("vmrun", "VMRUN: a vCPU runs with this VMSA page, which is now in use", [Parameter("spa", .physical, required: true, "the VMSA page")]) { a, _ throws(ScenarioError) in
+            let spa = a.number("spa")
+            return { p, _ in p.rmp.markRunning(spa: spa, true); return .ok }
+        },
+        snpStep("vmexit", "#VMEXIT: the vCPU using this VMSA page stops", [Parameter("spa", .physical, required: true, "the VMSA page")]) { a, _ throws(ScenarioError) in
+            let spa = a.number("spa")
+            return { p, _ in p.rmp.markRunning(spa: spa, false); return .ok }
+        },
+    ]
+
+    static let guestAccess: [StepDefinition] = [
+        snpStep("dma-write", "a device writes the page through the IOMMU", [Parameter("pa", .physical, required: true, "physical address")]) { a, _ throws(ScenarioError) in
+            let pa = a.number("pa")
+            return { p, _ in p.rmp.dmaWrite(spa: pa) }
+        },
+        guestStep("guest-read", write: false), guestStep("guest-write", write: true),
+    ]
+
+    /// A step on the SEV-SNP platform whose result is an SNP outcome, counted as a fault if
+    /// it is one.
+    static func snpStep(
+        _ name: String, _ summary: String, _ arguments: [Parameter],
+        _ body: @escaping @Sendable (inout StepArguments, StepContext) throws(ScenarioError) -> @Sendable (inout SNPPlatform, inout Machine) -> SNPOutcome
+    ) -> StepDefinition {
+        platformStep(name, summary, arguments) { a, ctx throws(ScenarioError) in
+            let run = try body(&a, ctx)
+            return { p, m in
+                let outcome = run(&p, &m)
+                p.count(outcome)
+                return outcome
+            }
+        }
+    }
+
+    /// A step on the SEV-SNP platform, counted as an operation.
+    static func platformStep(
+        _ name: String, _ summary: String, _ arguments: [Parameter],
+        _ body: @escaping @Sendable (inout StepArguments, StepContext) throws(ScenarioError) -> @Sendable (inout SNPPlatform, inout Machine) -> any Outcome
+    ) -> StepDefinition {
+        StepDefinition(name, summary, arguments) { a, ctx throws(ScenarioError) in
+            let run = try body(&a, ctx)
+            return { m throws(HostKernelError) in
+                let result = m.withPlatform(SNPPlatform.self) { p, m in run(&p, &m) }
+                m.count(result)
+                return result
+            }
+        }
+    }
+
+    static func guestStep(_ name: String, write: Bool) -> StepDefinition {
+        snpStep(name, "the guest \(write ? "writes" : "reads") a page, private (C=1) or shared (C=0), checked by the RMP directly (no KVM)",
+                [guest, gpa, Parameter("private", .bool, default: "true", "C-bit set"), vmpl("vmpl", "VMPL"), cpuArgument]) { a, _ throws(ScenarioError) in
+            let ctx = try guestContext(a, vmplArgument: "vmpl")
+            let priv = a.bool("private")
+            return { p, _ in p.rmp.guestAccess(ctx, write: write, encrypted: priv) }
+        }
+    }
+
+    /// rmp_make_private / rmp_make_shared: the host kernel's way to change the RMP, through
+    /// the direct-map policy (Linux arch/x86/virt/svm/sev.c).
+    static func rmpMakeStep(private makePrivate: Bool) -> StepDefinition {
+        let arguments: [Parameter] = makePrivate
+            ? [Parameter("pa", .physical, required: true, "physical address"), Parameter("gpa", .address(), default: "0", "guest physical address"),
+               Parameter("asid", .count(0...UInt64(RMP.maxASID)), required: true, "owner ASID"), size4K2M,
+               Parameter("immutable", .bool, default: "false", "the Immutable bit")]
+            : [Parameter("pa", .physical, required: true, "physical address"), size4K2M]
+        return platformStep(makePrivate ? "rmp_make_private" : "rmp_make_shared",
+                            makePrivate ? "Linux rmp_make_private: the direct-map policy, then RMPUPDATE to guest-owned"
+                                : "Linux rmp_make_shared: the direct-map policy, then RMPUPDATE back to the hypervisor",
+                            arguments) { a, _ throws(ScenarioError) in
+            let pa = a.number("pa")
+            let u = makePrivate
+                ? RMPUpdate(gpa: a.number("gpa"), assigned: true, size: size(a), immutable: a.bool("immutable"), asid: UInt32(a.number("asid")))
+                : RMPUpdate(assigned: false, size: size(a))
+            return { p, m in
+                let (status, hw) = m.kernel.rmpUpdate(&p.rmp, pfn: pa >> pageShift, u)
+                guard let hw, hw != .success else { return status }
+                return AnnotatedOutcome(status, notes: ["\(hw)"])
+            }
+        }
+    }
+
+    static func size(_ a: StepArguments) -> PageSize { a.text("size") == "2M" ? .size2M : .size4K }
+
+    /// The hardware context of a guest instruction or access at the `gpa` argument, from the
+    /// VMPL in `vmplArgument`, with the guest's declared nested page size.
+    static func guestContext(_ a: StepArguments, vmplArgument: String) throws(ScenarioError) -> GuestContext {
+        let g = a.guest!.spec
+        let gpa = try guestAddress(a, g)
+        return GuestContext(asid: g.asid, vmpl: Int(a.number(vmplArgument)), gpa: gpa, spa: g.spa(gpa), nptSize: g.npt)
+    }
+
+    /// The `gpa` argument, which must lie inside the guest's memory.
+    static func guestAddress(_ a: StepArguments, _ g: GuestSpec) throws(ScenarioError) -> UInt64 {
+        let gpa = a.number("gpa")
+        guard gpa < g.memory else { throw a.field("gpa").error("gpa \(hex(gpa)) is past \(g.name)'s \(ByteSize.format(g.memory)) of memory") }
+        return gpa
+    }
+}
+
+/// The KVM steps: launch, destroy, guest page-state changes and accesses through KVM.
+extension Steps {
+    static let kvm: [StepDefinition] = [
+        platformStep("launch", "SNP_LAUNCH_START/UPDATE/FINISH: context page, image pages populated via guest_memfd, one VMSA per vCPU",
+                     [guest, Parameter("image", .address(), default: "0", "bytes of guest memory populated at launch")]) { a, _ throws(ScenarioError) in
+            let (i, g) = a.guest!
+            let image = a.number("image")
+            guard image <= g.memory, image & (pageBytes - 1) == 0 else {
+                throw a.field("image").error("image \(hex(image)) must be page-aligned and at most \(g.name)'s \(ByteSize.format(g.memory))")
+            }
+            return { p, m in p.kvm.launch(i, imagePages: image >> pageShift, kernel: &m.kernel, rmp: &p.rmp) }
+        },
+        platformStep("destroy", "VM teardown: guest memory, VMSAs and the context page back to the hypervisor (a failed reclaim leaks)", [guest]) { a, _ throws(ScenarioError) in
+            let i = a.guest!.index
+            return { p, m in p.kvm.destroy(i, kernel: &m.kernel, hw: &p.rmp) }
+        },
+        platformStep("psc", "a GHCB page-state change from the guest (no PVALIDATE): size bytes at gpa to shared or private",
+                     [guest, Parameter("gpa", .address(), required: true, "first guest physical address"),
+                      Parameter("size", .address(), default: "0x1000", "bytes"), Parameter("to", .choice(["shared", "private"]), required: true, "target state"),
+                      Parameter("via", .choice(["ghcb", "msr"]), default: "ghcb", "protocol (msr: one 4K page)")]) { a, _ throws(ScenarioError) in
+            let (i, g) = a.guest!
+            let gpa = a.number("gpa"), size = a.number("size")
+            guard gpa & (pageBytes - 1) == 0, size > 0, size & (pageBytes - 1) == 0, gpa + size <= g.memory else {
+                throw a.field("gpa").error("[\(hex(gpa))-\(hex(gpa + size))) must be whole pages inside \(g.name)'s \(ByteSize.format(g.memory))")
+            }
+            let toPrivate = a.text("to") == "private", msr = a.text("via") == "msr"
+            if msr && size != pageBytes { throw a.field("size").error("the MSR protocol changes one 4K page; use via: ghcb") }
+            let gfns = (gpa >> pageShift)..<((gpa + size) >> pageShift)
+            return { p, m in
+                if msr {
+                    let request = PSCMSRRequest(gfn: gfns.lowerBound, operation: toPrivate ? .makePrivate : .makeShared).msr
+                    let response = p.kvm.handlePSCMSR(i, msr: request, kernel: &m.kernel, rmp: &p.rmp)
+                    return response == PSCMSRRequest.response(error: 0) ? OK() : ValueOutcome("response \(hex(response))")
+                }
+                return SNPPlatform.guestCalls(&p, i, &m) { _, _, vmgexit in
+                    GuestKernel.snpPageStateChange(gfns, toPrivate: toPrivate, vmgexit: vmgexit)
+                } ?? OK()
+            }
+        },
+        platformStep("guest-access", "a guest access through KVM: gmem faults prepare pages, RMP #NPFs are handled, then the result",
+                     [guest, Parameter("gpa", .address(), required: true, "guest physical address"),
+                      Parameter("write", .bool, default: "false", "a write"), Parameter("private", .bool, default: "true", "C-bit set"),
+                      cpuArgument]) { a, _ throws(ScenarioError) in
+            let (i, g) = a.guest!
+            let gpa = try guestAddress(a, g)
+            let write = a.bool("write"), priv = a.bool("private")
+            return { p, m in
+                let c = p.kvm.vms[i].config
+                let r = p.kvm.guestOperation(i, gfn: gpa >> pageShift, private: priv, kernel: &m.kernel, hw: &p.rmp, retryNote: "RMP #NPF: PSMASH") { rmp, level in
+                    rmp.guestAccess(GuestContext(asid: c.id, vmpl: 0, gpa: gpa & ~(pageBytes - 1), spa: c.spa(gpa >> pageShift), nptSize: level),
+                                    write: write, encrypted: priv)
+                }
+                return r
+            }
+        },
+        StepDefinition("fail_snp_reclaim", "fault injection: SNP_PAGE_RECLAIM fails, so teardown leaks the context page",
+                       [Parameter("enabled", .bool, required: true, "whether reclaim fails")]) { a, _ throws(ScenarioError) in
+            let on = a.bool("enabled")
+            return { m throws(HostKernelError) in
+                m.withPlatform(SNPPlatform.self) { p, _ in p.kvm.backend.failReclaim = on }
+                return OK()
+            }
+        },
+    ]
+}

@@ -1,0 +1,152 @@
+import HostKernel
+import PageTables
+
+/// One argument of a step or workload, declared once: its name, what it reads, its default
+/// and its help. Help text, parsing, validation and the arguments a run echoes all come from
+/// this declaration.
+public struct Parameter: Sendable {
+    public enum Kind: Sendable {
+        /// A number (hex, decimal or a size), within `range` when given; echoed in hex.
+        case address(ClosedRange<UInt64>? = nil)
+        /// A count or identifier, within `range` when given; echoed in decimal.
+        case count(ClosedRange<UInt64>? = nil)
+        case bool
+        case choice([String])
+        /// A guest named in the scenario's `guests:`.
+        case guest
+        /// A physical address below the end of RAM (the model's reach; misalignment is left
+        /// for the hardware or kernel to answer).
+        case physical
+    }
+
+    public let name: String
+    public let kind: Kind
+    /// The value when the field is absent; nil with `required` false means "absent".
+    public let defaultValue: String?
+    public let required: Bool
+    public let help: String
+
+    public init(_ name: String, _ kind: Kind, default defaultValue: String? = nil, required: Bool = false, _ help: String) {
+        self.name = name
+        self.kind = kind
+        self.defaultValue = defaultValue
+        self.required = required
+        self.help = help
+    }
+
+    /// The help line: what it is, its valid values and its default.
+    public var helpLine: String {
+        var text = help
+        switch kind {
+        case .choice(let c): text += " (one of \(c.joined(separator: ", ")))"
+        case .bool: text += " (true or false)"
+        default: break
+        }
+        if required { text += "; required" } else if let d = defaultValue { text += "; default \(d)" }
+        return text
+    }
+}
+
+/// A step's or workload's arguments as read against its schema: typed values, what to echo,
+/// and the fields for errors that must point at one of them.
+public struct StepArguments: Sendable {
+    public let fields: Fields
+    let schema: [Parameter]
+    var numbers: [String: UInt64] = [:]
+    var texts: [String: String] = [:]
+    var shown: [String: String] = [:]
+    /// The guest a `guest` argument named: its index and spec.
+    public private(set) var guest: (index: Int, spec: GuestSpec)?
+
+    /// Reads `field` (a mapping) against `schema`: unknown keys get "did you mean", required
+    /// ones must be there, every value is parsed by its kind.
+    init(_ field: Field, schema: [Parameter], context: StepContext, extraKeys: [String] = []) throws(ScenarioError) {
+        fields = field.isScalar && (try? field.text()) == "" ? try Field.emptyMapping(at: field) : try field.mapping()
+        self.schema = schema
+        try fields.only(schema.map(\.name) + extraKeys)
+        for a in schema {
+            guard let f = fields[a.name] else {
+                if a.required { throw fields.owner.error("'\(a.name)' is required: \(a.help)") }
+                if let d = a.defaultValue { try setDefault(a, d) }
+                continue
+            }
+            try read(a, f, context: context)
+        }
+    }
+
+    mutating func setDefault(_ a: Parameter, _ d: String) throws(ScenarioError) {
+        switch a.kind {
+        case .address, .physical:
+            numbers[a.name] = ByteSize.parse(d) ?? 0
+            shown[a.name] = hex(numbers[a.name]!)
+        case .count:
+            numbers[a.name] = ByteSize.parse(d) ?? 0
+            shown[a.name] = "\(numbers[a.name]!)"
+        case .bool, .choice, .guest:
+            texts[a.name] = d
+            shown[a.name] = d
+        }
+    }
+
+    mutating func read(_ a: Parameter, _ f: Field, context: StepContext) throws(ScenarioError) {
+        switch a.kind {
+        case .address(let range):
+            let v = try Self.number(f, range, a.name)
+            numbers[a.name] = v
+            shown[a.name] = hex(v)
+        case .count(let range):
+            let v = try Self.number(f, range, a.name)
+            numbers[a.name] = v
+            shown[a.name] = "\(v)"
+        case .physical:
+            let v = try f.number()
+            let end = context.kernel.memory.endOfRAM
+            guard v < end else { throw f.error("\(hex(v)) is past the end of RAM (\(hex(end)))") }
+            numbers[a.name] = v
+            shown[a.name] = hex(v)
+        case .bool:
+            let v = try f.bool()
+            texts[a.name] = "\(v)"
+            shown[a.name] = "\(v)"
+        case .choice(let choices):
+            let v = try f.choice(choices, what: a.name)
+            texts[a.name] = v
+            shown[a.name] = v
+        case .guest:
+            let name = try f.text()
+            guard let i = context.guests.firstIndex(where: { $0.name == name }) else {
+                throw f.error("unknown guest '\(name)'" + (context.guests.isEmpty ? "; this scenario defines no guests"
+                    : Suggest.hint(name, in: context.guests.map(\.name), listedBy: "the scenario's guests:")))
+            }
+            guest = (i, context.guests[i])
+            texts[a.name] = name
+            shown[a.name] = name
+        }
+    }
+
+    static func number(_ f: Field, _ range: ClosedRange<UInt64>?, _ what: String) throws(ScenarioError) -> UInt64 {
+        guard let range else { return try f.number() }
+        return try f.number(in: range, what: what)
+    }
+
+    public subscript(number name: String) -> UInt64? { numbers[name] }
+    public func number(_ name: String) -> UInt64 { numbers[name] ?? 0 }
+    public func bool(_ name: String) -> Bool { texts[name] == "true" }
+    public func text(_ name: String) -> String? { texts[name] }
+    public func has(_ name: String) -> Bool { fields[name] != nil }
+    /// The field itself, for an error about its value.
+    public func field(_ name: String) -> Field { fields[name] ?? fields.owner }
+
+    /// Echo `name` as `text` instead of its parsed form (e.g. a permission mask's names).
+    public mutating func show(_ name: String, _ text: String) { shown[name] = text }
+
+    /// The arguments to echo, in schema order, the absent optional ones left out.
+    public var echoed: [(String, String)] { schema.compactMap { a in shown[a.name].map { (a.name, $0) } } }
+}
+
+extension Field {
+    /// An empty mapping standing at `field`'s place (a step written `- launch:` with nothing).
+    static func emptyMapping(at field: Field) throws(ScenarioError) -> Fields {
+        Fields(entries: [], keys: [], owner: field)
+    }
+}

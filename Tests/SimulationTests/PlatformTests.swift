@@ -1,0 +1,152 @@
+import Testing
+import GuestKernel
+import Hardware
+import HostKernel
+import Hypervisor
+import PageTables
+@testable import Simulation
+
+/// The shape every architecture plugs into: registration, typed outcomes, the step schema,
+/// guest kernels and stage-2 tables.
+@Suite struct PlatformTests {
+    static let snp = """
+        name: p
+        machine: {arch: x86-snp, memory: 4G, gbpages: false}
+        guests:
+          - {name: vm0, asid: 1, memory: 8M, placement: {pa: 0x40000000}}
+
+        """
+
+    func run(_ text: String) throws -> RunResult {
+        try Runner.run(try Scenario.load(yaml: text, file: "p.yaml"), options: RunOptions(checkInvariants: true))
+    }
+
+    @Test func architecturesRegisterOnceAndSNPBringsItsOwnSteps() throws {
+        let names = Architectures.all.map(\.name)
+        #expect(Set(names).count == names.count)
+        #expect(Architectures.modelled.map(\.name) == ["x86-64", "x86-snp"])
+        let snp = try #require(Architectures.named("x86-snp"))
+        #expect(snp.steps.contains { $0.name == "rmpupdate" } && snp.workloads.contains { $0.name == "adversarial-flip" })
+        #expect(snp.policySlots.map(\.name) == ["host.directmap-policy"])
+        #expect(snp.invariants.map(\.name) == ["rmp", "stage-2"])
+        #expect(Architectures.x86_64.steps.isEmpty && Steps.available(Architectures.x86_64).contains { $0.name == "host-write" })
+        // A plain x86-64 run reports no SEV-SNP metric; an SNP run reports every declared one, in order.
+        let plain = try run("name: t\nmachine: {memory: 4G}\nsteps: []\n")
+        #expect(!plain.metrics.contains { $0.0 == "psmash" || $0.0 == "rmp_regions" })
+        #expect(plain.metrics.map(\.0) == Machine.metricInfo(Architectures.x86_64).map(\.name))
+        let r = try run(Self.snp + "steps: []\n")
+        #expect(r.metrics.map(\.0) == Machine.metricInfo(snp).map(\.name))
+    }
+
+    /// Every step name and alias is unique on each architecture (host steps included), and
+    /// so is every workload name.
+    @Test func noTwoStepsShareAName() {
+        for a in Architectures.all {
+            let names = Steps.available(a).flatMap { [$0.name] + $0.aliases } + ["workload"]
+            #expect(Set(names).count == names.count, "\(a.name): \(names.filter { n in names.filter { $0 == n }.count > 1 })")
+            let workloads = Workloads.available(a).map(\.name)
+            #expect(Set(workloads).count == workloads.count)
+        }
+    }
+
+    @Test func outcomesPrintInTheSpecificationsTermsAndKnowTheirKind() {
+        let cases: [(any Outcome, String, OutcomeKind)] = [
+            (OK(), "ok", .success),
+            (KernelStatus.error(.EINVAL), "-EINVAL", .error),
+            (KernelStatus.error(Errno(rawValue: 200)), "-200", .error),
+            (SNPStatus.failOverlap, "FAIL_OVERLAP", .status),
+            (SNPOutcome.status(.success, unchanged: true), "ok (CF=1)", .success),
+            (SNPOutcome.npf([.rmp, .enc]), "NPF(RMP|ENC)", .fault),
+            (SNPOutcome.notValidated, "#VC(0x404)", .fault),
+            (HostAccessOutcome.fault(cause: .ownership(.rmp), end: .doubleFault), "#PF(RMP): double fault", .fault),
+            (HostAccessOutcome.fault(cause: .notPresent, end: .oops), "#PF(not-present): oops", .fault),
+            (HostAccessOutcome.ciphertext, "ok (ciphertext)", .success),
+            (KVMExit.memoryFault, "KVM_EXIT_MEMORY_FAULT", .fault),
+            (AnnotatedOutcome(KernelStatus.error(.EFAULT), notes: ["FAIL_OVERLAP"]), "-EFAULT (FAIL_OVERLAP)", .error),
+            (PSCError(exitInfo2: 0x1_0000_0000), "PSC error 0x100000000", .error),
+            (ValueOutcome("0xffffc90000000000"), "0xffffc90000000000", .success),
+        ]
+        for (o, text, kind) in cases {
+            #expect(o.description == text)
+            #expect(o.kind == kind, "\(text)")
+            #expect(o.isError == (kind == .error))
+            #expect(o.matches(text) && !o.matches(text + " "))
+        }
+        #expect(Errno.EHWPOISON.description == "-EHWPOISON" && Errno.EPERM.rawValue == 1)
+    }
+
+    @Test func helpAndErrorsComeFromTheSchema() throws {
+        let rmpupdate = try #require(Steps.all.first { $0.name == "rmpupdate" })
+        #expect(rmpupdate.arguments.map(\.name) == ["spa", "assigned", "asid", "gpa", "size", "immutable"])
+        #expect(rmpupdate.arguments[1].helpLine == "assign (true) or return to the hypervisor (false) (true or false); required")
+        #expect(rmpupdate.arguments[4].helpLine == "page size (one of 4K, 2M); default 4K")
+        // The echo follows the schema: every argument, defaults filled in, in declaration order.
+        let s = try Scenario.load(yaml: Self.snp + "steps:\n  - rmpupdate: {assigned: true, spa: 0x40200000}\n", file: "p.yaml")
+        #expect(s.steps[0].arguments.map(\.0) == ["spa", "assigned", "asid", "gpa", "size", "immutable"])
+        #expect(s.steps[0].arguments.map(\.1) == ["0x40200000", "true", "0", "0x0", "4K", "false"])
+        let missing = #expect(throws: ScenarioError.self) { try Scenario.load(yaml: Self.snp + "steps:\n  - rmpupdate: {spa: 0}\n", file: "p.yaml") }
+        #expect(missing?.message == "'assigned' is required: assign (true) or return to the hypervisor (false)")
+        #expect(missing?.field == "steps[1].rmpupdate")
+    }
+
+    /// A field the interface cannot encode is a scenario error; what the hardware answers
+    /// itself (a misaligned 2M RMPUPDATE) reaches the model and prints its status.
+    @Test func aScenarioErrorVersusAStatusForTheSameField() throws {
+        let bad = #expect(throws: ScenarioError.self) {
+            try Scenario.load(yaml: Self.snp + "steps:\n  - rmpupdate: {spa: somewhere, assigned: true}\n", file: "p.yaml")
+        }
+        #expect(bad?.field == "steps[1].rmpupdate.spa" && bad?.message.hasPrefix("'somewhere' is not a number") == true)
+        let past = #expect(throws: ScenarioError.self) {
+            try Scenario.load(yaml: Self.snp + "steps:\n  - rmpupdate: {spa: 0x200000000, assigned: true}\n", file: "p.yaml")
+        }
+        #expect(past?.message == "0x200000000 is past the end of RAM (0x100000000)")
+        let r = try run(Self.snp + "steps:\n  - rmpupdate: {spa: 0x40001000, assigned: true, asid: 1, size: 2M}\n    expect: FAIL_INPUT\n")
+        #expect(r.passed && r.records[0].outcome.kind == .status)
+    }
+
+    /// The guest's own kernel: set_memory_decrypted clears the C-bit in its direct map
+    /// (splitting its 2M leaf), runs PVALIDATE and a page-state change through KVM, and its
+    /// /proc/meminfo shows the split.
+    @Test func theGuestsOwnDirectMapAfterSetMemoryDecrypted() throws {
+        let r = try run(Self.snp + """
+            steps:
+              - workload: {kind: guest-boot, guest: vm0}
+              - set_memory_decrypted: {guest: vm0, gpa: 0x3000}
+                expect: ok
+              - guest_set_memory_encrypted: {guest: vm0, gpa: 0x3000}
+                expect: ok
+              - set_memory_decrypted: {guest: vm0, gpa: 0x5000, numpages: 2}
+                expect: ok
+            """)
+        #expect(r.passed)
+        let g = r.machine.guestKernels[0]
+        #expect(!g.isEncrypted(gfn: 5) && !g.isEncrypted(gfn: 6) && g.isEncrypted(gfn: 3) && g.isEncrypted(gfn: 7))
+        #expect(g.kernel.directMapLeaf(PhysAddr(0x5000))?.size == .size4K)
+        #expect(g.kernel.directMapLeaf(PhysAddr(0x20_0000))?.size == .size2M)
+        // 8M of guest memory: [0, 2M) split to 4K, three 2M leaves; the host's map is untouched by it.
+        #expect(g.kernel.directPagesCount == LeafCounts(size4K: 512, size2M: 3))
+        #expect(g.kernel.stats.splits.size2M == 1 && g.kernel.stats.encConversions == 4)
+        let p = try #require(r.machine.platform as? SNPPlatform)
+        #expect(!p.kvm.vms[0].isPrivate(5) && p.kvm.vms[0].isPrivate(3))
+        #expect(r.records.map(\.arguments.first?.0) == ["kind", "numpages", "numpages", "numpages"])
+    }
+
+    /// Launch maps nothing; the guest's accept maps 2M stage-2 leaves; converting one page
+    /// zaps its 2M leaf, and the next private fault in that region maps 4K.
+    @Test func stage2LeavesAfterLaunchAndAfterAConversion() throws {
+        let launched = try run(Self.snp + "steps:\n  - launch: {guest: vm0}\n")
+        #expect((launched.machine.platform as? SNPPlatform)?.kvm.vms[0].stage2.leafCounts == LeafCounts())
+        let r = try run(Self.snp + """
+            steps:
+              - workload: {kind: guest-boot, guest: vm0}
+              - set_memory_decrypted: {guest: vm0, gpa: 0x201000}
+              - guest-access: {guest: vm0, gpa: 0x200000}
+                expect: ok (RMP #NPF: PSMASH)
+            """)
+        let vm = try #require((r.machine.platform as? SNPPlatform)?.kvm.vms[0])
+        #expect(vm.stage2Leaf(0)?.size == .size2M && vm.stage2Leaf(0x600)?.size == .size2M)
+        #expect(vm.stage2Leaf(0x201) == nil)  // shared now: zapped, not faulted in again
+        #expect(vm.stage2Leaf(0x200)?.size == .size4K && vm.stage2Leaf(0x200)?.phys == PhysAddr(0x4020_0000))
+        #expect(vm.stage2.leafCounts == LeafCounts(size4K: 1, size2M: 3))
+    }
+}
