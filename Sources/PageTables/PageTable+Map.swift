@@ -80,7 +80,7 @@ extension PageTable {
         if phys.rawValue & (pageBytes - 1) != 0 { throw .unaligned(what: "physical address", value: phys.rawValue) }
         var visitor = MapVisitor(
             start: virt.rawValue, last: virt.rawValue &+ (size &- 1), delta: phys.rawValue &- virt.rawValue,
-            attributes: attributes, sizes: (sizes ?? format.leafSizes).filter(allows), reuseTables: reuseTables)
+            attributes: attributes, sizes: Self.allowedSizes(sizes ?? format.leafSizes, format), reuseTables: reuseTables)
         if !visitor.sizes.contains(.size4K) {
             let smallest = visitor.sizes.min() ?? .size1G
             for (what, value) in [("address", virt.rawValue), ("physical address", phys.rawValue), ("size", size)]
@@ -89,6 +89,12 @@ extension PageTable {
             }
         }
         try walk(start: virt.rawValue, size: size, &visitor)
+    }
+
+    /// `sizes` less those `format` does not allow, without a new array when all are allowed
+    /// (a stage-2 fault maps one leaf at a time).
+    @inlinable static func allowedSizes(_ sizes: [PageSize], _ format: PageTableFormat) -> [PageSize] {
+        sizes.allSatisfy(format.allows) ? sizes : sizes.filter(format.allows)
     }
 
     /// Unmaps `[virt, virt + size)`.

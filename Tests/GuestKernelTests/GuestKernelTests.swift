@@ -14,7 +14,7 @@ import PageTables
         var calls: [String] = []
         let pvalidate: SNPPvalidate = { gfn, size, v in
             calls.append("pvalidate \(hex(gfn)) \(size) \(v)")
-            return PvalidateResult(outcome: OK(), succeeded: true, sizeMismatch: false)
+            return .success
         }
         let vmgexit: SNPVMGEXIT = { r in
             calls.append("psc \(r.entries.map { "\(hex($0.gfn)):\($0.operation)" }.joined(separator: ","))")
@@ -39,7 +39,7 @@ import PageTables
     @Test func aRefusedPSCIsTheResultAndThePTEKeepsItsCBit() throws {
         var g = try GuestKernel(name: "vm0", memory: 4 << 20)
         let r = g.snpSetMemory(7..<8, encrypt: false,
-                               pvalidate: { _, _, _ in PvalidateResult(outcome: OK(), succeeded: true, sizeMismatch: false) },
+                               pvalidate: { _, _, _ in .success },
                                vmgexit: { _ in 0x1_0000_0000 })
         #expect(r.description == "PSC error 0x100000000" && r.isError)
         #expect(g.isEncrypted(gfn: 7))
@@ -51,9 +51,15 @@ import PageTables
         let r = GuestKernel.snpPvalidate(0..<1024, validate: true) { gfn, size, _ in
             sizes.append(size)
             let mismatch = size == .size2M && gfn == 512
-            return PvalidateResult(outcome: OK(), succeeded: !mismatch, sizeMismatch: mismatch)
+            return mismatch ? PvalidateResult(failure: SNPStatusStub(), sizeMismatch: true) : .success
         }
         #expect(r == nil)
         #expect(sizes.count == 2 + 512 && sizes.prefix(2) == [.size2M, .size2M] && sizes.dropFirst(2).allSatisfy { $0 == .size4K })
     }
+}
+
+/// A failing status for the stubbed PVALIDATE.
+struct SNPStatusStub: Outcome {
+    var kind: OutcomeKind { .status }
+    var description: String { "FAIL_SIZEMISMATCH" }
 }

@@ -177,3 +177,34 @@ import Testing
         }
     }
 }
+
+/// The stage-2 primitives: a fault installs one leaf in one descent; a zap removes whole
+/// leaves, never splitting one partly covered.
+@Suite struct Stage2PrimitiveTests {
+    @Test func installLeafMakesTablesOnTheWayAndReplacesATableInItsPlace() throws {
+        var t = PageTable(format: .x86_64)
+        try t.installLeaf(virt: VirtAddr(0x20_3000), phys: PhysAddr(0x4020_3000), size: .size4K, attributes: [.present, .writable])
+        #expect(t.lookup(VirtAddr(0x20_3000))?.phys == PhysAddr(0x4020_3000))
+        #expect(t.leafCounts == LeafCounts(size4K: 1) && t.tablePages == 4)
+        // A 2M leaf over the same block replaces the PTE table and frees it.
+        try t.installLeaf(virt: VirtAddr(0x20_5000), phys: PhysAddr(0x4020_0000), size: .size2M, attributes: [.present])
+        #expect(t.lookup(VirtAddr(0x20_3000))?.size == .size2M)
+        #expect(t.leafCounts == LeafCounts(size2M: 1) && t.tablePages == 3)
+        #expect(throws: PageTableError.self) { try t.installLeaf(virt: VirtAddr(0), phys: PhysAddr(0x1000), size: .size2M, attributes: [.present]) }
+        try t.checkInvariants()
+    }
+
+    @Test func zapRemovesWholeLeavesAndNeverSplits() throws {
+        var t = PageTable(format: .x86_64)
+        try t.installLeaf(virt: VirtAddr(0x20_0000), phys: PhysAddr(0x4020_0000), size: .size2M, attributes: [.present])
+        try t.installLeaf(virt: VirtAddr(0x40_1000), phys: PhysAddr(0x4040_1000), size: .size4K, attributes: [.present])
+        try t.installLeaf(virt: VirtAddr(0x40_2000), phys: PhysAddr(0x4040_2000), size: .size4K, attributes: [.present])
+        try t.zap(virt: VirtAddr(0x20_1000), size: 0x1000)  // one 4K page inside the 2M leaf: the leaf goes
+        #expect(t.lookup(VirtAddr(0x20_0000)) == nil && t.leafCounts == LeafCounts(size4K: 2))
+        try t.zap(virt: VirtAddr(0x40_2000), size: 0x1000)
+        #expect(t.lookup(VirtAddr(0x40_1000))?.size == .size4K && t.lookup(VirtAddr(0x40_2000)) == nil)
+        try t.zap(virt: VirtAddr(0), size: 1 << 30)  // the whole 1G: the PTE table and PMD table go too
+        #expect(t.leafCounts == LeafCounts() && t.tablePages == 2)
+        try t.checkInvariants()
+    }
+}

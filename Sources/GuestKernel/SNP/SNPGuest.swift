@@ -5,15 +5,20 @@ import PageTables
 /// What one PVALIDATE the guest executes came to, as the machine ran it (through KVM's
 /// gmem and #NPF handling).
 public struct PvalidateResult: Sendable {
-    public let outcome: any Outcome
-    public let succeeded: Bool
+    /// What it came to when it did not simply succeed (kept only then: the common case
+    /// allocates nothing).
+    public let failure: (any Outcome)?
     /// FAIL_SIZEMISMATCH: a 2M PVALIDATE over an RMP entry that is 4K.
     public let sizeMismatch: Bool
-    public init(outcome: any Outcome, succeeded: Bool, sizeMismatch: Bool) {
-        self.outcome = outcome
-        self.succeeded = succeeded
+    public var succeeded: Bool { failure == nil }
+    public var outcome: any Outcome { failure ?? OK() }
+
+    public init(failure: (any Outcome)?, sizeMismatch: Bool = false) {
+        self.failure = failure
         self.sizeMismatch = sizeMismatch
     }
+
+    public static let success = PvalidateResult(failure: nil)
 }
 
 /// A page-state change the hypervisor refused: SW_EXITINFO2 as the guest reads it.

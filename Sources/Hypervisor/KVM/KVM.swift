@@ -19,8 +19,9 @@ public protocol KVMBackend: Sendable {
     mutating func prepare(_ vm: inout VM<ArchState>, gfn: UInt64, kernel: inout Kernel, hw: inout Hardware) -> (PageSize?, KernelStatus)
     /// kvm_arch_gmem_invalidate over `gfns` (folio free or punch-hole).
     mutating func invalidate(_ vm: inout VM<ArchState>, gfns: Range<UInt64>, kernel: inout Kernel, hw: inout Hardware)
-    /// The largest stage-2 leaf the hardware allows for a private gfn now.
-    func maxMappingLevel(_ vm: VM<ArchState>, gfn: UInt64, hw: Hardware) -> PageSize
+    /// The largest stage-2 leaf the hardware allows for a private gfn now. (`vm` is inout
+    /// only so the VM is not copied to ask.)
+    func maxMappingLevel(_ vm: inout VM<ArchState>, gfn: UInt64, hw: Hardware) -> PageSize
     /// A guest access raised `outcome`: retry after zapping a range, stop, or loop forever.
     mutating func handleFault(_ vm: inout VM<ArchState>, gfn: UInt64, private isPrivate: Bool, outcome: GuestOutcome, hw: inout Hardware) -> FaultAction
     /// Teardown after guest memory is invalidated: the backend's own pages go back.
@@ -58,27 +59,31 @@ public struct KVM<Backend: KVMBackend>: Sendable {
     /// of the leaf that maps it. arch/x86/kvm/mmu/mmu.c kvm_mmu_max_mapping_level,
     /// kvm_tdp_mmu_map.
     mutating func mapStage2(_ i: Int, gfn: UInt64, hw: Backend.Hardware) -> PageSize {
-        if let leaf = vms[i].stage2Leaf(gfn) { return leaf.size }
-        let c = vms[i].config
-        let level = min(c.backing.folio, backend.maxMappingLevel(vms[i], gfn: gfn, hw: hw), vms[i].hugepageUniform(gfn) ? .size2M : .size4K)
+        if let leaf = stage2Leaf(i, gfn) { return leaf.size }
+        let folio = vms[i].config.backing.folio
+        let level = min(folio, backend.maxMappingLevel(&vms[i], gfn: gfn, hw: hw), vms[i].attributes.hugepageUniform(gfn) ? .size2M : .size4K)
         let base = gfn & ~(level.pages - 1)
         do {
-            try vms[i].stage2.map(virt: VirtAddr(base << pageShift), phys: PhysAddr(c.spa(base)), size: level.bytes,
-                                  attributes: [.present, .writable], sizes: [level])
+            try vms[i].stage2.installLeaf(virt: VirtAddr(base << pageShift), phys: PhysAddr(vms[i].config.spa(base)), size: level,
+                                          attributes: [.present, .writable])
         } catch {
             preconditionFailure("stage-2 map of gfn \(hex(gfn)) at \(level): \(error)")  // aligned by construction
         }
         return level
     }
 
+    /// The present stage-2 leaf over guest `i`'s `gfn` (through stored properties, so the VM
+    /// is never copied to ask).
+    @inline(__always) func stage2Leaf(_ i: Int, _ gfn: UInt64) -> Leaf? {
+        guard let leaf = vms[i].stage2.lookup(VirtAddr(gfn << pageShift)), leaf.descriptor.isPresentLeaf else { return nil }
+        return leaf
+    }
+
     /// Zaps the stage-2 leaves over `gfns`; a huge leaf partly inside goes whole, as the TDP
     /// MMU zaps a huge SPTE. arch/x86/kvm/mmu/tdp_mmu.c kvm_tdp_mmu_unmap_gfn_range.
     public mutating func zapStage2(_ i: Int, gfns: Range<UInt64>) {
         guard !gfns.isEmpty else { return }
-        var first = gfns.lowerBound << pageShift, end = gfns.upperBound << pageShift
-        if let leaf = vms[i].stage2Leaf(gfns.lowerBound) { first = leaf.virt.rawValue }
-        if let leaf = vms[i].stage2Leaf(gfns.upperBound - 1) { end = leaf.virt.rawValue + leaf.size.bytes }
-        try? vms[i].stage2.unmap(virt: VirtAddr(first), size: end - first)
+        try? vms[i].stage2.zap(virt: VirtAddr(gfns.lowerBound << pageShift), size: UInt64(gfns.count) << pageShift)
     }
 
     /// Converts `gfns` as a page-state change asks: the attributes change
@@ -119,7 +124,7 @@ public struct KVM<Backend: KVMBackend>: Sendable {
     ) -> GuestStepResult {
         var r = GuestStepResult()
         guard vms[i].state == .running else { r.stopped = .error(.EINVAL); return r }
-        guard isPrivate == vms[i].isPrivate(gfn) else {
+        guard isPrivate == vms[i].attributes.isPrivate(gfn) else {
             stats.memoryFaultExits += 1
             r.stopped = .memoryFault
             return r

@@ -84,7 +84,7 @@ public struct SNPBackend: KVMBackend {
     }
 
     /// sev_private_max_mapping_level: the RMP entry's page size.
-    public func maxMappingLevel(_ vm: VM<ArchState>, gfn: UInt64, hw rmp: RMP) -> PageSize {
+    public func maxMappingLevel(_ vm: inout VM<ArchState>, gfn: UInt64, hw rmp: RMP) -> PageSize {
         rmp.largeEntry(vm.config.spa(gfn) >> pageShift).isLarge ? .size2M : .size4K
     }
 
@@ -96,7 +96,7 @@ public struct SNPBackend: KVMBackend {
         guard case .npf(let bits) = outcome, bits.contains(.rmp), isPrivate else { return .done }
         let pfn = vm.config.spa(gfn) >> pageShift
         stats.rmpNPF += 1
-        guard vm.isPrivate(gfn), rmp[pfn].assigned else { return .loop }
+        guard vm.attributes.isPrivate(gfn), rmp[pfn].assigned else { return .loop }
         guard rmp.largeEntry(pfn).isLarge else { stats.spuriousRMPNPF += 1; return .loop }
         psmash(pfn & ~511, rmp: &rmp)
         return .retry(zap: (gfn & ~511)..<(gfn & ~511) + 512)

@@ -11,10 +11,7 @@ extension SNPPlatform {
     /// PVALIDATE of guest `i`'s `gfn` as its vCPU runs it, through KVM (gmem fault → prepare,
     /// RMP #NPF → PSMASH and retry).
     mutating func pvalidate(_ i: Int, gfn: UInt64, size: PageSize, validate: Bool, vmpl: Int = 0, kernel: inout Kernel) -> KVM<SNPBackend>.GuestStepResult {
-        let c = kvm.vms[i].config
-        let r = kvm.guestStep(i, gfn: gfn, private: true, kernel: &kernel, hw: &rmp) { rmp, level in
-            rmp.pvalidate(GuestContext(asid: c.id, vmpl: vmpl, gpa: gfn << pageShift, spa: c.spa(gfn), nptSize: level), size: size, validate: validate)
-        }
+        let r = kvm.pvalidate(i, gfn: gfn, size: size, validate: validate, vmpl: vmpl, kernel: &kernel, rmp: &rmp)
         if let o = r.outcome { count(o) }
         return r
     }
@@ -33,7 +30,8 @@ extension SNPPlatform {
         body(&guest, { gfn, size, validate in
             operations += 1
             let r = p.pvalidate(i, gfn: gfn, size: size, validate: validate, kernel: &kernel)
-            return PvalidateResult(outcome: r, succeeded: r.succeeded, sizeMismatch: r.stopped == nil && r.outcome == .status(.failSizeMismatch))
+            if r.succeeded { return .success }
+            return PvalidateResult(failure: r, sizeMismatch: r.stopped == nil && r.outcome == .status(.failSizeMismatch))
         }, { request in
             operations += 1
             return p.kvm.handlePSC(i, request, kernel: &kernel, rmp: &p.rmp).exitInfo2
@@ -61,7 +59,7 @@ extension SNPPlatform {
 
     /// Teardown, then create the VM and its guest kernel again (not launched).
     static func guestRecreate(_ p: inout SNPPlatform, _ m: inout Machine, _ i: Int) -> any Outcome {
-        let status = p.kvm.destroy(i, kernel: &m.kernel, hw: &p.rmp)
+        let status = p.kvm.teardown(i, kernel: &m.kernel, rmp: &p.rmp)
         guard status == .ok else { return status }
         p.kvm.recreate(i)
         m.guestKernels[i] = (try? GuestKernel(name: m.guests[i].name, memory: m.guests[i].memory)) ?? m.guestKernels[i]

@@ -182,7 +182,7 @@ extension Steps {
         },
         platformStep("destroy", "VM teardown: guest memory, VMSAs and the context page back to the hypervisor (a failed reclaim leaks)", [guest]) { a, _ throws(ScenarioError) in
             let i = a.guest!.index
-            return { p, m in p.kvm.destroy(i, kernel: &m.kernel, hw: &p.rmp) }
+            return { p, m in p.kvm.teardown(i, kernel: &m.kernel, rmp: &p.rmp) }
         },
         platformStep("psc", "a GHCB page-state change from the guest (no PVALIDATE): size bytes at gpa to shared or private",
                      [guest, Parameter("gpa", .address(), required: true, "first guest physical address"),
@@ -214,14 +214,7 @@ extension Steps {
             let (i, g) = a.guest!
             let gpa = try guestAddress(a, g)
             let write = a.bool("write"), priv = a.bool("private")
-            return { p, m in
-                let c = p.kvm.vms[i].config
-                let r = p.kvm.guestOperation(i, gfn: gpa >> pageShift, private: priv, kernel: &m.kernel, hw: &p.rmp, retryNote: "RMP #NPF: PSMASH") { rmp, level in
-                    rmp.guestAccess(GuestContext(asid: c.id, vmpl: 0, gpa: gpa & ~(pageBytes - 1), spa: c.spa(gpa >> pageShift), nptSize: level),
-                                    write: write, encrypted: priv)
-                }
-                return r
-            }
+            return { p, m in p.kvm.access(i, gpa: gpa, write: write, private: priv, kernel: &m.kernel, rmp: &p.rmp) }
         },
         StepDefinition("fail_snp_reclaim", "fault injection: SNP_PAGE_RECLAIM fails, so teardown leaks the context page",
                        [Parameter("enabled", .bool, required: true, "whether reclaim fails")]) { a, _ throws(ScenarioError) in
