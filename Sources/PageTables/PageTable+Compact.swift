@@ -4,7 +4,12 @@
 /// `pfn + i * lpinc` and one pgprot; arm64 and kvm_pgtable's stage2_split do the same. Until
 /// entries change, that table is the first leaf plus the step, so cocomem keeps it so:
 /// entry `i` is `first + i << stepShift` frames, except for up to `capacity` entries that
-/// differ (kept in `indices`/`values`). A write that would need one more makes the table
+/// differ (kept in `indices`/`values`). When a fifth difference would not fit but every
+/// difference is the same change of the formula (the encryption bit cleared, `forced4K`
+/// set, or the entry emptied), the differences become bits of a `ToggleSet`: entry `i` is
+/// the formula's value changed that way where bit `i` is set (a guest's direct map after
+/// many conversions, a stage-2 table of 4K leaves faulted in one by one); up to `capacity`
+/// other differences can still sit beside it. A write that fits neither makes the table
 /// dense: its 512 entries move to a table page of the dense array (`dense`), and the compact
 /// number forwards there until the walk ends, so the walk in progress is undisturbed; then
 /// the parent entry is pointed at the dense page and the compact number freed
@@ -20,7 +25,8 @@ public struct CompactTable: Sendable {
     @usableFromInline var stepShift: UInt8
     /// Differing entries in use.
     @usableFromInline var count: UInt8 = 0
-    /// The dense table that holds the entries once there are too many differences, or -1.
+    /// The dense table that holds the entries once there are too many differences (≥ 0);
+    /// -1 for none; `-2 - k` for no dense table but toggle set `k`.
     @usableFromInline var dense: Int32 = -1
     @usableFromInline var indices: (UInt16, UInt16, UInt16, UInt16) = (0, 0, 0, 0)
     @usableFromInline var values: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
@@ -48,18 +54,53 @@ public struct CompactTable: Sendable {
         withUnsafeMutableBytes(of: &values) { $0.storeBytes(of: value, toByteOffset: k &* 8, as: UInt64.self) }
     }
 
-    /// Entry `index` of a table that is not dense.
-    @inlinable func entry(_ index: Int) -> UInt64 {
+    /// The toggle set this table uses, if any.
+    @inlinable var toggle: Int? { dense <= -2 ? Int(-2 &- dense) : nil }
+
+    /// The explicit difference at `index`, if there is one.
+    @inlinable func explicit(_ index: Int) -> UInt64? {
         var k = 0
         while k < Int(count) {
             if self.index(k) == index { return value(k) }
             k &+= 1
         }
-        return formula(index)
+        return nil
+    }
+
+    /// Entry `index` of a table that is not dense, with its toggle set (if it has one).
+    @inlinable func entry(_ index: Int, toggles: UnsafePointer<ToggleSet>?) -> UInt64 {
+        if count > 0, let v = explicit(index) { return v }
+        let f = formula(index)
+        if let g = toggle, let toggles, toggles[g].isSet(index) { return toggles[g].alternate(f) }
+        return f
+    }
+
+    /// Removes the explicit difference at `index`, if there is one.
+    @inlinable mutating func removeExplicit(_ index: Int) {
+        var k = 0
+        while k < Int(count) {
+            if self.index(k) == index {
+                let last = Int(count) &- 1
+                set(k, index: self.index(last), value: self.value(last))
+                count &-= 1
+                return
+            }
+            k &+= 1
+        }
+    }
+
+    /// The one change of the formula that every explicit difference and (`index`, `value`)
+    /// make, as a toggle set's mask, or nil when they differ.
+    @inlinable func commonChange(with index: Int, _ value: UInt64) -> UInt64? {
+        func change(_ i: Int, _ v: UInt64) -> UInt64 { v == 0 ? ToggleSet.emptied : v ^ formula(i) }
+        let mask = change(index, value)
+        guard mask != 0 else { return nil }
+        for k in 0..<Int(count) where change(self.index(k), self.value(k)) != mask { return nil }
+        return mask
     }
 
     /// Whether every entry follows the formula (a table fresh from a split, or restored).
-    @inlinable public var isUniform: Bool { dense < 0 && count == 0 }
+    @inlinable public var isUniform: Bool { dense == -1 && count == 0 }
 
     /// Writes entry `index` of a table that is not dense; false when a new difference does
     /// not fit (the caller makes the table dense).
@@ -87,6 +128,36 @@ public struct CompactTable: Sendable {
     }
 }
 
+/// The entries of a compact table that take one alternate value: the formula's value with
+/// `mask` flipped in, or an empty entry (`mask == emptied`). 512 bits and the mask.
+public struct ToggleSet: Sendable {
+    /// The mask that stands for "the entry is empty" rather than a flip of bits.
+    public static let emptied = UInt64.max
+    @usableFromInline var bits: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
+    @usableFromInline var mask: UInt64
+    /// Bits set.
+    @usableFromInline var population = 0
+
+    @inlinable init(mask: UInt64) { self.mask = mask }
+
+    @inlinable func isSet(_ index: Int) -> Bool {
+        withUnsafeBytes(of: bits) { $0.load(fromByteOffset: (index >> 6) &* 8, as: UInt64.self) } >> UInt64(index & 63) & 1 != 0
+    }
+
+    @inlinable mutating func set(_ index: Int, _ on: Bool) {
+        let was = isSet(index)
+        guard was != on else { return }
+        withUnsafeMutableBytes(of: &bits) {
+            let w = $0.load(fromByteOffset: (index >> 6) &* 8, as: UInt64.self) ^ (1 << UInt64(index & 63))
+            $0.storeBytes(of: w, toByteOffset: (index >> 6) &* 8, as: UInt64.self)
+        }
+        population &+= on ? 1 : -1
+    }
+
+    /// The alternate of a formula value.
+    @inlinable func alternate(_ formula: UInt64) -> UInt64 { mask == Self.emptied ? 0 : formula ^ mask }
+}
+
 extension PageTable {
     /// Set in a table number (bit 40) when the table is compact: the rest is its number in
     /// `compacts`. Slots of compact tables therefore start at `compactSlotBase`.
@@ -109,15 +180,63 @@ extension PageTable {
         let (t, index) = Self.compactPosition(slot)
         let c = compacts[t]
         if c.dense >= 0 { return entries[Int(c.dense) &* entriesPerTable &+ index] }
-        return c.entry(index)
+        return compactEntry(c, index)
     }
 
-    /// Writes a slot of a compact table, making it dense when a difference does not fit.
+    /// Entry `index` of compact table `c`, which is not dense.
+    @inlinable func compactEntry(_ c: CompactTable, _ index: Int) -> UInt64 {
+        toggles.withUnsafeBufferPointer { c.entry(index, toggles: $0.baseAddress) }
+    }
+
+    /// Writes a slot of a compact table: a toggle bit when the value is the formula's or its
+    /// toggle set's alternate, else an explicit difference, else (when all differences are one
+    /// change) a new toggle set, else the table goes dense.
     @usableFromInline mutating func writeCompact(_ slot: Int, _ value: UInt64) {
         let (t, index) = Self.compactPosition(slot)
-        if compacts[t].dense < 0 && compacts[t].write(index, value) { return }
-        if compacts[t].dense < 0 { makeDense(t) }
+        if compacts[t].dense >= 0 {
+            entries[Int(compacts[t].dense) &* entriesPerTable &+ index] = value
+            return
+        }
+        if let g = compacts[t].toggle {
+            let f = compacts[t].formula(index)
+            if value == f || value == toggles[g].alternate(f) {
+                compacts[t].removeExplicit(index)
+                setToggle(t, g, index, value != f)
+                return
+            }
+            if compacts[t].write(index, value) {
+                setToggle(t, g, index, false)  // the explicit difference stands alone
+                return
+            }
+        } else {
+            if compacts[t].write(index, value) { return }
+            if let mask = compacts[t].commonChange(with: index, value) {
+                var set = ToggleSet(mask: mask)
+                for k in 0..<Int(compacts[t].count) { set.set(compacts[t].index(k), true) }
+                set.set(index, true)
+                let g: Int
+                if let free = freeToggles.popLast() { g = free; toggles[g] = set } else { g = toggles.count; toggles.append(set) }
+                compacts[t].count = 0
+                compacts[t].dense = Int32(-2 - g)
+                return
+            }
+        }
+        makeDense(t)
         entries[Int(compacts[t].dense) &* entriesPerTable &+ index] = value
+    }
+
+    /// Sets or clears toggle bit `index` of table `t`'s set `g`, freeing the set when no bit
+    /// is left (so a restored table is uniform again).
+    @inlinable mutating func setToggle(_ t: Int, _ g: Int, _ index: Int, _ on: Bool) {
+        toggles[g].set(index, on)
+        if toggles[g].population == 0 { freeToggle(t) }
+    }
+
+    /// Returns table `t`'s toggle set to the free list.
+    @usableFromInline mutating func freeToggle(_ t: Int) {
+        guard let g = compacts[t].toggle else { return }
+        freeToggles.append(g)
+        compacts[t].dense = -1
     }
 
     /// Moves compact table `t`'s entries to a page of the dense array. It stays one table:
@@ -127,10 +246,31 @@ extension PageTable {
         let d = takeDenseTable()
         let c = compacts[t]
         let base = d &* entriesPerTable
-        for i in 0..<entriesPerTable { entries[base &+ i] = c.entry(i) }
+        for i in 0..<entriesPerTable { entries[base &+ i] = compactEntry(c, i) }
+        freeToggle(t)
         compacts[t].count = 0
         compacts[t].dense = Int32(d)
         forwarded += 1
+    }
+
+    /// A new compact table of leaves one `step` apart from `first`, with every entry empty
+    /// but `index`: the PTE table a stage-2 fault makes for its first 4K leaf, which later
+    /// faults fill by clearing bits. Counts the table page and the one leaf. Returns its table
+    /// number (with `compactTableFlag`).
+    @usableFromInline mutating func newSparseCompact(first: UInt64, stepShift: UInt8, present index: Int) -> Int {
+        var set = ToggleSet(mask: ToggleSet.emptied)
+        withUnsafeMutableBytes(of: &set.bits) { $0.initializeMemory(as: UInt8.self, repeating: 0xff) }
+        set.population = entriesPerTable
+        set.set(index, false)
+        let g: Int
+        if let free = freeToggles.popLast() { g = free; toggles[g] = set } else { g = toggles.count; toggles.append(set) }
+        var c = CompactTable(first: first, stepShift: stepShift)
+        c.dense = Int32(-2 - g)
+        let t: Int
+        if let free = freeCompacts.popLast() { t = free; compacts[t] = c } else { t = compacts.count; compacts.append(c) }
+        tablePages += 1
+        leafCounts[PageSize(level: Int(stepShift) / 9 + 1)!] += 1
+        return Self.compactTableFlag | t
     }
 
     /// After a walk that made compact tables dense: points their parent entries in

@@ -19,6 +19,7 @@ extension PageTable {
         let denseCount = entries.count / entriesPerTable
         var seen = [Bool](repeating: false, count: denseCount)
         var seenCompact = [Bool](repeating: false, count: compacts.count)
+        var seenToggle = [Bool](repeating: false, count: toggles.count)
         var stack: [(table: Int, level: Int)] = [(0, rootLevel)]
         seen[0] = true
         var reachable = 1, reachableDense = 1
@@ -39,6 +40,10 @@ extension PageTable {
                         }
                         seenCompact[t] = true
                         try checkCompact(t, level: level - 1)
+                        if let g = compacts[t].toggle {
+                            guard !seenToggle[g] else { throw InvariantViolation("every table reached once", "toggle set \(g) shared") }
+                            seenToggle[g] = true
+                        }
                     } else {
                         guard child < seen.count, !seen[child] else {
                             throw InvariantViolation("every table reached once", "table \(child) from table \(table) entry \(i)")
@@ -66,6 +71,12 @@ extension PageTable {
         for t in freeCompacts where t >= compacts.count || seenCompact[t] {
             throw InvariantViolation("free tables unreachable", "compact table \(t) is free and reachable, or unknown")
         }
+        for g in freeToggles where g >= toggles.count || seenToggle[g] {
+            throw InvariantViolation("free tables unreachable", "toggle set \(g) is free and in use, or unknown")
+        }
+        if seenToggle.count(where: { $0 }) + freeToggles.count != toggles.count {
+            throw InvariantViolation("every table is reachable or free", "toggle sets lost")
+        }
         if forwarded != 0 { throw InvariantViolation("compact tables follow a split", "\(forwarded) forwarded after the walk") }
         if reachableDense + freeTables.count != denseCount {
             throw InvariantViolation("every table is reachable or free", "\(denseCount - reachableDense - freeTables.count) lost")
@@ -88,10 +99,19 @@ extension PageTable {
         guard c.dense < 0, Int(c.count) <= CompactTable.capacity else {
             throw InvariantViolation("compact tables follow a split", "compact table \(t): \(c.count) differences, dense \(c.dense)")
         }
+        let toggle = c.toggle.map { toggles[$0] }
         for k in 0..<Int(c.count) {
-            guard c.index(k) < entriesPerTable, c.value(k) != c.formula(c.index(k)),
-                  !(0..<k).contains(where: { c.index($0) == c.index(k) }) else {
-                throw InvariantViolation("compact tables follow a split", "compact table \(t): difference \(k) at entry \(c.index(k))")
+            let i = c.index(k)
+            guard i < entriesPerTable, c.value(k) != c.formula(i), !(0..<k).contains(where: { c.index($0) == i }),
+                  toggle.map({ !$0.isSet(i) && $0.alternate(c.formula(i)) != c.value(k) }) ?? true else {
+                throw InvariantViolation("compact tables follow a split", "compact table \(t): difference \(k) at entry \(i)")
+            }
+        }
+        if let g = c.toggle {
+            let set = toggles[g]
+            let bits = (0..<entriesPerTable).count(where: set.isSet)
+            guard g < toggles.count, set.mask != 0, set.population == bits, bits > 0 else {
+                throw InvariantViolation("compact tables follow a split", "compact table \(t): toggle set \(g) with \(set.population) of \(bits) bits, mask \(hex(set.mask))")
             }
         }
     }

@@ -4,7 +4,8 @@
 @usableFromInline struct ZapVisitor: PageTableVisitor {
     @usableFromInline let start: UInt64
     @usableFromInline let last: UInt64
-    @usableFromInline var flags: VisitFlags { [.leaf, .tablePre] }
+    /// A one-page zap cannot cover a table, so it takes the walker's one-page descent.
+    @usableFromInline var flags: VisitFlags { start >> pageShift == last >> pageShift ? .leaf : [.leaf, .tablePre] }
     @inlinable init(start: UInt64, last: UInt64) {
         self.start = start
         self.last = last
@@ -43,6 +44,14 @@ extension PageTable {
             let entry = Descriptor(rawValue: load(slot))
             if entry.isTable {
                 table = entry.tableNumber
+            } else if level == 2 && size == .size4K && compactSplits && !entry.isLeaf,
+                      case let index = tableIndex(va, level: 1), (phys.rawValue >> pageShift) & 511 == UInt64(index) {
+                // A PTE table for a first 4K leaf: compact, the other 511 entries empty.
+                if failAllocations { throw .outOfMemory }
+                let first = Descriptor.leaf(PFN((phys.rawValue >> pageShift) - UInt64(index)), attributes).rawValue
+                let child = newSparseCompact(first: first, stepShift: 0, present: index)
+                store(.table(child), slot: slot, level: level)
+                return
             } else {
                 let child = try allocateTable()
                 store(.table(child), slot: slot, level: level)

@@ -56,9 +56,11 @@ extension PageTable: PageTableStore {
 public struct ReadOnlyPageTable: PageTableStore {
     @usableFromInline let base: UnsafePointer<UInt64>
     @usableFromInline let compacts: UnsafePointer<CompactTable>?
-    @inlinable init(base: UnsafePointer<UInt64>, compacts: UnsafePointer<CompactTable>?) {
+    @usableFromInline let toggles: UnsafePointer<ToggleSet>?
+    @inlinable init(base: UnsafePointer<UInt64>, compacts: UnsafePointer<CompactTable>?, toggles: UnsafePointer<ToggleSet>?) {
         self.base = base
         self.compacts = compacts
+        self.toggles = toggles
     }
     @inlinable public func load(_ slot: Int) -> UInt64 {
         if _fastPath(slot < PageTable.compactSlotBase) { return base[slot] }
@@ -69,7 +71,7 @@ public struct ReadOnlyPageTable: PageTableStore {
     @inline(never) @usableFromInline func loadCompact(_ slot: Int) -> UInt64 {
         let (t, index) = PageTable.compactPosition(slot)
         let c = compacts.unsafelyUnwrapped[t]
-        return c.dense >= 0 ? base[Int(c.dense) &* entriesPerTable &+ index] : c.entry(index)
+        return c.dense >= 0 ? base[Int(c.dense) &* entriesPerTable &+ index] : c.entry(index, toggles: toggles)
     }
 }
 
@@ -125,7 +127,9 @@ extension PageTable {
     func withReadOnly<R, E: Error>(_ body: (ReadOnlyPageTable) throws(E) -> R) throws(E) -> R {
         try entries.withUnsafeBufferPointer { (buffer) throws(E) in
             try compacts.withUnsafeBufferPointer { (compacts) throws(E) in
-                try body(ReadOnlyPageTable(base: buffer.baseAddress!, compacts: compacts.baseAddress))
+                try toggles.withUnsafeBufferPointer { (toggles) throws(E) in
+                    try body(ReadOnlyPageTable(base: buffer.baseAddress!, compacts: compacts.baseAddress, toggles: toggles.baseAddress))
+                }
             }
         }
     }

@@ -14,6 +14,9 @@ public struct PageTable: Sendable {
     @usableFromInline var freeTables: [Int] = []
     @usableFromInline var compacts: [CompactTable] = []
     @usableFromInline var freeCompacts: [Int] = []
+    /// Toggle sets of compact tables, and the free ones (CompactTable, ToggleSet).
+    @usableFromInline var toggles: [ToggleSet] = []
+    @usableFromInline var freeToggles: [Int] = []
     /// Compact tables made dense during the current walk, still reached through their
     /// compact numbers until the walk ends (`unforward`).
     @usableFromInline var forwarded = 0
@@ -37,13 +40,15 @@ public struct PageTable: Sendable {
 
     /// Bytes the model spends on table storage (entries and free list), for benchmarks.
     public var storageBytes: Int {
-        entries.capacity * 8 + (freeTables.capacity + freeCompacts.capacity) * 8 + compacts.capacity * Self.compactTableBytes
+        entries.capacity * 8 + (freeTables.capacity + freeCompacts.capacity + freeToggles.capacity) * 8
+            + compacts.capacity * Self.compactTableBytes + toggles.capacity * MemoryLayout<ToggleSet>.stride
     }
     /// Bytes the model spends on the tables in use: 4096 for a dense table (as the kernel's
-    /// page), `compactTableBytes` for a compact one.
+    /// page), `compactTableBytes` for a compact one, plus its toggle set if it has one.
     public var usedBytes: Int {
         (entries.count / entriesPerTable - freeTables.count) * entriesPerTable * 8
             + (compacts.count - freeCompacts.count) * Self.compactTableBytes
+            + (toggles.count - freeToggles.count) * MemoryLayout<ToggleSet>.stride
     }
 
     /// Reserves address space for `tables` table pages so growth never copies the entry array
@@ -101,8 +106,14 @@ public struct PageTable: Sendable {
         if c.dense >= 0 { return freeDenseTable(Int(c.dense), level: level) }
         // The formula's entries are leaves; only the differing ones can be otherwise.
         var leaves = entriesPerTable
+        if let g = c.toggle {
+            if !Descriptor(rawValue: toggles[g].alternate(c.formula(0))).isLeaf { leaves -= toggles[g].population }
+            freeToggles.append(g)
+        }
         for k in 0..<Int(c.count) {
             let e = Descriptor(rawValue: c.value(k))
+            let under = c.toggle.map { toggles[$0].isSet(c.index(k)) } ?? false
+            precondition(!under, "an explicit difference over a toggle bit")
             if !e.isLeaf { leaves -= 1 }
             if e.isTable { freeTable(e.tableNumber, level: level - 1) }
         }

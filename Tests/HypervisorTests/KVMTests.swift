@@ -230,4 +230,22 @@ typealias SNPKVM = KVM<SNPBackend>
         #expect(rmp.storageBytes - empty <= 2 * (8192 * 16 + 512 * 16 + 16) + 64)
         #expect(rmp.chunksInUse == 8192 + 1)
     }
+
+    /// A 4K-backed guest accepted page by page: its stage-2 holds 4K leaves, yet each 2M
+    /// block's PTE table is the compact formula (all present), not a 4 KiB dense page.
+    @Test func aFourKBackedGuestsStage2IsNotADenseTablePer2M() throws {
+        var k = try Kernel(memory: PhysicalMemory.pc(size: 8 << 30))
+        var rmp = RMP(end: k.memory.endOfRAM)
+        var kvm = SNPKVM(backend: SNPBackend())
+        kvm.create(VMConfig(name: "vm0", id: 1, vcpus: 1, memory: 64 << 20, placement: 1 << 30, backing: .gmem4K))
+        #expect(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp) == .ok)
+        for gfn in UInt64(0)..<((64 << 20) >> 12) {
+            #expect(kvm.pvalidate(0, gfn: gfn, size: .size4K, validate: true, kernel: &k, rmp: &rmp).succeeded)
+        }
+        let s2 = kvm.vms[0].stage2
+        #expect(s2.leafCounts == LeafCounts(size4K: 16384))
+        #expect(s2.compactTableCount == 32 && s2.tablePages == 3 + 32)
+        #expect(s2.usedBytes < 3 * 4096 + 32 * 256)  // 32 dense tables would be 128 KiB
+        try s2.checkInvariants()
+    }
 }

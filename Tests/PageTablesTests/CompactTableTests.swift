@@ -1,8 +1,9 @@
 import Testing
 @testable import PageTables
 
-/// Tables made by splits start compact (the split's formula plus up to four differences) and
-/// become dense on the fifth; either way they hold exactly what a dense split holds.
+/// Tables made by splits start compact (the split's formula plus up to four differences); a
+/// fifth difference makes a toggle set when all are one change of the formula, else the table
+/// goes dense; either way they hold exactly what a dense split holds.
 @Suite struct CompactTableTests {
     static let base: UInt64 = 0xffff_8880_0000_0000
     static let kernel = Attributes.pageKernel(encrypted: true)
@@ -50,12 +51,47 @@ import Testing
         for i: UInt64 in [7, 100, 300, 511] { try protectBoth(&t, &d, page: i, clear: .encrypted) }
         #expect(t.compactTableCount == 1)
         #expect(t.compactTable(pmd(t).tableNumber).map { Int($0.count) } == 4)
-        try protectBoth(&t, &d, page: 8, clear: .encrypted)
+        try protectBoth(&t, &d, page: 8, set: .forced4K)  // a different change: no toggle set holds both
         // The walk that made it dense ends by pointing the PMD entry at the dense page.
         #expect(t.compactTableCount == 0)
         #expect(pmd(t).description == "table 3")
         #expect(t.usedBytes == 4 * 4096)
         #expect(t.tablePages == 4 && t.leafCounts == LeafCounts(size4K: 512))
+    }
+
+    /// A guest's direct map after many conversions: every difference is the C-bit cleared, so
+    /// the fifth makes a toggle set, not a dense page; explicit differences of another kind
+    /// sit beside it; restoring every entry frees the set and the table collapses again.
+    @Test func oneChangeManyTimesBecomesAToggleSet() throws {
+        var t = try splitTable(compact: true), d = try splitTable(compact: false)
+        for i: UInt64 in [7, 100, 300, 511, 8, 9, 400] { try protectBoth(&t, &d, page: i, clear: .encrypted) }
+        var c = try #require(t.compactTable(pmd(t).tableNumber))
+        #expect(c.count == 0 && c.toggle == 0 && t.toggles[0].population == 7 && t.toggles[0].mask == Attributes.encrypted.rawValue)
+        #expect(t.usedBytes == 3 * 4096 + PageTable.compactTableBytes + MemoryLayout<ToggleSet>.stride)
+        try protectBoth(&t, &d, page: 20, set: .forced4K)  // another change: an explicit difference
+        try protectBoth(&t, &d, page: 9, set: .forced4K)  // over a toggled entry: explicit, its bit cleared
+        c = try #require(t.compactTable(pmd(t).tableNumber))
+        #expect(c.count == 2 && t.toggles[0].population == 6)
+        try protectBoth(&t, &d, page: 9, clear: .forced4K)  // back to the toggle's alternate: a bit again
+        c = try #require(t.compactTable(pmd(t).tableNumber))
+        #expect(c.count == 1 && t.toggles[0].population == 7)
+        for i: UInt64 in [7, 100, 300, 511, 8, 9, 400] { try protectBoth(&t, &d, page: i, set: .encrypted) }
+        try protectBoth(&t, &d, page: 20, clear: .forced4K)
+        #expect(t.compactTable(pmd(t).tableNumber)?.isUniform == true && t.freeToggles == [0])
+        #expect(try t.collapse(virt: VirtAddr(Self.base), size: M).collapses == LeafCounts(size2M: 1))
+        try t.checkInvariants()
+    }
+
+    /// A toggle set with four explicit differences beside it: the fifth explicit one makes the
+    /// table dense, with the toggled entries copied as they read.
+    @Test func aToggleSetWithFullDifferencesGoesDense() throws {
+        var t = try splitTable(compact: true), d = try splitTable(compact: false)
+        for i: UInt64 in 0..<6 { try protectBoth(&t, &d, page: i, clear: .encrypted) }
+        for i: UInt64 in 10..<14 { try protectBoth(&t, &d, page: i, set: .forced4K) }
+        #expect(t.compactTable(pmd(t).tableNumber)?.count == 4)
+        try protectBoth(&t, &d, page: 14, set: .forced4K)
+        #expect(pmd(t).description == "table 3" && t.freeToggles == [0])
+        #expect(t.leafCounts == LeafCounts(size4K: 512))
     }
 
     @Test func restoringAnEntryDropsItsDifference() throws {
@@ -80,7 +116,8 @@ import Testing
 
     @Test func unmapFreesCompactAndDenseTablesAndReusesThem() throws {
         var t = try splitTable(compact: true)
-        try t.protect(virt: VirtAddr(Self.base), size: 6 * K, set: .forced4K)  // six differences: dense
+        try t.protect(virt: VirtAddr(Self.base), size: 3 * K, set: .forced4K)
+        try t.protect(virt: VirtAddr(Self.base + 3 * K), size: 3 * K, clear: .encrypted)  // six differences of two kinds: dense
         #expect(pmd(t).description == "table 3")
         try t.unmap(virt: VirtAddr(Self.base), size: M)
         #expect(t.leafCounts == LeafCounts() && t.tablePages == 3)
@@ -89,7 +126,8 @@ import Testing
         try t.map(virt: VirtAddr(Self.base), phys: PhysAddr(M), size: M, attributes: Self.kernel)
         try t.split(virt: VirtAddr(Self.base), size: K)
         #expect(pmd(t).description == "compact table 0")
-        try t.protect(virt: VirtAddr(Self.base), size: 6 * K, set: .forced4K)
+        try t.protect(virt: VirtAddr(Self.base), size: 3 * K, set: .forced4K)
+        try t.protect(virt: VirtAddr(Self.base + 3 * K), size: 3 * K, clear: .encrypted)
         #expect(pmd(t).description == "table 3")  // the freed page, reused
         #expect(t.usedBytes == 4 * 4096)
         try t.checkInvariants()
@@ -186,10 +224,21 @@ import Testing
         try t.installLeaf(virt: VirtAddr(0x20_3000), phys: PhysAddr(0x4020_3000), size: .size4K, attributes: [.present, .writable])
         #expect(t.lookup(VirtAddr(0x20_3000))?.phys == PhysAddr(0x4020_3000))
         #expect(t.leafCounts == LeafCounts(size4K: 1) && t.tablePages == 4)
+        // The PTE table is compact: the block's formula, every other entry empty.
+        #expect(t.compactTableCount == 1 && t.usedBytes == 3 * 4096 + PageTable.compactTableBytes + MemoryLayout<ToggleSet>.stride)
+        try t.installLeaf(virt: VirtAddr(0x20_4000), phys: PhysAddr(0x4020_4000), size: .size4K, attributes: [.present, .writable])
+        #expect(t.leafCounts == LeafCounts(size4K: 2) && t.toggles[0].population == 510)
+        // A leaf off the formula is an explicit difference.
+        try t.installLeaf(virt: VirtAddr(0x20_5000), phys: PhysAddr(0x7000_0000), size: .size4K, attributes: [.present, .writable])
+        #expect(t.lookup(VirtAddr(0x20_5000))?.phys == PhysAddr(0x7000_0000) && t.compactTable(t.descriptor(at: VirtAddr(0x20_0000), level: 2)!.tableNumber)?.count == 1)
+        try t.checkInvariants()
         // A 2M leaf over the same block replaces the PTE table and frees it.
         try t.installLeaf(virt: VirtAddr(0x20_5000), phys: PhysAddr(0x4020_0000), size: .size2M, attributes: [.present])
         #expect(t.lookup(VirtAddr(0x20_3000))?.size == .size2M)
-        #expect(t.leafCounts == LeafCounts(size2M: 1) && t.tablePages == 3)
+        #expect(t.leafCounts == LeafCounts(size2M: 1) && t.tablePages == 3 && t.compactTableCount == 0 && t.freeToggles == [0])
+        // Not aligned to the formula (frame 0x40201 at index 3): a dense PTE table.
+        try t.installLeaf(virt: VirtAddr(0x60_3000), phys: PhysAddr(0x4020_1000), size: .size4K, attributes: [.present])
+        #expect(t.descriptor(at: VirtAddr(0x60_0000), level: 2)?.description == "table 3")
         #expect(throws: PageTableError.self) { try t.installLeaf(virt: VirtAddr(0), phys: PhysAddr(0x1000), size: .size2M, attributes: [.present]) }
         try t.checkInvariants()
     }
