@@ -140,7 +140,7 @@ struct Bench: ParsableCommand {
     }
 
     /// An SEV-SNP scenario of `guests` guests that boots each, then runs `flips` adversarial
-    /// page-state changes spread over them, each guest's share as one workload step.
+    /// page-state changes, each on a guest picked at random.
     static func snpScenario(hostMemory: String, guests: Int, guestMemory: UInt64, flips: Int, seed: Int) throws -> Scenario {
         var yaml = "name: bench\nseed: \(seed)\nmachine: {arch: x86-snp, memory: \(hostMemory)}\nguests:\n"
         for g in 0..<guests {
@@ -148,9 +148,7 @@ struct Bench: ParsableCommand {
         }
         yaml += "steps:\n"
         for g in 0..<guests { yaml += "  - workload: {kind: guest-boot, guest: vm\(g)}\n" }
-        for g in 0..<guests where flips > 0 {
-            yaml += "  - workload: {kind: adversarial-flip, guest: vm\(g), operations: \(flips / guests)}\n"
-        }
+        if flips > 0 { yaml += "  - workload: {kind: adversarial-flip, guest: \(guests == 1 ? "vm0" : "all"), operations: \(flips)}\n" }
         return try Scenario.load(yaml: yaml, file: "<bench>")
     }
 

@@ -44,6 +44,10 @@ struct Compare: ParsableCommand {
             slot = s
         } else {
             let fits = Policies.all.filter { s in policies.allSatisfy { p in s.policies.contains { $0.name == p } } }
+            let known = Policies.all.flatMap { $0.policies.map(\.name) }
+            if let unknown = policies.first(where: { !known.contains($0) }) {
+                throw CLIError("--policy '\(unknown)': no such policy" + Suggest.hint(unknown, in: known, listedBy: "'cocomem list policies'"))
+            }
             guard fits.count == 1 else {
                 throw CLIError(fits.isEmpty
                     ? "no policy slot has all of \(policies.joined(separator: ", ")); 'cocomem list policies' shows them"

@@ -2,7 +2,7 @@ import Simulation
 
 /// Chrome trace event JSON (opens in Perfetto and chrome://tracing): one complete ("X")
 /// event per step with its arguments and result, and counter ("C") events for the direct
-/// map, the flush counters and the SEV-SNP counters after each step. Time is logical: step
+/// map, the flush counters, host faults and the architecture's own tracks after each step. Time is logical: step
 /// n runs from n ms to n ms + 1 ms, so traces are byte-identical run to run.
 public enum Trace {
     static let counters: [(track: String, metrics: [String])] = [
@@ -10,7 +10,6 @@ public enum Trace {
         ("splits", ["direct_map_level2_splits", "direct_map_level3_splits"]),
         ("TLB flushes", ["tlb_full_flushes", "tlb_page_flush_rounds"]),
         ("host faults", ["host_crashes", "not_present_faults"]),
-        ("SEV-SNP", ["rmp_regions", "psmash", "host_rmp_faults"]),
     ]
 
     public static func render(_ r: RunResult) -> String {
@@ -25,9 +24,8 @@ public enum Trace {
             if let e = rec.expect { args.append(("expect", .string(e))) }
             events.append(.object([("name", .string(rec.name)), ("cat", .string("step")), ("ph", .string("X")),
                                    ("ts", .int(ts)), ("dur", .int(1000)), ("pid", .int(1)), ("tid", .int(1)), ("args", .object(args))]))
-            for c in counters {
+            for c in counters + r.scenario.architecture.traceTracks {
                 let values: [(String, JSON)] = c.metrics.compactMap { name in rec.metrics.first { $0.0 == name }.map { (name, .number($0.1)) } }
-                if values.isEmpty { continue }  // a track for layers this machine does not have
                 events.append(.object([("name", .string(c.track)), ("ph", .string("C")), ("ts", .int(ts + 1000)),
                                        ("pid", .int(1)), ("args", .object(values))]))
             }

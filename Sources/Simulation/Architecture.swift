@@ -18,12 +18,14 @@ public struct ArchitectureDefinition: Sendable {
     public let invariants: [Invariant]
     /// The platform's metrics, in the order its `metrics(kernel:)` reports them.
     public let metrics: [MetricInfo]
+    /// Counter tracks for traces: a track's name and the metrics it draws.
+    public let traceTracks: [(track: String, metrics: [String])]
     let makePlatform: @Sendable (inout Kernel, [GuestSpec]) -> any Platform
 
     public init(
         name: String, summary: String, modelled: Bool = true, guestIDs: ClosedRange<UInt64>? = nil,
         steps: [StepDefinition] = [], workloads: [WorkloadDefinition] = [], policySlots: [PolicySlot] = [],
-        invariants: [Invariant] = [], metrics: [MetricInfo] = [],
+        invariants: [Invariant] = [], metrics: [MetricInfo] = [], traceTracks: [(track: String, metrics: [String])] = [],
         makePlatform: @escaping @Sendable (inout Kernel, [GuestSpec]) -> any Platform = { _, _ in NoPlatform() }
     ) {
         self.name = name
@@ -35,6 +37,7 @@ public struct ArchitectureDefinition: Sendable {
         self.policySlots = policySlots
         self.invariants = invariants
         self.metrics = metrics
+        self.traceTracks = traceTracks
         self.makePlatform = makePlatform
     }
 

@@ -14,6 +14,8 @@ public struct Parameter: Sendable {
         case choice([String])
         /// A guest named in the scenario's `guests:`.
         case guest
+        /// A guest's name, or `all` for every guest (the guest is then nil).
+        case guestOrAll
         /// A physical address below the end of RAM (the model's reach; misalignment is left
         /// for the hardware or kernel to answer).
         case physical
@@ -40,6 +42,7 @@ public struct Parameter: Sendable {
         switch kind {
         case .choice(let c): text += " (one of \(c.joined(separator: ", ")))"
         case .bool: text += " (true or false)"
+        case .guestOrAll: text += " (a guest's name, or all)"
         default: break
         }
         if required { text += "; required" } else if let d = defaultValue { text += "; default \(d)" }
@@ -82,7 +85,7 @@ public struct StepArguments: Sendable {
         case .count:
             numbers[a.name] = ByteSize.parse(d) ?? 0
             shown[a.name] = "\(numbers[a.name]!)"
-        case .bool, .choice, .guest:
+        case .bool, .choice, .guest, .guestOrAll:
             texts[a.name] = d
             shown[a.name] = d
         }
@@ -112,8 +115,13 @@ public struct StepArguments: Sendable {
             let v = try f.choice(choices, what: a.name)
             texts[a.name] = v
             shown[a.name] = v
-        case .guest:
+        case .guest, .guestOrAll:
             let name = try f.text()
+            if case .guestOrAll = a.kind, name == "all", !context.guests.isEmpty {
+                texts[a.name] = name
+                shown[a.name] = name
+                return
+            }
             guard let i = context.guests.firstIndex(where: { $0.name == name }) else {
                 throw f.error("unknown guest '\(name)'" + (context.guests.isEmpty ? "; this scenario defines no guests"
                     : Suggest.hint(name, in: context.guests.map(\.name), listedBy: "the scenario's guests:")))

@@ -95,6 +95,14 @@ public enum Steps {
     /// Access steps take `cpu:` from the start, so per-CPU state can follow unchanged.
     static let cpuArgument = Parameter("cpu", .count(0...4095), default: "0", "the CPU that makes the access")
 
+    /// The `cpu:` argument, which must name one of the machine's CPUs.
+    static func checkCPU(_ a: StepArguments, _ ctx: StepContext) throws(ScenarioError) {
+        let cpu = a.number("cpu")
+        guard cpu < UInt64(ctx.cpus) else {
+            throw a.field("cpu").error("cpu \(cpu) is past the machine's \(ctx.cpus) CPU\(ctx.cpus == 1 ? "" : "s") (valid: 0 to \(ctx.cpus - 1))")
+        }
+    }
+
     /// host-read / host-write: a host kernel access through the direct map (or a user
     /// mapping), the platform's ownership check, and how a fault ends in its context.
     static func hostAccessStep(_ name: String, write: Bool) -> StepDefinition {
@@ -106,7 +114,7 @@ public enum Steps {
              Parameter("context", .choice(hostContexts), default: "data", "where the access comes from"), cpuArgument]
         ) { a, ctx throws(ScenarioError) in
             let pa = a.number("pa"), context = HostAccessContext(rawValue: a.text("context")!)!
-            guard a.number("cpu") < UInt64(ctx.cpus) else { throw a.field("cpu").error("cpu \(a.number("cpu")) is past the machine's \(ctx.cpus) CPUs (valid: 0 to \(ctx.cpus - 1))") }
+            try checkCPU(a, ctx)
             return { m throws(HostKernelError) in
                 let outcome = m.platform.hostAccess(&m.kernel, pa: pa, write: write, context: context)
                 m.count(outcome)

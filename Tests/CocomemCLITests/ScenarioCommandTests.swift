@@ -124,7 +124,7 @@ import Testing
     }
 
     @Test(arguments: [
-        (["compare", "examples/cpa-churn.yaml", "--policy", "sometimes"], "no policy slot has all of sometimes"),
+        (["compare", "examples/cpa-churn.yaml", "--policy", "sometimes"], "--policy 'sometimes': no such policy; 'cocomem list policies' lists them"),
         (["compare", "examples/cpa-churn.yaml", "--policy", "rox", "--slot", "host.nothing"], "--slot 'host.nothing': unknown slot; valid: host.cpa-collapse, host.directmap-policy"),
         (["compare", "examples/cpa-churn.yaml", "--policy", "rox", "--slot", "host.directmap-policy"], "--policy 'rox' is not a policy of host.directmap-policy; valid: none, split-on-assign"),
         (["run", "examples/cpa-basics.yaml", "--at", "99"], "--at 99: examples/cpa-basics.yaml has 18 steps; valid: 0 to 18"),
@@ -162,10 +162,45 @@ import Testing
     }
 
     @Test func listShowsEachRegistry() throws {
-        for what in ["steps", "policies", "workloads", "checks", "invariants", "archs"] {
+        for what in ["steps", "policies", "workloads", "checks", "invariants", "metrics", "archs"] {
             let r = try Self.run(["list", what])
             #expect(r.status == 0 && !r.out.isEmpty)
         }
         #expect(try Self.run(["list", "workloads"]).out.hasPrefix("cpa-churn         set_memory_decrypted then"))
+        let steps = try Self.run(["list", "steps"]).out
+        #expect(steps.contains("\nrmpupdate ") && steps.contains("[x86-snp]") && steps.contains("(also: guest_set_memory_decrypted)"))
+        #expect(steps.contains("\n  numpages ") && steps.contains("pages to change; default 1\n"))
+        let metrics = try Self.run(["list", "metrics"]).out
+        #expect(metrics.contains("[x86-snp]") && metrics.contains("  psmash ") && metrics.contains("  directmap_4k_kb "))
+    }
+
+    /// `--guest` prints the guest's own kernel: its DirectMap lines after a conversion split
+    /// its first 2M leaf, and its page table.
+    @Test func meminfoAndPtdumpOfAGuest() throws {
+        let path = try CommandLineTests.writeTemp("""
+            name: guest-map
+            machine: {arch: x86-snp, memory: 4G}
+            guests:
+              - {name: vm0, asid: 1, memory: 16M, placement: {pa: 0x40000000}}
+            steps:
+              - workload: {kind: guest-boot, guest: vm0}
+              - set_memory_decrypted: {guest: vm0, gpa: 0x200000}
+                expect: ok
+            """)
+        let r = try Self.run(["run", path, "--meminfo", "--guest", "vm0"])
+        #expect(r.status == 0)
+        #expect(r.out.contains("/proc/meminfo of guest vm0 at the end:\nDirectMap4k:        2048 kB\nDirectMap2M:       14336 kB\nDirectMap1G:           0 kB\n"), "\(r.out)")
+        let p = try Self.run(["run", path, "--ptdump", "--guest", "vm0"])
+        #expect(p.out.contains("ptdump of guest vm0 at the end:\n---[ Low Kernel Mapping ]---\n"))
+        // The decrypted page is a range of its own (its C-bit differs, as note_page sees it).
+        #expect(p.out.contains("0xffff888000200000-0xffff888000201000           4K     RW                 GLB NX pte\n"
+            + "0xffff888000201000-0xffff888000400000        2044K     RW                 GLB NX pte\n"), "\(p.out)")
+        #expect(try Self.run(["run", path, "--meminfo", "--guest", "vm9"]).err.contains("--guest 'vm9': "))
+        #expect(try Self.run(["run", path, "--guest", "vm0"]).status != 0)
+    }
+
+    @Test func compareSuggestsAPolicyForATypo() throws {
+        let r = try Self.run(["compare", Self.example("snp-directmap-policies.yaml"), "--policy", "split-on-asign"])
+        #expect(r.status != 0 && r.err.contains("--policy 'split-on-asign': no such policy; did you mean 'split-on-assign'?"))
     }
 }

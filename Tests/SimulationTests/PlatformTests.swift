@@ -149,4 +149,53 @@ import PageTables
         #expect(vm.stage2Leaf(0x200)?.size == .size4K && vm.stage2Leaf(0x200)?.phys == PhysAddr(0x4020_0000))
         #expect(vm.stage2.leafCounts == LeafCounts(size4K: 1, size2M: 3))
     }
+
+    /// Access steps take `cpu:` (default 0), checked against the machine's CPUs; the host's
+    /// access steps run on every architecture, with its ownership check (none on x86-64).
+    @Test func accessStepsTakeACPUAndRunOnEveryArchitecture() throws {
+        let e = #expect(throws: ScenarioError.self) {
+            try Scenario.load(yaml: "name: t\nmachine: {memory: 4G}\nsteps:\n  - host-write: {pa: 0x40000000, cpu: 2}\n", file: "t.yaml")
+        }
+        #expect(e?.message == "cpu 2 is past the machine's 1 CPU (valid: 0 to 0)" && e?.field == "steps[1].host-write.cpu")
+        let r = try run("""
+            name: t
+            machine: {memory: 4G, cpus: 4}
+            steps:
+              - host-write: {pa: 0x40000000, cpu: 3}
+                expect: ok
+              - set_memory_np: {pa: 0x40000000}
+              - host-write: {pa: 0x40000000, context: kernel-stack}
+                expect: "#PF(not-present): double fault"
+            """)
+        #expect(r.passed && r.records[0].arguments.map(\.0) == ["pa", "context", "cpu"])
+        #expect(r.metrics.first { $0.0 == "host_crashes" }?.1 == 1 && r.metrics.first { $0.0 == "not_present_faults" }?.1 == 1)
+    }
+
+    /// adversarial-flip with `guest: all` spreads its flips over every guest at random.
+    @Test func adversarialFlipOverAllGuests() throws {
+        let r = try run("""
+            name: t
+            seed: 7
+            machine: {arch: x86-snp, memory: 4G}
+            guests:
+              - {name: vm0, asid: 1, memory: 8M, placement: {pa: 0x40000000}}
+              - {name: vm1, asid: 2, memory: 8M, placement: {pa: 0x80000000}}
+            steps:
+              - workload: {kind: guest-boot, guest: vm0}
+              - workload: {kind: guest-boot, guest: vm1}
+              - workload: {kind: adversarial-flip, guest: all, operations: 400}
+                expect: ok
+            """)
+        #expect(r.passed && r.records[2].arguments.map(\.1) == ["adversarial-flip", "all", "400"])
+        let p = try #require(r.machine.platform as? SNPPlatform)
+        for i in 0..<2 {
+            let shared = (UInt64(0)..<2048).count { !p.kvm.vms[i].isPrivate($0) }
+            let guestShared = (UInt64(0)..<2048).count { !r.machine.guestKernels[i].isEncrypted(gfn: $0) }
+            #expect(shared > 50 && shared == guestShared, "guest \(i): \(shared) shared in KVM, \(guestShared) in its kernel")
+        }
+        let bad = #expect(throws: ScenarioError.self) {
+            try Scenario.load(yaml: Self.snp + "steps:\n  - workload: {kind: swiotlb-churn, guest: all}\n", file: "p.yaml")
+        }
+        #expect(bad?.message.hasPrefix("unknown guest 'all'") == true)
+    }
 }

@@ -103,5 +103,6 @@ public enum SNPArchitecture {
             },
         ],
         metrics: SNPPlatform.metricList.map(\.info),
+        traceTracks: [("SEV-SNP", ["rmp_regions", "psmash", "host_rmp_faults"])],
         makePlatform: { kernel, guests in SNPPlatform(kernel: &kernel, guests: guests) })
 }

@@ -119,7 +119,8 @@ extension Steps {
 
     static func guestStep(_ name: String, write: Bool) -> StepDefinition {
         snpStep(name, "the guest \(write ? "writes" : "reads") a page, private (C=1) or shared (C=0), checked by the RMP directly (no KVM)",
-                [guest, gpa, Parameter("private", .bool, default: "true", "C-bit set"), vmpl("vmpl", "VMPL"), cpuArgument]) { a, _ throws(ScenarioError) in
+                [guest, gpa, Parameter("private", .bool, default: "true", "C-bit set"), vmpl("vmpl", "VMPL"), cpuArgument]) { a, sc throws(ScenarioError) in
+            try checkCPU(a, sc)
             let ctx = try guestContext(a, vmplArgument: "vmpl")
             let priv = a.bool("private")
             return { p, _ in p.rmp.guestAccess(ctx, write: write, encrypted: priv) }
@@ -210,7 +211,8 @@ extension Steps {
         platformStep("guest-access", "a guest access through KVM: gmem faults prepare pages, RMP #NPFs are handled, then the result",
                      [guest, Parameter("gpa", .address(), required: true, "guest physical address"),
                       Parameter("write", .bool, default: "false", "a write"), Parameter("private", .bool, default: "true", "C-bit set"),
-                      cpuArgument]) { a, _ throws(ScenarioError) in
+                      cpuArgument]) { a, sc throws(ScenarioError) in
+            try checkCPU(a, sc)
             let (i, g) = a.guest!
             let gpa = try guestAddress(a, g)
             let write = a.bool("write"), priv = a.bool("private")

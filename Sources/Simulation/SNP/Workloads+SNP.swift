@@ -18,13 +18,31 @@ extension Workloads {
                 return t
             }
         },
-        snpWorkload("adversarial-flip", "the guest flips random 4K pages between private and shared (set_memory_decrypted/encrypted), forcing PSMASH and host splits",
-                    [guest, conversions]) { i, g, a in
-            let ops = a.number("operations"), pages = g.memory >> pageShift
-            return { p, m in
-                repeatGuestOps(&p, &m, i, ops) { guest, gfn, pvalidate, vmgexit in
-                    let gfn = gfn(pages)
-                    return guest.snpSetMemory(gfn..<gfn + 1, encrypt: !guest.isEncrypted(gfn: gfn), pvalidate: pvalidate, vmgexit: vmgexit)
+        WorkloadDefinition(
+            "adversarial-flip",
+            "the guest flips random 4K pages between private and shared (set_memory_decrypted/encrypted), forcing PSMASH and host splits; with guest: all, each flip picks a guest at random",
+            [Parameter("guest", .guestOrAll, required: true, "the guest"), conversions]
+        ) { a, ctx throws(ScenarioError) in
+            let ops = a.number("operations")
+            let targets = a.guest.map { [($0.index, $0.spec.memory >> pageShift)] } ?? ctx.guests.indices.map { ($0, ctx.guests[$0].memory >> pageShift) }
+            return { m throws(HostKernelError) in
+                m.withPlatform(SNPPlatform.self) { p, m in
+                    if targets.count == 1 {
+                        let (i, pages) = targets[0]
+                        return repeatGuestOps(&p, &m, i, ops) { guest, random, pvalidate, vmgexit in
+                            flip(&guest, random(pages), pvalidate, vmgexit)
+                        }
+                    }
+                    var tally = WorkloadTally()
+                    for k in 0..<ops {
+                        let (i, pages) = targets[Int(m.rng.below(UInt64(targets.count)))]
+                        let gfn = m.rng.below(pages)
+                        tally.note(SNPPlatform.guestCalls(&p, i, &m.kernel, &m.operations, &m.guestKernels[i]) { guest, pvalidate, vmgexit in
+                            flip(&guest, gfn, pvalidate, vmgexit)
+                        })
+                        if k & 4095 == 4095 { m.onProgress?(k + 1, ops) }
+                    }
+                    return tally
                 }
             }
         },
@@ -54,6 +72,12 @@ extension Workloads {
             }
         },
     ]
+
+    /// One adversarial flip: set_memory_decrypted of a private page, set_memory_encrypted of
+    /// a shared one.
+    static func flip(_ guest: inout GuestKernel, _ gfn: UInt64, _ pvalidate: SNPPvalidate, _ vmgexit: SNPVMGEXIT) -> any Outcome {
+        guest.snpSetMemory(gfn..<gfn + 1, encrypt: !guest.isEncrypted(gfn: gfn), pvalidate: pvalidate, vmgexit: vmgexit)
+    }
 
     /// A workload that drives one SNP guest with the platform taken out once for all its
     /// operations.
