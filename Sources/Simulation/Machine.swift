@@ -47,6 +47,10 @@ public struct Machine: Sendable {
         return try body(&p, &self)
     }
 
+    /// Runs one prepared step of a scenario on this machine (the library's way to drive a
+    /// machine step by step; `Runner.run` does it for a whole scenario).
+    public mutating func run(_ step: PreparedStep) throws(HostKernelError) -> any Outcome { try step.action(&self) }
+
     /// Counts one operation and its error, if it is one.
     mutating func count(_ outcome: any Outcome) {
         operations += 1

@@ -85,28 +85,31 @@ let benchmarks: @Sendable () -> Void = {
     ) { benchmark in
         var yaml = "name: bench\nmachine: {arch: x86-snp, memory: 4T}\nguests:\n"
         for g in 0..<64 { yaml += "  - {name: vm\(g), asid: \(g + 1), memory: 16G, placement: {pa: \((4 << 30) + g * (16 << 30))}}\n" }
-        yaml += "steps: []\n"
+        yaml += "steps:\n"
+        for g in 0..<64 { yaml += "  - workload: {kind: guest-boot, guest: vm\(g)}\n" }
         benchmark.startMeasurement()
-        var m = try Scenario.load(yaml: yaml, file: "bench").boot()
-        for g in 0..<64 { _ = m.guestBoot(g) }
+        let s = try Scenario.load(yaml: yaml, file: "bench")
+        var m = try s.boot()
+        for step in s.steps { blackHole(try m.run(step)) }
         blackHole(m)
     }
 
     // Page-state changes of random 4K pages of an 8 GiB SNP guest through KVM.
     Benchmark("psc_4k_8GiB_guest", configuration: .init(scalingFactor: .kilo)) { benchmark in
+        // The guest's own set_memory_decrypted/encrypted (adversarial-flip), one per iteration.
         let yaml = """
             name: bench
+            seed: 4
             machine: {arch: x86-snp, memory: 16G}
             guests: [{name: vm0, asid: 1, memory: 8G, placement: {pa: 0x100000000}}]
-            steps: []
+            steps:
+              - workload: {kind: guest-boot, guest: vm0}
+              - workload: {kind: adversarial-flip, guest: vm0, operations: \(benchmark.scaledIterations.count)}
             """
-        var m = try Scenario.load(yaml: yaml, file: "bench").boot()
-        _ = m.guestBoot(0)
-        var stream = Stream(x: 4)
+        let s = try Scenario.load(yaml: yaml, file: "bench")
+        var m = try s.boot()
+        blackHole(try m.run(s.steps[0]))
         benchmark.startMeasurement()
-        for _ in benchmark.scaledIterations {
-            let gfn = stream.next() % ((8 << 30) >> 12)
-            blackHole(m.pageStateChange(guest: 0, gfn: gfn, toPrivate: !m.isPrivate(guest: 0, gfn: gfn)))
-        }
+        blackHole(try m.run(s.steps[1]))
     }
 }
