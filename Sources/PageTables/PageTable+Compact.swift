@@ -94,7 +94,8 @@ public struct CompactTable: Sendable {
     @inlinable func commonChange(with index: Int, _ value: UInt64) -> UInt64? {
         func change(_ i: Int, _ v: UInt64) -> UInt64 { v == 0 ? ToggleSet.emptied : v ^ formula(i) }
         let mask = change(index, value)
-        guard mask != 0 else { return nil }
+        // Only attribute changes, or emptying: a toggle never turns a leaf into a table.
+        guard mask != 0, mask == ToggleSet.emptied || mask & (Descriptor.leafBit | Descriptor.tableBit) == 0 else { return nil }
         for k in 0..<Int(count) where change(self.index(k), self.value(k)) != mask { return nil }
         return mask
     }

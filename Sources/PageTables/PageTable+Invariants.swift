@@ -41,7 +41,7 @@ extension PageTable {
                         seenCompact[t] = true
                         try checkCompact(t, level: level - 1)
                         if let g = compacts[t].toggle {
-                            guard !seenToggle[g] else { throw InvariantViolation("every table reached once", "toggle set \(g) shared") }
+                            guard g < toggles.count, !seenToggle[g] else { throw InvariantViolation("every table reached once", "toggle set \(g) shared") }
                             seenToggle[g] = true
                         }
                     } else {
@@ -99,7 +99,7 @@ extension PageTable {
         guard c.dense < 0, Int(c.count) <= CompactTable.capacity else {
             throw InvariantViolation("compact tables follow a split", "compact table \(t): \(c.count) differences, dense \(c.dense)")
         }
-        let toggle = c.toggle.map { toggles[$0] }
+        let toggle = c.toggle.flatMap { $0 < toggles.count ? toggles[$0] : nil }
         for k in 0..<Int(c.count) {
             let i = c.index(k)
             guard i < entriesPerTable, c.value(k) != c.formula(i), !(0..<k).contains(where: { c.index($0) == i }),
@@ -108,9 +108,11 @@ extension PageTable {
             }
         }
         if let g = c.toggle {
+            guard g < toggles.count else { throw InvariantViolation("compact tables follow a split", "compact table \(t): toggle set \(g) unknown") }
             let set = toggles[g]
             let bits = (0..<entriesPerTable).count(where: set.isSet)
-            guard g < toggles.count, set.mask != 0, set.population == bits, bits > 0 else {
+            guard set.mask != 0, set.mask == ToggleSet.emptied || set.mask & (Descriptor.leafBit | Descriptor.tableBit) == 0,
+                  set.population == bits, bits > 0 else {
                 throw InvariantViolation("compact tables follow a split", "compact table \(t): toggle set \(g) with \(set.population) of \(bits) bits, mask \(hex(set.mask))")
             }
         }

@@ -1,30 +1,22 @@
-/// Removes every leaf overlapping a range whole, a large leaf partly inside included, and
-/// frees tables wholly inside it: a stage-2 zap, which never splits (Linux
-/// arch/x86/kvm/mmu/tdp_mmu.c tdp_mmu_zap_leafs zaps a huge SPTE that overlaps the range).
+/// Removes every leaf overlapping a range whole, a large leaf partly inside included; tables
+/// stay (they go with the whole table at teardown): a stage-2 zap, which never splits. Linux
+/// arch/x86/kvm/mmu/tdp_mmu.c tdp_mmu_zap_leafs (leaf SPTEs only; a huge SPTE that overlaps
+/// the range goes whole).
 @usableFromInline struct ZapVisitor: PageTableVisitor {
-    @usableFromInline let start: UInt64
-    @usableFromInline let last: UInt64
-    /// A one-page zap cannot cover a table, so it takes the walker's one-page descent.
-    @usableFromInline var flags: VisitFlags { start >> pageShift == last >> pageShift ? .leaf : [.leaf, .tablePre] }
-    @inlinable init(start: UInt64, last: UInt64) {
-        self.start = start
-        self.last = last
-    }
+    @usableFromInline var flags: VisitFlags { .leaf }
+    @inlinable init() {}
 
     @inlinable mutating func visit(_ v: Visit, table: inout PageTable) throws(PageTableError) {
-        if v.kind == .tablePre {
-            if v.isCovered(start: start, last: last) { table.store(.none, slot: v.slot, level: v.level) }
-        } else if v.entry.isLeaf {
-            table.store(.none, slot: v.slot, level: v.level)
-        }
+        if v.entry.isLeaf { table.store(.none, slot: v.slot, level: v.level) }
     }
 }
 
 extension PageTable {
-    /// Zaps `[virt, virt + size)`: every leaf that overlaps it goes whole (no split).
+    /// Zaps `[virt, virt + size)`: every leaf that overlaps it goes whole (no split); the
+    /// tables stay.
     @inlinable
     public mutating func zap(virt: VirtAddr, size: UInt64) throws(PageTableError) {
-        var visitor = ZapVisitor(start: virt.rawValue, last: virt.rawValue &+ (size &- 1))
+        var visitor = ZapVisitor()
         try walk(start: virt.rawValue, size: size, &visitor)
     }
 
@@ -36,7 +28,8 @@ extension PageTable {
     public mutating func installLeaf(virt: VirtAddr, phys: PhysAddr, size: PageSize, attributes: Attributes) throws(PageTableError) {
         let va = virt.rawValue & ~(size.bytes - 1)
         if phys.rawValue & (size.bytes - 1) != 0 { throw .unaligned(what: "physical address", value: phys.rawValue) }
-        guard allows(size) else { throw .unaligned(what: "size", value: size.bytes) }
+        guard allows(size) else { throw .badRange(start: va, size: size.bytes) }  // no leaf of that size in this format
+        try validate(start: va, size: size.bytes)
         defer { if forwarded > 0 { unforward(rootBase: rootBase(va), start: va, last: va &+ (size.bytes - 1)) } }
         var table = 0, level = rootLevel
         while level > size.level {

@@ -57,6 +57,7 @@ public enum Architectures {
         .planned("arm64", "arm64 host"),
         .planned("arm64-cca", "Arm CCA (GPT, RMM)"),
         .planned("arm64-pkvm", "pKVM (host stage-2 ownership)"),
+        .planned("arm64-mte", "Arm MTE tags (to become `machine.mte: true` on arm64)"),
         .planned("s390-pv", "s390 protected virtualization"),
     ]
 

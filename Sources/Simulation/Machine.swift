@@ -17,10 +17,12 @@ public struct Machine: Sendable {
     /// Each guest's own kernel (its direct map), in the same order.
     public internal(set) var guestKernels: [GuestKernel]
     public internal(set) var rng: SeededGenerator
+    /// Operations run and those that were errors, workloads' operations counted one by one.
+    public internal(set) var counters = RunCounters()
     /// Step results that were kernel errors (-E…), workloads' operations included.
-    public internal(set) var errors = 0
+    public var errors: Int { counters.errors }
     /// Operations run, workloads' operations counted one by one.
-    public internal(set) var operations = 0
+    public var operations: Int { counters.operations }
     /// Called now and then by long workloads with (done, total), for a progress line.
     public var onProgress: (@Sendable (UInt64, UInt64) -> Void)?
 
@@ -53,8 +55,8 @@ public struct Machine: Sendable {
 
     /// Counts one operation and its error, if it is one.
     mutating func count(_ outcome: any Outcome) {
-        operations += 1
-        if outcome.isError { errors += 1 }
+        counters.operations += 1
+        if outcome.isError { counters.errors += 1 }
     }
 
     /// Runs a host-kernel operation and counts it.
@@ -88,6 +90,14 @@ public struct Machine: Sendable {
 
     /// The index of the guest named `name`.
     public func guestIndex(_ name: String) -> Int? { guests.firstIndex { $0.name == name } }
+}
+
+/// What a run counts of its operations.
+public struct RunCounters: Hashable, Sendable {
+    /// Operations run, a workload's counted one by one.
+    public var operations = 0
+    /// Those that returned a kernel error (-E…) or were refused by the hypervisor.
+    public var errors = 0
 }
 
 /// A named invariant a layer registers; checked after every step in `--check` runs and tests.

@@ -17,13 +17,13 @@ public enum Suggest {
     }
 
     /// The message tail: "; did you mean 'a' or 'b'?" for names close to `name`; then the
-    /// valid names when there are few of them ("valid: …"), or, for a long list with nothing
+    /// valid names when there are few of them (ten at most) ("valid: …"), or, for a long list with nothing
     /// close, a pointer to where they are listed.
     public static func hint(_ name: String, in valid: [String], listedBy: String) -> String {
         let close = closest(name, in: valid)
         var out = close.isEmpty ? "" : "; did you mean " + close.map { "'\($0)'" }.joined(separator: " or ") + "?"
         if valid.isEmpty { return out + "; there are none here" }
-        if valid.count <= 8 { out += "; valid: " + valid.joined(separator: ", ") } else if close.isEmpty { out += "; \(listedBy) lists them" }
+        if valid.count <= 10 { out += "; valid: " + valid.joined(separator: ", ") } else if close.isEmpty { out += "; \(listedBy) lists them" }
         return out
     }
 

@@ -125,7 +125,7 @@ public enum Workloads {
                     var pa = range.randomPage(&m).rawValue
                     while m.platform.ownership.isGuestOwned(pfn: pa >> pageShift) { pa = range.randomPage(&m).rawValue }
                     _ = m.platform.hostAccess(&m.kernel, pa: pa, write: true, context: context)
-                    m.operations += 1
+                    m.counters.operations += 1
                     if i & 4095 == 4095 { m.onProgress?(i + 1, ops) }
                 }
                 return WorkloadTally()

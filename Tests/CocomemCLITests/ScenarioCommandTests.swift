@@ -124,7 +124,7 @@ import Testing
     }
 
     @Test(arguments: [
-        (["compare", "examples/cpa-churn.yaml", "--policy", "sometimes"], "--policy 'sometimes': no such policy; 'cocomem list policies' lists them"),
+        (["compare", "examples/cpa-churn.yaml", "--policy", "sometimes"], "--policy 'sometimes': no such policy; valid: never, rox, always, none, split-on-assign, proactive-4k, unmap-private, split-on-fault, pooled, coalesce"),
         (["compare", "examples/cpa-churn.yaml", "--policy", "rox", "--slot", "host.nothing"], "--slot 'host.nothing': unknown slot; valid: host.cpa-collapse, host.directmap-policy"),
         (["compare", "examples/cpa-churn.yaml", "--policy", "rox", "--slot", "host.directmap-policy"], "--policy 'rox' is not a policy of host.directmap-policy; valid: none, split-on-assign"),
         (["run", "examples/cpa-basics.yaml", "--at", "99"], "--at 99: examples/cpa-basics.yaml has 18 steps; valid: 0 to 18"),

@@ -45,6 +45,20 @@ import PageTables
         #expect(g.isEncrypted(gfn: 7))
     }
 
+    /// Where the calls sit against the PTE change: a refused change to private comes from the
+    /// finish hook, after the PTE already has its C-bit back (set_memory_encrypted changes the
+    /// page table first); a failed rescind comes from the prepare hook, before it changes.
+    @Test func theHooksSitBeforeAndAfterThePTEChangeAsInMemEncryptAMD() throws {
+        var g = try GuestKernel(name: "vm0", memory: 4 << 20)
+        let ok: SNPPvalidate = { _, _, _ in .success }
+        #expect(g.snpSetMemory(9..<10, encrypt: false, pvalidate: ok, vmgexit: { _ in 0 }).kind == .success)
+        let refused = g.snpSetMemory(9..<10, encrypt: true, pvalidate: ok, vmgexit: { _ in 0x1_0000_0000 })
+        #expect(refused.description == "PSC error 0x100000000" && g.isEncrypted(gfn: 9))
+        let failing: SNPPvalidate = { _, _, _ in PvalidateResult(failure: SNPStatusStub()) }
+        let r = g.snpSetMemory(10..<11, encrypt: false, pvalidate: failing, vmgexit: { _ in 0 })
+        #expect(r.description == "FAIL_SIZEMISMATCH" && g.isEncrypted(gfn: 10))
+    }
+
     /// accept_memory validates 2M where it can and falls back to 4K on FAIL_SIZEMISMATCH.
     @Test func pvalidateFallsBackTo4KOnSizeMismatch() {
         var sizes: [PageSize] = []

@@ -198,4 +198,44 @@ import PageTables
         }
         #expect(bad?.message.hasPrefix("unknown guest 'all'") == true)
     }
+
+    /// Review findings: a guest placed off a 2M boundary never gets a 2M stage-2 leaf (the
+    /// gfn and pfn must be aligned alike); a page-state change to the state a range already
+    /// has zaps nothing; the old guest_* names need a guest; sizes near 2^64 are errors.
+    @Test func stage2AlignmentNoOpConversionsAndAliases() throws {
+        let r = try run("""
+            name: t
+            machine: {arch: x86-snp, memory: 4G}
+            guests:
+              - {name: vm0, asid: 1, memory: 4M, placement: {pa: 0x40001000}}
+            steps:
+              - launch: {guest: vm0}
+              - rmpupdate: {spa: 0x40200000, assigned: true, asid: 1, gpa: 0x1ff000, size: 2M}
+                expect: ok
+              - guest-access: {guest: vm0, gpa: 0x1ff000}
+            """)
+        let vm = try #require((r.machine.platform as? SNPPlatform)?.kvm.vms[0])
+        #expect(vm.stage2Leaf(0x1ff)?.size == .size4K && vm.stage2.leafCounts.size2M == 0)
+
+        let b = try run(Self.snp + """
+            steps:
+              - workload: {kind: guest-boot, guest: vm0}
+              - psc: {guest: vm0, gpa: 0, size: 2M, to: private}
+                expect: ok
+            """)
+        #expect((b.machine.platform as? SNPPlatform)?.kvm.vms[0].stage2Leaf(0)?.size == .size2M)
+
+        let alias = #expect(throws: ScenarioError.self) {
+            try Scenario.load(yaml: Self.snp + "steps:\n  - guest_set_memory_decrypted: {pa: 0x40000000}\n", file: "p.yaml")
+        }
+        #expect(alias?.message == "guest_set_memory_decrypted needs 'guest' (it is set_memory_decrypted in a guest's kernel)")
+        let huge = #expect(throws: ScenarioError.self) {
+            try Scenario.load(yaml: Self.snp + "steps:\n  - set_memory_decrypted: {guest: vm0, gpa: 0xfffffffffffff000, numpages: 2}\n", file: "p.yaml")
+        }
+        #expect(huge?.message.hasPrefix("0xfffffffffffff000 + 2 pages must be page-aligned and inside vm0's") == true)
+        let psc = #expect(throws: ScenarioError.self) {
+            try Scenario.load(yaml: Self.snp + "steps:\n  - psc: {guest: vm0, gpa: 0x1000, size: 0xfffffffffffff000, to: shared}\n", file: "p.yaml")
+        }
+        #expect(psc?.field == "steps[1].psc.gpa")
+    }
 }

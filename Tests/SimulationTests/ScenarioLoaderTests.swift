@@ -77,7 +77,7 @@ import Testing
 
     @Test func unknownArchitectureListsTheValidOnes() {
         let e = error("name: t\nmachine: {arch: riscv, memory: 4G}\nsteps: []\n")
-        #expect(e?.message == "unknown architecture 'riscv'; valid: x86-64, x86-snp, x86-sev, x86-tdx, arm64, arm64-cca, arm64-pkvm, s390-pv")
+        #expect(e?.message == "unknown architecture 'riscv'; valid: x86-64, x86-snp, x86-sev, x86-tdx, arm64, arm64-cca, arm64-pkvm, arm64-mte, s390-pv")
         #expect(error("name: t\nmachine: {arch: x86_snp, memory: 4G}\nsteps: []\n")?.message.hasPrefix("unknown architecture 'x86_snp'; did you mean 'x86-snp'") == true)
     }
 

@@ -59,31 +59,32 @@ public struct KVM<Backend: KVMBackend>: Sendable {
     /// of the leaf that maps it. arch/x86/kvm/mmu/mmu.c kvm_mmu_max_mapping_level,
     /// kvm_tdp_mmu_map.
     mutating func mapStage2(_ i: Int, gfn: UInt64, hw: Backend.Hardware) -> PageSize {
-        if let leaf = stage2Leaf(i, gfn) { return leaf.size }
-        let folio = vms[i].config.backing.folio
-        let level = min(folio, backend.maxMappingLevel(&vms[i], gfn: gfn, hw: hw), vms[i].attributes.hugepageUniform(gfn) ? .size2M : .size4K)
+        Self.mapStage2(&vms[i], backend: backend, gfn: gfn, hw: hw)
+    }
+
+    /// `mapStage2` on a VM reached in place (`inout`, so neither it nor its tables are copied).
+    static func mapStage2(_ vm: inout VM<Backend.ArchState>, backend: Backend, gfn: UInt64, hw: Backend.Hardware) -> PageSize {
+        if let leaf = vm.stage2.lookup(VirtAddr(gfn << pageShift)), leaf.descriptor.isPresentLeaf { return leaf.size }
+        var level = min(vm.config.backing.folio, backend.maxMappingLevel(&vm, gfn: gfn, hw: hw), vm.attributes.hugepageUniform(gfn) ? .size2M : .size4K)
+        // A huge leaf needs the gfn and the pfn aligned alike (the memslot's base and
+        // guest_memfd's offset; kvm_mmu_max_mapping_level, kvm_gmem_get_pfn's max_order).
+        if ((vm.config.spa(gfn) >> pageShift) ^ gfn) & (level.pages - 1) != 0 { level = .size4K }
         let base = gfn & ~(level.pages - 1)
         do {
-            try vms[i].stage2.installLeaf(virt: VirtAddr(base << pageShift), phys: PhysAddr(vms[i].config.spa(base)), size: level,
-                                          attributes: [.present, .writable])
+            try vm.stage2.installLeaf(virt: VirtAddr(base << pageShift), phys: PhysAddr(vm.config.spa(base)), size: level, attributes: [.present, .writable])
         } catch {
             preconditionFailure("stage-2 map of gfn \(hex(gfn)) at \(level): \(error)")  // aligned by construction
         }
         return level
     }
 
-    /// The present stage-2 leaf over guest `i`'s `gfn` (through stored properties, so the VM
-    /// is never copied to ask).
-    @inline(__always) func stage2Leaf(_ i: Int, _ gfn: UInt64) -> Leaf? {
-        guard let leaf = vms[i].stage2.lookup(VirtAddr(gfn << pageShift)), leaf.descriptor.isPresentLeaf else { return nil }
-        return leaf
-    }
-
     /// Zaps the stage-2 leaves over `gfns`; a huge leaf partly inside goes whole, as the TDP
     /// MMU zaps a huge SPTE. arch/x86/kvm/mmu/tdp_mmu.c kvm_tdp_mmu_unmap_gfn_range.
-    public mutating func zapStage2(_ i: Int, gfns: Range<UInt64>) {
+    public mutating func zapStage2(_ i: Int, gfns: Range<UInt64>) { Self.zapStage2(&vms[i], gfns: gfns) }
+
+    static func zapStage2(_ vm: inout VM<Backend.ArchState>, gfns: Range<UInt64>) {
         guard !gfns.isEmpty else { return }
-        try? vms[i].stage2.zap(virt: VirtAddr(gfns.lowerBound << pageShift), size: UInt64(gfns.count) << pageShift)
+        try? vm.stage2.zap(virt: VirtAddr(gfns.lowerBound << pageShift), size: UInt64(gfns.count) << pageShift)
     }
 
     /// Converts `gfns` as a page-state change asks: the attributes change
@@ -92,9 +93,17 @@ public struct KVM<Backend: KVMBackend>: Sendable {
     /// invalidates it in the backend. For private the backend prepares pages only at the next
     /// gmem fault (lazily, as Linux does).
     public mutating func convert(_ i: Int, gfns: Range<UInt64>, toPrivate: Bool, kernel: inout Kernel, hw: inout Backend.Hardware) {
-        for gfn in gfns { vms[i].attributes.setPrivate(gfn, toPrivate) }
-        zapStage2(i, gfns: gfns)
-        if !toPrivate { backend.invalidate(&vms[i], gfns: gfns, kernel: &kernel, hw: &hw) }
+        Self.convert(&vms[i], backend: &backend, gfns: gfns, toPrivate: toPrivate, kernel: &kernel, hw: &hw)
+    }
+
+    static func convert(_ vm: inout VM<Backend.ArchState>, backend: inout Backend, gfns: Range<UInt64>, toPrivate: Bool, kernel: inout Kernel, hw: inout Backend.Hardware) {
+        // kvm_vm_set_mem_attributes: a range already in the wanted state changes nothing (no
+        // zap); the VMM's punch-hole for shared happens either way.
+        if gfns.contains(where: { vm.attributes.isPrivate($0) != toPrivate }) {
+            for gfn in gfns { vm.attributes.setPrivate(gfn, toPrivate) }
+            zapStage2(&vm, gfns: gfns)
+        }
+        if !toPrivate { backend.invalidate(&vm, gfns: gfns, kernel: &kernel, hw: &hw) }
     }
 
     /// What one guest operation through KVM came to.
@@ -122,28 +131,36 @@ public struct KVM<Backend: KVMBackend>: Sendable {
         _ i: Int, gfn: UInt64, private isPrivate: Bool, kernel: inout Kernel, hw: inout Backend.Hardware,
         _ op: (inout Backend.Hardware, PageSize) -> Backend.GuestOutcome
     ) -> GuestStepResult {
+        Self.guestStep(&vms[i], backend: &backend, stats: &stats, gfn: gfn, private: isPrivate, kernel: &kernel, hw: &hw, op)
+    }
+
+    /// `guestStep` on a VM reached in place.
+    static func guestStep(
+        _ vm: inout VM<Backend.ArchState>, backend: inout Backend, stats: inout KVMStats, gfn: UInt64, private isPrivate: Bool,
+        kernel: inout Kernel, hw: inout Backend.Hardware, _ op: (inout Backend.Hardware, PageSize) -> Backend.GuestOutcome
+    ) -> GuestStepResult {
         var r = GuestStepResult()
-        guard vms[i].state == .running else { r.stopped = .error(.EINVAL); return r }
-        guard isPrivate == vms[i].attributes.isPrivate(gfn) else {
+        guard vm.state == .running else { r.stopped = .error(.EINVAL); return r }
+        guard isPrivate == vm.attributes.isPrivate(gfn) else {
             stats.memoryFaultExits += 1
             r.stopped = .memoryFault
             return r
         }
         if isPrivate {
-            let (size, status) = backend.prepare(&vms[i], gfn: gfn, kernel: &kernel, hw: &hw)
+            let (size, status) = backend.prepare(&vm, gfn: gfn, kernel: &kernel, hw: &hw)
             r.prepared = size
             // kvm_gmem_get_pfn reports any prepare failure as -EINVAL (sev_gmem_prepare).
             if status != .ok { r.stopped = .error(.EINVAL); return r }
         }
         for _ in 0..<3 {
-            let level = mapStage2(i, gfn: gfn, hw: hw)
+            let level = mapStage2(&vm, backend: backend, gfn: gfn, hw: hw)
             let outcome = op(&hw, level)
             r.outcome = outcome
-            switch backend.handleFault(&vms[i], gfn: gfn, private: isPrivate, outcome: outcome, hw: &hw) {
+            switch backend.handleFault(&vm, gfn: gfn, private: isPrivate, outcome: outcome, hw: &hw) {
             case .done: return r
             case .loop: r.outcome = nil; return r
             case .retry(let zap):
-                zapStage2(i, gfns: zap)
+                zapStage2(&vm, gfns: zap)
                 stats.zappedGFNs += UInt64(zap.count)
                 r.retries += 1
             }

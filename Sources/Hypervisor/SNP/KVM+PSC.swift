@@ -60,9 +60,11 @@ extension KVM where Backend == SNPBackend {
                 guard first < end else { return (PSCRequest.errorGeneric, req) }
                 pscConvert(i, gfns: first..<end, toPrivate: op == PSCOperation.makePrivate.rawValue, kernel: &kernel, rmp: &rmp)
             }
-            for k in req.curEntry...last where k < req.entries.count {  // unwritten slots stay zero
+            var k = req.curEntry
+            while k <= last && k < req.entries.count {  // unwritten slots stay zero
                 let done = req.entries[k]
                 req.entries[k] = PSCEntry(gfn: done.gfn, operation: done.operation, size2M: done.size2M, curPage: UInt16(done.pages))
+                k += 1
             }
             req.curEntry = last + 1
         }

@@ -9,9 +9,9 @@ extension KVM where Backend == SNPBackend {
     /// PVALIDATE of `gfn` as the guest's vCPU at `vmpl` executes it, through `guestStep`
     /// (gmem fault → prepare, the stage-2 leaf's size as the NPT size, RMP #NPF → PSMASH).
     public mutating func pvalidate(_ i: Int, gfn: UInt64, size: PageSize, validate: Bool, vmpl: Int = 0, kernel: inout Kernel, rmp: inout RMP) -> GuestStepResult {
-        let c = vms[i].config
+        let asid = vms[i].config.id, spa = vms[i].config.spa(gfn)
         return guestStep(i, gfn: gfn, private: true, kernel: &kernel, hw: &rmp) { rmp, level in
-            rmp.pvalidate(GuestContext(asid: c.id, vmpl: vmpl, gpa: gfn << pageShift, spa: c.spa(gfn), nptSize: level), size: size, validate: validate)
+            rmp.pvalidate(GuestContext(asid: asid, vmpl: vmpl, gpa: gfn << pageShift, spa: spa, nptSize: level), size: size, validate: validate)
         }
     }
 

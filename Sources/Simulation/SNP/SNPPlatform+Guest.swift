@@ -11,34 +11,37 @@ extension SNPPlatform {
     /// PVALIDATE of guest `i`'s `gfn` as its vCPU runs it, through KVM (gmem fault → prepare,
     /// RMP #NPF → PSMASH and retry).
     mutating func pvalidate(_ i: Int, gfn: UInt64, size: PageSize, validate: Bool, vmpl: Int = 0, kernel: inout Kernel) -> KVM<SNPBackend>.GuestStepResult {
-        let r = kvm.pvalidate(i, gfn: gfn, size: size, validate: validate, vmpl: vmpl, kernel: &kernel, rmp: &rmp)
-        if let o = r.outcome { count(o) }
-        return r
+        kvm.pvalidate(i, gfn: gfn, size: size, validate: validate, vmpl: vmpl, kernel: &kernel, rmp: &rmp)
     }
 
-    /// The guest's PVALIDATE and VMGEXIT(PSC) for guest `i`, each counted as an operation.
+    /// The guest's PVALIDATE and VMGEXIT(PSC) for guest `i`, each counted as an operation,
+    /// and as an error when KVM answers with an errno or refuses the page-state change.
     static func guestCalls<R>(
         _ p: inout SNPPlatform, _ i: Int, _ m: inout Machine, _ body: (inout GuestKernel, SNPPvalidate, SNPVMGEXIT) -> R
     ) -> R {
-        guestCalls(&p, i, &m.kernel, &m.operations, &m.guestKernels[i], body)
+        guestCalls(&p, i, &m.kernel, &m.counters, &m.guestKernels[i], body)
     }
 
     static func guestCalls<R>(
-        _ p: inout SNPPlatform, _ i: Int, _ kernel: inout Kernel, _ operations: inout Int, _ guest: inout GuestKernel,
+        _ p: inout SNPPlatform, _ i: Int, _ kernel: inout Kernel, _ counters: inout RunCounters, _ guest: inout GuestKernel,
         _ body: (inout GuestKernel, SNPPvalidate, SNPVMGEXIT) -> R
     ) -> R {
         body(&guest, { gfn, size, validate in
-            operations += 1
+            counters.operations += 1
             let r = p.pvalidate(i, gfn: gfn, size: size, validate: validate, kernel: &kernel)
             if r.succeeded { return .success }
+            if r.isError { counters.errors += 1 }
             return PvalidateResult(failure: r, sizeMismatch: r.stopped == nil && r.outcome == .status(.failSizeMismatch))
         }, { request in
-            operations += 1
-            return p.kvm.handlePSC(i, request, kernel: &kernel, rmp: &p.rmp).exitInfo2
+            counters.operations += 1
+            let code = p.kvm.handlePSC(i, request, kernel: &kernel, rmp: &p.rmp).exitInfo2
+            if code != 0 { counters.errors += 1 }
+            return code
         })
     }
 
-    /// set_memory_encrypted/decrypted in guest `i`'s kernel with the SNP protocol.
+    /// set_memory_encrypted/decrypted in guest `i`'s kernel with the SNP protocol. Its
+    /// PVALIDATEs and page-state changes count as operations (and errors) themselves.
     public static func guestSetMemory(_ m: inout Machine, guest i: Int, gfns: Range<UInt64>, encrypt: Bool) -> any Outcome {
         m.withPlatform(SNPPlatform.self) { p, m in
             guestCalls(&p, i, &m) { guest, pvalidate, vmgexit in

@@ -191,8 +191,8 @@ extension Steps {
                       Parameter("via", .choice(["ghcb", "msr"]), default: "ghcb", "protocol (msr: one 4K page)")]) { a, _ throws(ScenarioError) in
             let (i, g) = a.guest!
             let gpa = a.number("gpa"), size = a.number("size")
-            guard gpa & (pageBytes - 1) == 0, size > 0, size & (pageBytes - 1) == 0, gpa + size <= g.memory else {
-                throw a.field("gpa").error("[\(hex(gpa))-\(hex(gpa + size))) must be whole pages inside \(g.name)'s \(ByteSize.format(g.memory))")
+            guard gpa & (pageBytes - 1) == 0, size > 0, size & (pageBytes - 1) == 0, gpa <= g.memory, size <= g.memory - gpa else {
+                throw a.field("gpa").error("\(hex(gpa)) + \(hex(size)) bytes must be whole pages inside \(g.name)'s \(ByteSize.format(g.memory))")
             }
             let toPrivate = a.text("to") == "private", msr = a.text("via") == "msr"
             if msr && size != pageBytes { throw a.field("size").error("the MSR protocol changes one 4K page; use via: ghcb") }

@@ -37,7 +37,7 @@ extension Workloads {
                     for k in 0..<ops {
                         let (i, pages) = targets[Int(m.rng.below(UInt64(targets.count)))]
                         let gfn = m.rng.below(pages)
-                        tally.note(SNPPlatform.guestCalls(&p, i, &m.kernel, &m.operations, &m.guestKernels[i]) { guest, pvalidate, vmgexit in
+                        tally.note(SNPPlatform.guestCalls(&p, i, &m.kernel, &m.counters, &m.guestKernels[i]) { guest, pvalidate, vmgexit in
                             flip(&guest, gfn, pvalidate, vmgexit)
                         })
                         if k & 4095 == 4095 { m.onProgress?(k + 1, ops) }
@@ -101,7 +101,7 @@ extension Workloads {
         var tally = WorkloadTally()
         var rng = m.rng
         let progress = m.onProgress
-        SNPPlatform.guestCalls(&p, i, &m.kernel, &m.operations, &m.guestKernels[i]) { guest, pvalidate, vmgexit in
+        SNPPlatform.guestCalls(&p, i, &m.kernel, &m.counters, &m.guestKernels[i]) { guest, pvalidate, vmgexit in
             withoutActuallyEscaping(pvalidate) { pvalidate in
                 withoutActuallyEscaping(vmgexit) { vmgexit in
                     for k in 0..<ops {
