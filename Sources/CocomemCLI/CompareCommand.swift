@@ -26,25 +26,28 @@ struct Compare: ParsableCommand {
     }
 
     func run() throws {
-        let slot = try Self.resolveSlot(slot, policies: policy)
         let text = try ScenarioFiles.read(file)
+        let base = try Scenario.load(yaml: text, file: file)
+        let slot = try Self.resolveSlot(slot, policies: policy, among: Policies.slots(base.architecture))
         var scenarios: [Scenario] = []
         for p in policy { scenarios.append(try Scenario.load(yaml: text, file: file, policyOverrides: [(slot.name, p)])) }
         let results = try Self.runAll(scenarios)
         print(Self.render(results, policies: policy, slot: slot.name, json: json, csv: csv), terminator: "")
     }
 
-    /// The slot the policies belong to: the one named, or the only one holding them all.
-    static func resolveSlot(_ name: String?, policies: [String]) throws -> PolicySlot {
+    /// The slot the policies belong to among the scenario machine's `slots`: the one named,
+    /// or the only one holding them all.
+    static func resolveSlot(_ name: String?, policies: [String], among slots: [PolicySlot]) throws -> PolicySlot {
         let slot: PolicySlot
         if let name {
-            guard let s = Policies.all.first(where: { $0.name == name }) else {
-                throw CLIError("--slot '\(name)': unknown slot; valid: \(Policies.all.map(\.name).joined(separator: ", "))")
+            guard let s = slots.first(where: { $0.name == name }) else {
+                throw CLIError("--slot '\(name)': not a slot of this scenario's machine; valid: \(slots.map(\.name).joined(separator: ", "))")
             }
             slot = s
         } else {
-            let fits = Policies.all.filter { s in policies.allSatisfy { p in s.policies.contains { $0.name == p } } }
-            let known = Policies.all.flatMap { $0.policies.map(\.name) }
+            let fits = slots.filter { s in policies.allSatisfy { p in s.policies.contains { $0.name == p } } }
+            var known: [String] = []
+            for name in Policies.all.flatMap({ $0.policies.map(\.name) }) where !known.contains(name) { known.append(name) }
             if let unknown = policies.first(where: { !known.contains($0) }) {
                 throw CLIError("--policy '\(unknown)': no such policy" + Suggest.hint(unknown, in: known, listedBy: "'cocomem list policies'"))
             }

@@ -18,11 +18,11 @@ public struct GuestKernel: Sendable {
     /// one guest_memfd memslot KVM gives it; the ISA range is mapped whatever it holds, as on
     /// the host). Private memory is mapped with the encryption bit, as PAGE_KERNEL carries
     /// sme_me_mask in an SEV guest.
-    public init(name: String, memory: UInt64) throws(HostKernelError) {
+    public init(name: String, memory: UInt64, config: KernelConfig = KernelConfig(memEncrypt: true, smeCoherent: true)) throws(HostKernelError) {
         self.name = name
         do {
             let ram = try PhysicalMemory(entries: [E820Entry(start: 0, last: memory - 1, type: .usable)])
-            kernel = try Kernel(memory: ram, config: KernelConfig(memEncrypt: true, smeCoherent: true), reserveTables: false)
+            kernel = try Kernel(memory: ram, config: config, reserveTables: false)
         } catch let e as HostKernelError {
             throw e
         } catch {

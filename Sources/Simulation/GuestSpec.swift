@@ -1,4 +1,5 @@
 import Hardware
+import HostKernel
 import Hypervisor
 import PageTables
 
@@ -16,6 +17,9 @@ public struct GuestSpec: Hashable, Sendable {
     public let vcpus: Int
     /// The guest_memfd folio size KVM backs private memory with.
     public let backing: GmemBacking
+    /// How the guest's own kernel is configured: the scenario's `guest.` policies, then the
+    /// guest entry's own.
+    public let kernelConfig: KernelConfig
 
     /// The VM KVM creates for this guest.
     public var vmConfig: VMConfig {
@@ -28,7 +32,8 @@ public struct GuestSpec: Hashable, Sendable {
     /// Reads the `guests:` list: names and identifiers unique, memory in RAM, placements
     /// that do not overlap (each error names the ranges involved). A guest may override the
     /// scenario's `guest.` policies for itself (none exist yet).
-    static func readAll(_ field: Field, memory ram: PhysicalMemory, ids: ClosedRange<UInt64>, guestSlots: [PolicySlot]) throws(ScenarioError) -> [GuestSpec] {
+    static func readAll(_ field: Field, memory ram: PhysicalMemory, ids: ClosedRange<UInt64>, guestSlots: [PolicySlot],
+                        targets: PolicyTargets) throws(ScenarioError) -> [GuestSpec] {
         var guests: [GuestSpec] = []
         for item in try field.sequence() {
             let f = try item.mapping()
@@ -60,7 +65,13 @@ public struct GuestSpec: Hashable, Sendable {
             if let other = guests.first(where: { $0.placement < range.upperBound && range.lowerBound < $0.placement + $0.memory }) {
                 throw paField.error("[\(hex(pa))-\(hex(pa + size))) overlaps \(other.name) at [\(hex(other.placement))-\(hex(other.placement + other.memory)))")
             }
-            guests.append(GuestSpec(name: name, asid: asid, memory: size, placement: pa, npt: npt, vcpus: vcpus, backing: backing))
+            var own = targets
+            for slot in guestSlots {
+                guard let choice = f[slot.key] else { continue }
+                slot.apply(try choice.choice(slot.policies.map(\.name), what: "policy for \(slot.name)"), &own)
+            }
+            guests.append(GuestSpec(name: name, asid: asid, memory: size, placement: pa, npt: npt, vcpus: vcpus, backing: backing,
+                                    kernelConfig: own.guest))
         }
         return guests
     }

@@ -13,13 +13,13 @@ public struct PolicySlot: Sendable {
     public let summary: String
     public let policies: [(name: String, summary: String)]
     public let defaultPolicy: String
-    let apply: @Sendable (String, inout KernelConfig) -> Void
+    let apply: @Sendable (String, inout PolicyTargets) -> Void
 
     /// `section.key`, e.g. `host.cpa-collapse`.
     public var name: String { "\(section.rawValue).\(key)" }
 
     public init(section: Section, key: String, summary: String, policies: [(name: String, summary: String)], defaultPolicy: String,
-                apply: @escaping @Sendable (String, inout KernelConfig) -> Void) {
+                apply: @escaping @Sendable (String, inout PolicyTargets) -> Void) {
         self.section = section
         self.key = key
         self.summary = summary
@@ -27,6 +27,16 @@ public struct PolicySlot: Sendable {
         self.defaultPolicy = defaultPolicy
         self.apply = apply
     }
+}
+
+/// What a policy sets: the host kernel's configuration and every guest kernel's (a guest
+/// entry's own choices are applied to its copy).
+public struct PolicyTargets: Sendable {
+    public var host: KernelConfig
+    public var guest: KernelConfig
+
+    /// A guest kernel as an SEV guest boots: PAGE_KERNEL with the C-bit, coherent caches.
+    public static let guestDefault = KernelConfig(memEncrypt: true, smeCoherent: true)
 }
 
 /// The registry of policy slots: those every machine has; architectures add theirs.
@@ -37,15 +47,27 @@ public enum Policies {
             summary: "when change_page_attr re-merges split direct-map tables",
             policies: CollapsePolicy.allCases.map { ($0.rawValue, $0.summary) },
             defaultPolicy: CollapsePolicy.rox.rawValue,
-            apply: { name, config in config.collapse = CollapsePolicy(rawValue: name)! }),
+            apply: { name, t in t.host.collapse = CollapsePolicy(rawValue: name)! }),
+    ]
+
+    /// The slots every machine with guests has: the guest kernels' own.
+    public static let guest: [PolicySlot] = [
+        PolicySlot(
+            section: .guest, key: "cpa-collapse",
+            summary: "when a guest kernel's change_page_attr re-merges its split direct-map tables (a guest entry may choose its own)",
+            policies: CollapsePolicy.allCases.map { ($0.rawValue, $0.summary) },
+            defaultPolicy: CollapsePolicy.rox.rawValue,
+            apply: { name, t in t.guest.collapse = CollapsePolicy(rawValue: name)! }),
     ]
 
     /// The slots a machine of `architecture` has.
-    public static func slots(_ architecture: ArchitectureDefinition) -> [PolicySlot] { common + architecture.policySlots }
+    public static func slots(_ architecture: ArchitectureDefinition) -> [PolicySlot] {
+        common + (architecture.guestIDs == nil ? [] : guest) + architecture.policySlots
+    }
 
     /// Every slot of every architecture, each once, for `list policies`.
     public static var all: [PolicySlot] {
-        var out = common
+        var out = common + guest
         for a in Architectures.all { for s in a.policySlots where !out.contains(where: { $0.name == s.name }) { out.append(s) } }
         return out
     }

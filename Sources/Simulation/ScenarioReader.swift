@@ -35,12 +35,14 @@ struct ScenarioReader {
             la57: try machine["la57"]?.bool() ?? false,
             memEncrypt: try machine["mem-encrypt"]?.bool() ?? true,
             smeCoherent: try machine["sme-coherent"]?.bool() ?? true)
-        let policies = try readPolicies(top, machine: machine, slots: slots, config: &config)
+        var targets = PolicyTargets(host: config, guest: PolicyTargets.guestDefault)
+        let policies = try readPolicies(top, machine: machine, slots: slots, targets: &targets)
+        config = targets.host
 
         var guests: [GuestSpec] = []
         if let list = top["guests"] {
             if let ids = arch.guestIDs {
-                guests = try GuestSpec.readAll(list, memory: memory, ids: ids, guestSlots: slots.filter { $0.section == .guest })
+                guests = try GuestSpec.readAll(list, memory: memory, ids: ids, guestSlots: slots.filter { $0.section == .guest }, targets: targets)
             } else if !(try list.sequence()).isEmpty {
                 throw list.error("guests need an architecture with guests (modelled: "
                     + Architectures.modelled.filter { $0.guestIDs != nil }.map(\.name).joined(separator: ", ")
@@ -84,7 +86,7 @@ struct ScenarioReader {
 
     /// Reads the policy slots from their sections (`host:`, `kvm:`, `guest:`, and the
     /// hardware options under `machine:`), applies `overrides`, then every slot's choice.
-    func readPolicies(_ top: Fields, machine: Fields, slots: [PolicySlot], config: inout KernelConfig) throws(ScenarioError) -> [(slot: String, policy: String)] {
+    func readPolicies(_ top: Fields, machine: Fields, slots: [PolicySlot], targets: inout PolicyTargets) throws(ScenarioError) -> [(slot: String, policy: String)] {
         var chosen: [(String, String)] = []
         for section in PolicySlot.Section.allCases {
             let inSection = slots.filter { $0.section == section }
@@ -105,7 +107,7 @@ struct ScenarioReader {
         var result: [(slot: String, policy: String)] = []
         for slot in slots {
             let policy = chosen.last { $0.0 == slot.name }?.1 ?? slot.defaultPolicy
-            slot.apply(policy, &config)
+            slot.apply(policy, &targets)
             result.append((slot.name, policy))
         }
         return result

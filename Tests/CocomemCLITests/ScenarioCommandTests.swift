@@ -125,8 +125,10 @@ import Testing
 
     @Test(arguments: [
         (["compare", "examples/cpa-churn.yaml", "--policy", "sometimes"], "--policy 'sometimes': no such policy; valid: never, rox, always, none, split-on-assign, proactive-4k, unmap-private, split-on-fault, pooled, coalesce"),
-        (["compare", "examples/cpa-churn.yaml", "--policy", "rox", "--slot", "host.nothing"], "--slot 'host.nothing': unknown slot; valid: host.cpa-collapse, host.directmap-policy"),
-        (["compare", "examples/cpa-churn.yaml", "--policy", "rox", "--slot", "host.directmap-policy"], "--policy 'rox' is not a policy of host.directmap-policy; valid: none, split-on-assign"),
+        (["compare", "examples/cpa-churn.yaml", "--policy", "rox", "--slot", "host.nothing"], "--slot 'host.nothing': not a slot of this scenario's machine; valid: host.cpa-collapse"),
+        (["compare", "examples/cpa-churn.yaml", "--policy", "rox", "--slot", "host.directmap-policy"], "--slot 'host.directmap-policy': not a slot of this scenario's machine; valid: host.cpa-collapse"),
+        (["compare", "examples/snp-kvm.yaml", "--policy", "rox", "--slot", "host.directmap-policy"], "--policy 'rox' is not a policy of host.directmap-policy; valid: none, split-on-assign"),
+        (["compare", "examples/snp-kvm.yaml", "--policy", "never"], "several slots fit (host.cpa-collapse, guest.cpa-collapse); choose one with --slot"),
         (["run", "examples/cpa-basics.yaml", "--at", "99"], "--at 99: examples/cpa-basics.yaml has 18 steps; valid: 0 to 18"),
         (["run", "examples/cpa-basics.yaml", "--color", "rainbow"], "--color 'rainbow': valid: leaf-size, ownership"),
         (["run", "examples/cpa-basics.yaml", "--json", "--meminfo"], "cannot be mixed with --json or --csv"),

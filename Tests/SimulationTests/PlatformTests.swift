@@ -238,4 +238,34 @@ import PageTables
         }
         #expect(psc?.field == "steps[1].psc.gpa")
     }
+
+    /// `guest.` slots set every guest kernel's configuration; a guest entry may choose its
+    /// own: with cpa-collapse always, vm0's direct map re-merges after the page comes back;
+    /// vm1, which chose never, keeps the split.
+    @Test func guestPolicySlotsAndPerGuestOverrides() throws {
+        let r = try run("""
+            name: t
+            machine: {arch: x86-snp, memory: 4G}
+            guest: {cpa-collapse: always}
+            guests:
+              - {name: vm0, asid: 1, memory: 8M, placement: {pa: 0x40000000}}
+              - {name: vm1, asid: 2, memory: 8M, placement: {pa: 0x80000000}, cpa-collapse: never}
+            steps:
+              - workload: {kind: guest-boot, guest: vm0}
+              - workload: {kind: guest-boot, guest: vm1}
+              - set_memory_decrypted: {guest: vm0, gpa: 0x201000}
+              - set_memory_encrypted: {guest: vm0, gpa: 0x201000}
+              - set_memory_decrypted: {guest: vm1, gpa: 0x201000}
+              - set_memory_encrypted: {guest: vm1, gpa: 0x201000}
+            """)
+        #expect(r.scenario.policies.map { "\($0.slot)=\($0.policy)" } == ["host.cpa-collapse=rox", "guest.cpa-collapse=always", "host.directmap-policy=split-on-assign"])
+        #expect(r.machine.guestKernels[0].kernel.directPagesCount == LeafCounts(size2M: 4))
+        #expect(r.machine.guestKernels[1].kernel.directPagesCount == LeafCounts(size4K: 512, size2M: 3))
+        #expect(r.machine.kernel.config.collapse == .rox)
+        // A plain x86-64 machine has no guest slots.
+        let e = #expect(throws: ScenarioError.self) {
+            try Scenario.load(yaml: "name: t\nmachine: {memory: 4G}\nguest: {cpa-collapse: never}\nsteps: []\n", file: "t.yaml")
+        }
+        #expect(e?.message == "unknown field 'cpa-collapse'; there are none here")
+    }
 }

@@ -90,7 +90,7 @@ public enum SNPArchitecture {
                 summary: "what the host does to its direct map as pages enter and leave the RMP (SEV-SNP)",
                 policies: DirectMapPolicyKind.allCases.map { ($0.rawValue, $0.summary) },
                 defaultPolicy: DirectMapPolicyKind.splitOnAssign.rawValue,
-                apply: { name, config in config.directMapPolicy = DirectMapPolicyKind(rawValue: name)! }),
+                apply: { name, t in t.host.directMapPolicy = DirectMapPolicyKind(rawValue: name)! }),
         ],
         invariants: [
             Invariant(name: "rmp", layer: "Hardware/SNP",
