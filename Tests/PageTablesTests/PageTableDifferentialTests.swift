@@ -118,3 +118,55 @@ import Testing
         if tables.found != naive.tables || real.leafCounts != naive.leafCounts { throw CancellationError() }
     }
 }
+
+/// The stage-2 primitives and toggle sets against the dense layout: the same seeded stream
+/// of faults (installLeaf where nothing maps), zaps and one-flag protects on a compact and a
+/// dense table must leave the same leaves, counts and table pages.
+@Suite struct CompactAgainstDenseTests {
+    @Test(arguments: [21, 22, 23] as [UInt64])
+    func faultsZapsAndProtectsAgree(_ seed: UInt64) throws {
+        var rng = TestRNG(seed: seed)
+        var compact = PageTable(format: .x86_64), dense = PageTable(format: .x86_64)
+        dense.compactSplits = false
+        let blocks: UInt64 = 8, units = blocks * 512  // 16 MiB of 4K units
+        let attrs: Attributes = [.present, .writable]
+        for step in 0..<PageTableDifferentialTests.operations {
+            let u = UInt64.random(in: 0..<units, using: &rng)
+            let va = VirtAddr(u << 12)
+            var what = ""
+            switch Int.random(in: 0..<100, using: &rng) {
+            case 0..<45:
+                guard compact.lookup(va).map({ !$0.descriptor.isPresentLeaf }) ?? true else { continue }
+                let huge = Int.random(in: 0..<8, using: &rng) == 0
+                let size: PageSize = huge ? .size2M : .size4K
+                let first = huge ? u & ~511 : u
+                // Mostly the block's linear frames (the formula), now and then elsewhere.
+                let frame = Int.random(in: 0..<6, using: &rng) == 0 ? UInt64.random(in: 1..<(1 << 20), using: &rng) << 9 | (first & 511) : 0x40000 + first
+                what = "install \(hex(first << 12)) \(size) frame \(hex(frame))"
+                try compact.installLeaf(virt: VirtAddr(first << 12), phys: PFN(frame).physAddr, size: size, attributes: attrs)
+                try dense.installLeaf(virt: VirtAddr(first << 12), phys: PFN(frame).physAddr, size: size, attributes: attrs)
+            case 45..<75:
+                let n = min([1, 3, 512, 700].randomElement(using: &rng)!, units - u)
+                what = "zap \(hex(u << 12)) +\(n)"
+                try compact.zap(virt: va, size: n << 12)
+                try dense.zap(virt: va, size: n << 12)
+            default:
+                let n = min([1, 2, 9].randomElement(using: &rng)!, units - u)
+                let flag: Attributes = Bool.random(using: &rng) ? .encrypted : .noExecute
+                let set = Bool.random(using: &rng)
+                what = "protect \(hex(u << 12)) +\(n) \(set ? "set" : "clear") \(flag)"
+                try compact.protect(virt: va, size: n << 12, set: set ? flag : [], clear: set ? [] : flag)
+                try dense.protect(virt: va, size: n << 12, set: set ? flag : [], clear: set ? [] : flag)
+            }
+            let a = try compact.leaves(virt: VirtAddr(0), size: units << 12), b = try dense.leaves(virt: VirtAddr(0), size: units << 12)
+            guard a == b, compact.leafCounts == dense.leafCounts, compact.tablePages == dense.tablePages else {
+                Issue.record("seed \(seed) step \(step) (\(what)): compact \(a.count) leaves \(compact.leafCounts) \(compact.tablePages) pages, dense \(b.count) \(dense.leafCounts) \(dense.tablePages)")
+                return
+            }
+            if step % 97 == 0 { try compact.checkInvariants() }
+        }
+        try compact.checkInvariants()
+        try dense.checkInvariants()
+        #expect(compact.toggles.count > 0)  // the stream did reach toggle sets
+    }
+}
