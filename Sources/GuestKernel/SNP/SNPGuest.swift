@@ -10,12 +10,14 @@ public struct PvalidateResult: Sendable {
     public let failure: (any Outcome)?
     /// FAIL_SIZEMISMATCH: a 2M PVALIDATE over an RMP entry that is 4K.
     public let sizeMismatch: Bool
-    public var succeeded: Bool { failure == nil }
+    /// Stored, so the common case never looks into the existential.
+    public let succeeded: Bool
     public var outcome: any Outcome { failure ?? OK() }
 
     public init(failure: (any Outcome)?, sizeMismatch: Bool = false) {
         self.failure = failure
         self.sizeMismatch = sizeMismatch
+        self.succeeded = failure == nil
     }
 
     public static let success = PvalidateResult(failure: nil)
@@ -89,17 +91,18 @@ extension GuestKernel {
     public mutating func snpSetMemory(_ gfns: Range<UInt64>, encrypt: Bool, pvalidate: SNPPvalidate, vmgexit: SNPVMGEXIT) -> any Outcome {
         for run in runs(gfns, encrypted: !encrypt) {
             var failure: (any Outcome)?
+            var failed = false  // checked instead of the existential on the common path
             let hook: Kernel.EncStatusHook = { which, _, _, enc in
                 switch (which, enc) {
                 case (.prepare, false):
-                    failure = Self.snpPvalidate(run, validate: false, pvalidate: pvalidate)
-                        ?? Self.snpPageStateChange(run, toPrivate: false, vmgexit: vmgexit)
+                    if let f = Self.snpPvalidate(run, validate: false, pvalidate: pvalidate) { failure = f; failed = true }
+                    else if let e = Self.snpPageStateChange(run, toPrivate: false, vmgexit: vmgexit) { failure = e; failed = true }
                 case (.finish, true):
-                    failure = Self.snpPageStateChange(run, toPrivate: true, vmgexit: vmgexit)
-                        ?? Self.snpPvalidate(run, validate: true, pvalidate: pvalidate)
+                    if let e = Self.snpPageStateChange(run, toPrivate: true, vmgexit: vmgexit) { failure = e; failed = true }
+                    else if let f = Self.snpPvalidate(run, validate: true, pvalidate: pvalidate) { failure = f; failed = true }
                 default: break
                 }
-                return failure == nil ? nil : .EIO
+                return failed ? .EIO : nil
             }
             let status: KernelStatus
             let address = va(gfn: run.lowerBound)
@@ -109,7 +112,7 @@ extension GuestKernel {
             } catch {
                 return KernelStatus.error(.EINVAL)  // the range is inside the guest's memory by construction
             }
-            if let failure { return failure }
+            if failed, let failure { return failure }
             if status != .ok { return status }
         }
         return OK()

@@ -117,10 +117,12 @@ public struct KVM<Backend: KVMBackend>: Sendable {
         /// Faults the backend resolved on the way (RMP #NPF → PSMASH on SEV-SNP).
         public var retries = 0
 
+        /// The outcome was a plain success (stored when the operation ends, so callers in
+        /// other modules need not look into the generic outcome).
+        public internal(set) var succeeded = false
+
         public var description: String { stopped?.description ?? outcome?.description ?? "NPF loop" }
         public var kind: OutcomeKind { stopped?.kind ?? outcome?.kind ?? .fault }
-        /// The outcome was a plain success.
-        public var succeeded: Bool { stopped == nil && outcome?.kind == .success }
     }
 
     /// A guest memory access or instruction through KVM: a private/shared mismatch with the
@@ -157,7 +159,9 @@ public struct KVM<Backend: KVMBackend>: Sendable {
             let outcome = op(&hw, level)
             r.outcome = outcome
             switch backend.handleFault(&vm, gfn: gfn, private: isPrivate, outcome: outcome, hw: &hw) {
-            case .done: return r
+            case .done:
+                r.succeeded = outcome.kind == .success
+                return r
             case .loop: r.outcome = nil; return r
             case .retry(let zap):
                 zapStage2(&vm, gfns: zap)
