@@ -89,32 +89,43 @@ extension GuestKernel {
     /// rescind, then PSC to shared; amd_enc_status_change_finish → snp_set_memory_private:
     /// PSC to private, then validate).
     public mutating func snpSetMemory(_ gfns: Range<UInt64>, encrypt: Bool, pvalidate: SNPPvalidate, vmgexit: SNPVMGEXIT) -> any Outcome {
+        // One page (the common case) needs no list of runs.
+        if gfns.count == 1 {
+            guard isEncrypted(gfn: gfns.lowerBound) != encrypt else { return OK() }
+            return snpConvert(gfns, encrypt: encrypt, pvalidate: pvalidate, vmgexit: vmgexit) ?? OK()
+        }
         for run in runs(gfns, encrypted: !encrypt) {
-            var failure: (any Outcome)?
-            var failed = false  // checked instead of the existential on the common path
-            let hook: Kernel.EncStatusHook = { which, _, _, enc in
-                switch (which, enc) {
-                case (.prepare, false):
-                    if let f = Self.snpPvalidate(run, validate: false, pvalidate: pvalidate) { failure = f; failed = true }
-                    else if let e = Self.snpPageStateChange(run, toPrivate: false, vmgexit: vmgexit) { failure = e; failed = true }
-                case (.finish, true):
-                    if let e = Self.snpPageStateChange(run, toPrivate: true, vmgexit: vmgexit) { failure = e; failed = true }
-                    else if let f = Self.snpPvalidate(run, validate: true, pvalidate: pvalidate) { failure = f; failed = true }
-                default: break
-                }
-                return failed ? .EIO : nil
-            }
-            let status: KernelStatus
-            let address = va(gfn: run.lowerBound)
-            do {
-                status = encrypt ? try kernel.setMemoryEncrypted(address, numpages: run.count, hook: hook)
-                    : try kernel.setMemoryDecrypted(address, numpages: run.count, hook: hook)
-            } catch {
-                return KernelStatus.error(.EINVAL)  // the range is inside the guest's memory by construction
-            }
-            if failed, let failure { return failure }
-            if status != .ok { return status }
+            if let failure = snpConvert(run, encrypt: encrypt, pvalidate: pvalidate, vmgexit: vmgexit) { return failure }
         }
         return OK()
+    }
+
+    /// change_page_attr over one run not yet in the target state, with the SNP hooks; the
+    /// failure, if any.
+    mutating func snpConvert(_ run: Range<UInt64>, encrypt: Bool, pvalidate: SNPPvalidate, vmgexit: SNPVMGEXIT) -> (any Outcome)? {
+        var failure: (any Outcome)?
+        var failed = false  // checked instead of the existential on the common path
+        let hook: Kernel.EncStatusHook = { which, _, _, enc in
+            switch (which, enc) {
+            case (.prepare, false):
+                if let f = Self.snpPvalidate(run, validate: false, pvalidate: pvalidate) { failure = f; failed = true }
+                else if let e = Self.snpPageStateChange(run, toPrivate: false, vmgexit: vmgexit) { failure = e; failed = true }
+            case (.finish, true):
+                if let e = Self.snpPageStateChange(run, toPrivate: true, vmgexit: vmgexit) { failure = e; failed = true }
+                else if let f = Self.snpPvalidate(run, validate: true, pvalidate: pvalidate) { failure = f; failed = true }
+            default: break
+            }
+            return failed ? .EIO : nil
+        }
+        let status: KernelStatus
+        let address = va(gfn: run.lowerBound)
+        do {
+            status = encrypt ? try kernel.setMemoryEncrypted(address, numpages: run.count, hook: hook)
+                : try kernel.setMemoryDecrypted(address, numpages: run.count, hook: hook)
+        } catch {
+            return KernelStatus.error(.EINVAL)  // the range is inside the guest's memory by construction
+        }
+        if failed, let failure { return failure }
+        return status == .ok ? nil : status
     }
 }
