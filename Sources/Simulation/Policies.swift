@@ -42,23 +42,23 @@ public struct PolicyTargets: Sendable {
 /// The registry of policy slots: those every machine has; architectures add theirs.
 public enum Policies {
     public static let common: [PolicySlot] = [
-        PolicySlot(
-            section: .host, key: "cpa-collapse",
-            summary: "when change_page_attr re-merges split direct-map tables",
-            policies: CollapsePolicy.allCases.map { ($0.rawValue, $0.summary) },
-            defaultPolicy: CollapsePolicy.rox.rawValue,
-            apply: { name, t in t.host.collapse = CollapsePolicy(rawValue: name)! }),
+        collapse(.host, "when change_page_attr re-merges split direct-map tables") { $0.host.collapse = $1 },
     ]
 
     /// The slots every machine with guests has: the guest kernels' own.
     public static let guest: [PolicySlot] = [
-        PolicySlot(
-            section: .guest, key: "cpa-collapse",
-            summary: "when a guest kernel's change_page_attr re-merges its split direct-map tables (a guest entry may choose its own)",
-            policies: CollapsePolicy.allCases.map { ($0.rawValue, $0.summary) },
-            defaultPolicy: CollapsePolicy.rox.rawValue,
-            apply: { name, t in t.guest.collapse = CollapsePolicy(rawValue: name)! }),
+        collapse(.guest, "when a guest kernel's change_page_attr re-merges its split direct-map tables (a guest entry may choose its own)") {
+            $0.guest.collapse = $1
+        },
     ]
+
+    /// A `cpa-collapse` slot of `section`, setting the collapse policy where `set` puts it.
+    static func collapse(_ section: PolicySlot.Section, _ summary: String,
+                         _ set: @escaping @Sendable (inout PolicyTargets, CollapsePolicy) -> Void) -> PolicySlot {
+        PolicySlot(section: section, key: "cpa-collapse", summary: summary,
+                   policies: CollapsePolicy.allCases.map { ($0.rawValue, $0.summary) }, defaultPolicy: CollapsePolicy.rox.rawValue,
+                   apply: { name, t in set(&t, CollapsePolicy(rawValue: name)!) })
+    }
 
     /// The slots a machine of `architecture` has.
     public static func slots(_ architecture: ArchitectureDefinition) -> [PolicySlot] {
