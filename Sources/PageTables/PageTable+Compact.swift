@@ -71,7 +71,7 @@ public struct CompactTable: Sendable {
     @inlinable func entry(_ index: Int, toggles: UnsafePointer<ToggleSet>?) -> UInt64 {
         if count > 0, let v = explicit(index) { return v }
         let f = formula(index)
-        if let g = toggle, let toggles, toggles[g].isSet(index) { return toggles[g].alternate(f) }
+        if let g = toggle, let toggles, ToggleSet.isSet(toggles + g, index) { return toggles[g].alternate(f) }
         return f
     }
 
@@ -134,12 +134,18 @@ public struct CompactTable: Sendable {
 public struct ToggleSet: Sendable {
     /// The mask that stands for "the entry is empty" rather than a flip of bits.
     public static let emptied = UInt64.max
+    /// The bits, first, so a bit can be read in place through a pointer (`isSet(_:_:)`).
     @usableFromInline var bits: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
     @usableFromInline var mask: UInt64
     /// Bits set.
     @usableFromInline var population = 0
 
     @inlinable init(mask: UInt64) { self.mask = mask }
+
+    /// Bit `index` of the set at `p`, read in place (the bits are the first 64 bytes).
+    @inlinable static func isSet(_ p: UnsafePointer<ToggleSet>, _ index: Int) -> Bool {
+        UnsafeRawPointer(p).load(fromByteOffset: (index >> 6) &* 8, as: UInt64.self) >> UInt64(index & 63) & 1 != 0
+    }
 
     @inlinable func isSet(_ index: Int) -> Bool {
         withUnsafeBytes(of: bits) { $0.load(fromByteOffset: (index >> 6) &* 8, as: UInt64.self) } >> UInt64(index & 63) & 1 != 0

@@ -257,3 +257,15 @@ import Testing
         try t.checkInvariants()
     }
 }
+
+@Suite struct ToggleSetLayoutTests {
+    /// `ToggleSet.isSet(_:_:)` reads the bits in place: they must be the first 64 bytes.
+    @Test func theBitsComeFirst() {
+        #expect(MemoryLayout<ToggleSet>.offset(of: \ToggleSet.bits) == 0)
+        var set = ToggleSet(mask: ToggleSet.emptied)
+        for i in [0, 63, 64, 300, 511] { set.set(i, true) }
+        withUnsafePointer(to: set) { p in
+            #expect((0..<512).filter { ToggleSet.isSet(p, $0) } == [0, 63, 64, 300, 511])
+        }
+    }
+}
