@@ -268,4 +268,22 @@ import PageTables
         }
         #expect(e?.message == "unknown field 'cpa-collapse'; there are none here")
     }
+
+    /// A shared gfn maps from the VMM's memory: only the attributes limit its stage-2 leaf
+    /// (host_pfn_mapping_level), not guest_memfd's folio or the RMP.
+    @Test func sharedGfnsMapAtTheAttributesLevel() throws {
+        let r = try run(Self.snp + """
+            steps:
+              - workload: {kind: guest-boot, guest: vm0}
+              - psc: {guest: vm0, gpa: 0x200000, size: 2M, to: shared}
+              - guest-access: {guest: vm0, gpa: 0x201000, private: false, write: true}
+                expect: ok
+              - psc: {guest: vm0, gpa: 0x400000, size: 4K, to: shared}
+              - guest-access: {guest: vm0, gpa: 0x400000, private: false}
+                expect: ok
+            """)
+        let vm = try #require((r.machine.platform as? SNPPlatform)?.kvm.vms[0])
+        #expect(vm.stage2Leaf(0x201)?.size == .size2M)  // the whole 2M is shared
+        #expect(vm.stage2Leaf(0x400)?.size == .size4K)  // mixed attributes: 4K
+    }
 }

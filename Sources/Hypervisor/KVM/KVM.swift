@@ -55,9 +55,9 @@ public struct KVM<Backend: KVMBackend>: Sendable {
     public mutating func recreate(_ i: Int) { vms[i] = VM(config: vms[i].config, arch: backend.makeArchState(vms[i].config)) }
 
     /// Installs the stage-2 leaf for `gfn` if none maps it, at the smallest of the folio, what
-    /// the backend allows and what the attributes allow (no mixed hugepage); returns the size
-    /// of the leaf that maps it. arch/x86/kvm/mmu/mmu.c kvm_mmu_max_mapping_level,
-    /// kvm_tdp_mmu_map.
+    /// the backend allows (private gfns) and what the attributes allow (no mixed hugepage);
+    /// returns the size of the leaf that maps it. arch/x86/kvm/mmu/mmu.c
+    /// kvm_mmu_max_mapping_level, kvm_tdp_mmu_map.
     mutating func mapStage2(_ i: Int, gfn: UInt64, hw: Backend.Hardware) -> PageSize {
         Self.mapStage2(&vms[i], backend: backend, gfn: gfn, hw: hw)
     }
@@ -65,7 +65,12 @@ public struct KVM<Backend: KVMBackend>: Sendable {
     /// `mapStage2` on a VM reached in place (`inout`, so neither it nor its tables are copied).
     static func mapStage2(_ vm: inout VM<Backend.ArchState>, backend: Backend, gfn: UInt64, hw: Backend.Hardware) -> PageSize {
         if let leaf = vm.stage2.lookup(VirtAddr(gfn << pageShift)), leaf.descriptor.isPresentLeaf { return leaf.size }
-        var level = min(vm.config.backing.folio, backend.maxMappingLevel(&vm, gfn: gfn, hw: hw), vm.attributes.hugepageUniform(gfn) ? .size2M : .size4K)
+        // Private: guest_memfd's folio and the backend's limit (kvm_max_private_mapping_level);
+        // shared: the VMM's own mapping, modelled as transparent huge pages, so only the
+        // attributes limit it (host_pfn_mapping_level). Mixed attributes: 4K.
+        let uniform: PageSize = vm.attributes.hugepageUniform(gfn) ? .size2M : .size4K
+        var level = vm.attributes.isPrivate(gfn)
+            ? min(vm.config.backing.folio, backend.maxMappingLevel(&vm, gfn: gfn, hw: hw), uniform) : uniform
         // A huge leaf needs the gfn and the pfn aligned alike (the memslot's base and
         // guest_memfd's offset; kvm_mmu_max_mapping_level, kvm_gmem_get_pfn's max_order).
         if ((vm.config.spa(gfn) >> pageShift) ^ gfn) & (level.pages - 1) != 0 { level = .size4K }
