@@ -24,7 +24,7 @@ struct List: ParsableCommand {
         case .steps:
             for s in Steps.all {
                 let owner = Architectures.all.first { a in a.steps.contains { $0.name == s.name } }
-                rows.append((s.name, s.summary + (owner.map { " [\($0.name)]" } ?? "") + (s.aliases.isEmpty ? "" : " (also: \(s.aliases.joined(separator: ", ")))")))
+                rows.append((s.name, s.summary + (owner.map { " [\($0.name)]" } ?? "") + (s.aliases.isEmpty ? "" : " (also: \(s.aliases.map(\.name).joined(separator: ", ")))")))
                 rows += s.arguments.map { ("  " + $0.name, $0.helpLine) }
             }
             rows.append(("workload", "run a named generator: " + Workloads.all.map(\.name).joined(separator: ", ")))

@@ -80,6 +80,8 @@ public enum HostFaultEnd: String, CaseIterable, Hashable, Sendable, CustomString
 
     public var description: String { rawValue }
     public var crashes: Bool { self == .oops || self == .doubleFault || self == .tripleFault }
+    /// Its position in `allCases`, where HostFaultStats counts it.
+    var index: Int { Self.allCases.firstIndex(of: self)! }
     /// The name in metric names (`rmp_fault_double_fault`).
     public var metricSuffix: String { String(rawValue.map { $0 == " " ? "_" : $0 }) }
 
@@ -116,7 +118,7 @@ public struct HostFaultStats: Hashable, Sendable {
 
     public init() {}
 
-    public func ownershipFaults(_ end: HostFaultEnd) -> Int { ownershipFaults[HostFaultEnd.allCases.firstIndex(of: end)!] }
+    public func ownershipFaults(_ end: HostFaultEnd) -> Int { ownershipFaults[end.index] }
 
     /// The host-fault metrics every machine has.
     public static let metrics: [Metric<HostFaultStats>] = [
@@ -200,7 +202,7 @@ extension Kernel {
     mutating func account(_ outcome: HostAccessOutcome) -> HostAccessOutcome {
         switch outcome {
         case .fault(let cause, let end):
-            if case .ownership = cause { faults.ownershipFaults[HostFaultEnd.allCases.firstIndex(of: end)!] += 1 } else { faults.notPresentFaults += 1 }
+            if case .ownership = cause { faults.ownershipFaults[end.index] += 1 } else { faults.notPresentFaults += 1 }
             if end.crashes { faults.hostCrashes += 1 }
         case .ciphertext: faults.ciphertextReads += 1
         default: break

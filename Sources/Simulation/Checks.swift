@@ -85,9 +85,10 @@ public enum Checks {
             }
         case "metric":
             let metricNames = Machine.metricInfo(architecture).map(\.name)
-            for (key, _) in try args.mapping().entries where !metricNames.contains(key) {
+            let given = try args.mapping()
+            for (key, _) in given.entries where !metricNames.contains(key) {
                 let elsewhere = Architectures.all.filter { $0.metrics.contains { $0.name == key } }.map(\.name)
-                throw try args.mapping().keyError(key, "unknown metric '\(key)'" + (elsewhere.isEmpty
+                throw given.keyError(key, "unknown metric '\(key)'" + (elsewhere.isEmpty
                     ? Suggest.hint(key, in: metricNames, listedBy: "'cocomem list metrics'")
                     : "; it is reported on \(elsewhere.joined(separator: ", ")), and this machine is \(architecture.name)"))
             }

@@ -125,11 +125,7 @@ struct ScenarioReader {
             return try Workloads.prepare(args, index: index, line: line, expect: expect, context: context)
         }
         let def = try Steps.find(name, architecture: context.architecture, at: fields)
-        // The old guest_* names always meant the guest's kernel.
-        if name != def.name, name.hasPrefix("guest_"), args.isMapping, (try args.mapping())["guest"] == nil {
-            throw args.error("\(name) needs 'guest' (it is \(def.name) in a guest's kernel)")
-        }
-        let (arguments, action) = try def.prepared(args, context)
+        let (arguments, action) = try def.prepared(args, context, calledAs: name)
         return PreparedStep(index: index, line: line, name: name, arguments: arguments, expect: expect, action: action)
     }
 }

@@ -7,14 +7,14 @@ import PageTables
 public struct StepDefinition: Sendable {
     public let name: String
     /// Older names that still work.
-    public let aliases: [String]
+    public let aliases: [StepAlias]
     public let summary: String
     public let arguments: [Parameter]
     /// Fields accepted besides the schema's (the `pa` alternative to `addr`).
     let extraKeys: [String]
     let prepare: @Sendable (inout StepArguments, StepContext) throws(ScenarioError) -> StepAction
 
-    public init(_ name: String, aliases: [String] = [], _ summary: String, _ arguments: [Parameter], extraKeys: [String] = [],
+    public init(_ name: String, aliases: [StepAlias] = [], _ summary: String, _ arguments: [Parameter], extraKeys: [String] = [],
                 prepare: @escaping @Sendable (inout StepArguments, StepContext) throws(ScenarioError) -> StepAction) {
         self.name = name
         self.aliases = aliases
@@ -24,12 +24,28 @@ public struct StepDefinition: Sendable {
         self.prepare = prepare
     }
 
-    /// Reads a step's arguments and makes it ready to run: (arguments to echo, action).
-    func prepared(_ field: Field, _ context: StepContext) throws(ScenarioError) -> ([(String, String)], StepAction) {
+    /// Whether `name` calls this step, by its name or an alias.
+    func isCalled(_ name: String) -> Bool { self.name == name || aliases.contains { $0.name == name } }
+
+    /// Reads a step's arguments, called as `name`, and makes it ready to run: (arguments to
+    /// echo, action).
+    func prepared(_ field: Field, _ context: StepContext, calledAs name: String) throws(ScenarioError) -> ([(String, String)], StepAction) {
         var args = try StepArguments(field, schema: arguments, context: context, extraKeys: extraKeys)
+        if let alias = aliases.first(where: { $0.name == name }) {
+            for key in alias.requires where !args.has(key) {
+                throw args.fields.owner.error("\(name) needs '\(key)' (it is \(alias.meaning))")
+            }
+        }
         let action = try prepare(&args, context)
         return (args.echoed, action)
     }
+}
+
+/// An older name of a step, with the fields it cannot do without and what it means.
+public struct StepAlias: Sendable {
+    public let name: String
+    public let requires: [String]
+    public let meaning: String
 }
 
 /// What a step does when it runs: the machine changes and the step answers.
@@ -60,8 +76,8 @@ public enum Steps {
     /// The step called `name` (or an alias) on `architecture`, or an error that says which
     /// architecture has it or which names are close.
     static func find(_ name: String, architecture: ArchitectureDefinition, at fields: Fields) throws(ScenarioError) -> StepDefinition {
-        if let def = available(architecture).first(where: { $0.name == name || $0.aliases.contains(name) }) { return def }
-        let owners = Architectures.all.filter { a in a.steps.contains { $0.name == name || $0.aliases.contains(name) } }
+        if let def = available(architecture).first(where: { $0.isCalled(name) }) { return def }
+        let owners = Architectures.all.filter { a in a.steps.contains { $0.isCalled(name) } }
         if !owners.isEmpty {
             throw fields.keyError(name, "step '\(name)' needs " + owners.map { "'arch: \($0.name)'" }.joined(separator: " or ")
                 + "; this machine is \(architecture.name)")
@@ -128,7 +144,10 @@ public enum Steps {
         if !single { args.append(Parameter("numpages", .count(1...(1 << 40)), default: "1", "pages to change")) }
         args += [Parameter("guest", .guest, "run it in this guest's own kernel instead of the host's"),
                  Parameter("gpa", .address(), "with guest: the guest physical address, reached through the guest's direct map")]
-        return StepDefinition(name, aliases: name.hasPrefix("set_memory_") && name.hasSuffix("crypted") ? ["guest_" + name] : [],
+        // The old guest_set_memory_{en,de}crypted steps always meant a guest's kernel.
+        let aliases = name.hasPrefix("set_memory_") && name.hasSuffix("crypted")
+            ? [StepAlias(name: "guest_" + name, requires: ["guest"], meaning: "\(name) in a guest's kernel")] : []
+        return StepDefinition(name, aliases: aliases,
                               summary + " (with guest: in that guest's kernel)", args, extraKeys: ["pa"]) { a, ctx throws(ScenarioError) in
             let numpages = Int(a[number: "numpages"] ?? 1)
             if let (i, g) = a.guest {
@@ -180,8 +199,7 @@ public enum Steps {
             }
         }
         return { m throws(HostKernelError) in
-            let k = m.guestKernels[i].kernel
-            let op = KernelOperation(name: name, address: k.va(PhysAddr(gpa)).rawValue, numpages: numpages)
+            let op = KernelOperation(name: name, address: m.guestKernels[i].va(gfn: gpa >> pageShift), numpages: numpages)
             let r = try m.guestKernels[i].apply(op)
             m.count(r)
             return r

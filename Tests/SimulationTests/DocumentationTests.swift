@@ -15,7 +15,7 @@ import Testing
         names += Invariants.all.map(\.name) + Architectures.all.map(\.name)
         for slot in Policies.all { names += [slot.name, slot.key] + slot.policies.map(\.name) }
         names += Architectures.all.flatMap { Machine.metricInfo($0).map(\.name) } + ScenarioReader.machineKeys + ScenarioReader.topKeys
-        for s in Steps.all { names += s.aliases }
+        for s in Steps.all { names += s.aliases.map(\.name) }
         let missing = names.filter { !doc.contains("`\($0)`") }
         #expect(missing.isEmpty, "docs/SCENARIOS.md does not mention: \(missing.joined(separator: ", "))")
     }

@@ -42,7 +42,7 @@ import PageTables
     /// so is every workload name.
     @Test func noTwoStepsShareAName() {
         for a in Architectures.all {
-            let names = Steps.available(a).flatMap { [$0.name] + $0.aliases } + ["workload"]
+            let names = Steps.available(a).flatMap { [$0.name] + $0.aliases.map(\.name) } + ["workload"]
             #expect(Set(names).count == names.count, "\(a.name): \(names.filter { n in names.filter { $0 == n }.count > 1 })")
             let workloads = Workloads.available(a).map(\.name)
             #expect(Set(workloads).count == workloads.count)

@@ -64,7 +64,7 @@ public struct KVM<Backend: KVMBackend>: Sendable {
 
     /// `mapStage2` on a VM reached in place (`inout`, so neither it nor its tables are copied).
     static func mapStage2(_ vm: inout VM<Backend.ArchState>, backend: Backend, gfn: UInt64, hw: Backend.Hardware) -> PageSize {
-        if let leaf = vm.stage2.lookup(VirtAddr(gfn << pageShift)), leaf.descriptor.isPresentLeaf { return leaf.size }
+        if let leaf = vm.stage2Leaf(gfn) { return leaf.size }
         // Private: guest_memfd's folio and the backend's limit (kvm_max_private_mapping_level);
         // shared: the VMM's own mapping, modelled as transparent huge pages, so only the
         // attributes limit it (host_pfn_mapping_level). Mixed attributes: 4K.

@@ -92,7 +92,6 @@ public struct VM<ArchState: Sendable>: Sendable {
     }
 
     public func isPrivate(_ gfn: UInt64) -> Bool { attributes.isPrivate(gfn) }
-    public func hugepageUniform(_ gfn: UInt64) -> Bool { attributes.hugepageUniform(gfn) }
 
     /// The stage-2 leaf that maps `gfn`, if any.
     public func stage2Leaf(_ gfn: UInt64) -> Leaf? {

@@ -26,7 +26,4 @@ extension KVM where Backend == SNPBackend {
 
     /// VM teardown (KVM.destroy) with the SNP backend.
     public mutating func teardown(_ i: Int, kernel: inout Kernel, rmp: inout RMP) -> KernelStatus { destroy(i, kernel: &kernel, hw: &rmp) }
-
-    /// Whether guest `i`'s `gfn` is private in KVM's attributes.
-    public func isPrivate(_ i: Int, gfn: UInt64) -> Bool { vms[i].attributes.isPrivate(gfn) }
 }
