@@ -221,10 +221,8 @@ extension PageTable {
                 var set = ToggleSet(mask: mask)
                 for k in 0..<Int(compacts[t].count) { set.set(compacts[t].index(k), true) }
                 set.set(index, true)
-                let g: Int
-                if let free = freeToggles.popLast() { g = free; toggles[g] = set } else { g = toggles.count; toggles.append(set) }
                 compacts[t].count = 0
-                compacts[t].dense = Int32(-2 - g)
+                compacts[t].dense = Int32(-2 - storeToggle(set))
                 return
             }
         }
@@ -269,15 +267,25 @@ extension PageTable {
         withUnsafeMutableBytes(of: &set.bits) { $0.initializeMemory(as: UInt8.self, repeating: 0xff) }
         set.population = entriesPerTable
         set.set(index, false)
-        let g: Int
-        if let free = freeToggles.popLast() { g = free; toggles[g] = set } else { g = toggles.count; toggles.append(set) }
         var c = CompactTable(first: first, stepShift: stepShift)
-        c.dense = Int32(-2 - g)
-        let t: Int
-        if let free = freeCompacts.popLast() { t = free; compacts[t] = c } else { t = compacts.count; compacts.append(c) }
+        c.dense = Int32(-2 - storeToggle(set))
         tablePages += 1
         leafCounts[PageSize(level: Int(stepShift) / 9 + 1)!] += 1
-        return Self.compactTableFlag | t
+        return Self.compactTableFlag | storeCompact(c)
+    }
+
+    /// Keeps `set` in a free slot of `toggles` (or a new one); its index.
+    @usableFromInline mutating func storeToggle(_ set: ToggleSet) -> Int {
+        if let g = freeToggles.popLast() { toggles[g] = set; return g }
+        toggles.append(set)
+        return toggles.count - 1
+    }
+
+    /// Keeps `c` in a free slot of `compacts` (or a new one); its index.
+    @usableFromInline mutating func storeCompact(_ c: CompactTable) -> Int {
+        if let t = freeCompacts.popLast() { compacts[t] = c; return t }
+        compacts.append(c)
+        return compacts.count - 1
     }
 
     /// After a walk that made compact tables dense: points their parent entries in

@@ -145,8 +145,7 @@ public struct PageTable: Sendable {
             if failAllocations { throw .outOfMemory }
             tablePages += 1
             let c = CompactTable(first: old.rawValue, stepShift: UInt8(PageSize(level: level - 1)!.pages.trailingZeroBitCount))
-            let t: Int
-            if let free = freeCompacts.popLast() { t = free; compacts[t] = c } else { t = compacts.count; compacts.append(c) }
+            let t = storeCompact(c)
             leafCounts[PageSize(level: level - 1)!] += entriesPerTable
             store(.table(Self.compactTableFlag | t), slot: slot, level: level)
             return

@@ -57,6 +57,7 @@ public struct StepArguments: Sendable {
     let schema: [Parameter]
     var numbers: [String: UInt64] = [:]
     var texts: [String: String] = [:]
+    /// Echoes set by the step itself (`show`), in place of the value's usual form.
     var shown: [String: String] = [:]
     /// The guest a `guest` argument named: its index and spec.
     public private(set) var guest: (index: Int, spec: GuestSpec)?
@@ -70,56 +71,37 @@ public struct StepArguments: Sendable {
         for a in schema {
             guard let f = fields[a.name] else {
                 if a.required { throw fields.owner.error("'\(a.name)' is required: \(a.help)") }
-                if let d = a.defaultValue { try setDefault(a, d) }
+                if let d = a.defaultValue { setDefault(a, d) }
                 continue
             }
             try read(a, f, context: context)
         }
     }
 
-    mutating func setDefault(_ a: Parameter, _ d: String) throws(ScenarioError) {
+    mutating func setDefault(_ a: Parameter, _ d: String) {
         switch a.kind {
-        case .address, .physical:
-            numbers[a.name] = ByteSize.parse(d) ?? 0
-            shown[a.name] = hex(numbers[a.name]!)
-        case .count:
-            numbers[a.name] = ByteSize.parse(d) ?? 0
-            shown[a.name] = "\(numbers[a.name]!)"
-        case .bool, .choice, .guest, .guestOrAll:
-            texts[a.name] = d
-            shown[a.name] = d
+        case .address, .physical, .count: numbers[a.name] = ByteSize.parse(d) ?? 0
+        case .bool, .choice, .guest, .guestOrAll: texts[a.name] = d
         }
     }
 
     mutating func read(_ a: Parameter, _ f: Field, context: StepContext) throws(ScenarioError) {
         switch a.kind {
-        case .address(let range):
-            let v = try Self.number(f, range, a.name)
-            numbers[a.name] = v
-            shown[a.name] = hex(v)
-        case .count(let range):
-            let v = try Self.number(f, range, a.name)
-            numbers[a.name] = v
-            shown[a.name] = "\(v)"
+        case .address(let range), .count(let range):
+            numbers[a.name] = try Self.number(f, range, a.name)
         case .physical:
             let v = try f.number()
             let end = context.kernel.memory.endOfRAM
             guard v < end else { throw f.error("\(hex(v)) is past the end of RAM (\(hex(end)))") }
             numbers[a.name] = v
-            shown[a.name] = hex(v)
         case .bool:
-            let v = try f.bool()
-            texts[a.name] = "\(v)"
-            shown[a.name] = "\(v)"
+            texts[a.name] = "\(try f.bool())"
         case .choice(let choices):
-            let v = try f.choice(choices, what: a.name)
-            texts[a.name] = v
-            shown[a.name] = v
+            texts[a.name] = try f.choice(choices, what: a.name)
         case .guest, .guestOrAll:
             let name = try f.text()
             if case .guestOrAll = a.kind, name == "all", !context.guests.isEmpty {
                 texts[a.name] = name
-                shown[a.name] = name
                 return
             }
             guard let i = context.guests.firstIndex(where: { $0.name == name }) else {
@@ -128,7 +110,17 @@ public struct StepArguments: Sendable {
             }
             guest = (i, context.guests[i])
             texts[a.name] = name
-            shown[a.name] = name
+        }
+    }
+
+    /// How argument `a` is echoed: as the step set it, else addresses in hex, counts in
+    /// decimal, the rest as written; nil when it is absent.
+    func echo(_ a: Parameter) -> String? {
+        if let s = shown[a.name] { return s }
+        switch a.kind {
+        case .address, .physical: return numbers[a.name].map { hex($0) }
+        case .count: return numbers[a.name].map { "\($0)" }
+        case .bool, .choice, .guest, .guestOrAll: return texts[a.name]
         }
     }
 
@@ -149,7 +141,7 @@ public struct StepArguments: Sendable {
     public mutating func show(_ name: String, _ text: String) { shown[name] = text }
 
     /// The arguments to echo, in schema order, the absent optional ones left out.
-    public var echoed: [(String, String)] { schema.compactMap { a in shown[a.name].map { (a.name, $0) } } }
+    public var echoed: [(String, String)] { schema.compactMap { a in echo(a).map { (a.name, $0) } } }
 }
 
 extension Field {
