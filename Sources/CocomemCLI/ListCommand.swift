@@ -41,7 +41,7 @@ struct List: ParsableCommand {
         case .metrics:
             let groups: [(String, [MetricInfo])] = [("every machine (host kernel)", Kernel.metrics.map(\.info))]
                 + Architectures.modelled.filter { !$0.metrics.isEmpty }.map { ($0.name, $0.metrics) }
-                + [("every run", Machine.metricInfo(Architectures.x86_64).suffix(2).map { $0 })]
+                + [("every run", Machine.runMetrics)]
             for (group, metrics) in groups {
                 rows.append(("[\(group)]", ""))
                 rows += metrics.map { ("  " + $0.name, "\($0.summary) (\($0.unit))") }

@@ -41,7 +41,6 @@ public struct GuestKernel: Sendable {
     /// The maximal runs inside `gfns` whose direct-map encryption is `encrypted`: the guest
     /// converts only pages that are not in the target state already.
     public func runs(_ gfns: Range<UInt64>, encrypted: Bool) -> [Range<UInt64>] {
-        if gfns.count == 1 { return isEncrypted(gfn: gfns.lowerBound) == encrypted ? [gfns] : [] }
         var out: [Range<UInt64>] = []
         var start: UInt64?
         for gfn in gfns {

@@ -67,7 +67,7 @@ public struct Machine: Sendable {
     }
 
     /// The metrics every machine reports after its layers': what the run did.
-    static let runMetrics: [MetricInfo] = [
+    public static let runMetrics: [MetricInfo] = [
         MetricInfo("operations", "operations", "operations run, a workload's counted one by one"),
         MetricInfo("errors", "operations", "operations that returned a kernel error (-E…)"),
     ]
