@@ -23,15 +23,12 @@ public struct SNPPlatform: Platform {
     public var ownership: any HostOwnership { rmp }
 
     public mutating func hostAccess(_ kernel: inout Kernel, pa: UInt64, write: Bool, context: HostAccessContext) -> HostAccessOutcome {
-        let outcome = kernel.hostAccess(rmp, pa: pa, write: write, context: context)
-        if case .fault(.ownership(.rmp), _) = outcome { faults.hostRMP += 1 }
-        return outcome
+        kernel.hostAccess(rmp, pa: pa, write: write, context: context)
     }
 
     /// Counts the fault an SNP outcome is, if it is one, under its kind.
     mutating func count(_ outcome: SNPOutcome) {
         switch outcome {
-        case .hostRMPFault: faults.hostRMP += 1
         case .npf: faults.npf += 1
         case .vc: faults.vc += 1
         case .iommuRMPFault: faults.iommuRMP += 1
@@ -51,7 +48,8 @@ public struct SNPPlatform: Platform {
 
     static let metricList: [Metric<SNPMetricsView>] = [
         Metric("rmp_regions", "2M regions", "2M regions whose RMP entries the model holds (any entry not default)") { UInt64($0.platform.rmp.chunksInUse) },
-        Metric("host_rmp_faults", "faults", "host #PF with the RMP bit") { UInt64($0.platform.faults.hostRMP) },
+        // Every ownership fault the host takes on this machine is the RMP's.
+        Metric("host_rmp_faults", "faults", "host #PF with the RMP bit") { UInt64($0.kernel.faults.ownershipFaults.reduce(0, +)) },
         Metric("guest_npf", "faults", "nested page faults the RMP check raised for a guest") { UInt64($0.platform.faults.npf) },
         Metric("guest_vc", "faults", "#VC(0x404): a guest touched a page it had not validated") { UInt64($0.platform.faults.vc) },
         Metric("iommu_rmp_faults", "events", "IOMMU RMP_PAGE_FAULT events (device writes to assigned pages)") { UInt64($0.platform.faults.iommuRMP) },
@@ -70,7 +68,6 @@ public struct SNPPlatform: Platform {
 
 /// Faults the SEV-SNP hardware raised during a run, by kind.
 public struct SNPFaultCounts: Hashable, Sendable {
-    public var hostRMP = 0
     public var npf = 0
     public var vc = 0
     public var iommuRMP = 0
