@@ -264,7 +264,7 @@ extension PageTable {
     /// number (with `compactTableFlag`).
     @usableFromInline mutating func newSparseCompact(first: UInt64, stepShift: UInt8, present index: Int) -> Int {
         var set = ToggleSet(mask: ToggleSet.emptied)
-        withUnsafeMutableBytes(of: &set.bits) { $0.initializeMemory(as: UInt8.self, repeating: 0xff) }
+        _ = withUnsafeMutableBytes(of: &set.bits) { $0.initializeMemory(as: UInt8.self, repeating: 0xff) }
         set.population = entriesPerTable
         set.set(index, false)
         var c = CompactTable(first: first, stepShift: stepShift)

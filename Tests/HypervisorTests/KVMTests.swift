@@ -46,7 +46,7 @@ typealias SNPKVM = KVM<SNPBackend>
         #expect(touch(&kvm, &k, &rmp, gfn: 0x203).1 == ["gmem prepare 2M"])
         #expect(rmp.largeEntry((Self.base >> 12) + 0x200).isLarge)
         // A range with one assigned page already: the next prepare is 4K.
-        _ = kvm.convert(0, gfns: 0x400..<0x401, toPrivate: true, kernel: &k, hw: &rmp)
+        kvm.convert(0, gfns: 0x400..<0x401, toPrivate: true, kernel: &k, hw: &rmp)
         #expect(touch(&kvm, &k, &rmp, gfn: 0x400).1 == ["gmem prepare 2M"])
         var (kvm4, k4, rmp4) = try setup(.gmem4K)
         #expect(kvm4.launch(0, imagePages: 0, kernel: &k4, rmp: &rmp4) == .ok)
