@@ -33,6 +33,13 @@ public struct GuestKernel: Sendable {
     /// The guest's direct-map address of a guest frame.
     public func va(gfn: UInt64) -> UInt64 { kernel.va(PhysAddr(gfn << pageShift)).rawValue }
 
+    /// The guest kernel's own translation of `gpa` through its direct map on vCPU `vcpu`:
+    /// the vCPU's TLB, else the walk (cached when present). Nil when the guest's mapping is
+    /// not present (the guest takes a #PF). Its attributes carry the C-bit the access uses.
+    public mutating func translate(gpa: UInt64, vcpu: Int) -> TLBEntry? {
+        kernel.translate(cpu: vcpu, kernel.va(PhysAddr(gpa)).rawValue)
+    }
+
     /// Whether the guest maps `gfn` encrypted (private) in its direct map.
     public func isEncrypted(gfn: UInt64) -> Bool {
         kernel.directMapLeaf(PhysAddr(gfn << pageShift))?.attributes.contains(.encrypted) ?? false
@@ -56,4 +63,12 @@ public struct GuestKernel: Sendable {
 extension GuestKernel {
     /// Runs a set_memory_* operation on the guest's own direct map, with no platform hooks.
     public mutating func apply(_ op: KernelOperation) throws(HostKernelError) -> any Outcome { try op.apply(to: &kernel) }
+}
+
+/// A guest access whose own mapping is not present: the guest kernel takes a #PF (and, in
+/// kernel context with no fixup, oopses). No exit reaches the host.
+public struct GuestPageFault: Outcome, Hashable {
+    public init() {}
+    public var kind: OutcomeKind { .fault }
+    public var description: String { "guest #PF(not-present)" }
 }

@@ -2,13 +2,20 @@ import PageTables
 
 /// A direct-mapped software TLB, as QEMU's accel/tcg/cputlb.c keeps one: 256 entries indexed
 /// by the low bits of the virtual page number, one comparison decides a hit. An entry holds
-/// the 4K page's translation and the size of the leaf it came from (the RMP check of a write
-/// through a 2M or 1G leaf looks at the whole 2M region).
+/// the 4K page's translation, the size of the leaf it came from (the RMP check of a write
+/// through a 2M or 1G leaf looks at the whole 2M region) and the leaf's attributes as the
+/// walk found them (a stale entry keeps the old permissions and encryption bit, as a real
+/// TLB does until it is invalidated).
+///
+/// One address-space context at a time: the kernel's global entries and the current
+/// process's (a context switch without ASIDs would flush the rest), so TLBI by ASID
+/// removes the non-global entries.
 public struct SoftTLB: Sendable {
     public static let entries = 256
 
     /// One entry: the virtual page number it holds (all ones when empty) and the physical page
-    /// base with the leaf's level in its low bits. Two words, so a hit reads one cache line.
+    /// base with the leaf's level in bits 0-1 and its attributes (`Attributes` bits 0-9) in
+    /// bits 2-11. Two words, so a hit reads one cache line.
     @usableFromInline struct Slot: Sendable {
         @usableFromInline var tag: UInt64
         @usableFromInline var page: UInt64
@@ -16,8 +23,14 @@ public struct SoftTLB: Sendable {
     }
 
     @usableFromInline var slots: [Slot]
+    /// False once anything was filled since the last full flush (a full flush of an empty
+    /// TLB touches nothing).
+    @usableFromInline var isEmpty = true
 
     public init() { slots = [Slot](repeating: Slot(tag: .max, page: 0), count: Self.entries) }
+
+    @usableFromInline static let attributeShift: UInt64 = 2
+    @usableFromInline static let attributeMask: UInt64 = 0x3ff
 
     /// The physical address for `va`, if the TLB holds its page.
     @inlinable public func lookup(_ va: UInt64) -> UInt64? {
@@ -27,29 +40,49 @@ public struct SoftTLB: Sendable {
         return s.tag == vpn ? (s.page & ~(pageBytes - 1)) | (va & (pageBytes - 1)) : nil
     }
 
+    /// The whole cached translation of `va`'s page, if the TLB holds it.
+    @inlinable public func entry(_ va: UInt64) -> TLBEntry? {
+        let vpn = va >> pageShift
+        let s = slots.withUnsafeBufferPointer { $0[Int(truncatingIfNeeded: vpn) & (Self.entries - 1)] }
+        return s.tag == vpn ? TLBEntry(va: vpn << pageShift, page: s.page) : nil
+    }
+
     /// The size of the leaf `va`'s cached translation came from.
-    @inlinable public func leafSize(_ va: UInt64) -> PageSize? {
+    @inlinable public func leafSize(_ va: UInt64) -> PageSize? { entry(va)?.size }
+
+    /// Caches the translation of `va`'s page: `pa` is the physical address of `va` (or of
+    /// its page), `attributes` those of the leaf.
+    @inlinable public mutating func fill(_ va: UInt64, pa: UInt64, size: PageSize, attributes: Attributes = [.present]) {
         let vpn = va >> pageShift
-        let s = slots[Int(truncatingIfNeeded: vpn) & (Self.entries - 1)]
-        return s.tag == vpn ? PageSize(rawValue: Int(s.page & 3)) : nil
+        let bits = (UInt64(attributes.rawValue) & Self.attributeMask) << Self.attributeShift
+        slots[Int(truncatingIfNeeded: vpn) & (Self.entries - 1)] = Slot(tag: vpn, page: (pa & ~(pageBytes - 1)) | bits | UInt64(size.rawValue))
+        isEmpty = false
     }
 
-    /// Caches the translation of `va`'s page.
-    @inlinable public mutating func fill(_ va: UInt64, pa: UInt64, size: PageSize) {
-        let vpn = va >> pageShift
-        slots[Int(truncatingIfNeeded: vpn) & (Self.entries - 1)] = Slot(tag: vpn, page: (pa & ~(pageBytes - 1)) | UInt64(size.rawValue))
-    }
-
-    /// flush_tlb_all.
+    /// Invalidates every entry, global ones included (flush_tlb_all; TLBI VMALLE1).
     public mutating func flushAll() {
+        guard !isEmpty else { return }
         for i in slots.indices { slots[i].tag = .max }
+        isEmpty = true
     }
 
-    /// flush_tlb_one_kernel / INVLPG of one page.
+    /// Invalidates the entry of `va`'s page, global or not (INVLPG; TLBI VAAE1).
     public mutating func flush(_ va: UInt64) {
         let vpn = va >> pageShift
         let i = Int(truncatingIfNeeded: vpn) & (Self.entries - 1)
         if slots[i].tag == vpn { slots[i].tag = .max }
+    }
+
+    /// Invalidates the entries that are not global (TLBI ASIDE1 for the current ASID).
+    public mutating func flushNonGlobal() {
+        for i in slots.indices where slots[i].tag != .max && !TLBEntry(va: 0, page: slots[i].page).attributes.contains(.global) {
+            slots[i].tag = .max
+        }
+    }
+
+    /// The valid entries, in slot order.
+    public var validEntries: [TLBEntry] {
+        slots.compactMap { $0.tag == .max ? nil : TLBEntry(va: $0.tag << pageShift, page: $0.page) }
     }
 
     /// The slots as pairs of words (tag, page | level), for the C reference benchmarks run on
@@ -57,4 +90,22 @@ public struct SoftTLB: Sendable {
     public func withStorage<R>(_ body: (UnsafePointer<UInt64>) -> R) -> R {
         slots.withUnsafeBufferPointer { $0.withMemoryRebound(to: UInt64.self) { body($0.baseAddress!) } }
     }
+}
+
+/// One cached translation: a 4K virtual page, the physical page it reaches, the size of the
+/// leaf it came from and that leaf's attributes.
+public struct TLBEntry: Hashable, Sendable, CustomStringConvertible {
+    /// The virtual page's first address.
+    public let va: UInt64
+    @usableFromInline let page: UInt64
+
+    @inlinable init(va: UInt64, page: UInt64) { self.va = va; self.page = page }
+
+    /// The physical page's first address.
+    @inlinable public var pa: UInt64 { page & ~(pageBytes - 1) }
+    @inlinable public var size: PageSize { PageSize(rawValue: Int(page & 3))! }
+    @inlinable public var attributes: Attributes {
+        Attributes(rawValue: UInt16(truncatingIfNeeded: (page >> SoftTLB.attributeShift) & SoftTLB.attributeMask))
+    }
+    public var description: String { "\(hex(va)) -> \(hex(pa)) \(size) \(attributes)" }
 }

@@ -23,11 +23,15 @@ public enum HostAccessContext: String, CaseIterable, Sendable {
 /// check refused it (`RMP` on SEV-SNP).
 public enum HostFaultCause: Hashable, Sendable, CustomStringConvertible {
     case notPresent
+    /// A write through a translation without write permission (x86 _PAGE_RW clear, arm64
+    /// AP[2] set): a protection fault.
+    case protection
     case ownership(FaultKind)
 
     public var description: String {
         switch self {
         case .notPresent: "not-present"
+        case .protection: "protection"
         case .ownership(let kind): kind.name
         }
     }
@@ -105,6 +109,8 @@ public struct HostFaultStats: Hashable, Sendable {
     /// Ownership faults taken, by how they ended (indexed as `HostFaultEnd.allCases`).
     public var ownershipFaults = [Int](repeating: 0, count: HostFaultEnd.allCases.count)
     public var notPresentFaults = 0
+    /// Writes through a read-only translation.
+    public var protectionFaults = 0
     public var splitsOnFault = 0
     /// Accesses that ended in an oops, double or triple fault.
     public var hostCrashes = 0
@@ -124,6 +130,7 @@ public struct HostFaultStats: Hashable, Sendable {
     public static let metrics: [Metric<HostFaultStats>] = [
         Metric("host_crashes", "accesses", "host accesses that ended in an oops, double or triple fault") { UInt64($0.hostCrashes) },
         Metric("not_present_faults", "faults", "host accesses that met a not-present direct-map entry") { UInt64($0.notPresentFaults) },
+        Metric("protection_faults", "faults", "host writes through a read-only translation") { UInt64($0.protectionFaults) },
         Metric("splits_on_fault", "splits", "large kernel mappings the #PF handler split to 4K after an ownership fault") { UInt64($0.splitsOnFault) },
         Metric("ciphertext_reads", "reads", "host reads of a guest-owned page that returned ciphertext") { UInt64($0.ciphertextReads) },
     ]
@@ -135,12 +142,6 @@ extension Kernel {
     public mutating func noteLeakedPages(pfn: UInt64, count: UInt64) {
         faults.leakedPages += count
         log("Leaking PFN range \(hex(pfn))-\(hex(pfn + count))")
-    }
-
-    /// flush_tlb_all, counted.
-    mutating func flushTLBAll() {
-        stats.tlbFullFlushes += 1
-        log("flush_tlb_all")
     }
 
     /// Splits the direct-map leaf over `pfn` to 4K (no _PAGE_KERNEL_4K mark, so it may
@@ -165,32 +166,34 @@ extension Kernel {
         collapseLargePages(CPARequest(address: va(PFN(base).physAddr).rawValue, numpages: Int(size.pages), set: [], clear: [], collapse: true))
     }
 
-    /// A host access to `pa` in `context`, as the CPU checks it and the kernel handles the
-    /// fault: the direct-map leaf (or a 4K user mapping) must be present, then the
-    /// architecture's ownership check of writes and walks; reads of a still-mapped
-    /// guest-owned page return ciphertext. Under a policy that splits on fault, an ownership
-    /// fault in a context where splitting is safe (data, user copies) splits the leaf to 4K
-    /// and retries once. arch/x86/mm/fault.c; seed 001.
-    public mutating func hostAccess(_ ownership: some HostOwnership, pa: UInt64, write: Bool, context: HostAccessContext) -> HostAccessOutcome {
-        let outcome = hostAccessOnce(ownership, pa: pa, write: write, context: context)
+    /// A host access to `pa` in `context` on CPU `cpu`, as the CPU checks it and the kernel
+    /// handles the fault: the direct-map address is translated by the CPU's TLB or, on a
+    /// miss, by the walk (a 4K user mapping skips this), the translation must be present
+    /// and writable for a write, then the architecture's ownership check of writes and
+    /// walks meets the page the translation reaches (a stale TLB entry's, if the CPU holds
+    /// one); reads of a still-mapped guest-owned page return ciphertext. Under a policy
+    /// that splits on fault, an ownership fault in a context where splitting is safe (data,
+    /// user copies) splits the leaf to 4K and retries once. arch/x86/mm/fault.c; seed 001.
+    public mutating func hostAccess(_ ownership: some HostOwnership, pa: UInt64, write: Bool, context: HostAccessContext, cpu: Int = 0) -> HostAccessOutcome {
+        let outcome = hostAccessOnce(ownership, pa: pa, write: write, context: context, cpu: cpu)
         guard case .fault(.ownership(let kind), let end) = outcome, config.directMapPolicy.policy.splitsOnFault,
               context == .data || context == .userCopy else {
             return account(outcome)
         }
         guard splitDirectMap(pfn: pa >> pageShift) else { return account(outcome) }
         faults.splitsOnFault += 1
-        let retried = hostAccessOnce(ownership, pa: pa, write: write, context: context)
+        let retried = hostAccessOnce(ownership, pa: pa, write: write, context: context, cpu: cpu)
         if case .fault = retried { return account(.fault(cause: .ownership(kind), end: end)) }
         return .splitAndRetried
     }
 
-    func hostAccessOnce(_ ownership: some HostOwnership, pa: UInt64, write: Bool, context: HostAccessContext) -> HostAccessOutcome {
-        var size = PageSize.size4K
+    mutating func hostAccessOnce(_ ownership: some HostOwnership, pa: UInt64, write: Bool, context: HostAccessContext, cpu: Int) -> HostAccessOutcome {
+        var size = PageSize.size4K, pa = pa
         if context != .user {
-            guard let leaf = directMapLeaf(PhysAddr(pa)), leaf.descriptor.isPresentLeaf else {
-                return .fault(cause: .notPresent, end: .of(context))
-            }
-            size = leaf.size
+            guard let t = translate(cpu: cpu, va(PhysAddr(pa)).rawValue) else { return .fault(cause: .notPresent, end: .of(context)) }
+            if write && !t.attributes.contains(.writable) { return .fault(cause: .protection, end: .of(context)) }
+            size = t.size
+            pa = t.pa | (pa & (pageBytes - 1))
         }
         if case .fault(let kind) = ownership.hostCheck(pa: pa, write: write, walk: context == .pageTable, mappingSize: size) {
             return .fault(cause: .ownership(kind), end: .of(context))
@@ -202,7 +205,11 @@ extension Kernel {
     mutating func account(_ outcome: HostAccessOutcome) -> HostAccessOutcome {
         switch outcome {
         case .fault(let cause, let end):
-            if case .ownership = cause { faults.ownershipFaults[end.index] += 1 } else { faults.notPresentFaults += 1 }
+            switch cause {
+            case .ownership: faults.ownershipFaults[end.index] += 1
+            case .notPresent: faults.notPresentFaults += 1
+            case .protection: faults.protectionFaults += 1
+            }
             if end.crashes { faults.hostCrashes += 1 }
         case .ciphertext: faults.ciphertextReads += 1
         default: break

@@ -49,8 +49,8 @@ extension Kernel {
     /// for direct-map addresses only. Linux set_memory.c __split_large_page.
     mutating func accountSplits(_ result: ProtectResult, directMap: Bool) {
         for size in result.splitLevels {
-            stats.tlbFullFlushes += 1
             stats.tlbSplitFlushes += 1
+            flushTLBAll()
             guard directMap else { continue }
             stats.splits[size] += 1
             // split_page_count: nothing when the count is already 0.
@@ -115,14 +115,7 @@ extension Kernel {
     /// else page by page; then CLFLUSH of each present page when `cache`; then, with
     /// CPA_COLLAPSE, re-merging (as the collapse policy says). Linux set_memory.c cpa_flush.
     mutating func cpaFlush(_ req: CPARequest, cache: Bool, forceFlushAll: Bool) {
-        if forceFlushAll || req.numpages > config.tlbSinglePageFlushCeiling {
-            stats.tlbFullFlushes += 1
-            log("flush_tlb_all")
-        } else {
-            stats.tlbPageFlushRounds += 1
-            stats.tlbPagesFlushed += UInt64(req.numpages)
-            log("flush_tlb_one_kernel x\(req.numpages)")
-        }
+        if forceFlushAll { flushTLBAll() } else { flushTLBKernelRange(req.address, pages: req.numpages) }
         if cache {
             var flushed: UInt64 = 0
             for i in 0..<req.numpages where pageTable.translate(VirtAddr(req.address + UInt64(i) * pageBytes)) != nil {
@@ -146,8 +139,8 @@ extension Kernel {
         guard let result = try? pageTable.collapse(virt: VirtAddr(req.address), size: UInt64(req.numpages) * pageBytes,
                                                    sizes: sizes, onlyAfterLowerCollapse: true),
               !result.collapseLevels.isEmpty else { return }
-        stats.tlbFullFlushes += 1
-        log("collapse \(result.collapseLevels.map(\.description).joined(separator: ",")); flush_tlb_all")
+        log("collapse \(result.collapseLevels.map(\.description).joined(separator: ","))")
+        flushTLBAll()
         guard isDirectMap(req.address) else { return }
         for size in result.collapseLevels {
             stats.collapses[size] += 1
@@ -165,9 +158,10 @@ extension Kernel {
         guard out.flushTLB else { return out.error.map(KernelStatus.error) ?? .ok }
         let cache = req.set.memoryType != .writeBack
         if let error = out.error {
-            stats.tlbFullFlushes += 1  // cpa_flush_all: __flush_tlb_all on every CPU
+            // cpa_flush_all: __flush_tlb_all (and WBINVD when caching changed) on every CPU.
             if cache { stats.wbinvd += 1 }
             log("cpa_flush_all")
+            flushTLBAll()
             return .error(error)
         }
         cpaFlush(req, cache: cache, forceFlushAll: out.forceFlushAll)

@@ -90,6 +90,7 @@ extension Kernel {
         try validate(address: address, numpages: 1, function: function)
         guard isDirectMap(address) else { throw HostKernelError("\(function): \(hex(address)) is not a direct-map address") }
         let out = changePageAttr(CPARequest(address: address, numpages: 1, set: set, clear: clear, noCheckAlias: true))
+        if out.flushTLB { noteUnflushed(address) }
         return out.error.map(KernelStatus.error) ?? .ok
     }
 

@@ -21,6 +21,13 @@ public struct Kernel: Sendable {
     public internal(set) var faults = HostFaultStats()
     /// The vmap areas made so far, in address order.
     public internal(set) var vmapAreas: [VmapArea] = []
+    /// The CPUs, each with its TLB (`config.cpus` of them).
+    public internal(set) var cpus: [CPU]
+    /// Virtual pages changed by a *_noflush operation and not flushed since: a CPU may
+    /// still hold their old translation, as the kernel allows until the caller flushes.
+    public internal(set) var unflushed: [Range<UInt64>] = []
+    /// Fault injection: the kernel's TLB flushes are left out (a missing flush).
+    public var omitTLBFlushes = false
     /// Fault injection: the next encryption-status hook to fail (prepare or finish).
     public var failingHook: EncryptionHook?
     /// When not nil, each step of a CPA call is appended here (for tests and traces).
@@ -46,6 +53,7 @@ public struct Kernel: Sendable {
         self.memory = memory
         self.layout = config.la57 ? .fiveLevel : .fourLevel
         self.pageTable = PageTable(format: config.la57 ? .x86_64_la57 : .x86_64)
+        self.cpus = (0..<max(config.cpus, 1)).map(CPU.init(id:))
         guard memory.endOfRAM <= layout.directMapMax else {
             throw HostKernelError("RAM ends at \(hex(memory.endOfRAM)), past the \(ByteSize.format(layout.directMapMax)) the direct map can hold"
                 + (config.la57 ? "" : " with 4-level paging (use 5-level paging)"))

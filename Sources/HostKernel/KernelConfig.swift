@@ -14,6 +14,8 @@ public struct KernelConfig: Hashable, Sendable {
     /// X86_FEATURE_SME_COHERENT: no cache flush before an encryption change.
     /// Linux arch/x86/mm/mem_encrypt_amd.c amd_enc_cache_flush_required.
     public var smeCoherent = true
+    /// CPUs (nr_cpu_ids): each has its own TLB, and the kernel's flushes reach all of them.
+    public var cpus = 1
     /// tlb_single_page_flush_ceiling, arch/x86/mm/tlb.c (default 33).
     public var tlbSinglePageFlushCeiling = 33
     /// When change_page_attr re-merges split tables.
@@ -21,7 +23,8 @@ public struct KernelConfig: Hashable, Sendable {
     /// What the host does to its direct map as pages enter and leave the RMP (SEV-SNP).
     public var directMapPolicy = DirectMapPolicyKind.splitOnAssign
 
-    public init(gbpages: Bool = true, la57: Bool = false, memEncrypt: Bool = true, smeCoherent: Bool = true) {
+    public init(gbpages: Bool = true, la57: Bool = false, memEncrypt: Bool = true, smeCoherent: Bool = true, cpus: Int = 1) {
+        self.cpus = cpus
         self.gbpages = gbpages
         self.la57 = la57
         self.memEncrypt = memEncrypt

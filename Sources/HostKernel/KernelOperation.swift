@@ -19,6 +19,8 @@ public struct KernelOperation: Hashable, Sendable, CustomStringConvertible {
         ("set_direct_map_invalid_noflush", "ADDR", "clear PRESENT and RW on one direct-map page, no flush"),
         ("set_direct_map_default_noflush", "ADDR", "set PRESENT and RW on one direct-map page, no flush"),
         ("vmap", "PA NUMPAGES", "map physical pages at the next vmalloc address (4K PTEs)"),
+        ("flush_tlb_kernel_range", "ADDR NUMPAGES", "invalidate the range on every CPU: page by page up to the ceiling, else everything"),
+        ("flush_tlb_all", "", "invalidate every CPU's TLB, global entries included"),
     ]
 
     public let name: String
@@ -33,7 +35,11 @@ public struct KernelOperation: Hashable, Sendable, CustomStringConvertible {
     }
 
     public var description: String {
-        Self.catalogue.first { $0.name == name }?.arguments == "ADDR" ? "\(name) \(hex(address))" : "\(name) \(hex(address)) \(numpages)"
+        switch Self.catalogue.first(where: { $0.name == name })?.arguments {
+        case "": name
+        case "ADDR": "\(name) \(hex(address))"
+        default: "\(name) \(hex(address)) \(numpages)"
+        }
     }
 
     /// Reads `NAME ADDR [NUMPAGES]`. ADDR is a number (hex, decimal or a size) or `pa:N`, a
@@ -48,6 +54,7 @@ public struct KernelOperation: Hashable, Sendable, CustomStringConvertible {
         guard words.count - 1 == expected else {
             throw HostKernelError("\(name) takes \(expected) argument\(expected == 1 ? "" : "s") (\(entry.arguments)), got \(words.count - 1)")
         }
+        if expected == 0 { return KernelOperation(name: name, address: 0, numpages: 0) }
         var addressText = words[1]
         var base: UInt64 = 0
         if addressText.hasPrefix("pa:") {
@@ -84,6 +91,13 @@ public struct KernelOperation: Hashable, Sendable, CustomStringConvertible {
         case "set_direct_map_invalid_noflush": status = try kernel.setDirectMapInvalidNoflush(address)
         case "set_direct_map_default_noflush": status = try kernel.setDirectMapDefaultNoflush(address)
         case "vmap": return ValueOutcome(hex(try kernel.vmap(PhysAddr(address), pages: numpages).rawValue))
+        case "flush_tlb_kernel_range":
+            try kernel.validate(address: address, numpages: numpages, function: name)
+            kernel.flushTLBKernelRange(address, pages: numpages)
+            status = .ok
+        case "flush_tlb_all":
+            kernel.flushTLBAll()
+            status = .ok
         default: throw HostKernelError("unknown operation '\(name)'")
         }
         return status

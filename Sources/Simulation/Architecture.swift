@@ -77,8 +77,8 @@ public protocol Platform: Sendable {
     func metrics(kernel: Kernel) -> [(String, UInt64)]
     /// The ownership check host accesses meet.
     var ownership: any HostOwnership { get }
-    /// A host kernel access through this platform's ownership check, counted.
-    mutating func hostAccess(_ kernel: inout Kernel, pa: UInt64, write: Bool, context: HostAccessContext) -> HostAccessOutcome
+    /// A host kernel access on CPU `cpu` through this platform's ownership check, counted.
+    mutating func hostAccess(_ kernel: inout Kernel, pa: UInt64, write: Bool, context: HostAccessContext, cpu: Int) -> HostAccessOutcome
     /// set_memory_encrypted/decrypted in guest `guest`'s own kernel, with the architecture's
     /// conversion protocol.
     static func guestSetMemory(_ m: inout Machine, guest: Int, gfns: Range<UInt64>, encrypt: Bool) -> any Outcome
@@ -89,8 +89,8 @@ public struct NoPlatform: Platform {
     public init() {}
     public func metrics(kernel: Kernel) -> [(String, UInt64)] { [] }
     public var ownership: any HostOwnership { NoOwnership() }
-    public mutating func hostAccess(_ kernel: inout Kernel, pa: UInt64, write: Bool, context: HostAccessContext) -> HostAccessOutcome {
-        kernel.hostAccess(NoOwnership(), pa: pa, write: write, context: context)
+    public mutating func hostAccess(_ kernel: inout Kernel, pa: UInt64, write: Bool, context: HostAccessContext, cpu: Int) -> HostAccessOutcome {
+        kernel.hostAccess(NoOwnership(), pa: pa, write: write, context: context, cpu: cpu)
     }
     public static func guestSetMemory(_ m: inout Machine, guest: Int, gfns: Range<UInt64>, encrypt: Bool) -> any Outcome {
         KernelStatus.error(.EINVAL)  // no guests: the scenario reader refuses `guest:` first

@@ -46,9 +46,11 @@ public enum Checks {
         CheckDefinition(name: "no-host-crash", summary: "no host access ended in an oops, double or triple fault", usage: "- no-host-crash"),
         CheckDefinition(name: "directmap", summary: "DirectMap4k/2M/1G (bytes) meet conditions", usage: "- directmap: {4k: \"<= 8M\", 2m: \">= 1G\", 1g: \"== 23G\"}"),
         CheckDefinition(name: "metric", summary: "a metric of the run meets a condition", usage: "- metric: {tlb_full_flushes: \"<= 100\"}"),
+        CheckDefinition(name: "broken-invariant", summary: "the named invariant is violated at the end (a scenario that shows a bug; --check leaves it out after each step)",
+                        usage: "- broken-invariant: tlb"),
     ]
 
-    static func prepare(_ item: Field, architecture: ArchitectureDefinition) throws(ScenarioError) -> PreparedCheck {
+    static func prepare(_ item: Field, architecture: ArchitectureDefinition, cpus: Int) throws(ScenarioError) -> PreparedCheck {
         let line = item.node.mark?.line
         let names = all.map(\.name)
         if item.isScalar {
@@ -84,7 +86,7 @@ public enum Checks {
                 return [("4k", UInt64(c.size4K) << 12), ("2m", UInt64(c.size2M) << 21), ("1g", UInt64(c.size1G) << 30)]
             }
         case "metric":
-            let metricNames = Machine.metricInfo(architecture).map(\.name)
+            let metricNames = Machine.metricInfo(architecture, cpus: cpus).map(\.name)
             let given = try args.mapping()
             for (key, _) in given.entries where !metricNames.contains(key) {
                 let elsewhere = Architectures.all.filter { $0.metrics.contains { $0.name == key } }.map(\.name)
@@ -93,6 +95,17 @@ public enum Checks {
                     : "; it is reported on \(elsewhere.joined(separator: ", ")), and this machine is \(architecture.name)"))
             }
             return try conditionCheck(name, args, line: line, keys: metricNames, show: { String($0) }) { $0.metrics }
+        case "broken-invariant":
+            let known = (Invariants.common + architecture.invariants).map(\.name)
+            let wanted = try args.text()
+            guard let invariant = (Invariants.common + architecture.invariants).first(where: { $0.name == wanted }) else {
+                throw args.error("unknown invariant '\(wanted)' on \(architecture.name)" + Suggest.hint(wanted, in: known, listedBy: "'cocomem list invariants'"))
+            }
+            var check = PreparedCheck(name: name, description: "broken-invariant \(wanted)", line: line) { m, _ in
+                do throws(InvariantViolation) { try invariant.check(m); return (false, "'\(wanted)' holds") } catch { return (true, error.description) }
+            }
+            check.brokenInvariant = wanted
+            return check
         default:
             throw fields.keyError(name, "unknown check '\(name)'" + Suggest.hint(name, in: names, listedBy: "'cocomem list checks'"))
         }

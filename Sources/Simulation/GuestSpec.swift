@@ -70,8 +70,10 @@ public struct GuestSpec: Hashable, Sendable {
                 guard let choice = f[slot.key] else { continue }
                 slot.apply(try choice.choice(slot.policies.map(\.name), what: "policy for \(slot.name)"), &own)
             }
+            var config = own.guest
+            config.cpus = vcpus  // the guest kernel's CPUs are its vCPUs, each with a TLB
             guests.append(GuestSpec(name: name, asid: asid, memory: size, placement: pa, npt: npt, vcpus: vcpus, backing: backing,
-                                    kernelConfig: own.guest))
+                                    kernelConfig: config))
         }
         return guests
     }

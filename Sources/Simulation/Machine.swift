@@ -8,7 +8,6 @@ import PageTables
 /// so a copy is a snapshot.
 public struct Machine: Sendable {
     public let architecture: ArchitectureDefinition
-    public let cpus: Int
     public internal(set) var kernel: Kernel
     /// The architecture's hardware and hypervisor backend.
     public internal(set) var platform: any Platform
@@ -26,9 +25,8 @@ public struct Machine: Sendable {
     /// Called now and then by long workloads with (done, total), for a progress line.
     public var onProgress: (@Sendable (UInt64, UInt64) -> Void)?
 
-    public init(architecture: ArchitectureDefinition, cpus: Int, kernel: Kernel, guests: [GuestSpec] = [], seed: UInt64) throws(HostKernelError) {
+    public init(architecture: ArchitectureDefinition, kernel: Kernel, guests: [GuestSpec] = [], seed: UInt64) throws(HostKernelError) {
         self.architecture = architecture
-        self.cpus = cpus
         self.kernel = kernel
         self.guests = guests
         var gks: [GuestKernel] = []
@@ -37,6 +35,9 @@ public struct Machine: Sendable {
         self.platform = architecture.makePlatform(&self.kernel, guests)
         self.rng = SeededGenerator(seed: seed)
     }
+
+    /// The host's CPUs (the kernel holds them, with their TLBs).
+    public var cpus: Int { kernel.cpus.count }
 
     /// Runs `body` with the platform as its concrete type `P`, taken out of the machine so
     /// both can change without copying either (the platform's arrays stay uniquely held).
@@ -75,18 +76,23 @@ public struct Machine: Sendable {
     /// Every counter the machine's layers keep, in a fixed order: the host kernel's, the
     /// platform's, then the run's.
     public var metrics: [(String, UInt64)] {
-        Kernel.metrics.values(kernel) + platform.metrics(kernel: kernel) + [("operations", UInt64(operations)), ("errors", UInt64(errors))]
+        Kernel.metrics.values(kernel) + kernel.cpuMetrics + platform.metrics(kernel: kernel)
+            + [("operations", UInt64(operations)), ("errors", UInt64(errors))]
     }
 
-    /// The metrics a machine of `architecture` reports, declared, in order.
-    public static func metricInfo(_ architecture: ArchitectureDefinition) -> [MetricInfo] {
-        Kernel.metrics.map(\.info) + architecture.metrics + runMetrics
+    /// The metrics a machine of `architecture` with `cpus` CPUs reports, declared, in order.
+    public static func metricInfo(_ architecture: ArchitectureDefinition, cpus: Int = 1) -> [MetricInfo] {
+        Kernel.metrics.map(\.info) + Kernel.cpuMetricInfo(cpus: cpus) + architecture.metrics + runMetrics
     }
 
-    /// Checks every invariant the machine's layers register, in registry order.
-    public func checkInvariants() throws(InvariantViolation) {
-        for invariant in Invariants.common + architecture.invariants { try invariant.check(self) }
+    /// Checks every invariant the machine's layers register, in registry order, but those
+    /// named in `except`.
+    public func checkInvariants(except: [String] = []) throws(InvariantViolation) {
+        for invariant in invariants where !except.contains(invariant.name) { try invariant.check(self) }
     }
+
+    /// The invariants of this machine's layers, in registry order.
+    public var invariants: [Invariant] { Invariants.common + architecture.invariants }
 
     /// The index of the guest named `name`.
     public func guestIndex(_ name: String) -> Int? { guests.firstIndex { $0.name == name } }
@@ -125,6 +131,11 @@ public enum Invariants {
         Invariant(name: "direct-pages-count", layer: "HostKernel",
                   summary: "direct_pages_count equals the direct-map walk; vmalloc aliases share the C-bit") { m throws(InvariantViolation) in
             try m.kernel.checkDirectMapInvariants()
+        },
+        Invariant(name: "tlb", layer: "HostKernel",
+                  summary: "no CPU (host CPU or guest vCPU) holds a translation that disagrees with the page table, unless a *_noflush change is still unflushed") { m throws(InvariantViolation) in
+            try m.kernel.checkTLBInvariants()
+            for g in m.guestKernels { try g.kernel.checkTLBInvariants() }
         },
         Invariant(name: "guest-direct-map", layer: "GuestKernel",
                   summary: "each guest kernel's page table and direct_pages_count are consistent") { m throws(InvariantViolation) in

@@ -73,7 +73,7 @@ public enum Runner {
             RunResult(scenario: scenario, records: records, samples: samples, checks: checks, machine: m, snapshot: snapshot, failure: failure)
         }
         if options.checkInvariants {
-            do { try m.checkInvariants() } catch {
+            do { try m.checkInvariants(except: scenario.brokenInvariants) } catch {
                 return finish(InvariantFailure(step: 0, invariant: error.name, detail: error.detail), checks: [])
             }
         }
@@ -95,7 +95,7 @@ public enum Runner {
             if options.snapshotAt == step.index { snapshot = m }
             if let n = options.sampleEvery, step.index % n == 0 { samples.append((step.index, m.metrics)) }
             if options.checkInvariants {
-                do { try m.checkInvariants() } catch {
+                do { try m.checkInvariants(except: scenario.brokenInvariants) } catch {
                     return finish(InvariantFailure(step: step.index, invariant: error.name, detail: error.detail), checks: [])
                 }
             }

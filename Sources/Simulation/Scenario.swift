@@ -20,10 +20,13 @@ public struct Scenario: Sendable {
     public let steps: [PreparedStep]
     public let checks: [PreparedCheck]
 
+    /// The invariants the scenario's checks say end broken (it shows a bug on purpose).
+    public var brokenInvariants: [String] { checks.compactMap(\.brokenInvariant) }
+
     /// A fresh machine booted as the scenario says.
     public func boot() throws(ScenarioError) -> Machine {
         do {
-            return try Machine(architecture: architecture, cpus: cpus, kernel: try Kernel(memory: memory, config: kernelConfig),
+            return try Machine(architecture: architecture, kernel: try Kernel(memory: memory, config: kernelConfig),
                                guests: guests, seed: seed)
         } catch {
             throw ScenarioError(file: file, line: nil, column: nil, field: "machine", error.message)
@@ -49,6 +52,9 @@ public struct PreparedCheck: Sendable {
     /// What it asserts, e.g. `directmap 4k <= 8M`.
     public let description: String
     public let line: Int?
+    /// For `broken-invariant`: the invariant this scenario shows broken, which `--check`
+    /// therefore leaves out after each step.
+    public var brokenInvariant: String? = nil
     let evaluate: @Sendable (Machine, [StepRecord]) -> (passed: Bool, detail: String)
 }
 

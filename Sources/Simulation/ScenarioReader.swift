@@ -34,7 +34,8 @@ struct ScenarioReader {
             gbpages: try machine["gbpages"]?.bool() ?? true,
             la57: try machine["la57"]?.bool() ?? false,
             memEncrypt: try machine["mem-encrypt"]?.bool() ?? true,
-            smeCoherent: try machine["sme-coherent"]?.bool() ?? true)
+            smeCoherent: try machine["sme-coherent"]?.bool() ?? true,
+            cpus: cpus)
         var targets = PolicyTargets(host: config, guest: PolicyTargets.guestDefault)
         let policies = try readPolicies(top, machine: machine, slots: slots, targets: &targets)
         config = targets.host
@@ -62,7 +63,7 @@ struct ScenarioReader {
         }
         var checks: [PreparedCheck] = []
         if let list = top["check"] {
-            for item in try list.sequence() { checks.append(try Checks.prepare(item, architecture: arch)) }
+            for item in try list.sequence() { checks.append(try Checks.prepare(item, architecture: arch, cpus: cpus)) }
         }
         return Scenario(file: file, name: name, seed: seed, architecture: arch, cpus: cpus, memory: memory,
                         kernelConfig: config, guests: guests, policies: policies, steps: steps, checks: checks)

@@ -64,7 +64,14 @@ public struct StepContext: Sendable {
 /// architecture's.
 public enum Steps {
     public static let host: [StepDefinition] = KernelOperation.catalogue.map { op in
-        op.name == "vmap" ? vmapStep(summary: op.summary) : cpaStep(op.name, summary: op.summary, single: op.arguments == "ADDR")
+        switch op.arguments {
+        case "PA NUMPAGES": vmapStep(summary: op.summary)
+        case "": StepDefinition(op.name, op.summary, []) { _, _ throws(ScenarioError) in
+            let kernelOp = KernelOperation(name: op.name, address: 0, numpages: 0)
+            return { m throws(HostKernelError) in try m.apply(kernelOp) }
+        }
+        default: cpaStep(op.name, summary: op.summary, single: op.arguments == "ADDR")
+        }
     } + faultInjection + [hostAccessStep("host-read", write: false), hostAccessStep("host-write", write: true)]
 
     /// The steps a machine of `architecture` has.
@@ -92,6 +99,14 @@ public enum Steps {
             let on = a.bool("enabled")
             return { m throws(HostKernelError) in
                 m.kernel.failPageTableAllocations = on
+                return OK()
+            }
+        },
+        StepDefinition("fail_tlb_flush", "fault injection: the kernel leaves out its TLB flushes (a missing flush), or flushes again",
+                       [Parameter("enabled", .bool, required: true, "whether flushes are left out")]) { a, _ throws(ScenarioError) in
+            let on = a.bool("enabled")
+            return { m throws(HostKernelError) in
+                m.kernel.omitTLBFlushes = on
                 return OK()
             }
         },
@@ -131,8 +146,9 @@ public enum Steps {
         ) { a, ctx throws(ScenarioError) in
             let pa = a.number("pa"), context = HostAccessContext(rawValue: a.text("context")!)!
             try checkCPU(a, ctx)
+            let cpu = Int(a.number("cpu"))
             return { m throws(HostKernelError) in
-                let outcome = m.platform.hostAccess(&m.kernel, pa: pa, write: write, context: context)
+                let outcome = m.platform.hostAccess(&m.kernel, pa: pa, write: write, context: context, cpu: cpu)
                 m.count(outcome)
                 return outcome
             }

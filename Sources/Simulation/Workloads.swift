@@ -113,7 +113,7 @@ public enum Workloads {
         },
         WorkloadDefinition(
             "host-writes",
-            "the host writes random RAM pages it owns in one context (kernel data, stacks …); counts how those writes end",
+            "the host writes random RAM pages it owns in one context (kernel data, stacks …), on the CPUs in turn; counts how those writes end",
             [Parameter("operations", .count(1...1_000_000_000_000), default: "1", "how many writes"), from,
              Parameter("context", .choice(Steps.hostContexts), "host access context (default data)")]
         ) { a, ctx throws(ScenarioError) in
@@ -124,7 +124,7 @@ public enum Workloads {
                     // The host's own pages: skip pages given to a guest or the firmware.
                     var pa = range.randomPage(&m).rawValue
                     while m.platform.ownership.isGuestOwned(pfn: pa >> pageShift) { pa = range.randomPage(&m).rawValue }
-                    _ = m.platform.hostAccess(&m.kernel, pa: pa, write: true, context: context)
+                    _ = m.platform.hostAccess(&m.kernel, pa: pa, write: true, context: context, cpu: Int(i % UInt64(m.cpus)))
                     m.counters.operations += 1
                     if i & 4095 == 4095 { m.onProgress?(i + 1, ops) }
                 }

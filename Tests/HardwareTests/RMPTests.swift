@@ -371,4 +371,14 @@ import PageTables
         tlb.flush(0x7fff)
         #expect(tlb.lookup(0x7000) == nil)
     }
+
+    @Test func entriesKeepTheLeafsAttributesAndASIDFlushesKeepGlobalOnes() {
+        var tlb = SoftTLB()
+        tlb.fill(0x1000, pa: 0x5000, size: .size4K, attributes: [.present, .writable, .global, .encrypted])
+        tlb.fill(0x2000, pa: 0x6000, size: .size4K, attributes: [.present, .user])
+        #expect(tlb.entry(0x1234)?.attributes == [.present, .writable, .global, .encrypted])
+        #expect(tlb.entry(0x1234)?.pa == 0x5000)
+        tlb.flushNonGlobal()
+        #expect(tlb.validEntries.map(\.va) == [0x1000])
+    }
 }

@@ -136,6 +136,7 @@ import PageTables
         #expect(k.eventLog == [
             "flush_tlb_one_kernel x1", "clflush x1",  // cache flush before the flip
             "enc_status_change_prepare",
+            "flush_tlb_all", "flush_tlb_all",  // __split_large_page: 1G to 2M, then 2M to 4K
             "pte change",
             "flush_tlb_one_kernel x1",
             "enc_status_change_finish",

@@ -101,7 +101,7 @@ import Testing
 
     @Test func unknownCheckListsTheValidOnes() {
         let e = error("name: t\nmachine: {memory: 4G}\nsteps: []\ncheck:\n  - no-crash\n")
-        #expect(e?.message == "unknown check 'no-crash'; valid: no-errors, invariants, no-host-crash, directmap, metric")
+        #expect(e?.message == "unknown check 'no-crash'; valid: no-errors, invariants, no-host-crash, directmap, metric, broken-invariant")
     }
 
     @Test func badConditionIsExplained() {

@@ -22,8 +22,8 @@ public struct SNPPlatform: Platform {
 
     public var ownership: any HostOwnership { rmp }
 
-    public mutating func hostAccess(_ kernel: inout Kernel, pa: UInt64, write: Bool, context: HostAccessContext) -> HostAccessOutcome {
-        kernel.hostAccess(rmp, pa: pa, write: write, context: context)
+    public mutating func hostAccess(_ kernel: inout Kernel, pa: UInt64, write: Bool, context: HostAccessContext, cpu: Int) -> HostAccessOutcome {
+        kernel.hostAccess(rmp, pa: pa, write: write, context: context, cpu: cpu)
     }
 
     /// Counts the fault an SNP outcome is, if it is one, under its kind.

@@ -117,13 +117,42 @@ extension Steps {
         }
     }
 
+    /// The `private` argument: given, it overrides the C-bit; left out, the guest kernel's
+    /// own mapping decides.
+    static let privateArgument = Parameter("private", .bool, "C-bit set (default: as the guest's direct map on that vCPU has it)")
+    /// `cpu:` on a guest access is one of the guest's vCPUs.
+    static let vcpuArgument = Parameter("cpu", .count(0...511), default: "0", "the guest's vCPU that makes the access (its TLB, its guest page table)")
+
+    /// The vCPU and C-bit of a guest access step, checked against the guest.
+    static func guestAccessArguments(_ a: StepArguments) throws(ScenarioError) -> (vcpu: Int, private: Bool?) {
+        let g = a.guest!.spec, vcpu = a.number("cpu")
+        guard vcpu < UInt64(g.vcpus) else {
+            throw a.field("cpu").error("vCPU \(vcpu) is past \(g.name)'s \(g.vcpus) vCPU\(g.vcpus == 1 ? "" : "s") (valid: 0 to \(g.vcpus - 1))")
+        }
+        return (Int(vcpu), a.has("private") ? a.bool("private") : nil)
+    }
+
+    /// A guest access goes through the guest kernel's translation of the GPA's direct-map
+    /// address on the vCPU (its TLB, then its page table): not present is a guest #PF;
+    /// otherwise the C-bit is the translation's unless the step gives one, and the page is
+    /// the translation's (a stale TLB entry's, if the vCPU holds one).
+    static func guestTranslate(_ m: inout Machine, guest i: Int, gpa: UInt64, vcpu: Int, private given: Bool?) -> (gpa: UInt64, private: Bool)? {
+        guard let t = m.guestKernels[i].translate(gpa: gpa, vcpu: vcpu) else { return nil }
+        return (t.pa | (gpa & (pageBytes - 1)), given ?? t.attributes.contains(.encrypted))
+    }
+
     static func guestStep(_ name: String, write: Bool) -> StepDefinition {
-        snpStep(name, "the guest \(write ? "writes" : "reads") a page, private (C=1) or shared (C=0), checked by the RMP directly (no KVM)",
-                [guest, gpa, Parameter("private", .bool, default: "true", "C-bit set"), vmpl("vmpl", "VMPL"), cpuArgument]) { a, sc throws(ScenarioError) in
-            try checkCPU(a, sc)
-            let ctx = try guestContext(a, vmplArgument: "vmpl")
-            let priv = a.bool("private")
-            return { p, _ in p.rmp.guestAccess(ctx, write: write, encrypted: priv) }
+        platformStep(name, "the guest \(write ? "writes" : "reads") a page through its own mapping on a vCPU, private (C=1) or shared (C=0), checked by the RMP directly (no KVM)",
+                     [guest, gpa, privateArgument, vmpl("vmpl", "VMPL"), vcpuArgument]) { a, sc throws(ScenarioError) in
+            let (vcpu, given) = try guestAccessArguments(a)
+            let ctx = try guestContext(a, vmplArgument: "vmpl"), i = a.guest!.index, g = a.guest!.spec
+            return { p, m in
+                guard let (gpa, priv) = guestTranslate(&m, guest: i, gpa: ctx.gpa, vcpu: vcpu, private: given) else { return GuestPageFault() }
+                let c = GuestContext(asid: ctx.asid, vmpl: ctx.vmpl, gpa: gpa, spa: g.spa(gpa), nptSize: ctx.nptSize)
+                let outcome = p.rmp.guestAccess(c, write: write, encrypted: priv)
+                p.count(outcome)
+                return outcome
+            }
         }
     }
 
@@ -210,13 +239,15 @@ extension Steps {
         },
         platformStep("guest-access", "a guest access through KVM: gmem faults prepare pages, RMP #NPFs are handled, then the result",
                      [guest, Parameter("gpa", .address(), required: true, "guest physical address"),
-                      Parameter("write", .bool, default: "false", "a write"), Parameter("private", .bool, default: "true", "C-bit set"),
-                      cpuArgument]) { a, sc throws(ScenarioError) in
-            try checkCPU(a, sc)
+                      Parameter("write", .bool, default: "false", "a write"), privateArgument, vcpuArgument]) { a, sc throws(ScenarioError) in
+            let (vcpu, given) = try guestAccessArguments(a)
             let (i, g) = a.guest!
             let gpa = try guestAddress(a, g)
-            let write = a.bool("write"), priv = a.bool("private")
-            return { p, m in p.kvm.access(i, gpa: gpa, write: write, private: priv, kernel: &m.kernel, rmp: &p.rmp) }
+            let write = a.bool("write")
+            return { p, m in
+                guard let (gpa, priv) = guestTranslate(&m, guest: i, gpa: gpa, vcpu: vcpu, private: given) else { return GuestPageFault() }
+                return p.kvm.access(i, gpa: gpa, write: write, private: priv, kernel: &m.kernel, rmp: &p.rmp)
+            }
         },
         StepDefinition("fail_snp_reclaim", "fault injection: SNP_PAGE_RECLAIM fails, so teardown leaks the context page",
                        [Parameter("enabled", .bool, required: true, "whether reclaim fails")]) { a, _ throws(ScenarioError) in

@@ -1,0 +1,92 @@
+import PageTables
+
+/// One CPU: its TLB and what the TLB did. Translations are cached on a walk that ends on a
+/// present leaf and stay until a flush reaches this CPU, so a missing flush leaves a stale
+/// translation that later accesses use.
+public struct CPU: Sendable {
+    public let id: Int
+    public var tlb = SoftTLB()
+    public var stats = TLBStats()
+
+    public init(id: Int) { self.id = id }
+
+    /// The cached translation of `va`, counted as a hit or a miss.
+    @inlinable public mutating func lookup(_ va: UInt64) -> TLBEntry? {
+        if let e = tlb.entry(va) {
+            stats.hits &+= 1
+            return e
+        }
+        stats.misses &+= 1
+        return nil
+    }
+
+    /// Caches a walk's result.
+    @inlinable public mutating func fill(_ va: UInt64, pa: UInt64, size: PageSize, attributes: Attributes) {
+        tlb.fill(va, pa: pa, size: size, attributes: attributes)
+    }
+
+    /// Carries out one invalidation that reached this CPU.
+    public mutating func invalidate(_ op: TLBInvalidation) {
+        switch op {
+        case .all:
+            stats.fullFlushes += 1
+            tlb.flushAll()
+        case .page(let va):
+            stats.pageFlushes += 1
+            tlb.flush(va)
+        case .nonGlobal:
+            stats.asidFlushes += 1
+            tlb.flushNonGlobal()
+        }
+    }
+}
+
+/// A TLB invalidation as it reaches one CPU. x86: INVLPG (flush_tlb_one_kernel) and a full
+/// flush with CR4.PGE toggled (__flush_tlb_all); arm64: TLBI VAAE1 / VAE1 by address, TLBI
+/// ASIDE1 by ASID, TLBI VMALLE1 for everything. Intel SDM Vol 3 §4.10.4; Arm ARM D8.13.
+public enum TLBInvalidation: Hashable, Sendable, CustomStringConvertible {
+    /// Every entry, global ones included.
+    case all
+    /// The entries for one 4K virtual page, whatever leaf size they came from.
+    case page(UInt64)
+    /// The current ASID's entries: every non-global one.
+    case nonGlobal
+
+    public var description: String {
+        switch self {
+        case .all: "all"
+        case .page(let va): "page \(hex(va))"
+        case .nonGlobal: "asid"
+        }
+    }
+}
+
+/// What one CPU's TLB did.
+public struct TLBStats: Hashable, Sendable {
+    public var hits: UInt64 = 0
+    public var misses: UInt64 = 0
+    /// Invalidations of one page that reached this CPU.
+    public var pageFlushes: UInt64 = 0
+    /// Invalidations of everything that reached this CPU.
+    public var fullFlushes: UInt64 = 0
+    /// Invalidations of the current ASID's entries.
+    public var asidFlushes: UInt64 = 0
+
+    public init(hits: UInt64 = 0, misses: UInt64 = 0, pageFlushes: UInt64 = 0, fullFlushes: UInt64 = 0, asidFlushes: UInt64 = 0) {
+        self.hits = hits
+        self.misses = misses
+        self.pageFlushes = pageFlushes
+        self.fullFlushes = fullFlushes
+        self.asidFlushes = asidFlushes
+    }
+
+    /// All flushes of any kind.
+    public var flushes: UInt64 { pageFlushes + fullFlushes + asidFlushes }
+
+    /// The per-CPU metrics, by suffix: `cpuN_tlb_hits` and so on.
+    public static let metrics: [Metric<TLBStats>] = [
+        Metric("tlb_hits", "lookups", "accesses whose translation the CPU's TLB held") { $0.hits },
+        Metric("tlb_misses", "lookups", "accesses that walked the page table") { $0.misses },
+        Metric("tlb_flushes", "flushes", "TLB invalidations that reached the CPU (page, ASID or all)") { $0.flushes },
+    ]
+}
