@@ -10,16 +10,6 @@ public struct CPU: Sendable {
 
     public init(id: Int) { self.id = id }
 
-    /// The cached translation of `va`, counted as a hit or a miss.
-    @inlinable public mutating func lookup(_ va: UInt64) -> TLBEntry? {
-        if let e = tlb.entry(va) {
-            stats.hits &+= 1
-            return e
-        }
-        stats.misses &+= 1
-        return nil
-    }
-
     /// Caches a walk's result.
     @inlinable public mutating func fill(_ va: UInt64, pa: UInt64, size: PageSize, attributes: Attributes) {
         tlb.fill(va, pa: pa, size: size, attributes: attributes)

@@ -8,7 +8,7 @@ extension Kernel {
     /// Sends one invalidation to every CPU, unless flushes are left out by fault injection.
     mutating func broadcast(_ op: TLBInvalidation) {
         guard !omitTLBFlushes else { return log("flush omitted (\(op))") }
-        for i in cpus.indices { cpus[i].invalidate(op) }
+        for i in _cpus.indices { _cpus[i].invalidate(op) }
         switch op {
         case .all: unflushed.removeAll()
         case .page(let va): forgetUnflushed(va)
@@ -63,12 +63,30 @@ extension Kernel {
     /// The translation of `va` on CPU `cpu`: the TLB's if it holds one (stale or not), else
     /// the page-table walk's, cached when it ends on a present leaf. Nil when the walk finds
     /// no present leaf (a #PF).
-    public mutating func translate(cpu: Int, _ va: UInt64) -> TLBEntry? {
-        if let e = cpus[cpu].lookup(va) { return e }
+    @inlinable public mutating func translate(cpu: Int, _ va: UInt64) -> TLBEntry? {
+        precondition(cpu >= 0 && cpu < _cpus.count, "CPU \(cpu) is not one of the kernel's \(_cpus.count)")
+        // Through the buffer: reading the CPU in place, without retaining its TLB's storage.
+        if let e = _cpus.withUnsafeBufferPointer({ $0[cpu].tlb.entry(va) }) {
+            if _fastPath(cpu == pendingCPU) { pendingHits &+= 1 } else { countHit(cpu: cpu) }
+            return e
+        }
+        return walkAndFill(cpu: cpu, va)
+    }
+
+    /// Moves the pending hits into their CPU's stats and starts counting for `cpu`.
+    @usableFromInline mutating func countHit(cpu: Int) {
+        _cpus[pendingCPU].stats.hits += pendingHits
+        pendingCPU = cpu
+        pendingHits = 1
+    }
+
+    /// The miss path of `translate`, out of line so the hit stays small.
+    @usableFromInline mutating func walkAndFill(cpu: Int, _ va: UInt64) -> TLBEntry? {
+        _cpus[cpu].stats.misses += 1
         guard let leaf = pageTable.lookup(VirtAddr(va)), leaf.descriptor.isPresentLeaf else { return nil }
         let pa = leaf.translate(VirtAddr(va)).rawValue
-        cpus[cpu].fill(va, pa: pa, size: leaf.size, attributes: leaf.attributes)
-        return cpus[cpu].tlb.entry(va)
+        _cpus[cpu].fill(va, pa: pa, size: leaf.size, attributes: leaf.attributes)
+        return _cpus[cpu].tlb.entry(va)
     }
 
     /// "After a flush point no CPU holds a translation that disagrees with the page table":

@@ -22,7 +22,16 @@ public struct Kernel: Sendable {
     /// The vmap areas made so far, in address order.
     public internal(set) var vmapAreas: [VmapArea] = []
     /// The CPUs, each with its TLB (`config.cpus` of them).
-    public internal(set) var cpus: [CPU]
+    public var cpus: [CPU] {
+        var c = _cpus
+        if pendingHits > 0 { c[pendingCPU].stats.hits += pendingHits }
+        return c
+    }
+    @usableFromInline var _cpus: [CPU]
+    /// TLB hits of CPU `pendingCPU` not yet added to its stats: the hit path writes no
+    /// array (`translate`).
+    @usableFromInline var pendingHits: UInt64 = 0
+    @usableFromInline var pendingCPU = 0
     /// Virtual pages changed by a *_noflush operation and not flushed since: a CPU may
     /// still hold their old translation, as the kernel allows until the caller flushes.
     public internal(set) var unflushed: [Range<UInt64>] = []
@@ -53,7 +62,7 @@ public struct Kernel: Sendable {
         self.memory = memory
         self.layout = config.la57 ? .fiveLevel : .fourLevel
         self.pageTable = PageTable(format: config.la57 ? .x86_64_la57 : .x86_64)
-        self.cpus = (0..<max(config.cpus, 1)).map(CPU.init(id:))
+        self._cpus = (0..<max(config.cpus, 1)).map(CPU.init(id:))
         guard memory.endOfRAM <= layout.directMapMax else {
             throw HostKernelError("RAM ends at \(hex(memory.endOfRAM)), past the \(ByteSize.format(layout.directMapMax)) the direct map can hold"
                 + (config.la57 ? "" : " with 4-level paging (use 5-level paging)"))
