@@ -30,8 +30,11 @@ public struct Attributes: OptionSet, Hashable, Sendable, CustomStringConvertible
     /// x86 _PAGE_KERNEL_4K (software bit 3): split by set_memory_4k, never collapse again.
     /// Linux arch/x86/mm/pat/set_memory.c, set_memory_4k (CPA_COLLAPSE series, 2025).
     @inlinable public static var forced4K: Attributes { Attributes(rawValue: 1 << 11) }
-    /// A spare software bit for later layers.
+    /// Software bits for later layers (x86 _PAGE_SOFTW*, arm64 PTE SW bits 55-58: pKVM keeps
+    /// a page's share state in two of them up to 6.13): kept by every change that does not
+    /// name them.
     @inlinable public static var software1: Attributes { Attributes(rawValue: 1 << 12) }
+    @inlinable public static var software2: Attributes { Attributes(rawValue: 1 << 13) }
 
     @usableFromInline static let memoryTypeShift: UInt16 = 5
     @usableFromInline static let memoryTypeMask: UInt16 = 0b11 << memoryTypeShift
@@ -60,7 +63,7 @@ public struct Attributes: OptionSet, Hashable, Sendable, CustomStringConvertible
     private static let names: [(Attributes, String)] = [
         (.present, "present"), (.writable, "rw"), (.user, "user"), (.noExecute, "nx"),
         (.global, "global"), (.encrypted, "enc"), (.shared, "shared"), (.tagged, "tagged"),
-        (.special, "special"), (.forced4K, "forced-4k"), (.software1, "sw1"),
+        (.special, "special"), (.forced4K, "forced-4k"), (.software1, "sw1"), (.software2, "sw2"),
     ]
 
     public var description: String {

@@ -2,8 +2,9 @@
 ///
 /// The layout is the same for every architecture, so one walker serves them all:
 /// bits 0-15 hold `Attributes`, bits 16-55 the frame number of a leaf or the number of the
-/// next-level table, bit 56 marks a table held compactly (see `CompactTable`), bit 62 marks
-/// a leaf and bit 63 a table. An entry of zero is none
+/// next-level table, bit 56 marks a table held compactly (see `CompactTable`), bit 61 marks
+/// a not-present entry with an annotation (family in bits 48-55, payload in bits 0-47),
+/// bit 62 marks a leaf and bit 63 a table. An entry of zero is none
 /// (x86 pte_none, arm64 invalid with no software state). A leaf whose `present` attribute
 /// is clear is still a leaf: it keeps its frame, as a PTE cleared by set_memory_np does.
 public struct Descriptor: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
@@ -17,8 +18,23 @@ public struct Descriptor: RawRepresentable, Hashable, Sendable, CustomStringConv
     /// Table numbers carry one more bit than frames: `PageTable.compactTableFlag`.
     @usableFromInline static let tableMask: UInt64 = (1 << 41) - 1
 
+    @usableFromInline static let annotationBit: UInt64 = 1 << 61
+
     /// The empty entry.
     public static let none = Descriptor(rawValue: 0)
+
+    /// A not-present entry holding an architecture's annotation (an owner, a HIPAS/RIPAS,
+    /// a Secure-EPT state): neither a leaf nor a table, so walks and translations pass over
+    /// it as over an empty entry, but it is not `none`.
+    @inlinable public static func annotated(_ a: Annotation) -> Descriptor {
+        Descriptor(rawValue: annotationBit | UInt64(a.family.rawValue) << 48 | (a.payload & Annotation.payloadMask))
+    }
+
+    /// The annotation of a not-present annotated entry.
+    @inlinable public var annotation: Annotation? {
+        guard rawValue & Self.annotationBit != 0 else { return nil }
+        return Annotation(AnnotationFamily(rawValue: UInt8(truncatingIfNeeded: rawValue >> 48)), payload: rawValue & Annotation.payloadMask)
+    }
 
     /// A leaf mapping `frame` (the first 4K frame of the leaf) with `attributes`.
     @inlinable public static func leaf(_ frame: PFN, _ attributes: Attributes) -> Descriptor {
@@ -49,6 +65,7 @@ public struct Descriptor: RawRepresentable, Hashable, Sendable, CustomStringConv
 
     public var description: String {
         if isNone { return "none" }
+        if let a = annotation { return "\(a)" }
         if isTable {
             let n = tableNumber
             return PageTable.compactIndex(n).map { "compact table \($0)" } ?? "table \(n)"

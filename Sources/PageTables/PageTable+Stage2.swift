@@ -55,3 +55,39 @@ extension PageTable {
         store(.leaf(PFN(phys.rawValue >> pageShift), attributes), slot: table &* entriesPerTable &+ tableIndex(va, level: level), level: level)
     }
 }
+
+extension PageTable {
+    /// Writes a not-present entry (an annotation, or none) at `level` for the block holding
+    /// `virt`, making tables on the way down; whatever held that place (a leaf, a table and
+    /// what is below it) is replaced. Linux arch/arm64/kvm/hyp/pgtable.c
+    /// kvm_pgtable_stage2_set_owner; TF-RMM lib/s2tt s2tte_write.
+    public mutating func setEntry(virt: VirtAddr, level: Int, _ entry: Descriptor) throws(PageTableError) {
+        precondition(!entry.isLeaf && !entry.isTable, "setEntry writes not-present entries; installLeaf writes leaves")
+        guard let size = PageSize(level: level) else { throw .badRange(start: virt.rawValue, size: 0) }
+        let va = virt.rawValue & ~(size.bytes - 1)
+        try validate(start: va, size: size.bytes)
+        defer { if forwarded > 0 { unforward(rootBase: rootBase(va), start: va, last: va &+ (size.bytes - 1)) } }
+        var table = 0, l = rootLevel
+        while l > level {
+            let slot = table &* entriesPerTable &+ tableIndex(va, level: l)
+            let e = Descriptor(rawValue: load(slot))
+            if e.isTable {
+                table = e.tableNumber
+            } else {
+                let child = try allocateTable()
+                store(.table(child), slot: slot, level: l)
+                table = child
+            }
+            l -= 1
+        }
+        store(entry, slot: table &* entriesPerTable &+ tableIndex(va, level: l), level: l)
+    }
+
+    /// The entry a walk to `virt` ends on (the first that is not a table) and its level:
+    /// a leaf, an annotated entry, or none.
+    public func entry(holding virt: VirtAddr) -> (level: Int, entry: Descriptor) {
+        let va = virt.rawValue, rootBase = rootBase(va), root = rootLevel
+        let v = withReadOnly { Self.descend($0, 0, level: root, base: rootBase, address: va) }
+        return (v.level, v.entry)
+    }
+}

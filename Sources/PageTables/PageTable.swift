@@ -24,6 +24,10 @@ public struct PageTable: Sendable {
     public internal(set) var leafCounts = LeafCounts()
     /// Table pages in use, the root included (what the kernel spends on page tables).
     public internal(set) var tablePages = 1
+    /// Live entries replaced with break-before-make (`replace`).
+    public internal(set) var breakBeforeMakes = 0
+    /// When not nil, `replace` appends each entry write and invalidation in order (tests).
+    public var replaceLog: [ReplaceStep]?
     /// Fault injection: when set, every table allocation fails with `outOfMemory`.
     public var failAllocations = false
     /// Whether splits make compact tables (the default) or fill 512 entries at once, as the

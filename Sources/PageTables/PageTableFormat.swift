@@ -21,6 +21,10 @@ public struct PageTableFormat: Hashable, Sendable, CustomStringConvertible {
     /// Arm ARM D8.2 (VMSAv8-64 translation table format).
     public static let arm64_4K = PageTableFormat(levels: 4, leafSizes: [.size4K, .size2M, .size1G], kind: 2)
 
+    /// Whether replacing a live entry needs break-before-make: arm64 (Arm ARM D8.16.1), not
+    /// x86 (which allows a live rewrite followed by INVLPG).
+    @inlinable public var requiresBreakBeforeMake: Bool { kind == 2 }
+
     /// Leaf sizes the hardware allows in this format, smallest first.
     public var leafSizes: [PageSize] { PageSize.allCases.filter(allows) }
     /// Whether leaves of `size` are allowed.

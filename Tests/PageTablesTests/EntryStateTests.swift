@@ -1,0 +1,119 @@
+import Testing
+@testable import PageTables
+
+/// Entries that carry state: annotations in not-present entries, software bits in valid
+/// ones, and live replacements through break-before-make (Hafnium mm_test.cc style: whole
+/// tables asserted).
+@Suite struct EntryStateTests {
+    /// Records the invalidations it is sent.
+    struct Recorder: TLBInvalidator {
+        var events: [(virt: UInt64, level: Int)] = []
+        mutating func invalidate(virt: UInt64, level: Int) { events.append((virt, level)) }
+    }
+
+    @Test func anAnnotationRoundTripsThroughTheTableAndTheWalker() throws {
+        var t = PageTable(format: .arm64_4K)
+        let a = Annotation(AnnotationFamily(rawValue: 9), payload: 0xabc_def0)
+        try t.setEntry(virt: VirtAddr(0x4000_3000), level: 1, .annotated(a))
+        try t.setEntry(virt: VirtAddr(0x8020_0000), level: 2, .annotated(Annotation(AnnotationFamily(rawValue: 9), payload: 7)))
+        #expect(t.entry(holding: VirtAddr(0x4000_3000)).entry.annotation == a)
+        #expect(t.entry(holding: VirtAddr(0x4000_3000)).level == 1)
+        #expect(t.entry(holding: VirtAddr(0x803f_f000)) == (2, .annotated(Annotation(AnnotationFamily(rawValue: 9), payload: 7))))
+        #expect(t.entry(holding: VirtAddr(0x4000_4000)).entry == .none)
+        // Not a leaf: no translation, no leaf counted; the tables made on the way are.
+        #expect(t.lookup(VirtAddr(0x4000_3000)) == nil)
+        #expect(t.leafCounts == LeafCounts())
+        #expect(t.tablePages == 1 + 2 + 1 + 1)  // root, two PUD tables' worth (L1 for 1G and 2G), one PMD and one PTE table
+        try t.checkInvariants()
+        // A leaf installed over it replaces it.
+        try t.installLeaf(virt: VirtAddr(0x4000_3000), phys: PhysAddr(0x9000_0000), size: .size4K, attributes: [.present])
+        #expect(t.entry(holding: VirtAddr(0x4000_3000)).entry.isLeaf)
+        try t.checkInvariants()
+    }
+
+    @Test func annotationsInsideASplitTableAreDifferencesAndKeepTheCounts() throws {
+        var t = PageTable(format: .x86_64)
+        try t.map(virt: VirtAddr(0x20_0000), phys: PhysAddr(0x20_0000), size: 0x20_0000, attributes: [.present, .writable])
+        try t.protect(virt: VirtAddr(0x20_0000), size: pageBytes, set: [], clear: [], forceSplit: true)  // compact PTE table
+        for i in 0..<40 {
+            try t.setEntry(virt: VirtAddr(0x20_0000 + UInt64(i) * 0x2000), level: 1, .annotated(Annotation(.rmmS2TTE, payload: UInt64(i))))
+        }
+        #expect(t.leafCounts.size4K == 512 - 40)
+        for i in 0..<40 {
+            #expect(t.entry(holding: VirtAddr(0x20_0000 + UInt64(i) * 0x2000)).entry.annotation?.payload == UInt64(i))
+            #expect(t.entry(holding: VirtAddr(0x20_1000 + UInt64(i) * 0x2000)).entry.isPresentLeaf)
+        }
+        try t.checkInvariants()
+    }
+
+    @Test func softwareBitsSurviveChangesThatDoNotNameThem() throws {
+        var t = PageTable(format: .arm64_4K)
+        try t.map(virt: VirtAddr(0x20_0000), phys: PhysAddr(0x20_0000), size: 0x20_0000, attributes: [.present, .writable, .software1, .software2])
+        try t.protect(virt: VirtAddr(0x20_1000), size: pageBytes, clear: .writable)  // splits the block
+        #expect(t.lookup(VirtAddr(0x20_1000))?.attributes == [.present, .software1, .software2])
+        #expect(t.lookup(VirtAddr(0x20_2000))?.attributes == [.present, .writable, .software1, .software2])
+        try t.protect(virt: VirtAddr(0x20_1000), size: pageBytes, clear: .software2)
+        #expect(t.lookup(VirtAddr(0x20_1000))?.attributes == [.present, .software1])
+    }
+
+    @Test func replacingALiveBlockBreaksThenInvalidatesThenMakes() throws {
+        var t = PageTable(format: .arm64_4K)
+        try t.map(virt: VirtAddr(0x4020_0000), phys: PhysAddr(0x8020_0000), size: 0x20_0000, attributes: [.present, .writable])
+        let before = t
+        let slot = pmdSlot(t, 0x4020_0000)
+        t.replaceLog = []
+        var tlb = Recorder()
+        // A new output address for a live block: break-before-make, entry by entry.
+        let moved = Descriptor.leaf(PFN(0x9020_0000 >> 12), [.present, .writable])
+        try t.replace(virt: VirtAddr(0x4020_0000), level: 2, with: moved, &tlb)
+        #expect(t.replaceLog == [.write(slot: slot, entry: .none), .invalidate(virt: 0x4020_0000, level: 2), .write(slot: slot, entry: moved)])
+        #expect(tlb.events.map(\.level) == [2])
+        #expect(t.breakBeforeMakes == 1)
+        #expect(t.entry(holding: VirtAddr(0x4020_0000)) == (2, moved))
+        #expect(t.leafCounts == before.leafCounts && t.tablePages == before.tablePages)
+        // A permission change is written in place, then invalidated: no break.
+        t.replaceLog = []
+        let readOnly = moved.with(attributes: [.present])
+        try t.replace(virt: VirtAddr(0x4020_0000), level: 2, with: readOnly, &tlb)
+        #expect(t.replaceLog == [.write(slot: slot, entry: readOnly), .invalidate(virt: 0x4020_0000, level: 2)])
+        #expect(t.breakBeforeMakes == 1)
+        try t.checkInvariants()
+        // x86 rewrites a live entry in place for the same change, then invalidates.
+        var x = PageTable(format: .x86_64)
+        try x.map(virt: VirtAddr(0x4020_0000), phys: PhysAddr(0x8020_0000), size: 0x20_0000, attributes: [.present, .writable])
+        x.replaceLog = []
+        try x.replace(virt: VirtAddr(0x4020_0000), level: 2, with: moved, &tlb)
+        #expect(x.replaceLog == [.write(slot: pmdSlot(x, 0x4020_0000), entry: moved), .invalidate(virt: 0x4020_0000, level: 2)])
+        #expect(x.breakBeforeMakes == 0)
+        try x.checkInvariants()
+    }
+
+    /// The storage slot of the PMD entry for `va` (root → PUD table → PMD table).
+    func pmdSlot(_ t: PageTable, _ va: UInt64) -> Int {
+        let pud = t.entry(table: 0, index: tableIndex(va, level: 4)).tableNumber
+        let pmd = t.entry(table: pud, index: tableIndex(va, level: 3)).tableNumber
+        return pmd * entriesPerTable + tableIndex(va, level: 2)
+    }
+
+    @Test func aBlockSplitIsBuiltUnlinkedThenInstalledWithBreakBeforeMake() throws {
+        var t = PageTable(format: .arm64_4K)
+        try t.map(virt: VirtAddr(0x4000_0000), phys: PhysAddr(0x4000_0000), size: 0x4000_0000, attributes: [.present, .writable])
+        #expect(t.leafCounts == LeafCounts(size1G: 1))
+        var tlb = Recorder()
+        t.replaceLog = []
+        try t.splitBlock(virt: VirtAddr(0x4000_0000), level: 3, &tlb)
+        let pudSlot = t.entry(table: 0, index: 0).tableNumber * entriesPerTable + 1
+        #expect(t.replaceLog == [.write(slot: pudSlot, entry: .none), .invalidate(virt: 0x4000_0000, level: 3),
+                                 .write(slot: pudSlot, entry: Descriptor(rawValue: t.load(pudSlot)))])
+        #expect(Descriptor(rawValue: t.load(pudSlot)).isTable)
+        #expect(t.breakBeforeMakes == 1)
+        #expect(t.leafCounts == LeafCounts(size2M: 512))
+        // The whole new table: 512 2M blocks, frame i·2M, the block's attributes.
+        let table = t.entry(table: 0, index: 0)
+        let l1 = t.entry(table: table.tableNumber, index: 1)
+        #expect(l1.isTable)
+        let blocks = (0..<512).map { t.entry(table: l1.tableNumber, index: $0) }
+        #expect(blocks == (0..<512).map { Descriptor.leaf(PFN((0x4000_0000 >> 12) + UInt64($0) * 512), [.present, .writable]) })
+        try t.checkInvariants()
+    }
+}
