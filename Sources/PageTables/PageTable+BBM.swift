@@ -35,7 +35,8 @@ extension PageTable {
     public mutating func replace<I: TLBInvalidator>(virt: VirtAddr, level: Int, with new: Descriptor, _ tlb: inout I) throws(PageTableError) {
         let va = virt.rawValue & ~((1 << levelShift(level)) - 1)
         try validate(start: va, size: pageBytes)
-        let v = withReadOnly { Self.descend($0, 0, level: rootLevel, base: rootBase(va), address: va, lowest: level) }
+        let (table, base) = root(va), top = rootLevel
+        let v = withReadOnly { Self.descend($0, table, level: top, base: base, address: va, lowest: level) }
         guard v.level == level else { throw .badRange(start: va, size: 1 << levelShift(level)) }  // no entry at that level yet
         let old = v.entry
         if needsBreakBeforeMake(old, new) {
@@ -72,7 +73,8 @@ extension PageTable {
     public mutating func splitBlock<I: TLBInvalidator>(virt: VirtAddr, level: Int, _ tlb: inout I) throws(PageTableError) {
         let va = virt.rawValue & ~((1 << levelShift(level)) - 1)
         try validate(start: va, size: pageBytes)
-        let v = withReadOnly { Self.descend($0, 0, level: rootLevel, base: rootBase(va), address: va, lowest: level) }
+        let (table, base) = root(va), top = rootLevel
+        let v = withReadOnly { Self.descend($0, table, level: top, base: base, address: va, lowest: level) }
         guard v.level == level, v.entry.isLeaf, level > 1 else { throw .badRange(start: va, size: 1 << levelShift(level)) }
         let child = try allocateTable()
         let step = PageSize(level: level - 1)!.pages, attrs = v.entry.attributes

@@ -292,7 +292,11 @@ extension PageTable {
     /// `[start, last]` at the dense pages and frees the compact numbers.
     @usableFromInline mutating func unforward(rootBase: UInt64, start: UInt64, last: UInt64) {
         var visitor = UnforwardVisitor()
-        try? Self.walkTable(&self, 0, level: rootLevel, base: rootBase, start: start, last: last, &visitor)  // allocates nothing
+        let (first, base) = root(start), final = root(last).table
+        for k in first...final {  // allocates nothing
+            try? Self.walkTable(&self, k, level: rootLevel, base: base &+ (UInt64(k - first) &<< (levelShift(rootLevel) &+ 9)),
+                                start: start, last: last, &visitor)
+        }
         forwarded = 0
     }
 

@@ -20,9 +20,9 @@ extension PageTable {
         var seen = [Bool](repeating: false, count: denseCount)
         var seenCompact = [Bool](repeating: false, count: compacts.count)
         var seenToggle = [Bool](repeating: false, count: toggles.count)
-        var stack: [(table: Int, level: Int)] = [(0, rootLevel)]
-        seen[0] = true
-        var reachable = 1, reachableDense = 1
+        var stack: [(table: Int, level: Int)] = (0..<format.rootTables).reversed().map { ($0, rootLevel) }
+        for k in 0..<format.rootTables { seen[k] = true }
+        var reachable = format.rootTables, reachableDense = format.rootTables
         while let (table, level) = stack.popLast() {
             for i in 0..<entriesPerTable {
                 let e = entry(table: table, index: i)

@@ -31,7 +31,7 @@ extension PageTable {
         guard allows(size) else { throw .badRange(start: va, size: size.bytes) }  // no leaf of that size in this format
         try validate(start: va, size: size.bytes)
         defer { if forwarded > 0 { unforward(rootBase: rootBase(va), start: va, last: va &+ (size.bytes - 1)) } }
-        var table = 0, level = rootLevel
+        var table = root(va).table, level = rootLevel
         while level > size.level {
             let slot = table &* entriesPerTable &+ tableIndex(va, level: level)
             let entry = Descriptor(rawValue: load(slot))
@@ -67,7 +67,7 @@ extension PageTable {
         let va = virt.rawValue & ~(size.bytes - 1)
         try validate(start: va, size: size.bytes)
         defer { if forwarded > 0 { unforward(rootBase: rootBase(va), start: va, last: va &+ (size.bytes - 1)) } }
-        var table = 0, l = rootLevel
+        var table = root(va).table, l = rootLevel
         while l > level {
             let slot = table &* entriesPerTable &+ tableIndex(va, level: l)
             let e = Descriptor(rawValue: load(slot))
@@ -86,8 +86,8 @@ extension PageTable {
     /// The entry a walk to `virt` ends on (the first that is not a table) and its level:
     /// a leaf, an annotated entry, or none.
     public func entry(holding virt: VirtAddr) -> (level: Int, entry: Descriptor) {
-        let va = virt.rawValue, rootBase = rootBase(va), root = rootLevel
-        let v = withReadOnly { Self.descend($0, 0, level: root, base: rootBase, address: va) }
+        let va = virt.rawValue, (table, base) = root(va), level = rootLevel
+        let v = withReadOnly { Self.descend($0, table, level: level, base: base, address: va) }
         return (v.level, v.entry)
     }
 }

@@ -49,8 +49,8 @@ extension PageTable {
     /// The leaf the one-page descent to `virt` ends on, looking no lower than `lowest`.
     @inlinable @inline(__always)
     func leaf(holding virt: VirtAddr, lowest: Int) -> Leaf? {
-        let va = virt.rawValue, rootBase = rootBase(va), root = rootLevel
-        let v = withReadOnly { Self.descend($0, 0, level: root, base: rootBase, address: va, lowest: lowest) }
+        let va = virt.rawValue, (table, base) = root(va), level = rootLevel
+        let v = withReadOnly { Self.descend($0, table, level: level, base: base, address: va, lowest: lowest) }
         guard v.entry.isLeaf, let size = PageSize(level: v.level) else { return nil }
         return Leaf(virt: VirtAddr(v.address), size: size, descriptor: v.entry)
     }
@@ -72,7 +72,7 @@ extension PageTable {
     /// The entry at `level` on the path to `virt`, or nil when the path ends above that level.
     /// For exact-shape tests, as Hafnium's mm_test.cc reads tables level by level.
     public func descriptor(at virt: VirtAddr, level: Int) -> Descriptor? {
-        var table = 0
+        var table = root(virt.rawValue).table
         var current = rootLevel
         while true {
             let e = entry(table: table, index: tableIndex(virt.rawValue, level: current))

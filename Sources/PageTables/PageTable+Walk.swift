@@ -96,7 +96,11 @@ extension PageTable {
         try validate(start: start, size: size)
         let rootBase = rootBase(start), last = start &+ (size - 1)
         defer { if forwarded > 0 { unforward(rootBase: rootBase, start: start, last: last) } }
-        try Self.walkTable(&self, 0, level: rootLevel, base: rootBase, start: start, last: last, &visitor)
+        let (first, base) = root(start), final = root(last).table
+        for k in first...final {
+            try Self.walkTable(&self, k, level: rootLevel, base: base &+ (UInt64(k - first) &<< (levelShift(rootLevel) &+ 9)),
+                               start: start, last: last, &visitor)
+        }
     }
 
     /// The same walk for a visitor that only reads: it sees the entries in place.
@@ -111,11 +115,14 @@ extension PageTable {
     @inlinable
     func readChecked<V: PageTableVisitor>(start: UInt64, size: UInt64, _ visitor: inout V) throws(PageTableError)
     where V.Store == ReadOnlyPageTable {
-        let rootBase = rootBase(start)
-        let root = rootLevel
+        let level = rootLevel, last = start &+ (size - 1)
+        let (first, base) = root(start), final = root(last).table
         try withReadOnly { (store) throws(PageTableError) in
             var store = store
-            try Self.walkTable(&store, 0, level: root, base: rootBase, start: start, last: start &+ (size - 1), &visitor)
+            for k in first...final {
+                try Self.walkTable(&store, k, level: level, base: base &+ (UInt64(k - first) &<< (levelShift(level) &+ 9)),
+                                   start: start, last: last, &visitor)
+            }
         }
     }
 

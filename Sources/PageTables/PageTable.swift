@@ -36,7 +36,16 @@ public struct PageTable: Sendable {
 
     public init(format: PageTableFormat) {
         self.format = format
-        self.entries = [UInt64](repeating: 0, count: entriesPerTable)
+        self.entries = [UInt64](repeating: 0, count: entriesPerTable * format.rootTables)
+        self.tablePages = format.rootTables
+    }
+
+    /// The root table that holds `address` and the first address it covers: with
+    /// concatenated roots, tables 0 to rootTables - 1, each covering its share of the window.
+    @inlinable @inline(__always) func root(_ address: UInt64) -> (table: Int, base: UInt64) {
+        let span = levelShift(rootLevel) &+ 9
+        let k = (address &>> span) & UInt64(format.rootTables &- 1)
+        return (Int(truncatingIfNeeded: k), rootBase(address) &+ (k &<< span))
     }
 
     /// The root's level (4 or 5).

@@ -6,12 +6,33 @@ public struct PageTableFormat: Hashable, Sendable, CustomStringConvertible {
     /// Bit `n` set when leaves of level `n` (PageSize raw value) are allowed.
     @usableFromInline let leafMask: UInt8
     @usableFromInline let kind: UInt8
+    /// log2 of the number of concatenated root tables (0 to 4: 1 to 16 tables).
+    @usableFromInline let rootConcatenation: UInt8
 
-    @usableFromInline init(levels: Int, leafSizes: [PageSize], kind: UInt8) {
+    @usableFromInline init(levels: Int, leafSizes: [PageSize], kind: UInt8, rootConcatenation: UInt8 = 0) {
         self.levels = levels
         self.leafMask = leafSizes.reduce(0) { $0 | 1 << UInt8($1.rawValue) }
         self.kind = kind
+        self.rootConcatenation = rootConcatenation
     }
+
+    /// arm64 stage 2 with a 4K granule for an IPA size of `ipaBits` (32 to 48): as many
+    /// levels as ARM64_HW_PGTABLE_LEVELS(ipaBits - 4) gives, the root concatenated (up to 16
+    /// tables) for the bits the levels leave, so the walk starts one level lower (KVM
+    /// kvm_get_vtcr / stage2_pgtable_levels; Arm ARM D8.2.7, concatenated translation
+    /// tables). A 52-bit IPA with LPA2 (start level -1) is out of scope. Nil outside 32-48.
+    public static func arm64Stage2(ipaBits: Int) -> PageTableFormat? {
+        guard (32...48).contains(ipaBits) else { return nil }
+        let levels = (ipaBits - 8) / 9
+        let concat = max(0, ipaBits - (12 + 9 * levels))
+        return PageTableFormat(levels: levels, leafSizes: [.size4K, .size2M, .size1G], kind: 3, rootConcatenation: UInt8(concat))
+    }
+
+    /// Root tables, concatenated (tables 0 to rootTables - 1).
+    @inlinable public var rootTables: Int { 1 << Int(rootConcatenation) }
+
+    /// The format's level count as Arm numbers the start level (4 levels start at 0).
+    public var startLevel: Int { 4 - levels }
 
     /// x86-64 4-level paging (48-bit virtual addresses). Intel SDM Vol 3 §4.5.
     public static let x86_64 = PageTableFormat(levels: 4, leafSizes: [.size4K, .size2M, .size1G], kind: 0)
@@ -21,17 +42,19 @@ public struct PageTableFormat: Hashable, Sendable, CustomStringConvertible {
     /// Arm ARM D8.2 (VMSAv8-64 translation table format).
     public static let arm64_4K = PageTableFormat(levels: 4, leafSizes: [.size4K, .size2M, .size1G], kind: 2)
 
-    /// Whether replacing a live entry needs break-before-make: arm64 (Arm ARM D8.16.1), not
-    /// x86 (which allows a live rewrite followed by INVLPG).
-    @inlinable public var requiresBreakBeforeMake: Bool { kind == 2 }
-
     /// Leaf sizes the hardware allows in this format, smallest first.
     public var leafSizes: [PageSize] { PageSize.allCases.filter(allows) }
     /// Whether leaves of `size` are allowed.
     @inlinable public func allows(_ size: PageSize) -> Bool { leafMask >> UInt8(size.rawValue) & 1 != 0 }
-    public var name: String { ["x86-64 4-level", "x86-64 5-level", "arm64 4K granule"][Int(kind)] }
+    public var name: String {
+        kind == 3 ? "arm64 stage 2 4K granule, start level \(startLevel), \(rootTables) root table\(rootTables == 1 ? "" : "s")"
+            : ["x86-64 4-level", "x86-64 5-level", "arm64 4K granule"][Int(kind)]
+    }
     /// Bits of input address the table translates.
-    @inlinable public var addressBits: UInt64 { 12 + 9 * UInt64(levels) }
+    @inlinable public var addressBits: UInt64 { 12 + 9 * UInt64(levels) + UInt64(rootConcatenation) }
+    /// Whether replacing a live entry needs break-before-make: arm64 (Arm ARM D8.16.1), not
+    /// x86 (which allows a live rewrite followed by INVLPG).
+    @inlinable public var requiresBreakBeforeMake: Bool { kind >= 2 }
     public var description: String { name }
 }
 

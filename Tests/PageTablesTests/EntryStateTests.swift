@@ -117,3 +117,37 @@ import Testing
         try t.checkInvariants()
     }
 }
+
+/// Stage-2 formats with concatenated root tables and a lower start level.
+@Suite struct ConcatenatedRootTests {
+    @Test func kvmsIPASizesGiveItsLevelsAndRootTables() {
+        // (IPA bits, levels, root tables): KVM's stage2_pgtable_levels and concatenation.
+        let cases: [(Int, Int, Int)] = [(32, 2, 4), (33, 2, 8), (36, 3, 1), (39, 3, 1), (40, 3, 2), (42, 3, 8), (43, 3, 16),
+                                        (44, 4, 1), (48, 4, 1)]
+        for (ipa, levels, roots) in cases {
+            let f = PageTableFormat.arm64Stage2(ipaBits: ipa)!
+            #expect((f.levels, f.rootTables) == (levels, roots), "IPA \(ipa)")
+        }
+        #expect(PageTableFormat.arm64Stage2(ipaBits: 40)!.startLevel == 1)
+        #expect(PageTableFormat.arm64Stage2(ipaBits: 52) == nil)  // LPA2, start level -1: out of scope
+        #expect(PageTableFormat.arm64Stage2(ipaBits: 40)!.addressBits == 40)
+    }
+
+    @Test func aFortyBitIPASpaceUsesBothRootTables() throws {
+        var t = PageTable(format: .arm64Stage2(ipaBits: 40)!)
+        #expect(t.tablePages == 2)
+        let low: UInt64 = 0x4000_0000, high: UInt64 = 0xff_c000_0000  // in root 0 and root 1
+        try t.installLeaf(virt: VirtAddr(low), phys: PhysAddr(0x8000_0000), size: .size1G, attributes: [.present])
+        try t.installLeaf(virt: VirtAddr(high + 0x20_0000), phys: PhysAddr(0x1_0000_0000), size: .size2M, attributes: [.present])
+        #expect(t.entry(table: 0, index: 1).isLeaf)  // 1G block: root 0, entry 1
+        #expect(t.entry(table: 1, index: 511).isTable)  // the last 1G of the IPA space: root 1, entry 511
+        #expect(t.translate(VirtAddr(high + 0x20_1234))?.phys == PhysAddr(0x1_0000_1234))
+        #expect(t.translate(VirtAddr(low + 0x1234))?.phys == PhysAddr(0x8000_1234))
+        // One walk across both roots sees both leaves, in address order.
+        #expect(try t.leaves(virt: VirtAddr(0), size: 1 << 40).map(\.virt.rawValue) == [low, high + 0x20_0000])
+        try t.zap(virt: VirtAddr(0), size: 1 << 40)
+        #expect(t.leafCounts == LeafCounts())
+        #expect(t.tablePages == 3)  // both roots and the PMD table, which a zap keeps
+        try t.checkInvariants()
+    }
+}
