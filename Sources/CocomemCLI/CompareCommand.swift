@@ -47,7 +47,7 @@ struct Compare: ParsableCommand {
         } else {
             let fits = slots.filter { s in policies.allSatisfy { p in s.policies.contains { $0.name == p } } }
             var known: [String] = []
-            for name in Policies.all.flatMap({ $0.policies.map(\.name) }) where !known.contains(name) { known.append(name) }
+            for name in slots.flatMap({ $0.policies.map(\.name) }) where !known.contains(name) { known.append(name) }  // this machine's slots
             if let unknown = policies.first(where: { !known.contains($0) }) {
                 throw CLIError("--policy '\(unknown)': no such policy" + Suggest.hint(unknown, in: known, listedBy: "'cocomem list policies'"))
             }

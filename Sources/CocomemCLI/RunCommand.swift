@@ -76,7 +76,10 @@ struct Run: ParsableCommand {
             kernel = shown.guestKernels[i].kernel
             when = "of guest \(name) " + when
         }
-        if o.meminfo { out += "\n/proc/meminfo \(when):\n" + Meminfo.directMap(kernel) }
+        if o.meminfo {
+            let lines = Meminfo.directMap(kernel)
+            out += "\n/proc/meminfo \(when):\n" + (lines.isEmpty ? "(no DirectMap lines on \(kernel.config.isa.rawValue))\n" : lines)
+        }
         if o.ptdump { out += "\nptdump \(when):\n" + Ptdump.render(kernel) }
         return out
     }

@@ -104,7 +104,7 @@ extension Kernel {
             let pa = leaf.translate(VirtAddr(va)).rawValue
             guard !req.noCheckAlias, isMapped(pa) else { continue }
             out.forceFlushAll = true
-            let alias = protectRange(layout.pageOffset + pa, pages: 1, set: req.set.subtracting(.noExecute),
+            let alias = protectRange(self.va(PhysAddr(pa)).rawValue, pages: 1, set: req.set.subtracting(.noExecute),
                                      clear: req.clear.subtracting(.noExecute), forceSplit: req.forceSplit)
             if let e = alias.error { out.error = e; return out }
         }

@@ -33,9 +33,13 @@ extension Kernel {
     }
 
     /// flush_tlb_kernel_range: everything above the single-page ceiling, else page by page.
-    /// Linux arch/x86/mm/tlb.c flush_tlb_kernel_range (tlb_single_page_flush_ceiling).
+    /// Linux arch/x86/mm/tlb.c flush_tlb_kernel_range (tlb_single_page_flush_ceiling). On
+    /// arm64, everything (TLBI VMALLE1IS) from MAX_DVM_OPS pages (2M) up, else TLBI VAALE1IS
+    /// per page, broadcast by the hardware; arch/arm64/include/asm/tlbflush.h (6.13+, no
+    /// FEAT_TLBIRANGE).
     public mutating func flushTLBKernelRange(_ start: UInt64, pages: Int) {
-        if pages > config.tlbSinglePageFlushCeiling { flushTLBAll() } else { flushTLBPages(start, pages: pages) }
+        let all = config.isa == .arm64 ? pages >= entriesPerTable : pages > config.tlbSinglePageFlushCeiling
+        if all { flushTLBAll() } else { flushTLBPages(start, pages: pages) }
     }
 
     /// Notes that `va`'s page changed without a flush (the *_noflush operations).
@@ -90,8 +94,8 @@ extension Kernel {
     }
 
     /// "After a flush point no CPU holds a translation that disagrees with the page table":
-    /// each valid TLB entry must match the walk (present, same page, same leaf size, same
-    /// attributes), unless a *_noflush operation changed that page and nothing flushed it yet.
+    /// each valid TLB entry must match the walk (present, same page, same attributes; a leaf
+    /// size that changed alone does not count), unless a *_noflush operation changed that page and nothing flushed it yet.
     public func checkTLBInvariants() throws(InvariantViolation) {
         for cpu in cpus {
             for e in cpu.tlb.validEntries where !isUnflushed(e.va) {
@@ -99,7 +103,9 @@ extension Kernel {
                 let now = leaf.flatMap { l in
                     l.descriptor.isPresentLeaf ? (pa: l.translate(VirtAddr(e.va)).rawValue, size: l.size, attributes: l.attributes) : nil
                 }
-                let same = now.map { $0.pa == e.pa && $0.size == e.size && $0.attributes.rawValue & 0x3ff == e.attributes.rawValue } ?? false
+                // A larger entry left by a split that maps the page the same way is not stale
+                // (the translation agrees; BBML2 splits rely on it).
+                let same = now.map { $0.pa == e.pa && $0.attributes.rawValue & 0x3ff == e.attributes.rawValue } ?? false
                 if !same {
                     throw InvariantViolation("no CPU holds a stale translation after a flush point",
                         "CPU \(cpu.id) caches \(e), the page table has "

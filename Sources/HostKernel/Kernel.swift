@@ -9,6 +9,9 @@ public struct Kernel: Sendable {
     public let config: KernelConfig
     public let layout: KernelLayout
     public let memory: PhysicalMemory
+    /// PHYS_OFFSET: the physical address the direct map's first byte maps (0 on x86;
+    /// memstart_addr on arm64).
+    public let physOffset: UInt64
     /// init_mm.pgd: one table for the direct map and vmalloc.
     public internal(set) var pageTable: PageTable
     /// direct_pages_count[], as arch_report_meminfo prints it. Linux
@@ -60,15 +63,29 @@ public struct Kernel: Sendable {
     public init(memory: PhysicalMemory, config: KernelConfig = KernelConfig(), reserveTables: Bool = true) throws(HostKernelError) {
         self.config = config
         self.memory = memory
-        self.layout = config.la57 ? .fiveLevel : .fourLevel
-        self.pageTable = PageTable(format: config.la57 ? .x86_64_la57 : .x86_64)
-        self._cpus = (0..<max(config.cpus, 1)).map(CPU.init(id:))
-        guard memory.endOfRAM <= layout.directMapMax else {
-            throw HostKernelError("RAM ends at \(hex(memory.endOfRAM)), past the \(ByteSize.format(layout.directMapMax)) the direct map can hold"
-                + (config.la57 ? "" : " with 4-level paging (use 5-level paging)"))
+        switch config.isa {
+        case .x86_64:
+            self.layout = config.la57 ? .fiveLevel : .fourLevel
+            self.pageTable = PageTable(format: config.la57 ? .x86_64_la57 : .x86_64)
+            self.physOffset = 0
+        case .arm64:
+            self.layout = .arm64
+            self.pageTable = PageTable(format: .arm64_4K)
+            // memstart_addr: the start of DRAM rounded down to ARM64_MEMSTART_ALIGN (1G with
+            // 4K pages), without linear-map randomisation. arch/arm64/mm/init.c.
+            self.physOffset = (memory.ram.first?.lowerBound ?? 0) & ~(PageSize.size1G.bytes - 1)
         }
-        var ranges: [Range<UInt64>] = [0..<Self.isaEnd]
-        for r in memory.ram {
+        self._cpus = (0..<max(config.cpus, 1)).map(CPU.init(id:))
+        guard memory.endOfRAM - physOffset <= layout.directMapMax else {
+            throw HostKernelError("RAM ends at \(hex(memory.endOfRAM)), past the \(ByteSize.format(layout.directMapMax)) the direct map can hold"
+                + (config.isa == .arm64 ? " with 48-bit VAs" : config.la57 ? "" : " with 4-level paging (use 5-level paging)"))
+        }
+        // x86 maps the ISA range whatever it holds; arm64 maps memblock's RAM only.
+        var ranges: [Range<UInt64>] = config.isa == .x86_64 ? [0..<Self.isaEnd] : []
+        for r in memory.ram where config.isa == .arm64 {
+            if let last = ranges.last, last.upperBound == r.lowerBound { ranges[ranges.count - 1] = last.lowerBound..<r.upperBound } else { ranges.append(r) }
+        }
+        for r in memory.ram where config.isa == .x86_64 {
             let start = max(r.lowerBound, Self.isaEnd)
             guard start < r.upperBound else { continue }
             if ranges[ranges.count - 1].upperBound == start {
@@ -81,22 +98,32 @@ public struct Kernel: Sendable {
         // Room for one table per 2M region of RAM (what splitting all of it would take), at
         // most a million tables (4 GiB of address space), so dense tables never copy the array.
         if reserveTables { pageTable.reserveCapacity(tables: min(Int(memory.endOfRAM >> 21) + 64, 1 << 20)) }
-        bootDirectMap()
+        switch config.isa {
+        case .x86_64: bootDirectMap()
+        case .arm64: bootLinearMap()
+        }
     }
 
     /// End of the ISA range, always mapped. Linux ISA_END_ADDRESS.
     public static let isaEnd: UInt64 = 0x10_0000
 
-    /// PAGE_KERNEL for this machine.
-    public var pageKernel: Attributes { .pageKernel(encrypted: config.memEncrypt) }
+    /// PAGE_KERNEL for this machine (arm64: PROT_NORMAL, valid, writable, PXN|UXN, not nG,
+    /// MT_NORMAL; arch/arm64/include/asm/pgtable-prot.h).
+    public var pageKernel: Attributes {
+        config.isa == .arm64 ? [.present, .writable, .noExecute, .global] : .pageKernel(encrypted: config.memEncrypt)
+    }
 
-    /// The direct-map address of a physical address (__va).
-    @inlinable public func va(_ pa: PhysAddr) -> VirtAddr { VirtAddr(layout.pageOffset + pa.rawValue) }
+    /// The direct-map address of a physical address (__va; arm64 __phys_to_virt subtracts
+    /// PHYS_OFFSET).
+    @inlinable public func va(_ pa: PhysAddr) -> VirtAddr { VirtAddr(layout.pageOffset &+ (pa.rawValue &- physOffset)) }
     /// The physical address of a direct-map address (__pa).
-    @inlinable public func pa(_ va: VirtAddr) -> PhysAddr { PhysAddr(va.rawValue - layout.pageOffset) }
+    @inlinable public func pa(_ va: VirtAddr) -> PhysAddr { PhysAddr(va.rawValue &- layout.pageOffset &+ physOffset) }
 
     /// First address past the direct map (PAGE_OFFSET + max_pfn_mapped << PAGE_SHIFT).
-    public var directMapEnd: UInt64 { layout.pageOffset + mappedRanges.last!.upperBound }
+    public var directMapEnd: UInt64 { va(PhysAddr(mappedRanges.last?.upperBound ?? physOffset)).rawValue }
+
+    /// Whether `pa` has a direct-map address at all (arm64: at or above PHYS_OFFSET).
+    public func hasDirectMapAddress(_ pa: UInt64) -> Bool { pa >= physOffset && pa - physOffset < layout.directMapMax }
 
     /// Whether `va` lies in the direct map's window.
     public func isDirectMap(_ va: UInt64) -> Bool { va >= layout.pageOffset && va < directMapEnd }

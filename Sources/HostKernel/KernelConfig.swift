@@ -1,7 +1,44 @@
 import PageTables
 
+/// Which architecture's kernel code runs: its page-table format, layout, boot mapping and
+/// set_memory_* (Linux arch/x86 or arch/arm64).
+public enum KernelISA: String, Hashable, Sendable {
+    case x86_64 = "x86-64"
+    case arm64
+}
+
+/// How the arm64 kernel maps its linear map at boot (policy slot `host.arm64-linear-map`).
+/// Linux arch/arm64/mm/mmu.c map_mem.
+public enum Arm64LinearMap: String, CaseIterable, Hashable, Sendable {
+    /// Block mappings (1G, 2M, contiguous runs): can_set_direct_map() is false (no
+    /// rodata=full, debug_pagealloc or KFENCE), so set_direct_map_* do nothing.
+    case blocks
+    /// Page granularity (NO_BLOCK_MAPPINGS | NO_CONT_MAPPINGS) because can_set_direct_map()
+    /// holds: rodata=full (the RODATA_FULL_DEFAULT_ENABLED default), debug_pagealloc, KFENCE,
+    /// or running in a realm (6.13+).
+    case pte
+    /// Linux 6.18 on BBML2_NOABORT CPUs: blocks although can_set_direct_map() holds,
+    /// split on demand by split_kernel_leaf_mapping without break-before-make.
+    case bbml2Split = "bbml2-split"
+
+    public var summary: String {
+        switch self {
+        case .blocks: "block mappings; can_set_direct_map() is false, so set_direct_map_* do nothing"
+        case .pte: "4K pages only, as rodata=full (the default), debug_pagealloc, KFENCE or a realm make it"
+        case .bbml2Split: "Linux 6.18 with BBML2_NOABORT: blocks, split on demand without break-before-make"
+        }
+    }
+
+    /// can_set_direct_map(): rodata_full or the like holds.
+    public var canSetDirectMap: Bool { self != .blocks }
+}
+
 /// How the host kernel is built and booted: the switches that change its memory layout.
 public struct KernelConfig: Hashable, Sendable {
+    /// The kernel's architecture.
+    public var isa = KernelISA.x86_64
+    /// arm64: how the linear map is mapped.
+    public var linearMap = Arm64LinearMap.blocks
     /// 1G direct-map leaves (X86_FEATURE_GBPAGES and no `nogbpages`). Linux
     /// arch/x86/mm/init.c probe_page_size_mask.
     public var gbpages = true
@@ -50,6 +87,13 @@ public struct KernelLayout: Hashable, Sendable {
         pageOffset: 0xffff_8880_0000_0000, directMapMax: 64 << 40,
         vmallocStart: 0xffff_c900_0000_0000, vmallocEnd: 0xffff_c900_0000_0000 + (32 << 40),
         vmemmapStart: 0xffff_ea00_0000_0000)
+    /// arm64 with a 4K granule and 48-bit VAs (Linux 6.9 and later): the linear map at
+    /// PAGE_OFFSET 0xffff000000000000 up to PAGE_END (128 TiB), modules at PAGE_END, vmalloc
+    /// from 0xffff800080000000 to VMEMMAP_START - 8M. arch/arm64/include/asm/memory.h.
+    public static let arm64 = KernelLayout(
+        pageOffset: 0xffff_0000_0000_0000, directMapMax: 1 << 47,
+        vmallocStart: 0xffff_8000_8000_0000, vmallocEnd: 0xffff_fdff_bf80_0000,
+        vmemmapStart: 0xffff_fdff_c000_0000)
     /// 5-level x86-64: direct map at 0xff11000000000000, vmalloc at 0xffa0000000000000 (12800 TiB).
     public static let fiveLevel = KernelLayout(
         pageOffset: 0xff11_0000_0000_0000, directMapMax: 32 << 50,

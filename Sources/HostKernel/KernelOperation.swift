@@ -4,7 +4,26 @@ import PageTables
 /// A host-kernel memory operation by its Linux name, with its arguments: what `--apply`
 /// and scenario steps call.
 public struct KernelOperation: Hashable, Sendable, CustomStringConvertible {
-    /// The operations that exist, each with its argument names and a one-line summary.
+    /// The operations a kernel of `isa` has, each with its argument names and a summary.
+    public static func catalogue(_ isa: KernelISA) -> [(name: String, arguments: String, summary: String)] {
+        isa == .arm64 ? arm64Catalogue : catalogue
+    }
+
+    /// arm64's operations. Linux arch/arm64/mm/pageattr.c, asm/tlbflush.h.
+    public static let arm64Catalogue: [(name: String, arguments: String, summary: String)] = [
+        ("set_memory_ro", "ADDR NUMPAGES", "change_memory_common: read-only; only inside a vmalloc() area (-EINVAL elsewhere)"),
+        ("set_memory_rw", "ADDR NUMPAGES", "change_memory_common: writable; only inside a vmalloc() area"),
+        ("set_memory_nx", "ADDR NUMPAGES", "change_memory_common: PXN; only inside a vmalloc() area"),
+        ("set_memory_x", "ADDR NUMPAGES", "change_memory_common: clear PXN; only inside a vmalloc() area"),
+        ("set_memory_valid", "ADDR NUMPAGES ENABLE", "__change_memory_common: set or clear PTE_VALID, then flush; -EINVAL over a block (6.12), split first with bbml2-split"),
+        ("set_direct_map_invalid_noflush", "ADDR", "clear PTE_VALID on one linear-map page, no flush; nothing unless can_set_direct_map()"),
+        ("set_direct_map_default_noflush", "ADDR", "set PTE_VALID and write on one linear-map page, no flush; nothing unless can_set_direct_map()"),
+        ("vmap", "PA NUMPAGES", "map physical pages at the next vmalloc address (4K PTEs)"),
+        ("flush_tlb_kernel_range", "ADDR NUMPAGES", "TLBI VAALE1IS per page below 2M (MAX_DVM_OPS pages), else TLBI VMALLE1IS"),
+        ("flush_tlb_all", "", "TLBI VMALLE1IS: every CPU's TLB, global entries included"),
+    ]
+
+    /// x86-64's operations.
     public static let catalogue: [(name: String, arguments: String, summary: String)] = [
         ("set_memory_4k", "ADDR NUMPAGES", "split the range to 4K leaves and mark them never to collapse"),
         ("set_memory_np", "ADDR NUMPAGES", "clear _PAGE_PRESENT"),
@@ -27,17 +46,21 @@ public struct KernelOperation: Hashable, Sendable, CustomStringConvertible {
     /// The address (direct-map or vmalloc virtual; physical for vmap).
     public let address: UInt64
     public let numpages: Int
+    /// set_memory_valid's `enable`.
+    public let enable: Bool
 
-    public init(name: String, address: UInt64, numpages: Int) {
+    public init(name: String, address: UInt64, numpages: Int, enable: Bool = true) {
         self.name = name
         self.address = address
         self.numpages = numpages
+        self.enable = enable
     }
 
     public var description: String {
-        switch Self.catalogue.first(where: { $0.name == name })?.arguments {
+        switch (Self.catalogue + Self.arm64Catalogue).first(where: { $0.name == name })?.arguments {
         case "": name
         case "ADDR": "\(name) \(hex(address))"
+        case "ADDR NUMPAGES ENABLE": "\(name) \(hex(address)) \(numpages) \(enable ? 1 : 0)"
         default: "\(name) \(hex(address)) \(numpages)"
         }
     }
@@ -76,6 +99,7 @@ public struct KernelOperation: Hashable, Sendable, CustomStringConvertible {
 
     /// Runs the operation; vmap answers with the address it chose.
     public func apply(to kernel: inout Kernel) throws(HostKernelError) -> any Outcome {
+        if kernel.config.isa == .arm64 { return try applyArm64(to: &kernel) }
         let status: KernelStatus
         switch name {
         case "set_memory_4k": status = try kernel.setMemory4K(address, numpages: numpages)
@@ -101,5 +125,33 @@ public struct KernelOperation: Hashable, Sendable, CustomStringConvertible {
         default: throw HostKernelError("unknown operation '\(name)'")
         }
         return status
+    }
+}
+
+extension KernelOperation {
+    /// Runs an arm64 operation (`arm64Catalogue`).
+    func applyArm64(to kernel: inout Kernel) throws(HostKernelError) -> any Outcome {
+        switch name {
+        case "vmap": return ValueOutcome(hex(try kernel.vmap(PhysAddr(address), pages: numpages).rawValue))
+        case "flush_tlb_all":
+            kernel.flushTLBAll()
+            return KernelStatus.ok
+        default: break
+        }
+        try kernel.validate(address: address, numpages: numpages, function: name)
+        switch name {
+        case "set_memory_ro": return kernel.arm64ChangeMemoryCommon(address, numpages: numpages, set: [], clear: .writable, name)
+        case "set_memory_rw": return kernel.arm64ChangeMemoryCommon(address, numpages: numpages, set: .writable, clear: [], name)
+        case "set_memory_nx": return kernel.arm64ChangeMemoryCommon(address, numpages: numpages, set: .noExecute, clear: [], name)
+        case "set_memory_x": return kernel.arm64ChangeMemoryCommon(address, numpages: numpages, set: [], clear: .noExecute, name)
+        case "set_memory_valid":
+            return kernel.arm64ChangeRange(address, pages: numpages, set: enable ? .present : [], clear: enable ? [] : .present, flush: true)
+        case "set_direct_map_invalid_noflush": return kernel.arm64SetDirectMapNoflush(address, valid: false)
+        case "set_direct_map_default_noflush": return kernel.arm64SetDirectMapNoflush(address, valid: true)
+        case "flush_tlb_kernel_range":
+            kernel.flushTLBKernelRange(address, pages: numpages)
+            return KernelStatus.ok
+        default: throw HostKernelError("\(name) is not an arm64 operation; valid: " + Self.arm64Catalogue.map(\.name).joined(separator: ", "))
+        }
     }
 }

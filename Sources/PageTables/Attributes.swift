@@ -35,6 +35,10 @@ public struct Attributes: OptionSet, Hashable, Sendable, CustomStringConvertible
     /// name them.
     @inlinable public static var software1: Attributes { Attributes(rawValue: 1 << 12) }
     @inlinable public static var software2: Attributes { Attributes(rawValue: 1 << 13) }
+    /// arm64 PTE_CONT: one of 16 adjacent, aligned entries that map a contiguous range with
+    /// the same attributes, so one TLB entry may hold them all (64K of PTEs, 32M of PMDs with
+    /// a 4K granule). Arm ARM D8.6.1.
+    @inlinable public static var contiguous: Attributes { Attributes(rawValue: 1 << 14) }
 
     @usableFromInline static let memoryTypeShift: UInt16 = 5
     @usableFromInline static let memoryTypeMask: UInt16 = 0b11 << memoryTypeShift
@@ -63,7 +67,7 @@ public struct Attributes: OptionSet, Hashable, Sendable, CustomStringConvertible
     private static let names: [(Attributes, String)] = [
         (.present, "present"), (.writable, "rw"), (.user, "user"), (.noExecute, "nx"),
         (.global, "global"), (.encrypted, "enc"), (.shared, "shared"), (.tagged, "tagged"),
-        (.special, "special"), (.forced4K, "forced-4k"), (.software1, "sw1"), (.software2, "sw2"),
+        (.special, "special"), (.forced4K, "forced-4k"), (.software1, "sw1"), (.software2, "sw2"), (.contiguous, "cont"),
     ]
 
     public var description: String {

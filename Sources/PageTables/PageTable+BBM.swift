@@ -32,13 +32,30 @@ extension PageTable {
     /// an invalidation when a live entry changed. A table replaced is freed with what is
     /// below it. Linux arch/arm64/kvm/hyp/pgtable.c stage2_try_break_pte/stage2_make_pte;
     /// Hafnium src/mm.c mm_replace_entry.
-    public mutating func replace<I: TLBInvalidator>(virt: VirtAddr, level: Int, with new: Descriptor, _ tlb: inout I) throws(PageTableError) {
+    ///
+    /// With `breakBeforeMake` false (FEAT_BBM level 2 without abort, as Linux 6.18's
+    /// split_kernel_leaf_mapping relies on) the entry is written in place and nothing is
+    /// invalidated: the caller's later flush covers it.
+    public mutating func replace<I: TLBInvalidator>(
+        virt: VirtAddr, level: Int, with new: Descriptor, _ tlb: inout I, breakBeforeMake: Bool = true
+    ) throws(PageTableError) {
         let va = virt.rawValue & ~((1 << levelShift(level)) - 1)
         try validate(start: va, size: pageBytes)
         let (table, base) = root(va), top = rootLevel
         let v = withReadOnly { Self.descend($0, table, level: top, base: base, address: va, lowest: level) }
         guard v.level == level else { throw .badRange(start: va, size: 1 << levelShift(level)) }  // no entry at that level yet
         let old = v.entry
+        if !breakBeforeMake {
+            if old.isTable && !(new.isTable && new.tableNumber == old.tableNumber) {
+                store(new, slot: v.slot, level: level)
+            } else {
+                write(v.slot, new.rawValue)
+                if old.isLeaf { leafCounts[PageSize(level: level)!] -= 1 }
+                if new.isLeaf { leafCounts[PageSize(level: level)!] += 1 }
+            }
+            replaceLog?.append(.write(slot: v.slot, entry: new))
+            return
+        }
         if needsBreakBeforeMake(old, new) {
             // The new entry's own subtree (a split's table) was built unlinked; only the old
             // entry's goes. A new table must not be freed by the break.
@@ -70,18 +87,22 @@ extension PageTable {
     /// with the same frames and attributes, built unlinked and installed by `replace` (so
     /// with break-before-make where the format needs it). Linux arch/arm64/kvm/hyp/pgtable.c
     /// kvm_pgtable_stage2_split; Hafnium mm_populate_table_pte.
-    public mutating func splitBlock<I: TLBInvalidator>(virt: VirtAddr, level: Int, _ tlb: inout I) throws(PageTableError) {
+    /// `childAttributes` gives the new entries other attributes (arm64 sets the contiguous
+    /// bit on them); `breakBeforeMake` is passed to `replace`.
+    public mutating func splitBlock<I: TLBInvalidator>(
+        virt: VirtAddr, level: Int, _ tlb: inout I, breakBeforeMake: Bool = true, childAttributes: Attributes? = nil
+    ) throws(PageTableError) {
         let va = virt.rawValue & ~((1 << levelShift(level)) - 1)
         try validate(start: va, size: pageBytes)
         let (table, base) = root(va), top = rootLevel
         let v = withReadOnly { Self.descend($0, table, level: top, base: base, address: va, lowest: level) }
         guard v.level == level, v.entry.isLeaf, level > 1 else { throw .badRange(start: va, size: 1 << levelShift(level)) }
         let child = try allocateTable()
-        let step = PageSize(level: level - 1)!.pages, attrs = v.entry.attributes
+        let step = PageSize(level: level - 1)!.pages, attrs = childAttributes ?? v.entry.attributes
         for i in 0..<entriesPerTable {
             entries[child * entriesPerTable + i] = Descriptor.leaf(PFN(v.entry.frame.rawValue + UInt64(i) * step), attrs).rawValue
         }
         leafCounts[PageSize(level: level - 1)!] += entriesPerTable
-        try replace(virt: virt, level: level, with: .table(child), &tlb)
+        try replace(virt: virt, level: level, with: .table(child), &tlb, breakBeforeMake: breakBeforeMake)
     }
 }

@@ -5,7 +5,10 @@ import PageTables
 /// arch_report_meminfo: DirectMap4k always, DirectMap2M on x86-64, DirectMap1G only with
 /// gbpages; each `label:` padded to 16 columns and `%8lu kB`.
 public enum Meminfo {
+    /// Empty on arm64, whose /proc/meminfo has no DirectMap lines (arch_report_meminfo is
+    /// x86, s390 and powerpc only).
     public static func directMap(_ kernel: Kernel) -> String {
+        guard kernel.config.isa == .x86_64 else { return "" }
         let c = kernel.directPagesCount
         var out = line("DirectMap4k:", UInt64(c.size4K) << 2)
         out += line("DirectMap2M:", UInt64(c.size2M) << 11)

@@ -9,8 +9,9 @@ import PageTables
 /// `%9lu%c ` in the largest exact unit of BKMGTPE, then USR, RW/ro, PWT, PCD, PSE, PAT,
 /// GLB, NX/x columns (30 spaces when not present), then the level name.
 public enum Ptdump {
-    /// The direct map ("Low Kernel Mapping") and the vmalloc area.
+    /// The direct map ("Low Kernel Mapping") and the vmalloc area; on arm64 its own format.
     public static func render(_ kernel: Kernel) -> String {
+        if kernel.config.isa == .arm64 { return Arm64Ptdump.render(kernel) }
         let l = kernel.layout
         var out = ""
         section(kernel, "Low Kernel Mapping", from: l.pageOffset, to: l.vmallocStart, into: &out)
@@ -33,7 +34,11 @@ public enum Ptdump {
 
     /// `%9lu%c` over B, K, M, G, T, P, E: divide by 1024 while exact.
     static func size(_ bytes: UInt64) -> String {
-        let units: [Character] = ["B", "K", "M", "G", "T", "P", "E"]
+        sizeField(bytes, units: ["B", "K", "M", "G", "T", "P", "E"])
+    }
+
+    /// `%9lu%c`: `bytes` in the first unit, divided by 1024 while exact.
+    static func sizeField(_ bytes: UInt64, units: [Character]) -> String {
         var v = bytes, u = 0
         while v & 1023 == 0 && v != 0 && u < units.count - 1 {
             v >>= 10

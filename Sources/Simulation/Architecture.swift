@@ -10,6 +10,10 @@ public struct ArchitectureDefinition: Sendable {
     public let name: String
     public let summary: String
     public let modelled: Bool
+    /// The host kernel's architecture (its page tables, layout and set_memory_*).
+    public let isa: KernelISA
+    /// Machine keys that only this kind of kernel has (x86: gbpages, la57, mem-encrypt, sme-coherent).
+    public var machineKeys: [String] { isa == .x86_64 ? ["gbpages", "la57", "mem-encrypt", "sme-coherent"] : [] }
     /// Whether scenarios may define guests, and the largest guest identifier (ASID on SNP).
     public let guestIDs: ClosedRange<UInt64>?
     public let steps: [StepDefinition]
@@ -23,7 +27,7 @@ public struct ArchitectureDefinition: Sendable {
     let makePlatform: @Sendable (inout Kernel, [GuestSpec]) -> any Platform
 
     public init(
-        name: String, summary: String, modelled: Bool = true, guestIDs: ClosedRange<UInt64>? = nil,
+        name: String, summary: String, modelled: Bool = true, isa: KernelISA = .x86_64, guestIDs: ClosedRange<UInt64>? = nil,
         steps: [StepDefinition] = [], workloads: [WorkloadDefinition] = [], policySlots: [PolicySlot] = [],
         invariants: [Invariant] = [], metrics: [MetricInfo] = [], traceTracks: [(track: String, metrics: [String])] = [],
         makePlatform: @escaping @Sendable (inout Kernel, [GuestSpec]) -> any Platform = { _, _ in NoPlatform() }
@@ -31,6 +35,7 @@ public struct ArchitectureDefinition: Sendable {
         self.name = name
         self.summary = summary
         self.modelled = modelled
+        self.isa = isa
         self.guestIDs = guestIDs
         self.steps = steps
         self.workloads = workloads
@@ -54,7 +59,7 @@ public enum Architectures {
         SNPArchitecture.definition,
         .planned("x86-sev", "AMD SEV (C-bit guests)"),
         .planned("x86-tdx", "Intel TDX (PAMT, Secure EPT)"),
-        .planned("arm64", "arm64 host"),
+        Arm64Architecture.definition,
         .planned("arm64-cca", "Arm CCA (GPT, RMM)"),
         .planned("arm64-pkvm", "pKVM (host stage-2 ownership)"),
         .planned("arm64-mte", "Arm MTE tags (to become `machine.mte: true` on arm64)"),

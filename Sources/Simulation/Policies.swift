@@ -41,6 +41,7 @@ public struct PolicyTargets: Sendable {
 
 /// The registry of policy slots: those every machine has; architectures add theirs.
 public enum Policies {
+    /// The x86 host kernel's (change_page_attr's collapse).
     public static let common: [PolicySlot] = [
         collapse(.host, "when change_page_attr re-merges split direct-map tables") { $0.host.collapse = $1 },
     ]
@@ -62,7 +63,7 @@ public enum Policies {
 
     /// The slots a machine of `architecture` has.
     public static func slots(_ architecture: ArchitectureDefinition) -> [PolicySlot] {
-        common + (architecture.guestIDs == nil ? [] : guest) + architecture.policySlots
+        (architecture.isa == .x86_64 ? common : []) + (architecture.guestIDs == nil ? [] : guest) + architecture.policySlots
     }
 
     /// Every slot of every architecture, each once, for `list policies`.

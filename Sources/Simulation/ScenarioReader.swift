@@ -9,6 +9,8 @@ struct ScenarioReader {
 
     static let topKeys = ["name", "seed", "machine", "host", "kvm", "guest", "guests", "steps", "check"]
     static let machineKeys = ["arch", "e820", "memory", "cpus", "gbpages", "la57", "mem-encrypt", "sme-coherent"]
+    /// The keys every machine has; the rest belong to one kernel architecture.
+    static let commonMachineKeys = ["arch", "e820", "memory", "cpus"]
 
     func read(_ root: Field) throws(ScenarioError) -> Scenario {
         let top = try root.mapping()
@@ -27,7 +29,10 @@ struct ScenarioReader {
             throw archField!.error("architecture '\(arch.name)' is not modelled yet; modelled: " + Architectures.modelled.map(\.name).joined(separator: ", "))
         }
         let slots = Policies.slots(arch)
-        try machine.only(Self.machineKeys + slots.filter { $0.section == .machine }.map(\.key))
+        for key in Self.machineKeys where !Self.commonMachineKeys.contains(key) && !arch.machineKeys.contains(key) && machine[key] != nil {
+            throw machine.keyError(key, "'\(key)' is an x86 machine setting; this machine is \(arch.name)")
+        }
+        try machine.only(Self.commonMachineKeys + arch.machineKeys + slots.filter { $0.section == .machine }.map(\.key))
         let memory = try readMemory(machine)
         let cpus = Int(try machine["cpus"]?.number(in: 1...4096, what: "cpus") ?? 1)
         var config = KernelConfig(
@@ -36,6 +41,7 @@ struct ScenarioReader {
             memEncrypt: try machine["mem-encrypt"]?.bool() ?? true,
             smeCoherent: try machine["sme-coherent"]?.bool() ?? true,
             cpus: cpus)
+        config.isa = arch.isa
         var targets = PolicyTargets(host: config, guest: PolicyTargets.guestDefault)
         let policies = try readPolicies(top, machine: machine, slots: slots, targets: &targets)
         config = targets.host

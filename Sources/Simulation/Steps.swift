@@ -63,28 +63,46 @@ public struct StepContext: Sendable {
 /// The registry of steps: the host kernel's, which every machine has, and each
 /// architecture's.
 public enum Steps {
-    public static let host: [StepDefinition] = KernelOperation.catalogue.map { op in
-        switch op.arguments {
-        case "PA NUMPAGES": vmapStep(summary: op.summary)
-        case "": StepDefinition(op.name, op.summary, []) { _, _ throws(ScenarioError) in
-            let kernelOp = KernelOperation(name: op.name, address: 0, numpages: 0)
-            return { m throws(HostKernelError) in try m.apply(kernelOp) }
+    /// The host kernel's steps on an x86-64 kernel: its set_memory_* family, flushes, fault
+    /// injection and host accesses.
+    public static let hostX86 = kernelSteps(KernelOperation.catalogue) + faultInjection + [failEncStatusChange] + hostAccess
+    /// The host kernel's steps on an arm64 kernel.
+    public static let hostArm64 = kernelSteps(KernelOperation.arm64Catalogue) + faultInjection + hostAccess
+
+    /// The host kernel's steps for a kernel of `isa`.
+    public static func host(_ isa: KernelISA) -> [StepDefinition] { isa == .arm64 ? hostArm64 : hostX86 }
+
+    static let hostAccess = [hostAccessStep("host-read", write: false), hostAccessStep("host-write", write: true)]
+
+    /// One step per kernel operation, by its arguments.
+    static func kernelSteps(_ catalogue: [(name: String, arguments: String, summary: String)]) -> [StepDefinition] {
+        catalogue.map { op in
+            switch op.arguments {
+            case "PA NUMPAGES": vmapStep(summary: op.summary)
+            case "": StepDefinition(op.name, op.summary, []) { _, _ throws(ScenarioError) in
+                let kernelOp = KernelOperation(name: op.name, address: 0, numpages: 0)
+                return { m throws(HostKernelError) in try m.apply(kernelOp) }
+            }
+            default: cpaStep(op.name, summary: op.summary, single: op.arguments == "ADDR", enable: op.arguments.hasSuffix("ENABLE"))
+            }
         }
-        default: cpaStep(op.name, summary: op.summary, single: op.arguments == "ADDR")
-        }
-    } + faultInjection + [hostAccessStep("host-read", write: false), hostAccessStep("host-write", write: true)]
+    }
 
     /// The steps a machine of `architecture` has.
-    public static func available(_ architecture: ArchitectureDefinition) -> [StepDefinition] { host + architecture.steps }
+    public static func available(_ architecture: ArchitectureDefinition) -> [StepDefinition] { host(architecture.isa) + architecture.steps }
 
-    /// Every step of every architecture, each once, for `list steps` and the docs.
-    public static var all: [StepDefinition] { host + Architectures.all.flatMap(\.steps) }
+    /// Every step of every architecture, each name once, for `list steps` and the docs.
+    public static var all: [StepDefinition] {
+        var out: [StepDefinition] = []
+        for s in hostX86 + hostArm64 + Architectures.all.flatMap(\.steps) where !out.contains(where: { $0.name == s.name }) { out.append(s) }
+        return out
+    }
 
     /// The step called `name` (or an alias) on `architecture`, or an error that says which
     /// architecture has it or which names are close.
     static func find(_ name: String, architecture: ArchitectureDefinition, at fields: Fields) throws(ScenarioError) -> StepDefinition {
         if let def = available(architecture).first(where: { $0.isCalled(name) }) { return def }
-        let owners = Architectures.all.filter { a in a.steps.contains { $0.isCalled(name) } }
+        let owners = Architectures.all.filter { a in (a.modelled ? available(a) : a.steps).contains { $0.isCalled(name) } }
         if !owners.isEmpty {
             throw fields.keyError(name, "step '\(name)' needs " + owners.map { "'arch: \($0.name)'" }.joined(separator: " or ")
                 + "; this machine is \(architecture.name)")
@@ -110,6 +128,9 @@ public enum Steps {
                 return OK()
             }
         },
+    ]
+
+    static let failEncStatusChange =
         StepDefinition("fail_enc_status_change", "fault injection: make an encryption-status hook fail (-EIO)",
                        [Parameter("hook", .choice(EncryptionHook.allCases.map(\.rawValue) + ["none"]), required: true, "the hook that fails")]) { a, _ throws(ScenarioError) in
             let hook = EncryptionHook(rawValue: a.text("hook")!)
@@ -117,8 +138,7 @@ public enum Steps {
                 m.kernel.failingHook = hook
                 return OK()
             }
-        },
-    ]
+        }
 
     /// Host access contexts, in HostAccessContext's order.
     public static let hostContexts = HostAccessContext.allCases.map(\.rawValue)
@@ -155,9 +175,10 @@ public enum Steps {
         }
     }
 
-    static func cpaStep(_ name: String, summary: String, single: Bool) -> StepDefinition {
+    static func cpaStep(_ name: String, summary: String, single: Bool, enable: Bool = false) -> StepDefinition {
         var args = [Parameter("addr", .address(), "a direct-map or vmalloc virtual address (e.g. 0xffff888040000000), or 'pa:' a physical address reached through the direct map")]
         if !single { args.append(Parameter("numpages", .count(1...(1 << 40)), default: "1", "pages to change")) }
+        if enable { args.append(Parameter("enable", .bool, default: "true", "set (true) or clear (false) the valid bit")) }
         args += [Parameter("guest", .guest, "run it in this guest's own kernel instead of the host's"),
                  Parameter("gpa", .address(), "with guest: the guest physical address, reached through the guest's direct map")]
         // The old guest_set_memory_{en,de}crypted steps always meant a guest's kernel.
@@ -178,7 +199,7 @@ public enum Steps {
                 throw (a.fields["addr"] ?? a.fields["pa"]!).error(error.message)
             }
             a.show("addr", hex(address))
-            let op = KernelOperation(name: name, address: address, numpages: numpages)
+            let op = KernelOperation(name: name, address: address, numpages: numpages, enable: !a.has("enable") || a.bool("enable"))
             return { m throws(HostKernelError) in try m.apply(op) }
         }
     }
@@ -189,8 +210,10 @@ public enum Steps {
         case (.some, .none): return a.number("addr")
         case (.none, .some(let p)):
             let pa = try p.number()
-            guard pa < kernel.layout.directMapMax else { throw p.error("physical address \(hex(pa)) is past the direct map") }
-            return kernel.layout.pageOffset + pa
+            guard kernel.hasDirectMapAddress(pa) else {
+                throw p.error("physical address \(hex(pa)) has no direct-map address (the direct map covers [\(hex(kernel.physOffset))-\(hex(kernel.physOffset + kernel.layout.directMapMax))))")
+            }
+            return kernel.va(PhysAddr(pa)).rawValue
         case (.some, .some): throw a.fields.owner.error("give either 'addr' or 'pa', not both")
         case (.none, .none): throw a.fields.owner.error("'addr' or 'pa' is required (or 'guest' and 'gpa')")
         }

@@ -69,7 +69,8 @@ public enum Workloads {
     static let operations = Parameter("operations", .count(1...1_000_000_000_000), default: "1", "how many times to repeat the workload's unit of work")
     static let from = Parameter("from", .address(), "lowest physical address to pick pages from (default 1M)")
 
-    public static let host: [WorkloadDefinition] = [
+    /// The x86 kernel's change_page_attr workloads.
+    public static let x86Host: [WorkloadDefinition] = [
         WorkloadDefinition(
             "cpa-churn",
             "set_memory_decrypted then set_memory_encrypted on random RAM pages (swiotlb-style bounce buffers on an SME host)",
@@ -111,6 +112,26 @@ public enum Workloads {
                 }
             }
         },
+    ]
+
+    /// The workloads every host kernel has.
+    public static let host: [WorkloadDefinition] = [
+        WorkloadDefinition(
+            "secretmem",
+            "memfd_secret pages on random RAM: set_direct_map_invalid_noflush then flush_tlb_kernel_range (secretmem_fault), then set_direct_map_default_noflush (secretmem_free_folio)",
+            [operations, from]
+        ) { a, ctx throws(ScenarioError) in
+            let range = try WorkloadRange.read(a, ctx), ops = a.number("operations")
+            return { m throws(HostKernelError) in
+                try repeatOps(&m, ops) { m throws(HostKernelError) in
+                    let va = m.kernel.va(range.randomPage(&m)).rawValue
+                    let a = try m.apply(KernelOperation(name: "set_direct_map_invalid_noflush", address: va, numpages: 1))
+                    guard a.kind == .success else { return a }
+                    _ = try m.apply(KernelOperation(name: "flush_tlb_kernel_range", address: va, numpages: 1))
+                    return try m.apply(KernelOperation(name: "set_direct_map_default_noflush", address: va, numpages: 1))
+                }
+            }
+        },
         WorkloadDefinition(
             "host-writes",
             "the host writes random RAM pages it owns in one context (kernel data, stacks …), on the CPUs in turn; counts how those writes end",
@@ -134,10 +155,12 @@ public enum Workloads {
     ]
 
     /// The workloads a machine of `architecture` has.
-    public static func available(_ architecture: ArchitectureDefinition) -> [WorkloadDefinition] { host + architecture.workloads }
+    public static func available(_ architecture: ArchitectureDefinition) -> [WorkloadDefinition] {
+        (architecture.isa == .x86_64 ? x86Host : []) + host + architecture.workloads
+    }
 
     /// Every workload of every architecture, for `list workloads` and the docs.
-    public static var all: [WorkloadDefinition] { host + Architectures.all.flatMap(\.workloads) }
+    public static var all: [WorkloadDefinition] { x86Host + host + Architectures.all.flatMap(\.workloads) }
 
     /// Runs `body` `ops` times, tallying kernel errors, with progress every 4096.
     public static func repeatOps(_ m: inout Machine, _ ops: UInt64, _ body: (inout Machine) throws(HostKernelError) -> any Outcome) throws(HostKernelError) -> WorkloadTally {
@@ -154,7 +177,7 @@ public enum Workloads {
         let kindField = try fields.required("kind")
         let kind = try kindField.text()
         guard let def = available(context.architecture).first(where: { $0.name == kind }) else {
-            if let owner = Architectures.all.first(where: { a in a.workloads.contains { $0.name == kind } }) {
+            if let owner = Architectures.modelled.first(where: { a in available(a).contains { $0.name == kind } }) {
                 throw kindField.error("workload \(kind) needs 'arch: \(owner.name)'; this machine is \(context.architecture.name)")
             }
             throw kindField.error("unknown workload '\(kind)'" + Suggest.hint(kind, in: available(context.architecture).map(\.name), listedBy: "'cocomem list workloads'"))

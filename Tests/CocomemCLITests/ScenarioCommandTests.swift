@@ -124,7 +124,7 @@ import Testing
     }
 
     @Test(arguments: [
-        (["compare", "examples/cpa-churn.yaml", "--policy", "sometimes"], "--policy 'sometimes': no such policy; valid: never, rox, always, none, split-on-assign, proactive-4k, unmap-private, split-on-fault, pooled, coalesce"),
+        (["compare", "examples/cpa-churn.yaml", "--policy", "sometimes"], "--policy 'sometimes': no such policy; valid: never, rox, always"),
         (["compare", "examples/cpa-churn.yaml", "--policy", "rox", "--slot", "host.nothing"], "--slot 'host.nothing': not a slot of this scenario's machine; valid: host.cpa-collapse"),
         (["compare", "examples/cpa-churn.yaml", "--policy", "rox", "--slot", "host.directmap-policy"], "--slot 'host.directmap-policy': not a slot of this scenario's machine; valid: host.cpa-collapse"),
         (["compare", "examples/snp-kvm.yaml", "--policy", "rox", "--slot", "host.directmap-policy"], "--policy 'rox' is not a policy of host.directmap-policy; valid: none, split-on-assign"),

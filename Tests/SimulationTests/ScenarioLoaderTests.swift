@@ -83,7 +83,7 @@ import Testing
 
     @Test func unmodelledArchitectureSaysSo() {
         let e = error("name: t\nmachine: {arch: x86-tdx, memory: 4G}\nsteps: []\n")
-        #expect(e?.message == "architecture 'x86-tdx' is not modelled yet; modelled: x86-64, x86-snp")
+        #expect(e?.message == "architecture 'x86-tdx' is not modelled yet; modelled: x86-64, x86-snp, arm64")
     }
 
     @Test func unknownPolicyListsTheValidOnes() {
@@ -94,7 +94,7 @@ import Testing
 
     @Test func unknownWorkloadListsTheValidOnes() {
         let e = error("name: t\nmachine: {memory: 4G}\nsteps:\n  - workload: {kind: stress, operations: 5}\n")
-        #expect(e?.message == "unknown workload 'stress'; valid: cpa-churn, split-scatter, rox-cycle, host-writes")
+        #expect(e?.message == "unknown workload 'stress'; valid: cpa-churn, split-scatter, rox-cycle, secretmem, host-writes")
         let snp = error("name: t\nmachine: {memory: 4G}\nsteps:\n  - workload: {kind: vm-churn, guest: vm0}\n")
         #expect(snp?.message == "workload vm-churn needs 'arch: x86-snp'; this machine is x86-64")
     }
