@@ -77,3 +77,38 @@ let exampleE820 = """
         #expect(Ptdump.flags(user, level: 1) == "USR ro                     x  ")
     }
 }
+
+/// arm64's /sys/kernel/debug/kernel_page_tables, byte for byte, and its empty DirectMap lines.
+@Suite struct Arm64PtdumpTests {
+    @Test func aSmallBlockMappedMachine() throws {
+        var config = KernelConfig()
+        config.isa = .arm64
+        var k = try Kernel(memory: PhysicalMemory.parse(e820: "BIOS-e820: [mem 0x0000000040100000-0x000000004220ffff] usable"), config: config)
+        _ = try k.vmap(PhysAddr(0x4020_0000), pages: 2)
+        #expect(Meminfo.directMap(k) == "")
+        #expect(Ptdump.render(k) == """
+            ---[ Linear Mapping start ]---
+            0xffff000000000000-0xffff000000100000           1M PTE
+            0xffff000000100000-0xffff000000200000           1M PTE       RW NX SHD AF    CON     UXN    MEM/NORMAL-TAGGED
+            0xffff000000200000-0xffff000002200000          32M PMD       RW NX SHD AF        BLK UXN    MEM/NORMAL-TAGGED
+            0xffff000002200000-0xffff000002210000          64K PTE       RW NX SHD AF    CON     UXN    MEM/NORMAL-TAGGED
+            0xffff000002210000-0xffff000002400000        1984K PTE
+            0xffff000002400000-0xffff000040000000         988M PMD
+            0xffff000040000000-0xffff008000000000         511G PUD
+            0xffff008000000000-0xffff800000000000      130560G PGD
+            ---[ Linear Mapping end ]---
+            ---[ Modules start ]---
+            0xffff800000000000-0xffff800080000000           2G PUD
+            ---[ Modules end ]---
+            ---[ vmalloc() area ]---
+            0xffff800080000000-0xffff800080002000           8K PTE       RW NX SHD AF            UXN    MEM/NORMAL
+            0xffff800080002000-0xffff800080200000        2040K PTE
+            0xffff800080200000-0xffff8000c0000000        1022M PMD
+            0xffff8000c0000000-0xffff808000000000         509G PUD
+            0xffff808000000000-0xfffffdffc0000000      128511G PGD
+            ---[ vmalloc() end ]---
+            ---[ vmemmap start ]---
+
+            """)
+    }
+}
