@@ -80,3 +80,25 @@ public struct TLBStats: Hashable, Sendable {
         Metric("tlb_flushes", "flushes", "TLB invalidations that reached the CPU (page, ASID or all)") { $0.flushes },
     ]
 }
+
+/// An arm64 TLB maintenance instruction at EL1 (Arm ARM C5.5): by VA for the current ASID
+/// and global entries (VAE1, VALE1), by VA for all ASIDs (VAAE1, VAALE1), by ASID (ASIDE1),
+/// or everything (VMALLE1). The `IS` forms are broadcast to every CPU in the Inner
+/// Shareable domain; the others act on the CPU that executes them. The last-level (`L`)
+/// forms keep walk caches, which cocomem does not model, so they invalidate the same TLB
+/// entries. Linux arch/arm64/include/asm/tlbflush.h.
+public enum ArmTLBI: String, CaseIterable, Sendable {
+    case vae1is, vale1is, vaae1is, vaale1is, aside1is, vmalle1is
+    case vae1, vale1, vaae1, vaale1, aside1, vmalle1
+
+    /// Whether the instruction reaches every CPU.
+    public var broadcast: Bool { rawValue.hasSuffix("is") }
+    /// Whether it names a virtual address.
+    public var byAddress: Bool { rawValue.hasPrefix("va") }
+
+    /// What it invalidates in a TLB that holds one ASID's entries and the global ones.
+    public func invalidation(va: UInt64) -> TLBInvalidation {
+        if byAddress { return .page(va) }
+        return rawValue.hasPrefix("aside1") ? .nonGlobal : .all
+    }
+}

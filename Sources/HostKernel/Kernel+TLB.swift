@@ -42,6 +42,17 @@ extension Kernel {
         if all { flushTLBAll() } else { flushTLBPages(start, pages: pages) }
     }
 
+    /// An arm64 TLBI executed on CPU `cpu`: broadcast (the IS forms) or local. A broadcast
+    /// one counts as a flush point for the pages it covers; a local one does not (other CPUs
+    /// may still hold the old translation).
+    public mutating func tlbi(_ op: ArmTLBI, va: UInt64, cpu: Int) {
+        let inv = op.invalidation(va: va)
+        log("tlbi \(op.rawValue)" + (op.byAddress ? " \(hex(va))" : "") + " on CPU \(cpu)")
+        if op.broadcast { return broadcast(inv) }
+        guard !omitTLBFlushes else { return log("flush omitted (\(inv))") }
+        _cpus[cpu].invalidate(inv)
+    }
+
     /// Notes that `va`'s page changed without a flush (the *_noflush operations).
     mutating func noteUnflushed(_ va: UInt64) {
         let page = va & ~(pageBytes - 1)

@@ -36,16 +36,18 @@ public enum MemoryMap {
         let end = (kernel.mappedRanges.last!.upperBound + PageSize.size1G.bytes - 1) & ~(PageSize.size1G.bytes - 1)
         let hole: UInt8 = coloring == .leafSize ? 4 : 3
         var cells = [UInt8](repeating: hole, count: Int(end / PageSize.size2M.bytes))
-        let leaves = (try? kernel.pageTable.leaves(virt: VirtAddr(kernel.layout.pageOffset), size: end)) ?? []
+        let leaves = (try? kernel.pageTable.leaves(virt: VirtAddr(kernel.layout.pageOffset), size: end - kernel.physOffset)) ?? []
+        // Without memory encryption (arm64) every present page is the host's own.
+        let encrypts = kernel.config.isa == .x86_64 && kernel.config.memEncrypt
         for leaf in leaves {
-            let pa = leaf.virt.rawValue - kernel.layout.pageOffset
+            let pa = kernel.pa(leaf.virt).rawValue
             let first = Int(pa / PageSize.size2M.bytes)
             let count = max(1, Int(leaf.size.bytes / PageSize.size2M.bytes))
             let a = leaf.attributes
             let cls: UInt8
             switch coloring {
             case .leafSize: cls = leaf.size == .size1G ? 0 : leaf.size == .size2M ? 1 : a.contains(.forced4K) ? 3 : 2
-            case .ownership: cls = !a.contains(.present) ? 2 : a.contains(.encrypted) ? 0 : 1
+            case .ownership: cls = !a.contains(.present) ? 2 : a.contains(.encrypted) || !encrypts ? 0 : 1
             }
             // A region of 4K pages takes the most notable class among them (the higher index).
             for c in first..<min(first + count, cells.count) {

@@ -106,6 +106,20 @@ import PageTables
         try k.checkInvariants()
     }
 
+    @Test func aLocalTLBIReachesOneCPUAndAnISOneReachesAll() throws {
+        var k = try kernel(.pte, cpus: 2, e820: Self.small)
+        let va = k.layout.pageOffset + 0x5000
+        for cpu in 0..<2 { _ = k.translate(cpu: cpu, va) }
+        k.tlbi(.vaale1, va: va, cpu: 0)
+        #expect(k.cpus.map { $0.tlb.entry(va) != nil } == [false, true])
+        k.tlbi(.aside1is, va: 0, cpu: 0)  // global kernel entries stay
+        #expect(k.cpus[1].tlb.entry(va) != nil)
+        k.tlbi(.vaale1is, va: va, cpu: 0)
+        #expect(k.cpus.allSatisfy { $0.tlb.validEntries.isEmpty })
+        #expect(k.cpus.map(\.stats.flushes) == [3, 2])
+        #expect(ArmTLBI.allCases.filter(\.broadcast).map(\.rawValue) == ["vae1is", "vale1is", "vaae1is", "vaale1is", "aside1is", "vmalle1is"])
+    }
+
     @Test func flushTLBKernelRangeFlushesEverythingFromTwoMegabytes() throws {
         var k = try kernel(.pte, e820: Self.small)
         k.flushTLBKernelRange(k.layout.pageOffset, pages: 511)
