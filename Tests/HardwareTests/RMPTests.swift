@@ -164,9 +164,23 @@ import PageTables
         #expect(r.pvalidate(guest(0x1000, spa: Self.base), size: .size4K, validate: true) == .npf([.rmp, .enc]))
     }
 
-    @Test func pvalidateBelowVMPL0IsFailPermission() {
+    @Test func pvalidateBelowVMPL0IsGP() {
         var r = assigned4K()
-        #expect(r.pvalidate(guest(0x1000, spa: Self.base, vmpl: 1), size: .size4K, validate: true) == .status(.failPermission))
+        for vmpl in 1...3 {
+            #expect(r.pvalidate(guest(0x1000, spa: Self.base, vmpl: vmpl), size: .size4K, validate: true) == .gp(0))
+            #expect(r.pvalidate(guest(0x1000, spa: Self.base, vmpl: vmpl), size: .size2M, validate: true) == .gp(0))  // before FAIL_INPUT
+        }
+        #expect(SNPOutcome.gp(0).description == "#GP(0)" && SNPOutcome.gp(0).kind == .fault)
+    }
+
+    /// verismo op_rmpadjust: the 2M alignment check (FAIL_INPUT) comes before the VMPL
+    /// comparison (FAIL_PERMISSION); then the VMPL comparison before any RMP check.
+    @Test func rmpadjustChecksAlignmentBeforeTheVMPL() {
+        var r = assigned4K()
+        #expect(r.rmpadjust(guest(0x1000, spa: Self.base + 0x1000, vmpl: 1), size: .size2M, targetVMPL: 1, permissions: .read, vmsa: false) == .status(.failInput))
+        #expect(r.rmpadjust(guest(0x1000, spa: Self.base + 0x1000, vmpl: 2), size: .size2M, targetVMPL: 0, permissions: .read, vmsa: false) == .status(.failInput))
+        // Aligned, the VMPL comparison answers before the ownership check (the page at 0 is not this guest's).
+        #expect(r.rmpadjust(guest(0, spa: Self.base, vmpl: 1), size: .size2M, targetVMPL: 1, permissions: .read, vmsa: false) == .status(.failPermission))
     }
 
     // §5 case 10

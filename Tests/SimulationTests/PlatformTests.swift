@@ -77,13 +77,13 @@ import PageTables
 
     @Test func helpAndErrorsComeFromTheSchema() throws {
         let rmpupdate = try #require(Steps.all.first { $0.name == "rmpupdate" })
-        #expect(rmpupdate.arguments.map(\.name) == ["spa", "assigned", "asid", "gpa", "size", "immutable"])
+        #expect(rmpupdate.arguments.map(\.name) == ["spa", "assigned", "asid", "gpa", "size", "immutable", "issuer"])
         #expect(rmpupdate.arguments[1].helpLine == "assign (true) or return to the hypervisor (false) (true or false); required")
         #expect(rmpupdate.arguments[4].helpLine == "page size (one of 4K, 2M); default 4K")
         // The echo follows the schema: every argument, defaults filled in, in declaration order.
         let s = try Scenario.load(yaml: Self.snp + "steps:\n  - rmpupdate: {assigned: true, spa: 0x40200000}\n", file: "p.yaml")
-        #expect(s.steps[0].arguments.map(\.0) == ["spa", "assigned", "asid", "gpa", "size", "immutable"])
-        #expect(s.steps[0].arguments.map(\.1) == ["0x40200000", "true", "0", "0x0", "4K", "false"])
+        #expect(s.steps[0].arguments.map(\.0) == ["spa", "assigned", "asid", "gpa", "size", "immutable", "issuer"])
+        #expect(s.steps[0].arguments.map(\.1) == ["0x40200000", "true", "0", "0x0", "4K", "false", "hypervisor"])
         let missing = #expect(throws: ScenarioError.self) { try Scenario.load(yaml: Self.snp + "steps:\n  - rmpupdate: {spa: 0}\n", file: "p.yaml") }
         #expect(missing?.message == "'assigned' is required: assign (true) or return to the hypervisor (false)")
         #expect(missing?.field == "steps[1].rmpupdate")

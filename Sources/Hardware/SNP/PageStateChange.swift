@@ -102,3 +102,34 @@ public struct PSCRequest: Hashable, Sendable {
     /// Entry `i` of the shared buffer: zero past the entries written.
     public func entry(_ i: Int) -> PSCEntry { i < entries.count ? entries[i] : PSCEntry(raw: 0) }
 }
+
+/// What the guest sees after a GHCB page-state change: KVM's SW_EXITINFO2 and the request
+/// buffer as KVM left it (cur_entry, end_entry, each entry's cur_page), printed as
+/// `ok cur_entry=2 end_entry=1 cur_page=[512,1]` or with the error's Linux name
+/// (VMGEXIT_PSC_ERROR_INVALID_HDR, _INVALID_ENTRY, _GENERIC). arch/x86/kvm/svm/sev.c.
+public struct PSCResult: Outcome, Hashable {
+    public let exitInfo2: UInt64
+    public let request: PSCRequest
+
+    public init(exitInfo2: UInt64, request: PSCRequest) {
+        self.exitInfo2 = exitInfo2
+        self.request = request
+    }
+
+    /// A refused request is the hypervisor's documented answer, not a kernel error.
+    public var kind: OutcomeKind { exitInfo2 == 0 ? .success : .status }
+
+    public var code: String {
+        switch exitInfo2 {
+        case 0: "ok"
+        case PSCRequest.errorInvalidHeader: "VMGEXIT_PSC_ERROR_INVALID_HDR"
+        case PSCRequest.errorInvalidEntry: "VMGEXIT_PSC_ERROR_INVALID_ENTRY"
+        case PSCRequest.errorGeneric: "VMGEXIT_PSC_ERROR_GENERIC"
+        default: "SW_EXITINFO2=\(hex(exitInfo2))"
+        }
+    }
+
+    public var description: String {
+        "\(code) cur_entry=\(request.curEntry) end_entry=\(request.endEntry) cur_page=[\(request.entries.map { String($0.curPage) }.joined(separator: ","))]"
+    }
+}

@@ -114,12 +114,28 @@ extension RMP {
         return nil
     }
 
-    /// PVALIDATE: sets or clears Validated. Order as verismo models it: FAIL_PERMISSION below
-    /// VMPL0; the ownership NPFs; FAIL_SIZEMISMATCH for a 2M request over 4K entries;
-    /// success with CF=1 when nothing changes. A 2M request needs a 2M-aligned GPA
-    /// (FAIL_INPUT, inferred). AMD APM Vol 2 §15.36.11 (PVALIDATE).
+    /// Who executes an SNP instruction.
+    public enum Issuer: String, CaseIterable, Sendable {
+        /// The hypervisor (host, ASID 0).
+        case hypervisor
+        /// An SNP guest at some VMPL.
+        case guest
+    }
+
+    /// PVALIDATE or RMPADJUST executed by the hypervisor, outside any SNP guest: #GP(0).
+    /// verismo arch/mem/mem_s.rs op_pvalidate / op_rmpadjust (`memid is Hv` → Unsupported,
+    /// trapped as #GP by x64_s.rs handle_mem_err_fn); no source contradicts it, and the APM
+    /// text was not available (docs/SNP-HARDWARE.md).
+    public static let guestInstructionInHypervisor = SNPOutcome.gp(0)
+
+    /// PVALIDATE: sets or clears Validated. Order as verismo's op_pvalidate has it: #GP(0)
+    /// below VMPL0 (verismo; Linux, coconut-svsm and Microsoft's __pvalidate know no
+    /// FAIL_PERMISSION for PVALIDATE, and Linux sends it to the SVSM when not at VMPL0); a 2M
+    /// request at a GPA not 2M-aligned is FAIL_INPUT; the ownership NPFs; FAIL_SIZEMISMATCH
+    /// for a 2M request over 4K entries; success with CF=1 when nothing changes. AMD APM
+    /// Vol 2 §15.36.11 (PVALIDATE).
     public mutating func pvalidate(_ g: GuestContext, size: PageSize, validate: Bool) -> SNPOutcome {
-        if g.vmpl != 0 { return .status(.failPermission) }
+        if g.vmpl != 0 { return .gp(0) }
         if size == .size2M && (g.gpa | g.spa) & (PageSize.size2M.bytes - 1) != 0 { return .status(.failInput) }
         if let fault = ownershipFault(g, size: size) { return fault }
         let pfn = g.spa >> pageShift
@@ -131,13 +147,15 @@ extension RMP {
     }
 
     /// RMPADJUST: sets a less privileged VMPL's permissions (and, at VMPL0, the VMSA bit).
-    /// Order as verismo models it: target ≤ current VMPL → FAIL_PERMISSION; the ownership
-    /// NPFs; not validated → #VC(0x404); a 2M request over 4K entries → FAIL_SIZEMISMATCH;
-    /// permissions beyond the current VMPL's own → FAIL_PERMISSION. The VMSA bit is honoured
-    /// only from VMPL0 (Linux: "Running at VMPL0 allows the kernel to change the VMSA bit").
+    /// Order as verismo's op_rmpadjust (mem_s.rs) and RmpEntry::rmpadjust have it: a 2M
+    /// request at a GPA not 2M-aligned → FAIL_INPUT, before target ≤ current VMPL →
+    /// FAIL_PERMISSION; the ownership NPFs; not validated → #VC(0x404); a 2M request over 4K
+    /// entries → FAIL_SIZEMISMATCH; permissions beyond the current VMPL's own →
+    /// FAIL_PERMISSION. The VMSA bit is honoured only from VMPL0 (Linux: "Running at VMPL0
+    /// allows the kernel to change the VMSA bit"; edk2 and Microsoft's __rmpadjust agree).
     public mutating func rmpadjust(_ g: GuestContext, size: PageSize, targetVMPL: Int, permissions: VMPLPermissions, vmsa: Bool) -> SNPOutcome {
-        if targetVMPL <= g.vmpl { return .status(.failPermission) }
         if size == .size2M && (g.gpa | g.spa) & (PageSize.size2M.bytes - 1) != 0 { return .status(.failInput) }
+        if targetVMPL <= g.vmpl { return .status(.failPermission) }
         if let fault = ownershipFault(g, size: size) { return fault }
         let pfn = g.spa >> pageShift
         let pages: Range<UInt64> = size == .size2M ? pfn..<pfn + 512 : pfn..<pfn + 1

@@ -24,7 +24,7 @@ extension SNPOutcome: Outcome {
         switch self {
         case .status(let s, _): s.kind
         case .ok, .read: .success
-        case .npf, .vc, .hostRMPFault, .hostNotPresent, .iommuRMPFault: .fault
+        case .npf, .vc, .gp, .hostRMPFault, .hostNotPresent, .iommuRMPFault: .fault
         }
     }
 }

@@ -55,6 +55,9 @@ public enum SNPOutcome: Hashable, Sendable, CustomStringConvertible {
     case hostNotPresent
     /// An IOMMU RMP_PAGE_FAULT event (EVENT_TYPE_RMP_FAULT 0xd, drivers/iommu/amd/iommu.c).
     case iommuRMPFault
+    /// A general-protection exception with this error code: the instruction may not run for
+    /// its issuer (docs/SNP-HARDWARE.md "Who executes an instruction").
+    case gp(UInt32)
     /// An access that passed every check.
     case ok
     /// RMPREAD / RMPQUERY results.
@@ -70,6 +73,7 @@ public enum SNPOutcome: Hashable, Sendable, CustomStringConvertible {
         case .hostRMPFault: "#PF(RMP)"
         case .hostNotPresent: "#PF(not-present)"
         case .iommuRMPFault: "RMP_PAGE_FAULT"
+        case .gp(let code): "#GP(\(code))"
         case .ok: "ok"
         case .read(let text): "ok " + text
         }

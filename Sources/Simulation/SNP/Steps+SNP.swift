@@ -17,6 +17,23 @@ extension Steps {
         Parameter(name, .count(0...3), default: required ? nil : "0", required: required, help)
     }
 
+    /// `issuer:` on a guest instruction: the guest (default) or the hypervisor, which #GPs.
+    static let guestIssuer = Parameter("issuer", .choice(RMP.Issuer.allCases.map(\.rawValue)), default: "guest",
+                                       "who executes it: the guest, or the hypervisor (#GP(0))")
+    /// `issuer:` on a hypervisor instruction: only the hypervisor is modelled.
+    static let hostIssuer = Parameter("issuer", .choice(RMP.Issuer.allCases.map(\.rawValue)), default: "hypervisor",
+                                      "who executes it: the hypervisor (a guest is not modelled: the sources disagree)")
+
+    /// A hypervisor instruction's `issuer: guest` is refused: Microsoft's intrinsic docs give
+    /// FAIL_PERMISSION ("the current ASID isn't zero") and the nested-SNP patch says these
+    /// instructions cannot be trapped, while verismo raises #GP; the APM text was not
+    /// available to settle it (docs/SNP-HARDWARE.md).
+    static func checkHostIssuer(_ a: StepArguments, _ name: String) throws(ScenarioError) {
+        guard a.text("issuer") == RMP.Issuer.guest.rawValue else { return }
+        throw a.field("issuer").error("\(name) executed by a guest is not modelled: the sources disagree (FAIL_PERMISSION in Microsoft's "
+            + "intrinsic docs, #GP in verismo; docs/SNP-HARDWARE.md); valid: hypervisor")
+    }
+
     static let snp: [StepDefinition] = rmpInstructions + [rmpMakeStep(private: true), rmpMakeStep(private: false)] + guestAccess + kvm
 
     static let rmpInstructions: [StepDefinition] = [
@@ -24,13 +41,16 @@ extension Steps {
                 [spa, Parameter("assigned", .bool, required: true, "assign (true) or return to the hypervisor (false)"),
                  Parameter("asid", .count(0...0xffff_ffff), default: "0", "owner ASID"),
                  Parameter("gpa", .address(), default: "0", "guest physical address"), size4K2M,
-                 Parameter("immutable", .bool, default: "false", "the Immutable bit")]) { a, _ throws(ScenarioError) in
+                 Parameter("immutable", .bool, default: "false", "the Immutable bit"), hostIssuer]) { a, _ throws(ScenarioError) in
+            try checkHostIssuer(a, "RMPUPDATE")
             let spa = a.number("spa")
             let u = RMPUpdate(gpa: a.number("gpa"), assigned: a.bool("assigned"), size: size(a), immutable: a.bool("immutable"),
                               asid: UInt32(truncatingIfNeeded: a.number("asid")))
             return { p, _ in .status(p.rmp.rmpupdate(spa: spa, u)) }
         },
-        snpStep("psmash", "PSMASH: split a 2M RMP entry into 512 4K entries", [Parameter("spa", .physical, required: true, "2M-aligned system physical address")]) { a, _ throws(ScenarioError) in
+        snpStep("psmash", "PSMASH: split a 2M RMP entry into 512 4K entries",
+                [Parameter("spa", .physical, required: true, "2M-aligned system physical address"), hostIssuer]) { a, _ throws(ScenarioError) in
+            try checkHostIssuer(a, "PSMASH")
             let spa = a.number("spa")
             return { p, _ in .status(p.rmp.psmash(spa: spa)) }
         },
@@ -47,20 +67,21 @@ extension Steps {
         },
         snpStep("pvalidate", "PVALIDATE: the guest validates or rescinds a page",
                 [guest, gpa, size4K2M, Parameter("validate", .bool, required: true, "validate (true) or rescind (false)"),
-                 vmpl("vmpl", "VMPL executing it")]) { a, _ throws(ScenarioError) in
+                 vmpl("vmpl", "VMPL executing it (#GP(0) below VMPL0)"), guestIssuer]) { a, _ throws(ScenarioError) in
             let ctx = try guestContext(a, vmplArgument: "vmpl")
-            let sz = size(a), v = a.bool("validate")
-            return { p, _ in p.rmp.pvalidate(ctx, size: sz, validate: v) }
+            let sz = size(a), v = a.bool("validate"), host = a.text("issuer") == RMP.Issuer.hypervisor.rawValue
+            return { p, _ in host ? RMP.guestInstructionInHypervisor : p.rmp.pvalidate(ctx, size: sz, validate: v) }
         },
         snpStep("rmpadjust", "RMPADJUST: set a less privileged VMPL's permissions on a page",
                 [guest, gpa, size4K2M, vmpl("vmpl", required: true, "target VMPL"),
                  Parameter("perms", .count(0...0x1f), required: true, "permission mask: 1 R, 2 W, 4 Xuser, 8 Xsuper, 0x10 SSS"),
-                 Parameter("vmsa", .bool, default: "false", "set the VMSA bit"), vmpl("from", "VMPL executing it")]) { a, _ throws(ScenarioError) in
+                 Parameter("vmsa", .bool, default: "false", "set the VMSA bit"), vmpl("from", "VMPL executing it"), guestIssuer]) { a, _ throws(ScenarioError) in
             let ctx = try guestContext(a, vmplArgument: "from")
             let sz = size(a), target = Int(a.number("vmpl")), vmsa = a.bool("vmsa")
             let perms = VMPLPermissions(rawValue: UInt8(a.number("perms")))
             a.show("perms", perms.description)
-            return { p, _ in p.rmp.rmpadjust(ctx, size: sz, targetVMPL: target, permissions: perms, vmsa: vmsa) }
+            let host = a.text("issuer") == RMP.Issuer.hypervisor.rawValue
+            return { p, _ in host ? RMP.guestInstructionInHypervisor : p.rmp.rmpadjust(ctx, size: sz, targetVMPL: target, permissions: perms, vmsa: vmsa) }
         },
         snpStep("rmpquery", "RMPQUERY: a VMPL's permissions on a page",
                 [guest, gpa, vmpl("vmpl", required: true, "VMPL to query"), vmpl("from", "VMPL executing it")]) { a, _ throws(ScenarioError) in
@@ -104,10 +125,10 @@ extension Steps {
 
     /// A step on the SEV-SNP platform, counted as an operation.
     static func platformStep(
-        _ name: String, _ summary: String, _ arguments: [Parameter],
+        _ name: String, _ summary: String, _ arguments: [Parameter], extraKeys: [String] = [],
         _ body: @escaping @Sendable (inout StepArguments, StepContext) throws(ScenarioError) -> @Sendable (inout SNPPlatform, inout Machine) -> any Outcome
     ) -> StepDefinition {
-        StepDefinition(name, summary, arguments) { a, ctx throws(ScenarioError) in
+        StepDefinition(name, summary, arguments, extraKeys: extraKeys) { a, ctx throws(ScenarioError) in
             let run = try body(&a, ctx)
             return { m throws(HostKernelError) in
                 let result = m.withPlatform(SNPPlatform.self) { p, m in run(&p, &m) }
@@ -214,11 +235,17 @@ extension Steps {
             let i = a.guest!.index
             return { p, m in p.kvm.teardown(i, kernel: &m.kernel, rmp: &p.rmp) }
         },
-        platformStep("psc", "a GHCB page-state change from the guest (no PVALIDATE): size bytes at gpa to shared or private",
-                     [guest, Parameter("gpa", .address(), required: true, "first guest physical address"),
-                      Parameter("size", .address(), default: "0x1000", "bytes"), Parameter("to", .choice(["shared", "private"]), required: true, "target state"),
-                      Parameter("via", .choice(["ghcb", "msr"]), default: "ghcb", "protocol (msr: one 4K page)")]) { a, _ throws(ScenarioError) in
+        platformStep("psc", "a GHCB page-state change from the guest (no PVALIDATE): size bytes at gpa to shared or private, or a request "
+                     + "as the GHCB carries it (entries, header), printed as the guest sees it afterwards",
+                     [guest, Parameter("gpa", .address(), "first guest physical address (the one-range form)"),
+                      Parameter("size", .address(), default: "0x1000", "bytes"), Parameter("to", .choice(["shared", "private"]), "target state (the one-range form)"),
+                      Parameter("via", .choice(["ghcb", "msr"]), default: "ghcb", "protocol (msr: one 4K page)")],
+                     extraKeys: ["entries", "header"]) { a, _ throws(ScenarioError) in
             let (i, g) = a.guest!
+            if a.has("entries") || a.has("header") { return try pscRequestStep(a, guest: i) }
+            guard a.has("gpa"), a.has("to") else {
+                throw a.fields.owner.error("psc needs 'gpa' and 'to' (one range), or 'entries' (a request as the GHCB carries it)")
+            }
             let gpa = a.number("gpa"), size = a.number("size")
             guard gpa & (pageBytes - 1) == 0, size > 0, size & (pageBytes - 1) == 0, gpa <= g.memory, size <= g.memory - gpa else {
                 throw a.field("gpa").error("\(hex(gpa)) + \(hex(size)) bytes must be whole pages inside \(g.name)'s \(ByteSize.format(g.memory))")
@@ -258,4 +285,68 @@ extension Steps {
             }
         },
     ]
+}
+
+extension Steps {
+    /// The PSC operations by the names a scenario gives them.
+    static let pscOperations: [(String, PSCOperation)] = [("private", .makePrivate), ("shared", .makeShared), ("psmash", .psmash), ("unsmash", .unsmash)]
+
+    /// `psc` with `entries:` (and optionally `header:`): one GHCB page-state-change request
+    /// sent as is to KVM (snp_begin_psc), so every header and entry error it returns can be
+    /// reached. An entry is `{gpa, size: 4K|2M, op: private|shared|psmash|unsmash or a
+    /// number, cur_page}` or `{raw: 0x…}` (the 64-bit entry); the header is `{cur_entry,
+    /// end_entry}` (default 0 and the last entry).
+    static func pscRequestStep(_ a: StepArguments, guest i: Int) throws(ScenarioError) -> @Sendable (inout SNPPlatform, inout Machine) -> any Outcome {
+        for key in ["gpa", "to", "via"] where a.has(key) {
+            throw a.field(key).error("'\(key)' belongs to the one-range form; with 'entries' each entry gives its gpa, size and op")
+        }
+        var entries: [PSCEntry] = []
+        if let list = a.fields["entries"] {
+            let items = try list.sequence()
+            guard items.count <= PSCRequest.maxEntries else {
+                throw list.error("\(items.count) entries: a GHCB request holds at most \(PSCRequest.maxEntries) (VMGEXIT_PSC_MAX_COUNT)")
+            }
+            for item in items { entries.append(try pscEntry(item)) }
+        }
+        var curEntry = 0, endEntry = entries.count - 1
+        if let h = a.fields["header"] {
+            let f = try h.mapping()
+            try f.only(["cur_entry", "end_entry"])
+            curEntry = Int(try f["cur_entry"]?.number(in: 0...0xffff, what: "cur_entry") ?? 0)
+            endEntry = Int(try f["end_entry"]?.number(in: 0...0xffff, what: "end_entry") ?? UInt64(max(entries.count - 1, 0)))
+        }
+        guard endEntry >= 0 else { throw a.fields.owner.error("give 'entries', or a 'header' with end_entry") }
+        let request = PSCRequest(curEntry: curEntry, endEntry: endEntry, entries: entries)
+        return { p, m in
+            let (info, after) = p.kvm.handlePSC(i, request, kernel: &m.kernel, rmp: &p.rmp)
+            return PSCResult(exitInfo2: info, request: after)
+        }
+    }
+
+    /// One PSC entry from a scenario: raw, or by its fields.
+    static func pscEntry(_ item: Field) throws(ScenarioError) -> PSCEntry {
+        let f = try item.mapping()
+        if let raw = f["raw"] {
+            try f.only(["raw"])
+            return PSCEntry(raw: try raw.number())
+        }
+        try f.only(["gpa", "size", "op", "cur_page"])
+        let gpa = try f.required("gpa").number()
+        guard gpa & (pageBytes - 1) == 0, gpa >> pageShift < 1 << 40 else {
+            throw f.keyError("gpa", "\(hex(gpa)) is not a page address a PSC entry can hold (4K-aligned, below 2^52); use 'raw' for any bits")
+        }
+        let size2M = try f["size"]?.choice(["4K", "2M"], what: "size") == "2M"
+        let opField = try f.required("op")
+        let opText = try opField.text()
+        let op: UInt8
+        if let named = pscOperations.first(where: { $0.0 == opText }) {
+            op = named.1.rawValue
+        } else if let n = UInt8(opText), n < 16 {
+            op = n
+        } else {
+            throw opField.error("unknown operation '\(opText)'; valid: private, shared, psmash, unsmash, or a number 0-15")
+        }
+        let curPage = UInt16(try f["cur_page"]?.number(in: 0...0xfff, what: "cur_page") ?? 0)
+        return PSCEntry(gfn: gpa >> pageShift, operation: op, size2M: size2M, curPage: curPage)
+    }
 }
