@@ -112,23 +112,23 @@ public enum Steps {
     }
 
     static let faultInjection: [StepDefinition] = [
-        StepDefinition("fail_page_alloc", "fault injection: make page-table allocations fail (or succeed again)",
-                       [Parameter("enabled", .bool, required: true, "whether allocations fail")]) { a, _ throws(ScenarioError) in
-            let on = a.bool("enabled")
-            return { m throws(HostKernelError) in
-                m.kernel.failPageTableAllocations = on
-                return OK()
-            }
-        },
-        StepDefinition("fail_tlb_flush", "fault injection: the kernel leaves out its TLB flushes (a missing flush), or flushes again",
-                       [Parameter("enabled", .bool, required: true, "whether flushes are left out")]) { a, _ throws(ScenarioError) in
-            let on = a.bool("enabled")
-            return { m throws(HostKernelError) in
-                m.kernel.omitTLBFlushes = on
-                return OK()
-            }
-        },
+        faultSwitch("fail_page_alloc", "fault injection: make page-table allocations fail (or succeed again)",
+                    "whether allocations fail", \.failPageTableAllocations),
+        faultSwitch("fail_tlb_flush", "fault injection: the kernel leaves out its TLB flushes (a missing flush), or flushes again",
+                    "whether flushes are left out", \.omitTLBFlushes),
     ]
+
+    /// A fault-injection step that turns one of the kernel's switches on or off (`enabled:`).
+    static func faultSwitch(_ name: String, _ summary: String, _ help: String,
+                            _ flag: WritableKeyPath<Kernel, Bool> & Sendable) -> StepDefinition {
+        StepDefinition(name, summary, [Parameter("enabled", .bool, required: true, help)]) { a, _ throws(ScenarioError) in
+            let on = a.bool("enabled")
+            return { m throws(HostKernelError) in
+                m.kernel[keyPath: flag] = on
+                return OK()
+            }
+        }
+    }
 
     static let failEncStatusChange =
         StepDefinition("fail_enc_status_change", "fault injection: make an encryption-status hook fail (-EIO)",
