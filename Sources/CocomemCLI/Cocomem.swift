@@ -1,4 +1,5 @@
 import ArgumentParser
+import Simulation
 
 /// The `cocomem` command: a thin layer over the library, one subcommand per file.
 public struct Cocomem: ParsableCommand {
@@ -24,6 +25,18 @@ public struct Cocomem: ParsableCommand {
         defaultSubcommand: Demo.self)
 
     public init() {}
+
+    /// Parses and runs the command line, first catching a mistyped subcommand (which the
+    /// parser would report as unexpected arguments to the default `demo`).
+    public static func mainWithSuggestions() {
+        let args = Array(CommandLine.arguments.dropFirst())
+        let names = configuration.subcommands.map { $0._commandName } + ["help"]
+        if let first = args.first, !first.hasPrefix("-"), !names.contains(first) {
+            let hint = Suggest.hint(first, in: names, listedBy: "'cocomem --help'")
+            exit(withError: CLIError("unknown command '\(first)'" + hint))
+        }
+        main()
+    }
 }
 
 /// A mistake on the command line, said plainly.

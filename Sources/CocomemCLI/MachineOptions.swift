@@ -10,7 +10,7 @@ struct MachineOptions: ParsableArguments {
         "A memory map as dmesg prints it ('BIOS-e820: [mem 0x…-0x…] usable' lines).", valueName: "file"))
     var e820: String?
 
-    @Option(name: .long, help: ArgumentHelp(
+    @Option(name: .long, parsing: .unconditional, help: ArgumentHelp(
         "RAM size for the usual PC layout: [0, 640K) and [1M, SIZE) (e.g. 64G, 3G-1M).", valueName: "size"))
     var memory: String?
 
@@ -44,10 +44,7 @@ struct MachineOptions: ParsableArguments {
         let physical: PhysicalMemory
         do {
             if let path = e820 {
-                guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8) else {
-                    throw CLIError("--e820 \(path): cannot read the file")
-                }
-                physical = try PhysicalMemory.parse(e820: text)
+                physical = try PhysicalMemory.parse(e820: try ScenarioFiles.read(path, what: "--e820"))
             } else {
                 let text = memory ?? Self.defaultMemory
                 guard let size = ByteSize.parse(text) else {

@@ -9,7 +9,8 @@ extension PhysicalMemory {
     public static func parse(e820 text: String) throws(MemoryMapError) -> PhysicalMemory {
         var entries: [E820Entry] = []
         var lines: [Int] = []
-        for (index, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+        // "\r\n" is one Character in Swift: split on both, so CRLF files read line by line.
+        for (index, raw) in text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" }).enumerated() {
             let n = index + 1
             var line = Substring(raw.trimmingCharacters(in: " \t\r"))
             if line.isEmpty || line.hasPrefix("#") { continue }

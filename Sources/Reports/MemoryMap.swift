@@ -119,15 +119,25 @@ public enum MemoryMap {
         """
     }
 
+    /// User text in XML: the five markup characters as entities, and characters XML 1.0
+    /// cannot hold at all (controls other than tab and newlines, unpaired surrogates cannot
+    /// occur in a Swift string, U+FFFE/U+FFFF) as U+FFFD.
     static func escape(_ s: String) -> String {
-        s.replacingAll("&", "&amp;").replacingAll("<", "&lt;").replacingAll(">", "&gt;").replacingAll("\"", "&quot;")
-    }
-}
-
-extension String {
-    func replacingAll(_ a: Character, _ b: String) -> String {
         var out = ""
-        for c in self { if c == a { out += b } else { out.append(c) } }
+        for u in s.unicodeScalars {
+            switch u {
+            case "&": out += "&amp;"
+            case "<": out += "&lt;"
+            case ">": out += "&gt;"
+            case "\"": out += "&quot;"
+            case "'": out += "&apos;"
+            case "\t", "\n", "\r": out.unicodeScalars.append(u)
+            case _ where u.value < 0x20 || u.value == 0xfffe || u.value == 0xffff: out += "\u{fffd}"
+            default: out.unicodeScalars.append(u)
+            }
+        }
         return out
     }
 }
+
+

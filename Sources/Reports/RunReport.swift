@@ -87,8 +87,30 @@ public enum RunReport {
         }
         var out = "TAP version 13\n1..\(points.count)\n"
         for (i, p) in points.enumerated() {
-            out += "\(p.0 ? "ok" : "not ok") \(i + 1) - \(p.1)\n"
+            out += "\(p.0 ? "ok" : "not ok") \(i + 1) - \(tapDescription(p.1))\n"
             if let d = p.2 { out += "  ---\n  message: \(JSON.quote(d))\n  ...\n" }
+        }
+        return out
+    }
+}
+
+extension RunReport {
+    /// A test point's description on one line: control characters as `\n`, `\t`, `\u{…}`,
+    /// and `#` and `\` escaped with a backslash, so user text (an `expect:`, a scenario
+    /// name) can neither start a new test point nor a TAP directive (TAP 13: "# SKIP").
+    static func tapDescription(_ s: String) -> String {
+        var out = ""
+        for u in s.unicodeScalars {
+            switch u {
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case "#": out += "\\#"
+            case "\\": out += "\\\\"
+            case _ where u.value < 0x20 || (0x7f...0x9f).contains(u.value) || u == "\u{2028}" || u == "\u{2029}":
+                out += "\\u{\(String(u.value, radix: 16))}"
+            default: out.unicodeScalars.append(u)
+            }
         }
         return out
     }

@@ -79,6 +79,9 @@ public enum Checks {
         guard fields.entries.count == 1, let (name, args) = fields.entries.first else {
             throw item.error("a check is one name with its arguments; valid checks: \(names.joined(separator: ", "))")
         }
+        if ["no-errors", "invariants", "no-host-crash"].contains(name) {
+            throw fields.keyError(name, "check '\(name)' takes no arguments; write it as '- \(name)'")
+        }
         switch name {
         case "directmap":
             return try conditionCheck(name, args, line: line, keys: ["4k", "2m", "1g"], show: ByteSize.format) { m in

@@ -99,6 +99,14 @@ public struct Field: @unchecked Sendable {
     }
 
     func join(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
+
+    /// `[start, start + size)` for a start this field gave, or an error at this field when
+    /// the sum wraps past 2^64 (every sum of user numbers is checked; nothing wraps).
+    public func range(_ start: UInt64, size: UInt64) throws(ScenarioError) -> Range<UInt64> {
+        let (end, overflow) = start.addingReportingOverflow(size)
+        guard !overflow else { throw error("\(hex(start)) + \(hex(size)) bytes wraps past the top of the 64-bit address space") }
+        return start..<end
+    }
 }
 
 /// The entries of a mapping, with lookups that report missing and unknown keys.

@@ -57,13 +57,13 @@ public struct GuestSpec: Hashable, Sendable {
             let paField = try placement.required("pa")
             let pa = try paField.number()
             guard pa & (npt.bytes - 1) == 0 else { throw paField.error("placement \(hex(pa)) must be \(npt)-aligned for a \(npt) nested page table") }
-            let range = pa..<pa + size
+            let range = try paField.range(pa, size: size)
             guard ram.isRAM(range) else {
-                throw paField.error("[\(hex(pa))-\(hex(pa + size))) is not all RAM; RAM is "
+                throw paField.error("[\(hex(pa))-\(hex(range.upperBound))) is not all RAM; RAM is "
                     + ram.ram.map { "[\(hex($0.lowerBound))-\(hex($0.upperBound)))" }.joined(separator: " "))
             }
             if let other = guests.first(where: { $0.placement < range.upperBound && range.lowerBound < $0.placement + $0.memory }) {
-                throw paField.error("[\(hex(pa))-\(hex(pa + size))) overlaps \(other.name) at [\(hex(other.placement))-\(hex(other.placement + other.memory)))")
+                throw paField.error("[\(hex(pa))-\(hex(range.upperBound))) overlaps \(other.name) at [\(hex(other.placement))-\(hex(other.placement + other.memory)))")
             }
             var own = targets
             for slot in guestSlots {

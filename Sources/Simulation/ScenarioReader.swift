@@ -79,8 +79,11 @@ struct ScenarioReader {
         switch (machine["e820"], machine["memory"]) {
         case (.some(let e), .none):
             do { return try PhysicalMemory.parse(e820: try e.text()) } catch let error as MemoryMapError {
-                // Point at the e820 line inside the block scalar (which starts on the next line).
-                let line = error.line.flatMap { l in e.node.mark.map { $0.line + l } }
+                // A block scalar (| or >) starts on the line after its indicator, so its line l
+                // is the file's mark + l; a quoted or plain scalar's lines cannot be mapped one
+                // to one (escapes, folding), so the error names the scalar's own line.
+                let block = e.node.scalar.map { $0.style == .literal || $0.style == .folded } ?? false
+                let line = block ? error.line.flatMap { l in e.node.mark.map { $0.line + l } } : nil
                 throw ScenarioError(file: file, line: line ?? e.node.mark?.line, column: nil, field: e.path, error.message)
             } catch let error as ScenarioError { throw error } catch { throw e.error("\(error)") }
         case (.none, .some(let m)):

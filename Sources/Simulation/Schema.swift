@@ -19,6 +19,9 @@ public struct Parameter: Sendable {
         /// A physical address below the end of RAM (the model's reach; misalignment is left
         /// for the hardware or kernel to answer).
         case physical
+        /// An address held in a field of `bits` bits (the model's width for it, named by
+        /// `holder`); a larger value is a scenario error, never truncated.
+        case width(bits: Int, holder: String)
     }
 
     public let name: String
@@ -80,7 +83,7 @@ public struct StepArguments: Sendable {
 
     mutating func setDefault(_ a: Parameter, _ d: String) {
         switch a.kind {
-        case .address, .physical, .count: numbers[a.name] = ByteSize.parse(d) ?? 0
+        case .address, .physical, .count, .width: numbers[a.name] = ByteSize.parse(d) ?? 0
         case .bool, .choice, .guest, .guestOrAll: texts[a.name] = d
         }
     }
@@ -89,6 +92,10 @@ public struct StepArguments: Sendable {
         switch a.kind {
         case .address(let range), .count(let range):
             numbers[a.name] = try Self.number(f, range, a.name)
+        case .width(let bits, let holder):
+            let v = try f.number()
+            guard v >> bits == 0 else { throw f.error("\(a.name) \(hex(v)) is past the \(bits)-bit width of \(holder)") }
+            numbers[a.name] = v
         case .physical:
             let v = try f.number()
             let end = context.kernel.memory.endOfRAM
@@ -118,7 +125,7 @@ public struct StepArguments: Sendable {
     func echo(_ a: Parameter) -> String? {
         if let s = shown[a.name] { return s }
         switch a.kind {
-        case .address, .physical: return numbers[a.name].map { hex($0) }
+        case .address, .physical, .width: return numbers[a.name].map { hex($0) }
         case .count: return numbers[a.name].map { "\($0)" }
         case .bool, .choice, .guest, .guestOrAll: return texts[a.name]
         }

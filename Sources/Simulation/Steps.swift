@@ -252,8 +252,9 @@ public enum Steps {
             let kernel = ctx.kernel
             let pa = a.number("pa"), numpages = Int(a.number("numpages"))
             guard pa & (pageBytes - 1) == 0 else { throw a.field("pa").error("\(hex(pa)) is not page-aligned") }
-            guard kernel.memory.isRAM(pa..<pa + UInt64(numpages) * pageBytes) else {
-                throw a.field("pa").error("[\(hex(pa))-\(hex(pa + UInt64(numpages) * pageBytes))) is not RAM; RAM is "
+            let range = try a.field("pa").range(pa, size: UInt64(numpages) * pageBytes)
+            guard kernel.memory.isRAM(range) else {
+                throw a.field("pa").error("[\(hex(pa))-\(hex(range.upperBound))) is not RAM; RAM is "
                     + kernel.memory.ram.map { "[\(hex($0.lowerBound))-\(hex($0.upperBound)))" }.joined(separator: " "))
             }
             let op = KernelOperation(name: "vmap", address: pa, numpages: numpages)

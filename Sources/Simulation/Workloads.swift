@@ -55,9 +55,26 @@ struct WorkloadRange: Sendable {
         return m.kernel.memory.ramPage(i, above: floor)!
     }
 
-    /// The `from` parameter's range of RAM.
+    /// A random page of the range that `usable` accepts: up to 64 random draws, then a scan
+    /// from a random page onwards (wrapping), so a range the workload cannot use at all ends
+    /// with an error instead of drawing forever.
+    func randomPage(_ m: inout Machine, where usable: (Machine, UInt64) -> Bool) throws(HostKernelError) -> PhysAddr {
+        for _ in 0..<64 {
+            let pa = randomPage(&m)
+            if usable(m, pa.rawValue) { return pa }
+        }
+        let start = m.rng.below(pages)
+        for k in 0..<pages {
+            let pa = m.kernel.memory.ramPage((start + k) % pages, above: floor)!
+            if usable(m, pa.rawValue) { return pa }
+        }
+        throw HostKernelError("no usable RAM page at or above \(hex(floor)): every one of its \(pages) pages belongs to a guest or the firmware")
+    }
+
+    /// The `from` parameter's range of RAM: page-aligned, with RAM above it.
     static func read(_ a: StepArguments, _ ctx: StepContext) throws(ScenarioError) -> WorkloadRange {
         let floor = a[number: "from"] ?? Kernel.isaEnd
+        guard floor & (pageBytes - 1) == 0 else { throw a.field("from").error("from \(hex(floor)) is not page-aligned (a physical page address)") }
         let pages = ctx.kernel.memory.ramPages(above: floor)
         guard pages > 0 else { throw a.field("from").error("no RAM at or above \(hex(floor))") }
         return WorkloadRange(floor: floor, pages: pages)
@@ -143,8 +160,7 @@ public enum Workloads {
             return { m throws(HostKernelError) in
                 for i in 0..<ops {
                     // The host's own pages: skip pages given to a guest or the firmware.
-                    var pa = range.randomPage(&m).rawValue
-                    while m.platform.ownership.isGuestOwned(pfn: pa >> pageShift) { pa = range.randomPage(&m).rawValue }
+                    let pa = try range.randomPage(&m) { m, pa in !m.platform.ownership.isGuestOwned(pfn: pa >> pageShift) }.rawValue
                     _ = m.platform.hostAccess(&m.kernel, pa: pa, write: true, context: context, cpu: Int(i % UInt64(m.cpus)))
                     m.counters.operations += 1
                     if i & 4095 == 4095 { m.onProgress?(i + 1, ops) }

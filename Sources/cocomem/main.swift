@@ -1,3 +1,3 @@
 import CocomemCLI
 
-Cocomem.main()
+Cocomem.mainWithSuggestions()

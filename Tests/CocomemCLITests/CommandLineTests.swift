@@ -88,7 +88,7 @@ import Testing
         (["meminfo", "--memory", "64G", "--apply", "set_memory_ro 0xffff888040000001 1"], "is not page-aligned"),
         (["meminfo", "--memory", "64G", "--apply", "set_memory_ro pa:0x2000000000 1"], "is not inside the direct map"),
         (["meminfo", "--memory", "64G", "--apply", "set_memory_ro 0xffff888040000000"], "set_memory_ro takes 2 arguments (ADDR NUMPAGES), got 1"),
-        (["meminfo", "--e820", "/nonexistent/e820.txt"], "--e820 /nonexistent/e820.txt: cannot read the file"),
+        (["meminfo", "--e820", "/nonexistent/e820.txt"], "--e820 /nonexistent/e820.txt: cannot read the file (No such file or directory)"),
         (["meminfo", "--memory", "64G", "--e820", "x"], "give either --e820 or --memory, not both"),
         (["meminfo", "--memory", "128T"], "past the 64T the direct map can hold"),
     ])

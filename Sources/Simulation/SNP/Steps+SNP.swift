@@ -12,6 +12,8 @@ extension Steps {
     static let spa = Parameter("spa", .physical, required: true, "system physical address")
     static let guest = Parameter("guest", .guest, required: true, "the guest")
     static let gpa = Parameter("gpa", .address(), required: true, "guest physical address")
+    /// The GPA an RMP entry records: GPA[50:12] (Linux struct rmpentry, 51 bits).
+    static let rmpGPA = Parameter("gpa", .width(bits: 51, holder: "an RMP entry's GPA field"), default: "0", "guest physical address")
     static let size4K2M = Parameter("size", .choice(["4K", "2M"]), default: "4K", "page size")
     static func vmpl(_ name: String, required: Bool = false, _ help: String) -> Parameter {
         Parameter(name, .count(0...3), default: required ? nil : "0", required: required, help)
@@ -40,7 +42,7 @@ extension Steps {
         snpStep("rmpupdate", "RMPUPDATE: assign or unassign a 4K or 2M RMP entry",
                 [spa, Parameter("assigned", .bool, required: true, "assign (true) or return to the hypervisor (false)"),
                  Parameter("asid", .count(0...0xffff_ffff), default: "0", "owner ASID"),
-                 Parameter("gpa", .address(), default: "0", "guest physical address"), size4K2M,
+                 rmpGPA, size4K2M,
                  Parameter("immutable", .bool, default: "false", "the Immutable bit"), hostIssuer]) { a, _ throws(ScenarioError) in
             try checkHostIssuer(a, "RMPUPDATE")
             let spa = a.number("spa")
@@ -181,7 +183,7 @@ extension Steps {
     /// the direct-map policy (Linux arch/x86/virt/svm/sev.c).
     static func rmpMakeStep(private makePrivate: Bool) -> StepDefinition {
         let arguments: [Parameter] = makePrivate
-            ? [Parameter("pa", .physical, required: true, "physical address"), Parameter("gpa", .address(), default: "0", "guest physical address"),
+            ? [Parameter("pa", .physical, required: true, "physical address"), rmpGPA,
                Parameter("asid", .count(0...UInt64(RMP.maxASID)), required: true, "owner ASID"), size4K2M,
                Parameter("immutable", .bool, default: "false", "the Immutable bit")]
             : [Parameter("pa", .physical, required: true, "physical address"), size4K2M]
