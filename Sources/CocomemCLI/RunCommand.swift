@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Reports
+import PageTables
 import Simulation
 
 /// `cocomem run FILE`: run a scenario and report.
@@ -47,6 +48,10 @@ struct Run: ParsableCommand {
         }
         if let at, at > scenario.steps.count {
             throw CLIError("--at \(at): \(file) has \(scenario.steps.count) steps; valid: 0 to \(scenario.steps.count)")
+        }
+        if svg != nil || html != nil, scenario.memory.endOfRAM > MemoryMap.maxRAM {
+            throw CLIError("--\(svg != nil ? "svg" : "html"): a map of RAM up to \(ByteSize.format(scenario.memory.endOfRAM)) would have "
+                + "\(scenario.memory.endOfRAM >> 21) cells of 2M; maps stop at \(ByteSize.format(MemoryMap.maxRAM)) of RAM until they scale to larger cells")
         }
         let progress = ProgressLine(quiet: quiet)
         var options = RunOptions(checkInvariants: check, sampleEvery: sample, snapshotAt: at)

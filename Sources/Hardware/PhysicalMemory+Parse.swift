@@ -38,13 +38,25 @@ extension PhysicalMemory {
             guard last < 1 << 52 else {
                 throw MemoryMapError(line: n, "range ends at \(hex(last)), past the 52-bit physical address limit")
             }
-            if let i = entries.firstIndex(where: { $0.start <= last && start <= $0.last }) {
-                throw MemoryMapError(line: n, "range \(hex(start))-\(hex(last)) overlaps line \(lines[i]) (\(entries[i]))")
-            }
             entries.append(E820Entry(start: start, last: last, type: type))
             lines.append(n)
         }
         if entries.isEmpty { throw MemoryMapError(line: nil, "no 'BIOS-e820:' lines found") }
+        // Overlaps by sorting (n log n): an overlapping pair is adjacent in start order; the
+        // later line of the first such pair in the file is the one reported.
+        let order = entries.indices.sorted { (entries[$0].start, lines[$0]) < (entries[$1].start, lines[$1]) }
+        var clash: (line: Int, other: Int)?
+        var reach = order[0]  // the entry reaching furthest so far
+        for i in order.dropFirst() {
+            if entries[i].start <= entries[reach].last {
+                let pair = lines[i] > lines[reach] ? (i, reach) : (reach, i)
+                if clash.map({ lines[pair.0] < lines[$0.line] }) ?? true { clash = (pair.0, pair.1) }
+            }
+            if entries[i].last > entries[reach].last { reach = i }
+        }
+        if let (i, j) = clash {
+            throw MemoryMapError(line: lines[i], "range \(hex(entries[i].start))-\(hex(entries[i].last)) overlaps line \(lines[j]) (\(entries[j]))")
+        }
         return try PhysicalMemory(entries: entries)
     }
 

@@ -80,6 +80,14 @@ public struct Kernel: Sendable {
             throw HostKernelError("RAM ends at \(hex(memory.endOfRAM)), past the \(ByteSize.format(layout.directMapMax)) the direct map can hold"
                 + (config.isa == .arm64 ? " with 48-bit VAs" : config.la57 ? "" : " with 4-level paging (use 5-level paging)"))
         }
+        let tables = Self.bootTableEstimate(ram: memory.ramPages() << pageShift, config: config)
+        guard tables <= Self.maxBootTables else {
+            let noGB = config.isa == .x86_64 && !config.gbpages
+            throw HostKernelError("booting RAM up to \(ByteSize.format(memory.endOfRAM)) needs about \(tables >> 8) MiB of page tables for the direct map"
+                + (noGB ? " without gbpages" : config.linearMap == .pte && config.isa == .arm64 ? " mapped with 4K pages" : "")
+                + " (\(tables) table pages); the model builds at most \(Self.maxBootTables >> 8) MiB at boot: "
+                + (noGB ? "boot with gbpages, or less memory" : "boot with less memory"))
+        }
         // x86 maps the ISA range whatever it holds; arm64 maps memblock's RAM only.
         var ranges: [Range<UInt64>] = config.isa == .x86_64 ? [0..<Self.isaEnd] : []
         for r in memory.ram where config.isa == .arm64 {
@@ -102,6 +110,23 @@ public struct Kernel: Sendable {
         case .x86_64: bootDirectMap()
         case .arm64: bootLinearMap()
         }
+    }
+
+    /// The most page-table pages a boot may build (1 GiB of tables): past it the run is
+    /// refused before it starts, with the estimate (docs/limits.md).
+    public static let maxBootTables = 1 << 18
+
+    /// About how many table pages the boot mapping of `ram` bytes builds: one table per
+    /// 512 leaves of the largest size the configuration maps with (2M leaves without
+    /// gbpages, 1G with; arm64 4K pages with `pte`), plus one per level above.
+    public static func bootTableEstimate(ram: UInt64, config: KernelConfig) -> Int {
+        let leaf: UInt64
+        switch config.isa {
+        case .x86_64: leaf = config.gbpages ? PageSize.size1G.bytes : PageSize.size2M.bytes
+        case .arm64: leaf = config.linearMap == .pte ? pageBytes : PageSize.size1G.bytes
+        }
+        let tables = (ram / leaf + 511) / 512
+        return Int(tables + (tables + 511) / 512 + 2)
     }
 
     /// End of the ISA range, always mapped. Linux ISA_END_ADDRESS.

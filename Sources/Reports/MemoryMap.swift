@@ -31,6 +31,10 @@ public enum MemoryMap {
         Class(color: "#762a83", label: "pages given to a guest or the firmware (RMP-assigned on SEV-SNP)"),
     ]
 
+    /// The most RAM a map draws (one cell per 2M: 32M cells); larger maps are refused
+    /// before the run (docs/limits.md).
+    public static let maxRAM: UInt64 = 64 << 40
+
     /// The class index of every 2M region of [0, end of RAM).
     static func classify(_ kernel: Kernel, ownership: (any HostOwnership)?, coloring: Coloring) -> [UInt8] {
         let end = (kernel.mappedRanges.last!.upperBound + PageSize.size1G.bytes - 1) & ~(PageSize.size1G.bytes - 1)

@@ -34,12 +34,13 @@ public struct Field: @unchecked Sendable {
         guard case .mapping(let m) = node else { throw error("expected a mapping (key: value), found \(kind)") }
         var entries: [(String, Field)] = []
         var keys: [Field] = []
+        var seen = Set<String>()  // membership only: the entries keep document order
         for (k, v) in m {
             guard case .scalar(let ks) = k else {
                 throw Field(node: k, path: path, file: file).error("keys must be plain names")
             }
             let key = ks.string
-            if entries.contains(where: { $0.0 == key }) {
+            guard seen.insert(key).inserted else {
                 throw Field(node: k, path: join(key), file: file).error("'\(key)' appears twice")
             }
             entries.append((key, Field(node: v, path: join(key), file: file)))

@@ -73,12 +73,9 @@ extension Scenario {
         guard text.utf8.count <= maxBytes else {
             throw docError("the document is \(text.utf8.count) bytes; at most \(maxBytes) are read")
         }
-        var depth = 0, deepest = 0
-        for c in text.utf8 {
-            if c == UInt8(ascii: "[") || c == UInt8(ascii: "{") { depth += 1; deepest = max(deepest, depth) }
-            if c == UInt8(ascii: "]") || c == UInt8(ascii: "}") { depth = max(0, depth - 1) }
+        if let problem = YAMLPrescan.check(text, maxFlowDepth: maxFlowDepth) {
+            throw ScenarioError(file: file, line: problem.line, column: nil, field: "", problem.message)
         }
-        guard deepest <= maxFlowDepth else { throw docError("flow collections nest \(deepest) deep; at most \(maxFlowDepth)") }
         let node: Node
         do {
             guard let n = try Yams.compose(yaml: text) else { throw docError("the document is empty") }
@@ -122,5 +119,90 @@ extension Scenario {
             let first = "\(e)".split(separator: "\n").first.map(String.init) ?? "unreadable"
             return ScenarioError(file: file, line: nil, column: nil, field: "", "YAML: \(first)")
         }
+    }
+}
+
+/// What the parser must never be given, found by a scan of the text before parsing (the
+/// parser itself would hang or exhaust the stack first): flow collections nested past the
+/// limit, and aliases used as mapping keys (hashing a key that expands to billions of nodes
+/// never ends). The scan skips quoted strings, comments and block scalars, so a `[` inside
+/// a string is text.
+enum YAMLPrescan {
+    static func check(_ text: String, maxFlowDepth: Int) -> (line: Int, message: String)? {
+        var depth = 0, line = 1
+        var quote: UInt8?  // the open quote character
+        var blockIndent: Int?  // inside a block scalar whose key line had this indentation
+        let bytes = Array(text.utf8)
+        var i = 0
+        func indentation(at start: Int) -> Int {
+            var k = start
+            while k < bytes.count && bytes[k] == UInt8(ascii: " ") { k += 1 }
+            return k - start
+        }
+        var lineStart = true
+        while i < bytes.count {
+            let c = bytes[i]
+            if lineStart {
+                lineStart = false
+                if let indent = blockIndent {
+                    let n = indentation(at: i)
+                    let blank = i + n >= bytes.count || bytes[i + n] == UInt8(ascii: "\n")
+                    if blank || n > indent {  // still inside the block scalar: skip the line
+                        while i < bytes.count && bytes[i] != UInt8(ascii: "\n") { i += 1 }
+                        continue
+                    }
+                    blockIndent = nil
+                }
+            }
+            if c == UInt8(ascii: "\n") { line += 1; lineStart = true; i += 1; continue }
+            if let q = quote {
+                if c == UInt8(ascii: "\\") && q == UInt8(ascii: "\"") { i += 2; continue }
+                if c == q {
+                    if q == UInt8(ascii: "'") && i + 1 < bytes.count && bytes[i + 1] == q { i += 2; continue }  // '' is a quote
+                    quote = nil
+                }
+                i += 1
+                continue
+            }
+            switch c {
+            case UInt8(ascii: "\""), UInt8(ascii: "'"):
+                quote = c
+            case UInt8(ascii: "#") where i == 0 || bytes[i - 1] == UInt8(ascii: " ") || bytes[i - 1] == UInt8(ascii: "\t"):
+                while i < bytes.count && bytes[i] != UInt8(ascii: "\n") { i += 1 }
+                continue
+            case UInt8(ascii: "["), UInt8(ascii: "{"):
+                depth += 1
+                if depth > maxFlowDepth { return (line, "flow collections nest more than \(maxFlowDepth) deep") }
+            case UInt8(ascii: "]"), UInt8(ascii: "}"):
+                depth = max(0, depth - 1)
+            case UInt8(ascii: "|"), UInt8(ascii: ">") where depth == 0:
+                // A block scalar indicator ends its line (with optional chomping/indent).
+                var k = i + 1
+                while k < bytes.count, [UInt8(ascii: "-"), UInt8(ascii: "+")].contains(bytes[k]) || (UInt8(ascii: "1")...UInt8(ascii: "9")).contains(bytes[k]) { k += 1 }
+                while k < bytes.count && bytes[k] == UInt8(ascii: " ") { k += 1 }
+                if k >= bytes.count || bytes[k] == UInt8(ascii: "\n") || bytes[k] == UInt8(ascii: "#") {
+                    var start = i
+                    while start > 0 && bytes[start - 1] != UInt8(ascii: "\n") { start -= 1 }
+                    blockIndent = indentation(at: start)
+                }
+            case UInt8(ascii: "*") where i == 0 || [UInt8(ascii: " "), UInt8(ascii: "["), UInt8(ascii: "{"), UInt8(ascii: ","), UInt8(ascii: "?"),
+                                                    UInt8(ascii: "\t"), UInt8(ascii: "\n")].contains(bytes[i - 1]):
+                // An alias: refused when it is a key (followed by ':' or after '?').
+                var k = i + 1
+                while k < bytes.count, !([UInt8(ascii: " "), UInt8(ascii: "\n"), UInt8(ascii: ","), UInt8(ascii: "]"), UInt8(ascii: "}"), UInt8(ascii: ":")].contains(bytes[k])) { k += 1 }
+                var after = k
+                while after < bytes.count && bytes[after] == UInt8(ascii: " ") { after += 1 }
+                var before = i - 1
+                while before >= 0 && bytes[before] == UInt8(ascii: " ") { before -= 1 }
+                let explicitKey = before >= 0 && bytes[before] == UInt8(ascii: "?")
+                if explicitKey || (after < bytes.count && bytes[after] == UInt8(ascii: ":")) {
+                    return (line, "a YAML alias used as a mapping key is refused (it can expand without bound); write the key out")
+                }
+            default:
+                break
+            }
+            i += 1
+        }
+        return nil
     }
 }

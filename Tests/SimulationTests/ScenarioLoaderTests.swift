@@ -184,7 +184,23 @@ import Testing
 
     @Test func deepFlowNestingIsRefused() {
         let text = "name: " + String(repeating: "[", count: 300) + String(repeating: "]", count: 300) + "\n"
-        #expect(error(text)?.message == "flow collections nest 300 deep; at most 256")
+        #expect(error(text)?.message == "flow collections nest more than 256 deep")
+        #expect(error(text)?.line == 1)
+        // Brackets inside quoted strings, comments and block scalars are text.
+        let quoted = "name: \"" + String(repeating: "[", count: 300) + "\"  # " + String(repeating: "{", count: 300)
+            + "\nmachine:\n  memory: 1G\n  e820: |\n    " + String(repeating: "[", count: 300) + "\nsteps: []\n"
+        #expect(error(quoted)?.message.contains("nest") != true)
+    }
+
+    @Test func anAliasUsedAsAMappingKeyIsRefusedBeforeParsing() {
+        var text = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n"
+        for i in 1..<12 { text += "a\(i): &a\(i) [" + Array(repeating: "*a\(i - 1)", count: 10).joined(separator: ", ") + "]\n" }
+        let e = error(text + "? *a11\n: 1\nname: t\n")
+        #expect(e?.message == "a YAML alias used as a mapping key is refused (it can expand without bound); write the key out")
+        #expect(e?.line == 13)
+        #expect(error(text + "*a11 : 1\nname: t\n")?.line == 13)
+        // As a value, the expansion is counted and refused by the node limit.
+        #expect(error(text + "name: t\n")?.message.hasPrefix("the document expands to more than") == true)
     }
 
     @Test func vmapOfNonRAMIsRefused() {
