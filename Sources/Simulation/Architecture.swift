@@ -25,12 +25,17 @@ public struct ArchitectureDefinition: Sendable {
     /// Counter tracks for traces: a track's name and the metrics it draws.
     public let traceTracks: [(track: String, metrics: [String])]
     let makePlatform: @Sendable (inout Kernel, [GuestSpec]) -> any Platform
+    /// A state the machine cannot be in, found when the scenario is read (the host kernel's
+    /// configuration, RAM and guests together): nil, or what conflicts with what, and the
+    /// policy slot at fault if one is.
+    let checkMachine: @Sendable (KernelConfig, PhysicalMemory, [GuestSpec]) -> (slot: String?, message: String)?
 
     public init(
         name: String, summary: String, modelled: Bool = true, isa: KernelISA = .x86_64, guestIDs: ClosedRange<UInt64>? = nil,
         steps: [StepDefinition] = [], workloads: [WorkloadDefinition] = [], policySlots: [PolicySlot] = [],
         invariants: [Invariant] = [], metrics: [MetricInfo] = [], traceTracks: [(track: String, metrics: [String])] = [],
-        makePlatform: @escaping @Sendable (inout Kernel, [GuestSpec]) -> any Platform = { _, _ in NoPlatform() }
+        makePlatform: @escaping @Sendable (inout Kernel, [GuestSpec]) -> any Platform = { _, _ in NoPlatform() },
+        checkMachine: @escaping @Sendable (KernelConfig, PhysicalMemory, [GuestSpec]) -> (slot: String?, message: String)? = { _, _, _ in nil }
     ) {
         self.name = name
         self.summary = summary
@@ -44,6 +49,7 @@ public struct ArchitectureDefinition: Sendable {
         self.metrics = metrics
         self.traceTracks = traceTracks
         self.makePlatform = makePlatform
+        self.checkMachine = checkMachine
     }
 
     /// A name scenarios may give that has no model yet (a clear error until it lands).

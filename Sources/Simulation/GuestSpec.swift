@@ -57,6 +57,12 @@ public struct GuestSpec: Hashable, Sendable {
             let paField = try placement.required("pa")
             let pa = try paField.number()
             guard pa & (npt.bytes - 1) == 0 else { throw paField.error("placement \(hex(pa)) must be \(npt)-aligned for a \(npt) nested page table") }
+            // guest_memfd's huge folios are naturally aligned physical memory: a placement that
+            // is not aligned to the backing's folio cannot be backed by it.
+            if pa & (backing.folio.bytes - 1) != 0 {
+                throw paField.error("placement \(hex(pa)) is not \(backing.folio)-aligned, so \(backing.rawValue) cannot back it "
+                    + "(its \(backing.folio) folios are \(backing.folio)-aligned); align the placement or use backing: \(GmemBacking.gmem4K.rawValue)")
+            }
             let range = try paField.range(pa, size: size)
             guard ram.isRAM(range) else {
                 throw paField.error("[\(hex(pa))-\(hex(range.upperBound))) is not all RAM; RAM is "

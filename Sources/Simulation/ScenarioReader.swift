@@ -57,6 +57,13 @@ struct ScenarioReader {
             }
         }
 
+        if let conflict = arch.checkMachine(config, memory, guests) {
+            let slotField = conflict.slot.flatMap { name -> Field? in
+                let parts = name.split(separator: ".", maxSplits: 1).map(String.init)
+                return (try? top[parts[0]]?.mapping())??[parts[1]]
+            }
+            throw (slotField ?? top["guests"] ?? machineField).error(conflict.message)
+        }
         // Boot once so steps can be checked against the real layout and memory.
         let kernel: Kernel
         do { kernel = try Kernel(memory: memory, config: config) } catch {

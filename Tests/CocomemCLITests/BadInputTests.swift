@@ -23,8 +23,8 @@ import Testing
 
     @Test(arguments: [
         // A guest placement that wraps past 2^64 (it trapped).
-        (snp.replacingOccurrences(of: "0x40000000", with: "0xfffffffffff00000") + "steps: []\n",
-         "placement.pa: 0xfffffffffff00000 + 0x800000 bytes wraps past the top of the 64-bit address space"),
+        (snp.replacingOccurrences(of: "0x40000000", with: "0xffffffffffe00000") + "steps: []\n",
+         "placement.pa: 0xffffffffffe00000 + 0x800000 bytes wraps past the top of the 64-bit address space"),
         // vmap of pages that wrap.
         ("name: t\nmachine: {memory: 4G}\nsteps:\n  - vmap: {pa: 0xfffffffffffff000, numpages: 2}\n",
          "steps[1].vmap.pa: 0xfffffffffffff000 + 0x2000 bytes wraps past the top of the 64-bit address space"),

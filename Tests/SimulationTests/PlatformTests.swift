@@ -199,15 +199,15 @@ import PageTables
         #expect(bad?.message.hasPrefix("unknown guest 'all'") == true)
     }
 
-    /// Review findings: a guest placed off a 2M boundary never gets a 2M stage-2 leaf (the
-    /// gfn and pfn must be aligned alike); a page-state change to the state a range already
+    /// Review findings: a guest placed off a 2M boundary (4K folios: 2M ones would have to be
+    /// 2M-aligned) never gets a 2M stage-2 leaf (the gfn and pfn must be aligned alike); a page-state change to the state a range already
     /// has zaps nothing; the old guest_* names need a guest; sizes near 2^64 are errors.
     @Test func stage2AlignmentNoOpConversionsAndAliases() throws {
         let r = try run("""
             name: t
             machine: {arch: x86-snp, memory: 4G}
             guests:
-              - {name: vm0, asid: 1, memory: 4M, placement: {pa: 0x40001000}}
+              - {name: vm0, asid: 1, memory: 4M, placement: {pa: 0x40001000}, backing: guest-memfd-4K}
             steps:
               - launch: {guest: vm0}
               - rmpupdate: {spa: 0x40200000, assigned: true, asid: 1, gpa: 0x1ff000, size: 2M}

@@ -262,8 +262,10 @@ import Testing
     }
 
     @Test func placementOutsideRAMIsRefused() {
-        let e = error("name: s\nmachine: {arch: x86-snp, memory: 4G}\nguests:\n  - {name: vm0, asid: 5, memory: 4M, placement: {pa: 0xc0000}}\nsteps: []\n")
+        let e = error("name: s\nmachine: {arch: x86-snp, memory: 4G}\nguests:\n  - {name: vm0, asid: 5, memory: 4M, placement: {pa: 0xc0000}, backing: guest-memfd-4K}\nsteps: []\n")
         #expect(e?.message.hasPrefix("[0xc0000-0x4c0000) is not all RAM") == true)
+        let misaligned = error("name: s\nmachine: {arch: x86-snp, memory: 4G}\nguests:\n  - {name: vm0, asid: 5, memory: 4M, placement: {pa: 0x40001000}}\nsteps: []\n")
+        #expect(misaligned?.message == "placement 0x40001000 is not 2M-aligned, so guest-memfd-2M cannot back it (its 2M folios are 2M-aligned); align the placement or use backing: guest-memfd-4K")
     }
 
     @Test func duplicateASIDIsRefused() {

@@ -16,7 +16,7 @@ extension KVM where Backend == SNPBackend {
         guard vms[i].state == .created else { return .error(.EINVAL) }
         let asid = vms[i].config.id
         let configs = vms.map(\.config)
-        guard let context = backend.allocMetadata(rmp: rmp, avoiding: configs, vmsa: false) else { return .error(.ENOMEM) }
+        guard let context = backend.allocMetadata(rmp: rmp, memory: kernel.memory, avoiding: configs, vmsa: false) else { return .error(.ENOMEM) }
         let (status, _) = kernel.rmpUpdate(&rmp, pfn: context >> pageShift, RMPUpdate(assigned: true, immutable: true, asid: 0))
         guard status == .ok else { return status }
         vms[i].arch.contextPage = context
@@ -30,7 +30,7 @@ extension KVM where Backend == SNPBackend {
             launched.append(pfn)
         }
         for _ in 0..<vms[i].config.vcpus {
-            guard let vmsa = backend.allocMetadata(rmp: rmp, avoiding: configs, vmsa: true) else { return .error(.ENOMEM) }
+            guard let vmsa = backend.allocMetadata(rmp: rmp, memory: kernel.memory, avoiding: configs, vmsa: true) else { return .error(.ENOMEM) }
             // rmp_make_private(pfn, INITIAL_VMSA_GPA, PG_LEVEL_4K, sev->asid, true), sev.c snp_launch_update_vmsa.
             let (s, _) = kernel.rmpUpdate(&rmp, pfn: vmsa >> pageShift, RMPUpdate(gpa: KVM.initialVMSAGPA, assigned: true, immutable: true, asid: asid))
             guard s == .ok else { return s }

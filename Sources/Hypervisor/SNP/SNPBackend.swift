@@ -129,9 +129,10 @@ public struct SNPBackend: KVMBackend {
     /// A page for the firmware or a VMSA. A VMSA is never 2M-aligned
     /// (snp_safe_alloc_page: the 2M-aligned half of an order-1 allocation is freed, for the
     /// erratum where a 2M-aligned VMSA collides with a hugepage RMP check).
-    mutating func allocMetadata(rmp: RMP, avoiding guests: [VMConfig], vmsa: Bool) -> UInt64? {
+    /// Only RAM pages are handed out (the page allocator never returns a hole).
+    mutating func allocMetadata(rmp: RMP, memory: PhysicalMemory, avoiding guests: [VMConfig], vmsa: Bool) -> UInt64? {
         func usable(_ pa: UInt64) -> Bool {
-            !(vmsa && pa & (PageSize.size2M.bytes - 1) == 0) && !rmp[pa >> pageShift].assigned
+            !(vmsa && pa & (PageSize.size2M.bytes - 1) == 0) && memory.isRAM(pa..<pa + pageBytes) && !rmp[pa >> pageShift].assigned
                 && !guests.contains { pa >= $0.placement && pa < $0.placement + $0.memory }
         }
         if let pool {

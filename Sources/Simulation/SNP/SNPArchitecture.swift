@@ -101,5 +101,22 @@ public enum SNPArchitecture {
         ],
         metrics: SNPPlatform.metricList.map(\.info),
         traceTracks: [("SEV-SNP", ["rmp_regions", "psmash", "host_rmp_faults"])],
-        makePlatform: { kernel, guests in SNPPlatform(kernel: &kernel, guests: guests) })
+        makePlatform: { kernel, guests in SNPPlatform(kernel: &kernel, guests: guests) },
+        checkMachine: checkPool)
+
+    /// The `pooled` policy's pool must be RAM that no guest occupies: it is set aside at
+    /// boot as 512 pages at 16M (SNPBackend.poolStart).
+    static func checkPool(_ config: KernelConfig, _ memory: PhysicalMemory, _ guests: [GuestSpec]) -> (slot: String?, message: String)? {
+        guard config.directMapPolicy == .pooled else { return nil }
+        let pool = SNPBackend.poolStart..<SNPBackend.poolStart + UInt64(SNPBackend.poolPages) * pageBytes
+        let where_ = "[\(hex(pool.lowerBound))-\(hex(pool.upperBound)))"
+        if !memory.isRAM(pool) {
+            return ("host.directmap-policy", "the pooled policy sets aside its \(SNPBackend.poolPages)-page pool at \(where_), which is not all RAM here; RAM is "
+                + memory.ram.map { "[\(hex($0.lowerBound))-\(hex($0.upperBound)))" }.joined(separator: " "))
+        }
+        if let g = guests.first(where: { $0.placement < pool.upperBound && pool.lowerBound < $0.placement + $0.memory }) {
+            return ("host.directmap-policy", "guest \(g.name) at [\(hex(g.placement))-\(hex(g.placement + g.memory))) overlaps the pooled policy's pool at \(where_)")
+        }
+        return nil
+    }
 }

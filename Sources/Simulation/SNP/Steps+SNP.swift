@@ -253,9 +253,11 @@ extension Steps {
                 throw a.field("gpa").error("\(hex(gpa)) + \(hex(size)) bytes must be whole pages inside \(g.name)'s \(ByteSize.format(g.memory))")
             }
             let toPrivate = a.text("to") == "private", msr = a.text("via") == "msr"
+            let run = notRunning
             if msr && size != pageBytes { throw a.field("size").error("the MSR protocol changes one 4K page; use via: ghcb") }
             let gfns = (gpa >> pageShift)..<((gpa + size) >> pageShift)
             return { p, m in
+                if let refused = run(p, i) { return refused }
                 if msr {
                     let request = PSCMSRRequest(gfn: gfns.lowerBound, operation: toPrivate ? .makePrivate : .makeShared).msr
                     let response = p.kvm.handlePSCMSR(i, msr: request, kernel: &m.kernel, rmp: &p.rmp)
@@ -274,6 +276,7 @@ extension Steps {
             let gpa = try guestAddress(a, g)
             let write = a.bool("write")
             return { p, m in
+                if let refused = notRunning(p, i) { return refused }
                 guard let (gpa, priv) = guestTranslate(&m, guest: i, gpa: gpa, vcpu: vcpu, private: given) else { return GuestPageFault() }
                 return p.kvm.access(i, gpa: gpa, write: write, private: priv, kernel: &m.kernel, rmp: &p.rmp)
             }
@@ -290,6 +293,15 @@ extension Steps {
 }
 
 extension Steps {
+    /// A guest exit (a page-state change, an access through KVM) needs the guest to run: a
+    /// VM not launched yet, or destroyed, has no vCPU in KVM_RUN, and KVM_RUN on it fails
+    /// with -EINVAL (an SEV-ES/SNP vCPU runs only once its VMSA is launched).
+    static func notRunning(_ p: SNPPlatform, _ i: Int) -> (any Outcome)? {
+        let state = p.kvm.vms[i].state
+        guard state != .running else { return nil }
+        return AnnotatedOutcome(KernelStatus.error(.EINVAL), notes: ["KVM_RUN: \(p.kvm.vms[i].config.name) is \(state == .created ? "not launched" : state.rawValue)"])
+    }
+
     /// The PSC operations by the names a scenario gives them.
     static let pscOperations: [(String, PSCOperation)] = [("private", .makePrivate), ("shared", .makeShared), ("psmash", .psmash), ("unsmash", .unsmash)]
 
@@ -320,6 +332,7 @@ extension Steps {
         guard endEntry >= 0 else { throw a.fields.owner.error("give 'entries', or a 'header' with end_entry") }
         let request = PSCRequest(curEntry: curEntry, endEntry: endEntry, entries: entries)
         return { p, m in
+            if let refused = notRunning(p, i) { return refused }
             let (info, after) = p.kvm.handlePSC(i, request, kernel: &m.kernel, rmp: &p.rmp)
             return PSCResult(exitInfo2: info, request: after)
         }
