@@ -111,7 +111,10 @@ extension Scenario {
     static func yamlError(_ e: YamlError, file: String) -> ScenarioError {
         switch e {
         case .scanner(_, let problem, let mark, _), .parser(_, let problem, let mark, _), .composer(_, let problem, let mark, _):
-            return ScenarioError(file: file, line: mark.line, column: mark.column, field: "", "YAML: \(problem)")
+            // libyaml's own words name its C API; say what the user can change instead.
+            let said = problem.hasPrefix("Maximum nesting level reached")
+                ? "the document nests deeper than libyaml's limit of 1000 levels; flatten it" : problem
+            return ScenarioError(file: file, line: mark.line, column: mark.column, field: "", "YAML: \(said)")
         case .duplicatedKeysInMapping(let duplicates, let context):
             return ScenarioError(file: file, line: context.mark.line, column: context.mark.column, field: "",
                                  "a mapping repeats \(duplicates.map { "'\($0)'" }.joined(separator: ", ")); each key may appear once")

@@ -36,6 +36,9 @@ import Testing
          "from 0x100001 is not page-aligned"),
         ("name: t\nmachine: {memory: 4G}\nsteps: []\ncheck:\n  - no-errors: {x: 1}\n",
          "check 'no-errors' takes no arguments; write it as '- no-errors'"),
+        // Deep block nesting: libyaml's limit, said without its C API.
+        ("name: t\nmachine: {memory: 1G}\nsteps: []\nx:\n" + (0..<1100).map { String(repeating: " ", count: $0 + 1) + "a:\n" }.joined(),
+         ":1003:1000: YAML: the document nests deeper than libyaml's limit of 1000 levels; flatten it"),
     ])
     func addressArithmeticAndArgumentsAreScenarioErrors(_ text: String, _ message: String) throws {
         let r = try runScenario(text)
