@@ -51,21 +51,29 @@ public indirect enum JSON: Sendable {
 
     /// A JSON string literal (RFC 8259 escapes).
     public static func quote(_ s: String) -> String {
-        var out = "\""
-        for u in s.unicodeScalars {
+        "\"" + s.escaped { u in
             switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where u.value < 0x20:
-                let h = String(u.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - h.count) + h
-            default: out.unicodeScalars.append(u)
+            case "\"": "\\\""
+            case "\\": "\\\\"
+            case "\n": "\\n"
+            case "\r": "\\r"
+            case "\t": "\\t"
+            case _ where u.value < 0x20: "\\u00" + (u.value < 0x10 ? "0" : "") + String(u.value, radix: 16)
+            default: nil
             }
+        } + "\""
+    }
+}
+
+extension String {
+    /// This text with each Unicode scalar `replacement` names replaced (nil keeps it): the
+    /// one loop behind every output format's escaping (JSON, TAP, XML).
+    func escaped(_ replacement: (Unicode.Scalar) -> String?) -> String {
+        var out = ""
+        for u in unicodeScalars {
+            if let r = replacement(u) { out += r } else { out.unicodeScalars.append(u) }
         }
-        return out + "\""
+        return out
     }
 }
 

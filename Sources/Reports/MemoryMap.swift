@@ -127,20 +127,18 @@ public enum MemoryMap {
     /// cannot hold at all (controls other than tab and newlines, unpaired surrogates cannot
     /// occur in a Swift string, U+FFFE/U+FFFF) as U+FFFD.
     static func escape(_ s: String) -> String {
-        var out = ""
-        for u in s.unicodeScalars {
+        s.escaped { u in
             switch u {
-            case "&": out += "&amp;"
-            case "<": out += "&lt;"
-            case ">": out += "&gt;"
-            case "\"": out += "&quot;"
-            case "'": out += "&apos;"
-            case "\t", "\n", "\r": out.unicodeScalars.append(u)
-            case _ where u.value < 0x20 || u.value == 0xfffe || u.value == 0xffff: out += "\u{fffd}"
-            default: out.unicodeScalars.append(u)
+            case "&": "&amp;"
+            case "<": "&lt;"
+            case ">": "&gt;"
+            case "\"": "&quot;"
+            case "'": "&apos;"
+            case "\t", "\n", "\r": nil
+            case _ where u.value < 0x20 || u.value == 0xfffe || u.value == 0xffff: "\u{fffd}"
+            default: nil
             }
         }
-        return out
     }
 }
 

@@ -99,20 +99,18 @@ extension RunReport {
     /// and `#` and `\` escaped with a backslash, so user text (an `expect:`, a scenario
     /// name) can neither start a new test point nor a TAP directive (TAP 13: "# SKIP").
     static func tapDescription(_ s: String) -> String {
-        var out = ""
-        for u in s.unicodeScalars {
+        s.escaped { u in
             switch u {
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case "#": out += "\\#"
-            case "\\": out += "\\\\"
+            case "\n": "\\n"
+            case "\r": "\\r"
+            case "\t": "\\t"
+            case "#": "\\#"
+            case "\\": "\\\\"
             case _ where u.value < 0x20 || (0x7f...0x9f).contains(u.value) || u == "\u{2028}" || u == "\u{2029}":
-                out += "\\u{\(String(u.value, radix: 16))}"
-            default: out.unicodeScalars.append(u)
+                "\\u{\(String(u.value, radix: 16))}"
+            default: nil
             }
         }
-        return out
     }
 }
 
