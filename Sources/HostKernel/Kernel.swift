@@ -31,6 +31,8 @@ public struct Kernel: Sendable {
         return c
     }
     @usableFromInline var _cpus: [CPU]
+    /// How many CPUs (without copying them, as `cpus` does).
+    public var cpuCount: Int { _cpus.count }
     /// TLB hits of CPU `pendingCPU` not yet added to its stats: the hit path writes no
     /// array (`translate`).
     @usableFromInline var pendingHits: UInt64 = 0

@@ -37,7 +37,7 @@ public struct Machine: Sendable {
     }
 
     /// The host's CPUs (the kernel holds them, with their TLBs).
-    public var cpus: Int { kernel.cpus.count }
+    public var cpus: Int { kernel.cpuCount }
 
     /// Runs `body` with the platform as its concrete type `P`, taken out of the machine so
     /// both can change without copying either (the platform's arrays stay uniquely held).
