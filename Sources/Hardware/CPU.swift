@@ -1,7 +1,8 @@
 import PageTables
 
-/// One CPU: its TLB and what the TLB did. Translations are cached on a walk that ends on a
-/// present leaf and stay until a flush reaches this CPU, so a missing flush leaves a stale
+/// One CPU as a value: its TLB and what the TLB did (a snapshot of its part of a
+/// `CPUSet`, where the kernel keeps them). Translations are cached on a walk that ends on a
+/// present leaf and stay until a flush reaches the CPU, so a missing flush leaves a stale
 /// translation that later accesses use.
 public struct CPU: Sendable {
     public let id: Int
@@ -9,26 +10,6 @@ public struct CPU: Sendable {
     public var stats = TLBStats()
 
     public init(id: Int) { self.id = id }
-
-    /// Caches a walk's result.
-    @inlinable public mutating func fill(_ va: UInt64, pa: UInt64, size: PageSize, attributes: Attributes) {
-        tlb.fill(va, pa: pa, size: size, attributes: attributes)
-    }
-
-    /// Carries out one invalidation that reached this CPU.
-    public mutating func invalidate(_ op: TLBInvalidation) {
-        switch op {
-        case .all:
-            stats.fullFlushes += 1
-            tlb.flushAll()
-        case .page(let va):
-            stats.pageFlushes += 1
-            tlb.flush(va)
-        case .nonGlobal:
-            stats.asidFlushes += 1
-            tlb.flushNonGlobal()
-        }
-    }
 }
 
 /// A TLB invalidation as it reaches one CPU. x86: INVLPG (flush_tlb_one_kernel) and a full
@@ -100,5 +81,73 @@ public enum ArmTLBI: String, CaseIterable, Sendable {
     public func invalidation(va: UInt64) -> TLBInvalidation {
         if byAddress { return .page(va) }
         return rawValue.hasPrefix("aside1") ? .nonGlobal : .all
+    }
+}
+
+/// Every CPU's TLB and counters in flat storage: the slots of CPU `c` are
+/// `slots[c * 256 ..< c * 256 + 256]`, so a lookup reads one buffer (the hit path of the
+/// model's access path, measured by `tlb_hit_ratio`). `cpu(_:)` gives one CPU as a value.
+public struct CPUSet: Sendable {
+    @usableFromInline var slots: [SoftTLB.Slot]
+    @usableFromInline var empty: [Bool]
+    public internal(set) var stats: [TLBStats]
+
+    public init(count: Int) {
+        slots = [SoftTLB.Slot](repeating: SoftTLB.Slot(tag: .max, page: 0), count: count * SoftTLB.entries)
+        empty = [Bool](repeating: true, count: count)
+        stats = [TLBStats](repeating: TLBStats(), count: count)
+    }
+
+    public var count: Int { stats.count }
+
+    /// CPU `cpu`'s cached translation of `va`, if it holds one (not counted).
+    @inlinable public func entry(cpu: Int, _ va: UInt64) -> TLBEntry? {
+        let vpn = va >> pageShift
+        precondition(cpu >= 0 && cpu < empty.count, "no CPU \(cpu)")
+        let s = slots.withUnsafeBufferPointer { $0[cpu &* SoftTLB.entries &+ (Int(truncatingIfNeeded: vpn) & (SoftTLB.entries - 1))] }
+        return s.tag == vpn ? TLBEntry(va: vpn << pageShift, page: s.page) : nil
+    }
+
+    /// Caches a walk's result on CPU `cpu`.
+    public mutating func fill(cpu: Int, _ va: UInt64, pa: UInt64, size: PageSize, attributes: Attributes) {
+        let vpn = va >> pageShift
+        let bits = (UInt64(attributes.rawValue) & SoftTLB.attributeMask) << SoftTLB.attributeShift
+        slots[cpu * SoftTLB.entries + (Int(truncatingIfNeeded: vpn) & (SoftTLB.entries - 1))] =
+            SoftTLB.Slot(tag: vpn, page: (pa & ~(pageBytes - 1)) | bits | UInt64(size.rawValue))
+        empty[cpu] = false
+    }
+
+    public mutating func countHits(cpu: Int, _ n: UInt64) { stats[cpu].hits += n }
+    public mutating func countMiss(cpu: Int) { stats[cpu].misses += 1 }
+
+    /// Carries out one invalidation that reached CPU `cpu`.
+    public mutating func invalidate(cpu: Int, _ op: TLBInvalidation) {
+        let base = cpu * SoftTLB.entries
+        switch op {
+        case .all:
+            stats[cpu].fullFlushes += 1
+            guard !empty[cpu] else { return }
+            for i in base..<base + SoftTLB.entries { slots[i].tag = .max }
+            empty[cpu] = true
+        case .page(let va):
+            stats[cpu].pageFlushes += 1
+            let vpn = va >> pageShift
+            let i = base + (Int(truncatingIfNeeded: vpn) & (SoftTLB.entries - 1))
+            if slots[i].tag == vpn { slots[i].tag = .max }
+        case .nonGlobal:
+            stats[cpu].asidFlushes += 1
+            for i in base..<base + SoftTLB.entries
+            where slots[i].tag != .max && !TLBEntry(va: 0, page: slots[i].page).attributes.contains(.global) {
+                slots[i].tag = .max
+            }
+        }
+    }
+
+    /// CPU `cpu` as a value: its TLB (a copy of its slots) and its counters.
+    public func cpu(_ cpu: Int) -> CPU {
+        var c = CPU(id: cpu)
+        c.tlb = SoftTLB(slots: Array(slots[cpu * SoftTLB.entries..<(cpu + 1) * SoftTLB.entries]), isEmpty: empty[cpu])
+        c.stats = stats[cpu]
+        return c
     }
 }

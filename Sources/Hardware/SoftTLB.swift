@@ -29,6 +29,12 @@ public struct SoftTLB: Sendable {
 
     public init() { slots = [Slot](repeating: Slot(tag: .max, page: 0), count: Self.entries) }
 
+    /// A TLB holding these slots (one CPU's part of a `CPUSet`).
+    init(slots: [Slot], isEmpty: Bool) {
+        self.slots = slots
+        self.isEmpty = isEmpty
+    }
+
     @usableFromInline static let attributeShift: UInt64 = 2
     @usableFromInline static let attributeMask: UInt64 = 0x3ff
 

@@ -8,7 +8,7 @@ extension Kernel {
     /// Sends one invalidation to every CPU, unless flushes are left out by fault injection.
     mutating func broadcast(_ op: TLBInvalidation) {
         guard !omitTLBFlushes else { return log("flush omitted (\(op))") }
-        for i in _cpus.indices { _cpus[i].invalidate(op) }
+        for i in 0..<tlbs.count { tlbs.invalidate(cpu: i, op) }
         switch op {
         case .all: unflushed.removeAll()
         case .page(let va): forgetUnflushed(va)
@@ -50,7 +50,7 @@ extension Kernel {
         log("tlbi \(op.rawValue)" + (op.byAddress ? " \(hex(va))" : "") + " on CPU \(cpu)")
         if op.broadcast { return broadcast(inv) }
         guard !omitTLBFlushes else { return log("flush omitted (\(inv))") }
-        _cpus[cpu].invalidate(inv)
+        tlbs.invalidate(cpu: cpu, inv)
     }
 
     /// Notes that `va`'s page changed without a flush (the *_noflush operations).
@@ -79,9 +79,7 @@ extension Kernel {
     /// the page-table walk's, cached when it ends on a present leaf. Nil when the walk finds
     /// no present leaf (a #PF).
     @inlinable public mutating func translate(cpu: Int, _ va: UInt64) -> TLBEntry? {
-        precondition(cpu >= 0 && cpu < _cpus.count, "CPU \(cpu) is not one of the kernel's \(_cpus.count)")
-        // Through the buffer: reading the CPU in place, without retaining its TLB's storage.
-        if let e = _cpus.withUnsafeBufferPointer({ $0[cpu].tlb.entry(va) }) {
+        if let e = tlbs.entry(cpu: cpu, va) {
             if _fastPath(cpu == pendingCPU) { pendingHits &+= 1 } else { countHit(cpu: cpu) }
             return e
         }
@@ -90,18 +88,18 @@ extension Kernel {
 
     /// Moves the pending hits into their CPU's stats and starts counting for `cpu`.
     @usableFromInline mutating func countHit(cpu: Int) {
-        _cpus[pendingCPU].stats.hits += pendingHits
+        tlbs.countHits(cpu: pendingCPU, pendingHits)
         pendingCPU = cpu
         pendingHits = 1
     }
 
     /// The miss path of `translate`, out of line so the hit stays small.
     @usableFromInline mutating func walkAndFill(cpu: Int, _ va: UInt64) -> TLBEntry? {
-        _cpus[cpu].stats.misses += 1
+        tlbs.countMiss(cpu: cpu)
         guard let leaf = pageTable.lookup(VirtAddr(va)), leaf.descriptor.isPresentLeaf else { return nil }
         let pa = leaf.translate(VirtAddr(va)).rawValue
-        _cpus[cpu].fill(va, pa: pa, size: leaf.size, attributes: leaf.attributes)
-        return _cpus[cpu].tlb.entry(va)
+        tlbs.fill(cpu: cpu, va, pa: pa, size: leaf.size, attributes: leaf.attributes)
+        return tlbs.entry(cpu: cpu, va)
     }
 
     /// "After a flush point no CPU holds a translation that disagrees with the page table":

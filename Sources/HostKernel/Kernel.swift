@@ -26,13 +26,16 @@ public struct Kernel: Sendable {
     public internal(set) var vmapAreas: [VmapArea] = []
     /// The CPUs, each with its TLB (`config.cpus` of them).
     public var cpus: [CPU] {
-        var c = _cpus
-        if pendingHits > 0 { c[pendingCPU].stats.hits += pendingHits }
-        return c
+        (0..<tlbs.count).map { i in
+            var c = tlbs.cpu(i)
+            if i == pendingCPU { c.stats.hits += pendingHits }
+            return c
+        }
     }
-    @usableFromInline var _cpus: [CPU]
+    /// The CPUs' TLBs and counters, flat.
+    @usableFromInline var tlbs: CPUSet
     /// How many CPUs (without copying them, as `cpus` does).
-    public var cpuCount: Int { _cpus.count }
+    public var cpuCount: Int { tlbs.count }
     /// TLB hits of CPU `pendingCPU` not yet added to its stats: the hit path writes no
     /// array (`translate`).
     @usableFromInline var pendingHits: UInt64 = 0
@@ -77,7 +80,7 @@ public struct Kernel: Sendable {
             // 4K pages), without linear-map randomisation. arch/arm64/mm/init.c.
             self.physOffset = (memory.ram.first?.lowerBound ?? 0) & ~(PageSize.size1G.bytes - 1)
         }
-        self._cpus = (0..<max(config.cpus, 1)).map(CPU.init(id:))
+        self.tlbs = CPUSet(count: max(config.cpus, 1))
         guard memory.endOfRAM - physOffset <= layout.directMapMax else {
             throw HostKernelError("RAM ends at \(hex(memory.endOfRAM)), past the \(ByteSize.format(layout.directMapMax)) the direct map can hold"
                 + (config.isa == .arm64 ? " with 48-bit VAs" : config.la57 ? "" : " with 4-level paging (use 5-level paging)"))
