@@ -110,10 +110,7 @@ extension Kernel {
 
     /// Leaves of each size in the direct map's window, counted by a walk.
     public func directMapLeafCounts() -> LeafCounts {
-        var counts = LeafCounts()
-        guard directMapEnd > layout.pageOffset else { return counts }
-        let leaves = (try? pageTable.leaves(virt: VirtAddr(layout.pageOffset), size: directMapEnd - layout.pageOffset)) ?? []
-        for leaf in leaves { counts[leaf.size] += 1 }
-        return counts
+        guard directMapEnd > layout.pageOffset else { return LeafCounts() }
+        return (try? pageTable.leafCounts(virt: VirtAddr(layout.pageOffset), size: directMapEnd - layout.pageOffset)) ?? LeafCounts()
     }
 }

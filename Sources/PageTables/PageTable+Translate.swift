@@ -34,7 +34,25 @@ public struct Leaf: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
+/// Counts the leaves of a range by size, without listing them.
+@usableFromInline struct LeafCountVisitor: PageTableVisitor {
+    @usableFromInline typealias Store = ReadOnlyPageTable
+    @usableFromInline var counts = LeafCounts()
+    @usableFromInline var flags: VisitFlags { .leaf }
+    @inlinable init() {}
+    @inlinable mutating func visit(_ v: Visit, table: inout ReadOnlyPageTable) throws(PageTableError) {
+        if v.entry.isLeaf, let size = PageSize(level: v.level) { counts[size] += 1 }
+    }
+}
+
 extension PageTable {
+    /// The leaves of each size over `[virt, virt + size)`, counted by a walk.
+    public func leafCounts(virt: VirtAddr, size: UInt64) throws(PageTableError) -> LeafCounts {
+        var visitor = LeafCountVisitor()
+        try read(start: virt.rawValue, size: size, &visitor)
+        return visitor.counts
+    }
+
     /// The leaf that holds `virt`, present or not; nil where there is no entry. Linux
     /// lookup_address: the walker's one-page descent.
     @inlinable

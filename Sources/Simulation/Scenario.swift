@@ -178,7 +178,7 @@ enum YAMLPrescan {
                 if depth > maxFlowDepth { return (line, "flow collections nest more than \(maxFlowDepth) deep") }
             case UInt8(ascii: "]"), UInt8(ascii: "}"):
                 depth = max(0, depth - 1)
-            case UInt8(ascii: "|"), UInt8(ascii: ">") where depth == 0:
+            case UInt8(ascii: "|") where depth == 0, UInt8(ascii: ">") where depth == 0:
                 // A block scalar indicator ends its line (with optional chomping/indent).
                 var k = i + 1
                 while k < bytes.count, [UInt8(ascii: "-"), UInt8(ascii: "+")].contains(bytes[k]) || (UInt8(ascii: "1")...UInt8(ascii: "9")).contains(bytes[k]) { k += 1 }
