@@ -106,6 +106,16 @@ import PageTables
         try k.checkInvariants()
     }
 
+    @Test func aSplitThatCannotAllocateIsENOMEMAndChangesNothing() throws {
+        var k = try kernel(.bbml2Split, e820: Self.small)
+        let before = k.pageTable.leafCounts
+        k.failPageTableAllocations = true
+        #expect(try KernelOperation(name: "set_memory_valid", address: k.layout.pageOffset + 0x20_1000, numpages: 1, enable: false).apply(to: &k) as? KernelStatus == .error(.ENOMEM))
+        #expect(k.stats.allocationFailures == 1 && k.stats.splits == LeafCounts())
+        #expect(k.pageTable.leafCounts == before)
+        try k.checkInvariants()
+    }
+
     @Test func aLocalTLBIReachesOneCPUAndAnISOneReachesAll() throws {
         var k = try kernel(.pte, cpus: 2, e820: Self.small)
         let va = k.layout.pageOffset + 0x5000

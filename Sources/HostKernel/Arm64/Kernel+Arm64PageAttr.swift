@@ -36,7 +36,7 @@ extension Kernel {
     /// Permission and valid-bit changes need no break-before-make (Arm ARM D8.16.1).
     mutating func arm64UpdateRangeProt(_ start: UInt64, pages: Int, set: Attributes, clear: Attributes) -> KernelStatus {
         let end = start + UInt64(pages) * pageBytes
-        if config.linearMap == .bbml2Split { splitKernelLeafMapping(start, end) }
+        if config.linearMap == .bbml2Split, let error = splitKernelLeafMapping(start, end) { return .error(error) }
         var tlb = DeferredFlush()
         var va = start
         while va < end {
@@ -64,25 +64,31 @@ extension Kernel {
     /// contiguous bit (all 16 entries), a 2M block into 512 contiguous PTEs, a contiguous PTE
     /// run loses its bit. No break-before-make and no TLB invalidation: BBML2 lets the old,
     /// larger TLB entries live until the caller's flush. arch/arm64/mm/mmu.c.
-    mutating func splitKernelLeafMapping(_ start: UInt64, _ end: UInt64) {
+    /// A table allocation that fails is -ENOMEM, and nothing more is split.
+    mutating func splitKernelLeafMapping(_ start: UInt64, _ end: UInt64) -> Errno? {
         var tlb = DeferredFlush()
         for address in [start, end] where address < directMapEnd || isVmalloc(address) {
             var (level, e) = pageTable.entry(holding: VirtAddr(address))
             while e.isLeaf, level > 1, address & ((1 << levelShift(level)) - 1) != 0 {
                 clearContiguousRun(around: address, level: level, &tlb)
                 let children = e.attributes.union(.contiguous)
-                try? pageTable.splitBlock(virt: VirtAddr(address), level: level, &tlb, breakBeforeMake: false, childAttributes: children)
-                let (size, parent) = (PageSize(level: level)!, level)
+                do {
+                    try pageTable.splitBlock(virt: VirtAddr(address), level: level, &tlb, breakBeforeMake: false, childAttributes: children)
+                } catch {
+                    stats.allocationFailures += 1
+                    return .ENOMEM
+                }
+                let size = PageSize(level: level)!
                 stats.splits[size] += 1
                 directPagesCount[size] -= 1
                 directPagesCount[size.smaller!] += entriesPerTable
                 (level, e) = pageTable.entry(holding: VirtAddr(address))
-                guard level < parent else { break }
             }
             if e.isLeaf, e.attributes.contains(.contiguous), address & ((1 << levelShift(level)) * contiguousEntries - 1) != 0 {
                 clearContiguousRun(around: address, level: level, &tlb)
             }
         }
+        return nil
     }
 
     /// Clears the contiguous bit on the 16 entries of the run holding `address` at `level`
