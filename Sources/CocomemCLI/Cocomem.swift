@@ -9,7 +9,8 @@ public struct Cocomem: ParsableCommand {
         discussion: """
             cocomem models how operating systems and hypervisors keep their page
             tables consistent with what confidential-computing hardware enforces
-            (SEV-SNP's RMP today), and reports it in the kernel's own formats.
+            (SEV-SNP's RMP on x86-64 today; the arm64 host kernel beside it), and
+            reports it in the kernel's own formats.
 
             Examples:
               cocomem                                   # the built-in demo
@@ -18,6 +19,7 @@ public struct Cocomem: ParsableCommand {
               cocomem compare examples/cpa-churn.yaml --policy never --policy always
               cocomem meminfo --memory 64G --apply 'set_memory_4k pa:0x40000000 1'
               cocomem ptdump --e820 dmesg.txt --no-gbpages
+              cocomem run examples/arm64-bbml2-split.yaml --ptdump
               cocomem list steps
             """,
         version: "0.1.0",
