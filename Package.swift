@@ -21,9 +21,11 @@ let package = Package(
     ],
     targets: [
         // Layer 0: addresses, descriptors, the radix page table and its walker.
-        .target(name: "PageTables"),
+        // Optimized in debug builds too: every test and `cocomem check` walks these tables
+        // after each step, and unoptimized generic walks made the test suite CPU-bound.
+        .target(name: "PageTables", swiftSettings: [.unsafeFlags(["-O"], .when(configuration: .debug))]),
         // Layer 1: physical memory (e820), later the ownership tables and MMU check path.
-        .target(name: "Hardware", dependencies: ["PageTables"]),
+        .target(name: "Hardware", dependencies: ["PageTables"], swiftSettings: [.unsafeFlags(["-O"], .when(configuration: .debug))]),
         // Layer 2: the host kernel: direct map, change_page_attr, vmalloc aliases.
         .target(name: "HostKernel", dependencies: ["Hardware", "PageTables"]),
         // Layer 3: KVM (VMs, memory attributes, guest_memfd, stage-2 tables) and one backend per
