@@ -104,43 +104,30 @@ public struct CPUSet: Sendable {
     @inlinable public func entry(cpu: Int, _ va: UInt64) -> TLBEntry? {
         let vpn = va >> pageShift
         precondition(cpu >= 0 && cpu < empty.count, "no CPU \(cpu)")
-        let s = slots.withUnsafeBufferPointer { $0[cpu &* SoftTLB.entries &+ (Int(truncatingIfNeeded: vpn) & (SoftTLB.entries - 1))] }
-        return s.tag == vpn ? TLBEntry(va: vpn << pageShift, page: s.page) : nil
+        return SoftTLB.entry(slots.withUnsafeBufferPointer { $0[cpu &* SoftTLB.entries &+ SoftTLB.index(vpn)] }, vpn: vpn)
     }
 
     /// Caches a walk's result on CPU `cpu`.
     public mutating func fill(cpu: Int, _ va: UInt64, pa: UInt64, size: PageSize, attributes: Attributes) {
-        let vpn = va >> pageShift
-        let bits = (UInt64(attributes.rawValue) & SoftTLB.attributeMask) << SoftTLB.attributeShift
-        slots[cpu * SoftTLB.entries + (Int(truncatingIfNeeded: vpn) & (SoftTLB.entries - 1))] =
-            SoftTLB.Slot(tag: vpn, page: (pa & ~(pageBytes - 1)) | bits | UInt64(size.rawValue))
+        slots[cpu * SoftTLB.entries + SoftTLB.index(va >> pageShift)] = SoftTLB.slot(va, pa: pa, size: size, attributes: attributes)
         empty[cpu] = false
     }
 
     public mutating func countHits(cpu: Int, _ n: UInt64) { stats[cpu].hits += n }
     public mutating func countMiss(cpu: Int) { stats[cpu].misses += 1 }
 
-    /// Carries out one invalidation that reached CPU `cpu`.
+    /// Carries out one invalidation that reached CPU `cpu`, counted (as `SoftTLB.invalidate`).
     public mutating func invalidate(cpu: Int, _ op: TLBInvalidation) {
-        let base = cpu * SoftTLB.entries
         switch op {
         case .all:
             stats[cpu].fullFlushes += 1
             guard !empty[cpu] else { return }
-            for i in base..<base + SoftTLB.entries { slots[i].tag = .max }
             empty[cpu] = true
-        case .page(let va):
-            stats[cpu].pageFlushes += 1
-            let vpn = va >> pageShift
-            let i = base + (Int(truncatingIfNeeded: vpn) & (SoftTLB.entries - 1))
-            if slots[i].tag == vpn { slots[i].tag = .max }
-        case .nonGlobal:
-            stats[cpu].asidFlushes += 1
-            for i in base..<base + SoftTLB.entries
-            where slots[i].tag != .max && !TLBEntry(va: 0, page: slots[i].page).attributes.contains(.global) {
-                slots[i].tag = .max
-            }
+        case .page: stats[cpu].pageFlushes += 1
+        case .nonGlobal: stats[cpu].asidFlushes += 1
         }
+        let base = cpu * SoftTLB.entries
+        slots.withUnsafeMutableBufferPointer { SoftTLB.invalidate(op, UnsafeMutableBufferPointer(rebasing: $0[base..<base + SoftTLB.entries])) }
     }
 
     /// CPU `cpu` as a value: its TLB (a copy of its slots) and its counters.

@@ -38,19 +38,48 @@ public struct SoftTLB: Sendable {
     @usableFromInline static let attributeShift: UInt64 = 2
     @usableFromInline static let attributeMask: UInt64 = 0x3ff
 
+    /// The slot that holds virtual page `vpn`.
+    @inlinable static func index(_ vpn: UInt64) -> Int { Int(truncatingIfNeeded: vpn) & (entries - 1) }
+
+    /// What slot `s` caches for virtual page `vpn`, if it holds that page.
+    @inlinable static func entry(_ s: Slot, vpn: UInt64) -> TLBEntry? {
+        s.tag == vpn ? TLBEntry(va: vpn << pageShift, page: s.page) : nil
+    }
+
+    /// The slot caching the translation of `va`'s page to `pa`'s, from a leaf of `size` with
+    /// `attributes`.
+    @inlinable static func slot(_ va: UInt64, pa: UInt64, size: PageSize, attributes: Attributes) -> Slot {
+        let bits = (UInt64(attributes.rawValue) & attributeMask) << attributeShift
+        return Slot(tag: va >> pageShift, page: (pa & ~(pageBytes - 1)) | bits | UInt64(size.rawValue))
+    }
+
+    /// Carries out `op` on one TLB's 256 slots (a SoftTLB's own, or one CPU's in a CPUSet).
+    static func invalidate(_ op: TLBInvalidation, _ slots: UnsafeMutableBufferPointer<Slot>) {
+        switch op {
+        case .all:
+            for i in slots.indices { slots[i].tag = .max }
+        case .page(let va):
+            let vpn = va >> pageShift, i = index(vpn)
+            if slots[i].tag == vpn { slots[i].tag = .max }
+        case .nonGlobal:
+            for i in slots.indices where slots[i].tag != .max && !TLBEntry(va: 0, page: slots[i].page).attributes.contains(.global) {
+                slots[i].tag = .max
+            }
+        }
+    }
+
     /// The physical address for `va`, if the TLB holds its page.
     @inlinable public func lookup(_ va: UInt64) -> UInt64? {
         let vpn = va >> pageShift
         // The index is masked below `entries` and `slots` never changes size: no bounds check.
-        let s = slots.withUnsafeBufferPointer { $0[Int(truncatingIfNeeded: vpn) & (Self.entries - 1)] }
+        let s = slots.withUnsafeBufferPointer { $0[Self.index(vpn)] }
         return s.tag == vpn ? (s.page & ~(pageBytes - 1)) | (va & (pageBytes - 1)) : nil
     }
 
     /// The whole cached translation of `va`'s page, if the TLB holds it.
     @inlinable public func entry(_ va: UInt64) -> TLBEntry? {
         let vpn = va >> pageShift
-        let s = slots.withUnsafeBufferPointer { $0[Int(truncatingIfNeeded: vpn) & (Self.entries - 1)] }
-        return s.tag == vpn ? TLBEntry(va: vpn << pageShift, page: s.page) : nil
+        return Self.entry(slots.withUnsafeBufferPointer { $0[Self.index(vpn)] }, vpn: vpn)
     }
 
     /// The size of the leaf `va`'s cached translation came from.
@@ -59,31 +88,19 @@ public struct SoftTLB: Sendable {
     /// Caches the translation of `va`'s page: `pa` is the physical address of `va` (or of
     /// its page), `attributes` those of the leaf.
     @inlinable public mutating func fill(_ va: UInt64, pa: UInt64, size: PageSize, attributes: Attributes = [.present]) {
-        let vpn = va >> pageShift
-        let bits = (UInt64(attributes.rawValue) & Self.attributeMask) << Self.attributeShift
-        slots[Int(truncatingIfNeeded: vpn) & (Self.entries - 1)] = Slot(tag: vpn, page: (pa & ~(pageBytes - 1)) | bits | UInt64(size.rawValue))
+        slots[Self.index(va >> pageShift)] = Self.slot(va, pa: pa, size: size, attributes: attributes)
         isEmpty = false
     }
 
-    /// Invalidates every entry, global ones included (flush_tlb_all; TLBI VMALLE1).
-    public mutating func flushAll() {
-        guard !isEmpty else { return }
-        for i in slots.indices { slots[i].tag = .max }
-        isEmpty = true
-    }
-
-    /// Invalidates the entry of `va`'s page, global or not (INVLPG; TLBI VAAE1).
-    public mutating func flush(_ va: UInt64) {
-        let vpn = va >> pageShift
-        let i = Int(truncatingIfNeeded: vpn) & (Self.entries - 1)
-        if slots[i].tag == vpn { slots[i].tag = .max }
-    }
-
-    /// Invalidates the entries that are not global (TLBI ASIDE1 for the current ASID).
-    public mutating func flushNonGlobal() {
-        for i in slots.indices where slots[i].tag != .max && !TLBEntry(va: 0, page: slots[i].page).attributes.contains(.global) {
-            slots[i].tag = .max
+    /// Carries out one invalidation: everything, global entries included (flush_tlb_all;
+    /// TLBI VMALLE1), one page whatever its leaf size (INVLPG; TLBI VAAE1), or the current
+    /// ASID's non-global entries (TLBI ASIDE1). A full flush of an empty TLB touches nothing.
+    public mutating func invalidate(_ op: TLBInvalidation) {
+        if case .all = op {
+            guard !isEmpty else { return }
+            isEmpty = true
         }
+        slots.withUnsafeMutableBufferPointer { Self.invalidate(op, $0) }
     }
 
     /// The valid entries, in slot order.

@@ -51,13 +51,17 @@ extension Kernel {
         for size in result.splitLevels {
             stats.tlbSplitFlushes += 1
             flushTLBAll()
-            guard directMap else { continue }
-            stats.splits[size] += 1
-            // split_page_count: nothing when the count is already 0.
-            if directPagesCount[size] > 0 {
-                directPagesCount[size] -= 1
-                directPagesCount[size.smaller!] += entriesPerTable
-            }
+            if directMap { countDirectMapSplit(size) }
+        }
+    }
+
+    /// One direct-map leaf of `size` split: the split counter and split_page_count (nothing
+    /// when the count is already 0). Linux set_memory.c split_page_count.
+    mutating func countDirectMapSplit(_ size: PageSize) {
+        stats.splits[size] += 1
+        if directPagesCount[size] > 0 {
+            directPagesCount[size] -= 1
+            directPagesCount[size.smaller!] += entriesPerTable
         }
     }
 

@@ -140,10 +140,7 @@ extension KernelOperation {
         }
         try kernel.validate(address: address, numpages: numpages, function: name)
         switch name {
-        case "set_memory_ro": return kernel.arm64ChangeMemoryCommon(address, numpages: numpages, set: [], clear: .writable, name)
-        case "set_memory_rw": return kernel.arm64ChangeMemoryCommon(address, numpages: numpages, set: .writable, clear: [], name)
-        case "set_memory_nx": return kernel.arm64ChangeMemoryCommon(address, numpages: numpages, set: .noExecute, clear: [], name)
-        case "set_memory_x": return kernel.arm64ChangeMemoryCommon(address, numpages: numpages, set: [], clear: .noExecute, name)
+        case "set_memory_ro", "set_memory_rw", "set_memory_nx", "set_memory_x": return kernel.arm64ChangeMemoryCommon(address, name)
         case "set_memory_valid":
             return kernel.arm64ChangeRange(address, pages: numpages, set: enable ? .present : [], clear: enable ? [] : .present, flush: true)
         case "set_direct_map_invalid_noflush": return kernel.arm64SetDirectMapNoflush(address, valid: false)

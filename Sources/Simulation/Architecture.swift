@@ -12,8 +12,10 @@ public struct ArchitectureDefinition: Sendable {
     public let modelled: Bool
     /// The host kernel's architecture (its page tables, layout and set_memory_*).
     public let isa: KernelISA
-    /// Machine keys that only this kind of kernel has (x86: gbpages, la57, mem-encrypt, sme-coherent).
-    public var machineKeys: [String] { isa == .x86_64 ? ["gbpages", "la57", "mem-encrypt", "sme-coherent"] : [] }
+    /// The machine keys only an x86 kernel has.
+    public static let x86MachineKeys = ["gbpages", "la57", "mem-encrypt", "sme-coherent"]
+    /// Machine keys that only this kind of kernel has.
+    public var machineKeys: [String] { isa == .x86_64 ? Self.x86MachineKeys : [] }
     /// Whether scenarios may define guests, and the largest guest identifier (ASID on SNP).
     public let guestIDs: ClosedRange<UInt64>?
     public let steps: [StepDefinition]

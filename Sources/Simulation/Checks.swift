@@ -99,9 +99,9 @@ public enum Checks {
             }
             return try conditionCheck(name, args, line: line, keys: metricNames, show: { String($0) }) { $0.metrics }
         case "broken-invariant":
-            let known = (Invariants.common + architecture.invariants).map(\.name)
+            let invariants = Invariants.of(architecture), known = invariants.map(\.name)
             let wanted = try args.text()
-            guard let invariant = (Invariants.common + architecture.invariants).first(where: { $0.name == wanted }) else {
+            guard let invariant = invariants.first(where: { $0.name == wanted }) else {
                 throw args.error("unknown invariant '\(wanted)' on \(architecture.name)" + Suggest.hint(wanted, in: known, listedBy: "'cocomem list invariants'"))
             }
             var check = PreparedCheck(name: name, description: "broken-invariant \(wanted)", line: line) { m, _ in

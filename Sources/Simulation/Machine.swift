@@ -92,7 +92,7 @@ public struct Machine: Sendable {
     }
 
     /// The invariants of this machine's layers, in registry order.
-    public var invariants: [Invariant] { Invariants.common + architecture.invariants }
+    public var invariants: [Invariant] { Invariants.of(architecture) }
 
     /// The index of the guest named `name`.
     public func guestIndex(_ name: String) -> Int? { guests.firstIndex { $0.name == name } }
@@ -145,6 +145,9 @@ public enum Invariants {
             }
         },
     ]
+
+    /// The invariants a machine of `architecture` has, in registry order.
+    public static func of(_ architecture: ArchitectureDefinition) -> [Invariant] { common + architecture.invariants }
 
     /// Every invariant of every architecture, for `list invariants`.
     public static var all: [Invariant] { common + Architectures.all.flatMap(\.invariants) }

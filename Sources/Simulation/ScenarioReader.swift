@@ -8,9 +8,9 @@ struct ScenarioReader {
     let overrides: [(String, String)]
 
     static let topKeys = ["name", "seed", "machine", "host", "kvm", "guest", "guests", "steps", "check"]
-    static let machineKeys = ["arch", "e820", "memory", "cpus", "gbpages", "la57", "mem-encrypt", "sme-coherent"]
     /// The keys every machine has; the rest belong to one kernel architecture.
     static let commonMachineKeys = ["arch", "e820", "memory", "cpus"]
+    static let machineKeys = commonMachineKeys + ArchitectureDefinition.x86MachineKeys
 
     func read(_ root: Field) throws(ScenarioError) -> Scenario {
         let top = try root.mapping()
@@ -29,7 +29,7 @@ struct ScenarioReader {
             throw archField!.error("architecture '\(arch.name)' is not modelled yet; modelled: " + Architectures.modelled.map(\.name).joined(separator: ", "))
         }
         let slots = Policies.slots(arch)
-        for key in Self.machineKeys where !Self.commonMachineKeys.contains(key) && !arch.machineKeys.contains(key) && machine[key] != nil {
+        for key in ArchitectureDefinition.x86MachineKeys where !arch.machineKeys.contains(key) && machine[key] != nil {
             throw machine.keyError(key, "'\(key)' is an x86 machine setting; this machine is \(arch.name)")
         }
         try machine.only(Self.commonMachineKeys + arch.machineKeys + slots.filter { $0.section == .machine }.map(\.key))

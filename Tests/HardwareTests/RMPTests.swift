@@ -379,10 +379,10 @@ import PageTables
         #expect(tlb.leafSize(0x1234_5000) == .size2M)
         tlb.fill(0x1234_5000 + (256 << 12), pa: 0x1000, size: .size4K)  // same slot: evicts
         #expect(tlb.lookup(0x1234_5000) == nil)
-        tlb.flushAll()
+        tlb.invalidate(.all)
         #expect(tlb.lookup(0x1234_5000 + (256 << 12)) == nil)
         tlb.fill(0x7000, pa: 0x8000, size: .size4K)
-        tlb.flush(0x7fff)
+        tlb.invalidate(.page(0x7fff))
         #expect(tlb.lookup(0x7000) == nil)
     }
 
@@ -392,7 +392,7 @@ import PageTables
         tlb.fill(0x2000, pa: 0x6000, size: .size4K, attributes: [.present, .user])
         #expect(tlb.entry(0x1234)?.attributes == [.present, .writable, .global, .encrypted])
         #expect(tlb.entry(0x1234)?.pa == 0x5000)
-        tlb.flushNonGlobal()
+        tlb.invalidate(.nonGlobal)
         #expect(tlb.validEntries.map(\.va) == [0x1000])
     }
 }

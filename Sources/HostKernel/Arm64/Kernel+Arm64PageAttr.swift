@@ -16,7 +16,7 @@ extension Kernel {
     /// change_memory_common (set_memory_ro/rw/nx/x): the range must lie in one vmalloc()
     /// area (VM_ALLOC, and in 6.18 not VM_ALLOW_HUGE_VMAP); anything else, the linear map
     /// and vmap() areas (VM_MAP) included, is -EINVAL.
-    mutating func arm64ChangeMemoryCommon(_ address: UInt64, numpages: Int, set: Attributes, clear: Attributes, _ function: String) -> KernelStatus {
+    mutating func arm64ChangeMemoryCommon(_ address: UInt64, _ function: String) -> KernelStatus {
         log("\(function): \(hex(address)) is not in a vmalloc() area (find_vm_area: VM_ALLOC only)")
         return .error(.EINVAL)
     }
@@ -78,10 +78,7 @@ extension Kernel {
                     stats.allocationFailures += 1
                     return .ENOMEM
                 }
-                let size = PageSize(level: level)!
-                stats.splits[size] += 1
-                directPagesCount[size] -= 1
-                directPagesCount[size.smaller!] += entriesPerTable
+                countDirectMapSplit(PageSize(level: level)!)
                 (level, e) = pageTable.entry(holding: VirtAddr(address))
             }
             if e.isLeaf, e.attributes.contains(.contiguous), address & ((1 << levelShift(level)) * contiguousEntries - 1) != 0 {

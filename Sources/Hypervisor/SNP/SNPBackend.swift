@@ -122,7 +122,6 @@ public struct SNPBackend: KVMBackend {
 
     /// snp_leak_pages: the page stays assigned and is never freed; counted.
     mutating func leak(_ pa: UInt64, kernel: inout Kernel) {
-        stats.leakedPages += 1
         kernel.noteLeakedPages(pfn: pa >> pageShift, count: 1)
     }
 
@@ -183,8 +182,6 @@ public struct SNPKVMStats: Hashable, Sendable {
     /// Page-state-change requests handled, and the pages they converted.
     public var pscRequests = 0
     public var pscPages: UInt64 = 0
-    /// Pages leaked by snp_leak_pages.
-    public var leakedPages: UInt64 = 0
     public var poolPagesUsed = 0
 
     public init() {}
