@@ -39,7 +39,8 @@ struct List: ParsableCommand {
                 rows += w.parameters.map { ("  " + $0.name, $0.helpLine) }
             }
         case .metrics:
-            let groups: [(String, [MetricInfo])] = [("every machine (host kernel)", Kernel.metrics.map(\.info))]
+            let groups: [(String, [MetricInfo])] = [("x86 host kernel (x86-64, x86-snp)", Kernel.metrics(.x86_64).map(\.info)),
+                                                    ("arm64 host kernel", Kernel.metrics(.arm64).map(\.info))]
                 + Architectures.modelled.filter { !$0.metrics.isEmpty }.map { ($0.name, $0.metrics) }
                 + [("every run", Machine.runMetrics)]
             for (group, metrics) in groups {

@@ -184,12 +184,19 @@ public struct VmapArea: Hashable, Sendable {
 }
 
 extension Kernel {
-    /// The host kernel's metrics: the direct map as /proc/meminfo counts it, its page-table
-    /// pages, what change_page_attr did, and how host accesses faulted.
-    public static let metrics: [Metric<Kernel>] = [
+    /// The metrics of a host kernel of `isa`: the direct map (as /proc/meminfo counts it on
+    /// x86; the linear map's leaves on arm64), its page-table pages, what change_page_attr
+    /// did, and how host accesses faulted.
+    public static func metrics(_ isa: KernelISA) -> [Metric<Kernel>] { isa == .x86_64 ? x86Metrics : arm64Metrics }
+
+    static let x86Metrics = base + CPAStats.metrics(.x86_64).map { $0.pulled { $0.stats } } + faultMetrics
+    static let arm64Metrics = base + CPAStats.metrics(.arm64).map { $0.pulled { $0.stats } } + faultMetrics
+    static let faultMetrics = HostFaultStats.metrics.map { $0.pulled { (k: Kernel) in k.faults } }
+
+    static let base: [Metric<Kernel>] = [
         Metric("directmap_4k_kb", "KiB", "DirectMap4k in /proc/meminfo") { UInt64($0.directPagesCount.size4K) << 2 },
         Metric("directmap_2m_kb", "KiB", "DirectMap2M in /proc/meminfo") { UInt64($0.directPagesCount.size2M) << 11 },
         Metric("directmap_1g_kb", "KiB", "DirectMap1G in /proc/meminfo") { UInt64($0.directPagesCount.size1G) << 20 },
         Metric("pgtable_pages", "pages", "page-table pages of init_mm (direct map and vmalloc)") { UInt64($0.pageTable.tablePages) },
-    ] + CPAStats.metrics.map { $0.pulled { $0.stats } } + HostFaultStats.metrics.map { $0.pulled { $0.faults } }
+    ]
 }

@@ -76,13 +76,13 @@ public struct Machine: Sendable {
     /// Every counter the machine's layers keep, in a fixed order: the host kernel's, the
     /// platform's, then the run's.
     public var metrics: [(String, UInt64)] {
-        Kernel.metrics.values(kernel) + kernel.cpuMetrics + platform.metrics(kernel: kernel)
+        Kernel.metrics(kernel.config.isa).values(kernel) + kernel.cpuMetrics + platform.metrics(kernel: kernel)
             + [("operations", UInt64(operations)), ("errors", UInt64(errors))]
     }
 
     /// The metrics a machine of `architecture` with `cpus` CPUs reports, declared, in order.
     public static func metricInfo(_ architecture: ArchitectureDefinition, cpus: Int = 1) -> [MetricInfo] {
-        Kernel.metrics.map(\.info) + Kernel.cpuMetricInfo(cpus: cpus) + architecture.metrics + runMetrics
+        Kernel.metrics(architecture.isa).map(\.info) + Kernel.cpuMetricInfo(cpus: cpus) + architecture.metrics + runMetrics
     }
 
     /// Checks every invariant the machine's layers register, in registry order, but those

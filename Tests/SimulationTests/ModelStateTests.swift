@@ -51,6 +51,17 @@ import Hypervisor
                                             "-EINVAL (KVM_RUN: vm0 is destroyed)"])
     }
 
+    /// A machine reports the metrics of its layers only: an arm64 run has none of x86
+    /// change_page_attr's C-bit, cache and collapse counters, and x86 runs keep them.
+    @Test func anArm64RunReportsNoX86OnlyMetric() throws {
+        let arm = try Runner.run(try Scenario.load(yaml: "name: t\nmachine:\n  arch: arm64\n  memory: 1G\nsteps: []\n", file: "m.yaml"))
+        let names = arm.machine.metrics.map(\.0)
+        #expect(names == Machine.metricInfo(arm.scenario.architecture).map(\.name))
+        let x86Only = ["direct_map_level2_collapses", "direct_map_level3_collapses", "tlb_split_flushes", "cache_flush_pages", "wbinvd", "cbit_conversions"]
+        #expect(names.filter(x86Only.contains) == [])
+        #expect(Machine.metricInfo(Architectures.x86_64).map(\.name).filter(x86Only.contains) == x86Only)
+    }
+
     /// KVM's metadata pages (the context page, VMSAs) come from RAM only, never from a hole
     /// (the allocator starts at 16M, where this machine has one).
     @Test func metadataPagesAreRAM() throws {
