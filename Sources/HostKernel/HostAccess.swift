@@ -81,9 +81,21 @@ public enum HostFaultEnd: String, CaseIterable, Hashable, Sendable, CustomString
     case tripleFault = "triple fault"
     /// A user-mode access: the process gets SIGBUS (do_user_addr_fault, VM_FAULT_SIGBUS).
     case sigbus = "SIGBUS"
+    /// arm64, a user-mode access the host stage-2 refused: SIGSEGV with SEGV_ACCERR
+    /// (do_page_fault's is_pkvm_stage2_abort, arch/arm64/mm/fault.c).
+    case sigsegv = "SIGSEGV"
+    /// arm64, a stage-2 abort on the kernel stack or the exception vectors: the injected
+    /// abort's entry code saves pt_regs on the same stack (or fetches the same vectors), which
+    /// aborts again, so the CPU never leaves the vector (arch/arm64/kernel/entry.S
+    /// kernel_ventry; inferred from the code, no report of it seen).
+    case recursiveAbort = "recursive abort"
 
     public var description: String { rawValue }
-    public var crashes: Bool { self == .oops || self == .doubleFault || self == .tripleFault }
+    public var crashes: Bool { self == .oops || self == .doubleFault || self == .tripleFault || self == .recursiveAbort }
+    /// The ends a kernel of `isa` has.
+    public static func ends(_ isa: KernelISA) -> [HostFaultEnd] {
+        isa == .arm64 ? [.fixedUp, .oops, .recursiveAbort, .sigsegv] : [.fixedUp, .oops, .doubleFault, .tripleFault, .sigbus]
+    }
     /// Its position in `allCases`, where HostFaultStats counts it.
     var index: Int { Self.allCases.firstIndex(of: self)! }
     /// The name in metric names (`rmp_fault_double_fault`).
@@ -99,6 +111,19 @@ public enum HostFaultEnd: String, CaseIterable, Hashable, Sendable, CustomString
         case .pageTable, .gdtIDT: .tripleFault
         case .userCopy: .fixedUp
         case .user: .sigbus
+        }
+    }
+
+    /// The end of a kernel fault in `context` on a kernel of `isa`. arm64: an exception-table
+    /// fixup for user copies, SIGSEGV for user mode, a recursive abort on the stack or the
+    /// vectors, an oops (die_kernel_fault) otherwise. arch/arm64/mm/fault.c __do_kernel_fault.
+    public static func of(_ context: HostAccessContext, isa: KernelISA) -> HostFaultEnd {
+        guard isa == .arm64 else { return of(context) }
+        switch context {
+        case .data, .nmi, .pageTable: return .oops
+        case .kernelStack, .gdtIDT: return .recursiveAbort
+        case .userCopy: return .fixedUp
+        case .user: return .sigsegv
         }
     }
 }
@@ -190,13 +215,13 @@ extension Kernel {
     mutating func hostAccessOnce(_ ownership: some HostOwnership, pa: UInt64, write: Bool, context: HostAccessContext, cpu: Int) -> HostAccessOutcome {
         var size = PageSize.size4K, pa = pa
         if context != .user {
-            guard let t = translate(cpu: cpu, va(PhysAddr(pa)).rawValue) else { return .fault(cause: .notPresent, end: .of(context)) }
-            if write && !t.attributes.contains(.writable) { return .fault(cause: .protection, end: .of(context)) }
+            guard let t = translate(cpu: cpu, va(PhysAddr(pa)).rawValue) else { return .fault(cause: .notPresent, end: .of(context, isa: config.isa)) }
+            if write && !t.attributes.contains(.writable) { return .fault(cause: .protection, end: .of(context, isa: config.isa)) }
             size = t.size
             pa = t.pa | (pa & (pageBytes - 1))
         }
         if case .fault(let kind) = ownership.hostCheck(pa: pa, write: write, walk: context == .pageTable, mappingSize: size) {
-            return .fault(cause: .ownership(kind), end: .of(context))
+            return .fault(cause: .ownership(kind), end: .of(context, isa: config.isa))
         }
         if !write && ownership.isGuestOwned(pfn: pa >> pageShift) { return .ciphertext }
         return .ok

@@ -39,6 +39,8 @@ public struct KernelConfig: Hashable, Sendable {
     public var isa = KernelISA.x86_64
     /// arm64: how the linear map is mapped.
     public var linearMap = Arm64LinearMap.blocks
+    /// arm64: the CPUs implement MTE (system_supports_mte()), `machine.mte`.
+    public var mte = false
     /// 1G direct-map leaves (X86_FEATURE_GBPAGES and no `nogbpages`). Linux
     /// arch/x86/mm/init.c probe_page_size_mask.
     public var gbpages = true

@@ -14,10 +14,15 @@ public struct ArchitectureDefinition: Sendable {
     public let isa: KernelISA
     /// The machine keys only an x86 kernel has.
     public static let x86MachineKeys = ["gbpages", "la57", "mem-encrypt", "sme-coherent"]
+    /// The machine keys only an arm64 kernel has.
+    public static let arm64MachineKeys = ["mte"]
     /// Machine keys that only this kind of kernel has.
-    public var machineKeys: [String] { isa == .x86_64 ? Self.x86MachineKeys : [] }
+    public var machineKeys: [String] { isa == .x86_64 ? Self.x86MachineKeys : Self.arm64MachineKeys }
     /// Whether scenarios may define guests, and the largest guest identifier (ASID on SNP).
     public let guestIDs: ClosedRange<UInt64>?
+    /// Whether guests are placed in host memory with a kernel of their own (SEV-SNP), or are
+    /// only VMs that the steps give pages to, one by one (pKVM: `name` and `protected`).
+    public let guestKernels: Bool
     public let steps: [StepDefinition]
     public let workloads: [WorkloadDefinition]
     public let policySlots: [PolicySlot]
@@ -33,7 +38,7 @@ public struct ArchitectureDefinition: Sendable {
     let checkMachine: @Sendable (KernelConfig, PhysicalMemory, [GuestSpec]) -> (slot: String?, message: String)?
 
     public init(
-        name: String, summary: String, modelled: Bool = true, isa: KernelISA = .x86_64, guestIDs: ClosedRange<UInt64>? = nil,
+        name: String, summary: String, modelled: Bool = true, isa: KernelISA = .x86_64, guestIDs: ClosedRange<UInt64>? = nil, guestKernels: Bool = true,
         steps: [StepDefinition] = [], workloads: [WorkloadDefinition] = [], policySlots: [PolicySlot] = [],
         invariants: [Invariant] = [], metrics: [MetricInfo] = [], traceTracks: [(track: String, metrics: [String])] = [],
         makePlatform: @escaping @Sendable (inout Kernel, [GuestSpec]) -> any Platform = { _, _ in NoPlatform() },
@@ -44,6 +49,7 @@ public struct ArchitectureDefinition: Sendable {
         self.modelled = modelled
         self.isa = isa
         self.guestIDs = guestIDs
+        self.guestKernels = guestKernels
         self.steps = steps
         self.workloads = workloads
         self.policySlots = policySlots
@@ -69,7 +75,7 @@ public enum Architectures {
         .planned("x86-tdx", "Intel TDX (PAMT, Secure EPT)"),
         Arm64Architecture.definition,
         .planned("arm64-cca", "Arm CCA (GPT, RMM)"),
-        .planned("arm64-pkvm", "pKVM (host stage-2 ownership)"),
+        PKVMArchitecture.definition,
         .planned("arm64-mte", "Arm MTE tags (to become `machine.mte: true` on arm64)"),
         .planned("s390-pv", "s390 protected virtualization"),
     ]

@@ -20,6 +20,8 @@ public struct GuestSpec: Hashable, Sendable {
     /// How the guest's own kernel is configured: the scenario's `guest.` policies, then the
     /// guest entry's own.
     public let kernelConfig: KernelConfig
+    /// pKVM: a protected VM (memory donated, not shared; kvm_vm_is_protected).
+    public var isProtected = false
 
     /// The VM KVM creates for this guest.
     public var vmConfig: VMConfig {
@@ -28,6 +30,24 @@ public struct GuestSpec: Hashable, Sendable {
 
     /// The SPA that backs `gpa`.
     public func spa(_ gpa: UInt64) -> UInt64 { placement + gpa }
+
+    /// Reads the `guests:` list of an architecture whose guests are only VMs (pKVM): a name
+    /// and whether it is protected; each gets the next identifier of `ids` (pKVM's handles).
+    static func readVMs(_ field: Field, ids: ClosedRange<UInt64>, targets: PolicyTargets) throws(ScenarioError) -> [GuestSpec] {
+        var guests: [GuestSpec] = []
+        for item in try field.sequence() {
+            let f = try item.mapping()
+            try f.only(["name", "protected"])
+            let name = try f.required("name").text()
+            if guests.contains(where: { $0.name == name }) { throw f.keyError("name", "guest '\(name)' is defined twice") }
+            guard UInt64(guests.count) < UInt64(ids.count) else { throw item.error("at most \(ids.count) guests") }
+            var g = GuestSpec(name: name, asid: UInt32(ids.lowerBound) + UInt32(guests.count), memory: 0, placement: 0, npt: .size4K,
+                              vcpus: 1, backing: .gmem4K, kernelConfig: targets.guest)
+            g.isProtected = try f["protected"]?.bool() ?? false
+            guests.append(g)
+        }
+        return guests
+    }
 
     /// Reads the `guests:` list: names and identifiers unique, memory in RAM, placements
     /// that do not overlap (each error names the ranges involved). A guest may override the

@@ -30,7 +30,7 @@ public struct Machine: Sendable {
         self.kernel = kernel
         self.guests = guests
         var gks: [GuestKernel] = []
-        for g in guests { gks.append(try GuestKernel(name: g.name, memory: g.memory, config: g.kernelConfig)) }
+        for g in guests where architecture.guestKernels { gks.append(try GuestKernel(name: g.name, memory: g.memory, config: g.kernelConfig)) }
         self.guestKernels = gks
         self.platform = architecture.makePlatform(&self.kernel, guests)
         self.rng = SeededGenerator(seed: seed)

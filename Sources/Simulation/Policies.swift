@@ -63,7 +63,7 @@ public enum Policies {
 
     /// The slots a machine of `architecture` has.
     public static func slots(_ architecture: ArchitectureDefinition) -> [PolicySlot] {
-        (architecture.isa == .x86_64 ? common : []) + (architecture.guestIDs == nil ? [] : guest) + architecture.policySlots
+        (architecture.isa == .x86_64 ? common : []) + (architecture.guestIDs == nil || !architecture.guestKernels ? [] : guest) + architecture.policySlots
     }
 
     /// Every slot of every architecture, each once, for `list policies`.

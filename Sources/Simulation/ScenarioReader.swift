@@ -32,6 +32,9 @@ struct ScenarioReader {
         for key in ArchitectureDefinition.x86MachineKeys where !arch.machineKeys.contains(key) && machine[key] != nil {
             throw machine.keyError(key, "'\(key)' is an x86 machine setting; this machine is \(arch.name)")
         }
+        for key in ArchitectureDefinition.arm64MachineKeys where !arch.machineKeys.contains(key) && machine[key] != nil {
+            throw machine.keyError(key, "'\(key)' is an arm64 machine setting; this machine is \(arch.name)")
+        }
         try machine.only(Self.commonMachineKeys + arch.machineKeys + slots.filter { $0.section == .machine }.map(\.key))
         let memory = try readMemory(machine)
         let cpus = Int(try machine["cpus"]?.number(in: 1...4096, what: "cpus") ?? 1)
@@ -42,6 +45,7 @@ struct ScenarioReader {
             smeCoherent: try machine["sme-coherent"]?.bool() ?? true,
             cpus: cpus)
         config.isa = arch.isa
+        config.mte = try machine["mte"]?.bool() ?? false
         var targets = PolicyTargets(host: config, guest: PolicyTargets.guestDefault)
         let policies = try readPolicies(top, machine: machine, slots: slots, targets: &targets)
         config = targets.host
@@ -49,7 +53,9 @@ struct ScenarioReader {
         var guests: [GuestSpec] = []
         if let list = top["guests"] {
             if let ids = arch.guestIDs {
-                guests = try GuestSpec.readAll(list, memory: memory, ids: ids, guestSlots: slots.filter { $0.section == .guest }, targets: targets)
+                guests = arch.guestKernels
+                    ? try GuestSpec.readAll(list, memory: memory, ids: ids, guestSlots: slots.filter { $0.section == .guest }, targets: targets)
+                    : try GuestSpec.readVMs(list, ids: ids, targets: targets)
             } else if !(try list.sequence()).isEmpty {
                 throw list.error("guests need an architecture with guests (modelled: "
                     + Architectures.modelled.filter { $0.guestIDs != nil }.map(\.name).joined(separator: ", ")

@@ -12,6 +12,9 @@ public struct Parameter: Sendable {
         case count(ClosedRange<UInt64>? = nil)
         case bool
         case choice([String])
+        /// Letters from `letters`, each at most once, in any order (a protection like `RW`);
+        /// an empty value is allowed.
+        case letters(String)
         /// A guest named in the scenario's `guests:`.
         case guest
         /// A guest's name, or `all` for every guest (the guest is then nil).
@@ -44,6 +47,7 @@ public struct Parameter: Sendable {
         var text = help
         switch kind {
         case .choice(let c): text += " (one of \(c.joined(separator: ", ")))"
+        case .letters(let l): text += " (letters of \(l))"
         case .bool: text += " (true or false)"
         case .guestOrAll: text += " (a guest's name, or all)"
         default: break
@@ -84,7 +88,7 @@ public struct StepArguments: Sendable {
     mutating func setDefault(_ a: Parameter, _ d: String) {
         switch a.kind {
         case .address, .physical, .count, .width: numbers[a.name] = ByteSize.parse(d) ?? 0
-        case .bool, .choice, .guest, .guestOrAll: texts[a.name] = d
+        case .bool, .choice, .letters, .guest, .guestOrAll: texts[a.name] = d
         }
     }
 
@@ -105,6 +109,13 @@ public struct StepArguments: Sendable {
             texts[a.name] = "\(try f.bool())"
         case .choice(let choices):
             texts[a.name] = try f.choice(choices, what: a.name)
+        case .letters(let letters):
+            let v = try f.text()
+            for (i, c) in v.enumerated() {
+                guard letters.contains(c) else { throw f.error("'\(c)' is not a letter \(a.name) takes (valid: \(letters.map(String.init).joined(separator: ", ")))") }
+                guard !v.prefix(i).contains(c) else { throw f.error("'\(c)' is given twice in \(a.name) '\(v)'") }
+            }
+            texts[a.name] = v
         case .guest, .guestOrAll:
             let name = try f.text()
             if case .guestOrAll = a.kind, name == "all", !context.guests.isEmpty {
@@ -127,7 +138,7 @@ public struct StepArguments: Sendable {
         switch a.kind {
         case .address, .physical, .width: return numbers[a.name].map { hex($0) }
         case .count: return numbers[a.name].map { "\($0)" }
-        case .bool, .choice, .guest, .guestOrAll: return texts[a.name]
+        case .bool, .choice, .letters, .guest, .guestOrAll: return texts[a.name]
         }
     }
 

@@ -88,6 +88,21 @@ public enum Steps {
         }
     }
 
+    /// A step on an architecture's platform `P`, counted as an operation.
+    static func platformStep<P: Platform>(
+        _ type: P.Type, _ name: String, _ summary: String, _ arguments: [Parameter], extraKeys: [String] = [],
+        _ body: @escaping @Sendable (inout StepArguments, StepContext) throws(ScenarioError) -> @Sendable (inout P, inout Machine) -> any Outcome
+    ) -> StepDefinition {
+        StepDefinition(name, summary, arguments, extraKeys: extraKeys) { a, ctx throws(ScenarioError) in
+            let run = try body(&a, ctx)
+            return { m throws(HostKernelError) in
+                let result = m.withPlatform(P.self) { p, m in run(&p, &m) }
+                m.count(result)
+                return result
+            }
+        }
+    }
+
     /// The steps a machine of `architecture` has.
     public static func available(_ architecture: ArchitectureDefinition) -> [StepDefinition] { host(architecture.isa) + architecture.steps }
 
@@ -188,6 +203,9 @@ public enum Steps {
                               summary + " (with guest: in that guest's kernel)", args, extraKeys: ["pa"]) { a, ctx throws(ScenarioError) in
             let numpages = Int(a[number: "numpages"] ?? 1)
             if let (i, g) = a.guest {
+                guard ctx.architecture.guestKernels else {
+                    throw a.field("guest").error("\(ctx.architecture.name) guests have no kernel in the model (they are VMs the steps give pages to); \(name) runs in the host kernel here")
+                }
                 return try guestCPAStep(name, &a, guest: i, spec: g, numpages: numpages)
             }
             if a.has("gpa") { throw a.field("gpa").error("'gpa' goes with 'guest'; for the host give 'addr' or 'pa'") }

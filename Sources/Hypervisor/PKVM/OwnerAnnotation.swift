@@ -1,8 +1,8 @@
 import PageTables
 
 /// A pKVM component that can own a page (enum pkvm_component_id, "this corresponds to
-/// page-table locking order"). Host and hypervisor are 0 and 1 in every version; the
-/// others arrive with the pKVM issue. Linux arch/arm64/kvm/hyp/include/nvhe/mem_protect.h.
+/// page-table locking order"). Host and hypervisor are 0 and 1 in every version; a guest
+/// is 2 from the protected-guest series. Linux arch/arm64/kvm/hyp/include/nvhe/mem_protect.h.
 public struct PKVMComponentID: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
     public let rawValue: UInt8
     public init(rawValue: UInt8) { self.rawValue = rawValue }
@@ -12,6 +12,7 @@ public struct PKVMComponentID: RawRepresentable, Hashable, Sendable, CustomStrin
         switch self {
         case .host: "PKVM_ID_HOST"
         case .hyp: "PKVM_ID_HYP"
+        case .guest: "PKVM_ID_GUEST"
         default: "PKVM_ID(\(rawValue))"
         }
     }

@@ -53,7 +53,7 @@ public struct SNPPlatform: Platform {
         Metric("guest_npf", "faults", "nested page faults the RMP check raised for a guest") { UInt64($0.platform.faults.npf) },
         Metric("guest_vc", "faults", "#VC(0x404): a guest touched a page it had not validated") { UInt64($0.platform.faults.vc) },
         Metric("iommu_rmp_faults", "events", "IOMMU RMP_PAGE_FAULT events (device writes to assigned pages)") { UInt64($0.platform.faults.iommuRMP) },
-    ] + HostFaultEnd.allCases.map { end in
+    ] + HostFaultEnd.ends(.x86_64).map { end in
         Metric("rmp_fault_" + end.metricSuffix, "faults", "host RMP faults that ended as \(end)") { UInt64($0.kernel.faults.ownershipFaults(end)) }
     } + [
         Metric("rmp_make_private", "calls", "successful rmp_make_private (pages or 2M pages given to a guest or the firmware)") { UInt64($0.kernel.faults.pagesGiven) },

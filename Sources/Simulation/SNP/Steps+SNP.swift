@@ -130,14 +130,7 @@ extension Steps {
         _ name: String, _ summary: String, _ arguments: [Parameter], extraKeys: [String] = [],
         _ body: @escaping @Sendable (inout StepArguments, StepContext) throws(ScenarioError) -> @Sendable (inout SNPPlatform, inout Machine) -> any Outcome
     ) -> StepDefinition {
-        StepDefinition(name, summary, arguments, extraKeys: extraKeys) { a, ctx throws(ScenarioError) in
-            let run = try body(&a, ctx)
-            return { m throws(HostKernelError) in
-                let result = m.withPlatform(SNPPlatform.self) { p, m in run(&p, &m) }
-                m.count(result)
-                return result
-            }
-        }
+        platformStep(SNPPlatform.self, name, summary, arguments, extraKeys: extraKeys, body)
     }
 
     /// The `private` argument: given, it overrides the C-bit; left out, the guest kernel's
