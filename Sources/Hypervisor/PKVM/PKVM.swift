@@ -116,14 +116,14 @@ public struct PKVM: Sendable {
     /// -EPERM when it is not memory.
     func checkRangeAllowedMemory(_ start: UInt64, _ end: UInt64) -> Errno? {
         let r = memRange(start)
-        guard end > start, r.range.contains(end - 1) else { return .EINVAL }
+        guard r.range.contains(end &- 1) else { return .EINVAL }
         return r.isMemory ? nil : .EPERM
     }
 
     /// range_is_memory.
     func rangeIsMemory(_ start: UInt64, _ end: UInt64) -> Bool {
         let r = memRange(start)
-        return r.isMemory && end > start && r.range.contains(end - 1)
+        return r.isMemory && r.range.contains(end &- 1)
     }
 
     // MARK: - Page states
