@@ -3,6 +3,7 @@ import CReference
 import Foundation
 import Hardware
 import HostKernel
+import Hypervisor
 import PageTables
 import Reports
 import Simulation
@@ -14,7 +15,7 @@ struct Bench: ParsableCommand {
         abstract: "Measure cocomem's speed and memory: ratios against a C reference, operations per second, resident memory.",
         discussion: """
             Figures: walk_ratio, tlb_hit_ratio (model ÷ C on the same data and address
-            stream), cpa_ops_per_s, psc_ops_per_s, rss_16t_256g_mib,
+            stream), cpa_ops_per_s, psc_ops_per_s, pkvm_share_ops_per_s, rss_16t_256g_mib,
             bytes_per_split_2m, scale_run_s, scale_run_rss_mib. Memory figures run in
             a child process so each starts clean. --quick uses smaller sizes (the same
             figures) and finishes in under a minute.
@@ -41,6 +42,7 @@ struct Bench: ParsableCommand {
         figures.append(("tlb_hit_ratio", tlb.ratio, "model \(fmt(tlb.model)) ns, C \(fmt(tlb.c)) ns per TLB hit (goal ≤ 1.5)"))
         figures.append(("cpa_ops_per_s", try Self.cpaOps(quick: quick), "set_memory_decrypted/encrypted of random 4K pages, 1 TiB (goal ≥ 2e6)"))
         figures.append(("psc_ops_per_s", try Self.pscOps(quick: quick), "page-state changes through KVM, the RMP and split-on-assign (goal ≥ 1e6)"))
+        figures.append(("pkvm_share_ops_per_s", Self.pkvmShareOps(quick: quick), "pKVM host share then unshare of a random 4K page with a guest, 64 GiB host (goal ≥ 1e6)"))
         figures.append(("bytes_per_split_2m", try Self.bytesPerSplit(), "model bytes per 2M region split to 4K (goal ≤ 4096)"))
         let rss = try Self.child("rss", quick: quick)
         figures.append(("rss_16t_256g_mib", rss, quick ? "4 TiB host, 64 guests of 16 GiB, booted (quick sizes; goal ≤ 1024 at 16 TiB/256)" : "16 TiB host, 256 SNP guests of 16 GiB, booted (goal ≤ 1024)"))
@@ -137,6 +139,23 @@ struct Bench: ParsableCommand {
             let va = k.layout.pageOffset + (1 << 20) + (rng.below((1 << 40) - (2 << 20)) & ~4095)
             _ = try k.setMemoryDecrypted(va, numpages: 1)
             _ = try k.setMemoryEncrypted(va, numpages: 1)
+        }
+        return Double(2 * n) / seconds(ContinuousClock.now - t0)
+    }
+
+    /// pKVM ownership transitions per second: __pkvm_host_share_guest then
+    /// __pkvm_host_unshare_guest of a random 4K page of a 64 GiB host at a random gfn, each
+    /// checking the vmemmap and the guest's stage-2 and changing both.
+    static func pkvmShareOps(quick: Bool) -> Double {
+        let ram: Range<UInt64> = (1 << 30)..<(65 << 30)
+        var p = PKVM(memory: [ram], guests: [("vm", false)])
+        var rng = SeededGenerator(seed: 4)
+        let n = quick ? 200_000 : 2_000_000
+        let t0 = ContinuousClock.now
+        for _ in 0..<n {
+            let pfn = (ram.lowerBound >> 12) + rng.below((ram.upperBound - ram.lowerBound) >> 12), gfn = rng.below(1 << 24)
+            precondition(p.hostShareGuest(pfn: pfn, gfn: gfn, nrPages: 1, guest: 0, prot: .rwx) == .ok)
+            precondition(p.hostUnshareGuest(gfn: gfn, nrPages: 1, guest: 0) == .ok)
         }
         return Double(2 * n) / seconds(ContinuousClock.now - t0)
     }

@@ -23,8 +23,8 @@ struct List: ParsableCommand {
         switch what {
         case .steps:
             for s in Steps.all {
-                let owner = Architectures.all.first { a in a.steps.contains { $0.name == s.name } }
-                rows.append((s.name, s.summary + (owner.map { " [\($0.name)]" } ?? "") + (s.aliases.isEmpty ? "" : " (also: \(s.aliases.map(\.name).joined(separator: ", ")))")))
+                let owners = Architectures.all.filter { a in a.steps.contains { $0.same(as: s) } }.map(\.name)
+                rows.append((s.name, s.summary + (owners.isEmpty ? "" : " [\(owners.joined(separator: ", "))]") + (s.aliases.isEmpty ? "" : " (also: \(s.aliases.map(\.name).joined(separator: ", ")))")))
                 rows += s.arguments.map { ("  " + $0.name, $0.helpLine) }
             }
             rows.append(("workload", "run a named generator: " + Workloads.all.map(\.name).joined(separator: ", ")))

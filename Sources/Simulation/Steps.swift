@@ -14,6 +14,9 @@ public struct StepDefinition: Sendable {
     let extraKeys: [String]
     let prepare: @Sendable (inout StepArguments, StepContext) throws(ScenarioError) -> StepAction
 
+    /// Whether `other` is this same step (one definition registered by several architectures).
+    public func same(as other: StepDefinition) -> Bool { name == other.name && summary == other.summary }
+
     public init(_ name: String, aliases: [StepAlias] = [], _ summary: String, _ arguments: [Parameter], extraKeys: [String] = [],
                 prepare: @escaping @Sendable (inout StepArguments, StepContext) throws(ScenarioError) -> StepAction) {
         self.name = name
@@ -106,10 +109,11 @@ public enum Steps {
     /// The steps a machine of `architecture` has.
     public static func available(_ architecture: ArchitectureDefinition) -> [StepDefinition] { host(architecture.isa) + architecture.steps }
 
-    /// Every step of every architecture, each name once, for `list steps` and the docs.
+    /// Every step of every architecture, each definition once, for `list steps` and the
+    /// docs (two architectures may each have their own step of one name: `guest-read`).
     public static var all: [StepDefinition] {
         var out: [StepDefinition] = []
-        for s in hostX86 + hostArm64 + Architectures.all.flatMap(\.steps) where !out.contains(where: { $0.name == s.name }) { out.append(s) }
+        for s in hostX86 + hostArm64 + Architectures.all.flatMap(\.steps) where !out.contains(where: { $0.same(as: s) }) { out.append(s) }
         return out
     }
 

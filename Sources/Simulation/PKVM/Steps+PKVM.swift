@@ -225,7 +225,7 @@ extension Steps {
     }
 
     static func pkvmGuestAccess(_ name: String, write: Bool) -> StepDefinition {
-        platformStep(PKVMPlatform.self, name, "the guest \(write ? "writes" : "reads") the page at gfn through its stage-2; a read says whose data it sees",
+        platformStep(PKVMPlatform.self, name, "the guest \(write ? "writes" : "reads") the page at gfn through its stage-2" + (write ? "" : "; the result says whose data it sees"),
                      [guest, pkvmGFN]) { a, ctx throws(ScenarioError) in
             let g = a.guest!.index, ipa = a.number("gfn") << pageShift, guests = ctx.guests
             return { p, _ in
