@@ -83,6 +83,19 @@ extension PageTable {
         tlb.invalidate(virt: va, level: level)
     }
 
+    /// Replaces the block at `level` holding `virt` by an empty table, through `replace`
+    /// (break-before-make where the format needs it): the rest of the block is dropped and
+    /// mapped again lazily. Linux arch/arm64/kvm/hyp/pgtable.c stage2_map_walk_leaf, after
+    /// stage2_map_walker_try_leaf's -E2BIG (a page mapped or annotated inside a block).
+    public mutating func breakBlock<I: TLBInvalidator>(virt: VirtAddr, level: Int, _ tlb: inout I) throws(PageTableError) {
+        let va = virt.rawValue & ~((1 << levelShift(level)) - 1)
+        try validate(start: va, size: pageBytes)
+        let (table, base) = root(va), top = rootLevel
+        let v = withReadOnly { Self.descend($0, table, level: top, base: base, address: va, lowest: level) }
+        guard v.level == level, v.entry.isPresentLeaf, level > 1 else { throw .badRange(start: va, size: 1 << levelShift(level)) }
+        try replace(virt: virt, level: level, with: .table(try allocateTable()), &tlb)
+    }
+
     /// Splits the block at `level` holding `virt` into a table of 512 entries one level down
     /// with the same frames and attributes, built unlinked and installed by `replace` (so
     /// with break-before-make where the format needs it). Linux arch/arm64/kvm/hyp/pgtable.c

@@ -169,6 +169,7 @@ import PageTables
         #expect(r18 == .ok)
         #expect(p.hostStage2.leafCounts == LeafCounts())
         let r19 = p.takePendingHostFlushes()
+        #expect(p.hostStage2.breakBeforeMakes == 1)
         #expect(p.stats.hostStage2BlockBreaks == 1 && p.stats.hostTLBInvalidations == 1 && r19 == 1)
         let e = p.hostStage2.entry(holding: VirtAddr(0x4020_1000))
         #expect(e.level == 1 && e.entry.pkvmOwner == .hyp)

@@ -116,6 +116,29 @@ import Testing
         #expect(blocks == (0..<512).map { Descriptor.leaf(PFN((0x4000_0000 >> 12) + UInt64($0) * 512), [.present, .writable]) })
         try t.checkInvariants()
     }
+
+    /// A page placed inside a live block: the block becomes an empty table by break-before-
+    /// make, and the rest of it is gone until mapped again (pKVM's host stage-2).
+    @Test func breakingABlockLeavesAnEmptyTableByBreakBeforeMake() throws {
+        var t = PageTable(format: .arm64Stage2(ipaBits: 40)!)
+        try t.installLeaf(virt: VirtAddr(0x4000_0000), phys: PhysAddr(0x4000_0000), size: .size1G, attributes: [.present, .writable])
+        let before = t.tablePages
+        var tlb = Recorder()
+        t.replaceLog = []
+        try t.breakBlock(virt: VirtAddr(0x4020_1000), level: 3, &tlb)
+        #expect(t.replaceLog?.count == 3)
+        if let log = t.replaceLog, case .write(let slot, .none) = log[0], case .write(slot, let table) = log[2] {
+            #expect(log[1] == .invalidate(virt: 0x4000_0000, level: 3))
+            #expect(table.isTable && (0..<entriesPerTable).allSatisfy { t.entry(table: table.tableNumber, index: $0).isNone })
+        } else {
+            Issue.record("not a break-before-make: \(t.replaceLog ?? [])")
+        }
+        #expect(t.breakBeforeMakes == 1 && tlb.events.map(\.level) == [3])
+        #expect(t.leafCounts == LeafCounts() && t.tablePages == before + 1)
+        #expect(t.lookup(VirtAddr(0x4000_0000)) == nil)
+        #expect(throws: PageTableError.self) { try t.breakBlock(virt: VirtAddr(0x4000_0000), level: 3, &tlb) }  // no block there now
+        try t.checkInvariants()
+    }
 }
 
 /// Stage-2 formats with concatenated root tables and a lower start level.

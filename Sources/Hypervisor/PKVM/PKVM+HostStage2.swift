@@ -49,9 +49,10 @@ extension PKVM {
     /// host_stage2_set_owner_locked: the range must be memory (-EPERM); each page's host
     /// stage-2 entry becomes an owner annotation at 4K (kvm_pgtable_stage2_set_owner forces
     /// pages), or for the host an empty entry that refaults lazily (owner 0 writes a zero
-    /// entry). A valid block over a page is broken first and not rebuilt: the rest of it
-    /// refaults (stage2_map_walk_leaf after -E2BIG); every valid entry removed is invalidated
-    /// at its level. Then the vmemmap: OWNED for the host, NOPAGE otherwise.
+    /// entry). A valid block over a page is replaced by an empty table with break-before-make
+    /// and not rebuilt: the rest of it refaults (stage2_map_walk_leaf after -E2BIG); every
+    /// valid entry removed is invalidated at its level. Then the vmemmap: OWNED for the host,
+    /// NOPAGE otherwise.
     mutating func setOwner(_ addr: UInt64, _ size: UInt64, _ owner: PKVMComponentID) -> Errno? {
         guard rangeIsMemory(addr, addr &+ size) else { return .EPERM }
         let new: Descriptor = owner == .host ? .none : .pkvmOwner(owner)
@@ -61,7 +62,7 @@ extension PKVM {
                 let va = VirtAddr(pfn << pageShift)
                 var (level, entry) = hostStage2.entry(holding: va)
                 if level > 1 && entry.isPresentLeaf {
-                    try hostStage2.replace(virt: va, level: level, with: .none, &tlb)
+                    try hostStage2.breakBlock(virt: va, level: level, &tlb)
                     stats.hostStage2BlockBreaks += 1
                     (level, entry) = hostStage2.entry(holding: va)
                 }

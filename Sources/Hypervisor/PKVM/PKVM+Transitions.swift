@@ -265,8 +265,9 @@ extension PKVM {
     }
 
     /// kvm_vm_ioctl_enable_cap(KVM_CAP_ARM_MTE): -EINVAL for a protected VM (kvm_pkvm_ext_allowed
-    /// does not list MTE) or when the system has no MTE; otherwise the VM's tags are on.
-    /// Linux arch/arm64/kvm/arm.c.
+    /// lists the caps a protected VM may have, and MTE is not one; the Android Common Kernel
+    /// refuses it to every VM under pKVM) or when the system has no MTE; otherwise the VM's
+    /// tags are on. Linux arch/arm64/kvm/arm.c, arch/arm64/include/asm/kvm_pkvm.h.
     public mutating func enableMTE(guest g: Int, systemSupportsMTE: Bool) -> KernelStatus {
         guard !guests[g].isProtected, systemSupportsMTE else { return .error(.EINVAL) }
         guests[g].mteEnabled = true

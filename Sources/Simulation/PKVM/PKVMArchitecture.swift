@@ -68,6 +68,7 @@ public struct PKVMPlatform: Platform {
         Metric("host_s2_maps", "faults", "host stage-2 faults EL2 resolved by mapping (the lazy identity map)") { UInt64($0.pkvm.stats.hostStage2Maps) },
         Metric("host_s2_aborts", "faults", "host accesses the host stage-2 refused (an owner annotation): aborts injected into the host") { UInt64($0.pkvm.stats.hostStage2Aborts) },
         Metric("host_s2_block_breaks", "blocks", "host stage-2 blocks broken because a page in them changed owner") { UInt64($0.pkvm.stats.hostStage2BlockBreaks) },
+        Metric("host_s2_bbm", "replacements", "live host stage-2 entries replaced by break-before-make (invalid, TLBI, new entry)") { UInt64($0.pkvm.hostStage2.breakBeforeMakes) },
         Metric("host_s2_tlbi", "invalidations", "TLB invalidations of the host VMID (each also TLBI VMALLE1IS)") { UInt64($0.pkvm.stats.hostTLBInvalidations) },
         Metric("guest_s2_tlbi", "invalidations", "TLB invalidations of guest VMIDs") { UInt64($0.pkvm.stats.guestTLBInvalidations) },
         Metric("guest_s2_table_pages", "pages", "page-table pages of the guests' stage-2 tables") { UInt64($0.pkvm.guests.reduce(0) { $0 + $1.stage2.tablePages }) },
