@@ -23,6 +23,9 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("Print --meminfo/--ptdump of this guest's own kernel instead of the host's.", valueName: "name")) var guest: String?
     @Option(help: ArgumentHelp("Show --meminfo/--ptdump/--svg as they were right after step N (0 = after boot).", valueName: "N")) var at: Int?
     @Flag(help: "Check every invariant after every step; stop at the first violation.") var check = false
+    @Option(name: .customLong("check-every"), help: ArgumentHelp(
+        "With --check: walk everything every N steps and after the last; in between, check the regions each step changed (default: every step while the page tables hold at most 16,384 table pages, every 64 steps beyond).",
+        valueName: "N")) var checkEvery: Int?
     @Option(help: ArgumentHelp("Record all metrics every N steps (JSON 'samples', CSV rows).", valueName: "N")) var sample: Int?
     @Option(help: ArgumentHelp("Write a Chrome trace event file (open it in Perfetto).", valueName: "file")) var trace: String?
     @Option(help: ArgumentHelp("Write an SVG map of physical memory.", valueName: "file")) var svg: String?
@@ -54,7 +57,8 @@ struct Run: ParsableCommand {
                 + "\(scenario.memory.endOfRAM >> 21) cells of 2M; maps stop at \(ByteSize.format(MemoryMap.maxRAM)) of RAM until they scale to larger cells")
         }
         let progress = ProgressLine(quiet: quiet)
-        var options = RunOptions(checkInvariants: check, sampleEvery: sample, snapshotAt: at)
+        if let n = checkEvery, n < 1 { throw ValidationError("--check-every \(n): give a number of steps, 1 or more") }
+        var options = RunOptions(checkInvariants: check, fullCheckEvery: checkEvery, sampleEvery: sample, snapshotAt: at)
         options.progress = { progress.update($0, $1, $2) }
         let result = try Runner.run(scenario, options: options)
         progress.finish()

@@ -31,6 +31,10 @@ public struct GuestKernel: Sendable {
     }
 
     /// The guest's direct-map address of a guest frame.
+    /// Notes (or forgets) the regions of the guest kernel's page table each change touches.
+    public mutating func trackChanges(_ on: Bool = true) { kernel.trackChanges(on) }
+    public mutating func resetChanges() { kernel.resetChanges() }
+
     public func va(gfn: UInt64) -> UInt64 { kernel.va(PhysAddr(gfn << pageShift)).rawValue }
 
     /// The guest kernel's own translation of `gpa` through its direct map on vCPU `vcpu`:

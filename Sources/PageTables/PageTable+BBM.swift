@@ -44,6 +44,7 @@ extension PageTable {
         let (table, base) = root(va), top = rootLevel
         let v = withReadOnly { Self.descend($0, table, level: top, base: base, address: va, lowest: level) }
         guard v.level == level else { throw .badRange(start: va, size: 1 << levelShift(level)) }  // no entry at that level yet
+        noteTouched(va, va &+ ((1 << levelShift(level)) - 1))
         let old = v.entry
         if !breakBeforeMake {
             if old.isTable && !(new.isTable && new.tableNumber == old.tableNumber) {

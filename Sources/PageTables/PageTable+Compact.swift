@@ -304,8 +304,17 @@ extension PageTable {
     @usableFromInline mutating func takeDenseTable() -> Int {
         if let t = freeTables.popLast() { return t }
         let t = entries.count / entriesPerTable
+        if entries.count + entriesPerTable > entries.capacity { entries.reserveCapacity(Self.grownCapacity(entries.count)) }
         entries.append(contentsOf: repeatElement(0, count: entriesPerTable))
         return t
+    }
+
+    /// The entry array's next capacity: doubling up to 64 MiB of entries, then a quarter
+    /// more each time, so a large table never asks for twice its size (and never holds
+    /// more than a quarter of it unused) while growth stays amortised.
+    static func grownCapacity(_ count: Int) -> Int {
+        let doublingLimit = 8 << 20  // entries: 64 MiB
+        return count + max(entriesPerTable, count < doublingLimit ? count : count / 4)
     }
 
     /// The compact table a table number names, if it is one.

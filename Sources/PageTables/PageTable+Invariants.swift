@@ -118,3 +118,67 @@ extension PageTable {
         }
     }
 }
+
+extension PageTable {
+    /// The checks that need no full walk, for the steps between full walks: the rules every
+    /// entry keeps (no leaf where the format has none, no table below level 1, children that
+    /// are allocated and not free, each reached from one entry only, compact tables well
+    /// formed) over the regions `touched` names, and the table accounting (table pages equal
+    /// the tables allocated less the free ones; no compact table left forwarded). The leaf
+    /// counts need the whole tree and wait for the next full walk (`checkInvariants()`).
+    public func checkInvariants(over touched: TouchedRanges) throws(InvariantViolation) {
+        if forwarded != 0 { throw InvariantViolation("compact tables follow a split", "\(forwarded) forwarded after the walk") }
+        let dense = entries.count / entriesPerTable
+        let allocated = dense - freeTables.count + compacts.count - freeCompacts.count
+        guard allocated == tablePages else {
+            throw InvariantViolation("table pages equal the reachable tables", "kept \(tablePages), allocated and not free \(allocated)")
+        }
+        guard leafCounts.size4K >= 0, leafCounts.size2M >= 0, leafCounts.size1G >= 0 else {
+            throw InvariantViolation("leaf counts equal the walk", "a negative count: \(leafCounts)")
+        }
+        let freeDense = Set(freeTables), freeCompact = Set(freeCompacts), freeToggle = Set(freeToggles)
+        struct From: Hashable { let table: Int, index: Int }
+        var reachedFrom: [Int: From] = [:]
+        for range in touched.ranges {
+            let (first, base) = root(range.lowerBound), final = root(range.upperBound).table
+            var stack: [(table: Int, level: Int, base: UInt64)] = (first...final).reversed().map {
+                ($0, rootLevel, base &+ (UInt64($0 - first) &<< (levelShift(rootLevel) &+ 9)))
+            }
+            while let (table, level, tableBase) = stack.popLast() {
+                let span: UInt64 = 1 << levelShift(level)
+                guard range.upperBound >= tableBase else { continue }
+                let i0 = range.lowerBound > tableBase ? Int(min(511, (range.lowerBound - tableBase) / span)) : 0
+                let i1 = Int(min(511, (range.upperBound - tableBase) / span))
+                for i in i0...i1 {
+                    let e = entry(table: table, index: i)
+                    if e.isLeaf {
+                        guard let size = PageSize(level: level), allows(size) else {
+                            throw InvariantViolation("leaf sizes allowed by the format", "leaf at level \(level) in table \(table)")
+                        }
+                    } else if e.isTable {
+                        guard level > 1 else { throw InvariantViolation("no table below level 1", "table \(table) entry \(i)") }
+                        let child = e.tableNumber, from = From(table: table, index: i)
+                        if let earlier = reachedFrom[child], earlier != from {
+                            throw InvariantViolation("every table reached once", "\(e) from table \(table) entry \(i) and table \(earlier.table) entry \(earlier.index)")
+                        }
+                        reachedFrom[child] = from
+                        if let t = Self.compactIndex(child) {
+                            guard t < compacts.count, !freeCompact.contains(t) else {
+                                throw InvariantViolation("free tables unreachable", "compact table \(t) from table \(table) entry \(i) is free or unknown")
+                            }
+                            try checkCompact(t, level: level - 1)
+                            if let g = compacts[t].toggle, freeToggle.contains(g) {
+                                throw InvariantViolation("free tables unreachable", "toggle set \(g) of compact table \(t) is free")
+                            }
+                        } else {
+                            guard child < dense, !freeDense.contains(child) else {
+                                throw InvariantViolation("free tables unreachable", "table \(child) from table \(table) entry \(i) is free or unknown")
+                            }
+                        }
+                        stack.append((child, level - 1, tableBase &+ UInt64(i) &* span))
+                    }
+                }
+            }
+        }
+    }
+}

@@ -30,6 +30,7 @@ extension PageTable {
         if phys.rawValue & (size.bytes - 1) != 0 { throw .unaligned(what: "physical address", value: phys.rawValue) }
         guard allows(size) else { throw .badRange(start: va, size: size.bytes) }  // no leaf of that size in this format
         try validate(start: va, size: size.bytes)
+        noteTouched(va, va &+ (size.bytes - 1))
         defer { if forwarded > 0 { unforward(rootBase: rootBase(va), start: va, last: va &+ (size.bytes - 1)) } }
         var table = root(va).table, level = rootLevel
         while level > size.level {
@@ -66,6 +67,7 @@ extension PageTable {
         guard let size = PageSize(level: level) else { throw .badRange(start: virt.rawValue, size: 0) }
         let va = virt.rawValue & ~(size.bytes - 1)
         try validate(start: va, size: size.bytes)
+        noteTouched(va, va &+ (size.bytes - 1))
         defer { if forwarded > 0 { unforward(rootBase: rootBase(va), start: va, last: va &+ (size.bytes - 1)) } }
         var table = root(va).table, l = rootLevel
         while l > level {

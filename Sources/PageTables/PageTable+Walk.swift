@@ -95,6 +95,7 @@ extension PageTable {
     where V.Store == PageTable {
         try validate(start: start, size: size)
         let rootBase = rootBase(start), last = start &+ (size - 1)
+        noteTouched(start, last)
         defer { if forwarded > 0 { unforward(rootBase: rootBase, start: start, last: last) } }
         let (first, base) = root(start), final = root(last).table
         for k in first...final {

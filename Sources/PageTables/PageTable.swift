@@ -28,6 +28,9 @@ public struct PageTable: Sendable {
     public internal(set) var breakBeforeMakes = 0
     /// When not nil, `replace` appends each entry write and invalidation in order (tests).
     public var replaceLog: [ReplaceStep]?
+    /// When not nil, every change notes the region it touched, for invariants checked over
+    /// those regions between full walks (`checkInvariants(over:)`).
+    public var touched: TouchedRanges?
     /// Fault injection: when set, every table allocation fails with `outOfMemory`.
     public var failAllocations = false
     /// Whether splits make compact tables (the default) or fill 512 entries at once, as the

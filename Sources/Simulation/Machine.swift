@@ -86,9 +86,32 @@ public struct Machine: Sendable {
     }
 
     /// Checks every invariant the machine's layers register, in registry order, but those
-    /// named in `except`.
-    public func checkInvariants(except: [String] = []) throws(InvariantViolation) {
-        for invariant in invariants where !except.contains(invariant.name) { try invariant.check(self) }
+    /// named in `except`. With `full` false, an invariant that has a per-step form (checked
+    /// over the regions changed since the last check, `trackChanges`) runs that instead of
+    /// its full walk.
+    public func checkInvariants(except: [String] = [], full: Bool = true) throws(InvariantViolation) {
+        for invariant in invariants where !except.contains(invariant.name) {
+            if !full, let perStep = invariant.perStep { try perStep(self) } else { try invariant.check(self) }
+        }
+    }
+
+    /// Notes the regions each page-table change touches from now on (host and guest kernels).
+    public mutating func trackChanges() {
+        kernel.trackChanges()
+        for i in guestKernels.indices { guestKernels[i].trackChanges() }
+    }
+
+    /// Forgets the regions noted so far (a check covered them).
+    public mutating func resetChanges() {
+        kernel.resetChanges()
+        for i in guestKernels.indices { guestKernels[i].resetChanges() }
+    }
+
+    /// How many steps apart `--check` walks everything, when not told: every step while the
+    /// page tables are small enough that a walk costs little (at most 16,384 table pages,
+    /// about 8 million entries), every 64 steps beyond.
+    public var automaticFullCheckInterval: Int {
+        kernel.pageTable.tablePages + guestKernels.reduce(0) { $0 + $1.kernel.pageTable.tablePages } <= 16_384 ? 1 : 64
     }
 
     /// The invariants of this machine's layers, in registry order.
@@ -112,11 +135,18 @@ public struct Invariant: Sendable {
     public let layer: String
     public let summary: String
     let check: @Sendable (Machine) throws(InvariantViolation) -> Void
+    /// What can be checked after a step without a full walk (the regions the step changed),
+    /// when the full check waits for the next full walk; nil: the full check is cheap and
+    /// runs after every step.
+    let perStep: (@Sendable (Machine) throws(InvariantViolation) -> Void)?
 
-    public init(name: String, layer: String, summary: String, check: @escaping @Sendable (Machine) throws(InvariantViolation) -> Void) {
+    public init(name: String, layer: String, summary: String,
+                perStep: (@Sendable (Machine) throws(InvariantViolation) -> Void)? = nil,
+                check: @escaping @Sendable (Machine) throws(InvariantViolation) -> Void) {
         self.name = name
         self.layer = layer
         self.summary = summary
+        self.perStep = perStep
         self.check = check
     }
 }
@@ -125,11 +155,14 @@ public struct Invariant: Sendable {
 public enum Invariants {
     public static let common: [Invariant] = [
         Invariant(name: "page-table", layer: "PageTables",
-                  summary: "leaf counts and table pages equal a walk; every table reached once; free tables empty") { m throws(InvariantViolation) in
+                  summary: "leaf counts and table pages equal a walk; every table reached once; free tables empty",
+                  perStep: { m throws(InvariantViolation) in try m.kernel.pageTable.checkInvariants(over: m.kernel.pageTable.touched ?? TouchedRanges()) }) { m throws(InvariantViolation) in
             try m.kernel.pageTable.checkInvariants()
         },
+        // direct_pages_count is a count over the whole direct map: full walks only.
         Invariant(name: "direct-pages-count", layer: "HostKernel",
-                  summary: "direct_pages_count equals the direct-map walk; vmalloc aliases share the C-bit") { m throws(InvariantViolation) in
+                  summary: "direct_pages_count equals the direct-map walk; vmalloc aliases share the C-bit",
+                  perStep: { _ throws(InvariantViolation) in }) { m throws(InvariantViolation) in
             try m.kernel.checkDirectMapInvariants()
         },
         Invariant(name: "tlb", layer: "HostKernel",
@@ -138,7 +171,10 @@ public enum Invariants {
             for g in m.guestKernels { try g.kernel.checkTLBInvariants() }
         },
         Invariant(name: "guest-direct-map", layer: "GuestKernel",
-                  summary: "each guest kernel's page table and direct_pages_count are consistent") { m throws(InvariantViolation) in
+                  summary: "each guest kernel's page table and direct_pages_count are consistent",
+                  perStep: { m throws(InvariantViolation) in
+                      for g in m.guestKernels { try g.kernel.pageTable.checkInvariants(over: g.kernel.pageTable.touched ?? TouchedRanges()) }
+                  }) { m throws(InvariantViolation) in
             for g in m.guestKernels {
                 try g.kernel.pageTable.checkInvariants()
                 try g.kernel.checkDirectMapInvariants()

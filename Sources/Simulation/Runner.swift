@@ -30,8 +30,11 @@ public struct CheckRecord: Sendable {
 
 /// How to run a scenario.
 public struct RunOptions: Sendable {
-    /// Check every invariant after boot and after each step.
+    /// Check every invariant after boot and after each step: in full every `fullCheckEvery`
+    /// steps and after the last, over the regions each step changed in between.
     public var checkInvariants = false
+    /// Steps between full invariant walks; nil: `Machine.automaticFullCheckInterval`.
+    public var fullCheckEvery: Int?
     /// Record all metrics every N steps.
     public var sampleEvery: Int?
     /// Keep a copy of the machine right after step N (0 = after boot).
@@ -39,8 +42,9 @@ public struct RunOptions: Sendable {
     /// Called before each step with (step, total, name) and during long workloads.
     public var progress: (@Sendable (Int, Int, String) -> Void)?
 
-    public init(checkInvariants: Bool = false, sampleEvery: Int? = nil, snapshotAt: Int? = nil) {
+    public init(checkInvariants: Bool = false, fullCheckEvery: Int? = nil, sampleEvery: Int? = nil, snapshotAt: Int? = nil) {
         self.checkInvariants = checkInvariants
+        self.fullCheckEvery = fullCheckEvery
         self.sampleEvery = sampleEvery
         self.snapshotAt = snapshotAt
     }
@@ -72,7 +76,9 @@ public enum Runner {
         func finish(_ failure: InvariantFailure?, checks: [CheckRecord]) -> RunResult {
             RunResult(scenario: scenario, records: records, samples: samples, checks: checks, machine: m, snapshot: snapshot, failure: failure)
         }
+        let fullEvery = max(1, options.fullCheckEvery ?? m.automaticFullCheckInterval)
         if options.checkInvariants {
+            m.trackChanges()
             do { try m.checkInvariants(except: scenario.brokenInvariants) } catch {
                 return finish(InvariantFailure(step: 0, invariant: error.name, detail: error.detail), checks: [])
             }
@@ -95,9 +101,11 @@ public enum Runner {
             if options.snapshotAt == step.index { snapshot = m }
             if let n = options.sampleEvery, step.index % n == 0 { samples.append((step.index, m.metrics)) }
             if options.checkInvariants {
-                do { try m.checkInvariants(except: scenario.brokenInvariants) } catch {
+                let full = step.index % fullEvery == 0 || step.index == total
+                do { try m.checkInvariants(except: scenario.brokenInvariants, full: full) } catch {
                     return finish(InvariantFailure(step: step.index, invariant: error.name, detail: error.detail), checks: [])
                 }
+                m.resetChanges()
             }
         }
         let checks = scenario.checks.map { c in

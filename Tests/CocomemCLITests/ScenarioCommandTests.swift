@@ -133,6 +133,7 @@ import Testing
         (["run", "examples/cpa-basics.yaml", "--color", "rainbow"], "--color 'rainbow': valid: leaf-size, ownership"),
         (["run", "examples/cpa-basics.yaml", "--json", "--meminfo"], "cannot be mixed with --json or --csv"),
         (["run", "/nonexistent.yaml"], "/nonexistent.yaml: cannot read the file"),
+        (["run", "examples/cpa-basics.yaml", "--check", "--check-every", "0"], "--check-every 0: give a number of steps, 1 or more"),
         (["list", "everything"], "everything"),
     ])
     func badCommandLinesAreClearErrors(_ args: [String], _ message: String) throws {
