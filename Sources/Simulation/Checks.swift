@@ -7,6 +7,8 @@ public struct CheckDefinition: Sendable {
     public let summary: String
     /// How it is written, for docs.
     public let usage: String
+    /// Written as a bare name (`- invariants`), with no arguments.
+    public var takesNoArguments: Bool { usage == "- " + name }
 }
 
 /// A comparison such as `<= 8M`: an operator and a number (sizes allowed).
@@ -43,7 +45,7 @@ public enum Checks {
     public static let all: [CheckDefinition] = [
         CheckDefinition(name: "no-errors", summary: "no operation returned an error, except where the step's expect names it", usage: "- no-errors"),
         CheckDefinition(name: "invariants", summary: "every registered invariant holds at the end", usage: "- invariants"),
-        CheckDefinition(name: "no-host-crash", summary: "no host access ended in an oops, double or triple fault", usage: "- no-host-crash"),
+        CheckDefinition(name: "no-host-crash", summary: "no host access ended in an oops, a double or triple fault or a recursive abort", usage: "- no-host-crash"),
         CheckDefinition(name: "directmap", summary: "DirectMap4k/2M/1G (bytes) meet conditions", usage: "- directmap: {4k: \"<= 8M\", 2m: \">= 1G\", 1g: \"== 23G\"}"),
         CheckDefinition(name: "metric", summary: "a metric of the run meets a condition", usage: "- metric: {tlb_full_flushes: \"<= 100\"}"),
         CheckDefinition(name: "broken-invariant", summary: "the named invariant is violated at the end (a scenario that shows a bug; --check leaves it out after each step)",
@@ -79,7 +81,7 @@ public enum Checks {
         guard fields.entries.count == 1, let (name, args) = fields.entries.first else {
             throw item.error("a check is one name with its arguments; valid checks: \(names.joined(separator: ", "))")
         }
-        if ["no-errors", "invariants", "no-host-crash"].contains(name) {
+        if all.contains(where: { $0.name == name && $0.takesNoArguments }) {
             throw fields.keyError(name, "check '\(name)' takes no arguments; write it as '- \(name)'")
         }
         switch name {

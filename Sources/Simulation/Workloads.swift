@@ -193,8 +193,10 @@ public enum Workloads {
         let kindField = try fields.required("kind")
         let kind = try kindField.text()
         guard let def = available(context.architecture).first(where: { $0.name == kind }) else {
-            if let owner = Architectures.modelled.first(where: { a in available(a).contains { $0.name == kind } }) {
-                throw kindField.error("workload \(kind) needs 'arch: \(owner.name)'; this machine is \(context.architecture.name)")
+            let owners = Architectures.modelled.filter { a in available(a).contains { $0.name == kind } }
+            if !owners.isEmpty {
+                throw kindField.error("workload \(kind) needs " + owners.map { "'arch: \($0.name)'" }.joined(separator: " or ")
+                    + "; this machine is \(context.architecture.name)")
             }
             throw kindField.error("unknown workload '\(kind)'" + Suggest.hint(kind, in: available(context.architecture).map(\.name), listedBy: "'cocomem list workloads'"))
         }

@@ -61,10 +61,26 @@ import PageTables
     // §5 case 4
     @Test func rmpupdateOfARunningVMSAIsFailInUse() {
         var r = assigned4K()
-        r.markRunning(spa: Self.base, true)
+        r.setInUse(Self.base >> pageShift, true)
         #expect(r.rmpupdate(spa: Self.base, RMPUpdate(assigned: false)) == .failInUse)
-        r.markRunning(spa: Self.base, false)
+        r.setInUse(Self.base >> pageShift, false)
         #expect(r.rmpupdate(spa: Self.base, RMPUpdate(assigned: false)) == .success)
+    }
+
+    /// VMRUN takes only a page the RMP says is a VMSA; #VMEXIT of a page nobody runs on
+    /// changes nothing.
+    @Test func vmrunNeedsAVMSAPageAndVmexitARunningOne() {
+        var r = assigned4K(validated: true)
+        #expect(r.vmrun(spa: Self.base) == .vmexitInvalid)  // assigned and validated, but no VMSA bit
+        #expect(r.vmrun(spa: Self.base + 0x1000) == .vmexitInvalid)  // a hypervisor page
+        #expect(r.vmrun(spa: 16 << 30) == .vmexitInvalid)  // past the RMP
+        #expect(r.rmpadjust(guest(0x1000, spa: Self.base), size: .size4K, targetVMPL: 1, permissions: [], vmsa: true) == .status(.success))
+        #expect(r.vmexit(spa: Self.base) == .notRunning)
+        #expect(r.vmrun(spa: Self.base) == .ok)
+        #expect(r.rmpupdate(spa: Self.base, RMPUpdate(assigned: false)) == .failInUse)
+        #expect(r.vmexit(spa: Self.base) == .ok)
+        #expect(r.vmexit(spa: Self.base) == .notRunning)
+        #expect(SNPOutcome.vmexitInvalid.kind == .fault && SNPOutcome.notRunning.kind == .status)
     }
 
     @Test func rmpupdate2MOverAssigned4KIsFailOverlap() {
@@ -118,7 +134,7 @@ import PageTables
 
     @Test func psmashOfARunningPageIsFailInUse() {
         var r = assigned2M()
-        r.markRunning(spa: Self.base + 0x7000, true)
+        r.setInUse((Self.base + 0x7000) >> pageShift, true)
         #expect(r.psmash(spa: Self.base) == .failInUse)
     }
 

@@ -10,6 +10,16 @@ import Hypervisor
         do { _ = try Scenario.load(yaml: text, file: "m.yaml"); return nil } catch { return error }
     }
 
+    /// vmrun and vmexit name a VMSA page: page-aligned RAM (an e820 hole is not).
+    @Test(arguments: [
+        ("vmrun: {spa: 0x40000800}", "0x40000800 is not page-aligned: a VMSA is a page"),
+        ("vmexit: {spa: 0xa0000}", "0xa0000 is not RAM; RAM is [0x0-0xa0000) [0x100000-0x100000000)"),
+    ])
+    func vmsaStepsNameAPage(_ text: String, _ message: String) {
+        let m = error("name: t\nmachine: {arch: x86-snp, memory: 4G}\nsteps:\n  - " + text + "\n")
+        #expect(m?.message.contains(message) == true, "message was: \(m?.message ?? "none")")
+    }
+
     @Test func thePooledPolicysPoolMustBeRAMNoGuestOccupies() {
         let hole = """
             name: t

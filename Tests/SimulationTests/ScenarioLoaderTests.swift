@@ -96,7 +96,7 @@ import Testing
             == "step 'set_memory_valid' needs 'arch: arm64' or 'arch: arm64-pkvm'; this machine is x86-64")
         #expect(error(arm + "host: {arm64-linear-map: huge}\nsteps: []\n")?.message
             == "unknown policy for host.arm64-linear-map 'huge'; valid: blocks, pte, bbml2-split")
-        #expect(error(arm + "steps:\n  - workload: {kind: cpa-churn}\n")?.message == "workload cpa-churn needs 'arch: x86-64'; this machine is arm64")
+        #expect(error(arm + "steps:\n  - workload: {kind: cpa-churn}\n")?.message == "workload cpa-churn needs 'arch: x86-64' or 'arch: x86-snp'; this machine is arm64")
         // The PC layout's RAM starts at 0: PHYS_OFFSET 0, so pa: 0x1000 is the linear map's second page.
         let s = try? Scenario.load(yaml: arm + "steps:\n  - set_direct_map_invalid_noflush: {pa: 0x1000}\n", file: "t.yaml")
         #expect(s?.steps.first?.arguments.first.map { "\($0.0)=\($0.1)" } == "addr=0xffff000000001000")

@@ -193,7 +193,24 @@ extension RMP {
             + "hpage_region_status=\(others ? 1 : 0) immutable=\(e.immutable ? 1 : 0) asid=\(e.asid)")
     }
 
-    /// VMRUN marks a vCPU's VMSA in use until the vCPU exits (Singh, SNP RFC: "After the VMRUN
-    /// is successful, the VMSA page is marked IN_USE by the hardware").
-    public mutating func markRunning(spa: UInt64, _ running: Bool) { setInUse(spa >> pageShift, running) }
+    /// VMRUN of an SNP vCPU: the VMSA page must be one in the RMP (assigned, with the VMSA
+    /// bit RMPADJUST sets), else VMRUN fails at once with VMEXIT_INVALID (a VMRUN with an
+    /// invalid VMSA fails: Lendacky on the KVM list; the APM's list of the checks was not
+    /// available: docs/SNP-HARDWARE.md). On success the page is in use until the vCPU exits
+    /// (Singh, SNP RFC: "After the VMRUN is successful, the VMSA page is marked IN_USE").
+    public mutating func vmrun(spa: UInt64) -> SNPOutcome {
+        let pfn = spa >> pageShift
+        guard covers(pfn), self[pfn].assigned, self[pfn].vmsa else { return .vmexitInvalid }
+        setInUse(pfn, true)
+        return .ok
+    }
+
+    /// #VMEXIT of the vCPU running on this VMSA: the page is no longer in use; `notRunning`
+    /// when no vCPU runs on it.
+    public mutating func vmexit(spa: UInt64) -> SNPOutcome {
+        let pfn = spa >> pageShift
+        guard isInUse(pfn) else { return .notRunning }
+        setInUse(pfn, false)
+        return .ok
+    }
 }

@@ -24,7 +24,8 @@ extension SNPOutcome: Outcome {
         switch self {
         case .status(let s, _): s.kind
         case .ok, .read: .success
-        case .npf, .vc, .gp, .hostRMPFault, .hostNotPresent, .iommuRMPFault: .fault
+        case .notRunning: .status
+        case .npf, .vc, .gp, .hostRMPFault, .hostNotPresent, .iommuRMPFault, .vmexitInvalid: .fault
         }
     }
 }

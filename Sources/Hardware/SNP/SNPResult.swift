@@ -58,6 +58,11 @@ public enum SNPOutcome: Hashable, Sendable, CustomStringConvertible {
     /// A general-protection exception with this error code: the instruction may not run for
     /// its issuer (docs/SNP-HARDWARE.md "Who executes an instruction").
     case gp(UInt32)
+    /// VMRUN failed its checks and exited at once with exit code VMEXIT_INVALID (-1,
+    /// SVM_EXIT_ERR, arch/x86/include/uapi/asm/svm.h).
+    case vmexitInvalid
+    /// #VMEXIT for a VMSA no vCPU is running on: nothing happens.
+    case notRunning
     /// An access that passed every check.
     case ok
     /// RMPREAD / RMPQUERY results.
@@ -74,6 +79,8 @@ public enum SNPOutcome: Hashable, Sendable, CustomStringConvertible {
         case .hostNotPresent: "#PF(not-present)"
         case .iommuRMPFault: "RMP_PAGE_FAULT"
         case .gp(let code): "#GP(\(code))"
+        case .vmexitInvalid: "VMEXIT_INVALID"
+        case .notRunning: "not running"
         case .ok: "ok"
         case .read(let text): "ok " + text
         }

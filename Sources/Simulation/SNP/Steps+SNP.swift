@@ -91,15 +91,28 @@ extension Steps {
             let target = Int(a.number("vmpl"))
             return { p, _ in p.rmp.rmpquery(ctx, targetVMPL: target) }
         },
-        snpStep("vmrun", "VMRUN: a vCPU runs with this VMSA page, which is now in use", [Parameter("spa", .physical, required: true, "the VMSA page")]) { a, _ throws(ScenarioError) in
-            let spa = a.number("spa")
-            return { p, _ in p.rmp.markRunning(spa: spa, true); return .ok }
+        snpStep("vmrun", "VMRUN: a vCPU runs with this VMSA page, which is now in use; VMEXIT_INVALID unless the RMP says it is a VMSA",
+                [Parameter("spa", .physical, required: true, "the VMSA page (page-aligned RAM)")]) { a, ctx throws(ScenarioError) in
+            let spa = try vmsaPage(a, ctx)
+            return { p, _ in p.rmp.vmrun(spa: spa) }
         },
-        snpStep("vmexit", "#VMEXIT: the vCPU using this VMSA page stops", [Parameter("spa", .physical, required: true, "the VMSA page")]) { a, _ throws(ScenarioError) in
-            let spa = a.number("spa")
-            return { p, _ in p.rmp.markRunning(spa: spa, false); return .ok }
+        snpStep("vmexit", "#VMEXIT: the vCPU using this VMSA page stops (`not running` when none does)",
+                [Parameter("spa", .physical, required: true, "the VMSA page (page-aligned RAM)")]) { a, ctx throws(ScenarioError) in
+            let spa = try vmsaPage(a, ctx)
+            return { p, _ in p.rmp.vmexit(spa: spa) }
         },
     ]
+
+    /// A VMSA page: the VMCB holds its page-aligned address (VMSA pointer bits 11:0 are
+    /// zero), and it is RAM.
+    static func vmsaPage(_ a: StepArguments, _ ctx: StepContext) throws(ScenarioError) -> UInt64 {
+        let spa = a.number("spa")
+        guard spa & (pageBytes - 1) == 0 else { throw a.field("spa").error("\(hex(spa)) is not page-aligned: a VMSA is a page") }
+        guard ctx.kernel.memory.isRAM(spa..<spa + pageBytes) else {
+            throw a.field("spa").error("\(hex(spa)) is not RAM; RAM is " + ctx.kernel.memory.ram.map { "[\(hex($0.lowerBound))-\(hex($0.upperBound)))" }.joined(separator: " "))
+        }
+        return spa
+    }
 
     static let guestAccess: [StepDefinition] = [
         snpStep("dma-write", "a device writes the page through the IOMMU", [Parameter("pa", .physical, required: true, "physical address")]) { a, _ throws(ScenarioError) in
