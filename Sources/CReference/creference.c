@@ -5,8 +5,9 @@
 #define FRAME_MASK ((1ULL << 40) - 1)
 
 uint64_t cref_walk_check(const uint64_t *entries, int levels,
-                         const int32_t *chunk_of, const uint16_t *subpage_count,
-                         const uint64_t *rmp_entries, const uint64_t *vas, size_t n) {
+                         const int32_t *rmp_top, const int32_t *rmp_mid, const int32_t *rmp_codes,
+                         const uint16_t *subpage_count, const uint8_t *rmp_flags,
+                         const uint64_t *vas, size_t n) {
     uint64_t sum = 0;
     for (size_t k = 0; k < n; k++) {
         uint64_t va = vas[k];
@@ -20,12 +21,17 @@ uint64_t cref_walk_check(const uint64_t *entries, int levels,
         if (!(e & LEAF_BIT)) { sum += 1; continue; }
         uint64_t shift = 12 + 9 * (uint64_t)(level - 1);
         uint64_t pa = (((e >> 16) & FRAME_MASK) << 12) + (va & ((1ULL << shift) - 1));
-        int32_t c = chunk_of[pa >> 21];
+        uint64_t region = pa >> 21;
+        int32_t c = -1, t = rmp_top[region >> 18];
+        if (t >= 0) {
+            int32_t m = rmp_mid[((uint64_t)t << 9) | ((region >> 9) & 511)];
+            if (m >= 0) c = rmp_codes[((uint64_t)m << 9) | (region & 511)];
+        }
         int fault;
         if (level >= 2) {
             fault = c >= 0 ? subpage_count[c] != 0 : c != -1;
         } else {
-            fault = c == -1 ? 0 : c <= -2 ? 1 : (int)(rmp_entries[((uint64_t)c * 512 + ((pa >> 12) & 511)) * 2] & 1);
+            fault = c == -1 ? 0 : c <= -2 ? 1 : (int)(rmp_flags[((uint64_t)c << 9) | ((pa >> 12) & 511)] & 1);
         }
         sum += pa ^ (uint64_t)fault;
     }

@@ -16,7 +16,7 @@ struct Bench: ParsableCommand {
         discussion: """
             Figures: walk_ratio, tlb_hit_ratio (model ÷ C on the same data and address
             stream), cpa_ops_per_s, psc_ops_per_s, pkvm_share_ops_per_s, rss_16t_256g_mib,
-            bytes_per_split_2m, scale_run_s, scale_run_rss_mib. Memory figures run in
+            rss_snp_4p_boot_mib, bytes_per_split_2m, scale_run_s, scale_run_rss_mib. Memory figures run in
             a child process so each starts clean. --quick uses smaller sizes (the same
             figures) and finishes in under a minute.
             """)
@@ -46,6 +46,7 @@ struct Bench: ParsableCommand {
         figures.append(("bytes_per_split_2m", try Self.bytesPerSplit(), "model bytes per 2M region split to 4K (goal ≤ 4096)"))
         let rss = try Self.child("rss", quick: quick)
         figures.append(("rss_16t_256g_mib", rss, quick ? "4 TiB host, 64 guests of 16 GiB, booted (quick sizes; goal ≤ 1024 at 16 TiB/256)" : "16 TiB host, 256 SNP guests of 16 GiB, booted (goal ≤ 1024)"))
+        figures.append(("rss_snp_4p_boot_mib", try Self.child("snp-4p", quick: quick), "x86-snp host with 4 PiB of RAM (la57), 16 guests of 16 GiB, booted (goal ≤ 256)"))
         let scale = try Self.child("scale", quick: quick)
         let scaleRSS = try Self.child("scale-rss", quick: quick)
         figures.append(("scale_run_s", scale, quick ? "1 TiB host, 64 guests, 200,000 PSCs (quick)" : "1 TiB host, 64 guests, 10,000,000 adversarial PSCs"))
@@ -105,8 +106,8 @@ struct Bench: ParsableCommand {
         }
         let (cNs, s2) = bestNs(n) {
             table.withEntries { entries in
-                rmp.withStorage { chunks, counts, rmpEntries in
-                    vas.withUnsafeBufferPointer { cref_walk_check(entries, Int32(table.rootLevel), chunks, counts, rmpEntries, $0.baseAddress!, n) }
+                rmp.withStorage { top, mid, codes, counts, flags in
+                    vas.withUnsafeBufferPointer { cref_walk_check(entries, Int32(table.rootLevel), top, mid, codes, counts, flags, $0.baseAddress!, n) }
                 }
             }
         }
@@ -162,8 +163,8 @@ struct Bench: ParsableCommand {
 
     /// An SEV-SNP scenario of `guests` guests that boots each, then runs `flips` adversarial
     /// page-state changes, each on a guest picked at random.
-    static func snpScenario(hostMemory: String, guests: Int, guestMemory: UInt64, flips: Int, seed: Int) throws -> Scenario {
-        var yaml = "name: bench\nseed: \(seed)\nmachine: {arch: x86-snp, memory: \(hostMemory)}\nguests:\n"
+    static func snpScenario(hostMemory: String, guests: Int, guestMemory: UInt64, flips: Int, seed: Int, la57: Bool = false) throws -> Scenario {
+        var yaml = "name: bench\nseed: \(seed)\nmachine: {arch: x86-snp, memory: \(hostMemory)\(la57 ? ", la57: true" : "")}\nguests:\n"
         for g in 0..<guests {
             yaml += "  - {name: vm\(g), asid: \(g + 1), memory: \(guestMemory), placement: {pa: \(hex((4 << 30) + UInt64(g) * guestMemory))}}\n"
         }
@@ -229,6 +230,10 @@ struct Bench: ParsableCommand {
         case "rss":
             let guests = quick ? 64 : 256
             let s = try snpScenario(hostMemory: quick ? "4T" : "16T", guests: guests, guestMemory: 16 << 30, flips: 0, seed: 4)
+            let r = try Runner.run(s)
+            return withExtendedLifetime(r) { String(format: "%.1f", rssMiB()) }
+        case "snp-4p":
+            let s = try snpScenario(hostMemory: "4P", guests: 16, guestMemory: 16 << 30, flips: 0, seed: 4, la57: true)
             let r = try Runner.run(s)
             return withExtendedLifetime(r) { String(format: "%.1f", rssMiB()) }
         case "scale", "scale-rss":

@@ -68,7 +68,8 @@ struct ScenarioReader {
                 let parts = name.split(separator: ".", maxSplits: 1).map(String.init)
                 return (try? top[parts[0]]?.mapping())??[parts[1]]
             }
-            throw (slotField ?? top["guests"] ?? machineField).error(conflict.message)
+            let fallback = conflict.slot?.hasPrefix("machine.") == true ? machine["e820"] ?? machineField : top["guests"] ?? machineField
+            throw (slotField ?? fallback).error(conflict.message)
         }
         // Boot once so steps can be checked against the real layout and memory.
         let kernel: Kernel

@@ -58,13 +58,13 @@ import PageTables
 
     /// The non-default entries of the region (offset, lo, hi): the state's identity.
     static func key(_ r: RMP) -> [UInt64] {
-        let c = r.chunkOf[Int(base >> 21)]
+        let c = r.code(Int(base >> 21))
         if c == -1 { return [] }
         if c <= -2 { let e = r.largeEntries[Int(-2 - c)]; return [0, e.lo, e.hi] }  // one 2M page
         var k: [UInt64] = []
-        for i in 0..<512 {
-            let e = r.entries[Int(c) * 512 + i]
-            if e != .hypervisor { k += [UInt64(i), e.lo, e.hi] }
+        for i in 0..<UInt64(512) {
+            let e = r[(base >> 12) + i]
+            if e != .hypervisor { k += [i, e.lo, e.hi] }
         }
         return k
     }

@@ -67,6 +67,78 @@ import PageTables
         #expect(r.rmpupdate(spa: Self.base, RMPUpdate(assigned: false)) == .success)
     }
 
+    /// Every field of an entry round-trips through the chunk: held as flags by the region's
+    /// formula when it follows it, whole aside when it does not; the chunk takes its formula
+    /// from its first assigned entry and from a new one when no entry follows the old.
+    @Test func everyFieldRoundTripsThroughFlagsAndAside() throws {
+        var r = rmp()
+        let base = Self.base >> pageShift
+        var guestPage = RMPEntry()
+        guestPage.assigned = true
+        guestPage.asid = 5
+        guestPage.gpa = 0x7000_0000
+        guestPage.setPermissions(.all, vmpl: 0)
+        r.set(base + 3, guestPage)  // sets the formula: GPA 0x7000_0000 - 3 pages, ASID 5
+        var followers: [(UInt64, RMPEntry)] = []
+        for (i, change) in [(4, { (e: inout RMPEntry) in e.validated = true }), (5, { $0.vmsa = true; $0.validated = true }),
+                            (6, { $0.immutable = true })] as [(UInt64, (inout RMPEntry) -> Void)] {
+            var e = guestPage
+            e.gpa = 0x7000_0000 + (i - 3) << pageShift
+            change(&e)
+            followers.append((base + i, e))
+        }
+        var outliers: [(UInt64, RMPEntry)] = []
+        for (i, change) in [(8, { (e: inout RMPEntry) in e.asid = 6 }), (9, { $0.gpa = 0x1234_5000 }), (10, { $0.setPermissions([.read], vmpl: 1) }),
+                            (11, { $0.setPermissions([.read], vmpl: 0) }), (12, { $0.asid = 0; $0.hi = 0 }), (13, { $0.assigned = false; $0.asid = 0; $0.gpa = 0; $0.hi = 0; $0.validated = true })]
+                            as [(UInt64, (inout RMPEntry) -> Void)] {
+            var e = guestPage
+            e.gpa = 0x7000_0000 + (i - 3) << pageShift
+            change(&e)
+            outliers.append((base + i, e))
+        }
+        for (p, e) in followers + outliers { r.set(p, e) }
+        let c = r.code(Int(base >> 9))
+        for (p, e) in followers {
+            #expect(r[p] == e)
+            #expect(!r.flags[Int(c) << 9 | Int(p & 511)].contains(.aside), "\(e)")
+        }
+        for (p, e) in outliers {
+            #expect(r[p] == e)
+            #expect(r.flags[Int(c) << 9 | Int(p & 511)].contains(.aside), "\(e)")
+        }
+        #expect(r.aside.count == outliers.count)
+        #expect(r.assigned4KCount(base) == 1 + 3 + 5)  // the unassigned 13 does not count
+        try r.checkInvariants()
+        // The page size: a 2M page is one entry; PSMASH expands it to 512 4K entries, all
+        // held by the formula, and a 2M region's 512 agree while it is one.
+        var large = guestPage
+        large.isLarge = true
+        large.validated = true
+        large.gpa = 0x8000_0000
+        let next = base + 512
+        r.setRegion(next, large)
+        var expected = large
+        expected.gpa += 2 << pageShift
+        #expect(r[next + 2] == expected)
+        #expect(r.psmash(spa: next << pageShift) == .success)
+        expected.isLarge = false
+        #expect(r[next + 2] == expected && r.aside.count == outliers.count)
+        #expect(!r.flags[Int(r.code(Int(next >> 9))) << 9 | 2].contains(.aside))
+        try r.checkInvariants()
+        // Every entry but the outliers and one follower gone: the formula cannot move while
+        // that follower holds it; once it goes too, the next assignment brings its own.
+        for (p, _) in followers.dropFirst() + [(base + 3, guestPage)] { r.set(p, .hypervisor) }
+        for (p, _) in outliers where p != base + 8 { r.set(p, .hypervisor) }
+        r.set(followers[0].0, .hypervisor)
+        #expect(r.aside.count == 1)  // ASID 6's page
+        var other = outliers[0].1
+        other.gpa = 0x9000_0000
+        r.set(base + 20, other)  // ASID 6 again, at a GPA that makes entry 8 follow the new formula
+        other.gpa = 0x9000_0000 - 12 << pageShift
+        #expect(r[base + 8] == outliers[0].1 && r.aside.isEmpty == (outliers[0].1.gpa == other.gpa))
+        try r.checkInvariants()
+    }
+
     /// VMRUN takes only a page the RMP says is a VMSA; #VMEXIT of a page nobody runs on
     /// changes nothing.
     @Test func vmrunNeedsAVMSAPageAndVmexitARunningOne() {

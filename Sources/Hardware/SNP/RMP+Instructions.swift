@@ -87,7 +87,7 @@ extension RMP {
         let large = self[pfn]
         guard large.assigned && large.isLarge else { return .failNotExpandable }
         if !inUse.isEmpty, (pfn..<pfn + 512).contains(where: isInUse) { return .failInUse }
-        if chunkOf[Int(pfn >> 9)] <= -2 {
+        if code(Int(pfn >> 9)) <= -2 {
             expand(Int(pfn >> 9), as4K: true)
         } else {
             for p in pfn..<pfn + 512 {

@@ -3,11 +3,14 @@ import PageTables
 extension RMP {
     /// The RMP's invariants: "the per-2M count equals the assigned 4K entries", "a 2M
     /// entry's 512 pages agree" (same owner, state and permissions, GPAs contiguous),
-    /// "permissions above VMPL0 never exceed VMPL0's", and every chunk is indexed once.
+    /// "permissions above VMPL0 never exceed VMPL0's", every chunk is indexed once, and an
+    /// entry is aside exactly when its chunk's formula does not give it.
     public func checkInvariants() throws(InvariantViolation) {
         var owner = [Int](repeating: -1, count: subpageCount.count)
         var largeOwner = [Int](repeating: -1, count: largeEntries.count)
-        for (region, c) in chunkOf.enumerated() where c <= -2 {
+        let used = regionsInUse()
+        var asideSeen = 0
+        for (region, c) in used where c <= -2 {
             let k = Int(-2 - c)
             guard largeOwner[k] < 0 else { throw InvariantViolation("every RMP chunk indexed once", "2M entry \(k) for regions \(largeOwner[k]) and \(region)") }
             largeOwner[k] = region
@@ -19,7 +22,7 @@ extension RMP {
                 throw InvariantViolation("permissions above VMPL0 never exceed VMPL0's", "2M page at \(hex(UInt64(region) << 21)) VMPL\(v)")
             }
         }
-        for (region, c) in chunkOf.enumerated() where c >= 0 {
+        for (region, c) in used where c >= 0 {
             guard owner[Int(c)] < 0 else {
                 throw InvariantViolation("every RMP chunk indexed once", "chunk \(c) for regions \(owner[Int(c)]) and \(region)")
             }
@@ -32,7 +35,16 @@ extension RMP {
             }
             let head = self[base]
             for p in base..<base + 512 {
-                let e = self[p]
+                let e = self[p], f = flags[Int(c) << 9 | Int(p & 511)]
+                if f.contains(.aside) {
+                    asideSeen += 1
+                    guard let held = aside[p], RMPFlags(held).union(.aside) == f,
+                          Self.entry(RMPFlags(held), formula: formula[Int(c)], index: p & 511) != held else {
+                        throw InvariantViolation("an entry is aside exactly when its chunk's formula does not give it", "\(hex(p << pageShift)): \(e) aside")
+                    }
+                } else if aside[p] != nil || (f.rawValue == 0 && e != .hypervisor) {
+                    throw InvariantViolation("an entry is aside exactly when its chunk's formula does not give it", "\(hex(p << pageShift)): \(e) held by flags \(f.rawValue)")
+                }
                 if head.isLarge && head.assigned {
                     var expected = head
                     expected.gpa = head.gpa + (p - base) * pageBytes
@@ -51,6 +63,9 @@ extension RMP {
         }
         for c in freeChunks where owner[Int(c)] >= 0 {
             throw InvariantViolation("every RMP chunk indexed once", "chunk \(c) is free and in use")
+        }
+        if asideSeen != aside.count {
+            throw InvariantViolation("an entry is aside exactly when its chunk's formula does not give it", "\(aside.count) held aside, \(asideSeen) marked")
         }
     }
 }

@@ -29,14 +29,20 @@ public struct RMPEntry: Hashable, Sendable, CustomStringConvertible {
     public var vmsa: Bool { get { bit(61) } set { setBit(61, newValue) } }
     public var validated: Bool { get { bit(62) } set { setBit(62, newValue) } }
 
+    /// The low word's GPA field (bits 12-50) and ASID field (bits 51-60).
+    @inlinable public static var gpaMask: UInt64 { 0x0007_ffff_ffff_f000 }
+    @inlinable public static var asidMask: UInt64 { 0x3ff << 51 }
+    /// The high word RMPUPDATE gives a guest's page: VMPL0 every permission, VMPL1-3 none.
+    @inlinable public static var defaultHi: UInt64 { 0x1f }  // VMPLPermissions.all
+
     /// The guest physical address the page is assigned at (4K-aligned, 51 bits).
     @inlinable public var gpa: UInt64 {
-        get { lo & 0x0007_ffff_ffff_f000 }
-        set { lo = (lo & ~0x0007_ffff_ffff_f000) | (newValue & 0x0007_ffff_ffff_f000) }
+        get { lo & Self.gpaMask }
+        set { lo = (lo & ~Self.gpaMask) | (newValue & Self.gpaMask) }
     }
 
     /// The owning guest's ASID (10 bits; 0 for the hypervisor and the AMD-SP).
-    public var asid: UInt32 {
+    @inlinable public var asid: UInt32 {
         get { UInt32(lo >> 51 & 0x3ff) }
         set { lo = (lo & ~(0x3ff << 51)) | (UInt64(newValue & 0x3ff) << 51) }
     }

@@ -102,7 +102,13 @@ public enum SNPArchitecture {
         metrics: SNPPlatform.metricList.map(\.info),
         traceTracks: [("SEV-SNP", ["rmp_regions", "psmash", "host_rmp_faults"])],
         makePlatform: { kernel, guests in SNPPlatform(kernel: &kernel, guests: guests) },
-        checkMachine: checkPool)
+        checkMachine: { config, memory, guests in checkRMPReach(memory) ?? checkPool(config, memory, guests) })
+
+    /// The RMP covers physical addresses below 2^52 (RMP.maxEnd, x86's MAXPHYADDR limit).
+    static func checkRMPReach(_ memory: PhysicalMemory) -> (slot: String?, message: String)? {
+        guard memory.endOfRAM > RMP.maxEnd else { return nil }
+        return ("machine.memory", "RAM ends at \(hex(memory.endOfRAM)), past the 52-bit physical addresses (4 PiB) an SEV-SNP RMP covers here")
+    }
 
     /// The `pooled` policy's pool must be RAM that no guest occupies: it is set aside at
     /// boot as 512 pages at 16M (SNPBackend.poolStart).
