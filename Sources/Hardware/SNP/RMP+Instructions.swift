@@ -55,7 +55,7 @@ extension RMP {
         guard spa & (u.size.bytes - 1) == 0, covers(pfn), u.size != .size1G, u.asid <= Self.maxASID else { return .failInput }
         if u.size == .size2M && u.assigned && u.gpa & (PageSize.size2M.bytes - 1) != 0 { return .failInput }
         let pages: Range<UInt64> = u.size == .size2M ? pfn..<pfn + 512 : pfn..<pfn + 1
-        if pages.contains(where: { self[$0].immutable }) { return .failPermission }
+        if !self.pages(pages, allHave: .immutable, false) { return .failPermission }
         if !inUse.isEmpty, pages.contains(where: isInUse) { return .failInUse }
         let large = largeEntry(pfn)
         if u.size == .size2M && assigned4KCount(pfn) != 0 { return .failOverlap }
@@ -141,7 +141,7 @@ extension RMP {
         let pfn = g.spa >> pageShift
         if size == .size2M && !self[pfn].isLarge { return .status(.failSizeMismatch) }
         let pages: Range<UInt64> = size == .size2M ? pfn..<pfn + 512 : pfn..<pfn + 1
-        if pages.allSatisfy({ self[$0].validated == validate }) { return .status(.success, unchanged: true) }
+        if self.pages(pages, allHave: .validated, validate) { return .status(.success, unchanged: true) }
         modify(pages) { $0.validated = validate }
         return .status(.success)
     }
@@ -188,7 +188,7 @@ extension RMP {
         let pfn = spa >> pageShift
         guard spa & (pageBytes - 1) == 0, covers(pfn) else { return .status(.failInput) }
         let e = self[pfn]
-        let others = pfn & 511 == 0 && (pfn + 1..<pfn + 512).contains { self[$0].assigned }
+        let others = pfn & 511 == 0 && !self.pages(pfn + 1..<pfn + 512, allHave: .assigned, false)
         return .read("gpa=\(hex(e.gpa)) assigned=\(e.assigned ? 1 : 0) pagesize=\(largeEntry(pfn).isLarge ? "2M" : "4K") "
             + "hpage_region_status=\(others ? 1 : 0) immutable=\(e.immutable ? 1 : 0) asid=\(e.asid)")
     }

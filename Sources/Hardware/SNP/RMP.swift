@@ -122,6 +122,24 @@ public struct RMP: Sendable {
         return e
     }
 
+    /// Whether every page of `pages` has flag `f` set (`value` true) or clear (false), read
+    /// from the flag bytes and 2M entries without building entries.
+    public func pages(_ pages: Range<UInt64>, allHave f: RMPFlags, _ value: Bool) -> Bool {
+        var p = pages.lowerBound
+        while p < pages.upperBound {
+            let region = p >> 9, end = min(pages.upperBound, (region + 1) << 9)
+            let c = code(Int(region))
+            if c >= 0 {
+                let b = Int(c) << 9
+                for q in p..<end where flags[b | Int(q & 511)].contains(f) != value { return false }
+            } else if (c <= -2 ? RMPFlags(largeEntries[Int(-2 - c)]).contains(f) : false) != value {
+                return false
+            }
+            p = end
+        }
+        return true
+    }
+
     /// The 2M-aligned entry of the region holding `pfn`, which decides its page size.
     public func largeEntry(_ pfn: UInt64) -> RMPEntry { self[pfn & ~511] }
 
