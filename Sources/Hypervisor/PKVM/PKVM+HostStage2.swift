@@ -91,11 +91,13 @@ extension PKVM {
 
     /// pkvm_create_mappings_locked: the hypervisor's linear map of `[pa, pa + size)`, PAGE_HYP.
     mutating func hypMap(_ pa: UInt64, _ size: UInt64) {
+        guard size > 0 else { return }  // nr_pages 0: nothing to map
         do { try hypStage1.map(virt: VirtAddr(pa + Self.hypVAOffset), phys: PhysAddr(pa), size: size, attributes: Self.pageHyp) } catch { warn(true) }
     }
 
     /// kvm_pgtable_hyp_unmap.
     mutating func hypUnmap(_ pa: UInt64, _ size: UInt64) {
+        guard size > 0 else { return }
         do { try hypStage1.unmap(virt: VirtAddr(pa + Self.hypVAOffset), size: size) } catch { warn(true) }
     }
 

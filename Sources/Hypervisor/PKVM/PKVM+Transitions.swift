@@ -298,12 +298,13 @@ extension PKVM {
 
     /// A guest's access at `ipa` through its stage-2: nil when nothing maps it (a stage-2
     /// fault: the host must donate or share a page), else the page and whether a write is
-    /// allowed. A write records the guest's data in the page.
+    /// allowed. A write to a page the guest owns records its private data there; a write to
+    /// a page the host shares with it is the host's to read by design.
     public mutating func guestAccess(guest g: Int, ipa: UInt64, write: Bool) -> (pa: UInt64, allowed: Bool)? {
         guard let t = guests[g].stage2.translate(VirtAddr(ipa)) else { return nil }
         let pa = t.phys.rawValue & ~(pageBytes - 1)
         let allowed = !write || t.leaf.attributes.contains(.writable)
-        if write && allowed { contents[pa >> pageShift] = .guest(g) }
+        if write && allowed && PKVMPageState.guest(t.leaf.descriptor) == .owned { contents[pa >> pageShift] = .guest(g) }
         return (pa, allowed)
     }
 
