@@ -3,14 +3,14 @@ import Hardware
 import HostKernel
 import Simulation
 
-/// `cocomem list steps|policies|workloads|checks|invariants|metrics|archs`.
+/// `cocomem list steps|policies|workloads|checks|invariants|metrics|archs|operations`.
 struct List: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "List what exists: steps (with their arguments), policies, workloads, checks, invariants, metrics or archs.",
+        abstract: "List what exists: steps (with their arguments), policies, workloads, checks, invariants, metrics, archs, or the operations --apply accepts.",
         discussion: "Steps and workloads list their arguments under them, with their defaults; metrics give their unit and meaning, grouped by the layer or architecture that reports them.")
 
     enum What: String, ExpressibleByArgument, CaseIterable {
-        case steps, policies, workloads, checks, invariants, metrics, archs
+        case steps, policies, workloads, checks, invariants, metrics, archs, operations
     }
 
     @Argument(help: ArgumentHelp("One of: \(What.allCases.map(\.rawValue).joined(separator: ", ")).", valueName: "what"))
@@ -50,6 +50,7 @@ struct List: ParsableCommand {
         case .checks: rows = Checks.all.map { ($0.name, $0.summary) }
         case .invariants: rows = Invariants.all.map { ($0.name, "[\($0.layer)] \($0.summary)") }
         case .archs: rows = Architectures.all.map { ($0.name, $0.summary) }
+        case .operations: rows = KernelOperation.catalogue.map { ("\($0.name) \($0.arguments)", $0.summary) }
         }
         let width = rows.map(\.0.count).max() ?? 0
         return rows.map { $0.0 + String(repeating: " ", count: width - $0.0.count + 2) + $0.1 + "\n" }.joined()

@@ -7,7 +7,7 @@ import PageTables
 /// The machine to boot and the operations to run on it, shared by meminfo and ptdump.
 struct MachineOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp(
-        "A memory map as dmesg prints it ('BIOS-e820: [mem 0x…-0x…] usable' lines).", valueName: "file"))
+        "A memory map as dmesg prints it: a whole boot log (`dmesg > dmesg.txt`, or `journalctl -k -b > dmesg.txt`), of which only the 'BIOS-e820: [mem 0x…-0x…] TYPE' lines are read.", valueName: "file"))
     var e820: String?
 
     @Option(name: .long, parsing: .unconditional, help: ArgumentHelp(
@@ -44,7 +44,7 @@ struct MachineOptions: ParsableArguments {
         let physical: PhysicalMemory
         do {
             if let path = e820 {
-                physical = try PhysicalMemory.parse(e820: try ScenarioFiles.read(path, what: "--e820"))
+                physical = try PhysicalMemory.parse(e820: try ScenarioFiles.read(path, what: "--e820"), wholeLog: true)
             } else {
                 let text = memory ?? Self.defaultMemory
                 guard let size = ByteSize.parse(text) else {
@@ -63,7 +63,11 @@ struct MachineOptions: ParsableArguments {
                 let op = try KernelOperation.parse(text, layout: kernel.layout)
                 results.append("\(op) = \(try op.apply(to: &kernel))")
             } catch {
-                throw CLIError("--apply #\(i + 1) '\(text)': \(error)")
+                // A bare address below the end of RAM is most likely meant as a physical one.
+                let words = text.split(separator: " "), bare = words.count > 1 ? ByteSize.parse(String(words[1])) : nil
+                let hint = words.count > 1 && !words[1].hasPrefix("pa:") && words[0] != "vmap"
+                    && bare.map { $0 < kernel.memory.endOfRAM } == true ? "; to name a physical page write pa:\(words[1])" : ""
+                throw CLIError("--apply #\(i + 1) '\(text)': \(error)\(hint)")
             }
         }
         return (kernel, results)

@@ -43,16 +43,10 @@ struct PtdumpCommand: ParsableCommand {
     }
 }
 
-/// `cocomem list-operations`: what --apply accepts.
+/// `cocomem list-operations`: what --apply accepts; the same as `cocomem list operations`.
 struct ListOperations: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "list-operations", abstract: "List the operations --apply accepts, one a line.")
+        commandName: "list-operations", abstract: "List the operations --apply accepts, one a line (the same as 'list operations').")
 
-    func run() {
-        let width = KernelOperation.catalogue.map { $0.name.count + $0.arguments.count + 1 }.max() ?? 0
-        for op in KernelOperation.catalogue {
-            let head = "\(op.name) \(op.arguments)"
-            print(head + String(repeating: " ", count: width - head.count + 2) + op.summary)
-        }
-    }
+    func run() { print(List.text(.operations), terminator: "") }
 }

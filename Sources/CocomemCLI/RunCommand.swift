@@ -98,7 +98,7 @@ struct Run: ParsableCommand {
 struct Check: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run scenarios and print TAP version 13, one test point per expectation and check.",
-        discussion: "Invariants are checked after every step. Exit status 1 if any test point fails.")
+        discussion: "Invariants are checked after every step. A file that cannot be read or run is one failing test point; the others still run. Exit status 1 if any test point fails.")
 
     @Argument(help: "Scenario files.") var files: [String]
 
@@ -107,11 +107,15 @@ struct Check: ParsableCommand {
     }
 
     func run() throws {
-        var results: [RunResult] = []
+        var outcomes: [Result<RunResult, FileFailure>] = []
         for f in files {
-            results.append(try Runner.run(try ScenarioFiles.load(f), options: RunOptions(checkInvariants: true)))
+            do {
+                outcomes.append(.success(try Runner.run(try ScenarioFiles.load(f), options: RunOptions(checkInvariants: true))))
+            } catch {
+                outcomes.append(.failure(FileFailure(file: f, message: "\(error)")))
+            }
         }
-        print(RunReport.tap(results), terminator: "")
-        if !results.allSatisfy(\.passed) { throw ExitCode(1) }
+        print(RunReport.tap(outcomes), terminator: "")
+        if !outcomes.allSatisfy({ (try? $0.get())?.passed == true }) { throw ExitCode(1) }
     }
 }

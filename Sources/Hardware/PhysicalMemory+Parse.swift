@@ -5,8 +5,9 @@ extension PhysicalMemory {
     /// `BIOS-e820: [mem 0x0000000000100000-0x00000000bfffffff] usable`.
     ///
     /// A leading dmesg timestamp (`[    0.000000] `) is skipped, as are blank lines and
-    /// lines starting with `#`. Linux arch/x86/kernel/e820.c e820__print_table.
-    public static func parse(e820 text: String) throws(MemoryMapError) -> PhysicalMemory {
+    /// lines starting with `#`. With `wholeLog` (a whole `dmesg`), every line that is not a
+    /// `BIOS-e820:` line is skipped too. Linux arch/x86/kernel/e820.c e820__print_table.
+    public static func parse(e820 text: String, wholeLog: Bool = false) throws(MemoryMapError) -> PhysicalMemory {
         var entries: [E820Entry] = []
         var lines: [Int] = []
         // "\r\n" is one Character in Swift: split on both, so CRLF files read line by line.
@@ -18,7 +19,8 @@ extension PhysicalMemory {
                 line = line[line.index(after: close)...].drop { $0 == " " }
             }
             let expected = "expected 'BIOS-e820: [mem 0xSTART-0xEND] TYPE' with TYPE one of "
-                + E820Type.allCases.map { "'\($0)'" }.joined(separator: ", ")
+                + E820Type.names.map { "'\($0)'" }.joined(separator: ", ")
+            if wholeLog && !line.hasPrefix("BIOS-e820: ") { continue }
             guard line.hasPrefix("BIOS-e820: [mem "), let close = line.firstIndex(of: "]") else {
                 throw MemoryMapError(line: n, "cannot read '\(raw)': \(expected)")
             }
@@ -28,9 +30,9 @@ extension PhysicalMemory {
                 throw MemoryMapError(line: n, "cannot read the range '[mem \(range)]': \(expected)")
             }
             let typeText = line[line.index(after: close)...].trimmingCharacters(in: " ")
-            guard let type = E820Type(rawValue: String(typeText)) else {
+            guard let type = E820Type(printed: String(typeText)) else {
                 throw MemoryMapError(line: n, "unknown type '\(typeText)': valid types are "
-                    + E820Type.allCases.map { "'\($0)'" }.joined(separator: ", "))
+                    + E820Type.names.map { "'\($0)'" }.joined(separator: ", "))
             }
             guard start <= last else {
                 throw MemoryMapError(line: n, "range ends (\(hex(last))) before it starts (\(hex(start)))")
@@ -41,7 +43,9 @@ extension PhysicalMemory {
             entries.append(E820Entry(start: start, last: last, type: type))
             lines.append(n)
         }
-        if entries.isEmpty { throw MemoryMapError(line: nil, "no 'BIOS-e820:' lines found") }
+        if entries.isEmpty {
+            throw MemoryMapError(line: nil, "no 'BIOS-e820:' lines found" + (wholeLog ? " (the log must start at boot: `dmesg` right after boot, or `journalctl -k -b`)" : ""))
+        }
         // Overlaps by sorting (n log n): an overlapping pair is adjacent in start order; the
         // later line of the first such pair in the file is the one reported.
         let order = entries.indices.sorted { (entries[$0].start, lines[$0]) < (entries[$1].start, lines[$1]) }

@@ -72,9 +72,20 @@ public enum RunReport {
     }
 
     /// TAP version 13: one test point per expectation and per check.
-    public static func tap(_ results: [RunResult]) -> String {
+    public static func tap(_ results: [RunResult]) -> String { tap(results.map { .success($0) }) }
+
+    /// TAP for scenario files in order: a file that could not be read or run is one failing
+    /// test point naming the file and why, and the others still report.
+    public static func tap(_ outcomes: [Result<RunResult, FileFailure>]) -> String {
         var points: [(Bool, String, String?)] = []
-        for r in results {
+        for outcome in outcomes {
+            let r: RunResult
+            switch outcome {
+            case .success(let run): r = run
+            case .failure(let f):
+                points.append((false, "\(f.file) could not be run", f.message))
+                continue
+            }
             for rec in r.records where rec.expect != nil {
                 let where_ = "\(r.scenario.file):\(rec.line.map(String.init) ?? "?")"
                 points.append((rec.passed == true, "\(where_) step \(rec.index) \(rec.name) = \(rec.expect!)",
@@ -91,6 +102,16 @@ public enum RunReport {
             if let d = p.2 { out += "  ---\n  message: \(JSON.quote(d))\n  ...\n" }
         }
         return out
+    }
+}
+
+/// A scenario file `check` could not read or run, and why.
+public struct FileFailure: Error, Sendable {
+    public let file: String
+    public let message: String
+    public init(file: String, message: String) {
+        self.file = file
+        self.message = message
     }
 }
 

@@ -40,7 +40,7 @@ import PageTables
 
     @Test func unknownTypeIsAnErrorNamingTheLineAndTheValidTypes() {
         let text = "BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable\nBIOS-e820: [mem 0x0000000000100000-0x00000000bfffffff] free\n"
-        #expect(throws: MemoryMapError(line: 2, "unknown type 'free': valid types are 'usable', 'reserved', 'ACPI data', 'ACPI NVS', 'unusable'")) {
+        #expect(throws: MemoryMapError(line: 2, "unknown type 'free': valid types are 'usable', 'reserved', 'soft reserved', 'ACPI data', 'ACPI NVS', 'unusable', 'persistent (type 7)', 'persistent (type 12)', 'type N'")) {
             try PhysicalMemory.parse(e820: text)
         }
     }

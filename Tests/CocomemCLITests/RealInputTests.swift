@@ -1,0 +1,63 @@
+import Foundation
+import Testing
+@testable import CocomemCLI
+
+/// Inputs as users have them: a whole boot log for --e820, a bare address in --apply, a
+/// missing file among those `check` is given, and `list operations`.
+@Suite struct RealInputTests {
+    typealias CLI = CommandLineTests
+
+    /// A whole `dmesg`: timestamps, other lines, and every type e820_print_type prints.
+    @Test func e820TakesAWholeBootLog() throws {
+        let log = """
+            [    0.000000] Linux version 6.1.0-27-amd64 (debian-kernel@lists.debian.org)
+            [    0.000000] Command line: BOOT_IMAGE=/boot/vmlinuz root=UUID=1234 ro quiet
+            [    0.000000] BIOS-provided physical RAM map:
+            [    0.000000] BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable
+            [    0.000000] BIOS-e820: [mem 0x000000000009fc00-0x000000000009ffff] reserved
+            [    0.000000] BIOS-e820: [mem 0x0000000000100000-0x00000000bfffffff] usable
+            [    0.000000] BIOS-e820: [mem 0x00000000c0000000-0x00000000c0ffffff] persistent (type 12)
+            [    0.000000] BIOS-e820: [mem 0x00000000c1000000-0x00000000c1ffffff] soft reserved
+            [    0.000000] BIOS-e820: [mem 0x00000000c2000000-0x00000000c2ffffff] persistent (type 7)
+            [    0.000000] BIOS-e820: [mem 0x00000000c3000000-0x00000000c3ffffff] type 13
+            [    0.000000] BIOS-e820: [mem 0x00000000c4000000-0x00000000c4ffffff] unusable
+            [    0.000000] BIOS-e820: [mem 0x0000000100000000-0x000000043fffffff] usable
+            [    0.000000] NX (Execute Disable) protection: active
+            [    0.000000] e820: update [mem 0x00000000-0x00000fff] usable ==> reserved
+
+            """
+        let r = try CLI.run(["meminfo", "--e820", try CLI.writeTemp(log)])
+        #expect(r.status == 0, "stderr: \(r.err)")
+        // Only the usable lines are RAM: [0, 3G) mapped as the kernel maps it (the first 2M in
+        // 4K pages, the rest of the first 1G in 2M, then 1G pages) and [4G, 17G); the
+        // persistent, soft reserved, type 13 and unusable ranges at 3G are not mapped.
+        #expect(r.out == "DirectMap4k:        2048 kB\nDirectMap2M:     1046528 kB\nDirectMap1G:    15728640 kB\n")
+        let bad = try CLI.run(["meminfo", "--e820", try CLI.writeTemp("[    0.000000] BIOS-e820: [mem 0x0-0xfff] weird\n")])
+        #expect(bad.status == 1 && bad.err.contains("unknown type 'weird': valid types are 'usable', 'reserved', 'soft reserved'"))
+        let none = try CLI.run(["meminfo", "--e820", try CLI.writeTemp("[    1.000000] usb 1-1: new device\n")])
+        #expect(none.status == 1 && none.err.contains("no 'BIOS-e820:' lines found (the log must start at boot"))
+    }
+
+    @Test func aBareAddressInApplyIsNamedAsPhysical() throws {
+        let r = try CLI.run(["meminfo", "--memory", "4G", "--apply", "set_memory_decrypted 0x40000000 1"])
+        #expect(r.status == 1)
+        #expect(r.err.contains("is not inside the direct map") && r.err.contains("; to name a physical page write pa:0x40000000"))
+        let empty = try CLI.run(["meminfo", "--memory", "4G", "--apply", ""])
+        #expect(empty.status == 1 && empty.err.contains("unknown operation ''"))
+    }
+
+    @Test func checkReportsAFileItCannotRunAndGoesOn() throws {
+        let good = ScenarioCommandTests.example("tlb-noflush.yaml")
+        let r = try CLI.run(["check", "/nonexistent.yaml", good])
+        #expect(r.status == 1)
+        #expect(r.out.contains("not ok 1 - /nonexistent.yaml could not be run\n  ---\n  message: \"/nonexistent.yaml: cannot read the file (No such file or directory)\""))
+        #expect(r.out.contains("ok 2 - \(good)"))
+        #expect(!r.out.contains("\nnot ok 2"))
+    }
+
+    @Test func listOperationsIsListOperations() throws {
+        let a = try CLI.run(["list", "operations"]), b = try CLI.run(["list-operations"])
+        #expect(a.status == 0 && a.out == b.out)
+        #expect(a.out.hasPrefix("set_memory_4k ADDR NUMPAGES "))
+    }
+}
