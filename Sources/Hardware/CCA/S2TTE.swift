@@ -12,7 +12,7 @@ public enum RIPAS: UInt64, CaseIterable, Sendable, CustomStringConvertible {
 /// lib/s2tt creates and tests them (s2tte_create_unassigned_empty … s2tte_is_assigned_destroyed):
 /// HIPAS UNASSIGNED with each RIPAS, UNASSIGNED_NS, and HIPAS ASSIGNED with RIPAS EMPTY or
 /// DESTROYED (which keep their PA). ASSIGNED_RAM and ASSIGNED_NS are valid leaves, and TABLE
-/// a table. TF-RMM (tf-rmm-v0.6.0, RMM 1.0) lib/s2tt/include/s2tt.h; reference arm.md §2.
+/// a table. TF-RMM (tf-rmm-v0.6.0, RMM 1.0) lib/s2tt/include/s2tt.h.
 public enum S2TTEState: CaseIterable, Hashable, Sendable, CustomStringConvertible {
     case unassignedEmpty, unassignedRAM, unassignedDestroyed, unassignedNS
     case assignedEmpty, assignedDestroyed

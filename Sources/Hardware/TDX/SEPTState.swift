@@ -1,7 +1,7 @@
 import PageTables
 
 /// The states of a Secure-EPT leaf the CPU may not use, with the TDX module's encodings
-/// (TDX module 1.5 sept_state_lookup.c; reference hardware-specs.md §2.1). MAPPED is a
+/// (TDX module 1.5 sept_state_lookup.c). MAPPED is a
 /// valid leaf and NL_MAPPED/NL_BLOCKED are tables; the EXPORTED_* migration states are
 /// left out.
 public enum SEPTState: UInt8, CaseIterable, Hashable, Sendable, CustomStringConvertible {
