@@ -2,6 +2,8 @@ import ArgumentParser
 import HostKernel
 import Reports
 
+extension Kernel.DirectMapCount: ExpressibleByArgument {}
+
 /// `cocomem meminfo`: the DirectMap lines of /proc/meminfo after boot and any --apply.
 struct MeminfoCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -11,15 +13,20 @@ struct MeminfoCommand: ParsableCommand {
             Boots the host kernel's direct map over the memory map (init_mem_mapping),
             runs each --apply operation in order (results on stderr), and prints
             DirectMap4k, DirectMap2M and, with gbpages, DirectMap1G as
-            arch_report_meminfo does.
+            arch_report_meminfo does. By default the counts are a walk of the direct
+            map; --count kernel prints what the running kernel would, whose boot-time
+            count can exceed RAM (memory_map_top_down maps in chunks and counts a large
+            page again when a later chunk reaches it).
             """)
 
     @OptionGroup var machine: MachineOptions
+    @Option(help: ArgumentHelp("walk (the table's leaves) or kernel (direct_pages_count as the kernel keeps it).", valueName: "how"))
+    var count: Kernel.DirectMapCount = .walk
 
     func run() throws {
         let (kernel, results) = try machine.boot()
         machine.report(results)
-        print(Meminfo.directMap(kernel), terminator: "")
+        print(Meminfo.directMap(kernel, count: count), terminator: "")
     }
 }
 

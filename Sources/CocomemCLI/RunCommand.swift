@@ -1,7 +1,8 @@
 import ArgumentParser
 import Foundation
-import Reports
+import HostKernel
 import PageTables
+import Reports
 import Simulation
 
 /// `cocomem run FILE`: run a scenario and report.
@@ -20,6 +21,8 @@ struct Run: ParsableCommand {
     @Flag(help: "Print metrics as CSV (with --sample: one row per sample).") var csv = false
     @Flag(help: "Also print /proc/meminfo's DirectMap lines (at the end, or after step --at).") var meminfo = false
     @Flag(help: "Also print the kernel page table in ptdump format (at the end, or after step --at).") var ptdump = false
+    @Option(help: ArgumentHelp("With --meminfo: walk (the table's leaves) or kernel (direct_pages_count as the running kernel keeps it).", valueName: "how"))
+    var count: Kernel.DirectMapCount = .walk
     @Option(help: ArgumentHelp("Print --meminfo/--ptdump of this guest's own kernel instead of the host's.", valueName: "name")) var guest: String?
     @Option(help: ArgumentHelp("Show --meminfo/--ptdump/--svg as they were right after step N (0 = after boot).", valueName: "N")) var at: Int?
     @Flag(help: "Check every invariant after every step; stop at the first violation.") var check = false
@@ -86,7 +89,7 @@ struct Run: ParsableCommand {
             when = "of guest \(name) " + when
         }
         if o.meminfo {
-            let lines = Meminfo.directMap(kernel)
+            let lines = Meminfo.directMap(kernel, count: o.count)
             out += "\n/proc/meminfo \(when):\n" + (lines.isEmpty ? "(no DirectMap lines on \(kernel.config.isa.rawValue))\n" : lines)
         }
         if o.ptdump { out += "\nptdump \(when):\n" + Ptdump.render(kernel) }

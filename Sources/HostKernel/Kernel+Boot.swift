@@ -22,9 +22,9 @@ extension Kernel {
     /// Maps the ISA range regardless of holes, then every RAM range above it. Linux
     /// arch/x86/mm/init.c init_mem_mapping / init_range_memory_mapping.
     ///
-    /// memory_map_top_down maps RAM in step-sized chunks; chunking is not modelled, as it
-    /// does not change the leaf sizes chosen (but see the note in docs/ARCHITECTURE.md on the
-    /// boot-time double counting it can cause in direct_pages_count).
+    /// memory_map_top_down maps RAM in step-sized chunks; chunking is not modelled here, as it
+    /// does not change the leaf sizes chosen; the count the kernel keeps, which it does
+    /// change, is BootCounter's (`--count kernel`).
     mutating func bootDirectMap() {
         initMemoryMapping(start: 0, end: Self.isaEnd)
         for r in mappedRanges.dropFirst() { initMemoryMapping(start: r.lowerBound, end: r.upperBound) }
@@ -33,6 +33,7 @@ extension Kernel {
             initMemoryMapping(start: Self.isaEnd, end: first.upperBound)
         }
         directPagesCount = directMapLeafCounts()
+        bootDirectPagesCount = directPagesCount
     }
 
     /// Maps one physical range into the direct map. Linux arch/x86/mm/init.c

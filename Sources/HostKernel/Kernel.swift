@@ -17,6 +17,8 @@ public struct Kernel: Sendable {
     /// direct_pages_count[], as arch_report_meminfo prints it. Linux
     /// arch/x86/mm/pat/set_memory.c update_page_count / split_page_count.
     public internal(set) var directPagesCount = LeafCounts()
+    /// The walk's count right after boot (for the kernel's count, `directPagesCount(.kernel)`).
+    public internal(set) var bootDirectPagesCount = LeafCounts()
     /// Physical ranges the direct map covers (pfn_range_is_mapped): [0, 1M) and RAM.
     public let mappedRanges: [Range<UInt64>]
     public internal(set) var stats = CPAStats()

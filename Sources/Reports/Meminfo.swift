@@ -7,9 +7,11 @@ import PageTables
 public enum Meminfo {
     /// Empty on arm64, whose /proc/meminfo has no DirectMap lines (arch_report_meminfo is
     /// x86, s390 and powerpc only).
-    public static func directMap(_ kernel: Kernel) -> String {
+    /// With `count: .kernel`, the counts the running kernel would print (its boot count, see
+    /// BootCounter, changed since as the walk's); the default is the walk's.
+    public static func directMap(_ kernel: Kernel, count: Kernel.DirectMapCount = .walk) -> String {
         guard kernel.config.isa == .x86_64 else { return "" }
-        let c = kernel.directPagesCount
+        let c = kernel.directPagesCount(count)
         var out = line("DirectMap4k:", UInt64(c.size4K) << 2)
         out += line("DirectMap2M:", UInt64(c.size2M) << 11)
         if kernel.config.gbpages { out += line("DirectMap1G:", UInt64(c.size1G) << 20) }

@@ -55,6 +55,18 @@ import Testing
         #expect(!r.out.contains("\nnot ok 2"))
     }
 
+    /// --count kernel: DirectMap lines as the running kernel counts them (its boot count is
+    /// not a walk); the walk stays the default.
+    @Test func meminfoCountsAsTheKernelDoes() throws {
+        let walk = try CLI.run(["meminfo", "--memory", "4G"]), kernel = try CLI.run(["meminfo", "--memory", "4G", "--count", "kernel"])
+        #expect(walk.out == "DirectMap4k:        2048 kB\nDirectMap2M:     1046528 kB\nDirectMap1G:     3145728 kB\n")
+        #expect(kernel.out == "DirectMap4k:        2048 kB\nDirectMap2M:     1046528 kB\nDirectMap1G:     5242880 kB\n")
+        let run = try CLI.run(["run", ScenarioCommandTests.example("cpa-basics.yaml"), "--meminfo", "--count", "kernel"])
+        #expect(run.status == 0 && run.out.contains("/proc/meminfo at the end:\nDirectMap4k:"))
+        let bad = try CLI.run(["meminfo", "--memory", "4G", "--count", "guess"])
+        #expect(bad.status != 0 && bad.err.contains("guess"))
+    }
+
     @Test func listOperationsIsListOperations() throws {
         let a = try CLI.run(["list", "operations"]), b = try CLI.run(["list-operations"])
         #expect(a.status == 0 && a.out == b.out)

@@ -82,3 +82,38 @@ import PageTables
         #expect(k.directPagesCount.size1G == 65 * 1024 - 1)
     }
 }
+
+/// direct_pages_count as the kernel keeps it after boot, not a walk (BootCounter).
+@Suite struct KernelBootCountTests {
+    /// The e820 of the 24 GiB machine this was written on: the kernel's boot count counts the
+    /// top 1G page three times (the first 2M chunk, the 512M chunk, the 128G chunk) and is
+    /// 2 GiB more than the walk; that machine's /proc/meminfo (DirectMap4k 30720 kB, 2M
+    /// 2066432 kB, 1G 25165824 kB) has the same total after one 1G and fourteen 2M splits.
+    @Test func theTopGigabyteIsCountedThreeTimes() throws {
+        let memory = try PhysicalMemory.parse(e820: """
+            BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable
+            BIOS-e820: [mem 0x000000000009fc00-0x00000000000fffff] reserved
+            BIOS-e820: [mem 0x0000000000100000-0x00000000bfffffff] usable
+            BIOS-e820: [mem 0x00000000eec00000-0x00000000febfffff] reserved
+            BIOS-e820: [mem 0x0000000100000000-0x000000063fffffff] usable
+            """)
+        let k = try Kernel(memory: memory)
+        #expect(k.directPagesCount == LeafCounts(size4K: 512, size2M: 511, size1G: 23))
+        let boot = k.directPagesCount(.kernel)
+        #expect(boot == LeafCounts(size4K: 512, size2M: 511, size1G: 25))
+        let total = boot.size4K * 4 + boot.size2M * 2048 + boot.size1G * 1_048_576
+        #expect(total == 30720 + 2_066_432 + 25_165_824)  // the real machine's kB after its splits
+        // Without gbpages nothing is counted twice here: every chunk boundary is 2M-aligned.
+        let no1G = try Kernel(memory: memory, config: KernelConfig(gbpages: false))
+        #expect(no1G.directPagesCount(.kernel) == no1G.directPagesCount)
+    }
+
+    /// After boot the kernel's count moves as the walk's does (a split counts the same).
+    @Test func splitsMoveBothCountsAlike() throws {
+        var k = try Kernel(memory: PhysicalMemory.pc(size: 4 << 30))
+        #expect(k.directPagesCount(.kernel) == LeafCounts(size4K: 512, size2M: 511, size1G: 5))
+        _ = try k.setMemory4K(k.layout.pageOffset + (3 << 30) + 0x5000, numpages: 1)
+        #expect(k.directPagesCount == LeafCounts(size4K: 1024, size2M: 1022, size1G: 2))
+        #expect(k.directPagesCount(.kernel) == LeafCounts(size4K: 1024, size2M: 1022, size1G: 4))
+    }
+}

@@ -29,6 +29,7 @@ extension Kernel {
             }
         }
         directPagesCount = directMapLeafCounts()
+        bootDirectPagesCount = directPagesCount
     }
 
     /// One run of the linear map: a physical range mapped with one leaf size, with or without
