@@ -6,6 +6,8 @@ let package = Package(
     name: "cocomem",
     platforms: [.macOS(.v14)],
     products: [
+        // Every layer behind one import, for programs that embed the model.
+        .library(name: "Cocomem", targets: ["Cocomem"]),
         .library(name: "PageTables", targets: ["PageTables"]),
         .library(name: "Hardware", targets: ["Hardware"]),
         .library(name: "HostKernel", targets: ["HostKernel"]),
@@ -39,6 +41,8 @@ let package = Package(
         // Renderers: the kernel's own formats (/proc/meminfo, ptdump), tables, JSON, CSV,
         // Chrome traces, SVG/HTML maps.
         .target(name: "Reports", dependencies: ["Simulation", "GuestKernel", "HostKernel", "Hardware", "PageTables"]),
+        // The library's front door: re-exports every layer.
+        .target(name: "Cocomem", dependencies: ["Reports", "Simulation", "GuestKernel", "Hypervisor", "HostKernel", "Hardware", "PageTables"]),
         // The command line, as a library so tests can drive it.
         .target(
             name: "CocomemCLI",
@@ -58,5 +62,6 @@ let package = Package(
         .testTarget(name: "SimulationTests", dependencies: ["Simulation"]),
         .testTarget(name: "ReportsTests", dependencies: ["Reports"]),
         .testTarget(name: "CocomemCLITests", dependencies: ["CocomemCLI"]),
+        .testTarget(name: "CocomemTests", dependencies: ["Cocomem"]),
     ]
 )

@@ -1,5 +1,6 @@
 import Hardware
 import PageTables
+import Synchronization
 
 /// What the host does to its direct map when pages change owner (given to a guest or the
 /// firmware, or given back): the choice the SNP threads argue about (seed 001). The hooks are
@@ -7,6 +8,7 @@ import PageTables
 /// ownership change, and the host's fault path asks `splitsOnFault`. Each policy is a named
 /// type behind this protocol; `DirectMapPolicyKind` names them for scenarios.
 public protocol DirectMapPolicy: Sendable {
+    init()
     /// The name scenarios use (`host.directmap-policy`).
     static var name: String { get }
     /// One line on what it does and where it comes from.
@@ -141,26 +143,61 @@ public struct Pooled: DirectMapPolicy {
 }
 
 /// The policies by name, in the order `list policies` shows them.
-public enum DirectMapPolicyKind: String, CaseIterable, Hashable, Sendable {
-    case none
-    case splitOnAssign = "split-on-assign"
-    case proactive4K = "proactive-4k"
-    case unmapPrivate = "unmap-private"
-    case splitOnFault = "split-on-fault"
-    case pooled
-    case coalesce
+public struct DirectMapPolicyKind: Hashable, Sendable, CustomStringConvertible {
+    /// The name scenarios use.
+    public let rawValue: String
+    public let summary: String
+    let make: @Sendable () -> any DirectMapPolicy
 
-    public var policy: any DirectMapPolicy {
-        switch self {
-        case .none: NoAdjustment()
-        case .splitOnAssign: SplitOnAssign()
-        case .proactive4K: Proactive4K()
-        case .unmapPrivate: UnmapPrivate()
-        case .splitOnFault: SplitOnFault()
-        case .pooled: Pooled()
-        case .coalesce: Coalesce()
-        }
+    public static let none = builtIn(NoAdjustment.self)
+    public static let splitOnAssign = builtIn(SplitOnAssign.self)
+    public static let proactive4K = builtIn(Proactive4K.self)
+    public static let unmapPrivate = builtIn(UnmapPrivate.self)
+    public static let splitOnFault = builtIn(SplitOnFault.self)
+    public static let pooled = builtIn(Pooled.self)
+    public static let coalesce = builtIn(Coalesce.self)
+
+    static func builtIn<P: DirectMapPolicy>(_ type: P.Type) -> DirectMapPolicyKind {
+        DirectMapPolicyKind(rawValue: P.name, summary: P.summary) { P() }
     }
 
-    public var summary: String { type(of: policy).summary }
+    init(rawValue: String, summary: String, make: @escaping @Sendable () -> any DirectMapPolicy) {
+        self.rawValue = rawValue
+        self.summary = summary
+        self.make = make
+    }
+
+    /// The registered policy of that name.
+    public init?(rawValue: String) {
+        guard let k = Self.allCases.first(where: { $0.rawValue == rawValue }) else { return nil }
+        self = k
+    }
+
+    /// A policy instance.
+    public var policy: any DirectMapPolicy { make() }
+    public var description: String { rawValue }
+
+    public static func == (a: Self, b: Self) -> Bool { a.rawValue == b.rawValue }
+    public func hash(into h: inout Hasher) { h.combine(rawValue) }
+
+    /// The policies cocomem models.
+    public static let builtIn: [DirectMapPolicyKind] = [.none, .splitOnAssign, .proactive4K, .unmapPrivate, .splitOnFault, .pooled, .coalesce]
+    static let registry = Mutex<[DirectMapPolicyKind]>([])
+
+    /// Those an embedding program registered, in order.
+    public static var registered: [DirectMapPolicyKind] { registry.withLock { $0 } }
+
+    /// Every policy: the built-in ones, then those registered.
+    public static var allCases: [DirectMapPolicyKind] { builtIn + registered }
+
+    /// Registers a policy of the embedding program's own under `P.name`, so scenarios and
+    /// `host.directmap-policy` can choose it without a fork. False when the name is taken.
+    @discardableResult
+    public static func register<P: DirectMapPolicy>(_ type: P.Type) -> Bool {
+        registry.withLock { list in
+            guard !(builtIn + list).contains(where: { $0.rawValue == P.name }) else { return false }
+            list.append(builtIn(type))
+            return true
+        }
+    }
 }

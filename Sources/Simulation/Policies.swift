@@ -11,19 +11,32 @@ public struct PolicySlot: Sendable {
     /// The key under its section (`host: {cpa-collapse: rox}`).
     public let key: String
     public let summary: String
-    public let policies: [(name: String, summary: String)]
+    /// Its policies, as they are now (an embedding program may register more).
+    public var policies: [(name: String, summary: String)] { listPolicies() }
+    let listPolicies: @Sendable () -> [(name: String, summary: String)]
     public let defaultPolicy: String
     let apply: @Sendable (String, inout PolicyTargets) -> Void
 
     /// `section.key`, e.g. `host.cpa-collapse`.
     public var name: String { "\(section.rawValue).\(key)" }
 
+    /// A slot whose policies are read each time (a registry an embedding program adds to).
+    public init(section: Section, key: String, summary: String, dynamicPolicies: @escaping @Sendable () -> [(name: String, summary: String)],
+                defaultPolicy: String, apply: @escaping @Sendable (String, inout PolicyTargets) -> Void) {
+        self.section = section
+        self.key = key
+        self.summary = summary
+        self.listPolicies = dynamicPolicies
+        self.defaultPolicy = defaultPolicy
+        self.apply = apply
+    }
+
     public init(section: Section, key: String, summary: String, policies: [(name: String, summary: String)], defaultPolicy: String,
                 apply: @escaping @Sendable (String, inout PolicyTargets) -> Void) {
         self.section = section
         self.key = key
         self.summary = summary
-        self.policies = policies
+        self.listPolicies = { policies }
         self.defaultPolicy = defaultPolicy
         self.apply = apply
     }

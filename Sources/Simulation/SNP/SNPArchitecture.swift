@@ -85,7 +85,7 @@ public enum SNPArchitecture {
             PolicySlot(
                 section: .host, key: "directmap-policy",
                 summary: "what the host does to its direct map as pages enter and leave the RMP (SEV-SNP)",
-                policies: DirectMapPolicyKind.allCases.map { ($0.rawValue, $0.summary) },
+                dynamicPolicies: { DirectMapPolicyKind.allCases.map { ($0.rawValue, $0.summary) } },
                 defaultPolicy: DirectMapPolicyKind.splitOnAssign.rawValue,
                 apply: { name, t in t.host.directMapPolicy = DirectMapPolicyKind(rawValue: name)! }),
         ],
