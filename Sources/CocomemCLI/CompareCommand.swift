@@ -1,5 +1,6 @@
 import ArgumentParser
 import Dispatch
+import PageTables
 import Reports
 import Simulation
 
@@ -19,10 +20,15 @@ struct Compare: ParsableCommand {
     @Option(help: ArgumentHelp("The policy slot, e.g. host.cpa-collapse.", valueName: "slot")) var slot: String?
     @Flag(help: "Print JSON instead of a table.") var json = false
     @Flag(help: "Print CSV instead of a table.") var csv = false
+    @Option(help: ArgumentHelp("Write one SVG map per policy into this directory (POLICY.svg), all at the same scale.", valueName: "dir")) var svg: String?
+    @Option(help: ArgumentHelp("Colour the maps by leaf-size or ownership.", valueName: "mode")) var color: String = "leaf-size"
 
     func validate() throws {
         if policy.isEmpty { throw ValidationError("give at least one --policy") }
         if json && csv { throw ValidationError("give --json or --csv, not both") }
+        if MemoryMap.Coloring(rawValue: color) == nil {
+            throw ValidationError("--color '\(color)': valid: \(MemoryMap.Coloring.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
     }
 
     func run() throws {
@@ -31,7 +37,20 @@ struct Compare: ParsableCommand {
         let slot = try Self.resolveSlot(slot, policies: policy, among: Policies.slots(base.architecture))
         var scenarios: [Scenario] = []
         for p in policy { scenarios.append(try Scenario.load(yaml: text, file: file, policyOverrides: [(slot.name, p)])) }
+        if svg != nil, base.memory.endOfRAM > MemoryMap.maxRAM {
+            throw CLIError("--svg: RAM up to \(ByteSize.format(base.memory.endOfRAM)); maps draw up to \(ByteSize.format(MemoryMap.maxRAM)) of RAM")
+        }
+        if let dir = svg { try ScenarioFiles.makeDirectory(dir, what: "--svg") }
         let results = try Self.runAll(scenarios)
+        if let dir = svg {
+            // One machine size for every run, so every map has the same cell and row size.
+            let coloring = MemoryMap.Coloring(rawValue: color) ?? .leafSize
+            for (p, r) in zip(policy, results) {
+                let name = String(p.map { $0 == "/" || $0 == "\0" ? "_" : $0 })
+                try ScenarioFiles.write(Run.map(r.machine, coloring: coloring, title: "\(r.scenario.name), \(slot.name) = \(p)"),
+                                        to: dir + "/" + name + ".svg")
+            }
+        }
         print(Self.render(results, policies: policy, slot: slot.name, json: json, csv: csv), terminator: "")
     }
 

@@ -56,8 +56,7 @@ struct Run: ParsableCommand {
             throw CLIError("--at \(at): \(file) has \(scenario.steps.count) steps; valid: 0 to \(scenario.steps.count)")
         }
         if svg != nil || html != nil, scenario.memory.endOfRAM > MemoryMap.maxRAM {
-            throw CLIError("--\(svg != nil ? "svg" : "html"): a map of RAM up to \(ByteSize.format(scenario.memory.endOfRAM)) would have "
-                + "\(scenario.memory.endOfRAM >> 21) cells of 2M; maps stop at \(ByteSize.format(MemoryMap.maxRAM)) of RAM until they scale to larger cells")
+            throw CLIError("--\(svg != nil ? "svg" : "html"): RAM up to \(ByteSize.format(scenario.memory.endOfRAM)); maps draw up to \(ByteSize.format(MemoryMap.maxRAM)) of RAM")
         }
         let progress = ProgressLine(quiet: quiet)
         if let n = checkEvery, n < 1 { throw ValidationError("--check-every \(n): give a number of steps, 1 or more") }
@@ -69,12 +68,19 @@ struct Run: ParsableCommand {
         if !result.passed { throw ExitCode(1) }
     }
 
+    /// The SVG map of a machine: its platform's ownership, its guests labelled.
+    static func map(_ machine: Machine, coloring: MemoryMap.Coloring, title: String) -> String {
+        let guests = machine.guests.filter { $0.memory > 0 }.map { (name: $0.name, range: $0.placement..<$0.placement + $0.memory) }
+        return MemoryMap.svg(machine.kernel, ownership: machine.platform is NoPlatform ? nil : machine.platform.ownership,
+                             coloring: coloring, title: title, guests: guests)
+    }
+
     /// Everything `run` prints and writes, for a finished run.
     static func render(_ result: RunResult, options o: Run) throws -> String {
         let shown = result.snapshot ?? result.machine
         if let path = o.trace { try ScenarioFiles.write(Trace.render(result), to: path) }
         let coloring = MemoryMap.Coloring(rawValue: o.color) ?? .leafSize
-        let svgText = (o.svg != nil || o.html != nil) ? MemoryMap.svg(shown.kernel, ownership: shown.platform is NoPlatform ? nil : shown.platform.ownership, coloring: coloring, title: result.scenario.name) : ""
+        let svgText = (o.svg != nil || o.html != nil) ? map(shown, coloring: coloring, title: result.scenario.name) : ""
         if let path = o.svg { try ScenarioFiles.write(svgText, to: path) }
         if let path = o.html {
             try ScenarioFiles.write(MemoryMap.html(svg: svgText, summary: RunReport.summary(result), title: result.scenario.name), to: path)

@@ -32,6 +32,19 @@ enum ScenarioFiles {
         try Scenario.load(yaml: try read(path), file: path, policyOverrides: overrides)
     }
 
+    /// Makes a directory for reports (and its parents) unless it exists; a file in its place
+    /// is an error naming the option.
+    static func makeDirectory(_ path: String, what: String) throws {
+        var st = stat()
+        if stat(path, &st) == 0 {
+            guard st.st_mode & S_IFMT == S_IFDIR else { throw CLIError("\(what) \(path): exists and is not a directory") }
+            return
+        }
+        do { try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true) } catch {
+            throw CLIError("\(what) \(path): cannot make the directory (\(error.localizedDescription))")
+        }
+    }
+
     /// Writes a report. A symbolic link is followed; an existing file that is not regular (a
     /// device such as /dev/null or /dev/stdout, a FIFO) is written through, never replaced;
     /// a regular file, or a new one, is replaced atomically (a temporary file renamed over it).

@@ -19,6 +19,13 @@ public protocol HostOwnership: Sendable {
     func isGuestOwned(pfn: UInt64) -> Bool
     /// Whether any page of the 2M region holding `pfn` is given away.
     func regionHasGuestPages(pfn: UInt64) -> Bool
+    /// How many of the 512 pages of the 2M region holding `pfn` are given away (for maps).
+    func guestPages(inRegionOf pfn: UInt64) -> Int
+}
+
+extension HostOwnership {
+    /// All or nothing, for a table that cannot say how many.
+    public func guestPages(inRegionOf pfn: UInt64) -> Int { regionHasGuestPages(pfn: pfn) ? 512 : 0 }
 }
 
 /// A machine with no ownership table (plain x86-64): every access is allowed.

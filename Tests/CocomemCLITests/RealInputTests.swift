@@ -72,4 +72,21 @@ import Testing
         #expect(a.status == 0 && a.out == b.out)
         #expect(a.out.hasPrefix("set_memory_4k ADDR NUMPAGES "))
     }
+
+    /// `compare --svg DIR`: one map per policy, all at the same scale, titled with the policy.
+    @Test func compareWritesOneMapPerPolicyAtOneScale() throws {
+        let dir = NSTemporaryDirectory() + "cocomem-maps-\(UUID().uuidString)/sub"
+        let r = try CLI.run(["compare", ScenarioCommandTests.example("snp-directmap-policies.yaml"), "--policy", "none",
+                             "--policy", "split-on-assign", "--svg", dir, "--color", "ownership"])
+        #expect(r.status == 0, "stderr: \(r.err)")
+        let none = try String(contentsOfFile: dir + "/none.svg", encoding: .utf8)
+        let split = try String(contentsOfFile: dir + "/split-on-assign.svg", encoding: .utf8)
+        #expect(none.contains("snp-directmap-policies, host.directmap-policy = none — physical memory, one cell per 2M, one row per 1G (ownership)"))
+        #expect(split.contains("snp-directmap-policies, host.directmap-policy = split-on-assign — physical memory, one cell per 2M, one row per 1G (ownership)"))
+        let file = try CLI.writeTemp("x")
+        let bad = try CLI.run(["compare", ScenarioCommandTests.example("snp-directmap-policies.yaml"), "--policy", "none", "--svg", file])
+        #expect(bad.status != 0 && bad.err.contains("--svg \(file): exists and is not a directory"))
+        let color = try CLI.run(["compare", ScenarioCommandTests.example("snp-directmap-policies.yaml"), "--policy", "none", "--color", "pink"])
+        #expect(color.status != 0 && color.err.contains("--color 'pink': valid: leaf-size, ownership"))
+    }
 }

@@ -13,6 +13,7 @@ extension RMP: HostOwnership {
     }
     public func isGuestOwned(pfn: UInt64) -> Bool { covers(pfn) && self[pfn].assigned }
     public func regionHasGuestPages(pfn: UInt64) -> Bool { covers(pfn) && regionHasAssigned(pfn) }
+    public func guestPages(inRegionOf pfn: UInt64) -> Int { covers(pfn) ? assignedPages(inRegionOf: pfn) : 0 }
 }
 
 extension SNPStatus: Outcome {

@@ -149,6 +149,15 @@ public struct RMP: Sendable {
         return c < 0 ? 0 : Int(subpageCount[Int(c)])
     }
 
+    /// How many of the 512 entries of the 2M region holding `pfn` are assigned.
+    public func assignedPages(inRegionOf pfn: UInt64) -> Int {
+        let c = code(Int(pfn >> 9))
+        if c == -1 { return 0 }
+        if c <= -2 { return 512 }
+        let b = Int(c) << 9
+        return (b..<b + 512).count { flags[$0].contains(.assigned) }
+    }
+
     /// Whether `pfn`'s own entry is assigned (the 4K host-write check), without building it.
     @inlinable public func isAssigned(_ pfn: UInt64) -> Bool {
         let c = code(Int(pfn >> 9))
