@@ -34,6 +34,9 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("Write an SVG map of physical memory.", valueName: "file")) var svg: String?
     @Option(help: ArgumentHelp("Write an HTML page with the map and the summary.", valueName: "file")) var html: String?
     @Option(help: ArgumentHelp("Colour the map by leaf-size or ownership.", valueName: "mode")) var color: String = "leaf-size"
+    @Option(help: ArgumentHelp("Replace the file's policy in a slot, e.g. host.directmap-policy=none (repeatable; 'cocomem list policies').", valueName: "slot=name"))
+    var policy: [String] = []
+    @Option(help: ArgumentHelp("Print the first N host faults, each as the kernel would log it, then their count.", valueName: "N")) var faults = 10
     @Flag(help: "No progress line on stderr.") var quiet = false
 
     func validate() throws {
@@ -42,13 +45,17 @@ struct Run: ParsableCommand {
         if (json || csv) && (meminfo || ptdump) { throw ValidationError("--meminfo and --ptdump print text; they cannot be mixed with --json or --csv") }
         if let at, at < 0 { throw ValidationError("--at must be 0 or a step number") }
         if let sample, sample < 1 { throw ValidationError("--sample must be at least 1") }
+        if faults < 0 { throw ValidationError("--faults \(faults): give 0 or more") }
+        for p in policy where p.split(separator: "=", omittingEmptySubsequences: false).count != 2 || p.hasPrefix("=") || p.hasSuffix("=") {
+            throw ValidationError("--policy '\(p)': write SLOT=NAME, e.g. host.directmap-policy=none")
+        }
         if MemoryMap.Coloring(rawValue: color) == nil {
             throw ValidationError("--color '\(color)': valid: \(MemoryMap.Coloring.allCases.map(\.rawValue).joined(separator: ", "))")
         }
     }
 
     func run() throws {
-        let scenario = try ScenarioFiles.load(file)
+        let scenario = try Self.load(file, policies: policy)
         if let guest, !scenario.guests.contains(where: { $0.name == guest }) {
             throw CLIError("--guest '\(guest)': \(file) has " + (scenario.guests.isEmpty ? "no guests" : "guests " + scenario.guests.map(\.name).joined(separator: ", ")))
         }
@@ -68,11 +75,32 @@ struct Run: ParsableCommand {
         if !result.passed { throw ExitCode(1) }
     }
 
+    /// Loads a scenario with `SLOT=NAME` overrides, each checked against the machine's slots.
+    static func load(_ file: String, policies: [String]) throws -> Scenario {
+        guard !policies.isEmpty else { return try ScenarioFiles.load(file) }
+        let text = try ScenarioFiles.read(file)
+        let base = try Scenario.load(yaml: text, file: file)
+        var overrides: [(String, String)] = []
+        for p in policies {
+            let parts = p.split(separator: "=", maxSplits: 1).map(String.init)
+            let slots = Policies.slots(base.architecture)
+            guard let slot = slots.first(where: { $0.name == parts[0] }) else {
+                throw CLIError("--policy '\(p)': no slot '\(parts[0])' on this scenario's machine; valid: \(slots.map(\.name).joined(separator: ", "))")
+            }
+            guard slot.policies.contains(where: { $0.name == parts[1] }) else {
+                throw CLIError("--policy '\(p)': '\(parts[1])' is not a policy of \(slot.name); valid: \(slot.policies.map(\.name).joined(separator: ", "))")
+            }
+            overrides.append((parts[0], parts[1]))
+        }
+        return try Scenario.load(yaml: text, file: file, policyOverrides: overrides)
+    }
+
     /// The SVG map of a machine: its platform's ownership, its guests labelled.
     static func map(_ machine: Machine, coloring: MemoryMap.Coloring, title: String) -> String {
         let guests = machine.guests.filter { $0.memory > 0 }.map { (name: $0.name, range: $0.placement..<$0.placement + $0.memory) }
+        let marks = machine.kernel.faultLog.records.map { (pa: $0.pa, label: $0.line) }
         return MemoryMap.svg(machine.kernel, ownership: machine.platform is NoPlatform ? nil : machine.platform.ownership,
-                             coloring: coloring, title: title, guests: guests)
+                             coloring: coloring, title: title, guests: guests, marks: marks)
     }
 
     /// Everything `run` prints and writes, for a finished run.
@@ -83,11 +111,11 @@ struct Run: ParsableCommand {
         let svgText = (o.svg != nil || o.html != nil) ? map(shown, coloring: coloring, title: result.scenario.name) : ""
         if let path = o.svg { try ScenarioFiles.write(svgText, to: path) }
         if let path = o.html {
-            try ScenarioFiles.write(MemoryMap.html(svg: svgText, summary: RunReport.summary(result), title: result.scenario.name), to: path)
+            try ScenarioFiles.write(MemoryMap.html(svg: svgText, summary: RunReport.summary(result, faults: o.faults), title: result.scenario.name), to: path)
         }
         if o.json { return RunReport.json(result) }
         if o.csv { return RunReport.csv(result) }
-        var out = RunReport.summary(result)
+        var out = RunReport.summary(result, faults: o.faults)
         var when = o.at.map { "after step \($0)" } ?? "at the end"
         var kernel = shown.kernel
         if let name = o.guest, let i = shown.guestIndex(name) {

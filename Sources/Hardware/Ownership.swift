@@ -21,11 +21,15 @@ public protocol HostOwnership: Sendable {
     func regionHasGuestPages(pfn: UInt64) -> Bool
     /// How many of the 512 pages of the 2M region holding `pfn` are given away (for maps).
     func guestPages(inRegionOf pfn: UInt64) -> Int
+    /// Why `hostCheck` refused an access to `pa` through a mapping of `mappingSize`, in the
+    /// table's terms (for fault records).
+    func faultReason(pa: UInt64, mappingSize: PageSize) -> String
 }
 
 extension HostOwnership {
     /// All or nothing, for a table that cannot say how many.
     public func guestPages(inRegionOf pfn: UInt64) -> Int { regionHasGuestPages(pfn: pfn) ? 512 : 0 }
+    public func faultReason(pa: UInt64, mappingSize: PageSize) -> String { "" }
 }
 
 /// A machine with no ownership table (plain x86-64): every access is allowed.

@@ -200,34 +200,53 @@ extension Kernel {
     /// that splits on fault, an ownership fault in a context where splitting is safe (data,
     /// user copies) splits the leaf to 4K and retries once. arch/x86/mm/fault.c; seed 001.
     public mutating func hostAccess(_ ownership: some HostOwnership, pa: UInt64, write: Bool, context: HostAccessContext, cpu: Int = 0) -> HostAccessOutcome {
-        let outcome = hostAccessOnce(ownership, pa: pa, write: write, context: context, cpu: cpu)
+        let (outcome, mapping) = hostAccessOnce(ownership, pa: pa, write: write, context: context, cpu: cpu)
         guard case .fault(.ownership(let kind), let end) = outcome, config.directMapPolicy.policy.splitsOnFault,
               context == .data || context == .userCopy else {
-            return account(outcome)
+            return account(outcome, ownership, pa: pa, write: write, context: context, cpu: cpu, mapping: mapping)
         }
-        guard splitDirectMap(pfn: pa >> pageShift) else { return account(outcome) }
+        guard splitDirectMap(pfn: pa >> pageShift) else { return account(outcome, ownership, pa: pa, write: write, context: context, cpu: cpu, mapping: mapping) }
         faults.splitsOnFault += 1
-        let retried = hostAccessOnce(ownership, pa: pa, write: write, context: context, cpu: cpu)
-        if case .fault = retried { return account(.fault(cause: .ownership(kind), end: end)) }
+        let (retried, again) = hostAccessOnce(ownership, pa: pa, write: write, context: context, cpu: cpu)
+        if case .fault = retried {
+            return account(.fault(cause: .ownership(kind), end: end), ownership, pa: pa, write: write, context: context, cpu: cpu, mapping: again)
+        }
         return .splitAndRetried
     }
 
-    mutating func hostAccessOnce(_ ownership: some HostOwnership, pa: UInt64, write: Bool, context: HostAccessContext, cpu: Int) -> HostAccessOutcome {
+    /// The access once, and the size of the leaf that translated it (nil: none did).
+    mutating func hostAccessOnce(_ ownership: some HostOwnership, pa: UInt64, write: Bool, context: HostAccessContext, cpu: Int)
+        -> (HostAccessOutcome, PageSize?) {
         var size = PageSize.size4K, pa = pa
         if context != .user {
-            guard let t = translate(cpu: cpu, va(PhysAddr(pa)).rawValue) else { return .fault(cause: .notPresent, end: .of(context, isa: config.isa)) }
-            if write && !t.attributes.contains(.writable) { return .fault(cause: .protection, end: .of(context, isa: config.isa)) }
+            guard let t = translate(cpu: cpu, va(PhysAddr(pa)).rawValue) else { return (.fault(cause: .notPresent, end: .of(context, isa: config.isa)), nil) }
+            if write && !t.attributes.contains(.writable) { return (.fault(cause: .protection, end: .of(context, isa: config.isa)), t.size) }
             size = t.size
             pa = t.pa | (pa & (pageBytes - 1))
         }
         if case .fault(let kind) = ownership.hostCheck(pa: pa, write: write, walk: context == .pageTable, mappingSize: size) {
-            return .fault(cause: .ownership(kind), end: .of(context, isa: config.isa))
+            return (.fault(cause: .ownership(kind), end: .of(context, isa: config.isa)), size)
         }
-        if !write && ownership.isGuestOwned(pfn: pa >> pageShift) { return .ciphertext }
-        return .ok
+        if !write && ownership.isGuestOwned(pfn: pa >> pageShift) { return (.ciphertext, size) }
+        return (.ok, size)
     }
 
-    mutating func account(_ outcome: HostAccessOutcome) -> HostAccessOutcome {
+    /// Counts the outcome, and records a fault with what explains it.
+    mutating func account(_ outcome: HostAccessOutcome, _ ownership: some HostOwnership, pa: UInt64, write: Bool,
+                          context: HostAccessContext, cpu: Int, mapping: PageSize?) -> HostAccessOutcome {
+        if case .fault(let cause, let end) = outcome {
+            let va = context == .user ? pa : va(PhysAddr(pa)).rawValue
+            let walkLevel = mapping == nil && context != .user ? pageTable.entry(holding: VirtAddr(va)).level : 0
+            let reason: String
+            switch cause {
+            case .notPresent: reason = "the direct map has no present entry for it"
+            case .protection: reason = "the translation is read-only"
+            case .ownership: reason = ownership.faultReason(pa: pa, mappingSize: context == .user ? .size4K : mapping ?? .size4K)
+            }
+            faultLog.append(HostFaultRecord(cpu: cpu, va: va, pa: pa, write: write, context: context,
+                                            mapping: context == .user ? nil : mapping, walkLevel: walkLevel, cause: cause, end: end,
+                                            reason: reason, isa: config.isa))
+        }
         switch outcome {
         case .fault(let cause, let end):
             switch cause {

@@ -24,6 +24,8 @@ public struct Kernel: Sendable {
     public internal(set) var stats = CPAStats()
     /// Faults on host accesses by how they ended, and pages given away and leaked.
     public internal(set) var faults = HostFaultStats()
+    /// The faults themselves, the first `HostFaultLog.kept` of them, for explaining a run.
+    public var faultLog = HostFaultLog()
     /// The vmap areas made so far, in address order.
     public internal(set) var vmapAreas: [VmapArea] = []
     /// The CPUs, each with its TLB (`config.cpus` of them).

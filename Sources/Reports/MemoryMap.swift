@@ -47,6 +47,9 @@ public enum MemoryMap {
         + [Class(color: "#dddddd", label: "not mapped (hole)"),
            Class(color: "#e31a1c", label: "holds a 2M region mixing guest and host pages (a host write through a large mapping there faults)")]
 
+    /// Fault marks drawn at most (a cell holds one).
+    static let maxMarks = 200
+
     /// Maps draw up to 4 PiB of RAM (52-bit physical addresses).
     public static let maxRAM: UInt64 = 1 << 52
 
@@ -151,13 +154,13 @@ public enum MemoryMap {
     /// The SVG document. `ownership` is the platform's ownership table (nil for a machine
     /// without one); `guests` are labelled where their memory starts.
     public static func svg(_ kernel: Kernel, ownership: (any HostOwnership)? = nil, coloring: Coloring = .leafSize, title: String,
-                           guests: [(name: String, range: Range<UInt64>)] = []) -> String {
+                           guests: [(name: String, range: Range<UInt64>)] = [], marks: [(pa: UInt64, label: String)] = []) -> String {
         let (cells, classes, cell, details) = classify(kernel, ownership: ownership, coloring: coloring)
         let rows = cells.count / 512, rowBytes = cell * 512
         let cellW = 2, rowH = max(3, min(14, 3000 / max(rows, 1)))
         let left = 130, top = 56, gridW = 512 * cellW, labelW = guests.isEmpty ? 0 : 260
         let legendY = top + rows * rowH + 24
-        let height = legendY + classes.count * 20 + 16
+        let height = legendY + (classes.count + (marks.isEmpty ? 0 : 1)) * 20 + 16
         var s = """
             <svg xmlns="http://www.w3.org/2000/svg" width="\(left + gridW + 20 + labelW)" height="\(height)" font-family="monospace" font-size="11">
             <title>\(escape(title))</title>
@@ -188,6 +191,14 @@ public enum MemoryMap {
                 c = e
             }
         }
+        // Faults: a ring on the cell of each (one per cell, the first), its log line as tooltip.
+        var marked = Set<Int>()
+        for m in marks {
+            let c = Int(m.pa / cell)
+            guard c < cells.count, marked.count < maxMarks, marked.insert(c).inserted else { continue }
+            let cx = left + (c % 512) * cellW + cellW / 2, cy = top + (c / 512) * rowH + rowH / 2
+            s += "<circle cx=\"\(cx)\" cy=\"\(cy)\" r=\"\(max(3, rowH / 2))\" fill=\"none\" stroke=\"black\" stroke-width=\"1.5\"><title>\(escape(m.label))</title></circle>\n"
+        }
         let shownGuests = guests.prefix(32)
         for g in shownGuests {
             let c = Int(g.range.lowerBound / cell), r = c / 512
@@ -198,6 +209,11 @@ public enum MemoryMap {
         }
         if guests.count > shownGuests.count {
             s += "<text x=\"\(left + gridW + 8)\" y=\"\(legendY)\">and \(guests.count - shownGuests.count) more guests</text>\n"
+        }
+        if !marks.isEmpty {
+            let y = legendY + classes.count * 20
+            s += "<circle cx=\"\(left + 7)\" cy=\"\(y + 7)\" r=\"5\" fill=\"none\" stroke=\"black\" stroke-width=\"1.5\"/>"
+            s += "<text x=\"\(left + 20)\" y=\"\(y + 11)\">host fault: \(marks.count) recorded, \(marked.count) cells marked (hover for the log line)</text>\n"
         }
         for (i, cls) in classes.enumerated() {
             let y = legendY + i * 20

@@ -1,18 +1,29 @@
+import HostKernel
 import PageTables
 import Simulation
 
 /// Renders a run: a summary table for a terminal, JSON and CSV for tools, TAP for `check`.
 public enum RunReport {
-    /// The summary: scenario, policies, failed expectations, metrics, checks.
-    public static func summary(_ r: RunResult) -> String {
+    /// The summary: scenario, policies, a crash first, failed expectations, the first
+    /// `faults` fault records (then a count), metrics, checks.
+    public static func summary(_ r: RunResult, faults shown: Int = 10) -> String {
         var out = "scenario  \(r.scenario.name)  (\(r.scenario.file), seed \(r.scenario.seed), \(r.records.count) steps)\n"
         let policies = r.scenario.policies.map { "\($0.slot)=\($0.policy)" }.joined(separator: " ")
         if !policies.isEmpty { out += "policies  \(policies)\n" }
+        let log = r.machine.kernel.faultLog
+        if let crash = log.firstCrash {
+            out += "\nHOST CRASHED  \(r.machine.kernel.faults.hostCrashes) host access\(r.machine.kernel.faults.hostCrashes == 1 ? "" : "es") brought the host down; the first:\n  \(crash.line)\n"
+        }
         if let f = r.failure { out += "\nSTOPPED   \(f)\n" }
         let failed = r.failedExpectations
         out += "\nexpectations  \(r.records.filter { $0.expect != nil }.count - failed.count) passed, \(failed.count) failed\n"
         for rec in failed {
             out += "  FAIL step \(rec.index)\(rec.line.map { " (line \($0))" } ?? "") \(rec.name): expected \(rec.expect!), got \(rec.result)\n"
+        }
+        if log.total > 0 {
+            let n = min(shown, log.records.count)
+            out += "\nhost faults  \(log.total)" + (n < log.total ? " (the first \(n); --faults N shows more)" : "") + "\n"
+            for rec in log.records.prefix(n) { out += "  \(rec.line)\n" }
         }
         out += "\n" + table(["metric", "value"], r.metrics.map { [$0.0, String($0.1)] }, rightAlign: [1])
         if !r.checks.isEmpty {
@@ -56,9 +67,29 @@ public enum RunReport {
         if !r.samples.isEmpty {
             top.append(("samples", .array(r.samples.map { .object([("step", .int($0.step)), ("metrics", metrics($0.metrics))]) })))
         }
+        let log = r.machine.kernel.faultLog
+        let faultRecords: [JSON] = log.records.map { faultJSON($0) }
+        top.append(("faults", .object([("total", .int(log.total)), ("records", .array(faultRecords))])))
         top.append(("invariant_failure", r.failure.map { .object([("step", .int($0.step)), ("invariant", .string($0.invariant)), ("detail", .string($0.detail))]) } ?? .null))
         top.append(("passed", .bool(r.passed)))
         return JSON.object(top).render() + "\n"
+    }
+
+    /// A fault record as JSON, keys in a fixed order; addresses as hex strings.
+    public static func faultJSON(_ f: HostFaultRecord) -> JSON {
+        var fields: [(String, JSON)] = [("step", .int(f.step)), ("operation", f.operation.map { .int($0) } ?? .null), ("cpu", .int(f.cpu))]
+        fields.append(("va", .string(hex(f.va, digits: 16))))
+        fields.append(("pa", .string(hex(f.pa))))
+        fields.append(("access", .string(f.write ? "write" : "read")))
+        fields.append(("context", .string(f.context.rawValue)))
+        fields.append(("mapping", .string(f.mappedBy)))
+        fields.append(("cause", .string(f.cause.description)))
+        fields.append(("error_code", .string(hex(f.errorCode))))
+        fields.append(("reason", .string(f.reason)))
+        fields.append(("end", .string(f.end.rawValue)))
+        fields.append(("crashed", .bool(f.end.crashes)))
+        fields.append(("line", .string(f.line)))
+        return .object(fields)
     }
 
     /// CSV: with samples, one row per sample (step, then every metric); else `metric,value`.

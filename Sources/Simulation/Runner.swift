@@ -91,11 +91,13 @@ public enum Runner {
                 m.onProgress = { done, all in progress(step.index, total, "\(step.name) \(done)/\(all)") }
             }
             let result: any Outcome
+            let faultsBefore = m.kernel.faultLog.records.count
             do { result = try step.action(&m) } catch {
                 // Only a state the loader could not foresee gets here (e.g. the vmalloc area filling up).
                 throw ScenarioError(file: scenario.file, line: step.line, column: nil, field: "steps[\(step.index)].\(step.name)", error.message)
             }
             m.onProgress = nil
+            m.kernel.faultLog.tag(from: faultsBefore, step: step.index)
             records.append(StepRecord(index: step.index, line: step.line, name: step.name, arguments: step.arguments,
                                       outcome: result, expect: step.expect, metrics: m.metrics))
             if options.snapshotAt == step.index { snapshot = m }

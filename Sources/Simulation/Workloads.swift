@@ -158,9 +158,11 @@ public enum Workloads {
             let range = try WorkloadRange.read(a, ctx), ops = a.number("operations")
             let context = HostAccessContext(rawValue: a.text("context") ?? "data")!
             return { m throws(HostKernelError) in
+                defer { m.kernel.faultLog.operation = nil }
                 for i in 0..<ops {
                     // The host's own pages: skip pages given to a guest or the firmware.
                     let pa = try range.randomPage(&m) { m, pa in !m.platform.ownership.isGuestOwned(pfn: pa >> pageShift) }.rawValue
+                    m.kernel.faultLog.operation = Int(i + 1)
                     _ = m.platform.hostAccess(&m.kernel, pa: pa, write: true, context: context, cpu: Int(i % UInt64(m.cpus)))
                     m.counters.operations += 1
                     if i & 4095 == 4095 { m.onProgress?(i + 1, ops) }

@@ -81,7 +81,13 @@ import Testing
         let start = Date()
         guard posix_spawn(&pid, binary, &actions, nil, argv, environ) == 0 else { throw CLIFuzzError("posix_spawn failed") }
         var status: Int32 = 0, usage = rusage(), killed = false
+        // posix_spawn shares the test process's memory until exec, and exec carries that
+        // memory's high-water mark into the child's ru_maxrss; so ru_maxrss is the child's
+        // own only when it passes ours. Below that, the child's VmHWM, sampled while it runs.
+        let ours = Self.highWaterKiB("self") ?? 0
+        var sampled = 0
         while true {
+            if let hwm = Self.highWaterKiB("\(pid)") { sampled = max(sampled, hwm) }
             let r = wait4(pid, &status, WNOHANG, &usage)
             if r == pid { break }
             if Date().timeIntervalSince(start) > seconds && !killed {
@@ -94,7 +100,14 @@ import Testing
         let err = (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? ""
         try? FileManager.default.removeItem(atPath: errPath)
         let signaled = status & 0x7f != 0
-        return (signaled, (status >> 8) & 0xff, err, elapsed, usage.ru_maxrss, killed)
+        return (signaled, (status >> 8) & 0xff, err, elapsed, usage.ru_maxrss > ours ? usage.ru_maxrss : sampled, killed)
+    }
+
+    /// VmHWM of /proc/`pid`/status in KiB (nil once the process is gone).
+    static func highWaterKiB(_ pid: String) -> Int? {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }) else { return nil }
+        return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "")
     }
 
     struct CLIFuzzError: Error { let message: String; init(_ m: String) { message = m } }

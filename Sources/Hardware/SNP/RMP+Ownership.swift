@@ -14,6 +14,23 @@ extension RMP: HostOwnership {
     public func isGuestOwned(pfn: UInt64) -> Bool { covers(pfn) && self[pfn].assigned }
     public func regionHasGuestPages(pfn: UInt64) -> Bool { covers(pfn) && regionHasAssigned(pfn) }
     public func guestPages(inRegionOf pfn: UInt64) -> Int { covers(pfn) ? assignedPages(inRegionOf: pfn) : 0 }
+
+    /// The assigned entry that refused the access: the page's own through a 4K mapping, else
+    /// the first assigned one of its 2M region (a large mapping is checked against all 512).
+    public func faultReason(pa: UInt64, mappingSize: PageSize) -> String {
+        let pfn = pa >> pageShift
+        guard covers(pfn) else { return "" }
+        func owner(_ p: UInt64) -> String {
+            let e = self[p]
+            return e.asid == 0 ? "assigned to the firmware (ASID 0)" : "assigned to ASID \(e.asid) at GPA \(hex(e.gpa))"
+                + (largeEntry(p).isLarge ? " as part of a 2M page" : "")
+        }
+        if isAssigned(pfn) { return "the RMP entry of PFN \(hex(pfn)) is \(owner(pfn))" }
+        let base = pfn & ~511
+        guard mappingSize != .size4K, let p = (base..<base + 512).first(where: isAssigned) else { return "" }
+        return "PFN \(hex(pfn)) is the host's, but PFN \(hex(p)) in its 2M region is \(owner(p)), "
+            + "and a \(ByteSize.format(mappingSize.bytes)) mapping is checked against every entry of the region"
+    }
 }
 
 extension SNPStatus: Outcome {

@@ -14,6 +14,10 @@ struct PKVMHostStage2Check: HostOwnership {
     }
     func isGuestOwned(pfn: UInt64) -> Bool { false }  // a guest's page is never readable: the stage-2 faults first
     func regionHasGuestPages(pfn: UInt64) -> Bool { false }
+    func faultReason(pa: UInt64, mappingSize: PageSize) -> String {
+        let e = pkvm.hostStage2.entry(holding: VirtAddr(pa)).entry
+        return e.pkvmOwner.map { "the host stage-2 entry records owner \($0)" } ?? ""
+    }
 }
 
 /// The pKVM platform: EL2's ownership machinery over the arm64 host.

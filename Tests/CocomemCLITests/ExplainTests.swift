@@ -1,0 +1,86 @@
+import Foundation
+import Testing
+@testable import CocomemCLI
+
+/// Issue 21: faults explained as the kernel would log them, a crash said first, the records
+/// in --json, --trace and on the map; policies overridden from the command line.
+@Suite struct ExplainTests {
+    typealias CLI = CommandLineTests
+    static let adversarial = ScenarioCommandTests.example("snp-adversarial.yaml")
+    static let firstFault = "step 4 op 362: #PF: supervisor write access in kernel mode at 0xffff8881f38b5000, error_code(0x80000003) - RMP violation; "
+        + "pa 0x1f38b5000, kernel-stack on CPU 0, mapped by a 1G pud; PFN 0x1f38b5 is the host's, but PFN 0x1f3800 in its 2M region is assigned "
+        + "to ASID 1 at GPA 0xf3800000, and a 1G mapping is checked against every entry of the region -> double fault"
+
+    /// Under `none` the adversarial run double-faults 30 times: the summary says so first,
+    /// then lists the first N faults (default 10) and the count.
+    @Test func aCrashIsSaidFirstAndEachFaultIsExplained() throws {
+        let r = try CLI.run(["run", Self.adversarial, "--policy", "host.directmap-policy=none"])
+        #expect(r.status == 1 && r.out.hasSuffix("FAIL  no-host-crash  (30 host accesses crashed the host)\n\nFAIL\n"), "\(r.out)")
+        let lines = r.out.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        #expect(lines[1] == "policies  host.cpa-collapse=rox guest.cpa-collapse=rox host.directmap-policy=none")
+        #expect(lines[3] == "HOST CRASHED  30 host accesses brought the host down; the first:")
+        #expect(lines[4] == "  " + Self.firstFault)
+        #expect(r.out.contains("\nhost faults  30 (the first 10; --faults N shows more)\n  " + Self.firstFault + "\n"))
+        #expect(lines.filter { $0.hasPrefix("  step 4 op ") }.count == 11)  // the crash, then ten
+        let two = try CLI.run(["run", Self.adversarial, "--policy", "host.directmap-policy=none", "--faults", "2"])
+        #expect(two.out.contains("host faults  30 (the first 2; --faults N shows more)\n"))
+        #expect(two.out.split(separator: "\n").filter { $0.hasPrefix("  step 4 op ") }.count == 3)
+        // The file's own policy keeps the host up: no crash line, no faults.
+        let kept = try CLI.run(["run", Self.adversarial])
+        #expect(!kept.out.contains("HOST CRASHED") && !kept.out.contains("host faults"))
+    }
+
+    /// Each architecture's fault in its own words: an arm64 stage-2 abort names the owner the
+    /// host stage-2 records; an x86 not-present fault, the level where the walk stopped.
+    @Test func faultsOnOtherArchitecturesNameTheirCause() throws {
+        let pkvm = try CLI.run(["run", ScenarioCommandTests.example("pkvm-scrub.yaml")])
+        #expect(pkvm.out.contains("""
+            host faults  1
+              step 6: Unable to handle kernel paging request at virtual address 0xffff000000010000: stage-2 abort, read in kernel mode; \
+            pa 0x40010000, user-copy on CPU 0, mapped by a 2M level 2 block; the host stage-2 entry records owner PKVM_ID_GUEST -> fixed up
+
+            """))
+        let tlb = try CLI.run(["run", ScenarioCommandTests.example("tlb-noflush.yaml")])
+        #expect(tlb.out.contains("  step 5: #PF: supervisor read access in kernel mode at 0xffff888001000000, error_code(0x0) - not-present page; "
+            + "pa 0x1000000, data on CPU 0, mapped by a not-present pte; the direct map has no present entry for it -> oops\n"))
+        let arm = try CLI.run(["run", ScenarioCommandTests.example("arm64-tlbi.yaml")])
+        #expect(arm.out.contains("mapped by an invalid level 3 entry; the direct map has no present entry for it -> oops\n"))
+    }
+
+    /// The same records in --json (all kept, with the total), as instant events on the
+    /// faulting CPU's track in --trace, and as marks on the map.
+    @Test func theRecordsGoIntoJSONTraceAndMap() throws {
+        let dir = NSTemporaryDirectory() + "cocomem-explain-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let r = try CLI.run(["run", Self.adversarial, "--policy", "host.directmap-policy=none", "--json",
+                             "--trace", dir + "/t.json", "--svg", dir + "/m.svg"])
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as? [String: Any])
+        let faults = try #require(json["faults"] as? [String: Any])
+        let records = try #require(faults["records"] as? [[String: Any]])
+        #expect(faults["total"] as? Int == 30 && records.count == 30)
+        #expect(records[0]["line"] as? String == Self.firstFault)
+        #expect(records[0]["error_code"] as? String == "0x80000003" && records[0]["end"] as? String == "double fault")
+        #expect(records[0]["mapping"] as? String == "a 1G pud" && records[0]["operation"] as? Int == 362)
+        let trace = try String(contentsOfFile: dir + "/t.json", encoding: .utf8)
+        #expect(trace.components(separatedBy: "\"cat\":\"fault\",\"ph\":\"i\"").count - 1 == 30)
+        #expect(trace.contains("\"args\":{\"name\":\"CPU 0 host faults\"}"))
+        let svg = try String(contentsOfFile: dir + "/m.svg", encoding: .utf8)
+        #expect(svg.components(separatedBy: "<circle").count - 1 == 31)  // 30 marks and the legend's
+        let escaped = Self.firstFault.replacingOccurrences(of: ">", with: "&gt;").replacingOccurrences(of: "'", with: "&apos;")
+        #expect(svg.contains("<title>" + escaped + "</title></circle>"))
+    }
+
+    /// `--policy SLOT=NAME`: checked against the machine's slots and policies.
+    @Test func policyOverridesAreChecked() throws {
+        let cases: [([String], String)] = [
+            (["--policy", "none"], "--policy 'none': write SLOT=NAME, e.g. host.directmap-policy=none"),
+            (["--policy", "host.nothing=none"], "--policy 'host.nothing=none': no slot 'host.nothing' on this scenario's machine; valid: host.cpa-collapse, guest.cpa-collapse, host.directmap-policy"),
+            (["--policy", "host.directmap-policy=sometimes"], "--policy 'host.directmap-policy=sometimes': 'sometimes' is not a policy of host.directmap-policy; valid: none, split-on-assign, "),
+            (["--faults=-1"], "--faults -1: give 0 or more"),
+        ]
+        for (args, message) in cases {
+            let r = try CLI.run(["run", Self.adversarial] + args)
+            #expect(r.status != 0 && r.err.contains(message), "\(args): \(r.err)")
+        }
+    }
+}
