@@ -12,7 +12,10 @@ struct Compare: ParsableCommand {
             Each --policy replaces the scenario's choice in one slot (given by --slot,
             or the only slot that has all the named policies). Runs are spread over
             the cores; the output is in the order the policies were given. 'cocomem
-            list policies' lists them.
+            list policies' lists them. The table leaves out metrics that are zero in
+            every run (--show-zero keeps them); its last row names what failed in each
+            run. Exit status 1 when any run fails an expectation, a check or an
+            invariant (--allow-fail: 0).
             """)
 
     @Argument(help: "The scenario (YAML).") var file: String
@@ -20,12 +23,18 @@ struct Compare: ParsableCommand {
     @Option(help: ArgumentHelp("The policy slot, e.g. host.cpa-collapse.", valueName: "slot")) var slot: String?
     @Flag(help: "Print JSON instead of a table.") var json = false
     @Flag(help: "Print CSV instead of a table.") var csv = false
+    @Flag(help: "Print the table as Markdown.") var markdown = false
+    @Option(help: ArgumentHelp("Only these metrics, in this order (comma-separated).", valueName: "a,b,c")) var metrics: String?
+    @Flag(help: "Leave out metrics that are zero in every run (the default).") var hideZero = false
+    @Flag(help: "Keep metrics that are zero in every run.") var showZero = false
+    @Flag(help: "Exit 0 even when a run fails.") var allowFail = false
     @Option(help: ArgumentHelp("Write one SVG map per policy into this directory (POLICY.svg), all at the same scale.", valueName: "dir")) var svg: String?
     @Option(help: ArgumentHelp("Colour the maps by leaf-size or ownership.", valueName: "mode")) var color: String = "leaf-size"
 
     func validate() throws {
         if policy.isEmpty { throw ValidationError("give at least one --policy") }
-        if json && csv { throw ValidationError("give --json or --csv, not both") }
+        if [json, csv, markdown].filter({ $0 }).count > 1 { throw ValidationError("give one of --json, --csv and --markdown") }
+        if hideZero && showZero { throw ValidationError("give --hide-zero or --show-zero, not both") }
         if MemoryMap.Coloring(rawValue: color) == nil {
             throw ValidationError("--color '\(color)': valid: \(MemoryMap.Coloring.allCases.map(\.rawValue).joined(separator: ", "))")
         }
@@ -42,6 +51,16 @@ struct Compare: ParsableCommand {
         }
         if let dir = svg { try ScenarioFiles.makeDirectory(dir, what: "--svg") }
         let results = try Self.runAll(scenarios)
+        var names = results[0].metrics.map(\.0)
+        if let list = metrics {
+            let wanted = list.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+            if let bad = wanted.first(where: { !names.contains($0) }) {
+                throw CLIError("--metrics: no metric '\(bad)' on this machine" + Suggest.hint(bad, in: names, listedBy: "'cocomem run FILE'"))
+            }
+            names = wanted
+        } else if !showZero && !json && !csv {
+            names = names.filter { n in results.contains { r in r.metrics.first { $0.0 == n }!.1 != 0 } }
+        }
         if let dir = svg {
             // One machine size for every run, so every map has the same cell and row size.
             let coloring = MemoryMap.Coloring(rawValue: color) ?? .leafSize
@@ -51,7 +70,10 @@ struct Compare: ParsableCommand {
                                         to: dir + "/" + name + ".svg")
             }
         }
-        print(Self.render(results, policies: policy, slot: slot.name, json: json, csv: csv), terminator: "")
+        print(Self.render(results, policies: policy, slot: slot.name, metrics: names,
+                           format: json ? .json : csv ? .csv : markdown ? .markdown : .table, hideZeros: metrics == nil && !showZero),
+              terminator: "")
+        if !allowFail && !results.allSatisfy(\.passed) { throw ExitCode(1) }
     }
 
     /// The slot the policies belong to among the scenario machine's `slots`: the one named,
@@ -92,24 +114,77 @@ struct Compare: ParsableCommand {
         return try box.values.map { try $0!.get() }
     }
 
-    static func render(_ results: [RunResult], policies: [String], slot: String, json: Bool, csv: Bool) -> String {
-        let names = results[0].metrics.map(\.0)
-        if json {
+    enum Format { case table, markdown, json, csv }
+
+    /// What failed in a run, by name: the invariant, the steps whose expectation failed, the
+    /// checks that failed.
+    static func failures(_ r: RunResult) -> [String] {
+        var out: [String] = []
+        if let f = r.failure { out.append("invariant \(f.invariant) at step \(f.step)") }
+        out += r.failedExpectations.map { "step \($0.index) \($0.name): expected \($0.expect!), got \($0.result)" }
+        out += r.checks.filter { !$0.passed }.map(\.description)
+        return out
+    }
+
+    /// A CSV field, quoted (RFC 4180) when it holds a comma, a quote or a line break.
+    static func csvField(_ s: String) -> String {
+        s.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" || $0 == "\r" }) ? "\"" + s.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : s
+    }
+
+    /// `hideZeros`: `metrics` left out the rows that are zero in every run (say how many).
+    static func render(_ results: [RunResult], policies: [String], slot: String, metrics names: [String], format: Format,
+                       hideZeros: Bool = false) -> String {
+        func value(_ r: RunResult, _ name: String) -> UInt64 { r.metrics.first { $0.0 == name }!.1 }
+        let first = results[0]
+        switch format {
+        case .json:
             return JSON.object([
-                ("scenario", .string(results[0].scenario.name)), ("slot", .string(slot)),
+                ("scenario", .string(first.scenario.name)), ("file", .string(first.scenario.file)), ("seed", .number(first.scenario.seed)),
+                ("slot", .string(slot)),
                 ("runs", .array(zip(policies, results).map { p, r in
-                    .object([("policy", .string(p)), ("passed", .bool(r.passed)), ("metrics", .object(r.metrics.map { ($0.0, .number($0.1)) }))])
+                    .object([
+                        ("policy", .string(p)),
+                        ("policies", .object(r.scenario.policies.map { ($0.slot, .string($0.policy)) })),
+                        ("passed", .bool(r.passed)), ("failed", .array(failures(r).map { .string($0) })),
+                        ("checks", .array(r.checks.map { .object([("check", .string($0.description)), ("passed", .bool($0.passed)), ("detail", .string($0.detail))]) })),
+                        ("metrics", .object(names.map { ($0, .number(value(r, $0))) })),
+                    ])
                 })),
             ]).render() + "\n"
+        case .csv:
+            var out = "metric," + policies.joined(separator: ",") + "\n"
+            out += "seed," + results.map { String($0.scenario.seed) }.joined(separator: ",") + "\n"
+            for (i, s) in first.scenario.policies.enumerated() {
+                out += "policy:\(s.slot)," + results.map { $0.scenario.policies[i].policy }.joined(separator: ",") + "\n"
+            }
+            out += names.map { n in n + "," + results.map { String(value($0, n)) }.joined(separator: ",") + "\n" }.joined()
+            for (i, c) in first.checks.enumerated() {
+                out += csvField("check:\(c.description)") + "," + results.map { $0.checks[i].passed ? "pass" : "fail" }.joined(separator: ",") + "\n"
+            }
+            return out + "passed," + results.map { $0.passed ? "true" : "false" }.joined(separator: ",") + "\n"
+        case .table, .markdown:
+            var rows = names.map { n in [n] + results.map { String(value($0, n)) } }
+            // The last row names each run's first failure (a check by name); all follow the table.
+            rows.append(["expectations+checks"] + results.map { r in
+                guard !r.passed else { return "pass" }
+                let first = r.failure.map { _ in "invariant" } ?? r.checks.first { !$0.passed }?.name ?? "step \(r.failedExpectations[0].index)"
+                let more = failures(r).count - 1
+                return "FAIL: \(first)" + (more > 0 ? " +\(more)" : "")
+            })
+            let hidden = hideZeros ? first.metrics.count - names.count : 0
+            var note = hidden > 0 ? "\n\(hidden) metrics zero in every run not shown (--show-zero shows them)\n" : ""
+            let failed = zip(policies, results).filter { !$0.1.passed }
+            if !failed.isEmpty {
+                note += "\nfailed:\n" + failed.map { p, r in "  \(p): " + failures(r).joined(separator: "; ") + "\n" }.joined()
+            }
+            if format == .markdown {
+                let header = "| metric | " + policies.joined(separator: " | ") + " |\n|---|" + String(repeating: "---:|", count: policies.count) + "\n"
+                return "scenario `\(first.scenario.name)`, slot `\(slot)`, seed \(first.scenario.seed)\n\n" + header
+                    + rows.map { "| " + $0.joined(separator: " | ") + " |\n" }.joined() + note
+            }
+            return "scenario \(first.scenario.name), slot \(slot), seed \(first.scenario.seed)\n\n"
+                + RunReport.table(["metric"] + policies, rows, rightAlign: Set(1...policies.count)) + note
         }
-        if csv {
-            return "metric," + policies.joined(separator: ",") + "\n"
-                + names.indices.map { i in names[i] + "," + results.map { String($0.metrics[i].1) }.joined(separator: ",") + "\n" }.joined()
-        }
-        var rows = names.indices.map { i in [names[i]] + results.map { String($0.metrics[i].1) } }
-        rows.append(["expectations+checks"] + results.map { $0.passed ? "pass" : "FAIL" })
-        return "scenario \(results[0].scenario.name), slot \(slot)\n\n"
-            + RunReport.table(["metric"] + policies, rows, rightAlign: Set(1...policies.count))
     }
 }
 

@@ -26,6 +26,9 @@ public enum RunReport {
             for rec in log.records.prefix(n) { out += "  \(rec.line)\n" }
         }
         out += "\n" + table(["metric", "value"], r.metrics.map { [$0.0, String($0.1)] }, rightAlign: [1])
+        out += "(operations: the steps that act on the machine, not switches such as fail_page_alloc, and a workload's\n"
+            + " operations one by one; errors: those that returned a kernel error, -E…, expected ones included; a\n"
+            + " hardware status such as FAIL_OVERLAP or a fault is an answer, not an error)\n"
         if !r.checks.isEmpty {
             out += "\nchecks\n"
             for c in r.checks {

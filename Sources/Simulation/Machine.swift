@@ -69,8 +69,8 @@ public struct Machine: Sendable {
 
     /// The metrics every machine reports after its layers': what the run did.
     public static let runMetrics: [MetricInfo] = [
-        MetricInfo("operations", "operations", "operations run, a workload's counted one by one"),
-        MetricInfo("errors", "operations", "operations that returned a kernel error (-E…)"),
+        MetricInfo("operations", "operations", "steps that act on the machine (not switches such as fail_page_alloc), and a workload's operations one by one"),
+        MetricInfo("errors", "operations", "operations that returned a kernel error (-E…), expected ones included; hardware statuses and faults are not errors"),
     ]
 
     /// Every counter the machine's layers keep, in a fixed order: the host kernel's, the

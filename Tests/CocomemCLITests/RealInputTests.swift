@@ -77,7 +77,7 @@ import Testing
     @Test func compareWritesOneMapPerPolicyAtOneScale() throws {
         let dir = NSTemporaryDirectory() + "cocomem-maps-\(UUID().uuidString)/sub"
         let r = try CLI.run(["compare", ScenarioCommandTests.example("snp-directmap-policies.yaml"), "--policy", "none",
-                             "--policy", "split-on-assign", "--svg", dir, "--color", "ownership"])
+                             "--policy", "split-on-assign", "--svg", dir, "--color", "ownership", "--allow-fail"])
         #expect(r.status == 0, "stderr: \(r.err)")
         let none = try String(contentsOfFile: dir + "/none.svg", encoding: .utf8)
         let split = try String(contentsOfFile: dir + "/split-on-assign.svg", encoding: .utf8)

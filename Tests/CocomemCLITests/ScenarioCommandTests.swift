@@ -113,14 +113,43 @@ import Testing
 
     @Test func compareRunsEachPolicyInOrder() throws {
         let r = try Self.run(["compare", Self.example("cpa-basics.yaml"), "--policy", "never", "--policy", "rox", "--policy", "always"])
-        #expect(r.status == 0)
+        // The file's metric check expects rox's collapse: `never` fails it, and compare says so.
+        #expect(r.status == 1)
         let rows = r.out.split(separator: "\n", omittingEmptySubsequences: false).map { $0.split(separator: " ").map(String.init) }
-        #expect(rows[0] == ["scenario", "cpa-basics,", "slot", "host.cpa-collapse"])
+        #expect(rows[0] == ["scenario", "cpa-basics,", "slot", "host.cpa-collapse,", "seed", "7"])
         #expect(rows[2] == ["metric", "never", "rox", "always"])
         #expect(rows.contains(["direct_map_level2_collapses", "0", "1", "1"]))
         #expect(rows.contains(["directmap_4k_kb", "14336", "12288", "12288"]))
+        #expect(rows.contains(["expectations+checks", "FAIL:", "metric", "pass", "pass"]))
+        #expect(r.out.hasSuffix("\n10 metrics zero in every run not shown (--show-zero shows them)\n\nfailed:\n"
+            + "  never: metric direct_map_level2_collapses == 1, pgtable_alloc_failures == 1\n"))
+        #expect(!rows.contains { $0.first == "cache_flush_pages" })
+        let all = try Self.run(["compare", Self.example("cpa-basics.yaml"), "--policy", "never", "--policy", "rox", "--show-zero", "--allow-fail"])
+        #expect(all.status == 0 && all.out.contains("\ncache_flush_pages ") && !all.out.contains("not shown"))
         let csv = try Self.run(["compare", Self.example("cpa-basics.yaml"), "--policy", "never", "--policy", "rox", "--csv"])
-        #expect(csv.out.hasPrefix("metric,never,rox\ndirectmap_4k_kb,"))
+        #expect(csv.out.hasPrefix("metric,never,rox\nseed,7,7\npolicy:host.cpa-collapse,never,rox\ndirectmap_4k_kb,"))
+        #expect(csv.out.hasSuffix("\ncheck:invariants,pass,pass\n\"check:metric direct_map_level2_collapses == 1, pgtable_alloc_failures == 1\",fail,pass\npassed,false,true\n"))
+        let md = try Self.run(["compare", Self.example("cpa-basics.yaml"), "--policy", "never", "--policy", "rox", "--markdown",
+                               "--metrics", "direct_map_level2_collapses,directmap_4k_kb"])
+        #expect(md.out == """
+            scenario `cpa-basics`, slot `host.cpa-collapse`, seed 7
+
+            | metric | never | rox |
+            |---|---:|---:|
+            | direct_map_level2_collapses | 0 | 1 |
+            | directmap_4k_kb | 14336 | 12288 |
+            | expectations+checks | FAIL: metric | pass |
+
+            failed:
+              never: metric direct_map_level2_collapses == 1, pgtable_alloc_failures == 1
+
+            """)
+        let json = try Self.run(["compare", Self.example("cpa-basics.yaml"), "--policy", "never", "--json", "--metrics", "errors"])
+        #expect(json.out.contains("\"seed\": 7") && json.out.contains("\"policies\": {\n        \"host.cpa-collapse\": \"never\""))
+        #expect(json.out.contains("\"failed\": [\n        \"metric direct_map_level2_collapses == 1, pgtable_alloc_failures == 1\"\n      ]"))
+        #expect(json.out.contains("\"check\": \"invariants\",\n          \"passed\": true"))
+        let bad = try Self.run(["compare", Self.example("cpa-basics.yaml"), "--policy", "never", "--metrics", "errors,eros"])
+        #expect(bad.status == 1 && bad.err.contains("--metrics: no metric 'eros' on this machine; did you mean 'errors'?"))
     }
 
     @Test(arguments: [
@@ -156,7 +185,8 @@ import Testing
     @Test func compareAnswersTheKernelStackQuestion() throws {
         let r = try Self.run(["compare", Self.example("snp-directmap-policies.yaml"), "--policy", "none", "--policy", "split-on-assign",
                               "--policy", "proactive-4k", "--policy", "unmap-private", "--policy", "split-on-fault", "--policy", "coalesce"])
-        #expect(r.status == 0)
+        #expect(r.status == 1)  // none, unmap-private and split-on-fault fail the file's checks
+        #expect(r.out.contains("\n  none: step 2 host-write: expected ok, got #PF(RMP): double fault; no-host-crash\n"))
         let rows = r.out.split(separator: "\n").map { $0.split(separator: " ").map(String.init) }
         #expect(rows.contains(["rmp_fault_double_fault", "1", "0", "0", "0", "1", "0"]))
         #expect(rows.contains(["host_crashes", "1", "0", "0", "1", "1", "0"]))  // unmap-private: the stray read oopses
