@@ -18,7 +18,7 @@ struct Run: ParsableCommand {
 
     @Argument(help: "The scenario (YAML).") var file: String
     @Flag(help: "Print the run as one JSON object instead of the summary.") var json = false
-    @Flag(help: "Print metrics as CSV (with --sample: one row per sample).") var csv = false
+    @Flag(help: "Print the metrics as CSV (metric,value); with --sample the samples instead (step,operation,then every metric; one row per sample).") var csv = false
     @Flag(help: "Also print /proc/meminfo's DirectMap lines (at the end, or after step --at).") var meminfo = false
     @Flag(help: "Also print the kernel page table in ptdump format (at the end, or after step --at).") var ptdump = false
     @Option(help: ArgumentHelp("With --meminfo: walk (the table's leaves) or kernel (direct_pages_count as the running kernel keeps it).", valueName: "how"))
@@ -29,7 +29,7 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("check-every"), help: ArgumentHelp(
         "With --check: walk everything every N steps and after the last; in between, check the regions each step changed (default: every step while the page tables hold at most 16,384 table pages, every 64 steps beyond).",
         valueName: "N")) var checkEvery: Int?
-    @Option(help: ArgumentHelp("Record all metrics every N steps (JSON 'samples', CSV rows).", valueName: "N")) var sample: Int?
+    @Option(help: ArgumentHelp("Record every metric after boot, every N steps, every N operations inside a workload, and at the end (JSON 'samples', CSV rows, trace counters).", valueName: "N")) var sample: Int?
     @Option(help: ArgumentHelp("Write a Chrome trace event file (open it in Perfetto).", valueName: "file")) var trace: String?
     @Option(help: ArgumentHelp("Write an SVG map of physical memory.", valueName: "file")) var svg: String?
     @Option(help: ArgumentHelp("Write an HTML page with the map and the summary.", valueName: "file")) var html: String?

@@ -68,7 +68,11 @@ public enum RunReport {
             ("checks", .array(r.checks.map { .object([("check", .string($0.description)), ("passed", .bool($0.passed)), ("detail", .string($0.detail))]) })),
         ]
         if !r.samples.isEmpty {
-            top.append(("samples", .array(r.samples.map { .object([("step", .int($0.step)), ("metrics", metrics($0.metrics))]) })))
+            let samples: [JSON] = r.samples.map { s in
+                .object([("step", .int(s.step)), ("operation", s.operation.map { .number($0) } ?? .null),
+                         ("of", s.total.map { .number($0) } ?? .null), ("metrics", metrics(s.metrics))])
+            }
+            top.append(("samples", .array(samples)))
         }
         let log = r.machine.kernel.faultLog
         let faultRecords: [JSON] = log.records.map { faultJSON($0) }
@@ -95,13 +99,17 @@ public enum RunReport {
         return .object(fields)
     }
 
-    /// CSV: with samples, one row per sample (step, then every metric); else `metric,value`.
+    /// CSV, two tables: without samples the metrics (`metric,value`, one row each); with
+    /// samples one row per sample, wide: `step,operation,` then every metric, `operation`
+    /// empty for a sample after a step and the operations done for one inside a workload.
     public static func csv(_ r: RunResult) -> String {
         if r.samples.isEmpty {
             return "metric,value\n" + r.metrics.map { "\($0.0),\($0.1)\n" }.joined()
         }
-        var out = "step," + r.samples[0].metrics.map(\.0).joined(separator: ",") + "\n"
-        for s in r.samples { out += "\(s.step)," + s.metrics.map { String($0.1) }.joined(separator: ",") + "\n" }
+        var out = "step,operation," + r.samples[0].metrics.map(\.0).joined(separator: ",") + "\n"
+        for s in r.samples {
+            out += "\(s.step),\(s.operation.map(String.init) ?? "")," + s.metrics.map { String($0.1) }.joined(separator: ",") + "\n"
+        }
         return out
     }
 

@@ -24,6 +24,11 @@ public struct Machine: Sendable {
     public var operations: Int { counters.operations }
     /// Called now and then by long workloads with (done, total), for a progress line.
     public var onProgress: (@Sendable (UInt64, UInt64) -> Void)?
+    /// Inside workloads, record every metric every this many of the workload's operations
+    /// (`--sample N`); the runner collects them with the step that ran the workload.
+    public var sampleEvery: UInt64?
+    /// Samples taken inside the current step's workload.
+    public internal(set) var workloadSamples: [Sample] = []
 
     public init(architecture: ArchitectureDefinition, kernel: Kernel, guests: [GuestSpec] = [], seed: UInt64) throws(HostKernelError) {
         self.architecture = architecture
@@ -65,6 +70,33 @@ public struct Machine: Sendable {
         let result = try op.apply(to: &kernel)
         count(result)
         return result
+    }
+
+    /// A workload's tick after its `done`-th of `total` operations: a sample every
+    /// `sampleEvery`, a progress call every 4096. `platform` is the platform a workload holds
+    /// while `withPlatform` has it out of the machine.
+    @inline(__always) mutating func tick(_ done: UInt64, _ total: UInt64) {
+        if let n = sampleEvery, done % n == 0 { sample(done, total) }
+        if done & 4095 == 0 { onProgress?(done, total) }
+    }
+
+    @inline(__always) mutating func tick<P: Platform>(_ done: UInt64, _ total: UInt64, platform: P) {
+        if let n = sampleEvery, done % n == 0 { sample(done, total, platform: platform) }
+        if done & 4095 == 0 { onProgress?(done, total) }
+    }
+
+    /// Records every metric now, inside a workload, after `done` of `total` operations.
+    mutating func sample(_ done: UInt64, _ total: UInt64, platform: (any Platform)? = nil) {
+        let p = platform ?? self.platform
+        let values = Kernel.metrics(kernel.config.isa).values(kernel) + kernel.cpuMetrics + p.metrics(kernel: kernel)
+            + [("operations", UInt64(operations)), ("errors", UInt64(errors))]
+        workloadSamples.append(Sample(step: 0, operation: done, of: total, metrics: values))
+    }
+
+    /// Hands over the samples taken inside the step that just ran, tagged with it.
+    mutating func takeWorkloadSamples(step: Int) -> [Sample] {
+        defer { workloadSamples = [] }
+        return workloadSamples.map { Sample(step: step, operation: $0.operation, of: $0.total, metrics: $0.metrics) }
     }
 
     /// The metrics every machine reports after its layers': what the run did.

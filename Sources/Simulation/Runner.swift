@@ -28,6 +28,21 @@ public struct CheckRecord: Sendable {
     public let detail: String
 }
 
+/// Every metric at one moment: after a step, or inside a workload's step after `operation`
+/// of its `total` operations.
+public struct Sample: Sendable {
+    public let step: Int
+    public let operation: UInt64?
+    public let total: UInt64?
+    public let metrics: [(String, UInt64)]
+    public init(step: Int, operation: UInt64? = nil, of total: UInt64? = nil, metrics: [(String, UInt64)]) {
+        self.step = step
+        self.operation = operation
+        self.total = total
+        self.metrics = metrics
+    }
+}
+
 /// How to run a scenario.
 public struct RunOptions: Sendable {
     /// Check every invariant after boot and after each step: in full every `fullCheckEvery`
@@ -35,7 +50,8 @@ public struct RunOptions: Sendable {
     public var checkInvariants = false
     /// Steps between full invariant walks; nil: `Machine.automaticFullCheckInterval`.
     public var fullCheckEvery: Int?
-    /// Record all metrics every N steps.
+    /// Record all metrics after boot, every N steps, every N operations inside a workload,
+    /// and after the last step.
     public var sampleEvery: Int?
     /// Keep a copy of the machine right after step N (0 = after boot).
     public var snapshotAt: Int?
@@ -54,7 +70,7 @@ public struct RunOptions: Sendable {
 public struct RunResult: Sendable {
     public let scenario: Scenario
     public let records: [StepRecord]
-    public let samples: [(step: Int, metrics: [(String, UInt64)])]
+    public let samples: [Sample]
     public let checks: [CheckRecord]
     public let machine: Machine
     public let snapshot: Machine?
@@ -71,7 +87,7 @@ public enum Runner {
     public static func run(_ scenario: Scenario, options: RunOptions = RunOptions()) throws(ScenarioError) -> RunResult {
         var m = try scenario.boot()
         var records: [StepRecord] = []
-        var samples: [(step: Int, metrics: [(String, UInt64)])] = []
+        var samples: [Sample] = []
         var snapshot: Machine? = options.snapshotAt == 0 ? m : nil
         func finish(_ failure: InvariantFailure?, checks: [CheckRecord]) -> RunResult {
             RunResult(scenario: scenario, records: records, samples: samples, checks: checks, machine: m, snapshot: snapshot, failure: failure)
@@ -83,7 +99,10 @@ public enum Runner {
                 return finish(InvariantFailure(step: 0, invariant: error.name, detail: error.detail), checks: [])
             }
         }
-        if options.sampleEvery != nil { samples.append((0, m.metrics)) }
+        if let n = options.sampleEvery {
+            samples.append(Sample(step: 0, metrics: m.metrics))
+            m.sampleEvery = UInt64(n)
+        }
         let total = scenario.steps.count
         for step in scenario.steps {
             options.progress?(step.index, total, step.name)
@@ -101,7 +120,10 @@ public enum Runner {
             records.append(StepRecord(index: step.index, line: step.line, name: step.name, arguments: step.arguments,
                                       outcome: result, expect: step.expect, metrics: m.metrics))
             if options.snapshotAt == step.index { snapshot = m }
-            if let n = options.sampleEvery, step.index % n == 0 { samples.append((step.index, m.metrics)) }
+            if let n = options.sampleEvery {
+                samples += m.takeWorkloadSamples(step: step.index)
+                if step.index % n == 0 || step.index == total { samples.append(Sample(step: step.index, metrics: m.metrics)) }
+            }
             if options.checkInvariants {
                 let full = step.index % fullEvery == 0 || step.index == total
                 do { try m.checkInvariants(except: scenario.brokenInvariants, full: full) } catch {

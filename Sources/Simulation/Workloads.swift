@@ -165,7 +165,7 @@ public enum Workloads {
                     m.kernel.faultLog.operation = Int(i + 1)
                     _ = m.platform.hostAccess(&m.kernel, pa: pa, write: true, context: context, cpu: Int(i % UInt64(m.cpus)))
                     m.counters.operations += 1
-                    if i & 4095 == 4095 { m.onProgress?(i + 1, ops) }
+                    m.tick(i + 1, ops)
                 }
                 return WorkloadTally()
             }
@@ -185,7 +185,7 @@ public enum Workloads {
         var tally = WorkloadTally()
         for i in 0..<ops {
             tally.note(try body(&m))
-            if i & 4095 == 4095 { m.onProgress?(i + 1, ops) }
+            m.tick(i + 1, ops)
         }
         return tally
     }

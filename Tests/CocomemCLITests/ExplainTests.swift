@@ -84,3 +84,31 @@ import Testing
         }
     }
 }
+
+/// Issue 21: workloads observable with --sample (inside workloads, boot and end included)
+/// in the CSV, the JSON and the trace.
+@Suite struct SampleTests {
+    typealias CLI = CommandLineTests
+
+    @Test func samplesReachInsideWorkloads() throws {
+        let file = ScenarioCommandTests.example("snp-adversarial.yaml")
+        let csv = try CLI.run(["run", file, "--sample", "1000", "--csv"])
+        let rows = csv.out.split(separator: "\n").map { $0.split(separator: ",", omittingEmptySubsequences: false).prefix(3).joined(separator: ",") }
+        #expect(csv.out.hasPrefix("step,operation,directmap_4k_kb,"))
+        // Boot; adversarial-flip's 3000 operations in three samples; host-writes' 20000 in
+        // twenty; the final state after step 4 (step 1's guest-boot and step 3's 200
+        // swiotlb operations are neither a multiple of 1000 nor the last step).
+        #expect(rows.count == 1 + 1 + 3 + 20 + 1)
+        #expect(Array(rows[1...5]) == ["0,,2048", "2,1000,1660928", "2,2000,2693120", "2,3000,3330048", "4,1000,3422208"])
+        #expect(rows.last == "4,,3422208")
+        let json = try CLI.run(["run", file, "--sample", "1000", "--json"])
+        #expect(json.out.contains("\"step\": 2,\n      \"operation\": 1000,\n      \"of\": 3000,"))
+        let dir = NSTemporaryDirectory() + "cocomem-sample-\(UUID().uuidString).json"
+        _ = try CLI.run(["run", file, "--sample", "1000", "--trace", dir])
+        let trace = try String(contentsOfFile: dir, encoding: .utf8)
+        #expect(trace.components(separatedBy: "\"cat\":\"batch\"").count - 1 == 3 + 20)
+        #expect(trace.contains("{\"name\":\"adversarial-flip ops 1001-2000\",\"cat\":\"batch\",\"ph\":\"X\",\"ts\":2333.333,\"dur\":333.333,"))
+        // Numeric step arguments are numbers.
+        #expect(trace.contains("\"args\":{\"kind\":\"adversarial-flip\",\"guest\":\"vm0\",\"operations\":3000,"))
+    }
+}

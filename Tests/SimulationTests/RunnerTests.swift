@@ -29,7 +29,9 @@ import PageTables
         #expect(r.failedExpectations.map(\.index) == [2])
         #expect(r.checks.map(\.passed) == [true, true, true])
         #expect(!r.passed)
-        #expect(r.samples.map(\.step) == [0, 1, 2, 3])
+        // After boot and each step, and inside the workload after each of its 300 operations.
+        #expect(r.samples.filter { $0.operation == nil }.map(\.step) == [0, 1, 2, 3])
+        #expect(r.samples.compactMap(\.operation) == Array(1...300) && r.samples.allSatisfy { $0.operation == nil || $0.step == 3 })
         let m = Dictionary(uniqueKeysWithValues: r.metrics)
         #expect(m["operations"] == 2 + 600)
         #expect(m["direct_map_level3_splits"]! >= 1)

@@ -40,7 +40,7 @@ extension Workloads {
                         tally.note(SNPPlatform.guestCalls(&p, i, &m.kernel, &m.counters, &m.guestKernels[i]) { guest, pvalidate, vmgexit in
                             flip(&guest, gfn, pvalidate, vmgexit)
                         })
-                        if k & 4095 == 4095 { m.onProgress?(k + 1, ops) }
+                        m.tick(k + 1, ops, platform: p)
                     }
                     return tally
                 }
@@ -66,7 +66,7 @@ extension Workloads {
                 for k in 0..<ops {
                     let down = SNPPlatform.guestRecreate(&p, &m, i)
                     t.note(down.kind == .success ? SNPPlatform.guestBoot(&p, &m, i) : down)
-                    if k & 4095 == 4095 { m.onProgress?(k + 1, ops) }
+                    m.tick(k + 1, ops, platform: p)
                 }
                 return t
             }
@@ -101,15 +101,24 @@ extension Workloads {
         var tally = WorkloadTally()
         var rng = m.rng
         let progress = m.onProgress
-        SNPPlatform.guestCalls(&p, i, &m.kernel, &m.counters, &m.guestKernels[i]) { guest, pvalidate, vmgexit in
-            withoutActuallyEscaping(pvalidate) { pvalidate in
-                withoutActuallyEscaping(vmgexit) { vmgexit in
-                    for k in 0..<ops {
-                        tally.note(op(&guest, { rng.below($0) }, pvalidate, vmgexit))
-                        if k & 4095 == 4095 { progress?(k + 1, ops) }
+        // In batches of --sample's N (one batch without it), sampling between batches: the
+        // guest's calls hold the machine's parts for the length of a batch.
+        let batch = m.sampleEvery ?? max(ops, 1)
+        var done: UInt64 = 0
+        while done < ops {
+            let end = min(ops, done + batch)
+            SNPPlatform.guestCalls(&p, i, &m.kernel, &m.counters, &m.guestKernels[i]) { guest, pvalidate, vmgexit in
+                withoutActuallyEscaping(pvalidate) { pvalidate in
+                    withoutActuallyEscaping(vmgexit) { vmgexit in
+                        for k in done..<end {
+                            tally.note(op(&guest, { rng.below($0) }, pvalidate, vmgexit))
+                            if k & 4095 == 4095 { progress?(k + 1, ops) }
+                        }
                     }
                 }
             }
+            done = end
+            if done % batch == 0 && m.sampleEvery != nil { m.sample(done, ops, platform: p) }
         }
         m.rng = rng
         return tally
