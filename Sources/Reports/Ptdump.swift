@@ -28,9 +28,13 @@ public enum Ptdump {
         out += visitor.text
     }
 
-    /// The level names of the generic ptdump walker, by cocomem level (1 = PTE). With
-    /// 4-level paging the p4d level is folded into the pgd and shows as p4d.
-    static func levelName(_ level: Int) -> String { ["pte", "pmd", "pud", "p4d", "pgd"][level - 1] }
+    /// The level names of the generic ptdump walker, by cocomem level (1 = PTE). With 4-level
+    /// paging the p4d is folded: the top level's entries are reported at depth 0 and print as
+    /// pgd, and a p4d line never appears (mm/pagewalk.c real_depth; arch/x86/mm/dump_pagetables.c).
+    static func levelName(_ level: Int, la57: Bool) -> String {
+        if level == 4 && !la57 { return "pgd" }
+        return ["pte", "pmd", "pud", "p4d", "pgd"][level - 1]
+    }
 
     /// `%9lu%c` over B, K, M, G, T, P, E: divide by 1024 while exact.
     static func size(_ bytes: UInt64) -> String {
@@ -92,7 +96,7 @@ struct RunVisitor: PageTableVisitor {
     mutating func flush(upTo end: UInt64) {
         guard let start = runStart, let key = runKey else { return }
         text += hex(start, digits: 16) + "-" + hex(end, digits: 16) + "   " + Ptdump.size(end - start) + " "
-            + Ptdump.flags(pending, level: key.level) + Ptdump.levelName(key.level) + "\n"
+            + Ptdump.flags(pending, level: key.level) + Ptdump.levelName(key.level, la57: la57) + "\n"
         runStart = nil
         runKey = nil
     }

@@ -70,6 +70,18 @@ import Testing
         #expect(svg.contains("<title>" + escaped + "</title></circle>"))
     }
 
+    /// `--policy SLOT=NAME` reaches every output: the JSON's policies, the ptdump, the map.
+    @Test func policyOverridesReachEveryOutput() throws {
+        let file = ScenarioCommandTests.example("snp-directmap-policies.yaml")
+        let json = try CLI.run(["run", file, "--policy", "host.directmap-policy=none", "--json"])
+        #expect(json.out.contains("\"host.directmap-policy\": \"none\""))
+        // split-on-assign leaves the 2M region at 0x40000000 in 4K pages; none leaves its 2M leaf.
+        let ptdump = try CLI.run(["run", file, "--ptdump", "--at", "1"])
+        let none = try CLI.run(["run", file, "--policy", "host.directmap-policy=none", "--ptdump", "--at", "1"])
+        #expect(ptdump.out.contains("\n0xffff888040000000-0xffff888040001000           4K     RW                 GLB NX pte\n"))
+        #expect(none.out.contains("\n0xffff888000200000-0xffff888100000000        4094M     RW         PSE     GLB NX pmd\n"))
+    }
+
     /// `--policy SLOT=NAME`: checked against the machine's slots and policies.
     @Test func policyOverridesAreChecked() throws {
         let cases: [([String], String)] = [

@@ -59,9 +59,9 @@ let exampleE820 = """
             0xffff888040200000-0xffff888080000000        1022M     RW         PSE     GLB NX pmd
             0xffff888080000000-0xffff888100000000           2G     RW         PSE     GLB NX pud
             0xffff888100000000-0xffff890000000000         508G                               pud
-            0xffff890000000000-0xffffc90000000000          64T                               p4d
+            0xffff890000000000-0xffffc90000000000          64T                               pgd
             ---[ vmalloc() Area ]---
-            0xffffc90000000000-0xffffea0000000000          33T                               p4d
+            0xffffc90000000000-0xffffea0000000000          33T                               pgd
             ---[ Vmemmap ]---
 
             """
