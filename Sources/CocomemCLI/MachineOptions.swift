@@ -34,13 +34,28 @@ struct MachineOptions: ParsableArguments {
     @Flag(name: .long, help: "Do not print each operation's result on stderr.")
     var quiet = false
 
+    @Option(name: .long, help: ArgumentHelp(
+        "The kernel image's symbols (/boot/System.map-$(uname -r)): mark_rodata_ro then reaches its alias in the direct map, and ptdump draws its High Kernel Mapping. ptdump uses a typical 6.x image when none is given; meminfo none.",
+        valueName: "file"))
+    var systemMap: String?
+
+    @Flag(name: .long, help: "ptdump: boot without a kernel image (the direct map alone, as scenarios do).")
+    var noKernelImage = false
+
     /// Default when neither --e820 nor --memory is given.
     static let defaultMemory = "64G"
 
     /// Boots the machine and applies the operations; returns the kernel and one result line
     /// per operation.
-    func boot() throws -> (Kernel, [String]) {
+    func boot(defaultImage: KernelImage? = nil) throws -> (Kernel, [String]) {
         if e820 != nil && memory != nil { throw CLIError("give either --e820 or --memory, not both") }
+        if systemMap != nil && noKernelImage { throw CLIError("give --system-map or --no-kernel-image, not both") }
+        var image = noKernelImage ? nil : defaultImage
+        if let path = systemMap {
+            do { image = try KernelImage(systemMap: try ScenarioFiles.read(path, what: "--system-map")) } catch let error as HostKernelError {
+                throw CLIError("--system-map \(path): \(error)")
+            }
+        }
         let physical: PhysicalMemory
         do {
             if let path = e820 {
@@ -55,7 +70,9 @@ struct MachineOptions: ParsableArguments {
         } catch let error as MemoryMapError {
             throw CLIError((e820.map { "\($0): " } ?? "--memory: ") + error.description)
         }
-        var kernel = try Kernel(memory: physical, config: KernelConfig(gbpages: !noGbpages, la57: la57, memEncrypt: !noMemEncrypt))
+        var config = KernelConfig(gbpages: !noGbpages, la57: la57, memEncrypt: !noMemEncrypt)
+        config.image = image
+        var kernel = try Kernel(memory: physical, config: config)
         kernel.failPageTableAllocations = failAlloc
         var results: [String] = []
         for (i, text) in apply.enumerated() {

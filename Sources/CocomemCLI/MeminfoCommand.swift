@@ -30,21 +30,33 @@ struct MeminfoCommand: ParsableCommand {
     }
 }
 
-/// `cocomem ptdump`: the direct map and vmalloc area in the kernel's ptdump format.
+/// `cocomem ptdump`: the kernel page table in the kernel's ptdump format.
 struct PtdumpCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ptdump",
         abstract: "Print the kernel page table as /sys/kernel/debug/page_tables/kernel does.",
         discussion: """
-            Shows the Low Kernel Mapping (the direct map) and the vmalloc() Area after
-            boot and any --apply operations: one line per run of entries with the same
-            flags and level.
+            With 4-level paging, the whole layout with the kernel's section markers:
+            User Space, Kernel Space, LDT remap, Low Kernel Mapping (the direct map),
+            vmalloc() Area, Vmemmap, CPU entry Area, ESPfix Area, EFI Runtime
+            Services, High Kernel Mapping, Modules, End Modules, Fixmap Area, after
+            boot, mark_rodata_ro of the kernel image (--system-map FILE for yours) and
+            any --apply operations; one line per run of entries with the same flags and
+            level. The direct map and vmalloc area are the model's; the rest is what a
+            kernel without KASLR, PTI or KASAN maps on an AMD host (docs/ptdump.md says
+            what to expect when diffing with a real machine). With --la57 the direct map
+            and vmalloc area only.
+
+            Compare with your machine:
+              sudo cat /sys/kernel/debug/page_tables/kernel > real.txt
+              cocomem ptdump --e820 dmesg.txt --system-map /boot/System.map-$(uname -r) > model.txt
+              diff real.txt model.txt
             """)
 
     @OptionGroup var machine: MachineOptions
 
     func run() throws {
-        let (kernel, results) = try machine.boot()
+        let (kernel, results) = try machine.boot(defaultImage: .typical)
         machine.report(results)
         print(Ptdump.render(kernel), terminator: "")
     }

@@ -119,6 +119,27 @@ public struct Kernel: Sendable {
         case .x86_64: bootDirectMap()
         case .arm64: bootLinearMap()
         }
+        if let image = config.image, config.isa == .x86_64 { try markRodataRO(image) }
+    }
+
+    /// mark_rodata_ro as it reaches the image's alias in the direct map: set_memory_ro of
+    /// [_text, __end_rodata_hpage_align) changes the alias too (cpa_process_alias), its NX
+    /// does not ("Directmap always has NX set"), and free_kernel_image_pages makes the
+    /// text/rodata and rodata/data gaps writable again, alias included. The high mapping
+    /// itself is not in the model's table; ptdump draws it from the image.
+    /// Linux arch/x86/mm/init_64.c mark_rodata_ro; arch/x86/mm/pat/set_memory.c.
+    mutating func markRodataRO(_ image: KernelImage) throws(HostKernelError) {
+        let first = image.pa(image.text), last = image.pa(image.brkEnd)
+        guard mappedRanges.contains(where: { $0.lowerBound <= first && last <= $0.upperBound }) else {
+            throw HostKernelError("the kernel image at physical [\(hex(first)), \(hex(last))) is not in RAM the direct map maps")
+        }
+        func pfnAlign(_ v: UInt64) -> UInt64 { (v + pageBytes - 1) & ~(pageBytes - 1) }
+        func alias(_ v: UInt64) -> UInt64 { layout.pageOffset + image.pa(v) }
+        func pages(_ a: UInt64, _ b: UInt64) -> Int { Int((b - a) >> pageShift) }
+        _ = try setMemoryRO(alias(image.text), numpages: pages(image.text, image.endRodataHpageAlign))
+        for (from, to) in [(pfnAlign(image.etext), image.startRodata), (pfnAlign(image.endRodata), image.sdata)] where from < to {
+            _ = try setMemoryRW(alias(from), numpages: pages(from, to))
+        }
     }
 
     /// The most page-table pages a boot may build (1 GiB of tables): past it the run is

@@ -61,6 +61,9 @@ public struct KernelConfig: Hashable, Sendable {
     public var collapse = CollapsePolicy.rox
     /// What the host does to its direct map as pages enter and leave the RMP (SEV-SNP).
     public var directMapPolicy = DirectMapPolicyKind.splitOnAssign
+    /// x86-64: the kernel image, whose mark_rodata_ro reaches its alias in the direct map
+    /// at boot; nil boots the direct map alone (scenarios, whose figures are the direct map's).
+    public var image: KernelImage?
 
     public init(gbpages: Bool = true, la57: Bool = false, memEncrypt: Bool = true, smeCoherent: Bool = true, cpus: Int = 1) {
         self.cpus = cpus

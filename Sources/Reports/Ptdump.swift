@@ -9,9 +9,16 @@ import PageTables
 /// `%9lu%c ` in the largest exact unit of BKMGTPE, then USR, RW/ro, PWT, PCD, PSE, PAT,
 /// GLB, NX/x columns (30 spaces when not present), then the level name.
 public enum Ptdump {
-    /// The direct map ("Low Kernel Mapping") and the vmalloc area; on arm64 its own format.
+    /// The kernel page table. With 4-level paging the whole of
+    /// /sys/kernel/debug/page_tables/kernel: user space, the LDT remap, the direct map
+    /// ("Low Kernel Mapping"), the vmalloc area and the vmemmap from the model's table, then
+    /// the CPU entry area, the ESPfix stacks, the EFI area, the kernel image ("High Kernel
+    /// Mapping"), modules and the fixmap as a kernel booted that way maps them
+    /// (`KernelLayoutDump`). With 5-level paging the direct map and the vmalloc area only;
+    /// on arm64 its own format.
     public static func render(_ kernel: Kernel) -> String {
         if kernel.config.isa == .arm64 { return Arm64Ptdump.render(kernel) }
+        if !kernel.config.la57 { return KernelLayoutDump.render(kernel) }
         let l = kernel.layout
         var out = ""
         section(kernel, "Low Kernel Mapping", from: l.pageOffset, to: l.vmallocStart, into: &out)

@@ -89,4 +89,43 @@ import Testing
         let color = try CLI.run(["compare", ScenarioCommandTests.example("snp-directmap-policies.yaml"), "--policy", "none", "--color", "pink"])
         #expect(color.status != 0 && color.err.contains("--color 'pink': valid: leaf-size, ownership"))
     }
+
+    /// `ptdump` prints the whole layout with the kernel's markers; `--system-map` takes the
+    /// image's symbols from a System.map, whose alias then shows in the direct map.
+    @Test func ptdumpPrintsTheWholeLayoutWithYourImage() throws {
+        let plain = try CLI.run(["ptdump", "--memory", "4G"])
+        #expect(plain.status == 0 && plain.out.hasPrefix("---[ User Space ]---\n0x0000000000000000-0xffff880000000000    16777096T"))
+        #expect(plain.out.contains("\n0xffffffff81000000-0xffffffff81e00000          14M     ro         PSE     GLB x  pmd\n"))
+        let map = try CLI.writeTemp("""
+            ffffffff81000000 T _text
+            ffffffff81a5b000 T _etext
+            ffffffff81c00000 D __start_rodata
+            ffffffff82000000 D __end_rodata
+            ffffffff82400000 D __init_begin
+            ffffffff82600000 D __init_end
+            ffffffff82c00000 B _brk_end
+
+            """)
+        let mine = try CLI.run(["ptdump", "--memory", "4G", "--system-map", map])
+        #expect(mine.status == 0, "stderr: \(mine.err)")
+        // _etext at 0x...a5b000: 10M of text in 2M pages, 364K of 4K pages, the freed gap;
+        // __end_rodata 2M-aligned: no split there.
+        #expect(mine.out.contains("""
+            0xffffffff81000000-0xffffffff81a00000          10M     ro         PSE     GLB x  pmd
+            0xffffffff81a00000-0xffffffff81a5b000         364K     ro                 GLB x  pte
+            0xffffffff81a5b000-0xffffffff81c00000        1684K     RW                 GLB NX pte
+            0xffffffff81c00000-0xffffffff82000000           4M     ro         PSE     GLB NX pmd
+            0xffffffff82000000-0xffffffff82c00000          12M     RW         PSE     GLB NX pmd
+
+            """))
+        #expect(mine.out.contains("\n0xffff888001000000-0xffff888001a00000          10M     ro         PSE     GLB NX pmd\n"))
+        let none = try CLI.run(["ptdump", "--memory", "4G", "--no-kernel-image"])
+        #expect(none.out.contains("---[ High Kernel Mapping ]---\n0xffffffff80000000-0xffffffffc0000000           1G                               pmd\n"))
+        let bad = try CLI.run(["ptdump", "--memory", "4G", "--system-map", try CLI.writeTemp("ffffffff81000000 T _text\n")])
+        #expect(bad.status != 0 && bad.err.contains(": System.map: no _etext, __start_rodata, __end_rodata, __init_begin, __init_end, _brk_end; it needs "))
+        let both = try CLI.run(["ptdump", "--memory", "4G", "--system-map", map, "--no-kernel-image"])
+        #expect(both.status != 0 && both.err.contains("give --system-map or --no-kernel-image, not both"))
+        let small = try CLI.run(["ptdump", "--memory", "32M"])
+        #expect(small.status != 0 && small.err.contains("the kernel image at physical [0x1000000, 0x482c000) is not in RAM the direct map maps"))
+    }
 }
