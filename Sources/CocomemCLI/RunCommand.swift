@@ -68,6 +68,7 @@ struct Run: ParsableCommand {
         let progress = ProgressLine(quiet: quiet)
         if let n = checkEvery, n < 1 { throw ValidationError("--check-every \(n): give a number of steps, 1 or more") }
         var options = RunOptions(checkInvariants: check, fullCheckEvery: checkEvery, sampleEvery: sample, snapshotAt: at)
+        if trace != nil { options.traceBatches = 64 }
         options.progress = { progress.update($0, $1, $2) }
         let result = try Runner.run(scenario, options: options)
         progress.finish()

@@ -5,8 +5,9 @@ import Simulation
 /// map, the flush counters, host faults and the architecture's own tracks after each step, and
 /// an instant event per recorded host fault on its CPU's track, at the middle of its step.
 /// Time is logical: step n runs from n ms to n ms + 1 ms, so traces are byte-identical run to
-/// run; inside a workload sampled with `--sample N`, operation k of K is at n ms + k/K ms, each
-/// batch of N operations a slice with the counters at its end. Numeric step arguments are numbers.
+/// run; inside a workload, operation k of K is at n ms + k/K ms, each batch of operations (N
+/// with `--sample N`, else a 64th) a slice with the counters at its end. A track per CPU
+/// carries its faults. Numeric step arguments are numbers.
 public enum Trace {
     static let counters: [(track: String, metrics: [String])] = [
         ("DirectMap kB", ["directmap_4k_kb", "directmap_2m_kb", "directmap_1g_kb"]),
@@ -36,10 +37,9 @@ public enum Trace {
         ]
         events.append(.object([("name", .string("thread_name")), ("ph", .string("M")), ("pid", .int(1)), ("tid", .int(1)),
                                ("args", .object([("name", .string("steps"))]))]))
-        let faultCPUs = Set(r.machine.kernel.faultLog.records.map(\.cpu)).sorted()
-        for cpu in faultCPUs {
+        for cpu in 0..<r.machine.cpus {
             events.append(.object([("name", .string("thread_name")), ("ph", .string("M")), ("pid", .int(1)), ("tid", .int(cpu + 2)),
-                                   ("args", .object([("name", .string("CPU \(cpu) host faults"))]))]))
+                                   ("args", .object([("name", .string("CPU \(cpu)"))]))]))
         }
         for rec in r.records {
             let ts = rec.index * 1000
@@ -57,7 +57,7 @@ public enum Trace {
             // A workload sampled with --sample: a slice per batch of operations inside the step's
             // slice, and the counters at the end of each batch, at its share of the step's 1 ms.
             var done: UInt64 = 0
-            for s in r.samples where s.step == rec.index {
+            for s in r.samples + r.batches where s.step == rec.index {
                 guard let op = s.operation, let total = s.total, total > 0 else { continue }
                 let from = Double(ts) + 1000 * Double(done) / Double(total), to = Double(ts) + 1000 * Double(op) / Double(total)
                 let kind = rec.arguments.first { $0.0 == "kind" }?.1 ?? rec.name

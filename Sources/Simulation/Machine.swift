@@ -27,6 +27,9 @@ public struct Machine: Sendable {
     /// Inside workloads, record every metric every this many of the workload's operations
     /// (`--sample N`); the runner collects them with the step that ran the workload.
     public var sampleEvery: UInt64?
+    /// Without `sampleEvery`: cut each workload into this many batches, sampling at each
+    /// batch's end (for a trace's progress slices).
+    public var workloadBatches: UInt64?
     /// Samples taken inside the current step's workload.
     public internal(set) var workloadSamples: [Sample] = []
 
@@ -76,13 +79,25 @@ public struct Machine: Sendable {
     /// `sampleEvery`, a progress call every 4096. `platform` is the platform a workload holds
     /// while `withPlatform` has it out of the machine.
     @inline(__always) mutating func tick(_ done: UInt64, _ total: UInt64) {
-        if let n = sampleEvery, done % n == 0 { sample(done, total) }
+        if sampleEvery != nil || workloadBatches != nil, sampleDue(done, total) { sample(done, total) }
         if done & 4095 == 0 { onProgress?(done, total) }
     }
 
     @inline(__always) mutating func tick<P: Platform>(_ done: UInt64, _ total: UInt64, platform: P) {
-        if let n = sampleEvery, done % n == 0 { sample(done, total, platform: platform) }
+        if sampleEvery != nil || workloadBatches != nil, sampleDue(done, total) { sample(done, total, platform: platform) }
         if done & 4095 == 0 { onProgress?(done, total) }
+    }
+
+    /// The operations between samples inside a workload of `total` operations, if any.
+    func batchSize(_ total: UInt64) -> UInt64? {
+        sampleEvery ?? workloadBatches.map { max(1, (total + $0 - 1) / $0) }
+    }
+
+    /// Whether a sample falls after the `done`-th operation: every batch, and for trace
+    /// batches the last operation too (the last batch may be short).
+    func sampleDue(_ done: UInt64, _ total: UInt64) -> Bool {
+        guard let n = batchSize(total) else { return false }
+        return done % n == 0 || (sampleEvery == nil && done == total)
     }
 
     /// Records every metric now, inside a workload, after `done` of `total` operations.

@@ -53,6 +53,9 @@ public struct RunOptions: Sendable {
     /// Record all metrics after boot, every N steps, every N operations inside a workload,
     /// and after the last step.
     public var sampleEvery: Int?
+    /// Without `sampleEvery`: sample each workload at the ends of this many batches, for a
+    /// trace's progress slices (`RunResult.batches`, not `samples`).
+    public var traceBatches: Int?
     /// Keep a copy of the machine right after step N (0 = after boot).
     public var snapshotAt: Int?
     /// Called before each step with (step, total, name) and during long workloads.
@@ -71,6 +74,8 @@ public struct RunResult: Sendable {
     public let scenario: Scenario
     public let records: [StepRecord]
     public let samples: [Sample]
+    /// Samples at the ends of workload batches taken for a trace (`RunOptions.traceBatches`).
+    public let batches: [Sample]
     public let checks: [CheckRecord]
     public let machine: Machine
     public let snapshot: Machine?
@@ -87,10 +92,10 @@ public enum Runner {
     public static func run(_ scenario: Scenario, options: RunOptions = RunOptions()) throws(ScenarioError) -> RunResult {
         var m = try scenario.boot()
         var records: [StepRecord] = []
-        var samples: [Sample] = []
+        var samples: [Sample] = [], batches: [Sample] = []
         var snapshot: Machine? = options.snapshotAt == 0 ? m : nil
         func finish(_ failure: InvariantFailure?, checks: [CheckRecord]) -> RunResult {
-            RunResult(scenario: scenario, records: records, samples: samples, checks: checks, machine: m, snapshot: snapshot, failure: failure)
+            RunResult(scenario: scenario, records: records, samples: samples, batches: batches, checks: checks, machine: m, snapshot: snapshot, failure: failure)
         }
         let fullEvery = max(1, options.fullCheckEvery ?? m.automaticFullCheckInterval)
         if options.checkInvariants {
@@ -102,6 +107,8 @@ public enum Runner {
         if let n = options.sampleEvery {
             samples.append(Sample(step: 0, metrics: m.metrics))
             m.sampleEvery = UInt64(n)
+        } else if let n = options.traceBatches {
+            m.workloadBatches = UInt64(max(1, n))
         }
         let total = scenario.steps.count
         for step in scenario.steps {
@@ -120,6 +127,7 @@ public enum Runner {
             records.append(StepRecord(index: step.index, line: step.line, name: step.name, arguments: step.arguments,
                                       outcome: result, expect: step.expect, metrics: m.metrics))
             if options.snapshotAt == step.index { snapshot = m }
+            if options.sampleEvery == nil && options.traceBatches != nil { batches += m.takeWorkloadSamples(step: step.index) }
             if let n = options.sampleEvery {
                 samples += m.takeWorkloadSamples(step: step.index)
                 if step.index % n == 0 || step.index == total { samples.append(Sample(step: step.index, metrics: m.metrics)) }

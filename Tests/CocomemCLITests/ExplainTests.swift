@@ -63,7 +63,7 @@ import Testing
         #expect(records[0]["mapping"] as? String == "a 1G pud" && records[0]["operation"] as? Int == 362)
         let trace = try String(contentsOfFile: dir + "/t.json", encoding: .utf8)
         #expect(trace.components(separatedBy: "\"cat\":\"fault\",\"ph\":\"i\"").count - 1 == 30)
-        #expect(trace.contains("\"args\":{\"name\":\"CPU 0 host faults\"}"))
+        #expect(trace.contains("\"args\":{\"name\":\"CPU 0\"}"))
         let svg = try String(contentsOfFile: dir + "/m.svg", encoding: .utf8)
         #expect(svg.components(separatedBy: "<circle").count - 1 == 31)  // 30 marks and the legend's
         let escaped = Self.firstFault.replacingOccurrences(of: ">", with: "&gt;").replacingOccurrences(of: "'", with: "&apos;")
@@ -122,5 +122,20 @@ import Testing
         #expect(trace.contains("{\"name\":\"adversarial-flip ops 1001-2000\",\"cat\":\"batch\",\"ph\":\"X\",\"ts\":2333.333,\"dur\":333.333,"))
         // Numeric step arguments are numbers.
         #expect(trace.contains("\"args\":{\"kind\":\"adversarial-flip\",\"guest\":\"vm0\",\"operations\":3000,"))
+    }
+
+    /// Without --sample a trace still shows each workload's progress, in 64 batches (the
+    /// last one short), and the run's JSON has no samples.
+    @Test func aTraceCutsEachWorkloadIntoBatches() throws {
+        let file = ScenarioCommandTests.example("snp-adversarial.yaml")
+        let path = NSTemporaryDirectory() + "cocomem-batches-\(UUID().uuidString).json"
+        let r = try CLI.run(["run", file, "--trace", path, "--json"])
+        #expect(!r.out.contains("\"samples\""))
+        let trace = try String(contentsOfFile: path, encoding: .utf8), short = String(trace.prefix(300))
+        // adversarial-flip 3000 in 47s, swiotlb-churn 200 in 4s, host-writes 20000 in 313s.
+        #expect(trace.components(separatedBy: "\"cat\":\"batch\"").count - 1 == 64 + 50 + 64, "\(short)")
+        #expect(trace.contains("{\"name\":\"adversarial-flip ops 1-47\",\"cat\":\"batch\",\"ph\":\"X\",\"ts\":2000.000,\"dur\":15.667,"))
+        #expect(trace.contains("{\"name\":\"host-writes ops 19720-20000\",\"cat\":\"batch\",\"ph\":\"X\",\"ts\":4985.950,\"dur\":14.050,"))
+        #expect(trace.contains("{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":1,\"tid\":1,\"args\":{\"name\":\"steps\"}}"))
     }
 }

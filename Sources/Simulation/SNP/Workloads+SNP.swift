@@ -103,7 +103,7 @@ extension Workloads {
         let progress = m.onProgress
         // In batches of --sample's N (one batch without it), sampling between batches: the
         // guest's calls hold the machine's parts for the length of a batch.
-        let batch = m.sampleEvery ?? max(ops, 1)
+        let batch = m.batchSize(ops) ?? max(ops, 1)
         var done: UInt64 = 0
         while done < ops {
             let end = min(ops, done + batch)
@@ -118,7 +118,7 @@ extension Workloads {
                 }
             }
             done = end
-            if done % batch == 0 && m.sampleEvery != nil { m.sample(done, ops, platform: p) }
+            if m.sampleDue(done, ops) { m.sample(done, ops, platform: p) }
         }
         m.rng = rng
         return tally
