@@ -15,10 +15,13 @@ struct Bench: ParsableCommand {
         abstract: "Measure cocomem's speed and memory: ratios against a C reference, operations per second, resident memory.",
         discussion: """
             Figures: walk_ratio, tlb_hit_ratio (model ÷ C on the same data and address
-            stream), cpa_ops_per_s, psc_ops_per_s, pkvm_share_ops_per_s, rss_16t_256g_mib,
-            rss_snp_4p_boot_mib, bytes_per_split_2m, scale_run_s, scale_run_rss_mib. Memory figures run in
-            a child process so each starts clean. --quick uses smaller sizes (the same
-            figures) and finishes in under a minute.
+            stream), cpa_ops_per_s, psc_ops_per_s, pkvm_share_ops_per_s, sweep_speedup,
+            rss_16t_256g_mib, rss_snp_4p_boot_mib, bytes_per_split_2m, scale_run_s,
+            scale_run_rss_mib. Ratios are the median of seven interleaved pairs (model,
+            reference, model, reference …); other timed and memory figures the median of
+            seven runs; each with its minimum and maximum (NAME_min, NAME_max in --json).
+            Memory figures run in a child process so each starts clean. --quick uses
+            smaller sizes (the same figures) and finishes in about a minute.
             """)
 
     @Flag(help: "Smaller sizes, the same figures (what CI runs).") var quick = false
@@ -33,45 +36,93 @@ struct Bench: ParsableCommand {
             print(try Self.runWorker(worker, quick: quick))
             return
         }
-        var figures: [(String, Double, String)] = []
+        var figures: [(String, Spread, String)] = []
         if cpaOnly { print(try Self.cpaOps(quick: quick)); return }
         if pscOnly { print(try Self.pscOps(quick: quick)); return }
         let (walk, tlb) = try Self.walkAndTLB(quick: quick)
-        if walkOnly { print(walk.ratio, tlb.ratio); return }
+        if walkOnly { print(walk.ratio.median, tlb.ratio.median, walk.model, walk.c); return }
         figures.append(("walk_ratio", walk.ratio, "model \(fmt(walk.model)) ns, C \(fmt(walk.c)) ns per translate+check (goal ≤ 1.5)"))
         figures.append(("tlb_hit_ratio", tlb.ratio, "model \(fmt(tlb.model)) ns, C \(fmt(tlb.c)) ns per TLB hit (goal ≤ 1.5)"))
-        figures.append(("cpa_ops_per_s", try Self.cpaOps(quick: quick), "set_memory_decrypted/encrypted of random 4K pages, 1 TiB (goal ≥ 2e6)"))
-        figures.append(("psc_ops_per_s", try Self.pscOps(quick: quick), "page-state changes through KVM, the RMP and split-on-assign (goal ≥ 1e6)"))
-        figures.append(("pkvm_share_ops_per_s", Self.pkvmShareOps(quick: quick), "pKVM host share then unshare of a random 4K page with a guest, 64 GiB host (goal ≥ 1e6)"))
-        figures.append(("bytes_per_split_2m", try Self.bytesPerSplit(), "model bytes per 2M region split to 4K (goal ≤ 4096)"))
-        let rss = try Self.child("rss", quick: quick)
+        figures.append(("cpa_ops_per_s", try Self.runs { try Self.cpaOps(quick: quick) }, "set_memory_decrypted/encrypted of random 4K pages, 1 TiB (goal ≥ 2e6)"))
+        figures.append(("psc_ops_per_s", try Self.runs { try Self.pscOps(quick: quick) }, "page-state changes through KVM, the RMP and split-on-assign (goal ≥ 1e6)"))
+        figures.append(("pkvm_share_ops_per_s", try Self.runs { Self.pkvmShareOps(quick: quick) }, "pKVM host share then unshare of a random 4K page with a guest, 64 GiB host (goal ≥ 1e6)"))
+        figures.append(("sweep_speedup", try Self.sweepSpeedup(quick: quick), "a sweep of 32 short runs, --jobs 2 against --jobs 1, pairs interleaved (goal ≥ 1.8 on 2 cores)"))
+        figures.append(("bytes_per_split_2m", Spread(one: try Self.bytesPerSplit()), "model bytes per 2M region split to 4K (goal ≤ 4096)"))
+        let rss = try Self.runs { try Self.child("rss", quick: quick)[0] }
         figures.append(("rss_16t_256g_mib", rss, quick ? "4 TiB host, 64 guests of 16 GiB, booted (quick sizes; goal ≤ 1024 at 16 TiB/256)" : "16 TiB host, 256 SNP guests of 16 GiB, booted (goal ≤ 1024)"))
-        figures.append(("rss_snp_4p_boot_mib", try Self.child("snp-4p", quick: quick), "x86-snp host with 4 PiB of RAM (la57), 16 guests of 16 GiB, booted (goal ≤ 256)"))
-        let scale = try Self.child("scale", quick: quick)
-        let scaleRSS = try Self.child("scale-rss", quick: quick)
-        figures.append(("scale_run_s", scale, quick ? "1 TiB host, 64 guests, 200,000 PSCs (quick)" : "1 TiB host, 64 guests, 10,000,000 adversarial PSCs"))
-        figures.append(("scale_run_rss_mib", scaleRSS, "resident memory of that run"))
+        figures.append(("rss_snp_4p_boot_mib", try Self.runs { try Self.child("snp-4p", quick: quick)[0] }, "x86-snp host with 4 PiB of RAM (la57), 16 guests of 16 GiB, booted (goal ≤ 256)"))
+        var scale: [Double] = [], scaleRSS: [Double] = []
+        for _ in 0..<Self.rounds {
+            let v = try Self.child("scale", quick: quick)
+            scale.append(v[0])
+            scaleRSS.append(v[1])
+        }
+        figures.append(("scale_run_s", Spread(scale), quick ? "1 TiB host, 64 guests, 200,000 PSCs (quick)" : "1 TiB host, 64 guests, 10,000,000 adversarial PSCs"))
+        figures.append(("scale_run_rss_mib", Spread(scaleRSS), "resident memory of that run"))
         if json {
-            print(JSON.object(figures.map { ($0.0, .double($0.1)) }).render())
+            var pairs: [(String, JSON)] = []
+            for (name, v, _) in figures {
+                pairs.append((name, .double(v.median)))
+                if v.count > 1 { pairs += [(name + "_min", .double(v.min)), (name + "_max", .double(v.max))] }
+            }
+            print(JSON.object(pairs).render())
         } else {
-            print(RunReport.table(["figure", "value", "what"], figures.map { [$0.0, fmt($0.1), $0.2] }, rightAlign: [1]), terminator: "")
+            print(RunReport.table(["figure", "median", "min–max", "what"],
+                                  figures.map { [$0.0, fmt($0.1.median), $0.1.count > 1 ? "\(fmt($0.1.min))–\(fmt($0.1.max))" : "", $0.2] },
+                                  rightAlign: [1, 2]), terminator: "")
         }
     }
 
-    struct Ratio { let model: Double; let c: Double; var ratio: Double { model / c } }
+    /// Runs (or interleaved pairs) behind every timed figure: the median is reported, with
+    /// the minimum and the maximum.
+    static let rounds = 7
 
-    /// Nanoseconds per item of the fastest of `rounds` runs of `body`.
-    static func bestNs(_ n: Int, rounds: Int = 5, _ body: () -> UInt64) -> (Double, UInt64) {
-        var best = Double.infinity
-        var sink: UInt64 = 0
-        for _ in 0..<rounds {
-            let t0 = ContinuousClock.now
-            sink &+= body()
-            let d = ContinuousClock.now - t0
-            let ns = Double(d.components.seconds) * 1e9 + Double(d.components.attoseconds) / 1e9
-            best = min(best, ns / Double(n))
+    /// A figure's median over its runs, with its range.
+    struct Spread {
+        let median: Double, min: Double, max: Double, count: Int
+        init(_ xs: [Double]) {
+            let s = xs.sorted()
+            median = s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+            min = s.first ?? .nan
+            max = s.last ?? .nan
+            count = s.count
         }
-        return (best, sink)
+        init(one v: Double) { self.init([v]) }
+    }
+
+    /// `rounds` runs of `body`.
+    static func runs(_ body: () throws -> Double) throws -> Spread {
+        var xs: [Double] = []
+        for _ in 0..<rounds { xs.append(try body()) }
+        return Spread(xs)
+    }
+
+    /// A ratio from interleaved pairs (model, C, model, C …): the median of the pair ratios
+    /// and its range, and the median nanoseconds of each side.
+    struct Ratio { let ratio: Spread; let model: Double; let c: Double }
+
+    /// Nanoseconds per item of one run of `body`.
+    @inline(__always) static func ns(_ n: Int, _ body: () -> UInt64, _ sink: inout UInt64) -> Double {
+        let t0 = ContinuousClock.now
+        sink &+= body()
+        let d = ContinuousClock.now - t0
+        return (Double(d.components.seconds) * 1e9 + Double(d.components.attoseconds) / 1e9) / Double(n)
+    }
+
+    /// `rounds` interleaved pairs of the model's and the reference's run, after one warm-up
+    /// pair, so that a noisy neighbour slows both sides of a pair alike.
+    @inline(__always) static func interleaved(_ n: Int, model: () -> UInt64, reference: () -> UInt64) -> (Ratio, UInt64, UInt64) {
+        var s1: UInt64 = 0, s2: UInt64 = 0
+        _ = ns(n, model, &s1)
+        _ = ns(n, reference, &s2)
+        var ms: [Double] = [], cs: [Double] = [], ratios: [Double] = []
+        for _ in 0..<rounds {
+            let m = ns(n, model, &s1), c = ns(n, reference, &s2)
+            ms.append(m)
+            cs.append(c)
+            ratios.append(m / c)
+        }
+        return (Ratio(ratio: Spread(ratios), model: Spread(ms).median, c: Spread(cs).median), s1, s2)
     }
 
     /// A 1 TiB direct map with one 1G leaf in 16 split to 2M and one 2M in 8 of those split
@@ -93,24 +144,14 @@ struct Bench: ParsableCommand {
         var rng = SeededGenerator(seed: 1)
         let n = 4_000_000  // also when quick: a shorter stream reads noisier (1.6-1.7 against 1.4)
         let vas = (0..<n).map { _ in off + (1 << 20) + (rng.below((1 << 40) - (2 << 20)) & ~4095) }
-        let table = k.pageTable
-        let (modelNs, s1) = bestNs(n) {
-            var sum: UInt64 = 0
-            for va in vas {
-                guard let (pa, leaf) = table.translate(VirtAddr(va)) else { sum &+= 1; continue }
-                var fault: UInt64 = 0
-                if case .hostRMPFault = rmp.hostAccess(spa: pa.rawValue, write: true, mappingSize: leaf.size) { fault = 1 }
-                sum &+= pa.rawValue ^ fault
-            }
-            return sum
-        }
-        let (cNs, s2) = bestNs(n) {
+        let table = k.pageTable, rmpFixed = rmp
+        let (walk, s1, s2) = interleaved(n, model: { modelWalk(table, rmpFixed, vas) }, reference: {
             table.withEntries { entries in
-                rmp.withStorage { top, mid, codes, counts, flags in
+                rmpFixed.withStorage { top, mid, codes, counts, flags in
                     vas.withUnsafeBufferPointer { cref_walk_check(entries, Int32(table.rootLevel), top, mid, codes, counts, flags, $0.baseAddress!, n) }
                 }
             }
-        }
+        })
         precondition(s1 == s2, "the model and the C reference disagree on the walk")
         // TLB hits through the model's own access path (Kernel.translate on CPU 0: its TLB,
         // counted): 256 pages in distinct slots, filled by a first access, then accessed at
@@ -119,16 +160,53 @@ struct Bench: ParsableCommand {
         for va in hot { _ = k.translate(cpu: 0, va) }
         let stream = (0..<n).map { _ in hot[Int(rng.below(256))] + rng.below(4096) }
         let warm = k
-        let (tlbModel, t1) = bestNs(n) {
+        let (tlb, t1, t2) = interleaved(n, model: {
             var k = warm, sum: UInt64 = 0
             for va in stream { sum &+= k.translate(cpu: 0, va).map { $0.pa | (va & (pageBytes - 1)) } ?? 1 }
             return sum
-        }
-        let (tlbC, t2) = bestNs(n) {
+        }, reference: {
             k.cpus[0].tlb.withStorage { slots in stream.withUnsafeBufferPointer { cref_tlb_lookup(slots, $0.baseAddress!, n) } }
-        }
+        })
         precondition(t1 == t2, "the model and the C reference disagree on the TLB")
-        return (Ratio(model: modelNs, c: cNs), Ratio(model: tlbModel, c: tlbC))
+        return (walk, tlb)
+    }
+
+    /// The model's side of walk_ratio: translate and RMP-check each address (a function of
+    /// its own, so the loop compiles as it would in the model, not inside a closure's context).
+    @inline(never) static func modelWalk(_ table: PageTable, _ rmp: RMP, _ vas: [UInt64]) -> UInt64 {
+        var sum: UInt64 = 0
+        for va in vas {
+            guard let (pa, leaf) = table.translate(VirtAddr(va)) else { sum &+= 1; continue }
+            var fault: UInt64 = 0
+            if case .hostRMPFault = rmp.hostAccess(spa: pa.rawValue, write: true, mappingSize: leaf.size) { fault = 1 }
+            sum &+= pa.rawValue ^ fault
+        }
+        return sum
+    }
+
+    /// The speedup of a sweep of 32 short SNP runs on two threads over one: `rounds`
+    /// interleaved pairs, after a warm-up pair.
+    static func sweepSpeedup(quick: Bool) throws -> Spread {
+        let scenario = """
+            name: sweep-bench
+            machine: {arch: x86-snp, memory: 8G}
+            guests:
+              - {name: vm0, asid: 1, memory: 1G, placement: {pa: 0x100000000}}
+            steps:
+              - workload: {kind: guest-boot, guest: vm0}
+              - workload: {kind: adversarial-flip, guest: vm0, operations: \(quick ? 1000 : 4000)}
+            """
+        let matrix = try SweepMatrix(yaml: "scenarios: [s.yaml]\naxes:\n  seed: [\((1...32).map(String.init).joined(separator: ", "))]\n",
+                                     file: "<bench>") { _ in scenario }
+        func time(_ jobs: Int) throws -> Double {
+            let t0 = ContinuousClock.now
+            try SweepCommand.runAll(matrix.runs, matrix: matrix, jobs: jobs) { _, _ in }
+            return seconds(ContinuousClock.now - t0)
+        }
+        _ = (try time(1), try time(2))
+        var xs: [Double] = []
+        for _ in 0..<rounds { xs.append(try time(1) / time(2)) }
+        return Spread(xs)
     }
 
     static func cpaOps(quick: Bool) throws -> Double {
@@ -207,7 +285,7 @@ struct Bench: ParsableCommand {
     static func seconds(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18 }
 
     /// Runs a figure in a child process so its memory starts clean.
-    static func child(_ worker: String, quick: Bool) throws -> Double {
+    static func child(_ worker: String, quick: Bool) throws -> [Double] {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: CommandLine.arguments[0].contains("/") ? CommandLine.arguments[0] : "/proc/self/exe")
         p.executableURL = URL(fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0])
@@ -217,10 +295,9 @@ struct Bench: ParsableCommand {
         try p.run()
         let data = out.fileHandleForReading.readDataToEndOfFile()
         p.waitUntilExit()
-        guard p.terminationStatus == 0, let v = Double(String(decoding: data, as: UTF8.self).trimmingCharacters(in: " \n")) else {
-            throw CLIError("bench worker \(worker) failed")
-        }
-        return v
+        let values = String(decoding: data, as: UTF8.self).split(whereSeparator: { $0 == " " || $0 == "\n" }).compactMap { Double($0) }
+        guard p.terminationStatus == 0, !values.isEmpty else { throw CLIError("bench worker \(worker) failed") }
+        return values
     }
 
     /// Resident set size in MiB (VmRSS from /proc/self/status).
@@ -242,13 +319,13 @@ struct Bench: ParsableCommand {
             let s = try snpScenario(hostMemory: "4P", guests: 16, guestMemory: 16 << 30, flips: 0, seed: 4, la57: true)
             let r = try Runner.run(s)
             return withExtendedLifetime(r) { String(format: "%.1f", rssMiB()) }
-        case "scale", "scale-rss":
+        case "scale":
+            // Seconds, then resident MiB, of one run.
             let s = try snpScenario(hostMemory: "1T", guests: 64, guestMemory: 8 << 30, flips: quick ? 200_000 : 10_000_000, seed: 4)
             let t0 = ContinuousClock.now
             let r = try Runner.run(s)
-            return withExtendedLifetime(r) {
-                name == "scale" ? String(format: "%.2f", seconds(ContinuousClock.now - t0)) : String(format: "%.1f", rssMiB())
-            }
+            let t = seconds(ContinuousClock.now - t0)
+            return withExtendedLifetime(r) { String(format: "%.2f %.1f", t, rssMiB()) }
         default:
             throw CLIError("unknown bench worker \(name)")
         }

@@ -128,3 +128,15 @@ import Testing
         #expect(try CLI.run(["merge", other]).err.contains("\(other):1: not a line of 'cocomem sweep'"))
     }
 }
+
+/// The bench's figures: a median with its range (the timing itself is a benchmark figure,
+/// never a test).
+@Suite struct BenchSpreadTests {
+    @Test func aFigureIsTheMedianOfItsRunsWithItsRange() {
+        let odd = Bench.Spread([3, 1, 2, 7, 5, 4, 6])
+        #expect(odd.median == 4 && odd.min == 1 && odd.max == 7 && odd.count == 7)
+        let even = Bench.Spread([4, 1, 3, 2])
+        #expect(even.median == 2.5 && even.min == 1 && even.max == 4)
+        #expect(Bench.rounds >= 7)
+    }
+}
