@@ -26,6 +26,8 @@ public struct Kernel: Sendable {
     public internal(set) var faults = HostFaultStats()
     /// The faults themselves, the first `HostFaultLog.kept` of them, for explaining a run.
     public var faultLog = HostFaultLog()
+    /// arm64 with MTE: tags, their page flags, swap's saved tags, the VMM's VMAs.
+    public var mte = MTEHost()
     /// The vmap areas made so far, in address order.
     public internal(set) var vmapAreas: [VmapArea] = []
     /// The CPUs, each with its TLB (`config.cpus` of them).
@@ -120,6 +122,7 @@ public struct Kernel: Sendable {
         case .arm64: bootLinearMap()
         }
         if let image = config.image, config.isa == .x86_64 { try markRodataRO(image) }
+        mte.form = config.mteSync
     }
 
     /// mark_rodata_ro as it reaches the image's alias in the direct map: set_memory_ro of

@@ -41,6 +41,8 @@ public struct KernelConfig: Hashable, Sendable {
     public var linearMap = Arm64LinearMap.blocks
     /// arm64: the CPUs implement MTE (system_supports_mte()), `machine.mte`.
     public var mte = false
+    /// arm64 with MTE: the form of mte_sync_tags (policy slot `host.mte-sync`).
+    public var mteSync = MTESyncForm.v6_1Lock
     /// 1G direct-map leaves (X86_FEATURE_GBPAGES and no `nogbpages`). Linux
     /// arch/x86/mm/init.c probe_page_size_mask.
     public var gbpages = true

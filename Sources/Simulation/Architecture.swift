@@ -76,7 +76,7 @@ public enum Architectures {
         Arm64Architecture.definition,
         .planned("arm64-cca", "Arm CCA (GPT, RMM)"),
         PKVMArchitecture.definition,
-        .planned("arm64-mte", "Arm MTE tags (to become `machine.mte: true` on arm64)"),
+        ArchitectureDefinition(name: "arm64-mte", summary: "Arm MTE: not an architecture; give arch: arm64 with machine.mte: true (docs/mte.md)", modelled: false),
         .planned("s390-pv", "s390 protected virtualization"),
     ]
 

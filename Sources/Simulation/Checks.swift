@@ -52,7 +52,7 @@ public enum Checks {
                         usage: "- broken-invariant: tlb"),
     ]
 
-    static func prepare(_ item: Field, architecture: ArchitectureDefinition, cpus: Int) throws(ScenarioError) -> PreparedCheck {
+    static func prepare(_ item: Field, architecture: ArchitectureDefinition, cpus: Int, mte: Bool = false) throws(ScenarioError) -> PreparedCheck {
         let line = item.node.mark?.line
         let names = all.map(\.name)
         if item.isScalar {
@@ -91,7 +91,7 @@ public enum Checks {
                 return [("4k", UInt64(c.size4K) << 12), ("2m", UInt64(c.size2M) << 21), ("1g", UInt64(c.size1G) << 30)]
             }
         case "metric":
-            let metricNames = Machine.metricInfo(architecture, cpus: cpus).map(\.name)
+            let metricNames = Machine.metricInfo(architecture, cpus: cpus, mte: mte).map(\.name)
             let given = try args.mapping()
             for (key, _) in given.entries where !metricNames.contains(key) {
                 let elsewhere = Architectures.all.filter { $0.metrics.contains { $0.name == key } }.map(\.name)

@@ -1,6 +1,7 @@
 import GuestKernel
 import Hardware
 import HostKernel
+import Hypervisor
 import PageTables
 
 /// The whole simulated machine: the host kernel, the platform of its architecture, the
@@ -15,6 +16,8 @@ public struct Machine: Sendable {
     public let guests: [GuestSpec]
     /// Each guest's own kernel (its direct map), in the same order.
     public internal(set) var guestKernels: [GuestKernel]
+    /// arm64 with MTE: the KVM VMs whose tags the MTE steps follow.
+    public internal(set) var kvmMTE = KVMMTE()
     public internal(set) var rng: SeededGenerator
     /// Operations run and those that were errors, workloads' operations counted one by one.
     public internal(set) var counters = RunCounters()
@@ -102,10 +105,7 @@ public struct Machine: Sendable {
 
     /// Records every metric now, inside a workload, after `done` of `total` operations.
     mutating func sample(_ done: UInt64, _ total: UInt64, platform: (any Platform)? = nil) {
-        let p = platform ?? self.platform
-        let values = Kernel.metrics(kernel.config.isa).values(kernel) + kernel.cpuMetrics + p.metrics(kernel: kernel)
-            + [("operations", UInt64(operations)), ("errors", UInt64(errors))]
-        workloadSamples.append(Sample(step: 0, operation: done, of: total, metrics: values))
+        workloadSamples.append(Sample(step: 0, operation: done, of: total, metrics: metrics(with: platform ?? self.platform)))
     }
 
     /// Hands over the samples taken inside the step that just ran, tagged with it.
@@ -122,14 +122,19 @@ public struct Machine: Sendable {
 
     /// Every counter the machine's layers keep, in a fixed order: the host kernel's, the
     /// platform's, then the run's.
-    public var metrics: [(String, UInt64)] {
+    public var metrics: [(String, UInt64)] { metrics(with: platform) }
+
+    /// The metrics with `platform` as the machine's (a workload holds it out of the machine).
+    func metrics(with platform: any Platform) -> [(String, UInt64)] {
         Kernel.metrics(kernel.config.isa).values(kernel) + kernel.cpuMetrics + platform.metrics(kernel: kernel)
+            + (kernel.config.mte ? MTEHost.metrics.values(kernel.mte.stats) : [])
             + [("operations", UInt64(operations)), ("errors", UInt64(errors))]
     }
 
     /// The metrics a machine of `architecture` with `cpus` CPUs reports, declared, in order.
-    public static func metricInfo(_ architecture: ArchitectureDefinition, cpus: Int = 1) -> [MetricInfo] {
-        Kernel.metrics(architecture.isa).map(\.info) + Kernel.cpuMetricInfo(cpus: cpus) + architecture.metrics + runMetrics
+    public static func metricInfo(_ architecture: ArchitectureDefinition, cpus: Int = 1, mte: Bool = false) -> [MetricInfo] {
+        Kernel.metrics(architecture.isa).map(\.info) + Kernel.cpuMetricInfo(cpus: cpus) + architecture.metrics
+            + (mte ? MTEHost.metrics.map(\.info) : []) + runMetrics
     }
 
     /// Checks every invariant the machine's layers register, in registry order, but those

@@ -25,6 +25,9 @@ struct ScenarioReader {
         guard let arch = Architectures.named(archName) else {
             throw archField!.error("unknown architecture '\(archName)'" + Suggest.hint(archName, in: Architectures.all.map(\.name), listedBy: "'cocomem list archs'"))
         }
+        if arch.name == "arm64-mte" {
+            throw archField!.error("MTE is a capability of an arm64 machine, not an architecture: write 'arch: arm64' and 'mte: true' under machine")
+        }
         guard arch.modelled else {
             throw archField!.error("architecture '\(arch.name)' is not modelled yet; modelled: " + Architectures.modelled.map(\.name).joined(separator: ", "))
         }
@@ -83,7 +86,7 @@ struct ScenarioReader {
         }
         var checks: [PreparedCheck] = []
         if let list = top["check"] {
-            for item in try list.sequence() { checks.append(try Checks.prepare(item, architecture: arch, cpus: cpus)) }
+            for item in try list.sequence() { checks.append(try Checks.prepare(item, architecture: arch, cpus: cpus, mte: config.mte)) }
         }
         return Scenario(file: file, name: name, seed: seed, architecture: arch, cpus: cpus, memory: memory,
                         kernelConfig: config, guests: guests, policies: policies, steps: steps, checks: checks)

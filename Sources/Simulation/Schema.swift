@@ -15,6 +15,8 @@ public struct Parameter: Sendable {
         /// Letters from `letters`, each at most once, in any order (a protection like `RW`);
         /// an empty value is allowed.
         case letters(String)
+        /// A name the scenario gives (a VMA, a VM): letters, digits, `-`, `_`, `.`; 1 to 64.
+        case name
         /// A guest named in the scenario's `guests:`.
         case guest
         /// A guest's name, or `all` for every guest (the guest is then nil).
@@ -88,7 +90,7 @@ public struct StepArguments: Sendable {
     mutating func setDefault(_ a: Parameter, _ d: String) {
         switch a.kind {
         case .address, .physical, .count, .width: numbers[a.name] = ByteSize.parse(d) ?? 0
-        case .bool, .choice, .letters, .guest, .guestOrAll: texts[a.name] = d
+        case .bool, .choice, .letters, .guest, .guestOrAll, .name: texts[a.name] = d
         }
     }
 
@@ -107,6 +109,12 @@ public struct StepArguments: Sendable {
             numbers[a.name] = v
         case .bool:
             texts[a.name] = "\(try f.bool())"
+        case .name:
+            let v = try f.text()
+            guard (1...64).contains(v.count), v.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-_.".contains($0)) }) else {
+                throw f.error("\(a.name) '\(v)': a name is 1 to 64 letters, digits, '-', '_' or '.'")
+            }
+            texts[a.name] = v
         case .choice(let choices):
             texts[a.name] = try f.choice(choices, what: a.name)
         case .letters(let letters):
@@ -138,7 +146,7 @@ public struct StepArguments: Sendable {
         switch a.kind {
         case .address, .physical, .width: return numbers[a.name].map { hex($0) }
         case .count: return numbers[a.name].map { "\($0)" }
-        case .bool, .choice, .letters, .guest, .guestOrAll: return texts[a.name]
+        case .bool, .choice, .letters, .guest, .guestOrAll, .name: return texts[a.name]
         }
     }
 

@@ -1,0 +1,330 @@
+import Hardware
+import PageTables
+
+/// The forms mte_sync_tags (arch/arm64/kernel/mte.c, called from set_pte_at) took, as the
+/// policy slot `host.mte-sync`. docs/mte.md has each form's code and what it fixed.
+public enum MTESyncForm: String, CaseIterable, Sendable {
+    /// Tags synced only for PTEs with PROT_MTE (pte_tagged): a guest's tags in memory the
+    /// VMM mapped without PROT_MTE are saved at swap-out but never restored.
+    case v5_10 = "v5.10"
+    /// 69e3b846d8a7 "arm64: mte: Sync tags for pages where PTE is untagged": user-accessible
+    /// PTEs replacing a swap entry restore tags; PG_mte_tagged is set even when nothing was
+    /// restored or cleared.
+    case v5_14 = "v5.14"
+    /// a8e5e5146ad0 "arm64: mte: Avoid setting PG_mte_tagged if no tags cleared or
+    /// restored" (stable 5.14+): the flag tested, then test-and-set again where tags are
+    /// written.
+    case v5_14Stable = "v5.14-stable"
+    /// d77e59a8fccd "arm64: mte: Lock a page for MTE tag initialisation" with e059853d14ca
+    /// and c4c597f1b367: PG_mte_lock, try_page_mte_tagging, the flag set after the tags
+    /// (merged for 6.2).
+    case v6_1Lock = "v6.1-lock"
+
+    public var summary: String {
+        switch self {
+        case .v5_10: "sync only PROT_MTE PTEs: tags of untagged mappings lost through swap (the seed's starting point)"
+        case .v5_14: "69e3b846d8a7: restore swap tags for any user PTE; flag set even with nothing written"
+        case .v5_14Stable: "a8e5e5146ad0 (stable): the flag set only where tags are cleared or restored"
+        case .v6_1Lock: "d77e59a8fccd: PG_mte_lock, try_page_mte_tagging, flag set after the tags"
+        }
+    }
+    /// KVM refuses a VM_SHARED memslot (ea7fc1bb1cd1) until c911f0d46879 (6.2).
+    public var kvmRefusesShared: Bool { self != .v6_1Lock }
+}
+
+/// A VMA of the VMM's address space, with the flags MTE reads. Linux include/linux/mm.h.
+public struct UserVMA: Hashable, Sendable {
+    public let name: String
+    public let pages: Int
+    /// VM_MTE (PROT_MTE), VM_MTE_ALLOWED (anonymous or shmem), VM_SHARED.
+    public var mte: Bool
+    public let mteAllowed: Bool
+    public let shared: Bool
+    /// One entry per page: empty, a present page, or a swap entry.
+    public var ptes: [UserPTE]
+}
+
+/// A user PTE as MTE sees it.
+public enum UserPTE: Hashable, Sendable {
+    case none
+    case present(pfn: UInt64)
+    case swap(entry: UInt64)
+}
+
+/// What a page's tags became when it was mapped (set_pte_at or a stage-2 map).
+public enum MTETagOutcome: Hashable, Sendable {
+    case restored, cleared, kept, untouched
+}
+
+/// The host's MTE state: the physical tags, PG_mte_tagged and PG_mte_lock, the tags saved
+/// for swap entries (mteswap.c's xarray), the VMM's VMAs, and what the model expects each
+/// page to hold (to count tags lost). Pages come from a LIFO free list, as the page
+/// allocator's per-CPU lists hand back the page last freed.
+public struct MTEHost: Sendable {
+    public var form: MTESyncForm = .v6_1Lock
+    public internal(set) var tags = MTETags()
+    /// PG_mte_tagged (PG_arch_2) and PG_mte_lock (PG_arch_3), by pfn.
+    public internal(set) var tagged: Set<UInt64> = []
+    public internal(set) var locked: Set<UInt64> = []
+    /// mte_pages: saved tags by swap entry.
+    public internal(set) var saved: [UInt64: MTETags.Page] = [:]
+    public internal(set) var vmas: [UserVMA] = []
+    /// The tags last written to each (VMA, page): a page mapped with others lost them.
+    var expected: [Int: [Int: MTETags.Page]] = [:]
+    var freePFNs: [UInt64] = []
+    var nextPFN: UInt64 = 0
+    var nextSwap: UInt64 = 1
+    public internal(set) var stats = MTEStats()
+
+    public init() {}
+
+    /// Allocates a page; false when RAM is exhausted.
+    mutating func allocPage(_ ram: [Range<UInt64>]) -> UInt64? {
+        if let p = freePFNs.popLast() { return p }
+        if nextPFN == 0, let last = ram.last { nextPFN = last.upperBound >> pageShift }
+        guard let lowest = ram.first, nextPFN > lowest.lowerBound >> pageShift else { return nil }
+        nextPFN -= 1
+        return nextPFN
+    }
+
+    /// Frees a page: its flags are reset (free_pages_prepare); its tags stay in memory.
+    mutating func freePage(_ pfn: UInt64) {
+        tagged.remove(pfn)
+        locked.remove(pfn)
+        freePFNs.append(pfn)
+    }
+
+    // The page flags, as arch/arm64/include/asm/mte.h has them.
+
+    /// test_and_set_bit(PG_mte_tagged): the old value.
+    mutating func testAndSetTagged(_ pfn: UInt64) -> Bool { !tagged.insert(pfn).inserted }
+    /// page_mte_tagged (test_bit, smp_rmb when set).
+    public func pageMTETagged(_ pfn: UInt64) -> Bool { tagged.contains(pfn) }
+    /// set_page_mte_tagged: smp_wmb, then set_bit.
+    mutating func setPageMTETagged(_ pfn: UInt64) { tagged.insert(pfn) }
+    /// try_page_mte_tagging: true for the caller that takes PG_mte_lock first (it
+    /// initialises the tags); a later caller waits for PG_mte_tagged and gets false.
+    mutating func tryPageMTETagging(_ pfn: UInt64) -> Bool { locked.insert(pfn).inserted }
+
+    // Tags written by the CPU.
+
+    mutating func clearTags(_ pfn: UInt64) {
+        tags.clear(pfn)
+        stats.cleared += 1
+    }
+
+    /// mte_restore_tags in the form's shape; true when tags were stored for `entry`
+    /// (v5.10-v6.0 return whether they were; the lock form returns nothing, and the caller
+    /// goes on).
+    mutating func restoreTags(_ entry: UInt64, _ pfn: UInt64) -> Bool {
+        guard let page = saved[entry] else { return false }
+        switch form {
+        case .v5_10, .v5_14:
+            tags.set(pfn, page)  // callers already set the flag
+            stats.restored += 1
+        case .v5_14Stable:
+            if !testAndSetTagged(pfn) {
+                tags.set(pfn, page)
+                stats.restored += 1
+            }
+        case .v6_1Lock:
+            if tryPageMTETagging(pfn) {
+                tags.set(pfn, page)
+                stats.restored += 1
+                setPageMTETagged(pfn)
+            }
+        }
+        return true
+    }
+
+    /// set_pte_at's MTE part for a new user PTE mapping `pfn` in VMA `vma` (tagged when the
+    /// VMA has PROT_MTE), replacing `old`, in the machine's form. Linux
+    /// arch/arm64/include/asm/pgtable.h set_pte_at; arch/arm64/kernel/mte.c mte_sync_tags.
+    mutating func setPTE(vma v: Int, page i: Int, pfn: UInt64, old: UserPTE) {
+        let pteTagged = vmas[v].mte
+        var swapEntry: UInt64?
+        if case .swap(let e) = old { swapEntry = e }
+        switch form {
+        case .v5_10:
+            guard pteTagged else { break }  // the call site tests pte_tagged(pte)
+            if !testAndSetTagged(pfn) {
+                if let e = swapEntry, restoreTags(e, pfn) { break }
+                clearTags(pfn)
+            }
+        case .v5_14:
+            guard pteTagged || swapEntry != nil else { break }
+            if !testAndSetTagged(pfn) {
+                if let e = swapEntry, restoreTags(e, pfn) { break }
+                if !pteTagged { break }  // PG_mte_tagged stays set over tags never written
+                clearTags(pfn)
+            }
+        case .v5_14Stable:
+            guard pteTagged || swapEntry != nil else { break }
+            if !pageMTETagged(pfn) {
+                if let e = swapEntry, restoreTags(e, pfn) { break }
+                if !pteTagged { break }
+                if !testAndSetTagged(pfn) { clearTags(pfn) }
+            }
+        case .v6_1Lock:
+            guard pteTagged || swapEntry != nil else { break }
+            if !pageMTETagged(pfn) {
+                if let e = swapEntry { _ = restoreTags(e, pfn) }
+                if !pteTagged { break }
+                if tryPageMTETagging(pfn) {
+                    clearTags(pfn)
+                    setPageMTETagged(pfn)
+                }
+            }
+        }
+        vmas[v].ptes[i] = .present(pfn: pfn)
+        noteMapped(vma: v, page: i, pfn: pfn)
+    }
+
+    /// A page now mapped: its tags against those last written to it.
+    mutating func noteMapped(vma v: Int, page i: Int, pfn: UInt64) {
+        guard let want = expected[v]?[i] else { return }
+        if tags.page(pfn) != want {
+            stats.lost += 1
+            expected[v]![i] = tags.page(pfn)
+        }
+    }
+
+    /// Records tags written to a page by its user or its guest.
+    mutating func noteWritten(vma v: Int, page i: Int, _ page: MTETags.Page) {
+        expected[v, default: [:]][i] = page
+    }
+
+    /// arch_prepare_to_swap and the unmap: the tags saved under a new swap entry if the page
+    /// is PG_mte_tagged (mte_save_tags), the PTE replaced by the entry, the page freed.
+    /// `failAllocation`: kmalloc of the tag storage fails, and swap_writepage leaves the page
+    /// mapped (-ENOMEM). Linux arch/arm64/mm/mteswap.c; mm/page_io.c swap_writepage.
+    public mutating func swapOut(vma v: Int, page i: Int, failAllocation: Bool = false) -> KernelStatus {
+        guard case .present(let pfn) = vmas[v].ptes[i] else { return .error(.EINVAL) }
+        let entry = nextSwap
+        if pageMTETagged(pfn) {
+            if failAllocation {
+                stats.saveFailures += 1
+                return .error(.ENOMEM)
+            }
+            saved[entry] = tags.page(pfn)
+            stats.saved += 1
+        }
+        nextSwap += 1
+        vmas[v].ptes[i] = .swap(entry: entry)
+        freePage(pfn)
+        return .ok
+    }
+
+    /// handle_mm_fault for a page of VMA `v`: do_anonymous_page (a new page) or
+    /// do_swap_page (a new page, its contents read back), then set_pte_at; nil when RAM is
+    /// exhausted. The swap slot is freed after (swap_free → arch_swap_invalidate_page).
+    public mutating func fault(vma v: Int, page i: Int, ram: [Range<UInt64>]) -> UInt64? {
+        let old = vmas[v].ptes[i]
+        if case .present(let pfn) = old { return pfn }
+        guard let pfn = allocPage(ram) else { return nil }
+        setPTE(vma: v, page: i, pfn: pfn, old: old)
+        if case .swap(let e) = old { saved[e] = nil }
+        return pfn
+    }
+
+    /// mmap of an anonymous, shmem or file mapping; PROT_MTE needs VM_MTE_ALLOWED
+    /// (anonymous or shmem), else -EINVAL (arch_validate_flags).
+    public mutating func mmap(name: String, pages: Int, protMTE: Bool, backing: String, shared: Bool) -> KernelStatus {
+        let allowed = backing == "anon" || backing == "shmem"
+        if protMTE && !allowed { return .error(.EINVAL) }
+        vmas.append(UserVMA(name: name, pages: pages, mte: protMTE, mteAllowed: allowed, shared: shared,
+                            ptes: [UserPTE](repeating: .none, count: pages)))
+        return .ok
+    }
+
+    public func vmaIndex(_ name: String) -> Int? { vmas.firstIndex { $0.name == name } }
+
+    /// A user store of `tag` to every granule of a page (STG through a PROT_MTE mapping; an
+    /// untagged mapping's tag stores are ignored: Normal untagged memory reads tags as zero
+    /// and ignores writes, Arm ARM D10.3).
+    public mutating func userStoreTags(vma v: Int, page i: Int, tag: UInt8, ram: [Range<UInt64>]) -> KernelStatus {
+        guard let pfn = fault(vma: v, page: i, ram: ram) else { return .error(.ENOMEM) }
+        guard vmas[v].mte else { return .ok }
+        tags.set(pfn, MTETags.Page(all: tag))
+        noteWritten(vma: v, page: i, tags.page(pfn))
+        return .ok
+    }
+
+    /// A tag-checked user load with pointer tag `tag`: a tag check fault when the page's
+    /// tags differ (SIGSEGV, SEGV_MTESERR); untagged mappings are not checked.
+    public mutating func userLoad(vma v: Int, page i: Int, tag: UInt8, ram: [Range<UInt64>]) -> MTEAccess {
+        guard let pfn = fault(vma: v, page: i, ram: ram) else { return .noMemory }
+        guard vmas[v].mte else { return .ok }
+        if tags.check(pa: pfn << pageShift, logicalTag: tag) { return .ok }
+        stats.tagCheckFaults += 1
+        return .tagCheckFault(found: tags.page(pfn)[0])
+    }
+
+    /// Writes tags for a guest (its stage-2 mapping is tagged when the VM has MTE).
+    public mutating func guestStoreTags(vma v: Int, page i: Int, pfn: UInt64, tag: UInt8) {
+        tags.set(pfn, MTETags.Page(all: tag))
+        noteWritten(vma: v, page: i, tags.page(pfn))
+    }
+
+    /// sanitise_mte_tags for a page a stage-2 fault maps: tags cleared the first time, in
+    /// the form's shape. Linux arch/arm64/kvm/mmu.c.
+    public mutating func sanitise(_ pfn: UInt64) {
+        switch form {
+        case .v5_10, .v5_14, .v5_14Stable:
+            if !pageMTETagged(pfn) {
+                clearTags(pfn)
+                setPageMTETagged(pfn)
+            }
+        case .v6_1Lock:
+            if tryPageMTETagging(pfn) {
+                clearTags(pfn)
+                setPageMTETagged(pfn)
+            }
+        }
+    }
+
+    public mutating func countTagCheckFault() { stats.tagCheckFaults += 1 }
+
+    public mutating func noteGuestMapped(vma v: Int, page i: Int, pfn: UInt64) { noteMapped(vma: v, page: i, pfn: pfn) }
+}
+
+/// How a tag-checked access ended.
+public enum MTEAccess: Hashable, Sendable, Outcome {
+    case ok
+    /// A tag check fault: the allocation tag found at the first granule.
+    case tagCheckFault(found: UInt8)
+    case noMemory
+
+    public var description: String {
+        switch self {
+        case .ok: "ok"
+        case .tagCheckFault(let t): "tag check fault (allocation tag \(hex(UInt64(t)))): SIGSEGV SEGV_MTESERR"
+        case .noMemory: "-ENOMEM"
+        }
+    }
+    public var kind: OutcomeKind {
+        switch self {
+        case .ok: .success
+        case .tagCheckFault: .fault
+        case .noMemory: .error
+        }
+    }
+}
+
+/// What MTE counts.
+public struct MTEStats: Hashable, Sendable {
+    public var saved = 0, restored = 0, cleared = 0, lost = 0, tagCheckFaults = 0, saveFailures = 0
+    public init() {}
+}
+
+extension MTEHost {
+    /// The MTE metrics of a machine with `machine.mte`.
+    public static let metrics: [Metric<MTEStats>] = [
+        Metric("mte_tags_saved", "pages", "pages whose tags mte_save_tags saved at swap-out") { UInt64($0.saved) },
+        Metric("mte_tags_restored", "pages", "pages whose tags were restored from swap") { UInt64($0.restored) },
+        Metric("mte_tags_cleared", "pages", "pages whose tags were cleared (mte_clear_page_tags)") { UInt64($0.cleared) },
+        Metric("mte_tags_lost", "pages", "pages mapped with tags that differ from the last tags written to them") { UInt64($0.lost) },
+        Metric("mte_tag_check_faults", "accesses", "tag-checked loads whose pointer tag differed from the memory's") { UInt64($0.tagCheckFaults) },
+        Metric("mte_swap_save_failures", "pages", "swap-outs refused because the tag storage could not be allocated") { UInt64($0.saveFailures) },
+    ]
+}

@@ -1,0 +1,101 @@
+import Testing
+import Hardware
+@testable import HostKernel
+import PageTables
+
+/// MTE on the host: the tag storage, the page flags, mte_sync_tags in each form, swap's
+/// save, restore and invalidate, and tag-checked accesses, each with its exact tags.
+@Suite struct MTETests {
+    static let ram: [Range<UInt64>] = [0x4000_0000..<0x8000_0000]
+
+    /// One page's tags: 4 bits per 16-byte granule, 128 bytes, none held when all zero.
+    @Test func tagsArePackedFourBitsPerGranule() {
+        var page = MTETags.Page()
+        page[0] = 0xa
+        page[1] = 0x3
+        page[255] = 0xf
+        #expect(page.bytes[0] == 0x3a && page.bytes[127] == 0xf0 && page[1] == 3 && page[254] == 0)
+        var tags = MTETags()
+        tags.set(7, page)
+        #expect(tags.tagged == 1 && tags.check(pa: 7 << 12 | 0x10, logicalTag: 3) && !tags.check(pa: 7 << 12, logicalTag: 3))
+        tags.set(7, MTETags.Page())
+        #expect(tags.tagged == 0)
+        #expect(MTETags.Page(all: 5).summary == "0x5 ×256")
+    }
+
+    /// try_page_mte_tagging: the first caller takes PG_mte_lock and initialises; a later
+    /// one gets false. The flag is never cleared while the page lives; freeing resets both.
+    @Test func theLockIsTakenOnce() {
+        var h = MTEHost()
+        #expect(h.tryPageMTETagging(5) && !h.tryPageMTETagging(5))
+        #expect(!h.pageMTETagged(5))
+        h.setPageMTETagged(5)
+        #expect(h.pageMTETagged(5))
+        h.freePage(5)
+        #expect(!h.pageMTETagged(5) && h.tryPageMTETagging(5))
+    }
+
+    /// A guest-tagged page of an untagged VMM mapping through swap, form by form: what the
+    /// new page holds after the VMM's set_pte_at, and its PG_mte_tagged.
+    @Test(arguments: [
+        (MTESyncForm.v5_10, false, false, 0),       // no sync: stale frame tags unflagged (sanitise will clear them)
+        (MTESyncForm.v5_14, true, true, 1),         // restored, flagged
+        (MTESyncForm.v5_14Stable, true, true, 1),
+        (MTESyncForm.v6_1Lock, true, true, 1),
+    ])
+    func swapInThroughAnUntaggedPTE(form: MTESyncForm, restored: Bool, flagged: Bool, restores: Int) {
+        var h = MTEHost()
+        h.form = form
+        #expect(h.mmap(name: "g", pages: 2, protMTE: false, backing: "anon", shared: false) == .ok)
+        let pfn = h.fault(vma: 0, page: 1, ram: Self.ram)!
+        h.sanitise(pfn)  // the guest's first stage-2 fault
+        h.guestStoreTags(vma: 0, page: 1, pfn: pfn, tag: 0xc)
+        #expect(h.swapOut(vma: 0, page: 1) == .ok && h.saved[1] == MTETags.Page(all: 0xc) && h.stats.saved == 1)
+        // Another page takes the freed frame and zeroes its tags first, so restore is visible.
+        h.tags.clear(pfn)
+        let again = h.fault(vma: 0, page: 1, ram: Self.ram)!
+        #expect(again == pfn)
+        #expect((h.tags.page(again) == MTETags.Page(all: 0xc)) == restored)
+        #expect(h.pageMTETagged(again) == flagged && h.stats.restored == restores)
+        // swap_free dropped the saved tags with the slot.
+        #expect(h.saved.isEmpty)
+    }
+
+    /// v5.14 flags a page mapped over a swap entry with nothing saved; the stable fix and the
+    /// lock form leave it unflagged (so sanitise_mte_tags clears it later).
+    @Test(arguments: [(MTESyncForm.v5_14, true), (.v5_14Stable, false), (.v6_1Lock, false), (.v5_10, false)])
+    func nothingSavedLeavesThePageUnflaggedAfterTheFix(form: MTESyncForm, flagged: Bool) {
+        var h = MTEHost()
+        h.form = form
+        _ = h.mmap(name: "g", pages: 1, protMTE: false, backing: "anon", shared: false)
+        _ = h.fault(vma: 0, page: 0, ram: Self.ram)
+        #expect(h.swapOut(vma: 0, page: 0) == .ok && h.stats.saved == 0)
+        let pfn = h.fault(vma: 0, page: 0, ram: Self.ram)!
+        #expect(h.pageMTETagged(pfn) == flagged && h.stats.cleared == 0)
+    }
+
+    /// A PROT_MTE mapping: the first set_pte_at clears the page's tags and flags it in every
+    /// form; a swap round trip restores what was stored.
+    @Test(arguments: MTESyncForm.allCases)
+    func aTaggedMappingClearsThenRestores(form: MTESyncForm) {
+        var h = MTEHost()
+        h.form = form
+        #expect(h.mmap(name: "t", pages: 1, protMTE: true, backing: "anon", shared: false) == .ok)
+        #expect(h.userStoreTags(vma: 0, page: 0, tag: 7, ram: Self.ram) == .ok)
+        #expect(h.stats.cleared == 1 && h.userLoad(vma: 0, page: 0, tag: 7, ram: Self.ram) == .ok)
+        #expect(h.userLoad(vma: 0, page: 0, tag: 1, ram: Self.ram) == .tagCheckFault(found: 7) && h.stats.tagCheckFaults == 1)
+        #expect(h.swapOut(vma: 0, page: 0) == .ok)
+        #expect(h.userLoad(vma: 0, page: 0, tag: 7, ram: Self.ram) == .ok && h.stats.restored == 1 && h.stats.lost == 0)
+    }
+
+    /// PROT_MTE needs VM_MTE_ALLOWED; a failed tag-storage allocation leaves the page mapped.
+    @Test func refusals() {
+        var h = MTEHost()
+        #expect(h.mmap(name: "f", pages: 1, protMTE: true, backing: "file", shared: false) == .error(.EINVAL))
+        #expect(h.mmap(name: "s", pages: 1, protMTE: true, backing: "shmem", shared: true) == .ok)
+        _ = h.userStoreTags(vma: 0, page: 0, tag: 2, ram: Self.ram)
+        #expect(h.swapOut(vma: 0, page: 0, failAllocation: true) == .error(.ENOMEM) && h.stats.saveFailures == 1)
+        guard case .present = h.vmas[0].ptes[0] else { Issue.record("the page left its PTE"); return }
+        #expect(h.swapOut(vma: 0, page: 0, failAllocation: false) == .ok)
+    }
+}
