@@ -15,7 +15,7 @@ struct Bench: ParsableCommand {
         abstract: "Measure cocomem's speed and memory: ratios against a C reference, operations per second, resident memory.",
         discussion: """
             Figures: walk_ratio, tlb_hit_ratio (model ÷ C on the same data and address
-            stream), cpa_ops_per_s, psc_ops_per_s, pkvm_share_ops_per_s, sweep_speedup,
+            stream), cpa_ops_per_s, psc_ops_per_s, pkvm_share_ops_per_s, mte_swap_cycle_ops_per_s, sweep_speedup,
             rss_16t_256g_mib, rss_snp_4p_boot_mib, bytes_per_split_2m, scale_run_s,
             scale_run_rss_mib. Ratios are the median of seven interleaved pairs (model,
             reference, model, reference …); other timed and memory figures the median of
@@ -46,6 +46,7 @@ struct Bench: ParsableCommand {
         figures.append(("cpa_ops_per_s", try Self.runs { try Self.cpaOps(quick: quick) }, "set_memory_decrypted/encrypted of random 4K pages, 1 TiB (goal ≥ 2e6)"))
         figures.append(("psc_ops_per_s", try Self.runs { try Self.pscOps(quick: quick) }, "page-state changes through KVM, the RMP and split-on-assign (goal ≥ 1e6)"))
         figures.append(("pkvm_share_ops_per_s", try Self.runs { Self.pkvmShareOps(quick: quick) }, "pKVM host share then unshare of a random 4K page with a guest, 64 GiB host (goal ≥ 1e6)"))
+        figures.append(("mte_swap_cycle_ops_per_s", try Self.runs { Self.mteSwapCycles(quick: quick) }, "swap out and back in one tagged 4K page of a 16 GiB guest: tags saved and restored (goal ≥ 1e6)"))
         figures.append(("sweep_speedup", try Self.sweepSpeedup(quick: quick), "a sweep of 32 short runs, --jobs 2 against --jobs 1, pairs interleaved (goal ≥ 1.8 on 2 cores)"))
         figures.append(("bytes_per_split_2m", Spread(one: try Self.bytesPerSplit()), "model bytes per 2M region split to 4K (goal ≤ 4096)"))
         let rss = try Self.runs { try Self.child("rss", quick: quick)[0] }
@@ -182,6 +183,29 @@ struct Bench: ParsableCommand {
             sum &+= pa.rawValue ^ fault
         }
         return sum
+    }
+
+    /// Swap cycles per second of one tagged page of a 16 GiB guest's memory (an untagged VMM
+    /// mapping, as in seed 003): swap_writepage saves its tags, the next fault maps a new
+    /// page and restores them (v6.1-lock form).
+    static func mteSwapCycles(quick: Bool) -> Double {
+        var h = MTEHost()
+        let ram: [Range<UInt64>] = [(1 << 30)..<(33 << 30)]
+        _ = h.mmap(name: "guestram", pages: 4 << 20, protMTE: false, backing: "anon", shared: false)
+        var rng = SeededGenerator(seed: 5)
+        let page = Int(rng.below(4 << 20))
+        let pfn = h.fault(vma: 0, page: page, ram: ram)!
+        h.sanitise(pfn)
+        h.guestStoreTags(vma: 0, page: page, pfn: pfn, tag: 0x5)
+        let n = quick ? 200_000 : 2_000_000
+        let t0 = ContinuousClock.now
+        for _ in 0..<n {
+            _ = h.swapOut(vma: 0, page: page)
+            _ = h.fault(vma: 0, page: page, ram: ram)
+        }
+        let t = seconds(ContinuousClock.now - t0)
+        precondition(h.stats.restored == n && h.stats.lost == 0, "the swap cycle lost tags")
+        return Double(n) / t
     }
 
     /// The speedup of a sweep of 32 short SNP runs on two threads over one: `rounds`

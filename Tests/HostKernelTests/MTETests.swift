@@ -99,3 +99,38 @@ import PageTables
         #expect(h.swapOut(vma: 0, page: 0, failAllocation: false) == .ok)
     }
 }
+
+/// Copy-on-write and mprotect on the host.
+@Suite struct MTECopyTests {
+    /// copy_highpage carries the tags of a PG_mte_tagged page and flags the copy; an
+    /// unflagged page's tags are not copied. The child keeps the old frame.
+    @Test(arguments: MTESyncForm.allCases)
+    func copyOnWriteCarriesTagsOfATaggedPage(form: MTESyncForm) {
+        var h = MTEHost()
+        h.form = form
+        _ = h.mmap(name: "g", pages: 2, protMTE: false, backing: "anon", shared: false)
+        let a = h.fault(vma: 0, page: 0, ram: MTETests.ram)!, b = h.fault(vma: 0, page: 1, ram: MTETests.ram)!
+        h.sanitise(a)
+        h.guestStoreTags(vma: 0, page: 0, pfn: a, tag: 4)
+        h.tags.set(b, MTETags.Page(all: 9))  // stale tags in an unflagged page
+        h.fork()
+        let a2 = h.breakCOW(vma: 0, page: 0, ram: MTETests.ram)!, b2 = h.breakCOW(vma: 0, page: 1, ram: MTETests.ram)!
+        #expect(a2 != a && h.tags.page(a2) == MTETags.Page(all: 4) && h.pageMTETagged(a2))
+        #expect(h.tags.page(b2) == MTETags.Page() && !h.pageMTETagged(b2) && h.stats.copied == 1)
+        #expect(h.breakCOW(vma: 0, page: 0, ram: MTETests.ram) == nil)  // copied once
+    }
+
+    /// mprotect(PROT_MTE) needs VM_MTE_ALLOWED and rewrites present PTEs tagged, clearing
+    /// the tags of pages that had none initialised.
+    @Test func mprotectAddsPROTMTE() {
+        var h = MTEHost()
+        _ = h.mmap(name: "f", pages: 1, protMTE: false, backing: "file", shared: false)
+        _ = h.mmap(name: "a", pages: 1, protMTE: false, backing: "anon", shared: false)
+        #expect(h.mprotect(vma: 0, protMTE: true, protNone: false) == .error(.EINVAL))
+        let pfn = h.fault(vma: 1, page: 0, ram: MTETests.ram)!
+        h.tags.set(pfn, MTETags.Page(all: 3))
+        #expect(h.mprotect(vma: 1, protMTE: true, protNone: false) == .ok)
+        #expect(h.tags.page(pfn) == MTETags.Page() && h.pageMTETagged(pfn) && h.stats.cleared == 1)
+        #expect(h.mprotect(vma: 1, protMTE: false, protNone: true) == .ok && h.userLoad(vma: 1, page: 0, tag: 0, ram: MTETests.ram) == .segv)
+    }
+}

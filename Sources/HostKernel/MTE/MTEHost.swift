@@ -42,6 +42,10 @@ public struct UserVMA: Hashable, Sendable {
     public let shared: Bool
     /// One entry per page: empty, a present page, or a swap entry.
     public var ptes: [UserPTE]
+    /// mprotect(PROT_NONE): no access, no stage 2.
+    public var protNone = false
+    /// Pages shared with a forked child, copied on the next write.
+    public var cow: Set<Int> = []
 }
 
 /// A user PTE as MTE sees it.
@@ -189,6 +193,9 @@ public struct MTEHost: Sendable {
         }
     }
 
+    /// The tags last written to a page, if any were.
+    public func expectedTags(vma v: Int, page i: Int) -> MTETags.Page? { expected[v]?[i] }
+
     /// Records tags written to a page by its user or its guest.
     mutating func noteWritten(vma v: Int, page i: Int, _ page: MTETags.Page) {
         expected[v, default: [:]][i] = page
@@ -243,7 +250,9 @@ public struct MTEHost: Sendable {
     /// untagged mapping's tag stores are ignored: Normal untagged memory reads tags as zero
     /// and ignores writes, Arm ARM D10.3).
     public mutating func userStoreTags(vma v: Int, page i: Int, tag: UInt8, ram: [Range<UInt64>]) -> KernelStatus {
-        guard let pfn = fault(vma: v, page: i, ram: ram) else { return .error(.ENOMEM) }
+        if vmas[v].protNone { return .error(.EFAULT) }
+        guard let faulted = fault(vma: v, page: i, ram: ram) else { return .error(.ENOMEM) }
+        let pfn = breakCOW(vma: v, page: i, ram: ram) ?? faulted
         guard vmas[v].mte else { return .ok }
         tags.set(pfn, MTETags.Page(all: tag))
         noteWritten(vma: v, page: i, tags.page(pfn))
@@ -253,6 +262,7 @@ public struct MTEHost: Sendable {
     /// A tag-checked user load with pointer tag `tag`: a tag check fault when the page's
     /// tags differ (SIGSEGV, SEGV_MTESERR); untagged mappings are not checked.
     public mutating func userLoad(vma v: Int, page i: Int, tag: UInt8, ram: [Range<UInt64>]) -> MTEAccess {
+        if vmas[v].protNone { return .segv }
         guard let pfn = fault(vma: v, page: i, ram: ram) else { return .noMemory }
         guard vmas[v].mte else { return .ok }
         if tags.check(pa: pfn << pageShift, logicalTag: tag) { return .ok }
@@ -285,6 +295,57 @@ public struct MTEHost: Sendable {
 
     public mutating func countTagCheckFault() { stats.tagCheckFaults += 1 }
 
+    /// KVM_ARM_MTE_COPY_TAGS's lock and flag (kvm/guest.c, d77e59a8fccd on).
+    public mutating func tryPageMTETaggingForCopy(_ pfn: UInt64) -> Bool { tryPageMTETagging(pfn) }
+    public mutating func setTaggedForCopy(_ pfn: UInt64) { setPageMTETagged(pfn) }
+
+    /// mprotect of a whole VMA: PROT_MTE added (VM_MTE; -EINVAL without VM_MTE_ALLOWED),
+    /// its present PTEs rewritten tagged through set_pte_at (change_protection); or
+    /// PROT_NONE, which leaves the pages and their tags alone (the caller unmaps stage 2).
+    /// Linux mm/mprotect.c do_mprotect_pkey.
+    public mutating func mprotect(vma v: Int, protMTE: Bool, protNone: Bool) -> KernelStatus {
+        if protMTE && !vmas[v].mteAllowed { return .error(.EINVAL) }
+        vmas[v].protNone = protNone
+        if protMTE && !vmas[v].mte {
+            vmas[v].mte = true
+            for (i, pte) in vmas[v].ptes.enumerated() where !protNone {
+                if case .present(let pfn) = pte { setPTE(vma: v, page: i, pfn: pfn, old: pte) }
+            }
+        }
+        return .ok
+    }
+
+    /// fork: the child shares every present page of the VMM's private VMAs copy-on-write;
+    /// shared VMAs stay shared. Linux kernel/fork.c dup_mmap, mm/memory.c copy_pte_range.
+    public mutating func fork() {
+        for v in vmas.indices where !vmas[v].shared {
+            for (i, pte) in vmas[v].ptes.enumerated() { if case .present = pte { vmas[v].cow.insert(i) } }
+        }
+    }
+
+    /// A write to a copy-on-write page: a new page, the data and (for a PG_mte_tagged
+    /// source) the tags copied by copy_user_highpage, the PTE rewritten; the child keeps the
+    /// old page. Returns the new frame, or nil when the page is not copy-on-write.
+    /// Linux mm/memory.c wp_page_copy; arch/arm64/mm/copypage.c copy_highpage.
+    public mutating func breakCOW(vma v: Int, page i: Int, ram: [Range<UInt64>]) -> UInt64? {
+        guard vmas[v].cow.contains(i), case .present(let from) = vmas[v].ptes[i], let to = allocPage(ram) else { return nil }
+        vmas[v].cow.remove(i)
+        if pageMTETagged(from) {
+            switch form {
+            case .v5_10, .v5_14, .v5_14Stable:
+                setPageMTETagged(to)  // set_bit before the copy
+                tags.copy(from: from, to: to)
+            case .v6_1Lock:
+                _ = tryPageMTETagging(to)
+                tags.copy(from: from, to: to)
+                setPageMTETagged(to)
+            }
+            stats.copied += 1
+        }
+        setPTE(vma: v, page: i, pfn: to, old: .present(pfn: from))
+        return to
+    }
+
     public mutating func noteGuestMapped(vma v: Int, page i: Int, pfn: UInt64) { noteMapped(vma: v, page: i, pfn: pfn) }
 }
 
@@ -294,18 +355,21 @@ public enum MTEAccess: Hashable, Sendable, Outcome {
     /// A tag check fault: the allocation tag found at the first granule.
     case tagCheckFault(found: UInt8)
     case noMemory
+    /// An access through a PROT_NONE mapping: SIGSEGV (SEGV_ACCERR).
+    case segv
 
     public var description: String {
         switch self {
         case .ok: "ok"
         case .tagCheckFault(let t): "tag check fault (allocation tag \(hex(UInt64(t)))): SIGSEGV SEGV_MTESERR"
         case .noMemory: "-ENOMEM"
+        case .segv: "SIGSEGV SEGV_ACCERR"
         }
     }
     public var kind: OutcomeKind {
         switch self {
         case .ok: .success
-        case .tagCheckFault: .fault
+        case .tagCheckFault, .segv: .fault
         case .noMemory: .error
         }
     }
@@ -313,7 +377,7 @@ public enum MTEAccess: Hashable, Sendable, Outcome {
 
 /// What MTE counts.
 public struct MTEStats: Hashable, Sendable {
-    public var saved = 0, restored = 0, cleared = 0, lost = 0, tagCheckFaults = 0, saveFailures = 0
+    public var saved = 0, restored = 0, cleared = 0, lost = 0, tagCheckFaults = 0, saveFailures = 0, copied = 0
     public init() {}
 }
 
@@ -326,5 +390,6 @@ extension MTEHost {
         Metric("mte_tags_lost", "pages", "pages mapped with tags that differ from the last tags written to them") { UInt64($0.lost) },
         Metric("mte_tag_check_faults", "accesses", "tag-checked loads whose pointer tag differed from the memory's") { UInt64($0.tagCheckFaults) },
         Metric("mte_swap_save_failures", "pages", "swap-outs refused because the tag storage could not be allocated") { UInt64($0.saveFailures) },
+        Metric("mte_tags_copied", "pages", "copy-on-write copies that carried a page's tags (copy_highpage)") { UInt64($0.copied) },
     ]
 }

@@ -52,10 +52,15 @@ public struct KVMMTE: Sendable {
     /// (gfn_to_pfn → handle_mm_fault), then with MTE the VMA checked (VM_MTE_ALLOWED, and
     /// not VM_SHARED before 6.2; else -EFAULT to the VMM) and sanitise_mte_tags, then the
     /// stage-2 entry. -EFAULT for a frame outside the memslots.
-    public mutating func userMemAbort(vm v: Int, gfn: UInt64, host: inout MTEHost, ram: [Range<UInt64>]) -> (KernelStatus, UInt64?) {
-        if let pfn = vms[v].stage2[gfn] { return (.ok, pfn) }
+    /// A write to a page the VMM shares copy-on-write with a forked child copies it first
+    /// (the fork unmapped stage 2; a read maps the shared page, a write faults again).
+    public mutating func userMemAbort(vm v: Int, gfn: UInt64, write: Bool = false, host: inout MTEHost, ram: [Range<UInt64>]) -> (KernelStatus, UInt64?) {
         guard let (vma, page) = slot(vm: v, gfn: gfn) else { return (.error(.EFAULT), nil) }
-        guard let pfn = host.fault(vma: vma, page: page, ram: ram) else { return (.error(.ENOMEM), nil) }
+        let cow = write && host.vmas[vma].cow.contains(page)
+        if let pfn = vms[v].stage2[gfn], !cow { return (.ok, pfn) }
+        if host.vmas[vma].protNone { return (.error(.EFAULT), nil) }
+        guard var pfn = host.fault(vma: vma, page: page, ram: ram) else { return (.error(.ENOMEM), nil) }
+        if cow, let copy = host.breakCOW(vma: vma, page: page, ram: ram) { pfn = copy }
         if vms[v].mte {
             let area = host.vmas[vma]
             guard area.mteAllowed, !(host.form.kvmRefusesShared && area.shared) else { return (.error(.EFAULT), nil) }
@@ -66,11 +71,71 @@ public struct KVMMTE: Sendable {
         return (.ok, pfn)
     }
 
+    /// The MMU notifier's unmap for a whole VMA (mprotect, fork's write protection).
+    public mutating func unmap(vma: Int) {
+        for v in vms.indices {
+            for s in vms[v].slots where s.vma == vma {
+                for p in 0..<UInt64(s.pages) { vms[v].stage2[s.gfn + p] = nil }
+            }
+        }
+    }
+
     /// The MMU notifier's unmap (kvm_unmap_gfn_range) for a VMA page whose PTE changed:
     /// every stage-2 entry over it goes.
     public mutating func unmap(vma: Int, page: Int) {
         for v in vms.indices {
             for s in vms[v].slots where s.vma == vma && page < s.pages { vms[v].stage2[s.gfn + UInt64(page)] = nil }
+        }
+    }
+
+    /// KVM_ARM_MTE_COPY_TAGS (kvm_vm_ioctl_mte_copy_tags): the checks in the kernel's order,
+    /// then page by page through the memslots: FROM_GUEST copies a tagged page's tags and
+    /// zeroes the buffer for an untagged one; TO_GUEST locks the page (try_page_mte_tagging,
+    /// its answer ignored), writes the buffer's tags (all `tag`) and flags it. A page that
+    /// cannot be found stops the copy: -EFAULT if it was the first, else the bytes done.
+    /// Linux arch/arm64/kvm/guest.c; Documentation/virt/kvm/api.rst 4.130.
+    public mutating func copyTags(vm v: Int, guestIPA: UInt64, length: UInt64, flags: UInt64, reserved: UInt64, tag: UInt8,
+                                  dirtyLogging: Bool, host: inout MTEHost, ram: [Range<UInt64>]) -> (MTECopyTags, [MTETags.Page]) {
+        let fromGuest: UInt64 = 1
+        guard vms[v].mte, reserved == 0, flags & ~fromGuest == 0, length & 0xfff == 0, guestIPA & 0xfff == 0,
+              length <= UInt64(Int32.max) else { return (.error(.EINVAL), []) }
+        let write = flags & fromGuest == 0
+        if write && dirtyLogging { return (.error(.EBUSY), []) }
+        var left = length, gfn = guestIPA >> 12, read: [MTETags.Page] = []
+        while left > 0 {
+            guard let (vma, page) = slot(vm: v, gfn: gfn), let pfn = host.fault(vma: vma, page: page, ram: ram) else {
+                return (left == length ? .error(.EFAULT) : .partial(bytes: length - left), read)
+            }
+            if write {
+                _ = host.tryPageMTETaggingForCopy(pfn)
+                host.guestStoreTags(vma: vma, page: page, pfn: pfn, tag: tag)
+                host.setTaggedForCopy(pfn)
+            } else {
+                read.append(host.pageMTETagged(pfn) ? host.tags.page(pfn) : MTETags.Page())
+            }
+            left -= 4096
+            gfn += 1
+        }
+        return (.ok, read)
+    }
+}
+
+/// What KVM_ARM_MTE_COPY_TAGS returned: 0, the bytes done when it stopped part way, or an errno.
+public enum MTECopyTags: Hashable, Sendable, Outcome {
+    case ok
+    case partial(bytes: UInt64)
+    case error(Errno)
+    public var description: String {
+        switch self {
+        case .ok: "ok"
+        case .partial(let b): "\(b) (bytes done before a page could not be found)"
+        case .error(let e): e.description
+        }
+    }
+    public var kind: OutcomeKind {
+        switch self {
+        case .ok, .partial: .success
+        case .error: .error
         }
     }
 }

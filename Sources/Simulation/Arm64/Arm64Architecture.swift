@@ -9,7 +9,7 @@ import PageTables
 public enum Arm64Architecture {
     public static let definition = ArchitectureDefinition(
         name: "arm64", summary: "arm64 host: linear map (blocks, pages, BBML2 splits), set_memory_*/set_direct_map_*, TLBI",
-        isa: .arm64, steps: [tlbi] + MTESteps.all, policySlots: [linearMap, MTESteps.syncSlot])
+        isa: .arm64, steps: [tlbi] + MTESteps.all, workloads: MTEWorkloads.all, policySlots: [linearMap, MTESteps.syncSlot])
 
     /// `tlbi`: one TLB maintenance instruction on a CPU, as the kernel's flush helpers issue
     /// them (flush_tlb_kernel_range: VAALE1IS; flush_tlb_all: VMALLE1IS; flush_tlb_mm:

@@ -14,7 +14,8 @@ public enum MTESteps {
     static let vm = Parameter("vm", .name, required: true, "the VM (named by kvm_create_vm)")
     static let gfn = Parameter("gfn", .address(0...(1 << 36)), required: true, "the guest frame")
 
-    public static let all: [StepDefinition] = [mmap, userStoreTags, userLoad, swapWritepage, kvmCreateVM, setUserMemoryRegion, guestStoreTags, guestLoad, mteTags]
+    public static let all: [StepDefinition] = [mmap, mprotect, fork, userStoreTags, userLoad, swapWritepage, kvmCreateVM, setUserMemoryRegion,
+                                               guestStoreTags, guestLoad, copyTags, mteTags]
 
     /// Every MTE step needs MTE in the CPUs.
     static func step(_ name: String, _ summary: String, _ arguments: [Parameter],
@@ -66,7 +67,11 @@ public enum MTESteps {
                                     [vma, page, tag]) { a in
         { m throws(HostKernelError) in
             let (v, p) = try vmaIndex(m, a)
-            return m.kernel.mte.userStoreTags(vma: v, page: p, tag: UInt8(a.number("tag")), ram: m.kernel.memory.ram)
+            let before = m.kernel.mte.vmas[v].ptes[p]
+            let r = m.kernel.mte.userStoreTags(vma: v, page: p, tag: UInt8(a.number("tag")), ram: m.kernel.memory.ram)
+            // A copy-on-write copy moved the page: the MMU notifier drops stage 2's old one.
+            if m.kernel.mte.vmas[v].ptes[p] != before { m.kvmMTE.unmap(vma: v, page: p) }
+            return r
         }
     }
 
@@ -113,7 +118,7 @@ public enum MTESteps {
                                      [vm, gfn, tag]) { a in
         { m throws(HostKernelError) in
             let v = try vmIndex(m, a), gfn = a.number("gfn")
-            let (r, pfn) = m.kvmMTE.userMemAbort(vm: v, gfn: gfn, host: &m.kernel.mte, ram: m.kernel.memory.ram)
+            let (r, pfn) = m.kvmMTE.userMemAbort(vm: v, gfn: gfn, write: true, host: &m.kernel.mte, ram: m.kernel.memory.ram)
             guard let pfn, r == .ok else { return r }
             if m.kvmMTE.vms[v].mte, let (vma, page) = m.kvmMTE.slot(vm: v, gfn: gfn) {
                 m.kernel.mte.guestStoreTags(vma: vma, page: page, pfn: pfn, tag: UInt8(a.number("tag")))
@@ -133,6 +138,45 @@ public enum MTESteps {
             if m.kernel.mte.tags.check(pa: pfn << pageShift, logicalTag: UInt8(a.number("tag"))) { return MTEAccess.ok }
             m.kernel.mte.countTagCheckFault()
             return MTEAccess.tagCheckFault(found: m.kernel.mte.tags.page(pfn)[0])
+        }
+    }
+
+    /// mprotect of a whole mapping.
+    static let mprotect = step("mprotect", "mprotect of a whole VMM mapping: add PROT_MTE (its PTEs rewritten tagged, -EINVAL without VM_MTE_ALLOWED), or PROT_NONE (stage 2 unmapped; the guest's next access is -EFAULT)",
+                               [vma, Parameter("prot-mte", .bool, default: "false", "add PROT_MTE"),
+                                Parameter("none", .bool, default: "false", "PROT_NONE (false: access back)")]) { a in
+        { m throws(HostKernelError) in
+            let (v, _) = try vmaIndex(m, a)
+            let r = m.kernel.mte.mprotect(vma: v, protMTE: a.bool("prot-mte"), protNone: a.bool("none"))
+            if r == .ok { m.kvmMTE.unmap(vma: v) }
+            return r
+        }
+    }
+
+    /// fork: the VMM's private pages become copy-on-write; the MMU notifier drops stage 2.
+    static let fork = step("fork", "the VMM forks: its private pages are shared copy-on-write with the child (the next write copies them, with their tags if PG_mte_tagged)", []) { _ in
+        { m throws(HostKernelError) in
+            m.kernel.mte.fork()
+            for v in m.kernel.mte.vmas.indices where !m.kernel.mte.vmas[v].shared { m.kvmMTE.unmap(vma: v) }
+            return OK()
+        }
+    }
+
+    /// KVM_ARM_MTE_COPY_TAGS.
+    static let copyTags = step("kvm_arm_mte_copy_tags", "KVM_ARM_MTE_COPY_TAGS: the VMM reads (flags 1, KVM_ARM_TAGS_FROM_GUEST) or writes (flags 0) a guest range's tags without a PROT_MTE mapping",
+                               [vm, Parameter("guest_ipa", .address(), required: true, "the guest physical address (page-aligned)"),
+                                Parameter("length", .address(), required: true, "bytes of guest memory (page-aligned)"),
+                                Parameter("flags", .address(), default: "0", "0 (TO_GUEST) or 1 (FROM_GUEST); other bits are -EINVAL"),
+                                Parameter("reserved", .address(), default: "0", "reserved[0] | reserved[1]; not zero is -EINVAL"),
+                                Parameter("tag", .count(0...15), default: "0", "TO_GUEST: the tag the buffer holds for every granule"),
+                                Parameter("dirty-logging", .bool, default: "false", "a memslot logs dirty pages: TO_GUEST is -EBUSY")]) { a in
+        { m throws(HostKernelError) in
+            let v = try vmIndex(m, a)
+            let (r, pages) = m.kvmMTE.copyTags(vm: v, guestIPA: a.number("guest_ipa"), length: a.number("length"), flags: a.number("flags"),
+                                               reserved: a.number("reserved"), tag: UInt8(a.number("tag")), dirtyLogging: a.bool("dirty-logging"),
+                                               host: &m.kernel.mte, ram: m.kernel.memory.ram)
+            guard r == .ok, !pages.isEmpty else { return r }
+            return AnnotatedOutcome(r, notes: pages.prefix(4).map { "tags \($0.summary)" } + (pages.count > 4 ? ["…"] : []))
         }
     }
 
