@@ -134,3 +134,47 @@ import PageTables
         #expect(h.mprotect(vma: 1, protMTE: false, protNone: true) == .ok && h.userLoad(vma: 1, page: 0, tag: 0, ram: MTETests.ram) == .segv)
     }
 }
+
+/// The forms as sequences of atomic actions, interleaved by hand as the seed's table does:
+/// two CPUs map one page back from swap.
+@Suite struct MTERaceTests {
+    /// Two VMAs map the one page (a shared swap-cache page); its tags, 0x6, are saved.
+    static func host(_ form: MTESyncForm) -> (MTEHost, MTESyncThread, MTESyncThread) {
+        var h = MTEHost()
+        h.form = form
+        _ = h.mmap(name: "a", pages: 1, protMTE: true, backing: "shmem", shared: true)
+        _ = h.mmap(name: "b", pages: 1, protMTE: true, backing: "shmem", shared: true)
+        h.saved[1] = MTETags.Page(all: 6)
+        h.vmas[0].ptes[0] = .swap(entry: 1)
+        h.vmas[1].ptes[0] = .swap(entry: 1)
+        return (h, MTESyncThread(vma: 0, page: 0, pfn: 9, old: .swap(entry: 1)), MTESyncThread(vma: 1, page: 0, pfn: 9, old: .swap(entry: 1)))
+    }
+
+    /// CPU 1 starts restoring and is preempted half way; CPU 2 runs while it can. Before the
+    /// lock, CPU 2 finds PG_mte_tagged set and writes its PTE over half-restored tags (the
+    /// seed's race); with the lock, it waits for PG_mte_tagged.
+    @Test(arguments: [(MTESyncForm.v5_14, true), (.v5_14Stable, true), (.v6_1Lock, false)])
+    func cpu2SeesHalfRestoredTagsOnlyBeforeTheLock(form: MTESyncForm, races: Bool) {
+        var (h, t1, t2) = Self.host(form)
+        while form.program[t1.pc] != .restoreSecondHalf { h.step(&t1) }
+        var sawStale = false
+        while h.canStep(t2) {
+            if form.program[t2.pc] == .writePTE { sawStale = h.tags.page(9) != MTETags.Page(all: 6) }
+            h.step(&t2)
+        }
+        #expect(sawStale == races && t2.done == races)
+        while !t1.done { h.step(&t1) }
+        while !t2.done { h.step(&t2) }
+        #expect(h.tags.page(9) == MTETags.Page(all: 6) && h.pageMTETagged(9))
+    }
+
+    /// Each form's program, as the docs print it.
+    @Test func programsReadAsTheKernelCode() {
+        #expect(MTESyncForm.v5_10.program.map(\.description) == [
+            "call site (pte_tagged, else → 8)", "test_and_set_bit(PG_mte_tagged) (set → 8)", "is_swap_pte(old) (no → 7)",
+            "xa_load(mte_pages) (none → 7)", "mte_restore_page_tags, granules 0-127", "mte_restore_page_tags, granules 128-255",
+            "→ 8", "mte_clear_page_tags", "set_pte",
+        ])
+        #expect(MTESyncForm.v6_1Lock.program.count == 13 && MTESyncForm.v6_1Lock.program.filter { if case .tryLock = $0 { true } else { false } }.count == 2)
+    }
+}

@@ -117,71 +117,13 @@ public struct MTEHost: Sendable {
         stats.cleared += 1
     }
 
-    /// mte_restore_tags in the form's shape; true when tags were stored for `entry`
-    /// (v5.10-v6.0 return whether they were; the lock form returns nothing, and the caller
-    /// goes on).
-    mutating func restoreTags(_ entry: UInt64, _ pfn: UInt64) -> Bool {
-        guard let page = saved[entry] else { return false }
-        switch form {
-        case .v5_10, .v5_14:
-            tags.set(pfn, page)  // callers already set the flag
-            stats.restored += 1
-        case .v5_14Stable:
-            if !testAndSetTagged(pfn) {
-                tags.set(pfn, page)
-                stats.restored += 1
-            }
-        case .v6_1Lock:
-            if tryPageMTETagging(pfn) {
-                tags.set(pfn, page)
-                stats.restored += 1
-                setPageMTETagged(pfn)
-            }
-        }
-        return true
-    }
-
     /// set_pte_at's MTE part for a new user PTE mapping `pfn` in VMA `vma` (tagged when the
-    /// VMA has PROT_MTE), replacing `old`, in the machine's form. Linux
-    /// arch/arm64/include/asm/pgtable.h set_pte_at; arch/arm64/kernel/mte.c mte_sync_tags.
+    /// VMA has PROT_MTE), replacing `old`: the form's program (`MTESyncForm.program`) run
+    /// to the end on one CPU. Linux arch/arm64/include/asm/pgtable.h set_pte_at;
+    /// arch/arm64/kernel/mte.c mte_sync_tags.
     mutating func setPTE(vma v: Int, page i: Int, pfn: UInt64, old: UserPTE) {
-        let pteTagged = vmas[v].mte
-        var swapEntry: UInt64?
-        if case .swap(let e) = old { swapEntry = e }
-        switch form {
-        case .v5_10:
-            guard pteTagged else { break }  // the call site tests pte_tagged(pte)
-            if !testAndSetTagged(pfn) {
-                if let e = swapEntry, restoreTags(e, pfn) { break }
-                clearTags(pfn)
-            }
-        case .v5_14:
-            guard pteTagged || swapEntry != nil else { break }
-            if !testAndSetTagged(pfn) {
-                if let e = swapEntry, restoreTags(e, pfn) { break }
-                if !pteTagged { break }  // PG_mte_tagged stays set over tags never written
-                clearTags(pfn)
-            }
-        case .v5_14Stable:
-            guard pteTagged || swapEntry != nil else { break }
-            if !pageMTETagged(pfn) {
-                if let e = swapEntry, restoreTags(e, pfn) { break }
-                if !pteTagged { break }
-                if !testAndSetTagged(pfn) { clearTags(pfn) }
-            }
-        case .v6_1Lock:
-            guard pteTagged || swapEntry != nil else { break }
-            if !pageMTETagged(pfn) {
-                if let e = swapEntry { _ = restoreTags(e, pfn) }
-                if !pteTagged { break }
-                if tryPageMTETagging(pfn) {
-                    clearTags(pfn)
-                    setPageMTETagged(pfn)
-                }
-            }
-        }
-        vmas[v].ptes[i] = .present(pfn: pfn)
-        noteMapped(vma: v, page: i, pfn: pfn)
+        var t = MTESyncThread(vma: v, page: i, pfn: pfn, old: old)
+        while !t.done { step(&t) }
     }
 
     /// A page now mapped: its tags against those last written to it.
