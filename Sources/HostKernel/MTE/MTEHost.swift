@@ -126,12 +126,13 @@ public struct MTEHost: Sendable {
         while !t.done { step(&t) }
     }
 
-    /// A page now mapped: its tags against those last written to it.
+    /// A page now mapped: its tags against those last written to it. A loss counts once:
+    /// the page is not followed again until its tags are written again.
     mutating func noteMapped(vma v: Int, page i: Int, pfn: UInt64) {
         guard let want = expected[v]?[i] else { return }
         if tags.page(pfn) != want {
             stats.lost += 1
-            expected[v]![i] = tags.page(pfn)
+            expected[v]![i] = nil
         }
     }
 
@@ -174,6 +175,24 @@ public struct MTEHost: Sendable {
         setPTE(vma: v, page: i, pfn: pfn, old: old)
         if case .swap(let e) = old { saved[e] = nil }
         return pfn
+    }
+
+    /// swapoff (try_to_unuse): every swapped-out page of the VMM is read back and its PTE set
+    /// again by unuse_pte, which calls set_pte_at with the VMA's protection (so a PROT_NONE
+    /// mapping's page is not user-accessible there), then arch_swap_invalidate_area frees
+    /// every tag the area still holds. Returns the pages brought back. Linux mm/swapfile.c;
+    /// arch/arm64/mm/mteswap.c mte_invalidate_tags_area.
+    public mutating func swapoff(ram: [Range<UInt64>]) -> Int {
+        var back = 0
+        for v in vmas.indices {
+            for i in vmas[v].ptes.indices {
+                guard case .swap(let e) = vmas[v].ptes[i], let pfn = allocPage(ram) else { continue }
+                setPTE(vma: v, page: i, pfn: pfn, old: .swap(entry: e))
+                back += 1
+            }
+        }
+        saved.removeAll()
+        return back
     }
 
     /// mmap of an anonymous, shmem or file mapping; PROT_MTE needs VM_MTE_ALLOWED

@@ -112,7 +112,10 @@ extension MTEHost {
         var next = t.pc + 1
         switch program[t.pc] {
         case .callSite(let requiresTagged, let orElse):
-            if !(tagged || (!requiresTagged && swapEntry != nil)) { next = orElse }
+            // From 69e3b846d8a7 the PTE must be user-accessible (pte_access_permitted): a
+            // PROT_NONE PTE is not.
+            let accessible = requiresTagged || !vmas[t.vma].protNone
+            if !(accessible && (tagged || (!requiresTagged && swapEntry != nil))) { next = orElse }
         case .testAndSetTagged(let j): if testAndSetTagged(t.pfn) { next = j }
         case .testTagged(let j): if pageMTETagged(t.pfn) { next = j }
         case .tryLock(let j): if !tryPageMTETagging(t.pfn) { next = j }

@@ -14,7 +14,7 @@ public enum MTESteps {
     static let vm = Parameter("vm", .name, required: true, "the VM (named by kvm_create_vm)")
     static let gfn = Parameter("gfn", .address(0...(1 << 36)), required: true, "the guest frame")
 
-    public static let all: [StepDefinition] = [mmap, mprotect, fork, userStoreTags, userLoad, swapWritepage, kvmCreateVM, setUserMemoryRegion,
+    public static let all: [StepDefinition] = [mmap, mprotect, fork, userStoreTags, userLoad, swapWritepage, swapoff, kvmCreateVM, setUserMemoryRegion,
                                                guestStoreTags, guestLoad, copyTags, mteTags]
 
     /// Every MTE step needs MTE in the CPUs.
@@ -93,6 +93,13 @@ public enum MTESteps {
             let r = m.kernel.mte.swapOut(vma: v, page: p, failAllocation: a.bool("fail-alloc"))
             if r == .ok { m.kvmMTE.unmap(vma: v, page: p) }
             return r
+        }
+    }
+
+    /// swapoff: every swapped-out page read back through unuse_pte, the saved tags freed.
+    static let swapoff = step("swapoff", "swapoff: every swapped-out page comes back (unuse_pte → set_pte_at with the VMA's protection), then arch_swap_invalidate_area frees the saved tags", []) { _ in
+        { m throws(HostKernelError) in
+            ValueOutcome("\(m.kernel.mte.swapoff(ram: m.kernel.memory.ram)) pages back")
         }
     }
 
