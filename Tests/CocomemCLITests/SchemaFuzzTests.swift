@@ -21,7 +21,7 @@ import Testing
         case "x86-snp":
             (arch, "machine: {arch: x86-snp, memory: 4G, cpus: 2}\nguests:\n  - {name: vm0, asid: 1, memory: 8M, placement: {pa: 0x40000000}, vcpus: 2}\n")
         case "arm64":
-            (arch, "machine:\n  arch: arm64\n  cpus: 2\n  e820: |\n    BIOS-e820: [mem 0x0000000040000000-0x000000007fffffff] usable\n")
+            (arch, "machine:\n  arch: arm64\n  cpus: 2\n  mte: true\n  e820: |\n    BIOS-e820: [mem 0x0000000040000000-0x000000007fffffff] usable\n")
         case "arm64-pkvm":
             (arch, "machine:\n  arch: arm64-pkvm\n  cpus: 2\n  mte: true\n  e820: |\n    BIOS-e820: [mem 0x0000000040000000-0x000000007fffffff] usable\n"
                 + "guests:\n  - {name: vm0, protected: true}\n  - {name: vm1}\n")
@@ -38,6 +38,7 @@ import Testing
         case .choice(let c): return rng.below(4) == 0 ? "nope" : c[Int(rng.below(UInt64(c.count)))]
         case .letters(let l): return ["", String(l.prefix(2)), String(l), String(l) + String(l.prefix(1)), "Q"][Int(rng.below(5))]
         case .guest, .guestOrAll: return ["vm0", "all", "vm9"][Int(rng.below(3))]
+        case .name: return ["vm0", "guestram", "\"a b\"", "\"\"", String(repeating: "n", count: 65)][Int(rng.below(5))]
         default: return numbers[Int(rng.below(UInt64(numbers.count)))]
         }
     }
