@@ -23,7 +23,7 @@ public struct Cocomem: ParsableCommand {
               cocomem list steps
             """,
         version: "0.1.0",
-        subcommands: [Demo.self, Run.self, Check.self, Compare.self, SweepCommand.self, MergeCommand.self, List.self, MeminfoCommand.self, PtdumpCommand.self, ListOperations.self, Bench.self],
+        subcommands: [Demo.self, Run.self, Check.self, Compare.self, ExploreCommand.self, SweepCommand.self, MergeCommand.self, List.self, MeminfoCommand.self, PtdumpCommand.self, ListOperations.self, Bench.self],
         defaultSubcommand: Demo.self)
 
     public init() {}

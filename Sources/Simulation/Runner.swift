@@ -89,6 +89,33 @@ public struct RunResult: Sendable {
 
 /// Runs scenarios step by step.
 public enum Runner {
+    /// The threads after the setup steps: in the scenario's `schedule`, else each CPU to its
+    /// end in turn (the lowest that can run). The asserts and invariants are checked after
+    /// every action; the first that fails stops the run.
+    static func runThreads(_ s: Scenario, _ m: inout Machine, _ records: [StepRecord]) throws {
+        var states = [ThreadState](repeating: ThreadState(), count: s.threads.count)
+        var k = 0
+        func next() -> Int? {
+            if let schedule = s.schedule { return k < schedule.count ? schedule[k] : nil }
+            return states.indices.first { m.canStep(states[$0], s.threads[$0]) }
+        }
+        while let t = next() {
+            k += 1
+            guard m.canStep(states[t], s.threads[t]) else {
+                throw InvariantFailure(step: s.steps.count, invariant: "schedule",
+                                       detail: "action \(k) of the schedule: CPU \(t) cannot run (its thread has ended, or it waits)")
+            }
+            let did = try m.stepThread(&states[t], s.threads[t])
+            if let failure = Explorer.violation(s, m, records) {
+                throw InvariantFailure(step: s.steps.count, invariant: "assert",
+                                       detail: "after action \(k) (CPU \(t): \(did)): \(failure)")
+            }
+        }
+        if s.schedule == nil, states.indices.contains(where: { states[$0].routine < s.threads[$0].count }) {
+            throw InvariantFailure(step: s.steps.count, invariant: "deadlock", detail: "every CPU left waits")
+        }
+    }
+
     public static func run(_ scenario: Scenario, options: RunOptions = RunOptions()) throws(ScenarioError) -> RunResult {
         var m = try scenario.boot()
         var records: [StepRecord] = []
@@ -138,6 +165,11 @@ public enum Runner {
                     return finish(InvariantFailure(step: step.index, invariant: error.name, detail: error.detail), checks: [])
                 }
                 m.resetChanges()
+            }
+        }
+        if !scenario.threads.isEmpty {
+            do { try runThreads(scenario, &m, records) } catch let f as InvariantFailure { return finish(f, checks: []) } catch {
+                throw ScenarioError(file: scenario.file, line: nil, column: nil, field: "threads", "\(error)")
             }
         }
         let checks = scenario.checks.map { c in

@@ -19,6 +19,12 @@ public struct Scenario: Sendable {
     public let policies: [(slot: String, policy: String)]
     public let steps: [PreparedStep]
     public let checks: [PreparedCheck]
+    /// One list of routines per CPU, run interleaved after `steps` (docs/explorer.md).
+    public internal(set) var threads: [[ThreadRoutine]] = []
+    /// Conditions that hold at every state of the threads' interleavings.
+    public internal(set) var asserts: [PreparedCheck] = []
+    /// The CPUs in the order `run` replays them (a counterexample's schedule).
+    public internal(set) var schedule: [Int]?
 
     /// The invariants the scenario's checks say end broken (it shows a bug on purpose).
     public var brokenInvariants: [String] { checks.compactMap(\.brokenInvariant) }

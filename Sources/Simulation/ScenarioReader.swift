@@ -7,7 +7,7 @@ struct ScenarioReader {
     let file: String
     let overrides: [(String, String)]
 
-    static let topKeys = ["name", "seed", "machine", "host", "kvm", "guest", "guests", "steps", "check"]
+    static let topKeys = ["name", "seed", "machine", "host", "kvm", "guest", "guests", "steps", "check", "threads", "assert", "schedule"]
     /// The keys every machine has; the rest belong to one kernel architecture.
     static let commonMachineKeys = ["arch", "e820", "memory", "cpus"]
     static let machineKeys = commonMachineKeys + ArchitectureDefinition.x86MachineKeys
@@ -88,8 +88,18 @@ struct ScenarioReader {
         if let list = top["check"] {
             for item in try list.sequence() { checks.append(try Checks.prepare(item, architecture: arch, cpus: cpus, mte: config.mte)) }
         }
-        return Scenario(file: file, name: name, seed: seed, architecture: arch, cpus: cpus, memory: memory,
-                        kernelConfig: config, guests: guests, policies: policies, steps: steps, checks: checks)
+        let threads = try readThreads(top, context: context)
+        var asserts: [PreparedCheck] = []
+        if let list = top["assert"] {
+            guard !threads.isEmpty else { throw list.error("'assert:' holds at every state of the threads' interleavings; this scenario has no 'threads:'") }
+            for item in try list.sequence() { asserts.append(try Checks.prepare(item, architecture: arch, cpus: cpus, mte: config.mte)) }
+        }
+        var scenario = Scenario(file: file, name: name, seed: seed, architecture: arch, cpus: cpus, memory: memory,
+                                kernelConfig: config, guests: guests, policies: policies, steps: steps, checks: checks)
+        scenario.threads = threads
+        scenario.asserts = asserts
+        scenario.schedule = try readSchedule(top, threads: threads.count)
+        return scenario
     }
 
     func readMemory(_ machine: Fields) throws(ScenarioError) -> PhysicalMemory {

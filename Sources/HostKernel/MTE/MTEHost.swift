@@ -46,6 +46,8 @@ public struct UserVMA: Hashable, Sendable {
     public var protNone = false
     /// Pages shared with a forked child, copied on the next write.
     public var cow: Set<Int> = []
+    /// For a forked child's copy of a VMA (`NAME.child`): the parent's VMA.
+    public var parent: Int?
 }
 
 /// A user PTE as MTE sees it.
@@ -64,7 +66,7 @@ public enum MTETagOutcome: Hashable, Sendable {
 /// for swap entries (mteswap.c's xarray), the VMM's VMAs, and what the model expects each
 /// page to hold (to count tags lost). Pages come from a LIFO free list, as the page
 /// allocator's per-CPU lists hand back the page last freed.
-public struct MTEHost: Sendable {
+public struct MTEHost: Hashable, Sendable {
     public var form: MTESyncForm = .v6_1Lock
     public internal(set) var tags = MTETags()
     /// PG_mte_tagged (PG_arch_2) and PG_mte_lock (PG_arch_3), by pfn.
@@ -76,6 +78,9 @@ public struct MTEHost: Sendable {
     /// The tags last written to each (VMA, page): a page mapped with others lost them.
     var expected: [Int: [Int: MTETags.Page]] = [:]
     var freePFNs: [UInt64] = []
+    /// Pages read back from swap and not yet mapped everywhere (the swap cache), by entry:
+    /// two PTEs of one swap entry map the one page.
+    public internal(set) var swapCache: [UInt64: UInt64] = [:]
     var nextPFN: UInt64 = 0
     var nextSwap: UInt64 = 1
     public internal(set) var stats = MTEStats()
@@ -139,6 +144,33 @@ public struct MTEHost: Sendable {
     /// The tags last written to a page, if any were.
     public func expectedTags(vma v: Int, page i: Int) -> MTETags.Page? { expected[v]?[i] }
 
+    /// A PTE of swap entry `e` now maps `pfn`: while another PTE still holds the entry, the
+    /// page stays in the swap cache and the tags stay saved; with the last, swap_free drops
+    /// both (arch_swap_invalidate_page).
+    public mutating func swapDone(_ e: UInt64, _ pfn: UInt64) {
+        let stillHeld = vmas.contains { $0.ptes.contains(.swap(entry: e)) }
+        if stillHeld {
+            swapCache[e] = pfn
+        } else {
+            saved[e] = nil
+            swapCache[e] = nil
+        }
+    }
+
+    /// The page a swap entry is read into: the swap cache's, or a new one (swapin_readahead).
+    public mutating func swapCachePage(_ entry: UInt64, ram: [Range<UInt64>]) -> UInt64? {
+        if let p = swapCache[entry] { return p }
+        guard let p = allocPage(ram) else { return nil }
+        swapCache[entry] = p
+        return p
+    }
+
+    /// A map of `pfn` for a page back from swap entry `entry`: stale when the tags saved for
+    /// the entry are not (all) in the page yet.
+    public mutating func noteMapFromSwap(_ entry: UInt64, _ pfn: UInt64) {
+        if let want = saved[entry], tags.page(pfn) != want { stats.staleMaps += 1 }
+    }
+
     /// Records tags written to a page by its user or its guest.
     mutating func noteWritten(vma v: Int, page i: Int, _ page: MTETags.Page) {
         expected[v, default: [:]][i] = page
@@ -148,6 +180,10 @@ public struct MTEHost: Sendable {
     /// is PG_mte_tagged (mte_save_tags), the PTE replaced by the entry, the page freed.
     /// `failAllocation`: kmalloc of the tag storage fails, and swap_writepage leaves the page
     /// mapped (-ENOMEM). Linux arch/arm64/mm/mteswap.c; mm/page_io.c swap_writepage.
+    /// The other process's copy of VMA `v` after a fork (the child's, or the parent's).
+    public func partner(_ v: Int) -> Int? { vmas[v].parent ?? vmas.indices.first { vmas[$0].parent == v } }
+
+    /// try_to_unmap reaches every PTE of the page: the forked partner's too, when it shares it.
     public mutating func swapOut(vma v: Int, page i: Int, failAllocation: Bool = false) -> KernelStatus {
         guard case .present(let pfn) = vmas[v].ptes[i] else { return .error(.EINVAL) }
         let entry = nextSwap
@@ -161,6 +197,7 @@ public struct MTEHost: Sendable {
         }
         nextSwap += 1
         vmas[v].ptes[i] = .swap(entry: entry)
+        if let p = partner(v), vmas[p].ptes[i] == .present(pfn: pfn) { vmas[p].ptes[i] = .swap(entry: entry) }
         freePage(pfn)
         return .ok
     }
@@ -171,9 +208,11 @@ public struct MTEHost: Sendable {
     public mutating func fault(vma v: Int, page i: Int, ram: [Range<UInt64>]) -> UInt64? {
         let old = vmas[v].ptes[i]
         if case .present(let pfn) = old { return pfn }
-        guard let pfn = allocPage(ram) else { return nil }
+        var cached: UInt64?
+        if case .swap(let e) = old { cached = swapCache[e] }
+        guard let pfn = cached ?? allocPage(ram) else { return nil }
         setPTE(vma: v, page: i, pfn: pfn, old: old)
-        if case .swap(let e) = old { saved[e] = nil }
+        if case .swap(let e) = old { swapDone(e, pfn) }
         return pfn
     }
 
@@ -279,8 +318,22 @@ public struct MTEHost: Sendable {
     /// fork: the child shares every present page of the VMM's private VMAs copy-on-write;
     /// shared VMAs stay shared. Linux kernel/fork.c dup_mmap, mm/memory.c copy_pte_range.
     public mutating func fork() {
-        for v in vmas.indices where !vmas[v].shared {
+        for v in vmas.indices where !vmas[v].shared && vmas[v].parent == nil {
             for (i, pte) in vmas[v].ptes.enumerated() { if case .present = pte { vmas[v].cow.insert(i) } }
+            // The child's copy (the previous child exits first: pages only it held are freed).
+            var child = vmas[v]
+            child.parent = v
+            if let c = partner(v) {
+                for (i, pte) in vmas[c].ptes.enumerated() {
+                    if case .present(let p) = pte, vmas[v].ptes[i] != pte { freePage(p) }
+                }
+                child = UserVMA(name: vmas[c].name, pages: vmas[v].pages, mte: vmas[v].mte, mteAllowed: vmas[v].mteAllowed,
+                                shared: false, ptes: vmas[v].ptes, protNone: vmas[v].protNone, cow: vmas[v].cow, parent: v)
+                vmas[c] = child
+            } else {
+                vmas.append(UserVMA(name: vmas[v].name + ".child", pages: vmas[v].pages, mte: vmas[v].mte, mteAllowed: vmas[v].mteAllowed,
+                                    shared: false, ptes: vmas[v].ptes, protNone: vmas[v].protNone, cow: vmas[v].cow, parent: v))
+            }
         }
     }
 
@@ -291,6 +344,7 @@ public struct MTEHost: Sendable {
     public mutating func breakCOW(vma v: Int, page i: Int, ram: [Range<UInt64>]) -> UInt64? {
         guard vmas[v].cow.contains(i), case .present(let from) = vmas[v].ptes[i], let to = allocPage(ram) else { return nil }
         vmas[v].cow.remove(i)
+        if let p = partner(v) { vmas[p].cow.remove(i) }  // the other copy is the old page's only user now
         if pageMTETagged(from) {
             switch form {
             case .v5_10, .v5_14, .v5_14Stable:
@@ -339,6 +393,8 @@ public enum MTEAccess: Hashable, Sendable, Outcome {
 /// What MTE counts.
 public struct MTEStats: Hashable, Sendable {
     public var saved = 0, restored = 0, cleared = 0, lost = 0, tagCheckFaults = 0, saveFailures = 0, copied = 0
+    /// PTE or stage-2 maps of a page back from swap whose saved tags were not (yet) in it.
+    public var staleMaps = 0
     public init() {}
 }
 
@@ -352,5 +408,6 @@ extension MTEHost {
         Metric("mte_tag_check_faults", "accesses", "tag-checked loads whose pointer tag differed from the memory's") { UInt64($0.tagCheckFaults) },
         Metric("mte_swap_save_failures", "pages", "swap-outs refused because the tag storage could not be allocated") { UInt64($0.saveFailures) },
         Metric("mte_tags_copied", "pages", "copy-on-write copies that carried a page's tags (copy_highpage)") { UInt64($0.copied) },
+        Metric("mte_stale_maps", "maps", "PTE or stage-2 maps of a page back from swap before its saved tags were in it") { UInt64($0.staleMaps) },
     ]
 }

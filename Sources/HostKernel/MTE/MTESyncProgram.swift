@@ -77,6 +77,18 @@ extension MTESyncForm {
     }
 }
 
+extension MTESyncForm {
+    /// user_mem_abort's MTE part for one page, as its atomic actions: sanitise_mte_tags
+    /// (test_bit then clear and set before the lock; try_page_mte_tagging from d77e59a8fccd),
+    /// then the stage-2 map. Linux arch/arm64/kvm/mmu.c.
+    public var sanitiseProgram: [MTEAction] {
+        switch self {
+        case .v5_10, .v5_14, .v5_14Stable: [.testTagged(ifSet: 3), .clearTags, .setTagged, .writePTE]
+        case .v6_1Lock: [.tryLock(ifHeld: 3), .clearTags, .setTagged, .writePTE]
+        }
+    }
+}
+
 /// One CPU running set_pte_at's MTE part: where it is in its form's program and what it
 /// maps. The interleaving explorer runs several, one action at a time (`MTEHost.step`).
 public struct MTESyncThread: Hashable, Sendable {
@@ -84,14 +96,23 @@ public struct MTESyncThread: Hashable, Sendable {
     public let page: Int
     public let pfn: UInt64
     public let old: UserPTE
+    /// Running user_mem_abort's sanitise_mte_tags (its last action the stage-2 map, which
+    /// the caller makes) rather than set_pte_at.
+    public let sanitise: Bool
     public var pc = 0
     public var done = false
-    public init(vma: Int, page: Int, pfn: UInt64, old: UserPTE) {
+    public init(vma: Int, page: Int, pfn: UInt64, old: UserPTE, sanitise: Bool = false) {
         self.vma = vma
         self.page = page
         self.pfn = pfn
         self.old = old
+        self.sanitise = sanitise
     }
+
+    /// The program it runs in `form`.
+    public func program(_ form: MTESyncForm) -> [MTEAction] { sanitise ? form.sanitiseProgram : form.program }
+    /// The action it runs next.
+    public func next(_ form: MTESyncForm) -> MTEAction? { done ? nil : program(form)[pc] }
 }
 
 extension MTEHost {
@@ -99,13 +120,13 @@ extension MTEHost {
     /// waits until PG_mte_tagged is set.
     public func canStep(_ t: MTESyncThread) -> Bool {
         guard !t.done else { return false }
-        if case .tryLock = form.program[t.pc], locked.contains(t.pfn), !tagged.contains(t.pfn) { return false }
+        if case .tryLock = t.program(form)[t.pc], locked.contains(t.pfn), !tagged.contains(t.pfn) { return false }
         return true
     }
 
     /// Runs `t`'s next action atomically.
     public mutating func step(_ t: inout MTESyncThread) {
-        let program = form.program
+        let program = t.program(form)
         var swapEntry: UInt64?
         if case .swap(let e) = t.old { swapEntry = e }
         let tagged = vmas[t.vma].mte
@@ -132,8 +153,11 @@ extension MTEHost {
         case .clearTags: clearTags(t.pfn)
         case .setTagged: setPageMTETagged(t.pfn)
         case .writePTE:
-            vmas[t.vma].ptes[t.page] = .present(pfn: t.pfn)
-            noteMapped(vma: t.vma, page: t.page, pfn: t.pfn)
+            if let e = swapEntry { noteMapFromSwap(e, t.pfn) }
+            if !t.sanitise {
+                vmas[t.vma].ptes[t.page] = .present(pfn: t.pfn)
+                noteMapped(vma: t.vma, page: t.page, pfn: t.pfn)
+            }
         case .jump(let j): next = j
         }
         t.pc = next

@@ -71,6 +71,9 @@ public struct KVMMTE: Sendable {
         return (.ok, pfn)
     }
 
+    /// A stage-2 entry for a guest frame (user_mem_abort's last action).
+    public mutating func mapStage2(vm v: Int, gfn: UInt64, pfn: UInt64) { vms[v].stage2[gfn] = pfn }
+
     /// The MMU notifier's unmap for a whole VMA (mprotect, fork's write protection).
     public mutating func unmap(vma: Int) {
         for v in vms.indices {

@@ -1,0 +1,188 @@
+import Hardware
+import HostKernel
+import Hypervisor
+import PageTables
+
+/// One entry of a scenario's `threads:`: a step run as one action, or a kernel routine whose
+/// inside matters for a race, run as its sequence of atomic actions (each one scheduling
+/// point). docs/explorer.md.
+public struct ThreadRoutine: Sendable {
+    public let name: String
+    public let arguments: [(String, String)]
+    public let line: Int?
+    let kind: Kind
+
+    enum Kind: Sendable {
+        case atomic(StepAction)
+        /// do_swap_page's set_pte_at for a VMM page coming back from swap (arm64, MTE): the
+        /// swap cache's page, then the form's mte_sync_tags program.
+        case setPTE(vma: String, page: Int)
+        /// user_mem_abort for a guest frame (arm64, MTE): the page the VMM maps (or the swap
+        /// cache's), then sanitise_mte_tags' program and the stage-2 map.
+        case userMemAbort(vm: String, gfn: UInt64)
+    }
+
+    /// The routines only threads have, by name.
+    static let routineNames = ["set_pte_at", "user_mem_abort"]
+}
+
+/// Where one CPU is in its thread: the routine, and inside a broken-down routine the MTE
+/// program's state (and for user_mem_abort the VM and frame it maps).
+public struct ThreadState: Hashable, Sendable {
+    public var routine = 0
+    var mte: MTESyncThread?
+    var vm: Int?
+    var gfn: UInt64?
+    public init() {}
+}
+
+extension Machine {
+    /// Whether CPU `t`'s next action can run (not finished, not waiting on PG_mte_lock).
+    func canStep(_ state: ThreadState, _ routines: [ThreadRoutine]) -> Bool {
+        guard state.routine < routines.count else { return false }
+        if let t = state.mte { return kernel.mte.canStep(t) }
+        return true
+    }
+
+    /// Runs CPU `t`'s next action; returns what it did, for listings and traces.
+    mutating func stepThread(_ state: inout ThreadState, _ routines: [ThreadRoutine]) throws(HostKernelError) -> String {
+        let r = routines[state.routine]
+        switch r.kind {
+        case .atomic(let action):
+            let outcome = try action(&self)
+            state.routine += 1
+            return "\(r.name) → \(outcome)"
+        case .setPTE(let vmaName, let page):
+            if var t = state.mte {
+                let action = t.next(kernel.mte.form)!
+                kernel.mte.step(&t)
+                state.mte = t.done ? nil : t
+                if t.done {
+                    if case .swap(let e) = t.old { kernel.mte.swapDone(e, t.pfn) }
+                    state.routine += 1
+                }
+                return "set_pte_at: \(action)"
+            }
+            guard let v = kernel.mte.vmaIndex(vmaName), page < kernel.mte.vmas[v].pages else {
+                throw HostKernelError("set_pte_at: no page \(page) of a mapping '\(vmaName)'")
+            }
+            switch kernel.mte.vmas[v].ptes[page] {
+            case .swap(let e):
+                guard let pfn = kernel.mte.swapCachePage(e, ram: kernel.memory.ram) else { throw HostKernelError("set_pte_at: out of memory") }
+                state.mte = MTESyncThread(vma: v, page: page, pfn: pfn, old: .swap(entry: e))
+                return "do_swap_page: swap entry \(e), the swap cache's pfn \(hex(pfn))"
+            case .present:
+                state.routine += 1
+                return "set_pte_at: already mapped"
+            case .none:
+                _ = kernel.mte.fault(vma: v, page: page, ram: kernel.memory.ram)
+                state.routine += 1
+                return "do_anonymous_page and set_pte_at"
+            }
+        case .userMemAbort(let vmName, let gfn):
+            if var t = state.mte {
+                let action = t.next(kernel.mte.form)!
+                kernel.mte.step(&t)
+                state.mte = t.done ? nil : t
+                guard t.done else { return (t.sanitise ? "sanitise_mte_tags: " : "gup → set_pte_at: ") + "\(action)" }
+                if !t.sanitise {
+                    // The VMM's PTE is back: sanitise_mte_tags next.
+                    if case .swap(let e) = t.old { kernel.mte.swapDone(e, t.pfn) }
+                    if kvmMTE.vms[state.vm!].mte {
+                        state.mte = MTESyncThread(vma: t.vma, page: t.page, pfn: t.pfn, old: t.old, sanitise: true)
+                        return "gup → set_pte_at: \(action)"
+                    }
+                }
+                kvmMTE.mapStage2(vm: state.vm!, gfn: gfn, pfn: t.pfn)
+                state.routine += 1
+                state.vm = nil
+                return "user_mem_abort: stage-2 map of pfn \(hex(t.pfn))"
+            }
+            guard let v = kvmMTE.vmIndex(vmName) else { throw HostKernelError("user_mem_abort: no VM '\(vmName)'") }
+            guard let (vma, page) = kvmMTE.slot(vm: v, gfn: gfn) else { throw HostKernelError("user_mem_abort: gfn \(hex(gfn)) is in no memslot of \(vmName)") }
+            state.vm = v
+            state.gfn = gfn
+            switch kernel.mte.vmas[vma].ptes[page] {
+            case .swap(let e):
+                // gfn_to_pfn → get_user_pages → do_swap_page: the VMM's set_pte_at first.
+                guard let pfn = kernel.mte.swapCachePage(e, ram: kernel.memory.ram) else { throw HostKernelError("user_mem_abort: out of memory") }
+                state.mte = MTESyncThread(vma: vma, page: page, pfn: pfn, old: .swap(entry: e))
+                return "user_mem_abort: gup → do_swap_page, swap entry \(e), the swap cache's pfn \(hex(pfn))"
+            case .present(let pfn):
+                if !kvmMTE.vms[v].mte {
+                    kvmMTE.mapStage2(vm: v, gfn: gfn, pfn: pfn)
+                    state.routine += 1
+                    return "user_mem_abort: stage-2 map of pfn \(hex(pfn)) (no MTE)"
+                }
+                state.mte = MTESyncThread(vma: vma, page: page, pfn: pfn, old: .present(pfn: pfn), sanitise: true)
+                return "user_mem_abort: gup → pfn \(hex(pfn))"
+            case .none:
+                guard let pfn = kernel.mte.fault(vma: vma, page: page, ram: kernel.memory.ram) else { throw HostKernelError("user_mem_abort: out of memory") }
+                state.mte = MTESyncThread(vma: vma, page: page, pfn: pfn, old: .present(pfn: pfn), sanitise: kvmMTE.vms[v].mte)
+                if !kvmMTE.vms[v].mte {
+                    kvmMTE.mapStage2(vm: v, gfn: gfn, pfn: pfn)
+                    state.routine += 1
+                    state.mte = nil
+                }
+                return "user_mem_abort: gup → do_anonymous_page, pfn \(hex(pfn))"
+            }
+        }
+    }
+}
+
+/// Reading `threads:`, `assert:` and `schedule:`.
+extension ScenarioReader {
+    func readThreads(_ top: Fields, context: StepContext) throws(ScenarioError) -> [[ThreadRoutine]] {
+        guard let list = top["threads"] else { return [] }
+        let threads = try list.sequence()
+        guard threads.count <= context.cpus else {
+            throw list.error("\(threads.count) threads, but the machine has \(context.cpus) CPU\(context.cpus == 1 ? "" : "s"): give machine.cpus")
+        }
+        var out: [[ThreadRoutine]] = []
+        for (t, thread) in threads.enumerated() {
+            var routines: [ThreadRoutine] = []
+            for (i, item) in try thread.sequence().enumerated() {
+                routines.append(try readRoutine(item, thread: t, index: i + 1, context: context))
+            }
+            guard !routines.isEmpty else { throw thread.error("thread \(t) has no steps") }
+            out.append(routines)
+        }
+        return out
+    }
+
+    func readRoutine(_ item: Field, thread: Int, index: Int, context: StepContext) throws(ScenarioError) -> ThreadRoutine {
+        let fields = try item.mapping()
+        if fields["expect"] != nil {
+            throw fields.keyError("expect", "a thread's step takes no 'expect:' (its result depends on the interleaving); write the condition under 'assert:'")
+        }
+        guard let name = fields.entries.first?.0, let args = fields[name] else { throw item.error("a thread step is one operation") }
+        let line = item.node.mark?.line
+        guard ThreadRoutine.routineNames.contains(name) else {
+            let step = try readStep(item, index: index, context: context)
+            return ThreadRoutine(name: step.name, arguments: step.arguments, line: line, kind: .atomic(step.action))
+        }
+        guard context.kernel.config.isa == .arm64, context.kernel.config.mte else {
+            throw fields.keyError(name, "\(name) is arm64 MTE's: give 'arch: arm64' and 'mte: true' under machine")
+        }
+        if name == "set_pte_at" {
+            let a = try StepArguments(args, schema: [MTESteps.vma, MTESteps.page], context: context)
+            return ThreadRoutine(name: name, arguments: [("vma", a.text("vma")!), ("page", "\(a.number("page"))")], line: line,
+                                 kind: .setPTE(vma: a.text("vma")!, page: Int(a.number("page"))))
+        }
+        let a = try StepArguments(args, schema: [MTESteps.vm, MTESteps.gfn], context: context)
+        return ThreadRoutine(name: name, arguments: [("vm", a.text("vm")!), ("gfn", hex(a.number("gfn")))], line: line,
+                             kind: .userMemAbort(vm: a.text("vm")!, gfn: a.number("gfn")))
+    }
+
+    func readSchedule(_ top: Fields, threads: Int) throws(ScenarioError) -> [Int]? {
+        guard let f = top["schedule"] else { return nil }
+        guard threads > 0 else { throw f.error("a schedule orders the CPUs of 'threads:'; this scenario has none") }
+        var out: [Int] = []
+        for item in try f.sequence() {
+            let n = try item.number()
+            guard n < UInt64(threads) else { throw item.error("CPU \(n) in the schedule, but there are \(threads) threads (0 to \(threads - 1))") }
+            out.append(Int(n))
+        }
+        return out
+    }
+}

@@ -1,0 +1,30 @@
+import Foundation
+import Testing
+@testable import CocomemCLI
+
+/// `cocomem explore`: exit 0 without a counterexample, 1 with one (a listing, a replayable
+/// scenario, a trace), 2 when a limit stopped it.
+@Suite struct ExploreCommandTests {
+    typealias CLI = CommandLineTests
+
+    @Test func exitStatusesListingAndReplay() throws {
+        let race = ScenarioCommandTests.example("explore-mte-swap-race.yaml")
+        let none = try CLI.run(["explore", race])
+        #expect(none.status == 0 && none.out == "no counterexample: 136 states, 1 complete schedules (states already seen not explored again)\n")
+        let v514 = try CLI.writeTemp(try String(contentsOfFile: race, encoding: .utf8).replacingOccurrences(of: "mte-sync: v6.1-lock", with: "mte-sync: v5.14"))
+        let ce = NSTemporaryDirectory() + "cocomem-ce-\(UUID().uuidString).yaml", trace = ce + ".json"
+        let found = try CLI.run(["explore", v514, "--counterexample", ce, "--trace", trace])
+        #expect(found.status == 1)
+        #expect(found.out.hasPrefix("counterexample: 7 actions, found after 26 states\n\n   #  CPU 0"))
+        #expect(found.out.contains("\n   7                                                            set_pte_at: set_pte\n"))
+        #expect(found.out.hasSuffix("\nthen: assert metric mte_stale_maps == 0 failed (mte_stale_maps is 1)\n"))
+        let replayed = try CLI.run(["run", ce])
+        #expect(replayed.status == 1 && replayed.out.contains("STOPPED   invariant 'assert' violated after step 7: after action 7 (CPU 1: set_pte_at: set_pte)"))
+        #expect(try String(contentsOfFile: ce, encoding: .utf8).hasSuffix("schedule: [0, 0, 0, 1, 1, 1, 1]\n"))
+        #expect(try String(contentsOfFile: trace, encoding: .utf8).contains("\"args\":{\"name\":\"CPU 1\"}"))
+        let limited = try CLI.run(["explore", race, "--max-states", "10"])
+        #expect(limited.status == 2 && limited.out.hasPrefix("no counterexample in ") && limited.out.contains("stopped: --max-states 10 reached"))
+        let noThreads = try CLI.run(["explore", ScenarioCommandTests.example("cpa-basics.yaml")])
+        #expect(noThreads.status != 0 && noThreads.err.contains("no 'threads:' to interleave"))
+    }
+}
