@@ -15,7 +15,8 @@ struct Bench: ParsableCommand {
         abstract: "Measure cocomem's speed and memory: ratios against a C reference, operations per second, resident memory.",
         discussion: """
             Figures: walk_ratio, tlb_hit_ratio (model ÷ C on the same data and address
-            stream), cpa_ops_per_s, psc_ops_per_s, pkvm_share_ops_per_s, mte_swap_cycle_ops_per_s, sweep_speedup,
+            stream), cpa_ops_per_s, psc_ops_per_s, pkvm_share_ops_per_s, mte_swap_cycle_ops_per_s,
+            explore_states_per_s, mte_race_found_s, sweep_speedup,
             rss_16t_256g_mib, rss_snp_4p_boot_mib, bytes_per_split_2m, scale_run_s,
             scale_run_rss_mib. Ratios are the median of seven interleaved pairs (model,
             reference, model, reference …); other timed and memory figures the median of
@@ -37,29 +38,39 @@ struct Bench: ParsableCommand {
             return
         }
         var figures: [(String, Spread, String)] = []
+        // Each figure's time on stderr, so a slow one shows where CI's minutes go.
+        var last = ContinuousClock.now
+        func add(_ figure: (String, Spread, String)) {
+            figures.append(figure)
+            let now = ContinuousClock.now
+            FileHandle.standardError.write("bench: \(figure.0) took \(fmt(Self.seconds(now - last))) s\n".data(using: .utf8)!)
+            last = now
+        }
         if cpaOnly { print(try Self.cpaOps(quick: quick)); return }
         if pscOnly { print(try Self.pscOps(quick: quick)); return }
         let (walk, tlb) = try Self.walkAndTLB(quick: quick)
         if walkOnly { print(walk.ratio.median, tlb.ratio.median, walk.model, walk.c); return }
-        figures.append(("walk_ratio", walk.ratio, "model \(fmt(walk.model)) ns, C \(fmt(walk.c)) ns per translate+check (goal ≤ 1.5)"))
-        figures.append(("tlb_hit_ratio", tlb.ratio, "model \(fmt(tlb.model)) ns, C \(fmt(tlb.c)) ns per TLB hit (goal ≤ 1.5)"))
-        figures.append(("cpa_ops_per_s", try Self.runs { try Self.cpaOps(quick: quick) }, "set_memory_decrypted/encrypted of random 4K pages, 1 TiB (goal ≥ 2e6)"))
-        figures.append(("psc_ops_per_s", try Self.runs { try Self.pscOps(quick: quick) }, "page-state changes through KVM, the RMP and split-on-assign (goal ≥ 1e6)"))
-        figures.append(("pkvm_share_ops_per_s", try Self.runs { Self.pkvmShareOps(quick: quick) }, "pKVM host share then unshare of a random 4K page with a guest, 64 GiB host (goal ≥ 1e6)"))
-        figures.append(("mte_swap_cycle_ops_per_s", try Self.runs { Self.mteSwapCycles(quick: quick) }, "swap out and back in one tagged 4K page of a 16 GiB guest: tags saved and restored (goal ≥ 1e6)"))
-        figures.append(("sweep_speedup", try Self.sweepSpeedup(quick: quick), "a sweep of 32 short runs, --jobs 2 against --jobs 1, pairs interleaved (goal ≥ 1.8 on 2 cores)"))
-        figures.append(("bytes_per_split_2m", Spread(one: try Self.bytesPerSplit()), "model bytes per 2M region split to 4K (goal ≤ 4096)"))
+        add(("walk_ratio", walk.ratio, "model \(fmt(walk.model)) ns, C \(fmt(walk.c)) ns per translate+check (goal ≤ 1.5)"))
+        add(("tlb_hit_ratio", tlb.ratio, "model \(fmt(tlb.model)) ns, C \(fmt(tlb.c)) ns per TLB hit (goal ≤ 1.5)"))
+        add(("cpa_ops_per_s", try Self.runs { try Self.cpaOps(quick: quick) }, "set_memory_decrypted/encrypted of random 4K pages, 1 TiB (goal ≥ 2e6)"))
+        add(("psc_ops_per_s", try Self.runs { try Self.pscOps(quick: quick) }, "page-state changes through KVM, the RMP and split-on-assign (goal ≥ 1e6)"))
+        add(("pkvm_share_ops_per_s", try Self.runs { Self.pkvmShareOps(quick: quick) }, "pKVM host share then unshare of a random 4K page with a guest, 64 GiB host (goal ≥ 1e6)"))
+        add(("mte_swap_cycle_ops_per_s", try Self.runs { Self.mteSwapCycles(quick: quick) }, "swap out and back in one tagged 4K page of a 16 GiB guest: tags saved and restored (goal ≥ 1e6)"))
+        add(("explore_states_per_s", try Self.runs { try Self.exploreStates(quick: quick) }, quick ? "explorer states per second, seed 003's race on four CPUs, restore in 16 steps: 184,225 states (goal ≥ 1e6; at least 1e5)" : "explorer states per second, seed 003's race on four CPUs, restore in 64 steps: 1,547,041 states (goal ≥ 1e6; at least 1e5)"))
+        add(("mte_race_found_s", try Self.runs { try Self.mteRaceFound() }, "seconds to the counterexample of seed 003's swap race under v5.14 (goal ≤ 1)"))
+        add(("sweep_speedup", try Self.sweepSpeedup(quick: quick), "a sweep of 32 short runs, --jobs 2 against --jobs 1, pairs interleaved (goal ≥ 1.8 on 2 cores)"))
+        add(("bytes_per_split_2m", Spread(one: try Self.bytesPerSplit()), "model bytes per 2M region split to 4K (goal ≤ 4096)"))
         let rss = try Self.runs { try Self.child("rss", quick: quick)[0] }
-        figures.append(("rss_16t_256g_mib", rss, quick ? "4 TiB host, 64 guests of 16 GiB, booted (quick sizes; goal ≤ 1024 at 16 TiB/256)" : "16 TiB host, 256 SNP guests of 16 GiB, booted (goal ≤ 1024)"))
-        figures.append(("rss_snp_4p_boot_mib", try Self.runs { try Self.child("snp-4p", quick: quick)[0] }, "x86-snp host with 4 PiB of RAM (la57), 16 guests of 16 GiB, booted (goal ≤ 256)"))
+        add(("rss_16t_256g_mib", rss, quick ? "4 TiB host, 64 guests of 16 GiB, booted (quick sizes; goal ≤ 1024 at 16 TiB/256)" : "16 TiB host, 256 SNP guests of 16 GiB, booted (goal ≤ 1024)"))
+        add(("rss_snp_4p_boot_mib", try Self.runs { try Self.child("snp-4p", quick: quick)[0] }, "x86-snp host with 4 PiB of RAM (la57), 16 guests of 16 GiB, booted (goal ≤ 256)"))
         var scale: [Double] = [], scaleRSS: [Double] = []
         for _ in 0..<Self.rounds {
             let v = try Self.child("scale", quick: quick)
             scale.append(v[0])
             scaleRSS.append(v[1])
         }
-        figures.append(("scale_run_s", Spread(scale), quick ? "1 TiB host, 64 guests, 200,000 PSCs (quick)" : "1 TiB host, 64 guests, 10,000,000 adversarial PSCs"))
-        figures.append(("scale_run_rss_mib", Spread(scaleRSS), "resident memory of that run"))
+        add(("scale_run_s", Spread(scale), quick ? "1 TiB host, 64 guests, 200,000 PSCs (quick)" : "1 TiB host, 64 guests, 10,000,000 adversarial PSCs"))
+        add(("scale_run_rss_mib", Spread(scaleRSS), "resident memory of that run"))
         if json {
             var pairs: [(String, JSON)] = []
             for (name, v, _) in figures {
@@ -206,6 +217,64 @@ struct Bench: ParsableCommand {
         let t = seconds(ContinuousClock.now - t0)
         precondition(h.stats.restored == n && h.stats.lost == 0, "the swap cycle lost tags")
         return Double(n) / t
+    }
+
+    /// Explorer states per second on seed 003's swap race scaled up: four CPUs, two pages
+    /// each mapped back from swap by a parent and its forked child, under v6.1-lock, with
+    /// the tag restore in 64 steps (16 quick): 1,547,041 states (184,225), explored whole.
+    static func exploreStates(quick: Bool) throws -> Double {
+        let yaml = """
+            name: scaled swap race
+            machine: {arch: arm64, cpus: 4, mte: true, mte-restore-steps: \(quick ? 16 : 64), e820: "BIOS-e820: [mem 0x0000000040000000-0x000000007fffffff] usable"}
+            host: {mte-sync: v6.1-lock}
+            steps:
+              - mmap: {vma: buf, pages: 2, prot-mte: true}
+              - user-store-tags: {vma: buf, page: 0, tag: 6}
+              - user-store-tags: {vma: buf, page: 1, tag: 7}
+              - fork: {}
+              - swap_writepage: {vma: buf, page: 0}
+              - swap_writepage: {vma: buf, page: 1}
+            threads:
+              - - set_pte_at: {vma: buf, page: 0}
+              - - set_pte_at: {vma: buf.child, page: 0}
+              - - set_pte_at: {vma: buf, page: 1}
+              - - set_pte_at: {vma: buf.child, page: 1}
+            assert:
+              - metric: {mte_stale_maps: "== 0"}
+            """
+        let s = try Scenario.load(yaml: yaml, file: "<bench>")
+        var options = Explorer.Options()
+        options.maxStates = 2_000_000
+        let t0 = ContinuousClock.now
+        let r = try Explorer.explore(s, options: options)
+        let t = seconds(ContinuousClock.now - t0)
+        precondition(r.violation == nil && r.limited == nil && r.states == (quick ? 184_225 : 1_547_041), "the space was not explored whole")
+        return Double(r.states) / t
+    }
+
+    /// Seconds to the counterexample of examples/explore-mte-swap-race.yaml under v5.14.
+    static func mteRaceFound() throws -> Double {
+        let yaml = """
+            name: race
+            machine: {arch: arm64, cpus: 2, mte: true, e820: "BIOS-e820: [mem 0x0000000040000000-0x000000007fffffff] usable"}
+            host: {mte-sync: v5.14}
+            steps:
+              - mmap: {vma: buf, pages: 1, prot-mte: true}
+              - user-store-tags: {vma: buf, page: 0, tag: 6}
+              - fork: {}
+              - swap_writepage: {vma: buf, page: 0}
+              - mmap: {vma: other, pages: 1}
+              - user-load: {vma: other, page: 0, tag: 0}
+            threads:
+              - - set_pte_at: {vma: buf, page: 0}
+              - - set_pte_at: {vma: buf.child, page: 0}
+            assert:
+              - metric: {mte_stale_maps: "== 0"}
+            """
+        let t0 = ContinuousClock.now
+        let r = try Explorer.explore(try Scenario.load(yaml: yaml, file: "<bench>"))
+        precondition(r.counterexample?.count == 7, "the race was not found")
+        return seconds(ContinuousClock.now - t0)
     }
 
     /// The speedup of a sweep of 32 short SNP runs on two threads over one: `rounds`

@@ -64,6 +64,9 @@ extension Kernel {
         }
     }
 
+    /// CPU `cpu`'s TLB entry for `va`, if it holds one (nothing counted).
+    public func tlbEntry(cpu: Int, _ va: UInt64) -> TLBEntry? { tlbs.entry(cpu: cpu, va) }
+
     /// Whether `va`'s page changed without a flush since.
     public func isUnflushed(_ va: UInt64) -> Bool { unflushed.contains { $0.contains(va) } }
 

@@ -123,6 +123,7 @@ public struct Kernel: Sendable {
         }
         if let image = config.image, config.isa == .x86_64 { try markRodataRO(image) }
         mte.form = config.mteSync
+        mte.restoreSteps = config.mteRestoreSteps
     }
 
     /// mark_rodata_ro as it reaches the image's alias in the direct map: set_memory_ro of

@@ -43,6 +43,8 @@ public struct KernelConfig: Hashable, Sendable {
     public var mte = false
     /// arm64 with MTE: the form of mte_sync_tags (policy slot `host.mte-sync`).
     public var mteSync = MTESyncForm.v6_1Lock
+    /// The actions of one tag restore, a power of two from 1 to 256 (`machine.mte-restore-steps`).
+    public var mteRestoreSteps = 2
     /// 1G direct-map leaves (X86_FEATURE_GBPAGES and no `nogbpages`). Linux
     /// arch/x86/mm/init.c probe_page_size_mask.
     public var gbpages = true

@@ -15,7 +15,7 @@ public struct ArchitectureDefinition: Sendable {
     /// The machine keys only an x86 kernel has.
     public static let x86MachineKeys = ["gbpages", "la57", "mem-encrypt", "sme-coherent"]
     /// The machine keys only an arm64 kernel has.
-    public static let arm64MachineKeys = ["mte"]
+    public static let arm64MachineKeys = ["mte", "mte-restore-steps"]
     /// Machine keys that only this kind of kernel has.
     public var machineKeys: [String] { isa == .x86_64 ? Self.x86MachineKeys : Self.arm64MachineKeys }
     /// Whether scenarios may define guests, and the largest guest identifier (ASID on SNP).

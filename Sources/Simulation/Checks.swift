@@ -99,7 +99,8 @@ public enum Checks {
                     ? Suggest.hint(key, in: metricNames, listedBy: "'cocomem list metrics'")
                     : "; it is reported on \(elsewhere.joined(separator: ", ")), and this machine is \(architecture.name)"))
             }
-            return try conditionCheck(name, args, line: line, keys: metricNames, show: { String($0) }) { $0.metrics }
+            let wanted = given.entries.map(\.0)
+            return try conditionCheck(name, args, line: line, keys: metricNames, show: { String($0) }) { m in wanted.map { ($0, m.metric(named: $0)) } }
         case "broken-invariant":
             let invariants = Invariants.of(architecture), known = invariants.map(\.name)
             let wanted = try args.text()

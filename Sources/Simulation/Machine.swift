@@ -131,6 +131,15 @@ public struct Machine: Sendable {
             + [("operations", UInt64(operations)), ("errors", UInt64(errors))]
     }
 
+    /// One metric's value, computing only its group where it can: the explorer checks a
+    /// scenario's asserts at every state.
+    func metric(named name: String) -> UInt64 {
+        if name == "operations" { return UInt64(operations) }
+        if name == "errors" { return UInt64(errors) }
+        if kernel.config.mte, let m = MTEHost.metrics.first(where: { $0.info.name == name }) { return m.read(kernel.mte.stats) }
+        return metrics.first { $0.0 == name }?.1 ?? 0
+    }
+
     /// The metrics a machine of `architecture` with `cpus` CPUs reports, declared, in order.
     public static func metricInfo(_ architecture: ArchitectureDefinition, cpus: Int = 1, mte: Bool = false) -> [MetricInfo] {
         Kernel.metrics(architecture.isa).map(\.info) + Kernel.cpuMetricInfo(cpus: cpus) + architecture.metrics

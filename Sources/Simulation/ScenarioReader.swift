@@ -49,6 +49,12 @@ struct ScenarioReader {
             cpus: cpus)
         config.isa = arch.isa
         config.mte = try machine["mte"]?.bool() ?? false
+        if let f = machine["mte-restore-steps"] {
+            let n = try f.number(in: 1...256, what: "mte-restore-steps")
+            guard n & (n - 1) == 0 else { throw f.error("mte-restore-steps \(n) must be a power of two from 1 to 256 (the page's 256 granules in equal parts)") }
+            guard config.mte else { throw f.error("mte-restore-steps needs 'mte: true'") }
+            config.mteRestoreSteps = Int(n)
+        }
         var targets = PolicyTargets(host: config, guest: PolicyTargets.guestDefault)
         let policies = try readPolicies(top, machine: machine, slots: slots, targets: &targets)
         config = targets.host

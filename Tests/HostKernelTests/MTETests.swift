@@ -156,7 +156,7 @@ import PageTables
     @Test(arguments: [(MTESyncForm.v5_14, true), (.v5_14Stable, true), (.v6_1Lock, false)])
     func cpu2SeesHalfRestoredTagsOnlyBeforeTheLock(form: MTESyncForm, races: Bool) {
         var (h, t1, t2) = Self.host(form)
-        while form.program[t1.pc] != .restoreSecondHalf { h.step(&t1) }
+        while form.program[t1.pc] != .restore || t1.restored == 0 { h.step(&t1) }
         var sawStale = false
         while h.canStep(t2) {
             if form.program[t2.pc] == .writePTE { sawStale = h.tags.page(9) != MTETags.Page(all: 6) }
@@ -171,10 +171,30 @@ import PageTables
     /// Each form's program, as the docs print it.
     @Test func programsReadAsTheKernelCode() {
         #expect(MTESyncForm.v5_10.program.map(\.description) == [
-            "call site (pte_tagged, else → 8)", "test_and_set_bit(PG_mte_tagged) (set → 8)", "is_swap_pte(old) (no → 7)",
-            "xa_load(mte_pages) (none → 7)", "mte_restore_page_tags, granules 0-127", "mte_restore_page_tags, granules 128-255",
-            "→ 8", "mte_clear_page_tags", "set_pte",
+            "call site (pte_tagged, else → 7)", "test_and_set_bit(PG_mte_tagged) (set → 7)", "is_swap_pte(old) (no → 6)",
+            "xa_load(mte_pages) (none → 6)", "mte_restore_page_tags", "→ 7", "mte_clear_page_tags", "set_pte",
         ])
-        #expect(MTESyncForm.v6_1Lock.program.count == 13 && MTESyncForm.v6_1Lock.program.filter { if case .tryLock = $0 { true } else { false } }.count == 2)
+        #expect(MTESyncForm.v6_1Lock.program.count == 12 && MTESyncForm.v6_1Lock.program.filter { if case .tryLock = $0 { true } else { false } }.count == 2)
+    }
+
+    /// With the restore in n parts, it takes n actions at one place in the program, each
+    /// writing its 256/n granules in order, and the page holds the saved tags only after the
+    /// last; the count is back to 0 after it (the states after the loop do not differ by it).
+    @Test(arguments: [1, 2, 16, 256])
+    func theRestoreTakesOneActionPerPart(parts: Int) {
+        var (h, t, _) = Self.host(.v6_1Lock)
+        h.restoreSteps = parts
+        while t.next(.v6_1Lock) != .restore { h.step(&t) }
+        let pc = t.pc
+        var saved = MTETags.Page()
+        for g in 0..<MTETags.granulesPerPage { saved[g] = 6 }
+        for k in 0..<parts {
+            #expect(t.pc == pc && t.describeNext(.v6_1Lock, restoreSteps: parts)
+                == "mte_restore_page_tags, granules \(k * 256 / parts)-\((k + 1) * 256 / parts - 1)")
+            h.step(&t)
+            let page = h.tags.page(9)
+            #expect((0..<256).allSatisfy { page[$0] == ($0 < (k + 1) * 256 / parts ? 6 : 0) })
+        }
+        #expect(t.pc == pc + 1 && t.restored == 0 && h.tags.page(9) == saved && h.stats.restored == 1)
     }
 }

@@ -71,6 +71,15 @@ import Testing
         for (tail, message) in cases {
             #expect(performing: { _ = try Scenario.load(yaml: machine + tail, file: "t.yaml") }, throws: { "\($0)".contains(message) })
         }
+        let restore: [(String, String)] = [
+            ("mte: true, mte-restore-steps: 3", "mte-restore-steps 3 must be a power of two from 1 to 256"),
+            ("mte: true, mte-restore-steps: 512", "mte-restore-steps"),
+            ("mte-restore-steps: 16", "mte-restore-steps needs 'mte: true'"),
+        ]
+        for (setting, message) in restore {
+            let yaml = machine.replacingOccurrences(of: "mte: true", with: setting)
+            #expect(performing: { _ = try Scenario.load(yaml: yaml, file: "t.yaml") }, throws: { "\($0)".contains(message) })
+        }
         var limited = Explorer.Options()
         limited.maxStates = 10
         let r = try Explorer.explore(try Scenario.load(yaml: try Self.example("explore-mte-swap-race.yaml"), file: "race.yaml"), options: limited)

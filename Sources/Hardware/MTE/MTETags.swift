@@ -19,6 +19,19 @@ public struct MTETags: Hashable, Sendable {
             }
         }
         public var isZero: Bool { bytes.allSatisfy { $0 == 0 } }
+        /// The 128 bytes hashed as one block (not byte by byte).
+        public func hash(into h: inout Hasher) { bytes.withUnsafeBytes { h.combine(bytes: $0) } }
+        /// Copies the tags of `granules` from `source`: byte by byte (two granules a byte)
+        /// when the range starts and ends on a byte, else granule by granule.
+        public mutating func copy(from source: Page, granules range: Range<Int>) {
+            guard range.lowerBound & 1 == 0, range.upperBound & 1 == 0 else {
+                for g in range { self[g] = source[g] }
+                return
+            }
+            bytes.withUnsafeMutableBufferPointer { d in
+                source.bytes.withUnsafeBufferPointer { s in for i in range.lowerBound >> 1..<range.upperBound >> 1 { d[i] = s[i] } }
+            }
+        }
         /// `tag ×256` when every granule holds one tag, else the first granules and a count.
         public var summary: String {
             let first = self[0]
@@ -27,7 +40,9 @@ public struct MTETags: Hashable, Sendable {
         }
     }
 
-    var pages: [UInt64: Page] = [:]
+    var pages = DigestedDictionary<UInt64, Page>()
+    /// A digest of every page's tags, kept as they change (for the explorer).
+    public var digest: UInt64 { pages.digest }
     public init() {}
 
     /// The tags of a page (all zero when none are held).

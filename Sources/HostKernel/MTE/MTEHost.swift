@@ -41,13 +41,18 @@ public struct UserVMA: Hashable, Sendable {
     public let mteAllowed: Bool
     public let shared: Bool
     /// One entry per page: empty, a present page, or a swap entry.
-    public var ptes: [UserPTE]
+    public var ptes: DigestedArray<UserPTE>
     /// mprotect(PROT_NONE): no access, no stage 2.
     public var protNone = false
     /// Pages shared with a forked child, copied on the next write.
-    public var cow: Set<Int> = []
+    public var cow = DigestedSet<Int>()
     /// For a forked child's copy of a VMA (`NAME.child`): the parent's VMA.
     public var parent: Int?
+}
+
+/// A page of a VMA, by index.
+public struct UserPage: Hashable, Sendable {
+    public let vma: Int, page: Int
 }
 
 /// A user PTE as MTE sees it.
@@ -68,24 +73,43 @@ public enum MTETagOutcome: Hashable, Sendable {
 /// allocator's per-CPU lists hand back the page last freed.
 public struct MTEHost: Hashable, Sendable {
     public var form: MTESyncForm = .v6_1Lock
+    /// The actions mte_restore_page_tags takes (`machine.mte-restore-steps`): 2 by default.
+    public var restoreSteps = 2
     public internal(set) var tags = MTETags()
     /// PG_mte_tagged (PG_arch_2) and PG_mte_lock (PG_arch_3), by pfn.
-    public internal(set) var tagged: Set<UInt64> = []
-    public internal(set) var locked: Set<UInt64> = []
+    public internal(set) var tagged = DigestedSet<UInt64>()
+    public internal(set) var locked = DigestedSet<UInt64>()
     /// mte_pages: saved tags by swap entry.
-    public internal(set) var saved: [UInt64: MTETags.Page] = [:]
+    public internal(set) var saved = DigestedDictionary<UInt64, MTETags.Page>()
     public internal(set) var vmas: [UserVMA] = []
     /// The tags last written to each (VMA, page): a page mapped with others lost them.
-    var expected: [Int: [Int: MTETags.Page]] = [:]
-    var freePFNs: [UInt64] = []
+    var expected = DigestedDictionary<UserPage, MTETags.Page>()
+    var freePFNs = DigestedArray<UInt64>(repeating: 0, count: 0)
     /// Pages read back from swap and not yet mapped everywhere (the swap cache), by entry:
     /// two PTEs of one swap entry map the one page.
-    public internal(set) var swapCache: [UInt64: UInt64] = [:]
+    public internal(set) var swapCache = DigestedDictionary<UInt64, UInt64>()
     var nextPFN: UInt64 = 0
     var nextSwap: UInt64 = 1
     public internal(set) var stats = MTEStats()
 
     public init() {}
+
+    /// A fingerprint of everything set_pte_at, user_mem_abort and the MTE steps change, from
+    /// the digests the collections keep: O(VMAs), whatever the pages held. For the explorer.
+    public var digest: UInt64 {
+        var d = Digest.combine(tags.digest, tagged.digest)
+        for x in [locked.digest, saved.digest, swapCache.digest, expected.digest, freePFNs.digest, nextPFN, nextSwap, UInt64(restoreSteps)] {
+            d = Digest.combine(d, x)
+        }
+        for x in [stats.saved, stats.restored, stats.cleared, stats.lost, stats.tagCheckFaults, stats.saveFailures, stats.copied, stats.staleMaps] {
+            d = Digest.combine(d, UInt64(x))
+        }
+        for v in vmas {
+            d = Digest.combine(d, Digest.combine(v.ptes.digest, v.cow.digest))
+            d = Digest.combine(d, UInt64(v.mte ? 1 : 0) | UInt64(v.protNone ? 2 : 0) | UInt64(bitPattern: Int64(v.parent ?? -1)) << 2)
+        }
+        return d
+    }
 
     /// Allocates a page; false when RAM is exhausted.
     mutating func allocPage(_ ram: [Range<UInt64>]) -> UInt64? {
@@ -134,21 +158,23 @@ public struct MTEHost: Hashable, Sendable {
     /// A page now mapped: its tags against those last written to it. A loss counts once:
     /// the page is not followed again until its tags are written again.
     mutating func noteMapped(vma v: Int, page i: Int, pfn: UInt64) {
-        guard let want = expected[v]?[i] else { return }
+        guard let want = expected[UserPage(vma: v, page: i)] else { return }
         if tags.page(pfn) != want {
             stats.lost += 1
-            expected[v]![i] = nil
+            expected[UserPage(vma: v, page: i)] = nil
         }
     }
 
     /// The tags last written to a page, if any were.
-    public func expectedTags(vma v: Int, page i: Int) -> MTETags.Page? { expected[v]?[i] }
+    public func expectedTags(vma v: Int, page i: Int) -> MTETags.Page? { expected[UserPage(vma: v, page: i)] }
 
     /// A PTE of swap entry `e` now maps `pfn`: while another PTE still holds the entry, the
     /// page stays in the swap cache and the tags stay saved; with the last, swap_free drops
     /// both (arch_swap_invalidate_page).
-    public mutating func swapDone(_ e: UInt64, _ pfn: UInt64) {
-        let stillHeld = vmas.contains { $0.ptes.contains(.swap(entry: e)) }
+    /// A swap entry is only ever held at one page index (swap-out and fork keep the index),
+    /// so the check looks at that index of each VMA: O(VMAs), not O(pages).
+    public mutating func swapDone(_ e: UInt64, _ pfn: UInt64, page i: Int) {
+        let stillHeld = vmas.contains { i < $0.ptes.count && $0.ptes[i] == .swap(entry: e) }
         if stillHeld {
             swapCache[e] = pfn
         } else {
@@ -173,7 +199,7 @@ public struct MTEHost: Hashable, Sendable {
 
     /// Records tags written to a page by its user or its guest.
     mutating func noteWritten(vma v: Int, page i: Int, _ page: MTETags.Page) {
-        expected[v, default: [:]][i] = page
+        expected[UserPage(vma: v, page: i)] = page
     }
 
     /// arch_prepare_to_swap and the unmap: the tags saved under a new swap entry if the page
@@ -212,7 +238,7 @@ public struct MTEHost: Hashable, Sendable {
         if case .swap(let e) = old { cached = swapCache[e] }
         guard let pfn = cached ?? allocPage(ram) else { return nil }
         setPTE(vma: v, page: i, pfn: pfn, old: old)
-        if case .swap(let e) = old { swapDone(e, pfn) }
+        if case .swap(let e) = old { swapDone(e, pfn, page: i) }
         return pfn
     }
 
@@ -240,7 +266,7 @@ public struct MTEHost: Hashable, Sendable {
         let allowed = backing == "anon" || backing == "shmem"
         if protMTE && !allowed { return .error(.EINVAL) }
         vmas.append(UserVMA(name: name, pages: pages, mte: protMTE, mteAllowed: allowed, shared: shared,
-                            ptes: [UserPTE](repeating: .none, count: pages)))
+                            ptes: DigestedArray(repeating: UserPTE.none, count: pages)))
         return .ok
     }
 

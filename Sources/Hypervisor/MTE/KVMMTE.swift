@@ -12,10 +12,12 @@ public struct KVMMTE: Sendable {
         /// Memslots: the first guest frame, the VMA, its pages.
         public var slots: [(gfn: UInt64, vma: Int, pages: Int)] = []
         /// Stage 2: guest frame → host frame.
-        public var stage2: [UInt64: UInt64] = [:]
+        public var stage2 = DigestedDictionary<UInt64, UInt64>()
     }
 
     public internal(set) var vms: [VM] = []
+    /// A fingerprint of the VMs' stage-2 maps, from the digests they keep (for the explorer).
+    public var digest: UInt64 { vms.reduce(0) { Digest.combine($0, $1.stage2.digest ^ ($1.mte ? 1 : 0)) } }
     public init() {}
 
     public func vmIndex(_ name: String) -> Int? { vms.firstIndex { $0.name == name } }

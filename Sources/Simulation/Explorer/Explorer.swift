@@ -27,28 +27,30 @@ public enum Explorer {
         public var limited: String?
     }
 
-    /// The first assert or invariant the machine breaks, if any.
-    static func violation(_ s: Scenario, _ m: Machine, _ records: [StepRecord]) -> String? {
+    /// The first assert or invariant the machine breaks, if any. In slice mode (every thread
+    /// step an MTE one) the invariants, which read nothing those steps change, were checked
+    /// at the setup state and are not checked again.
+    static func violation(_ s: Scenario, _ m: Machine, _ records: [StepRecord], invariants: Bool = true) -> String? {
         for a in s.asserts {
             let (ok, detail) = a.evaluate(m, records)
             if !ok { return "assert \(a.description) failed" + (detail.isEmpty ? "" : " (\(detail))") }
         }
+        guard invariants else { return nil }
         do { try m.checkInvariants(except: s.brokenInvariants) } catch { return "invariant \(error.name): \(error.detail)" }
         return nil
     }
 
-    /// What a state is, for pruning.
-    struct Key: Hashable {
-        let mte: MTEHost
-        let stage2: [[UInt64]]
-        let metrics: [UInt64]
-        let threads: [ThreadState]
-        init(_ m: Machine, _ threads: [ThreadState]) {
-            mte = m.kernel.mte
-            stage2 = m.kvmMTE.vms.map { vm in vm.stage2.sorted { $0.key < $1.key }.flatMap { [$0.key, $0.value] } }
-            metrics = m.metrics.map(\.1)
-            self.threads = threads
-        }
+    /// What a state is, for pruning: a 64-bit fingerprint of what the threads can change,
+    /// from the digests the MTE host and KVM keep as they change (O(VMAs and VMs), not the
+    /// whole machine), the run's counters, each CPU's place in its thread, and the state at
+    /// the addresses the threads' other steps name (`Machine.footprintDigest`). Two states
+    /// collide with probability about n²/2⁶⁵ (1.5 million states: 6·10⁻⁸).
+    static func key(_ m: Machine, _ threads: [ThreadState], _ footprint: [Footprint]) -> UInt64 {
+        var d = Digest.combine(m.kernel.mte.digest, m.kvmMTE.digest)
+        d = Digest.combine(d, UInt64(m.counters.operations) << 32 ^ UInt64(m.counters.errors))
+        for t in threads { d = Digest.combine(d, t.digest) }
+        if !footprint.isEmpty { d = Digest.combine(d, m.footprintDigest(footprint)) }
+        return d
     }
 
     public static func explore(_ s: Scenario, options: Options = Options()) throws(ScenarioError) -> Result {
@@ -69,21 +71,26 @@ public enum Explorer {
         }
         // Nodes: parent and the CPU that led there, to rebuild a schedule.
         var parent: [Int32] = [-1], cpu: [Int8] = [-1], depth: [Int32] = [0]
-        var queue: [(node: Int, m: Machine, threads: [ThreadState])] = [(0, m, [ThreadState](repeating: ThreadState(), count: s.threads.count))]
+        let slices = s.threads.allSatisfy { $0.allSatisfy(\.mteOnly) }
+        var queue: [(node: Int, state: Saved, threads: [ThreadState])] = [(0, Saved(m, slice: slices), [ThreadState](repeating: ThreadState(), count: s.threads.count))]
         var head = 0
-        var seen: Set<Key> = options.prune ? [Key(queue[0].m, queue[0].threads)] : []
+        let footprint = s.threads.flatMap { $0.flatMap(\.footprint) }
+        var seen: Set<UInt64> = options.prune ? [key(m, queue[0].threads, footprint)] : []
         func schedule(_ n: Int) -> [Int] {
             var out: [Int] = [], n = n
             while parent[n] >= 0 { out.append(Int(cpu[n])); n = Int(parent[n]) }
             return out.reversed()
         }
+        // One machine the states are loaded into: in slice mode only the slice is written.
+        var work = m
         while head < queue.count {
-            let (node, machine, threads) = queue[head]
-            queue[head] = (node, m, [])  // drop the machine once taken
+            let (node, saved, threads) = queue[head]
+            queue[head] = (node, .slice(Slice()), [])  // drop the state once taken
             head += 1
+            saved.load(into: &work)
             result.states += 1
             if result.states % 4096 == 0 { options.progress?(result.states, queue.count - head) }
-            let runnable = threads.indices.filter { machine.canStep(threads[$0], s.threads[$0]) }
+            let runnable = threads.indices.filter { work.canStep(threads[$0], s.threads[$0]) }
             if runnable.isEmpty {
                 if threads.indices.contains(where: { threads[$0].routine < s.threads[$0].count }) {
                     result.violation = "deadlock: every CPU left waits"
@@ -97,19 +104,20 @@ public enum Explorer {
                 result.limited = "--max-depth \(options.maxDepth) reached after \(result.states) states"
                 return result
             }
-            for t in runnable {
-                var next = machine, ts = threads
-                do { _ = try next.stepThread(&ts[t], s.threads[t]) } catch {
+            for (n, t) in runnable.enumerated() {
+                if n > 0 { saved.load(into: &work) }
+                var ts = threads
+                do { try work.stepThread(&ts[t], s.threads[t], describe: false) } catch {
                     throw ScenarioError(file: s.file, line: s.threads[t][threads[t].routine].line, column: nil, field: "threads[\(t)]", error.message)
                 }
                 if options.prune {
-                    guard seen.insert(Key(next, ts)).inserted else { continue }
+                    guard seen.insert(key(work, ts, footprint)).inserted else { continue }
                 }
                 parent.append(Int32(node))
                 cpu.append(Int8(t))
                 depth.append(depth[node] + 1)
                 let id = parent.count - 1
-                if let v = violation(s, next, records) {
+                if let v = violation(s, work, records, invariants: !slices) {
                     result.states += 1
                     result.violation = v
                     result.counterexample = schedule(id)
@@ -119,10 +127,38 @@ public enum Explorer {
                     result.limited = "--max-states \(options.maxStates) reached (\(result.states) states expanded, \(queue.count - head) waiting)"
                     return result
                 }
-                queue.append((id, next, ts))
+                queue.append((id, Saved(work, slice: slices), ts))
             }
         }
         return result
+    }
+
+    /// What the threads of an MTE race can change: the MTE host, KVM's VMs, the counters.
+    struct Slice {
+        var mte = MTEHost(), kvm = KVMMTE(), counters = RunCounters()
+    }
+
+    /// A state waiting in the queue: only its slice when every thread step is an MTE one
+    /// (a few hundred bytes instead of the whole machine), else the whole machine, boxed.
+    enum Saved {
+        case slice(Slice)
+        case machine(Box)
+        final class Box { let m: Machine; init(_ m: Machine) { self.m = m } }
+
+        init(_ m: Machine, slice: Bool) {
+            self = slice ? .slice(Slice(mte: m.kernel.mte, kvm: m.kvmMTE, counters: m.counters)) : .machine(Box(m))
+        }
+
+        /// Makes `work` this state: the slice written into it, or the whole machine.
+        func load(into work: inout Machine) {
+            switch self {
+            case .machine(let b): work = b.m
+            case .slice(let s):
+                work.kernel.mte = s.mte
+                work.kvmMTE = s.kvm
+                work.counters = s.counters
+            }
+        }
     }
 
     /// Replays `schedule` and describes each action, for listings and traces.

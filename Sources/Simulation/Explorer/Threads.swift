@@ -11,6 +11,11 @@ public struct ThreadRoutine: Sendable {
     public let arguments: [(String, String)]
     public let line: Int?
     let kind: Kind
+    /// For a step run as one action: the addresses it names (`Footprint`).
+    var footprint: [Footprint] = []
+    /// Whether it changes only the MTE host, KVM's VMs and the counters (the MTE routines
+    /// and steps), so the explorer need keep only those of a state.
+    var mteOnly = true
 
     enum Kind: Sendable {
         case atomic(StepAction)
@@ -34,6 +39,14 @@ public struct ThreadState: Hashable, Sendable {
     var vm: Int?
     var gfn: UInt64?
     public init() {}
+
+    /// Folded for the explorer's state key.
+    var digest: UInt64 {
+        var d = Digest.combine(UInt64(routine), mte?.digest ?? 0)
+        if let vm { d = Digest.combine(d, UInt64(vm) << 1 | 1) }
+        if let gfn { d = Digest.combine(d, gfn) }
+        return d
+    }
 }
 
 extension Machine {
@@ -44,8 +57,10 @@ extension Machine {
         return true
     }
 
-    /// Runs CPU `t`'s next action; returns what it did, for listings and traces.
-    mutating func stepThread(_ state: inout ThreadState, _ routines: [ThreadRoutine]) throws(HostKernelError) -> String {
+    /// Runs CPU `t`'s next action; returns what it did, for listings and traces (only when
+    /// `describe`: the explorer's search does not build the text).
+    @discardableResult
+    mutating func stepThread(_ state: inout ThreadState, _ routines: [ThreadRoutine], describe: Bool = true) throws(HostKernelError) -> String {
         let r = routines[state.routine]
         switch r.kind {
         case .atomic(let action):
@@ -54,11 +69,11 @@ extension Machine {
             return "\(r.name) → \(outcome)"
         case .setPTE(let vmaName, let page):
             if var t = state.mte {
-                let action = t.next(kernel.mte.form)!
+                let action = describe ? t.describeNext(kernel.mte.form, restoreSteps: kernel.mte.restoreSteps)! : ""
                 kernel.mte.step(&t)
                 state.mte = t.done ? nil : t
                 if t.done {
-                    if case .swap(let e) = t.old { kernel.mte.swapDone(e, t.pfn) }
+                    if case .swap(let e) = t.old { kernel.mte.swapDone(e, t.pfn, page: t.page) }
                     state.routine += 1
                 }
                 return "set_pte_at: \(action)"
@@ -81,13 +96,13 @@ extension Machine {
             }
         case .userMemAbort(let vmName, let gfn):
             if var t = state.mte {
-                let action = t.next(kernel.mte.form)!
+                let action = describe ? t.describeNext(kernel.mte.form, restoreSteps: kernel.mte.restoreSteps)! : ""
                 kernel.mte.step(&t)
                 state.mte = t.done ? nil : t
                 guard t.done else { return (t.sanitise ? "sanitise_mte_tags: " : "gup → set_pte_at: ") + "\(action)" }
                 if !t.sanitise {
                     // The VMM's PTE is back: sanitise_mte_tags next.
-                    if case .swap(let e) = t.old { kernel.mte.swapDone(e, t.pfn) }
+                    if case .swap(let e) = t.old { kernel.mte.swapDone(e, t.pfn, page: t.page) }
                     if kvmMTE.vms[state.vm!].mte {
                         state.mte = MTESyncThread(vma: t.vma, page: t.page, pfn: t.pfn, old: t.old, sanitise: true)
                         return "gup → set_pte_at: \(action)"
@@ -159,7 +174,8 @@ extension ScenarioReader {
         let line = item.node.mark?.line
         guard ThreadRoutine.routineNames.contains(name) else {
             let step = try readStep(item, index: index, context: context)
-            return ThreadRoutine(name: step.name, arguments: step.arguments, line: line, kind: .atomic(step.action))
+            return ThreadRoutine(name: step.name, arguments: step.arguments, line: line, kind: .atomic(step.action), footprint: Footprint.of(step.arguments),
+                                 mteOnly: MTESteps.all.contains { $0.name == step.name })
         }
         guard context.kernel.config.isa == .arm64, context.kernel.config.mte else {
             throw fields.keyError(name, "\(name) is arm64 MTE's: give 'arch: arm64' and 'mte: true' under machine")
