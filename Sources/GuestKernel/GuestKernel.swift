@@ -44,6 +44,15 @@ public struct GuestKernel: Sendable {
         kernel.translate(cpu: vcpu, kernel.va(PhysAddr(gpa)).rawValue)
     }
 
+    /// The direct-map PTE of `gfn` changed without a flush (one action of a conversion the
+    /// explorer interleaves); the vCPUs' TLBs keep the old entry until `flush(gfn:)`.
+    public mutating func writePTE(gfn: UInt64, set: Attributes, clear: Attributes) -> KernelStatus {
+        (try? kernel.changePageAttrNoFlush(va(gfn: gfn), numpages: 1, set: set, clear: clear)) ?? .error(.EINVAL)
+    }
+
+    /// cpa_flush's TLB part for `gfn`'s direct-map page: every vCPU drops its entry.
+    public mutating func flush(gfn: UInt64) { kernel.flushTLBKernelRange(va(gfn: gfn), pages: 1) }
+
     /// Whether the guest maps `gfn` encrypted (private) in its direct map.
     public func isEncrypted(gfn: UInt64) -> Bool {
         kernel.directMapLeaf(PhysAddr(gfn << pageShift))?.attributes.contains(.encrypted) ?? false

@@ -58,6 +58,16 @@ extension Kernel {
         try directMapNoflush(address, set: [.present, .writable], clear: [], "set_direct_map_default_noflush")
     }
 
+    /// __change_page_attr_set_clr over a range without its cpa_flush: the PTEs written, each
+    /// CPU's TLB left holding the old entry (noted unflushed) until `flushTLBKernelRange`.
+    /// One action of a routine the explorer interleaves (a conversion, a split).
+    public mutating func changePageAttrNoFlush(_ address: UInt64, numpages: Int, set: Attributes, clear: Attributes) throws(HostKernelError) -> KernelStatus {
+        try validate(address: address, numpages: numpages, function: "__change_page_attr_set_clr")
+        let out = changePageAttr(CPARequest(address: address, numpages: numpages, set: set, clear: clear, noCheckAlias: true))
+        if out.flushTLB { for i in 0..<numpages { noteUnflushed(address + UInt64(i) * pageBytes) } }
+        return out.error.map(KernelStatus.error) ?? .ok
+    }
+
     /// set_memory_encrypted: set the C-bit. `hook` is the platform's
     /// enc_status_change_prepare/finish (a guest's conversion protocol); it returns an errno
     /// to fail the call.

@@ -31,6 +31,8 @@ public struct ArchitectureDefinition: Sendable {
     public let metrics: [MetricInfo]
     /// Counter tracks for traces: a track's name and the metrics it draws.
     public let traceTracks: [(track: String, metrics: [String])]
+    /// Routines a thread of an explorer scenario runs as their atomic actions (docs/explorer.md).
+    public let threadRoutines: [ThreadRoutineDefinition]
     let makePlatform: @Sendable (inout Kernel, [GuestSpec]) -> any Platform
     /// A state the machine cannot be in, found when the scenario is read (the host kernel's
     /// configuration, RAM and guests together): nil, or what conflicts with what, and the
@@ -41,6 +43,7 @@ public struct ArchitectureDefinition: Sendable {
         name: String, summary: String, modelled: Bool = true, isa: KernelISA = .x86_64, guestIDs: ClosedRange<UInt64>? = nil, guestKernels: Bool = true,
         steps: [StepDefinition] = [], workloads: [WorkloadDefinition] = [], policySlots: [PolicySlot] = [],
         invariants: [Invariant] = [], metrics: [MetricInfo] = [], traceTracks: [(track: String, metrics: [String])] = [],
+        threadRoutines: [ThreadRoutineDefinition] = [],
         makePlatform: @escaping @Sendable (inout Kernel, [GuestSpec]) -> any Platform = { _, _ in NoPlatform() },
         checkMachine: @escaping @Sendable (KernelConfig, PhysicalMemory, [GuestSpec]) -> (slot: String?, message: String)? = { _, _, _ in nil }
     ) {
@@ -56,6 +59,7 @@ public struct ArchitectureDefinition: Sendable {
         self.invariants = invariants
         self.metrics = metrics
         self.traceTracks = traceTracks
+        self.threadRoutines = threadRoutines
         self.makePlatform = makePlatform
         self.checkMachine = checkMachine
     }
@@ -101,6 +105,13 @@ public protocol Platform: Sendable {
     /// set_memory_encrypted/decrypted in guest `guest`'s own kernel, with the architecture's
     /// conversion protocol.
     static func guestSetMemory(_ m: inout Machine, guest: Int, gfns: Range<UInt64>, encrypt: Bool) -> any Outcome
+    /// The platform's state for guest `guest`'s frame at `gpa` (its ownership entry), folded
+    /// for the explorer's state key; 0 where the platform keeps none.
+    func footprintDigest(guest: Int, gpa: UInt64) -> UInt64
+}
+
+extension Platform {
+    public func footprintDigest(guest: Int, gpa: UInt64) -> UInt64 { 0 }
 }
 
 /// The platform of a machine that is only a host (x86-64): no ownership table, no guests.

@@ -55,6 +55,51 @@ import Testing
         #expect(kvm.counterexample?.count == 7)
     }
 
+    /// Seed 004 on SEV-SNP. As merged, vCPU 1's load_unaligned_zeropad between vCPU 0's
+    /// PVALIDATE rescind and its PTE change reads the page private and unvalidated: a
+    /// #VC(0x404), found in 3 actions and replayed by run. With the PTE not present through
+    /// the change, no order gives a #VC (the read is a #PF ex_handler_zeropad fixes up), and
+    /// the rescind's PVALIDATE faults on the not-present address.
+    @Test func theZeropadReadDuringAConversion() throws {
+        let merged = try Self.example("explore-snp-zeropad.yaml")
+        let r = try Explorer.explore(try Scenario.load(yaml: merged, file: "z.yaml"))
+        #expect(r.counterexample == [0, 0, 1] && r.violation == "assert metric guest_vc == 0 failed (guest_vc is 1)")
+        let listing = try Explorer.describe(try Scenario.load(yaml: merged, file: "z.yaml"), schedule: r.counterexample!)
+        #expect(listing.map(\.action) == [
+            "set_memory_decrypted: cpa_flush before the change → ok",
+            "set_memory_decrypted: enc_status_change_prepare: PVALIDATE rescind → ok",
+            "load_unaligned_zeropad → #VC(0x404)",
+        ])
+        let replay = try Runner.run(try Scenario.load(yaml: merged + "schedule: [0, 0, 1]\n", file: "replay.yaml"))
+        #expect(replay.failure?.invariant == "assert" && replay.failure!.detail.hasSuffix("guest_vc is 1)"))
+
+        let notPresent = try Self.example("explore-snp-zeropad-not-present.yaml")
+        let np = try Explorer.explore(try Scenario.load(yaml: notPresent, file: "np.yaml"))
+        #expect(np.counterexample == nil && np.limited == nil && np.states == 11)
+        let oops = try Explorer.describe(try Scenario.load(yaml: notPresent, file: "np.yaml"), schedule: [0, 0, 0, 1])
+        #expect(oops.map(\.action) == [
+            "set_memory_decrypted: set_memory_np: the PTE not present → ok",
+            "set_memory_decrypted: set_memory_np's flush → ok",
+            "set_memory_decrypted: enc_status_change_prepare: PVALIDATE rescind → guest oops (#PF in PVALIDATE: the page's address is not present) (the routine stops)",
+            "load_unaligned_zeropad → #PF fixed up by ex_handler_zeropad (the next page's bytes read as zero)",
+        ])
+    }
+
+    /// The SNP routine's arguments are checked where they are read.
+    @Test func badZeropadThreadsAreScenarioErrors() throws {
+        let good = try Self.example("explore-snp-zeropad.yaml")
+        let cases: [(String, String, String)] = [
+            ("gpa: 0x201000, cpu: 0, transition: merged", "gpa: 0x201010, cpu: 0, transition: merged", "gpa 0x201010 is not page-aligned"),
+            ("gpa: 0x201000, cpu: 0, transition: merged", "gpa: 0x201000, cpu: 2, transition: merged", "vCPU 2 is past vm0's 2 vCPUs (valid: 0 to 1)"),
+            ("gpa: 0x201000, cpu: 0, transition: merged", "gpa: 0x201000, cpu: 0, transition: eager", "eager"),
+            ("gpa: 0x201000, cpu: 0, transition: merged", "gpa: 0x4000000, cpu: 0, transition: merged", "gpa 0x4000000 is past vm0's 16M of memory"),
+        ]
+        for (from, to, message) in cases {
+            let yaml = good.replacingOccurrences(of: from, with: to)
+            #expect(performing: { _ = try Scenario.load(yaml: yaml, file: "z.yaml") }, throws: { "\($0)".contains(message) })
+        }
+    }
+
     /// Bad input: a thread naming an unknown step, more threads than CPUs, an assert on an
     /// unknown quantity, an expect in a thread, a schedule past the threads; a search past
     /// its limit stops and says so.

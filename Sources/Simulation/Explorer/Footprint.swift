@@ -41,8 +41,12 @@ extension Machine {
                 d = Digest.combine(d, Self.translationDigest(kernel, va: kernel.va(PhysAddr(pa)).rawValue))
             case .guestGPA(let name, let gpa):
                 guard let i = guests.firstIndex(where: { $0.name == name }), i < guestKernels.count else { continue }
-                let k = guestKernels[i].kernel
-                d = Digest.combine(d, Self.translationDigest(k, va: k.va(PhysAddr(gpa)).rawValue))
+                let k = guestKernels[i].kernel, page = gpa & ~(pageBytes - 1)
+                // The word's page and the next (load_unaligned_zeropad reads across).
+                for p in [page, page + pageBytes] where p < guests[i].memory {
+                    d = Digest.combine(d, Self.translationDigest(k, va: k.va(PhysAddr(p)).rawValue))
+                    d = Digest.combine(d, platform.footprintDigest(guest: i, gpa: p))
+                }
             }
         }
         for (_, v) in platform.metrics(kernel: kernel) { d = Digest.combine(d, v) }

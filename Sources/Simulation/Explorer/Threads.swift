@@ -19,6 +19,8 @@ public struct ThreadRoutine: Sendable {
 
     enum Kind: Sendable {
         case atomic(StepAction)
+        /// A routine an architecture breaks into actions (`ThreadRoutineDefinition`).
+        case actions([ThreadAction])
         /// do_swap_page's set_pte_at for a VMM page coming back from swap (arm64, MTE): the
         /// swap cache's page, then the form's mte_sync_tags program.
         case setPTE(vma: String, page: Int)
@@ -31,10 +33,40 @@ public struct ThreadRoutine: Sendable {
     static let routineNames = ["set_pte_at", "user_mem_abort"]
 }
 
+/// One action of a routine an architecture breaks down: what a listing shows, and what it
+/// does. `stop` ends the routine there (the kernel would not go on: an oops).
+public struct ThreadAction: Sendable {
+    public let label: String
+    public let run: @Sendable (inout Machine) -> (outcome: any Outcome, stop: Bool)
+    public init(_ label: String, _ run: @escaping @Sendable (inout Machine) -> (outcome: any Outcome, stop: Bool)) {
+        self.label = label
+        self.run = run
+    }
+}
+
+/// A routine a thread runs as its atomic actions, registered by its architecture: its name,
+/// its arguments, and how the actions are built from them. A thread step of that name on
+/// that architecture takes this form; elsewhere the plain step of the name (if any) runs.
+public struct ThreadRoutineDefinition: Sendable {
+    public let name: String
+    public let summary: String
+    public let arguments: [Parameter]
+    let build: @Sendable (StepArguments, StepContext) throws(ScenarioError) -> [ThreadAction]
+    public init(_ name: String, _ summary: String, _ arguments: [Parameter],
+                _ build: @escaping @Sendable (StepArguments, StepContext) throws(ScenarioError) -> [ThreadAction]) {
+        self.name = name
+        self.summary = summary
+        self.arguments = arguments
+        self.build = build
+    }
+}
+
 /// Where one CPU is in its thread: the routine, and inside a broken-down routine the MTE
 /// program's state (and for user_mem_abort the VM and frame it maps).
 public struct ThreadState: Hashable, Sendable {
     public var routine = 0
+    /// The next action of an architecture's broken-down routine.
+    var pc = 0
     var mte: MTESyncThread?
     var vm: Int?
     var gfn: UInt64?
@@ -42,7 +74,7 @@ public struct ThreadState: Hashable, Sendable {
 
     /// Folded for the explorer's state key.
     var digest: UInt64 {
-        var d = Digest.combine(UInt64(routine), mte?.digest ?? 0)
+        var d = Digest.combine(UInt64(routine) << 32 | UInt64(pc), mte?.digest ?? 0)
         if let vm { d = Digest.combine(d, UInt64(vm) << 1 | 1) }
         if let gfn { d = Digest.combine(d, gfn) }
         return d
@@ -67,6 +99,15 @@ extension Machine {
             let outcome = try action(&self)
             state.routine += 1
             return "\(r.name) → \(outcome)"
+        case .actions(let actions):
+            let a = actions[state.pc]
+            let (outcome, stop) = a.run(&self)
+            state.pc += 1
+            if stop || state.pc == actions.count {
+                state.pc = 0
+                state.routine += 1
+            }
+            return describe ? "\(r.name): \(a.label) → \(outcome)" + (stop ? " (the routine stops)" : "") : ""
         case .setPTE(let vmaName, let page):
             if var t = state.mte {
                 let action = describe ? t.describeNext(kernel.mte.form, restoreSteps: kernel.mte.restoreSteps)! : ""
@@ -172,6 +213,11 @@ extension ScenarioReader {
         }
         guard let name = fields.entries.first?.0, let args = fields[name] else { throw item.error("a thread step is one operation") }
         let line = item.node.mark?.line
+        if let def = context.architecture.threadRoutines.first(where: { $0.name == name }) {
+            let a = try StepArguments(args, schema: def.arguments, context: context)
+            return ThreadRoutine(name: name, arguments: a.echoed, line: line, kind: .actions(try def.build(a, context)),
+                                 footprint: Footprint.of(a.echoed), mteOnly: false)
+        }
         guard ThreadRoutine.routineNames.contains(name) else {
             let step = try readStep(item, index: index, context: context)
             return ThreadRoutine(name: step.name, arguments: step.arguments, line: line, kind: .atomic(step.action), footprint: Footprint.of(step.arguments),

@@ -52,6 +52,8 @@ public struct SNPPlatform: Platform {
         Metric("host_rmp_faults", "faults", "host #PF with the RMP bit") { UInt64($0.kernel.faults.ownershipFaults.reduce(0, +)) },
         Metric("guest_npf", "faults", "nested page faults the RMP check raised for a guest") { UInt64($0.platform.faults.npf) },
         Metric("guest_vc", "faults", "#VC(0x404): a guest touched a page it had not validated") { UInt64($0.platform.faults.vc) },
+        Metric("guest_zeropad_fixups", "faults", "load_unaligned_zeropad reads whose #PF in the next page ex_handler_zeropad fixed up") { UInt64($0.platform.faults.zeropadFixups) },
+        Metric("guest_oops", "faults", "guest kernel faults with no fixup (a PVALIDATE of a not-present address, a zeropad fault on its own page)") { UInt64($0.platform.faults.guestOops) },
         Metric("iommu_rmp_faults", "events", "IOMMU RMP_PAGE_FAULT events (device writes to assigned pages)") { UInt64($0.platform.faults.iommuRMP) },
     ] + HostFaultEnd.ends(.x86_64).map { end in
         Metric("rmp_fault_" + end.metricSuffix, "faults", "host RMP faults that ended as \(end)") { UInt64($0.kernel.faults.ownershipFaults(end)) }
@@ -71,6 +73,10 @@ public struct SNPFaultCounts: Hashable, Sendable {
     public var npf = 0
     public var vc = 0
     public var iommuRMP = 0
+    /// load_unaligned_zeropad reads whose #PF ex_handler_zeropad fixed up.
+    public var zeropadFixups = 0
+    /// Guest kernel faults with no fixup.
+    public var guestOops = 0
 }
 
 /// SEV-SNP's registration: its steps, workloads, policy slot, invariants and metrics.
@@ -101,6 +107,7 @@ public enum SNPArchitecture {
         ],
         metrics: SNPPlatform.metricList.map(\.info),
         traceTracks: [("SEV-SNP", ["rmp_regions", "psmash", "host_rmp_faults"])],
+        threadRoutines: SNPPlatform.threadRoutines,
         makePlatform: { kernel, guests in SNPPlatform(kernel: &kernel, guests: guests) },
         checkMachine: { config, memory, guests in checkRMPReach(memory) ?? checkPool(config, memory, guests) })
 

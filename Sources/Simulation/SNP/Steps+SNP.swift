@@ -119,7 +119,7 @@ extension Steps {
             let pa = a.number("pa")
             return { p, _ in p.rmp.dmaWrite(spa: pa) }
         },
-        guestStep("guest-read", write: false), guestStep("guest-write", write: true),
+        guestStep("guest-read", write: false), guestStep("guest-write", write: true), loadUnalignedZeropad,
     ]
 
     /// A step on the SEV-SNP platform whose result is an SNP outcome, counted as a fault if
