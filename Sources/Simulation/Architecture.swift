@@ -86,7 +86,8 @@ public enum Architectures {
 
     /// The plain x86-64 host: boot direct map, change_page_attr, vmalloc aliases, host faults.
     public static let x86_64 = ArchitectureDefinition(
-        name: "x86-64", summary: "x86-64 host: boot direct map, change_page_attr, vmalloc aliases")
+        name: "x86-64", summary: "x86-64 host: boot direct map, change_page_attr, vmalloc aliases",
+        threadRoutines: HostThreadRoutines.x86)
 
     public static func named(_ name: String) -> ArchitectureDefinition? { all.first { $0.name == name } }
     public static var modelled: [ArchitectureDefinition] { all.filter(\.modelled) }

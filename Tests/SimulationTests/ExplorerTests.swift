@@ -85,6 +85,33 @@ import Testing
         ])
     }
 
+    /// Seed 001's NMI question: the NMI (thread 1, on CPU 0) reads the page between any two
+    /// actions of CPU 0's split. __split_large_page's order (fill, install with one store,
+    /// flush) never leaves it unmapped; the entry cleared and flushed before the table goes
+    /// in is found in 4 actions, and replayed by run.
+    @Test func theNMIDuringASplit() throws {
+        let linux = try Explorer.explore(try Scenario.load(yaml: try Self.example("explore-nmi-split.yaml"), file: "n.yaml"))
+        #expect(linux.counterexample == nil && linux.limited == nil && linux.states == 9 && linux.schedules == 2)
+        let text = try Self.example("explore-nmi-split-clear-first.yaml")
+        let wrong = try Explorer.explore(try Scenario.load(yaml: text, file: "w.yaml"))
+        #expect(wrong.counterexample == [0, 0, 0, 1] && wrong.violation == "assert no-host-crash failed (1 host access crashed the host)")
+        let listing = try Explorer.describe(try Scenario.load(yaml: text, file: "w.yaml"), schedule: wrong.counterexample!)
+        #expect(listing.map(\.action) == [
+            "split_large_page: alloc_pages and split_set_pte ×512 (the new table, not yet visible) → ok",
+            "split_large_page: the large entry cleared (not present) → ok",
+            "split_large_page: flush_tlb_all → ok",
+            "host-read → #PF(not-present): oops",
+        ])
+        let replay = try Runner.run(try Scenario.load(yaml: text + "schedule: [0, 0, 0, 1]\n", file: "replay.yaml"))
+        #expect(replay.failure?.invariant == "assert" && replay.failure!.detail.hasSuffix("(1 host access crashed the host)"))
+        // A page mapped 4K at boot has no large leaf; a physical address past RAM is refused.
+        for (pa, message) in [("0x1000", "0x1000 is mapped by a 4K page at boot: there is no large leaf to split"),
+                              ("0x4000000000", "0x4000000000 is past the end of RAM (0x100000000)")] {
+            let yaml = text.replacingOccurrences(of: "split_large_page: {pa: 0x40201000", with: "split_large_page: {pa: \(pa)")
+            #expect(performing: { _ = try Scenario.load(yaml: yaml, file: "w.yaml") }, throws: { "\($0)".contains(message) })
+        }
+    }
+
     /// The SNP routine's arguments are checked where they are read.
     @Test func badZeropadThreadsAreScenarioErrors() throws {
         let good = try Self.example("explore-snp-zeropad.yaml")

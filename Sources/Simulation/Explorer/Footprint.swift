@@ -5,8 +5,8 @@ import PageTables
 
 /// What a thread's atomic step can change besides the MTE host and KVM's stage 2: the
 /// translation of the addresses it names (the page-table leaf and every CPU's TLB entry) and
-/// the platform's counters. The explorer's state key folds these in, so pruning costs
-/// O(addresses × CPUs) per state, not the whole machine.
+/// the host kernel's and the platform's counters. The explorer's state key folds these in, so
+/// pruning costs O(addresses × CPUs) per state, not the whole machine.
 public enum Footprint: Hashable, Sendable {
     /// A host kernel virtual address.
     case hostVA(UInt64)
@@ -49,6 +49,8 @@ extension Machine {
                 }
             }
         }
+        // The counters the asserts read: the host kernel's (faults, crashes, flushes) and the platform's.
+        for (_, v) in Kernel.metrics(kernel.config.isa).values(kernel) { d = Digest.combine(d, v) }
         for (_, v) in platform.metrics(kernel: kernel) { d = Digest.combine(d, v) }
         return d
     }

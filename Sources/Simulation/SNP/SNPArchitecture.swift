@@ -107,7 +107,7 @@ public enum SNPArchitecture {
         ],
         metrics: SNPPlatform.metricList.map(\.info),
         traceTracks: [("SEV-SNP", ["rmp_regions", "psmash", "host_rmp_faults"])],
-        threadRoutines: SNPPlatform.threadRoutines,
+        threadRoutines: SNPPlatform.threadRoutines + HostThreadRoutines.x86,
         makePlatform: { kernel, guests in SNPPlatform(kernel: &kernel, guests: guests) },
         checkMachine: { config, memory, guests in checkRMPReach(memory) ?? checkPool(config, memory, guests) })
 
