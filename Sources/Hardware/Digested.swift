@@ -1,9 +1,10 @@
 /// Collections that keep a 64-bit digest of their contents up to date as they change, so the
 /// interleaving explorer can fingerprint a state in time proportional to what it holds of
 /// them, not to their size (Zobrist-style: the XOR of one mixed hash per element, so an
-/// element added and removed again leaves the digest as it was). The digests use Swift's
-/// per-process hash seed: they decide only which states are the same within one run and
-/// never reach output.
+/// element added and removed again leaves the digest as it was). A collection keeps its
+/// digest only once `track()` is called (the explorer does, at its setup state): plain runs
+/// pay nothing. The digests use Swift's per-process hash seed: they decide only which
+/// states are the same within one run and never reach output.
 public enum Digest {
     /// The splitmix64 finalizer: every input bit reaches every output bit.
     @inlinable public static func mix(_ x: UInt64) -> UInt64 {
@@ -24,7 +25,14 @@ public enum Digest {
 public struct DigestedSet<Element: Hashable & Sendable>: Hashable, Sendable, Sequence {
     @usableFromInline var _elements: Set<Element> = []
     @usableFromInline var _digest: UInt64 = 0
+    @usableFromInline var tracking = false
     public init() {}
+
+    /// Starts keeping the digest: computed once from the contents, then kept as they change.
+    public mutating func track() {
+        _digest = _elements.reduce(0) { $0 ^ Digest.of($1) }
+        tracking = true
+    }
 
     public var elements: Set<Element> { _elements }
     @inlinable public var digest: UInt64 { _digest }
@@ -34,13 +42,13 @@ public struct DigestedSet<Element: Hashable & Sendable>: Hashable, Sendable, Seq
 
     @inlinable @discardableResult public mutating func insert(_ e: Element) -> (inserted: Bool, memberAfterInsert: Element) {
         let r = _elements.insert(e)
-        if r.inserted { _digest ^= Digest.of(e) }
+        if r.inserted && tracking { _digest ^= Digest.of(e) }
         return r
     }
 
     @inlinable @discardableResult public mutating func remove(_ e: Element) -> Element? {
         guard let r = _elements.remove(e) else { return nil }
-        _digest ^= Digest.of(e)
+        if tracking { _digest ^= Digest.of(e) }
         return r
     }
 
@@ -53,7 +61,14 @@ public struct DigestedSet<Element: Hashable & Sendable>: Hashable, Sendable, Seq
 public struct DigestedDictionary<Key: Hashable & Sendable, Value: Hashable & Sendable>: Hashable, Sendable {
     @usableFromInline var _entries: [Key: Value] = [:]
     @usableFromInline var _digest: UInt64 = 0
+    @usableFromInline var tracking = false
     public init() {}
+
+    /// Starts keeping the digest: computed once from the contents, then kept as they change.
+    public mutating func track() {
+        _digest = _entries.reduce(0) { $0 ^ Self.pair($1.key, $1.value) }
+        tracking = true
+    }
 
     public var entries: [Key: Value] { _entries }
     @inlinable public var digest: UInt64 { _digest }
@@ -62,8 +77,10 @@ public struct DigestedDictionary<Key: Hashable & Sendable, Value: Hashable & Sen
     @inlinable public subscript(key: Key) -> Value? {
         get { _entries[key] }
         set {
-            if let old = _entries[key] { _digest ^= Self.pair(key, old) }
-            if let v = newValue { _digest ^= Self.pair(key, v) }
+            if tracking {
+                if let old = _entries[key] { _digest ^= Self.pair(key, old) }
+                if let v = newValue { _digest ^= Self.pair(key, v) }
+            }
             _entries[key] = newValue
         }
     }
@@ -84,7 +101,14 @@ public struct DigestedDictionary<Key: Hashable & Sendable, Value: Hashable & Sen
 public struct DigestedArray<Element: Hashable & Sendable>: Hashable, Sendable, RandomAccessCollection, MutableCollection {
     @usableFromInline var storage: [Element]
     @usableFromInline var _digest: UInt64 = 0
+    @usableFromInline var tracking = false
     public let blank: Element
+
+    /// Starts keeping the digest: computed once from the contents, then kept as they change.
+    public mutating func track() {
+        _digest = storage.indices.reduce(0) { $0 ^ part($1, storage[$1]) }
+        tracking = true
+    }
 
     public init(repeating blank: Element, count: Int) {
         self.blank = blank
@@ -99,19 +123,19 @@ public struct DigestedArray<Element: Hashable & Sendable>: Hashable, Sendable, R
     @inlinable public subscript(i: Int) -> Element {
         get { storage[i] }
         set {
-            _digest ^= part(i, storage[i]) ^ part(i, newValue)
+            if tracking { _digest ^= part(i, storage[i]) ^ part(i, newValue) }
             storage[i] = newValue
         }
     }
 
     @inlinable public mutating func append(_ v: Element) {
-        _digest ^= part(storage.count, v)
+        if tracking { _digest ^= part(storage.count, v) }
         storage.append(v)
     }
 
     @inlinable public mutating func popLast() -> Element? {
         guard let v = storage.popLast() else { return nil }
-        _digest ^= part(storage.count, v)
+        if tracking { _digest ^= part(storage.count, v) }
         return v
     }
 

@@ -41,8 +41,9 @@ public struct MTETags: Hashable, Sendable {
     }
 
     var pages = DigestedDictionary<UInt64, Page>()
-    /// A digest of every page's tags, kept as they change (for the explorer).
+    /// A digest of every page's tags, kept as they change once `track()` is called (the explorer).
     public var digest: UInt64 { pages.digest }
+    public mutating func track() { pages.track() }
     public init() {}
 
     /// The tags of a page (all zero when none are held).

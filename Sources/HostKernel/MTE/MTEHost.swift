@@ -94,8 +94,28 @@ public struct MTEHost: Hashable, Sendable {
 
     public init() {}
 
+    /// Whether the collections keep their digests (`trackDigests`): VMAs made later do too.
+    public private(set) var tracksDigests = false
+
+    /// Starts keeping the digests `digest` reads (the explorer, at its setup state).
+    public mutating func trackDigests() {
+        tracksDigests = true
+        tags.track()
+        tagged.track()
+        locked.track()
+        saved.track()
+        swapCache.track()
+        expected.track()
+        freePFNs.track()
+        for v in vmas.indices {
+            vmas[v].ptes.track()
+            vmas[v].cow.track()
+        }
+    }
+
     /// A fingerprint of everything set_pte_at, user_mem_abort and the MTE steps change, from
-    /// the digests the collections keep: O(VMAs), whatever the pages held. For the explorer.
+    /// the digests the collections keep: O(VMAs), whatever the pages held. For the explorer,
+    /// after `trackDigests`.
     public var digest: UInt64 {
         var d = Digest.combine(tags.digest, tagged.digest)
         for x in [locked.digest, saved.digest, swapCache.digest, expected.digest, freePFNs.digest, nextPFN, nextSwap, UInt64(restoreSteps)] {
@@ -267,6 +287,10 @@ public struct MTEHost: Hashable, Sendable {
         if protMTE && !allowed { return .error(.EINVAL) }
         vmas.append(UserVMA(name: name, pages: pages, mte: protMTE, mteAllowed: allowed, shared: shared,
                             ptes: DigestedArray(repeating: UserPTE.none, count: pages)))
+        if tracksDigests {
+            vmas[vmas.count - 1].ptes.track()
+            vmas[vmas.count - 1].cow.track()
+        }
         return .ok
     }
 

@@ -16,8 +16,16 @@ public struct KVMMTE: Sendable {
     }
 
     public internal(set) var vms: [VM] = []
-    /// A fingerprint of the VMs' stage-2 maps, from the digests they keep (for the explorer).
+    /// A fingerprint of the VMs' stage-2 maps, from the digests they keep (for the explorer,
+    /// after `trackDigests`).
     public var digest: UInt64 { vms.reduce(0) { Digest.combine($0, $1.stage2.digest ^ ($1.mte ? 1 : 0)) } }
+    public private(set) var tracksDigests = false
+
+    /// Starts keeping the stage-2 digests (VMs made later keep theirs too).
+    public mutating func trackDigests() {
+        tracksDigests = true
+        for v in vms.indices { vms[v].stage2.track() }
+    }
     public init() {}
 
     public func vmIndex(_ name: String) -> Int? { vms.firstIndex { $0.name == name } }
@@ -27,6 +35,7 @@ public struct KVMMTE: Sendable {
     public mutating func createVM(_ name: String, mte: Bool, systemSupportsMTE: Bool) -> KernelStatus {
         if mte && !systemSupportsMTE { return .error(.EINVAL) }
         vms.append(VM(name: name, mte: mte))
+        if tracksDigests { vms[vms.count - 1].stage2.track() }
         return .ok
     }
 

@@ -63,6 +63,9 @@ public enum Explorer {
             }
             records.append(StepRecord(index: step.index, line: step.line, name: step.name, arguments: step.arguments, outcome: r, expect: step.expect, metrics: []))
         }
+        // From here on the MTE host and KVM keep the digests the state key reads.
+        m.kernel.mte.trackDigests()
+        m.kvmMTE.trackDigests()
         var result = Result()
         if let v = violation(s, m, records) {
             result.violation = v
