@@ -45,11 +45,12 @@ public enum Explorer {
     /// whole machine), the run's counters, each CPU's place in its thread, and the state at
     /// the addresses the threads' other steps name (`Machine.footprintDigest`). Two states
     /// collide with probability about n²/2⁶⁵ (1.5 million states: 6·10⁻⁸).
-    static func key(_ m: Machine, _ threads: [ThreadState], _ footprint: [Footprint]) -> UInt64 {
+    /// `footprint` is nil in slice mode (every thread step an MTE one: nothing else changes).
+    static func key(_ m: Machine, _ threads: [ThreadState], _ footprint: [Footprint]?) -> UInt64 {
         var d = Digest.combine(m.kernel.mte.digest, m.kvmMTE.digest)
         d = Digest.combine(d, UInt64(m.counters.operations) << 32 ^ UInt64(m.counters.errors))
         for t in threads { d = Digest.combine(d, t.digest) }
-        if !footprint.isEmpty { d = Digest.combine(d, m.footprintDigest(footprint)) }
+        if let footprint { d = Digest.combine(d, m.footprintDigest(footprint)) }
         return d
     }
 
@@ -77,7 +78,7 @@ public enum Explorer {
         let slices = s.threads.allSatisfy { $0.allSatisfy(\.mteOnly) }
         var queue: [(node: Int, state: Saved, threads: [ThreadState])] = [(0, Saved(m, slice: slices), [ThreadState](repeating: ThreadState(), count: s.threads.count))]
         var head = 0
-        let footprint = s.threads.flatMap { $0.flatMap(\.footprint) }
+        let footprint = slices ? nil : s.threads.flatMap { $0.flatMap(\.footprint) }
         var seen: Set<UInt64> = options.prune ? [key(m, queue[0].threads, footprint)] : []
         func schedule(_ n: Int) -> [Int] {
             var out: [Int] = [], n = n
