@@ -46,9 +46,9 @@ struct ExploreCommand: ParsableCommand {
         progress.finish()
         if let schedule = r.counterexample, let violation = r.violation {
             let actions = try Explorer.describe(s, schedule: schedule)
-            print(Self.listing(actions, cpus: s.threads.count, states: r.states, violation: violation), terminator: "")
+            print(Self.listing(actions, names: s.threadNames, states: r.states, violation: violation), terminator: "")
             if let path = counterexample { try ScenarioFiles.write(Self.replay(text, schedule), to: path) }
-            if let path = trace { try ScenarioFiles.write(Self.chromeTrace(actions, name: s.name), to: path) }
+            if let path = trace { try ScenarioFiles.write(Self.chromeTrace(actions, name: s.name, threads: s.threadNames), to: path) }
             throw ExitCode(1)
         }
         if let limit = r.limited {
@@ -58,12 +58,13 @@ struct ExploreCommand: ParsableCommand {
         print("no counterexample: \(r.states) states, \(r.schedules) complete schedules" + (noPrune ? "" : " (states already seen not explored again)"))
     }
 
-    /// The schedule, numbered, one column per CPU.
-    static func listing(_ actions: [(cpu: Int, action: String)], cpus: Int, states: Int, violation: String) -> String {
+    /// The schedule, numbered, one column per CPU (named as the scenario names its threads).
+    static func listing(_ actions: [(cpu: Int, action: String)], names: [String], states: Int, violation: String) -> String {
+        let cpus = names.count
         let width = max(24, actions.map(\.action.count).max() ?? 0)
         var out = "counterexample: \(actions.count) actions, found after \(states) states\n\n"
         func trimmed(_ s: String) -> String { String(s.reversed().drop { $0 == " " }.reversed()) }
-        out += trimmed("   #  " + (0..<cpus).map { "CPU \($0)".padding(toLength: width, withPad: " ", startingAt: 0) }.joined(separator: "  ")) + "\n"
+        out += trimmed("   #  " + names.map { $0.padding(toLength: width, withPad: " ", startingAt: 0) }.joined(separator: "  ")) + "\n"
         for (i, a) in actions.enumerated() {
             let n = String(i + 1)
             let cells = (0..<cpus).map { $0 == a.cpu ? a.action.padding(toLength: width, withPad: " ", startingAt: 0) : String(repeating: " ", count: width) }
@@ -80,12 +81,12 @@ struct ExploreCommand: ParsableCommand {
     }
 
     /// One track per CPU, an action per microsecond.
-    static func chromeTrace(_ actions: [(cpu: Int, action: String)], name: String) -> String {
+    static func chromeTrace(_ actions: [(cpu: Int, action: String)], name: String, threads: [String]) -> String {
         var events: [JSON] = [.object([("name", .string("process_name")), ("ph", .string("M")), ("pid", .int(1)),
                                        ("args", .object([("name", .string("cocomem explore: \(name)"))]))])]
         for cpu in Set(actions.map(\.cpu)).sorted() {
             events.append(.object([("name", .string("thread_name")), ("ph", .string("M")), ("pid", .int(1)), ("tid", .int(cpu + 1)),
-                                   ("args", .object([("name", .string("CPU \(cpu)"))]))]))
+                                   ("args", .object([("name", .string(threads[cpu]))]))]))
         }
         for (i, a) in actions.enumerated() {
             events.append(.object([("name", .string(a.action)), ("ph", .string("X")), ("ts", .int(i)), ("dur", .int(1)),

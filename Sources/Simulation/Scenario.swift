@@ -21,6 +21,8 @@ public struct Scenario: Sendable {
     public let checks: [PreparedCheck]
     /// One list of routines per CPU, run interleaved after `steps` (docs/explorer.md).
     public internal(set) var threads: [[ThreadRoutine]] = []
+    /// What listings call each thread: `CPU n`, or the `name:` a thread gives (an NMI).
+    public internal(set) var threadNames: [String] = []
     /// Conditions that hold at every state of the threads' interleavings.
     public internal(set) var asserts: [PreparedCheck] = []
     /// The CPUs in the order `run` replays them (a counterexample's schedule).

@@ -94,7 +94,7 @@ struct ScenarioReader {
         if let list = top["check"] {
             for item in try list.sequence() { checks.append(try Checks.prepare(item, architecture: arch, cpus: cpus, mte: config.mte)) }
         }
-        let threads = try readThreads(top, context: context)
+        let (threads, threadNames) = try readThreads(top, context: context)
         var asserts: [PreparedCheck] = []
         if let list = top["assert"] {
             guard !threads.isEmpty else { throw list.error("'assert:' holds at every state of the threads' interleavings; this scenario has no 'threads:'") }
@@ -103,6 +103,7 @@ struct ScenarioReader {
         var scenario = Scenario(file: file, name: name, seed: seed, architecture: arch, cpus: cpus, memory: memory,
                                 kernelConfig: config, guests: guests, policies: policies, steps: steps, checks: checks)
         scenario.threads = threads
+        scenario.threadNames = threadNames
         scenario.asserts = asserts
         scenario.schedule = try readSchedule(top, threads: threads.count)
         return scenario

@@ -95,6 +95,9 @@ import Testing
         let text = try Self.example("explore-nmi-split-clear-first.yaml")
         let wrong = try Explorer.explore(try Scenario.load(yaml: text, file: "w.yaml"))
         #expect(wrong.counterexample == [0, 0, 0, 1] && wrong.violation == "assert no-host-crash failed (1 host access crashed the host)")
+        #expect(try Scenario.load(yaml: text, file: "w.yaml").threadNames == ["CPU 0", "CPU 0 NMI"])
+        let unnamed = text.replacingOccurrences(of: "  - name: CPU 0 NMI\n    steps:\n", with: "  - nmi: CPU 0\n    steps:\n")
+        #expect(performing: { _ = try Scenario.load(yaml: unnamed, file: "w.yaml") }, throws: { "\($0)".contains("nmi") })
         let listing = try Explorer.describe(try Scenario.load(yaml: text, file: "w.yaml"), schedule: wrong.counterexample!)
         #expect(listing.map(\.action) == [
             "split_large_page: alloc_pages and split_set_pte ×512 (the new table, not yet visible) → ok",

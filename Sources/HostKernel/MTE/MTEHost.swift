@@ -277,6 +277,7 @@ public struct MTEHost: Hashable, Sendable {
             }
         }
         saved.removeAll()
+        swapCache.removeAll()  // every entry of the area is gone (try_to_unuse empties the swap cache)
         return back
     }
 

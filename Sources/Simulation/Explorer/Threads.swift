@@ -188,22 +188,32 @@ extension Machine {
 
 /// Reading `threads:`, `assert:` and `schedule:`.
 extension ScenarioReader {
-    func readThreads(_ top: Fields, context: StepContext) throws(ScenarioError) -> [[ThreadRoutine]] {
-        guard let list = top["threads"] else { return [] }
+    /// Each thread is a list of steps, or `{name: TEXT, steps: [...]}` to call it something
+    /// other than `CPU n` in listings (an NMI on another CPU, say).
+    func readThreads(_ top: Fields, context: StepContext) throws(ScenarioError) -> ([[ThreadRoutine]], [String]) {
+        guard let list = top["threads"] else { return ([], []) }
         let threads = try list.sequence()
         guard threads.count <= context.cpus else {
             throw list.error("\(threads.count) threads, but the machine has \(context.cpus) CPU\(context.cpus == 1 ? "" : "s"): give machine.cpus")
         }
-        var out: [[ThreadRoutine]] = []
+        var out: [[ThreadRoutine]] = [], names: [String] = []
         for (t, thread) in threads.enumerated() {
+            var steps = thread, name = "CPU \(t)"
+            if thread.isMapping {
+                let fields = try thread.mapping()
+                try fields.only(["name", "steps"])
+                name = try fields.required("name").text()
+                steps = try fields.required("steps")
+            }
             var routines: [ThreadRoutine] = []
-            for (i, item) in try thread.sequence().enumerated() {
+            for (i, item) in try steps.sequence().enumerated() {
                 routines.append(try readRoutine(item, thread: t, index: i + 1, context: context))
             }
             guard !routines.isEmpty else { throw thread.error("thread \(t) has no steps") }
             out.append(routines)
+            names.append(name)
         }
-        return out
+        return (out, names)
     }
 
     func readRoutine(_ item: Field, thread: Int, index: Int, context: StepContext) throws(ScenarioError) -> ThreadRoutine {
