@@ -100,7 +100,12 @@ public enum Checks {
                     : "; it is reported on \(elsewhere.joined(separator: ", ")), and this machine is \(architecture.name)"))
             }
             let wanted = given.entries.map(\.0)
-            return try conditionCheck(name, args, line: line, keys: metricNames, show: { String($0) }) { m in wanted.map { ($0, m.metric(named: $0)) } }
+            return try conditionCheck(name, args, line: line, keys: metricNames, show: { String($0) }) { m in
+                // A loop, not a closure that captures the machine (which would copy it).
+                var values: [(String, UInt64)] = []
+                for name in wanted { values.append((name, m.metric(named: name))) }
+                return values
+            }
         case "broken-invariant":
             let invariants = Invariants.of(architecture), known = invariants.map(\.name)
             let wanted = try args.text()

@@ -117,13 +117,14 @@ public struct MTEHost: Hashable, Sendable {
     /// the digests the collections keep: O(VMAs), whatever the pages held. For the explorer,
     /// after `trackDigests`.
     public var digest: UInt64 {
+        // Written out, not looped over array literals (each would be an allocation per state).
         var d = Digest.combine(tags.digest, tagged.digest)
-        for x in [locked.digest, saved.digest, swapCache.digest, expected.digest, freePFNs.digest, nextPFN, nextSwap, UInt64(restoreSteps)] {
-            d = Digest.combine(d, x)
-        }
-        for x in [stats.saved, stats.restored, stats.cleared, stats.lost, stats.tagCheckFaults, stats.saveFailures, stats.copied, stats.staleMaps] {
-            d = Digest.combine(d, UInt64(x))
-        }
+        d = Digest.combine(Digest.combine(d, locked.digest), saved.digest)
+        d = Digest.combine(Digest.combine(d, swapCache.digest), expected.digest)
+        d = Digest.combine(d, freePFNs.digest)
+        d = Digest.combine(d, nextPFN ^ nextSwap << 40 ^ UInt64(restoreSteps) << 56)
+        d = Digest.combine(d, UInt64(stats.saved) ^ UInt64(stats.restored) << 16 ^ UInt64(stats.cleared) << 32 ^ UInt64(stats.lost) << 48)
+        d = Digest.combine(d, UInt64(stats.tagCheckFaults) ^ UInt64(stats.saveFailures) << 16 ^ UInt64(stats.copied) << 32 ^ UInt64(stats.staleMaps) << 48)
         for v in vmas {
             d = Digest.combine(d, Digest.combine(v.ptes.digest, v.cow.digest))
             d = Digest.combine(d, UInt64(v.mte ? 1 : 0) | UInt64(v.protNone ? 2 : 0) | UInt64(bitPattern: Int64(v.parent ?? -1)) << 2)
