@@ -3,14 +3,14 @@ import Hardware
 import HostKernel
 import Simulation
 
-/// `cocomem list steps|policies|workloads|checks|invariants|metrics|archs|operations`.
+/// `cocomem list steps|routines|policies|workloads|checks|invariants|metrics|archs|operations`.
 struct List: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "List what exists: steps (with their arguments), policies, workloads, checks, invariants, metrics, archs, or the operations --apply accepts.",
+        abstract: "List what exists: steps (with their arguments), routines (the steps an explorer thread runs action by action), policies, workloads, checks, invariants, metrics, archs, or the operations --apply accepts.",
         discussion: "Steps and workloads list their arguments under them, with their defaults; metrics give their unit and meaning, grouped by the layer or architecture that reports them.")
 
     enum What: String, ExpressibleByArgument, CaseIterable {
-        case steps, policies, workloads, checks, invariants, metrics, archs, operations
+        case steps, routines, policies, workloads, checks, invariants, metrics, archs, operations
     }
 
     @Argument(help: ArgumentHelp("One of: \(What.allCases.map(\.rawValue).joined(separator: ", ")).", valueName: "what"))
@@ -28,6 +28,11 @@ struct List: ParsableCommand {
                 rows += s.arguments.map { ("  " + $0.name, $0.helpLine) }
             }
             rows.append(("workload", "run a named generator: " + Workloads.all.map(\.name).joined(separator: ", ")))
+        case .routines:
+            for (r, archs) in ThreadRoutineDefinition.catalogue {
+                rows.append((r.name, r.summary + " [\(archs.joined(separator: ", "))]"))
+                rows += r.arguments.map { ("  " + $0.name, $0.helpLine) }
+            }
         case .policies:
             for slot in Policies.all {
                 rows.append((slot.name, slot.summary + " (default \(slot.defaultPolicy))"))

@@ -27,4 +27,14 @@ import Testing
         let noThreads = try CLI.run(["explore", ScenarioCommandTests.example("cpa-basics.yaml")])
         #expect(noThreads.status != 0 && noThreads.err.contains("no 'threads:' to interleave"))
     }
+
+    /// `cocomem list routines` names every broken-down routine, where it exists and its arguments.
+    @Test func listRoutinesNamesEveryRoutine() {
+        let text = List.text(.routines)
+        for (name, archs) in [("set_pte_at", "[arm64 (mte: true)]"), ("user_mem_abort", "[arm64 (mte: true)]"),
+                              ("split_large_page", "[x86-64, x86-snp]"), ("set_memory_decrypted", "[x86-snp]")] {
+            #expect(text.split(separator: "\n").contains { $0.hasPrefix(name + " ") && $0.hasSuffix(archs) }, "\(name)")
+        }
+        #expect(text.contains("  transition ") && text.contains("  order "))
+    }
 }

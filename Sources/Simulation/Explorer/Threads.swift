@@ -61,6 +61,28 @@ public struct ThreadRoutineDefinition: Sendable {
     }
 }
 
+extension ThreadRoutineDefinition {
+    /// Every routine a thread runs as its atomic actions, with where it exists, for
+    /// `cocomem list routines`: the MTE ones (arm64 with `mte: true`), then each
+    /// architecture's.
+    public static var catalogue: [(definition: ThreadRoutineDefinition, architectures: [String])] {
+        let none: @Sendable (StepArguments, StepContext) throws(ScenarioError) -> [ThreadAction] = { _, _ in [] }
+        var out: [(ThreadRoutineDefinition, [String])] = [
+            (ThreadRoutineDefinition("set_pte_at", "do_swap_page bringing a VMM page back from swap: the swap cache's page, then mte_sync_tags in the host.mte-sync form, action by action",
+                                     [MTESteps.vma, MTESteps.page], none), ["arm64 (mte: true)"]),
+            (ThreadRoutineDefinition("user_mem_abort", "a guest's stage-2 fault: get_user_pages (set_pte_at when the page is in swap), sanitise_mte_tags, the stage-2 map",
+                                     [MTESteps.vm, MTESteps.gfn], none), ["arm64 (mte: true)"]),
+        ]
+        for a in Architectures.modelled {
+            for r in a.threadRoutines {
+                if let i = out.firstIndex(where: { $0.0.name == r.name && $0.0.summary == r.summary }) { out[i].1.append(a.name) }
+                else { out.append((r, [a.name])) }
+            }
+        }
+        return out
+    }
+}
+
 /// Where one CPU is in its thread: the routine, and inside a broken-down routine the MTE
 /// program's state (and for user_mem_abort the VM and frame it maps).
 public struct ThreadState: Hashable, Sendable {
