@@ -34,7 +34,6 @@ public struct DigestedSet<Element: Hashable & Sendable>: Hashable, Sendable, Seq
         tracking = true
     }
 
-    public var elements: Set<Element> { _elements }
     @inlinable public var digest: UInt64 { _digest }
     @inlinable public func contains(_ e: Element) -> Bool { _elements.contains(e) }
     @inlinable public var count: Int { _elements.count }
@@ -70,7 +69,6 @@ public struct DigestedDictionary<Key: Hashable & Sendable, Value: Hashable & Sen
         tracking = true
     }
 
-    public var entries: [Key: Value] { _entries }
     @inlinable public var digest: UInt64 { _digest }
     @inlinable static func pair(_ k: Key, _ v: Value) -> UInt64 { Digest.combine(Digest.of(k), Digest.of(v)) }
 
@@ -91,7 +89,6 @@ public struct DigestedDictionary<Key: Hashable & Sendable, Value: Hashable & Sen
         _entries.removeAll()
         _digest = 0
     }
-    public var keys: Dictionary<Key, Value>.Keys { _entries.keys }
     public static func == (a: Self, b: Self) -> Bool { a._entries == b._entries }
     public func hash(into h: inout Hasher) { h.combine(_entries) }
 }

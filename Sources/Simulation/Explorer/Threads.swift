@@ -29,8 +29,14 @@ public struct ThreadRoutine: Sendable {
         case userMemAbort(vm: String, gfn: UInt64)
     }
 
-    /// The routines only threads have, by name.
-    static let routineNames = ["set_pte_at", "user_mem_abort"]
+    /// The MTE routines (arm64 with `mte: true`): their names, summaries and arguments.
+    /// `readRoutine` builds their kinds (`setPTE`, `userMemAbort`), not `build`.
+    static let mteRoutines: [ThreadRoutineDefinition] = [
+        ThreadRoutineDefinition("set_pte_at", "do_swap_page bringing a VMM page back from swap: the swap cache's page, then mte_sync_tags in the host.mte-sync form, action by action",
+                                [MTESteps.vma, MTESteps.page]) { _, _ in [] },
+        ThreadRoutineDefinition("user_mem_abort", "a guest's stage-2 fault: get_user_pages (set_pte_at when the page is in swap), sanitise_mte_tags, the stage-2 map",
+                                [MTESteps.vm, MTESteps.gfn]) { _, _ in [] },
+    ]
 }
 
 /// One action of a routine an architecture breaks down: what a listing shows, and what it
@@ -66,13 +72,7 @@ extension ThreadRoutineDefinition {
     /// `cocomem list routines`: the MTE ones (arm64 with `mte: true`), then each
     /// architecture's.
     public static var catalogue: [(definition: ThreadRoutineDefinition, architectures: [String])] {
-        let none: @Sendable (StepArguments, StepContext) throws(ScenarioError) -> [ThreadAction] = { _, _ in [] }
-        var out: [(ThreadRoutineDefinition, [String])] = [
-            (ThreadRoutineDefinition("set_pte_at", "do_swap_page bringing a VMM page back from swap: the swap cache's page, then mte_sync_tags in the host.mte-sync form, action by action",
-                                     [MTESteps.vma, MTESteps.page], none), ["arm64 (mte: true)"]),
-            (ThreadRoutineDefinition("user_mem_abort", "a guest's stage-2 fault: get_user_pages (set_pte_at when the page is in swap), sanitise_mte_tags, the stage-2 map",
-                                     [MTESteps.vm, MTESteps.gfn], none), ["arm64 (mte: true)"]),
-        ]
+        var out: [(ThreadRoutineDefinition, [String])] = ThreadRoutine.mteRoutines.map { ($0, ["arm64 (mte: true)"]) }
         for a in Architectures.modelled {
             for r in a.threadRoutines {
                 if let i = out.firstIndex(where: { $0.0.name == r.name && $0.0.summary == r.summary }) { out[i].1.append(a.name) }
@@ -250,7 +250,7 @@ extension ScenarioReader {
             return ThreadRoutine(name: name, arguments: a.echoed, line: line, kind: .actions(try def.build(a, context)),
                                  footprint: Footprint.of(a.echoed), mteOnly: false)
         }
-        guard ThreadRoutine.routineNames.contains(name) else {
+        guard let mte = ThreadRoutine.mteRoutines.first(where: { $0.name == name }) else {
             let step = try readStep(item, index: index, context: context)
             return ThreadRoutine(name: step.name, arguments: step.arguments, line: line, kind: .atomic(step.action), footprint: Footprint.of(step.arguments),
                                  mteOnly: MTESteps.all.contains { $0.name == step.name })
@@ -258,12 +258,11 @@ extension ScenarioReader {
         guard context.kernel.config.isa == .arm64, context.kernel.config.mte else {
             throw fields.keyError(name, "\(name) is arm64 MTE's: give 'arch: arm64' and 'mte: true' under machine")
         }
+        let a = try StepArguments(args, schema: mte.arguments, context: context)
         if name == "set_pte_at" {
-            let a = try StepArguments(args, schema: [MTESteps.vma, MTESteps.page], context: context)
             return ThreadRoutine(name: name, arguments: [("vma", a.text("vma")!), ("page", "\(a.number("page"))")], line: line,
                                  kind: .setPTE(vma: a.text("vma")!, page: Int(a.number("page"))))
         }
-        let a = try StepArguments(args, schema: [MTESteps.vm, MTESteps.gfn], context: context)
         return ThreadRoutine(name: name, arguments: [("vm", a.text("vm")!), ("gfn", hex(a.number("gfn")))], line: line,
                              kind: .userMemAbort(vm: a.text("vm")!, gfn: a.number("gfn")))
     }
