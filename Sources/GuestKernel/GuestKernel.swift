@@ -45,7 +45,8 @@ public struct GuestKernel: Sendable {
     }
 
     /// The direct-map PTE of `gfn` changed without a flush (one action of a conversion the
-    /// explorer interleaves); the vCPUs' TLBs keep the old entry until `flush(gfn:)`.
+    /// explorer interleaves); the vCPUs' TLBs keep the old entry until `flush(gfn:)`. Linux
+    /// set_memory.c __change_page_attr_set_clr, before its cpa_flush.
     public mutating func writePTE(gfn: UInt64, set: Attributes, clear: Attributes) -> KernelStatus {
         (try? kernel.changePageAttrNoFlush(va(gfn: gfn), numpages: 1, set: set, clear: clear)) ?? .error(.EINVAL)
     }
