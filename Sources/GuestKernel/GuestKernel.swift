@@ -75,6 +75,9 @@ public struct GuestKernel: Sendable {
 }
 
 extension GuestKernel {
+    /// Runs `body` on the guest's kernel (its user processes live there).
+    public mutating func withKernel<R>(_ body: (inout Kernel) -> R) -> R { body(&kernel) }
+
     /// Runs a set_memory_* operation on the guest's own direct map, with no platform hooks.
     public mutating func apply(_ op: KernelOperation) throws(HostKernelError) -> any Outcome { try op.apply(to: &kernel) }
 }

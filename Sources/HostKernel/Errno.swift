@@ -63,3 +63,4 @@ public struct HostKernelError: Error, Hashable, Sendable, CustomStringConvertibl
     public init(_ message: String) { self.message = message }
     public var description: String { message }
 }
+extension Errno: Error {}

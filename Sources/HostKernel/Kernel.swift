@@ -28,6 +28,9 @@ public struct Kernel: Sendable {
     public var faultLog = HostFaultLog()
     /// arm64 with MTE: tags, their page flags, swap's saved tags, the VMM's VMAs.
     public var mte = MTEHost()
+    /// User address spaces: processes, their VMAs and page tables, the folios they map
+    /// (docs/user-mappings.md).
+    public var user: UserMM
     /// The vmap areas made so far, in address order.
     public internal(set) var vmapAreas: [VmapArea] = []
     /// The CPUs, each with its TLB (`config.cpus` of them).
@@ -87,6 +90,8 @@ public struct Kernel: Sendable {
             self.physOffset = (memory.ram.first?.lowerBound ?? 0) & ~(PageSize.size1G.bytes - 1)
         }
         self.tlbs = CPUSet(count: max(config.cpus, 1))
+        self.user = UserMM(ram: memory.ram, memEncrypt: config.memEncrypt && config.isa == .x86_64)
+        self.user.config = config.user
         guard memory.endOfRAM - physOffset <= layout.directMapMax else {
             throw HostKernelError("RAM ends at \(hex(memory.endOfRAM)), past the \(ByteSize.format(layout.directMapMax)) the direct map can hold"
                 + (config.isa == .arm64 ? " with 48-bit VAs" : config.la57 ? "" : " with 4-level paging (use 5-level paging)"))
@@ -218,9 +223,25 @@ extension Kernel {
     /// did, and how host accesses faulted.
     public static func metrics(_ isa: KernelISA) -> [Metric<Kernel>] { isa == .x86_64 ? x86Metrics : arm64Metrics }
 
-    static let x86Metrics = base + CPAStats.metrics(.x86_64).map { $0.pulled { $0.stats } } + faultMetrics
+    static let x86Metrics = base + CPAStats.metrics(.x86_64).map { $0.pulled { $0.stats } } + faultMetrics + userMetrics
     static let arm64Metrics = base + CPAStats.metrics(.arm64).map { $0.pulled { $0.stats } } + faultMetrics
     static let faultMetrics = HostFaultStats.metrics.map { $0.pulled { (k: Kernel) in k.faults } }
+
+    /// The user-mapping code's counters (docs/user-mappings.md).
+    static let userMetrics: [Metric<Kernel>] = [
+        Metric("user_pages", "pages", "frames user memory holds (anonymous, page cache, TTM system pages)") { $0.user.allocatedPages },
+        Metric("user_faults", "faults", "user page faults handled (handle_mm_fault)") { $0.user.stats.faults },
+        Metric("user_cow_copies", "pages", "copy-on-write copies (wp_page_copy, do_cow_fault)") { $0.user.stats.cowCopies },
+        Metric("user_thp_faults", "faults", "anonymous faults that mapped a 2M THP") { $0.user.stats.thpFaults },
+        Metric("user_pmd_splits", "splits", "huge PMDs split (__split_huge_pmd_locked), zapped ones included") { $0.user.stats.pmdSplits },
+        Metric("user_pmd_zaps", "splits", "huge PMD splits that zapped a non-anonymous entry to refault") { $0.user.stats.pmdZaps },
+        Metric("gup_pages", "pages", "pages get_user_pages/pin_user_pages took") { $0.user.stats.gupPages },
+        Metric("gup_refused", "calls", "GUP calls that stopped on an error") { $0.user.stats.gupRefused },
+        Metric("stray_cpu_accesses", "accesses", "CPU accesses (kmap, a process's own) to a page the hardware keeps from the host") { $0.user.stats.strayAccesses },
+        Metric("protected_device_accesses", "accesses", "device accesses (DMA, writeback I/O) to a page the hardware keeps from the host") { $0.user.stats.deviceAccesses },
+        Metric("writeback_vm_bug_on", "folios", "writebacks whose arch_make_folio_accessible failed (VM_BUG_ON_FOLIO)") { $0.user.stats.writebackBugs },
+        Metric("user_enc_mismatches", "entries", "present user entries whose encryption bit disagrees with the page they map") { UInt64($0.userEncryptionMismatches().count) },
+    ]
 
     static let base: [Metric<Kernel>] = [
         Metric("directmap_4k_kb", "KiB", "DirectMap4k in /proc/meminfo") { UInt64($0.directPagesCount.size4K) << 2 },

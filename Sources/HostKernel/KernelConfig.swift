@@ -65,6 +65,12 @@ public struct KernelConfig: Hashable, Sendable {
     public var collapse = CollapsePolicy.rox
     /// What the host does to its direct map as pages enter and leave the RMP (SEV-SNP).
     public var directMapPolicy = DirectMapPolicyKind.splitOnAssign
+    /// The user-mapping code's policies (_PAGE_CHG_MASK, TTM's inserts, where inaccessible
+    /// memory is refused, CONFIG_DEBUG_VM).
+    public var user = UserMMConfig()
+    /// KVM on an SEV host: WBINVD when a guest's memory is reclaimed from the VMM
+    /// (`kvm.sev-reclaim-flush`, sev_guest_memory_reclaimed, 6.0 on).
+    public var sevReclaimFlush = true
     /// x86-64: the kernel image, whose mark_rodata_ro reaches its alias in the direct map
     /// at boot; nil boots the direct map alone (scenarios, whose figures are the direct map's).
     public var image: KernelImage?

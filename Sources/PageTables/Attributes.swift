@@ -39,6 +39,9 @@ public struct Attributes: OptionSet, Hashable, Sendable, CustomStringConvertible
     /// the same attributes, so one TLB entry may hold them all (64K of PTEs, 32M of PMDs with
     /// a 4K granule). Arm ARM D8.6.1.
     @inlinable public static var contiguous: Attributes { Attributes(rawValue: 1 << 14) }
+    /// x86 _PAGE_DIRTY (bit 6) / arm64 the DBM-writable-and-written state: the page was
+    /// written through this entry. User PTEs carry it (pte_mkdirty); kernel mappings ignore it.
+    @inlinable public static var dirty: Attributes { Attributes(rawValue: 1 << 15) }
 
     @usableFromInline static let memoryTypeShift: UInt16 = 5
     @usableFromInline static let memoryTypeMask: UInt16 = 0b11 << memoryTypeShift
@@ -67,7 +70,7 @@ public struct Attributes: OptionSet, Hashable, Sendable, CustomStringConvertible
     private static let names: [(Attributes, String)] = [
         (.present, "present"), (.writable, "rw"), (.user, "user"), (.noExecute, "nx"),
         (.global, "global"), (.encrypted, "enc"), (.shared, "shared"), (.tagged, "tagged"),
-        (.special, "special"), (.forced4K, "forced-4k"), (.software1, "sw1"), (.software2, "sw2"), (.contiguous, "cont"),
+        (.special, "special"), (.forced4K, "forced-4k"), (.software1, "sw1"), (.software2, "sw2"), (.contiguous, "cont"), (.dirty, "dirty"),
     ]
 
     public var description: String {

@@ -75,7 +75,7 @@ public enum Architectures {
     public static let all: [ArchitectureDefinition] = [
         x86_64,
         SNPArchitecture.definition,
-        .planned("x86-sev", "AMD SEV (C-bit guests)"),
+        SEVPlatform.definition,
         .planned("x86-tdx", "Intel TDX (PAMT, Secure EPT)"),
         Arm64Architecture.definition,
         .planned("arm64-cca", "Arm CCA (GPT, RMM)"),
@@ -109,10 +109,31 @@ public protocol Platform: Sendable {
     /// The platform's state for guest `guest`'s frame at `gpa` (its ownership entry), folded
     /// for the explorer's state key; 0 where the platform keeps none.
     func footprintDigest(guest: Int, gpa: UInt64) -> UInt64
+    /// Whether the hardware keeps host frame `pfn` from the host kernel (an SEV guest's
+    /// encrypted page, an s390 secure page): what GUP, writeback and kmap meet.
+    func isInaccessible(_ pfn: UInt64) -> Bool
+    /// arch_make_folio_accessible for `pfn`: nil, or the errno it fails with.
+    mutating func makeAccessible(_ pfn: UInt64) -> Errno?
+    /// A CPU (through a user mapping or kmap) or a device touched host frame `pfn`.
+    mutating func noteAccess(pfn: UInt64, write: Bool, device: Bool)
+    /// KVM's kvm_arch_guest_memory_reclaimed after an MMU-notifier invalidation of guest
+    /// `guest`'s memory in the VMM.
+    mutating func guestMemoryReclaimed(guest: Int)
 }
 
 extension Platform {
     public func footprintDigest(guest: Int, gpa: UInt64) -> UInt64 { 0 }
+    public func isInaccessible(_ pfn: UInt64) -> Bool { false }
+    public mutating func makeAccessible(_ pfn: UInt64) -> Errno? { nil }
+    public mutating func noteAccess(pfn: UInt64, write: Bool, device: Bool) {}
+    public mutating func guestMemoryReclaimed(guest: Int) {}
+}
+
+/// The platform as the user-mapping code sees it (GUP, writeback, kmap).
+struct PlatformAccessibility: PageAccessibility {
+    var platform: any Platform
+    func isInaccessible(_ pfn: UInt64) -> Bool { platform.isInaccessible(pfn) }
+    mutating func makeAccessible(_ pfn: UInt64) -> Errno? { platform.makeAccessible(pfn) }
 }
 
 /// The platform of a machine that is only a host (x86-64): no ownership table, no guests.

@@ -43,6 +43,8 @@ public struct Machine: Sendable {
         var gks: [GuestKernel] = []
         for g in guests where architecture.guestKernels { gks.append(try GuestKernel(name: g.name, memory: g.memory, config: g.kernelConfig)) }
         self.guestKernels = gks
+        // Guests' memory is theirs: user pages come from elsewhere.
+        for g in guests where g.memory > 0 { self.kernel.user.reserve(g.placement..<g.placement + g.memory) }
         self.platform = architecture.makePlatform(&self.kernel, guests)
         self.rng = SeededGenerator(seed: seed)
     }
@@ -230,6 +232,11 @@ public enum Invariants {
                   summary: "no CPU (host CPU or guest vCPU) holds a translation that disagrees with the page table, unless a *_noflush change is still unflushed") { m throws(InvariantViolation) in
             try m.kernel.checkTLBInvariants()
             for g in m.guestKernels { try g.kernel.checkTLBInvariants() }
+        },
+        Invariant(name: "user-pte-encryption", layer: "HostKernel",
+                  summary: "every process's page table is consistent, and each present user entry's encryption bit agrees with the page it maps (the kernel's direct map; iomem unencrypted)") { m throws(InvariantViolation) in
+            try m.kernel.checkUserInvariants()
+            for g in m.guestKernels { try g.kernel.checkUserInvariants() }
         },
         Invariant(name: "guest-direct-map", layer: "GuestKernel",
                   summary: "each guest kernel's page table and direct_pages_count are consistent",

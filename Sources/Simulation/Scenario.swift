@@ -19,6 +19,8 @@ public struct Scenario: Sendable {
     public let policies: [(slot: String, policy: String)]
     public let steps: [PreparedStep]
     public let checks: [PreparedCheck]
+    /// The user processes the steps name, each in the host's kernel or a guest's.
+    public internal(set) var processes: [ProcessSpec] = []
     /// One list of routines per CPU, run interleaved after `steps` (docs/explorer.md).
     public internal(set) var threads: [[ThreadRoutine]] = []
     /// What listings call each thread: `CPU n`, or the `name:` a thread gives (an NMI).
@@ -34,8 +36,10 @@ public struct Scenario: Sendable {
     /// A fresh machine booted as the scenario says.
     public func boot() throws(ScenarioError) -> Machine {
         do {
-            return try Machine(architecture: architecture, kernel: try Kernel(memory: memory, config: kernelConfig),
-                               guests: guests, seed: seed)
+            var m = try Machine(architecture: architecture, kernel: try Kernel(memory: memory, config: kernelConfig),
+                                guests: guests, seed: seed)
+            m.addProcesses(processes)
+            return m
         } catch {
             throw ScenarioError(file: file, line: nil, column: nil, field: "machine", error.message)
         }

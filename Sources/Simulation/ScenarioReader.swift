@@ -7,7 +7,7 @@ struct ScenarioReader {
     let file: String
     let overrides: [(String, String)]
 
-    static let topKeys = ["name", "seed", "machine", "host", "kvm", "guest", "guests", "steps", "check", "threads", "assert", "schedule"]
+    static let topKeys = ["name", "seed", "machine", "host", "kvm", "guest", "guests", "processes", "steps", "check", "threads", "assert", "schedule"]
     /// The keys every machine has; the rest belong to one kernel architecture.
     static let commonMachineKeys = ["arch", "e820", "memory", "cpus"]
     static let machineKeys = commonMachineKeys + ArchitectureDefinition.x86MachineKeys
@@ -85,7 +85,8 @@ struct ScenarioReader {
         do { kernel = try Kernel(memory: memory, config: config) } catch {
             throw (machine["memory"] ?? machine["e820"] ?? root).error(error.message)
         }
-        let context = StepContext(kernel: kernel, architecture: arch, guests: guests, cpus: cpus)
+        let processes = try ProcessSpec.readAll(top["processes"], architecture: arch, guests: guests)
+        let context = StepContext(kernel: kernel, architecture: arch, guests: guests, cpus: cpus, processes: processes)
         var steps: [PreparedStep] = []
         for (i, item) in try top.required("steps").sequence().enumerated() {
             steps.append(try readStep(item, index: i + 1, context: context))
@@ -102,6 +103,7 @@ struct ScenarioReader {
         }
         var scenario = Scenario(file: file, name: name, seed: seed, architecture: arch, cpus: cpus, memory: memory,
                                 kernelConfig: config, guests: guests, policies: policies, steps: steps, checks: checks)
+        scenario.processes = processes
         scenario.threads = threads
         scenario.threadNames = threadNames
         scenario.asserts = asserts

@@ -61,6 +61,8 @@ public struct StepContext: Sendable {
     public let architecture: ArchitectureDefinition
     public let guests: [GuestSpec]
     public let cpus: Int
+    /// The scenario's user processes.
+    public var processes: [ProcessSpec] = []
 }
 
 /// The registry of steps: the host kernel's, which every machine has, and each
@@ -68,7 +70,7 @@ public struct StepContext: Sendable {
 public enum Steps {
     /// The host kernel's steps on an x86-64 kernel: its set_memory_* family, flushes, fault
     /// injection and host accesses.
-    public static let hostX86 = kernelSteps(KernelOperation.catalogue) + faultInjection + [failEncStatusChange] + hostAccess
+    public static let hostX86 = kernelSteps(KernelOperation.catalogue) + faultInjection + [failEncStatusChange] + hostAccess + UserSteps.all
     /// The host kernel's steps on an arm64 kernel.
     public static let hostArm64 = kernelSteps(KernelOperation.arm64Catalogue) + faultInjection + hostAccess
 
