@@ -24,6 +24,7 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("With --meminfo: walk (the table's leaves) or kernel (direct_pages_count as the running kernel keeps it).", valueName: "how"))
     var count: Kernel.DirectMapCount = .walk
     @Option(help: ArgumentHelp("Print --meminfo/--ptdump of this guest's own kernel instead of the host's.", valueName: "name")) var guest: String?
+    @Option(help: ArgumentHelp("With --ptdump: print this user process's page table instead (ptdump's format, then each entry's raw x86 value); with --guest, a process of that guest.", valueName: "name")) var process: String?
     @Option(help: ArgumentHelp("Show --meminfo/--ptdump/--svg as they were right after step N (0 = after boot).", valueName: "N")) var at: Int?
     @Flag(help: "Check every invariant after every step; stop at the first violation.") var check = false
     @Option(name: .customLong("check-every"), help: ArgumentHelp(
@@ -41,6 +42,7 @@ struct Run: ParsableCommand {
 
     func validate() throws {
         if json && csv { throw ValidationError("give --json or --csv, not both") }
+        if process != nil && !ptdump { throw ValidationError("--process chooses whose page table --ptdump prints; give --ptdump") }
         if guest != nil && !(meminfo || ptdump) { throw ValidationError("--guest chooses whose --meminfo or --ptdump to print; give one of them") }
         if (json || csv) && (meminfo || ptdump) { throw ValidationError("--meminfo and --ptdump print text; they cannot be mixed with --json or --csv") }
         if let at, at < 0 { throw ValidationError("--at must be 0 or a step number") }
@@ -127,7 +129,15 @@ struct Run: ParsableCommand {
             let lines = Meminfo.directMap(kernel, count: o.count)
             out += "\n/proc/meminfo \(when):\n" + (lines.isEmpty ? "(no DirectMap lines on \(kernel.config.isa.rawValue))\n" : lines)
         }
-        if o.ptdump { out += "\nptdump \(when):\n" + Ptdump.render(kernel) }
+        if o.ptdump, let name = o.process {
+            guard let p = kernel.user.processes.first(where: { $0.name == name }) else {
+                let known = kernel.user.processes.map(\.name)
+                throw CLIError("--process '\(name)': no such process in \(o.guest.map { "guest \($0)" } ?? "the host")" + (known.isEmpty ? " (the scenario declares none there)" : "; processes: " + known.joined(separator: ", ")))
+            }
+            out += "\nptdump of process \(name) \(when):\n" + Ptdump.renderUser(p)
+        } else if o.ptdump {
+            out += "\nptdump \(when):\n" + Ptdump.render(kernel)
+        }
         return out
     }
 }

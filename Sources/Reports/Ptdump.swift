@@ -28,11 +28,28 @@ public enum Ptdump {
     }
 
     static func section(_ kernel: Kernel, _ name: String, from start: UInt64, to end: UInt64, into out: inout String) {
+        section(kernel.pageTable, la57: kernel.config.la57, name, from: start, to: end, into: &out)
+    }
+
+    static func section(_ table: PageTable, la57: Bool, _ name: String, from start: UInt64, to end: UInt64, into out: inout String) {
         out += "---[ \(name) ]---\n"
-        var visitor = RunVisitor(la57: kernel.config.la57)
-        try? kernel.pageTable.read(start: start, size: end - start, &visitor)
+        var visitor = RunVisitor(la57: la57)
+        try? table.read(start: start, size: end - start, &visitor)
         visitor.flush(upTo: end)
         out += visitor.text
+    }
+
+    /// A process's page table as /sys/kernel/debug/page_tables/current_user shows its user
+    /// half (runs merge on every attribute, the C-bit included, though ptdump prints no
+    /// column for it), then each leaf with its raw x86 value, which does show it.
+    public static func renderUser(_ p: UserProcess) -> String {
+        var out = ""
+        section(p.pageTable, la57: false, "User Space", from: 0, to: 1 << 47, into: &out)
+        out += "---[ entries ]---\n"
+        for leaf in (try? p.pageTable.leaves(virt: VirtAddr(0), size: 1 << 47)) ?? [] {
+            out += hex(leaf.virt.rawValue, digits: 16) + " " + UserPTEOutcome(level: leaf.size.level, entry: leaf.descriptor).description + "\n"
+        }
+        return out
     }
 
     /// The level names of the generic ptdump walker, by cocomem level (1 = PTE). With 4-level

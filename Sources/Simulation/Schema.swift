@@ -17,6 +17,8 @@ public struct Parameter: Sendable {
         case letters(String)
         /// A name the scenario gives (a VMA, a VM): letters, digits, `-`, `_`, `.`; 1 to 64.
         case name
+        /// Flags from `tokens` joined with `|`, as C writes them (`PROT_READ|PROT_WRITE`).
+        case flags([String])
         /// A guest named in the scenario's `guests:`.
         case guest
         /// A guest's name, or `all` for every guest (the guest is then nil).
@@ -50,6 +52,7 @@ public struct Parameter: Sendable {
         switch kind {
         case .choice(let c): text += " (one of \(c.joined(separator: ", ")))"
         case .letters(let l): text += " (letters of \(l))"
+        case .flags(let t): text += " (joined with |: \(t.joined(separator: ", ")))"
         case .bool: text += " (true or false)"
         case .guestOrAll: text += " (a guest's name, or all)"
         default: break
@@ -90,7 +93,7 @@ public struct StepArguments: Sendable {
     mutating func setDefault(_ a: Parameter, _ d: String) {
         switch a.kind {
         case .address, .physical, .count, .width: numbers[a.name] = ByteSize.parse(d) ?? 0
-        case .bool, .choice, .letters, .guest, .guestOrAll, .name: texts[a.name] = d
+        case .bool, .choice, .letters, .guest, .guestOrAll, .name, .flags: texts[a.name] = d
         }
     }
 
@@ -117,6 +120,15 @@ public struct StepArguments: Sendable {
             texts[a.name] = v
         case .choice(let choices):
             texts[a.name] = try f.choice(choices, what: a.name)
+        case .flags(let tokens):
+            let v = try f.text()
+            for raw in v.split(separator: "|", omittingEmptySubsequences: false) {
+                let t = String(raw.drop { $0 == " " }.reversed().drop { $0 == " " }.reversed())
+                guard tokens.contains(t) else {
+                    throw f.error("unknown flag '\(t)' in \(a.name) '\(v)'" + Suggest.hint(t, in: tokens, listedBy: "'cocomem list steps'") + " (valid: \(tokens.joined(separator: ", ")))")
+                }
+            }
+            texts[a.name] = v
         case .letters(let letters):
             let v = try f.text()
             for (i, c) in v.enumerated() {
@@ -146,7 +158,7 @@ public struct StepArguments: Sendable {
         switch a.kind {
         case .address, .physical, .width: return numbers[a.name].map { hex($0) }
         case .count: return numbers[a.name].map { "\($0)" }
-        case .bool, .choice, .letters, .guest, .guestOrAll, .name: return texts[a.name]
+        case .bool, .choice, .letters, .guest, .guestOrAll, .name, .flags: return texts[a.name]
         }
     }
 

@@ -54,8 +54,10 @@ extension UserMM {
         case .dmaCoherent: return .sigbus  // remap_pfn_range mapped it all; no ->fault
         case .pfnmap(let first):
             let pfn = first + v.index(addr)
-            if v.flags.contains(.hugepage), let r = insertPMD(pi, addr, pfn: pfn & ~511, prot: v.pageProt, checkAligned: pfn & 511 == UInt64((addr >> pageShift) & 511)) { return r }
-            return insert(.pfn, process: pi, addr: addr, pfn: pfn, prot: v.pageProt)
+            if v.flags.contains(.hugepage), let r = insertPMD(pi, addr, pfn: pfn & ~511, prot: v.pageProt, checkAligned: pfn & 511 == UInt64((addr >> pageShift) & 511)) {
+                return okIfInserted(r)
+            }
+            return okIfInserted(insert(.pfn, process: pi, addr: addr, pfn: pfn, prot: v.pageProt))
         }
     }
 
@@ -241,7 +243,7 @@ extension UserMM {
             let i0 = Int(v.index(block))
             if i0 + 511 < buffers[b].vram, let p0 = buffers[b].pfn(i0), p0 & 511 == 0,
                let r = insertPMD(pi, block, pfn: p0, prot: ioProt(i0), checkAligned: true) {
-                return r
+                return okIfInserted(r)
             }
         }
         var i = first, va = addr & ~(pageBytes - 1)

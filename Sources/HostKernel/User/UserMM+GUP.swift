@@ -187,4 +187,17 @@ extension UserMM {
         if wantsWritenotify(processes[pi].vmas[vi]) { a.remove(.writable) }
         setLeaf(pi, leaf.virt.rawValue, leaf.descriptor.frame.rawValue, leaf.size, a)
     }
+
+    /// Under `unmapped`, a page that becomes private leaves every VMM mapping of guest
+    /// `guest`'s memory (guest_memfd's invalidation: private memory has no user PTE).
+    public mutating func unmapPrivate(guest: Int, pfn: UInt64) {
+        guard config.inaccessibleCheck == .unmapped else { return }
+        for pi in processes.indices {
+            for v in processes[pi].vmas {
+                guard case .guestMemory(guest, let first) = v.backing, pfn >= first + v.pgoff, pfn - first - v.pgoff < v.pages else { continue }
+                let va = v.start + (pfn - first - v.pgoff) << pageShift
+                if let leaf = processes[pi].pageTable.lookup(VirtAddr(va)), leaf.size == .size4K { release(pi, leaf) }
+            }
+        }
+    }
 }

@@ -89,7 +89,11 @@ public struct SEVPlatform: Platform {
             let n = Int(a.number("numpages"))
             let (i, gpa) = try gpaCheck(a, pages: n)
             let first = (a.guest!.spec.placement + gpa) >> pageShift
-            return { p, _ in p.kvm.launchUpdateData(i, pfns: (0..<UInt64(n)).map { first + $0 }, memory: &p.memory) }
+            return { p, m in
+                let r = p.kvm.launchUpdateData(i, pfns: (0..<UInt64(n)).map { first + $0 }, memory: &p.memory)
+                for k in 0..<UInt64(n) { m.kernel.user.unmapPrivate(guest: i, pfn: first + k) }
+                return r
+            }
         },
         Steps.platformStep(SEVPlatform.self, "sev_mem_enc_unregister_region", "KVM_MEMORY_ENCRYPT_UNREG_REGION: WBINVD on every CPU (CLFLUSH cannot reach guest-key lines), then unpin", [guest]) { a, _ throws(ScenarioError) in
             let i = a.guest!.index
@@ -115,7 +119,11 @@ public struct SEVPlatform: Platform {
                     if write { p.memory.hostWrite(pfn) }  // no key: what the host would write
                     return OK()
                 }
-                if write { p.memory.guestWrite(pfn); return OK() }
+                if write {
+                    p.memory.guestWrite(pfn)
+                    m.kernel.user.unmapPrivate(guest: i, pfn: pfn)
+                    return OK()
+                }
                 return p.memory.guestRead(pfn) ? SEVGuestRead.corrupted : SEVGuestRead.intact
             }
         }

@@ -32,20 +32,11 @@ public enum UserSteps {
         return (g, name)
     }
 
-    /// A prot written `PROT_READ|PROT_WRITE`; `decrypted`/`encrypted` only where a driver
-    /// passes a prot (`allowEncryption`).
-    static func protArgument(_ a: StepArguments, _ key: String = "prot", allowEncryption: Bool) throws(ScenarioError) -> UserProt {
-        let text = a.text(key)!
-        switch UserProt.parse(text) {
-        case .success(let p):
-            if p.decrypted != nil && !allowEncryption {
-                throw a.field(key).error("'\(p.decrypted! ? "decrypted" : "encrypted")' goes with a driver's insert (vmf_insert_pfn_prot …); mmap and mprotect take PROT_* only")
-            }
-            return p
-        case .failure(let e):
-            let valid = allowEncryption ? UserProt.tokens : Array(UserProt.tokens.prefix(4))
-            throw a.field(key).error("unknown prot '\(e.token)'" + Suggest.hint(e.token, in: valid, listedBy: "docs/user-mappings.md") + " (valid: \(valid.joined(separator: ", ")))")
-        }
+    /// A prot written `PROT_READ|PROT_WRITE` (the schema checked its tokens); `decrypted`
+    /// and `encrypted` appear only in an insert's prot.
+    static func protArgument(_ a: StepArguments) -> UserProt {
+        if case .success(let p) = UserProt.parse(a.text("prot")!) { return p }
+        return UserProt()
     }
 
     /// A user step: the arguments read, then `body` run on the process's kernel and index
@@ -63,22 +54,37 @@ public enum UserSteps {
         }
     }
 
+    static let protTokens = Array(UserProt.tokens.prefix(4))
+    /// A step on a page the kernel holds (no process): the host's kernel, or `guest:`'s.
+    static func pageStep(_ name: String, _ summary: String, _ arguments: [Parameter],
+                         _ prepare: @escaping @Sendable (inout StepArguments, StepContext) throws(ScenarioError) -> @Sendable (inout Kernel, inout PlatformAccessibility) -> any Outcome) -> StepDefinition {
+        StepDefinition(name, summary, [guest] + arguments) { a, ctx throws(ScenarioError) in
+            let g = a.guest?.index
+            let body = try prepare(&a, ctx)
+            return { m throws(HostKernelError) in
+                let r = m.withPageAccess(guest: g, body)
+                m.count(r)
+                return r
+            }
+        }
+    }
+
     static let mmapFlags = ["MAP_PRIVATE", "MAP_SHARED", "MAP_ANONYMOUS", "MAP_FIXED", "MAP_FIXED_NOREPLACE"]
 
     /// mmap (do_mmap): the address (a hint without MAP_FIXED), the length, PROT_*, MAP_*, and
     /// what it maps.
     static let mmap = step("mmap", "a mapping: anonymous, a file, or a driver's (TTM buffer object, coherent DMA buffer, device BAR, a guest's RAM); prints its address or the errno",
                            [Parameter("addr", .address(), default: "0", "the address: a hint, or exact with MAP_FIXED / MAP_FIXED_NOREPLACE"), len,
-                            Parameter("prot", .name, default: "PROT_READ|PROT_WRITE", "PROT_READ|PROT_WRITE|PROT_EXEC, or PROT_NONE"),
-                            Parameter("flags", .name, default: "MAP_PRIVATE", "MAP_PRIVATE or MAP_SHARED, with MAP_FIXED or MAP_FIXED_NOREPLACE"),
+                            Parameter("prot", .flags(protTokens), default: "PROT_READ|PROT_WRITE", "the PROT_* bits, or PROT_NONE"),
+                            Parameter("flags", .flags(mmapFlags), default: "MAP_PRIVATE", "MAP_PRIVATE or MAP_SHARED, with MAP_FIXED or MAP_FIXED_NOREPLACE"),
                             Parameter("backing", .choice(["anon", "file", "ttm", "dma-coherent", "pfnmap", "guest-memory"]), default: "anon", "what it maps"),
                             Parameter("file", .name, "backing file: the page-cache file's name (files of one name are one file)"),
                             Parameter("vram", .count(0...(1 << 24)), default: "0", "backing ttm: the buffer object's first pages in VRAM (iomem); the rest are system pages"),
                             Parameter("decrypted", .bool, default: "false", "backing dma-coherent: force_dma_unencrypted (an SEV guest's devices): the buffer is decrypted"),
                             Parameter("device", .address(), "backing pfnmap: the BAR's physical address (default: past RAM)"),
-                            Parameter("memory-of", .guest, "backing guest-memory: the guest whose RAM this maps (the VMM's memslot)"),
+                            Parameter("memory-of", .name, "backing guest-memory: the guest whose RAM this maps (the VMM's memslot)"),
                             Parameter("huge", .bool, default: "false", "madvise(MADV_HUGEPAGE) for anon and file; a driver that maps huge PMDs for ttm and pfnmap")]) { a, ctx throws(ScenarioError) in
-        let prot = try protArgument(a, allowEncryption: false)
+        let prot = protArgument(a)
         let flagsText = a.text("flags")!
         var shared = false, fixed = MapFixed.hint
         for t in flagsText.split(separator: "|").map({ String($0.drop { $0 == " " }.reversed().drop { $0 == " " }.reversed()) }) {
@@ -87,7 +93,7 @@ public enum UserSteps {
             case "MAP_SHARED": shared = true
             case "MAP_FIXED": fixed = fixed == .noreplace ? .noreplace : .fixed
             case "MAP_FIXED_NOREPLACE": fixed = .noreplace
-            default: throw a.field("flags").error("unknown mmap flag '\(t)'" + Suggest.hint(t, in: mmapFlags, listedBy: "docs/user-mappings.md") + " (valid: \(mmapFlags.joined(separator: ", ")))")
+            default: break  // the schema refused anything else
             }
         }
         let backingName = a.text("backing")!
@@ -107,8 +113,11 @@ public enum UserSteps {
             guard ctx.architecture.name == "x86-sev" else { throw a.field("backing").error("'backing: guest-memory' maps an SEV guest's RAM in its VMM: 'arch: x86-sev'") }
             guard a.has("memory-of") else { throw a.fields.owner.error("'backing: guest-memory' needs 'memory-of:' (the guest)") }
             guard a.guest == nil else { throw a.field("guest").error("a guest's RAM is mapped by the host's VMM, not inside a guest") }
-            let spec = ctx.guests.first { $0.name == a.text("memory-of")! }!
-            backing = .guestMemory(guest: ctx.guests.firstIndex { $0.name == spec.name }!, pa: spec.placement)
+            let gname = a.text("memory-of")!
+            guard let gi = ctx.guests.firstIndex(where: { $0.name == gname }) else {
+                throw a.field("memory-of").error("unknown guest '\(gname)'" + (ctx.guests.isEmpty ? "; this scenario defines no guests" : Suggest.hint(gname, in: ctx.guests.map(\.name), listedBy: "the scenario's guests:")))
+            }
+            backing = .guestMemory(guest: gi, pa: ctx.guests[gi].placement)
         default: backing = .anonymous
         }
         let request = MmapRequest(addr: a.number("addr"), len: a.number("len"), prot: prot, shared: shared, fixed: fixed, backing: backing, huge: a.bool("huge"))
@@ -126,8 +135,8 @@ public enum UserSteps {
     }
 
     static let mprotect = step("mprotect", "changes a range's protection: vma_set_page_prot (pgprot_modify), then pte_modify/pmd_modify of each entry; _PAGE_CHG_MASK decides whether the encryption bit survives",
-                               [addr, len, Parameter("prot", .name, required: true, "PROT_READ|PROT_WRITE|PROT_EXEC, or PROT_NONE")]) { a, _ throws(ScenarioError) in
-        let prot = try protArgument(a, allowEncryption: false), start = a.number("addr"), length = a.number("len")
+                               [addr, len, Parameter("prot", .flags(protTokens), required: true, "the PROT_* bits, or PROT_NONE")]) { a, _ throws(ScenarioError) in
+        let prot = protArgument(a), start = a.number("addr"), length = a.number("len")
         return { k, pi, _ in k.user.mprotect(process: pi, addr: start, len: length, prot: prot) }
     }
 
@@ -189,13 +198,13 @@ public enum UserSteps {
     static func insert(_ kind: PFNInsert) -> StepDefinition {
         var args = [addr, pa]
         if kind.takesProt {
-            args.append(Parameter("prot", .name, default: "PROT_READ|PROT_WRITE", "the prot the driver passes: vm_page_prot's PROT_* bits, with decrypted or encrypted (pgprot_decrypted / pgprot_encrypted)"))
+            args.append(Parameter("prot", .flags(UserProt.tokens), default: "PROT_READ|PROT_WRITE", "the prot the driver passes: vm_page_prot's PROT_* bits, with decrypted or encrypted (pgprot_decrypted / pgprot_encrypted)"))
         }
         let summary = kind.takesProt ? "a driver inserts a frame with its own prot (VM_FAULT_NOPAGE, SIGBUS, or the BUG_ON it trips)"
             : "a driver inserts a frame with vm_page_prot (VM_FAULT_NOPAGE, SIGBUS, or the BUG_ON it trips)"
         return step(kind.rawValue, summary + (kind == .mixedProt ? "; Linux 5.6 to 6.3 only" : ""), args) { a, _ throws(ScenarioError) in
             let va = a.number("addr"), pfn = a.number("pa") >> pageShift
-            let prot = kind.takesProt ? try protArgument(a, allowEncryption: true) : nil
+            let prot = kind.takesProt ? protArgument(a) : nil
             return { k, pi, _ in
                 var attrs: Attributes
                 if let prot, let vi = k.user.processes[pi].vmaIndex(va) {
@@ -228,14 +237,14 @@ public enum UserSteps {
     static func gup(_ name: String, pin: Bool) -> StepDefinition {
         step(name, pin ? "FOLL_PIN on each page (GUP_PIN_COUNTING_BIAS), faulting in as needed; arch_make_folio_accessible on 4K entries under gup-and-writeback; prints the pages pinned or the errno"
                  : "FOLL_GET on each page (one reference), faulting in as needed; no accessibility hook; prints the pages taken or the errno",
-             [addr, numpages, Parameter("flags", .name, default: "0", "FOLL_WRITE and FOLL_LONGTERM, joined with |, or 0")]) { a, _ throws(ScenarioError) in
+             [addr, numpages, Parameter("flags", .flags(["0", "FOLL_WRITE", "FOLL_LONGTERM"]), default: "0", "FOLL_WRITE and FOLL_LONGTERM, or 0")]) { a, _ throws(ScenarioError) in
             var flags = GUPFlags(pin: pin)
             for t in a.text("flags")!.split(separator: "|").map({ String($0.drop { $0 == " " }.reversed().drop { $0 == " " }.reversed()) }) {
                 switch t {
                 case "0": break
                 case "FOLL_WRITE": flags.write = true
                 case "FOLL_LONGTERM": flags.longterm = true
-                default: throw a.field("flags").error("unknown GUP flag '\(t)'" + Suggest.hint(t, in: ["FOLL_WRITE", "FOLL_LONGTERM"], listedBy: "docs/user-mappings.md") + " (valid: FOLL_WRITE, FOLL_LONGTERM)")
+                default: break  // the schema refused anything else
                 }
             }
             let va = a.number("addr"), n = Int(a.number("numpages")), gupFlags = flags
@@ -243,14 +252,14 @@ public enum UserSteps {
         }
     }
 
-    static let unpinUserPage = step("unpin_user_page", "drops a FOLL_PIN (the last reference frees the page); -EINVAL if the frame holds no pin", [pa]) { a, _ throws(ScenarioError) in
+    static let unpinUserPage = pageStep("unpin_user_page", "drops a FOLL_PIN (the last reference frees the page); -EINVAL if the frame holds no pin", [pa]) { a, _ throws(ScenarioError) in
         let pfn = a.number("pa") >> pageShift
-        return { k, _, _ in k.user.unpinUserPage(pfn: pfn) }
+        return { k, _ in k.user.unpinUserPage(pfn: pfn) }
     }
 
-    static let putPage = step("put_page", "drops a FOLL_GET reference", [pa]) { a, _ throws(ScenarioError) in
+    static let putPage = pageStep("put_page", "drops a FOLL_GET reference", [pa]) { a, _ throws(ScenarioError) in
         let pfn = a.number("pa") >> pageShift
-        return { k, _, _ in k.user.putPage(pfn: pfn) }
+        return { k, _ in k.user.putPage(pfn: pfn) }
     }
 
     static let followPage = step("follow_page", "a pte_page() walker (KSM, migration, pagemap): the page a present entry maps, no reference, no fault; 'no page' where vm_normal_page gives none", [addr]) { a, _ throws(ScenarioError) in
@@ -260,10 +269,10 @@ public enum UserSteps {
         }
     }
 
-    static let kmap = step("kmap", "the kernel reaches a page through its own mapping (kmap_local_page: the direct map on x86-64; it cannot fail) and reads or writes it",
+    static let kmap = pageStep("kmap", "the kernel reaches a page through its own mapping (kmap_local_page: the direct map on x86-64; it cannot fail) and reads or writes it",
                            [pa, Parameter("access", .choice(["read", "write"]), default: "read", "what the kernel does with it")]) { a, _ throws(ScenarioError) in
         let p = a.number("pa"), write = a.text("access") == "write"
-        return { k, _, acc in
+        return { k, acc in
             k.user.kmap(pfn: p >> pageShift, acc)
             let r = acc.platform.hostAccess(&k, pa: p & ~(pageBytes - 1), write: write, context: .data, cpu: 0)
             acc.platform.noteAccess(pfn: p >> pageShift, write: write, device: false)
@@ -285,9 +294,9 @@ public enum UserSteps {
         }
     }
 
-    static let dmaWrite = step("dma-write", "a device writes a page by DMA through the IOMMU (a pinned page's I/O): no CPU access, no encryption key", [pa]) { a, _ throws(ScenarioError) in
+    static let dmaWrite = pageStep("dma-write", "a device writes a page by DMA through the IOMMU (a pinned page's I/O): no CPU access, no encryption key", [pa]) { a, _ throws(ScenarioError) in
         let pfn = a.number("pa") >> pageShift
-        return { k, _, acc in
+        return { k, acc in
             k.user.dma(pfn: pfn, acc)
             acc.platform.noteAccess(pfn: pfn, write: true, device: true)
             return OK()
@@ -296,6 +305,18 @@ public enum UserSteps {
 }
 
 extension Machine {
+    /// Runs a page step's body on the host's kernel (with the platform) or a guest's.
+    mutating func withPageAccess(guest g: Int?, _ body: (inout Kernel, inout PlatformAccessibility) -> any Outcome) -> any Outcome {
+        if let g {
+            var acc = PlatformAccessibility(platform: NoPlatform())
+            return guestKernels[g].withKernel { body(&$0, &acc) }
+        }
+        var acc = PlatformAccessibility(platform: platform)
+        platform = NoPlatform()
+        defer { platform = acc.platform }
+        return body(&kernel, &acc)
+    }
+
     /// Runs a user step's body on the process's kernel, with the platform as the
     /// user-mapping code sees it (taken out of the machine for the call).
     mutating func withUserAccess(guest g: Int?, process name: String, _ body: (inout Kernel, Int, inout PlatformAccessibility) -> any Outcome) -> any Outcome {
