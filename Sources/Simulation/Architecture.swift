@@ -117,8 +117,9 @@ public protocol Platform: Sendable {
     /// A CPU (through a user mapping or kmap) or a device touched host frame `pfn`.
     mutating func noteAccess(pfn: UInt64, write: Bool, device: Bool)
     /// KVM's kvm_arch_guest_memory_reclaimed after an MMU-notifier invalidation of guest
-    /// `guest`'s memory in the VMM.
-    mutating func guestMemoryReclaimed(guest: Int)
+    /// `guest`'s memory in the VMM: the frames the VMM's mapping gave up (the host may
+    /// reuse them).
+    mutating func guestMemoryReclaimed(guest: Int, pfns: [UInt64])
 }
 
 extension Platform {
@@ -126,7 +127,7 @@ extension Platform {
     public func isInaccessible(_ pfn: UInt64) -> Bool { false }
     public mutating func makeAccessible(_ pfn: UInt64) -> Errno? { nil }
     public mutating func noteAccess(pfn: UInt64, write: Bool, device: Bool) {}
-    public mutating func guestMemoryReclaimed(guest: Int) {}
+    public mutating func guestMemoryReclaimed(guest: Int, pfns: [UInt64]) {}
 }
 
 /// The platform as the user-mapping code sees it (GUP, writeback, kmap).

@@ -11,6 +11,8 @@ public struct SEVPageState: Hashable, Sendable {
     public var hostDirty = false
     /// A dirty line under the guest's key not yet written back.
     public var guestDirty = false
+    /// The VMM gave the frame up while the guest lived; the host may reuse it.
+    public var reclaimed = false
 }
 
 /// SEV (not SNP) memory: each guest's pages encrypted with its ASID's key, no integrity and
@@ -62,7 +64,8 @@ public struct SEVMemory: HostOwnership, Sendable {
     /// Whether the page holds a live guest's private data (what the host cannot use).
     public func isGuestPrivate(_ pfn: UInt64) -> Bool {
         guard let g = guest(of: pfn), guests[g].alive else { return false }
-        return !guests[g].shared.contains(pfn - guests[g].firstPFN) && state(pfn).guestData
+        let s = state(pfn)
+        return !guests[g].shared.contains(pfn - guests[g].firstPFN) && s.guestData && !s.reclaimed
     }
 
     public mutating func setAlive(_ g: Int, _ alive: Bool) { guests[g].alive = alive }
@@ -71,13 +74,27 @@ public struct SEVMemory: HostOwnership, Sendable {
         for gfn in gfns { if shared { guests[g].shared.insert(gfn) } else { guests[g].shared.remove(gfn) } }
     }
 
+    /// Frames the VMM gave up (an MMU-notifier invalidation: munmap, MADV_DONTNEED,
+    /// reclaim): the host may reuse them; the guest's data there is gone, its dirty lines
+    /// are not.
+    public mutating func reclaim(_ pfns: [UInt64]) {
+        for pfn in pfns where guest(of: pfn) != nil {
+            var s = state(pfn)
+            s.guestData = false
+            s.corrupt = false
+            s.reclaimed = true
+            pages[pfn] = s
+        }
+    }
+
     /// A host CPU write (any mapping, the host's key or none): it replaces a guest's data
-    /// (corrupting it, there is no integrity), and leaves a dirty host-key line; on a page a
-    /// dead guest left a dirty line in, that line's write-back will clobber the host's data.
+    /// (corrupting it, there is no integrity), and leaves a dirty host-key line; on a page
+    /// the host took back with a guest-key line still dirty (no WBINVD since), that line's
+    /// write-back will clobber the host's data.
     public mutating func hostWrite(_ pfn: UInt64) {
         var s = state(pfn)
         if isGuestPrivate(pfn) { s.corrupt = true; stats.strayWrites += 1 }
-        if s.guestDirty && !coherent, let g = guest(of: pfn), !guests[g].alive || guests[g].shared.contains(pfn - guests[g].firstPFN) {
+        if s.guestDirty && !coherent, let g = guest(of: pfn), s.reclaimed || !guests[g].alive {
             stats.hostCorruptions += 1
         }
         if coherent { s.guestDirty = false }
@@ -100,6 +117,7 @@ public struct SEVMemory: HostOwnership, Sendable {
         if coherent { s.hostDirty = false }
         s.guestData = true
         s.guestDirty = true
+        s.reclaimed = false  // KVM faulted the frame back in for the guest
         pages[pfn] = s
     }
 

@@ -281,12 +281,17 @@ extension UserMM {
 }
 
 extension UserMM {
-    /// The guests whose RAM a VMA of process `pi` maps in [start, start + len) (the VMM's
-    /// memslots an MMU-notifier invalidation of the range reaches).
-    public func guestMemoryIn(process pi: Int, start: UInt64, len: UInt64) -> [Int] {
-        var out: [Int] = []
+    /// The frames of guests' RAM that process `pi` maps in [start, start + len), by guest
+    /// (what an MMU-notifier invalidation of the range reaches in KVM's memslots).
+    public func guestMemoryIn(process pi: Int, start: UInt64, len: UInt64) -> [(guest: Int, pfns: [UInt64])] {
+        var out: [(guest: Int, pfns: [UInt64])] = []
         for v in processes[pi].vmas where v.start < start &+ len && start < v.end {
-            if case .guestMemory(let g, _) = v.backing, !out.contains(g) { out.append(g) }
+            guard case .guestMemory(let g, _) = v.backing else { continue }
+            let lo = max(v.start, start), hi = min(v.end, start &+ len)
+            let pfns = ((try? processes[pi].pageTable.leaves(virt: VirtAddr(lo), size: hi - lo)) ?? []).flatMap { leaf in
+                (0..<(leaf.size.bytes >> pageShift)).map { leaf.descriptor.frame.rawValue + $0 }
+            }
+            if let k = out.firstIndex(where: { $0.guest == g }) { out[k].pfns += pfns } else { out.append((g, pfns)) }
         }
         return out
     }

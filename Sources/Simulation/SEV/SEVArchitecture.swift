@@ -43,7 +43,10 @@ public struct SEVPlatform: Platform {
         if device { memory.deviceWrite(pfn) } else { memory.hostWrite(pfn) }
     }
 
-    public mutating func guestMemoryReclaimed(guest: Int) { kvm.guestMemoryReclaimed(guest, memory: &memory) }
+    public mutating func guestMemoryReclaimed(guest: Int, pfns: [UInt64]) {
+        memory.reclaim(pfns)
+        kvm.guestMemoryReclaimed(guest, memory: &memory)
+    }
 
     public func metrics(kernel: Kernel) -> [(String, UInt64)] { Self.metricList.values(self) }
 

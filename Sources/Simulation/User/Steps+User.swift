@@ -129,7 +129,7 @@ public enum UserSteps {
         return { k, pi, acc in
             let guests = k.user.guestMemoryIn(process: pi, start: start, len: length)
             let r = k.user.munmap(process: pi, addr: start, len: length)
-            for g in guests { acc.platform.guestMemoryReclaimed(guest: g) }  // the MMU notifier reaches KVM
+            for g in guests { acc.platform.guestMemoryReclaimed(guest: g.guest, pfns: g.pfns) }  // the MMU notifier reaches KVM
             return r
         }
     }
@@ -147,7 +147,7 @@ public enum UserSteps {
             if advice == "MADV_DONTNEED" {
                 let guests = k.user.guestMemoryIn(process: pi, start: start, len: length)
                 let r = k.user.madviseDontneed(process: pi, addr: start, len: length)
-                for g in guests { acc.platform.guestMemoryReclaimed(guest: g) }
+                for g in guests { acc.platform.guestMemoryReclaimed(guest: g.guest, pfns: g.pfns) }
                 return r
             }
             return k.user.madviseHugepage(process: pi, addr: start, len: length, on: advice == "MADV_HUGEPAGE")
