@@ -223,12 +223,13 @@ extension Kernel {
     /// did, and how host accesses faulted.
     public static func metrics(_ isa: KernelISA) -> [Metric<Kernel>] { isa == .x86_64 ? x86Metrics : arm64Metrics }
 
-    static let x86Metrics = base + CPAStats.metrics(.x86_64).map { $0.pulled { $0.stats } } + faultMetrics + userMetrics
+    static let x86Metrics = base + CPAStats.metrics(.x86_64).map { $0.pulled { $0.stats } } + faultMetrics
     static let arm64Metrics = base + CPAStats.metrics(.arm64).map { $0.pulled { $0.stats } } + faultMetrics
     static let faultMetrics = HostFaultStats.metrics.map { $0.pulled { (k: Kernel) in k.faults } }
 
-    /// The user-mapping code's counters (docs/user-mappings.md).
-    static let userMetrics: [Metric<Kernel>] = [
+    /// The user-mapping code's counters (docs/user-mappings.md), which an architecture with
+    /// user processes reports.
+    public static let userMetrics: [Metric<Kernel>] = [
         Metric("user_pages", "pages", "frames user memory holds (anonymous, page cache, TTM system pages)") { $0.user.allocatedPages },
         Metric("user_faults", "faults", "user page faults handled (handle_mm_fault)") { $0.user.stats.faults },
         Metric("user_cow_copies", "pages", "copy-on-write copies (wp_page_copy, do_cow_fault)") { $0.user.stats.cowCopies },

@@ -233,11 +233,6 @@ public enum Invariants {
             try m.kernel.checkTLBInvariants()
             for g in m.guestKernels { try g.kernel.checkTLBInvariants() }
         },
-        Invariant(name: "user-pte-encryption", layer: "HostKernel",
-                  summary: "every process's page table is consistent, and each present user entry's encryption bit agrees with the page it maps (the kernel's direct map; iomem unencrypted)") { m throws(InvariantViolation) in
-            try m.kernel.checkUserInvariants()
-            for g in m.guestKernels { try g.kernel.checkUserInvariants() }
-        },
         Invariant(name: "guest-direct-map", layer: "GuestKernel",
                   summary: "each guest kernel's page table and direct_pages_count are consistent",
                   perStep: { m throws(InvariantViolation) in

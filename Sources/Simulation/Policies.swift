@@ -57,6 +57,18 @@ public enum Policies {
     /// The x86 host kernel's (change_page_attr's collapse).
     public static let common: [PolicySlot] = [
         collapse(.host, "when change_page_attr re-merges split direct-map tables") { $0.host.collapse = $1 },
+    ]
+
+    /// The slots every machine with guests has: the guest kernels' own.
+    public static let guest: [PolicySlot] = [
+        collapse(.guest, "when a guest kernel's change_page_attr re-merges its split direct-map tables (a guest entry may choose its own)") {
+            $0.guest.collapse = $1
+        },
+    ]
+
+    /// The user-mapping code's slots (docs/user-mappings.md), which an architecture with
+    /// user processes registers.
+    public static let userMappings: [PolicySlot] = [
         chgMask(.host, "the encryption bit in the host kernel's _PAGE_CHG_MASK (mprotect and pgprot_modify keep it or not)") { $0.host.user.chgMask = $1 },
         PolicySlot(section: .host, key: "ttm-insert", summary: "how TTM gives a buffer object's pages their own protection",
                    policies: TTMInsert.allCases.map { ($0.rawValue, $0.summary) }, defaultPolicy: TTMInsert.protInsert.rawValue,
@@ -67,13 +79,6 @@ public enum Policies {
         PolicySlot(section: .host, key: "debug-vm", summary: "CONFIG_DEBUG_VM: whether a VM_BUG_ON is a BUG",
                    policies: [("false", "VM_BUG_ON compiles to nothing (distribution kernels)"), ("true", "VM_BUG_ON is BUG_ON: the kernel oopses")],
                    defaultPolicy: "false", apply: { name, t in t.host.user.debugVM = name == "true" }),
-    ]
-
-    /// The slots every machine with guests has: the guest kernels' own.
-    public static let guest: [PolicySlot] = [
-        collapse(.guest, "when a guest kernel's change_page_attr re-merges its split direct-map tables (a guest entry may choose its own)") {
-            $0.guest.collapse = $1
-        },
         chgMask(.guest, "the encryption bit in the guest kernels' _PAGE_CHG_MASK (a guest entry may choose its own)") { $0.guest.user.chgMask = $1 },
     ]
 

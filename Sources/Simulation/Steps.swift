@@ -70,7 +70,7 @@ public struct StepContext: Sendable {
 public enum Steps {
     /// The host kernel's steps on an x86-64 kernel: its set_memory_* family, flushes, fault
     /// injection and host accesses.
-    public static let hostX86 = kernelSteps(KernelOperation.catalogue) + faultInjection + [failEncStatusChange] + hostAccess + UserSteps.all
+    public static let hostX86 = kernelSteps(KernelOperation.catalogue) + faultInjection + [failEncStatusChange] + hostAccess
     /// The host kernel's steps on an arm64 kernel.
     public static let hostArm64 = kernelSteps(KernelOperation.arm64Catalogue) + faultInjection + hostAccess
 

@@ -189,40 +189,41 @@ extension UserMM {
         processes[pi].vmas.removeSubrange(first..<last)
     }
 
-    /// mprotect: the range must be mapped throughout (-ENOMEM), the new prot within each
-    /// VMA's VM_MAY* (-EACCES); each VMA piece whose flags change gets vma_set_page_prot,
-    /// then change_protection rewrites its entries with pte_modify/pmd_modify. Linux
-    /// mm/mprotect.c do_mprotect_pkey, mprotect_fixup, change_protection.
+    /// mprotect: VMA by VMA from the first one, as do_mprotect_pkey walks them: a hole (at
+    /// the start, between VMAs or at the end) is -ENOMEM and a prot past a VMA's VM_MAY*
+    /// -EACCES, and the VMAs already changed stay changed (no rollback); each piece whose
+    /// flags change gets vma_set_page_prot, then change_protection rewrites its entries
+    /// with pte_modify/pmd_modify. Linux mm/mprotect.c do_mprotect_pkey, mprotect_fixup.
     public mutating func mprotect(process pi: Int, addr: UInt64, len: UInt64, prot: UserProt) -> KernelStatus {
         guard addr & (pageBytes - 1) == 0 else { return .error(.EINVAL) }
-        let len = Self.pageAlign(len)
         guard len > 0 else { return .ok }
-        guard addr <= Self.taskSize, len <= Self.taskSize - addr else { return .error(.ENOMEM) }
+        let len = Self.pageAlign(len)
+        guard len > 0, addr <= Self.taskSize, len <= Self.taskSize - addr else { return .error(.ENOMEM) }
         let end = addr + len
-        // Mapped throughout, and allowed, before anything changes.
-        var cursor = addr
-        while cursor < end {
-            guard let i = processes[pi].vmaIndex(cursor) else { return .error(.ENOMEM) }
+        var i = processes[pi].insertionIndex(addr)
+        guard i < processes[pi].vmas.count, processes[pi].vmas[i].start <= addr else { return .error(.ENOMEM) }
+        var tmp = addr
+        while i < processes[pi].vmas.count && tmp < end {
             let v = processes[pi].vmas[i]
+            if max(v.start, addr) != tmp { return .error(.ENOMEM) }
             if prot.write && !v.flags.contains(.mayWrite) || prot.read && !v.flags.contains(.mayRead) || prot.exec && !v.flags.contains(.mayExec) {
                 return .error(.EACCES)
             }
-            cursor = v.end
-        }
-        splitVMA(pi, at: addr)
-        splitVMA(pi, at: end)
-        var i = processes[pi].insertionIndex(addr)
-        while i < processes[pi].vmas.count && processes[pi].vmas[i].start < end {
-            let old = processes[pi].vmas[i].flags
+            let pieceEnd = min(v.end, end)
+            let old = v.flags
             let new = old.subtracting([.read, .write, .exec]).union(prot.vmFlags)
             if new != old {
+                splitVMA(pi, at: tmp)
+                splitVMA(pi, at: pieceEnd)
+                i = processes[pi].vmaIndex(tmp)!
                 processes[pi].vmas[i].flags = new
                 vmaSetPageProt(pi, i)
                 changeProtection(pi, i)
             }
+            tmp = pieceEnd
             i += 1
         }
-        return .ok
+        return tmp < end ? .error(.ENOMEM) : .ok
     }
 
     /// change_protection over VMA `i`: huge PMDs by pmd_modify (the VMA covers them whole,
@@ -251,7 +252,7 @@ extension UserMM {
         }
     }
 
-    /// fork's copy of one mm: every VMA; anonymous pages shared read-only in both (their
+    /// fork's copy of one mm into process `name` (whose own mm is replaced): every VMA; anonymous pages shared read-only in both (their
     /// mapcount and refcount up, no longer exclusive), VM_PFNMAP/VM_MIXEDMAP entries copied
     /// (they cannot be refaulted), a file's pages left to fault again. Linux kernel/fork.c
     /// dup_mmap, mm/memory.c copy_page_range, vma_needs_copy, copy_present_pte.
@@ -276,7 +277,13 @@ extension UserMM {
                 try? child.pageTable.installLeaf(virt: leaf.virt, phys: PhysAddr(pfn << pageShift), size: leaf.size, attributes: a)
             }
         }
-        processes.append(child)
+        if let c = processIndex(name) {
+            // The child's old mm goes (as exec's would): its pages are released first.
+            for v in processes[c].vmas { zap(c, v, v.start, v.end) }
+            processes[c] = child
+        } else {
+            processes.append(child)
+        }
     }
 }
 

@@ -48,7 +48,7 @@ public struct SEVPlatform: Platform {
         kvm.guestMemoryReclaimed(guest, memory: &memory)
     }
 
-    public func metrics(kernel: Kernel) -> [(String, UInt64)] { Self.metricList.values(self) }
+    public func metrics(kernel: Kernel) -> [(String, UInt64)] { Kernel.userMetrics.values(kernel) + Self.metricList.values(self) }
 
     static let metricList: [Metric<SEVPlatform>] = [
         Metric("sev_guest_corrupt_reads", "reads", "guest reads of private data a host write, a device write or a stale host-key cache line damaged") { UInt64($0.memory.stats.guestCorruptReads) },
@@ -136,13 +136,20 @@ public struct SEVPlatform: Platform {
         name: "x86-sev",
         summary: "AMD SEV/SEV-ES host (no SNP): per-ASID keys, no ownership table, KVM's pinned regions and cache flushes, the VMM's user mappings of guest RAM",
         guestIDs: 1...509,
-        steps: steps,
-        policySlots: [
+        steps: UserSteps.all + steps,
+        policySlots: Policies.userMappings + [
             PolicySlot(section: .kvm, key: "sev-reclaim-flush", summary: "whether KVM flushes caches when an SEV guest's memory is reclaimed from the VMM",
                        policies: SEVReclaimFlush.allCases.map { ($0.rawValue, $0.summary) }, defaultPolicy: SEVReclaimFlush.wbinvd.rawValue,
                        apply: { name, t in t.host.sevReclaimFlush = name == SEVReclaimFlush.wbinvd.rawValue }),
         ],
-        metrics: metricList.map(\.info),
+        invariants: [
+            Invariant(name: "user-pte-encryption", layer: "HostKernel",
+                      summary: "every process's page table is consistent, and each present user entry's encryption bit agrees with the page it maps (the kernel's direct map; iomem unencrypted)") { m throws(InvariantViolation) in
+                try m.kernel.checkUserInvariants()
+                for g in m.guestKernels { try g.kernel.checkUserInvariants() }
+            },
+        ],
+        metrics: Kernel.userMetrics.map(\.info) + metricList.map(\.info),
         threadRoutines: HostThreadRoutines.x86,
         makePlatform: { kernel, guests in SEVPlatform(kernel: &kernel, guests: guests) })
 }

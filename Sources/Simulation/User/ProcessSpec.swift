@@ -14,8 +14,9 @@ public struct ProcessSpec: Hashable, Sendable {
         guard let field else { return [] }
         var out: [ProcessSpec] = []
         for item in try field.sequence() {
-            guard architecture.isa == .x86_64 else {
-                throw item.error("user processes are modelled on x86 kernels; this machine is \(architecture.name) (its VMM mappings are the MTE steps' mmap)")
+            guard architecture.steps.contains(where: { $0.name == "map_vdso" }) else {
+                throw item.error("user processes need an architecture with user mappings (x86-sev); this machine is \(architecture.name)"
+                    + (architecture.isa == .arm64 ? " (its VMM mappings are the MTE steps' mmap)" : ""))
             }
             var spec: ProcessSpec
             if case .scalar = item.node {
