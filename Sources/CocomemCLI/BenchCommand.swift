@@ -16,6 +16,7 @@ struct Bench: ParsableCommand {
         discussion: """
             Figures: walk_ratio, tlb_hit_ratio (model ÷ C on the same data and address
             stream), cpa_ops_per_s, psc_ops_per_s, pkvm_share_ops_per_s, mte_swap_cycle_ops_per_s,
+            user_fault_ops_per_s,
             explore_states_per_s, mte_race_found_s, sweep_speedup,
             rss_16t_256g_mib, rss_snp_4p_boot_mib, bytes_per_split_2m, scale_run_s,
             scale_run_rss_mib. Ratios are the median of seven interleaved pairs (model,
@@ -31,6 +32,7 @@ struct Bench: ParsableCommand {
     @Flag(help: .hidden) var walkOnly = false
     @Flag(help: .hidden) var cpaOnly = false
     @Flag(help: .hidden) var pscOnly = false
+    @Flag(help: .hidden) var userOnly = false
 
     func run() throws {
         if let worker {
@@ -48,6 +50,7 @@ struct Bench: ParsableCommand {
         }
         if cpaOnly { print(try Self.cpaOps(quick: quick)); return }
         if pscOnly { print(try Self.pscOps(quick: quick)); return }
+        if userOnly { print(Self.userFaultOps(quick: quick)); return }
         let (walk, tlb) = try Self.walkAndTLB(quick: quick)
         if walkOnly { print(walk.ratio.median, tlb.ratio.median, walk.model, walk.c); return }
         add(("walk_ratio", walk.ratio, "model \(fmt(walk.model)) ns, C \(fmt(walk.c)) ns per translate+check (goal ≤ 1.5)"))
@@ -56,6 +59,7 @@ struct Bench: ParsableCommand {
         add(("psc_ops_per_s", try Self.runs { try Self.pscOps(quick: quick) }, "page-state changes through KVM, the RMP and split-on-assign (goal ≥ 1e6)"))
         add(("pkvm_share_ops_per_s", try Self.runs { Self.pkvmShareOps(quick: quick) }, "pKVM host share then unshare of a random 4K page with a guest, 64 GiB host (goal ≥ 1e6)"))
         add(("mte_swap_cycle_ops_per_s", try Self.runs { Self.mteSwapCycles(quick: quick) }, "swap out and back in one tagged 4K page of a 16 GiB guest: tags saved and restored (goal ≥ 1e6)"))
+        add(("user_fault_ops_per_s", try Self.runs { Self.userFaultOps(quick: quick) }, "a write fault then MADV_DONTNEED of a random 4K page of a 64 GiB anonymous VMA, each counted (goal ≥ 2e6)"))
         add(("explore_states_per_s", try Self.runs { try Self.exploreStates(quick: quick) }, quick ? "explorer states per second, seed 003's race on four CPUs, restore in 16 steps: 184,225 states (goal ≥ 1e6; at least 1e5)" : "explorer states per second, seed 003's race on four CPUs, restore in 64 steps: 1,547,041 states (goal ≥ 1e6; at least 1e5)"))
         add(("mte_race_found_s", try Self.runs { try Self.mteRaceFound() }, "seconds to the counterexample of seed 003's swap race under v5.14 (goal ≤ 1)"))
         add(("sweep_speedup", try Self.sweepSpeedup(quick: quick), "a sweep of 32 short runs, --jobs 2 against --jobs 1, pairs interleaved (goal ≥ 1.8 on 2 cores)"))
@@ -217,6 +221,29 @@ struct Bench: ParsableCommand {
         let t = seconds(ContinuousClock.now - t0)
         precondition(h.stats.restored == n && h.stats.lost == 0, "the swap cycle lost tags")
         return Double(n) / t
+    }
+
+    /// User faults and unmaps per second: a write fault (do_anonymous_page: a new folio, its
+    /// PTE) then MADV_DONTNEED (the PTE zapped, the folio freed) of a random 4K page of a
+    /// 64 GiB private anonymous VMA, on an SME host's user MM; each fault and each unmap is
+    /// one operation. The PTE tables stay, as zap_page_range leaves them.
+    static func userFaultOps(quick: Bool) -> Double {
+        var m = UserMM(ram: [(1 << 30)..<(2 << 30)], memEncrypt: true)
+        m.addProcess("bench")
+        guard case .mapped(let base) = m.mmap(process: 0, MmapRequest(len: 64 << 30, prot: UserProt(read: true, write: true))) else {
+            preconditionFailure("the bench's mmap failed")
+        }
+        var rng = SeededGenerator(seed: 19)
+        let n = quick ? 200_000 : 2_000_000
+        let t0 = ContinuousClock.now
+        for _ in 0..<n {
+            let va = base + rng.below(16 << 20) << 12
+            _ = m.handleFault(process: 0, addr: va, write: true)
+            _ = m.madviseDontneed(process: 0, addr: va, len: 4096)
+        }
+        let t = seconds(ContinuousClock.now - t0)
+        precondition(m.stats.faults == UInt64(n) && m.allocatedPages == 0, "the fault cycle leaked pages")
+        return Double(2 * n) / t
     }
 
     /// Explorer states per second on seed 003's swap race scaled up: four CPUs, two pages
