@@ -122,8 +122,7 @@ public struct StepArguments: Sendable {
             texts[a.name] = try f.choice(choices, what: a.name)
         case .flags(let tokens):
             let v = try f.text()
-            for raw in v.split(separator: "|", omittingEmptySubsequences: false) {
-                let t = String(raw.drop { $0 == " " }.reversed().drop { $0 == " " }.reversed())
+            for t in flagTokens(v) {
                 guard tokens.contains(t) else {
                     throw f.error("unknown flag '\(t)' in \(a.name) '\(v)'" + Suggest.hint(t, in: tokens, listedBy: "'cocomem list steps'") + " (valid: \(tokens.joined(separator: ", ")))")
                 }

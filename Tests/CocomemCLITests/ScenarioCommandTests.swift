@@ -233,6 +233,22 @@ import Testing
         #expect(try Self.run(["run", path, "--guest", "vm0"]).status != 0)
     }
 
+    /// `--ptdump --process` prints a process's page table: ptdump's runs (split where the
+    /// C-bit differs) and each entry's raw value; an unknown process is an error naming those there.
+    @Test func ptdumpOfAProcess() throws {
+        let path = Self.example("user-vvar-sev-guest.yaml")
+        let p = try Self.run(["run", path, "--ptdump", "--guest", "sev0", "--process", "date"])
+        #expect(p.status == 0)
+        #expect(p.out.contains("ptdump of process date of guest sev0 at the end:\n---[ User Space ]---\n"))
+        #expect(p.out.contains("0x00007ffff7ffb000-0x00007ffff7ffc000           4K USR ro                     NX pte\n"
+            + "0x00007ffff7ffc000-0x00007ffff7ffd000           4K USR ro                     NX pte\n"), "\(p.out)")
+        #expect(p.out.contains("---[ entries ]---\n0x00007ffff7ffb000 pte 0x8000800003fff225 [present user nx enc special]\n"
+            + "0x00007ffff7ffc000 pte 0x8000000003ffe225 [present user nx special]\n"))
+        let bad = try Self.run(["run", path, "--ptdump", "--process", "date"])
+        #expect(bad.status != 0 && bad.err.contains("--process 'date': no such process in the host (the scenario declares none there)"), "\(bad.err)")
+        #expect(try Self.run(["run", path, "--process", "date"]).err.contains("--process chooses whose page table --ptdump prints"))
+    }
+
     @Test func compareSuggestsAPolicyForATypo() throws {
         let r = try Self.run(["compare", Self.example("snp-directmap-policies.yaml"), "--policy", "split-on-asign"])
         #expect(r.status != 0 && r.err.contains("--policy 'split-on-asign': no such policy; did you mean 'split-on-assign'?"))

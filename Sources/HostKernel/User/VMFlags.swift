@@ -57,8 +57,7 @@ public struct UserProt: Hashable, Sendable, CustomStringConvertible {
     /// Parses `PROT_READ|PROT_WRITE|decrypted`; nil with the token that is not one.
     public static func parse(_ text: String) -> Result<UserProt, ProtParseError> {
         var p = UserProt()
-        for raw in text.split(separator: "|") {
-            let t = String(raw.drop { $0 == " " }.reversed().drop { $0 == " " }.reversed())
+        for t in flagTokens(text) {
             switch t {
             case "PROT_READ": p.read = true
             case "PROT_WRITE": p.write = true
@@ -95,4 +94,10 @@ public struct UserProt: Hashable, Sendable, CustomStringConvertible {
 /// A prot token that does not exist.
 public struct ProtParseError: Error, Hashable, Sendable {
     public let token: String
+}
+
+/// The tokens of C-style flags joined with `|` (`PROT_READ | PROT_WRITE`), spaces trimmed;
+/// an empty token is kept (`PROT_READ|` has one) so a check can refuse it.
+public func flagTokens(_ text: String) -> [String] {
+    text.split(separator: "|", omittingEmptySubsequences: false).map { String($0.drop { $0 == " " }.reversed().drop { $0 == " " }.reversed()) }
 }

@@ -87,7 +87,7 @@ public enum UserSteps {
         let prot = protArgument(a)
         let flagsText = a.text("flags")!
         var shared = false, fixed = MapFixed.hint
-        for t in flagsText.split(separator: "|").map({ String($0.drop { $0 == " " }.reversed().drop { $0 == " " }.reversed()) }) {
+        for t in flagTokens(flagsText) {
             switch t {
             case "MAP_PRIVATE", "MAP_ANONYMOUS": break
             case "MAP_SHARED": shared = true
@@ -239,7 +239,7 @@ public enum UserSteps {
                  : "FOLL_GET on each page (one reference), faulting in as needed; no accessibility hook; prints the pages taken or the errno",
              [addr, numpages, Parameter("flags", .flags(["0", "FOLL_WRITE", "FOLL_LONGTERM"]), default: "0", "FOLL_WRITE and FOLL_LONGTERM, or 0")]) { a, _ throws(ScenarioError) in
             var flags = GUPFlags(pin: pin)
-            for t in a.text("flags")!.split(separator: "|").map({ String($0.drop { $0 == " " }.reversed().drop { $0 == " " }.reversed()) }) {
+            for t in flagTokens(a.text("flags")!) {
                 switch t {
                 case "0": break
                 case "FOLL_WRITE": flags.write = true
