@@ -214,6 +214,18 @@ import Testing
         #expect(m.folio(head) == nil)
     }
 
+    /// The split never copies the PMD's encryption or cache bits: a THP entry without the
+    /// C-bit (which Linux never makes) still splits into C=1 PTEs from vm_page_prot.
+    @Test func anonymousSplitTakesEncryptionFromVmPageProt() {
+        var m = Self.mm()
+        let a = Self.mapped(m.mmap(process: 0, MmapRequest(len: 2 << 20, prot: Self.rw, huge: true)))
+        _ = m.handleFault(process: 0, addr: a, write: true)
+        let head = m.mappedFrame(process: 0, addr: a)!.pfn
+        m.setLeaf(0, a, head, .size2M, Attributes([.present, .writable, .user, .noExecute, .dirty]).with(memoryType: .uncached))
+        m.splitHugePMD(0, a)
+        #expect(Self.pte(m, a + 4096) == 0x8000_8000_0000_0067 | (head + 1) << 12)
+    }
+
     /// A non-anonymous huge entry is zapped by the split, not rebuilt.
     @Test func fileTHPSplitZaps() {
         var m = Self.mm()
