@@ -65,6 +65,28 @@ import Testing
         #expect(r == ["0x10000000", "-EEXIST", "-ENOMEM", "-EINVAL", "-ENOMEM", "SIGSEGV", "ok", "-EFAULT", "-EINVAL"])
     }
 
+    /// Lengths and addresses at the top of the 64-bit space wrap nothing and trap nothing:
+    /// each call answers as the kernel does, and an object larger than RAM fails to populate
+    /// at once instead of eating memory.
+    @Test func extremeArgumentsAnswerWithoutTrapping() throws {
+        let r = try Self.results("""
+              - mmap: {process: qemu, len: 0xffffffffffffffff}
+              - munmap: {process: qemu, addr: 0x1000, len: 0xffffffffffffffff}
+              - mprotect: {process: qemu, addr: 0x1000, len: 0xffffffffffffffff, prot: PROT_READ}
+              - madvise: {process: qemu, addr: 0x1000, len: 0xffffffffffffffff, advice: MADV_DONTNEED}
+              - get_user_pages: {process: qemu, addr: 0xfffffffffffff000, numpages: 4}
+              - user-pte: {process: qemu, addr: 0xffff800000000000}
+              - user-read: {process: qemu, addr: 0xffffffffffffffff}
+              - mmap: {process: qemu, len: 512G, flags: MAP_SHARED, backing: ttm}
+              - user-read: {process: qemu, addr: 0x7f7ff7fff000}
+              - mmap: {process: qemu, len: 512G, flags: MAP_SHARED, backing: dma-coherent}
+
+            """)
+        #expect(r == ["-ENOMEM", "-EINVAL", "-ENOMEM", "-EINVAL", "-EFAULT", "none", "SIGSEGV", "0x7f7ff7fff000", "VM_FAULT_OOM", "-ENOMEM"])
+        refused("  - vmf_insert_pfn_prot: {process: qemu, addr: 0x1000, pa: 0x10000000000000}\n", "pa")
+        refused("  - kmap: {pa: 0x100000000}\n", "past the end of RAM")
+    }
+
     /// A guest's process runs on the guest's own kernel: its pages are guest frames.
     @Test func aGuestProcessUsesTheGuestKernel() throws {
         let result = try Runner.run(try Self.load("""

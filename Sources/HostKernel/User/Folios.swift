@@ -53,11 +53,16 @@ public struct UserPageAllocator: Hashable, Sendable {
     var free4K: [UInt64] = []
     var free2M: [UInt64] = []
     public private(set) var allocated: UInt64 = 0
+    /// Frames of RAM (less reserved ranges) this allocator hands out in all.
+    var total: UInt64 = 0
+    /// Frames still free.
+    var available: UInt64 { total - allocated }
 
     init(ram: [Range<UInt64>]) {
         ranges = ram.map { ($0.lowerBound >> pageShift)..<($0.upperBound >> pageShift) }.filter { !$0.isEmpty }
         current = ranges.count - 1
         cursor = ranges.last?.upperBound ?? 0
+        total = ranges.reduce(0) { $0 + UInt64($1.count) }
     }
 
     /// Takes `range` (bytes) out of what is handed out (a guest's memory), before any allocation.
@@ -73,6 +78,7 @@ public struct UserPageAllocator: Hashable, Sendable {
         // Reserved at machine setup, before any allocation: start again from the top.
         current = ranges.count - 1
         cursor = ranges.last?.upperBound ?? 0
+        total = ranges.reduce(0) { $0 + UInt64($1.count) }
     }
 
     /// A 4K frame, or nil when memory is exhausted.

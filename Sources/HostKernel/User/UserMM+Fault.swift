@@ -227,6 +227,8 @@ extension UserMM {
     mutating func ttmFault(_ pi: Int, _ vi: Int, _ addr: UInt64, _ b: Int) -> VMFaultResult {
         let v = processes[pi].vmas[vi]
         if buffers[b].system.count < buffers[b].pages - buffers[b].vram {
+            // ttm_tt_populate allocates the whole object: -ENOMEM (VM_FAULT_OOM) if it cannot.
+            guard UInt64(buffers[b].pages - buffers[b].vram - buffers[b].system.count) <= allocator.available else { return .oom }
             for _ in buffers[b].system.count..<(buffers[b].pages - buffers[b].vram) {
                 guard let p = newFolio(order: 0, flags: []) else { return .oom }
                 buffers[b].system.append(p)
@@ -396,8 +398,7 @@ extension UserMM {
 
     /// madvise(MADV_DONTNEED): the range's pages zapped, the VMAs kept. mm/madvise.c.
     public mutating func madviseDontneed(process pi: Int, addr: UInt64, len: UInt64) -> KernelStatus {
-        guard addr & (pageBytes - 1) == 0 else { return .error(.EINVAL) }
-        let end = addr + Self.pageAlign(len)
+        guard let end = Self.madviseEnd(addr, len) else { return .error(.EINVAL) }
         var cursor = addr
         while cursor < end {
             guard let vi = processes[pi].vmaIndex(cursor) else { return .error(.ENOMEM) }

@@ -43,7 +43,7 @@ extension UserMM {
         if flags.longterm && !flags.pin { return .error(.EINVAL) }  // FOLL_LONGTERM needs FOLL_PIN (is_valid_gup_args)
         var first: UInt64 = 0
         for k in 0..<n {
-            switch gupOne(pi, (addr & ~(pageBytes - 1)) + UInt64(k) << pageShift, flags, &acc) {
+            switch gupOne(pi, (addr & ~(pageBytes - 1)) &+ UInt64(k) << pageShift, flags, &acc) {
             case .success(let pfn):
                 if k == 0 { first = pfn }
                 stats.gupPages += 1
@@ -131,7 +131,7 @@ extension UserMM {
     /// pte_page() walkers Dave Hansen lists: KSM, migration, /proc/PID/pagemap); nil where
     /// vm_normal_page gives none. mm/gup.c follow_page (before 6.12's folio_walk).
     public func followPage<A: PageAccessibility>(process pi: Int, addr: UInt64, _ acc: A) -> UInt64? {
-        guard let leaf = processes[pi].pageTable.lookup(VirtAddr(addr)), leaf.descriptor.attributes.contains(.present) else { return nil }
+        guard processes[pi].vmaIndex(addr) != nil, let leaf = processes[pi].pageTable.lookup(VirtAddr(addr)), leaf.descriptor.attributes.contains(.present) else { return nil }
         let pfn = leaf.translate(VirtAddr(addr)).rawValue >> pageShift
         if leaf.descriptor.attributes.contains(.special) { return nil }
         if config.inaccessibleCheck == .vmNormalPage && acc.isInaccessible(pfn) { return nil }
@@ -175,7 +175,7 @@ extension UserMM {
 
     /// The frame a process's entry maps at `addr`, present or not, and whether it is dirty.
     public func mappedFrame(process pi: Int, addr: UInt64) -> (pfn: UInt64, dirty: Bool)? {
-        guard let leaf = processes[pi].pageTable.lookup(VirtAddr(addr)) else { return nil }
+        guard addr < Self.taskSize, let leaf = processes[pi].pageTable.lookup(VirtAddr(addr)) else { return nil }
         return (leaf.translate(VirtAddr(addr)).rawValue >> pageShift, leaf.descriptor.attributes.contains(.dirty))
     }
 

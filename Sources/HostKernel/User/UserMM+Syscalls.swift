@@ -42,7 +42,9 @@ public struct MmapRequest: Hashable, Sendable {
 }
 
 extension UserMM {
-    @inline(__always) static func pageAlign(_ v: UInt64) -> UInt64 { (v + pageBytes - 1) & ~(pageBytes - 1) }
+    /// PAGE_ALIGN, which wraps to 0 for a length within a page of 2^64 (each caller then
+    /// fails as the kernel does).
+    @inline(__always) static func pageAlign(_ v: UInt64) -> UInt64 { (v &+ (pageBytes - 1)) & ~(pageBytes - 1) }
 
     /// get_unmapped_area, top-down (arch_get_unmapped_area_topdown → vm_unmapped_area): the
     /// highest gap below mmap_base that holds `len` at `align`; a free hint is taken as is.
@@ -115,6 +117,7 @@ extension UserMM {
             // dma_alloc_coherent (the kernel decrypts the buffer in its direct map under
             // force_dma_unencrypted: `Kernel.userMmap`), then dma_direct_mmap: vm_page_prot =
             // dma_pgprot (decrypted), remap_pfn_range over the buffer with it.
+            guard len >> pageShift <= allocator.available else { return .error(.ENOMEM) }
             var pfns: [UInt64] = []
             for _ in 0..<(len >> pageShift) {
                 guard let p = allocator.alloc4K() else { pfns.forEach { allocator.free($0, order: 0) }; return .error(.ENOMEM) }
@@ -288,6 +291,14 @@ extension UserMM {
 }
 
 extension UserMM {
+    /// madvise's range check: a page-aligned start and an end that does not wrap (within
+    /// TASK_SIZE); nil is -EINVAL. mm/madvise.c do_madvise.
+    static func madviseEnd(_ addr: UInt64, _ len: UInt64) -> UInt64? {
+        let aligned = pageAlign(len)
+        guard addr & (pageBytes - 1) == 0, aligned >= len, addr <= taskSize, aligned <= taskSize - addr else { return nil }
+        return addr + aligned
+    }
+
     /// The frames of guests' RAM that process `pi` maps in [start, start + len), by guest
     /// (what an MMU-notifier invalidation of the range reaches in KVM's memslots).
     public func guestMemoryIn(process pi: Int, start: UInt64, len: UInt64) -> [(guest: Int, pfns: [UInt64])] {
@@ -306,8 +317,7 @@ extension UserMM {
     /// madvise(MADV_HUGEPAGE / MADV_NOHUGEPAGE): VM_HUGEPAGE set or cleared on the range's
     /// VMAs (split at its ends). mm/khugepaged.c hugepage_madvise.
     public mutating func madviseHugepage(process pi: Int, addr: UInt64, len: UInt64, on: Bool) -> KernelStatus {
-        guard addr & (pageBytes - 1) == 0 else { return .error(.EINVAL) }
-        let end = addr + Self.pageAlign(len)
+        guard let end = Self.madviseEnd(addr, len) else { return .error(.EINVAL) }
         var cursor = addr
         while cursor < end {
             guard let vi = processes[pi].vmaIndex(cursor) else { return .error(.ENOMEM) }

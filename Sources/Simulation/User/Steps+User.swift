@@ -11,7 +11,10 @@ public enum UserSteps {
     static let addr = Parameter("addr", .address(), required: true, "a user virtual address")
     static let len = Parameter("len", .address(), required: true, "bytes (rounded up to pages)")
     static let numpages = Parameter("numpages", .count(1...(1 << 24)), default: "1", "pages")
-    static let pa = Parameter("pa", .address(), required: true, "the physical address of the frame (RAM, or device memory past it)")
+    static let pa = Parameter("pa", .address(0...maxPhys), required: true, "the physical address of the frame (RAM, or device memory past it; below 2^52)")
+    /// Physical addresses below x86's 52-bit MAXPHYADDR.
+    static let maxPhys: UInt64 = (1 << 52) - 1
+    static let ramPage = Parameter("pa", .physical, required: true, "the physical address of a page of RAM")
 
     public static let all: [StepDefinition] = [
         mmap, munmap, mprotect, madvise, fork, mapVdso, userAccess("user-read", write: false), userAccess("user-write", write: true), userPTE,
@@ -81,7 +84,7 @@ public enum UserSteps {
                             Parameter("file", .name, "backing file: the page-cache file's name (files of one name are one file)"),
                             Parameter("vram", .count(0...(1 << 24)), default: "0", "backing ttm: the buffer object's first pages in VRAM (iomem); the rest are system pages"),
                             Parameter("decrypted", .bool, default: "false", "backing dma-coherent: force_dma_unencrypted (an SEV guest's devices): the buffer is decrypted"),
-                            Parameter("device", .address(), "backing pfnmap: the BAR's physical address (default: past RAM)"),
+                            Parameter("device", .address(0...maxPhys), "backing pfnmap: the BAR's physical address (default: past RAM; below 2^52)"),
                             Parameter("memory-of", .name, "backing guest-memory: the guest whose RAM this maps (the VMM's memslot)"),
                             Parameter("huge", .bool, default: "false", "madvise(MADV_HUGEPAGE) for anon and file; a driver that maps huge PMDs for ttm and pfnmap")]) { a, ctx throws(ScenarioError) in
         let prot = protArgument(a)
@@ -189,6 +192,7 @@ public enum UserSteps {
     static let userPTE = step("user-pte", "prints the user entry mapping addr: its level, raw x86 value (A set as protection_map sets it) and attributes; or none", [addr]) { a, _ throws(ScenarioError) in
         let va = a.number("addr")
         return { k, pi, _ in
+            guard va < UserMM.taskSize else { return UserPTEOutcome(level: 1, entry: .none) }  // no user entry up there
             let e = k.user.processes[pi].pageTable.entry(holding: VirtAddr(va))
             return UserPTEOutcome(level: e.level, entry: e.entry)
         }
@@ -252,12 +256,12 @@ public enum UserSteps {
         }
     }
 
-    static let unpinUserPage = pageStep("unpin_user_page", "drops a FOLL_PIN (the last reference frees the page); -EINVAL if the frame holds no pin", [pa]) { a, _ throws(ScenarioError) in
+    static let unpinUserPage = pageStep("unpin_user_page", "drops a FOLL_PIN (the last reference frees the page); -EINVAL if the frame holds no pin", [ramPage]) { a, _ throws(ScenarioError) in
         let pfn = a.number("pa") >> pageShift
         return { k, _ in k.user.unpinUserPage(pfn: pfn) }
     }
 
-    static let putPage = pageStep("put_page", "drops a FOLL_GET reference", [pa]) { a, _ throws(ScenarioError) in
+    static let putPage = pageStep("put_page", "drops a FOLL_GET reference", [ramPage]) { a, _ throws(ScenarioError) in
         let pfn = a.number("pa") >> pageShift
         return { k, _ in k.user.putPage(pfn: pfn) }
     }
@@ -270,7 +274,7 @@ public enum UserSteps {
     }
 
     static let kmap = pageStep("kmap", "the kernel reaches a page through its own mapping (kmap_local_page: the direct map on x86-64; it cannot fail) and reads or writes it",
-                           [pa, Parameter("access", .choice(["read", "write"]), default: "read", "what the kernel does with it")]) { a, _ throws(ScenarioError) in
+                           [ramPage, Parameter("access", .choice(["read", "write"]), default: "read", "what the kernel does with it")]) { a, _ throws(ScenarioError) in
         let p = a.number("pa"), write = a.text("access") == "write"
         return { k, acc in
             k.user.kmap(pfn: p >> pageShift, acc)
