@@ -226,6 +226,19 @@ import Testing
         #expect(Self.pte(m, a + 4096) == 0x8000_8000_0000_0067 | (head + 1) << 12)
     }
 
+    /// A VMA boundary across a THP splits it first under the old prot
+    /// (vma_adjust_trans_huge): mprotect of the first 1M to PROT_EXEC leaves NX on the rest.
+    @Test func mprotectOfHalfATHPSplitsItUnderTheOldProt() {
+        var m = Self.mm()
+        let a = Self.mapped(m.mmap(process: 0, MmapRequest(len: 2 << 20, prot: UserProt(read: true, write: true, exec: false), huge: true)))
+        _ = m.handleFault(process: 0, addr: a, write: true)
+        let head = m.mappedFrame(process: 0, addr: a)!.pfn
+        #expect(m.mprotect(process: 0, addr: a, len: 1 << 20, prot: UserProt(read: true, exec: true)) == .ok)
+        #expect(Self.pte(m, a) == 0x0000_8000_0000_0065 | head << 12)  // executable, read-only, still dirty
+        #expect(Self.pte(m, a + (1 << 20)) == 0x8000_8000_0000_0067 | (head + 256) << 12)
+        #expect(m.processes[0].vmas.count == 2)
+    }
+
     /// A non-anonymous huge entry is zapped by the split, not rebuilt.
     @Test func fileTHPSplitZaps() {
         var m = Self.mm()
@@ -246,8 +259,10 @@ import Testing
         if case .bug(_, let cond) = m.insert(.pfnProt, process: 0, addr: anon, pfn: io, prot: [.present]) {
             #expect(cond == "!(vma->vm_flags & (VM_PFNMAP|VM_MIXEDMAP))")
         } else { Issue.record("no BUG_ON for an anonymous VMA") }
-        let cow = Self.mapped(m.mmap(process: 0, MmapRequest(len: 8192, prot: Self.rw, backing: .pfnmap(pa: io << 12))))
-        if case .bug(_, let cond) = m.insert(.pfnProt, process: 0, addr: cow, pfn: io, prot: [.present]) {
+        // VFIO refuses a private BAR mapping; a private coherent-DMA mapping is a COW VM_PFNMAP.
+        #expect(m.mmap(process: 0, MmapRequest(len: 8192, prot: Self.rw, backing: .pfnmap(pa: io << 12))) == .error(.EINVAL))
+        let cow = Self.mapped(m.mmap(process: 0, MmapRequest(len: 8192, prot: Self.rw, backing: .dmaCoherent(decrypted: false))))
+        if case .bug(_, let cond) = m.insert(.pfnProt, process: 0, addr: cow + 4096, pfn: io, prot: [.present]) {
             #expect(cond == "(vma->vm_flags & VM_PFNMAP) && is_cow_mapping(vma->vm_flags)")
         } else { Issue.record("no BUG_ON for a COW PFNMAP") }
         let pfnmap = Self.mapped(m.mmap(process: 0, MmapRequest(len: 8192, prot: Self.rw, shared: true, backing: .pfnmap(pa: io << 12))))
@@ -290,7 +305,8 @@ import Testing
         #expect(m.getUserPages(process: 0, addr: a, pages: 1, flags: GUPFlags(), &acc) == .pages(1, firstPFN: pfn, pinned: false))
         #expect(m.folio(pfn)!.refcount == 1026)
         #expect(m.unpinUserPage(pfn: pfn) == .ok && m.putPage(pfn: pfn) == .ok && m.folio(pfn)!.refcount == 1)
-        #expect(m.unpinUserPage(pfn: pfn) == .error(.EINVAL))
+        // Only references GUP took can be dropped: the mapping's is not put_page's.
+        #expect(m.unpinUserPage(pfn: pfn) == .error(.EINVAL) && m.putPage(pfn: pfn) == .error(.EINVAL))
         #expect(m.getUserPages(process: 0, addr: 0x1000, pages: 1, flags: GUPFlags(), &acc) == .error(.EFAULT))
         #expect(m.getUserPages(process: 0, addr: a, pages: 1, flags: GUPFlags(longterm: true), &acc) == .error(.EINVAL))
         // Two pages, the second past the VMA: one taken.

@@ -87,6 +87,19 @@ import Testing
         refused("  - kmap: {pa: 0x100000000}\n", "past the end of RAM")
     }
 
+    /// A VMM mapping longer than the guest's RAM faults past it with SIGBUS (the memfd's
+    /// end); unregistering a region never registered is -EINVAL.
+    @Test func guestMemoryEndsWhereTheGuestDoes() throws {
+        let r = try Self.results("""
+              - mmap: {process: qemu, len: 32M, flags: MAP_SHARED, backing: guest-memory, memory-of: sev0}
+              - user-read: {process: qemu, addr: 0x7ffff5fff000}
+              - user-read: {process: qemu, addr: 0x7ffff6fff000}
+              - sev_mem_enc_unregister_region: {guest: sev0}
+
+            """)
+        #expect(r == ["0x7ffff5fff000", "ok", "SIGBUS", "-EINVAL"])
+    }
+
     /// A guest's process runs on the guest's own kernel: its pages are guest frames.
     @Test func aGuestProcessUsesTheGuestKernel() throws {
         let result = try Runner.run(try Self.load("""

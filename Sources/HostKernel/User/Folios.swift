@@ -30,6 +30,8 @@ public struct Folio: Hashable, Sendable {
     /// _pincount of a large folio (5.7, 3faa52c03f44); a small folio's pins are in refcount.
     public var pincount: Int32
     public var flags: FolioFlags
+    /// FOLL_GET references outstanding (part of `refcount`), so put_page drops only those.
+    public var gets: Int32 = 0
 
     /// GUP_PIN_COUNTING_BIAS. include/linux/mm.h.
     public static let pinBias: Int32 = 1024

@@ -30,22 +30,24 @@ extension UserMM {
         guard let vi = processes[pi].vmaIndex(addr) else { return .sigsegv }
         let v = processes[pi].vmas[vi]
         if write ? !v.flags.contains(.write) : v.flags.isDisjoint(with: [.read, .write, .exec]) { return .sigsegv }
-        stats.faults += 1
         if let leaf = processes[pi].pageTable.lookup(VirtAddr(addr)) {
             let a = leaf.descriptor.attributes
+            if a.contains(.present) && (!write || a.contains(.writable)) { return .handled }  // nothing to do
             if !a.contains(.present) {
                 // A PROT_NONE entry in an accessible VMA (NUMA hinting): do_numa_page's pte_modify with vm_page_prot.
                 setLeaf(pi, leaf.virt.rawValue, leaf.descriptor.frame.rawValue, leaf.size, PgProt.pteModify(a, v.pageProt, mask: config.chgMask))
                 return handleFault(process: pi, addr: addr, write: write, inaccessible: inaccessible)
             }
-            if !write || a.contains(.writable) { return .handled }
+            stats.faults += 1
             if leaf.size != .size4K { return hugeWriteProtectFault(pi, vi, addr, leaf, inaccessible) }
             return doWPPage(pi, vi, addr, leaf)
         }
+        stats.faults += 1
         switch v.backing {
         case .anonymous: return doAnonymousPage(pi, vi, addr, write)
         case .file(let f): return fileFault(pi, vi, addr, write, f)
-        case .guestMemory(_, let first):
+        case .guestMemory(_, let first, let pages):
+            guard v.index(addr) < pages else { return .sigbus }  // past the memfd's end
             let pfn = first + v.index(addr)
             if config.inaccessibleCheck == .unmapped && inaccessible(pfn) { return .sigbus }  // kvm_gmem_fault on a private page
             return mapCachePage(pi, vi, addr, pfn, write: write)
@@ -173,8 +175,9 @@ extension UserMM {
     mutating func mapCachePage(_ pi: Int, _ vi: Int, _ addr: UInt64, _ pfn: UInt64, write: Bool) -> VMFaultResult {
         let v = processes[pi].vmas[vi]
         if folioHead(pfn) == nil { folios[pfn] = Folio(order: 0, refcount: 1, mapcount: 0, pincount: 0, flags: .pageCache) }
-        let h = folioHead(pfn)!
+        guard let h = folioHead(pfn) else { return .sigbus }
         if write && !v.flags.contains(.shared) {
+            guard allocator.available > 0 else { return .oom }  // the copy's page first, then the references
             folios[h]!.refcount += 1  // the copy's source, held across the copy
             folios[h]!.mapcount += 1
             return copyOnWrite(pi, vi, addr, from: h)
@@ -199,7 +202,7 @@ extension UserMM {
                 guard let pfn = newFolio(order: 9, flags: .pageCache) else { return .oom }
                 files[f].pages[headIndex] = pfn
             }
-            let head = files[f].pages[headIndex]!
+            guard let head = files[f].pages[headIndex], folios[head] != nil else { return .sigbus }
             let aligned = (addr >> pageShift) & 511 == index & 511
             if aligned && pmdFits(v, addr) && pmdNone(pi, addr) && (!write || v.flags.contains(.shared)) {
                 folios[head]!.refcount += 1
@@ -364,6 +367,7 @@ extension UserMM {
         pte.remove(.writable)
         if a.contains(.writable) { pte.insert(.writable) }
         if a.contains(.dirty) { pte.insert(.dirty) }
+        guard folios[pfn] != nil else { return }  // no folio: nothing to rebuild (the entry is gone)
         folios[pfn]!.refcount += 511
         folios[pfn]!.mapcount += 511
         for i in 0..<UInt64(512) { setLeaf(pi, block + i << pageShift, pfn + i, .size4K, pte) }
@@ -396,17 +400,20 @@ extension UserMM {
         try? processes[pi].pageTable.zap(virt: leaf.virt, size: leaf.size.bytes)
     }
 
-    /// madvise(MADV_DONTNEED): the range's pages zapped, the VMAs kept. mm/madvise.c.
+    /// madvise(MADV_DONTNEED): the range's pages zapped, the VMAs kept; a VM_PFNMAP VMA is
+    /// -EINVAL (madvise_dontneed_free_valid_vma); a hole is -ENOMEM once the VMAs after it
+    /// are done (madvise_walk_vmas). mm/madvise.c.
     public mutating func madviseDontneed(process pi: Int, addr: UInt64, len: UInt64) -> KernelStatus {
         guard let end = Self.madviseEnd(addr, len) else { return .error(.EINVAL) }
-        var cursor = addr
-        while cursor < end {
-            guard let vi = processes[pi].vmaIndex(cursor) else { return .error(.ENOMEM) }
-            let v = processes[pi].vmas[vi]
-            if !v.flags.isDisjoint(with: [.pfnmap, .mixedmap]) && v.flags.contains(.io) { return .error(.EINVAL) }  // VM_PFNMAP: madvise_dontneed_free_valid_vma
-            zap(pi, v, cursor, min(end, v.end))
+        var i = processes[pi].insertionIndex(addr), cursor = addr, hole = false
+        while i < processes[pi].vmas.count && processes[pi].vmas[i].start < end {
+            let v = processes[pi].vmas[i]
+            if v.start > cursor { hole = true }
+            if v.flags.contains(.pfnmap) { return .error(.EINVAL) }
+            zap(pi, v, max(cursor, v.start), min(end, v.end))
             cursor = v.end
+            i += 1
         }
-        return .ok
+        return hole || cursor < end ? .error(.ENOMEM) : .ok
     }
 }

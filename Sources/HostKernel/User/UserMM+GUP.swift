@@ -76,7 +76,7 @@ extension UserMM {
             // under Dave Hansen's design none for an inaccessible one either.
             let refused = config.inaccessibleCheck == .vmNormalPage && acc.isInaccessible(pfn)
             if a.contains(.special) || refused {
-                if pfn == zeroPFN || (hugeZeroPFN.map { pfn & ~511 == $0 } ?? false) { return .success(pfn) }
+                if isZeroPage(pfn) { return .success(pfn) }
                 return .failure(.EEXIST)  // follow_pfn_pte, an error when pages are asked for
             }
             guard let h = folioHead(pfn) else { return .failure(.EEXIST) }
@@ -94,7 +94,7 @@ extension UserMM {
     /// try_grab_folio: FOLL_GET one reference; FOLL_PIN GUP_PIN_COUNTING_BIAS on a small
     /// folio, one reference and one _pincount on a large one.
     mutating func grab(_ h: UInt64, pin: Bool) {
-        if !pin { folios[h]!.refcount += 1; return }
+        if !pin { folios[h]!.refcount += 1; folios[h]!.gets += 1; return }
         if folios[h]!.order > 0 {
             folios[h]!.refcount += 1
             folios[h]!.pincount += 1
@@ -115,17 +115,23 @@ extension UserMM {
 
     /// unpin_user_page for frame `pfn`: -EINVAL when it holds no pin (the kernel WARNs).
     public mutating func unpinUserPage(pfn: UInt64) -> KernelStatus {
+        if isZeroPage(pfn) { return .ok }  // gup_put_folio ignores the zero folio
         guard let h = folioHead(pfn), folios[h]!.maybeDMAPinned else { return .error(.EINVAL) }
         unpin(h)
         return .ok
     }
 
-    /// put_page after a FOLL_GET.
+    /// put_page after a FOLL_GET: -EINVAL for a frame GUP never took a reference on.
     public mutating func putPage(pfn: UInt64) -> KernelStatus {
-        guard let h = folioHead(pfn), folios[h]!.refcount > 1 || folios[h]!.mapcount == 0 else { return .error(.EINVAL) }
+        if isZeroPage(pfn) { return .ok }
+        guard let h = folioHead(pfn), folios[h]!.gets > 0 else { return .error(.EINVAL) }
+        folios[h]!.gets -= 1
         put(h)
         return .ok
     }
+
+    /// The zero page or a page of the huge zero folio (no references counted).
+    func isZeroPage(_ pfn: UInt64) -> Bool { pfn == zeroPFN || (hugeZeroPFN.map { pfn & ~511 == $0 } ?? false) }
 
     /// follow_page: the page a present entry maps, without a reference or a fault (the
     /// pte_page() walkers Dave Hansen lists: KSM, migration, /proc/PID/pagemap); nil where
@@ -194,7 +200,7 @@ extension UserMM {
         guard config.inaccessibleCheck == .unmapped else { return }
         for pi in processes.indices {
             for v in processes[pi].vmas {
-                guard case .guestMemory(guest, let first) = v.backing, pfn >= first + v.pgoff, pfn - first - v.pgoff < v.pages else { continue }
+                guard case .guestMemory(guest, let first, _) = v.backing, pfn >= first + v.pgoff, pfn - first - v.pgoff < v.pages else { continue }
                 let va = v.start + (pfn - first - v.pgoff) << pageShift
                 if let leaf = processes[pi].pageTable.lookup(VirtAddr(va)), leaf.size == .size4K { release(pi, leaf) }
             }

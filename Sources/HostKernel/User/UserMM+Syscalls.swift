@@ -15,7 +15,7 @@ public enum MmapBacking: Hashable, Sendable {
     case ttm(vram: Int)
     case dmaCoherent(decrypted: Bool)
     case pfnmap(pa: UInt64)
-    case guestMemory(guest: Int, pa: UInt64)
+    case guestMemory(guest: Int, pa: UInt64, size: UInt64)
 }
 
 /// An mmap call.
@@ -107,7 +107,7 @@ extension UserMM {
             vma.backing = .file(f)
         case .ttm(let vram):
             // ttm_bo_mmap_obj: a COW mapping of a BO is refused (5.14; v5.5 allowed it).
-            if config.ttmInsert == .protInsert && vma.isCOW && flags.contains(.write) { return .error(.EINVAL) }
+            if config.ttmInsert == .protInsert && vma.isCOW { return .error(.EINVAL) }
             let pages = Int(len >> pageShift)
             let vramPFN = (iomemBase >> pageShift) + UInt64(buffers.reduce(0) { $0 + $1.vram })
             buffers.append(TTMBuffer(pages: pages, vram: min(vram, pages), vramPFN: vramPFN, huge: r.huge))
@@ -128,11 +128,14 @@ extension UserMM {
             if decrypted { vma.pageProt.remove(.encrypted) }
             prefault = pfns
         case .pfnmap(let pa):
+            // vfio_pci_core_mmap: a shared mapping only, pgprot_noncached and pgprot_decrypted.
+            guard r.shared else { return .error(.EINVAL) }
             vma.backing = .pfnmap(firstPFN: pa >> pageShift)
             vma.flags.formUnion([.io, .pfnmap, .dontExpand, .dontDump])
-            vma.pageProt.memoryType = .uncachedMinus  // pgprot_noncached (vfio_pci_core_mmap)
-        case .guestMemory(let g, let pa):
-            vma.backing = .guestMemory(guest: g, firstPFN: pa >> pageShift)
+            vma.pageProt.memoryType = .uncachedMinus
+            vma.pageProt.remove(.encrypted)
+        case .guestMemory(let g, let pa, let size):
+            vma.backing = .guestMemory(guest: g, firstPFN: pa >> pageShift, pages: size >> pageShift)
         }
         let i = processes[pi].insertionIndex(addr)
         processes[pi].vmas.insert(vma, at: i)
@@ -164,6 +167,11 @@ extension UserMM {
     /// Splits the VMA holding `addr` at it (__split_vma), so a VMA starts there.
     mutating func splitVMA(_ pi: Int, at addr: UInt64) {
         guard let i = processes[pi].vmaIndex(addr), processes[pi].vmas[i].start < addr else { return }
+        // vma_adjust_trans_huge: a huge PMD across the new boundary is split first, under
+        // the VMA's prot as it is before any change.
+        if addr & (PageSize.size2M.bytes - 1) != 0, let leaf = processes[pi].pageTable.lookup(VirtAddr(addr)), leaf.size == .size2M {
+            splitHugePMD(pi, addr)
+        }
         var tail = processes[pi].vmas[i]
         tail.pgoff += (addr - tail.start) >> pageShift
         tail.start = addr
@@ -247,12 +255,21 @@ extension UserMM {
         for leaf in leaves {
             let old = leaf.descriptor.attributes
             var a = PgProt.pteModify(old, newprot, mask: config.chgMask)
-            if v.isAnonymous && v.flags.contains(.write) && !v.flags.contains(.shared) && a.contains(.present),
-               let f = folio(leaf.descriptor.frame.rawValue), f.flags.contains(.anonExclusive), old.contains(.dirty) {
+            if v.flags.contains(.write) && a.contains(.present) && !a.contains(.writable) && canChangeWritable(v, leaf.descriptor) {
                 a.insert(.writable)
             }
             try? processes[pi].pageTable.installLeaf(virt: leaf.virt, phys: PhysAddr(leaf.descriptor.frame.rawValue << pageShift), size: leaf.size, attributes: a)
         }
+    }
+
+    /// can_change_pte_writable under MM_CP_TRY_CHANGE_WRITABLE: in a private VMA an exclusive
+    /// anonymous page; in a shared one with write-notify, a dirty entry. mm/mprotect.c.
+    func canChangeWritable(_ v: VMA, _ d: Descriptor) -> Bool {
+        if !v.flags.contains(.shared) {
+            guard !d.attributes.contains(.special), let f = folio(d.frame.rawValue) else { return false }
+            return f.flags.contains(.anon) && f.flags.contains(.anonExclusive)
+        }
+        return wantsWritenotify(v) && d.attributes.contains(.dirty)
     }
 
     /// fork's copy of one mm into process `name` (whose own mm is replaced): every VMA; anonymous pages shared read-only in both (their
@@ -304,7 +321,7 @@ extension UserMM {
     public func guestMemoryIn(process pi: Int, start: UInt64, len: UInt64) -> [(guest: Int, pfns: [UInt64])] {
         var out: [(guest: Int, pfns: [UInt64])] = []
         for v in processes[pi].vmas where v.start < start &+ len && start < v.end {
-            guard case .guestMemory(let g, _) = v.backing else { continue }
+            guard case .guestMemory(let g, _, _) = v.backing else { continue }
             let lo = max(v.start, start), hi = min(v.end, start &+ len)
             let pfns = ((try? processes[pi].pageTable.leaves(virt: VirtAddr(lo), size: hi - lo)) ?? []).flatMap { leaf in
                 (0..<(leaf.size.bytes >> pageShift)).map { leaf.descriptor.frame.rawValue + $0 }

@@ -73,8 +73,8 @@ public enum VMABacking: Hashable, Sendable {
     /// A device's memory (a VFIO BAR): vmf_insert_pfn / vmf_insert_pfn_pmd.
     case pfnmap(firstPFN: UInt64)
     /// A VMM's mapping of a guest's RAM (a shared memfd whose pages are the guest's
-    /// placement in host memory).
-    case guestMemory(guest: Int, firstPFN: UInt64)
+    /// placement in host memory; `pages` long: past it a fault is SIGBUS).
+    case guestMemory(guest: Int, firstPFN: UInt64, pages: UInt64)
 
     public var name: String {
         switch self {

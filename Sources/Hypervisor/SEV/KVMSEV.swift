@@ -26,6 +26,8 @@ public struct KVMSEV: Sendable {
     public struct VM: Hashable, Sendable {
         public var pinned: [UInt64] = []
         public var launched = false
+        /// A region is registered (KVM keeps it in regions_list).
+        public var registered = false
     }
     public var reclaimFlush = SEVReclaimFlush.wbinvd
     public internal(set) var vms: [VM]
@@ -57,6 +59,7 @@ public struct KVMSEV: Sendable {
             got.append(pfn)
         }
         vms[v].pinned += got
+        vms[v].registered = true
         if !memory.coherent { for p in got { memory.clflush(p) } }
         return .ok
     }
@@ -75,7 +78,10 @@ public struct KVMSEV: Sendable {
     /// KVM_MEMORY_ENCRYPT_UNREG_REGION and sev_vm_destroy: WBINVD on every CPU ("CLFLUSH
     /// will not do this"), then the pages unpinned; destroy also ends the guest's key.
     public mutating func release(_ v: Int, destroy: Bool, kernel: inout Kernel, memory: inout SEVMemory) -> KernelStatus {
+        // sev_mem_enc_unregister_region: a region not registered is -EINVAL.
+        if !destroy && !vms[v].registered { return .error(.EINVAL) }
         memory.wbinvd()
+        vms[v].registered = false
         for p in vms[v].pinned { _ = kernel.user.unpinUserPage(pfn: p) }
         vms[v].pinned = []
         if destroy {
@@ -87,8 +93,8 @@ public struct KVMSEV: Sendable {
     }
 
     /// kvm_arch_guest_memory_reclaimed → sev_guest_memory_reclaimed: WBINVD for an SEV
-    /// guest (6.0 on), nothing before.
+    /// guest (every guest here is one: KVM_SEV_INIT is implied) from 6.0, nothing before.
     public mutating func guestMemoryReclaimed(_ v: Int, memory: inout SEVMemory) {
-        if reclaimFlush == .wbinvd && vms[v].launched { memory.wbinvd() }
+        if reclaimFlush == .wbinvd { memory.wbinvd() }
     }
 }

@@ -120,7 +120,7 @@ public enum UserSteps {
             guard let gi = ctx.guests.firstIndex(where: { $0.name == gname }) else {
                 throw a.field("memory-of").error("unknown guest '\(gname)'" + (ctx.guests.isEmpty ? "; this scenario defines no guests" : Suggest.hint(gname, in: ctx.guests.map(\.name), listedBy: "the scenario's guests:")))
             }
-            backing = .guestMemory(guest: gi, pa: ctx.guests[gi].placement)
+            backing = .guestMemory(guest: gi, pa: ctx.guests[gi].placement, size: ctx.guests[gi].memory)
         default: backing = .anonymous
         }
         let request = MmapRequest(addr: a.number("addr"), len: a.number("len"), prot: prot, shared: shared, fixed: fixed, backing: backing, huge: a.bool("huge"))
@@ -132,7 +132,8 @@ public enum UserSteps {
         return { k, pi, acc in
             let guests = k.user.guestMemoryIn(process: pi, start: start, len: length)
             let r = k.user.munmap(process: pi, addr: start, len: length)
-            for g in guests { acc.platform.guestMemoryReclaimed(guest: g.guest, pfns: g.pfns) }  // the MMU notifier reaches KVM
+            // The MMU notifier reaches KVM for what was unmapped.
+            if r == .ok { for g in guests { acc.platform.guestMemoryReclaimed(guest: g.guest, pfns: g.pfns) } }
             return r
         }
     }
@@ -150,7 +151,7 @@ public enum UserSteps {
             if advice == "MADV_DONTNEED" {
                 let guests = k.user.guestMemoryIn(process: pi, start: start, len: length)
                 let r = k.user.madviseDontneed(process: pi, addr: start, len: length)
-                for g in guests { acc.platform.guestMemoryReclaimed(guest: g.guest, pfns: g.pfns) }
+                if r == .ok { for g in guests { acc.platform.guestMemoryReclaimed(guest: g.guest, pfns: g.pfns) } }
                 return r
             }
             return k.user.madviseHugepage(process: pi, addr: start, len: length, on: advice == "MADV_HUGEPAGE")
