@@ -85,6 +85,7 @@ import Testing
         #expect(m.mmap(process: 0, MmapRequest(len: 2 << 20, prot: Self.rw)) == .mapped(0x7fff_f7c0_0000))
         #expect(m.mmap(process: 0, MmapRequest(len: 0, prot: Self.rw)) == .error(.EINVAL))
         #expect(m.mmap(process: 0, MmapRequest(addr: 0x1000_0800, len: 4096, prot: Self.rw, fixed: .fixed)) == .error(.EINVAL))
+        #expect(m.mmap(process: 0, MmapRequest(addr: 0x1000, len: 4096, prot: Self.rw, fixed: .fixed)) == .error(.EPERM))
         #expect(m.mmap(process: 0, MmapRequest(addr: UserMM.taskSize, len: 4096, prot: Self.rw, fixed: .fixed)) == .error(.ENOMEM))
         #expect(m.mmap(process: 0, MmapRequest(len: UserMM.taskSize + 4096, prot: Self.rw)) == .error(.ENOMEM))
         #expect(m.mmap(process: 0, MmapRequest(addr: 0x1000_0000, len: 4096, prot: Self.rw, fixed: .noreplace)) == .error(.EEXIST))
@@ -209,9 +210,13 @@ import Testing
         #expect(Self.pte(m, a + (2 << 20)) == 0x8000_8000_0000_02a5 | zero << 12)
         m.splitHugePMD(0, a + (2 << 20))
         #expect(Self.pte(m, a + (2 << 20) + 4096) == 0x8000_8000_0000_0225 | m.zeroPFN! << 12)
-        // munmap of the split THP's pages frees the folio once the last goes.
-        #expect(m.munmap(process: 0, addr: a, len: 2 << 20) == .ok)
-        #expect(m.folio(head) == nil)
+        // munmap of the split THP's pages frees the folio once the last goes, and the PTE
+        // table with it (free_pgtables): the same address gets a THP again.
+        #expect(m.munmap(process: 0, addr: a, len: 4 << 20) == .ok)
+        #expect(m.folio(head) == nil && m.processes[0].pageTable.descriptor(at: VirtAddr(a), level: 2)?.isNone == true)
+        #expect(m.mmap(process: 0, MmapRequest(addr: a, len: 2 << 20, prot: Self.rw, fixed: .fixed, huge: true)) == .mapped(a))
+        _ = m.handleFault(process: 0, addr: a, write: true)
+        #expect(m.processes[0].pageTable.lookup(VirtAddr(a))?.size == .size2M)
     }
 
     /// The split never copies the PMD's encryption or cache bits: a THP entry without the

@@ -77,8 +77,11 @@ extension UserMM {
         var addr: UInt64
         switch r.fixed {
         case .fixed, .noreplace:
-            guard r.addr & (pageBytes - 1) == 0 else { return .error(.EINVAL) }
+            // __get_unmapped_area: past TASK_SIZE first, then the alignment; below
+            // mmap_min_addr needs CAP_SYS_RAWIO (security_mmap_addr).
             guard r.addr <= Self.taskSize - len else { return .error(.ENOMEM) }
+            guard r.addr & (pageBytes - 1) == 0 else { return .error(.EINVAL) }
+            guard r.addr >= Self.mmapMinAddr else { return .error(.EPERM) }
             addr = r.addr
             if r.fixed == .noreplace && processes[pi].overlaps(addr, addr + len) { return .error(.EEXIST) }
             if r.fixed == .fixed { unmapRange(pi, addr, addr + len) }
@@ -198,6 +201,21 @@ extension UserMM {
         while last < processes[pi].vmas.count && processes[pi].vmas[last].start < end { last += 1 }
         for i in first..<last { zap(pi, processes[pi].vmas[i], processes[pi].vmas[i].start, processes[pi].vmas[i].end) }
         processes[pi].vmas.removeSubrange(first..<last)
+        freePageTables(pi, start, end)
+    }
+
+    /// free_pgtables: the PTE tables of 2M blocks no VMA touches any more go (zap leaves
+    /// them; munmap frees them). mm/memory.c free_pgtables.
+    mutating func freePageTables(_ pi: Int, _ start: UInt64, _ end: UInt64) {
+        let m2 = PageSize.size2M.bytes
+        var block = start & ~(m2 - 1)
+        while block < end {
+            if !processes[pi].overlaps(block, block + m2),
+               processes[pi].pageTable.descriptor(at: VirtAddr(block), level: 2)?.isTable == true {
+                try? processes[pi].pageTable.setEntry(virt: VirtAddr(block), level: 2, .none)
+            }
+            block += m2
+        }
     }
 
     /// mprotect: VMA by VMA from the first one, as do_mprotect_pkey walks them: a hole (at
