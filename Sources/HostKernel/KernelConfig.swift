@@ -71,6 +71,9 @@ public struct KernelConfig: Hashable, Sendable {
     /// KVM on an SEV host: WBINVD when a guest's memory is reclaimed from the VMM
     /// (`kvm.sev-reclaim-flush`, sev_guest_memory_reclaimed, 6.0 on).
     public var sevReclaimFlush = true
+    /// X86_BUG_TDX_PW_MCE (Sapphire and Emerald Rapids): a partial write to TDX private
+    /// memory poisons the line (`machine.tdx-erratum`). arch/x86/kernel/cpu/intel.c.
+    public var tdxErratum = false
     /// x86-64: the kernel image, whose mark_rodata_ro reaches its alias in the direct map
     /// at boot; nil boots the direct map alone (scenarios, whose figures are the direct map's).
     public var image: KernelImage?

@@ -76,7 +76,7 @@ public enum Architectures {
         x86_64,
         SNPArchitecture.definition,
         SEVPlatform.definition,
-        .planned("x86-tdx", "Intel TDX (PAMT, Secure EPT)"),
+        TDXPlatform.definition,
         Arm64Architecture.definition,
         .planned("arm64-cca", "Arm CCA (GPT, RMM)"),
         PKVMArchitecture.definition,
@@ -116,6 +116,9 @@ public protocol Platform: Sendable {
     mutating func makeAccessible(_ pfn: UInt64) -> Errno?
     /// A CPU (through a user mapping or kmap) or a device touched host frame `pfn`.
     mutating func noteAccess(pfn: UInt64, write: Bool, device: Bool)
+    /// A host access with how a write reaches memory (a cached line, a partial MOVNTI or UC
+    /// store): what TDX's erratum tells apart. Others ignore `kind`.
+    mutating func hostAccess(_ kernel: inout Kernel, pa: UInt64, write: Bool, context: HostAccessContext, cpu: Int, kind: HostWriteKind) -> any Outcome
     /// KVM's kvm_arch_guest_memory_reclaimed after an MMU-notifier invalidation of guest
     /// `guest`'s memory in the VMM: the frames the VMM's mapping gave up (the host may
     /// reuse them).
@@ -128,6 +131,9 @@ extension Platform {
     public mutating func makeAccessible(_ pfn: UInt64) -> Errno? { nil }
     public mutating func noteAccess(pfn: UInt64, write: Bool, device: Bool) {}
     public mutating func guestMemoryReclaimed(guest: Int, pfns: [UInt64]) {}
+    public mutating func hostAccess(_ kernel: inout Kernel, pa: UInt64, write: Bool, context: HostAccessContext, cpu: Int, kind: HostWriteKind) -> any Outcome {
+        hostAccess(&kernel, pa: pa, write: write, context: context, cpu: cpu)
+    }
 }
 
 /// The platform as the user-mapping code sees it (GUP, writeback, kmap).

@@ -184,12 +184,13 @@ public enum Steps {
                 : "the host kernel reads a page: ownership-checked only as a page-table walk; a guest page still mapped reads as ciphertext",
             [Parameter("pa", .physical, required: true, "physical address"),
              Parameter("context", .choice(hostContexts), default: "data", "where the access comes from"), cpuArgument]
+                + (write ? [Parameter("access", .choice(HostWriteKind.allCases.map(\.rawValue)), default: "cached", "how the store reaches memory: a cached line, or a partial MOVNTI or UC store (TDX's erratum tells them apart)")] : [])
         ) { a, ctx throws(ScenarioError) in
             let pa = a.number("pa"), context = HostAccessContext(rawValue: a.text("context")!)!
             try checkCPU(a, ctx)
-            let cpu = Int(a.number("cpu"))
+            let cpu = Int(a.number("cpu")), kind = HostWriteKind(rawValue: a.text("access") ?? "cached") ?? .cached
             return { m throws(HostKernelError) in
-                let outcome = m.platform.hostAccess(&m.kernel, pa: pa, write: write, context: context, cpu: cpu)
+                let outcome = m.platform.hostAccess(&m.kernel, pa: pa, write: write, context: context, cpu: cpu, kind: kind)
                 m.count(outcome)
                 return outcome
             }

@@ -31,6 +31,9 @@ public struct PAMTEntry: Hashable, Sendable {
 public struct PAMT: Hashable, Sendable {
     var entries: [PageSize: [UInt64: PAMTEntry]] = [:]
 
+    /// Entries that are not PT_NDA.
+    public var count: Int { entries.values.reduce(0) { $0 + $1.count } }
+
     public func entry(_ pa: UInt64, _ size: PageSize) -> PAMTEntry { entries[size]?[pa >> size.shift] ?? .nda }
 
     public mutating func set(_ pa: UInt64, _ size: PageSize, _ e: PAMTEntry) {
@@ -153,7 +156,7 @@ public struct TDXTD: Sendable {
     }
 
     /// The HPA a leaf entry maps or keeps.
-    static func hpa(_ e: Descriptor) -> UInt64? {
+    public static func hpa(_ e: Descriptor) -> UInt64? {
         if e.isLeaf { return e.frame.rawValue << pageShift }
         return e.septAddress
     }

@@ -1,0 +1,208 @@
+import GuestKernel
+import Hardware
+import HostKernel
+import PageTables
+
+/// The TDX module's calls as steps, under the specification's names lowercased with dots,
+/// operands named after the module's register ABI: `td` (a guest) for the TDR, `gpa` and
+/// `level` for RCX, `pa` for the target page, `source` for PAGE.ADD's source, `sept_page`
+/// for a new S-EPT page. docs/tdx.md.
+extension TDXPlatform {
+    static let td = Parameter("td", .guest, required: true, "the TD (a guest of the scenario)")
+    static let gpa = Parameter("gpa", .address(), required: true, "the guest physical address (RCX's GPA)")
+    static let level = Parameter("level", .choice(["4K", "2M", "1G"]), default: "4K", "RCX's level")
+    static let blockLevel = Parameter("level", .choice(["4K", "2M", "1G", "512G"]), default: "4K", "RCX's level")
+    static let pa = Parameter("pa", .address(), "the target page (default: the TD's own memory at gpa)")
+    static let septPage = Parameter("sept_page", .address(), "the new S-EPT page (default: the next free metadata page)")
+
+    static func levelNumber(_ a: StepArguments) -> Int { ["4K": 0, "2M": 1, "1G": 2, "512G": 3][a.text("level") ?? "4K"] ?? 0 }
+
+    /// A step on the TDX platform: the TD's index and TDR given to `body`.
+    static func call(_ name: String, _ summary: String, _ arguments: [Parameter],
+                     _ body: @escaping @Sendable (StepArguments) -> @Sendable (inout TDXPlatform, inout Machine, Int, UInt64) -> any Outcome) -> StepDefinition {
+        Steps.platformStep(TDXPlatform.self, name, summary, [td] + arguments) { a, _ throws(ScenarioError) in
+            let i = a.guest!.index, run = body(a)
+            return { p, m in run(&p, &m, i, p.tdrs[i] ?? 0) }
+        }
+    }
+
+    /// The page a step names, or the TD's own memory at gpa (its placement in host memory).
+    static func targetPage(_ a: StepArguments, _ m: Machine, _ i: Int) -> UInt64 {
+        a[number: "pa"] ?? m.guests[i].spa(a.number("gpa"))
+    }
+
+    static let steps: [StepDefinition] = [
+        call("tdh.mng.create", "TDH.MNG.CREATE: a TDR page (the next free metadata page) and an HKID for the TD", []) { _ in
+            { p, m, i, _ in
+                let tdr = p.allocMeta(m.kernel)
+                let s = p.module.mngCreate(tdr: tdr)
+                if s == .success { p.tdrs[i] = tdr }
+                return s
+            }
+        },
+        call("tdh.mng.key.config", "TDH.MNG.KEY.CONFIG: the TD's key programmed", []) { _ in { p, _, _, tdr in p.module.mngKeyConfig(tdr: tdr) } },
+        call("tdh.mng.addcx", "TDH.MNG.ADDCX: one TDCS page (the next free metadata page)", []) { _ in
+            { p, m, _, tdr in p.module.mngAddCX(tdr: tdr, page: p.allocMeta(m.kernel)) }
+        },
+        call("tdh.mng.init", "TDH.MNG.INIT: op state INITIALIZED, TD epoch 1 (needs six TDCS pages)", []) { _ in { p, _, _, tdr in p.module.mngInit(tdr: tdr) } },
+        call("tdh.vp.create", "TDH.VP.CREATE (with ADDCX and INIT): a vCPU on a TDVPR page", []) { _ in
+            { p, m, _, tdr in p.module.vpCreate(tdr: tdr, tdvpr: p.allocMeta(m.kernel)) }
+        },
+        call("tdh.mr.finalize", "TDH.MR.FINALIZE: op state RUNNABLE; PAGE.ADD is OP_STATE_INCORRECT from now on", []) { _ in
+            { p, _, _, tdr in p.module.mrFinalize(tdr: tdr) }
+        },
+        call("tdh.vp.enter", "TDH.VP.ENTER: the vCPU runs in the TD's current TLB epoch until tdh.vp.exit",
+             [Parameter("vcpu", .count(0...511), default: "0", "the vCPU")]) { a in
+            let v = Int(a.number("vcpu"))
+            return { p, _, _, tdr in p.module.vpEnter(tdr: tdr, vcpu: v) }
+        },
+        call("tdh.vp.exit", "a TD exit: the vCPU leaves its epoch", [Parameter("vcpu", .count(0...511), default: "0", "the vCPU")]) { a in
+            let v = Int(a.number("vcpu"))
+            return { p, _, _, tdr in
+                p.module.vpExit(tdr: tdr, vcpu: v)
+                return OK()
+            }
+        },
+        call("tdh.mng.key.freeid", "TDH.MNG.VPFLUSHDONE then TDH.MNG.KEY.FREEID: the key released, the TD in TD_TEARDOWN (its pages reclaimable)", []) { _ in
+            { p, _, _, tdr in p.module.teardown(tdr: tdr) }
+        },
+        call("launch", "the TD built as KVM does (tdx_td_init, tdx_vcpu_init): MNG.CREATE, KEY.CONFIG, six ADDCX, MNG.INIT, a VP.CREATE per vCPU; stops at the first failure", []) { _ in
+            { p, m, i, _ in
+                let tdr = p.allocMeta(m.kernel)
+                var s = p.module.mngCreate(tdr: tdr)
+                guard s == .success else { return s }
+                p.tdrs[i] = tdr
+                s = p.module.mngKeyConfig(tdr: tdr)
+                for _ in 0..<TDXModule.minTDCSPages where s == .success { s = p.module.mngAddCX(tdr: tdr, page: p.allocMeta(m.kernel)) }
+                if s == .success { s = p.module.mngInit(tdr: tdr) }
+                for _ in 0..<m.guests[i].vcpus where s == .success { s = p.module.vpCreate(tdr: tdr, tdvpr: p.allocMeta(m.kernel)) }
+                return s
+            }
+        },
+        call("tdh.mem.page.add", "TDH.MEM.PAGE.ADD: a 4K page copied from source and measured, before TDH.MR.FINALIZE",
+             [gpa, pa, Parameter("source", .address(), default: "0x600000", "the source page (shared memory)")]) { a in
+            let gpaValue = a.number("gpa"), source = a.number("source")
+            return { p, m, i, tdr in
+                let target = targetPage(a, m, i)
+                let r = p.module.pageAdd(tdr: tdr, gpa: gpaValue, target: target, source: source)
+                if r == .status(.success) { p.owned.insert(target >> pageShift) }  // copied in with the TD's KeyID
+                return r
+            }
+        },
+        call("tdh.mem.sept.add", "TDH.MEM.SEPT.ADD: a new S-EPT page under the FREE entry at level (2M and up)",
+             [gpa, blockLevel, septPage]) { a in
+            let gpaValue = a.number("gpa"), level = levelNumber(a), given = a[number: "sept_page"]
+            return { p, m, _, tdr in p.module.septAdd(tdr: tdr, gpa: gpaValue, level: level, page: given ?? p.allocMeta(m.kernel)) }
+        },
+        call("tdh.mem.page.aug", "TDH.MEM.PAGE.AUG: a free page (4K or 2M) added PENDING for the TD to accept", [gpa, level, pa]) { a in
+            let gpaValue = a.number("gpa"), level = levelNumber(a)
+            return { p, m, i, tdr in p.module.pageAug(tdr: tdr, gpa: gpaValue, level: level, page: targetPage(a, m, i)) }
+        },
+        call("tdh.mem.range.block", "TDH.MEM.RANGE.BLOCK: the entry blocked, its BEPOCH the TD's epoch; blocked already is GPA_RANGE_ALREADY_BLOCKED", [gpa, blockLevel]) { a in
+            let gpaValue = a.number("gpa"), level = levelNumber(a)
+            return { p, _, _, tdr in p.module.rangeBlock(tdr: tdr, gpa: gpaValue, level: level) }
+        },
+        call("tdh.mem.track", "TDH.MEM.TRACK: the TD's TLB epoch advances (PREVIOUS_TLB_EPOCH_BUSY while a vCPU runs in the previous one)", []) { _ in
+            { p, _, _, tdr in p.module.track(tdr: tdr) }
+        },
+        call("tdh.mem.page.remove", "TDH.MEM.PAGE.REMOVE: a leaf's page back to the host (blocked and tracked first on a running TD)", [gpa, level]) { a in
+            let gpaValue = a.number("gpa"), level = levelNumber(a)
+            return { p, _, _, tdr in p.module.pageRemove(tdr: tdr, gpa: gpaValue, level: level) }
+        },
+        call("tdh.mem.range.unblock", "TDH.MEM.RANGE.UNBLOCK: a blocked entry back to MAPPED, PENDING or NL_MAPPED once tracked", [gpa, blockLevel]) { a in
+            let gpaValue = a.number("gpa"), level = levelNumber(a)
+            return { p, _, _, tdr in p.module.rangeUnblock(tdr: tdr, gpa: gpaValue, level: level) }
+        },
+        call("tdh.mem.page.promote", "TDH.MEM.PAGE.PROMOTE: 512 uniform children merged into one large leaf", [gpa, level]) { a in
+            let gpaValue = a.number("gpa"), level = levelNumber(a)
+            return { p, _, _, tdr in p.module.pagePromote(tdr: tdr, gpa: gpaValue, level: level) }
+        },
+        call("tdh.mem.page.demote", "TDH.MEM.PAGE.DEMOTE: a large leaf split into 512 children on a new S-EPT page", [gpa, level, septPage]) { a in
+            let gpaValue = a.number("gpa"), level = levelNumber(a), given = a[number: "sept_page"]
+            return { p, m, _, tdr in p.module.pageDemote(tdr: tdr, gpa: gpaValue, level: level, page: given ?? p.allocMeta(m.kernel)) }
+        },
+        call("tdh.mem.sept.remove", "TDH.MEM.SEPT.REMOVE: an S-EPT page whose entries are all FREE freed", [gpa, blockLevel]) { a in
+            let gpaValue = a.number("gpa"), level = levelNumber(a)
+            return { p, _, _, tdr in p.module.septRemove(tdr: tdr, gpa: gpaValue, level: level) }
+        },
+        call("tdg.mem.page.accept", "TDG.MEM.PAGE.ACCEPT from the TD: a PENDING page zeroed and MAPPED (its lines TD-owned)", [gpa, level]) { a in
+            let gpaValue = a.number("gpa"), level = levelNumber(a)
+            return { p, m, i, tdr in
+                let r = p.module.accept(tdr: tdr, gpa: gpaValue, level: level)
+                if r == .status(.success) {
+                    let first = m.guests[i].spa(gpaValue) >> pageShift
+                    for k in 0..<(UInt64(1) << (9 * UInt64(level))) { p.owned.insert(first + k); p.poisoned.remove(first + k) }
+                }
+                return r
+            }
+        },
+        Steps.platformStep(TDXPlatform.self, "tdh.phymem.page.reclaim", "TDH.PHYMEM.PAGE.RECLAIM: a page of a TD in teardown back to PT_NDA",
+                           [Parameter("pa", .address(), required: true, "the page")]) { a, _ throws(ScenarioError) in
+            let pa = a.number("pa")
+            return { p, _ in p.module.phymemPageReclaim(pa: pa) }
+        },
+        Steps.platformStep(TDXPlatform.self, "tdh.phymem.page.wbinvd", "TDH.PHYMEM.PAGE.WBINVD: a reclaimed page's lines written back under its old KeyID",
+                           [Parameter("pa", .address(), required: true, "the page")]) { a, _ throws(ScenarioError) in
+            let pa = a.number("pa")
+            return { p, _ in p.module.phymemPageWbinvd(pa: pa) }
+        },
+        guestAccess("guest-read", write: false), guestAccess("guest-write", write: true),
+        Steps.platformStep(TDXPlatform.self, "dma-write", "a device writes a page by DMA: a partial write with no TD KeyID (poisons a TD-owned line on erratum CPUs)",
+                           [Parameter("pa", .physical, required: true, "the page")]) { a, _ throws(ScenarioError) in
+            let pfn = a.number("pa") >> pageShift
+            return { p, _ in p.memoryAccess(pfn: pfn, write: true, partial: true) }
+        },
+    ]
+
+    /// The TD's own access to a private page through the S-EPT: an EPT-violation exit if the
+    /// entry is not MAPPED; a line without the TD-owner bit or poisoned is a machine check
+    /// delivered to the module, and the TD is marked FATAL (base spec §16.5).
+    static func guestAccess(_ name: String, write: Bool) -> StepDefinition {
+        call(name, "the TD \(write ? "writes" : "reads") a private page: an EPT-violation exit if not MAPPED; #MC and TD FATAL if its lines lost the TD-owner bit or were poisoned", [gpa]) { a in
+            let gpaValue = a.number("gpa")
+            return { p, _, _, tdr in
+                guard let t = p.module.tdIndex(tdr) else { return TDXStatus(.operandInvalid, 1) }
+                if p.module.tds[t].fatal { return TDXGuestAccess.fatal }
+                let w = p.module.tds[t].walk(gpaValue, to: 0)
+                guard w.state == .mapped || (write ? false : w.state.guestAccessibleLeaf), let hpa = TDXTD.hpa(w.entry) else {
+                    return TDXResult.eptViolationExit(requested: 0, level: w.level, state: w.state)
+                }
+                let pfn = (hpa + (gpaValue & ((1 << (12 + 9 * UInt64(w.level))) - 1))) >> pageShift
+                if p.poisoned.contains(pfn) || !p.owned.contains(pfn) {
+                    p.poisoned.insert(pfn)
+                    p.stats.tdMachineChecks += 1
+                    p.module.markFatal(tdr: tdr)
+                    return TDXGuestAccess.machineCheck
+                }
+                p.owned.insert(pfn)
+                return OK()
+            }
+        }
+    }
+
+    public static let definition = ArchitectureDefinition(
+        name: "x86-tdx",
+        summary: "Intel TDX host: the TDX module (Secure EPT, PAMT, SEAMCALLs, ACCEPT), TDs, the TD-owner bit and the partial-write erratum",
+        guestIDs: 1...UInt64(UInt16.max),
+        steps: steps,
+        policySlots: [
+            PolicySlot(section: .machine, key: "tdx-erratum", summary: "X86_BUG_TDX_PW_MCE (Sapphire and Emerald Rapids): a partial write to TD memory poisons the line",
+                       policies: [("false", "later CPUs: a partial write clears the TD-owner bit like any other"), ("true", "SPR/EMR: a partial write (MOVNTI, UC, DMA) poisons the line at once")],
+                       defaultPolicy: "false", apply: { name, t in t.host.tdxErratum = name == "true" }),
+        ],
+        metrics: metricList.map(\.info),
+        threadRoutines: HostThreadRoutines.x86,
+        makePlatform: { kernel, guests in TDXPlatform(kernel: &kernel, guests: guests) })
+}
+
+/// A TD's access that did not complete.
+public enum TDXGuestAccess: Outcome, Hashable {
+    case machineCheck, fatal
+    public var kind: OutcomeKind { .fault }
+    public var description: String {
+        switch self {
+        case .machineCheck: "#MC in the TD: poison consumed, the TD is FATAL"
+        case .fatal: "the TD is FATAL: TDH.VP.ENTER fails"
+        }
+    }
+}

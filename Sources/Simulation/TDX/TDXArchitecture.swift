@@ -1,0 +1,127 @@
+import GuestKernel
+import Hardware
+import HostKernel
+import PageTables
+
+/// How a host (or device) write reaches memory: what X86_BUG_TDX_PW_MCE distinguishes.
+public enum HostWriteKind: String, CaseIterable, Sendable {
+    /// A cached store, written back as a full line.
+    case cached
+    /// A non-temporal partial store (MOVNTI).
+    case movnti
+    /// An uncached (UC/WC) partial store.
+    case uc
+}
+
+/// The TDX platform: the TDX module over all of RAM (the TDMRs), each guest's TD, and the
+/// TD-owner bit and poison of each page a TD has written (TDX module base architecture
+/// spec §16.2–16.5, as ../shared/reference/kvm-tdx-cca.md A.7 gathers it). docs/tdx.md.
+public struct TDXPlatform: Platform {
+    public internal(set) var module: TDXModule
+    /// Each guest's TDR, once TDH.MNG.CREATE made it.
+    public internal(set) var tdrs: [UInt64?]
+    let guests: [GuestSpec]
+    /// X86_BUG_TDX_PW_MCE: a partial non-TD write poisons the line at once.
+    public let erratum: Bool
+    /// Pages whose lines carry the TD-owner bit (written with a TD's private KeyID).
+    public internal(set) var owned: Set<UInt64> = []
+    /// Pages with poisoned lines.
+    public internal(set) var poisoned: Set<UInt64> = []
+    public internal(set) var stats = TDXStats()
+    /// The next metadata page (TDR, TDCS, TDVPR, S-EPT pages) to hand out.
+    var metaCursor: UInt64 = TDXPlatform.metaStart
+
+    /// Where KVM's metadata pages come from in the model: 16 MiB up, past guests' memory.
+    static let metaStart: UInt64 = 16 << 20
+
+    init(kernel: inout Kernel, guests: [GuestSpec]) {
+        module = TDXModule(tdmrs: kernel.memory.ram)
+        tdrs = Array(repeating: nil, count: guests.count)
+        self.guests = guests
+        erratum = kernel.config.tdxErratum
+    }
+
+    /// A free 4K page for the module's metadata (KVM's alloc_page), outside guests' memory.
+    mutating func allocMeta(_ kernel: Kernel) -> UInt64 {
+        while guests.contains(where: { $0.placement <= metaCursor && metaCursor < $0.placement + $0.memory })
+            || !kernel.memory.ram.contains(where: { $0.contains(metaCursor) }) {
+            metaCursor += pageBytes
+            if metaCursor >= kernel.memory.endOfRAM { return 0 }
+        }
+        defer { metaCursor += pageBytes }
+        return metaCursor
+    }
+
+    public var ownership: any HostOwnership { NoOwnership() }
+
+    public mutating func hostAccess(_ kernel: inout Kernel, pa: UInt64, write: Bool, context: HostAccessContext, cpu: Int) -> HostAccessOutcome {
+        kernel.hostAccess(NoOwnership(), pa: pa, write: write, context: context, cpu: cpu)
+    }
+
+    /// A host access to private memory never faults: a read of a TD-owned line returns
+    /// zeros; a write clears the owner bit (the TD's next access consumes poison), or, a
+    /// partial one on an erratum CPU, poisons the line at once; a read of a poisoned line is
+    /// a machine check the kernel reports as a hardware error.
+    public mutating func hostAccess(_ kernel: inout Kernel, pa: UInt64, write: Bool, context: HostAccessContext, cpu: Int, kind: HostWriteKind) -> any Outcome {
+        let r = hostAccess(&kernel, pa: pa, write: write, context: context, cpu: cpu)
+        guard r == .ok else { return r }
+        return memoryAccess(pfn: pa >> pageShift, write: write, partial: kind != .cached)
+    }
+
+    /// What the memory does with a non-TD access to `pfn`.
+    mutating func memoryAccess(pfn: UInt64, write: Bool, partial: Bool) -> TDXMemoryOutcome {
+        if !write {
+            if poisoned.contains(pfn) { stats.hostMachineChecks += 1; return .machineCheck }
+            if owned.contains(pfn) { stats.zeroReads += 1; return .zeros }
+            return .ok
+        }
+        if partial && erratum && owned.contains(pfn) {
+            poisoned.insert(pfn)
+            stats.poisonedByErratum += 1
+            return .poisoned
+        }
+        if owned.remove(pfn) != nil { stats.ownerBitsCleared += 1 }
+        return .ok
+    }
+
+    public static func guestSetMemory(_ m: inout Machine, guest: Int, gfns: Range<UInt64>, encrypt: Bool) -> any Outcome {
+        KernelStatus.error(.EOPNOTSUPP)  // the TDX guest's conversion protocol is the next part of issue 14
+    }
+
+    public func metrics(kernel: Kernel) -> [(String, UInt64)] { Self.metricList.values(self) }
+
+    static let metricList: [Metric<TDXPlatform>] = [
+        Metric("tdx_host_zero_reads", "reads", "host reads of TD-owned lines, which return zeros") { $0.stats.zeroReads },
+        Metric("tdx_owner_bits_cleared", "pages", "TD-owned pages a host or device write took back (the TD's next access consumes poison)") { $0.stats.ownerBitsCleared },
+        Metric("tdx_erratum_poisons", "pages", "lines a partial write poisoned at once (X86_BUG_TDX_PW_MCE)") { $0.stats.poisonedByErratum },
+        Metric("tdx_host_machine_checks", "events", "host reads that consumed poison: #MC, reported as a hardware error") { $0.stats.hostMachineChecks },
+        Metric("tdx_td_machine_checks", "events", "TD accesses that consumed poison: #MC to the module, the TD marked FATAL") { $0.stats.tdMachineChecks },
+        Metric("tdx_accepted_pages", "pages", "4K pages TDG.MEM.PAGE.ACCEPT zeroed") { $0.module.acceptedPages },
+        Metric("tdx_pamt_entries", "entries", "PAMT entries not PT_NDA") { UInt64($0.module.pamt.count) },
+    ]
+
+    public func footprintDigest(guest: Int, gpa: UInt64) -> UInt64 { 0 }
+}
+
+/// What a TDX platform counted.
+public struct TDXStats: Hashable, Sendable {
+    public var zeroReads: UInt64 = 0
+    public var ownerBitsCleared: UInt64 = 0
+    public var poisonedByErratum: UInt64 = 0
+    public var hostMachineChecks: UInt64 = 0
+    public var tdMachineChecks: UInt64 = 0
+}
+
+/// What a non-TD access to a page of TDX memory met.
+public enum TDXMemoryOutcome: Outcome, Hashable {
+    case ok, zeros, poisoned, machineCheck
+    public var kind: OutcomeKind { self == .machineCheck ? .fault : .success }
+    public var description: String {
+        switch self {
+        case .ok: "ok"
+        case .zeros: "ok (reads zeros: TD-owner bit set)"
+        case .poisoned: "ok (line poisoned: partial write, X86_BUG_TDX_PW_MCE)"
+        case .machineCheck: "#MC: consumed poison (Hardware Error; TDX private memory error)"
+        }
+    }
+}
