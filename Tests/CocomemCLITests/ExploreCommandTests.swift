@@ -32,7 +32,7 @@ import Testing
     @Test func listRoutinesNamesEveryRoutine() {
         let text = List.text(.routines)
         for (name, archs) in [("set_pte_at", "[arm64 (mte: true)]"), ("user_mem_abort", "[arm64 (mte: true)]"),
-                              ("split_large_page", "[x86-64, x86-snp, x86-sev]"), ("set_memory_decrypted", "[x86-snp]")] {
+                              ("split_large_page", "[x86-64, x86-snp, x86-sev, x86-tdx]"), ("set_memory_decrypted", "[x86-snp]")] {
             #expect(text.split(separator: "\n").contains { $0.hasPrefix(name + " ") && $0.hasSuffix(archs) }, "\(name)")
         }
         #expect(text.contains("  transition ") && text.contains("  order "))

@@ -24,7 +24,7 @@ import PageTables
     @Test func architecturesRegisterOnceAndSNPBringsItsOwnSteps() throws {
         let names = Architectures.all.map(\.name)
         #expect(Set(names).count == names.count)
-        #expect(Architectures.modelled.map(\.name) == ["x86-64", "x86-snp", "x86-sev", "arm64", "arm64-pkvm"])
+        #expect(Architectures.modelled.map(\.name) == ["x86-64", "x86-snp", "x86-sev", "x86-tdx", "arm64", "arm64-pkvm"])
         let snp = try #require(Architectures.named("x86-snp"))
         #expect(snp.steps.contains { $0.name == "rmpupdate" } && snp.workloads.contains { $0.name == "adversarial-flip" })
         #expect(snp.policySlots.map(\.name) == ["host.directmap-policy"])
@@ -167,7 +167,7 @@ import PageTables
               - host-write: {pa: 0x40000000, context: kernel-stack}
                 expect: "#PF(not-present): double fault"
             """)
-        #expect(r.passed && r.records[0].arguments.map(\.0) == ["pa", "context", "cpu"])
+        #expect(r.passed && r.records[0].arguments.map(\.0) == ["pa", "context", "cpu", "access"])
         #expect(r.metrics.first { $0.0 == "host_crashes" }?.1 == 1 && r.metrics.first { $0.0 == "not_present_faults" }?.1 == 1)
     }
 

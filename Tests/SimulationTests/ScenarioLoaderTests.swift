@@ -82,21 +82,21 @@ import Testing
     }
 
     @Test func unmodelledArchitectureSaysSo() {
-        let e = error("name: t\nmachine: {arch: x86-tdx, memory: 4G}\nsteps: []\n")
-        #expect(e?.message == "architecture 'x86-tdx' is not modelled yet; modelled: x86-64, x86-snp, x86-sev, arm64, arm64-pkvm")
+        let e = error("name: t\nmachine: {arch: arm64-cca, memory: 4G}\nsteps: []\n")
+        #expect(e?.message == "architecture 'arm64-cca' is not modelled yet; modelled: x86-64, x86-snp, x86-sev, x86-tdx, arm64, arm64-pkvm")
     }
 
     @Test func aStepOrSettingOfTheOtherKernelArchitectureNamesWhoHasIt() {
         let arm = "name: t\nmachine: {arch: arm64, memory: 4G}\n"
         let e = error(arm + "steps:\n  - set_memory_4k: {addr: 0xffff000000000000}\n")
-        #expect(e?.message == "step 'set_memory_4k' needs 'arch: x86-64' or 'arch: x86-snp' or 'arch: x86-sev'; this machine is arm64")
+        #expect(e?.message == "step 'set_memory_4k' needs 'arch: x86-64' or 'arch: x86-snp' or 'arch: x86-sev' or 'arch: x86-tdx'; this machine is arm64")
         #expect(e?.line == 4)
         #expect(error("name: t\nmachine: {arch: arm64, memory: 4G, la57: true}\nsteps: []\n")?.message == "'la57' is an x86 machine setting; this machine is arm64")
         #expect(error("name: t\nmachine: {memory: 4G}\nsteps:\n  - set_memory_valid: {pa: 0x100000}\n")?.message
             == "step 'set_memory_valid' needs 'arch: arm64' or 'arch: arm64-pkvm'; this machine is x86-64")
         #expect(error(arm + "host: {arm64-linear-map: huge}\nsteps: []\n")?.message
             == "unknown policy for host.arm64-linear-map 'huge'; valid: blocks, pte, bbml2-split")
-        #expect(error(arm + "steps:\n  - workload: {kind: cpa-churn}\n")?.message == "workload cpa-churn needs 'arch: x86-64' or 'arch: x86-snp' or 'arch: x86-sev'; this machine is arm64")
+        #expect(error(arm + "steps:\n  - workload: {kind: cpa-churn}\n")?.message == "workload cpa-churn needs 'arch: x86-64' or 'arch: x86-snp' or 'arch: x86-sev' or 'arch: x86-tdx'; this machine is arm64")
         // The PC layout's RAM starts at 0: PHYS_OFFSET 0, so pa: 0x1000 is the linear map's second page.
         let s = try? Scenario.load(yaml: arm + "steps:\n  - set_direct_map_invalid_noflush: {pa: 0x1000}\n", file: "t.yaml")
         #expect(s?.steps.first?.arguments.first.map { "\($0.0)=\($0.1)" } == "addr=0xffff000000001000")
@@ -155,7 +155,7 @@ import Testing
 
     @Test func guestsAreRefusedOnAMachineWithoutAGuestLayer() {
         #expect(error("name: t\nmachine: {memory: 4G}\nguests: [{name: vm0}]\nsteps: []\n")?.message
-            == "guests need an architecture with guests (modelled: x86-snp, x86-sev, arm64-pkvm); 'x86-64' has none, so use 'guests: []'")
+            == "guests need an architecture with guests (modelled: x86-snp, x86-sev, x86-tdx, arm64-pkvm); 'x86-64' has none, so use 'guests: []'")
     }
 
     @Test func yamlSyntaxErrorHasLineAndColumn() {
