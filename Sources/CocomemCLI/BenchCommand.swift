@@ -16,7 +16,7 @@ struct Bench: ParsableCommand {
         discussion: """
             Figures: walk_ratio, tlb_hit_ratio (model ÷ C on the same data and address
             stream), cpa_ops_per_s, psc_ops_per_s, pkvm_share_ops_per_s, mte_swap_cycle_ops_per_s,
-            user_fault_ops_per_s,
+            user_fault_ops_per_s, tdx_pamt_static_mib, tdx_pamt_dynamic_mib,
             explore_states_per_s, mte_race_found_s, sweep_speedup,
             rss_16t_256g_mib, rss_snp_4p_boot_mib, bytes_per_split_2m, scale_run_s,
             scale_run_rss_mib. Ratios are the median of seven interleaved pairs (model,
@@ -60,6 +60,9 @@ struct Bench: ParsableCommand {
         add(("pkvm_share_ops_per_s", try Self.runs { Self.pkvmShareOps(quick: quick) }, "pKVM host share then unshare of a random 4K page with a guest, 64 GiB host (goal ≥ 1e6)"))
         add(("mte_swap_cycle_ops_per_s", try Self.runs { Self.mteSwapCycles(quick: quick) }, "swap out and back in one tagged 4K page of a 16 GiB guest: tags saved and restored (goal ≥ 1e6)"))
         add(("user_fault_ops_per_s", try Self.runs { Self.userFaultOps(quick: quick) }, "a write fault then MADV_DONTNEED of a random 4K page of a 64 GiB anonymous VMA, each counted (goal ≥ 2e6)"))
+        let pamt = Self.tdxPAMTMiB(acceptedFraction: 1)
+        add(("tdx_pamt_static_mib", Spread(one: pamt.static), "PAMT of a 1 TiB TDX host (tdmr_get_pamt_sz), whatever its TDs use"))
+        add(("tdx_pamt_dynamic_mib", Spread(one: pamt.dynamic), "dynamic PAMT of that host with 64 TDs of 8 GiB, all accepted and mapped at 4K: bitmap, 2M/1G levels, refcounts, page pairs"))
         add(("explore_states_per_s", try Self.runs { try Self.exploreStates(quick: quick) }, quick ? "explorer states per second, seed 003's race on four CPUs, restore in 16 steps: 184,225 states (goal ≥ 1e6; at least 1e5)" : "explorer states per second, seed 003's race on four CPUs, restore in 64 steps: 1,547,041 states (goal ≥ 1e6; at least 1e5)"))
         add(("mte_race_found_s", try Self.runs { try Self.mteRaceFound() }, "seconds to the counterexample of seed 003's swap race under v5.14 (goal ≤ 1)"))
         add(("sweep_speedup", try Self.sweepSpeedup(quick: quick), "a sweep of 32 short runs, --jobs 2 against --jobs 1, pairs interleaved (goal ≥ 1.8 on 2 cores)"))
@@ -221,6 +224,22 @@ struct Bench: ParsableCommand {
         let t = seconds(ContinuousClock.now - t0)
         precondition(h.stats.restored == n && h.stats.lost == 0, "the swap cycle lost tags")
         return Double(n) / t
+    }
+
+    /// The PAMT of a 1 TiB TDX host with 64 TDs of 8 GiB, `acceptedFraction` of each TD's
+    /// memory accepted (lazily, in 2M units from the bottom) and mapped at 4K: static for all
+    /// memory, or dynamic with a page pair per 2M region holding a 4K page in use. Those are
+    /// the TDs' accepted pages and KVM's control and S-EPT pages (TDR, six TDCS, a TDVPR,
+    /// the PT/PD/PDPT pages mapping the accepted range at 4K), packed 512 to a region.
+    static func tdxPAMTMiB(acceptedFraction: Double) -> (static: Double, dynamic: Double) {
+        let host: UInt64 = 1 << 40, tds: UInt64 = 64, tdPages: UInt64 = (8 << 30) >> 12
+        let units = UInt64((Double(tdPages / 512) * acceptedFraction).rounded(.up)), accepted = units * 512
+        func ceilDiv(_ a: UInt64, _ b: UInt64) -> UInt64 { (a + b - 1) / b }
+        let septPages = ceilDiv(accepted, 512) + ceilDiv(accepted, 512 * 512) + ceilDiv(accepted, 512 * 512 * 512)
+        let metaPages = tds * (septPages + 1 + UInt64(TDXModule.minTDCSPages) + 1)
+        let regions = tds * units + ceilDiv(metaPages, 512)
+        let mib = { (b: UInt64) in Double(b) / Double(1 << 20) }
+        return (mib(TDXPAMTSize.staticBytes(tdmr: host)), mib(TDXPAMTSize.dynamicBytes(tdmr: host, maxPA: host, regions: regions)))
     }
 
     /// User faults and unmaps per second: a write fault (do_anonymous_page: a new folio, its

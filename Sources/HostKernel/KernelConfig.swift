@@ -1,3 +1,4 @@
+import Hardware
 import PageTables
 
 /// Which architecture's kernel code runs: its page-table format, layout, boot mapping and
@@ -74,6 +75,8 @@ public struct KernelConfig: Hashable, Sendable {
     /// X86_BUG_TDX_PW_MCE (Sapphire and Emerald Rapids): a partial write to TDX private
     /// memory poisons the line (`machine.tdx-erratum`). arch/x86/kernel/cpu/intel.c.
     public var tdxErratum = false
+    /// How the TDX module gets its PAMT (`host.tdx-pamt`).
+    public var tdxPAMT = TDXPAMTMode.static
     /// x86-64: the kernel image, whose mark_rodata_ro reaches its alias in the direct map
     /// at boot; nil boots the direct map alone (scenarios, whose figures are the direct map's).
     public var image: KernelImage?

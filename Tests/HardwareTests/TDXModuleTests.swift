@@ -218,3 +218,22 @@ import Testing
         #expect(m.phymemPageReclaim(pa: 0x2001) == .status(TDXStatus(.operandInvalid, 1)))
     }
 }
+
+/// The PAMT's memory: tdmr_get_pamt_sz's three levels, and the dynamic form's parts.
+@Suite struct TDXPAMTSizeTests {
+    @Test func staticAndDynamicSizes() {
+        let tib: UInt64 = 1 << 40
+        // 16 bytes per 4K page (4 GiB), per 2M (8 MiB) and per 1G (16 KiB).
+        #expect(TDXPAMTSize.staticBytes(tdmr: tib) == (4 << 30) + (8 << 20) + (16 << 10))
+        // A bit per 4K page (32 MiB) with the same 2M and 1G levels; 4 bytes per 2M of PA.
+        #expect(TDXPAMTSize.dynamicFixedBytes(tdmr: tib) == (32 << 20) + (8 << 20) + (16 << 10))
+        #expect(TDXPAMTSize.refcountBytes(maxPA: tib) == 2 << 20)
+        #expect(TDXPAMTSize.dynamicBytes(tdmr: tib, maxPA: tib, regions: 3) == (42 << 20) + (16 << 10) + 3 * 8192)
+        // A page pair per 2M region holding a 4K entry in use.
+        var p = PAMT()
+        p.set(0x20_0000, .size4K, PAMTEntry(pt: .reg, owner: 1, bepoch: 0))
+        p.set(0x20_1000, .size4K, PAMTEntry(pt: .reg, owner: 1, bepoch: 0))
+        p.set(0x60_0000, .size2M, PAMTEntry(pt: .reg, owner: 1, bepoch: 0))
+        #expect(p.regionsWith4KEntries == 1)
+    }
+}

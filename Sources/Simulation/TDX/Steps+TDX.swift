@@ -186,6 +186,9 @@ extension TDXPlatform {
         guestIDs: 1...UInt64(UInt16.max),
         steps: steps,
         policySlots: [
+            PolicySlot(section: .host, key: "tdx-pamt", summary: "how the host gives the TDX module its PAMT",
+                       policies: TDXPAMTMode.allCases.map { ($0.rawValue, $0.summary) }, defaultPolicy: TDXPAMTMode.static.rawValue,
+                       apply: { name, t in t.host.tdxPAMT = TDXPAMTMode(rawValue: name)! }),
             PolicySlot(section: .machine, key: "tdx-erratum", summary: "X86_BUG_TDX_PW_MCE (Sapphire and Emerald Rapids): a partial write to TD memory poisons the line",
                        policies: [("false", "later CPUs: a partial write clears the TD-owner bit like any other"), ("true", "SPR/EMR: a partial write (MOVNTI, UC, DMA) poisons the line at once")],
                        defaultPolicy: "false", apply: { name, t in t.host.tdxErratum = name == "true" }),

@@ -39,6 +39,20 @@ public struct TDXPlatform: Platform {
         tdrs = Array(repeating: nil, count: guests.count)
         self.guests = guests
         erratum = kernel.config.tdxErratum
+        pamtMode = kernel.config.tdxPAMT
+        tdmrBytes = kernel.memory.ram.reduce(0) { $0 + UInt64($1.count) }
+        maxPA = kernel.memory.endOfRAM
+    }
+
+    /// The host's PAMT design, the memory its TDMRs cover, and max_pfn's address.
+    public let pamtMode: TDXPAMTMode
+    let tdmrBytes: UInt64, maxPA: UInt64
+
+    /// The PAMT's memory under the machine's design: static for all TDX memory, or the
+    /// dynamic form's fixed part, refcounts and a page pair per 2M region in use at 4K.
+    public var pamtBytes: UInt64 {
+        pamtMode == .static ? TDXPAMTSize.staticBytes(tdmr: tdmrBytes)
+            : TDXPAMTSize.dynamicBytes(tdmr: tdmrBytes, maxPA: maxPA, regions: UInt64(module.pamt.regionsWith4KEntries))
     }
 
     /// A free 4K page for the module's metadata (KVM's alloc_page), outside guests' memory.
@@ -98,6 +112,8 @@ public struct TDXPlatform: Platform {
         Metric("tdx_td_machine_checks", "events", "TD accesses that consumed poison: #MC to the module, the TD marked FATAL") { $0.stats.tdMachineChecks },
         Metric("tdx_accepted_pages", "pages", "4K pages TDG.MEM.PAGE.ACCEPT zeroed") { $0.module.acceptedPages },
         Metric("tdx_pamt_entries", "entries", "PAMT entries not PT_NDA") { UInt64($0.module.pamt.count) },
+        Metric("tdx_pamt_kib", "KiB", "PAMT memory under host.tdx-pamt: static for all TDX memory, or dynamic's bitmap, 2M/1G levels, refcounts and page pairs") { $0.pamtBytes >> 10 },
+        Metric("tdx_pamt_pairs", "regions", "2M regions with a 4K page in use: the page pairs a dynamic PAMT holds") { UInt64($0.module.pamt.regionsWith4KEntries) },
     ]
 
     public func footprintDigest(guest: Int, gpa: UInt64) -> UInt64 { 0 }
