@@ -1,6 +1,7 @@
 import GuestKernel
 import Hardware
 import HostKernel
+import Hypervisor
 import PageTables
 
 /// The TDX module's calls as steps, under the specification's names lowercased with dots,
@@ -36,7 +37,7 @@ extension TDXPlatform {
             { p, m, i, _ in
                 let tdr = p.allocMeta(m.kernel)
                 let s = p.module.mngCreate(tdr: tdr)
-                if s == .success { p.tdrs[i] = tdr }
+                if s == .success { p.created(i, tdr: tdr, m.guests[i]) }
                 return s
             }
         },
@@ -71,7 +72,7 @@ extension TDXPlatform {
                 let tdr = p.allocMeta(m.kernel)
                 var s = p.module.mngCreate(tdr: tdr)
                 guard s == .success else { return s }
-                p.tdrs[i] = tdr
+                p.created(i, tdr: tdr, m.guests[i])
                 s = p.module.mngKeyConfig(tdr: tdr)
                 for _ in 0..<TDXModule.minTDCSPages where s == .success { s = p.module.mngAddCX(tdr: tdr, page: p.allocMeta(m.kernel)) }
                 if s == .success { s = p.module.mngInit(tdr: tdr) }
@@ -145,6 +146,31 @@ extension TDXPlatform {
                            [Parameter("pa", .address(), required: true, "the page")]) { a, _ throws(ScenarioError) in
             let pa = a.number("pa")
             return { p, _ in p.module.phymemPageWbinvd(pa: pa) }
+        },
+        call("tdg.vp.vmcall.mapgpa", "TDG.VP.VMCALL<MapGPA> (R12 GPA with the shared bit for shared, R13 size): KVM's checks, 2M chunks to the VMM, which converts each (shared: private leaves zapped); R10 and R11 as the TD reads them",
+             [Parameter("gpa", .address(), required: true, "the GPA without the shared bit"),
+              Parameter("size", .address(), required: true, "bytes"),
+              Parameter("shared", .bool, default: "false", "convert to shared (R12 carries the shared bit)"),
+              Parameter("pending-events", .bool, default: "false", "an interrupt is pending: KVM returns RETRY after the first chunk")]) { a in
+            let g = a.number("gpa") | (a.bool("shared") ? KVMTDX.sharedBit : 0), size = a.number("size"), events = a.bool("pending-events")
+            return { p, _, i, _ in
+                guard var k = p.kvm[i] else { return TDVMCallResult(r10: TDVMCallResult.subfuncUnsupported, r11: g) }
+                let r = k.mapGPA(gpa: g, size: size, module: &p.module, pendingEvents: events)
+                p.kvm[i] = k
+                p.forgetRemoved()
+                return r
+            }
+        },
+        call("ept-violation", "the TD touches a private GPA KVM has not mapped: tdx_handle_ept_violation links the S-EPT levels and AUGs the 4K page (KVM_EXIT_MEMORY_FAULT if the attribute is shared)", [gpa]) { a in
+            let g = a.number("gpa")
+            return { p, m, i, _ in
+                guard var k = p.kvm[i] else { return TDXStatus(.pageMetadataIncorrect, 2) }
+                var spare = (0..<3).map { _ in p.allocMeta(m.kernel) }  // at most three S-EPT levels to link
+                let r = k.privateFault(gpa: g, module: &p.module) { spare.removeFirst() }
+                p.metaFree += spare.reversed()
+                p.kvm[i] = k
+                return r
+            }
         },
         guestAccess("guest-read", write: false), guestAccess("guest-write", write: true),
         Steps.platformStep(TDXPlatform.self, "dma-write", "a device writes a page by DMA: a partial write with no TD KeyID (poisons a TD-owned line on erratum CPUs)",

@@ -1,6 +1,7 @@
 import GuestKernel
 import Hardware
 import HostKernel
+import Hypervisor
 import PageTables
 
 /// How a host (or device) write reaches memory: what X86_BUG_TDX_PW_MCE distinguishes.
@@ -20,6 +21,8 @@ public struct TDXPlatform: Platform {
     public internal(set) var module: TDXModule
     /// Each guest's TDR, once TDH.MNG.CREATE made it.
     public internal(set) var tdrs: [UInt64?]
+    /// KVM's TDX backend for each TD, once it exists.
+    public internal(set) var kvm: [KVMTDX?]
     let guests: [GuestSpec]
     /// X86_BUG_TDX_PW_MCE: a partial non-TD write poisons the line at once.
     public let erratum: Bool
@@ -30,6 +33,8 @@ public struct TDXPlatform: Platform {
     public internal(set) var stats = TDXStats()
     /// The next metadata page (TDR, TDCS, TDVPR, S-EPT pages) to hand out.
     var metaCursor: UInt64 = TDXPlatform.metaStart
+    /// Metadata pages handed back unused.
+    var metaFree: [UInt64] = []
 
     /// Where KVM's metadata pages come from in the model: 16 MiB up, past guests' memory.
     static let metaStart: UInt64 = 16 << 20
@@ -37,6 +42,7 @@ public struct TDXPlatform: Platform {
     init(kernel: inout Kernel, guests: [GuestSpec]) {
         module = TDXModule(tdmrs: kernel.memory.ram)
         tdrs = Array(repeating: nil, count: guests.count)
+        kvm = Array(repeating: nil, count: guests.count)
         self.guests = guests
         erratum = kernel.config.tdxErratum
         pamtMode = kernel.config.tdxPAMT
@@ -55,8 +61,22 @@ public struct TDXPlatform: Platform {
             : TDXPAMTSize.dynamicBytes(tdmr: tdmrBytes, maxPA: maxPA, regions: UInt64(module.pamt.regionsWith4KEntries))
     }
 
+    /// TDH.MNG.CREATE succeeded for guest `i`: its TDR, and KVM's backend for it (all of
+    /// its memory private, as a TD starts).
+    mutating func created(_ i: Int, tdr: UInt64, _ g: GuestSpec) {
+        tdrs[i] = tdr
+        kvm[i] = KVMTDX(tdr: tdr, placement: g.placement, size: g.memory)
+    }
+
+    /// Pages the module gave back (PT_NDA) keep no TD-owner bit once KVM resets them
+    /// (tdx_clear_page's MOVDIR64B with the host's KeyID).
+    mutating func forgetRemoved() {
+        owned = owned.filter { module.pamt.walk($0 << pageShift, to: .size4K).entry.pt != .nda }
+    }
+
     /// A free 4K page for the module's metadata (KVM's alloc_page), outside guests' memory.
     mutating func allocMeta(_ kernel: Kernel) -> UInt64 {
+        if let p = metaFree.popLast() { return p }
         while guests.contains(where: { $0.placement <= metaCursor && metaCursor < $0.placement + $0.memory })
             || !kernel.memory.ram.contains(where: { $0.contains(metaCursor) }) {
             metaCursor += pageBytes
@@ -112,6 +132,10 @@ public struct TDXPlatform: Platform {
         Metric("tdx_td_machine_checks", "events", "TD accesses that consumed poison: #MC to the module, the TD marked FATAL") { $0.stats.tdMachineChecks },
         Metric("tdx_accepted_pages", "pages", "4K pages TDG.MEM.PAGE.ACCEPT zeroed") { $0.module.acceptedPages },
         Metric("tdx_pamt_entries", "entries", "PAMT entries not PT_NDA") { UInt64($0.module.pamt.count) },
+        Metric("tdx_kvm_sept_adds", "pages", "S-EPT pages KVM linked on private faults (TDH.MEM.SEPT.ADD)") { $0.kvm.reduce(0) { $0 + ($1?.stats.septAdds ?? 0) } },
+        Metric("tdx_kvm_augs", "pages", "private pages KVM added on faults (TDH.MEM.PAGE.AUG, 4K)") { $0.kvm.reduce(0) { $0 + ($1?.stats.augs ?? 0) } },
+        Metric("tdx_kvm_zaps", "pages", "private leaves KVM zapped: BLOCK, TRACK, REMOVE, WBINVD") { $0.kvm.reduce(0) { $0 + ($1?.stats.zaps ?? 0) } },
+        Metric("tdx_mapgpa_exits", "exits", "MapGPA chunks (2M at most) KVM gave the VMM") { $0.kvm.reduce(0) { $0 + ($1?.stats.mapGPAExits ?? 0) } },
         Metric("tdx_pamt_kib", "KiB", "PAMT memory under host.tdx-pamt: static for all TDX memory, or dynamic's bitmap, 2M/1G levels, refcounts and page pairs") { $0.pamtBytes >> 10 },
         Metric("tdx_pamt_pairs", "regions", "2M regions with a 4K page in use: the page pairs a dynamic PAMT holds") { UInt64($0.module.pamt.regionsWith4KEntries) },
     ]

@@ -1,0 +1,57 @@
+import Testing
+@testable import Hardware
+@testable import Hypervisor
+
+/// KVM's TDX backend: private faults, zaps and MapGPA (arch/x86/kvm/vmx/tdx.c, 6.16).
+@Suite struct KVMTDXTests {
+    static let tdr: UInt64 = 0x1000
+
+    static func setup() -> (TDXModule, KVMTDX) {
+        var m = TDXModule(tdmrs: [0..<(1 << 30)])
+        _ = m.mngCreate(tdr: tdr)
+        _ = m.mngKeyConfig(tdr: tdr)
+        for k in 0..<UInt64(6) { _ = m.mngAddCX(tdr: tdr, page: 0x2000 + k * 0x1000) }
+        _ = m.mngInit(tdr: tdr)
+        _ = m.mrFinalize(tdr: tdr)
+        return (m, KVMTDX(tdr: tdr, placement: 0x1000_0000, size: 16 << 20))
+    }
+
+    /// The first fault links three S-EPT pages and AUGs the page; the next one in the same
+    /// 2M region only AUGs.
+    @Test func privateFaultLinksAndAugs() {
+        var (m, k) = Self.setup()
+        var next: UInt64 = 0x10_0000
+        let alloc = { () -> UInt64 in defer { next += 0x1000 }; return next }
+        #expect(k.privateFault(gpa: 0x1234, module: &m, allocSEPT: alloc) as? TDXResult == .status(.success))
+        #expect(k.privateFault(gpa: 0x5000, module: &m, allocSEPT: alloc) as? TDXResult == .status(.success))
+        #expect(k.stats.septAdds == 3 && k.stats.augs == 2 && m.tds[0].stateAt(0x1000, 0) == .pending)
+        #expect(m.pamt.entry(0x1000_1000, .size4K).pt == .reg)
+    }
+
+    /// tdx_map_gpa's checks, each with R11 = the start GPA; the 2M chunks; RETRY with R11
+    /// the next GPA when events are pending; SUBFUNC_UNSUPPORTED without the VMM's opt-in.
+    @Test func mapGPAChecksAndChunks() {
+        var (m, k) = Self.setup()
+        let shared = KVMTDX.sharedBit
+        #expect(k.mapGPA(gpa: 0x1000, size: 0, module: &m) == TDVMCallResult(r10: TDVMCallResult.invalidOperand, r11: 0x1000))
+        #expect(k.mapGPA(gpa: shared - 0x1000, size: 0x2000, module: &m) == TDVMCallResult(r10: TDVMCallResult.invalidOperand, r11: shared - 0x1000))
+        #expect(k.mapGPA(gpa: 1 << 48, size: 0x1000, module: &m) == TDVMCallResult(r10: TDVMCallResult.invalidOperand, r11: 1 << 48))
+        #expect(k.mapGPA(gpa: 0x1000, size: 0x800, module: &m) == TDVMCallResult(r10: TDVMCallResult.alignError, r11: 0x1000))
+        #expect(k.mapGPA(gpa: shared, size: 5 << 20, module: &m) == TDVMCallResult(r10: TDVMCallResult.success, r11: 0))
+        #expect(k.stats.mapGPAExits == 3 && k.privateGFNs.count == 4096 - 1280)
+        #expect(k.mapGPA(gpa: 0, size: 4 << 20, module: &m, pendingEvents: true) == TDVMCallResult(r10: TDVMCallResult.retry, r11: 2 << 20))
+        k.mapGPAExitEnabled = false
+        #expect(k.mapGPA(gpa: 0, size: 0x1000, module: &m).r10 == TDVMCallResult.subfuncUnsupported)
+    }
+
+    /// Converting a mapped private page to shared zaps it: BLOCK, TRACK, REMOVE, WBINVD.
+    @Test func sharedConversionZaps() {
+        var (m, k) = Self.setup()
+        var next: UInt64 = 0x10_0000
+        _ = k.privateFault(gpa: 0x1000, module: &m) { defer { next += 0x1000 }; return next }
+        #expect(m.accept(tdr: Self.tdr, gpa: 0x1000, level: 0) == .status(.success))
+        #expect(k.mapGPA(gpa: KVMTDX.sharedBit | 0x1000, size: 0x1000, module: &m).r10 == TDVMCallResult.success)
+        #expect(k.stats.zaps == 1 && m.tds[0].stateAt(0x1000, 0) == .free && m.pamt.entry(0x1000_1000, .size4K).pt == .nda)
+        #expect(k.privateFault(gpa: 0x1000, module: &m) { 0 } as? KVMTDXExit == .memoryFault(gpa: 0x1000, toPrivate: true))
+    }
+}
