@@ -56,7 +56,8 @@ public struct GuestKernel: Sendable {
 
     /// Whether the guest maps `gfn` encrypted (private) in its direct map.
     public func isEncrypted(gfn: UInt64) -> Bool {
-        kernel.directMapLeaf(PhysAddr(gfn << pageShift))?.attributes.contains(.encrypted) ?? false
+        guard let a = kernel.directMapLeaf(PhysAddr(gfn << pageShift))?.attributes else { return false }
+        return kernel.config.ccSharedBit ? !a.contains(.shared) : a.contains(.encrypted)
     }
 
     /// The maximal runs inside `gfns` whose direct-map encryption is `encrypted`: the guest

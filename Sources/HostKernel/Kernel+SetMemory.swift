@@ -111,8 +111,10 @@ extension Kernel {
     /// __set_memory_enc_dec / __set_memory_enc_pgtable; mem_encrypt_amd.c.
     mutating func setMemoryEncDec(_ address: UInt64, numpages: Int, encrypt: Bool, hook: EncStatusHook) -> KernelStatus {
         guard config.memEncrypt else { return .ok }
-        let req = CPARequest(address: address, numpages: numpages,
-                             set: encrypt ? .encrypted : [], clear: encrypt ? [] : .encrypted)
+        // The C-bit is set to encrypt; a TDX guest's shared bit is cleared to encrypt.
+        let bit: Attributes = config.ccSharedBit ? .shared : .encrypted
+        let setBit = encrypt != config.ccSharedBit
+        let req = CPARequest(address: address, numpages: numpages, set: setBit ? bit : [], clear: setBit ? [] : bit)
         cpaFlush(req, cache: !config.smeCoherent, forceFlushAll: false)
         log("enc_status_change_prepare")
         if failingHook == .prepare || hook(.prepare, address, numpages, encrypt) != nil {

@@ -90,7 +90,7 @@ public struct Kernel: Sendable {
             self.physOffset = (memory.ram.first?.lowerBound ?? 0) & ~(PageSize.size1G.bytes - 1)
         }
         self.tlbs = CPUSet(count: max(config.cpus, 1))
-        self.user = UserMM(ram: memory.ram, memEncrypt: config.memEncrypt && config.isa == .x86_64)
+        self.user = UserMM(ram: memory.ram, memEncrypt: config.memEncrypt && !config.ccSharedBit && config.isa == .x86_64)
         self.user.config = config.user
         guard memory.endOfRAM - physOffset <= layout.directMapMax else {
             throw HostKernelError("RAM ends at \(hex(memory.endOfRAM)), past the \(ByteSize.format(layout.directMapMax)) the direct map can hold"
@@ -174,7 +174,7 @@ public struct Kernel: Sendable {
     /// PAGE_KERNEL for this machine (arm64: PROT_NORMAL, valid, writable, PXN|UXN, not nG,
     /// MT_NORMAL; arch/arm64/include/asm/pgtable-prot.h).
     public var pageKernel: Attributes {
-        config.isa == .arm64 ? [.present, .writable, .noExecute, .global] : .pageKernel(encrypted: config.memEncrypt)
+        config.isa == .arm64 ? [.present, .writable, .noExecute, .global] : .pageKernel(encrypted: config.memEncrypt && !config.ccSharedBit)
     }
 
     /// The direct-map address of a physical address (__va; arm64 __phys_to_virt subtracts

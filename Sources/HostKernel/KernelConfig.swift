@@ -77,6 +77,10 @@ public struct KernelConfig: Hashable, Sendable {
     public var tdxErratum = false
     /// How the TDX module gets its PAMT (`host.tdx-pamt`).
     public var tdxPAMT = TDXPAMTMode.static
+    /// cc_mask is a TDX guest's shared bit: private is the default (no bit in PAGE_KERNEL),
+    /// pgprot_decrypted sets the bit and pgprot_encrypted clears it. arch/x86/coco/core.c
+    /// cc_mkdec/cc_mkenc for CC_VENDOR_INTEL.
+    public var ccSharedBit = false
     /// x86-64: the kernel image, whose mark_rodata_ro reaches its alias in the direct map
     /// at boot; nil boots the direct map alone (scenarios, whose figures are the direct map's).
     public var image: KernelImage?

@@ -34,6 +34,9 @@ public struct ArchitectureDefinition: Sendable {
     /// Routines a thread of an explorer scenario runs as their atomic actions (docs/explorer.md).
     public let threadRoutines: [ThreadRoutineDefinition]
     let makePlatform: @Sendable (inout Kernel, [GuestSpec]) -> any Platform
+    /// What the architecture's guests' kernels are built with beyond the scenario's
+    /// `guest.` policies (a TDX guest's cc_mask is its shared bit).
+    let guestKernelConfig: @Sendable (inout KernelConfig) -> Void
     /// A state the machine cannot be in, found when the scenario is read (the host kernel's
     /// configuration, RAM and guests together): nil, or what conflicts with what, and the
     /// policy slot at fault if one is.
@@ -45,8 +48,10 @@ public struct ArchitectureDefinition: Sendable {
         invariants: [Invariant] = [], metrics: [MetricInfo] = [], traceTracks: [(track: String, metrics: [String])] = [],
         threadRoutines: [ThreadRoutineDefinition] = [],
         makePlatform: @escaping @Sendable (inout Kernel, [GuestSpec]) -> any Platform = { _, _ in NoPlatform() },
-        checkMachine: @escaping @Sendable (KernelConfig, PhysicalMemory, [GuestSpec]) -> (slot: String?, message: String)? = { _, _, _ in nil }
+        checkMachine: @escaping @Sendable (KernelConfig, PhysicalMemory, [GuestSpec]) -> (slot: String?, message: String)? = { _, _, _ in nil },
+        guestKernelConfig: @escaping @Sendable (inout KernelConfig) -> Void = { _ in }
     ) {
+        self.guestKernelConfig = guestKernelConfig
         self.name = name
         self.summary = summary
         self.modelled = modelled

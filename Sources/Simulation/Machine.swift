@@ -41,7 +41,11 @@ public struct Machine: Sendable {
         self.kernel = kernel
         self.guests = guests
         var gks: [GuestKernel] = []
-        for g in guests where architecture.guestKernels { gks.append(try GuestKernel(name: g.name, memory: g.memory, config: g.kernelConfig)) }
+        for g in guests where architecture.guestKernels {
+            var config = g.kernelConfig
+            architecture.guestKernelConfig(&config)
+            gks.append(try GuestKernel(name: g.name, memory: g.memory, config: config))
+        }
         self.guestKernels = gks
         // Guests' memory is theirs: user pages come from elsewhere.
         for g in guests where g.memory > 0 { self.kernel.user.reserve(g.placement..<g.placement + g.memory) }

@@ -257,7 +257,8 @@ public enum Steps {
         if name == "set_memory_encrypted" || name == "set_memory_decrypted" {
             let encrypt = name == "set_memory_encrypted"
             return { m throws(HostKernelError) in
-                let r = type(of: m.platform).guestSetMemory(&m, guest: i, gfns: gfns, encrypt: encrypt)
+                let platform = type(of: m.platform)  // no copy of the platform alive across the call (it would copy its tables)
+                let r = platform.guestSetMemory(&m, guest: i, gfns: gfns, encrypt: encrypt)
                 m.counters.operations += 1  // its PVALIDATEs and page-state changes counted their own errors
                 return r
             }

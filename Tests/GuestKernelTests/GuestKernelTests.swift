@@ -77,3 +77,39 @@ struct SNPStatusStub: Outcome {
     var kind: OutcomeKind { .status }
     var description: String { "FAIL_SIZEMISMATCH" }
 }
+
+/// The TDX guest's conversion order (arch/x86/coco/tdx/tdx.c, fixed in 2023): to private,
+/// MapGPA and ACCEPT before the direct-map flip; to shared, the flip before MapGPA.
+@Suite struct TDXGuestOrderTests {
+    @Test func mapGPAAndAcceptComeWhereTheKernelPutsThem() throws {
+        var config = KernelConfig(memEncrypt: true, smeCoherent: true)
+        config.ccSharedBit = true
+        var g = try GuestKernel(name: "td", memory: 16 << 20, config: config)
+        #expect(g.isEncrypted(gfn: 0x200))  // private by default: no shared bit
+        var log: [String] = []
+        // To shared: MapGPA (in enc_status_change_finish, after the flip) with the shared bit in R12.
+        let r1 = g.tdxSetMemory(0x200..<0x201, encrypt: false, mapGPA: { r12, r13 in
+            log.append("mapgpa \(hex(r12)) \(hex(r13))")
+            return (0, 0)
+        }, accept: { _ in log.append("accept"); return true })
+        #expect(r1.description == "ok" && log == ["mapgpa 0x800000200000 0x1000"] && !g.isEncrypted(gfn: 0x200))
+        // To private: MapGPA (no shared bit), then ACCEPT, in enc_status_change_prepare.
+        log = []
+        let r2 = g.tdxSetMemory(0x200..<0x201, encrypt: true, mapGPA: { r12, r13 in
+            log.append("mapgpa \(hex(r12)) \(hex(r13))")
+            return (0, 0)
+        }, accept: { gpa in log.append("accept \(hex(gpa))"); return true })
+        #expect(r2.description == "ok" && log == ["mapgpa 0x200000 0x1000", "accept 0x200000"] && g.isEncrypted(gfn: 0x200))
+        // A failed ACCEPT fails the call before the flip: -EIO, the PTE still shared.
+        _ = g.tdxSetMemory(0x201..<0x202, encrypt: false, mapGPA: { _, _ in (0, 0) }, accept: { _ in true })
+        let r3 = g.tdxSetMemory(0x201..<0x202, encrypt: true, mapGPA: { _, _ in (0, 0) }, accept: { _ in false })
+        #expect(r3.description == "-EIO" && !g.isEncrypted(gfn: 0x201))
+        // RETRY resumes from R11; three without progress give up.
+        var calls = 0
+        #expect(GuestKernel.tdxMapGPA(0, 0x3000, enc: true) { r12, _ in calls += 1; return r12 == 0 ? (1, 0x1000) : (0, 0) })
+        #expect(calls == 2)
+        calls = 0
+        #expect(!GuestKernel.tdxMapGPA(0, 0x3000, enc: true) { _, _ in calls += 1; return (1, 0) })
+        #expect(calls == 3)
+    }
+}

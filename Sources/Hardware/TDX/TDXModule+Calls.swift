@@ -42,11 +42,11 @@ public struct TDXModule: Sendable {
     func checkTD(_ tdr: UInt64, _ op: UInt64, leaf: Int) -> Result<Int, TDXStatus> {
         if let e = checkExplicit4K(tdr, op, .tdr) { return .failure(e) }
         guard let i = tdIndex(tdr) else { return .failure(TDXStatus(.pageMetadataIncorrect, op)) }
-        let td = tds[i]
-        if td.fatal { return .failure(.tdFatal) }
-        if td.lifecycle != .keysConfigured { return .failure(.tdKeysNotConfigured) }
-        if td.tdcx.count < Self.minTDCSPages { return .failure(.tdcsNotAllocated) }
-        if !TDOpState.allowed(leaf: leaf).contains(td.opState) { return .failure(.opStateIncorrect) }
+        // Field by field: a copy of the TD would retain its whole S-EPT.
+        if tds[i].fatal { return .failure(.tdFatal) }
+        if tds[i].lifecycle != .keysConfigured { return .failure(.tdKeysNotConfigured) }
+        if tds[i].tdcx.count < Self.minTDCSPages { return .failure(.tdcsNotAllocated) }
+        if !TDOpState.allowed(leaf: leaf, tds[i].opState) { return .failure(.opStateIncorrect) }
         return .success(i)
     }
 

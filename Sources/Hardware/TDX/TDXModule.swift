@@ -66,21 +66,20 @@ public enum TDOpState: Int, CaseIterable, Hashable, Sendable, CustomStringConver
          "OP_STATE_FAILED_IMPORT"][rawValue]
     }
 
-    /// seamcall_state_lookup's rows for the memory leaves (op_state_lookup.c).
-    static func allowed(leaf: Int) -> Set<TDOpState> {
-        let exceptUninit = Set(allCases).subtracting([.uninitialized])
-        let blockLike: Set<TDOpState> = [.initialized, .runnable, .liveExport, .pausedExport, .postExport, .postImport, .liveImport]
+    /// Whether seamcall_state_lookup allows `state` for `leaf` (no set is built).
+    static func allowed(leaf: Int, _ state: TDOpState) -> Bool {
         switch leaf {
-        case 2: return [.initialized]
-        case 3: return [.initialized, .runnable, .liveExport, .memoryImport, .stateImport, .postImport, .liveImport]
-        case 6: return [.initialized, .runnable, .liveExport, .liveImport]
-        case 7, 15, 23, 39: return blockLike
-        case 29: return blockLike.union([.failedImport])
-        case 30: return exceptUninit
-        case 38: return exceptUninit.subtracting([.failedImport])
-        default: return []
+        case 2: return state == .initialized
+        case 3: return [.initialized, .runnable, .liveExport, .memoryImport, .stateImport, .postImport, .liveImport].contains(state)
+        case 6: return state == .initialized || state == .runnable || state == .liveExport || state == .liveImport
+        case 7, 15, 23, 39: return [.initialized, .runnable, .liveExport, .pausedExport, .postExport, .postImport, .liveImport].contains(state)
+        case 29: return [.initialized, .runnable, .liveExport, .pausedExport, .postExport, .postImport, .liveImport, .failedImport].contains(state)
+        case 30: return state != .uninitialized
+        case 38: return state != .uninitialized && state != .failedImport
+        default: return false
         }
     }
+
 }
 
 /// The TDR's lifecycle state. tdx-module src/common/data_structures/tdx_tdr.h.
@@ -130,7 +129,7 @@ public struct TDXTD: Sendable {
     /// The state of the S-EPT entry `e` found at `level` for `gpa`.
     public func state(_ e: Descriptor, _ gpa: UInt64, _ level: Int) -> SEPTState {
         if e.isNone { return .free }
-        if e.isTable { return nlBlocked.contains(Self.key(gpa, level)) ? .nlBlocked : .nlMapped }
+        if e.isTable { return !nlBlocked.isEmpty && nlBlocked.contains(Self.key(gpa, level)) ? .nlBlocked : .nlMapped }
         if e.isLeaf { return .mapped }
         return e.septState ?? .free
     }
@@ -140,11 +139,12 @@ public struct TDXTD: Sendable {
     /// table (a leaf, a non-present entry, NL_BLOCKED). The level reached and its entry.
     /// sept_manager.c.
     public func walk(_ gpa: UInt64, to level: Int) -> (level: Int, entry: Descriptor, state: SEPTState) {
-        var l = 3
+        var l = 3, table = 0  // the root: one table, number 0
         while true {
-            let e = sept.descriptor(at: VirtAddr(gpa), level: l + 1) ?? .none
+            let e = sept.entry(table: table, index: tableIndex(gpa, level: l + 1))
             let s = state(e, gpa, l)
             if l == level || s != .nlMapped { return (l, e, s) }
+            table = e.tableNumber
             l -= 1
         }
     }

@@ -41,8 +41,10 @@ public struct KVMTDX: Sendable {
     public let tdr: UInt64
     /// The TD's memory in host memory: [placement, placement + size) backs gpa 0 up.
     public let placement: UInt64, size: UInt64
-    /// GFNs whose attribute is private (the rest are shared).
-    public internal(set) var privateGFNs: Set<UInt64> = []
+    /// GFNs whose attribute is shared (a TD's memory starts private).
+    public internal(set) var sharedGFNs: Set<UInt64> = []
+    /// The host pages the last MapGPA zapped (their reset clears the TD-owner bits).
+    public internal(set) var lastZapped: [UInt64] = []
     /// KVM_CAP_EXIT_HYPERCALL with KVM_HC_MAP_GPA_RANGE enabled by the VMM.
     public var mapGPAExitEnabled = true
     public internal(set) var stats = KVMTDXStats()
@@ -52,12 +54,14 @@ public struct KVMTDX: Sendable {
     /// GPAW 48: the shared bit and the first illegal GPA.
     public static let sharedBit: UInt64 = 1 << 47
 
-    public init(tdr: UInt64, placement: UInt64, size: UInt64, allPrivate: Bool = true) {
+    public init(tdr: UInt64, placement: UInt64, size: UInt64) {
         self.tdr = tdr
         self.placement = placement
         self.size = size
-        if allPrivate { privateGFNs = Set(0..<(size >> pageShift)) }
     }
+
+    /// Whether the attribute of `gfn` is private.
+    public func isPrivate(_ gfn: UInt64) -> Bool { gfn < size >> pageShift && !sharedGFNs.contains(gfn) }
 
     /// tdx_handle_ept_violation on a private GPA: KVM_EXIT_MEMORY_FAULT if the attribute is
     /// shared; else the missing S-EPT levels linked (SEPT.ADD, pages from `allocSEPT`) and the
@@ -65,7 +69,7 @@ public struct KVMTDX: Sendable {
     public mutating func privateFault(gpa: UInt64, module m: inout TDXModule, allocSEPT: () -> UInt64) -> any Outcome {
         let gfn = gpa >> pageShift
         guard gpa < size else { return TDXStatus(.operandInvalid, 1) }
-        guard privateGFNs.contains(gfn) else { stats.memoryFaultExits += 1; return KVMTDXExit.memoryFault(gpa: gpa & ~(pageBytes - 1), toPrivate: true) }
+        guard isPrivate(gfn) else { stats.memoryFaultExits += 1; return KVMTDXExit.memoryFault(gpa: gpa & ~(pageBytes - 1), toPrivate: true) }
         guard let i = m.tdIndex(tdr) else { return TDXStatus(.pageMetadataIncorrect, 2) }
         for level in stride(from: 3, through: 1, by: -1) where m.tds[i].stateAt(gpa, level) == .free {
             let aligned = gpa & ~((1 << (12 + 9 * UInt64(level))) - 1)
@@ -91,6 +95,7 @@ public struct KVMTDX: Sendable {
         let r4 = m.phymemPageWbinvd(pa: hpa)
         guard r4 == .status(.success) else { return r4 }
         stats.zaps += 1
+        lastZapped.append(hpa)
         return nil
     }
 
@@ -109,6 +114,7 @@ public struct KVMTDX: Sendable {
         }
         guard gpa & (pageBytes - 1) == 0, bytes & (pageBytes - 1) == 0 else { return TDVMCallResult(r10: TDVMCallResult.alignError, r11: gpa) }
         let toPrivate = gpa & Self.sharedBit == 0
+        lastZapped.removeAll(keepingCapacity: true)
         var next = gpa
         while next < end {
             let chunk = min(end - next, Self.mapGPAChunk)
@@ -127,10 +133,10 @@ public struct KVMTDX: Sendable {
         let first = gpa >> pageShift, count = bytes >> pageShift
         for gfn in first..<first + count where gfn < size >> pageShift {
             if toPrivate {
-                privateGFNs.insert(gfn)
+                sharedGFNs.remove(gfn)
                 continue
             }
-            guard privateGFNs.remove(gfn) != nil, let i = m.tdIndex(tdr) else { continue }
+            guard sharedGFNs.insert(gfn).inserted, let i = m.tdIndex(tdr) else { continue }
             let state = m.tds[i].stateAt(gfn << pageShift, 0)
             if state == .mapped || state == .pending { _ = zapPrivate(gpa: gfn << pageShift, module: &m) }
         }

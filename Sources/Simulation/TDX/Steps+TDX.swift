@@ -155,9 +155,10 @@ extension TDXPlatform {
             let g = a.number("gpa") | (a.bool("shared") ? KVMTDX.sharedBit : 0), size = a.number("size"), events = a.bool("pending-events")
             return { p, _, i, _ in
                 guard var k = p.kvm[i] else { return TDVMCallResult(r10: TDVMCallResult.subfuncUnsupported, r11: g) }
+                p.kvm[i] = nil
                 let r = k.mapGPA(gpa: g, size: size, module: &p.module, pendingEvents: events)
+                for hpa in k.lastZapped { p.owned.remove(hpa >> pageShift) }  // tdx_clear_page: reset before reuse
                 p.kvm[i] = k
-                p.forgetRemoved()
                 return r
             }
         },
@@ -165,6 +166,7 @@ extension TDXPlatform {
             let g = a.number("gpa")
             return { p, m, i, _ in
                 guard var k = p.kvm[i] else { return TDXStatus(.pageMetadataIncorrect, 2) }
+                p.kvm[i] = nil
                 var spare = (0..<3).map { _ in p.allocMeta(m.kernel) }  // at most three S-EPT levels to link
                 let r = k.privateFault(gpa: g, module: &p.module) { spare.removeFirst() }
                 p.metaFree += spare.reversed()
@@ -221,7 +223,8 @@ extension TDXPlatform {
         ],
         metrics: metricList.map(\.info),
         threadRoutines: HostThreadRoutines.x86,
-        makePlatform: { kernel, guests in TDXPlatform(kernel: &kernel, guests: guests) })
+        makePlatform: { kernel, guests in TDXPlatform(kernel: &kernel, guests: guests) },
+        guestKernelConfig: { $0.ccSharedBit = true })
 }
 
 /// A TD's access that did not complete.

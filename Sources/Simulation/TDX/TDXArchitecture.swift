@@ -68,11 +68,6 @@ public struct TDXPlatform: Platform {
         kvm[i] = KVMTDX(tdr: tdr, placement: g.placement, size: g.memory)
     }
 
-    /// Pages the module gave back (PT_NDA) keep no TD-owner bit once KVM resets them
-    /// (tdx_clear_page's MOVDIR64B with the host's KeyID).
-    mutating func forgetRemoved() {
-        owned = owned.filter { module.pamt.walk($0 << pageShift, to: .size4K).entry.pt != .nda }
-    }
 
     /// A free 4K page for the module's metadata (KVM's alloc_page), outside guests' memory.
     mutating func allocMeta(_ kernel: Kernel) -> UInt64 {
@@ -118,8 +113,36 @@ public struct TDXPlatform: Platform {
         return .ok
     }
 
-    public static func guestSetMemory(_ m: inout Machine, guest: Int, gfns: Range<UInt64>, encrypt: Bool) -> any Outcome {
-        KernelStatus.error(.EOPNOTSUPP)  // the TDX guest's conversion protocol is the next part of issue 14
+    /// set_memory_* in TD `guest`'s kernel: the guest's MapGPA goes to KVM (and the VMM),
+    /// its ACCEPT to the module; an ACCEPT that exits with an EPT violation is KVM's private
+    /// fault (S-EPT levels, AUG), then the guest's retry.
+    public static func guestSetMemory(_ m: inout Machine, guest i: Int, gfns: Range<UInt64>, encrypt: Bool) -> any Outcome {
+        m.withPlatform(TDXPlatform.self) { p, m in
+            guard var k = p.kvm[i], let tdr = p.tdrs[i] else { return KernelStatus.error(.EIO) }
+            p.kvm[i] = nil  // held here alone while it changes
+            var spare: [UInt64] = []
+            let r = m.guestKernels[i].tdxSetMemory(gfns, encrypt: encrypt, mapGPA: { r12, r13 in
+                let out = k.mapGPA(gpa: r12, size: r13, module: &p.module)
+                return (out.r10, out.r11)
+            }, accept: { gpa in
+                for _ in 0..<2 {
+                    switch p.module.accept(tdr: tdr, gpa: gpa, level: 0) {
+                    case .status(let s) where s == .success || s.code == .pageAlreadyAccepted:
+                        p.owned.insert((k.placement + gpa) >> pageShift)
+                        return true
+                    case .eptViolationExit:
+                        while spare.count < 3 { spare.append(p.allocMeta(m.kernel)) }
+                        guard k.privateFault(gpa: gpa, module: &p.module, allocSEPT: { spare.removeLast() }) as? TDXResult == .status(.success) else { return false }
+                    default: return false
+                    }
+                }
+                return false
+            })
+            p.metaFree += spare
+            for hpa in k.lastZapped { p.owned.remove(hpa >> pageShift) }  // reset before reuse
+            p.kvm[i] = k
+            return r
+        }
     }
 
     public func metrics(kernel: Kernel) -> [(String, UInt64)] { Self.metricList.values(self) }
