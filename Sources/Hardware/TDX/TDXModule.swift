@@ -29,24 +29,37 @@ public struct PAMTEntry: Hashable, Sendable {
 /// pamt_walk takes the 1G entry, then the 2M one, then the 4K one, stopping at the first
 /// PT_REG (a page mapped at that size). pamt_manager.c pamt_walk.
 public struct PAMT: Hashable, Sendable {
-    var entries: [PageSize: [UInt64: PAMTEntry]] = [:]
+    /// The entries of each size that are not PT_NDA, by page number at that size.
+    var e4K: [UInt64: PAMTEntry] = [:], e2M: [UInt64: PAMTEntry] = [:], e1G: [UInt64: PAMTEntry] = [:]
 
     /// Entries that are not PT_NDA.
-    public var count: Int { entries.values.reduce(0) { $0 + $1.count } }
+    public var count: Int { e4K.count + e2M.count + e1G.count }
 
-    public func entry(_ pa: UInt64, _ size: PageSize) -> PAMTEntry { entries[size]?[pa >> size.shift] ?? .nda }
+    public func entry(_ pa: UInt64, _ size: PageSize) -> PAMTEntry {
+        let k = pa >> size.shift
+        switch size {
+        case .size4K: return e4K[k] ?? .nda
+        case .size2M: return e2M[k] ?? .nda
+        case .size1G: return e1G[k] ?? .nda
+        }
+    }
 
     public mutating func set(_ pa: UInt64, _ size: PageSize, _ e: PAMTEntry) {
-        if e == .nda { entries[size]?[pa >> size.shift] = nil } else { entries[size, default: [:]][pa >> size.shift] = e }
+        let k = pa >> size.shift, v: PAMTEntry? = e == .nda ? nil : e
+        switch size {
+        case .size4K: e4K[k] = v
+        case .size2M: e2M[k] = v
+        case .size1G: e1G[k] = v
+        }
     }
 
     /// The entry covering `pa` as pamt_walk finds it toward `target`: 1G or 2M if that one is
     /// PT_REG (or the target), else the smaller.
     public func walk(_ pa: UInt64, to target: PageSize) -> (size: PageSize, entry: PAMTEntry) {
-        for size in [PageSize.size1G, .size2M] {
-            let e = entry(pa, size)
-            if e.pt == .reg || target == size { return (size, e) }
-        }
+        let g = e1G.isEmpty ? .nda : entry(pa, .size1G)
+        if g.pt == .reg || target == .size1G { return (.size1G, g) }
+        let m = e2M.isEmpty ? .nda : entry(pa, .size2M)
+        if m.pt == .reg || target == .size2M { return (.size2M, m) }
         return (.size4K, entry(pa, .size4K))
     }
 }
