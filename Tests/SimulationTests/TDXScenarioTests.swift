@@ -42,4 +42,22 @@ import Testing
         #expect(r.records.map(\.result) == ["TDX_SUCCESS", "TDX_OPERAND_INVALID 0xc000010000000001",
                                             "TDX_OPERAND_INVALID 0xc000010000000001", "TDX_OPERAND_INVALID 0xc000010000000001"])
     }
+
+    /// Extreme operands answer at once: a GPA near 2^64 is the module's OPERAND_INVALID, a
+    /// MapGPA of 128 TiB stops at the TD's end, SEPT.REMOVE of a 512G entry frees it, a FATAL
+    /// TD cannot be entered.
+    @Test func extremeOperandsAnswerAtOnce() throws {
+        let r = try Runner.run(try Scenario.load(yaml: Self.head + """
+              - launch: {td: td0}
+              - tdh.mem.page.aug: {td: td0, gpa: 0xfffffffffffff000}
+              - tdh.mem.sept.add: {td: td0, gpa: 0, level: 512G}
+              - tdh.mem.sept.remove: {td: td0, gpa: 0, level: 512G}
+              - tdh.mem.sept.remove: {td: td0, gpa: 0, level: 512G}
+              - tdh.mr.finalize: {td: td0}
+              - tdg.vp.vmcall.mapgpa: {td: td0, gpa: 0, size: 0x7ffffffff000, shared: true}
+
+            """, file: "t.yaml"))
+        #expect(r.records.map(\.result) == ["TDX_SUCCESS", "TDX_OPERAND_INVALID 0xc000010000000001", "TDX_SUCCESS", "TDX_SUCCESS (RCX 0x1008000)",
+                                            "TDX_EPT_ENTRY_STATE_INCORRECT 0xc0000b0d00000001", "TDX_SUCCESS", "TDVMCALL_STATUS_SUCCESS"])
+    }
 }

@@ -147,6 +147,7 @@ public struct TDXModule: Sendable {
     /// helpers.c adjust_tlb_tracking_state.
     public mutating func vpEnter(tdr: UInt64, vcpu v: Int) -> TDXStatus {
         guard let i = tdIndex(tdr), v < tds[i].vcpus.count else { return TDXStatus(.operandInvalid, Op.rcx) }
+        if tds[i].fatal { return .tdFatal }
         guard tds[i].opState == .runnable, tds[i].vcpuEpoch[v] == nil else { return .opStateIncorrect }
         tds[i].refcount[Int(tds[i].epoch & 1)] += 1
         tds[i].vcpuEpoch[v] = tds[i].epoch

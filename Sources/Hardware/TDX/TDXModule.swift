@@ -32,8 +32,8 @@ public struct PAMT: Hashable, Sendable {
     /// The entries of each size that are not PT_NDA, by page number at that size.
     var e4K: [UInt64: PAMTEntry] = [:], e2M: [UInt64: PAMTEntry] = [:], e1G: [UInt64: PAMTEntry] = [:]
 
-    /// Entries that are not PT_NDA.
-    public var count: Int { e4K.count + e2M.count + e1G.count }
+    /// Entries that are not PT_NDA (a removed page keeps its owner and BEPOCH as PT_NDA).
+    public var count: Int { [e4K, e2M, e1G].reduce(0) { $0 + $1.values.filter { $0.pt != .nda }.count } }
 
     public func entry(_ pa: UInt64, _ size: PageSize) -> PAMTEntry {
         let k = pa >> size.shift
@@ -180,7 +180,7 @@ public struct TDXTD: Sendable {
         let va = VirtAddr(gpa & ~((1 << (12 + 9 * UInt64(level))) - 1)), k = Self.key(gpa, level)
         switch state {
         case .free:
-            try? sept.setEntry(virt: va, level: level + 1, .none)
+            if level == 3 { try? sept.unmap(virt: va, size: 1 << 39) } else { try? sept.setEntry(virt: va, level: level + 1, .none) }
             nlBlocked.remove(k)
             septPages[k] = nil
         case .nlMapped, .nlBlocked:

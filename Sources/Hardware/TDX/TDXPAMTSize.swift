@@ -53,6 +53,6 @@ extension PAMT {
     /// 2M regions with a 4K entry in use (not PT_NDA): those a dynamic PAMT keeps a page
     /// pair for (the kernel's refcount above zero).
     public var regionsWith4KEntries: Int {
-        Set(e4K.keys.map { $0 >> 9 }).count
+        Set(e4K.filter { $0.value.pt != .nda }.keys.map { $0 >> 9 }).count
     }
 }

@@ -117,6 +117,7 @@ public struct KVMTDX: Sendable {
         lastZapped.removeAll(keepingCapacity: true)
         var next = gpa
         while next < end {
+            if next & ~Self.sharedBit >= size { break }  // past the TD's memory: nothing left to convert
             let chunk = min(end - next, Self.mapGPAChunk)
             stats.mapGPAExits += 1
             convert(gpa: next & ~Self.sharedBit, bytes: chunk, toPrivate: toPrivate, module: &m)
@@ -130,8 +131,8 @@ public struct KVMTDX: Sendable {
     /// every private leaf in it zapped (and the guest_memfd pages discarded); to private,
     /// the attribute only.
     mutating func convert(gpa: UInt64, bytes: UInt64, toPrivate: Bool, module m: inout TDXModule) {
-        let first = gpa >> pageShift, count = bytes >> pageShift
-        for gfn in first..<first + count where gfn < size >> pageShift {
+        let first = gpa >> pageShift, last = min(first + (bytes >> pageShift), size >> pageShift)
+        for gfn in first..<max(first, last) {
             if toPrivate {
                 sharedGFNs.remove(gfn)
                 continue

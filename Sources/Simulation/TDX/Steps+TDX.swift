@@ -29,7 +29,7 @@ extension TDXPlatform {
 
     /// The page a step names, or the TD's own memory at gpa (its placement in host memory).
     static func targetPage(_ a: StepArguments, _ m: Machine, _ i: Int) -> UInt64 {
-        a[number: "pa"] ?? m.guests[i].spa(a.number("gpa"))
+        a[number: "pa"] ?? (m.guests[i].placement &+ a.number("gpa"))  // the module checks the GPA
     }
 
     static let steps: [StepDefinition] = [
@@ -86,7 +86,7 @@ extension TDXPlatform {
             return { p, m, i, tdr in
                 let target = targetPage(a, m, i)
                 let r = p.module.pageAdd(tdr: tdr, gpa: gpaValue, target: target, source: source)
-                if r == .status(.success) { p.owned.insert(target >> pageShift) }  // copied in with the TD's KeyID
+                if r == .status(.success) { p.owned.insert(target >> pageShift); p.poisoned.remove(target >> pageShift) }  // MOVDIR64B with the TD's KeyID
                 return r
             }
         },
@@ -157,7 +157,7 @@ extension TDXPlatform {
                 guard var k = p.kvm[i] else { return TDVMCallResult(r10: TDVMCallResult.subfuncUnsupported, r11: g) }
                 p.kvm[i] = nil
                 let r = k.mapGPA(gpa: g, size: size, module: &p.module, pendingEvents: events)
-                for hpa in k.lastZapped { p.owned.remove(hpa >> pageShift) }  // tdx_clear_page: reset before reuse
+                for hpa in k.lastZapped { p.owned.remove(hpa >> pageShift); p.poisoned.remove(hpa >> pageShift) }  // tdx_clear_page: reset before reuse
                 p.kvm[i] = k
                 return r
             }

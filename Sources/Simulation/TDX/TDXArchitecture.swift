@@ -75,7 +75,7 @@ public struct TDXPlatform: Platform {
         while guests.contains(where: { $0.placement <= metaCursor && metaCursor < $0.placement + $0.memory })
             || !kernel.memory.ram.contains(where: { $0.contains(metaCursor) }) {
             metaCursor += pageBytes
-            if metaCursor >= kernel.memory.endOfRAM { return 0 }
+            if metaCursor >= kernel.memory.endOfRAM { return TDXModule.maxPA }  // none left: the module refuses it (OPERAND_INVALID)
         }
         defer { metaCursor += pageBytes }
         return metaCursor
@@ -129,6 +129,7 @@ public struct TDXPlatform: Platform {
                     switch p.module.accept(tdr: tdr, gpa: gpa, level: 0) {
                     case .status(let s) where s == .success || s.code == .pageAlreadyAccepted:
                         p.owned.insert((k.placement + gpa) >> pageShift)
+                        p.poisoned.remove((k.placement + gpa) >> pageShift)  // zeroed by MOVDIR64B
                         return true
                     case .eptViolationExit:
                         while spare.count < 3 { spare.append(p.allocMeta(m.kernel)) }
@@ -139,7 +140,7 @@ public struct TDXPlatform: Platform {
                 return false
             })
             p.metaFree += spare
-            for hpa in k.lastZapped { p.owned.remove(hpa >> pageShift) }  // reset before reuse
+            for hpa in k.lastZapped { p.owned.remove(hpa >> pageShift); p.poisoned.remove(hpa >> pageShift) }  // reset before reuse
             p.kvm[i] = k
             return r
         }
