@@ -120,12 +120,8 @@ public struct UserProcess: Sendable {
 
     /// The VMA holding `addr` (find_vma with the start check).
     public func vmaIndex(_ addr: UInt64) -> Int? {
-        var lo = 0, hi = vmas.count
-        while lo < hi {
-            let mid = (lo + hi) / 2
-            if vmas[mid].end <= addr { lo = mid + 1 } else { hi = mid }
-        }
-        return lo < vmas.count && vmas[lo].start <= addr ? lo : nil
+        let i = insertionIndex(addr)
+        return i < vmas.count && vmas[i].start <= addr ? i : nil
     }
 
     /// The first VMA that ends after `addr`, where an insertion at `addr` goes.

@@ -157,7 +157,7 @@ extension TDXPlatform {
                 guard var k = p.kvm[i] else { return TDVMCallResult(r10: TDVMCallResult.subfuncUnsupported, r11: g) }
                 p.kvm[i] = nil
                 let r = k.mapGPA(gpa: g, size: size, module: &p.module, pendingEvents: events)
-                for hpa in k.lastZapped { p.owned.remove(hpa >> pageShift); p.poisoned.remove(hpa >> pageShift) }  // tdx_clear_page: reset before reuse
+                p.resetZapped(k)
                 p.kvm[i] = k
                 return r
             }

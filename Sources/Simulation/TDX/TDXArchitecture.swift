@@ -69,6 +69,18 @@ public struct TDXPlatform: Platform {
     }
 
 
+    /// The pages KVM's last MapGPA zapped, reset before reuse (tdx_clear_page's MOVDIR64B
+    /// with the host's KeyID): no TD-owner bit, no poison.
+    mutating func resetZapped(_ k: KVMTDX) {
+        for hpa in k.lastZapped {
+            owned.remove(hpa >> pageShift)
+            poisoned.remove(hpa >> pageShift)
+        }
+    }
+
+    /// The sum of one KVM counter over the TDs.
+    func kvmTotal(_ counter: KeyPath<KVMTDXStats, UInt64>) -> UInt64 { kvm.reduce(0) { $0 + ($1?.stats[keyPath: counter] ?? 0) } }
+
     /// A free 4K page for the module's metadata (KVM's alloc_page), outside guests' memory.
     mutating func allocMeta(_ kernel: Kernel) -> UInt64 {
         if let p = metaFree.popLast() { return p }
@@ -140,7 +152,7 @@ public struct TDXPlatform: Platform {
                 return false
             })
             p.metaFree += spare
-            for hpa in k.lastZapped { p.owned.remove(hpa >> pageShift); p.poisoned.remove(hpa >> pageShift) }  // reset before reuse
+            p.resetZapped(k)
             p.kvm[i] = k
             return r
         }
@@ -156,15 +168,13 @@ public struct TDXPlatform: Platform {
         Metric("tdx_td_machine_checks", "events", "TD accesses that consumed poison: #MC to the module, the TD marked FATAL") { $0.stats.tdMachineChecks },
         Metric("tdx_accepted_pages", "pages", "4K pages TDG.MEM.PAGE.ACCEPT zeroed") { $0.module.acceptedPages },
         Metric("tdx_pamt_entries", "entries", "PAMT entries not PT_NDA") { UInt64($0.module.pamt.count) },
-        Metric("tdx_kvm_sept_adds", "pages", "S-EPT pages KVM linked on private faults (TDH.MEM.SEPT.ADD)") { $0.kvm.reduce(0) { $0 + ($1?.stats.septAdds ?? 0) } },
-        Metric("tdx_kvm_augs", "pages", "private pages KVM added on faults (TDH.MEM.PAGE.AUG, 4K)") { $0.kvm.reduce(0) { $0 + ($1?.stats.augs ?? 0) } },
-        Metric("tdx_kvm_zaps", "pages", "private leaves KVM zapped: BLOCK, TRACK, REMOVE, WBINVD") { $0.kvm.reduce(0) { $0 + ($1?.stats.zaps ?? 0) } },
-        Metric("tdx_mapgpa_exits", "exits", "MapGPA chunks (2M at most) KVM gave the VMM") { $0.kvm.reduce(0) { $0 + ($1?.stats.mapGPAExits ?? 0) } },
+        Metric("tdx_kvm_sept_adds", "pages", "S-EPT pages KVM linked on private faults (TDH.MEM.SEPT.ADD)") { $0.kvmTotal(\.septAdds) },
+        Metric("tdx_kvm_augs", "pages", "private pages KVM added on faults (TDH.MEM.PAGE.AUG, 4K)") { $0.kvmTotal(\.augs) },
+        Metric("tdx_kvm_zaps", "pages", "private leaves KVM zapped: BLOCK, TRACK, REMOVE, WBINVD") { $0.kvmTotal(\.zaps) },
+        Metric("tdx_mapgpa_exits", "exits", "MapGPA chunks (2M at most) KVM gave the VMM") { $0.kvmTotal(\.mapGPAExits) },
         Metric("tdx_pamt_kib", "KiB", "PAMT memory under host.tdx-pamt: static for all TDX memory, or dynamic's bitmap, 2M/1G levels, refcounts and page pairs") { $0.pamtBytes >> 10 },
         Metric("tdx_pamt_pairs", "regions", "2M regions with a 4K page in use: the page pairs a dynamic PAMT holds") { UInt64($0.module.pamt.regionsWith4KEntries) },
     ]
-
-    public func footprintDigest(guest: Int, gpa: UInt64) -> UInt64 { 0 }
 }
 
 /// What a TDX platform counted.
