@@ -21,7 +21,9 @@ public struct TDXModule: Sendable {
 
     public init(tdmrs: [Range<UInt64>]) { self.tdmrs = tdmrs }
 
-    public func tdIndex(_ tdr: UInt64) -> Int? { tds.firstIndex { $0.tdr == tdr } }
+    public func tdIndex(_ tdr: UInt64) -> Int? {
+        tds.withUnsafeBufferPointer { b in b.indices.first { b[$0].tdr == tdr } }  // in place: iterating would copy each TD
+    }
 
     typealias Op = TDXStatus.Operand
 
@@ -57,9 +59,27 @@ public struct TDXModule: Sendable {
         return gpa & ((1 << (12 + 9 * UInt64(level))) - 1) == 0 && gpa < Self.sharedBit
     }
 
+    /// TD `i`'s secure_ept_walk toward `level` (`TDXTD.walk`), reading the TD in place.
+    /// Mutating only so that the TD is reached through the array's modify accessor: a read
+    /// through its getter copies the S-EPT's storage references (retain and release each).
+    public mutating func walk(td i: Int, _ gpa: UInt64, to level: Int) -> (level: Int, entry: Descriptor, state: SEPTState) {
+        Self.walkInPlace(&tds[i], gpa, level)
+    }
+
+    @inline(__always) static func walkInPlace(_ td: inout TDXTD, _ gpa: UInt64, _ level: Int) -> (level: Int, entry: Descriptor, state: SEPTState) {
+        TDXTD.walk(gpa, to: level, td.sept, td.nlBlocked)
+    }
+
+    /// TD `i`'s S-EPT state at exactly `level` for `gpa`, if the walk reaches it (in place,
+    /// as `walk(td:)`).
+    public mutating func stateAt(td i: Int, _ gpa: UInt64, _ level: Int) -> SEPTState? {
+        let w = walk(td: i, gpa, to: level)
+        return w.level == level ? w.state : nil
+    }
+
     /// The walk to `level`, or EPT_WALK_FAILED|RCX where it stops above.
-    func walkTo(_ i: Int, _ gpa: UInt64, _ level: Int) -> Result<(Descriptor, SEPTState), TDXStatus> {
-        let w = tds[i].walk(gpa, to: level)
+    mutating func walkTo(_ i: Int, _ gpa: UInt64, _ level: Int) -> Result<(Descriptor, SEPTState), TDXStatus> {
+        let w = walk(td: i, gpa, to: level)
         return w.level == level ? .success((w.entry, w.state)) : .failure(TDXStatus(.eptWalkFailed, Op.rcx))
     }
 
@@ -90,6 +110,14 @@ public struct TDXModule: Sendable {
         tds.append(TDXTD(tdr: tdr, hkid: nextHKID))
         nextHKID += 1
         return .success
+    }
+
+    /// A model hint, no SEAMCALL: room for the S-EPT pages that map `bytes` of the TD at 4K,
+    /// so linking them never copies the tables already built.
+    public mutating func reserveSEPT(tdr: UInt64, bytes: UInt64) {
+        guard let i = tdIndex(tdr) else { return }
+        let tables = 1 + (bytes >> 39) + (bytes >> 30) + (bytes >> 21) + 3
+        tds[i].sept.reserveCapacity(tables: Int(min(tables, 1 << 22)))
     }
 
     /// TDH.MNG.KEY.CONFIG: the TD's key programmed on every package.
@@ -435,7 +463,7 @@ extension TDXModule {
     public mutating func accept(tdr: UInt64, gpa: UInt64, level: Int) -> TDXResult {
         guard let i = tdIndex(tdr) else { return .status(TDXStatus(.operandInvalid, Op.rcx)) }
         guard Self.gpaValid(gpa, level, 0, 1) else { return .status(TDXStatus(.operandInvalid, Op.rcx)) }
-        let w = tds[i].walk(gpa, to: level)
+        let w = walk(td: i, gpa, to: level)
         if w.level > level {
             if w.state.guestAccessibleLeaf { return .status(TDXStatus(.pageAlreadyAccepted, UInt64(w.level))) }
             return .eptViolationExit(requested: level, level: w.level, state: w.state)

@@ -141,8 +141,13 @@ public struct TDXTD: Sendable {
 
     /// The state of the S-EPT entry `e` found at `level` for `gpa`.
     public func state(_ e: Descriptor, _ gpa: UInt64, _ level: Int) -> SEPTState {
+        Self.state(e, gpa, level, nlBlocked)
+    }
+
+    /// The state of entry `e` at `level` for `gpa`, given the TD's NL_BLOCKED set.
+    @inline(__always) static func state(_ e: Descriptor, _ gpa: UInt64, _ level: Int, _ nlBlocked: Set<UInt64>) -> SEPTState {
         if e.isNone { return .free }
-        if e.isTable { return !nlBlocked.isEmpty && nlBlocked.contains(Self.key(gpa, level)) ? .nlBlocked : .nlMapped }
+        if e.isTable { return !nlBlocked.isEmpty && nlBlocked.contains(key(gpa, level)) ? .nlBlocked : .nlMapped }
         if e.isLeaf { return .mapped }
         return e.septState ?? .free
     }
@@ -152,10 +157,15 @@ public struct TDXTD: Sendable {
     /// table (a leaf, a non-present entry, NL_BLOCKED). The level reached and its entry.
     /// sept_manager.c.
     public func walk(_ gpa: UInt64, to level: Int) -> (level: Int, entry: Descriptor, state: SEPTState) {
+        Self.walk(gpa, to: level, sept, nlBlocked)
+    }
+
+    /// The walk over an S-EPT and its NL_BLOCKED set, borrowed where they are stored.
+    @inline(__always) static func walk(_ gpa: UInt64, to level: Int, _ sept: borrowing PageTable, _ nlBlocked: borrowing Set<UInt64>) -> (level: Int, entry: Descriptor, state: SEPTState) {
         var l = 3, table = 0  // the root: one table, number 0
         while true {
             let e = sept.entry(table: table, index: tableIndex(gpa, level: l + 1))
-            let s = state(e, gpa, l)
+            let s = state(e, gpa, l, copy nlBlocked)
             if l == level || s != .nlMapped { return (l, e, s) }
             table = e.tableNumber
             l -= 1

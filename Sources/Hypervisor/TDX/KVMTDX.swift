@@ -71,7 +71,7 @@ public struct KVMTDX: Sendable {
         guard gpa < size else { return TDXStatus(.operandInvalid, 1) }
         guard isPrivate(gfn) else { stats.memoryFaultExits += 1; return KVMTDXExit.memoryFault(gpa: gpa & ~(pageBytes - 1), toPrivate: true) }
         guard let i = m.tdIndex(tdr) else { return TDXStatus(.pageMetadataIncorrect, 2) }
-        for level in stride(from: 3, through: 1, by: -1) where m.tds[i].stateAt(gpa, level) == .free {
+        for level in stride(from: 3, through: 1, by: -1) where m.stateAt(td: i, gpa, level) == .free {
             let aligned = gpa & ~((1 << (12 + 9 * UInt64(level))) - 1)
             let r = m.septAdd(tdr: tdr, gpa: aligned, level: level, page: allocSEPT())
             guard r == .status(.success) else { return r }
@@ -138,7 +138,7 @@ public struct KVMTDX: Sendable {
                 continue
             }
             guard sharedGFNs.insert(gfn).inserted, let i = m.tdIndex(tdr) else { continue }
-            let state = m.tds[i].stateAt(gfn << pageShift, 0)
+            let state = m.stateAt(td: i, gfn << pageShift, 0)
             if state == .mapped || state == .pending { _ = zapPrivate(gpa: gfn << pageShift, module: &m) }
         }
     }

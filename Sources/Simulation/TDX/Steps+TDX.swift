@@ -35,7 +35,7 @@ extension TDXPlatform {
     static let steps: [StepDefinition] = [
         call("tdh.mng.create", "TDH.MNG.CREATE: a TDR page (the next free metadata page) and an HKID for the TD", []) { _ in
             { p, m, i, _ in
-                let tdr = p.allocMeta(m.kernel)
+                let tdr = p.allocMeta()
                 let s = p.module.mngCreate(tdr: tdr)
                 if s == .success { p.created(i, tdr: tdr, m.guests[i]) }
                 return s
@@ -43,11 +43,11 @@ extension TDXPlatform {
         },
         call("tdh.mng.key.config", "TDH.MNG.KEY.CONFIG: the TD's key programmed", []) { _ in { p, _, _, tdr in p.module.mngKeyConfig(tdr: tdr) } },
         call("tdh.mng.addcx", "TDH.MNG.ADDCX: one TDCS page (the next free metadata page)", []) { _ in
-            { p, m, _, tdr in p.module.mngAddCX(tdr: tdr, page: p.allocMeta(m.kernel)) }
+            { p, m, _, tdr in p.module.mngAddCX(tdr: tdr, page: p.allocMeta()) }
         },
         call("tdh.mng.init", "TDH.MNG.INIT: op state INITIALIZED, TD epoch 1 (needs six TDCS pages)", []) { _ in { p, _, _, tdr in p.module.mngInit(tdr: tdr) } },
         call("tdh.vp.create", "TDH.VP.CREATE (with ADDCX and INIT): a vCPU on a TDVPR page", []) { _ in
-            { p, m, _, tdr in p.module.vpCreate(tdr: tdr, tdvpr: p.allocMeta(m.kernel)) }
+            { p, m, _, tdr in p.module.vpCreate(tdr: tdr, tdvpr: p.allocMeta()) }
         },
         call("tdh.mr.finalize", "TDH.MR.FINALIZE: op state RUNNABLE; PAGE.ADD is OP_STATE_INCORRECT from now on", []) { _ in
             { p, _, _, tdr in p.module.mrFinalize(tdr: tdr) }
@@ -69,14 +69,14 @@ extension TDXPlatform {
         },
         call("launch", "the TD built as KVM does (tdx_td_init, tdx_vcpu_init): MNG.CREATE, KEY.CONFIG, six ADDCX, MNG.INIT, a VP.CREATE per vCPU; stops at the first failure", []) { _ in
             { p, m, i, _ in
-                let tdr = p.allocMeta(m.kernel)
+                let tdr = p.allocMeta()
                 var s = p.module.mngCreate(tdr: tdr)
                 guard s == .success else { return s }
                 p.created(i, tdr: tdr, m.guests[i])
                 s = p.module.mngKeyConfig(tdr: tdr)
-                for _ in 0..<TDXModule.minTDCSPages where s == .success { s = p.module.mngAddCX(tdr: tdr, page: p.allocMeta(m.kernel)) }
+                for _ in 0..<TDXModule.minTDCSPages where s == .success { s = p.module.mngAddCX(tdr: tdr, page: p.allocMeta()) }
                 if s == .success { s = p.module.mngInit(tdr: tdr) }
-                for _ in 0..<m.guests[i].vcpus where s == .success { s = p.module.vpCreate(tdr: tdr, tdvpr: p.allocMeta(m.kernel)) }
+                for _ in 0..<m.guests[i].vcpus where s == .success { s = p.module.vpCreate(tdr: tdr, tdvpr: p.allocMeta()) }
                 return s
             }
         },
@@ -93,7 +93,7 @@ extension TDXPlatform {
         call("tdh.mem.sept.add", "TDH.MEM.SEPT.ADD: a new S-EPT page under the FREE entry at level (2M and up)",
              [gpa, blockLevel, septPage]) { a in
             let gpaValue = a.number("gpa"), level = levelNumber(a), given = a[number: "sept_page"]
-            return { p, m, _, tdr in p.module.septAdd(tdr: tdr, gpa: gpaValue, level: level, page: given ?? p.allocMeta(m.kernel)) }
+            return { p, m, _, tdr in p.module.septAdd(tdr: tdr, gpa: gpaValue, level: level, page: given ?? p.allocMeta()) }
         },
         call("tdh.mem.page.aug", "TDH.MEM.PAGE.AUG: a free page (4K or 2M) added PENDING for the TD to accept", [gpa, level, pa]) { a in
             let gpaValue = a.number("gpa"), level = levelNumber(a)
@@ -120,7 +120,7 @@ extension TDXPlatform {
         },
         call("tdh.mem.page.demote", "TDH.MEM.PAGE.DEMOTE: a large leaf split into 512 children on a new S-EPT page", [gpa, level, septPage]) { a in
             let gpaValue = a.number("gpa"), level = levelNumber(a), given = a[number: "sept_page"]
-            return { p, m, _, tdr in p.module.pageDemote(tdr: tdr, gpa: gpaValue, level: level, page: given ?? p.allocMeta(m.kernel)) }
+            return { p, m, _, tdr in p.module.pageDemote(tdr: tdr, gpa: gpaValue, level: level, page: given ?? p.allocMeta()) }
         },
         call("tdh.mem.sept.remove", "TDH.MEM.SEPT.REMOVE: an S-EPT page whose entries are all FREE freed", [gpa, blockLevel]) { a in
             let gpaValue = a.number("gpa"), level = levelNumber(a)
@@ -167,7 +167,7 @@ extension TDXPlatform {
             return { p, m, i, _ in
                 guard var k = p.kvm[i] else { return TDXStatus(.pageMetadataIncorrect, 2) }
                 p.kvm[i] = nil
-                var spare = (0..<3).map { _ in p.allocMeta(m.kernel) }  // at most three S-EPT levels to link
+                var spare = (0..<3).map { _ in p.allocMeta() }  // at most three S-EPT levels to link
                 let r = k.privateFault(gpa: g, module: &p.module) { spare.removeFirst() }
                 p.metaFree += spare.reversed()
                 p.kvm[i] = k
@@ -191,7 +191,7 @@ extension TDXPlatform {
             return { p, _, _, tdr in
                 guard let t = p.module.tdIndex(tdr) else { return TDXStatus(.operandInvalid, 1) }
                 if p.module.tds[t].fatal { return TDXGuestAccess.fatal }
-                let w = p.module.tds[t].walk(gpaValue, to: 0)
+                let w = p.module.walk(td: t, gpaValue, to: 0)
                 guard w.state == .mapped || (write ? false : w.state.guestAccessibleLeaf), let hpa = TDXTD.hpa(w.entry) else {
                     return TDXResult.eptViolationExit(requested: 0, level: w.level, state: w.state)
                 }

@@ -48,11 +48,14 @@ public struct TDXPlatform: Platform {
         pamtMode = kernel.config.tdxPAMT
         tdmrBytes = kernel.memory.ram.reduce(0) { $0 + UInt64($1.count) }
         maxPA = kernel.memory.endOfRAM
+        ram = kernel.memory.ram
     }
 
     /// The host's PAMT design, the memory its TDMRs cover, and max_pfn's address.
     public let pamtMode: TDXPAMTMode
     let tdmrBytes: UInt64, maxPA: UInt64
+    /// The host's RAM, where metadata pages come from.
+    let ram: [Range<UInt64>]
 
     /// The PAMT's memory under the machine's design: static for all TDX memory, or the
     /// dynamic form's fixed part, refcounts and a page pair per 2M region in use at 4K.
@@ -66,6 +69,7 @@ public struct TDXPlatform: Platform {
     mutating func created(_ i: Int, tdr: UInt64, _ g: GuestSpec) {
         tdrs[i] = tdr
         kvm[i] = KVMTDX(tdr: tdr, placement: g.placement, size: g.memory)
+        module.reserveSEPT(tdr: tdr, bytes: g.memory)
     }
 
 
@@ -82,12 +86,12 @@ public struct TDXPlatform: Platform {
     func kvmTotal(_ counter: KeyPath<KVMTDXStats, UInt64>) -> UInt64 { kvm.reduce(0) { $0 + ($1?.stats[keyPath: counter] ?? 0) } }
 
     /// A free 4K page for the module's metadata (KVM's alloc_page), outside guests' memory.
-    mutating func allocMeta(_ kernel: Kernel) -> UInt64 {
+    mutating func allocMeta() -> UInt64 {
         if let p = metaFree.popLast() { return p }
         while guests.contains(where: { $0.placement <= metaCursor && metaCursor < $0.placement + $0.memory })
-            || !kernel.memory.ram.contains(where: { $0.contains(metaCursor) }) {
+            || !ram.contains(where: { $0.contains(metaCursor) }) {
             metaCursor += pageBytes
-            if metaCursor >= kernel.memory.endOfRAM { return TDXModule.maxPA }  // none left: the module refuses it (OPERAND_INVALID)
+            if metaCursor >= maxPA { return TDXModule.maxPA }  // none left: the module refuses it (OPERAND_INVALID)
         }
         defer { metaCursor += pageBytes }
         return metaCursor
@@ -144,8 +148,8 @@ public struct TDXPlatform: Platform {
                         p.poisoned.remove((k.placement + gpa) >> pageShift)  // zeroed by MOVDIR64B
                         return true
                     case .eptViolationExit:
-                        while spare.count < 3 { spare.append(p.allocMeta(m.kernel)) }
-                        guard k.privateFault(gpa: gpa, module: &p.module, allocSEPT: { spare.removeLast() }) as? TDXResult == .status(.success) else { return false }
+                        while spare.count < 3 { spare.append(p.allocMeta()) }
+                        guard k.privateFault(gpa: gpa, module: &p.module, allocSEPT: { spare.removeLast() }).kind == .success else { return false }
                     default: return false
                     }
                 }
