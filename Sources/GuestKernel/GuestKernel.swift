@@ -13,6 +13,9 @@ public struct GuestKernel: Sendable {
     /// The guest's memory-management state, as the host's: its page table with the direct
     /// map, direct_pages_count, the CPA counters.
     public internal(set) var kernel: Kernel
+    /// The EFI unaccepted-memory table and the page allocator's acceptance, once the guest
+    /// booted with memory its firmware left unaccepted.
+    public internal(set) var acceptance: GuestAllocator?
 
     /// Boots the guest kernel over `memory` bytes of guest-physical memory, all of it RAM (the
     /// one guest_memfd memslot KVM gives it; the ISA range is mapped whatever it holds, as on

@@ -81,6 +81,13 @@ public struct KernelConfig: Hashable, Sendable {
     /// pgprot_decrypted sets the bit and pgprot_encrypted clears it. arch/x86/coco/core.c
     /// cc_mkdec/cc_mkenc for CC_VENDOR_INTEL.
     public var ccSharedBit = false
+    /// How a guest kernel accepts the memory its firmware left unaccepted (`guest.accept-memory`).
+    public var acceptMemory = AcceptMemoryMode.lazy
+    /// KVM maps TD private memory at 2M where it can (`kvm.tdx-hugepages`, the unmerged
+    /// TDX huge-page series); mainline maps 4K only.
+    public var tdxHugepages = false
+    /// When the host resets a page a TD released before reusing it (`host.tdx-page-reset`).
+    public var tdxPageReset = TDXPageReset.always
     /// x86-64: the kernel image, whose mark_rodata_ro reaches its alias in the direct map
     /// at boot; nil boots the direct map alone (scenarios, whose figures are the direct map's).
     public var image: KernelImage?
@@ -91,6 +98,37 @@ public struct KernelConfig: Hashable, Sendable {
         self.la57 = la57
         self.memEncrypt = memEncrypt
         self.smeCoherent = smeCoherent
+    }
+}
+
+/// How a guest kernel accepts the memory its firmware left unaccepted.
+public enum AcceptMemoryMode: String, CaseIterable, Sendable {
+    /// The page allocator accepts a MAX_ORDER block when it runs out of accepted memory.
+    case lazy
+    /// Everything is accepted at boot (the `accept_memory=eager` command line).
+    case eager
+
+    public var summary: String {
+        switch self {
+        case .lazy: "the page allocator accepts a MAX_ORDER block (4 MiB) when it needs memory (mm/page_alloc.c cond_accept_memory)"
+        case .eager: "all of it accepted at boot, block by block (accept_memory=eager)"
+        }
+    }
+}
+
+/// When the host resets (MOVDIR64B with its own KeyID) a page a TD released, before reuse.
+public enum TDXPageReset: String, CaseIterable, Sendable {
+    /// Every page (Linux 6.16 tdx_clear_page).
+    case always
+    /// Only on CPUs with X86_BUG_TDX_PW_MCE (Linux 6.18 on): elsewhere a later host
+    /// access cannot consume poison from the TD's lines.
+    case erratumOnly = "erratum-only"
+
+    public var summary: String {
+        switch self {
+        case .always: "every page a TD releases is reset before the host reuses it (6.16)"
+        case .erratumOnly: "only on erratum CPUs (X86_BUG_TDX_PW_MCE; 6.18 on)"
+        }
     }
 }
 

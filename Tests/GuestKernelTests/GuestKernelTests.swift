@@ -91,18 +91,18 @@ struct SNPStatusStub: Outcome {
         let r1 = g.tdxSetMemory(0x200..<0x201, encrypt: false, mapGPA: { r12, r13 in
             log.append("mapgpa \(hex(r12)) \(hex(r13))")
             return (0, 0)
-        }, accept: { _ in log.append("accept"); return true })
+        }, accept: { _, _ in log.append("accept"); return true })
         #expect(r1.description == "ok" && log == ["mapgpa 0x800000200000 0x1000"] && !g.isEncrypted(gfn: 0x200))
         // To private: MapGPA (no shared bit), then ACCEPT, in enc_status_change_prepare.
         log = []
         let r2 = g.tdxSetMemory(0x200..<0x201, encrypt: true, mapGPA: { r12, r13 in
             log.append("mapgpa \(hex(r12)) \(hex(r13))")
             return (0, 0)
-        }, accept: { gpa in log.append("accept \(hex(gpa))"); return true })
-        #expect(r2.description == "ok" && log == ["mapgpa 0x200000 0x1000", "accept 0x200000"] && g.isEncrypted(gfn: 0x200))
+        }, accept: { gpa, level in log.append("accept \(hex(gpa)) \(level)"); return true })
+        #expect(r2.description == "ok" && log == ["mapgpa 0x200000 0x1000", "accept 0x200000 0"] && g.isEncrypted(gfn: 0x200))
         // A failed ACCEPT fails the call before the flip: -EIO, the PTE still shared.
-        _ = g.tdxSetMemory(0x201..<0x202, encrypt: false, mapGPA: { _, _ in (0, 0) }, accept: { _ in true })
-        let r3 = g.tdxSetMemory(0x201..<0x202, encrypt: true, mapGPA: { _, _ in (0, 0) }, accept: { _ in false })
+        _ = g.tdxSetMemory(0x201..<0x202, encrypt: false, mapGPA: { _, _ in (0, 0) }, accept: { _, _ in true })
+        let r3 = g.tdxSetMemory(0x201..<0x202, encrypt: true, mapGPA: { _, _ in (0, 0) }, accept: { _, _ in false })
         #expect(r3.description == "-EIO" && !g.isEncrypted(gfn: 0x201))
         // RETRY resumes from R11; three without progress give up.
         var calls = 0
@@ -111,5 +111,24 @@ struct SNPStatusStub: Outcome {
         calls = 0
         #expect(!GuestKernel.tdxMapGPA(0, 0x3000, enc: true) { _, _ in calls += 1; return (1, 0) })
         #expect(calls == 3)
+    }
+
+    /// tdx_accept_memory tries 1G, then 2M, then 4K at each step, the largest aligned size
+    /// that fits first; a refusal at one size falls back to the next; a 4K refusal fails.
+    @Test func acceptMemoryTriesLargestSizesFirst() {
+        var log: [String] = []
+        // [1G - 4K, 3G + 2M + 4K) with 1G refused (OPERAND_INVALID in TDX 1.5): 4K, then 2M
+        // steps to 3G, then 2M, then 4K.
+        let ok = GuestKernel.tdxAcceptMemory((1 << 30) - 0x1000, (3 << 30) + (2 << 20) + 0x1000) { gpa, level in
+            log.append("\(hex(gpa)):\(level)")
+            return level < 2
+        }
+        // 4K, 1024 2M steps with a 1G attempt at 1G and 2G, then 2M and 4K at the end.
+        #expect(ok && log.count == 1 + 1024 + 2 + 1 + 1 && log[0] == "0x3ffff000:0" && log[1] == "0x40000000:2" && log[2] == "0x40000000:1")
+        #expect(log.filter { $0.hasSuffix(":2") } == ["0x40000000:2", "0x80000000:2"])
+        #expect(log.suffix(2) == ["0xc0000000:1", "0xc0200000:0"])
+        log = []
+        #expect(!GuestKernel.tdxAcceptMemory(0, 0x200000) { gpa, level in log.append("\(hex(gpa)):\(level)"); return false })
+        #expect(log == ["0x0:1", "0x0:0"])
     }
 }

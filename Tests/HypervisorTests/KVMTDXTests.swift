@@ -12,6 +12,7 @@ import Testing
         _ = m.mngKeyConfig(tdr: tdr)
         for k in 0..<UInt64(6) { _ = m.mngAddCX(tdr: tdr, page: 0x2000 + k * 0x1000) }
         _ = m.mngInit(tdr: tdr)
+        _ = m.vpCreate(tdr: tdr, tdvpr: 0x9000)
         _ = m.mrFinalize(tdr: tdr)
         return (m, KVMTDX(tdr: tdr, placement: 0x1000_0000, size: 16 << 20))
     }
@@ -20,12 +21,22 @@ import Testing
     /// 2M region only AUGs.
     @Test func privateFaultLinksAndAugs() {
         var (m, k) = Self.setup()
-        var next: UInt64 = 0x10_0000
-        let alloc = { () -> UInt64 in defer { next += 0x1000 }; return next }
-        #expect(k.privateFault(gpa: 0x1234, module: &m, allocSEPT: alloc) as? TDXResult == .status(.success))
-        #expect(k.privateFault(gpa: 0x5000, module: &m, allocSEPT: alloc) as? TDXResult == .status(.success))
-        #expect(k.stats.septAdds == 3 && k.stats.augs == 2 && m.tds[0].stateAt(0x1000, 0) == .pending)
-        #expect(m.pamt.entry(0x1000_1000, .size4K).pt == .reg)
+        var spare: [UInt64] = [0x12_0000, 0x11_0000, 0x10_0000]
+        #expect(k.privateFault(gpa: 0x1234, module: &m, spare: &spare) as? TDXResult == .status(.success))
+        #expect(k.privateFault(gpa: 0x5000, module: &m, spare: &spare) as? TDXResult == .status(.success))
+        #expect(k.stats.septAdds == 3 && k.stats.augs == 2 && m.tds[0].stateAt(0x1000, 0) == .pending && spare.isEmpty)
+        #expect(m.pamt.entry(0x1000_1000, .size4K).pt == .reg && m.pamt.entry(0x10_0000, .size4K).pt == .ept)
+    }
+
+    /// A SEPT.ADD the module refuses (its page is the TDR: PAGE_METADATA_INCORRECT on R8)
+    /// leaves the page in KVM's cache; the next fault, with a usable page, links it.
+    @Test func refusedSEPTPageStaysInTheCache() {
+        var (m, k) = Self.setup()
+        var spare: [UInt64] = [Self.tdr]
+        #expect(k.privateFault(gpa: 0x1000, module: &m, spare: &spare) as? TDXResult == .status(TDXStatus(.pageMetadataIncorrect, 8)))
+        #expect(spare == [Self.tdr] && k.stats.septAdds == 0)
+        spare = [0x12_0000, 0x11_0000, 0x10_0000]
+        #expect(k.privateFault(gpa: 0x1000, module: &m, spare: &spare) as? TDXResult == .status(.success))
     }
 
     /// tdx_map_gpa's checks, each with R11 = the start GPA; the 2M chunks; RETRY with R11
@@ -47,11 +58,28 @@ import Testing
     /// Converting a mapped private page to shared zaps it: BLOCK, TRACK, REMOVE, WBINVD.
     @Test func sharedConversionZaps() {
         var (m, k) = Self.setup()
-        var next: UInt64 = 0x10_0000
-        _ = k.privateFault(gpa: 0x1000, module: &m) { defer { next += 0x1000 }; return next }
+        var spare: [UInt64] = [0x12_0000, 0x11_0000, 0x10_0000]
+        _ = k.privateFault(gpa: 0x1000, module: &m, spare: &spare)
         #expect(m.accept(tdr: Self.tdr, gpa: 0x1000, level: 0) == .status(.success))
         #expect(k.mapGPA(gpa: KVMTDX.sharedBit | 0x1000, size: 0x1000, module: &m).r10 == TDVMCallResult.success)
         #expect(k.stats.zaps == 1 && m.tds[0].stateAt(0x1000, 0) == .free && m.pamt.entry(0x1000_1000, .size4K).pt == .nda)
-        #expect(k.privateFault(gpa: 0x1000, module: &m) { 0 } as? KVMTDXExit == .memoryFault(gpa: 0x1000, toPrivate: true))
+        #expect(k.privateFault(gpa: 0x1000, module: &m, spare: &spare) as? KVMTDXExit == .memoryFault(gpa: 0x1000, toPrivate: true))
+    }
+
+    /// With a vCPU running in the TD, the zap still completes: after TRACK, KVM kicks the
+    /// vCPU, which leaves the old epoch and enters the new one, so REMOVE finds the block
+    /// tracked. A leaf a failed zap left BLOCKED is zapped by the next conversion
+    /// (GPA_RANGE_ALREADY_BLOCKED is a warning).
+    @Test func zapKicksRunningVCPUs() {
+        var (m, k) = Self.setup()
+        var spare: [UInt64] = [0x12_0000, 0x11_0000, 0x10_0000]
+        _ = k.privateFault(gpa: 0x1000, module: &m, spare: &spare)
+        _ = k.privateFault(gpa: 0x2000, module: &m, spare: &spare)
+        #expect(m.vpEnter(tdr: Self.tdr, vcpu: 0) == .success)
+        #expect(k.mapGPA(gpa: KVMTDX.sharedBit | 0x1000, size: 0x1000, module: &m).r10 == TDVMCallResult.success)
+        #expect(k.stats.zaps == 1 && k.stats.kicks == 1 && k.stats.zapFailures == 0 && m.tds[0].vcpuEpoch == [2])
+        #expect(m.rangeBlock(tdr: Self.tdr, gpa: 0x2000, level: 0) == .status(.success))
+        #expect(k.mapGPA(gpa: KVMTDX.sharedBit | 0x2000, size: 0x1000, module: &m).r10 == TDVMCallResult.success)
+        #expect(k.stats.zaps == 2 && m.tds[0].stateAt(0x2000, 0) == .free && m.tds[0].vcpuEpoch == [3])
     }
 }

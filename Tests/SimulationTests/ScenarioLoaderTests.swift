@@ -112,7 +112,7 @@ import Testing
         let e = error("name: t\nmachine: {memory: 4G}\nsteps:\n  - workload: {kind: stress, operations: 5}\n")
         #expect(e?.message == "unknown workload 'stress'; valid: cpa-churn, split-scatter, rox-cycle, secretmem, host-writes")
         let snp = error("name: t\nmachine: {memory: 4G}\nsteps:\n  - workload: {kind: vm-churn, guest: vm0}\n")
-        #expect(snp?.message == "workload vm-churn needs 'arch: x86-snp'; this machine is x86-64")
+        #expect(snp?.message == "workload vm-churn needs 'arch: x86-snp' or 'arch: x86-tdx'; this machine is x86-64")
     }
 
     @Test func unknownCheckListsTheValidOnes() {

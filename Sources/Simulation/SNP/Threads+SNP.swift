@@ -97,8 +97,11 @@ public struct GuestOops: Outcome, Hashable {
 /// it up (the fault address is the aligned address + 8) and the bytes past the page read as
 /// zero. Linux arch/x86/mm/extable.c ex_handler_zeropad.
 public struct ZeropadFixedUp: Outcome, Hashable {
+    /// The exception the read took in the next page: a #PF (not present), or in a TDX guest
+    /// the #VE that handle_mmio refused because the access crossed a page.
+    public var exception = "#PF"
     public var kind: OutcomeKind { .success }
-    public var description: String { "#PF fixed up by ex_handler_zeropad (the next page's bytes read as zero)" }
+    public var description: String { "\(exception) fixed up by ex_handler_zeropad (the next page's bytes read as zero)" }
 }
 
 extension Steps {
@@ -117,7 +120,7 @@ extension Steps {
         let first = try guestAddress(a, g), second = (first & ~7) + 8
         return { p, m in
             var pages = [first & ~(pageBytes - 1)]
-            if second & (pageBytes - 1) == 0, second < g.memory { pages.append(second) }
+            if first & 7 != 0, second & (pageBytes - 1) == 0, second < g.memory { pages.append(second) }
             for (n, page) in pages.enumerated() {
                 guard let (gpa, priv) = guestTranslate(&m, guest: i, gpa: page, vcpu: vcpu, private: nil) else {
                     if n == 0 {

@@ -27,6 +27,19 @@ extension TDXPlatform {
         }
     }
 
+    /// A step of the TD's own kernel, run through `guestCalls` (its ACCEPTs reach the module).
+    static func guestKernelStep(_ name: String, _ summary: String, _ arguments: [Parameter],
+                                _ body: @escaping @Sendable (StepArguments) -> @Sendable (inout GuestKernel, TDXAccept) -> any Outcome) -> StepDefinition {
+        StepDefinition(name, summary, [td] + arguments) { a, _ throws(ScenarioError) in
+            let i = a.guest!.index, run = body(a)
+            return { m throws(HostKernelError) in
+                let r = TDXPlatform.guestCalls(&m, guest: i) { g, _, accept in run(&g, accept) }
+                m.count(r)
+                return r
+            }
+        }
+    }
+
     /// The page a step names, or the TD's own memory at gpa (its placement in host memory).
     static func targetPage(_ a: StepArguments, _ m: Machine, _ i: Int) -> UInt64 {
         a[number: "pa"] ?? (m.guests[i].placement &+ a.number("gpa"))  // the module checks the GPA
@@ -35,6 +48,7 @@ extension TDXPlatform {
     static let steps: [StepDefinition] = [
         call("tdh.mng.create", "TDH.MNG.CREATE: a TDR page (the next free metadata page) and an HKID for the TD", []) { _ in
             { p, m, i, _ in
+                if p.hasTD(i) { return KernelStatus.error(.EINVAL) }
                 let tdr = p.allocMeta()
                 let s = p.module.mngCreate(tdr: tdr)
                 if s == .success { p.created(i, tdr: tdr, m.guests[i]) }
@@ -68,17 +82,7 @@ extension TDXPlatform {
             { p, _, _, tdr in p.module.teardown(tdr: tdr) }
         },
         call("launch", "the TD built as KVM does (tdx_td_init, tdx_vcpu_init): MNG.CREATE, KEY.CONFIG, six ADDCX, MNG.INIT, a VP.CREATE per vCPU; stops at the first failure", []) { _ in
-            { p, m, i, _ in
-                let tdr = p.allocMeta()
-                var s = p.module.mngCreate(tdr: tdr)
-                guard s == .success else { return s }
-                p.created(i, tdr: tdr, m.guests[i])
-                s = p.module.mngKeyConfig(tdr: tdr)
-                for _ in 0..<TDXModule.minTDCSPages where s == .success { s = p.module.mngAddCX(tdr: tdr, page: p.allocMeta()) }
-                if s == .success { s = p.module.mngInit(tdr: tdr) }
-                for _ in 0..<m.guests[i].vcpus where s == .success { s = p.module.vpCreate(tdr: tdr, tdvpr: p.allocMeta()) }
-                return s
-            }
+            { p, m, i, _ in p.launch(i, m.guests[i]) }
         },
         call("tdh.mem.page.add", "TDH.MEM.PAGE.ADD: a 4K page copied from source and measured, before TDH.MR.FINALIZE",
              [gpa, pa, Parameter("source", .address(), default: "0x600000", "the source page (shared memory)")]) { a in
@@ -128,12 +132,9 @@ extension TDXPlatform {
         },
         call("tdg.mem.page.accept", "TDG.MEM.PAGE.ACCEPT from the TD: a PENDING page zeroed and MAPPED (its lines TD-owned)", [gpa, level]) { a in
             let gpaValue = a.number("gpa"), level = levelNumber(a)
-            return { p, m, i, tdr in
+            return { p, _, _, tdr in
                 let r = p.module.accept(tdr: tdr, gpa: gpaValue, level: level)
-                if r == .status(.success) {
-                    let first = m.guests[i].spa(gpaValue) >> pageShift
-                    for k in 0..<(UInt64(1) << (9 * UInt64(level))) { p.owned.insert(first + k); p.poisoned.remove(first + k) }
-                }
+                if r == .status(.success) { p.accepted(td: tdr, gpa: gpaValue, level: level) }
                 return r
             }
         },
@@ -156,8 +157,12 @@ extension TDXPlatform {
             return { p, _, i, _ in
                 guard var k = p.kvm[i] else { return TDVMCallResult(r10: TDVMCallResult.subfuncUnsupported, r11: g) }
                 p.kvm[i] = nil
-                let r = k.mapGPA(gpa: g, size: size, module: &p.module, pendingEvents: events)
-                p.resetZapped(k)
+                var spare: [UInt64] = []
+                p.topUp(&spare, forMapGPA: size, k)
+                let r = k.mapGPA(gpa: g, size: size, module: &p.module, pendingEvents: events, spare: &spare)
+                p.metaFree += spare
+                p.released(k.lastZapped)
+                k.lastZapped.removeAll(keepingCapacity: true)
                 p.kvm[i] = k
                 return r
             }
@@ -167,14 +172,36 @@ extension TDXPlatform {
             return { p, m, i, _ in
                 guard var k = p.kvm[i] else { return TDXStatus(.pageMetadataIncorrect, 2) }
                 p.kvm[i] = nil
-                var spare = (0..<3).map { _ in p.allocMeta() }  // at most three S-EPT levels to link
-                let r = k.privateFault(gpa: g, module: &p.module) { spare.removeFirst() }
-                p.metaFree += spare.reversed()
+                var spare = (0..<3).map { _ in p.allocMeta() }.reversed() as [UInt64]  // at most three S-EPT levels to link
+                let r = k.privateFault(gpa: g, module: &p.module, spare: &spare)
+                p.metaFree += spare
                 p.kvm[i] = k
                 return r
             }
         },
         guestAccess("guest-read", write: false), guestAccess("guest-write", write: true),
+        call("destroy", "KVM_DESTROY_VM: every private leaf zapped, the HKID released (VP.FLUSH, VPFLUSHDONE, CACHE.WB, KEY.FREEID), then RECLAIM of the vCPU, S-EPT, TDCS pages and the TDR (WBINVD too); a failed reclaim leaks the page", []) { _ in
+            { p, m, i, _ in
+                let r = p.destroy(i)
+                m.guestKernels[i] = (try? GuestKernel(name: m.guests[i].name, memory: m.guests[i].memory, config: m.guests[i].kernelConfig)) ?? m.guestKernels[i]
+                return r
+            }
+        },
+        guestKernelStep("accept_memory", "the TD kernel's accept_memory(start, size): the guard unit added when the end is 2M-aligned, then tdx_accept_memory (1G, 2M, 4K) over each run of unaccepted units",
+                        [Parameter("gpa", .address(), required: true, "start"), Parameter("size", .address(), required: true, "bytes")]) { a in
+            let start = a.number("gpa"), size = a.number("size")
+            return { g, accept in g.acceptMemory(start, size) { GuestKernel.tdxAcceptMemory($0, $1, accept) } ? OK() as any Outcome : TDXGuestPanic.acceptFailed }
+        },
+        guestKernelStep("guest-alloc", "the TD kernel's page allocator hands out pages, accepting 4 MiB blocks of unaccepted memory as it runs short (lazy acceptance)",
+                        [Parameter("pages", .count(1...(1 << 40)), required: true, "4K pages")]) { a in
+            let pages = a.number("pages")
+            return { g, accept in g.allocatePages(pages) { GuestKernel.tdxAcceptMemory($0, $1, accept) } ? OK() as any Outcome : TDXGuestPanic.outOfMemory }
+        },
+        call("load_unaligned_zeropad", "the TD kernel reads 8 bytes through its direct map that may cross into the next page: an MMIO #VE there is refused by handle_mmio and fixed up; a private page not accepted kills the VM",
+             [Parameter("gpa", .address(), required: true, "the word's guest physical address")]) { a in
+            let g = a.number("gpa")
+            return { p, m, i, _ in p.zeropad(&m, i, gpa: g) }
+        },
         Steps.platformStep(TDXPlatform.self, "dma-write", "a device writes a page by DMA: a partial write with no TD KeyID (poisons a TD-owned line on erratum CPUs)",
                            [Parameter("pa", .physical, required: true, "the page")]) { a, _ throws(ScenarioError) in
             let pfn = a.number("pa") >> pageShift
@@ -188,24 +215,77 @@ extension TDXPlatform {
     static func guestAccess(_ name: String, write: Bool) -> StepDefinition {
         call(name, "the TD \(write ? "writes" : "reads") a private page: an EPT-violation exit if not MAPPED; #MC and TD FATAL if its lines lost the TD-owner bit or were poisoned", [gpa]) { a in
             let gpaValue = a.number("gpa")
-            return { p, _, _, tdr in
-                guard let t = p.module.tdIndex(tdr) else { return TDXStatus(.operandInvalid, 1) }
-                if p.module.tds[t].fatal { return TDXGuestAccess.fatal }
-                let w = p.module.walk(td: t, gpaValue, to: 0)
-                guard w.state == .mapped || (write ? false : w.state.guestAccessibleLeaf), let hpa = TDXTD.hpa(w.entry) else {
-                    return TDXResult.eptViolationExit(requested: 0, level: w.level, state: w.state)
-                }
-                let pfn = (hpa + (gpaValue & ((1 << (12 + 9 * UInt64(w.level))) - 1))) >> pageShift
-                if p.poisoned.contains(pfn) || !p.owned.contains(pfn) {
-                    p.poisoned.insert(pfn)
-                    p.stats.tdMachineChecks += 1
-                    p.module.markFatal(tdr: tdr)
-                    return TDXGuestAccess.machineCheck
-                }
-                p.owned.insert(pfn)
-                return OK()
-            }
+            return { p, _, _, tdr in p.tdAccess(tdr, gpa: gpaValue, write: write) }
         }
+    }
+
+    /// TD `tdr`'s access to `gpa` through the S-EPT, as `guestAccess` describes it.
+    mutating func tdAccess(_ tdr: UInt64, gpa gpaValue: UInt64, write: Bool) -> any Outcome {
+        guard let t = module.tdIndex(tdr) else { return TDXStatus(.operandInvalid, 1) }
+        if module.tds[t].fatal { return TDXGuestAccess.fatal }
+        let w = module.walk(td: t, gpaValue, to: 0)
+        guard w.state == .mapped || (write ? false : w.state.guestAccessibleLeaf), let hpa = TDXTD.hpa(w.entry) else {
+            return TDXResult.eptViolationExit(requested: 0, level: w.level, state: w.state)
+        }
+        let pfn = (hpa + (gpaValue & ((1 << (12 + 9 * UInt64(w.level))) - 1))) >> pageShift
+        if poisoned.contains(pfn) || !owned.contains(pfn) {
+            poisoned.insert(pfn)
+            stats.tdMachineChecks += 1
+            module.markFatal(tdr: tdr)
+            return TDXGuestAccess.machineCheck
+        }
+        owned.insert(pfn)
+        return OK()
+    }
+
+    /// load_unaligned_zeropad in TD `i`'s kernel: the word's own page read, then, when the
+    /// unaligned word runs into the next page, that page. An MMIO #VE there (no memslot:
+    /// KVM's MMIO SPTE has suppress-VE clear) is refused by handle_mmio because the access
+    /// crosses a page (-EFAULT), and ve_raise_fault's fixup_exception runs
+    /// ex_handler_zeropad with the #VE's GLA, the next page's start: fixed up. Anything
+    /// else ends as the page's access does. arch/x86/coco/tdx/tdx.c handle_mmio,
+    /// arch/x86/kernel/traps.c exc_virtualization_exception, arch/x86/mm/extable.c.
+    mutating func zeropad(_ m: inout Machine, _ i: Int, gpa: UInt64) -> any Outcome {
+        let r0 = tdKernelRead(&m, i, gpa: gpa & ~(pageBytes - 1), split: false)
+        guard r0.kind == .success else { return r0 }
+        let next = (gpa & ~7) + 8
+        guard gpa & 7 != 0, next & (pageBytes - 1) == 0 else { return r0 }
+        let r1 = tdKernelRead(&m, i, gpa: next, split: true)
+        if r1 as? TDXGuestAccess == .mmioVE(split: true) {
+            stats.zeropadFixups += 1
+            return ZeropadFixedUp(exception: "#VE")
+        }
+        return r1
+    }
+
+    /// The TD kernel's read of the page at `gpa` through its direct map, private or shared
+    /// as its PTE says (the shared bit): past the guest's memory, an MMIO #VE (emulated by
+    /// handle_mmio unless the access splits pages); a private or shared access against the
+    /// other attribute, KVM_EXIT_MEMORY_FAULT; a private page KVM must first add (AUG) or
+    /// one still PENDING, the TD's access before accepting, after which KVM kills the VM
+    /// (tdx_is_sept_violation_unexpected_pending: "Guest access before accepting"); a
+    /// MAPPED page, the memory-integrity check of `guestAccess`.
+    mutating func tdKernelRead(_ m: inout Machine, _ i: Int, gpa: UInt64, split: Bool) -> any Outcome {
+        guard var k = kvm[i], let tdr = tdrs[i], let t = module.tdIndex(tdr) else { return TDXStatus(.operandInvalid, 1) }
+        guard gpa < m.guests[i].memory else { return TDXGuestAccess.mmioVE(split: split) }
+        let gfn = gpa >> pageShift, privateMapping = m.guestKernels[i].isEncrypted(gfn: gfn)
+        guard privateMapping == k.isPrivate(gfn) else { return KVMTDXExit.memoryFault(gpa: gpa, toPrivate: privateMapping) }
+        guard privateMapping else { return OK() }
+        var w = module.walk(td: t, gpa, to: 0)
+        if w.state == .free || w.state == .removed {
+            kvm[i] = nil
+            var spare: [UInt64] = []
+            topUp(&spare, k)
+            _ = k.privateFault(gpa: gpa, module: &module, spare: &spare)
+            metaFree += spare
+            kvm[i] = k
+            w = module.walk(td: t, gpa, to: 0)
+        }
+        if w.state == .pending {
+            stats.vmDead += 1
+            return TDXGuestAccess.accessBeforeAccept(gpa: gpa)
+        }
+        return tdAccess(tdr, gpa: gpa, write: false)
     }
 
     public static let definition = ArchitectureDefinition(
@@ -213,6 +293,7 @@ extension TDXPlatform {
         summary: "Intel TDX host: the TDX module (Secure EPT, PAMT, SEAMCALLs, ACCEPT), TDs, the TD-owner bit and the partial-write erratum",
         guestIDs: 1...UInt64(UInt16.max),
         steps: steps,
+        workloads: Workloads.tdx,
         policySlots: [
             PolicySlot(section: .host, key: "tdx-pamt", summary: "how the host gives the TDX module its PAMT",
                        policies: TDXPAMTMode.allCases.map { ($0.rawValue, $0.summary) }, defaultPolicy: TDXPAMTMode.static.rawValue,
@@ -220,6 +301,15 @@ extension TDXPlatform {
             PolicySlot(section: .machine, key: "tdx-erratum", summary: "X86_BUG_TDX_PW_MCE (Sapphire and Emerald Rapids): a partial write to TD memory poisons the line",
                        policies: [("false", "later CPUs: a partial write clears the TD-owner bit like any other"), ("true", "SPR/EMR: a partial write (MOVNTI, UC, DMA) poisons the line at once")],
                        defaultPolicy: "false", apply: { name, t in t.host.tdxErratum = name == "true" }),
+            PolicySlot(section: .host, key: "tdx-page-reset", summary: "when the host resets a page a TD released (MOVDIR64B with its own KeyID) before reusing it",
+                       policies: TDXPageReset.allCases.map { ($0.rawValue, $0.summary) }, defaultPolicy: TDXPageReset.always.rawValue,
+                       apply: { name, t in t.host.tdxPageReset = TDXPageReset(rawValue: name)! }),
+            PolicySlot(section: .kvm, key: "tdx-hugepages", summary: "how KVM maps TD private memory",
+                       policies: [("off", "mainline: 4K only"), ("on", "the TDX huge-page series (unmerged): 2M where the range allows, split (DEMOTE) on a 4K accept or a partial conversion, never merged")],
+                       defaultPolicy: "off", apply: { name, t in t.host.tdxHugepages = name == "on" }),
+            PolicySlot(section: .guest, key: "accept-memory", summary: "when a TD guest's kernel accepts the memory its firmware left unaccepted",
+                       policies: AcceptMemoryMode.allCases.map { ($0.rawValue, $0.summary) }, defaultPolicy: AcceptMemoryMode.lazy.rawValue,
+                       apply: { name, t in t.guest.acceptMemory = AcceptMemoryMode(rawValue: name)! }),
         ],
         metrics: metricList.map(\.info),
         threadRoutines: HostThreadRoutines.x86,
@@ -230,11 +320,24 @@ extension TDXPlatform {
 /// A TD's access that did not complete.
 public enum TDXGuestAccess: Outcome, Hashable {
     case machineCheck, fatal
-    public var kind: OutcomeKind { .fault }
+    /// An EPT-violation #VE on a shared GPA with no memslot (MMIO); `split` when the access
+    /// crosses a page, which handle_mmio refuses.
+    case mmioVE(split: Bool)
+    /// The TD touched a private page before accepting it: KVM marks the VM dead.
+    case accessBeforeAccept(gpa: UInt64)
+    public var kind: OutcomeKind {
+        switch self {
+        case .mmioVE(split: false): .success
+        default: .fault
+        }
+    }
     public var description: String {
         switch self {
         case .machineCheck: "#MC in the TD: poison consumed, the TD is FATAL"
         case .fatal: "the TD is FATAL: TDH.VP.ENTER fails"
+        case .mmioVE(split: false): "ok (#VE: MMIO emulated by handle_mmio)"
+        case .mmioVE(split: true): "#VE: handle_mmio refuses a page-crossing access (-EFAULT), no fixup"
+        case .accessBeforeAccept(let gpa): "KVM: Guest access before accepting \(hex(gpa)): the VM is dead"
         }
     }
 }

@@ -33,8 +33,13 @@ public struct TDXPlatform: Platform {
     public internal(set) var stats = TDXStats()
     /// The next metadata page (TDR, TDCS, TDVPR, S-EPT pages) to hand out.
     var metaCursor: UInt64 = TDXPlatform.metaStart
-    /// Metadata pages handed back unused.
+    /// Metadata pages handed back unused or reclaimed.
     var metaFree: [UInt64] = []
+    /// KVM's counters of destroyed TDs.
+    var retired: [KVMTDXStats] = []
+    /// Each guest's unaccepted memory and accept_memory's arch calls, as its kernel last
+    /// left them (the metrics read them here).
+    var unaccepted: [UInt64], acceptCalls: [UInt64]
 
     /// Where KVM's metadata pages come from in the model: 16 MiB up, past guests' memory.
     static let metaStart: UInt64 = 16 << 20
@@ -43,14 +48,21 @@ public struct TDXPlatform: Platform {
         module = TDXModule(tdmrs: kernel.memory.ram)
         tdrs = Array(repeating: nil, count: guests.count)
         kvm = Array(repeating: nil, count: guests.count)
+        unaccepted = Array(repeating: 0, count: guests.count)
+        acceptCalls = Array(repeating: 0, count: guests.count)
         self.guests = guests
         erratum = kernel.config.tdxErratum
         pamtMode = kernel.config.tdxPAMT
+        pageReset = kernel.config.tdxPageReset
+        hugepages = kernel.config.tdxHugepages
         tdmrBytes = kernel.memory.ram.reduce(0) { $0 + UInt64($1.count) }
         maxPA = kernel.memory.endOfRAM
         ram = kernel.memory.ram
     }
 
+    /// `host.tdx-page-reset` and `kvm.tdx-hugepages`.
+    public let pageReset: TDXPageReset
+    public let hugepages: Bool
     /// The host's PAMT design, the memory its TDMRs cover, and max_pfn's address.
     public let pamtMode: TDXPAMTMode
     let tdmrBytes: UInt64, maxPA: UInt64
@@ -64,26 +76,88 @@ public struct TDXPlatform: Platform {
             : TDXPAMTSize.dynamicBytes(tdmr: tdmrBytes, maxPA: maxPA, regions: UInt64(module.pamt.regionsWith4KEntries))
     }
 
+    /// Whether guest `i` has a TD the module still holds: KVM's KVM_TDX_INIT_VM on it again
+    /// is -EINVAL (tdx_td_init), so a guest has one TD at a time.
+    func hasTD(_ i: Int) -> Bool { tdrs[i].flatMap { module.tdIndex($0) } != nil }
+
     /// TDH.MNG.CREATE succeeded for guest `i`: its TDR, and KVM's backend for it (all of
     /// its memory private, as a TD starts).
     mutating func created(_ i: Int, tdr: UInt64, _ g: GuestSpec) {
         tdrs[i] = tdr
-        kvm[i] = KVMTDX(tdr: tdr, placement: g.placement, size: g.memory)
+        kvm[i] = KVMTDX(tdr: tdr, placement: g.placement, size: g.memory, hugepages: hugepages)
         module.reserveSEPT(tdr: tdr, bytes: g.memory)
     }
 
 
-    /// The pages KVM's last MapGPA zapped, reset before reuse (tdx_clear_page's MOVDIR64B
-    /// with the host's KeyID): no TD-owner bit, no poison.
-    mutating func resetZapped(_ k: KVMTDX) {
-        for hpa in k.lastZapped {
+    /// Pages a TD released (zapped or reclaimed) go back to the host. Under
+    /// `host.tdx-page-reset` always, or on an erratum CPU, each is reset first
+    /// (tdx_clear_page, tdx_quirk_reset_page: MOVDIR64B with the host's KeyID): no TD-owner
+    /// bit, no poison left. Without the reset the lines keep the TD-owner bit: the host's
+    /// next read of them returns zeros, its next write takes the bit back.
+    mutating func released(_ pages: [UInt64]) {
+        guard pageReset == .always || erratum else { stats.pagesNotReset += UInt64(pages.count); return }
+        for hpa in pages {
             owned.remove(hpa >> pageShift)
             poisoned.remove(hpa >> pageShift)
         }
+        stats.pageResets += UInt64(pages.count)
     }
 
-    /// The sum of one KVM counter over the TDs.
-    func kvmTotal(_ counter: KeyPath<KVMTDXStats, UInt64>) -> UInt64 { kvm.reduce(0) { $0 + ($1?.stats[keyPath: counter] ?? 0) } }
+    /// A successful TDG.MEM.PAGE.ACCEPT: the page the S-EPT maps at `gpa` was zeroed with the
+    /// TD's KeyID (MOVDIR64B), so its lines carry the TD-owner bit and no poison.
+    mutating func accepted(td tdr: UInt64, gpa: UInt64, level: Int) {
+        guard let t = module.tdIndex(tdr), let hpa = TDXTD.hpa(module.walk(td: t, gpa, to: level).entry) else { return }
+        let first = hpa >> pageShift
+        for k in 0..<(UInt64(1) << (9 * UInt64(level))) { owned.insert(first + k); poisoned.remove(first + k) }
+    }
+
+    /// TDG.MEM.PAGE.ACCEPT from the TD, as the TD sees it complete: an EPT-violation exit
+    /// is KVM's private fault (S-EPT levels linked from `spare`, the page AUGed), after
+    /// which the TD executes the TDCALL again. True on TDX_SUCCESS.
+    mutating func tdcallAccept(k: inout KVMTDX, tdr: UInt64, gpa: UInt64, level: Int, spare: inout [UInt64]) -> Bool {
+        for _ in 0..<2 {
+            switch module.accept(tdr: tdr, gpa: gpa, level: level) {
+            case .status(let s) where s == .success:
+                accepted(td: tdr, gpa: gpa, level: level)
+                return true
+            case .eptViolationExit:
+                stats.acceptExits += 1
+                topUp(&spare, k)
+                guard k.privateFault(gpa: gpa, acceptLevel: level, module: &module, spare: &spare).kind == .success else { return false }
+            default: return false
+            }
+        }
+        return false
+    }
+
+    /// Fills `spare` with the S-EPT pages KVM may need: three levels for a private fault,
+    /// and with huge pages one per 2M leaf a MapGPA of `bytes` may split (the chunk edges).
+    mutating func topUp(_ spare: inout [UInt64], forMapGPA bytes: UInt64 = 0, _ k: KVMTDX) {
+        let splits = k.hugepages ? Int(min(bytes >> 21, 1 << 16)) + 2 : 0
+        while spare.count < max(3, splits) { spare.append(allocMeta()) }
+    }
+
+    /// The sum of one KVM counter over the TDs, destroyed ones included.
+    func kvmTotal(_ counter: KeyPath<KVMTDXStats, UInt64>) -> UInt64 {
+        kvm.reduce(retired.reduce(0) { $0 + $1[keyPath: counter] }) { $0 + ($1?.stats[keyPath: counter] ?? 0) }
+    }
+
+    /// KVM_DESTROY_VM for guest `i`'s TD (`KVMTDX.destroy`): the guest's pages and the
+    /// reclaimed control and S-EPT pages released to the host (reset under
+    /// `host.tdx-page-reset`), leaked pages counted; the guest can be created again.
+    /// The first failing SEAMCALL, or ok.
+    mutating func destroy(_ i: Int) -> any Outcome {
+        guard var k = kvm[i] else { return KernelStatus.error(.EINVAL) }
+        let t = k.destroy(module: &module)
+        released(k.lastZapped)
+        released(t.reclaimed)
+        metaFree += t.reclaimed
+        stats.leakedPages += UInt64(t.leaked.count) + t.leakedGuestPages
+        retired.append(k.stats)
+        kvm[i] = nil
+        tdrs[i] = nil
+        return t.firstFailure ?? OK()
+    }
 
     /// A free 4K page for the module's metadata (KVM's alloc_page), outside guests' memory.
     mutating func allocMeta() -> UInt64 {
@@ -133,32 +207,70 @@ public struct TDXPlatform: Platform {
     /// its ACCEPT to the module; an ACCEPT that exits with an EPT violation is KVM's private
     /// fault (S-EPT levels, AUG), then the guest's retry.
     public static func guestSetMemory(_ m: inout Machine, guest i: Int, gfns: Range<UInt64>, encrypt: Bool) -> any Outcome {
+        guestCalls(&m, guest: i) { g, mapGPA, accept in g.tdxSetMemory(gfns, encrypt: encrypt, mapGPA: mapGPA, accept: accept) }
+    }
+
+    /// Runs `body` on TD guest `i`'s kernel with its requests wired: MapGPA to KVM (and the
+    /// VMM, which converts and zaps), ACCEPT to the module through `tdcallAccept`. KVM's
+    /// backend is held here alone while it changes; pages it released are reset after.
+    static func guestCalls(_ m: inout Machine, guest i: Int, _ body: (inout GuestKernel, TDXMapGPA, TDXAccept) -> any Outcome) -> any Outcome {
         m.withPlatform(TDXPlatform.self) { p, m in
-            guard var k = p.kvm[i], let tdr = p.tdrs[i] else { return KernelStatus.error(.EIO) }
-            p.kvm[i] = nil  // held here alone while it changes
+            guard var k = p.kvm[i], let tdr = p.tdrs[i], p.module.tdIndex(tdr) != nil else { return KernelStatus.error(.EIO) }
+            p.kvm[i] = nil
             var spare: [UInt64] = []
-            let r = m.guestKernels[i].tdxSetMemory(gfns, encrypt: encrypt, mapGPA: { r12, r13 in
-                let out = k.mapGPA(gpa: r12, size: r13, module: &p.module)
+            let r = body(&m.guestKernels[i], { r12, r13 in
+                p.topUp(&spare, forMapGPA: r13, k)
+                let out = k.mapGPA(gpa: r12, size: r13, module: &p.module, spare: &spare)
                 return (out.r10, out.r11)
-            }, accept: { gpa in
-                for _ in 0..<2 {
-                    switch p.module.accept(tdr: tdr, gpa: gpa, level: 0) {
-                    case .status(let s) where s == .success || s.code == .pageAlreadyAccepted:
-                        p.owned.insert((k.placement + gpa) >> pageShift)
-                        p.poisoned.remove((k.placement + gpa) >> pageShift)  // zeroed by MOVDIR64B
-                        return true
-                    case .eptViolationExit:
-                        while spare.count < 3 { spare.append(p.allocMeta()) }
-                        guard k.privateFault(gpa: gpa, module: &p.module, allocSEPT: { spare.removeLast() }).kind == .success else { return false }
-                    default: return false
-                    }
-                }
-                return false
+            }, { gpa, level in
+                p.tdcallAccept(k: &k, tdr: tdr, gpa: gpa, level: level, spare: &spare)
             })
             p.metaFree += spare
-            p.resetZapped(k)
+            if let a = m.guestKernels[i].acceptance {
+                p.unaccepted[i] = a.table.unacceptedUnits * a.table.unitSize
+                p.acceptCalls[i] = a.table.archCalls
+            }
+            p.released(k.lastZapped)
+            k.lastZapped.removeAll(keepingCapacity: true)
             p.kvm[i] = k
             return r
+        }
+    }
+
+    /// The TD built as KVM does (tdx_td_init, tdx_vcpu_init): MNG.CREATE, KEY.CONFIG, six
+    /// ADDCX, MNG.INIT, a VP.CREATE per vCPU; the first failing status, or TDX_SUCCESS.
+    /// KVM_TDX_INIT_VM on a guest that has a TD is -EINVAL.
+    mutating func launch(_ i: Int, _ g: GuestSpec) -> any Outcome {
+        if hasTD(i) { return KernelStatus.error(.EINVAL) }
+        let tdr = allocMeta()
+        var s = module.mngCreate(tdr: tdr)
+        guard s == .success else { return s }
+        created(i, tdr: tdr, g)
+        s = module.mngKeyConfig(tdr: tdr)
+        for _ in 0..<TDXModule.minTDCSPages where s == .success { s = module.mngAddCX(tdr: tdr, page: allocMeta()) }
+        if s == .success { s = module.mngInit(tdr: tdr) }
+        for _ in 0..<g.vcpus where s == .success { s = module.vpCreate(tdr: tdr, tdvpr: allocMeta()) }
+        return s
+    }
+
+    /// A TD guest boots: launched and finalized if it has no TD yet; its firmware (TDVF)
+    /// accepts [0, `firmwareAccepted`) as tdx_accept_memory would; the kernel takes the rest
+    /// from the EFI unaccepted-memory table (`guest.accept-memory`: eager accepts it now,
+    /// lazy when the allocator needs it); then it allocates `allocate` pages.
+    static func guestBoot(_ m: inout Machine, guest i: Int, firmwareAccepted: UInt64, allocate: UInt64) -> any Outcome {
+        let g = m.guests[i]
+        let up: any Outcome = m.withPlatform(TDXPlatform.self) { p, _ in
+            if p.hasTD(i) { return OK() }
+            let r = p.launch(i, g)
+            guard r.kind == .success else { return r }
+            return p.module.mrFinalize(tdr: p.tdrs[i]!)
+        }
+        guard up.kind == .success else { return up }
+        return guestCalls(&m, guest: i) { guest, _, accept in
+            func arch(_ s: UInt64, _ e: UInt64) -> Bool { GuestKernel.tdxAcceptMemory(s, e, accept) }
+            guard arch(0, min(firmwareAccepted, g.memory)) else { return TDXGuestPanic.acceptFailed }
+            guard guest.bootAcceptance(firmwareAccepted: firmwareAccepted, arch: arch) else { return TDXGuestPanic.acceptFailed }
+            return guest.allocatePages(allocate, arch: arch) ? OK() as any Outcome : TDXGuestPanic.outOfMemory
         }
     }
 
@@ -178,6 +290,18 @@ public struct TDXPlatform: Platform {
         Metric("tdx_mapgpa_exits", "exits", "MapGPA chunks (2M at most) KVM gave the VMM") { $0.kvmTotal(\.mapGPAExits) },
         Metric("tdx_pamt_kib", "KiB", "PAMT memory under host.tdx-pamt: static for all TDX memory, or dynamic's bitmap, 2M/1G levels, refcounts and page pairs") { $0.pamtBytes >> 10 },
         Metric("tdx_pamt_pairs", "regions", "2M regions with a 4K page in use: the page pairs a dynamic PAMT holds") { UInt64($0.module.pamt.regionsWith4KEntries) },
+        Metric("tdx_accept_exits", "exits", "TDG.MEM.PAGE.ACCEPTs that exited to KVM with an EPT violation (the TD re-executes them)") { $0.stats.acceptExits },
+        Metric("tdx_kvm_kicks", "vCPUs", "vCPUs kicked out of a TD after TDH.MEM.TRACK") { $0.kvmTotal(\.kicks) },
+        Metric("tdx_kvm_zap_failures", "leaves", "zaps or splits a SEAMCALL refused (KVM_BUG_ON)") { $0.kvmTotal(\.zapFailures) },
+        Metric("tdx_kvm_huge_augs", "2M pages", "private 2M pages KVM added (kvm.tdx-hugepages)") { $0.kvmTotal(\.hugeAugs) },
+        Metric("tdx_kvm_demotes", "2M ranges", "2M leaves KVM split to 4K (TDH.MEM.PAGE.DEMOTE); never merged again") { $0.kvmTotal(\.demotes) },
+        Metric("tdx_page_resets", "pages", "released pages the host reset before reuse (host.tdx-page-reset)") { $0.stats.pageResets },
+        Metric("tdx_pages_not_reset", "pages", "released pages left as the TD left them (erratum-only on a CPU without the erratum)") { $0.stats.pagesNotReset },
+        Metric("tdx_leaked_pages", "pages", "pages KVM leaked tearing TDs down (a failed reclaim or zap)") { $0.stats.leakedPages },
+        Metric("guest_zeropad_fixups", "faults", "load_unaligned_zeropad reads whose MMIO #VE in the next page ex_handler_zeropad fixed up") { $0.stats.zeropadFixups },
+        Metric("tdx_vm_dead", "events", "TD accesses to a private page before accepting it: KVM marks the VM dead") { $0.stats.vmDead },
+        Metric("guest_unaccepted_mib", "MiB", "memory the guests have not accepted yet (the EFI unaccepted table)") { $0.unaccepted.reduce(0, +) >> 20 },
+        Metric("guest_accept_calls", "calls", "arch_accept_memory calls: one per run of unaccepted 2M units accept_memory found") { $0.acceptCalls.reduce(0, +) },
     ]
 }
 
@@ -188,6 +312,29 @@ public struct TDXStats: Hashable, Sendable {
     public var poisonedByErratum: UInt64 = 0
     public var hostMachineChecks: UInt64 = 0
     public var tdMachineChecks: UInt64 = 0
+    /// Released pages the host reset, and those it left as they were.
+    public var pageResets: UInt64 = 0
+    public var pagesNotReset: UInt64 = 0
+    /// TDG.MEM.PAGE.ACCEPTs that exited to KVM with an EPT violation.
+    public var acceptExits: UInt64 = 0
+    /// load_unaligned_zeropad reads whose #VE in the next page was fixed up, and TDs KVM
+    /// killed for touching a page before accepting it.
+    public var zeropadFixups: UInt64 = 0
+    public var vmDead: UInt64 = 0
+    /// Pages KVM leaked at teardown (a failed RECLAIM, or a guest page whose zap failed).
+    public var leakedPages: UInt64 = 0
+}
+
+/// A TD guest kernel's panic.
+public enum TDXGuestPanic: Outcome, Hashable {
+    case acceptFailed, outOfMemory
+    public var kind: OutcomeKind { .fault }
+    public var description: String {
+        switch self {
+        case .acceptFailed: "guest panic: TDX: Failed to accept memory"
+        case .outOfMemory: "guest out of memory: the allocator has no memory left to accept"
+        }
+    }
 }
 
 /// What a non-TD access to a page of TDX memory met.
