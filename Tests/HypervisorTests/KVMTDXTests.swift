@@ -6,7 +6,7 @@ import Testing
 @Suite struct KVMTDXTests {
     static let tdr: UInt64 = 0x1000
 
-    static func setup() -> (TDXModule, KVMTDX) {
+    static func setup(hugepages: Bool = false) -> (TDXModule, KVMTDX) {
         var m = TDXModule(tdmrs: [0..<(1 << 30)])
         _ = m.mngCreate(tdr: tdr)
         _ = m.mngKeyConfig(tdr: tdr)
@@ -14,7 +14,7 @@ import Testing
         _ = m.mngInit(tdr: tdr)
         _ = m.vpCreate(tdr: tdr, tdvpr: 0x9000)
         _ = m.mrFinalize(tdr: tdr)
-        return (m, KVMTDX(tdr: tdr, placement: 0x1000_0000, size: 16 << 20))
+        return (m, KVMTDX(tdr: tdr, placement: 0x1000_0000, size: 16 << 20, hugepages: hugepages))
     }
 
     /// The first fault links three S-EPT pages and AUGs the page; the next one in the same
@@ -81,5 +81,67 @@ import Testing
         #expect(m.rangeBlock(tdr: Self.tdr, gpa: 0x2000, level: 0) == .status(.success))
         #expect(k.mapGPA(gpa: KVMTDX.sharedBit | 0x2000, size: 0x1000, module: &m).r10 == TDVMCallResult.success)
         #expect(k.stats.zaps == 2 && m.tds[0].stateAt(0x2000, 0) == .free && m.tds[0].vcpuEpoch == [3])
+    }
+
+    /// The huge-page series: a 2M accept that exits is mapped at 2M; a 4K accept inside a
+    /// 2M PENDING leaf splits it (BLOCK, TRACK, DEMOTE) and inhibits 2M there for good;
+    /// mainline maps the 2M accept's page at 4K, and the retried 2M ACCEPT is
+    /// PAGE_SIZE_MISMATCH.
+    @Test func hugePagesFollowTheAcceptLevel() {
+        var (m, k) = Self.setup(hugepages: true)
+        var spare: [UInt64] = [0x13_0000, 0x12_0000, 0x11_0000, 0x10_0000]
+        #expect(k.privateFault(gpa: 0x20_0000, acceptLevel: 1, module: &m, spare: &spare) as? TDXResult == .status(.success))
+        #expect(m.tds[0].stateAt(0x20_0000, 1) == .pending && k.stats.hugeAugs == 1 && spare.count == 2)
+        #expect(m.accept(tdr: Self.tdr, gpa: 0x40_0000, level: 0) == .eptViolationExit(requested: 0, level: 1, state: .free))
+        #expect(m.accept(tdr: Self.tdr, gpa: 0x20_1000, level: 0) == .eptViolationExit(requested: 0, level: 1, state: .pending))
+        #expect(k.privateFault(gpa: 0x20_1000, acceptLevel: 0, module: &m, spare: &spare) as? TDXStatus == .success)
+        #expect(k.stats.demotes == 1 && m.tds[0].stateAt(0x20_1000, 0) == .pending && m.accept(tdr: Self.tdr, gpa: 0x20_1000, level: 0) == .status(.success))
+        // The 2M range at 2M is inhibited for good (hugepage_set_guest_inhibit).
+        #expect(k.inhibited == [1])
+        var (m2, mainline) = Self.setup()
+        spare = [0x12_0000, 0x11_0000, 0x10_0000]
+        _ = mainline.privateFault(gpa: 0x20_0000, acceptLevel: 1, module: &m2, spare: &spare)
+        #expect(m2.tds[0].stateAt(0x20_0000, 0) == .pending && m2.accept(tdr: Self.tdr, gpa: 0x20_0000, level: 1) == .status(TDXStatus(.pageSizeMismatch, 1)))
+    }
+
+    /// A conversion to shared of part of a 2M leaf splits it first and zaps only the part;
+    /// of a whole 2M leaf, zaps it at 2M (WBINVD page by page). Back to private, the split
+    /// range faults in at 4K: KVM never merges.
+    @Test func partialConversionSplitsAndNothingMerges() {
+        var (m, k) = Self.setup(hugepages: true)
+        var spare: [UInt64] = [0x13_0000, 0x12_0000, 0x11_0000, 0x10_0000]
+        _ = k.privateFault(gpa: 0x20_0000, acceptLevel: 1, module: &m, spare: &spare)
+        _ = k.privateFault(gpa: 0x40_0000, acceptLevel: 1, module: &m, spare: &spare)
+        #expect(m.accept(tdr: Self.tdr, gpa: 0x20_0000, level: 1) == .status(.success) && k.stats.hugeAugs == 2)
+        spare = [0x14_0000]
+        #expect(k.mapGPA(gpa: KVMTDX.sharedBit | 0x20_3000, size: 0x1000, module: &m, spare: &spare).r10 == TDVMCallResult.success)
+        #expect(k.stats.demotes == 1 && k.stats.zaps == 1 && m.tds[0].stateAt(0x20_3000, 0) == .free && m.tds[0].stateAt(0x20_4000, 0) == .mapped)
+        #expect(k.mapGPA(gpa: KVMTDX.sharedBit | 0x40_0000, size: 0x20_0000, module: &m).r10 == TDVMCallResult.success)
+        #expect(k.stats.zaps == 2 && k.lastZapped.count == 513 && m.tds[0].stateAt(0x40_0000, 1) == .free)
+        #expect(k.mapGPA(gpa: 0x20_3000, size: 0x1000, module: &m).r10 == TDVMCallResult.success)
+        spare = [0x15_0000]
+        _ = k.privateFault(gpa: 0x20_3000, acceptLevel: 1, module: &m, spare: &spare)
+        #expect(m.tds[0].stateAt(0x20_3000, 0) == .pending && k.stats.hugeAugs == 2)
+    }
+
+    /// KVM_DESTROY_VM: every leaf zapped, the HKID released, the vCPU, S-EPT and TDCS pages
+    /// and the TDR reclaimed: the module forgets the TD and every PAMT entry is PT_NDA. A
+    /// leaf that cannot be zapped (the TD is FATAL: TDX_TD_FATAL) stays the TD's, so the
+    /// TDR's RECLAIM finds children (TD_ASSOCIATED_PAGES_EXIST) and the TDR leaks.
+    @Test func teardownReclaimsOrLeaks() {
+        var (m, k) = Self.setup()
+        var spare: [UInt64] = [0x12_0000, 0x11_0000, 0x10_0000]
+        _ = k.privateFault(gpa: 0x1000, module: &m, spare: &spare)
+        _ = k.privateFault(gpa: 0x2000, module: &m, spare: &spare)
+        var t = k.destroy(module: &m)
+        #expect(t.firstFailure == nil && t.leaked.isEmpty && t.reclaimed.count == 1 + 3 + 6 + 1 && k.lastZapped.count == 2)
+        #expect(m.tds.isEmpty && m.pamt.count == 0)
+        (m, k) = Self.setup()
+        spare = [0x12_0000, 0x11_0000, 0x10_0000]
+        _ = k.privateFault(gpa: 0x1000, module: &m, spare: &spare)
+        m.markFatal(tdr: Self.tdr)
+        t = k.destroy(module: &m)
+        #expect(t.firstFailure == .status(.tdFatal) && t.leakedGuestPages == 1 && t.leaked == [Self.tdr] && t.reclaimed.count == 1 + 3 + 6)
+        #expect(m.tds.count == 1 && k.stats.zapFailures == 1)
     }
 }

@@ -60,4 +60,51 @@ import Testing
         #expect(r.records.map(\.result) == ["TDX_SUCCESS", "TDX_OPERAND_INVALID 0xc000010000000001", "TDX_SUCCESS", "TDX_SUCCESS (RCX 0x1008000)",
                                             "TDX_EPT_ENTRY_STATE_INCORRECT 0xc0000b0d00000001", "TDX_SUCCESS", "TDVMCALL_STATUS_SUCCESS"])
     }
+
+    /// The TDX guest-kernel steps and policies refuse bad input by name.
+    @Test func guestStepsAndPoliciesRefuseBadInput() {
+        refused("name: t\nmachine: {memory: 1G}\nsteps:\n  - accept_memory: {td: td0, gpa: 0, size: 0x1000}\n",
+                "step 'accept_memory' needs 'arch: x86-tdx'; this machine is x86-64")
+        refused(Self.head + "  - guest-alloc: {td: td0, pages: 0}\n", "steps[1].guest-alloc.pages")
+        refused(Self.head + "  - guest-alloc: {td: td0}\n", "'pages' is required")
+        refused(Self.head.replacingOccurrences(of: "guests:", with: "kvm: {tdx-hugepages: maybe}\nguests:"), "unknown policy for kvm.tdx-hugepages 'maybe'; valid: off, on")
+        refused(Self.head.replacingOccurrences(of: "guests:", with: "host: {tdx-page-reset: never}\nguests:"), "valid: always, erratum-only")
+        refused(Self.head + "  - workload: {kind: guest-boot, guest: td0, firmware-accepted: 1x}\n", "firmware-accepted")
+    }
+
+    /// One TD per guest: KVM_TDX_INIT_VM again is -EINVAL, as is a destroy with no TD; after
+    /// a destroy the guest can be launched again. A firmware claim past the TD's memory is
+    /// all of it, and the allocator runs dry with the guest's out-of-memory outcome.
+    @Test func oneTDPerGuestAndTheAllocatorRunsDry() throws {
+        let r = try Runner.run(try Scenario.load(yaml: Self.head + """
+              - launch: {td: td0}
+              - tdh.mng.create: {td: td0}
+              - launch: {td: td0}
+              - destroy: {td: td0}
+              - destroy: {td: td0}
+              - workload: {kind: guest-boot, guest: td0, firmware-accepted: 1G}
+              - guest-alloc: {td: td0, pages: 4097}
+
+            """, file: "t.yaml"))
+        #expect(r.records.map(\.result) == ["TDX_SUCCESS", "-EINVAL", "-EINVAL", "ok", "-EINVAL", "ok",
+                                            "guest out of memory: the allocator has no memory left to accept"])
+    }
+
+    /// host.tdx-page-reset: a zapped page is reset (always), or keeps its TD-owner bits on a
+    /// CPU without the erratum (erratum-only), so the host reads zeros from it.
+    @Test func pageResetPolicy() throws {
+        func run(_ policy: String) throws -> [String] {
+            let yaml = Self.head.replacingOccurrences(of: "guests:", with: "host: {tdx-page-reset: \(policy)}\nguests:") + """
+                  - workload: {kind: guest-boot, guest: td0, firmware-accepted: 16M}
+                  - set_memory_decrypted: {guest: td0, gpa: 0x1000, numpages: 1}
+                  - host-read: {pa: 0x10001000}
+
+                """
+            let r = try Runner.run(try Scenario.load(yaml: yaml, file: "t.yaml"))
+            let m = Dictionary(uniqueKeysWithValues: r.metrics)
+            return r.records.map(\.result) + [m["tdx_page_resets"], m["tdx_pages_not_reset"]].map { "\($0 ?? 99)" }
+        }
+        #expect(try run("always") == ["ok", "ok", "ok", "1", "0"])
+        #expect(try run("erratum-only") == ["ok", "ok", "ok (reads zeros: TD-owner bit set)", "0", "1"])
+    }
 }

@@ -377,9 +377,11 @@ extension TDXModule {
         tds[i].septPages[key] = nil
         tds[i].dropChildren(1)
         pamt.set(septPage, .size4K, .nda)
-        let child0 = pamt.entry(hpa0, childSize)
+        // pamt_promote: pt and owner from child 0, the large entry's BEPOCH untouched (the
+        // model keeps no BEPOCH in a PT_NDA entry, so it is 0 here, as DEMOTE's new page's).
+        let child0 = pamt.entry(hpa0, childSize), large = pamt.entry(hpa0, size)
         for k in 0..<UInt64(512) { pamt.set(hpa0 + k * childSize.bytes, childSize, .nda) }
-        pamt.set(hpa0, size, child0)
+        pamt.set(hpa0, size, PAMTEntry(pt: child0.pt, owner: child0.owner, bepoch: large.bepoch))
         return .released(.success, hpa: septPage)
     }
 

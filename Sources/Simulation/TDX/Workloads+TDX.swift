@@ -50,13 +50,13 @@ extension Workloads {
                 return t
             }
         },
-        tdxWorkload("vm-churn", "the TD destroyed (zaps, HKID release, reclaim of every control and S-EPT page), created and booted again",
+        tdxWorkload("vm-churn", "the TD destroyed if it exists (zaps, HKID release, reclaim of every control and S-EPT page), created and booted again",
                     [guest, conversions, firmwareAccepted]) { i, _, a in
             let ops = a.number("operations"), fw = a.number("firmware-accepted")
             return { m in
                 var t = WorkloadTally()
                 for k in 0..<ops {
-                    let down = m.withPlatform(TDXPlatform.self) { p, _ in p.destroy(i) }
+                    let down = m.withPlatform(TDXPlatform.self) { p, _ in p.kvm[i] == nil ? OK() : p.destroy(i) }
                     m.guestKernels[i] = (try? GuestKernel(name: m.guests[i].name, memory: m.guests[i].memory, config: m.guests[i].kernelConfig)) ?? m.guestKernels[i]
                     t.note(down.kind == .success ? TDXPlatform.guestBoot(&m, guest: i, firmwareAccepted: fw, allocate: 0) : down)
                     m.tick(k + 1, ops)
