@@ -6,14 +6,14 @@ import Testing
 @Suite struct KVMTDXTests {
     static let tdr: UInt64 = 0x1000
 
-    static func setup(hugepages: Bool = false) -> (TDXModule, KVMTDX) {
+    static func setup(hugepages: Bool = false, finalize: Bool = true) -> (TDXModule, KVMTDX) {
         var m = TDXModule(tdmrs: [0..<(1 << 30)])
         _ = m.mngCreate(tdr: tdr)
         _ = m.mngKeyConfig(tdr: tdr)
         for k in 0..<UInt64(6) { _ = m.mngAddCX(tdr: tdr, page: 0x2000 + k * 0x1000) }
         _ = m.mngInit(tdr: tdr)
         _ = m.vpCreate(tdr: tdr, tdvpr: 0x9000)
-        _ = m.mrFinalize(tdr: tdr)
+        if finalize { _ = m.mrFinalize(tdr: tdr) }
         return (m, KVMTDX(tdr: tdr, placement: 0x1000_0000, size: 16 << 20, hugepages: hugepages))
     }
 
@@ -144,4 +144,22 @@ import Testing
         #expect(t.firstFailure == .status(.tdFatal) && t.leakedGuestPages == 1 && t.leaked == [Self.tdr] && t.reclaimed.count == 1 + 3 + 6)
         #expect(m.tds.count == 1 && k.stats.zapFailures == 1)
     }
+
+    /// KVM_TDX_INIT_MEM_REGION: S-EPT levels, PAGE.ADD, sixteen MR.EXTENDs per page; and
+    /// TDH.MR.EXTEND's own checks in tdh_mr_extend.c's order.
+    @Test func initMemRegionAddsAndMeasures() {
+        var (m, k) = Self.setup(finalize: false)
+        var spare: [UInt64] = [0x12_0000, 0x11_0000, 0x10_0000]
+        #expect(k.initMemRegion(gpa: 0x1000, pages: 2, source: 0x60_0000, measure: true, module: &m, spare: &spare) as? TDXStatus == .success)
+        #expect(k.stats.pageAdds == 2 && k.stats.septAdds == 3 && m.tds[0].extendedChunks == 32 && m.tds[0].measuredPages == 2)
+        #expect(k.lastAdded == [0x1000_1000, 0x1000_2000] && m.tds[0].stateAt(0x2000, 0) == .mapped)
+        #expect(m.mrExtend(tdr: Self.tdr, gpa: 0x1080) == .status(TDXStatus(.operandInvalid, 1)))
+        #expect(m.mrExtend(tdr: Self.tdr, gpa: 0x4000_0000) == .status(TDXStatus(.eptEntryNotPresent, 1)))
+        #expect(m.mrExtend(tdr: Self.tdr, gpa: 0x5000) == .status(.eptEntryNotPresent))
+        #expect(TDXStatus.eptEntryNotPresent.description == "TDX_EPT_ENTRY_NOT_PRESENT 0xc0000b0300000000")
+        _ = m.mrFinalize(tdr: Self.tdr)
+        #expect(m.mrExtend(tdr: Self.tdr, gpa: 0x1000) == .status(.opStateIncorrect))
+        #expect(k.initMemRegion(gpa: 0x3000, pages: 1, source: 0x60_0000, measure: false, module: &m, spare: &spare) as? TDXResult == .status(.opStateIncorrect))
+    }
 }
+

@@ -107,4 +107,25 @@ import Testing
         #expect(try run("always") == ["ok", "ok", "ok", "1", "0"])
         #expect(try run("erratum-only") == ["ok", "ok", "ok (reads zeros: TD-owner bit set)", "0", "1"])
     }
+
+    /// tdx-private-mapping: the guest's own conversions keep it; a MapGPA to shared behind
+    /// the guest kernel's back (its direct map still private) breaks it.
+    @Test func privateMappingToASharedPageBreaksTheInvariant() throws {
+        let base = Self.head + """
+              - launch: {td: td0}
+              - tdh.mr.finalize: {td: td0}
+              - set_memory_decrypted: {guest: td0, gpa: 0x1000, numpages: 2}
+
+            """
+        let ok = try Runner.run(try Scenario.load(yaml: base + "check:\n  - invariants\n", file: "t.yaml"))
+        #expect(ok.passed)
+        let broken = try Runner.run(try Scenario.load(yaml: base + """
+              - tdg.vp.vmcall.mapgpa: {td: td0, gpa: 0x5000, size: 0x2000, shared: true}
+            check:
+              - broken-invariant: tdx-private-mapping
+
+            """, file: "t.yaml"))
+        #expect(broken.passed && broken.checks.first?.detail.contains("gfn 0x5 is shared in KVM") == true)
+    }
 }
+

@@ -82,7 +82,7 @@ public enum TDOpState: Int, CaseIterable, Hashable, Sendable, CustomStringConver
     /// Whether seamcall_state_lookup allows `state` for `leaf` (no set is built).
     static func allowed(leaf: Int, _ state: TDOpState) -> Bool {
         switch leaf {
-        case 2: return state == .initialized
+        case 2, 16: return state == .initialized
         case 3: return [.initialized, .runnable, .liveExport, .memoryImport, .stateImport, .postImport, .liveImport].contains(state)
         case 6: return state == .initialized || state == .runnable || state == .liveExport || state == .liveImport
         case 7, 15, 23, 39: return [.initialized, .runnable, .liveExport, .pausedExport, .postExport, .postImport, .liveImport].contains(state)
@@ -123,8 +123,9 @@ public struct TDXTD: Sendable {
     /// The vCPUs (TDVPR pages) and the epoch each entered in, if running.
     public internal(set) var vcpus: [UInt64] = []
     public internal(set) var vcpuEpoch: [UInt64?] = []
-    /// MRTD extensions by PAGE.ADD.
+    /// MRTD extensions by PAGE.ADD, and the 256-byte chunks TDH.MR.EXTEND measured.
     public internal(set) var measuredPages = 0
+    public internal(set) var extendedChunks = 0
 
     init(tdr: UInt64, hkid: UInt32) {
         self.tdr = tdr

@@ -26,6 +26,7 @@ public struct TDXStatus: RawRepresentable, Hashable, Sendable, Outcome {
     public static let opStateIncorrect = TDXStatus(rawValue: 0xC000_0608_0000_0000)
     public static let tdKeysNotConfigured = TDXStatus(rawValue: 0x8000_0810_0000_0000)
     public static let eptWalkFailed = TDXStatus(rawValue: 0xC000_0B00_0000_0000)
+    public static let eptEntryNotPresent = TDXStatus(rawValue: 0xC000_0B03_0000_0000)
     public static let gpaRangeNotBlocked = TDXStatus(rawValue: 0xC000_0B06_0000_0000)
     public static let gpaRangeAlreadyBlocked = TDXStatus(rawValue: 0x0000_0B07_0000_0000)
     public static let tlbTrackingNotDone = TDXStatus(rawValue: 0xC000_0B08_0000_0000)
@@ -47,7 +48,7 @@ public struct TDXStatus: RawRepresentable, Hashable, Sendable, Outcome {
         (0x8000_0201, "TDX_PREVIOUS_TLB_EPOCH_BUSY"), (0xC000_0300, "TDX_PAGE_METADATA_INCORRECT"),
         (0xC000_0400, "TDX_TD_ASSOCIATED_PAGES_EXIST"), (0xE000_0604, "TDX_TD_FATAL"), (0xC000_0606, "TDX_TDCS_NOT_ALLOCATED"),
         (0xC000_0607, "TDX_LIFECYCLE_STATE_INCORRECT"), (0xC000_0608, "TDX_OP_STATE_INCORRECT"), (0x8000_0810, "TDX_TD_KEYS_NOT_CONFIGURED"),
-        (0xC000_0B00, "TDX_EPT_WALK_FAILED"), (0xC000_0B06, "TDX_GPA_RANGE_NOT_BLOCKED"), (0x0000_0B07, "TDX_GPA_RANGE_ALREADY_BLOCKED"),
+        (0xC000_0B00, "TDX_EPT_WALK_FAILED"), (0xC000_0B03, "TDX_EPT_ENTRY_NOT_PRESENT"), (0xC000_0B06, "TDX_GPA_RANGE_NOT_BLOCKED"), (0x0000_0B07, "TDX_GPA_RANGE_ALREADY_BLOCKED"),
         (0xC000_0B08, "TDX_TLB_TRACKING_NOT_DONE"), (0xC000_0B09, "TDX_EPT_INVALID_PROMOTE_CONDITIONS"),
         (0x0000_0B0A, "TDX_PAGE_ALREADY_ACCEPTED"), (0xC000_0B0B, "TDX_PAGE_SIZE_MISMATCH"),
         (0xC000_0B0D, "TDX_EPT_ENTRY_STATE_INCORRECT"), (0xC000_0B0E, "TDX_EPT_PAGE_NOT_FREE"),

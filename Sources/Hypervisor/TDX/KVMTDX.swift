@@ -47,6 +47,9 @@ public struct KVMTDX: Sendable {
     /// The host pages zapped since the caller last emptied the list: released to the host,
     /// which resets them under its policy before reuse.
     public var lastZapped: [UInt64] = []
+    /// The host pages PAGE.ADD filled since the caller last emptied the list (their lines
+    /// now carry the TD-owner bit).
+    public var lastAdded: [UInt64] = []
     /// KVM_CAP_EXIT_HYPERCALL with KVM_HC_MAP_GPA_RANGE enabled by the VMM.
     public var mapGPAExitEnabled = true
     /// The TDX huge-page series (`kvm.tdx-hugepages`): private memory mapped at 2M where
@@ -106,6 +109,38 @@ public struct KVMTDX: Sendable {
             if level == 1 { stats.hugeAugs += 1 }
         }
         return r
+    }
+
+    /// KVM_TDX_INIT_MEM_REGION over `pages` 4K pages from `gpa`, copied from `source` on:
+    /// per page, the S-EPT levels linked (SEPT.ADD from `spare`), TDH.MEM.PAGE.ADD, and with
+    /// `measure` (KVM_TDX_MEASURE_MEMORY_REGION) a TDH.MR.EXTEND per 256 bytes. A page whose
+    /// attribute is shared is -EINVAL. arch/x86/kvm/vmx/tdx.c tdx_vcpu_init_mem_region,
+    /// tdx_gmem_post_populate (6.16). The first failure, or the last status.
+    public mutating func initMemRegion(gpa: UInt64, pages: UInt64, source: UInt64, measure: Bool,
+                                       module m: inout TDXModule, spare: inout [UInt64]) -> any Outcome {
+        guard gpa & (pageBytes - 1) == 0, pages > 0 else { return KernelStatus.error(.EINVAL) }
+        guard let i = m.tdIndex(tdr) else { return TDXStatus(.pageMetadataIncorrect, 2) }
+        for k in 0..<pages {
+            let g = gpa + k << pageShift
+            guard g < size, isPrivate(g >> pageShift) else { return KernelStatus.error(.EINVAL) }
+            for l in stride(from: 3, through: 1, by: -1) where m.stateAt(td: i, g, l) == .free {
+                guard let page = spare.last else { return KernelStatus.error(.ENOMEM) }
+                let r = m.septAdd(tdr: tdr, gpa: g & ~((1 << (12 + 9 * UInt64(l))) - 1), level: l, page: page)
+                guard r == .status(.success) else { return r }
+                spare.removeLast()
+                stats.septAdds += 1
+            }
+            let r = m.pageAdd(tdr: tdr, gpa: g, target: placement + g, source: source + k << pageShift)
+            guard r == .status(.success) else { return r }
+            stats.pageAdds += 1
+            lastAdded.append(placement + g)
+            guard measure else { continue }
+            for chunk in stride(from: UInt64(0), to: pageBytes, by: 256) {
+                let e = m.mrExtend(tdr: tdr, gpa: g + chunk)
+                guard e == .status(.success) else { return e }
+            }
+        }
+        return TDXStatus.success
     }
 
     /// 2M of S-EPT and host memory.
@@ -318,6 +353,7 @@ public struct TDXTeardown: Sendable {
 /// What KVM's TDX backend did for a TD.
 public struct KVMTDXStats: Hashable, Sendable {
     public var septAdds: UInt64 = 0
+    public var pageAdds: UInt64 = 0
     public var augs: UInt64 = 0
     public var zaps: UInt64 = 0
     public var mapGPAExits: UInt64 = 0

@@ -94,6 +94,29 @@ extension TDXPlatform {
                 return r
             }
         },
+        call("tdh.mr.extend", "TDH.MR.EXTEND: 256 bytes of a MAPPED page measured into MRTD, before TDH.MR.FINALIZE",
+             [Parameter("gpa", .address(), required: true, "the chunk's guest physical address (256-byte aligned)")]) { a in
+            let gpaValue = a.number("gpa")
+            return { p, _, _, tdr in p.module.mrExtend(tdr: tdr, gpa: gpaValue) }
+        },
+        call("kvm_tdx_init_mem_region", "KVM_TDX_INIT_MEM_REGION: per page, S-EPT levels linked, TDH.MEM.PAGE.ADD from source, and with measure a TDH.MR.EXTEND per 256 bytes",
+             [gpa, Parameter("numpages", .count(1...(1 << 30)), default: "1", "4K pages"),
+              Parameter("source", .address(), default: "0x600000", "the first source page (shared memory)"),
+              Parameter("measure", .bool, default: "true", "KVM_TDX_MEASURE_MEMORY_REGION")]) { a in
+            let g = a.number("gpa"), n = a.number("numpages"), source = a.number("source"), measure = a.bool("measure")
+            return { p, _, i, _ in
+                guard var k = p.kvm[i] else { return KernelStatus.error(.EINVAL) }
+                p.kvm[i] = nil
+                var spare: [UInt64] = []
+                while spare.count < 5 + Int(min(n >> 9, 1 << 20)) { spare.append(p.allocMeta()) }  // a PT page per 2M, and the levels above
+                let r = k.initMemRegion(gpa: g, pages: n, source: source, measure: measure, module: &p.module, spare: &spare)
+                p.metaFree += spare
+                for pa in k.lastAdded { p.owned.insert(pa >> pageShift); p.poisoned.remove(pa >> pageShift) }  // MOVDIR64B with the TD's KeyID
+                k.lastAdded.removeAll()
+                p.kvm[i] = k
+                return r
+            }
+        },
         call("tdh.mem.sept.add", "TDH.MEM.SEPT.ADD: a new S-EPT page under the FREE entry at level (2M and up)",
              [gpa, blockLevel, septPage]) { a in
             let gpaValue = a.number("gpa"), level = levelNumber(a), given = a[number: "sept_page"]
@@ -310,6 +333,16 @@ extension TDXPlatform {
             PolicySlot(section: .guest, key: "accept-memory", summary: "when a TD guest's kernel accepts the memory its firmware left unaccepted",
                        policies: AcceptMemoryMode.allCases.map { ($0.rawValue, $0.summary) }, defaultPolicy: AcceptMemoryMode.lazy.rawValue,
                        apply: { name, t in t.guest.acceptMemory = AcceptMemoryMode(rawValue: name)! }),
+        ],
+        invariants: [
+            Invariant(name: "tdx-private-mapping", layer: "GuestKernel",
+                      summary: "no TD kernel maps a page private (no shared bit) whose attribute KVM holds shared: a private mapping to a shared page is a guest shutdown (arch/x86/coco/tdx/tdx.c tdx_early_init)") { m throws(InvariantViolation) in
+                guard let p = m.platform as? TDXPlatform else { return }
+                for (i, k) in p.kvm.enumerated() {
+                    guard let k, let gfn = k.sharedGFNs.filter({ m.guestKernels[i].isEncrypted(gfn: $0) }).min() else { continue }
+                    throw InvariantViolation("tdx-private-mapping", "\(m.guests[i].name): gfn \(hex(gfn)) is shared in KVM, but the TD's direct map maps it private")
+                }
+            },
         ],
         metrics: metricList.map(\.info),
         threadRoutines: HostThreadRoutines.x86,
