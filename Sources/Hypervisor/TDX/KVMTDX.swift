@@ -94,7 +94,10 @@ public struct KVMTDX: Sendable {
             }
         }
         let level = hugepages && acceptLevel != 0 && canMap2M(base, i, &m) ? 1 : 0
-        for l in stride(from: 3, through: level + 1, by: -1) where m.stateAt(td: i, gpa, l) == .free {
+        // One walk finds the first missing level: every level from there down is FREE.
+        let w = m.walk(td: i, gpa, to: level)
+        let missing = w.state == .free ? w.level : level
+        for l in stride(from: missing, through: level + 1, by: -1) {
             guard let page = spare.last else { return KernelStatus.error(.ENOMEM) }
             let aligned = gpa & ~((1 << (12 + 9 * UInt64(l))) - 1)
             let r = m.septAdd(tdr: tdr, gpa: aligned, level: l, page: page)
