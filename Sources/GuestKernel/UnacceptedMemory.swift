@@ -8,7 +8,7 @@ import PageTables
 public struct UnacceptedMemory: Hashable, Sendable {
     public let physBase: UInt64
     public let unitSize: UInt64
-    /// Bits in the bitmap (`size * BITS_PER_BYTE`): the units it can describe.
+    /// The units the bitmap describes (the memory in units, rounded up).
     public let units: UInt64
     var bitmap: [UInt64]
     /// Units still unaccepted.
@@ -24,7 +24,8 @@ public struct UnacceptedMemory: Hashable, Sendable {
         units = (bytes + unitSize - 1) / unitSize
         bitmap = Array(repeating: 0, count: Int((units + 63) / 64))
         unacceptedUnits = 0
-        for u in min((accepted + unitSize - 1) / unitSize, units)..<units {
+        let acc = min(accepted, bytes)
+        for u in min((acc + unitSize - 1) / unitSize, units)..<units {
             bitmap[Int(u / 64)] |= 1 << (u % 64)
             unacceptedUnits += 1
         }
@@ -42,12 +43,14 @@ public struct UnacceptedMemory: Hashable, Sendable {
     /// an unaccepted page, whose access a TDX guest cannot recover from); clamped to the
     /// bitmap. Nil when the range ends below physBase.
     func unitRange(_ start: UInt64, _ size: UInt64) -> Range<UInt64>? {
-        var s = start, e = start &+ size
+        // The sums saturate: past 2^64 is past the bitmap, where the clamp ends the range.
+        let (end, wrapped) = start.addingReportingOverflow(size)
+        var s = start, e = wrapped ? UInt64.max : end
         if s < physBase { s = physBase }
         if e < physBase { return nil }
         s -= physBase
         e -= physBase
-        if e % unitSize == 0 { e += unitSize }
+        if e % unitSize == 0 { e = e.addingReportingOverflow(unitSize).overflow ? UInt64.max : e + unitSize }
         e = min(e, units * unitSize)
         let first = s / unitSize, last = (e + unitSize - 1) / unitSize
         return first < last ? first..<last : nil
@@ -105,15 +108,19 @@ public struct GuestAllocator: Hashable, Sendable {
     public init(table: UnacceptedMemory, bytes: UInt64) {
         self.table = table
         self.bytes = bytes
-        endBlock = (bytes + Self.maxOrderBytes - 1) / Self.maxOrderBytes
+        endBlock = bytes / Self.maxOrderBytes  // whole MAX_ORDER blocks; a partial tail is accepted at boot
         var b: UInt64 = 0
         while b < endBlock && !table.containsUnaccepted(table.physBase + b * Self.maxOrderBytes, Self.maxOrderBytes) { b += 1 }
         nextBlock = b
-        freeAccepted = min(b * Self.maxOrderBytes, bytes) >> pageShift
+        // Free at boot: the blocks before the list (the tail is added once accepted).
+        freeAccepted = min(b * Self.maxOrderBytes, endBlock * Self.maxOrderBytes) >> pageShift
+        if endBlock * Self.maxOrderBytes < bytes && !table.containsUnaccepted(table.physBase + endBlock * Self.maxOrderBytes, bytes - endBlock * Self.maxOrderBytes) {
+            freeAccepted += (bytes - endBlock * Self.maxOrderBytes) >> pageShift
+        }
     }
 
     /// Pages the zone still holds unaccepted (NR_UNACCEPTED).
-    public var unacceptedPages: UInt64 { (bytes - min(nextBlock * Self.maxOrderBytes, bytes)) >> pageShift }
+    public var unacceptedPages: UInt64 { (endBlock - nextBlock) * (Self.maxOrderBytes >> pageShift) }
 
     /// Allocates `pages`: while the free pages fall short, the first block of the list is
     /// accepted (__accept_page: accept_memory over the block, which the guard extends by a
@@ -125,7 +132,7 @@ public struct GuestAllocator: Hashable, Sendable {
             guard nextBlock < endBlock else { return false }
             let block = nextBlock * Self.maxOrderBytes
             guard table.accept(table.physBase + block, Self.maxOrderBytes, arch: arch) else { return false }
-            freeAccepted += (min(block + Self.maxOrderBytes, bytes) - block) >> pageShift
+            freeAccepted += Self.maxOrderBytes >> pageShift
             nextBlock += 1
             blocksAccepted += 1
         }
@@ -134,12 +141,22 @@ public struct GuestAllocator: Hashable, Sendable {
         return true
     }
 
+    /// The memory past the last whole MAX_ORDER block: too small for the zone's list, so
+    /// it is accepted at boot (deferred_free_pages accepts chunks below MAX_PAGE_ORDER).
+    public mutating func acceptTail(arch: (UInt64, UInt64) -> Bool) -> Bool {
+        let tail = endBlock * Self.maxOrderBytes
+        guard tail < bytes, table.containsUnaccepted(table.physBase + tail, bytes - tail) else { return true }
+        guard table.accept(table.physBase + tail, bytes - tail, arch: arch) else { return false }
+        freeAccepted += (bytes - tail) >> pageShift
+        return true
+    }
+
     /// accept_memory=eager: every listed block accepted at boot.
     public mutating func acceptAll(arch: (UInt64, UInt64) -> Bool) -> Bool {
         while nextBlock < endBlock {
             let block = nextBlock * Self.maxOrderBytes
             guard table.accept(table.physBase + block, Self.maxOrderBytes, arch: arch) else { return false }
-            freeAccepted += (min(block + Self.maxOrderBytes, bytes) - block) >> pageShift
+            freeAccepted += Self.maxOrderBytes >> pageShift
             nextBlock += 1
             blocksAccepted += 1
         }
@@ -155,7 +172,7 @@ extension GuestKernel {
     public mutating func bootAcceptance(firmwareAccepted: UInt64, arch: (UInt64, UInt64) -> Bool) -> Bool {
         let bytes = kernel.memory.endOfRAM
         var a = GuestAllocator(table: UnacceptedMemory(bytes: bytes, accepted: firmwareAccepted), bytes: bytes)
-        let ok = kernel.config.acceptMemory == .eager ? a.acceptAll(arch: arch) : true
+        let ok = a.acceptTail(arch: arch) && (kernel.config.acceptMemory == .eager ? a.acceptAll(arch: arch) : true)
         acceptance = a
         return ok
     }

@@ -77,4 +77,27 @@ import Testing
         let ok10 = e.acceptAll(arch: Recorder().arch)
         #expect(ok10 && e.table.unacceptedUnits == 0 && e.freeAccepted == 8192 && e.blocksAccepted == 7)
     }
+
+    /// Sums near 2^64 saturate instead of trapping: past the bitmap is nothing.
+    @Test func extremeRangesDoNotTrap() {
+        var t = UnacceptedMemory(bytes: 8 * Self.mib, accepted: UInt64.max)
+        #expect(t.unacceptedUnits == 0)
+        t = UnacceptedMemory(bytes: 8 * Self.mib, accepted: 0)
+        #expect(!t.containsUnaccepted(0xffff_ffff_ffe0_0000, 0))
+        #expect(t.containsUnaccepted(UInt64.max - 10, 100) == false)
+        let ok = t.accept(0xffff_ffff_ffe0_0000, 0x40_0000, arch: { _, _ in Issue.record("nothing to accept"); return true })
+        #expect(ok && t.unacceptedUnits == 4)
+    }
+
+    /// Memory past the last whole 4 MiB block is accepted at boot, not listed
+    /// (deferred_free_pages accepts chunks below MAX_PAGE_ORDER).
+    @Test func aPartialLastBlockIsAcceptedAtBoot() {
+        let bytes = 34 * Self.mib
+        var a = GuestAllocator(table: UnacceptedMemory(bytes: bytes, accepted: 8 * Self.mib), bytes: bytes)
+        #expect(a.freeAccepted == 1024 && a.unacceptedPages == 7168)
+        let r = Recorder()
+        let ok = a.acceptTail(arch: r.arch)
+        #expect(ok && r.calls == ["32-34"] && a.freeAccepted == 1536)
+    }
 }
+

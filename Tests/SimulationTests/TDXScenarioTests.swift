@@ -127,5 +127,25 @@ import Testing
             """, file: "t.yaml"))
         #expect(broken.passed && broken.checks.first?.detail.contains("gfn 0x5 is shared in KVM") == true)
     }
+
+    /// Booting twice only allocates the second time; a firmware claim that is not 2M-aligned
+    /// is accepted to the unit's end; extreme operands answer without trapping; after KVM
+    /// kills the VM (an access before accepting) its vCPU calls are -EIO until destroyed.
+    @Test func bootTwiceUnalignedFirmwareAndADeadVM() throws {
+        let r = try Runner.run(try Scenario.load(yaml: Self.head + """
+              - workload: {kind: guest-boot, guest: td0, firmware-accepted: 3M}
+              - workload: {kind: guest-boot, guest: td0, firmware-accepted: 0xffffffffffffffff, allocate: 16}
+              - load_unaligned_zeropad: {td: td0, gpa: 0x37fffd}
+              - accept_memory: {td: td0, gpa: 0xffffffffffe00000, size: 0}
+              - load_unaligned_zeropad: {td: td0, gpa: 0xfffffffffffffffd}
+              - load_unaligned_zeropad: {td: td0, gpa: 0x5ffffd}
+              - set_memory_decrypted: {guest: td0, gpa: 0x1000, numpages: 1}
+              - destroy: {td: td0}
+              - workload: {kind: guest-boot, guest: td0, firmware-accepted: 16M}
+
+            """, file: "t.yaml"))
+        #expect(r.records.map(\.result) == ["ok", "ok", "ok", "ok", "ok (#VE: MMIO emulated by handle_mmio)",
+                                            "KVM: Guest access before accepting 0x600000: the VM is dead", "-EIO", "ok", "ok"])
+    }
 }
 

@@ -244,14 +244,16 @@ extension TDXModule {
     /// TDH.MR.EXTEND (leaf 16): 256 bytes of a MAPPED page measured into MRTD, before
     /// TDH.MR.FINALIZE. tdh_mr_extend.c: the TDR (RDX) and the op state (INITIALIZED only,
     /// op_state_lookup.c), the GPA 256-byte aligned and private (OPERAND_INVALID|RCX), the
-    /// walk to the leaf (stopped above it: EPT_ENTRY_NOT_PRESENT|RCX), the leaf MAPPED (else
-    /// EPT_ENTRY_NOT_PRESENT, no operand: sept_state_lookup.c allows MAPPED alone).
+    /// walk to a present leaf (check_and_walk_private_gpa_to_leaf: a walk that ends on
+    /// anything else, FREE, PENDING or BLOCKED included, is EPT_ENTRY_NOT_PRESENT|RCX), the
+    /// leaf MAPPED (a present leaf in another state, BLOCKEDW or EXPORTED_*, is
+    /// EPT_ENTRY_NOT_PRESENT with no operand: sept_state_lookup.c allows MAPPED alone).
     public mutating func mrExtend(tdr: UInt64, gpa: UInt64) -> TDXResult {
         let i: Int
         switch checkTD(tdr, Op.rdx, leaf: 16) { case .failure(let e): return .status(e); case .success(let x): i = x }
         guard gpa & 255 == 0, gpa < Self.sharedBit else { return .status(TDXStatus(.operandInvalid, Op.rcx)) }
         let w = walk(td: i, gpa & ~(pageBytes - 1), to: 0)
-        if w.level > 0 && !w.state.isLeaf { return .status(TDXStatus(.eptEntryNotPresent, Op.rcx)) }
+        if !w.state.guestAccessibleLeaf { return .status(TDXStatus(.eptEntryNotPresent, Op.rcx)) }
         guard w.state == .mapped else { return .status(.eptEntryNotPresent) }
         tds[i].extendedChunks += 1
         return .status(.success)

@@ -90,7 +90,7 @@ public struct KVMTDX: Sendable {
         if hugepages && acceptLevel == 0 {
             inhibited.insert(base >> 21)
             if let s = m.stateAt(td: i, base, 1), s.isLeaf {
-                return split(base, module: &m, spare: &spare) ?? TDXStatus.success
+                return split(base, module: &m, spare: &spare) ?? TDXResult.status(.success)
             }
         }
         let level = hugepages && acceptLevel != 0 && canMap2M(base, i, &m) ? 1 : 0
@@ -116,16 +116,22 @@ public struct KVMTDX: Sendable {
 
     /// KVM_TDX_INIT_MEM_REGION over `pages` 4K pages from `gpa`, copied from `source` on:
     /// per page, the S-EPT levels linked (SEPT.ADD from `spare`), TDH.MEM.PAGE.ADD, and with
-    /// `measure` (KVM_TDX_MEASURE_MEMORY_REGION) a TDH.MR.EXTEND per 256 bytes. A page whose
-    /// attribute is shared is -EINVAL. arch/x86/kvm/vmx/tdx.c tdx_vcpu_init_mem_region,
-    /// tdx_gmem_post_populate (6.16). The first failure, or the last status.
+    /// `measure` (KVM_TDX_MEASURE_MEMORY_REGION) a TDH.MR.EXTEND per 256 bytes. -EINVAL before
+    /// any SEAMCALL for a finalized TD, an unaligned GPA or source, a range that overflows or
+    /// leaves the TD, or a shared page; a refused PAGE.ADD or MR.EXTEND is -EIO.
+    /// arch/x86/kvm/vmx/tdx.c tdx_vcpu_init_mem_region, tdx_gmem_post_populate (6.16).
     public mutating func initMemRegion(gpa: UInt64, pages: UInt64, source: UInt64, measure: Bool,
                                        module m: inout TDXModule, spare: inout [UInt64]) -> any Outcome {
-        guard gpa & (pageBytes - 1) == 0, pages > 0 else { return KernelStatus.error(.EINVAL) }
-        guard let i = m.tdIndex(tdr) else { return TDXStatus(.pageMetadataIncorrect, 2) }
+        // tdx_vcpu_init_mem_region's checks, before any SEAMCALL.
+        guard let i = m.tdIndex(tdr), m.tds[i].opState != .runnable else { return KernelStatus.error(.EINVAL) }
+        let (bytes, o1) = pages.multipliedReportingOverflow(by: pageBytes), (end, o2) = gpa.addingReportingOverflow(bytes)
+        guard gpa & (pageBytes - 1) == 0, source & (pageBytes - 1) == 0, pages > 0, !o1, !o2, end <= size,
+              !source.addingReportingOverflow(bytes).overflow,
+              sharedGFNs.isEmpty || !((gpa >> pageShift)..<(end >> pageShift)).contains(where: { sharedGFNs.contains($0) }) else {
+            return KernelStatus.error(.EINVAL)
+        }
         for k in 0..<pages {
             let g = gpa + k << pageShift
-            guard g < size, isPrivate(g >> pageShift) else { return KernelStatus.error(.EINVAL) }
             for l in stride(from: 3, through: 1, by: -1) where m.stateAt(td: i, g, l) == .free {
                 guard let page = spare.last else { return KernelStatus.error(.ENOMEM) }
                 let r = m.septAdd(tdr: tdr, gpa: g & ~((1 << (12 + 9 * UInt64(l))) - 1), level: l, page: page)
@@ -134,13 +140,12 @@ public struct KVMTDX: Sendable {
                 stats.septAdds += 1
             }
             let r = m.pageAdd(tdr: tdr, gpa: g, target: placement + g, source: source + k << pageShift)
-            guard r == .status(.success) else { return r }
+            guard r == .status(.success) else { return KernelStatus.error(.EIO) }
             stats.pageAdds += 1
             lastAdded.append(placement + g)
             guard measure else { continue }
             for chunk in stride(from: UInt64(0), to: pageBytes, by: 256) {
-                let e = m.mrExtend(tdr: tdr, gpa: g + chunk)
-                guard e == .status(.success) else { return e }
+                guard m.mrExtend(tdr: tdr, gpa: g + chunk) == .status(.success) else { return KernelStatus.error(.EIO) }
             }
         }
         return TDXStatus.success
@@ -166,10 +171,8 @@ public struct KVMTDX: Sendable {
     mutating func split(_ base: UInt64, module m: inout TDXModule, spare: inout [UInt64]) -> TDXResult? {
         guard let page = spare.last else { return .status(TDXStatus(.operandInvalid, 8)) }
         let r1 = m.rangeBlock(tdr: tdr, gpa: base, level: 1)
-        guard r1.kind == .success else { return r1 }
-        let r2 = m.track(tdr: tdr)
-        guard r2 == .status(.success) else { return r2 }
-        kickVCPUs(module: &m)
+        guard r1 == .status(.success) else { return r1 }
+        if let r2 = track(module: &m) { return r2 }
         let r3 = m.pageDemote(tdr: tdr, gpa: base, level: 1, page: page)
         guard r3 == .status(.success) else { return r3 }
         spare.removeLast()
@@ -177,11 +180,10 @@ public struct KVMTDX: Sendable {
         return nil
     }
 
-    /// tdx_sept_remove_private_spte for one 4K leaf: BLOCK (already blocked is a warning,
-    /// not a failure), TRACK and the kick of every vCPU in the TD (tdx_track's
-    /// KVM_REQ_OUTSIDE_GUEST_MODE: each leaves its epoch and enters again in the new one),
-    /// REMOVE, then WBINVD of the page with the TD's KeyID. The first failing status, or nil;
-    /// a failure is KVM_BUG_ON in KVM (counted).
+    /// tdx_sept_remove_private_spte for one 4K leaf: BLOCK (any status but TDX_SUCCESS,
+    /// GPA_RANGE_ALREADY_BLOCKED included, is KVM_BUG_ON in tdx_sept_zap_private_spte),
+    /// `track`, REMOVE, then WBINVD of the page with the TD's KeyID. The first failing
+    /// status, or nil; a failure is KVM_BUG_ON in KVM (counted).
     public mutating func zapPrivate(gpa: UInt64, level: Int = 0, module m: inout TDXModule) -> TDXResult? {
         let r = zapSteps(gpa: gpa, level: level, module: &m)
         if r != nil { stats.zapFailures += 1 }
@@ -191,10 +193,8 @@ public struct KVMTDX: Sendable {
     /// The zap of one leaf at `level` (a 2M leaf's WBINVD goes page by page).
     private mutating func zapSteps(gpa: UInt64, level: Int, module m: inout TDXModule) -> TDXResult? {
         let r1 = m.rangeBlock(tdr: tdr, gpa: gpa, level: level)
-        guard r1.kind == .success else { return r1 }
-        let r2 = m.track(tdr: tdr)
-        guard r2 == .status(.success) else { return r2 }
-        kickVCPUs(module: &m)
+        guard r1 == .status(.success) else { return r1 }
+        if let r2 = track(module: &m) { return r2 }
         let r3 = m.pageRemove(tdr: tdr, gpa: gpa, level: level)
         guard case .released(.success, let hpa) = r3 else { return r3 }
         for k in 0..<(UInt64(1) << (9 * UInt64(level))) {
@@ -206,8 +206,18 @@ public struct KVMTDX: Sendable {
         return nil
     }
 
-    /// kvm_make_all_cpus_request(KVM_REQ_OUTSIDE_GUEST_MODE) after TDH.MEM.TRACK: every vCPU
-    /// running in the TD exits and enters again, in the TD's current epoch.
+    /// tdx_track: nothing before the TD is finalized (no vCPU has run); then TDH.MEM.TRACK
+    /// and kvm_make_all_cpus_request(KVM_REQ_OUTSIDE_GUEST_MODE). TRACK's failure, or nil.
+    mutating func track(module m: inout TDXModule) -> TDXResult? {
+        guard let i = m.tdIndex(tdr), m.tds[i].opState == .runnable else { return nil }
+        let r = m.track(tdr: tdr)
+        guard r == .status(.success) else { return r }
+        kickVCPUs(module: &m)
+        return nil
+    }
+
+    /// The kick after TDH.MEM.TRACK: every vCPU running in the TD exits and enters again, in
+    /// the TD's current epoch.
     mutating func kickVCPUs(module m: inout TDXModule) {
         guard let i = m.tdIndex(tdr) else { return }
         for (v, e) in m.tds[i].vcpuEpoch.enumerated() where e != nil {
@@ -244,46 +254,52 @@ public struct KVMTDX: Sendable {
             if next & ~Self.sharedBit >= size { break }  // past the TD's memory: nothing left to convert
             let chunk = min(end - next, Self.mapGPAChunk)
             stats.mapGPAExits += 1
-            convert(gpa: next & ~Self.sharedBit, bytes: chunk, toPrivate: toPrivate, module: &m, spare: &spare)
+            // The VMM's KVM_SET_MEMORY_ATTRIBUTES failed: tdx_complete_vmcall_map_gpa.
+            guard convert(gpa: next & ~Self.sharedBit, bytes: chunk, toPrivate: toPrivate, module: &m, spare: &spare) else {
+                return TDVMCallResult(r10: TDVMCallResult.invalidOperand, r11: next)
+            }
             next += chunk
             if next < end && pendingEvents { return TDVMCallResult(r10: TDVMCallResult.retry, r11: next) }
         }
         return TDVMCallResult(r10: TDVMCallResult.success, r11: 0)
     }
 
-    /// The VMM's KVM_SET_MEMORY_ATTRIBUTES for a chunk (QEMU kvm_convert_memory): to
-    /// shared, a 2M leaf crossing the chunk's edge split first
-    /// (kvm_split_cross_boundary_leafs), then every private leaf in it zapped (the
-    /// guest_memfd pages discarded); to private, the attribute only.
-    mutating func convert(gpa: UInt64, bytes: UInt64, toPrivate: Bool, module m: inout TDXModule, spare: inout [UInt64]) {
+    /// The VMM's KVM_SET_MEMORY_ATTRIBUTES for a chunk (QEMU kvm_convert_memory). To
+    /// shared: first kvm_arch_pre_set_memory_attributes splits a 2M leaf that crosses either
+    /// edge of the chunk (kvm_split_cross_boundary_leafs; a failed split fails the ioctl and
+    /// leaves every attribute as it was); then every private leaf inside is zapped, a 2M one
+    /// whole (a zap failure is KVM_BUG_ON: counted, the conversion goes on); then the
+    /// attributes. To private: the attributes only. False when the ioctl failed.
+    mutating func convert(gpa: UInt64, bytes: UInt64, toPrivate: Bool, module m: inout TDXModule, spare: inout [UInt64]) -> Bool {
         let first = gpa >> pageShift, last = min(first + (bytes >> pageShift), size >> pageShift)
-        guard first < last else { return }
+        guard first < last else { return true }
         if toPrivate {
             for gfn in first..<last { sharedGFNs.remove(gfn) }
-            return
+            return true
         }
-        guard let i = m.tdIndex(tdr) else {
-            for gfn in first..<last { sharedGFNs.insert(gfn) }
-            return
-        }
-        var gfn = first
-        while gfn < last {
-            let w = m.walk(td: i, gfn << pageShift, to: 0)
-            if w.level == 1 && w.state.holdsPage {
-                let leaf = gfn & ~511
-                if leaf >= first && leaf + 512 <= last {
-                    _ = zapPrivate(gpa: leaf << pageShift, level: 1, module: &m)
-                    for g in leaf..<leaf + 512 { sharedGFNs.insert(g) }
-                    gfn = leaf + 512
-                    continue
+        if let i = m.tdIndex(tdr) {
+            for edge in [first, last - 1] {
+                let leaf = edge & ~511
+                guard leaf < first || leaf + 512 > last, m.stateAt(td: i, leaf << pageShift, 1)?.holdsPage == true else { continue }
+                if split(leaf << pageShift, module: &m, spare: &spare) != nil {
+                    stats.zapFailures += 1
+                    return false
                 }
-                if split(leaf << pageShift, module: &m, spare: &spare) != nil { stats.zapFailures += 1; sharedGFNs.insert(gfn); gfn += 1 }
-                continue
             }
-            sharedGFNs.insert(gfn)
-            if w.level == 0 && w.state.holdsPage { _ = zapPrivate(gpa: gfn << pageShift, module: &m) }
-            gfn += 1
+            var gfn = first
+            while gfn < last {
+                let w = m.walk(td: i, gfn << pageShift, to: 0)
+                if w.level == 1 && w.state.holdsPage {
+                    _ = zapPrivate(gpa: (gfn & ~511) << pageShift, level: 1, module: &m)
+                    gfn = (gfn & ~511) + 512
+                } else {
+                    if w.level == 0 && w.state.holdsPage { _ = zapPrivate(gpa: gfn << pageShift, module: &m) }
+                    gfn += 1
+                }
+            }
         }
+        for gfn in first..<last { sharedGFNs.insert(gfn) }
+        return true
     }
 }
 
@@ -369,6 +385,15 @@ public struct KVMTDXStats: Hashable, Sendable {
     /// stays at 4K, as KVM never merges.
     public var hugeAugs: UInt64 = 0
     public var demotes: UInt64 = 0
+
+    public init() {}
+
+    /// Each counter of `o` added to this one's.
+    public mutating func add(_ o: KVMTDXStats) {
+        for c in [\KVMTDXStats.septAdds, \.pageAdds, \.augs, \.zaps, \.mapGPAExits, \.memoryFaultExits, \.kicks, \.zapFailures, \.hugeAugs, \.demotes] {
+            self[keyPath: c] += o[keyPath: c]
+        }
+    }
 }
 
 /// An exit KVM gives the VMM for a TD.

@@ -104,13 +104,14 @@ extension TDXPlatform {
               Parameter("source", .address(), default: "0x600000", "the first source page (shared memory)"),
               Parameter("measure", .bool, default: "true", "KVM_TDX_MEASURE_MEMORY_REGION")]) { a in
             let g = a.number("gpa"), n = a.number("numpages"), source = a.number("source"), measure = a.bool("measure")
-            return { p, _, i, _ in
+            return { p, m, i, _ in
                 guard var k = p.kvm[i] else { return KernelStatus.error(.EINVAL) }
                 p.kvm[i] = nil
                 var spare: [UInt64] = []
-                while spare.count < 5 + Int(min(n >> 9, 1 << 20)) { spare.append(p.allocMeta()) }  // a PT page per 2M, and the levels above
+                let pages = min(n, m.guests[i].memory >> pageShift)  // KVM refuses more before any SEAMCALL
+                while spare.count < 5 + Int(pages >> 9) { spare.append(p.allocMeta()) }  // a PT page per 2M, and the levels above
                 let r = k.initMemRegion(gpa: g, pages: n, source: source, measure: measure, module: &p.module, spare: &spare)
-                p.metaFree += spare
+                p.giveBack(spare)
                 for pa in k.lastAdded { p.owned.insert(pa >> pageShift); p.poisoned.remove(pa >> pageShift) }  // MOVDIR64B with the TD's KeyID
                 k.lastAdded.removeAll()
                 p.kvm[i] = k
@@ -183,7 +184,7 @@ extension TDXPlatform {
                 var spare: [UInt64] = []
                 p.topUp(&spare, forMapGPA: size, k)
                 let r = k.mapGPA(gpa: g, size: size, module: &p.module, pendingEvents: events, spare: &spare)
-                p.metaFree += spare
+                p.giveBack(spare)
                 p.released(k.lastZapped)
                 k.lastZapped.removeAll(keepingCapacity: true)
                 p.kvm[i] = k
@@ -197,7 +198,7 @@ extension TDXPlatform {
                 p.kvm[i] = nil
                 var spare = (0..<3).map { _ in p.allocMeta() }.reversed() as [UInt64]  // at most three S-EPT levels to link
                 let r = k.privateFault(gpa: g, module: &p.module, spare: &spare)
-                p.metaFree += spare
+                p.giveBack(spare)
                 p.kvm[i] = k
                 return r
             }
@@ -271,8 +272,8 @@ extension TDXPlatform {
     mutating func zeropad(_ m: inout Machine, _ i: Int, gpa: UInt64) -> any Outcome {
         let r0 = tdKernelRead(&m, i, gpa: gpa & ~(pageBytes - 1), split: false)
         guard r0.kind == .success else { return r0 }
-        let next = (gpa & ~7) + 8
-        guard gpa & 7 != 0, next & (pageBytes - 1) == 0 else { return r0 }
+        let (next, past) = (gpa & ~7).addingReportingOverflow(8)
+        guard gpa & 7 != 0, !past, next & (pageBytes - 1) == 0 else { return r0 }
         let r1 = tdKernelRead(&m, i, gpa: next, split: true)
         if r1 as? TDXGuestAccess == .mmioVE(split: true) {
             stats.zeropadFixups += 1
@@ -290,6 +291,7 @@ extension TDXPlatform {
     /// MAPPED page, the memory-integrity check of `guestAccess`.
     mutating func tdKernelRead(_ m: inout Machine, _ i: Int, gpa: UInt64, split: Bool) -> any Outcome {
         guard var k = kvm[i], let tdr = tdrs[i], let t = module.tdIndex(tdr) else { return TDXStatus(.operandInvalid, 1) }
+        if dead[i] { return KernelStatus.error(.EIO) }
         guard gpa < m.guests[i].memory else { return TDXGuestAccess.mmioVE(split: split) }
         let gfn = gpa >> pageShift, privateMapping = m.guestKernels[i].isEncrypted(gfn: gfn)
         guard privateMapping == k.isPrivate(gfn) else { return KVMTDXExit.memoryFault(gpa: gpa, toPrivate: privateMapping) }
@@ -306,6 +308,7 @@ extension TDXPlatform {
         }
         if w.state == .pending {
             stats.vmDead += 1
+            dead[i] = true
             return TDXGuestAccess.accessBeforeAccept(gpa: gpa)
         }
         return tdAccess(tdr, gpa: gpa, write: false)

@@ -35,8 +35,10 @@ public struct TDXPlatform: Platform {
     var metaCursor: UInt64 = TDXPlatform.metaStart
     /// Metadata pages handed back unused or reclaimed.
     var metaFree: [UInt64] = []
-    /// KVM's counters of destroyed TDs.
-    var retired: [KVMTDXStats] = []
+    /// KVM's counters of destroyed TDs, summed.
+    var retired = KVMTDXStats()
+    /// TDs KVM marked dead (kvm_vm_dead): their vCPU ioctls are -EIO until destroyed.
+    var dead: [Bool]
     /// Each guest's unaccepted memory and accept_memory's arch calls, as its kernel last
     /// left them (the metrics read them here).
     var unaccepted: [UInt64], acceptCalls: [UInt64]
@@ -49,6 +51,7 @@ public struct TDXPlatform: Platform {
         tdrs = Array(repeating: nil, count: guests.count)
         kvm = Array(repeating: nil, count: guests.count)
         unaccepted = Array(repeating: 0, count: guests.count)
+        dead = Array(repeating: false, count: guests.count)
         acceptCalls = Array(repeating: 0, count: guests.count)
         self.guests = guests
         erratum = kernel.config.tdxErratum
@@ -130,6 +133,10 @@ public struct TDXPlatform: Platform {
         return false
     }
 
+    /// Metadata pages KVM took and did not use, back to the pool (without the "none left"
+    /// value `allocMeta` answers when RAM runs out).
+    mutating func giveBack(_ spare: [UInt64]) { metaFree += spare.filter { $0 != TDXModule.maxPA } }
+
     /// Fills `spare` with the S-EPT pages KVM may need: three levels for a private fault,
     /// and with huge pages one per 2M leaf a MapGPA of `bytes` may split (the chunk edges).
     mutating func topUp(_ spare: inout [UInt64], forMapGPA bytes: UInt64 = 0, _ k: KVMTDX) {
@@ -139,7 +146,7 @@ public struct TDXPlatform: Platform {
 
     /// The sum of one KVM counter over the TDs, destroyed ones included.
     func kvmTotal(_ counter: KeyPath<KVMTDXStats, UInt64>) -> UInt64 {
-        kvm.reduce(retired.reduce(0) { $0 + $1[keyPath: counter] }) { $0 + ($1?.stats[keyPath: counter] ?? 0) }
+        kvm.reduce(retired[keyPath: counter]) { $0 + ($1?.stats[keyPath: counter] ?? 0) }
     }
 
     /// KVM_DESTROY_VM for guest `i`'s TD (`KVMTDX.destroy`): the guest's pages and the
@@ -153,9 +160,12 @@ public struct TDXPlatform: Platform {
         released(t.reclaimed)
         metaFree += t.reclaimed
         stats.leakedPages += UInt64(t.leaked.count) + t.leakedGuestPages
-        retired.append(k.stats)
+        retired.add(k.stats)
         kvm[i] = nil
         tdrs[i] = nil
+        dead[i] = false
+        unaccepted[i] = 0
+        acceptCalls[i] = 0
         return t.firstFailure ?? OK()
     }
 
@@ -215,7 +225,7 @@ public struct TDXPlatform: Platform {
     /// backend is held here alone while it changes; pages it released are reset after.
     static func guestCalls(_ m: inout Machine, guest i: Int, _ body: (inout GuestKernel, TDXMapGPA, TDXAccept) -> any Outcome) -> any Outcome {
         m.withPlatform(TDXPlatform.self) { p, m in
-            guard var k = p.kvm[i], let tdr = p.tdrs[i], p.module.tdIndex(tdr) != nil else { return KernelStatus.error(.EIO) }
+            guard var k = p.kvm[i], let tdr = p.tdrs[i], p.module.tdIndex(tdr) != nil, !p.dead[i] else { return KernelStatus.error(.EIO) }
             p.kvm[i] = nil
             var spare: [UInt64] = []
             let r = body(&m.guestKernels[i], { r12, r13 in
@@ -225,7 +235,7 @@ public struct TDXPlatform: Platform {
             }, { gpa, level in
                 p.tdcallAccept(k: &k, tdr: tdr, gpa: gpa, level: level, spare: &spare)
             })
-            p.metaFree += spare
+            p.giveBack(spare)
             if let a = m.guestKernels[i].acceptance {
                 p.unaccepted[i] = a.table.unacceptedUnits * a.table.unitSize
                 p.acceptCalls[i] = a.table.archCalls
@@ -253,23 +263,34 @@ public struct TDXPlatform: Platform {
         return s
     }
 
-    /// A TD guest boots: launched and finalized if it has no TD yet; its firmware (TDVF)
-    /// accepts [0, `firmwareAccepted`) as tdx_accept_memory would; the kernel takes the rest
-    /// from the EFI unaccepted-memory table (`guest.accept-memory`: eager accepts it now,
-    /// lazy when the allocator needs it); then it allocates `allocate` pages.
+    /// A TD guest boots: launched if it has no TD yet, finalized if it was not; its firmware
+    /// (TDVF) accepts [0, `firmwareAccepted`) rounded up to 2M as tdx_accept_memory would;
+    /// the kernel takes the rest from the EFI unaccepted-memory table (`guest.accept-memory`:
+    /// eager accepts it now, lazy when the allocator needs it); then it allocates `allocate`
+    /// pages. On a guest already booted, only the allocation.
     static func guestBoot(_ m: inout Machine, guest i: Int, firmwareAccepted: UInt64, allocate: UInt64) -> any Outcome {
         let g = m.guests[i]
         let up: any Outcome = m.withPlatform(TDXPlatform.self) { p, _ in
-            if p.hasTD(i) { return OK() }
-            let r = p.launch(i, g)
-            guard r.kind == .success else { return r }
+            if !p.hasTD(i) {
+                let r = p.launch(i, g)
+                guard r.kind == .success else { return r }
+            }
+            guard let t = p.module.tdIndex(p.tdrs[i]!), p.module.tds[t].opState != .runnable else { return OK() }
             return p.module.mrFinalize(tdr: p.tdrs[i]!)
         }
         guard up.kind == .success else { return up }
         return guestCalls(&m, guest: i) { guest, _, accept in
             func arch(_ s: UInt64, _ e: UInt64) -> Bool { GuestKernel.tdxAcceptMemory(s, e, accept) }
-            guard arch(0, min(firmwareAccepted, g.memory)) else { return TDXGuestPanic.acceptFailed }
-            guard guest.bootAcceptance(firmwareAccepted: firmwareAccepted, arch: arch) else { return TDXGuestPanic.acceptFailed }
+            // Booted already: the kernel runs on; only the allocation is new.
+            if guest.acceptance == nil {
+                // The firmware and the EFI stub accept whole 2M units (the stub accepts a
+                // partial unit itself: process_unaccepted_memory).
+                let unit: UInt64 = 2 << 20, fw = min(firmwareAccepted, g.memory)
+                guard arch(0, min(fw.addingReportingOverflow(unit - 1).overflow ? g.memory : (fw + unit - 1) & ~(unit - 1), g.memory)) else {
+                    return TDXGuestPanic.acceptFailed
+                }
+                guard guest.bootAcceptance(firmwareAccepted: fw, arch: arch) else { return TDXGuestPanic.acceptFailed }
+            }
             return guest.allocatePages(allocate, arch: arch) ? OK() as any Outcome : TDXGuestPanic.outOfMemory
         }
     }
@@ -285,8 +306,8 @@ public struct TDXPlatform: Platform {
         Metric("tdx_accepted_pages", "pages", "4K pages TDG.MEM.PAGE.ACCEPT zeroed") { $0.module.acceptedPages },
         Metric("tdx_pamt_entries", "entries", "PAMT entries not PT_NDA") { UInt64($0.module.pamt.count) },
         Metric("tdx_kvm_sept_adds", "pages", "S-EPT pages KVM linked on private faults (TDH.MEM.SEPT.ADD)") { $0.kvmTotal(\.septAdds) },
-        Metric("tdx_kvm_augs", "pages", "private pages KVM added on faults (TDH.MEM.PAGE.AUG, 4K)") { $0.kvmTotal(\.augs) },
-        Metric("tdx_kvm_zaps", "pages", "private leaves KVM zapped: BLOCK, TRACK, REMOVE, WBINVD") { $0.kvmTotal(\.zaps) },
+        Metric("tdx_kvm_augs", "leaves", "private pages KVM added on faults (TDH.MEM.PAGE.AUG: 4K, or 2M under kvm.tdx-hugepages)") { $0.kvmTotal(\.augs) },
+        Metric("tdx_kvm_zaps", "leaves", "private leaves (4K or 2M) KVM zapped: BLOCK, TRACK, REMOVE, WBINVD") { $0.kvmTotal(\.zaps) },
         Metric("tdx_mapgpa_exits", "exits", "MapGPA chunks (2M at most) KVM gave the VMM") { $0.kvmTotal(\.mapGPAExits) },
         Metric("tdx_pamt_kib", "KiB", "PAMT memory under host.tdx-pamt: static for all TDX memory, or dynamic's bitmap, 2M/1G levels, refcounts and page pairs") { $0.pamtBytes >> 10 },
         Metric("tdx_pamt_pairs", "regions", "2M regions with a 4K page in use: the page pairs a dynamic PAMT holds") { UInt64($0.module.pamt.regionsWith4KEntries) },
