@@ -10,6 +10,9 @@ public struct TDXModule: Sendable {
     public let tdmrs: [Range<UInt64>]
     /// Pages ACCEPT zeroed.
     public internal(set) var acceptedPages: UInt64 = 0
+    /// The page the last successful TDG.MEM.PAGE.ACCEPT zeroed (what the memory's TD-owner
+    /// bits follow; the TDCALL itself returns no address).
+    public internal(set) var lastAcceptedHPA: UInt64 = 0
     var nextHKID: UInt32 = 1
 
     /// The model's MAX_PA: 46 address bits, KeyID bits above them (a 52-bit MKTME layout).
@@ -491,7 +494,8 @@ extension TDXModule {
         if w.state != .free && !w.state.isLeaf { return .status(TDXStatus(.pageSizeMismatch, UInt64(level))) }
         if w.state.guestAccessibleLeaf { return .status(TDXStatus(.pageAlreadyAccepted, UInt64(level))) }
         guard SEPTCall.accept.allows(w.state) else { return .eptViolationExit(requested: level, level: w.level, state: w.state) }
-        tds[i].write(gpa, level, w.state == .pending ? .mapped : .exportedDirty, hpa: TDXTD.hpa(w.entry) ?? 0)
+        lastAcceptedHPA = TDXTD.hpa(w.entry) ?? 0
+        tds[i].write(gpa, level, w.state == .pending ? .mapped : .exportedDirty, hpa: lastAcceptedHPA)
         acceptedPages += 1 << (9 * UInt64(level))
         return .status(.success)
     }

@@ -278,7 +278,8 @@ public struct KVMTDX: Sendable {
             return true
         }
         if let i = m.tdIndex(tdr) {
-            for edge in [first, last - 1] {
+            // Only the huge-page series maps 2M leaves (mainline: 4K only, nothing to split).
+            for edge in hugepages ? [first, last - 1] : [] {
                 let leaf = edge & ~511
                 guard leaf < first || leaf + 512 > last, m.stateAt(td: i, leaf << pageShift, 1)?.holdsPage == true else { continue }
                 if split(leaf << pageShift, module: &m, spare: &spare) != nil {

@@ -105,8 +105,7 @@ extension TDXPlatform {
               Parameter("measure", .bool, default: "true", "KVM_TDX_MEASURE_MEMORY_REGION")]) { a in
             let g = a.number("gpa"), n = a.number("numpages"), source = a.number("source"), measure = a.bool("measure")
             return { p, m, i, _ in
-                guard var k = p.kvm[i] else { return KernelStatus.error(.EINVAL) }
-                p.kvm[i] = nil
+                guard var k = p.kvm[i].take() else { return KernelStatus.error(.EINVAL) }
                 var spare: [UInt64] = []
                 let pages = min(n, m.guests[i].memory >> pageShift)  // KVM refuses more before any SEAMCALL
                 while spare.count < 5 + Int(pages >> 9) { spare.append(p.allocMeta()) }  // a PT page per 2M, and the levels above
@@ -158,7 +157,7 @@ extension TDXPlatform {
             let gpaValue = a.number("gpa"), level = levelNumber(a)
             return { p, _, _, tdr in
                 let r = p.module.accept(tdr: tdr, gpa: gpaValue, level: level)
-                if r == .status(.success) { p.accepted(td: tdr, gpa: gpaValue, level: level) }
+                if r == .status(.success) { p.accepted(level: level) }
                 return r
             }
         },
@@ -179,8 +178,7 @@ extension TDXPlatform {
               Parameter("pending-events", .bool, default: "false", "an interrupt is pending: KVM returns RETRY after the first chunk")]) { a in
             let g = a.number("gpa") | (a.bool("shared") ? KVMTDX.sharedBit : 0), size = a.number("size"), events = a.bool("pending-events")
             return { p, _, i, _ in
-                guard var k = p.kvm[i] else { return TDVMCallResult(r10: TDVMCallResult.subfuncUnsupported, r11: g) }
-                p.kvm[i] = nil
+                guard var k = p.kvm[i].take() else { return TDVMCallResult(r10: TDVMCallResult.subfuncUnsupported, r11: g) }
                 var spare: [UInt64] = []
                 p.topUp(&spare, forMapGPA: size, k)
                 let r = k.mapGPA(gpa: g, size: size, module: &p.module, pendingEvents: events, spare: &spare)
@@ -194,8 +192,7 @@ extension TDXPlatform {
         call("ept-violation", "the TD touches a private GPA KVM has not mapped: tdx_handle_ept_violation links the S-EPT levels and AUGs the 4K page (KVM_EXIT_MEMORY_FAULT if the attribute is shared)", [gpa]) { a in
             let g = a.number("gpa")
             return { p, m, i, _ in
-                guard var k = p.kvm[i] else { return TDXStatus(.pageMetadataIncorrect, 2) }
-                p.kvm[i] = nil
+                guard var k = p.kvm[i].take() else { return TDXStatus(.pageMetadataIncorrect, 2) }
                 var spare = (0..<3).map { _ in p.allocMeta() }.reversed() as [UInt64]  // at most three S-EPT levels to link
                 let r = k.privateFault(gpa: g, module: &p.module, spare: &spare)
                 p.giveBack(spare)

@@ -106,11 +106,10 @@ public struct TDXPlatform: Platform {
         stats.pageResets += UInt64(pages.count)
     }
 
-    /// A successful TDG.MEM.PAGE.ACCEPT: the page the S-EPT maps at `gpa` was zeroed with the
+    /// A successful TDG.MEM.PAGE.ACCEPT at `level`: the page it zeroed with the
     /// TD's KeyID (MOVDIR64B), so its lines carry the TD-owner bit and no poison.
-    mutating func accepted(td tdr: UInt64, gpa: UInt64, level: Int) {
-        guard let t = module.tdIndex(tdr), let hpa = TDXTD.hpa(module.walk(td: t, gpa, to: level).entry) else { return }
-        let first = hpa >> pageShift
+    mutating func accepted(level: Int) {
+        let first = module.lastAcceptedHPA >> pageShift
         for k in 0..<(UInt64(1) << (9 * UInt64(level))) { owned.insert(first + k); poisoned.remove(first + k) }
     }
 
@@ -121,7 +120,7 @@ public struct TDXPlatform: Platform {
         for _ in 0..<2 {
             switch module.accept(tdr: tdr, gpa: gpa, level: level) {
             case .status(let s) where s == .success:
-                accepted(td: tdr, gpa: gpa, level: level)
+                accepted(level: level)
                 return true
             case .eptViolationExit:
                 stats.acceptExits += 1
@@ -135,7 +134,9 @@ public struct TDXPlatform: Platform {
 
     /// Metadata pages KVM took and did not use, back to the pool (without the "none left"
     /// value `allocMeta` answers when RAM runs out).
-    mutating func giveBack(_ spare: [UInt64]) { metaFree += spare.filter { $0 != TDXModule.maxPA } }
+    mutating func giveBack(_ spare: [UInt64]) {
+        for page in spare where page != TDXModule.maxPA { metaFree.append(page) }
+    }
 
     /// Fills `spare` with the S-EPT pages KVM may need: three levels for a private fault,
     /// and with huge pages one per 2M leaf a MapGPA of `bytes` may split (the chunk edges).
@@ -225,8 +226,9 @@ public struct TDXPlatform: Platform {
     /// backend is held here alone while it changes; pages it released are reset after.
     static func guestCalls(_ m: inout Machine, guest i: Int, _ body: (inout GuestKernel, TDXMapGPA, TDXAccept) -> any Outcome) -> any Outcome {
         m.withPlatform(TDXPlatform.self) { p, m in
-            guard var k = p.kvm[i], let tdr = p.tdrs[i], p.module.tdIndex(tdr) != nil, !p.dead[i] else { return KernelStatus.error(.EIO) }
-            p.kvm[i] = nil
+            guard p.kvm[i] != nil, let tdr = p.tdrs[i], p.module.tdIndex(tdr) != nil, !p.dead[i], var k = p.kvm[i].take() else {
+                return KernelStatus.error(.EIO)
+            }
             var spare: [UInt64] = []
             let r = body(&m.guestKernels[i], { r12, r13 in
                 p.topUp(&spare, forMapGPA: r13, k)
