@@ -1,0 +1,108 @@
+import Testing
+@testable import Hardware
+
+/// The granule protection table: TF-A lib/gpt_rme (v2.12.0) for its shapes, transitions,
+/// shatters and fuses; QEMU granule_protection_check for the check.
+@Suite struct GPTTests {
+    static let g2: UInt64 = 0x8000_0000
+    static let mib: UInt64 = 1 << 20
+
+    /// The GPT of a machine with RAM [2G, 4G): PPS 32 bits, two L1 tables of two 512M
+    /// contiguous blocks each; the low 2 GiB (no RAM) L0 blocks of ANY.
+    static func gpt(_ ram: [Range<UInt64>] = [g2..<(g2 * 2)]) -> GPT { GPT(ram: ram) }
+
+    @Test func bootShapes() {
+        let t = Self.gpt()
+        #expect(t.ppsBits == 32 && t.l0 == [0xF1, 0xF1, 0x3, 0x1003] && t.l1.count == 2)
+        #expect(t.l1.allSatisfy { $0.allSatisfy { $0 == GPT.contiguous(.ns, 3) } } && GPT.contiguous(.ns, 3) == 0x391)
+        // RAM from 0x80001000 to 0x80400000: the first 2M in Granules descriptors (granule 0
+        // ANY), then one 2M contiguous block; the rest of the 1 GB region ANY.
+        let p = Self.gpt([(Self.g2 + 0x1000)..<(Self.g2 + 4 * Self.mib)])
+        #expect(p.l1[0][0] == 0x9999_9999_9999_999F && p.l1[0][1] == GPT.granules(.ns))
+        #expect(p.l1[0][32] == GPT.contiguous(.ns, 1) && p.l1[0][63] == GPT.contiguous(.ns, 1) && p.l1[0][64] == GPT.granules(.any))
+        // 32M-aligned, 32M long: one 32M block.
+        let q = Self.gpt([Self.g2..<(Self.g2 + 32 * Self.mib)])
+        #expect((0..<512).allSatisfy { q.l1[0][$0] == GPT.contiguous(.ns, 2) } && q.l1[0][512] == GPT.granules(.any))
+    }
+
+    /// Every GPI encoding against every PA space (QEMU granule_protection_check, GPCCR's
+    /// NSO, SA and NSP off): NO_ACCESS fails, ANY passes, SECURE/NS/ROOT/REALM pass their own
+    /// space, everything else is a walk fault.
+    @Test func everyGPIAgainstEveryAddressSpace() {
+        var t = Self.gpt()
+        let pa = Self.g2 + 0x5000
+        t.shatter(0, pa, .ns)
+        for raw in UInt64(0)...15 {
+            let k = GPT.entryIndex(pa), shift = ((pa >> 12) & 15) << 2
+            t.l1[0][k] = t.l1[0][k] & ~(0xF << shift) | raw << shift
+            for pas in PhysicalAddressSpace.allCases {
+                let expected: GPCResult
+                switch raw {
+                case 0x0: expected = .gpf(level: 1)
+                case 0xF: expected = .ok
+                case 0x8, 0x9, 0xA, 0xB: expected = pas.rawValue == raw & 3 ? .ok : .gpf(level: 1)
+                default: expected = .walkFault(level: 1)
+                }
+                #expect(t.check(pa, pas) == expected, "GPI \(raw), \(pas)")
+            }
+        }
+        // Outside the table: an L0 block of ANY passes everything; at or above the PPS a
+        // Non-secure access passes and the others are address-size faults.
+        #expect(PhysicalAddressSpace.allCases.allSatisfy { t.check(0x1000, $0) == .ok })
+        #expect(t.check(1 << 32, .nonSecure) == .ok)
+        #expect([PhysicalAddressSpace.secure, .root, .realm].allSatisfy { t.check(1 << 32, $0) == .addressSize })
+        // A contiguous descriptor with Contig 0 is a walk fault.
+        t.l1[1][0] = 0x91
+        #expect(t.check(Self.g2 + (1 << 30), .nonSecure) == .walkFault(level: 1))
+    }
+
+    /// Delegating one granule of a 512M block shatters it as shatter_512mb does: its 32M
+    /// sub-block split into a 2M of Granules descriptors and fifteen 2M blocks, the other
+    /// fifteen 32M blocks left contiguous; one TLBI RPALOS of 512M, then the granule's own.
+    /// Undelegating it fuses the whole table back, 2M, 32M, 512M, with no TLBI.
+    @Test func shatterAndFuseAt512M() {
+        var t = Self.gpt()
+        let before = t.l1
+        let pa = Self.g2 + 0x123_4000  // 32M sub-block 0, 2M sub-block 9
+        #expect(t.delegate(pa) == nil)
+        let e = t.l1[0], k = GPT.entryIndex(pa)
+        #expect(e[k] == 0x9999_9999_999B_9999)
+        #expect((288..<320).allSatisfy { $0 == k || e[$0] == GPT.granules(.ns) })
+        #expect((0..<512).allSatisfy { ($0 >= 288 && $0 < 320) || e[$0] == GPT.contiguous(.ns, 1) })
+        #expect((512..<8192).allSatisfy { e[$0] == GPT.contiguous(.ns, 2) } && e[8192] == GPT.contiguous(.ns, 3))
+        #expect(t.stats.shatters == [0, 0, 1] && t.stats.tlbi512M == 1 && t.stats.tlbiGranule == 1 && t.stats.popaFlushes == 2)
+        #expect(t.check(pa, .realm) == .ok && t.check(pa, .nonSecure) == .gpf(level: 1) && t.check(pa, .root) == .gpf(level: 1))
+        #expect(t.undelegate(pa) == nil)
+        #expect(t.l1 == before && t.stats.fuses == [0, 0, 1] && t.stats.tlbiGranule == 3 && t.stats.popaFlushes == 4)
+    }
+
+    /// The same at 32M and 2M: the 32M block keeps fifteen 2M blocks; a 2M block becomes 32
+    /// Granules descriptors. A second delegation in the same 2M neither shatters nor fuses.
+    @Test func shatterAt32MAnd2M() {
+        var t = Self.gpt([Self.g2..<(Self.g2 + 32 * Self.mib)])
+        #expect(t.delegate(Self.g2 + 0x20_0000) == nil)
+        #expect((0..<32).allSatisfy { t.l1[0][$0] == GPT.contiguous(.ns, 1) } && t.l1[0][32] == 0x9999_9999_9999_999B)
+        #expect(t.stats.shatters == [0, 1, 0] && t.stats.tlbi32M == 1)
+        var u = Self.gpt([Self.g2..<(Self.g2 + 2 * Self.mib)])
+        #expect(u.delegate(Self.g2 + 0x1_0000) == nil && u.delegate(Self.g2 + 0x1_1000) == nil)
+        #expect(u.l1[0][1] == 0x9999_9999_9999_99BB && u.l1[0][0] == GPT.granules(.ns) && u.stats.shatters == [1, 0, 0] && u.stats.tlbi2M == 1)
+        // Every granule of the 2M delegated: it fuses into one REALM 2M block.
+        for g in UInt64(0)..<512 where g != 16 && g != 17 { _ = u.delegate(Self.g2 + g << 12) }
+        #expect((0..<32).allSatisfy { u.l1[0][$0] == GPT.contiguous(.realm, 1) } && u.stats.fuses == [1, 0, 0])
+    }
+
+    /// The refusals of gpt_delegate_pas/gpt_undelegate_pas, in their order.
+    @Test func transitionsRefuse() {
+        var t = Self.gpt()
+        #expect(t.delegate(Self.g2 + 0x800) == .invalid)  // unaligned
+        #expect(t.delegate(0xffff_f000) == .invalid)  // base + 4K = 2^PPS: refused (>=)
+        #expect(t.delegate(1 << 32) == .invalid)  // past the PPS
+        #expect(t.delegate(Self.g2, caller: .nonSecure) == .invalid)  // not Realm or Secure
+        #expect(t.delegate(0x1000) == .invalid)  // an L0 block
+        #expect(t.delegate(Self.g2) == nil && t.delegate(Self.g2) == .notPermitted)  // not NS any more
+        #expect(t.undelegate(Self.g2 + 0x1000) == .notPermitted)  // NS
+        #expect(t.undelegate(Self.g2, caller: .secure) == .notPermitted && t.undelegate(Self.g2, caller: .nonSecure) == .notPermitted)
+        #expect(t.delegate(Self.g2 + 0x1000, caller: .secure) == nil && t.gpi(Self.g2 + 0x1000).gpi == .secure)
+        #expect(t.undelegate(0x1000) == .invalid && t.stats.transitions == 2)
+    }
+}
