@@ -83,7 +83,7 @@ public enum Architectures {
         SEVPlatform.definition,
         TDXPlatform.definition,
         Arm64Architecture.definition,
-        .planned("arm64-cca", "Arm CCA (GPT, RMM)"),
+        CCAArchitecture.definition,
         PKVMArchitecture.definition,
         ArchitectureDefinition(name: "arm64-mte", summary: "Arm MTE: not an architecture; give arch: arm64 with machine.mte: true (docs/mte.md)", modelled: false),
         .planned("s390-pv", "s390 protected virtualization"),

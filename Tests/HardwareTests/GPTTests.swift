@@ -106,3 +106,23 @@ import Testing
         #expect(t.undelegate(0x1000) == .invalid && t.stats.transitions == 2)
     }
 }
+
+/// TF-RMM's RMI_GRANULE_DELEGATE/UNDELEGATE (tf-rmm-v0.6.0 runtime/rmi/granule.c), over
+/// the GPT.
+@Suite struct RMMGranuleTests {
+    @Test func delegateAndUndelegate() {
+        var gpt = GPT(ram: [0x8000_0000..<0x1_0000_0000])
+        var rmm = RMMGranules(dram: [0x8000_0000..<0x1_0000_0000])
+        #expect(rmm.delegate(0x8000_0800, gpt: &gpt) == .errorInput)  // unaligned
+        #expect(rmm.delegate(0x4000_0000, gpt: &gpt) == .errorInput)  // not DRAM
+        #expect(rmm.delegate(0xffff_f000, gpt: &gpt) == .errorInput)  // EL3 refuses (base + 4K = 2^PPS): RMI_ERROR_INPUT
+        #expect(rmm.delegate(0x8000_0000, gpt: &gpt) == .success && rmm.state(0x8000_0000) == .delegated)
+        #expect(rmm.delegate(0x8000_0000, gpt: &gpt) == .errorInput)  // not NS
+        #expect(rmm.undelegate(0x8000_1000, gpt: &gpt) as? RMIStatus == .errorInput)  // not DELEGATED
+        // EL3 refusing an undelegate the RMM believes in is the RMM's panic.
+        _ = gpt.undelegate(0x8000_0000)
+        #expect(rmm.undelegate(0x8000_0000, gpt: &gpt) as? RMMPanic == RMMPanic(reason: "Granule 0x80000000 undelegate call failed (-EPERM (E_RMM_BAD_PAS))"))
+        #expect(RMIStatus.errorRTT(level: 2).description == "RMI_ERROR_RTT(2)" && RMIStatus.errorRTT(level: 2).rawValue == 0x204)
+        #expect(RMIStatus.success.description == "RMI_SUCCESS" && RMIStatus.errorInput.description == "RMI_ERROR_INPUT")
+    }
+}

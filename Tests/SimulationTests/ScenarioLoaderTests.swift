@@ -82,8 +82,8 @@ import Testing
     }
 
     @Test func unmodelledArchitectureSaysSo() {
-        let e = error("name: t\nmachine: {arch: arm64-cca, memory: 4G}\nsteps: []\n")
-        #expect(e?.message == "architecture 'arm64-cca' is not modelled yet; modelled: x86-64, x86-snp, x86-sev, x86-tdx, arm64, arm64-pkvm")
+        let e = error("name: t\nmachine: {arch: s390-pv, memory: 4G}\nsteps: []\n")
+        #expect(e?.message == "architecture 's390-pv' is not modelled yet; modelled: x86-64, x86-snp, x86-sev, x86-tdx, arm64, arm64-cca, arm64-pkvm")
     }
 
     @Test func aStepOrSettingOfTheOtherKernelArchitectureNamesWhoHasIt() {
@@ -93,7 +93,7 @@ import Testing
         #expect(e?.line == 4)
         #expect(error("name: t\nmachine: {arch: arm64, memory: 4G, la57: true}\nsteps: []\n")?.message == "'la57' is an x86 machine setting; this machine is arm64")
         #expect(error("name: t\nmachine: {memory: 4G}\nsteps:\n  - set_memory_valid: {pa: 0x100000}\n")?.message
-            == "step 'set_memory_valid' needs 'arch: arm64' or 'arch: arm64-pkvm'; this machine is x86-64")
+            == "step 'set_memory_valid' needs 'arch: arm64' or 'arch: arm64-cca' or 'arch: arm64-pkvm'; this machine is x86-64")
         #expect(error(arm + "host: {arm64-linear-map: huge}\nsteps: []\n")?.message
             == "unknown policy for host.arm64-linear-map 'huge'; valid: blocks, pte, bbml2-split")
         #expect(error(arm + "steps:\n  - workload: {kind: cpa-churn}\n")?.message == "workload cpa-churn needs 'arch: x86-64' or 'arch: x86-snp' or 'arch: x86-sev' or 'arch: x86-tdx'; this machine is arm64")

@@ -161,6 +161,7 @@ public struct GPT: Sendable {
     /// A descriptor the walk cannot use (an L0 type other than block or table, RES0 bits
     /// set, a contiguous descriptor with Contig 0) reads as nil: a walk fault.
     public func gpi(_ pa: UInt64) -> (gpi: GPI?, level: Int) {
+        guard pa >> UInt64(ppsBits) == 0 else { return (nil, 0) }  // outside the table
         let d0 = l0[Int(pa >> UInt64(Self.l0Shift))]
         if d0 & 0xF == 1 { return (d0 >> 8 == 0 ? GPI(rawValue: (d0 >> 4) & 0xF) : nil, 0) }
         guard d0 & 0xF == 3, Int(d0 >> 12) < l1.count else { return (nil, 0) }

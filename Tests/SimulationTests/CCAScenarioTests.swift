@@ -1,0 +1,39 @@
+import Testing
+@testable import Simulation
+
+/// arm64-cca through scenarios: bad input is a scenario error naming the step and field;
+/// what the RMM and the check answer themselves print as their results.
+@Suite struct CCAScenarioTests {
+    static let head = "name: t\nmachine: {arch: arm64-cca, memory: 4G}\nsteps:\n"
+
+    func refused(_ text: String, _ message: String, sourceLocation: SourceLocation = #_sourceLocation) {
+        #expect(sourceLocation: sourceLocation, performing: { _ = try Scenario.load(yaml: text, file: "t.yaml") },
+                throws: { "\($0)".contains(message) })
+    }
+
+    @Test func badInputIsAScenarioError() {
+        refused("name: t\nmachine: {memory: 1G}\nsteps:\n  - rmi_granule_delegate: {pa: 0x1000}\n",
+                "step 'rmi_granule_delegate' needs 'arch: arm64-cca'; this machine is x86-64")
+        refused(Self.head + "  - gpc-access: {pa: 0x80000000, pas: el3}\n", "steps[1].gpc-access.pas: unknown pas 'el3'")
+        refused(Self.head + "  - rmi_granule_delegate: {}\n", "'pa' is required")
+        refused(Self.head + "  - rmi_granule_delegate: {pa: 0x80000000, ipa: 0}\n", "unknown field 'ipa'")
+    }
+
+    /// The RMM's and the check's own answers (the check compares the access's physical
+    /// address space, not the security state: Root touching an NS granule through the Root
+    /// PAS fails); a host block mapping beside a delegated granule writes on, the granule
+    /// itself is a GPF that ends the kernel.
+    @Test func answersAndTheHostsFault() throws {
+        let r = try Runner.run(try Scenario.load(yaml: Self.head + """
+              - rmi_granule_delegate: {pa: 0x80201000}
+              - rmi_granule_delegate: {pa: 0xfffff000}
+              - gpc-access: {pa: 0x80201000, pas: secure}
+              - gpc-access: {pa: 0x1000, pas: root}
+              - host-write: {pa: 0x80200000}
+              - host-read: {pa: 0x80201000}
+
+            """, file: "t.yaml"))
+        #expect(r.records.map(\.result).prefix(5) == ["RMI_SUCCESS", "RMI_ERROR_INPUT", "GPF (granule protection fault, GPT level 1)", "GPF (granule protection fault, GPT level 1)", "ok"])
+        #expect(r.records[5].result.contains("GPF") && r.records[5].result.contains("oops"))
+    }
+}
