@@ -114,6 +114,9 @@ public protocol Platform: Sendable {
     /// The platform's state for guest `guest`'s frame at `gpa` (its ownership entry), folded
     /// for the explorer's state key; 0 where the platform keeps none.
     func footprintDigest(guest: Int, gpa: UInt64) -> UInt64
+    /// The platform's state for host physical address `pa` (its ownership of the granule),
+    /// folded for the explorer's state key; 0 where the platform keeps none.
+    func hostFootprintDigest(pa: UInt64) -> UInt64
     /// Whether the hardware keeps host frame `pfn` from the host kernel (an SEV guest's
     /// encrypted page, an s390 secure page): what GUP, writeback and kmap meet.
     func isInaccessible(_ pfn: UInt64) -> Bool
@@ -132,6 +135,7 @@ public protocol Platform: Sendable {
 
 extension Platform {
     public func footprintDigest(guest: Int, gpa: UInt64) -> UInt64 { 0 }
+    public func hostFootprintDigest(pa: UInt64) -> UInt64 { 0 }
     public func isInaccessible(_ pfn: UInt64) -> Bool { false }
     public mutating func makeAccessible(_ pfn: UInt64) -> Errno? { nil }
     public mutating func noteAccess(pfn: UInt64, write: Bool, device: Bool) {}

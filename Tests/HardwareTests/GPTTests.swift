@@ -7,13 +7,15 @@ import Testing
     static let g2: UInt64 = 0x8000_0000
     static let mib: UInt64 = 1 << 20
 
-    /// The GPT of a machine with RAM [2G, 4G): PPS 32 bits, two L1 tables of two 512M
+    /// The GPT of a machine with RAM [2G, 4G) and a 32-bit PPS: two L1 tables of two 512M
     /// contiguous blocks each; the low 2 GiB (no RAM) L0 blocks of ANY.
-    static func gpt(_ ram: [Range<UInt64>] = [g2..<(g2 * 2)]) -> GPT { GPT(ram: ram) }
+    static func gpt(_ ram: [Range<UInt64>] = [g2..<(g2 * 2)]) -> GPT { GPT(ram: ram, ppsBits: 32) }
 
     @Test func bootShapes() {
         let t = Self.gpt()
         #expect(t.ppsBits == 32 && t.l0 == [0xF1, 0xF1, 0x3, 0x1003] && t.l1.count == 2)
+        // By default the PPS is the smallest size strictly above the end of RAM.
+        #expect(GPT(ram: [Self.g2..<(Self.g2 * 2)]).ppsBits == 36 && GPT(ram: [0..<(1 << 36) - 0x1000]).ppsBits == 36)
         #expect(t.l1.allSatisfy { $0.allSatisfy { $0 == GPT.contiguous(.ns, 3) } } && GPT.contiguous(.ns, 3) == 0x391)
         // RAM from 0x80001000 to 0x80400000: the first 2M in Granules descriptors (granule 0
         // ANY), then one 2M contiguous block; the rest of the 1 GB region ANY.
@@ -35,14 +37,12 @@ import Testing
         for raw in UInt64(0)...15 {
             let k = GPT.entryIndex(pa), shift = ((pa >> 12) & 15) << 2
             t.l1[0][k] = t.l1[0][k] & ~(0xF << shift) | raw << shift
-            for pas in PhysicalAddressSpace.allCases {
-                let expected: GPCResult
-                switch raw {
-                case 0x0: expected = .gpf(level: 1)
-                case 0xF: expected = .ok
-                case 0x8, 0x9, 0xA, 0xB: expected = pas.rawValue == raw & 3 ? .ok : .gpf(level: 1)
-                default: expected = .walkFault(level: 1)
-                }
+            // Columns: secure, ns, root, realm (PhysicalAddressSpace order). "o" ok, "F" GPF,
+            // "W" walk fault: the matrix of QEMU's granule_protection_check.
+            let row = ["F F F F", "W W W W", "W W W W", "W W W W", "W W W W", "W W W W", "W W W W", "W W W W",
+                       "o F F F", "F o F F", "F F o F", "F F F o", "W W W W", "W W W W", "W W W W", "o o o o"][Int(raw)]
+            for (pas, c) in zip(PhysicalAddressSpace.allCases, row.split(separator: " ")) {
+                let expected: GPCResult = c == "o" ? .ok : c == "F" ? .gpf(level: 1) : .walkFault(level: 1)
                 #expect(t.check(pa, pas) == expected, "GPI \(raw), \(pas)")
             }
         }
@@ -51,9 +51,14 @@ import Testing
         #expect(PhysicalAddressSpace.allCases.allSatisfy { t.check(0x1000, $0) == .ok })
         #expect(t.check(1 << 32, .nonSecure) == .ok)
         #expect([PhysicalAddressSpace.secure, .root, .realm].allSatisfy { t.check(1 << 32, $0) == .addressSize })
-        // A contiguous descriptor with Contig 0 is a walk fault.
+        // A contiguous descriptor with Contig 0 is a walk fault; so are a reserved L0 GPI and
+        // an L0 type that is neither block nor table.
         t.l1[1][0] = 0x91
         #expect(t.check(Self.g2 + (1 << 30), .nonSecure) == .walkFault(level: 1))
+        t.l0[0] = 0x21
+        #expect(t.check(0x1000, .nonSecure) == .walkFault(level: 0))
+        t.l0[0] = 0xF5
+        #expect(t.check(0x1000, .root) == .walkFault(level: 0))
     }
 
     /// Delegating one granule of a 512M block shatters it as shatter_512mb does: its 32M
@@ -86,7 +91,8 @@ import Testing
         var u = Self.gpt([Self.g2..<(Self.g2 + 2 * Self.mib)])
         #expect(u.delegate(Self.g2 + 0x1_0000) == nil && u.delegate(Self.g2 + 0x1_1000) == nil)
         #expect(u.l1[0][1] == 0x9999_9999_9999_99BB && u.l1[0][0] == GPT.granules(.ns) && u.stats.shatters == [1, 0, 0] && u.stats.tlbi2M == 1)
-        // Every granule of the 2M delegated: it fuses into one REALM 2M block.
+        // Every granule of the 2M delegated: it fuses into one REALM 2M block (no 32M: its
+        // neighbours in the 32M are ANY).
         for g in UInt64(0)..<512 where g != 16 && g != 17 { _ = u.delegate(Self.g2 + g << 12) }
         #expect((0..<32).allSatisfy { u.l1[0][$0] == GPT.contiguous(.realm, 1) } && u.stats.fuses == [1, 0, 0])
     }
@@ -103,7 +109,27 @@ import Testing
         #expect(t.undelegate(Self.g2 + 0x1000) == .notPermitted)  // NS
         #expect(t.undelegate(Self.g2, caller: .secure) == .notPermitted && t.undelegate(Self.g2, caller: .nonSecure) == .notPermitted)
         #expect(t.delegate(Self.g2 + 0x1000, caller: .secure) == nil && t.gpi(Self.g2 + 0x1000).gpi == .secure)
-        #expect(t.undelegate(0x1000) == .invalid && t.stats.transitions == 2)
+        #expect(t.undelegate(Self.g2 + 0x1000, caller: .realm) == .notPermitted)
+        #expect(t.undelegate(Self.g2 + 0x1000, caller: .secure) == nil && t.gpi(Self.g2 + 0x1000).gpi == .ns)
+        #expect(t.undelegate(0x1000) == .invalid && t.stats.transitions == 3)
+    }
+
+    /// Fusing climbs only through contiguous neighbours: a 32M block whose 512M parent is
+    /// not uniform fuses back to 32M (check_fuse_512mb fails, fuse_32mb); a 2M block among
+    /// neighbours that are uniform NS Granules descriptors, not 2M contiguous ones, fuses to
+    /// 2M only.
+    @Test func fuseStopsWhereNeighboursAreNotContiguous() {
+        var t = Self.gpt([Self.g2..<(Self.g2 + 32 * Self.mib)])
+        let before = t.l1
+        #expect(t.delegate(Self.g2 + 0x40_0000) == nil && t.undelegate(Self.g2 + 0x40_0000) == nil)
+        #expect(t.l1 == before && t.stats.fuses == [0, 1, 0])
+        var u = Self.gpt([Self.g2..<(Self.g2 + 32 * Self.mib)])
+        for k in 0..<512 { u.l1[0][k] = GPT.granules(.ns) }
+        #expect(u.delegate(Self.g2 + 0x40_0000) == nil && u.undelegate(Self.g2 + 0x40_0000) == nil)
+        #expect(u.stats.fuses == [1, 0, 0] && u.stats.shatters == [0, 0, 0])
+        #expect((64..<96).allSatisfy { u.l1[0][$0] == GPT.contiguous(.ns, 1) } && u.l1[0][0] == GPT.granules(.ns) && u.l1[0][96] == GPT.granules(.ns))
+        #expect(u.refusedGranules(in2M: Self.g2 + 0x40_0000) == 0 && t.refusedGranules(in2M: Self.g2 + (1 << 30)) == 0)
+        #expect(t.delegate(Self.g2 + 0x5000) == nil && t.refusedGranules(in2M: Self.g2) == 1)
     }
 }
 
@@ -111,7 +137,7 @@ import Testing
 /// the GPT.
 @Suite struct RMMGranuleTests {
     @Test func delegateAndUndelegate() {
-        var gpt = GPT(ram: [0x8000_0000..<0x1_0000_0000])
+        var gpt = GPT(ram: [0x8000_0000..<0x1_0000_0000], ppsBits: 32)  // a platform with its PPS at the end of DRAM
         var rmm = RMMGranules(dram: [0x8000_0000..<0x1_0000_0000])
         #expect(rmm.delegate(0x8000_0800, gpt: &gpt) == .errorInput)  // unaligned
         #expect(rmm.delegate(0x4000_0000, gpt: &gpt) == .errorInput)  // not DRAM

@@ -17,6 +17,8 @@ import Testing
         refused(Self.head + "  - gpc-access: {pa: 0x80000000, pas: el3}\n", "steps[1].gpc-access.pas: unknown pas 'el3'")
         refused(Self.head + "  - rmi_granule_delegate: {}\n", "'pa' is required")
         refused(Self.head + "  - rmi_granule_delegate: {pa: 0x80000000, ipa: 0}\n", "unknown field 'ipa'")
+        // A machine whose GPT the model would hold whole past 1 TiB.
+        refused("name: t\nmachine: {arch: arm64-cca, memory: 2T}\nsteps: []\n", "RAM must end at or below 1 TiB")
     }
 
     /// The RMM's and the check's own answers (the check compares the access's physical
@@ -26,7 +28,7 @@ import Testing
     @Test func answersAndTheHostsFault() throws {
         let r = try Runner.run(try Scenario.load(yaml: Self.head + """
               - rmi_granule_delegate: {pa: 0x80201000}
-              - rmi_granule_delegate: {pa: 0xfffff000}
+              - rmi_granule_delegate: {pa: 0x200000000}
               - gpc-access: {pa: 0x80201000, pas: secure}
               - gpc-access: {pa: 0x1000, pas: root}
               - host-write: {pa: 0x80200000}
@@ -36,4 +38,14 @@ import Testing
         #expect(r.records.map(\.result).prefix(5) == ["RMI_SUCCESS", "RMI_ERROR_INPUT", "GPF (granule protection fault, GPT level 1)", "GPF (granule protection fault, GPT level 1)", "ok"])
         #expect(r.records[5].result.contains("GPF") && r.records[5].result.contains("oops"))
     }
+
+    /// The explorer's state key sees a granule's GPT descriptor and RMM state.
+    @Test func theHostFootprintFollowsTheGranule() throws {
+        var m = try Runner.run(try Scenario.load(yaml: Self.head + "  - rmi_granule_delegate: {pa: 0x80201000}\n", file: "t.yaml")).machine
+        let before = m.platform.hostFootprintDigest(pa: 0x80201000)
+        let neighbour = m.platform.hostFootprintDigest(pa: 0x80200000)
+        _ = m.withPlatform(CCAPlatform.self) { p, _ in p.rmm.undelegate(0x80201000, gpt: &p.gpt) }
+        #expect(before != m.platform.hostFootprintDigest(pa: 0x80201000) && before != neighbour)
+    }
 }
+

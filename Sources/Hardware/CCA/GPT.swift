@@ -100,12 +100,16 @@ public struct GPT: Sendable {
     public static let entriesPerL1 = 1 << (l0Shift - 12 - 4)
     static let entry2M = 32, entry32M = 512, entry512M = 8192
 
-    /// The GPT for a machine whose RAM is `ram`, its PPS the smallest architectural size
-    /// (32, 36, 40, 42, 44, 48 or 52 bits) that holds all of it.
-    public init(ram: [Range<UInt64>]) {
+    /// The GPT for a machine whose RAM is `ram`, its PPS `ppsBits` or, by default, the
+    /// smallest architectural size (32, 36, 40, 42, 44, 48 or 52 bits) strictly above the end
+    /// of RAM (platforms fix it above their DRAM: TF-A's FVP uses 64 GB), so TF-A's refusal
+    /// of the last granule below the PPS never falls on RAM. RAM must end below 2^52 (the
+    /// architecture's limit; the platform refuses more).
+    public init(ram: [Range<UInt64>], ppsBits: Int? = nil) {
         let end = ram.map(\.upperBound).max() ?? 0
-        ppsBits = [32, 36, 40, 42, 44, 48, 52].first { end <= 1 << UInt64($0) } ?? 52
-        l0 = Array(repeating: Self.l0Block(.any), count: 1 << (ppsBits - Self.l0Shift))
+        self.ppsBits = ppsBits ?? [32, 36, 40, 42, 44, 48, 52].first { end < 1 << UInt64($0) } ?? 52
+        precondition(end <= 1 << UInt64(self.ppsBits), "RAM past the protected physical size")
+        l0 = Array(repeating: Self.l0Block(.any), count: 1 << (self.ppsBits - Self.l0Shift))
         for r in ram {
             var base = r.lowerBound & ~(pageBytes - 1)
             let end = r.upperBound & ~(pageBytes - 1)
@@ -154,6 +158,35 @@ public struct GPT: Sendable {
     mutating func setNibble(_ t: Int, _ pa: UInt64, _ gpi: GPI) {
         let k = Self.entryIndex(pa), shift = ((pa >> 12) & 15) << 2
         l1[t][k] = l1[t][k] & ~(0xF << shift) | gpi.rawValue << shift
+    }
+
+    /// The raw descriptor that gives `pa` its GPI (the L1 entry, or the L0 descriptor of a
+    /// block), 0 outside the table: what the explorer folds into its state key.
+    public func descriptor(_ pa: UInt64) -> UInt64 {
+        guard pa >> UInt64(ppsBits) == 0 else { return 0 }
+        let d0 = l0[Int(pa >> UInt64(Self.l0Shift))]
+        guard d0 & 0xF == 3, Int(d0 >> 12) < l1.count else { return d0 }
+        return l1[Int(d0 >> 12)][Self.entryIndex(pa)]
+    }
+
+    /// How many granules of the 2M region at `pa` a Non-secure access may not touch, from
+    /// the region's 32 entries (a contiguous descriptor or an L0 block answers for all).
+    public func refusedGranules(in2M pa: UInt64) -> Int {
+        let base = pa & ~((2 << 20) - 1)
+        guard base >> UInt64(ppsBits) == 0 else { return 0 }
+        let d0 = l0[Int(base >> UInt64(Self.l0Shift))]
+        guard d0 & 0xF == 3, Int(d0 >> 12) < l1.count else { return check(base, .nonSecure) == .ok ? 0 : 512 }
+        let t = Int(d0 >> 12), first = Self.entryIndex(base)
+        var n = 0
+        for k in first..<first + Self.entry2M {
+            let e = l1[t][k]
+            if e & 0xF == 1 {
+                n += check(base + UInt64(k - first) << 16, .nonSecure) == .ok ? 0 : 16
+                continue
+            }
+            for g in 0..<16 where ![GPI.ns.rawValue, GPI.any.rawValue].contains((e >> (UInt64(g) << 2)) & 0xF) { n += 1 }
+        }
+        return n
     }
 
     /// The GPI of the granule at `pa` (read_gpi), nil for a reserved encoding, and the
@@ -258,6 +291,7 @@ public struct GPT: Sendable {
     /// contiguous ones. One TLBI RPALOS of the original block's size.
     mutating func shatter(_ t: Int, _ base: UInt64, _ g: GPI) {
         let level = Int((l1[t][Self.entryIndex(base)] >> 8) & 3)
+        precondition(level >= 1, "shatter of an entry that is not a contiguous descriptor")
         let k = Self.entryIndex(base)
         func shatter2M(_ k: Int) {
             let first = k & ~(Self.entry2M - 1)
@@ -277,7 +311,7 @@ public struct GPT: Sendable {
         case 2:
             shatter32M(k)
             stats.tlbi32M += 1
-        default:
+        default:  // 3: 512M
             let first = k & ~(Self.entry512M - 1)
             for sub in stride(from: first, to: first + Self.entry512M, by: Self.entry32M) where sub != k & ~(Self.entry32M - 1) {
                 for i in sub..<sub + Self.entry32M { l1[t][i] = Self.contiguous(g, 2) }

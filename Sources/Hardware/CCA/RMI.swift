@@ -13,7 +13,8 @@ public struct RMIStatus: Hashable, Sendable, Outcome {
     }
 
     public static let success = RMIStatus(0), errorInput = RMIStatus(1), errorRealm = RMIStatus(2), errorRec = RMIStatus(3)
-    public static func errorRTT(level: Int) -> RMIStatus { RMIStatus(4, index: UInt8(level)) }
+    /// (level −1 with LPA2 packs as 0xff: pack_return_code takes an unsigned char.)
+    public static func errorRTT(level: Int) -> RMIStatus { RMIStatus(4, index: UInt8(truncatingIfNeeded: level)) }
 
     /// X0 as the host reads it: `status | index << 8`.
     public var rawValue: UInt64 { UInt64(index) << 8 | UInt64(status) }

@@ -15,10 +15,7 @@ struct CCAHostGPC: HostOwnership {
     }
     func isGuestOwned(pfn: UInt64) -> Bool { gpt.check(pfn << pageShift, .nonSecure) != .ok }
     func regionHasGuestPages(pfn: UInt64) -> Bool { guestPages(inRegionOf: pfn) > 0 }
-    func guestPages(inRegionOf pfn: UInt64) -> Int {
-        let first = pfn & ~511
-        return (first..<first + 512).filter { isGuestOwned(pfn: $0) }.count
-    }
+    func guestPages(inRegionOf pfn: UInt64) -> Int { gpt.refusedGranules(in2M: pfn << pageShift) }
     func faultReason(pa: UInt64, mappingSize: PageSize) -> String {
         "the granule's GPI is \(gpt.gpi(pa).gpi.map { "\($0)" } ?? "reserved"): \(gpt.check(pa, .nonSecure))"
     }
@@ -36,6 +33,11 @@ public struct CCAPlatform: Platform {
     }
 
     public var ownership: any HostOwnership { CCAHostGPC(gpt: gpt) }
+
+    /// The granule's GPT descriptor and the RMM's state of it, for the explorer's state key.
+    public func hostFootprintDigest(pa: UInt64) -> UInt64 {
+        Digest.combine(gpt.descriptor(pa), rmm.state(pa) == .delegated ? 1 : 0)
+    }
 
     public mutating func hostAccess(_ kernel: inout Kernel, pa: UInt64, write: Bool, context: HostAccessContext, cpu: Int) -> HostAccessOutcome {
         kernel.hostAccess(CCAHostGPC(gpt: gpt), pa: pa, write: write, context: context, cpu: cpu)
@@ -99,5 +101,9 @@ public enum CCAArchitecture {
         steps: [Arm64Architecture.tlbi] + steps,
         policySlots: [Arm64Architecture.linearMap],
         metrics: CCAPlatform.metricList.map(\.info),
-        makePlatform: { kernel, _ in CCAPlatform(kernel: &kernel) })
+        makePlatform: { kernel, _ in CCAPlatform(kernel: &kernel) },
+        checkMachine: { _, memory, _ in
+            // The GPT's L1 tables are held whole: 128 KiB per GiB of RAM, written at boot.
+            memory.endOfRAM > 1 << 40 ? (slot: nil, message: "arm64-cca holds the GPT's L1 tables whole (128 KiB per GiB of RAM): RAM must end at or below 1 TiB, here it ends at \(hex(memory.endOfRAM))") : nil
+        })
 }

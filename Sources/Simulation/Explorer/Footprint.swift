@@ -37,6 +37,7 @@ extension Machine {
             case .hostVA(let va):
                 d = Digest.combine(d, Self.translationDigest(kernel, va: va))
             case .hostPA(let pa):
+                d = Digest.combine(d, platform.hostFootprintDigest(pa: pa))
                 guard kernel.hasDirectMapAddress(pa) else { continue }
                 d = Digest.combine(d, Self.translationDigest(kernel, va: kernel.va(PhysAddr(pa)).rawValue))
             case .guestGPA(let name, let gpa):
