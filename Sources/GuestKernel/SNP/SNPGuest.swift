@@ -88,6 +88,12 @@ extension GuestKernel {
     /// direct map with the SNP hooks (amd_enc_status_change_prepare → snp_set_memory_shared:
     /// rescind, then PSC to shared; amd_enc_status_change_finish → snp_set_memory_private:
     /// PSC to private, then validate).
+    /// One page flipped to the other state (set_memory_decrypted of a private page,
+    /// set_memory_encrypted of a shared one): the page's state read once.
+    public mutating func snpFlip(_ gfn: UInt64, pvalidate: SNPPvalidate, vmgexit: SNPVMGEXIT) -> any Outcome {
+        snpConvert(gfn..<gfn + 1, encrypt: !isEncrypted(gfn: gfn), pvalidate: pvalidate, vmgexit: vmgexit) ?? OK()
+    }
+
     public mutating func snpSetMemory(_ gfns: Range<UInt64>, encrypt: Bool, pvalidate: SNPPvalidate, vmgexit: SNPVMGEXIT) -> any Outcome {
         // One page (the common case) needs no list of runs.
         if gfns.count == 1 {

@@ -76,7 +76,7 @@ extension Workloads {
     /// One adversarial flip: set_memory_decrypted of a private page, set_memory_encrypted of
     /// a shared one.
     static func flip(_ guest: inout GuestKernel, _ gfn: UInt64, _ pvalidate: SNPPvalidate, _ vmgexit: SNPVMGEXIT) -> any Outcome {
-        guest.snpSetMemory(gfn..<gfn + 1, encrypt: !guest.isEncrypted(gfn: gfn), pvalidate: pvalidate, vmgexit: vmgexit)
+        guest.snpFlip(gfn, pvalidate: pvalidate, vmgexit: vmgexit)
     }
 
     /// A workload that drives one SNP guest with the platform taken out once for all its
