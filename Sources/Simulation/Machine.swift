@@ -87,6 +87,13 @@ public struct Machine: Sendable {
     /// A workload's tick after its `done`-th of `total` operations: a sample every
     /// `sampleEvery`, a progress call every 4096. `platform` is the platform a workload holds
     /// while `withPlatform` has it out of the machine.
+    /// Guest `i`'s kernel booted afresh (its VM was destroyed and is created again): the
+    /// direct map as at boot, no acceptance state.
+    mutating func rebootGuestKernel(_ i: Int) {
+        let g = guests[i]
+        guestKernels[i] = (try? GuestKernel(name: g.name, memory: g.memory, config: g.kernelConfig)) ?? guestKernels[i]
+    }
+
     @inline(__always) mutating func tick(_ done: UInt64, _ total: UInt64) {
         if sampleEvery != nil || workloadBatches != nil, sampleDue(done, total) { sample(done, total) }
         if done & 4095 == 0 { onProgress?(done, total) }

@@ -328,24 +328,21 @@ public struct GPT: Sendable {
     /// block's first entry so before looking); then 512M likewise. No TLBI, no cache
     /// maintenance: the GPIs do not change.
     mutating func fuse(_ t: Int, _ base: UInt64, _ g: GPI) {
-        let k = Self.entryIndex(base), first2M = k & ~(Self.entry2M - 1)
-        guard (first2M..<first2M + Self.entry2M).allSatisfy({ l1[t][$0] == Self.granules(g) }) else { return }
-        let c2 = Self.contiguous(g, 1), c32 = Self.contiguous(g, 2), c512 = Self.contiguous(g, 3)
-        l1[t][first2M] = c2
-        let first32M = k & ~(Self.entry32M - 1)
-        guard stride(from: first32M, to: first32M + Self.entry32M, by: Self.entry2M).allSatisfy({ l1[t][$0] == c2 }) else {
-            for i in first2M..<first2M + Self.entry2M { l1[t][i] = c2 }
-            stats.fuses[0] += 1
-            return
+        let k = Self.entryIndex(base)
+        var first = k & ~(Self.entry2M - 1), size = Self.entry2M
+        guard (first..<first + size).allSatisfy({ l1[t][$0] == Self.granules(g) }) else { return }
+        // Up a size while the parent's sub-blocks all start with this size's descriptor.
+        for (contig, parentSize) in [(UInt64(1), Self.entry32M), (2, Self.entry512M)] {
+            let c = Self.contiguous(g, contig), parent = k & ~(parentSize - 1)
+            l1[t][first] = c
+            guard stride(from: parent, to: parent + parentSize, by: size).allSatisfy({ l1[t][$0] == c }) else {
+                for i in first..<first + size { l1[t][i] = c }
+                stats.fuses[Int(contig) - 1] += 1
+                return
+            }
+            (first, size) = (parent, parentSize)
         }
-        l1[t][first32M] = c32
-        let first512M = k & ~(Self.entry512M - 1)
-        guard stride(from: first512M, to: first512M + Self.entry512M, by: Self.entry32M).allSatisfy({ l1[t][$0] == c32 }) else {
-            for i in first32M..<first32M + Self.entry32M { l1[t][i] = c32 }
-            stats.fuses[1] += 1
-            return
-        }
-        for i in first512M..<first512M + Self.entry512M { l1[t][i] = c512 }
+        for i in first..<first + size { l1[t][i] = Self.contiguous(g, 3) }
         stats.fuses[2] += 1
     }
 }

@@ -94,17 +94,7 @@ public struct KVMTDX: Sendable {
             }
         }
         let level = hugepages && acceptLevel != 0 && canMap2M(base, i, &m) ? 1 : 0
-        // One walk finds the first missing level: every level from there down is FREE.
-        let w = m.walk(td: i, gpa, to: level)
-        let missing = w.state == .free ? w.level : level
-        for l in stride(from: missing, through: level + 1, by: -1) {
-            guard let page = spare.last else { return KernelStatus.error(.ENOMEM) }
-            let aligned = gpa & ~((1 << (12 + 9 * UInt64(l))) - 1)
-            let r = m.septAdd(tdr: tdr, gpa: aligned, level: l, page: page)
-            guard r == .status(.success) else { return r }
-            spare.removeLast()
-            stats.septAdds += 1
-        }
+        if let failed = linkSEPT(gpa, above: level, td: i, module: &m, spare: &spare) { return failed }
         let page = level == 1 ? base : gpa & ~(pageBytes - 1)
         let r = m.pageAug(tdr: tdr, gpa: page, level: level, page: placement + page)
         if r == .status(.success) {
@@ -132,13 +122,7 @@ public struct KVMTDX: Sendable {
         }
         for k in 0..<pages {
             let g = gpa + k << pageShift
-            for l in stride(from: 3, through: 1, by: -1) where m.stateAt(td: i, g, l) == .free {
-                guard let page = spare.last else { return KernelStatus.error(.ENOMEM) }
-                let r = m.septAdd(tdr: tdr, gpa: g & ~((1 << (12 + 9 * UInt64(l))) - 1), level: l, page: page)
-                guard r == .status(.success) else { return r }
-                spare.removeLast()
-                stats.septAdds += 1
-            }
+            if let failed = linkSEPT(g, above: 0, td: i, module: &m, spare: &spare) { return failed }
             let r = m.pageAdd(tdr: tdr, gpa: g, target: placement + g, source: source + k << pageShift)
             guard r == .status(.success) else { return KernelStatus.error(.EIO) }
             stats.pageAdds += 1
@@ -149,6 +133,23 @@ public struct KVMTDX: Sendable {
             }
         }
         return TDXStatus.success
+    }
+
+    /// tdx_sept_link_private_spt for each S-EPT level missing above `level` at `gpa`, top
+    /// down, each with the last page of `spare`, taken only when TDH.MEM.SEPT.ADD succeeds
+    /// (KVM's per-vCPU MMU page cache). One walk finds the first missing level: every level
+    /// below it is missing too. The failure, or nil.
+    mutating func linkSEPT(_ gpa: UInt64, above level: Int, td i: Int, module m: inout TDXModule, spare: inout [UInt64]) -> (any Outcome)? {
+        let w = m.walk(td: i, gpa, to: level)
+        let missing = w.state == .free ? w.level : level
+        for l in stride(from: missing, through: level + 1, by: -1) {
+            guard let page = spare.last else { return KernelStatus.error(.ENOMEM) }
+            let r = m.septAdd(tdr: tdr, gpa: gpa & ~((1 << (12 + 9 * UInt64(l))) - 1), level: l, page: page)
+            guard r == .status(.success) else { return r }
+            spare.removeLast()
+            stats.septAdds += 1
+        }
+        return nil
     }
 
     /// 2M of S-EPT and host memory.

@@ -65,7 +65,7 @@ extension SNPPlatform {
         let status = p.kvm.teardown(i, kernel: &m.kernel, rmp: &p.rmp)
         guard status == .ok else { return status }
         p.kvm.recreate(i)
-        m.guestKernels[i] = (try? GuestKernel(name: m.guests[i].name, memory: m.guests[i].memory, config: m.guests[i].kernelConfig)) ?? m.guestKernels[i]
+        m.rebootGuestKernel(i)
         return OK()
     }
 }

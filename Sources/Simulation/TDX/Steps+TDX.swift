@@ -90,7 +90,7 @@ extension TDXPlatform {
             return { p, m, i, tdr in
                 let target = targetPage(a, m, i)
                 let r = p.module.pageAdd(tdr: tdr, gpa: gpaValue, target: target, source: source)
-                if r == .status(.success) { p.owned.insert(target >> pageShift); p.poisoned.remove(target >> pageShift) }  // MOVDIR64B with the TD's KeyID
+                if r == .status(.success) { p.tdWrote(target >> pageShift) }
                 return r
             }
         },
@@ -105,16 +105,11 @@ extension TDXPlatform {
               Parameter("measure", .bool, default: "true", "KVM_TDX_MEASURE_MEMORY_REGION")]) { a in
             let g = a.number("gpa"), n = a.number("numpages"), source = a.number("source"), measure = a.bool("measure")
             return { p, m, i, _ in
-                guard var k = p.kvm[i].take() else { return KernelStatus.error(.EINVAL) }
-                var spare: [UInt64] = []
                 let pages = min(n, m.guests[i].memory >> pageShift)  // KVM refuses more before any SEAMCALL
-                while spare.count < 5 + Int(pages >> 9) { spare.append(p.allocMeta()) }  // a PT page per 2M, and the levels above
-                let r = k.initMemRegion(gpa: g, pages: n, source: source, measure: measure, module: &p.module, spare: &spare)
-                p.giveBack(spare)
-                for pa in k.lastAdded { p.owned.insert(pa >> pageShift); p.poisoned.remove(pa >> pageShift) }  // MOVDIR64B with the TD's KeyID
-                k.lastAdded.removeAll()
-                p.kvm[i] = k
-                return r
+                return p.withKVM(i) { p, k, spare in
+                    while spare.count < 5 + Int(pages >> 9) { spare.append(p.allocMeta()) }  // a PT page per 2M, and the levels above
+                    return k.initMemRegion(gpa: g, pages: n, source: source, measure: measure, module: &p.module, spare: &spare)
+                } ?? KernelStatus.error(.EINVAL)
             }
         },
         call("tdh.mem.sept.add", "TDH.MEM.SEPT.ADD: a new S-EPT page under the FREE entry at level (2M and up)",
@@ -178,33 +173,26 @@ extension TDXPlatform {
               Parameter("pending-events", .bool, default: "false", "an interrupt is pending: KVM returns RETRY after the first chunk")]) { a in
             let g = a.number("gpa") | (a.bool("shared") ? KVMTDX.sharedBit : 0), size = a.number("size"), events = a.bool("pending-events")
             return { p, _, i, _ in
-                guard var k = p.kvm[i].take() else { return TDVMCallResult(r10: TDVMCallResult.subfuncUnsupported, r11: g) }
-                var spare: [UInt64] = []
-                p.topUp(&spare, forMapGPA: size, k)
-                let r = k.mapGPA(gpa: g, size: size, module: &p.module, pendingEvents: events, spare: &spare)
-                p.giveBack(spare)
-                p.released(k.lastZapped)
-                k.lastZapped.removeAll(keepingCapacity: true)
-                p.kvm[i] = k
-                return r
+                p.withKVM(i) { p, k, spare in
+                    p.topUp(&spare, forMapGPA: size, k)
+                    return k.mapGPA(gpa: g, size: size, module: &p.module, pendingEvents: events, spare: &spare)
+                } ?? TDVMCallResult(r10: TDVMCallResult.subfuncUnsupported, r11: g)
             }
         },
         call("ept-violation", "the TD touches a private GPA KVM has not mapped: tdx_handle_ept_violation links the S-EPT levels and AUGs the 4K page (KVM_EXIT_MEMORY_FAULT if the attribute is shared)", [gpa]) { a in
             let g = a.number("gpa")
-            return { p, m, i, _ in
-                guard var k = p.kvm[i].take() else { return TDXStatus(.pageMetadataIncorrect, 2) }
-                var spare = (0..<3).map { _ in p.allocMeta() }.reversed() as [UInt64]  // at most three S-EPT levels to link
-                let r = k.privateFault(gpa: g, module: &p.module, spare: &spare)
-                p.giveBack(spare)
-                p.kvm[i] = k
-                return r
+            return { p, _, i, _ in
+                p.withKVM(i) { p, k, spare -> any Outcome in
+                    spare = (0..<3).map { _ in p.allocMeta() }.reversed()  // at most three S-EPT levels to link
+                    return k.privateFault(gpa: g, module: &p.module, spare: &spare)
+                } ?? TDXStatus(.pageMetadataIncorrect, 2)
             }
         },
         guestAccess("guest-read", write: false), guestAccess("guest-write", write: true),
         call("destroy", "KVM_DESTROY_VM: every private leaf zapped, the HKID released (VP.FLUSH, VPFLUSHDONE, CACHE.WB, KEY.FREEID), then RECLAIM of the vCPU, S-EPT, TDCS pages and the TDR (WBINVD too); a failed reclaim leaks the page", []) { _ in
             { p, m, i, _ in
                 let r = p.destroy(i)
-                m.guestKernels[i] = (try? GuestKernel(name: m.guests[i].name, memory: m.guests[i].memory, config: m.guests[i].kernelConfig)) ?? m.guestKernels[i]
+                m.rebootGuestKernel(i)
                 return r
             }
         },
@@ -287,20 +275,20 @@ extension TDXPlatform {
     /// (tdx_is_sept_violation_unexpected_pending: "Guest access before accepting"); a
     /// MAPPED page, the memory-integrity check of `guestAccess`.
     mutating func tdKernelRead(_ m: inout Machine, _ i: Int, gpa: UInt64, split: Bool) -> any Outcome {
-        guard var k = kvm[i], let tdr = tdrs[i], let t = module.tdIndex(tdr) else { return TDXStatus(.operandInvalid, 1) }
+        guard let attributePrivate = kvm[i]?.isPrivate(gpa >> pageShift), let tdr = tdrs[i], let t = module.tdIndex(tdr) else {
+            return TDXStatus(.operandInvalid, 1)
+        }
         if dead[i] { return KernelStatus.error(.EIO) }
         guard gpa < m.guests[i].memory else { return TDXGuestAccess.mmioVE(split: split) }
-        let gfn = gpa >> pageShift, privateMapping = m.guestKernels[i].isEncrypted(gfn: gfn)
-        guard privateMapping == k.isPrivate(gfn) else { return KVMTDXExit.memoryFault(gpa: gpa, toPrivate: privateMapping) }
+        let privateMapping = m.guestKernels[i].isEncrypted(gfn: gpa >> pageShift)
+        guard privateMapping == attributePrivate else { return KVMTDXExit.memoryFault(gpa: gpa, toPrivate: privateMapping) }
         guard privateMapping else { return OK() }
         var w = module.walk(td: t, gpa, to: 0)
         if w.state == .free || w.state == .removed {
-            kvm[i] = nil
-            var spare: [UInt64] = []
-            topUp(&spare, k)
-            _ = k.privateFault(gpa: gpa, module: &module, spare: &spare)
-            metaFree += spare
-            kvm[i] = k
+            _ = withKVM(i) { p, k, spare in
+                p.topUp(&spare, k)
+                return k.privateFault(gpa: gpa, module: &p.module, spare: &spare)
+            }
             w = module.walk(td: t, gpa, to: 0)
         }
         if w.state == .pending {

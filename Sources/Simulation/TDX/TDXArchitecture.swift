@@ -106,11 +106,34 @@ public struct TDXPlatform: Platform {
         stats.pageResets += UInt64(pages.count)
     }
 
-    /// A successful TDG.MEM.PAGE.ACCEPT at `level`: the page it zeroed with the
-    /// TD's KeyID (MOVDIR64B), so its lines carry the TD-owner bit and no poison.
-    mutating func accepted(level: Int) {
-        let first = module.lastAcceptedHPA >> pageShift
-        for k in 0..<(UInt64(1) << (9 * UInt64(level))) { owned.insert(first + k); poisoned.remove(first + k) }
+    /// A successful TDG.MEM.PAGE.ACCEPT at `level`: the page it zeroed.
+    mutating func accepted(level: Int) { tdWrote(module.lastAcceptedHPA >> pageShift, pages: 1 << (9 * UInt64(level))) }
+
+    /// Pages written whole with the TD's KeyID (MOVDIR64B: ACCEPT's zeroing, PAGE.ADD's
+    /// copy): their lines carry the TD-owner bit and no poison.
+    mutating func tdWrote(_ firstPFN: UInt64, pages: UInt64 = 1) {
+        for pfn in firstPFN..<firstPFN + pages {
+            owned.insert(pfn)
+            poisoned.remove(pfn)
+        }
+    }
+
+    /// Runs `body` with KVM's backend for guest `i` moved out of the platform (held there
+    /// alone while it changes) and an S-EPT page cache `body` fills as it needs; then the
+    /// cache's unused pages go back to the pool, the pages KVM zapped are released (reset
+    /// under `host.tdx-page-reset`), and the pages PAGE.ADD filled carry the TD-owner bit.
+    /// Nil when the guest has no TD backend.
+    mutating func withKVM<R>(_ i: Int, _ body: (inout TDXPlatform, inout KVMTDX, inout [UInt64]) -> R) -> R? {
+        guard var k = kvm[i].take() else { return nil }
+        var spare: [UInt64] = []
+        let r = body(&self, &k, &spare)
+        giveBack(spare)
+        released(k.lastZapped)
+        k.lastZapped.removeAll(keepingCapacity: true)
+        for pa in k.lastAdded { tdWrote(pa >> pageShift) }
+        k.lastAdded.removeAll()
+        kvm[i] = k
+        return r
     }
 
     /// TDG.MEM.PAGE.ACCEPT from the TD, as the TD sees it complete: an EPT-violation exit
@@ -155,14 +178,13 @@ public struct TDXPlatform: Platform {
     /// `host.tdx-page-reset`), leaked pages counted; the guest can be created again.
     /// The first failing SEAMCALL, or ok.
     mutating func destroy(_ i: Int) -> any Outcome {
-        guard var k = kvm[i] else { return KernelStatus.error(.EINVAL) }
+        guard var k = kvm[i].take() else { return KernelStatus.error(.EINVAL) }
         let t = k.destroy(module: &module)
         released(k.lastZapped)
         released(t.reclaimed)
         metaFree += t.reclaimed
         stats.leakedPages += UInt64(t.leaked.count) + t.leakedGuestPages
         retired.add(k.stats)
-        kvm[i] = nil
         tdrs[i] = nil
         dead[i] = false
         unaccepted[i] = 0
@@ -226,25 +248,20 @@ public struct TDXPlatform: Platform {
     /// backend is held here alone while it changes; pages it released are reset after.
     static func guestCalls(_ m: inout Machine, guest i: Int, _ body: (inout GuestKernel, TDXMapGPA, TDXAccept) -> any Outcome) -> any Outcome {
         m.withPlatform(TDXPlatform.self) { p, m in
-            guard p.kvm[i] != nil, let tdr = p.tdrs[i], p.module.tdIndex(tdr) != nil, !p.dead[i], var k = p.kvm[i].take() else {
-                return KernelStatus.error(.EIO)
-            }
-            var spare: [UInt64] = []
-            let r = body(&m.guestKernels[i], { r12, r13 in
-                p.topUp(&spare, forMapGPA: r13, k)
-                let out = k.mapGPA(gpa: r12, size: r13, module: &p.module, spare: &spare)
-                return (out.r10, out.r11)
-            }, { gpa, level in
-                p.tdcallAccept(k: &k, tdr: tdr, gpa: gpa, level: level, spare: &spare)
-            })
-            p.giveBack(spare)
+            guard let tdr = p.tdrs[i], p.module.tdIndex(tdr) != nil, !p.dead[i] else { return KernelStatus.error(.EIO) }
+            let r = p.withKVM(i) { p, k, spare in
+                body(&m.guestKernels[i], { r12, r13 in
+                    p.topUp(&spare, forMapGPA: r13, k)
+                    let out = k.mapGPA(gpa: r12, size: r13, module: &p.module, spare: &spare)
+                    return (out.r10, out.r11)
+                }, { gpa, level in
+                    p.tdcallAccept(k: &k, tdr: tdr, gpa: gpa, level: level, spare: &spare)
+                })
+            } ?? KernelStatus.error(.EIO)
             if let a = m.guestKernels[i].acceptance {
                 p.unaccepted[i] = a.table.unacceptedUnits * a.table.unitSize
                 p.acceptCalls[i] = a.table.archCalls
             }
-            p.released(k.lastZapped)
-            k.lastZapped.removeAll(keepingCapacity: true)
-            p.kvm[i] = k
             return r
         }
     }

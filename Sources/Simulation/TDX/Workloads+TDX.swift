@@ -57,7 +57,7 @@ extension Workloads {
                 var t = WorkloadTally()
                 for k in 0..<ops {
                     let down = m.withPlatform(TDXPlatform.self) { p, _ in p.kvm[i] == nil ? OK() : p.destroy(i) }
-                    m.guestKernels[i] = (try? GuestKernel(name: m.guests[i].name, memory: m.guests[i].memory, config: m.guests[i].kernelConfig)) ?? m.guestKernels[i]
+                    m.rebootGuestKernel(i)
                     t.note(down.kind == .success ? TDXPlatform.guestBoot(&m, guest: i, firmwareAccepted: fw, allocate: 0) : down)
                     m.tick(k + 1, ops)
                 }
