@@ -132,6 +132,7 @@ public struct GPT: Sendable {
     /// An L1 contiguous descriptor over 2M (contig 1), 32M (2) or 512M (3).
     public static func contiguous(_ g: GPI, _ contig: UInt64) -> UInt64 { 1 | g.rawValue << 4 | contig << 8 }
 
+    /// The L1 entry of `pa` in its table: PA[29:16] (GPT_L1_IDX at 4K granules).
     static func entryIndex(_ pa: UInt64) -> Int { Int((pa >> 16) & UInt64(entriesPerL1 - 1)) }
 
     /// fill_l1_tbl over [base, end) of one L1 table with `gpi`.
@@ -155,6 +156,7 @@ public struct GPT: Sendable {
         }
     }
 
+    /// write_gpt: the 4-bit GPI of `pa`'s granule in its L1 entry (PA[15:12] picks the nibble).
     mutating func setNibble(_ t: Int, _ pa: UInt64, _ gpi: GPI) {
         let k = Self.entryIndex(pa), shift = ((pa >> 12) & 15) << 2
         l1[t][k] = l1[t][k] & ~(0xF << shift) | gpi.rawValue << shift

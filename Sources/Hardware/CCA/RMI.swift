@@ -51,6 +51,7 @@ public struct RMMGranules: Sendable {
 
     public init(dram: [Range<UInt64>]) { self.dram = dram }
 
+    /// The granule's state, nil outside DRAM (plat_granule_addr_to_idx finds no bank).
     public func state(_ pa: UInt64) -> GranuleState? {
         guard dram.contains(where: { $0.contains(pa) }) else { return nil }
         return delegated.contains(pa >> pageShift) ? .delegated : .ns

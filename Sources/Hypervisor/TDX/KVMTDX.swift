@@ -368,6 +368,7 @@ public struct TDXTeardown: Sendable {
     /// The first SEAMCALL that failed.
     public var firstFailure: TDXResult?
 
+    /// Keeps the first failure (the teardown goes on after one, as KVM's does).
     mutating func note(_ r: TDXResult) { if firstFailure == nil { firstFailure = r } }
 }
 
