@@ -138,7 +138,7 @@ import Testing
 @Suite struct RMMGranuleTests {
     @Test func delegateAndUndelegate() {
         var gpt = GPT(ram: [0x8000_0000..<0x1_0000_0000], ppsBits: 32)  // a platform with its PPS at the end of DRAM
-        var rmm = RMMGranules(dram: [0x8000_0000..<0x1_0000_0000])
+        var rmm = RMM(dram: [0x8000_0000..<0x1_0000_0000])
         #expect(rmm.delegate(0x8000_0800, gpt: &gpt) == .errorInput)  // unaligned
         #expect(rmm.delegate(0x4000_0000, gpt: &gpt) == .errorInput)  // not DRAM
         #expect(rmm.delegate(0xffff_f000, gpt: &gpt) == .errorInput)  // EL3 refuses (base + 4K = 2^PPS): RMI_ERROR_INPUT

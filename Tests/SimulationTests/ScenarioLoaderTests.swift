@@ -155,7 +155,7 @@ import Testing
 
     @Test func guestsAreRefusedOnAMachineWithoutAGuestLayer() {
         #expect(error("name: t\nmachine: {memory: 4G}\nguests: [{name: vm0}]\nsteps: []\n")?.message
-            == "guests need an architecture with guests (modelled: x86-snp, x86-sev, x86-tdx, arm64-pkvm); 'x86-64' has none, so use 'guests: []'")
+            == "guests need an architecture with guests (modelled: x86-snp, x86-sev, x86-tdx, arm64-cca, arm64-pkvm); 'x86-64' has none, so use 'guests: []'")
     }
 
     @Test func yamlSyntaxErrorHasLineAndColumn() {

@@ -35,45 +35,92 @@ public struct RMMPanic: Hashable, Sendable, Outcome {
     public var description: String { "RMM panic: \(reason)" }
 }
 
-/// The RMM's granule states (RMM 1.0 §A2.2), as far as part 1 of the model needs them:
-/// every 4K granule of DRAM starts NS (UNDELEGATED); RMI_GRANULE_DELEGATE makes it
-/// DELEGATED. TF-RMM lib/granule.
-public enum GranuleState: Hashable, Sendable { case ns, delegated }
-
-/// The RMM's view of DRAM and the two granule commands that move a granule between the
-/// host and the Realm world through EL3 (the GPT). TF-RMM tf-rmm-v0.6.0
-/// runtime/rmi/granule.c, lib/granule/src/granule.c find_lock_granule.
-public struct RMMGranules: Sendable {
-    /// The DRAM banks the RMM was told about (plat_granule_addr_to_idx).
-    public let dram: [Range<UInt64>]
-    /// Granules (by frame number) the RMM holds DELEGATED; every other DRAM granule is NS.
-    public internal(set) var delegated: Set<UInt64> = []
-
-    public init(dram: [Range<UInt64>]) { self.dram = dram }
-
-    /// The granule's state, nil outside DRAM (plat_granule_addr_to_idx finds no bank).
-    public func state(_ pa: UInt64) -> GranuleState? {
-        guard dram.contains(where: { $0.contains(pa) }) else { return nil }
-        return delegated.contains(pa >> pageShift) ? .delegated : .ns
+/// An RMI command's status with the output registers the command returns on success
+/// (RTT_DESTROY's X1 and X2, DATA_DESTROY's, RTT_INIT_RIPAS's and RTT_SET_RIPAS's X1 …),
+/// printed after the status: `RMI_SUCCESS (top 0x40200000)`. A failure prints its status
+/// alone; its outputs (RTT_DESTROY's and DATA_DESTROY's X2) stay readable. TF-RMM
+/// runtime/core/handler.c (the output registers of each command).
+public struct RMIResult: Outcome, Hashable {
+    public let status: RMIStatus
+    /// The output registers, named as the specification names them (`rtt`, `top`, `pa` …).
+    public let outputs: [Output]
+    public struct Output: Hashable, Sendable {
+        public let name: String
+        public let value: UInt64
+        public init(_ name: String, _ value: UInt64) {
+            self.name = name
+            self.value = value
+        }
     }
-
-    /// RMI_GRANULE_DELEGATE: find_lock_granule(addr, NS) (aligned, in DRAM, NS, else
-    /// RMI_ERROR_INPUT), then EL3's GTSI delegate (a refusal, -EINVAL or -EPERM from the GPT,
-    /// is RMI_ERROR_INPUT), then DELEGATED.
-    public mutating func delegate(_ pa: UInt64, gpt: inout GPT) -> RMIStatus {
-        guard pa & (pageBytes - 1) == 0, state(pa) == .ns else { return .errorInput }
-        guard gpt.delegate(pa, caller: .realm) == nil else { return .errorInput }
-        delegated.insert(pa >> pageShift)
-        return .success
+    public init(_ status: RMIStatus, _ outputs: [Output] = []) {
+        self.status = status
+        self.outputs = outputs
     }
-
-    /// RMI_GRANULE_UNDELEGATE: find_lock_granule(addr, DELEGATED) (else RMI_ERROR_INPUT),
-    /// then EL3's GTSI undelegate; a refusal there is the RMM's panic, not an error to the
-    /// host ("Granule undelegate call failed").
-    public mutating func undelegate(_ pa: UInt64, gpt: inout GPT) -> any Outcome {
-        guard pa & (pageBytes - 1) == 0, state(pa) == .delegated else { return RMIStatus.errorInput }
-        if let e = gpt.undelegate(pa, caller: .realm) { return RMMPanic(reason: "Granule \(hex(pa)) undelegate call failed (\(e))") }
-        delegated.remove(pa >> pageShift)
-        return RMIStatus.success
+    /// The output called `name`, if the command returned it.
+    public subscript(_ name: String) -> UInt64? { outputs.first { $0.name == name }?.value }
+    public var kind: OutcomeKind { status.kind }
+    public var description: String {
+        status != .success || outputs.isEmpty ? status.description
+            : "\(status) (" + outputs.map { "\($0.name) \(hex($0.value))" }.joined(separator: ", ") + ")"
     }
+}
+
+/// An RSI command's status as the realm reads it in X0. TF-RMM (tf-rmm-v0.6.0)
+/// lib/smc/include/smc-rsi.h.
+public enum RSIStatus: UInt64, Sendable, Hashable, CustomStringConvertible {
+    case success = 0, errorInput = 1, errorState = 2, incomplete = 3
+    public var description: String { ["RSI_SUCCESS", "RSI_ERROR_INPUT", "RSI_ERROR_STATE", "RSI_INCOMPLETE"][Int(rawValue)] }
+}
+
+/// The host's answer to a RIPAS change (RMI_REC_ENTER flags bit 4: 0 accept, 1 reject), and
+/// what the realm reads in X2 (RSI_ACCEPT 0, RSI_REJECT 1). smc-rmi.h, smc-rsi.h.
+public enum RIPASResponse: UInt64, CaseIterable, Sendable, Hashable, CustomStringConvertible {
+    case accept = 0, reject = 1
+    public var description: String { self == .accept ? "RSI_ACCEPT" : "RSI_REJECT" }
+}
+
+/// What the realm reads after an RSI call: X0 and the outputs the call returns
+/// (RSI_IPA_STATE_GET's top and RIPAS; RSI_IPA_STATE_SET's new base and response, given on
+/// the REC entry after its exit).
+public struct RSIResult: Outcome, Hashable {
+    public let status: RSIStatus
+    public let outputs: [RMIResult.Output]
+    public let response: RIPASResponse?
+    public let ripas: RIPAS?
+    public init(_ status: RSIStatus, _ outputs: [RMIResult.Output] = [], ripas: RIPAS? = nil, response: RIPASResponse? = nil) {
+        self.status = status
+        self.outputs = outputs
+        self.ripas = ripas
+        self.response = response
+    }
+    public var kind: OutcomeKind { status == .success ? .success : .status }
+    public var description: String {
+        var parts = outputs.map { "\($0.name) \(hex($0.value))" }
+        if let ripas { parts.append("RIPAS \(ripas)") }
+        if let response { parts.append("\(response)") }
+        return status != .success || parts.isEmpty ? status.description : "\(status) (" + parts.joined(separator: ", ") + ")"
+    }
+}
+
+/// Why a REC left the realm for the host (RMI_EXIT_*, smc-rmi.h), as far as the model's
+/// realms exit: a RIPAS change request (RSI_IPA_STATE_SET) with its range and value.
+public struct RECExit: Outcome, Hashable {
+    public let base: UInt64, top: UInt64
+    public let ripas: RIPAS
+    public init(ripasChange base: UInt64, top: UInt64, ripas: RIPAS) {
+        self.base = base
+        self.top = top
+        self.ripas = ripas
+    }
+    public var kind: OutcomeKind { .fault }
+    public var description: String { "RMI_EXIT_RIPAS_CHANGE [\(hex(base))-\(hex(top))) RIPAS \(ripas)" }
+}
+
+/// The RMM's granule states (RMM 1.0 §A2.2; TF-RMM lib/granule/include/granule_types.h):
+/// every 4K granule of DRAM starts NS; RMI_GRANULE_DELEGATE makes it DELEGATED, and the
+/// realm commands make a DELEGATED granule an RD, a REC, a REC's auxiliary granule, a DATA
+/// granule or an RTT, and give it back.
+public enum GranuleState: UInt8, CaseIterable, Hashable, Sendable, CustomStringConvertible {
+    case ns, delegated, rd, rec, recAux, data, rtt
+    public var description: String { ["NS", "DELEGATED", "RD", "REC", "REC_AUX", "DATA", "RTT"][Int(rawValue)] }
 }

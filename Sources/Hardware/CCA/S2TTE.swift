@@ -69,3 +69,95 @@ extension Descriptor {
         return annotation!.payload & ~(pageBytes - 1)
     }
 }
+
+/// An RTT entry in every state TF-RMM's lib/s2tt tells apart (tf-rmm-v0.6.0 s2tt.c): the
+/// invalid states (`S2TTEState`), the valid ASSIGNED_RAM leaf, ASSIGNED_NS (a valid leaf
+/// with the NS bit, the host's memory) and TABLE. An RTT holds it as a `Descriptor`:
+/// invalid states annotated, ASSIGNED_RAM a present leaf, ASSIGNED_NS a present leaf with
+/// the `shared` attribute.
+public enum RTTEntry: Hashable, Sendable, CustomStringConvertible {
+    case unassigned(RIPAS)
+    case unassignedNS
+    case assigned(RIPAS, pa: UInt64)
+    case assignedNS(pa: UInt64)
+    case table(Int)
+
+    @inline(__always) public init(_ d: Descriptor) {
+        if d.isTable { self = .table(d.tableNumber); return }
+        if d.isLeaf {
+            let pa = d.frame.rawValue << pageShift
+            self = d.attributes.contains(.shared) ? .assignedNS(pa: pa) : .assigned(.ram, pa: pa)
+            return
+        }
+        guard let a = d.annotation, a.family == .rmmS2TTE else { self = .unassigned(.empty); return }
+        let ripas = RIPAS(rawValue: a.payload >> 5 & 3) ?? .empty
+        if a.payload >> 7 & 1 == 1 { self = .unassignedNS; return }
+        self = a.payload >> 2 & 7 == 1 ? .assigned(ripas, pa: a.payload & ~(pageBytes - 1)) : .unassigned(ripas)
+    }
+
+    /// The entry as the RTT stores it.
+    public var descriptor: Descriptor {
+        switch self {
+        case .unassigned(.empty): .s2tte(.unassignedEmpty)
+        case .unassigned(.ram): .s2tte(.unassignedRAM)
+        case .unassigned(.destroyed): .s2tte(.unassignedDestroyed)
+        case .unassignedNS: .s2tte(.unassignedNS)
+        case .assigned(.ram, let pa): .leaf(PFN(pa >> pageShift), [.present, .writable])
+        case .assigned(.empty, let pa): .s2tte(.assignedEmpty, pa: pa)
+        case .assigned(.destroyed, let pa): .s2tte(.assignedDestroyed, pa: pa)
+        case .assignedNS(let pa): .leaf(PFN(pa >> pageShift), [.present, .writable, .shared])
+        case .table(let t): .table(t)
+        }
+    }
+
+    /// Counted in the RTT's refcount: TABLE and protected ASSIGNED entries.
+    public var isRefcounted: Bool {
+        switch self {
+        case .table, .assigned: true
+        default: false
+        }
+    }
+
+    /// s2tte_is_live (s2tte_has_pa): a valid descriptor, or ASSIGNED with its PA.
+    public var isLive: Bool {
+        switch self {
+        case .table, .assigned, .assignedNS: true
+        default: false
+        }
+    }
+
+    /// The RIPAS of an entry that has one (not NS, not a table): s2tte_get_ripas.
+    public var ripas: RIPAS? {
+        switch self {
+        case .unassigned(let r), .assigned(let r, _): r
+        default: nil
+        }
+    }
+
+    /// The PA of an ASSIGNED entry.
+    public var pa: UInt64? {
+        switch self {
+        case .assigned(_, let pa), .assignedNS(let pa): pa
+        default: nil
+        }
+    }
+
+    /// The same state with the PA moved on (an unfolded block's entry `i`).
+    func offset(_ bytes: UInt64) -> RTTEntry {
+        switch self {
+        case .assigned(let r, let pa): .assigned(r, pa: pa + bytes)
+        case .assignedNS(let pa): .assignedNS(pa: pa + bytes)
+        default: self
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .unassigned(let r): "UNASSIGNED_\(r)"
+        case .unassignedNS: "UNASSIGNED_NS"
+        case .assigned(let r, let pa): "ASSIGNED_\(r) \(hex(pa))"
+        case .assignedNS(let pa): "ASSIGNED_NS \(hex(pa))"
+        case .table: "TABLE"
+        }
+    }
+}

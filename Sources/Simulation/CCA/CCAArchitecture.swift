@@ -21,29 +21,82 @@ struct CCAHostGPC: HostOwnership {
     }
 }
 
-/// The Arm CCA platform, part 1: EL3's granule protection table and the RMM's granule
-/// delegation over the arm64 host. docs/cca.md.
+/// The Arm CCA platform: EL3's granule protection table, the RMM (granules, realms, RECs,
+/// RTTs) and each guest's realm as the host created it, over the arm64 host. docs/cca.md.
 public struct CCAPlatform: Platform {
     public internal(set) var gpt: GPT
-    public internal(set) var rmm: RMMGranules
+    public internal(set) var rmm: RMM
+    /// Each guest's realm: its RD once RMI_REALM_CREATE made it, and its RECs by index.
+    public internal(set) var rd: [UInt64?]
+    public internal(set) var recs: [[UInt64]]
+    let guests: [GuestSpec]
+    /// Where the host's granules for the RMM (RDs, RECs, RTTs) come from: RAM past the
+    /// kernel's first 64 MiB, skipping guests' memory; freed ones are reused.
+    var metaCursor: UInt64
+    var metaFree: [UInt64] = []
+    let ram: [Range<UInt64>]
 
-    init(kernel: inout Kernel) {
+    init(kernel: inout Kernel, guests: [GuestSpec]) {
         gpt = GPT(ram: kernel.memory.ram)
-        rmm = RMMGranules(dram: kernel.memory.ram)
+        rmm = RMM(dram: kernel.memory.ram)
+        rd = Array(repeating: nil, count: guests.count)
+        recs = Array(repeating: [], count: guests.count)
+        self.guests = guests
+        ram = kernel.memory.ram
+        metaCursor = (kernel.memory.ram.first?.lowerBound ?? 0) + (64 << 20)
+    }
+
+    /// A free granule of host RAM, `align`-aligned, outside guests' memory (alloc_page);
+    /// nil when RAM has none left.
+    mutating func allocGranules(_ n: Int = 1, align: UInt64 = pageBytes) -> UInt64? {
+        if n == 1, align == pageBytes, let p = metaFree.popLast() { return p }
+        while true {
+            metaCursor = (metaCursor + align - 1) & ~(align - 1)
+            let range = metaCursor..<metaCursor + UInt64(n) * pageBytes
+            guard metaCursor < (ram.last?.upperBound ?? 0) else { return nil }
+            if let g = guests.first(where: { $0.placement < range.upperBound && range.lowerBound < $0.placement + $0.memory }) {
+                metaCursor = g.placement + g.memory
+            } else if !ram.contains(where: { $0.lowerBound <= range.lowerBound && range.upperBound <= $0.upperBound }) {
+                guard let next = ram.first(where: { $0.lowerBound > metaCursor }) else { return nil }
+                metaCursor = next.lowerBound
+            } else {
+                metaCursor = range.upperBound
+                return range.lowerBound
+            }
+        }
+    }
+
+    /// `n` granules (aligned to their size) delegated as KVM delegates a realm's RD, RTTs
+    /// and RECs before the command that takes them (alloc_delegated_granule); nil if RAM
+    /// runs out or a delegation fails.
+    mutating func delegatedGranules(_ n: Int = 1) -> UInt64? {
+        guard let base = allocGranules(n, align: UInt64(n) * pageBytes) else { return nil }
+        for k in 0..<UInt64(n) where rmm.delegate(base + k * pageBytes, gpt: &gpt) != .success { return nil }
+        return base
+    }
+
+    /// Granules back from the RMM (DELEGATED): undelegated and freed, or leaked when the
+    /// undelegate fails (free_delegated_granule). The number leaked.
+    mutating func undelegateAndFree(_ granules: [UInt64]) -> Int {
+        var leaked = 0
+        for g in granules {
+            if rmm.undelegate(g, gpt: &gpt).kind == .success { metaFree.append(g) } else { leaked += 1 }
+        }
+        return leaked
     }
 
     public var ownership: any HostOwnership { CCAHostGPC(gpt: gpt) }
 
     /// The granule's GPT descriptor and the RMM's state of it, for the explorer's state key.
     public func hostFootprintDigest(pa: UInt64) -> UInt64 {
-        Digest.combine(gpt.descriptor(pa), rmm.state(pa) == .delegated ? 1 : 0)
+        Digest.combine(gpt.descriptor(pa), UInt64(rmm.state(pa)?.rawValue ?? 0xff))
     }
 
     public mutating func hostAccess(_ kernel: inout Kernel, pa: UInt64, write: Bool, context: HostAccessContext, cpu: Int) -> HostAccessOutcome {
         kernel.hostAccess(CCAHostGPC(gpt: gpt), pa: pa, write: write, context: context, cpu: cpu)
     }
 
-    /// Realm guests come with the RMM's realms (issue 15, part 2).
+    /// The realm guest's set_memory_* (issue 15, part 3).
     public static func guestSetMemory(_ m: inout Machine, guest: Int, gfns: Range<UInt64>, encrypt: Bool) -> any Outcome {
         KernelStatus.error(.EINVAL)
     }
@@ -56,7 +109,19 @@ public struct CCAPlatform: Platform {
     }
 
     static let metricList: [Metric<MetricsView>] = [
-        Metric("rmm_delegated_granules", "granules", "granules the RMM holds DELEGATED (GPI REALM)") { UInt64($0.platform.rmm.delegated.count) },
+        Metric("rmm_delegated_granules", "granules", "granules the RMM holds (GPI REALM): DELEGATED, RD, REC, REC_AUX, DATA, RTT") { UInt64($0.platform.rmm.granules.count) },
+        Metric("rmm_realms", "realms", "realms the RMM holds (RDs)") { UInt64($0.platform.rmm.realms.count) },
+        Metric("rmm_recs", "RECs", "RECs the RMM holds") { UInt64($0.platform.rmm.recs.count) },
+        Metric("rmm_rtt_granules", "granules", "granules in use as RTTs, start tables included") { UInt64($0.platform.rmm.count(.rtt)) },
+        Metric("rmm_data_granules", "granules", "granules in use as realm DATA") { UInt64($0.platform.rmm.count(.data)) },
+        Metric("rmm_rtt_creates", "RTTs", "RMI_RTT_CREATE calls that made an RTT") { $0.platform.rmm.stats.rttCreates },
+        Metric("rmm_rtt_destroys", "RTTs", "RMI_RTT_DESTROY calls that removed an RTT") { $0.platform.rmm.stats.rttDestroys },
+        Metric("rmm_rtt_folds", "RTTs", "RMI_RTT_FOLD calls that folded an RTT into its parent entry") { $0.platform.rmm.stats.rttFolds },
+        Metric("rmm_data_creates", "granules", "RMI_DATA_CREATE and DATA_CREATE_UNKNOWN calls that mapped a granule") { $0.platform.rmm.stats.dataCreates },
+        Metric("rmm_data_destroys", "granules", "RMI_DATA_DESTROY calls that unmapped a granule") { $0.platform.rmm.stats.dataDestroys },
+        Metric("rmm_ripas_changes", "calls", "RMI_RTT_SET_RIPAS calls that made progress") { $0.platform.rmm.stats.ripasChanges },
+        Metric("rmm_rec_entries", "entries", "RMI_REC_ENTER calls that ran a REC") { $0.platform.rmm.stats.recEntries },
+        Metric("rmm_tlbis", "TLBIs", "stage-2 TLB invalidations the RMM issued (break-before-make, unmaps, RAM to EMPTY)") { $0.platform.rmm.stats.tlbis },
         Metric("gpt_transitions", "granules", "GPT transitions EL3 made (delegate and undelegate, one granule each)") { $0.platform.gpt.stats.transitions },
         Metric("gpt_tlbi_rpalos_granule", "TLBIs", "TLBI RPALOS of one granule (a GPI written)") { $0.platform.gpt.stats.tlbiGranule },
         Metric("gpt_tlbi_rpalos_block", "TLBIs", "TLBI RPALOS of a 2M, 32M or 512M block (a shatter)") { $0.platform.gpt.stats.tlbi2M + $0.platform.gpt.stats.tlbi32M + $0.platform.gpt.stats.tlbi512M },
@@ -96,12 +161,13 @@ public enum CCAArchitecture {
 
     public static let definition = ArchitectureDefinition(
         name: "arm64-cca",
-        summary: "Arm CCA on the arm64 host: the granule protection table (TF-A), the check on every access, the RMM's granule delegation (realms to come)",
+        summary: "Arm CCA on the arm64 host: the granule protection table (TF-A), the check on every access, the RMM (TF-RMM 0.6.0, RMM 1.0): granules, realms, RECs, RTTs, RMI and RSI",
         isa: .arm64,
-        steps: [Arm64Architecture.tlbi] + steps,
+        guestIDs: 0...255,
+        steps: [Arm64Architecture.tlbi] + steps + CCAPlatform.realmSteps,
         policySlots: [Arm64Architecture.linearMap],
         metrics: CCAPlatform.metricList.map(\.info),
-        makePlatform: { kernel, _ in CCAPlatform(kernel: &kernel) },
+        makePlatform: { kernel, guests in CCAPlatform(kernel: &kernel, guests: guests) },
         checkMachine: { _, memory, _ in
             // The GPT's L1 tables are held whole: 128 KiB per GiB of RAM, written at boot.
             memory.endOfRAM > 1 << 40 ? (slot: nil, message: "arm64-cca holds the GPT's L1 tables whole (128 KiB per GiB of RAM): RAM must end at or below 1 TiB, here it ends at \(hex(memory.endOfRAM))") : nil
