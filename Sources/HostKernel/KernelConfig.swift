@@ -86,6 +86,9 @@ public struct KernelConfig: Hashable, Sendable {
     /// KVM maps TD private memory at 2M where it can (`kvm.tdx-hugepages`, the unmerged
     /// TDX huge-page series); mainline maps 4K only.
     public var tdxHugepages = false
+    /// `kvm.cca-rtt-fold`: KVM's realm backend folds RTTs after unmapping (the KVM CCA host
+    /// series' realm_fold_rtt_level), or never.
+    public var ccaFoldRTTs = true
     /// When the host resets a page a TD released before reusing it (`host.tdx-page-reset`).
     public var tdxPageReset = TDXPageReset.always
     /// x86-64: the kernel image, whose mark_rodata_ro reaches its alias in the direct map

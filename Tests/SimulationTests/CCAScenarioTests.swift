@@ -52,7 +52,7 @@ import Testing
         var m = try Runner.run(try Scenario.load(yaml: Self.head + "  - rmi_granule_delegate: {pa: 0x80201000}\n", file: "t.yaml")).machine
         let before = m.platform.hostFootprintDigest(pa: 0x80201000)
         let neighbour = m.platform.hostFootprintDigest(pa: 0x80200000)
-        _ = m.withPlatform(CCAPlatform.self) { p, _ in p.rmm.undelegate(0x80201000, gpt: &p.gpt) }
+        _ = m.withPlatform(CCAPlatform.self) { p, _ in p.firmware.granuleUndelegate(0x80201000) }
         #expect(before != m.platform.hostFootprintDigest(pa: 0x80201000) && before != neighbour)
     }
 

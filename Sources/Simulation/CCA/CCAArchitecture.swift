@@ -1,5 +1,6 @@
 import Hardware
 import HostKernel
+import Hypervisor
 import PageTables
 
 /// The host's accesses meet the granule protection check in the Non-secure PAS, granule by
@@ -24,8 +25,20 @@ struct CCAHostGPC: HostOwnership {
 /// The Arm CCA platform: EL3's granule protection table, the RMM (granules, realms, RECs,
 /// RTTs) and each guest's realm as the host created it, over the arm64 host. docs/cca.md.
 public struct CCAPlatform: Platform {
-    public internal(set) var gpt: GPT
-    public internal(set) var rmm: RMM
+    /// EL3's GPT and the RMM, with the host pages KVM may take.
+    public internal(set) var firmware: RealmFirmware
+    public internal(set) var gpt: GPT {
+        _read { yield firmware.gpt }
+        _modify { yield &firmware.gpt }
+    }
+    public internal(set) var rmm: RMM {
+        _read { yield firmware.rmm }
+        _modify { yield &firmware.rmm }
+    }
+    /// KVM's realm backend for each guest, once KVM created its realm.
+    public internal(set) var kvm: [KVMRealm?]
+    /// KVM's counters of destroyed realms, summed.
+    var retired = KVMRealmStats()
     /// Each guest's realm: its RD once RMI_REALM_CREATE made it, and its RECs by index.
     public internal(set) var rd: [UInt64?]
     public internal(set) var recs: [[UInt64]]
@@ -35,10 +48,13 @@ public struct CCAPlatform: Platform {
     var metaCursor: UInt64
     var metaFree: [UInt64] = []
     let ram: [Range<UInt64>]
+    /// `kvm.cca-rtt-fold`.
+    let foldRTTs: Bool
 
     init(kernel: inout Kernel, guests: [GuestSpec]) {
-        gpt = GPT(ram: kernel.memory.ram)
-        rmm = RMM(dram: kernel.memory.ram)
+        foldRTTs = kernel.config.ccaFoldRTTs
+        firmware = RealmFirmware(rmm: RMM(dram: kernel.memory.ram), gpt: GPT(ram: kernel.memory.ram), pool: [])
+        kvm = Array(repeating: nil, count: guests.count)
         rd = Array(repeating: nil, count: guests.count)
         recs = Array(repeating: [], count: guests.count)
         self.guests = guests
@@ -71,7 +87,7 @@ public struct CCAPlatform: Platform {
     /// runs out or a delegation fails.
     mutating func delegatedGranules(_ n: Int = 1) -> UInt64? {
         guard let base = allocGranules(n, align: UInt64(n) * pageBytes) else { return nil }
-        for k in 0..<UInt64(n) where rmm.delegate(base + k * pageBytes, gpt: &gpt) != .success { return nil }
+        for k in 0..<UInt64(n) where firmware.granuleDelegate(base + k * pageBytes) != .success { return nil }
         return base
     }
 
@@ -80,7 +96,7 @@ public struct CCAPlatform: Platform {
     mutating func undelegateAndFree(_ granules: [UInt64]) -> Int {
         var leaked = 0
         for g in granules {
-            if rmm.undelegate(g, gpt: &gpt).kind == .success { metaFree.append(g) } else { leaked += 1 }
+            if firmware.granuleUndelegate(g).kind == .success { metaFree.append(g) } else { leaked += 1 }
         }
         return leaked
     }
@@ -122,6 +138,16 @@ public struct CCAPlatform: Platform {
         Metric("rmm_ripas_changes", "calls", "RMI_RTT_SET_RIPAS calls that made progress") { $0.platform.rmm.stats.ripasChanges },
         Metric("rmm_rec_entries", "entries", "RMI_REC_ENTER calls that ran a REC") { $0.platform.rmm.stats.recEntries },
         Metric("rmm_tlbis", "TLBIs", "stage-2 TLB invalidations the RMM issued (break-before-make, unmaps, RAM to EMPTY)") { $0.platform.rmm.stats.tlbis },
+        Metric("rmm_panics", "events", "RMM panics: an undelegate EL3 refused inside the RMM (the Realm world is gone)") { $0.platform.firmware.panics },
+        Metric("cca_kvm_delegations", "granules", "granules KVM delegated (RDs, RTTs, RECs, guest pages)") { $0.platform.kvmTotal(\.delegations) },
+        Metric("cca_kvm_undelegations", "granules", "granules KVM undelegated and freed") { $0.platform.kvmTotal(\.undelegations) },
+        Metric("cca_kvm_private_faults", "faults", "realm accesses to protected IPAs KVM mapped (DELEGATE, DATA_CREATE_UNKNOWN)") { $0.platform.kvmTotal(\.privateFaults) },
+        Metric("cca_kvm_shared_faults", "faults", "realm accesses to unprotected IPAs KVM mapped (RTT_MAP_UNPROTECTED)") { $0.platform.kvmTotal(\.sharedFaults) },
+        Metric("cca_kvm_ripas_exits", "exits", "RIPAS change exits (RSI_IPA_STATE_SET) KVM and the VMM handled") { $0.platform.kvmTotal(\.ripasExits) },
+        Metric("cca_kvm_memory_fault_exits", "exits", "KVM_EXIT_MEMORY_FAULTs to the VMM (RIPAS changes, accesses whose attribute disagreed)") { $0.platform.kvmTotal(\.memoryFaultExits) },
+        Metric("cca_kvm_rtt_creates", "RTTs", "RTTs KVM created on RMI_ERROR_RTT") { $0.platform.kvmTotal(\.rttCreates) },
+        Metric("cca_kvm_rtt_folds", "RTTs", "RTTs KVM folded after unmapping (and freed)") { $0.platform.kvmTotal(\.rttFolds) },
+        Metric("cca_kvm_leaked_granules", "granules", "granules KVM could not get back (an undelegate or a destroy refused): kept from reuse") { $0.platform.kvmTotal(\.leaked) },
         Metric("gpt_transitions", "granules", "GPT transitions EL3 made (delegate and undelegate, one granule each)") { $0.platform.gpt.stats.transitions },
         Metric("gpt_tlbi_rpalos_granule", "TLBIs", "TLBI RPALOS of one granule (a GPI written)") { $0.platform.gpt.stats.tlbiGranule },
         Metric("gpt_tlbi_rpalos_block", "TLBIs", "TLBI RPALOS of a 2M, 32M or 512M block (a shatter)") { $0.platform.gpt.stats.tlbi2M + $0.platform.gpt.stats.tlbi32M + $0.platform.gpt.stats.tlbi512M },
@@ -151,11 +177,11 @@ public enum CCAArchitecture {
         },
         Steps.platformStep(CCAPlatform.self, "rmi_granule_delegate", "RMI_GRANULE_DELEGATE: an NS granule given to the Realm world (EL3 moves its GPI to REALM, shattering and fusing GPT blocks)", [pa]) { a, _ throws(ScenarioError) in
             let address = a.number("pa")
-            return { p, _ in p.rmm.delegate(address, gpt: &p.gpt) }
+            return { p, _ in p.firmware.granuleDelegate(address) }
         },
         Steps.platformStep(CCAPlatform.self, "rmi_granule_undelegate", "RMI_GRANULE_UNDELEGATE: a DELEGATED granule back to NS through NO_ACCESS; EL3 refusing it is an RMM panic", [pa]) { a, _ throws(ScenarioError) in
             let address = a.number("pa")
-            return { p, _ in p.rmm.undelegate(address, gpt: &p.gpt) }
+            return { p, _ in p.firmware.granuleUndelegate(address) }
         },
     ]
 
@@ -164,8 +190,14 @@ public enum CCAArchitecture {
         summary: "Arm CCA on the arm64 host: the granule protection table (TF-A), the check on every access, the RMM (TF-RMM 0.6.0, RMM 1.0): granules, realms, RECs, RTTs, RMI and RSI",
         isa: .arm64,
         guestIDs: 0...255,
-        steps: [Arm64Architecture.tlbi] + steps + CCAPlatform.realmSteps,
-        policySlots: [Arm64Architecture.linearMap],
+        steps: [Arm64Architecture.tlbi] + steps + CCAPlatform.realmSteps + CCAPlatform.kvmSteps,
+        policySlots: [
+            Arm64Architecture.linearMap,
+            PolicySlot(section: .kvm, key: "cca-rtt-fold", summary: "whether KVM folds a realm's RTTs once unmapping leaves them uniform",
+                       policies: [("after-unmap", "the KVM CCA host series: RTT_FOLD over every unmapped range, folded RTTs undelegated and freed"),
+                                  ("never", "RTTs stay as faults made them until the realm is destroyed")],
+                       defaultPolicy: "after-unmap", apply: { name, t in t.host.ccaFoldRTTs = name == "after-unmap" }),
+        ],
         metrics: CCAPlatform.metricList.map(\.info),
         makePlatform: { kernel, guests in CCAPlatform(kernel: &kernel, guests: guests) },
         checkMachine: { _, memory, _ in

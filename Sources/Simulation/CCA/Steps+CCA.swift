@@ -137,7 +137,7 @@ extension CCAPlatform {
             let ipa = a.number("ipa")
             return { p, m, i, rd in
                 let data = a[number: "pa"] ?? p.memory(m, i, ipa, rd)
-                if a[number: "pa"] == nil { _ = p.rmm.delegate(data, gpt: &p.gpt) }
+                if a[number: "pa"] == nil { _ = p.firmware.granuleDelegate(data) }
                 return p.rmm.dataCreate(rd: rd, data: data, ipa: ipa, src: a[number: "src"] ?? (p.ram.first?.lowerBound ?? 0))
             }
         },
@@ -147,7 +147,7 @@ extension CCAPlatform {
             let ipa = a.number("ipa")
             return { p, m, i, rd in
                 let data = a[number: "pa"] ?? p.memory(m, i, ipa, rd)
-                if a[number: "pa"] == nil { _ = p.rmm.delegate(data, gpt: &p.gpt) }
+                if a[number: "pa"] == nil { _ = p.firmware.granuleDelegate(data) }
                 return p.rmm.dataCreate(rd: rd, data: data, ipa: ipa, src: nil)
             }
         },
