@@ -47,6 +47,16 @@ public struct GuestKernel: Sendable {
         kernel.translate(cpu: vcpu, kernel.va(PhysAddr(gpa)).rawValue)
     }
 
+    /// vmap() in the guest's kernel: `pages` pages from guest physical `gpa` in its vmalloc
+    /// space; the address.
+    public mutating func vmap(gpa: UInt64, pages: Int) throws(HostKernelError) -> UInt64 {
+        try kernel.vmap(PhysAddr(gpa), pages: pages).rawValue
+    }
+
+    /// The guest kernel's translation of its own virtual address `va` on vCPU `vcpu` (a
+    /// vmalloc address, say): nil when not present.
+    public mutating func translate(va: UInt64, vcpu: Int) -> TLBEntry? { kernel.translate(cpu: vcpu, va) }
+
     /// The direct-map PTE of `gfn` changed without a flush (one action of a conversion the
     /// explorer interleaves); the vCPUs' TLBs keep the old entry until `flush(gfn:)`. Linux
     /// set_memory.c __change_page_attr_set_clr, before its cpa_flush.

@@ -89,6 +89,12 @@ public struct KernelConfig: Hashable, Sendable {
     /// `kvm.cca-rtt-fold`: KVM's realm backend folds RTTs after unmapping (the KVM CCA host
     /// series' realm_fold_rtt_level), or never.
     public var ccaFoldRTTs = true
+    /// A realm guest's kernel: `guest.cca-enc-order`, `guest.cca-vmalloc`, and
+    /// `guest.dcache-word-access` (CONFIG_DCACHE_WORD_ACCESS, which arm64 always selects:
+    /// load_unaligned_zeropad in the dcache's name hashing and compares).
+    public var realmEncOrder = RealmEncOrder.invalidateFirst
+    public var realmVmalloc = RealmVmallocPolicy.reject
+    public var dcacheWordAccess = true
     /// When the host resets a page a TD released before reusing it (`host.tdx-page-reset`).
     public var tdxPageReset = TDXPageReset.always
     /// x86-64: the kernel image, whose mark_rodata_ro reaches its alias in the direct map

@@ -111,6 +111,9 @@ public protocol Platform: Sendable {
     /// set_memory_encrypted/decrypted in guest `guest`'s own kernel, with the architecture's
     /// conversion protocol.
     static func guestSetMemory(_ m: inout Machine, guest: Int, gfns: Range<UInt64>, encrypt: Bool) -> any Outcome
+    /// set_memory_encrypted/decrypted in guest `guest`'s kernel on a virtual address of
+    /// its own (a vmalloc address, say); nil where the model has no such path.
+    static func guestSetMemory(_ m: inout Machine, guest: Int, va: UInt64, numpages: Int, encrypt: Bool) -> (any Outcome)?
     /// The platform's state for guest `guest`'s frame at `gpa` (its ownership entry), folded
     /// for the explorer's state key; 0 where the platform keeps none.
     func footprintDigest(guest: Int, gpa: UInt64) -> UInt64
@@ -134,6 +137,7 @@ public protocol Platform: Sendable {
 }
 
 extension Platform {
+    public static func guestSetMemory(_ m: inout Machine, guest: Int, va: UInt64, numpages: Int, encrypt: Bool) -> (any Outcome)? { nil }
     public func footprintDigest(guest: Int, gpa: UInt64) -> UInt64 { 0 }
     public func hostFootprintDigest(pa: UInt64) -> UInt64 { 0 }
     public func isInaccessible(_ pfn: UInt64) -> Bool { false }

@@ -91,7 +91,9 @@ public struct Machine: Sendable {
     /// direct map as at boot, no acceptance state.
     mutating func rebootGuestKernel(_ i: Int) {
         let g = guests[i]
-        guestKernels[i] = (try? GuestKernel(name: g.name, memory: g.memory, config: g.kernelConfig)) ?? guestKernels[i]
+        var config = g.kernelConfig
+        architecture.guestKernelConfig(&config)
+        guestKernels[i] = (try? GuestKernel(name: g.name, memory: g.memory, config: config)) ?? guestKernels[i]
     }
 
     @inline(__always) mutating func tick(_ done: UInt64, _ total: UInt64) {

@@ -247,6 +247,18 @@ public enum Steps {
     /// A set_memory_* step in a guest's own kernel: set_memory_encrypted/decrypted run the
     /// architecture's conversion protocol; the others change the guest's direct map alone.
     static func guestCPAStep(_ name: String, _ a: inout StepArguments, guest i: Int, spec g: GuestSpec, numpages: Int) throws(ScenarioError) -> StepAction {
+        let encDec = name == "set_memory_encrypted" || name == "set_memory_decrypted"
+        if encDec, a.has("addr"), !a.has("gpa"), !a.has("pa") {
+            // A virtual address of the guest's own kernel: where the platform has that path.
+            let va = a.number("addr"), encrypt = name == "set_memory_encrypted"
+            return { m throws(HostKernelError) in
+                let platform = type(of: m.platform)
+                let r = platform.guestSetMemory(&m, guest: i, va: va, numpages: numpages, encrypt: encrypt)
+                    ?? KernelStatus.error(.EINVAL)
+                m.counters.operations += 1
+                return r
+            }
+        }
         guard !a.has("addr") && !a.has("pa") else { throw a.field(a.has("addr") ? "addr" : "pa").error("with 'guest', give 'gpa' (a guest physical address)") }
         guard a.has("gpa") else { throw a.fields.owner.error("with 'guest', 'gpa' is required") }
         let gpa = a.number("gpa")

@@ -85,6 +85,28 @@ import Testing
         ])
     }
 
+    /// Seed 004 on Arm CCA. As merged (the PTE invalid before the RIPAS changes) no order of
+    /// the two vCPUs gives a synchronous external abort; with the RIPAS changed while the PTE
+    /// is valid, the read after the RSI call is an SEA the kernel dies of, found in 2 actions
+    /// and replayed by run.
+    @Test func theRealmZeropadReadDuringAConversion() throws {
+        let merged = try Explorer.explore(try Scenario.load(yaml: try Self.example("explore-cca-zeropad.yaml"), file: "c.yaml"))
+        #expect(merged.counterexample == nil && merged.limited == nil && merged.schedules == 4)
+        let text = try Self.example("explore-cca-zeropad-in-place.yaml")
+        let r = try Explorer.explore(try Scenario.load(yaml: text, file: "i.yaml"))
+        #expect(r.counterexample == [0, 1] && r.violation == "assert metric guest_kernel_seas == 0 failed (guest_kernel_seas is 1)")
+        let listing = try Explorer.describe(try Scenario.load(yaml: text, file: "i.yaml"), schedule: r.counterexample!)
+        #expect(listing.map(\.action) == [
+            "set_memory_decrypted: rsi_set_memory_range_shared: RSI_IPA_STATE_SET EMPTY (the exit, KVM, REC_ENTER) → ok",
+            "load_unaligned_zeropad → guest oops: synchronous external abort at 0xffff000000201000 (do_sea: no fixup for a kernel SEA)",
+        ])
+        // Every schedule of the merged order: what the read met.
+        let fixed = try Explorer.describe(try Scenario.load(yaml: try Self.example("explore-cca-zeropad.yaml"), file: "c.yaml"), schedule: [0, 0, 1])
+        #expect(fixed.last?.action == "load_unaligned_zeropad → translation fault fixed up by ex_handler_load_unaligned_zeropad (the next page's bytes read as zero)")
+        let replay = try Runner.run(try Scenario.load(yaml: text + "schedule: [0, 1]\n", file: "replay.yaml"))
+        #expect(replay.failure?.invariant == "assert" && replay.failure!.detail.hasSuffix("guest_kernel_seas is 1)"))
+    }
+
     /// Seed 001's NMI question: the NMI (thread 1, on CPU 0) reads the page between any two
     /// actions of CPU 0's split. __split_large_page's order (fill, install with one store,
     /// flush) never leaves it unmapped; the entry cleared and flushed before the table goes

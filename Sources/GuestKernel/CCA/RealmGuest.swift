@@ -39,3 +39,54 @@ extension GuestKernel {
         return nil
     }
 }
+
+extension GuestKernel {
+    /// realm_set_memory_encrypted/decrypted → __set_memory_enc_dec over `numpages` from `va`,
+    /// in `order`: linear-map addresses only (a vmalloc address per `vmalloc`), the PTEs
+    /// broken (VALID cleared, PROT_NS_SHARED toggled in the same write), flushed, the RIPAS
+    /// changed with RSI_CHANGE_DESTROYED (RAM to encrypt, EMPTY to decrypt), the PTEs valid
+    /// again. A failure leaves the PTEs as they are, WARNs "Failed to {en,de}crypt memory, N
+    /// pages will be leaked" and is -EINVAL. arch/arm64/mm/pageattr.c, arch/arm64/mm/mem_encrypt.c.
+    public mutating func realmSetMemory(_ va: UInt64, numpages n: Int, encrypt: Bool, order: RealmEncOrder, vmalloc: RealmVmallocPolicy,
+                                        _ rsi: RSIIPAStateSet) -> any Outcome {
+        func leaked(_ r: any Outcome) -> any Outcome {
+            AnnotatedOutcome(r, notes: ["WARN: Failed to \(encrypt ? "en" : "de")crypt memory, \(n) pages will be leaked"])
+        }
+        guard va & (pageBytes - 1) == 0 else { return AnnotatedOutcome(OK(), notes: ["WARN_ON: unaligned address, nothing done"]) }
+        if kernel.isLinearMapAddress(va) {
+            let pa = kernel.pa(VirtAddr(va)).rawValue
+            if let failure = realmEncDec([va], pa, n, encrypt: encrypt, order: order, rsi) { return leaked(failure) }
+            return OK()
+        }
+        guard vmalloc == .perPage, kernel.isVmalloc(va) else { return leaked(KernelStatus.error(.EINVAL)) }
+        for k in 0..<UInt64(n) {
+            guard let pa = kernel.vmallocToPhys(va + k * pageBytes) else { return leaked(KernelStatus.error(.EINVAL)) }
+            if let failure = realmEncDec([va + k * pageBytes, kernel.va(PhysAddr(pa)).rawValue], pa, 1, encrypt: encrypt, order: order, rsi) {
+                return leaked(failure)
+            }
+        }
+        return OK()
+    }
+
+    /// The conversion of `n` pages at physical `pa`, mapped at each of `aliases`.
+    mutating func realmEncDec(_ aliases: [UInt64], _ pa: UInt64, _ n: Int, encrypt: Bool, order: RealmEncOrder, _ rsi: RSIIPAStateSet) -> (any Outcome)? {
+        let ns: Attributes = encrypt ? [] : .shared, notNS: Attributes = encrypt ? .shared : []
+        let ripas: RIPAS = encrypt ? .ram : .empty
+        func change(set: Attributes, clear: Attributes) -> (any Outcome)? {
+            for a in aliases {
+                let s = kernel.changeMemoryCommon(a, pages: n, set: set, clear: clear)
+                if s != .ok { return s }
+            }
+            return nil
+        }
+        switch order {
+        case .invalidateFirst:
+            if let f = change(set: ns, clear: notNS.union(.present)) { return f }
+            if let f = GuestKernel.rsiSetMemoryRange(pa, pa + UInt64(n) * pageBytes, ripas, flags: 1, rsi) { return f == .invalid ? KernelStatus.error(.EINVAL) : f }
+            return change(set: .present, clear: [])
+        case .inPlace:
+            if let f = GuestKernel.rsiSetMemoryRange(pa, pa + UInt64(n) * pageBytes, ripas, flags: 1, rsi) { return f == .invalid ? KernelStatus.error(.EINVAL) : f }
+            return change(set: ns, clear: notNS)
+        }
+    }
+}

@@ -113,3 +113,21 @@ extension Kernel {
         return status
     }
 }
+
+extension Kernel {
+    /// __change_memory_common(start, size, set_mask, clear_mask): update_range_prot, then
+    /// flush_tlb_kernel_range (6.13+: not when the change only sets VALID). The arm64 code
+    /// a realm's __set_memory_enc_dec calls twice. arch/arm64/mm/pageattr.c.
+    public mutating func changeMemoryCommon(_ start: UInt64, pages: Int, set: Attributes, clear: Attributes) -> KernelStatus {
+        arm64ChangeRange(start, pages: pages, set: set, clear: clear, flush: true)
+    }
+
+    /// __is_lm_address: a linear-map address of memory the kernel mapped.
+    public func isLinearMapAddress(_ va: UInt64) -> Bool { va >= layout.pageOffset && va < directMapEnd }
+
+    /// vmalloc_to_page's physical address for a vmalloc address, nil where nothing is mapped.
+    public func vmallocToPhys(_ va: UInt64) -> UInt64? {
+        guard isVmalloc(va), let leaf = pageTable.lookup(VirtAddr(va)), leaf.descriptor.isLeaf else { return nil }
+        return (leaf.descriptor.frame.rawValue << pageShift) + (va - leaf.virt.rawValue)
+    }
+}

@@ -39,6 +39,10 @@ public struct CCAPlatform: Platform {
     public internal(set) var kvm: [KVMRealm?]
     /// KVM's counters of destroyed realms, summed.
     var retired = KVMRealmStats()
+    /// What the realm guests' kernels counted.
+    public internal(set) var guestStats = RealmGuestStats()
+    /// Whether each realm's kernel has booted (set its memory RIPAS RAM).
+    var booted: [Bool]
     /// Each guest's realm: its RD once RMI_REALM_CREATE made it, and its RECs by index.
     public internal(set) var rd: [UInt64?]
     public internal(set) var recs: [[UInt64]]
@@ -55,6 +59,7 @@ public struct CCAPlatform: Platform {
         foldRTTs = kernel.config.ccaFoldRTTs
         firmware = RealmFirmware(rmm: RMM(dram: kernel.memory.ram), gpt: GPT(ram: kernel.memory.ram), pool: [])
         kvm = Array(repeating: nil, count: guests.count)
+        booted = Array(repeating: false, count: guests.count)
         rd = Array(repeating: nil, count: guests.count)
         recs = Array(repeating: [], count: guests.count)
         self.guests = guests
@@ -112,9 +117,13 @@ public struct CCAPlatform: Platform {
         kernel.hostAccess(CCAHostGPC(gpt: gpt), pa: pa, write: write, context: context, cpu: cpu)
     }
 
-    /// The realm guest's set_memory_* (issue 15, part 3).
+    /// set_memory_* in realm guest `guest`'s kernel, on the pages' linear-map address.
     public static func guestSetMemory(_ m: inout Machine, guest: Int, gfns: Range<UInt64>, encrypt: Bool) -> any Outcome {
-        KernelStatus.error(.EINVAL)
+        realmSetMemory(&m, guest: guest, va: m.guestKernels[guest].va(gfn: gfns.lowerBound), numpages: Int(gfns.count), encrypt: encrypt)
+    }
+
+    public static func guestSetMemory(_ m: inout Machine, guest: Int, va: UInt64, numpages: Int, encrypt: Bool) -> (any Outcome)? {
+        realmSetMemory(&m, guest: guest, va: va, numpages: numpages, encrypt: encrypt)
     }
 
     public func metrics(kernel: Kernel) -> [(String, UInt64)] { Self.metricList.values(MetricsView(platform: self, kernel: kernel)) }
@@ -148,6 +157,10 @@ public struct CCAPlatform: Platform {
         Metric("cca_kvm_rtt_creates", "RTTs", "RTTs KVM created on RMI_ERROR_RTT") { $0.platform.kvmTotal(\.rttCreates) },
         Metric("cca_kvm_rtt_folds", "RTTs", "RTTs KVM folded after unmapping (and freed)") { $0.platform.kvmTotal(\.rttFolds) },
         Metric("cca_kvm_leaked_granules", "granules", "granules KVM could not get back (an undelegate or a destroy refused): kept from reuse") { $0.platform.kvmTotal(\.leaked) },
+        Metric("guest_zeropad_fixups", "faults", "load_unaligned_zeropad reads whose translation fault in the next page ex_handler_load_unaligned_zeropad fixed up") { $0.platform.guestStats.zeropadFixups },
+        Metric("guest_kernel_seas", "events", "synchronous external aborts in realm kernels (do_sea: no fixup, the kernel dies)") { $0.platform.guestStats.kernelSEAs },
+        Metric("guest_leaked_pages", "pages", "pages a realm's set_memory_* gave up on (\"pages will be leaked\")") { $0.platform.guestStats.leakedPages },
+        Metric("guest_rsi_calls", "calls", "RSI_IPA_STATE_SET calls the realms' kernels made") { $0.platform.guestStats.rsiCalls },
         Metric("gpt_transitions", "granules", "GPT transitions EL3 made (delegate and undelegate, one granule each)") { $0.platform.gpt.stats.transitions },
         Metric("gpt_tlbi_rpalos_granule", "TLBIs", "TLBI RPALOS of one granule (a GPI written)") { $0.platform.gpt.stats.tlbiGranule },
         Metric("gpt_tlbi_rpalos_block", "TLBIs", "TLBI RPALOS of a 2M, 32M or 512M block (a shatter)") { $0.platform.gpt.stats.tlbi2M + $0.platform.gpt.stats.tlbi32M + $0.platform.gpt.stats.tlbi512M },
@@ -190,18 +203,36 @@ public enum CCAArchitecture {
         summary: "Arm CCA on the arm64 host: the granule protection table (TF-A), the check on every access, the RMM (TF-RMM 0.6.0, RMM 1.0): granules, realms, RECs, RTTs, RMI and RSI",
         isa: .arm64,
         guestIDs: 0...255,
-        steps: [Arm64Architecture.tlbi] + steps + CCAPlatform.realmSteps + CCAPlatform.kvmSteps,
+        steps: [Arm64Architecture.tlbi] + steps + CCAPlatform.realmSteps + CCAPlatform.kvmSteps + CCAPlatform.guestSteps,
         policySlots: [
             Arm64Architecture.linearMap,
             PolicySlot(section: .kvm, key: "cca-rtt-fold", summary: "whether KVM folds a realm's RTTs once unmapping leaves them uniform",
                        policies: [("after-unmap", "the KVM CCA host series: RTT_FOLD over every unmapped range, folded RTTs undelegated and freed"),
                                   ("never", "RTTs stay as faults made them until the realm is destroyed")],
                        defaultPolicy: "after-unmap", apply: { name, t in t.host.ccaFoldRTTs = name == "after-unmap" }),
+            PolicySlot(section: .guest, key: "realm-linear-map", summary: "how a realm guest's kernel maps its linear map",
+                       policies: [("pte", "4K pages: rodata=full, the default (the realm is detected only after map_mem, so this is what makes it page-granular)"),
+                                  ("bbml2-split", "Linux 6.18 on BBML2_NOABORT CPUs: blocks, split on demand (split_kernel_leaf_mapping)"),
+                                  ("blocks", "rodata=off without BBML2: blocks, and a flip inside one fails (-EINVAL)")],
+                       defaultPolicy: "pte", apply: { name, t in t.guest.linearMap = Arm64LinearMap(rawValue: name)! }),
+            PolicySlot(section: .guest, key: "cca-enc-order", summary: "the order a realm's set_memory_* changes the PTE and the RIPAS in",
+                       policies: RealmEncOrder.allCases.map { ($0.rawValue, $0.summary) }, defaultPolicy: RealmEncOrder.invalidateFirst.rawValue,
+                       apply: { name, t in t.guest.realmEncOrder = RealmEncOrder(rawValue: name)! }),
+            PolicySlot(section: .guest, key: "cca-vmalloc", summary: "what a realm's set_memory_* does with a vmalloc address",
+                       policies: RealmVmallocPolicy.allCases.map { ($0.rawValue, $0.summary) }, defaultPolicy: RealmVmallocPolicy.reject.rawValue,
+                       apply: { name, t in t.guest.realmVmalloc = RealmVmallocPolicy(rawValue: name)! }),
+            PolicySlot(section: .guest, key: "dcache-word-access", summary: "CONFIG_DCACHE_WORD_ACCESS in the realm's kernel (arm64 always selects it)",
+                       policies: [("true", "word-at-a-time name hashing with load_unaligned_zeropad (arm64's Kconfig)"),
+                                  ("false", "a kernel without it: byte-at-a-time, no load_unaligned_zeropad")],
+                       defaultPolicy: "true", apply: { name, t in t.guest.dcacheWordAccess = name == "true" }),
         ],
         metrics: CCAPlatform.metricList.map(\.info),
+        threadRoutines: CCAPlatform.guestThreadRoutines,
         makePlatform: { kernel, guests in CCAPlatform(kernel: &kernel, guests: guests) },
         checkMachine: { _, memory, _ in
             // The GPT's L1 tables are held whole: 128 KiB per GiB of RAM, written at boot.
             memory.endOfRAM > 1 << 40 ? (slot: nil, message: "arm64-cca holds the GPT's L1 tables whole (128 KiB per GiB of RAM): RAM must end at or below 1 TiB, here it ends at \(hex(memory.endOfRAM))") : nil
-        })
+        },
+        // A realm's kernel is arm64's; its linear map's NS-shared bit is the top IPA bit.
+        guestKernelConfig: { $0.isa = .arm64; $0.ccSharedBit = true })
 }

@@ -47,7 +47,7 @@ extension CCAPlatform {
             guard r == .ok else { kvm[i] = nil; return r }
         }
         let source = ram.first?.lowerBound ?? 0
-        return withKVM(i, need: 4 + g.vcpus * (1 + RMM.recAuxGranules)) { k, fw in
+        let up: any Outcome = withKVM(i, need: 4 + g.vcpus * (1 + RMM.recAuxGranules)) { k, fw in
             guard k.state == .new else { return k.state == .active ? .ok : .errno(.EINVAL) }
             if populate > 0 {
                 let r = k.populate(&fw, bytes: populate, source: source)
@@ -55,6 +55,9 @@ extension CCAPlatform {
             }
             return k.activate(&fw)
         } ?? KVMRealmOutcome.errno(.EINVAL)
+        guard up.kind == .success, !booted[i] else { return up }
+        booted[i] = true
+        return bootRealmKernel(i, memory: g.memory)
     }
 
     /// The realm's access to `ipa` on a vCPU, through its stage 2 (the RTT): a valid entry
@@ -101,6 +104,7 @@ extension CCAPlatform {
         let r = withKVM(i) { k, fw in k.destroy(&fw) }!
         retired.add(kvm[i]!.stats)
         kvm[i] = nil
+        booted[i] = false
         rd[i] = nil
         recs[i] = []
         return r

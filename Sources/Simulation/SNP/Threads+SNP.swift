@@ -100,8 +100,10 @@ public struct ZeropadFixedUp: Outcome, Hashable {
     /// The exception the read took in the next page: a #PF (not present), or in a TDX guest
     /// the #VE that handle_mmio refused because the access crossed a page.
     public var exception = "#PF"
+    /// The fixup: x86's ex_handler_zeropad, arm64's ex_handler_load_unaligned_zeropad.
+    public var handler = "ex_handler_zeropad"
     public var kind: OutcomeKind { .success }
-    public var description: String { "\(exception) fixed up by ex_handler_zeropad (the next page's bytes read as zero)" }
+    public var description: String { "\(exception) fixed up by \(handler) (the next page's bytes read as zero)" }
 }
 
 extension Steps {
