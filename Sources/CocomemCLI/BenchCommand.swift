@@ -16,7 +16,8 @@ struct Bench: ParsableCommand {
         discussion: """
             Figures: walk_ratio, tlb_hit_ratio (model ÷ C on the same data and address
             stream), cpa_ops_per_s, psc_ops_per_s, pkvm_share_ops_per_s, mte_swap_cycle_ops_per_s,
-            user_fault_ops_per_s, tdx_convert_ops_per_s, snp_convert_ops_per_s, tdx_pamt_static_mib,
+            user_fault_ops_per_s, tdx_convert_ops_per_s, snp_convert_ops_per_s, cca_convert_ops_per_s,
+            tdx_pamt_static_mib,
             tdx_pamt_dynamic_mib,
             explore_states_per_s, mte_race_found_s, sweep_speedup,
             rss_16t_256g_mib, rss_snp_4p_boot_mib, bytes_per_split_2m, scale_run_s,
@@ -54,8 +55,8 @@ struct Bench: ParsableCommand {
         if pscOnly { print(try Self.pscOps(quick: quick)); return }
         if userOnly { print(Self.userFaultOps(quick: quick)); return }
         if convertOnly {
-            let (t, s) = try Self.convertOps(quick: quick)
-            print("tdx", t.median, t.min, t.max, "snp", s.median, s.min, s.max)
+            let (t, s, c) = try Self.convertOps(quick: quick)
+            print("tdx", t.median, t.min, t.max, "snp", s.median, s.min, s.max, "cca", c.median, c.min, c.max)
             return
         }
         let (walk, tlb) = try Self.walkAndTLB(quick: quick)
@@ -67,9 +68,10 @@ struct Bench: ParsableCommand {
         add(("pkvm_share_ops_per_s", try Self.runs { Self.pkvmShareOps(quick: quick) }, "pKVM host share then unshare of a random 4K page with a guest, 64 GiB host (goal ≥ 1e6)"))
         add(("mte_swap_cycle_ops_per_s", try Self.runs { Self.mteSwapCycles(quick: quick) }, "swap out and back in one tagged 4K page of a 16 GiB guest: tags saved and restored (goal ≥ 1e6)"))
         add(("user_fault_ops_per_s", try Self.runs { Self.userFaultOps(quick: quick) }, "a write fault then MADV_DONTNEED of a random 4K page of a 64 GiB anonymous VMA, each counted (goal ≥ 2e6)"))
-        let (tdxConvert, snpConvert) = try Self.convertOps(quick: quick)
+        let (tdxConvert, snpConvert, ccaConvert) = try Self.convertOps(quick: quick)
         add(("tdx_convert_ops_per_s", tdxConvert, "set_memory_decrypted then _encrypted of a random 4K page of a \(quick ? "8" : "64") GiB TD: MapGPA, KVM's zap or fault, ACCEPT (goal ≥ 5e5, within 1.5× of SNP)"))
         add(("snp_convert_ops_per_s", snpConvert, "the same cycle in an SEV-SNP guest of the same size: PVALIDATE, page-state changes, RMPUPDATE, split-on-assign"))
+        add(("cca_convert_ops_per_s", ccaConvert, "the same cycle in a realm of the same size, the page touched after each: RSI, KVM's DATA_DESTROY/undelegate or DELEGATE/DATA_CREATE_UNKNOWN, RTT_SET_RIPAS, the GPT (goal ≥ 5e5, within 1.5× of SNP)"))
         let pamt = Self.tdxPAMTMiB(acceptedFraction: 1)
         add(("tdx_pamt_static_mib", Spread(one: pamt.static), "PAMT of a 1 TiB TDX host (tdmr_get_pamt_sz), whatever its TDs use"))
         add(("tdx_pamt_dynamic_mib", Spread(one: pamt.dynamic), "dynamic PAMT of that host with 64 TDs of 8 GiB, all accepted and mapped at 4K: bitmap, 2M/1G levels, refcounts, page pairs"))
@@ -241,12 +243,13 @@ struct Bench: ParsableCommand {
     /// private memory mapped on first accept), then random 4K pages made shared and private
     /// again through the guest kernel's set_memory_decrypted/encrypted, the hypervisor and
     /// the hardware model. Each conversion is one operation.
-    static func convertOps(quick: Bool) throws -> (Spread, Spread) {
+    static func convertOps(quick: Bool) throws -> (Spread, Spread, Spread) {
         let guest: UInt64 = quick ? 8 << 30 : 64 << 30, host = quick ? "16G" : "80G", n = quick ? 20_000 : 200_000
         let g = "  - {name: vm0, asid: 1, memory: \(guest), placement: {pa: 0x100000000}}\n"
         let tdx = "name: bench\nmachine: {arch: x86-tdx, memory: \(host)}\nguests:\n\(g)steps:\n  - launch: {td: vm0}\n  - tdh.mr.finalize: {td: vm0}\n"
         let snp = "name: bench\nmachine: {arch: x86-snp, memory: \(host)}\nguests:\n\(g)steps:\n  - workload: {kind: guest-boot, guest: vm0}\n"
-        func run(_ yaml: String) throws -> Double {
+        let cca = "name: bench\nmachine: {arch: arm64-cca, memory: \(host)}\nguests:\n\(g)steps:\n  - realm-launch: {realm: vm0}\n"
+        func run(_ yaml: String, touch: Bool = false) throws -> Double {
             var m = try Runner.run(try Scenario.load(yaml: yaml, file: "<bench>")).machine
             var rng = SeededGenerator(seed: 23)
             // The platform's type once: a copy of the platform alive across the call would
@@ -258,15 +261,20 @@ struct Bench: ParsableCommand {
                 let a = platform.guestSetMemory(&m, guest: 0, gfns: gfn..<gfn + 1, encrypt: false)
                 let b = platform.guestSetMemory(&m, guest: 0, gfns: gfn..<gfn + 1, encrypt: true)
                 precondition(!a.isError && !b.isError, "a conversion failed: \(a), \(b)")
+                if touch {
+                    let c = CCAPlatform.realmKernelTouch(&m, guest: 0, gpa: gfn << pageShift)
+                    precondition(c.kind == .success, "the realm's access failed: \(c)")
+                }
             }
             return Double(2 * n) / seconds(ContinuousClock.now - t0)
         }
-        var t: [Double] = [], s: [Double] = []
+        var t: [Double] = [], s: [Double] = [], c: [Double] = []
         for _ in 0..<(quick ? 3 : rounds) {
             t.append(try run(tdx))
             s.append(try run(snp))
+            c.append(try run(cca, touch: true))
         }
-        return (Spread(t), Spread(s))
+        return (Spread(t), Spread(s), Spread(c))
     }
 
     /// The PAMT of a 1 TiB TDX host with 64 TDs of 8 GiB, `acceptedFraction` of each TD's

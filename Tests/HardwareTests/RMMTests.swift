@@ -37,6 +37,15 @@ import Testing
         }
 
         var realm: Realm { rmm.realms[rd]! }
+
+        /// The refcounts and live counts the realm keeps as entries change equal those counted
+        /// afresh from every RTT.
+        func countsHold() -> Bool {
+            realm.rttGranule.keys.allSatisfy { t in
+                realm.refcount(table: t) == RMM.countedRefcount(realm.rtt, table: t)
+                    && realm.liveEntries(table: t) == (0..<entriesPerTable).filter { RTTEntry(realm.rtt.entry(table: t, index: $0)).isLive }.count
+            }
+        }
         func entry(_ ipa: UInt64, _ level: Int) -> RTTEntry? { realm.entry(ipa, level: level) }
 
         mutating func create(_ ipa: UInt64, _ level: Int) -> RMIStatus { rmm.rttCreate(rd: rd, rtt: delegated(), ipa: ipa, level: level) }
@@ -209,7 +218,7 @@ import Testing
             #expect(f.rmm.delegate(base + i * pageBytes, gpt: &f.gpt) == .success)
             #expect(f.rmm.dataCreate(rd: f.rd, data: base + i * pageBytes, ipa: i * pageBytes, src: 0x8000_0000) == .success)
         }
-        let l3 = f.realm.rttGranule.first { $0.key >= 2 && RMM.refcount(f.realm.rtt, table: $0.key, level: 3) == 512 }!.value
+        let l3 = f.realm.rttGranule.first { $0.key >= 2 && f.realm.refcount(table: $0.key) == 512 }!.value
         let tlbis = f.rmm.stats.tlbis
         #expect(f.rmm.rttFold(rd: f.rd, ipa: 0, level: 3) == RMIResult(.success, [.init("rtt", l3)]))
         #expect(f.entry(0, 2) == .assigned(.ram, pa: base) && f.rmm.state(l3) == .delegated && f.rmm.stats.tlbis == tlbis + 1)
@@ -227,6 +236,7 @@ import Testing
         #expect(f.rmm.dataDestroy(rd: f.rd, ipa: 0x1000).status == .success)
         #expect(f.rmm.dataCreate(rd: f.rd, data: base + 0x1000, ipa: 0x1000, src: 0x8000_0000) == .success)
         #expect(f.rmm.rttFold(rd: f.rd, ipa: 0, level: 3).status == .success && f.entry(0x1000, 2) == .assigned(.ram, pa: base))
+        #expect(f.countsHold())
     }
 
     @Test func foldOfUnassignedAndNS() {
@@ -255,6 +265,7 @@ import Testing
         // … but 512 UNASSIGNED_NS entries fold into level 0.
         #expect(g.create(0, 1) == .success)
         #expect(g.rmm.rttFold(rd: g.rd, ipa: 0, level: 1).status == .success && g.entry(0, 0) == .unassigned(.empty))
+        #expect(f.countsHold())
     }
 
     @Test func rttDestroyFailuresAndTop() {
@@ -275,6 +286,7 @@ import Testing
         let ns: UInt64 = 1 << 39
         #expect(f.create(ns, 2) == .success)
         #expect(f.rmm.rttDestroy(rd: f.rd, ipa: ns, level: 2).status == .success && f.entry(ns, 1) == .unassignedNS)
+        #expect(f.countsHold())
     }
 
     @Test func readEntry() {
@@ -328,6 +340,7 @@ import Testing
         #expect(f.entry(0, 3) == .unassigned(.destroyed) && f.rmm.stats.tlbis == tlbis + 1 && f.rmm.state(ram) == .delegated)
         #expect(f.rmm.dataDestroy(rd: f.rd, ipa: 0x1000).status == .success && f.entry(0x1000, 3) == .unassigned(.empty) && f.rmm.stats.tlbis == tlbis + 1)
         #expect(f.rmm.dataDestroy(rd: f.rd, ipa: 0x2000).status == .success && f.entry(0x2000, 3) == .unassigned(.destroyed))
+        #expect(f.countsHold())
     }
 
     // MARK: Unprotected mappings
@@ -351,6 +364,7 @@ import Testing
         #expect(f.create(ns, 2) == .success && f.entry(ns + 0x20_0000, 2) == .assignedNS(pa: 0x4020_0000))
         // An RTT of ASSIGNED_NS entries is destroyed with them (they are not counted).
         #expect(f.rmm.rttDestroy(rd: f.rd, ipa: ns, level: 2).status == .success && f.entry(ns, 1) == .unassignedNS)
+        #expect(f.countsHold())
     }
 
     // MARK: RIPAS
@@ -421,6 +435,7 @@ import Testing
         _ = f.rmm.recEnter(rec: rec, response: .accept)
         #expect(f.entry(0x3000, 3) == .unassigned(.empty))
         #expect(f.rmm.rttInitRIPAS(rd: f.rd, base: 0x3000, top: 0x4000).status == .errorRealm)
+        #expect(f.countsHold())
     }
 
     @Test func destroyedNeedsChangeDestroyed() {

@@ -42,25 +42,44 @@ public struct RMMPanic: Hashable, Sendable, Outcome {
 /// runtime/core/handler.c (the output registers of each command).
 public struct RMIResult: Outcome, Hashable {
     public let status: RMIStatus
-    /// The output registers, named as the specification names them (`rtt`, `top`, `pa` …).
-    public let outputs: [Output]
+    /// Up to two output registers, held inline (no array per call).
+    let first: Output?, second: Output?
     public struct Output: Hashable, Sendable {
-        public let name: String
+        public let name: StaticString
         public let value: UInt64
-        public init(_ name: String, _ value: UInt64) {
+        public init(_ name: StaticString, _ value: UInt64) {
             self.name = name
             self.value = value
         }
+        public static func == (a: Output, b: Output) -> Bool { same(a.name, b.name) && a.value == b.value }
+        public func hash(into h: inout Hasher) {
+            name.withUTF8Buffer { h.combine(bytes: UnsafeRawBufferPointer($0)) }
+            h.combine(value)
+        }
+        /// Two names alike, byte for byte (no String made).
+        static func same(_ a: StaticString, _ b: StaticString) -> Bool {
+            a.utf8Start == b.utf8Start || a.withUTF8Buffer { x in b.withUTF8Buffer { y in x.elementsEqual(y) } }
+        }
     }
-    public init(_ status: RMIStatus, _ outputs: [Output] = []) {
+    public init(_ status: RMIStatus, _ first: Output? = nil, _ second: Output? = nil) {
         self.status = status
-        self.outputs = outputs
+        self.first = first
+        self.second = second
     }
+    /// The outputs, named as the specification names them (`rtt`, `top`, `pa` …).
+    public init(_ status: RMIStatus, _ outputs: [Output]) {
+        self.init(status, outputs.first, outputs.dropFirst().first)
+    }
+    public var outputs: [Output] { [first, second].compactMap { $0 } }
     /// The output called `name`, if the command returned it.
-    public subscript(_ name: String) -> UInt64? { outputs.first { $0.name == name }?.value }
+    public subscript(_ name: StaticString) -> UInt64? {
+        if let f = first, Output.same(f.name, name) { return f.value }
+        if let s = second, Output.same(s.name, name) { return s.value }
+        return nil
+    }
     public var kind: OutcomeKind { status.kind }
     public var description: String {
-        status != .success || outputs.isEmpty ? status.description
+        status != .success || first == nil ? status.description
             : "\(status) (" + outputs.map { "\($0.name) \(hex($0.value))" }.joined(separator: ", ") + ")"
     }
 }

@@ -42,9 +42,9 @@ extension Realm {
         let idx = Int(truncatingIfNeeded: (ipa & ((1 << UInt64(params.s2sz)) - 1)) >> Self.shift(l))
         var table = idx >> 9, index = idx & 511
         while true {
-            let e = RTTEntry(rtt.entry(table: table, index: index))
-            guard l < target, case .table(let t) = e else { return RTTWalk(level: l, table: table, index: index, entry: e) }
-            table = t
+            let e = rtt.entry(table: table, index: index)
+            guard l < target, e.isTable else { return RTTWalk(level: l, table: table, index: index, entry: RTTEntry(e)) }
+            table = e.tableNumber
             l += 1
             index = Int(truncatingIfNeeded: ipa >> Self.shift(l)) & 511
         }
@@ -57,7 +57,7 @@ extension Realm {
     }
 
     mutating func write(_ w: RTTWalk, index: Int? = nil, _ e: RTTEntry) {
-        rtt.setEntry(table: w.table, index: index ?? w.index, level: 4 - w.level, e.descriptor)
+        setEntry(table: w.table, index: index ?? w.index, level: w.level, e.descriptor)
     }
 
     /// validate_map_addr: inside the IPA space, aligned to `level`'s map size, below 2^48.
@@ -76,16 +76,28 @@ extension Realm {
     func skipNonLive(_ addr: UInt64, _ w: RTTWalk) -> UInt64 {
         if w.entry.isLive { return addr }
         let size = RMM.mapSize(w.level), aligned = addr & ~(size - 1)
-        for i in w.index + 1..<entriesPerTable where RTTEntry(rtt.entry(table: w.table, index: i)).isLive {
-            return aligned + UInt64(i - w.index) * size
-        }
+        if let i = nextLive(table: w.table, after: w.index) { return aligned + UInt64(i - w.index) * size }
         return aligned + UInt64(entriesPerTable - w.index) * size
     }
 }
 
 extension RMM {
-    /// The realm whose RD is `rd`, if `rd` is an RD granule.
-    func realm(_ rd: UInt64) -> Realm? { isGranule(rd, .rd) ? realms[rd] : nil }
+    /// Where the realm whose RD is `rd` is held, if `rd` is an RD: its realm is then read
+    /// and changed in place (`realmList[i]`, through the array's addressors), never copied
+    /// out (a copy alive while the realm changes would copy its tables).
+    @inline(__always) func slot(_ rd: UInt64) -> Int? {
+        if realmList.count <= 4 {  // a few realms: no hashing
+            for i in realmList.indices where realmList[i].rd == rd { return i }
+            return nil
+        }
+        return realmSlot[rd]
+    }
+
+    /// The RMM's walk of realm `rd`'s RTTs toward `level`, read in place.
+    public func walk(rd: UInt64, _ ipa: UInt64, to level: Int) -> RTTWalk? {
+        guard let ri = slot(rd) else { return nil }
+        return realmList[ri].walk(ipa, to: level)
+    }
 
     // MARK: RTT structure (runtime/rmi/rtt.c)
 
@@ -96,22 +108,16 @@ extension RMM {
     /// unassigned entry 512 times, an ASSIGNED block as 512 entries of consecutive PAs (a
     /// valid one, RAM or NS, broken first: TLBI). smc_rtt_create.
     public mutating func rttCreate(rd: UInt64, rtt: UInt64, ipa: UInt64, level: Int) -> RMIStatus {
-        guard rtt != rd, isGranule(rtt, .delegated), var r = realm(rd) else { return .errorInput }
-        guard r.validStructure(ipa, level) else { return .errorInput }
-        let w = r.walk(ipa, to: level - 1)
+        guard rtt != rd, isGranule(rtt, .delegated), let ri = slot(rd) else { return .errorInput }
+        guard realmList[ri].validStructure(ipa, level) else { return .errorInput }
+        let w = realmList[ri].walk(ipa, to: level - 1)
         guard w.level == level - 1 else { return .errorRTT(level: w.level) }
         if case .table = w.entry { return .errorRTT(level: level - 1) }
-        guard let child = try? r.rtt.newTable() else { return .errorInput }
+        guard let child = try? realmList[ri].newTable(level: level, filledWith: w.entry, step: Self.mapSize(level)) else { return .errorInput }
         if case .assigned(.ram, _) = w.entry { stats.tlbis += 1 }  // break-before-make
         if case .assignedNS = w.entry { stats.tlbis += 1 }
-        let step = Self.mapSize(level)
-        realms[rd] = nil  // held alone while it changes
-        for i in 0..<entriesPerTable {
-            r.rtt.setEntry(table: child, index: i, level: 4 - level, w.entry.offset(UInt64(i) * step).descriptor)
-        }
-        r.write(w, .table(child))
-        r.rttGranule[child] = rtt
-        realms[rd] = r
+        realmList[ri].write(w, .table(child))
+        realmList[ri].rttGranule[child] = rtt
         set(rtt, .rtt)
         stats.rttCreates += 1
         return .success
@@ -124,23 +130,21 @@ extension RMM {
     /// itself). The parent becomes UNASSIGNED_DESTROYED inside the PAR, UNASSIGNED_NS
     /// outside (TLBI); the RTT becomes DELEGATED. smc_rtt_destroy.
     public mutating func rttDestroy(rd: UInt64, ipa: UInt64, level: Int) -> RMIResult {
-        guard var r = realm(rd), r.validStructure(ipa, level) else { return RMIResult(.errorInput, [.init("top", 0)]) }
-        let w = r.walk(ipa, to: level - 1)
+        guard let ri = slot(rd), realmList[ri].validStructure(ipa, level) else { return RMIResult(.errorInput, .init("top", 0)) }
+        let w = realmList[ri].walk(ipa, to: level - 1)
         guard w.level == level - 1, case .table(let child) = w.entry else {
-            return RMIResult(.errorRTT(level: w.level), [.init("top", r.skipNonLive(ipa, w))])
+            return RMIResult(.errorRTT(level: w.level), [.init("top", realmList[ri].skipNonLive(ipa, w))])
         }
-        guard Self.refcount(r.rtt, table: child, level: level) == 0 else { return RMIResult(.errorRTT(level: level), [.init("top", ipa)]) }
-        let pa = r.rttGranule[child]!
-        realms[rd] = nil
-        let now: RTTEntry = r.inPAR(ipa) ? .unassigned(.destroyed) : .unassignedNS
-        r.write(w, now)
-        r.rttGranule[child] = nil
-        let top = r.skipNonLive(ipa, RTTWalk(level: w.level, table: w.table, index: w.index, entry: now))
-        realms[rd] = r
+        guard realmList[ri].refcount(table: child) == 0 else { return RMIResult(.errorRTT(level: level), .init("top", ipa)) }
+        let pa = realmList[ri].rttGranule[child]!
+        let now: RTTEntry = realmList[ri].inPAR(ipa) ? .unassigned(.destroyed) : .unassignedNS
+        realmList[ri].write(w, now)
+        realmList[ri].rttGranule[child] = nil
+        let top = realmList[ri].skipNonLive(ipa, RTTWalk(level: w.level, table: w.table, index: w.index, entry: now))
         set(pa, .delegated)
         stats.tlbis += 1
         stats.rttDestroys += 1
-        return RMIResult(.success, [.init("rtt", pa), .init("top", top)])
+        return RMIResult(.success, .init("rtt", pa), .init("top", top))
     }
 
     /// RMI_RTT_FOLD(rd, ipa, level) → X1 the folded RTT: the walk as RTT_DESTROY's (a parent
@@ -152,55 +156,55 @@ extension RMM {
     /// RMI_ERROR_RTT(level). The parent becomes the block (break-before-make, TLBI), the RTT
     /// DELEGATED. smc_rtt_fold.
     public mutating func rttFold(rd: UInt64, ipa: UInt64, level: Int) -> RMIResult {
-        guard var r = realm(rd), r.validStructure(ipa, level) else { return RMIResult(.errorInput) }
-        let w = r.walk(ipa, to: level - 1)
+        guard let ri = slot(rd), realmList[ri].validStructure(ipa, level) else { return RMIResult(.errorInput) }
+        let w = realmList[ri].walk(ipa, to: level - 1)
         guard w.level == level - 1 else { return RMIResult(.errorRTT(level: w.level)) }
         guard case .table(let child) = w.entry else { return RMIResult(.errorRTT(level: level - 1)) }
-        let entries = (0..<entriesPerTable).map { RTTEntry(r.rtt.entry(table: child, index: $0)) }
-        let first = entries[0], step = Self.mapSize(level)
-        let contiguous = first.pa.map { pa in
-            pa & (Self.mapSize(level - 1) - 1) == 0 && entries.indices.allSatisfy { entries[$0] == first.offset(UInt64($0) * step) }
-        } ?? false
-        let refcount = entries.reduce(0) { $1.isRefcounted ? $0 + 1 : $0 }
-        var folded: RTTEntry
-        switch refcount {
-        case 0:
-            if case .unassigned = first, entries.allSatisfy({ $0 == first }) {
-                folded = first
-            } else if first == .unassignedNS, entries.allSatisfy({ $0 == first }) {
-                folded = first
-            } else if case .assignedNS = first, contiguous {
-                guard level > 1 else { return RMIResult(.errorRTT(level: level - 1)) }
-                folded = first
-            } else {
-                return RMIResult(.errorRTT(level: level))
+        // The refcount first (TF-RMM's, kept as entries change), then the 512 entries against
+        // the first, stopping at the first that differs.
+        let refcount = realmList[ri].refcount(table: child)
+        guard refcount == 0 || refcount == entriesPerTable else { return RMIResult(.errorRTT(level: level)) }
+        if refcount == entriesPerTable && level <= 1 { return RMIResult(.errorRTT(level: level - 1)) }
+        let first = RTTEntry(realmList[ri].rtt.entry(table: child, index: 0)), step = Self.mapSize(level)
+        var alike = true
+        if first.pa == nil {
+            // Unassigned entries: the same raw value 512 times.
+            let raw = first.descriptor.rawValue
+            for i in 1..<entriesPerTable where realmList[ri].rtt.entry(table: child, index: i).rawValue != raw {
+                alike = false
+                break
             }
-        case entriesPerTable:
-            guard level > 1 else { return RMIResult(.errorRTT(level: level - 1)) }
-            guard case .assigned = first, contiguous else { return RMIResult(.errorRTT(level: level)) }
-            folded = first
-        default:
-            return RMIResult(.errorRTT(level: level))
+        } else {
+            for i in 1..<entriesPerTable where realmList[ri].rtt.entry(table: child, index: i) != first.offset(UInt64(i) * step).descriptor {
+                alike = false
+                break
+            }
         }
-        let pa = r.rttGranule[child]!
-        realms[rd] = nil
-        r.write(w, folded)
-        r.rttGranule[child] = nil
-        realms[rd] = r
+        let aligned = first.pa.map { $0 & (Self.mapSize(level - 1) - 1) == 0 } ?? true
+        guard alike, aligned else { return RMIResult(.errorRTT(level: level)) }
+        let folded = first
+        switch first {
+        case .unassigned, .unassignedNS, .assigned: break
+        case .assignedNS: if level <= 1 { return RMIResult(.errorRTT(level: level - 1)) }
+        case .table: return RMIResult(.errorRTT(level: level))
+        }
+        let pa = realmList[ri].rttGranule[child]!
+        realmList[ri].write(w, folded)
+        realmList[ri].rttGranule[child] = nil
         set(pa, .delegated)
         stats.tlbis += 1
         stats.rttFolds += 1
-        return RMIResult(.success, [.init("rtt", pa)])
+        return RMIResult(.success, .init("rtt", pa))
     }
 
     /// RMI_RTT_READ_ENTRY(rd, ipa, level): rd an RD, level in [sl, 3], ipa aligned to it
     /// (else RMI_ERROR_INPUT); the entry where the walk toward level stops, never an RTT
     /// error. smc_rtt_read_entry.
     public func rttReadEntry(rd: UInt64, ipa: UInt64, level: Int) -> any Outcome {
-        guard let r = realm(rd), level >= r.startLevel, level <= 3, r.validMapAddress(ipa, level) else { return RMIStatus.errorInput }
-        let w = r.walk(ipa, to: level)
+        guard let ri = slot(rd), level >= realmList[ri].startLevel, level <= 3, realmList[ri].validMapAddress(ipa, level) else { return RMIStatus.errorInput }
+        let w = realmList[ri].walk(ipa, to: level)
         let desc: UInt64
-        if case .table(let t) = w.entry { desc = r.rttGranule[t] ?? 0 } else { desc = w.entry.pa ?? 0 }
+        if case .table(let t) = w.entry { desc = realmList[ri].rttGranule[t] ?? 0 } else { desc = w.entry.pa ?? 0 }
         return RTTEntryRead(level: w.level, entry: w.entry, desc: desc)
     }
 
@@ -212,14 +216,12 @@ extension RMM {
     /// RMI_ERROR_RTT(where), an entry not UNASSIGNED_NS RMI_ERROR_RTT(level). Then
     /// ASSIGNED_NS; no refcount. map_unmap_ns.
     public mutating func rttMapUnprotected(rd: UInt64, ipa: UInt64, level: Int, pa: UInt64) -> RMIStatus {
-        guard (1...3).contains(level), var r = realm(rd) else { return .errorInput }
-        guard pa & (Self.mapSize(level) - 1) == 0, pa < 1 << 48, r.validMapAddress(ipa, level), !r.inPAR(ipa) else { return .errorInput }
-        let w = r.walk(ipa, to: level)
+        guard (1...3).contains(level), let ri = slot(rd) else { return .errorInput }
+        guard pa & (Self.mapSize(level) - 1) == 0, pa < 1 << 48, realmList[ri].validMapAddress(ipa, level), !realmList[ri].inPAR(ipa) else { return .errorInput }
+        let w = realmList[ri].walk(ipa, to: level)
         guard w.level == level else { return .errorRTT(level: w.level) }
         guard w.entry == .unassignedNS else { return .errorRTT(level: level) }
-        realms[rd] = nil
-        r.write(w, .assignedNS(pa: pa))
-        realms[rd] = r
+        realmList[ri].write(w, .assignedNS(pa: pa))
         stats.mapUnprotected += 1
         return .success
     }
@@ -229,16 +231,14 @@ extension RMM {
     /// RMI_ERROR_RTT(where the walk stopped). Then UNASSIGNED_NS and a TLBI.
     /// smc_rtt_unmap_unprotected.
     public mutating func rttUnmapUnprotected(rd: UInt64, ipa: UInt64, level: Int) -> RMIResult {
-        guard (1...3).contains(level), var r = realm(rd), r.validMapAddress(ipa, level), !r.inPAR(ipa) else { return RMIResult(.errorInput) }
-        let w = r.walk(ipa, to: level)
-        guard w.level == level, case .assignedNS = w.entry else { return RMIResult(.errorRTT(level: w.level), [.init("top", r.skipNonLive(ipa, w))]) }
-        realms[rd] = nil
-        r.write(w, .unassignedNS)
-        let top = r.skipNonLive(ipa, RTTWalk(level: w.level, table: w.table, index: w.index, entry: .unassignedNS))
-        realms[rd] = r
+        guard (1...3).contains(level), let ri = slot(rd), realmList[ri].validMapAddress(ipa, level), !realmList[ri].inPAR(ipa) else { return RMIResult(.errorInput) }
+        let w = realmList[ri].walk(ipa, to: level)
+        guard w.level == level, case .assignedNS = w.entry else { return RMIResult(.errorRTT(level: w.level), [.init("top", realmList[ri].skipNonLive(ipa, w))]) }
+        realmList[ri].write(w, .unassignedNS)
+        let top = realmList[ri].skipNonLive(ipa, RTTWalk(level: w.level, table: w.table, index: w.index, entry: .unassignedNS))
         stats.tlbis += 1
         stats.unmapUnprotected += 1
-        return RMIResult(.success, [.init("top", top)])
+        return RMIResult(.success, .init("top", top))
     }
 
     // MARK: DATA (runtime/rmi/rtt.c data_create, smc_data_destroy)
@@ -252,16 +252,14 @@ extension RMM {
     /// the entry's RIPAS (a valid mapping only for RAM). The granule becomes DATA.
     public mutating func dataCreate(rd: UInt64, data: UInt64, ipa: UInt64, src: UInt64?) -> RMIStatus {
         if let src, !isGranule(src, .ns) { return .errorInput }
-        guard isGranule(data, .delegated), var r = realm(rd) else { return .errorInput }
-        if src != nil && r.state != .new { return .errorRealm }
-        guard r.inPAR(ipa), r.validMapAddress(ipa, 3) else { return .errorInput }
-        let w = r.walk(ipa, to: 3)
+        guard isGranule(data, .delegated), let ri = slot(rd) else { return .errorInput }
+        if src != nil && realmList[ri].state != .new { return .errorRealm }
+        guard realmList[ri].inPAR(ipa), realmList[ri].validMapAddress(ipa, 3) else { return .errorInput }
+        let w = realmList[ri].walk(ipa, to: 3)
         guard w.level == 3 else { return .errorRTT(level: w.level) }
         guard case .unassigned(let ripas) = w.entry else { return .errorRTT(level: 3) }
-        realms[rd] = nil
-        r.write(w, .assigned(src != nil ? .ram : ripas, pa: data))
-        if src != nil { r.rimExtensions += 1 }
-        realms[rd] = r
+        realmList[ri].write(w, .assigned(src != nil ? .ram : ripas, pa: data))
+        if src != nil { realmList[ri].rimExtensions += 1 }
         set(data, .data)
         stats.dataCreates += 1
         return .success
@@ -273,20 +271,18 @@ extension RMM {
     /// UNASSIGNED_DESTROYED (TLBI), ASSIGNED_EMPTY UNASSIGNED_EMPTY, ASSIGNED_DESTROYED
     /// UNASSIGNED_DESTROYED; the granule DELEGATED (zeroed).
     public mutating func dataDestroy(rd: UInt64, ipa: UInt64) -> RMIResult {
-        guard var r = realm(rd), r.inPAR(ipa), r.validMapAddress(ipa, 3) else { return RMIResult(.errorInput, [.init("top", 0)]) }
-        let w = r.walk(ipa, to: 3)
+        guard let ri = slot(rd), realmList[ri].inPAR(ipa), realmList[ri].validMapAddress(ipa, 3) else { return RMIResult(.errorInput, .init("top", 0)) }
+        let w = realmList[ri].walk(ipa, to: 3)
         guard w.level == 3, case .assigned(let ripas, let pa) = w.entry else {
-            return RMIResult(.errorRTT(level: w.level), [.init("top", r.skipNonLive(ipa, w))])
+            return RMIResult(.errorRTT(level: w.level), [.init("top", realmList[ri].skipNonLive(ipa, w))])
         }
         let now: RTTEntry = .unassigned(ripas == .empty ? .empty : .destroyed)
         if ripas == .ram { stats.tlbis += 1 }
-        realms[rd] = nil
-        r.write(w, now)
-        let top = r.skipNonLive(ipa, RTTWalk(level: 3, table: w.table, index: w.index, entry: now))
-        realms[rd] = r
+        realmList[ri].write(w, now)
+        let top = realmList[ri].skipNonLive(ipa, RTTWalk(level: 3, table: w.table, index: w.index, entry: now))
         set(pa, .delegated)
         stats.dataDestroys += 1
-        return RMIResult(.success, [.init("pa", pa), .init("top", top)])
+        return RMIResult(.success, .init("pa", pa), .init("top", top))
     }
 
     // MARK: RIPAS
@@ -299,23 +295,21 @@ extension RMM {
     /// UNASSIGNED_RAM stays, anything else stops; none done is RMI_ERROR_RTT(level). Each
     /// entry is measured. smc_rtt_init_ripas.
     public mutating func rttInitRIPAS(rd: UInt64, base: UInt64, top: UInt64) -> RMIResult {
-        guard top > base, var r = realm(rd) else { return RMIResult(.errorInput) }
-        guard r.validMapAddress(base, 3), r.validMapAddress(top, 3) || top == 1 << UInt64(r.params.s2sz), r.inPAR(base), r.inPAR(top - pageBytes) else {
+        guard top > base, let ri = slot(rd) else { return RMIResult(.errorInput) }
+        guard realmList[ri].validMapAddress(base, 3), realmList[ri].validMapAddress(top, 3) || top == 1 << UInt64(realmList[ri].params.s2sz), realmList[ri].inPAR(base), realmList[ri].inPAR(top - pageBytes) else {
             return RMIResult(.errorInput)
         }
-        guard r.state == .new else { return RMIResult(.errorRealm) }
-        let w = r.walk(base, to: 3), size = Self.mapSize(w.level)
+        guard realmList[ri].state == .new else { return RMIResult(.errorRealm) }
+        let w = realmList[ri].walk(base, to: 3), size = Self.mapSize(w.level)
         guard base & (size - 1) == 0 else { return RMIResult(.errorRTT(level: w.level)) }
         var addr = base
-        realms[rd] = nil
         for i in w.index..<entriesPerTable where addr + size <= top {
-            let e = RTTEntry(r.rtt.entry(table: w.table, index: i))
-            if e == .unassigned(.empty) { r.write(w, index: i, .unassigned(.ram)) } else if e != .unassigned(.ram) { break }
-            r.rimExtensions += 1
+            let e = RTTEntry(realmList[ri].rtt.entry(table: w.table, index: i))
+            if e == .unassigned(.empty) { realmList[ri].write(w, index: i, .unassigned(.ram)) } else if e != .unassigned(.ram) { break }
+            realmList[ri].rimExtensions += 1
             addr += size
         }
-        realms[rd] = r
-        return addr == base ? RMIResult(.errorRTT(level: w.level)) : RMIResult(.success, [.init("top", addr)])
+        return addr == base ? RMIResult(.errorRTT(level: w.level)) : RMIResult(.success, .init("top", addr))
     }
 
     /// update_ripas: the entry after a change to `target`, nil where the change stops (no
@@ -341,25 +335,23 @@ extension RMM {
     /// RMI_ERROR_RTT(level). The REC's request advances to X1. No realm-state check.
     /// smc_rtt_set_ripas.
     public mutating func rttSetRIPAS(rd: UInt64, rec: UInt64, base: UInt64, top: UInt64) -> RMIResult {
-        guard top > base, var r = realm(rd), isGranule(rec, .rec), let c = recs[rec] else { return RMIResult(.errorInput) }
+        guard top > base, let ri = slot(rd), isGranule(rec, .rec), let c = recs[rec] else { return RMIResult(.errorInput) }
         guard c.rd == rd else { return RMIResult(.errorRec) }
         guard c.awaitingRIPASResponse, base == c.ripasAddr, top <= c.ripasTop else { return RMIResult(.errorInput) }
-        let w = r.walk(base, to: 3), size = Self.mapSize(w.level)
+        let w = realmList[ri].walk(base, to: 3), size = Self.mapSize(w.level)
         guard base & (size - 1) == 0 else { return RMIResult(.errorRTT(level: w.level)) }
         var addr = base
-        realms[rd] = nil
         for i in w.index..<entriesPerTable where addr + size <= top {
-            let e = RTTEntry(r.rtt.entry(table: w.table, index: i))
+            let e = RTTEntry(realmList[ri].rtt.entry(table: w.table, index: i))
             guard let (now, tlbi) = Self.updateRIPAS(e, c.ripasValue, changeDestroyed: c.changeDestroyed) else { break }
-            if now != e { r.write(w, index: i, now) }
+            if now != e { realmList[ri].write(w, index: i, now) }
             if tlbi { stats.tlbis += 1 }
             addr += size
         }
-        realms[rd] = r
         guard addr != base else { return RMIResult(.errorRTT(level: w.level)) }
         recs[rec]!.ripasAddr = addr
         stats.ripasChanges += 1
-        return RMIResult(.success, [.init("top", addr)])
+        return RMIResult(.success, .init("top", addr))
     }
 
     // MARK: RSI (runtime/rsi/memory.c)
@@ -370,8 +362,8 @@ extension RMM {
     /// host with RMI_EXIT_RIPAS_CHANGE. Only flags == 1 (RSI_CHANGE_DESTROYED) lets DESTROYED
     /// change. handle_rsi_ipa_state_set.
     public mutating func rsiIPAStateSet(rec: UInt64, base: UInt64, top: UInt64, ripas: RIPAS, flags: UInt64) -> any Outcome {
-        guard let c = recs[rec], let r = realms[c.rd] else { return RSIResult(.errorInput) }
-        guard ripas != .destroyed, base & (pageBytes - 1) == 0, top & (pageBytes - 1) == 0, top > base, top <= r.parSize else {
+        guard let c = recs[rec], let ri = slot(c.rd) else { return RSIResult(.errorInput) }
+        guard ripas != .destroyed, base & (pageBytes - 1) == 0, top & (pageBytes - 1) == 0, top > base, top <= realmList[ri].parSize else {
             return RSIResult(.errorInput)
         }
         recs[rec]!.ripasBase = base
@@ -387,13 +379,13 @@ extension RMM {
     /// one table the walk reaches: X1 = min(where it changes, end), X2 the RIPAS (a valid
     /// ASSIGNED_RAM entry is RAM). handle_rsi_ipa_state_get, realm_ipa_get_ripas.
     public func rsiIPAStateGet(rec: UInt64, base: UInt64, end: UInt64) -> RSIResult {
-        guard let c = recs[rec], let r = realms[c.rd], base & (pageBytes - 1) == 0, end & (pageBytes - 1) == 0,
-              r.inPAR(base), end > base, r.inPAR(end - 1) else { return RSIResult(.errorInput) }
-        let w = r.walk(base, to: 3), size = Self.mapSize(w.level)
+        guard let c = recs[rec], let ri = slot(c.rd), base & (pageBytes - 1) == 0, end & (pageBytes - 1) == 0,
+              realmList[ri].inPAR(base), end > base, realmList[ri].inPAR(end - 1) else { return RSIResult(.errorInput) }
+        let w = realmList[ri].walk(base, to: 3), size = Self.mapSize(w.level)
         guard let ripas = w.entry.ripas else { return RSIResult(.errorInput) }
         var addr = base & ~(size - 1)
         for i in w.index..<entriesPerTable where addr < end {
-            guard RTTEntry(r.rtt.entry(table: w.table, index: i)).ripas == ripas else { break }
+            guard RTTEntry(realmList[ri].rtt.entry(table: w.table, index: i)).ripas == ripas else { break }
             addr += size
         }
         return RSIResult(.success, [.init("top", min(addr, end))], ripas: ripas)

@@ -51,6 +51,66 @@ public struct Realm: Sendable {
     public internal(set) var liveRECs = 0
     /// Measurement extensions (RIM): DATA_CREATE, RTT_INIT_RIPAS entries, runnable RECs.
     public internal(set) var rimExtensions: UInt64 = 0
+    /// Per RTT (by table number): its refcount as TF-RMM keeps it (TABLE and protected
+    /// ASSIGNED entries), and which of its entries are live (s2tte_is_live; eight words of
+    /// bits per table), kept on every write.
+    var refs: [UInt16] = [], live: [UInt64] = []
+
+    /// The RTT's refcount.
+    public func refcount(table: Int) -> Int { table < refs.count ? Int(refs[table]) : 0 }
+    /// The RTT's live entries.
+    public func liveEntries(table: Int) -> Int {
+        table < refs.count ? (0..<8).reduce(0) { $0 + live[table &* 8 &+ $1].nonzeroBitCount } : 0
+    }
+    /// The first live entry of RTT `table` after `index`, or nil.
+    func nextLive(table: Int, after index: Int) -> Int? {
+        guard table < refs.count, index < entriesPerTable - 1 else { return nil }
+        var i = index + 1
+        while i < entriesPerTable {
+            let word = live[table &* 8 &+ i >> 6] >> UInt64(i & 63)
+            if word != 0 { return i + word.trailingZeroBitCount }
+            i = (i | 63) + 1
+        }
+        return nil
+    }
+
+    mutating func grow(_ table: Int) {
+        guard table >= refs.count else { return }
+        refs += repeatElement(0, count: table + 1 - refs.count)
+        live += repeatElement(0, count: (table + 1) * 8 - live.count)
+    }
+
+    /// Writes entry `index` of RTT `table` (entries at RMM level `level`), keeping the counts.
+    mutating func setEntry(table: Int, index: Int, level: Int, _ d: Descriptor) {
+        grow(table)
+        let old = rtt.entry(table: table, index: index)
+        if old.isRefcountedRTTEntry { refs[table] -= 1 }
+        if d.isRefcountedRTTEntry { refs[table] += 1 }
+        let bit: UInt64 = 1 << UInt64(index & 63), w = table &* 8 &+ index >> 6
+        if d.isLiveRTTEntry { live[w] |= bit } else { live[w] &= ~bit }
+        rtt.setEntry(table: table, index: index, level: 4 - level, d)
+    }
+
+    /// A new RTT whose 512 entries at RMM level `level` are `first` moved on by `step` bytes
+    /// each (an unfolded entry: the same state, or consecutive PAs), its counts set at once.
+    mutating func newTable(level: Int, filledWith first: RTTEntry, step: UInt64) throws(PageTableError) -> Int {
+        let t = try newTable()
+        grow(t)
+        for i in 0..<entriesPerTable { rtt.setEntry(table: t, index: i, level: 4 - level, first.offset(UInt64(i) * step).descriptor) }
+        refs[t] = first.isRefcounted ? UInt16(entriesPerTable) : 0
+        for w in 0..<8 { live[t &* 8 &+ w] = first.isLive ? ~0 : 0 }
+        return t
+    }
+
+    /// A new, empty RTT (its counts zero).
+    mutating func newTable() throws(PageTableError) -> Int {
+        let t = try rtt.newTable()
+        if t < refs.count {
+            refs[t] = 0
+            for w in 0..<8 { live[t &* 8 &+ w] = 0 }
+        }
+        return t
+    }
 
     public var startLevel: Int { params.rttLevelStart }
     /// The protected IPA range's size: the lower half of the IPA space (PAR).
@@ -96,7 +156,13 @@ public struct RMM: Sendable {
     public let dram: [Range<UInt64>]
     /// The state of each granule that is not NS, by frame number.
     public internal(set) var granules: [UInt64: GranuleState] = [:]
-    public internal(set) var realms: [UInt64: Realm] = [:]
+    /// The realms, and where each RD's is in the list.
+    public internal(set) var realmList: [Realm] = []
+    var realmSlot: [UInt64: Int] = [:]
+    /// The realms by RD (a dictionary made on each call: for tests and reports).
+    public var realms: [UInt64: Realm] { realmSlot.mapValues { realmList[$0] } }
+    /// Realm `rd`, copied out (for reading).
+    public func realm(_ rd: UInt64) -> Realm? { realmSlot[rd].map { realmList[$0] } }
     public internal(set) var recs: [UInt64: REC] = [:]
     /// VMIDs in use (vmid_reserve); 8-bit VMIDs (no FEAT_VMID16).
     public internal(set) var vmids: Set<UInt64> = []
@@ -186,22 +252,23 @@ public struct RMM: Sendable {
             for i in 0..<entriesPerTable {
                 let ipa = UInt64(k * entriesPerTable + i) * size
                 guard ipa < 1 << UInt64(p.s2sz) else { break }
-                realm.rtt.setEntry(table: k, index: i, level: 4 - sl, .s2tte(realm.inPAR(ipa) ? .unassignedEmpty : .unassignedNS))
+                realm.setEntry(table: k, index: i, level: sl, .s2tte(realm.inPAR(ipa) ? .unassignedEmpty : .unassignedNS))
             }
             set(roots[k], .rtt)
         }
         set(rd, .rd)
         vmids.insert(p.vmid)
-        realms[rd] = realm
+        realmSlot[rd] = realmList.count
+        realmList.append(realm)
         return .success
     }
 
     /// RMI_REALM_ACTIVATE: rd an RD (else RMI_ERROR_INPUT), the realm NEW (else
     /// RMI_ERROR_REALM); then ACTIVE. smc_realm_activate.
     public mutating func realmActivate(rd: UInt64) -> RMIStatus {
-        guard isGranule(rd, .rd), let r = realms[rd] else { return .errorInput }
-        guard r.state == .new else { return .errorRealm }
-        realms[rd]!.state = .active
+        guard isGranule(rd, .rd), let ri = realmSlot[rd] else { return .errorInput }
+        guard realmList[ri].state == .new else { return .errorRealm }
+        realmList[ri].state = .active
         return .success
     }
 
@@ -209,14 +276,20 @@ public struct RMM: Sendable {
     /// assigned entry in the start tables (else RMI_ERROR_REALM), in any realm state. The
     /// VMID is freed, the start tables and the RD become DELEGATED. smc_realm_destroy.
     public mutating func realmDestroy(rd: UInt64) -> RMIStatus {
-        guard isGranule(rd, .rd), let r = realms[rd] else { return .errorInput }
-        guard r.liveRECs == 0, (0..<r.params.rttNumStart).allSatisfy({ Self.refcount(r.rtt, table: $0, level: r.startLevel) == 0 }) else {
+        guard isGranule(rd, .rd), let ri = realmSlot[rd] else { return .errorInput }
+        let r = realmList[ri]
+        guard r.liveRECs == 0, (0..<r.params.rttNumStart).allSatisfy({ r.refcount(table: $0) == 0 }) else {
             return .errorRealm
         }
         for k in 0..<r.params.rttNumStart { set(r.rttGranule[k]!, .delegated) }
         set(rd, .delegated)
         vmids.remove(r.params.vmid)
-        realms[rd] = nil
+        let last = realmList.removeLast()
+        if ri < realmList.count {
+            realmList[ri] = last
+            realmSlot[last.rd] = ri
+        }
+        realmSlot[rd] = nil
         return .success
     }
 
@@ -240,15 +313,23 @@ public struct RMM: Sendable {
             set(a, .recAux)
             taken.append(a)
         }
-        guard rec != rd, isGranule(rec, .delegated), isGranule(rd, .rd), let r = realms[rd] else { return fail(.errorInput) }
+        guard rec != rd, isGranule(rec, .delegated), isGranule(rd, .rd), let ri = realmSlot[rd] else { return fail(.errorInput) }
+        let r = realmList[ri]
         guard r.liveRECs < Self.refcountMax, r.state == .new else { return fail(.errorRealm) }
         guard let index = Self.mpidrIndex(mpidr), index == r.recCount, aux.count == Self.recAuxGranules else { return fail(.errorInput) }
         set(rec, .rec)
         recs[rec] = REC(pa: rec, rd: rd, index: index, runnable: runnable, aux: aux)
-        realms[rd]!.liveRECs += 1
-        realms[rd]!.recCount = index + 1
-        if runnable { realms[rd]!.rimExtensions += 1 }
+        realmList[ri].liveRECs += 1
+        realmList[ri].recCount = index + 1
+        if runnable { realmList[ri].rimExtensions += 1 }
         return .success
+    }
+
+    /// A model hint, no RMI command: room for the RTTs that map `bytes` of the realm at 4K,
+    /// so creating them never copies the tables already built.
+    public mutating func reserveRTTs(rd: UInt64, bytes: UInt64) {
+        guard let i = realmSlot[rd] else { return }
+        realmList[i].rtt.reserveCapacity(tables: Int(min(1 + (bytes >> 30) + (bytes >> 21) + 4, 1 << 22)))
     }
 
     /// rec_mpidr_to_idx: Aff0[3:0], Aff1, Aff2, Aff3 packed; nil when another bit is set
@@ -272,7 +353,7 @@ public struct RMM: Sendable {
         guard isGranule(rec, .rec), let c = recs[rec] else { return .errorInput }
         for a in c.aux { set(a, .delegated) }
         set(rec, .delegated)
-        realms[c.rd]?.liveRECs -= 1
+        if let ri = realmSlot[c.rd] { realmList[ri].liveRECs -= 1 }
         recs[rec] = nil
         return .success
     }
@@ -285,8 +366,8 @@ public struct RMM: Sendable {
     /// The RSI answer it delivered, or nil when nothing was pending. runtime/rmi/run.c
     /// smc_rec_enter, runtime/core/exit.c complete_set_ripas.
     public mutating func recEnter(rec: UInt64, response: RIPASResponse) -> (status: RMIStatus, delivered: RSIResult?) {
-        guard isGranule(rec, .rec), let c = recs[rec], let r = realms[c.rd] else { return (.errorInput, nil) }
-        switch r.state {
+        guard isGranule(rec, .rec), let c = recs[rec], let ri = realmSlot[c.rd] else { return (.errorInput, nil) }
+        switch realmList[ri].state {
         case .new: return (.errorRealm, nil)
         case .systemOff: return (RMIStatus(2, index: 1), nil)
         case .active: break
@@ -305,9 +386,9 @@ public struct RMM: Sendable {
     /// The bytes one entry at RMM level `level` maps (3: 4K, 2: 2M, 1: 1G, 0: 512G).
     @inline(__always) public static func mapSize(_ level: Int) -> UInt64 { 1 << (12 + 9 * UInt64(3 - level)) }
 
-    /// The RTT refcount TF-RMM keeps, counted from the table: its TABLE entries and its
-    /// protected ASSIGNED entries (ASSIGNED_NS is not counted).
-    static func refcount(_ t: PageTable, table: Int, level: Int) -> Int {
+    /// The RTT refcount TF-RMM keeps, counted afresh from the table's entries (what
+    /// `Realm.refcount(table:)` keeps as it goes; tests compare the two).
+    static func countedRefcount(_ t: PageTable, table: Int) -> Int {
         var n = 0
         for i in 0..<entriesPerTable where RTTEntry(t.entry(table: table, index: i)).isRefcounted { n += 1 }
         return n

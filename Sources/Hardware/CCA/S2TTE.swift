@@ -70,6 +70,18 @@ extension Descriptor {
     }
 }
 
+extension Descriptor {
+    /// HIPAS ASSIGNED in an RMM invalid entry (ASSIGNED_EMPTY or ASSIGNED_DESTROYED).
+    @inline(__always) var isAssignedS2TTE: Bool {
+        guard let a = annotation, a.family == .rmmS2TTE else { return false }
+        return a.payload >> 2 & 7 == 1
+    }
+    /// s2tte_is_live, read from the raw entry: a valid leaf, a table, or ASSIGNED.
+    @inline(__always) public var isLiveRTTEntry: Bool { isLeaf || isTable || isAssignedS2TTE }
+    /// Counted in its RTT's refcount: a table or a protected ASSIGNED entry (not ASSIGNED_NS).
+    @inline(__always) public var isRefcountedRTTEntry: Bool { isTable || (isLeaf && !attributes.contains(.shared)) || isAssignedS2TTE }
+}
+
 /// An RTT entry in every state TF-RMM's lib/s2tt tells apart (tf-rmm-v0.6.0 s2tt.c): the
 /// invalid states (`S2TTEState`), the valid ASSIGNED_RAM leaf, ASSIGNED_NS (a valid leaf
 /// with the NS bit, the host's memory) and TABLE. An RTT holds it as a `Descriptor`:

@@ -132,9 +132,18 @@ public struct KVMRealm: Sendable {
     /// Each vCPU's REC and its auxiliary granules.
     public internal(set) var recs: [UInt64] = []
     public internal(set) var aux: [[UInt64]] = []
-    /// GFNs whose memory attribute is shared (KVM_SET_MEMORY_ATTRIBUTES; all private at
-    /// first).
-    public internal(set) var sharedGFNs: Set<UInt64> = []
+    /// One bit per GFN, set where the memory attribute is shared (KVM_SET_MEMORY_ATTRIBUTES;
+    /// all private at first).
+    var sharedBits: [UInt64]
+
+    /// Whether the attribute of `gfn` is shared.
+    @inline(__always) public func isShared(_ gfn: UInt64) -> Bool {
+        gfn < size >> pageShift && sharedBits[Int(gfn >> 6)] >> (gfn & 63) & 1 == 1
+    }
+    /// The GFNs whose attribute is shared, in order.
+    public var sharedGFNs: [UInt64] {
+        (0..<size >> pageShift).filter { sharedBits[Int($0 >> 6)] >> ($0 & 63) & 1 == 1 }
+    }
     public internal(set) var stats = KVMRealmStats()
 
     public init(placement: UInt64, size: UInt64, ipaBits: Int, vmid: UInt64, vcpus: Int) {
@@ -143,6 +152,7 @@ public struct KVMRealm: Sendable {
         self.ipaBits = ipaBits
         self.vmid = vmid
         self.vcpus = vcpus
+        sharedBits = Array(repeating: 0, count: Int((size >> pageShift + 63) >> 6))
     }
 
     /// The top IPA bit: set on the unprotected alias.
@@ -176,6 +186,7 @@ public struct KVMRealm: Sendable {
         }
         self.rd = rd
         self.roots = roots
+        fw.rmm.reserveRTTs(rd: rd, bytes: size)
         state = .new
         return .ok
     }
@@ -277,7 +288,7 @@ public struct KVMRealm: Sendable {
     public mutating func fault(_ fw: inout RealmFirmware, ipa: UInt64) -> KVMRealmOutcome {
         let shared = ipa & topBit != 0, gpa = ipa & ~topBit & ~(pageBytes - 1)
         guard gpa < size else { return .errno(.EFAULT) }
-        if sharedGFNs.contains(gpa >> pageShift) != shared {
+        if isShared(gpa >> pageShift) != shared {
             stats.memoryFaultExits += 1
             return .memoryFault(gpa: gpa, size: pageBytes, private: !shared)
         }
@@ -368,7 +379,7 @@ public struct KVMRealm: Sendable {
         let end = min(gpa + bytes, size)
         guard gpa < end else { return }
         for gfn in gpa >> pageShift..<end >> pageShift {
-            if shared { sharedGFNs.insert(gfn) } else { sharedGFNs.remove(gfn) }
+            if shared { sharedBits[Int(gfn >> 6)] |= 1 << (gfn & 63) } else { sharedBits[Int(gfn >> 6)] &= ~(1 << (gfn & 63)) }
         }
         if shared { unmapPrivate(&fw, gpa, end) }
         unmapShared(&fw, gpa, end)

@@ -204,6 +204,7 @@ public enum CCAArchitecture {
         isa: .arm64,
         guestIDs: 0...255,
         steps: [Arm64Architecture.tlbi] + steps + CCAPlatform.realmSteps + CCAPlatform.kvmSteps + CCAPlatform.guestSteps,
+        workloads: Workloads.cca,
         policySlots: [
             Arm64Architecture.linearMap,
             PolicySlot(section: .kvm, key: "cca-rtt-fold", summary: "whether KVM folds a realm's RTTs once unmapping leaves them uniform",

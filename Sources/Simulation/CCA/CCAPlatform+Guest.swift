@@ -63,6 +63,15 @@ extension CCAPlatform {
         return (true, realmAccess(i, ipa: gpa | (e.attributes.contains(.shared) ? k.topBit : 0)))
     }
 
+    /// Realm guest `guest`'s kernel reads the page at `gpa` through its linear map on vCPU 0
+    /// (KVM maps it if it must): the bench's touch after a conversion.
+    public static func realmKernelTouch(_ m: inout Machine, guest i: Int, gpa: UInt64) -> any Outcome {
+        m.withPlatform(CCAPlatform.self) { p, m in
+            let (translated, r) = p.realmKernelRead(&m, i, va: m.guestKernels[i].va(gfn: gpa >> pageShift), vcpu: 0)
+            return translated ? r : GuestPageFault()
+        }
+    }
+
     /// load_unaligned_zeropad in realm guest `i`'s kernel: an 8-byte load at `va`; when it
     /// runs into the next page, that page is read too. A translation fault there (the PTE
     /// invalid, or a vmalloc guard page) is fixed up by ex_handler_load_unaligned_zeropad

@@ -70,7 +70,7 @@ extension CCAPlatform {
         guard ipa < k.topBit << 1 else { return KVMRealmOutcome.sea(ipa: ipa) }
         let unprotected = ipa & k.topBit != 0
         for attempt in 0..<2 {
-            let e = rmm.realms[k.rd]!.walk(ipa, to: 3).entry
+            let e = rmm.walk(rd: k.rd, ipa, to: 3)!.entry
             switch e {
             case .assigned(.ram, _) where !unprotected, .assignedNS where unprotected: return OK()
             case .unassigned(.empty), .assigned(.empty, _): if !unprotected { return KVMRealmOutcome.sea(ipa: ipa) }

@@ -37,7 +37,7 @@ extension CCAPlatform {
 
     /// The realm's own memory behind `ipa` (the guest's placement; the top bit ignored).
     func memory(_ m: Machine, _ i: Int, _ ipa: UInt64, _ rd: UInt64) -> UInt64 {
-        let bit = rmm.realms[rd]?.unprotectedBit ?? 0
+        let bit = rmm.realm(rd)?.unprotectedBit ?? 0
         return m.guests[i].placement &+ (ipa & ~bit)
     }
 
@@ -83,7 +83,7 @@ extension CCAPlatform {
             { p, _, i, rd in
                 let rec = p.granule(a), n = Int(a.number("aux"))
                 let aux = (0..<n).map { _ in p.delegatedGranules() ?? 0 }
-                let next = p.rmm.realms[rd]?.recCount ?? 0
+                let next = p.rmm.realm(rd)?.recCount ?? 0
                 let s = p.rmm.recCreate(rd: rd, rec: rec, mpidr: a[number: "mpidr"] ?? RMM.mpidr(index: next), runnable: a.bool("runnable"), aux: aux)
                 if s == .success { p.recs[i].append(rec) }
                 return s
@@ -190,7 +190,7 @@ extension CCAPlatform {
     /// Why the realm cannot be making a call on `rec` (it runs only on a runnable REC of an
     /// ACTIVE realm, and not while it waits for the host's answer to a RIPAS change), or nil.
     func notRunning(_ rec: UInt64) -> (any Outcome)? {
-        guard let c = rmm.recs[rec], let r = rmm.realms[c.rd] else { return RealmNotRunning(reason: "no such REC") }
+        guard let c = rmm.recs[rec], let r = rmm.realm(c.rd) else { return RealmNotRunning(reason: "no such REC") }
         if r.state != .active { return RealmNotRunning(reason: "the realm is \(r.state)") }
         if !c.runnable { return RealmNotRunning(reason: "the REC is not runnable") }
         if c.awaitingRIPASResponse { return RealmNotRunning(reason: "the REC waits for rmi_rec_enter to answer its RIPAS change") }
