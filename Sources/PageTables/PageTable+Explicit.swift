@@ -23,3 +23,22 @@ extension PageTableFormat {
                                rootConcatenation: UInt8(rootTables.trailingZeroBitCount))
     }
 }
+
+extension PageTable {
+    /// Fills table `table` (a dense one `newTable` just made; entries at `level`) with
+    /// `first` and its successors, entry `i` holding `first`'s raw value plus `i` ×
+    /// `increment` (0 for 512 alike; a frame step for leaves), as one store of the whole
+    /// table; the leaf counts follow.
+    public mutating func fill(table: Int, level: Int, first: Descriptor, increment: UInt64) {
+        precondition(table < Self.compactSlotBase / entriesPerTable && !first.isTable, "fill writes a dense table of leaves or not-present entries")
+        let base = table &* entriesPerTable
+        entries.withUnsafeMutableBufferPointer { e in
+            var v = first.rawValue
+            for i in base..<base &+ entriesPerTable {
+                e[i] = v
+                v &+= increment
+            }
+        }
+        if first.isLeaf { leafCounts[PageSize(level: level)!] += entriesPerTable }
+    }
+}

@@ -239,6 +239,21 @@ import Testing
         #expect(f.countsHold())
     }
 
+    /// An invalid ASSIGNED block (EMPTY) folds and unfolds with its PAs kept in order.
+    @Test func assignedEmptyBlocks() {
+        var f = Fixture()
+        f.tables(0x4000_0000)
+        let base: UInt64 = 0x8060_0000
+        for i in 0..<UInt64(512) {
+            #expect(f.rmm.delegate(base + i * pageBytes, gpt: &f.gpt) == .success)
+            #expect(f.rmm.dataCreate(rd: f.rd, data: base + i * pageBytes, ipa: 0x4000_0000 + i * pageBytes, src: nil) == .success)
+        }
+        #expect(f.rmm.rttFold(rd: f.rd, ipa: 0x4000_0000, level: 3).status == .success && f.entry(0x4000_0000, 2) == .assigned(.empty, pa: base))
+        #expect(f.create(0x4000_0000, 3) == .success)
+        #expect(f.entry(0x4000_0000, 3) == .assigned(.empty, pa: base) && f.entry(0x401f_f000, 3) == .assigned(.empty, pa: base + 0x1ff000))
+        #expect(f.realm.rtt.leafCounts[.size4K] == 0 && f.countsHold())
+    }
+
     @Test func foldOfUnassignedAndNS() {
         var f = Fixture()
         #expect(f.create(0, 2) == .success)

@@ -96,7 +96,10 @@ public struct Realm: Sendable {
     mutating func newTable(level: Int, filledWith first: RTTEntry, step: UInt64) throws(PageTableError) -> Int {
         let t = try newTable()
         grow(t)
-        for i in 0..<entriesPerTable { rtt.setEntry(table: t, index: i, level: 4 - level, first.offset(UInt64(i) * step).descriptor) }
+        // Consecutive PAs: a leaf's frame field, or an invalid entry's PA in its payload.
+        let d = first.descriptor
+        let increment: UInt64 = first.pa == nil ? 0 : d.isLeaf ? first.offset(step).descriptor.rawValue &- d.rawValue : step
+        rtt.fill(table: t, level: 4 - level, first: d, increment: increment)
         refs[t] = first.isRefcounted ? UInt16(entriesPerTable) : 0
         for w in 0..<8 { live[t &* 8 &+ w] = first.isLive ? ~0 : 0 }
         return t
