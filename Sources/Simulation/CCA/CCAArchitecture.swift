@@ -43,6 +43,9 @@ public struct CCAPlatform: Platform {
     public internal(set) var guestStats = RealmGuestStats()
     /// Whether each realm's kernel has booted (set its memory RIPAS RAM).
     var booted: [Bool]
+    /// User PTEs the realms' drivers wrote with remap_pfn_range, by user page: the page's
+    /// GPA and whether the pgprot was decrypted (the NS-shared bit).
+    var userPTEs: [[UInt64: (gpa: UInt64, shared: Bool)]]
     /// Each guest's realm: its RD once RMI_REALM_CREATE made it, and its RECs by index.
     public internal(set) var rd: [UInt64?]
     public internal(set) var recs: [[UInt64]]
@@ -60,6 +63,7 @@ public struct CCAPlatform: Platform {
         firmware = RealmFirmware(rmm: RMM(dram: kernel.memory.ram), gpt: GPT(ram: kernel.memory.ram), pool: [])
         kvm = Array(repeating: nil, count: guests.count)
         booted = Array(repeating: false, count: guests.count)
+        userPTEs = Array(repeating: [:], count: guests.count)
         rd = Array(repeating: nil, count: guests.count)
         recs = Array(repeating: [], count: guests.count)
         self.guests = guests

@@ -159,8 +159,41 @@ extension CCAPlatform {
         }
     }
 
+    /// A user access through a PTE a realm driver's remap_pfn_range wrote: the PTE keeps the
+    /// pgprot of the mmap (pgprot_decrypted sets the NS-shared bit), whatever set_memory_*
+    /// did to the linear map since; the IPA it reaches meets stage 2 as a kernel access
+    /// does, and an SEA in user mode is SIGBUS (do_sea → arm64_notify_die).
+    mutating func userRead(_ i: Int, va: UInt64) -> any Outcome {
+        guard let pte = userPTEs[i][va & ~(pageBytes - 1)] else { return RealmUserAccess.sigsegv }
+        guard let k = kvm[i] else { return RealmNotRunning(reason: "KVM has not launched it") }
+        let r = realmAccess(i, ipa: pte.gpa | (pte.shared ? k.topBit : 0))
+        if case .sea? = r as? KVMRealmOutcome { return RealmUserAccess.sigbus }
+        return r
+    }
+
     static let guestSteps: [StepDefinition] = [
         setMemoryStep("set_memory_encrypted", encrypt: true), setMemoryStep("set_memory_decrypted", encrypt: false),
+        Steps.platformStep(CCAPlatform.self, "remap_pfn_range", "a realm driver maps a page of its memory to user space with its pgprot (decrypted: the NS-shared bit set): the user PTE as written", [
+            Parameter("guest", .guest, required: true, "the realm"),
+            Parameter("addr", .address(), required: true, "the user virtual address"),
+            Parameter("gpa", .address(), required: true, "the page's guest physical address"),
+            Parameter("prot", .choice(["decrypted", "encrypted"]), default: "decrypted", "pgprot_decrypted (shared) or pgprot_encrypted (protected)"),
+        ]) { a, _ throws(ScenarioError) in
+            let i = a.guest!.index, g = a.guest!.spec, va = a.number("addr") & ~(pageBytes - 1), gpa = a.number("gpa") & ~(pageBytes - 1)
+            guard gpa < g.memory else { throw a.field("gpa").error("gpa \(hex(gpa)) is past \(g.name)'s \(ByteSize.format(g.memory))") }
+            let shared = a.text("prot") == "decrypted"
+            return { p, _ in
+                p.userPTEs[i][va] = (gpa, shared)
+                return ValueOutcome("pte \(hex(gpa))\(shared ? " [NS]" : "")")
+            }
+        },
+        Steps.platformStep(CCAPlatform.self, "realm-user-read", "a realm's user process reads through a remap_pfn_range mapping: the IPA its PTE gives meets stage 2 (SIGBUS for an SEA, SIGSEGV where nothing is mapped)", [
+            Parameter("guest", .guest, required: true, "the realm"),
+            Parameter("addr", .address(), required: true, "the user virtual address"),
+        ]) { a, _ throws(ScenarioError) in
+            let i = a.guest!.index, va = a.number("addr")
+            return { p, _ in p.userRead(i, va: va) }
+        },
         StepDefinition("guest-vmap", "vmap() in a realm's kernel: pages of its memory mapped in its vmalloc space (with a guard page after); the result is the address", [
             Parameter("guest", .guest, required: true, "the realm"),
             Parameter("gpa", .address(), required: true, "the first page's guest physical address"),
@@ -190,6 +223,15 @@ extension CCAPlatform {
             return { p, m in p.zeropad(&m, i, va: addr ?? m.guestKernels[i].va(gfn: gpa! >> pageShift) + (gpa! & (pageBytes - 1)), vcpu: vcpu) }
         },
     ]
+}
+
+/// How a realm user process's access ended, when it did not.
+public enum RealmUserAccess: Outcome, Hashable {
+    case sigbus, sigsegv
+    public var kind: OutcomeKind { .fault }
+    public var description: String {
+        self == .sigbus ? "SIGBUS (BUS_OBJERR: synchronous external abort in user mode, do_sea)" : "SIGSEGV (no mapping)"
+    }
 }
 
 /// A realm guest kernel's death.

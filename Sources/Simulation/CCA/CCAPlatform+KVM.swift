@@ -105,6 +105,7 @@ extension CCAPlatform {
         retired.add(kvm[i]!.stats)
         kvm[i] = nil
         booted[i] = false
+        userPTEs[i] = [:]
         rd[i] = nil
         recs[i] = []
         return r
