@@ -139,6 +139,47 @@ public struct REC: Sendable, Hashable {
     public var awaitingRIPASResponse: Bool { ripasBase != ripasTop }
 }
 
+/// The RMM's granule array (TF-RMM's struct granule per 4K of DRAM), as the model keeps it:
+/// a page of 512 states per 2M region, made when the region first holds a granule that is
+/// not NS, so that neither a lookup nor a change hashes anything.
+public struct GranuleTable: Sendable {
+    /// Per 2M region: the first of its 512 states in `states`, or -1 (all NS).
+    var regions: [Int32]
+    var states: [UInt8] = []
+    /// Granules in each state (NS not counted).
+    var counts = [Int](repeating: 0, count: GranuleState.allCases.count)
+
+    init(end: UInt64) { regions = Array(repeating: -1, count: Int((end + (2 << 20) - 1) >> 21)) }
+
+    /// The state of frame `pfn` (NS where nothing was recorded).
+    public subscript(pfn: UInt64) -> GranuleState {
+        get {
+            let r = Int(pfn >> 9)
+            guard r < regions.count, regions[r] >= 0 else { return .ns }
+            return GranuleState(rawValue: states[Int(regions[r]) + Int(pfn & 511)])!
+        }
+        set {
+            let r = Int(pfn >> 9)
+            guard r < regions.count else { return }
+            if regions[r] < 0 {
+                guard newValue != .ns else { return }
+                regions[r] = Int32(states.count)
+                states += repeatElement(0, count: 512)
+            }
+            let i = Int(regions[r]) + Int(pfn & 511), old = GranuleState(rawValue: states[i])!
+            if old != .ns { counts[Int(old.rawValue)] -= 1 }
+            if newValue != .ns { counts[Int(newValue.rawValue)] += 1 }
+            states[i] = newValue.rawValue
+        }
+    }
+
+    /// Granules in `state` (not NS).
+    public func count(_ state: GranuleState) -> Int { state == .ns ? 0 : counts[Int(state.rawValue)] }
+    /// Granules that are not NS.
+    public var count: Int { counts.reduce(0, +) }
+    public var isEmpty: Bool { count == 0 }
+}
+
 /// What the RMM counted.
 public struct RMMStats: Hashable, Sendable {
     /// Stage-2 TLB invalidations the RMM issued (TLBI IPAS2E1IS / VMALLS12E1IS after a live
@@ -157,8 +198,8 @@ public struct RMMStats: Hashable, Sendable {
 public struct RMM: Sendable {
     /// The DRAM banks the RMM was told about (plat_granule_addr_to_idx).
     public let dram: [Range<UInt64>]
-    /// The state of each granule that is not NS, by frame number.
-    public internal(set) var granules: [UInt64: GranuleState] = [:]
+    /// The state of each granule of DRAM, by frame number.
+    public internal(set) var granules: GranuleTable
     /// The realms, and where each RD's is in the list.
     public internal(set) var realmList: [Realm] = []
     var realmSlot: [UInt64: Int] = [:]
@@ -177,22 +218,25 @@ public struct RMM: Sendable {
     /// The PE's physical address size (ID_AA64MMFR0_EL1.PARange): feat.S2SZ's bound.
     public static let paBits = 48
 
-    public init(dram: [Range<UInt64>]) { self.dram = dram }
+    public init(dram: [Range<UInt64>]) {
+        self.dram = dram
+        granules = GranuleTable(end: dram.map(\.upperBound).max() ?? 0)
+    }
 
     /// The granule's state, nil outside DRAM (plat_granule_addr_to_idx finds no bank).
     public func state(_ pa: UInt64) -> GranuleState? {
         guard dram.contains(where: { $0.contains(pa) }) else { return nil }
-        return granules[pa >> pageShift] ?? .ns
+        return granules[pa >> pageShift]
     }
 
     /// Granules in a state.
-    public func count(_ state: GranuleState) -> Int { granules.values.reduce(0) { $1 == state ? $0 + 1 : $0 } }
+    public func count(_ state: GranuleState) -> Int { granules.count(state) }
 
     /// find_lock_granule: aligned, in DRAM, and in `state`.
     func isGranule(_ pa: UInt64, _ state: GranuleState) -> Bool { pa & (pageBytes - 1) == 0 && self.state(pa) == state }
 
     mutating func set(_ pa: UInt64, _ state: GranuleState) {
-        if state == .ns { granules[pa >> pageShift] = nil } else { granules[pa >> pageShift] = state }
+        granules[pa >> pageShift] = state
     }
 
     /// RMI_GRANULE_DELEGATE: find_lock_granule(addr, NS) (aligned, in DRAM, NS, else
