@@ -133,7 +133,7 @@ extension RMM {
         guard let ri = slot(rd), realmList[ri].validStructure(ipa, level) else { return RMIResult(.errorInput, .init("top", 0)) }
         let w = realmList[ri].walk(ipa, to: level - 1)
         guard w.level == level - 1, case .table(let child) = w.entry else {
-            return RMIResult(.errorRTT(level: w.level), [.init("top", realmList[ri].skipNonLive(ipa, w))])
+            return RMIResult(.errorRTT(level: w.level), .init("top", realmList[ri].skipNonLive(ipa, w)))
         }
         guard realmList[ri].refcount(table: child) == 0 else { return RMIResult(.errorRTT(level: level), .init("top", ipa)) }
         let pa = realmList[ri].rttGranule[child]!
@@ -233,7 +233,7 @@ extension RMM {
     public mutating func rttUnmapUnprotected(rd: UInt64, ipa: UInt64, level: Int) -> RMIResult {
         guard (1...3).contains(level), let ri = slot(rd), realmList[ri].validMapAddress(ipa, level), !realmList[ri].inPAR(ipa) else { return RMIResult(.errorInput) }
         let w = realmList[ri].walk(ipa, to: level)
-        guard w.level == level, case .assignedNS = w.entry else { return RMIResult(.errorRTT(level: w.level), [.init("top", realmList[ri].skipNonLive(ipa, w))]) }
+        guard w.level == level, case .assignedNS = w.entry else { return RMIResult(.errorRTT(level: w.level), .init("top", realmList[ri].skipNonLive(ipa, w))) }
         realmList[ri].write(w, .unassignedNS)
         let top = realmList[ri].skipNonLive(ipa, RTTWalk(level: w.level, table: w.table, index: w.index, entry: .unassignedNS))
         stats.tlbis += 1
@@ -274,7 +274,7 @@ extension RMM {
         guard let ri = slot(rd), realmList[ri].inPAR(ipa), realmList[ri].validMapAddress(ipa, 3) else { return RMIResult(.errorInput, .init("top", 0)) }
         let w = realmList[ri].walk(ipa, to: 3)
         guard w.level == 3, case .assigned(let ripas, let pa) = w.entry else {
-            return RMIResult(.errorRTT(level: w.level), [.init("top", realmList[ri].skipNonLive(ipa, w))])
+            return RMIResult(.errorRTT(level: w.level), .init("top", realmList[ri].skipNonLive(ipa, w)))
         }
         let now: RTTEntry = .unassigned(ripas == .empty ? .empty : .destroyed)
         if ripas == .ram { stats.tlbis += 1 }
@@ -303,7 +303,8 @@ extension RMM {
         let w = realmList[ri].walk(base, to: 3), size = Self.mapSize(w.level)
         guard base & (size - 1) == 0 else { return RMIResult(.errorRTT(level: w.level)) }
         var addr = base
-        for i in w.index..<entriesPerTable where addr + size <= top {
+        for i in w.index..<entriesPerTable {
+            guard addr + size <= top else { break }
             let e = RTTEntry(realmList[ri].rtt.entry(table: w.table, index: i))
             if e == .unassigned(.empty) { realmList[ri].write(w, index: i, .unassigned(.ram)) } else if e != .unassigned(.ram) { break }
             realmList[ri].rimExtensions += 1
@@ -341,7 +342,8 @@ extension RMM {
         let w = realmList[ri].walk(base, to: 3), size = Self.mapSize(w.level)
         guard base & (size - 1) == 0 else { return RMIResult(.errorRTT(level: w.level)) }
         var addr = base
-        for i in w.index..<entriesPerTable where addr + size <= top {
+        for i in w.index..<entriesPerTable {
+            guard addr + size <= top else { break }
             let e = RTTEntry(realmList[ri].rtt.entry(table: w.table, index: i))
             guard let (now, tlbi) = Self.updateRIPAS(e, c.ripasValue, changeDestroyed: c.changeDestroyed) else { break }
             if now != e { realmList[ri].write(w, index: i, now) }
@@ -384,8 +386,8 @@ extension RMM {
         let w = realmList[ri].walk(base, to: 3), size = Self.mapSize(w.level)
         guard let ripas = w.entry.ripas else { return RSIResult(.errorInput) }
         var addr = base & ~(size - 1)
-        for i in w.index..<entriesPerTable where addr < end {
-            guard RTTEntry(realmList[ri].rtt.entry(table: w.table, index: i)).ripas == ripas else { break }
+        for i in w.index..<entriesPerTable {
+            guard addr < end, RTTEntry(realmList[ri].rtt.entry(table: w.table, index: i)).ripas == ripas else { break }
             addr += size
         }
         return RSIResult(.success, [.init("top", min(addr, end))], ripas: ripas)
