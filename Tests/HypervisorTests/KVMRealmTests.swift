@@ -69,11 +69,40 @@ import Testing
         }
     }
 
-    /// A RIPAS change outside the protected half: KVM answers REJECT and KVM_RUN fails.
+    /// A RIPAS change outside the protected half: KVM_RUN fails and the realm reads nothing.
     @Test func ripasChangeOutsideTheProtectedHalf() {
         var (k, fw) = Self.launched()
         let (o, read) = k.ripasExit(&fw, vcpu: 0, RECExit(ripasChange: k.topBit - 0x1000, top: k.topBit + 0x1000, ripas: .ram))
-        #expect(o == .errno(.EINVAL) && read == nil)  // nothing pending in the RMM: the realm reads nothing new
+        #expect(o == .errno(.EINVAL) && read == nil)
+    }
+
+    /// Launch with too few pages for the RECs: -ENOMEM, and what was delegated for the REC
+    /// given back; a populate of 8 MiB with pages enough.
+    @Test func launchRunsShortOrPopulatesMore() {
+        var fw = RealmFirmware(rmm: RMM(dram: [Self.dram]), gpt: GPT(ram: [Self.dram]), pool: (0..<20).map { 0x8800_0000 + UInt64($0) * pageBytes }.reversed())
+        var k = KVMRealm(placement: 0x9000_0000, size: 16 << 20, ipaBits: 40, vmid: 1, vcpus: 2)
+        #expect(k.create(&fw, rttBase: 0x8700_0000) == .ok)
+        #expect(k.activate(&fw) == .errno(.ENOMEM) && k.state == .dead)
+        // vCPU 0's REC stands; vCPU 1's REC granule and the one auxiliary granule it got went back.
+        #expect(fw.rmm.count(.delegated) == 0 && fw.rmm.recs.count == 1 && k.stats.leaked == 0)
+        #expect(k.destroy(&fw) == .ok && fw.rmm.granules.isEmpty)
+        var big = RealmFirmware(rmm: RMM(dram: [Self.dram]), gpt: GPT(ram: [Self.dram]), pool: (0..<64).map { 0x8800_0000 + UInt64($0) * pageBytes }.reversed())
+        var k2 = KVMRealm(placement: 0x9000_0000, size: 16 << 20, ipaBits: 40, vmid: 1, vcpus: 1)
+        #expect(k2.create(&big, rttBase: 0x8700_0000) == .ok && k2.populate(&big, bytes: 8 << 20, source: 0x8000_0000) == .ok)
+        #expect(k2.activate(&big) == .ok && big.rmm.count(.data) == 2048)
+    }
+
+    /// A block in the way of an unmap is split to level 3 first (realm_destroy_private_granule):
+    /// 512 DATA pages folded into a 2M block by hand, then the range made shared.
+    @Test func unmapSplitsBlocks() {
+        var (k, fw) = Self.launched(populate: 0)
+        for i in 0..<UInt64(512) { #expect(k.fault(&fw, ipa: 0x40_0000 + i * pageBytes) == .ok) }
+        #expect(fw.rmm.rttFold(rd: k.rd, ipa: 0x40_0000, level: 3).status == .success)
+        #expect(fw.rmm.realm(k.rd)!.entry(0x40_0000, level: 2) == .assigned(.ram, pa: 0x9040_0000))
+        k.setAttributes(&fw, gpa: 0x40_1000, bytes: 0x1000, shared: true)
+        let r = fw.rmm.realm(k.rd)!
+        #expect(r.entry(0x40_1000, level: 3) == .unassigned(.destroyed) && r.entry(0x40_2000, level: 3) == .assigned(.ram, pa: 0x9040_2000))
+        #expect(fw.rmm.state(0x9040_1000) == .ns && fw.rmm.count(.data) == 511)
     }
 
     @Test func destroyGivesEverythingBack() {

@@ -4,7 +4,8 @@ import PageTables
 
 /// A realm guest's RSI_IPA_STATE_SET as its kernel makes it (the SMC to the RMM, and when
 /// the RMM exits to the host, the host's answer on the next REC entry): what the realm reads
-/// back, or nil when the call never returned to it (the host failed KVM_RUN).
+/// back, or nil when the call never returned to it (KVM_RUN failed and the vCPU did not run
+/// again).
 public typealias RSIIPAStateSet = (_ base: UInt64, _ top: UInt64, _ ripas: RIPAS, _ flags: UInt64) -> RSIResult?
 
 /// How a realm's rsi_set_memory_range ended when it did not succeed.

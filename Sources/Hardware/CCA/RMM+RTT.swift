@@ -296,7 +296,7 @@ extension RMM {
     /// entry is measured. smc_rtt_init_ripas.
     public mutating func rttInitRIPAS(rd: UInt64, base: UInt64, top: UInt64) -> RMIResult {
         guard top > base, let ri = slot(rd) else { return RMIResult(.errorInput) }
-        guard realmList[ri].validMapAddress(base, 3), realmList[ri].validMapAddress(top, 3) || top == 1 << UInt64(realmList[ri].params.s2sz), realmList[ri].inPAR(base), realmList[ri].inPAR(top - pageBytes) else {
+        guard realmList[ri].validMapAddress(base, 3), realmList[ri].validMapAddress(top, 3), realmList[ri].inPAR(base), realmList[ri].inPAR(top - pageBytes) else {
             return RMIResult(.errorInput)
         }
         guard realmList[ri].state == .new else { return RMIResult(.errorRealm) }

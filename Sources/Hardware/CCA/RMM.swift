@@ -84,6 +84,10 @@ public struct Realm: Sendable {
     mutating func setEntry(table: Int, index: Int, level: Int, _ d: Descriptor) {
         grow(table)
         let old = rtt.entry(table: table, index: index)
+        if old.isTable, d != old, old.tableNumber < refs.count {  // the RTT goes (DESTROY, FOLD): nothing counted in it
+            refs[old.tableNumber] = 0
+            for w in 0..<8 { live[old.tableNumber &* 8 &+ w] = 0 }
+        }
         if old.isRefcountedRTTEntry { refs[table] -= 1 }
         if d.isRefcountedRTTEntry { refs[table] += 1 }
         let bit: UInt64 = 1 << UInt64(index & 63), w = table &* 8 &+ index >> 6
@@ -287,7 +291,7 @@ public struct RMM: Sendable {
               Self.numRootRTTs(s2sz: p.s2sz, sl: p.rttLevelStart) == p.rttNumStart, p.hashAlgorithm <= 1,
               p.vmid < 256, !vmids.contains(p.vmid) else { return .errorInput }
         let roots = (0..<UInt64(p.rttNumStart)).map { rttBase &+ $0 * pageBytes }
-        guard !(rttBase..<rttBase &+ UInt64(p.rttNumStart) * pageBytes).contains(rd), isGranule(rd, .delegated),
+        guard !(rd >= rttBase && rd &- rttBase < UInt64(p.rttNumStart) &* pageBytes), isGranule(rd, .delegated),
               roots.allSatisfy({ isGranule($0, .delegated) }),
               let format = PageTableFormat.arm64Stage2(startLevel: p.rttLevelStart, rootTables: p.rttNumStart) else { return .errorInput }
         var t = PageTable(format: format)

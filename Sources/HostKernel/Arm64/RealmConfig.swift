@@ -1,5 +1,5 @@
-/// How a realm guest's kernel is built: the choices seed 004's thread weighs (policy slots
-/// `guest.cca-enc-order`, `guest.cca-vmalloc`, `guest.dcache-word-access`).
+// How a realm guest's kernel is built: the choices seed 004's thread weighs (policy slots
+// `guest.cca-enc-order`, `guest.cca-vmalloc`, `guest.dcache-word-access`).
 
 /// The order a realm's __set_memory_enc_dec changes a page in (`guest.cca-enc-order`).
 public enum RealmEncOrder: String, CaseIterable, Sendable {

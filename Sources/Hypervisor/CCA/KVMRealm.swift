@@ -31,9 +31,11 @@ public struct KVMRealmStats: Hashable, Sendable {
 public struct RealmFirmware: Sendable {
     public var rmm: RMM
     public var gpt: GPT
-    /// Host pages for RTTs, RECs and the RD (KVM's memcache), taken from the end.
+    /// Host pages for RTTs, RECs and the RD (KVM's memcache), taken from the end; the
+    /// caller fills it before each call with what the call may need.
     public var pool: [UInt64]
-    /// Pages KVM undelegated and freed.
+    /// Pages KVM took from `pool` and gave back (undelegated): the caller returns them to
+    /// the host's allocator.
     public var freed: [UInt64] = []
     public init(rmm: RMM, gpt: GPT, pool: [UInt64]) {
         self.rmm = rmm
@@ -171,7 +173,7 @@ public struct KVMRealm: Sendable {
     /// failure undelegates what was delegated and is -ENXIO.
     public mutating func create(_ fw: inout RealmFirmware, rttBase: UInt64) -> KVMRealmOutcome {
         guard state == .none else { return .ok }
-        guard let rd = fw.delegatedGranule() else { return .errno(.ENOMEM) }
+        guard let rd = fw.delegatedGranule() else { return .errno(.ENXIO) }  // DELEGATE(rd) failed
         let p = params
         var roots: [UInt64] = []
         for k in 0..<UInt64(p.rttNumStart) {
@@ -180,7 +182,7 @@ public struct KVMRealm: Sendable {
         }
         stats.delegations += 1 + UInt64(roots.count)
         guard roots.count == p.rttNumStart, fw.rmm.realmCreate(rd: rd, rttBase: rttBase, p) == .success else {
-            for r in roots.reversed() { release(&fw, r) }
+            for r in roots.reversed() { release(&fw, r, pool: false) }  // the PGD is the caller's
             release(&fw, rd)
             return .errno(.ENXIO)
         }
@@ -270,11 +272,18 @@ public struct KVMRealm: Sendable {
             var a: [UInt64] = []
             for _ in 0..<RMM.recAuxGranules { if let g = fw.delegatedGranule() { a.append(g) } }
             stats.delegations += 1 + UInt64(a.count)
-            guard fw.rmm.recCreate(rd: rd, rec: rec, mpidr: RMM.mpidr(index: v), runnable: v == 0, aux: a) == .success else { return .errno(.ENXIO) }
+            // kvm_create_rec: a short alloc_rec_aux is -ENOMEM, a refused REC_CREATE -ENXIO;
+            // either way what was delegated is undelegated, in reverse.
+            let s = a.count < RMM.recAuxGranules ? nil : fw.rmm.recCreate(rd: rd, rec: rec, mpidr: RMM.mpidr(index: v), runnable: v == 0, aux: a)
+            guard s == .success else {
+                for g in (a + [rec]).reversed() { release(&fw, g) }
+                return .errno(s == nil ? .ENOMEM : .ENXIO)
+            }
             recs.append(rec)
             aux.append(a)
         }
-        _ = ripasChange(&fw, 0, size, rec: nil)
+        // set_ripas_of_protected_regions: any error but v12's skip stops the activation.
+        guard ripasChange(&fw, 0, size, rec: nil) >= size else { return .errno(.ENXIO) }
         guard fw.rmm.realmActivate(rd: rd) == .success else { return .errno(.ENXIO) }
         state = .active
         return .ok
@@ -317,14 +326,20 @@ public struct KVMRealm: Sendable {
     }
 
     /// realm_unmap_private_range: DATA_DESTROY of each assigned granule (skipping on to the
-    /// next live entry the RMM reports), then UNDELEGATE; a failed undelegate is a WARN that
-    /// stops the loop. Then the RTTs folded.
+    /// next live entry the RMM reports; a live block there, top == ipa, is split to level 3
+    /// with RTT_CREATE and tried again), then UNDELEGATE; a failed undelegate is a WARN that
+    /// stops the loop. Then the RTTs folded. realm_destroy_private_granule.
     mutating func unmapPrivate(_ fw: inout RealmFirmware, _ start: UInt64, _ end: UInt64) {
         var ipa = start
         while ipa < end {
             let r = fw.rmm.dataDestroy(rd: rd, ipa: ipa)
             guard r.status == .success, let pa = r["pa"] else {
-                guard let top = r["top"], top > ipa else { break }
+                guard let top = r["top"] else { break }
+                if top == ipa, r.status.status == RMIStatus.errorRTT(level: 0).status {
+                    guard createRTTs(&fw, ipa, from: Int(r.status.index)) else { break }
+                    continue
+                }
+                guard top > ipa else { break }
                 ipa = top
                 continue
             }
@@ -335,13 +350,19 @@ public struct KVMRealm: Sendable {
     }
 
     /// realm_unmap_shared_range: RTT_UNMAP_UNPROTECTED of each level-3 mapping, skipping to
-    /// the next live entry; then the RTTs folded.
+    /// the next live entry (a block mapping there, top == ipa, split to level 3 first);
+    /// then the RTTs folded.
     mutating func unmapShared(_ fw: inout RealmFirmware, _ start: UInt64, _ end: UInt64) {
         var ipa = start
         while ipa < end {
             let r = fw.rmm.rttUnmapUnprotected(rd: rd, ipa: ipa | topBit, level: 3)
             if r.status == .success { ipa += pageBytes; continue }
-            guard let top = r["top"], top & ~topBit > ipa else { break }
+            guard let top = r["top"] else { break }
+            if top & ~topBit == ipa, r.status.status == RMIStatus.errorRTT(level: 0).status {
+                guard createRTTs(&fw, ipa | topBit, from: Int(r.status.index)) else { break }
+                continue
+            }
+            guard top & ~topBit > ipa else { break }
             ipa = top & ~topBit
         }
         fold(&fw, level: params.rttLevelStart + 1, start | topBit, end | topBit)
@@ -388,14 +409,13 @@ public struct KVMRealm: Sendable {
     /// The RIPAS change exit (rec_exit_ripas_change), the VMM's conversion of the range's
     /// attributes (private for RAM, shared for EMPTY), and the next KVM_RUN's completion
     /// (kvm_complete_ripas_change: RTT_SET_RIPAS until done, the private pages of an EMPTY
-    /// range destroyed) and REC_ENTER with ACCEPT. A range outside the protected half is
-    /// answered with REJECT and KVM_RUN fails -EINVAL. What the realm reads.
+    /// range destroyed) and REC_ENTER with ACCEPT. What the realm reads. A range outside
+    /// the protected half would be KVM_RUN's -EINVAL with REJECT set for a later run (the RMM
+    /// refuses such a request already, so it never reaches KVM here): the realm reads nothing.
     public mutating func ripasExit(_ fw: inout RealmFirmware, vcpu: Int, _ exit: RECExit) -> (KVMRealmOutcome, RSIResult?) {
         stats.ripasExits += 1
         let rec = recs[vcpu]
-        guard exit.base < topBit, exit.top <= topBit else {
-            return (.errno(.EINVAL), fw.rmm.recEnter(rec: rec, response: .reject).delivered)
-        }
+        guard exit.base < topBit, exit.top <= topBit else { return (.errno(.EINVAL), nil) }
         stats.memoryFaultExits += 1
         setAttributes(&fw, gpa: exit.base, bytes: exit.top - exit.base, shared: exit.ripas == .empty)
         let reached = ripasChange(&fw, exit.base, exit.top, rec: rec)

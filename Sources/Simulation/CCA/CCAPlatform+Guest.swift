@@ -27,7 +27,8 @@ extension CCAPlatform {
         guestStats.rsiCalls += 1
         let answer = rmm.rsiIPAStateSet(rec: k.recs[vcpu], base: b, top: t, ripas: r, flags: f)
         guard let exit = answer as? RECExit else { return answer as? RSIResult }
-        return withKVM(i, need: 8) { k, fw in k.ripasExit(&fw, vcpu: vcpu, exit).1 } ?? nil
+        // RTTs for the range's unaligned edges and any block split on the way: a few per GiB.
+        return withKVM(i, need: 16 + Int((t &- b) >> 30) * 4) { k, fw in k.ripasExit(&fw, vcpu: vcpu, exit).1 } ?? nil
     }
 
     /// set_memory_* in realm guest `i`'s kernel (its linear-map address of the pages): the

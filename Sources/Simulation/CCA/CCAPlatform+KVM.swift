@@ -44,10 +44,17 @@ extension CCAPlatform {
             guard let pgd = allocGranules(n, align: UInt64(n) * pageBytes) else { return KVMRealmOutcome.errno(.ENOMEM) }
             kvm[i] = k
             let r = withKVM(i) { k, fw in k.create(&fw, rttBase: pgd) }!
-            guard r == .ok else { kvm[i] = nil; return r }
+            guard r == .ok else {
+                kvm[i] = nil
+                // The PGD back to the host, but for a page EL3 would not give back.
+                for k in 0..<UInt64(n) where rmm.state(pgd + k * pageBytes) == .ns { metaFree.append(pgd + k * pageBytes) }
+                return r
+            }
         }
         let source = ram.first?.lowerBound ?? 0
-        let up: any Outcome = withKVM(i, need: 4 + g.vcpus * (1 + RMM.recAuxGranules)) { k, fw in
+        // KVM's page cache: the RECs and their auxiliary granules, the populate's RTTs (one
+        // per 2M, and the levels above), INIT_RIPAS's edges.
+        let up: any Outcome = withKVM(i, need: 8 + g.vcpus * (1 + RMM.recAuxGranules) + Int(min(populate, g.memory) >> 21) + 2) { k, fw in
             guard k.state == .new else { return k.state == .active ? .ok : .errno(.EINVAL) }
             if populate > 0 {
                 let r = k.populate(&fw, bytes: populate, source: source)
@@ -70,7 +77,7 @@ extension CCAPlatform {
         guard ipa < k.topBit << 1 else { return KVMRealmOutcome.sea(ipa: ipa) }
         let unprotected = ipa & k.topBit != 0
         for attempt in 0..<2 {
-            let e = rmm.walk(rd: k.rd, ipa, to: 3)!.entry
+            guard let e = rmm.walk(rd: k.rd, ipa, to: 3)?.entry else { return RealmNotRunning(reason: "its realm was destroyed under KVM") }
             switch e {
             case .assigned(.ram, _) where !unprotected, .assignedNS where unprotected: return OK()
             case .unassigned(.empty), .assigned(.empty, _): if !unprotected { return KVMRealmOutcome.sea(ipa: ipa) }
