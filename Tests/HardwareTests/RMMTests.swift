@@ -38,6 +38,13 @@ import Testing
 
         var realm: Realm { rmm.realms[rd]! }
 
+        /// The 512 entries of the level-`level` RTT holding `ipa`, as TF-RMM's tests read a
+        /// whole table.
+        func wholeTable(_ ipa: UInt64, level: Int) -> [RTTEntry] {
+            let span = RMM.mapSize(level - 1), base = ipa & ~(span - 1)
+            return (0..<UInt64(512)).map { entry(base + $0 * RMM.mapSize(level), level) ?? .table(-1) }
+        }
+
         /// The refcounts and live counts the realm keeps as entries change equal those counted
         /// afresh from every RTT.
         func countsHold() -> Bool {
@@ -202,7 +209,7 @@ import Testing
         #expect(f.rmm.rttCreate(rd: f.rd, rtt: rtt, ipa: 0, level: 3) == .errorRTT(level: 1))  // no level-2 RTT: the walk stops at 1
         #expect(f.rmm.rttCreate(rd: f.rd, rtt: rtt, ipa: 0, level: 2) == .success && f.rmm.state(rtt) == .rtt)
         #expect(f.create(0, 2) == .errorRTT(level: 1))  // the parent is a table already
-        #expect(f.entry(0x4000_0000 - 0x20_0000, 2) == .unassigned(.empty))  // 512 copies
+        #expect(f.wholeTable(0, level: 2) == Array(repeating: .unassigned(.empty), count: 512))  // 512 copies
         // Outside the PAR the copies are UNASSIGNED_NS.
         #expect(f.create(1 << 39, 2) == .success && f.entry((1 << 39) + 0x20_0000, 2) == .unassignedNS)
     }
@@ -226,6 +233,7 @@ import Testing
         // Unfolded again: 512 valid 4K leaves, the block broken first.
         #expect(f.create(0, 3) == .success)
         #expect(f.entry(0x1ff000, 3) == .assigned(.ram, pa: base + 0x1ff000) && f.rmm.stats.tlbis == tlbis + 2)
+        #expect(f.wholeTable(0, level: 3) == (0..<512).map { .assigned(.ram, pa: base + UInt64($0) * pageBytes) })
         #expect(f.realm.rtt.leafCounts[.size4K] == 512)
         // 511 assigned entries do not fold; nor 512 whose PAs are not consecutive.
         #expect(f.rmm.dataDestroy(rd: f.rd, ipa: 0x1000).status == .success)
@@ -250,7 +258,7 @@ import Testing
         }
         #expect(f.rmm.rttFold(rd: f.rd, ipa: 0x4000_0000, level: 3).status == .success && f.entry(0x4000_0000, 2) == .assigned(.empty, pa: base))
         #expect(f.create(0x4000_0000, 3) == .success)
-        #expect(f.entry(0x4000_0000, 3) == .assigned(.empty, pa: base) && f.entry(0x401f_f000, 3) == .assigned(.empty, pa: base + 0x1ff000))
+        #expect(f.wholeTable(0x4000_0000, level: 3) == (0..<512).map { .assigned(.empty, pa: base + UInt64($0) * pageBytes) })
         #expect(f.realm.rtt.leafCounts[.size4K] == 0 && f.countsHold())
     }
 
@@ -377,6 +385,7 @@ import Testing
         // RTT_CREATE under an ASSIGNED_NS block: 512 of them, refcount 0, the block broken first.
         #expect(f.rmm.rttMapUnprotected(rd: f.rd, ipa: ns, level: 1, pa: 0x4000_0000) == .success)
         #expect(f.create(ns, 2) == .success && f.entry(ns + 0x20_0000, 2) == .assignedNS(pa: 0x4020_0000))
+        #expect(f.wholeTable(ns, level: 2) == (0..<512).map { .assignedNS(pa: 0x4000_0000 + UInt64($0) << 21) })
         // An RTT of ASSIGNED_NS entries is destroyed with them (they are not counted).
         #expect(f.rmm.rttDestroy(rd: f.rd, ipa: ns, level: 2).status == .success && f.entry(ns, 1) == .unassignedNS)
         #expect(f.countsHold())
