@@ -60,6 +60,23 @@ extension Realm {
         setEntry(table: w.table, index: index ?? w.index, level: w.level, e.descriptor)
     }
 
+    /// The RIPAS commands' loop (rtt_init_ripas_range, rtt_set_ripas_range): from the walk's
+    /// entry to the end of its one table, while entries fit below `top`, each entry
+    /// replaced by what `update` gives (written only if it changed), stopping at the first
+    /// it refuses (nil). The first address not done.
+    mutating func update(_ w: RTTWalk, from base: UInt64, below top: UInt64, _ update: (RTTEntry) -> RTTEntry?) -> UInt64 {
+        let size = RMM.mapSize(w.level)
+        var addr = base
+        for i in w.index..<entriesPerTable {
+            guard addr + size <= top else { break }
+            let e = RTTEntry(rtt.entry(table: w.table, index: i))
+            guard let now = update(e) else { break }
+            if now != e { write(w, index: i, now) }
+            addr += size
+        }
+        return addr
+    }
+
     /// validate_map_addr: inside the IPA space, aligned to `level`'s map size, below 2^48.
     func validMapAddress(_ ipa: UInt64, _ level: Int) -> Bool {
         ipa < 1 << UInt64(params.s2sz) && ipa & (RMM.mapSize(level) - 1) == 0
@@ -182,14 +199,13 @@ extension RMM {
         }
         let aligned = first.pa.map { $0 & (Self.mapSize(level - 1) - 1) == 0 } ?? true
         guard alike, aligned else { return RMIResult(.errorRTT(level: level)) }
-        let folded = first
         switch first {
         case .unassigned, .unassignedNS, .assigned: break
         case .assignedNS: if level <= 1 { return RMIResult(.errorRTT(level: level - 1)) }
         case .table: return RMIResult(.errorRTT(level: level))
         }
         let pa = realmList[ri].rttGranule[child]!
-        realmList[ri].write(w, folded)
+        realmList[ri].write(w, first)
         realmList[ri].rttGranule[child] = nil
         set(pa, .delegated)
         stats.tlbis += 1
@@ -302,14 +318,8 @@ extension RMM {
         guard realmList[ri].state == .new else { return RMIResult(.errorRealm) }
         let w = realmList[ri].walk(base, to: 3), size = Self.mapSize(w.level)
         guard base & (size - 1) == 0 else { return RMIResult(.errorRTT(level: w.level)) }
-        var addr = base
-        for i in w.index..<entriesPerTable {
-            guard addr + size <= top else { break }
-            let e = RTTEntry(realmList[ri].rtt.entry(table: w.table, index: i))
-            if e == .unassigned(.empty) { realmList[ri].write(w, index: i, .unassigned(.ram)) } else if e != .unassigned(.ram) { break }
-            realmList[ri].rimExtensions += 1
-            addr += size
-        }
+        let addr = realmList[ri].update(w, from: base, below: top) { $0 == .unassigned(.empty) || $0 == .unassigned(.ram) ? .unassigned(.ram) : nil }
+        realmList[ri].rimExtensions += (addr - base) / size  // each entry done is measured
         return addr == base ? RMIResult(.errorRTT(level: w.level)) : RMIResult(.success, .init("top", addr))
     }
 
@@ -341,15 +351,13 @@ extension RMM {
         guard c.awaitingRIPASResponse, base == c.ripasAddr, top <= c.ripasTop else { return RMIResult(.errorInput) }
         let w = realmList[ri].walk(base, to: 3), size = Self.mapSize(w.level)
         guard base & (size - 1) == 0 else { return RMIResult(.errorRTT(level: w.level)) }
-        var addr = base
-        for i in w.index..<entriesPerTable {
-            guard addr + size <= top else { break }
-            let e = RTTEntry(realmList[ri].rtt.entry(table: w.table, index: i))
-            guard let (now, tlbi) = Self.updateRIPAS(e, c.ripasValue, changeDestroyed: c.changeDestroyed) else { break }
-            if now != e { realmList[ri].write(w, index: i, now) }
-            if tlbi { stats.tlbis += 1 }
-            addr += size
+        var tlbis: UInt64 = 0
+        let addr = realmList[ri].update(w, from: base, below: top) { e in
+            guard let (now, tlbi) = Self.updateRIPAS(e, c.ripasValue, changeDestroyed: c.changeDestroyed) else { return nil }
+            if tlbi { tlbis += 1 }
+            return now
         }
+        stats.tlbis += tlbis
         guard addr != base else { return RMIResult(.errorRTT(level: w.level)) }
         recs[rec]!.ripasAddr = addr
         stats.ripasChanges += 1

@@ -228,17 +228,25 @@ public struct KVMRealm: Sendable {
             let pa = placement + ipa
             guard fw.delegate(pa) else { return .errno(.ENXIO) }
             stats.delegations += 1
-            var s = fw.rmm.dataCreate(rd: rd, data: pa, ipa: ipa, src: source)
-            if s.status == RMIStatus.errorRTT(level: 0).status, createRTTs(&fw, ipa, from: Int(s.index)) {
-                s = fw.rmm.dataCreate(rd: rd, data: pa, ipa: ipa, src: source)
-            }
-            guard s == .success else {
-                release(&fw, pa, pool: false)
-                return .errno(.ENXIO)
-            }
+            guard createData(&fw, pa, ipa, src: source) else { return .errno(.ENXIO) }
             ipa += pageBytes
         }
         return .ok
+    }
+
+    /// DATA_CREATE (from `src`) or DATA_CREATE_UNKNOWN (`src` nil) of the delegated granule
+    /// `pa` at `ipa`, the RTTs made on RMI_ERROR_RTT and one retry; a failure undelegates
+    /// the granule. realm_create_protected_data_granule, realm_map_protected.
+    mutating func createData(_ fw: inout RealmFirmware, _ pa: UInt64, _ ipa: UInt64, src: UInt64?) -> Bool {
+        var s = fw.rmm.dataCreate(rd: rd, data: pa, ipa: ipa, src: src)
+        if s.status == RMIStatus.errorRTT(level: 0).status, createRTTs(&fw, ipa, from: Int(s.index)) {
+            s = fw.rmm.dataCreate(rd: rd, data: pa, ipa: ipa, src: src)
+        }
+        guard s == .success else {
+            release(&fw, pa, pool: false)
+            return false
+        }
+        return true
     }
 
     /// ripas_change: RMI_RTT_INIT_RIPAS (`rec` nil) or RMI_RTT_SET_RIPAS over [base, top),
@@ -314,15 +322,7 @@ public struct KVMRealm: Sendable {
         stats.privateFaults += 1
         guard fw.delegate(pa) else { return .ok }  // "raced with another vCPU"
         stats.delegations += 1
-        var s = fw.rmm.dataCreate(rd: rd, data: pa, ipa: gpa, src: nil)
-        if s.status == RMIStatus.errorRTT(level: 0).status, createRTTs(&fw, gpa, from: Int(s.index)) {
-            s = fw.rmm.dataCreate(rd: rd, data: pa, ipa: gpa, src: nil)
-        }
-        guard s == .success else {
-            release(&fw, pa, pool: false)
-            return .errno(.ENXIO)
-        }
-        return .ok
+        return createData(&fw, pa, gpa, src: nil) ? .ok : .errno(.ENXIO)
     }
 
     /// realm_unmap_private_range: DATA_DESTROY of each assigned granule (skipping on to the

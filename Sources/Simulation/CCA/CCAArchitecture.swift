@@ -139,7 +139,7 @@ public struct CCAPlatform: Platform {
 
     static let metricList: [Metric<MetricsView>] = [
         Metric("rmm_delegated_granules", "granules", "granules the RMM holds (GPI REALM): DELEGATED, RD, REC, REC_AUX, DATA, RTT") { UInt64($0.platform.rmm.granules.count) },
-        Metric("rmm_realms", "realms", "realms the RMM holds (RDs)") { UInt64($0.platform.rmm.realms.count) },
+        Metric("rmm_realms", "realms", "realms the RMM holds (RDs)") { UInt64($0.platform.rmm.realmList.count) },
         Metric("rmm_recs", "RECs", "RECs the RMM holds") { UInt64($0.platform.rmm.recs.count) },
         Metric("rmm_rtt_granules", "granules", "granules in use as RTTs, start tables included") { UInt64($0.platform.rmm.count(.rtt)) },
         Metric("rmm_data_granules", "granules", "granules in use as realm DATA") { UInt64($0.platform.rmm.count(.data)) },

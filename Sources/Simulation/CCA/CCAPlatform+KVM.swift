@@ -95,12 +95,7 @@ extension CCAPlatform {
     /// converted, RTT_SET_RIPAS, REC_ENTER with the answer).
     mutating func realmSetRIPAS(_ i: Int, vcpu: Int, base: UInt64, top: UInt64, ripas: RIPAS, flags: UInt64) -> any Outcome {
         guard let k = kvm[i], k.state == .active, vcpu < k.recs.count else { return RealmNotRunning(reason: "KVM has not launched it") }
-        let rec = k.recs[vcpu]
-        let failure = GuestKernel.rsiSetMemoryRange(base, top, ripas, flags: flags) { b, t, r, f in
-            let answer = rmm.rsiIPAStateSet(rec: rec, base: b, top: t, ripas: r, flags: f)
-            guard let exit = answer as? RECExit else { return answer as? RSIResult }
-            return withKVM(i, need: 8) { k, fw in k.ripasExit(&fw, vcpu: vcpu, exit).1 } ?? nil
-        }
+        let failure = GuestKernel.rsiSetMemoryRange(base, top, ripas, flags: flags) { rsiCall(i, vcpu: vcpu, $0, $1, $2, $3) }
         return failure ?? OK()
     }
 
