@@ -88,13 +88,18 @@ public struct Kernel: Sendable {
             // memstart_addr: the start of DRAM rounded down to ARM64_MEMSTART_ALIGN (1G with
             // 4K pages), without linear-map randomisation. arch/arm64/mm/init.c.
             self.physOffset = (memory.ram.first?.lowerBound ?? 0) & ~(PageSize.size1G.bytes - 1)
+        case .s390x:
+            // No DAT tables are built: the table stays empty (docs/s390-pv.md).
+            self.layout = .s390x
+            self.pageTable = PageTable(format: .x86_64)
+            self.physOffset = 0
         }
         self.tlbs = CPUSet(count: max(config.cpus, 1))
         self.user = UserMM(ram: memory.ram, memEncrypt: config.memEncrypt && !config.ccSharedBit && config.isa == .x86_64)
         self.user.config = config.user
         guard memory.endOfRAM - physOffset <= layout.directMapMax else {
             throw HostKernelError("RAM ends at \(hex(memory.endOfRAM)), past the \(ByteSize.format(layout.directMapMax)) the direct map can hold"
-                + (config.isa == .arm64 ? " with 48-bit VAs" : config.la57 ? "" : " with 4-level paging (use 5-level paging)"))
+                + (config.isa != .x86_64 ? "" : config.la57 ? "" : " with 4-level paging (use 5-level paging)") + (config.isa == .arm64 ? " with 48-bit VAs" : ""))
         }
         let tables = Self.bootTableEstimate(ram: memory.ramPages() << pageShift, config: config)
         guard tables <= Self.maxBootTables else {
@@ -106,7 +111,7 @@ public struct Kernel: Sendable {
         }
         // x86 maps the ISA range whatever it holds; arm64 maps memblock's RAM only.
         var ranges: [Range<UInt64>] = config.isa == .x86_64 ? [0..<Self.isaEnd] : []
-        for r in memory.ram where config.isa == .arm64 {
+        for r in memory.ram where config.isa != .x86_64 {
             if let last = ranges.last, last.upperBound == r.lowerBound { ranges[ranges.count - 1] = last.lowerBound..<r.upperBound } else { ranges.append(r) }
         }
         for r in memory.ram where config.isa == .x86_64 {
@@ -121,10 +126,11 @@ public struct Kernel: Sendable {
         self.mappedRanges = ranges
         // Room for one table per 2M region of RAM (what splitting all of it would take), at
         // most a million tables (4 GiB of address space), so dense tables never copy the array.
-        if reserveTables { pageTable.reserveCapacity(tables: min(Int(memory.endOfRAM >> 21) + 64, 1 << 20)) }
+        if reserveTables && config.isa != .s390x { pageTable.reserveCapacity(tables: min(Int(memory.endOfRAM >> 21) + 64, 1 << 20)) }
         switch config.isa {
         case .x86_64: bootDirectMap()
         case .arm64: bootLinearMap()
+        case .s390x: break
         }
         if let image = config.image, config.isa == .x86_64 { try markRodataRO(image) }
         mte.form = config.mteSync
@@ -163,6 +169,7 @@ public struct Kernel: Sendable {
         switch config.isa {
         case .x86_64: leaf = config.gbpages ? PageSize.size1G.bytes : PageSize.size2M.bytes
         case .arm64: leaf = config.linearMap == .pte ? pageBytes : PageSize.size1G.bytes
+        case .s390x: return 0
         }
         let tables = (ram / leaf + 511) / 512
         return Int(tables + (tables + 511) / 512 + 2)
@@ -221,7 +228,13 @@ extension Kernel {
     /// The metrics of a host kernel of `isa`: the direct map (as /proc/meminfo counts it on
     /// x86; the linear map's leaves on arm64), its page-table pages, what change_page_attr
     /// did, and how host accesses faulted.
-    public static func metrics(_ isa: KernelISA) -> [Metric<Kernel>] { isa == .x86_64 ? x86Metrics : arm64Metrics }
+    public static func metrics(_ isa: KernelISA) -> [Metric<Kernel>] {
+        switch isa {
+        case .x86_64: x86Metrics
+        case .arm64: arm64Metrics
+        case .s390x: faultMetrics  // no direct-map tables or change_page_attr in the s390x model
+        }
+    }
 
     static let x86Metrics = base + CPAStats.metrics(.x86_64).map { $0.pulled { $0.stats } } + faultMetrics
     static let arm64Metrics = base + CPAStats.metrics(.arm64).map { $0.pulled { $0.stats } } + faultMetrics

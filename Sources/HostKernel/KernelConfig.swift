@@ -6,6 +6,10 @@ import PageTables
 public enum KernelISA: String, Hashable, Sendable {
     case x86_64 = "x86-64"
     case arm64
+    /// s390x (z/Architecture): the kernel's identity mapping is taken as mapping all RAM
+    /// and its DAT tables are not modelled (docs/s390-pv.md); what the model keeps of this
+    /// kernel is its user mappings, its folios and its program-check handlers.
+    case s390x
 }
 
 /// How the arm64 kernel maps its linear map at boot (policy slot `host.arm64-linear-map`).
@@ -166,6 +170,10 @@ public struct KernelLayout: Hashable, Sendable {
         pageOffset: 0xffff_0000_0000_0000, directMapMax: 1 << 47,
         vmallocStart: 0xffff_8000_8000_0000, vmallocEnd: 0xffff_fdff_bf80_0000,
         vmemmapStart: 0xffff_fdff_c000_0000)
+    /// s390x: the identity mapping at __identity_base 0 (no CONFIG_RANDOMIZE_IDENTITY_BASE)
+    /// over up to 2^53 bytes; vmalloc is not modelled on s390x (an empty range).
+    /// arch/s390/boot/startup.c setup_kernel_memory_layout.
+    public static let s390x = KernelLayout(pageOffset: 0, directMapMax: 1 << 53, vmallocStart: 0, vmallocEnd: 0, vmemmapStart: 0)
     /// 5-level x86-64: direct map at 0xff11000000000000, vmalloc at 0xffa0000000000000 (12800 TiB).
     public static let fiveLevel = KernelLayout(
         pageOffset: 0xff11_0000_0000_0000, directMapMax: 32 << 50,

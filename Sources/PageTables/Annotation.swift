@@ -11,12 +11,15 @@ public struct AnnotationFamily: RawRepresentable, Hashable, Sendable, CustomStri
     public static let rmmS2TTE = AnnotationFamily(rawValue: 2)
     /// Intel TDX: the state of a Secure-EPT entry the CPU may not use (Hardware/TDX).
     public static let tdxSEPT = AnnotationFamily(rawValue: 3)
+    /// A user PTE that holds a swap entry (swp_entry_t: the payload is the swap slot).
+    public static let swapEntry = AnnotationFamily(rawValue: 4)
 
     public var description: String {
         switch self {
         case .pkvmOwner: "pkvm-owner"
         case .rmmS2TTE: "s2tte"
         case .tdxSEPT: "sept"
+        case .swapEntry: "swap"
         default: "family \(rawValue)"
         }
     }

@@ -17,12 +17,20 @@ public struct ArchitectureDefinition: Sendable {
     /// The machine keys only an arm64 kernel has.
     public static let arm64MachineKeys = ["mte", "mte-restore-steps"]
     /// Machine keys that only this kind of kernel has.
-    public var machineKeys: [String] { isa == .x86_64 ? Self.x86MachineKeys : Self.arm64MachineKeys }
+    public var machineKeys: [String] {
+        switch isa {
+        case .x86_64: Self.x86MachineKeys
+        case .arm64: Self.arm64MachineKeys
+        case .s390x: []
+        }
+    }
     /// Whether scenarios may define guests, and the largest guest identifier (ASID on SNP).
     public let guestIDs: ClosedRange<UInt64>?
     /// Whether guests are placed in host memory with a kernel of their own (SEV-SNP), or are
     /// only VMs that the steps give pages to, one by one (pKVM: `name` and `protected`).
     public let guestKernels: Bool
+    /// The keys a guest without a kernel takes under `guests:` (pKVM: `name`, `protected`).
+    public let vmKeys: [String]
     public let steps: [StepDefinition]
     public let workloads: [WorkloadDefinition]
     public let policySlots: [PolicySlot]
@@ -43,7 +51,7 @@ public struct ArchitectureDefinition: Sendable {
     let checkMachine: @Sendable (KernelConfig, PhysicalMemory, [GuestSpec]) -> (slot: String?, message: String)?
 
     public init(
-        name: String, summary: String, modelled: Bool = true, isa: KernelISA = .x86_64, guestIDs: ClosedRange<UInt64>? = nil, guestKernels: Bool = true,
+        name: String, summary: String, modelled: Bool = true, isa: KernelISA = .x86_64, guestIDs: ClosedRange<UInt64>? = nil, guestKernels: Bool = true, vmKeys: [String] = ["name", "protected"],
         steps: [StepDefinition] = [], workloads: [WorkloadDefinition] = [], policySlots: [PolicySlot] = [],
         invariants: [Invariant] = [], metrics: [MetricInfo] = [], traceTracks: [(track: String, metrics: [String])] = [],
         threadRoutines: [ThreadRoutineDefinition] = [],
@@ -58,6 +66,7 @@ public struct ArchitectureDefinition: Sendable {
         self.isa = isa
         self.guestIDs = guestIDs
         self.guestKernels = guestKernels
+        self.vmKeys = vmKeys
         self.steps = steps
         self.workloads = workloads
         self.policySlots = policySlots
@@ -86,7 +95,7 @@ public enum Architectures {
         CCAArchitecture.definition,
         PKVMArchitecture.definition,
         ArchitectureDefinition(name: "arm64-mte", summary: "Arm MTE: not an architecture; give arch: arm64 with machine.mte: true (docs/mte.md)", modelled: false),
-        .planned("s390-pv", "s390 protected virtualization"),
+        S390Platform.definition,
     ]
 
     /// The plain x86-64 host: boot direct map, change_page_attr, vmalloc aliases, host faults.
@@ -123,8 +132,13 @@ public protocol Platform: Sendable {
     /// Whether the hardware keeps host frame `pfn` from the host kernel (an SEV guest's
     /// encrypted page, an s390 secure page): what GUP, writeback and kmap meet.
     func isInaccessible(_ pfn: UInt64) -> Bool
-    /// arch_make_folio_accessible for `pfn`: nil, or the errno it fails with.
-    mutating func makeAccessible(_ pfn: UInt64) -> Errno?
+    /// arch_make_folio_accessible for `pfn` (its folio given): nil, or the errno it fails with.
+    mutating func makeAccessible(_ pfn: UInt64, folio: inout Folio) -> Errno?
+    /// The host kernel's page events (a protected mm's PTE cleared, swap I/O), in order.
+    mutating func take(_ events: [UserMMEvent], _ mm: inout UserMM)
+    /// A user process's own access to frame `pfn` after its fault was handled: nil when it
+    /// simply happens (the platform notes it), or how the architecture ended it.
+    mutating func userAccess(_ kernel: inout Kernel, pfn: UInt64, write: Bool) -> (any Outcome)?
     /// A CPU (through a user mapping or kmap) or a device touched host frame `pfn`.
     mutating func noteAccess(pfn: UInt64, write: Bool, device: Bool)
     /// A host access with how a write reaches memory (a cached line, a partial MOVNTI or UC
@@ -141,7 +155,12 @@ extension Platform {
     public func footprintDigest(guest: Int, gpa: UInt64) -> UInt64 { 0 }
     public func hostFootprintDigest(pa: UInt64) -> UInt64 { 0 }
     public func isInaccessible(_ pfn: UInt64) -> Bool { false }
-    public mutating func makeAccessible(_ pfn: UInt64) -> Errno? { nil }
+    public mutating func makeAccessible(_ pfn: UInt64, folio: inout Folio) -> Errno? { nil }
+    public mutating func take(_ events: [UserMMEvent], _ mm: inout UserMM) {}
+    public mutating func userAccess(_ kernel: inout Kernel, pfn: UInt64, write: Bool) -> (any Outcome)? {
+        noteAccess(pfn: pfn, write: write, device: false)
+        return nil
+    }
     public mutating func noteAccess(pfn: UInt64, write: Bool, device: Bool) {}
     public mutating func guestMemoryReclaimed(guest: Int, pfns: [UInt64]) {}
     public mutating func hostAccess(_ kernel: inout Kernel, pa: UInt64, write: Bool, context: HostAccessContext, cpu: Int, kind: HostWriteKind) -> any Outcome {
@@ -153,7 +172,8 @@ extension Platform {
 struct PlatformAccessibility: PageAccessibility {
     var platform: any Platform
     func isInaccessible(_ pfn: UInt64) -> Bool { platform.isInaccessible(pfn) }
-    mutating func makeAccessible(_ pfn: UInt64) -> Errno? { platform.makeAccessible(pfn) }
+    mutating func makeAccessible(_ pfn: UInt64, folio: inout Folio) -> Errno? { platform.makeAccessible(pfn, folio: &folio) }
+    mutating func take(_ events: [UserMMEvent], _ mm: inout UserMM) { platform.take(events, &mm) }
 }
 
 /// The platform of a machine that is only a host (x86-64): no ownership table, no guests.

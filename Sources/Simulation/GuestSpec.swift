@@ -33,11 +33,11 @@ public struct GuestSpec: Hashable, Sendable {
 
     /// Reads the `guests:` list of an architecture whose guests are only VMs (pKVM): a name
     /// and whether it is protected; each gets the next identifier of `ids` (pKVM's handles).
-    static func readVMs(_ field: Field, ids: ClosedRange<UInt64>, targets: PolicyTargets) throws(ScenarioError) -> [GuestSpec] {
+    static func readVMs(_ field: Field, ids: ClosedRange<UInt64>, keys: [String] = ["name", "protected"], targets: PolicyTargets) throws(ScenarioError) -> [GuestSpec] {
         var guests: [GuestSpec] = []
         for item in try field.sequence() {
             let f = try item.mapping()
-            try f.only(["name", "protected"])
+            try f.only(keys)
             let name = try f.required("name").text()
             if guests.contains(where: { $0.name == name }) { throw f.keyError("name", "guest '\(name)' is defined twice") }
             guard UInt64(guests.count) < UInt64(ids.count) else { throw item.error("at most \(ids.count) guests") }

@@ -64,7 +64,7 @@ struct ScenarioReader {
             if let ids = arch.guestIDs {
                 guests = arch.guestKernels
                     ? try GuestSpec.readAll(list, memory: memory, ids: ids, guestSlots: slots.filter { $0.section == .guest }, targets: targets)
-                    : try GuestSpec.readVMs(list, ids: ids, targets: targets)
+                    : try GuestSpec.readVMs(list, ids: ids, keys: arch.vmKeys, targets: targets)
             } else if !(try list.sequence()).isEmpty {
                 throw list.error("guests need an architecture with guests (modelled: "
                     + Architectures.modelled.filter { $0.guestIDs != nil }.map(\.name).joined(separator: ", ")

@@ -75,7 +75,13 @@ public enum Steps {
     public static let hostArm64 = kernelSteps(KernelOperation.arm64Catalogue) + faultInjection + hostAccess
 
     /// The host kernel's steps for a kernel of `isa`.
-    public static func host(_ isa: KernelISA) -> [StepDefinition] { isa == .arm64 ? hostArm64 : hostX86 }
+    public static func host(_ isa: KernelISA) -> [StepDefinition] {
+        switch isa {
+        case .x86_64: hostX86
+        case .arm64: hostArm64
+        case .s390x: hostAccess  // the model keeps no s390 DAT tables: no set_memory_*
+        }
+    }
 
     static let hostAccess = [hostAccessStep("host-read", write: false), hostAccessStep("host-write", write: true)]
 

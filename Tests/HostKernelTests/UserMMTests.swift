@@ -350,7 +350,7 @@ import Testing
     struct Refusing: PageAccessibility {
         var calls = 0
         func isInaccessible(_ pfn: UInt64) -> Bool { true }
-        mutating func makeAccessible(_ pfn: UInt64) -> Errno? { calls += 1; return .EFAULT }
+        mutating func makeAccessible(_ pfn: UInt64, folio: inout Folio) -> Errno? { calls += 1; return .EFAULT }
     }
 
     @Test func theAccessibilityHookWhereLinuxCallsIt() {

@@ -15,6 +15,13 @@ public struct FolioFlags: OptionSet, Hashable, Sendable {
     public static let pageCache = FolioFlags(rawValue: 1 << 3)
     /// PG_anon_exclusive: the only mapping of an anonymous page (no fork shares it).
     public static let anonExclusive = FolioFlags(rawValue: 1 << 4)
+    /// PG_arch_1: on s390 a small folio that "might be secure" (set before an import,
+    /// cleared by a successful export, pin or destroy). arch/s390/kernel/uv.c.
+    public static let arch1 = FolioFlags(rawValue: 1 << 5)
+    /// PG_locked, held by another task (folio_trylock fails).
+    public static let locked = FolioFlags(rawValue: 1 << 6)
+    /// PG_swapcache: the folio is in the swap cache (one reference of its own).
+    public static let swapCache = FolioFlags(rawValue: 1 << 7)
 }
 
 /// struct folio, as much as the user-mapping code needs: its order, reference count,

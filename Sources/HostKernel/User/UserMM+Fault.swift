@@ -30,6 +30,7 @@ extension UserMM {
         guard let vi = processes[pi].vmaIndex(addr) else { return .sigsegv }
         let v = processes[pi].vmas[vi]
         if write ? !v.flags.contains(.write) : v.flags.isDisjoint(with: [.read, .write, .exec]) { return .sigsegv }
+        if let slot = swapEntry(pi, addr) { return doSwapPage(pi, vi, addr, slot: slot, write: write) }
         if let leaf = processes[pi].pageTable.lookup(VirtAddr(addr)) {
             let a = leaf.descriptor.attributes
             if a.contains(.present) && (!write || a.contains(.writable)) { return .handled }  // nothing to do
@@ -377,6 +378,7 @@ extension UserMM {
     /// drops its folio's mapping and reference (a dirty PTE dirties a page-cache folio).
     /// Linux mm/memory.c zap_pte_range, zap_huge_pmd.
     mutating func zap(_ pi: Int, _ v: VMA, _ start: UInt64, _ end: UInt64) {
+        zapSwapEntries(pi, start, end)
         if end - start == pageBytes, let leaf = processes[pi].pageTable.lookup(VirtAddr(start)), leaf.size == .size4K {
             release(pi, leaf)
             return
@@ -393,6 +395,7 @@ extension UserMM {
     mutating func release(_ pi: Int, _ leaf: Leaf) {
         let a = leaf.descriptor.attributes
         if !a.contains(.special), let h = folioHead(leaf.descriptor.frame.rawValue) {
+            if a.contains(.present) { notePTECleared(pi, leaf.descriptor.frame.rawValue) }
             if a.contains(.dirty) && folios[h]!.flags.contains(.pageCache) { folios[h]!.flags.insert(.dirty) }
             folios[h]!.mapcount -= 1
             put(h)

@@ -3,11 +3,18 @@ import PageTables
 
 /// What a platform says about host access to a frame: whether the hardware keeps the host
 /// from it, and arch_make_folio_accessible (which may change the platform: s390 exports the
-/// page; an SEV host cannot, and fails).
+/// page and clears the folio's PG_arch_1; an SEV host cannot, and fails).
 public protocol PageAccessibility {
     func isInaccessible(_ pfn: UInt64) -> Bool
-    /// arch_make_folio_accessible: nil (0) or the errno.
-    mutating func makeAccessible(_ pfn: UInt64) -> Errno?
+    /// arch_make_folio_accessible on `folio` (the one holding `pfn`): nil (0) or the errno.
+    mutating func makeAccessible(_ pfn: UInt64, folio: inout Folio) -> Errno?
+    /// What the architecture does on the kernel's page events (`UserMMEvent`: a PTE of a
+    /// protected mm cleared, a page written to or read from swap), taken in order.
+    mutating func take(_ events: [UserMMEvent], _ mm: inout UserMM)
+}
+
+extension PageAccessibility {
+    public mutating func take(_ events: [UserMMEvent], _ mm: inout UserMM) {}
 }
 
 /// A machine whose hardware keeps nothing from the host: the generic
@@ -15,7 +22,7 @@ public protocol PageAccessibility {
 public struct AllAccessible: PageAccessibility {
     public init() {}
     public func isInaccessible(_ pfn: UInt64) -> Bool { false }
-    public mutating func makeAccessible(_ pfn: UInt64) -> Errno? { nil }
+    public mutating func makeAccessible(_ pfn: UInt64, folio: inout Folio) -> Errno? { nil }
 }
 
 /// GUP's flags. include/linux/mm_types.h (FOLL_WRITE, FOLL_GET, FOLL_PIN, FOLL_LONGTERM).
@@ -82,7 +89,7 @@ extension UserMM {
             guard let h = folioHead(pfn) else { return .failure(.EEXIST) }
             grab(h, pin: flags.pin)
             // Only FOLL_PIN on a 4K entry calls the hook; the huge leaf paths never do.
-            if flags.pin && leaf.size == .size4K && config.inaccessibleCheck == .gupAndWriteback, let e = acc.makeAccessible(pfn) {
+            if flags.pin && leaf.size == .size4K && config.inaccessibleCheck == .gupAndWriteback, let e = acc.makeAccessible(pfn, folio: &folios[h]!) {
                 unpin(h)
                 return .failure(e)
             }
@@ -168,7 +175,7 @@ extension UserMM {
         if config.inaccessibleCheck == .unmapped && acc.isInaccessible(pfn) { return .unevictable }
         guard folios[h]!.flags.contains(.dirty) || dirtyPTE else { return .clean }
         var result = WritebackOutcome.started
-        if config.inaccessibleCheck == .gupAndWriteback, acc.isInaccessible(pfn), let e = acc.makeAccessible(pfn) {
+        if config.inaccessibleCheck == .gupAndWriteback, let e = acc.makeAccessible(pfn, folio: &folios[h]!) {
             stats.writebackBugs += 1
             if config.debugVM { return .bug(e) }
             result = .bugIgnored(e)

@@ -117,6 +117,9 @@ public struct UserProcess: Sendable {
     /// The user half of its page tables (x86-64 4-level), on the shared PageTable.
     public internal(set) var pageTable = PageTable(format: .x86_64)
     public internal(set) var vmas: [VMA] = []
+    /// mm->context.protected_count (s390): protected guests this mm backs; while it is
+    /// non-zero every cleared present PTE exports its page (ptep_get_and_clear).
+    public internal(set) var protectedCount = 0
 
     /// The VMA holding `addr` (find_vma with the start check).
     public func vmaIndex(_ addr: UInt64) -> Int? {
@@ -188,6 +191,10 @@ public struct UserMMStats: Hashable, Sendable {
     /// Device accesses (DMA, writeback I/O) to a page the hardware protects.
     public var deviceAccesses: UInt64 = 0
     public var writebacks: UInt64 = 0
+    public var swapOuts: UInt64 = 0
+    public var swapIns: UInt64 = 0
+    /// Large folios split into small ones (split_folio).
+    public var folioSplits: UInt64 = 0
 }
 
 /// Every process of one kernel (the host's, or a guest's own), the page cache and TTM
@@ -203,6 +210,12 @@ public struct UserMM: Sendable {
     public internal(set) var files: [PageCacheFile] = []
     public internal(set) var buffers: [TTMBuffer] = []
     public internal(set) var stats = UserMMStats()
+    /// Whether the architecture takes the page events (s390); none are kept otherwise.
+    public var recordsEvents = false
+    /// Page events not yet delivered to the platform, in order.
+    public internal(set) var events: [UserMMEvent] = []
+    /// Swap slots in use (a slot is its index; freed slots are reused lowest first).
+    public internal(set) var swapSlots: [Bool] = []
     /// The vvar data page and, in an SEV guest with kvmclock, the pvclock page.
     public internal(set) var vvarPFN: UInt64?
     public internal(set) var pvclockPFN: UInt64?

@@ -36,7 +36,7 @@ public struct SEVPlatform: Platform {
     /// arch_make_folio_accessible, were SEV to implement it, fails (Dave Hansen in seed 002:
     /// "we would ideally fail it"); the model's errno is -EFAULT.
     public func isInaccessible(_ pfn: UInt64) -> Bool { memory.isGuestPrivate(pfn) }
-    public mutating func makeAccessible(_ pfn: UInt64) -> Errno? { memory.isGuestPrivate(pfn) ? .EFAULT : nil }
+    public mutating func makeAccessible(_ pfn: UInt64, folio: inout Folio) -> Errno? { memory.isGuestPrivate(pfn) ? .EFAULT : nil }
 
     public mutating func noteAccess(pfn: UInt64, write: Bool, device: Bool) {
         guard write else { return }

@@ -14,8 +14,8 @@ public struct ProcessSpec: Hashable, Sendable {
         guard let field else { return [] }
         var out: [ProcessSpec] = []
         for item in try field.sequence() {
-            guard architecture.steps.contains(where: { $0.name == "map_vdso" }) else {
-                throw item.error("user processes need an architecture with user mappings (x86-sev); this machine is \(architecture.name)"
+            guard architecture.steps.contains(where: { $0.name == "mmap" }) else {
+                throw item.error("user processes need an architecture with user mappings (x86-sev, s390-pv); this machine is \(architecture.name)"
                     + (architecture.isa == .arm64 ? " (its VMM mappings are the MTE steps' mmap)" : ""))
             }
             var spec: ProcessSpec

@@ -19,7 +19,7 @@ public enum UserSteps {
     public static let all: [StepDefinition] = [
         mmap, munmap, mprotect, madvise, fork, mapVdso, userAccess("user-read", write: false), userAccess("user-write", write: true), userPTE,
         insert(.pfnProt), insert(.pfn), insert(.mixed), insert(.mixedProt), insertPMD, splitHugePMD,
-        gup("get_user_pages", pin: false), gup("pin_user_pages", pin: true), unpinUserPage, putPage, followPage, kmap, writeback, dmaWrite,
+        gup("get_user_pages", pin: false), gup("pin_user_pages", pin: true), unpinUserPage, putPage, followPage, kmap, writeback, swapOut, dmaWrite,
     ]
 
     /// The process a step names, checked against `processes:` in the kernel `guest:` chooses.
@@ -184,8 +184,7 @@ public enum UserSteps {
                 let r = k.user.handleFault(process: pi, addr: va, write: write, inaccessible: acc.isInaccessible)
                 guard r == .handled, let (pfn, _) = k.user.mappedFrame(process: pi, addr: va) else { return r }
                 k.user.noteUserAccess(pfn: pfn, acc)
-                acc.platform.noteAccess(pfn: pfn, write: write, device: false)
-                return r
+                return acc.platform.userAccess(&k, pfn: pfn, write: write) ?? r
             }
         }
     }
@@ -279,7 +278,7 @@ public enum UserSteps {
         let p = a.number("pa"), write = a.text("access") == "write"
         return { k, acc in
             k.user.kmap(pfn: p >> pageShift, acc)
-            let r = acc.platform.hostAccess(&k, pa: p & ~(pageBytes - 1), write: write, context: .data, cpu: 0)
+            let r = acc.platform.hostAccess(&k, pa: p & ~(pageBytes - 1), write: write, context: .data, cpu: 0, kind: .cached)
             acc.platform.noteAccess(pfn: p >> pageShift, write: write, device: false)
             return r
         }
@@ -297,6 +296,12 @@ public enum UserSteps {
             }
             return r
         }
+    }
+
+    static let swapOut = step("swap-out", "reclaim of the private anonymous page at addr (shrink_folio_list): a large folio split, the swap cache, try_to_unmap (a pinned page is kept; s390 exports a protected mm's page as its PTE is cleared), pageout with the design's writeback hook, the folio freed; prints the slot or why it was kept",
+                              [addr]) { a, _ throws(ScenarioError) in
+        let va = a.number("addr")
+        return { k, pi, acc in k.user.swapOut(process: pi, addr: va, &acc) }
     }
 
     static let dmaWrite = pageStep("dma-write", "a device writes a page by DMA through the IOMMU (a pinned page's I/O): no CPU access, no encryption key", [pa]) { a, _ throws(ScenarioError) in
@@ -319,7 +324,9 @@ extension Machine {
         var acc = PlatformAccessibility(platform: platform)
         platform = NoPlatform()
         defer { platform = acc.platform }
-        return body(&kernel, &acc)
+        let r = body(&kernel, &acc)
+        kernel.user.deliverEvents(&acc)
+        return r
     }
 
     /// Runs a user step's body on the process's kernel, with the platform as the
@@ -329,6 +336,10 @@ extension Machine {
         var acc = PlatformAccessibility(platform: g == nil ? platform : NoPlatform())
         if g == nil { platform = NoPlatform() }
         defer { if g == nil { platform = acc.platform } }
-        return withUserKernel(guest: g, process: name) { k, pi in body(&k, pi, &acc) }
+        return withUserKernel(guest: g, process: name) { k, pi in
+            let r = body(&k, pi, &acc)
+            k.user.deliverEvents(&acc)
+            return r
+        }
     }
 }

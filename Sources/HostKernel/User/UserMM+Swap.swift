@@ -1,0 +1,185 @@
+import Hardware
+import PageTables
+
+/// A kernel page event an architecture may act on (s390: ptep_get_and_clear's export, the
+/// content of swap I/O), delivered in order through `PageAccessibility.take`.
+public enum UserMMEvent: Hashable, Sendable {
+    /// A present PTE of a protected mm was cleared while its mapping still held the frame
+    /// (ptep_get_and_clear, ptep_clear_flush: arch/s390/include/asm/pgtable.h).
+    case pteCleared(pfn: UInt64)
+    /// Frame `pfn` was written to swap slot `slot` (the device read it).
+    case swapOut(pfn: UInt64, slot: Int)
+    /// Swap slot `slot` was read into the new frame `pfn`, and the slot freed.
+    case swapIn(slot: Int, pfn: UInt64)
+    /// Swap slot `slot` was freed unread (its PTE zapped).
+    case swapFreed(slot: Int)
+}
+
+/// What reclaim did with one anonymous page (shrink_folio_list for that folio).
+public enum SwapOutOutcome: Outcome, Hashable {
+    case swapped(slot: Int)
+    /// Reclaim left the page where it is, and why.
+    case kept(StaticString)
+    /// The writeback hook failed: VM_BUG_ON_FOLIO with CONFIG_DEBUG_VM.
+    case bug(Errno)
+
+    public static func == (a: SwapOutOutcome, b: SwapOutOutcome) -> Bool { a.description == b.description }
+    public func hash(into h: inout Hasher) { h.combine(description) }
+
+    public var kind: OutcomeKind {
+        switch self {
+        case .swapped: .success
+        case .kept: .status
+        case .bug: .fault
+        }
+    }
+    public var description: String {
+        switch self {
+        case .swapped(let s): "swapped out to slot \(s)"
+        case .kept(let why): "kept: \(why)"
+        case .bug(let e): "kernel BUG at mm/page-writeback.c: VM_BUG_ON_FOLIO (arch_make_folio_accessible \(e))"
+        }
+    }
+}
+
+extension UserMM {
+    /// Hands the pending page events to the platform, in order.
+    public mutating func deliverEvents<A: PageAccessibility>(_ acc: inout A) {
+        guard !events.isEmpty else { return }
+        let e = events
+        events = []
+        acc.take(e, &self)
+    }
+
+    /// A present PTE of process `pi` mapping `pfn` is being cleared: on a protected mm the
+    /// architecture exports the page (s390 ptep_get_and_clear, ptep_clear_flush).
+    mutating func notePTECleared(_ pi: Int, _ pfn: UInt64) {
+        if recordsEvents && processes[pi].protectedCount > 0 { events.append(.pteCleared(pfn: pfn)) }
+    }
+
+    /// mm->context.protected_count: a protected guest starts (+1) or ends (-1) on this mm.
+    public mutating func changeProtectedCount(process pi: Int, by delta: Int) {
+        processes[pi].protectedCount = max(0, processes[pi].protectedCount + delta)
+    }
+
+    /// The swap slot a process's PTE at `addr` holds, if it holds a swap entry.
+    public func swapEntry(_ pi: Int, _ addr: UInt64) -> Int? {
+        guard addr < Self.taskSize else { return nil }
+        let e = processes[pi].pageTable.entry(holding: VirtAddr(addr))
+        guard e.level == 1, let a = e.entry.annotation, a.family == .swapEntry else { return nil }
+        return Int(a.payload)
+    }
+
+    mutating func allocateSwapSlot() -> Int {
+        if let i = swapSlots.firstIndex(of: false) { swapSlots[i] = true; return i }
+        swapSlots.append(true)
+        return swapSlots.count - 1
+    }
+
+    /// Swap slots in use.
+    public var swapSlotsUsed: Int { swapSlots.reduce(0) { $0 + ($1 ? 1 : 0) } }
+
+    /// do_swap_page: a new exclusive anonymous folio read from the slot, mapped with
+    /// vm_page_prot (writable and dirty for a write fault; a read leaves it read-only until
+    /// the write fault reuses it), the slot freed. mm/memory.c do_swap_page.
+    mutating func doSwapPage(_ pi: Int, _ vi: Int, _ addr: UInt64, slot: Int, write: Bool) -> VMFaultResult {
+        let v = processes[pi].vmas[vi]
+        guard let pfn = newFolio(order: 0, flags: [.anon, .anonExclusive]) else { return .oom }
+        stats.faults += 1
+        stats.swapIns += 1
+        folios[pfn]!.mapcount = 1
+        swapSlots[slot] = false
+        if recordsEvents { events.append(.swapIn(slot: slot, pfn: pfn)) }
+        let page = addr & ~(pageBytes - 1)
+        try? processes[pi].pageTable.setEntry(virt: VirtAddr(page), level: 1, .none)
+        setLeaf(pi, page, pfn, .size4K, write ? writeFaultEntry(v.pageProt, v) : v.pageProt.subtracting(.writable))
+        return .handled
+    }
+
+    /// Frees the swap entries of process `pi` in [start, end) (zap_pte_range's
+    /// free_swap_and_cache for non-present entries).
+    mutating func zapSwapEntries(_ pi: Int, _ start: UInt64, _ end: UInt64) {
+        guard swapSlots.contains(true) else { return }
+        var va = start & ~(pageBytes - 1)
+        while va < end {
+            if let slot = swapEntry(pi, va) {
+                swapSlots[slot] = false
+                if recordsEvents { events.append(.swapFreed(slot: slot)) }
+                try? processes[pi].pageTable.setEntry(virt: VirtAddr(va), level: 1, .none)
+            }
+            va += pageBytes
+        }
+    }
+
+    /// Reclaim of the anonymous page process `pi` maps at `addr`, as shrink_folio_list
+    /// takes one folio: a large folio is split first (add_to_swap's fallback); the folio
+    /// goes to the swap cache; try_to_unmap replaces the PTE by a swap entry (a maybe-pinned
+    /// exclusive page is refused by folio_try_share_anon_rmap_pte, and the model unmaps a
+    /// folio mapped once only); pageout writes it (__folio_start_writeback with the design's
+    /// hook, the device's read); the folio leaves the swap cache and is freed.
+    /// mm/vmscan.c shrink_folio_list, mm/rmap.c try_to_unmap_one, mm/page_io.c.
+    public mutating func swapOut<A: PageAccessibility>(process pi: Int, addr: UInt64, _ acc: inout A) -> SwapOutOutcome {
+        let page = addr & ~(pageBytes - 1)
+        guard let vi = processes[pi].vmaIndex(page), processes[pi].vmas[vi].isAnonymous, !processes[pi].vmas[vi].flags.contains(.shared) else {
+            return .kept("not a private anonymous page (the model swaps those only)")
+        }
+        guard let leaf = processes[pi].pageTable.lookup(VirtAddr(page)), leaf.descriptor.attributes.contains(.present),
+              !leaf.descriptor.attributes.contains(.special), var h = folioHead(leaf.translate(VirtAddr(page)).rawValue >> pageShift) else {
+            return .kept("no page mapped there")
+        }
+        if folios[h]!.order > 0 {
+            if splitFolio(pi, page, h) != nil { return .kept("split_folio failed: the large folio has references beyond its mappings") }
+            h = leaf.translate(VirtAddr(page)).rawValue >> pageShift
+        }
+        if folios[h]!.maybeDMAPinned { return .kept("folio_maybe_dma_pinned: try_to_unmap_one will not unmap a pinned exclusive page") }
+        if folios[h]!.mapcount != 1 { return .kept("mapped more than once (the model unmaps single mappings only)") }
+        if folios[h]!.flags.contains(.locked) { return .kept("folio locked by another task (folio_trylock failed)") }
+        // add_to_swap: a slot, the swap cache's reference, dirty.
+        let slot = allocateSwapSlot()
+        folios[h]!.flags.formUnion([.swapCache, .dirty])
+        folios[h]!.refcount += 1
+        // try_to_unmap: the PTE cleared (exported on a protected mm), a swap entry in its place.
+        let pfn = h
+        notePTECleared(pi, pfn)
+        try? processes[pi].pageTable.setEntry(virt: VirtAddr(page), level: 1, .annotated(Annotation(.swapEntry, payload: UInt64(slot))))
+        folios[h]!.mapcount -= 1
+        put(h)
+        deliverEvents(&acc)
+        // pageout
+        let w = writeback(pfn: pfn, dirtyPTE: false, &acc)
+        if case .bug(let e) = w { return .bug(e) }
+        if recordsEvents { events.append(.swapOut(pfn: pfn, slot: slot)) }
+        stats.swapOuts += 1
+        // __remove_mapping: out of the swap cache, freed.
+        folios[h]!.flags.remove(.swapCache)
+        put(h)
+        return .swapped(slot: slot)
+    }
+
+    /// split_folio of the anonymous THP with head `h` that process `pi` maps at `addr`: a
+    /// PMD mapping is split first; the folio then becomes 512 small folios, each mapped
+    /// once, unless it holds references beyond its mappings (a pin, a GUP reference: -EBUSY)
+    /// or is not wholly mapped by this process (the model splits only those). mm/huge_memory.c
+    /// __folio_split (can_split_folio).
+    public mutating func splitFolio(_ pi: Int, _ addr: UInt64, _ h: UInt64) -> Errno? {
+        guard let f = folios[h], f.order > 0 else { return nil }
+        guard f.flags.contains(.anon) else { return .EBUSY }
+        if let leaf = processes[pi].pageTable.lookup(VirtAddr(addr)), leaf.size == .size2M { splitHugePMD(pi, addr) }
+        let g = folios[h]!
+        guard g.pincount == 0, g.mapcount == 512, g.refcount == 512 else { return .EBUSY }
+        for i in 0..<UInt64(512) {
+            folios[h + i] = Folio(order: 0, refcount: 1, mapcount: 1, pincount: 0, flags: g.flags)
+        }
+        stats.folioSplits += 1
+        return nil
+    }
+}
+
+extension UserMM {
+    /// The pending page events, taken (for a caller that handles them itself).
+    public mutating func takeEvents() -> [UserMMEvent] {
+        let e = events
+        events = []
+        return e
+    }
+}
