@@ -24,7 +24,7 @@ import PageTables
     @Test func architecturesRegisterOnceAndSNPBringsItsOwnSteps() throws {
         let names = Architectures.all.map(\.name)
         #expect(Set(names).count == names.count)
-        #expect(Architectures.modelled.map(\.name) == ["x86-64", "x86-snp", "x86-sev", "x86-tdx", "arm64", "arm64-cca", "arm64-pkvm"])
+        #expect(Architectures.modelled.map(\.name) == ["x86-64", "x86-snp", "x86-sev", "x86-tdx", "arm64", "arm64-cca", "arm64-pkvm", "s390-pv"])
         let snp = try #require(Architectures.named("x86-snp"))
         #expect(snp.steps.contains { $0.name == "rmpupdate" } && snp.workloads.contains { $0.name == "adversarial-flip" })
         #expect(snp.policySlots.map(\.name) == ["host.directmap-policy"])

@@ -40,9 +40,9 @@ import Testing
         refused("  - sev_launch_update_data: {guest: sev0, gpa: 0x1000000}\n", "0x1000000 + 1 page must be page-aligned and inside sev0's 16M")
         refused("  - sev_mem_enc_register_region: {guest: sev0, process: app, addr: 0}\n", "unknown host process 'app'")
         // On another architecture: processes and the steps are not there.
-        refused("steps: []\n", "processes[1]: user processes need an architecture with user mappings (x86-sev); this machine is x86-64",
+        refused("steps: []\n", "processes[1]: user processes need an architecture with user mappings (x86-sev, s390-pv); this machine is x86-64",
                 head: "name: t\nmachine: {memory: 1G}\nprocesses: [a]\n")
-        refused("  - mmap: {process: a, len: 4K}\n", "step 'mmap' needs 'arch: x86-sev' or 'arch: arm64'; this machine is x86-64",
+        refused("  - mmap: {process: a, len: 4K}\n", "step 'mmap' needs 'arch: x86-sev' or 'arch: arm64' or 'arch: s390-pv'; this machine is x86-64",
                 head: "name: t\nmachine: {memory: 1G}\nsteps:\n")
         refused("steps: []\n", "process 'a' is declared twice in the host", head: "name: t\nmachine: {arch: x86-sev, memory: 1G}\nprocesses: [a, a]\n")
     }

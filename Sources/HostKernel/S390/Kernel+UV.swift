@@ -218,6 +218,9 @@ extension UserMM {
                 uv.setContent(pfn, uv.swapDevice[slot] ?? 0)
                 uv.swapDevice[slot] = nil
             case .swapFreed(let slot): uv.swapDevice[slot] = nil
+            case .allocated(let pfn, let order):
+                for k in 0..<UInt64(1 << order) { uv.setContent(pfn + k, 0) }
+            case .copied(let from, let to): uv.copyContent(from: from, to: to)
             }
         }
     }

@@ -147,6 +147,7 @@ extension UserMM {
         guard let pfn = newFolio(order: 0, flags: [.anon, .anonExclusive]) else { return .oom }
         folios[pfn]!.mapcount = 1
         if let h = old {
+            if recordsEvents { events.append(.copied(from: h + ((addr >> pageShift) & (UInt64(1 << folios[h]!.order) - 1)), to: pfn)) }
             folios[h]!.mapcount -= 1
             put(h)
         }

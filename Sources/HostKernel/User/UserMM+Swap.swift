@@ -13,6 +13,11 @@ public enum UserMMEvent: Hashable, Sendable {
     case swapIn(slot: Int, pfn: UInt64)
     /// Swap slot `slot` was freed unread (its PTE zapped).
     case swapFreed(slot: Int)
+    /// A new folio of `order` at `pfn`: the page allocator's page, zeroed (clear_page) or
+    /// about to be filled.
+    case allocated(pfn: UInt64, order: UInt8)
+    /// wp_page_copy copied frame `from` into the new frame `to`.
+    case copied(from: UInt64, to: UInt64)
 }
 
 /// What reclaim did with one anonymous page (shrink_folio_list for that folio).

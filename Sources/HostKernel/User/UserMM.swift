@@ -268,6 +268,7 @@ public struct UserMM: Sendable {
     mutating func newFolio(order: UInt8, flags: FolioFlags) -> UInt64? {
         guard let pfn = order == 0 ? allocator.alloc4K() : allocator.alloc2M() else { return nil }
         folios[pfn] = Folio(order: order, refcount: 1, mapcount: 0, pincount: 0, flags: flags)
+        if recordsEvents { events.append(.allocated(pfn: pfn, order: order)) }
         return pfn
     }
 

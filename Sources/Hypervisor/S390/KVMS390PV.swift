@@ -119,8 +119,7 @@ public struct KVMS390PV: Hashable, Sendable {
         var forceWrite = write
         for _ in 0..<6 {
             let leaf = kernel.user.processes[pi].pageTable.lookup(VirtAddr(hva))
-            guard let leaf, leaf.descriptor.attributes.contains(.present), !leaf.descriptor.attributes.contains(.special),
-                  !forceWrite || leaf.descriptor.attributes.contains(.writable) else {
+            guard let leaf, leaf.descriptor.attributes.contains(.present), !forceWrite || leaf.descriptor.attributes.contains(.writable) else {
                 stats.datFaults += 1
                 let r = kernel.user.handleFault(process: pi, addr: hva, write: forceWrite)
                 kernel.user.takeS390Events(kernel.user.takeEvents(), &uv)

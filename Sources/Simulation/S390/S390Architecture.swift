@@ -135,9 +135,9 @@ public struct S390Platform: Platform {
         policySlots: Policies.userMappings.filter { $0.section == .host },
         invariants: [
             Invariant(name: "uv-pg-arch1", layer: "HostKernel",
-                      summary: "every secure page is a small folio with PG_arch_1 set (the flag may over-indicate, never under-indicate)") { m throws(InvariantViolation) in
+                      summary: "every secure page the host cannot access (not shared by its guest) is a small folio with PG_arch_1 set: the flag may over-indicate, never under-indicate") { m throws(InvariantViolation) in
                 guard let p = m.platform as? S390Platform else { return }
-                for pfn in p.uv.secure.keys.sorted() {
+                for pfn in p.uv.secure.keys.sorted() where !p.uv.hostAccessible(pfn) {
                     guard let f = m.kernel.user.folio(pfn) else { throw InvariantViolation("uv-pg-arch1", "secure page \(hex(pfn << pageShift)) is no folio of the host's") }
                     guard f.order == 0, f.flags.contains(.arch1) else {
                         throw InvariantViolation("uv-pg-arch1", "secure page \(hex(pfn << pageShift)) is a folio of order \(f.order)\(f.flags.contains(.arch1) ? "" : " without PG_arch_1")")

@@ -1,0 +1,96 @@
+import Testing
+@testable import Hardware
+
+/// The Ultravisor's calls, each outcome: import (first time cleared, after an export
+/// verified and decrypted, refused for another page, not mapped, no configuration),
+/// export (a no-op on a page that is not secure), destroy, pin shared, share and unshare,
+/// and injected busy and error answers.
+@Suite struct UltravisorTests {
+    func fresh() -> (Ultravisor, Int) {
+        var uv = Ultravisor()
+        let (r, g) = uv.createConfiguration()
+        #expect(r.ok && r.description == "cc 0 (UVC_CC_OK) rc 0x0001 (UVC_RC_EXECUTED)")
+        return (uv, g)
+    }
+
+    @Test func importClearsTheFirstTimeAndVerifiesAfterAnExport() {
+        var (uv, g) = fresh()
+        uv.setContent(0x100, 77)  // what the host left in the frame
+        #expect(uv.convertToSecure(guest: g, gfn: 5, pfn: 0x100).ok)
+        #expect(uv.contents(0x100) == 0 && uv.isSecure(0x100) && !uv.hostAccessible(0x100))
+        uv.setContent(0x100, 42)  // the guest writes
+        #expect(uv.convertFromSecure(0x100).ok)
+        let cipher = uv.contents(0x100)
+        #expect(cipher != 42 && !uv.isSecure(0x100) && uv.configurations[g].exported[5] == ExportRecord(cipher: cipher, plain: 42))
+        // Swapped to another frame and imported there: verified, decrypted.
+        uv.copyContent(from: 0x100, to: 0x200)
+        #expect(uv.convertToSecure(guest: g, gfn: 5, pfn: 0x200).ok)
+        #expect(uv.contents(0x200) == 42 && uv.configurations[g].exported[5] == nil && uv.stats.imports == 2 && uv.stats.exports == 1)
+        // Importing the same page again is a no-op; into another guest page it is refused.
+        #expect(uv.convertToSecure(guest: g, gfn: 5, pfn: 0x200).ok && uv.stats.imports == 2)
+        let other = uv.convertToSecure(guest: g, gfn: 6, pfn: 0x200)
+        #expect(other.cc == 1 && other.rc == UVCResult.rcInvalidState)
+    }
+
+    @Test func aChangedExportFailsItsIntegrityCheck() {
+        var (uv, g) = fresh()
+        #expect(uv.convertToSecure(guest: g, gfn: 1, pfn: 0x10).ok)
+        uv.setContent(0x10, 9)
+        #expect(uv.convertFromSecure(0x10).ok)
+        uv.setContent(0x10, 1 << 62)  // a host or device write to the exported page
+        let r = uv.convertToSecure(guest: g, gfn: 1, pfn: 0x10)
+        #expect(r.cc == 1 && r.rc == nil && uv.stats.integrityFailures == 1 && !uv.isSecure(0x10))
+        #expect(r.description == "cc 1 (UVC_CC_ERROR): integrity check failed: the page is not what the UV exported")
+    }
+
+    @Test func refusalsAndNoOps() {
+        var (uv, g) = fresh()
+        let unmapped = uv.convertToSecure(guest: g, gfn: 1, pfn: nil)
+        #expect(unmapped.cc == 1 && unmapped.rc == 0x010a)
+        #expect(uv.convertToSecure(guest: g + 1, gfn: 1, pfn: 0x10).rc == UVCResult.rcInvalidState)
+        // Export and destroy of a page that is not secure change nothing and succeed.
+        #expect(uv.convertFromSecure(0x10).ok && uv.destroyPage(0x10).ok && uv.stats.exports == 0 && uv.stats.destroys == 0)
+        // Destroy clears without a record.
+        #expect(uv.convertToSecure(guest: g, gfn: 1, pfn: 0x10).ok)
+        uv.setContent(0x10, 3)
+        #expect(uv.destroyPage(0x10).ok && uv.contents(0x10) == 0 && uv.configurations[g].exported.isEmpty && uv.stats.destroys == 1)
+        // A destroyed configuration imports nothing and forgets its exports.
+        #expect(uv.convertToSecure(guest: g, gfn: 2, pfn: 0x11).ok && uv.convertFromSecure(0x11).ok)
+        #expect(uv.destroyConfiguration(g).ok && uv.configurations[g].exported.isEmpty)
+        #expect(uv.convertToSecure(guest: g, gfn: 2, pfn: 0x11).cc == 1 && uv.destroyConfiguration(g).cc == 1)
+    }
+
+    @Test func sharedPagesPinAndUnshare() {
+        var (uv, g) = fresh()
+        #expect(uv.pinShared(0x20).cc == 1)  // not secure
+        #expect(uv.convertToSecure(guest: g, gfn: 3, pfn: 0x20).ok)
+        let notShared = uv.pinShared(0x20)
+        #expect(notShared.cc == 1 && notShared.rc == UVCResult.rcInvalidState)
+        #expect(uv.setShared(guest: g + 1, pfn: 0x20, shared: true).cc == 1)  // another guest's page
+        #expect(uv.setShared(guest: g, pfn: 0x20, shared: true).ok && uv.hostAccessible(0x20) && uv.isSecure(0x20))
+        #expect(uv.pinShared(0x20).ok && uv.stats.pinsShared == 1)
+        let unshare = uv.setShared(guest: g, pfn: 0x20, shared: false)
+        #expect(unshare.cc == 1 && unshare.command == .removeSharedAccess)
+        #expect(uv.secure[0x20]?.shared == true)
+    }
+
+    @Test func injectedAnswers() {
+        var (uv, g) = fresh()
+        uv.inject(.convToSecStor, cc: 2, count: 2)
+        #expect(uv.convertToSecure(guest: g, gfn: 1, pfn: 0x10).cc == 2)
+        #expect(uv.convertToSecure(guest: g, gfn: 1, pfn: 0x10).cc == 2)
+        #expect(uv.convertToSecure(guest: g, gfn: 1, pfn: 0x10).ok && uv.stats.busy == 2)
+        uv.inject(.convFromSecStor, cc: 1, count: 1)
+        let r = uv.convertFromSecure(0x10)
+        #expect(r.cc == 1 && r.description == "cc 1 (UVC_CC_ERROR): injected" && uv.isSecure(0x10))
+        uv.inject(.convFromSecStor, cc: 1, count: 5)
+        uv.inject(.convFromSecStor, cc: 1, count: 0)  // cancelled
+        #expect(uv.convertFromSecure(0x10).ok)
+    }
+
+    /// The command codes Linux uses (arch/s390/include/asm/uv.h).
+    @Test func commandCodes() {
+        #expect(UVCCommand.allCases.map(\.rawValue) == [0x0100, 0x0101, 0x0200, 0x0201, 0x0202, 0x0341, 0x0342, 0x1000, 0x1001])
+        #expect(UVCCommand.convFromSecStor.shortName == "conv_from_sec_stor")
+    }
+}

@@ -1,0 +1,200 @@
+import Hardware
+import PageTables
+import Testing
+@testable import HostKernel
+
+/// The s390 host kernel's side of protected virtualization (Linux 6.18 arch/s390/kernel/uv.c,
+/// arch/s390/mm/fault.c): make_hva_secure's every path, arch_make_folio_accessible, the
+/// PGM 0x3d handler, the export on a protected mm's PTE clear, swap's round trip and the
+/// large-folio split.
+@Suite struct S390HostTests {
+    /// A VMM with 4 MiB of anonymous memory (one 2M-aligned THP-able block) and one
+    /// protected configuration over it.
+    struct VMM {
+        var mm = UserMMTests.mm(memEncrypt: false)
+        var uv = Ultravisor()
+        var base: UInt64 = 0
+        var conf = 0
+
+        init(huge: Bool = false, shared file: Bool = false) {
+            mm.recordsEvents = true
+            let req = file ? MmapRequest(len: 4 << 20, prot: UserMMTests.rw, shared: true, backing: .file(name: "ram"))
+                : MmapRequest(len: 4 << 20, prot: UserMMTests.rw, huge: huge)
+            base = UserMMTests.mapped(mm.mmap(process: 0, req))
+            conf = uv.createConfiguration().1
+            mm.changeProtectedCount(process: 0, by: 1)
+        }
+
+        /// The VMM's write fault, its page events delivered as each step's are.
+        mutating func fault(_ gfn: UInt64) {
+            #expect(mm.handleFault(process: 0, addr: base + gfn << pageShift, write: true) == .handled)
+            deliver()
+        }
+        mutating func importPage(_ gfn: UInt64) -> ImportOutcome {
+            mm.makeHVASecure(process: 0, hva: base + gfn << pageShift, guest: conf, gfn: gfn, miscFeature: true, &uv)
+        }
+        func pfn(_ gfn: UInt64) -> UInt64 { mm.mappedFrame(process: 0, addr: base + gfn << pageShift)!.pfn }
+        mutating func deliver() { mm.takeS390Events(mm.takeEvents(), &uv) }
+        /// Reclaim with the UV as the platform (its exports on the PTE clear, the hook).
+        mutating func swapOut(_ gfn: UInt64) -> SwapOutOutcome {
+            var acc = UVAccess(uv: uv)
+            defer { uv = acc.uv }
+            return mm.swapOut(process: 0, addr: base + gfn << pageShift, &acc)
+        }
+    }
+
+    /// The UV as the user-mapping code sees it (what S390Platform does).
+    struct UVAccess: PageAccessibility {
+        var uv: Ultravisor
+        func isInaccessible(_ pfn: UInt64) -> Bool { uv.isSecure(pfn) && !uv.hostAccessible(pfn) }
+        mutating func makeAccessible(_ pfn: UInt64, folio: inout Folio) -> Errno? {
+            if case .failure(let e) = folio.makeAccessible(pfn: pfn, &uv) { return e }
+            return nil
+        }
+        mutating func take(_ events: [UserMMEvent], _ mm: inout UserMM) { mm.takeS390Events(events, &uv) }
+    }
+
+    @Test func importSucceedsAndSetsPGArch1() {
+        var v = VMM()
+        v.fault(0)
+        let r = v.importPage(0)
+        #expect(r.errno == nil && r.description == "0: imported (UVC_CMD_CONV_TO_SEC_STOR cc 0 (UVC_CC_OK) rc 0x0001 (UVC_RC_EXECUTED))")
+        #expect(v.uv.isSecure(v.pfn(0)) && v.mm.folio(v.pfn(0))!.flags.contains(.arch1))
+    }
+
+    /// Each errno in make_hva_secure's order, and what s390_wiggle_split_folio turns into -EAGAIN.
+    @Test func everyPathOfMakeHVASecure() {
+        var v = VMM()
+        #expect(v.mm.makeHVASecure(process: 0, hva: 0x1000, guest: v.conf, gfn: 0, miscFeature: true, &v.uv).errno == .EFAULT)
+        #expect(v.importPage(0).errno == .ENXIO)  // nothing mapped yet
+        // A read fault maps the zero page (special: no folio), then a read-only PTE.
+        #expect(v.mm.handleFault(process: 0, addr: v.base, write: false) == .handled)
+        #expect(v.importPage(0).errno == .ENXIO)
+        v.fault(0)
+        // Locked by another task.
+        let h = v.pfn(0)
+        v.mm.folios[h]!.flags.insert(.locked)
+        #expect(v.importPage(0) == ImportOutcome(errno: .EAGAIN, why: "", uvc: nil, split: false))
+        v.mm.folios[h]!.flags.remove(.locked)
+        // Under writeback: -EBUSY, then the wait for it, then -EAGAIN; the retry imports.
+        v.mm.folios[h]!.flags.insert(.writeback)
+        let wb = v.importPage(0)
+        #expect(wb.errno == .EAGAIN && wb.cause == .EBUSY && !v.mm.folios[h]!.flags.contains(.writeback) && !v.uv.isSecure(h))
+        // A pin's references: the freeze fails, for as long as the pin is held.
+        var acc = AllAccessible()
+        #expect(v.mm.getUserPages(process: 0, addr: v.base, pages: 1, flags: GUPFlags(pin: true), &acc) == .pages(1, firstPFN: h, pinned: true))
+        let pinned = v.importPage(0)
+        #expect(pinned.errno == .EAGAIN && pinned.cause == .EBUSY && pinned.uvc == nil)
+        #expect(pinned.description == "-EAGAIN after -EBUSY: folio_ref_freeze failed: references beyond the mappings (a pin, a GUP reference)")
+        #expect(v.mm.unpinUserPage(pfn: h) == .ok)
+        // The UVC busy: -EAGAIN (PG_arch_1 stays set, over-indicating); then it goes through.
+        v.uv.inject(.convToSecStor, cc: 2, count: 1)
+        let busy = v.importPage(0)
+        #expect(busy.errno == .EAGAIN && busy.uvc?.cc == 2 && v.mm.folios[h]!.flags.contains(.arch1) && !v.uv.isSecure(h))
+        // Refused by the UV: -EINVAL.
+        v.uv.inject(.convToSecStor, cc: 1, count: 1)
+        #expect(v.importPage(0).errno == .EINVAL)
+        #expect(v.importPage(0).errno == nil && v.uv.isSecure(h))
+    }
+
+    /// A large folio: -E2BIG, split by s390_wiggle_split_folio, -EAGAIN; the retry imports a
+    /// small folio. A pinned THP cannot be split.
+    @Test func aLargeFolioIsSplitFirst() {
+        var v = VMM(huge: true)
+        let block = (v.base + (2 << 20) - 1) & ~((2 << 20) - 1)
+        let gfn = (block - v.base) >> pageShift
+        v.fault(gfn)
+        let h = v.pfn(gfn)
+        #expect(v.mm.folio(h)!.order == 9)
+        var acc = AllAccessible()
+        #expect(v.mm.getUserPages(process: 0, addr: block, pages: 1, flags: GUPFlags(pin: true), &acc) == .pages(1, firstPFN: h, pinned: true))
+        let stuck = v.importPage(gfn + 3)
+        #expect(stuck.errno == .EAGAIN && stuck.cause == .E2BIG && !stuck.split && v.mm.folio(h)!.order == 9)
+        #expect(v.mm.unpinUserPage(pfn: h) == .ok)
+        let r = v.importPage(gfn + 3)
+        #expect(r.errno == .EAGAIN && r.cause == .E2BIG && r.split && v.mm.stats.folioSplits == 1)
+        #expect(r.description == "-EAGAIN after -E2BIG: a large folio cannot be secure; s390_wiggle_split_folio split the folio")
+        #expect(v.mm.folio(h + 3)!.order == 0 && v.mm.folio(h + 3)!.refcount == 1 && v.mm.folio(h + 3)!.mapcount == 1)
+        #expect(v.importPage(gfn + 3).errno == nil && v.uv.isSecure(h + 3))
+    }
+
+    /// arch_make_folio_accessible: nothing without PG_arch_1 or on a large folio; a shared
+    /// page is pinned; else exported; -EINVAL when both fail.
+    @Test func theHook() {
+        var v = VMM()
+        v.fault(0)
+        let h = v.pfn(0)
+        #expect(v.mm.makeFolioAccessible(head: h, &v.uv) == .success(.nothing))
+        #expect(v.importPage(0).errno == nil)
+        v.uv.inject(.convFromSecStor, cc: 1, count: 1)
+        #expect(v.mm.makeFolioAccessible(head: h, &v.uv) == .failure(.EINVAL) && v.mm.folios[h]!.flags.contains(.arch1))
+        #expect(v.mm.makeFolioAccessible(head: h, &v.uv) == .success(.exported) && !v.mm.folios[h]!.flags.contains(.arch1) && !v.uv.isSecure(h))
+        #expect(v.importPage(0).errno == nil)
+        #expect(v.uv.setShared(guest: v.conf, pfn: h, shared: true).ok)
+        #expect(v.mm.makeFolioAccessible(head: h, &v.uv) == .success(.pinnedShared) && v.uv.isSecure(h))
+        // Destroy clears PG_arch_1 and the page.
+        #expect(v.mm.destroySecureFolio(pfn: h, &v.uv) == nil && !v.uv.isSecure(h) && !v.mm.folios[h]!.flags.contains(.arch1))
+    }
+
+    /// do_secure_storage_access: no exception on a page that is not secure or is shared; a
+    /// kernel address exported or BUG(); a user address exported or SIGSEGV.
+    @Test func thePGM3DHandler() throws {
+        var k = try Kernel(memory: PhysicalMemory.pc(size: 1 << 30), config: { var c = KernelConfig(); c.isa = .s390x; return c }())
+        k.user.addProcess("p")
+        var uv = Ultravisor()
+        let conf = uv.createConfiguration().1
+        let a = UserMMTests.mapped(k.user.mmap(process: 0, MmapRequest(len: 4096, prot: UserMMTests.rw)))
+        #expect(k.user.handleFault(process: 0, addr: a, write: true) == .handled)
+        let pfn = k.user.mappedFrame(process: 0, addr: a)!.pfn
+        #expect(k.secureStorageAccess(pfn: pfn, userAddress: false, &uv) == .ok)
+        #expect(k.user.makeHVASecure(process: 0, hva: a, guest: conf, gfn: 0, miscFeature: true, &uv).errno == nil)
+        #expect(k.secureStorageAccess(pfn: pfn, userAddress: false, &uv) == .resolved(.exported))
+        #expect(k.user.makeHVASecure(process: 0, hva: a, guest: conf, gfn: 0, miscFeature: true, &uv).errno == nil)
+        uv.inject(.convFromSecStor, cc: 1, count: 2)
+        let bug = k.secureStorageAccess(pfn: pfn, userAddress: false, &uv)
+        #expect(bug == .bug(.EINVAL) && bug.description == "kernel BUG at arch/s390/mm/fault.c: do_secure_storage_access (arch_make_folio_accessible -EINVAL)")
+        #expect(k.secureStorageAccess(pfn: pfn, userAddress: true, &uv) == .sigsegv("arch_make_folio_accessible failed"))
+        #expect(k.secureStorageAccess(pfn: pfn, userAddress: true, &uv) == .resolved(.exported))
+    }
+
+    /// A protected mm's cleared PTE exports its page (ptep_get_and_clear); an unprotected
+    /// one's does not; swap keeps the guest's data through export, the device and import.
+    @Test func exportsOnPTEClearsAndTheSwapRoundTrip() {
+        var v = VMM()
+        v.fault(1)
+        let h = v.pfn(1)
+        #expect(v.importPage(1).errno == nil)
+        v.uv.setContent(h, 0xabc)  // the guest's data
+        // try_to_unmap's PTE clear exports the page before pageout (the events before the
+        // writeback are delivered first), so the writeback hook finds PG_arch_1 clear.
+        #expect(v.swapOut(1) == .swapped(slot: 0) && v.mm.events == [.swapOut(pfn: h, slot: 0)] && v.mm.folio(h) == nil)
+        #expect(!v.uv.isSecure(h) && v.uv.stats.exports == 1 && v.mm.swapEntry(0, v.base + 0x1000) == 0)
+        v.deliver()
+        #expect(v.uv.swapDevice[0] != 0xabc && v.uv.swapDevice[0] != nil)
+        // The guest's next access: do_swap_page, then the import verifies and decrypts.
+        v.fault(1)
+        let back = v.pfn(1)
+        #expect(v.mm.swapEntry(0, v.base + 0x1000) == nil && v.uv.swapDevice.isEmpty && v.mm.stats.swapIns == 1)
+        #expect(v.importPage(1).errno == nil && v.uv.contents(back) == 0xabc)
+        // MADV_DONTNEED on a protected mm exports as it zaps; the next access refaults a zero
+        // page the UV will not take for the exported one.
+        #expect(v.mm.madviseDontneed(process: 0, addr: v.base + 0x1000, len: 4096) == .ok)
+        v.deliver()
+        #expect(v.uv.stats.exports == 2 && !v.uv.isSecure(back))
+        v.fault(1)
+        let refused = v.importPage(1)
+        #expect(refused.description == "-EINVAL: the UVC failed (UVC_CMD_CONV_TO_SEC_STOR cc 1 (UVC_CC_ERROR): integrity check failed: the page is not what the UV exported)")
+        #expect(refused.errno == .EINVAL && refused.uvc?.rc == nil && v.uv.stats.integrityFailures == 1)
+        // A pinned page is not reclaimed.
+        v.fault(2)
+        var acc = AllAccessible()
+        #expect(v.mm.getUserPages(process: 0, addr: v.base + 0x2000, pages: 1, flags: GUPFlags(pin: true), &acc).description.hasPrefix("pinned"))
+        #expect(v.swapOut(2).description == "kept: folio_maybe_dma_pinned: try_to_unmap_one will not unmap a pinned exclusive page")
+        // No events on an mm that backs no protected guest.
+        v.mm.changeProtectedCount(process: 0, by: -1)
+        _ = v.mm.takeEvents()
+        v.fault(3)
+        let p3 = v.pfn(3)
+        #expect(v.swapOut(3) == .swapped(slot: 0) && v.mm.events == [.swapOut(pfn: p3, slot: 0)] && v.uv.stats.exports == 2)
+    }
+}
