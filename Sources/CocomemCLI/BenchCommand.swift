@@ -17,7 +17,7 @@ struct Bench: ParsableCommand {
             Figures: walk_ratio, tlb_hit_ratio (model ÷ C on the same data and address
             stream), cpa_ops_per_s, psc_ops_per_s, pkvm_share_ops_per_s, mte_swap_cycle_ops_per_s,
             user_fault_ops_per_s, tdx_convert_ops_per_s, snp_convert_ops_per_s, cca_convert_ops_per_s,
-            tdx_pamt_static_mib,
+            pv_swap_cycle_ops_per_s, tdx_pamt_static_mib,
             tdx_pamt_dynamic_mib,
             explore_states_per_s, mte_race_found_s, sweep_speedup,
             rss_16t_256g_mib, rss_snp_4p_boot_mib, bytes_per_split_2m, scale_run_s,
@@ -36,6 +36,7 @@ struct Bench: ParsableCommand {
     @Flag(help: .hidden) var pscOnly = false
     @Flag(help: .hidden) var userOnly = false
     @Flag(help: .hidden) var convertOnly = false
+    @Flag(help: .hidden) var pvOnly = false
 
     func run() throws {
         if let worker {
@@ -54,6 +55,7 @@ struct Bench: ParsableCommand {
         if cpaOnly { print(try Self.cpaOps(quick: quick)); return }
         if pscOnly { print(try Self.pscOps(quick: quick)); return }
         if userOnly { print(Self.userFaultOps(quick: quick)); return }
+        if pvOnly { print(try Self.pvSwapCycles(quick: quick)); return }
         if convertOnly {
             let (t, s, c) = try Self.convertOps(quick: quick)
             print("tdx", t.median, t.min, t.max, "snp", s.median, s.min, s.max, "cca", c.median, c.min, c.max)
@@ -72,6 +74,7 @@ struct Bench: ParsableCommand {
         add(("tdx_convert_ops_per_s", tdxConvert, "set_memory_decrypted then _encrypted of a random 4K page of a \(quick ? "8" : "64") GiB TD: MapGPA, KVM's zap or fault, ACCEPT (goal ≥ 5e5, within 1.5× of SNP)"))
         add(("snp_convert_ops_per_s", snpConvert, "the same cycle in an SEV-SNP guest of the same size: PVALIDATE, page-state changes, RMPUPDATE, split-on-assign"))
         add(("cca_convert_ops_per_s", ccaConvert, "the same cycle in a realm of the same size, the page touched after each: RSI, KVM's DATA_DESTROY/undelegate or DELEGATE/DATA_CREATE_UNKNOWN, RTT_SET_RIPAS, the GPT (goal ≥ 5e5, within 1.5× of SNP)"))
+        add(("pv_swap_cycle_ops_per_s", try Self.runs { try Self.pvSwapCycles(quick: quick) }, "s390-pv: a protected guest of \(quick ? "4" : "16") GiB writes a random 4K page (imported), the host swaps it out (exported by the PTE clear, written to swap), the guest reads it back (swapped in, imported and verified); each of the three counted (goal ≥ 1e6)"))
         let pamt = Self.tdxPAMTMiB(acceptedFraction: 1)
         add(("tdx_pamt_static_mib", Spread(one: pamt.static), "PAMT of a 1 TiB TDX host (tdmr_get_pamt_sz), whatever its TDs use"))
         add(("tdx_pamt_dynamic_mib", Spread(one: pamt.dynamic), "dynamic PAMT of that host with 64 TDs of 8 GiB, all accepted and mapped at 4K: bitmap, 2M/1G levels, refcounts, page pairs"))
@@ -236,6 +239,31 @@ struct Bench: ParsableCommand {
         let t = seconds(ContinuousClock.now - t0)
         precondition(h.stats.restored == n && h.stats.lost == 0, "the swap cycle lost tags")
         return Double(n) / t
+    }
+
+    /// s390-pv swap cycles per second: a protected guest over a VMM's anonymous memory of
+    /// 16 GiB (4 quick); a random page written by the guest (DAT fault, import), swapped out
+    /// by the host (try_to_unmap's export, pageout), read back by the guest (do_swap_page,
+    /// the import's integrity check). Each of the three is one operation.
+    static func pvSwapCycles(quick: Bool) throws -> Double {
+        let size: UInt64 = quick ? 4 << 30 : 16 << 30, n = quick ? 100_000 : 1_000_000
+        let yaml = """
+            name: bench
+            machine: {arch: s390-pv, memory: \(quick ? "8G" : "24G")}
+            guests: [{name: pv0}]
+            processes: [qemu]
+            steps:
+              - mmap: {process: qemu, addr: 0x100000000, len: \(size), flags: MAP_PRIVATE|MAP_FIXED}
+              - kvm_s390_pv_init_vm: {guest: pv0, process: qemu, addr: 0x100000000, len: \(size)}
+
+            """
+        var m = try Runner.run(try Scenario.load(yaml: yaml, file: "<bench>")).machine
+        var rng = SeededGenerator(seed: 29)
+        let t0 = ContinuousClock.now
+        let bad = m.withPlatform(S390Platform.self) { p, m in p.benchSwapCycles(&m, pages: size >> pageShift, cycles: n, &rng) }
+        let t = seconds(ContinuousClock.now - t0)
+        precondition(bad == 0, "the swap cycle lost a guest's data")
+        return Double(3 * n) / t
     }
 
     /// Conversions per second on TDX and on SEV-SNP, rounds interleaved: one guest of 64 GiB

@@ -73,13 +73,20 @@ public struct S390Platform: Platform {
     public func isInaccessible(_ pfn: UInt64) -> Bool { uv.isSecure(pfn) && !uv.hostAccessible(pfn) }
 
     public mutating func makeAccessible(_ pfn: UInt64, folio: inout Folio) -> Errno? {
-        if case .failure(let e) = folio.makeAccessible(pfn: pfn & ~(UInt64(1 << folio.order) - 1), &uv) { return e }
-        return nil
+        withAccess { $0.makeAccessible(pfn, folio: &folio) }
     }
 
     public mutating func take(_ events: [UserMMEvent], _ mm: inout UserMM) {
-        for case .swapOut(let pfn, _) in events where isInaccessible(pfn) { host.deviceSecureAccesses += 1 }
-        mm.takeS390Events(events, &uv)
+        withAccess { $0.take(events, &mm) }
+    }
+
+    /// Runs `body` with the UV moved (not copied) into the user-mapping code's view of it,
+    /// so its tables stay uniquely held while GUP, reclaim or writeback change them.
+    mutating func withAccess<R>(_ body: (inout UVAccessibility) -> R) -> R {
+        var acc = UVAccessibility(uv: uv, host: host)
+        uv = Ultravisor()
+        defer { uv = acc.uv; host = acc.host }
+        return body(&acc)
     }
 
     public mutating func userAccess(_ kernel: inout Kernel, pfn: UInt64, write: Bool) -> (any Outcome)? {
@@ -155,6 +162,26 @@ public struct S390Platform: Platform {
 
     /// User steps that only make sense on x86 (its raw PTE encoding, the vDSO's vvar, TTM's inserts).
     static let x86UserSteps: Set<String> = ["user-pte", "map_vdso", "vmf_insert_pfn_prot", "vmf_insert_pfn", "vmf_insert_mixed", "vmf_insert_mixed_prot", "vmf_insert_pfn_pmd"]
+}
+
+/// The UV as the user-mapping code sees it: a secure page the guest has not shared is
+/// inaccessible; arch_make_folio_accessible pins or exports it; the kernel's page events
+/// are s390's (exports on PTE clears, swap I/O carrying the page's content).
+struct UVAccessibility: PageAccessibility {
+    var uv: Ultravisor
+    var host: S390HostStats
+
+    func isInaccessible(_ pfn: UInt64) -> Bool { uv.isSecure(pfn) && !uv.hostAccessible(pfn) }
+
+    mutating func makeAccessible(_ pfn: UInt64, folio: inout Folio) -> Errno? {
+        if case .failure(let e) = folio.makeAccessible(pfn: pfn & ~(UInt64(1 << folio.order) - 1), &uv) { return e }
+        return nil
+    }
+
+    mutating func take(_ events: [UserMMEvent], _ mm: inout UserMM) {
+        for case .swapOut(let pfn, _) in events where isInaccessible(pfn) { host.deviceSecureAccesses += 1 }
+        mm.takeS390Events(events, &uv)
+    }
 }
 
 /// The UV's secure storage as the host's ownership check sees it (for maps and records).

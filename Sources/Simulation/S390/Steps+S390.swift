@@ -150,10 +150,11 @@ enum S390Steps {
                         case 0: r = p.kvm.guestAccess(i, gpa: gfn << pageShift, write: true, kernel: &m.kernel, &p.uv)
                         case 1: r = p.kvm.guestAccess(i, gpa: gfn << pageShift, write: false, kernel: &m.kernel, &p.uv)
                         case 2:
-                            var acc = PlatformAccessibility(platform: p)
-                            r = m.kernel.user.swapOut(process: g.process, addr: hva, &acc)
-                            m.kernel.user.deliverEvents(&acc)
-                            p = acc.platform as! S390Platform
+                            r = p.withAccess { acc in
+                                let r = m.kernel.user.swapOut(process: g.process, addr: hva, &acc)
+                                m.kernel.user.deliverEvents(&acc)
+                                return r
+                            }
                         default: r = directIO(&p, &m, guest: i, process: g.process, hva: hva)
                         }
                         if r.kind == .fault || r.kind == .error { t.errors += 1; if t.first == nil { t.first = r } }
@@ -169,15 +170,35 @@ enum S390Steps {
     /// it, the guest touches the page while it is pinned (an import meets the pin's
     /// references), then unpin.
     static func directIO(_ p: inout S390Platform, _ m: inout Machine, guest i: Int, process pi: Int, hva: UInt64) -> any Outcome {
-        var acc = PlatformAccessibility(platform: p)
-        let r = m.kernel.user.getUserPages(process: pi, addr: hva, pages: 1, flags: GUPFlags(write: true, pin: true), &acc)
-        m.kernel.user.deliverEvents(&acc)
-        p = acc.platform as! S390Platform
+        let r = p.withAccess { acc in
+            let r = m.kernel.user.getUserPages(process: pi, addr: hva, pages: 1, flags: GUPFlags(write: true, pin: true), &acc)
+            m.kernel.user.deliverEvents(&acc)
+            return r
+        }
         guard case .pages(_, let pfn, _) = r else { return r }
         p.noteAccess(pfn: pfn, write: false, device: true)
         let gpa = (hva - p.kvm.guests[i]!.hva)
         let touched = p.kvm.guestAccess(i, gpa: gpa, write: false, kernel: &m.kernel, &p.uv)
         _ = m.kernel.user.unpinUserPage(pfn: pfn)
         return touched
+    }
+}
+
+extension S390Platform {
+    /// `cycles` rounds on guest 0 (the bench's swap cycle): a random page of `pages`
+    /// written, swapped out, read back; the reads that did not find the data.
+    public mutating func benchSwapCycles(_ m: inout Machine, pages: UInt64, cycles: Int, _ rng: inout SeededGenerator) -> Int {
+        guard let g = kvm.guests[0] else { return cycles }
+        var bad = 0
+        for _ in 0..<cycles {
+            let gfn = rng.below(pages)
+            if kvm.guestAccess(0, gpa: gfn << pageShift, write: true, kernel: &m.kernel, &uv) != .ok { bad += 1 }
+            withAccess { acc in
+                _ = m.kernel.user.swapOut(process: g.process, addr: g.hva + gfn << pageShift, &acc)
+                m.kernel.user.deliverEvents(&acc)
+            }
+            if kvm.guestAccess(0, gpa: gfn << pageShift, write: false, kernel: &m.kernel, &uv) != .ok { bad += 1 }
+        }
+        return bad
     }
 }
