@@ -21,7 +21,7 @@ import Testing
             let req = file ? MmapRequest(len: 4 << 20, prot: UserMMTests.rw, shared: true, backing: .file(name: "ram"))
                 : MmapRequest(len: 4 << 20, prot: UserMMTests.rw, huge: huge)
             base = UserMMTests.mapped(mm.mmap(process: 0, req))
-            conf = uv.createConfiguration().1
+            conf = uv.createConfiguration().1!
             mm.changeProtectedCount(process: 0, by: 1)
         }
 
@@ -142,7 +142,7 @@ import Testing
         var k = try Kernel(memory: PhysicalMemory.pc(size: 1 << 30), config: { var c = KernelConfig(); c.isa = .s390x; return c }())
         k.user.addProcess("p")
         var uv = Ultravisor()
-        let conf = uv.createConfiguration().1
+        let conf = uv.createConfiguration().1!
         let a = UserMMTests.mapped(k.user.mmap(process: 0, MmapRequest(len: 4096, prot: UserMMTests.rw)))
         #expect(k.user.handleFault(process: 0, addr: a, write: true) == .handled)
         let pfn = k.user.mappedFrame(process: 0, addr: a)!.pfn
@@ -189,12 +189,75 @@ import Testing
         v.fault(2)
         var acc = AllAccessible()
         #expect(v.mm.getUserPages(process: 0, addr: v.base + 0x2000, pages: 1, flags: GUPFlags(pin: true), &acc).description.hasPrefix("pinned"))
-        #expect(v.swapOut(2).description == "kept: folio_maybe_dma_pinned: try_to_unmap_one will not unmap a pinned exclusive page")
+        #expect(v.swapOut(2).description == "kept: folio_maybe_dma_pinned: reclaim keeps a pinned anonymous folio")
         // No events on an mm that backs no protected guest.
         v.mm.changeProtectedCount(process: 0, by: -1)
         _ = v.mm.takeEvents()
         v.fault(3)
         let p3 = v.pfn(3)
         #expect(v.swapOut(3) == .swapped(slot: 0) && v.mm.events == [.swapOut(pfn: p3, slot: 0)] && v.uv.stats.exports == 2)
+    }
+
+    /// Writeback's folio_mkclean clears the dirty PTE of a protected mm's page-cache page,
+    /// which exports it before the hook (which then finds PG_arch_1 clear); a COW copy of a
+    /// secure page reads it through the kernel (PGM 0x3d exports it) and clears its PTE.
+    @Test func mkcleanAndCOWExportFirst() {
+        var v = VMM(shared: true)
+        v.fault(0)
+        let h = v.pfn(0)
+        #expect(v.importPage(0).errno == nil && v.uv.isSecure(h))
+        #expect(v.mm.wouldWriteBack(process: 0, addr: v.base, UVAccess(uv: v.uv)))
+        v.mm.mkclean(process: 0, addr: v.base)
+        #expect(v.mm.events == [.pteCleared(pfn: h)])
+        v.deliver()
+        #expect(!v.uv.isSecure(h) && !v.mm.folios[h]!.flags.contains(.arch1))
+        var acc = UVAccess(uv: v.uv)
+        #expect(v.mm.writeback(pfn: h, dirtyPTE: true, &acc) == .started && acc.uv.stats.exports == 1)
+        // COW: a private copy of a secure page.
+        var w = VMM()
+        w.fault(0)
+        let p = w.pfn(0)
+        #expect(w.importPage(0).errno == nil)
+        w.uv.setContent(p, 0x77)
+        w.mm.addProcess("child")
+        w.mm.fork(process: 0, child: "child")
+        w.fault(0)  // the parent's write breaks COW
+        let copy = w.pfn(0)
+        #expect(copy != p && w.uv.stats.exports == 1 && !w.uv.isSecure(p))
+        #expect(w.uv.contents(copy) == w.uv.contents(p) && w.uv.contents(copy) != 0x77)
+    }
+
+    /// s390_enable_sie: VM_HUGEPAGE cleared, huge PMDs split with the folio kept large, THP
+    /// off for later mappings and MADV_HUGEPAGE.
+    @Test func enableSIETurnsTHPOff() {
+        var v = VMM(huge: true)
+        let block = (v.base + (2 << 20) - 1) & ~((2 << 20) - 1)
+        #expect(v.mm.handleFault(process: 0, addr: block, write: true) == .handled)
+        let h = v.pfn((block - v.base) >> pageShift)
+        v.mm.enableSIE(process: 0)
+        #expect(v.mm.processes[0].hasPgste && v.mm.folio(h)!.order == 9 && v.mm.folio(h)!.mapcount == 512)
+        #expect(v.mm.processes[0].pageTable.lookup(VirtAddr(block))!.size == .size4K)
+        #expect(v.mm.processes[0].vmas.allSatisfy { !$0.flags.contains(.hugepage) })
+        let later = UserMMTests.mapped(v.mm.mmap(process: 0, MmapRequest(len: 4 << 20, prot: UserMMTests.rw, huge: true)))
+        #expect(v.mm.madviseHugepage(process: 0, addr: later, len: 4 << 20, on: true) == .ok)
+        #expect(v.mm.processes[0].vmas.allSatisfy { !$0.flags.contains(.hugepage) })
+    }
+
+    /// The handler's dead ends: a secure page with no folio, or whose folio lacks PG_arch_1,
+    /// is made accessible by nothing, and the access faults again for ever.
+    @Test func theHandlerCanHang() throws {
+        var k = try Kernel(memory: PhysicalMemory.pc(size: 1 << 30), config: { var c = KernelConfig(); c.isa = .s390x; return c }())
+        var uv = Ultravisor()
+        let conf = uv.createConfiguration().1!
+        #expect(uv.convertToSecure(guest: conf, gfn: 0, pfn: 0x1234).ok)
+        #expect(k.secureStorageAccess(pfn: 0x1234, userAddress: false, &uv) == .repeats)
+        #expect(k.secureStorageAccess(pfn: 0x1234, userAddress: true, &uv) == .repeats)
+        k.user.addProcess("p")
+        let a = UserMMTests.mapped(k.user.mmap(process: 0, MmapRequest(len: 4096, prot: UserMMTests.rw)))
+        #expect(k.user.handleFault(process: 0, addr: a, write: true) == .handled)
+        let pfn = k.user.mappedFrame(process: 0, addr: a)!.pfn
+        #expect(uv.convertToSecure(guest: conf, gfn: 1, pfn: pfn).ok)  // secure, PG_arch_1 never set
+        let r = k.secureStorageAccess(pfn: pfn, userAddress: false, &uv)
+        #expect(r == .repeats && r.description == "hang: the access faults again for ever (do_secure_storage_access found nothing to make accessible)")
     }
 }

@@ -56,8 +56,8 @@ import Testing
         #expect(r.records.map(\.result) == [
             "-EINVAL: not a running protected guest (kvm_s390_pv_init_vm first)",
             "0x7ffff7fef000",
-            "cc 0 (UVC_CC_OK) rc 0x0001 (UVC_RC_EXECUTED)",
-            "cc 1 (UVC_CC_ERROR) rc 0x0003 (UVC_RC_INV_STATE): the guest is already protected",
+            "0 (UVC_CMD_CREATE_SEC_CONF cc 0 (UVC_CC_OK) rc 0x0001 (UVC_RC_EXECUTED))",
+            "-EINVAL",
             "-EFAULT",
             "ok",
             "cc 1 (UVC_CC_ERROR) rc 0x0003 (UVC_RC_INV_STATE): the page is not shared",
@@ -67,6 +67,39 @@ import Testing
             "ok",
             "kernel BUG at arch/s390/mm/fault.c: do_secure_storage_access (arch_make_folio_accessible -EINVAL)",
         ])
+    }
+
+    /// KVM_PV_ENABLE and KVM_PV_DISABLE as pv.c orders them: a refused CREATE_SEC_CONF is
+    /// -EIO with protected_count undone; DESTROY_SEC_CONF comes first, and its refusal is
+    /// -EIO with the mm still protected and the pages still secure; then the mm's secure
+    /// pages are destroyed.
+    @Test func enableAndDisableAsPVCOrdersThem() throws {
+        let r = try run("""
+              - mmap: {process: qemu, len: 64K}
+              - fail_uvc: {command: create_sec_conf}
+              - kvm_s390_pv_init_vm: {guest: pv0, process: qemu, addr: 0x7ffff7fef000, len: 64K}
+              - kvm_s390_pv_init_vm: {guest: pv0, process: qemu, addr: 0x7ffff7fef000, len: 64K}
+              - guest-write: {guest: pv0, gpa: 0x1000}
+              - fail_uvc: {command: destroy_sec_conf, cc: 2, count: 3}
+              - fail_uvc: {command: destroy_sec_conf, cc: 1}
+              - kvm_s390_pv_deinit_vm: {guest: pv0}
+              - kvm_s390_pv_deinit_vm: {guest: pv0}
+              - kvm_s390_pv_deinit_vm: {guest: pv0}
+
+            """)
+        #expect(r.records.map(\.result).dropFirst(2) == [
+            "-EIO (UVC_CMD_CREATE_SEC_CONF cc 1 (UVC_CC_ERROR): injected)",
+            "0 (UVC_CMD_CREATE_SEC_CONF cc 0 (UVC_CC_OK) rc 0x0001 (UVC_RC_EXECUTED))",
+            "ok",
+            "ok",
+            "ok",
+            "-EIO (UVC_CMD_DESTROY_SEC_CONF cc 1 (UVC_CC_ERROR): injected)",
+            "0 (UVC_CMD_DESTROY_SEC_CONF cc 0 (UVC_CC_OK) rc 0x0001 (UVC_RC_EXECUTED))",
+            "-EINVAL",
+        ])
+        let m = Dictionary(uniqueKeysWithValues: r.metrics.map { ($0.0, $0.1) })
+        #expect(m["pv_destroyed_pages"] == 1 && m["uv_secure_pages"] == 0 && m["uv_destroys"] == 1)
+        #expect(r.machine.kernel.user.processes[0].protectedCount == 0 && r.machine.kernel.user.processes[0].hasPgste)
     }
 
     /// The workload is seeded: the same seed gives the same counters.

@@ -12,7 +12,6 @@ public enum UVCCommand: UInt16, CaseIterable, Hashable, Sendable, CustomStringCo
     /// Destroy: clear a secure page and give it to the host, without exporting.
     case destrSecStor = 0x0202
     case pinPageShared = 0x0341
-    case unpinPageShared = 0x0342
     /// The guest's own calls (uv_set_shared / uv_remove_shared).
     case setSharedAccess = 0x1000
     case removeSharedAccess = 0x1001
@@ -25,7 +24,6 @@ public enum UVCCommand: UInt16, CaseIterable, Hashable, Sendable, CustomStringCo
         case .convFromSecStor: "UVC_CMD_CONV_FROM_SEC_STOR"
         case .destrSecStor: "UVC_CMD_DESTR_SEC_STOR"
         case .pinPageShared: "UVC_CMD_PIN_PAGE_SHARED"
-        case .unpinPageShared: "UVC_CMD_UNPIN_PAGE_SHARED"
         case .setSharedAccess: "UVC_CMD_SET_SHARED_ACCESS"
         case .removeSharedAccess: "UVC_CMD_REMOVE_SHARED_ACCESS"
         }
@@ -168,18 +166,29 @@ public struct Ultravisor: Hashable, Sendable {
         if count > 0 { injected.append((command, cc, count)) }
     }
 
-    /// An injected answer for this call of `command`, if one is pending.
+    /// An injected answer for this call of `command`, if one is pending. Calls made through
+    /// uv_call (every one but the import, which __make_folio_secure makes once with
+    /// __uv_call) repeat while the answer is busy or partial, so those answers are used up
+    /// and counted here. uv.h uv_call.
     mutating func takeInjected(_ command: UVCCommand) -> UVCResult? {
-        guard let i = injected.firstIndex(where: { $0.command == command }) else { return nil }
-        let cc = injected[i].cc
-        injected[i].count -= 1
-        if injected[i].count == 0 { injected.remove(at: i) }
-        if cc >= 2 { stats.busy += 1 } else { stats.refused += 1 }
-        return UVCResult(command, cc: cc, rc: nil, "injected")
+        while let i = injected.firstIndex(where: { $0.command == command }) {
+            let cc = injected[i].cc
+            injected[i].count -= 1
+            if injected[i].count == 0 { injected.remove(at: i) }
+            if cc >= 2 {
+                stats.busy += 1
+                if command != .convToSecStor { continue }  // uv_call: again
+            } else {
+                stats.refused += 1
+            }
+            return UVCResult(command, cc: cc, rc: nil, "injected")
+        }
+        return nil
     }
 
     /// UVC_CMD_CREATE_SEC_CONF: a new configuration; its index is the guest's handle slot.
-    public mutating func createConfiguration() -> (UVCResult, Int) {
+    public mutating func createConfiguration() -> (UVCResult, Int?) {
+        if let r = takeInjected(.createSecConf) { return (r, nil) }
         configurations.append(SecureConfiguration(handle: 0x1000 + UInt64(configurations.count)))
         return (.executed(.createSecConf), configurations.count - 1)
     }
@@ -215,8 +224,13 @@ public struct Ultravisor: Hashable, Sendable {
         }
         if let s = secure[pfn] {
             if s.guest == g && s.gfn == gfn { return .executed(c) }  // already imported
-            stats.refused += 1
-            return UVCResult(c, cc: 1, rc: Self.invalid, "the page is secure storage of another guest page")
+            // A page another configuration shared: with the misc feature the import moves
+            // its ownership (should_export_before_import); taken here as a first import.
+            guard s.shared && s.guest != g else {
+                stats.refused += 1
+                return UVCResult(c, cc: 1, rc: Self.invalid, "the page is secure storage of another guest page")
+            }
+            secure[pfn] = nil
         }
         if let record = configurations[g].exported[gfn] {
             guard content[pfn] == record.cipher else {

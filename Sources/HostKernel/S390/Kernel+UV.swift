@@ -131,15 +131,18 @@ extension UserMM {
     }
 
     /// s390_uv_destroy_range over [start, end) of process `pi`: each small folio a present
-    /// PTE maps is destroyed (uv_destroy_folio). arch/s390/mm/gmap.c (6.18).
+    /// PTE maps is destroyed (uv_destroy_folio), walking only what is mapped (the page-table
+    /// walk of the range). arch/s390/mm/gmap.c (6.18).
     public mutating func destroySecureRange(process pi: Int, start: UInt64, end: UInt64, _ uv: inout Ultravisor) -> Int {
-        var done = 0, va = start
-        while va < end {
-            if let leaf = processes[pi].pageTable.lookup(VirtAddr(va)), leaf.descriptor.attributes.contains(.present),
-               let h = folioHead(leaf.translate(VirtAddr(va)).rawValue >> pageShift), folios[h]!.order == 0, uv.isSecure(h) {
+        var done = 0
+        for v in processes[pi].vmas where v.end > start && v.start < end {
+            let a = max(v.start, start), b = min(v.end, end)
+            guard let leaves = try? processes[pi].pageTable.leaves(virt: VirtAddr(a), size: b - a) else { continue }
+            for leaf in leaves where leaf.size == .size4K && leaf.descriptor.attributes.contains(.present) {
+                let pfn = leaf.descriptor.frame.rawValue
+                guard uv.isSecure(pfn), let h = folioHead(pfn), folios[h]!.order == 0 else { continue }
                 if folios[h]!.destroySecure(pfn: h, &uv) == nil { done += 1 }
             }
-            va += pageBytes
         }
         return done
     }
@@ -176,7 +179,7 @@ public enum SecureStorageAccess: Outcome, Hashable {
         case .resolved(.nothing): "ok after PGM 0x3d: nothing to do"
         case .bug(let e): "kernel BUG at arch/s390/mm/fault.c: do_secure_storage_access (arch_make_folio_accessible \(e))"
         case .sigsegv(let why): "SIGSEGV: \(why)"
-        case .repeats: "the access repeats: do_secure_storage_access found no folio reference to take"
+        case .repeats: "hang: the access faults again for ever (do_secure_storage_access found nothing to make accessible)"
         }
     }
     /// The access raised a secure-storage access exception.
@@ -193,11 +196,13 @@ extension Kernel {
     /// (every exception here has a valid address). Linux 6.18 arch/s390/mm/fault.c.
     public mutating func secureStorageAccess(pfn: UInt64, userAddress: Bool, _ uv: inout Ultravisor) -> SecureStorageAccess {
         guard uv.isSecure(pfn), !uv.hostAccessible(pfn) else { return .ok }
-        guard let h = user.folioHead(pfn), user.folios[h]!.refcount > 0 else {
-            return userAddress ? .sigsegv("no VMA maps the address (SEGV_MAPERR)") : .repeats
-        }
+        // No folio to take (folio_try_get, or folio_walk_start on a user address): the
+        // handler returns and the access faults again.
+        guard let h = user.folioHead(pfn), user.folios[h]!.refcount > 0 else { return .repeats }
         switch user.folios[h]!.makeAccessible(pfn: h, &uv) {
-        case .success(let by): return .resolved(by)
+        case .success(let by):
+            // 0 from a folio without PG_arch_1 leaves the page secure: the same again.
+            return uv.hostAccessible(pfn) || !uv.isSecure(pfn) ? .resolved(by) : .repeats
         case .failure(let e): return userAddress ? .sigsegv("arch_make_folio_accessible failed") : .bug(e)
         }
     }
@@ -208,7 +213,10 @@ extension UserMM {
     /// page (uv_convert_from_secure_pte, arch/s390/include/asm/pgtable.h), and swap I/O
     /// moves a frame's content to its slot and back (the device copies what the frame holds,
     /// secure or not: a device's access is not checked by the CPU).
-    public mutating func takeS390Events(_ events: [UserMMEvent], _ uv: inout Ultravisor) {
+    /// Returns how many pages the PGM 0x3d handler exported on the way (a COW copy's read).
+    @discardableResult
+    public mutating func takeS390Events(_ events: [UserMMEvent], _ uv: inout Ultravisor) -> Int {
+        var handlerExports = 0
         for e in events {
             switch e {
             case .pteCleared(let pfn):
@@ -220,9 +228,15 @@ extension UserMM {
             case .swapFreed(let slot): uv.swapDevice[slot] = nil
             case .allocated(let pfn, let order):
                 for k in 0..<UInt64(1 << order) { uv.setContent(pfn + k, 0) }
-            case .copied(let from, let to): uv.copyContent(from: from, to: to)
+            case .copied(let from, let to):
+                // __wp_page_copy_user reads the source: a secure one takes PGM 0x3d first.
+                if uv.isSecure(from) && !uv.hostAccessible(from), let h = folioHead(from) {
+                    if case .success(.exported) = folios[h]!.makeAccessible(pfn: h, &uv) { handlerExports += 1 }
+                }
+                uv.copyContent(from: from, to: to)
             }
         }
+        return handlerExports
     }
 }
 
@@ -241,7 +255,7 @@ extension UserMM {
     /// __kvm_s390_pv_destroy_page: a large folio is -EFAULT; uv_destroy_folio, else
     /// uv_convert_from_secure_folio. arch/s390/kvm/kvm-s390.h.
     public mutating func pvDestroyPage(pfn: UInt64, _ uv: inout Ultravisor) -> Errno? {
-        guard let h = folioHead(pfn) else { return uv.destroyPage(pfn).ok ? nil : .EINVAL }
+        guard let h = folioHead(pfn) else { return nil }  // kvm_s390_pv_destroy_page: no page, 0
         if folios[h]!.order > 0 { return .EFAULT }
         if folios[h]!.destroySecure(pfn: h, &uv) == nil { return nil }
         return folios[h]!.convertFromSecure(pfn: h, &uv)

@@ -147,7 +147,11 @@ extension UserMM {
         guard let pfn = newFolio(order: 0, flags: [.anon, .anonExclusive]) else { return .oom }
         folios[pfn]!.mapcount = 1
         if let h = old {
-            if recordsEvents { events.append(.copied(from: h + ((addr >> pageShift) & (UInt64(1 << folios[h]!.order) - 1)), to: pfn)) }
+            // __wp_page_copy_user reads the source through the kernel's mapping, then
+            // ptep_clear_flush replaces the old PTE (s390 exports a protected mm's page there).
+            let src = h + ((addr >> pageShift) & (UInt64(1 << folios[h]!.order) - 1))
+            if recordsEvents { events.append(.copied(from: src, to: pfn)) }
+            notePTECleared(pi, src)
             folios[h]!.mapcount -= 1
             put(h)
         }

@@ -192,10 +192,25 @@ extension UserMM {
         return (leaf.translate(VirtAddr(addr)).rawValue >> pageShift, leaf.descriptor.attributes.contains(.dirty))
     }
 
-    /// Clears the dirty bit of the entry mapping `addr` and write-protects a shared file
-    /// mapping's (folio_mkclean), after a writeback.
+    /// Whether writeback of the folio mapped at `addr` would write anything (a folio to
+    /// write back, dirty, and not guest_memfd's unevictable one).
+    public func wouldWriteBack<A: PageAccessibility>(process pi: Int, addr: UInt64, _ acc: A) -> Bool {
+        guard let (pfn, dirty) = mappedFrame(process: pi, addr: addr), let h = folioHead(pfn) else { return false }
+        if config.inaccessibleCheck == .unmapped && acc.isInaccessible(pfn) { return false }
+        return dirty || folios[h]!.flags.contains(.dirty)
+    }
+
+    /// folio_clear_dirty_for_io's folio_mkclean for the entry mapping `addr`, before the
+    /// writeback: a dirty or writable entry is cleared (ptep_clear_flush, so a protected
+    /// mm's page-cache page is exported on s390), then written back clean, and write-protected
+    /// in a shared file mapping. mm/rmap.c page_vma_mkclean_one.
     public mutating func mkclean(process pi: Int, addr: UInt64) {
         guard let leaf = processes[pi].pageTable.lookup(VirtAddr(addr)), let vi = processes[pi].vmaIndex(addr) else { return }
+        let pfn = leaf.translate(VirtAddr(addr)).rawValue >> pageShift
+        if leaf.descriptor.attributes.contains(.present), !leaf.descriptor.attributes.isDisjoint(with: [.dirty, .writable]),
+           let h = folioHead(pfn), folios[h]!.flags.contains(.pageCache) {
+            notePTECleared(pi, pfn)
+        }
         var a = leaf.descriptor.attributes.subtracting(.dirty)
         if wantsWritenotify(processes[pi].vmas[vi]) { a.remove(.writable) }
         setLeaf(pi, leaf.virt.rawValue, leaf.descriptor.frame.rawValue, leaf.size, a)

@@ -97,7 +97,12 @@ extension UserMM {
         if recordsEvents { events.append(.swapIn(slot: slot, pfn: pfn)) }
         let page = addr & ~(pageBytes - 1)
         try? processes[pi].pageTable.setEntry(virt: VirtAddr(page), level: 1, .none)
-        setLeaf(pi, page, pfn, .size4K, write ? writeFaultEntry(v.pageProt, v) : v.pageProt.subtracting(.writable))
+        // An exclusive page in a VM_WRITE VMA is mapped writable even on a read fault,
+        // dirty only on a write one.
+        var a = v.pageProt
+        if v.flags.contains(.write) { a.insert(.writable) }
+        if write { a.insert(.dirty) }
+        setLeaf(pi, page, pfn, .size4K, a)
         return .handled
     }
 
@@ -117,12 +122,13 @@ extension UserMM {
     }
 
     /// Reclaim of the anonymous page process `pi` maps at `addr`, as shrink_folio_list
-    /// takes one folio: a large folio is split first (add_to_swap's fallback); the folio
-    /// goes to the swap cache; try_to_unmap replaces the PTE by a swap entry (a maybe-pinned
-    /// exclusive page is refused by folio_try_share_anon_rmap_pte, and the model unmaps a
-    /// folio mapped once only); pageout writes it (__folio_start_writeback with the design's
-    /// hook, the device's read); the folio leaves the swap cache and is freed.
-    /// mm/vmscan.c shrink_folio_list, mm/rmap.c try_to_unmap_one, mm/page_io.c.
+    /// takes one folio: a maybe-pinned folio is kept first of all; a large folio is split
+    /// (the model's swap has no large entries, so folio_alloc_swap's fallback always
+    /// applies); the folio goes to the swap cache; try_to_unmap replaces the PTE by a swap
+    /// entry (the model unmaps a folio mapped once only); pageout writes it
+    /// (__folio_start_writeback with the design's hook, the device's read); the folio leaves
+    /// the swap cache and is freed. mm/vmscan.c shrink_folio_list, mm/rmap.c
+    /// try_to_unmap_one, mm/page_io.c.
     public mutating func swapOut<A: PageAccessibility>(process pi: Int, addr: UInt64, _ acc: inout A) -> SwapOutOutcome {
         let page = addr & ~(pageBytes - 1)
         guard let vi = processes[pi].vmaIndex(page), processes[pi].vmas[vi].isAnonymous, !processes[pi].vmas[vi].flags.contains(.shared) else {
@@ -132,11 +138,11 @@ extension UserMM {
               !leaf.descriptor.attributes.contains(.special), var h = folioHead(leaf.translate(VirtAddr(page)).rawValue >> pageShift) else {
             return .kept("no page mapped there")
         }
+        if folios[h]!.maybeDMAPinned { return .kept("folio_maybe_dma_pinned: reclaim keeps a pinned anonymous folio") }
         if folios[h]!.order > 0 {
             if splitFolio(pi, page, h) != nil { return .kept("split_folio failed: the large folio has references beyond its mappings") }
             h = leaf.translate(VirtAddr(page)).rawValue >> pageShift
         }
-        if folios[h]!.maybeDMAPinned { return .kept("folio_maybe_dma_pinned: try_to_unmap_one will not unmap a pinned exclusive page") }
         if folios[h]!.mapcount != 1 { return .kept("mapped more than once (the model unmaps single mappings only)") }
         if folios[h]!.flags.contains(.locked) { return .kept("folio locked by another task (folio_trylock failed)") }
         // add_to_swap: a slot, the swap cache's reference, dirty.
@@ -186,5 +192,22 @@ extension UserMM {
         let e = events
         events = []
         return e
+    }
+}
+
+extension UserMM {
+    /// s390_enable_sie for process `pi` (KVM_CREATE_VM on s390): the mm gets page-status
+    /// table entries, and thp_split_mm clears VM_HUGEPAGE on every VMA, splits every huge
+    /// PMD (the folios stay large, now mapped by PTEs) and turns THP off for the mm's future
+    /// mappings. arch/s390/mm/gmap.c (6.18).
+    public mutating func enableSIE(process pi: Int) {
+        guard !processes[pi].hasPgste else { return }
+        processes[pi].hasPgste = true
+        for vi in processes[pi].vmas.indices {
+            processes[pi].vmas[vi].flags.remove(.hugepage)
+            let v = processes[pi].vmas[vi]
+            guard let leaves = try? processes[pi].pageTable.leaves(virt: VirtAddr(v.start), size: v.end - v.start) else { continue }
+            for leaf in leaves where leaf.size == .size2M { splitHugePMD(pi, leaf.virt.rawValue) }
+        }
     }
 }

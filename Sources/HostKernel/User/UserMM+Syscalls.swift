@@ -95,7 +95,7 @@ extension UserMM {
         }
         var flags = r.prot.vmFlags.union([.mayRead, .mayWrite, .mayExec])
         if r.shared { flags.formUnion([.shared, .mayShare]) }
-        if r.huge { flags.insert(.hugepage) }
+        if r.huge && !processes[pi].hasPgste { flags.insert(.hugepage) }  // mm->def_flags VM_NOHUGEPAGE on a pgste mm
         var vma = VMA(start: addr, end: addr + len, flags: flags, pageProt: [], backing: .anonymous, pgoff: 0)
         vma.pageProt = PgProt.vmGetPageProt(flags, memEncrypt: memEncrypt)
         var prefault: [UInt64] = []  // remap_pfn_range's frames
@@ -362,7 +362,8 @@ extension UserMM {
         splitVMA(pi, at: end)
         var i = processes[pi].insertionIndex(addr)
         while i < processes[pi].vmas.count && processes[pi].vmas[i].start < end {
-            if on { processes[pi].vmas[i].flags.insert(.hugepage) } else { processes[pi].vmas[i].flags.remove(.hugepage) }
+            // hugepage_madvise ignores MADV_HUGEPAGE on a pgste mm (s390 KVM).
+            if on { if !processes[pi].hasPgste { processes[pi].vmas[i].flags.insert(.hugepage) } } else { processes[pi].vmas[i].flags.remove(.hugepage) }
             i += 1
         }
         return .ok

@@ -120,6 +120,9 @@ public struct UserProcess: Sendable {
     /// mm->context.protected_count (s390): protected guests this mm backs; while it is
     /// non-zero every cleared present PTE exports its page (ptep_get_and_clear).
     public internal(set) var protectedCount = 0
+    /// mm->context.has_pgste (s390): the mm runs KVM guests; THP is off for it
+    /// (mm->def_flags VM_NOHUGEPAGE, and MADV_HUGEPAGE ignored).
+    public internal(set) var hasPgste = false
 
     /// The VMA holding `addr` (find_vma with the start check).
     public func vmaIndex(_ addr: UInt64) -> Int? {

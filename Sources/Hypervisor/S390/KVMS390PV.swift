@@ -22,7 +22,7 @@ public struct KVMS390Stats: Hashable, Sendable {
     public var datFaults: UInt64 = 0
     /// Non-secure storage access exits (PGM 0x3e) that imported the page.
     public var imports: UInt64 = 0
-    /// Imports that ended in an errno that re-enters SIE (-EAGAIN, -EFAULT, -EBUSY).
+    /// Imports that ended in an errno that re-enters SIE (-EAGAIN, -EFAULT).
     public var retries: UInt64 = 0
     /// SIGSEGVs KVM sent the VMM (an import's -EINVAL).
     public var sigsegv: UInt64 = 0
@@ -30,6 +30,14 @@ public struct KVMS390Stats: Hashable, Sendable {
     public var corruptReads: UInt64 = 0
     /// Pages destroyed at teardown (s390_uv_destroy_range).
     public var destroyedPages: UInt64 = 0
+}
+
+/// What KVM_PV_ENABLE / KVM_PV_DISABLE returned, with the UVC's answer.
+public struct PVCommandOutcome: Outcome, Hashable {
+    public let errno: Errno?
+    public let uvc: UVCResult
+    public var kind: OutcomeKind { errno == nil ? .success : .error }
+    public var description: String { (errno.map { "\($0)" } ?? "0") + " (\(uvc.command) \(uvc))" }
 }
 
 /// How a protected guest's access ended.
@@ -45,6 +53,8 @@ public enum PVAccessOutcome: Outcome, Hashable {
     case efault(StaticString)
     /// The guest is not a running protected guest.
     case notProtected
+    /// A secure-storage violation KVM could neither destroy nor export: SIGSEGV to the VMM.
+    case violation
 
     public static func == (a: PVAccessOutcome, b: PVAccessOutcome) -> Bool { a.description == b.description }
     public func hash(into h: inout Hasher) { h.combine(description) }
@@ -53,7 +63,7 @@ public enum PVAccessOutcome: Outcome, Hashable {
         switch self {
         case .ok: .success
         case .retry, .notProtected: .status
-        case .corrupted, .sigsegv, .efault: .fault
+        case .corrupted, .sigsegv, .efault, .violation: .fault
         }
     }
     public var description: String {
@@ -64,13 +74,14 @@ public enum PVAccessOutcome: Outcome, Hashable {
         case .sigsegv(let r): "SIGSEGV to the VMM: the import failed, \(r)"
         case .efault(let why): "KVM_RUN -EFAULT: \(why)"
         case .notProtected: "-EINVAL: not a running protected guest (kvm_s390_pv_init_vm first)"
+        case .violation: "SIGSEGV to the VMM: a secure storage violation KVM could neither destroy nor export"
         }
     }
 }
 
 /// KVM on s390 with protected guests: the guests' secure configurations and memory slots,
 /// and the exits of a protected vCPU's access. The gmap is taken to be the VMM's own page
-/// table (the 6.18 gmap shadows it and is invalidated with it). Linux 6.18
+/// table (the 6.18 gmap links the VMM's own page tables, __gmap_link). Linux 6.18
 /// arch/s390/kvm/kvm-s390.c, pv.c.
 public struct KVMS390PV: Hashable, Sendable {
     public internal(set) var guests: [PVGuest?]
@@ -83,26 +94,37 @@ public struct KVMS390PV: Hashable, Sendable {
 
     public init(guests: Int) { self.guests = Array(repeating: nil, count: guests) }
 
-    /// KVM_PV_ENABLE (kvm_s390_pv_init_vm): the secure configuration created, the memory
-    /// slot [hva, hva + pages) of process `pi` its memory, the mm's protected_count raised.
-    public mutating func initVM(_ g: Int, process pi: Int, hva: UInt64, pages: UInt64, kernel: inout Kernel, _ uv: inout Ultravisor) -> UVCResult {
-        if let old = guests[g], old.live { return UVCResult(.createSecConf, cc: 1, rc: UVCResult.rcInvalidState, "the guest is already protected") }
-        let (r, conf) = uv.createConfiguration()
-        guests[g] = PVGuest(process: pi, hva: hva, pages: pages, configuration: conf)
+    /// KVM_CREATE_VM's s390_enable_sie on the VMM's mm (THP off, huge PMDs split), then
+    /// KVM_PV_ENABLE (kvm_s390_pv_init_vm): the mm's protected_count raised, then
+    /// UVC_CMD_CREATE_SEC_CONF over the memory slot [hva, hva + pages) of process `pi`; a
+    /// refused create undoes the count and is -EIO. The model creates the VM with its PV
+    /// enable. arch/s390/kvm/kvm-s390.c kvm_arch_init_vm, pv.c kvm_s390_pv_init_vm.
+    public mutating func initVM(_ g: Int, process pi: Int, hva: UInt64, pages: UInt64, kernel: inout Kernel, _ uv: inout Ultravisor) -> any Outcome {
+        if let old = guests[g], old.live { return KernelStatus.error(.EINVAL) }  // kvm_s390_pv_is_protected: already
+        kernel.user.enableSIE(process: pi)
         kernel.user.changeProtectedCount(process: pi, by: 1)
-        return r
+        let (r, conf) = uv.createConfiguration()
+        guard let conf else {
+            kernel.user.changeProtectedCount(process: pi, by: -1)
+            return PVCommandOutcome(errno: .EIO, uvc: r)
+        }
+        guests[g] = PVGuest(process: pi, hva: hva, pages: pages, configuration: conf)
+        return PVCommandOutcome(errno: nil, uvc: r)
     }
 
-    /// KVM_PV_DISABLE (kvm_s390_pv_deinit_vm): each secure page of the slot destroyed
-    /// (s390_uv_destroy_range), the configuration destroyed, protected_count lowered.
-    public mutating func deinitVM(_ g: Int, kernel: inout Kernel, _ uv: inout Ultravisor) -> UVCResult {
-        guard let guest = guests[g], guest.live else { return UVCResult(.destroySecConf, cc: 1, rc: UVCResult.rcInvalidState, "not a protected guest") }
-        let n = kernel.user.destroySecureRange(process: guest.process, start: guest.hva, end: guest.hva + guest.pages << pageShift, &uv)
-        stats.destroyedPages += UInt64(n)
+    /// KVM_PV_DISABLE (kvm_s390_pv_deinit_cleanup_all): UVC_CMD_DESTROY_SEC_CONF first
+    /// (kvm_s390_pv_deinit_vm, which "will not cleanup the guest memory"); a refusal is -EIO
+    /// and the mm stays protected. Then every secure page of the mm is destroyed
+    /// (s390_uv_destroy_range over all of it) and protected_count lowered. pv.c.
+    public mutating func deinitVM(_ g: Int, kernel: inout Kernel, _ uv: inout Ultravisor) -> any Outcome {
+        guard let guest = guests[g], guest.live else { return KernelStatus.error(.EINVAL) }
         let r = uv.destroyConfiguration(guest.configuration)
+        guard r.ok else { return PVCommandOutcome(errno: .EIO, uvc: r) }
         guests[g]!.live = false
+        let n = kernel.user.destroySecureRange(process: guest.process, start: 0, end: UserMM.taskSize, &uv)
+        stats.destroyedPages += UInt64(n)
         kernel.user.changeProtectedCount(process: guest.process, by: -1)
-        return r
+        return PVCommandOutcome(errno: nil, uvc: r)
     }
 
     /// A protected vCPU's access to guest absolute address `gpa`: SIE runs it; a DAT fault
@@ -128,12 +150,13 @@ public struct KVMS390PV: Hashable, Sendable {
                 continue
             }
             let pfn = leaf.translate(VirtAddr(hva)).rawValue >> pageShift
-            if let s = uv.secure[pfn] {
+            if let s = uv.secure[pfn], !(s.shared && s.guest != guest.configuration) {
                 if s.guest != guest.configuration || s.gfn != gfn {
-                    // PGM 0x3d in the guest: kvm_s390_pv_destroy_page, destroy then export.
+                    // PGM 0x3d in the guest: kvm_s390_pv_destroy_page, destroy then export;
+                    // both failing is SIGSEGV to the VMM.
                     if kernel.user.pvDestroyPage(pfn: pfn, &uv) == nil { continue }
                     stats.sigsegv += 1
-                    return .efault("secure storage violation: SIGSEGV to the VMM")
+                    return .violation
                 }
                 if write {
                     writes += 1

@@ -37,7 +37,7 @@ public struct S390Platform: Platform {
         case .ok, .resolved: return .ok
         case .bug: return .fault(cause: .ownership(Self.pgm3d), end: .oops)
         case .sigsegv: return .fault(cause: .ownership(Self.pgm3d), end: .sigsegv)
-        case .repeats: return .fault(cause: .ownership(Self.pgm3d), end: .oops)
+        case .repeats: return .fault(cause: .ownership(Self.pgm3d), end: .oops)  // a hang; the step itself prints it as one
         }
     }
     static let pgm3d = FaultKind("secure storage access")
@@ -180,7 +180,9 @@ struct UVAccessibility: PageAccessibility {
 
     mutating func take(_ events: [UserMMEvent], _ mm: inout UserMM) {
         for case .swapOut(let pfn, _) in events where isInaccessible(pfn) { host.deviceSecureAccesses += 1 }
-        mm.takeS390Events(events, &uv)
+        let exported = UInt64(mm.takeS390Events(events, &uv))
+        host.exceptions += exported
+        host.exportedByHandler += exported
     }
 }
 

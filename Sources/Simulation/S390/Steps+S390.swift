@@ -24,7 +24,7 @@ enum S390Steps {
     ]
 
     /// KVM_PV_ENABLE: kvm_s390_pv_init_vm with the memory slot the VMM gave.
-    static let initVM = step("kvm_s390_pv_init_vm", "KVM_PV_ENABLE: the UV creates the guest's secure configuration over the memory slot [addr, addr+len) of the VMM process; the mm's protected_count goes up (its cleared PTEs export their pages from now on)",
+    static let initVM = step("kvm_s390_pv_init_vm", "s390_enable_sie on the VMM's mm (THP off, huge PMDs split), then KVM_PV_ENABLE: protected_count up (its cleared PTEs export their pages from now on), the UV creates the guest's secure configuration over the memory slot [addr, addr+len); -EIO when the UV refuses",
                              [guest, UserSteps.process, Parameter("addr", .address(), required: true, "the memory slot's userspace_addr (guest absolute 0), page-aligned"),
                               Parameter("len", .address(1...(1 << 44)), required: true, "the memory slot's size in bytes (whole pages)")]) { a, ctx throws(ScenarioError) in
         let i = a.guest!.index, name = a.text("process")!, addr = a.number("addr"), len = a.number("len")
@@ -40,7 +40,7 @@ enum S390Steps {
         }
     }
 
-    static let deinitVM = step("kvm_s390_pv_deinit_vm", "KVM_PV_DISABLE: every secure page of the memory slot destroyed (s390_uv_destroy_range: cleared, not exported), then the secure configuration", [guest]) { a, _ throws(ScenarioError) in
+    static let deinitVM = step("kvm_s390_pv_deinit_vm", "KVM_PV_DISABLE: the secure configuration destroyed (-EIO when the UV refuses: the mm stays protected), then every secure page of the mm (s390_uv_destroy_range: cleared, not exported), protected_count down", [guest]) { a, _ throws(ScenarioError) in
         let i = a.guest!.index
         return { p, m in p.kvm.deinitVM(i, kernel: &m.kernel, &p.uv) }
     }
@@ -119,7 +119,7 @@ enum S390Steps {
         }
     }
 
-    static let failUVC = step("fail_uvc", "fault injection: the next COUNT calls of a UVC answer condition code CC (2 busy: uv_call retries, __make_folio_secure says -EAGAIN; 1: refused, e.g. an export that fails so arch_make_folio_accessible cannot succeed)",
+    static let failUVC = step("fail_uvc", "fault injection: the next COUNT calls of a UVC answer condition code CC (2 busy, 3 partial: uv_call repeats the call, the import's single __uv_call says -EAGAIN; 1: refused, e.g. an export that fails so arch_make_folio_accessible cannot succeed)",
                               [Parameter("command", .choice(UVCCommand.allCases.map(\.shortName)), required: true, "the UVC, without UVC_CMD_ and in lowercase (conv_to_sec_stor, conv_from_sec_stor, …)"),
                                Parameter("cc", .count(1...3), default: "1", "the condition code: 1 error, 2 busy, 3 partial"),
                                Parameter("count", .count(0...1_000_000), default: "1", "how many calls (0 cancels)")]) { a, _ throws(ScenarioError) in

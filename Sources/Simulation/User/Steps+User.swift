@@ -289,9 +289,13 @@ public enum UserSteps {
         let va = a.number("addr")
         return { k, pi, acc in
             guard let (pfn, dirty) = k.user.mappedFrame(process: pi, addr: va) else { return ValueOutcome("no page") }
+            // folio_clear_dirty_for_io's folio_mkclean comes before __folio_start_writeback.
+            if k.user.wouldWriteBack(process: pi, addr: va, acc) {
+                k.user.mkclean(process: pi, addr: va)
+                k.user.deliverEvents(&acc)
+            }
             let r = k.user.writeback(pfn: pfn, dirtyPTE: dirty, &acc)
             if r != .clean && r != .unevictable {
-                k.user.mkclean(process: pi, addr: va)
                 if case .bug = r {} else { acc.platform.noteAccess(pfn: pfn, write: false, device: true) }
             }
             return r
