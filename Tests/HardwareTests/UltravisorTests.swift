@@ -60,6 +60,14 @@ import Testing
         #expect(uv.convertToSecure(guest: g, gfn: 2, pfn: 0x11).cc == 1 && uv.destroyConfiguration(g).cc == 1)
     }
 
+    @Test func secureCPUs() {
+        var (uv, g) = fresh()
+        #expect(uv.secureCPU(g, create: false).cc == 1)  // none to destroy
+        #expect(uv.secureCPU(g, create: true).ok && uv.secureCPU(g, create: true).ok && uv.configurations[g].cpus == 2)
+        #expect(uv.secureCPU(g, create: false).ok && uv.configurations[g].cpus == 1)
+        #expect(uv.secureCPU(g + 1, create: true).rc == UVCResult.rcInvalidState)
+    }
+
     @Test func sharedPagesPinAndUnshare() {
         var (uv, g) = fresh()
         #expect(uv.pinShared(0x20).cc == 1)  // not secure
@@ -101,7 +109,7 @@ import Testing
 
     /// The command codes Linux uses (arch/s390/include/asm/uv.h).
     @Test func commandCodes() {
-        #expect(UVCCommand.allCases.map(\.rawValue) == [0x0100, 0x0101, 0x0200, 0x0201, 0x0202, 0x0341, 0x1000, 0x1001])
+        #expect(UVCCommand.allCases.map(\.rawValue) == [0x0100, 0x0101, 0x0120, 0x0121, 0x0200, 0x0201, 0x0202, 0x0341, 0x1000, 0x1001])
         #expect(UVCCommand.convFromSecStor.shortName == "conv_from_sec_stor")
     }
 }

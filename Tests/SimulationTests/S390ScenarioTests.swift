@@ -78,8 +78,12 @@ import Testing
               - mmap: {process: qemu, len: 64K}
               - fail_uvc: {command: create_sec_conf}
               - kvm_s390_pv_init_vm: {guest: pv0, process: qemu, addr: 0x7ffff7fef000, len: 64K}
+              - fail_uvc: {command: create_sec_cpu, count: 1}
+              - kvm_s390_pv_init_vm: {guest: pv0, process: qemu, addr: 0x7ffff7fef000, len: 64K, vcpus: 2}
+              - kvm_s390_pv_init_vm: {guest: pv0, process: qemu, addr: 0x7ffff7fef000, len: 64K, vcpus: 2}
               - kvm_s390_pv_init_vm: {guest: pv0, process: qemu, addr: 0x7ffff7fef000, len: 64K}
-              - guest-write: {guest: pv0, gpa: 0x1000}
+              - guest-write: {guest: pv0, gpa: 0x1000, vcpu: 1}
+              - guest-write: {guest: pv0, gpa: 0x1000, vcpu: 2}
               - fail_uvc: {command: destroy_sec_conf, cc: 2, count: 3}
               - fail_uvc: {command: destroy_sec_conf, cc: 1}
               - kvm_s390_pv_deinit_vm: {guest: pv0}
@@ -89,8 +93,12 @@ import Testing
             """)
         #expect(r.records.map(\.result).dropFirst(2) == [
             "-EIO (UVC_CMD_CREATE_SEC_CONF cc 1 (UVC_CC_ERROR): injected)",
-            "0 (UVC_CMD_CREATE_SEC_CONF cc 0 (UVC_CC_OK) rc 0x0001 (UVC_RC_EXECUTED))",
             "ok",
+            "-EIO (UVC_CMD_CREATE_SEC_CPU cc 1 (UVC_CC_ERROR): injected)",
+            "0 (UVC_CMD_CREATE_SEC_CONF cc 0 (UVC_CC_OK) rc 0x0001 (UVC_RC_EXECUTED))",
+            "-EINVAL",
+            "ok",
+            "-EINVAL: the guest has no such vCPU",
             "ok",
             "ok",
             "-EIO (UVC_CMD_DESTROY_SEC_CONF cc 1 (UVC_CC_ERROR): injected)",
@@ -98,7 +106,8 @@ import Testing
             "-EINVAL",
         ])
         let m = Dictionary(uniqueKeysWithValues: r.metrics.map { ($0.0, $0.1) })
-        #expect(m["pv_destroyed_pages"] == 1 && m["uv_secure_pages"] == 0 && m["uv_destroys"] == 1)
+        #expect(m["pv_destroyed_pages"] == 1 && m["uv_secure_pages"] == 0 && m["uv_destroys"] == 1 && m["uv_secure_cpus"] == 0)
+        #expect((r.machine.platform as? S390Platform)?.uv.configurations.map { "\($0.live) \($0.cpus)" } == ["false 0", "false 0"])
         #expect(r.machine.kernel.user.processes[0].protectedCount == 0 && r.machine.kernel.user.processes[0].hasPgste)
     }
 

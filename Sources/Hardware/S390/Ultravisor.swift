@@ -5,6 +5,8 @@ import PageTables
 public enum UVCCommand: UInt16, CaseIterable, Hashable, Sendable, CustomStringConvertible {
     case createSecConf = 0x0100
     case destroySecConf = 0x0101
+    case createSecCPU = 0x0120
+    case destroySecCPU = 0x0121
     /// Import: make a page secure storage of a configuration.
     case convToSecStor = 0x0200
     /// Export: encrypt a secure page and give it to the host.
@@ -20,6 +22,8 @@ public enum UVCCommand: UInt16, CaseIterable, Hashable, Sendable, CustomStringCo
         switch self {
         case .createSecConf: "UVC_CMD_CREATE_SEC_CONF"
         case .destroySecConf: "UVC_CMD_DESTROY_SEC_CONF"
+        case .createSecCPU: "UVC_CMD_CREATE_SEC_CPU"
+        case .destroySecCPU: "UVC_CMD_DESTROY_SEC_CPU"
         case .convToSecStor: "UVC_CMD_CONV_TO_SEC_STOR"
         case .convFromSecStor: "UVC_CMD_CONV_FROM_SEC_STOR"
         case .destrSecStor: "UVC_CMD_DESTR_SEC_STOR"
@@ -107,6 +111,8 @@ public struct ExportRecord: Hashable, Sendable {
 public struct SecureConfiguration: Hashable, Sendable {
     public let handle: UInt64
     public internal(set) var live = true
+    /// Secure CPUs created in it and not destroyed.
+    public internal(set) var cpus = 0
     /// Exported pages by guest frame, which an import must verify.
     public internal(set) var exported: [UInt64: ExportRecord] = [:]
 }
@@ -191,6 +197,19 @@ public struct Ultravisor: Hashable, Sendable {
         if let r = takeInjected(.createSecConf) { return (r, nil) }
         configurations.append(SecureConfiguration(handle: 0x1000 + UInt64(configurations.count)))
         return (.executed(.createSecConf), configurations.count - 1)
+    }
+
+    /// UVC_CMD_CREATE_SEC_CPU / UVC_CMD_DESTROY_SEC_CPU: a secure CPU of configuration `g`
+    /// (kvm_s390_pv_create_cpu, kvm_s390_pv_destroy_cpu).
+    public mutating func secureCPU(_ g: Int, create: Bool) -> UVCResult {
+        let c: UVCCommand = create ? .createSecCPU : .destroySecCPU
+        if let r = takeInjected(c) { return r }
+        guard configurations.indices.contains(g), configurations[g].live, create || configurations[g].cpus > 0 else {
+            stats.refused += 1
+            return UVCResult(c, cc: 1, rc: Self.invalid, "no such live configuration or CPU")
+        }
+        configurations[g].cpus += create ? 1 : -1
+        return .executed(c)
     }
 
     /// UVC_CMD_DESTROY_SEC_CONF: the configuration ends; its exported records go. Pages

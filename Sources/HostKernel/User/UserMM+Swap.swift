@@ -81,12 +81,9 @@ extension UserMM {
         return swapSlots.count - 1
     }
 
-    /// Swap slots in use.
-    public var swapSlotsUsed: Int { swapSlots.reduce(0) { $0 + ($1 ? 1 : 0) } }
-
     /// do_swap_page: a new exclusive anonymous folio read from the slot, mapped with
-    /// vm_page_prot (writable and dirty for a write fault; a read leaves it read-only until
-    /// the write fault reuses it), the slot freed. mm/memory.c do_swap_page.
+    /// vm_page_prot, writable in a VM_WRITE VMA (pte_mkwrite for an exclusive page) and
+    /// dirty only for a write fault; the slot freed. mm/memory.c do_swap_page.
     mutating func doSwapPage(_ pi: Int, _ vi: Int, _ addr: UInt64, slot: Int, write: Bool) -> VMFaultResult {
         let v = processes[pi].vmas[vi]
         guard let pfn = newFolio(order: 0, flags: [.anon, .anonExclusive]) else { return .oom }

@@ -10,6 +10,8 @@ public struct PVGuest: Hashable, Sendable {
     public let hva: UInt64
     public let pages: UInt64
     public let configuration: Int
+    /// vCPUs, each a secure CPU of the configuration while the guest is protected.
+    public let vcpus: Int
     public internal(set) var live = true
     public internal(set) var expected: [UInt64: UInt64] = [:]
 }
@@ -53,6 +55,8 @@ public enum PVAccessOutcome: Outcome, Hashable {
     case efault(StaticString)
     /// The guest is not a running protected guest.
     case notProtected
+    /// The guest has no such vCPU.
+    case noVCPU
     /// A secure-storage violation KVM could neither destroy nor export: SIGSEGV to the VMM.
     case violation
 
@@ -62,7 +66,7 @@ public enum PVAccessOutcome: Outcome, Hashable {
     public var kind: OutcomeKind {
         switch self {
         case .ok: .success
-        case .retry, .notProtected: .status
+        case .retry, .notProtected, .noVCPU: .status
         case .corrupted, .sigsegv, .efault, .violation: .fault
         }
     }
@@ -74,6 +78,7 @@ public enum PVAccessOutcome: Outcome, Hashable {
         case .sigsegv(let r): "SIGSEGV to the VMM: the import failed, \(r)"
         case .efault(let why): "KVM_RUN -EFAULT: \(why)"
         case .notProtected: "-EINVAL: not a running protected guest (kvm_s390_pv_init_vm first)"
+        case .noVCPU: "-EINVAL: the guest has no such vCPU"
         case .violation: "SIGSEGV to the VMM: a secure storage violation KVM could neither destroy nor export"
         }
     }
@@ -95,11 +100,13 @@ public struct KVMS390PV: Hashable, Sendable {
     public init(guests: Int) { self.guests = Array(repeating: nil, count: guests) }
 
     /// KVM_CREATE_VM's s390_enable_sie on the VMM's mm (THP off, huge PMDs split), then
-    /// KVM_PV_ENABLE (kvm_s390_pv_init_vm): the mm's protected_count raised, then
+    /// KVM_PV_ENABLE: kvm_s390_pv_init_vm (the mm's protected_count raised, then
     /// UVC_CMD_CREATE_SEC_CONF over the memory slot [hva, hva + pages) of process `pi`; a
-    /// refused create undoes the count and is -EIO. The model creates the VM with its PV
-    /// enable. arch/s390/kvm/kvm-s390.c kvm_arch_init_vm, pv.c kvm_s390_pv_init_vm.
-    public mutating func initVM(_ g: Int, process pi: Int, hva: UInt64, pages: UInt64, kernel: inout Kernel, _ uv: inout Ultravisor) -> any Outcome {
+    /// refused create undoes the count and is -EIO), then kvm_s390_cpus_to_pv (a secure CPU
+    /// per vCPU; a refusal destroys the ones made and the configuration, -EIO). The model
+    /// creates the VM with its PV enable. arch/s390/kvm/kvm-s390.c kvm_arch_init_vm,
+    /// kvm_s390_handle_pv; pv.c.
+    public mutating func initVM(_ g: Int, process pi: Int, hva: UInt64, pages: UInt64, vcpus: Int, kernel: inout Kernel, _ uv: inout Ultravisor) -> any Outcome {
         if let old = guests[g], old.live { return KernelStatus.error(.EINVAL) }  // kvm_s390_pv_is_protected: already
         kernel.user.enableSIE(process: pi)
         kernel.user.changeProtectedCount(process: pi, by: 1)
@@ -108,16 +115,31 @@ public struct KVMS390PV: Hashable, Sendable {
             kernel.user.changeProtectedCount(process: pi, by: -1)
             return PVCommandOutcome(errno: .EIO, uvc: r)
         }
-        guests[g] = PVGuest(process: pi, hva: hva, pages: pages, configuration: conf)
+        for made in 0..<vcpus {
+            let c = uv.secureCPU(conf, create: true)
+            guard c.ok else {
+                for _ in 0..<made { _ = uv.secureCPU(conf, create: false) }
+                _ = uv.destroyConfiguration(conf)
+                kernel.user.changeProtectedCount(process: pi, by: -1)
+                return PVCommandOutcome(errno: .EIO, uvc: c)
+            }
+        }
+        guests[g] = PVGuest(process: pi, hva: hva, pages: pages, configuration: conf, vcpus: vcpus)
         return PVCommandOutcome(errno: nil, uvc: r)
     }
 
-    /// KVM_PV_DISABLE (kvm_s390_pv_deinit_cleanup_all): UVC_CMD_DESTROY_SEC_CONF first
-    /// (kvm_s390_pv_deinit_vm, which "will not cleanup the guest memory"); a refusal is -EIO
-    /// and the mm stays protected. Then every secure page of the mm is destroyed
-    /// (s390_uv_destroy_range over all of it) and protected_count lowered. pv.c.
+    /// KVM_PV_DISABLE: kvm_s390_cpus_from_pv first (each secure CPU destroyed; a refusal is
+    /// -EIO and the guest stays protected), then kvm_s390_pv_deinit_cleanup_all:
+    /// UVC_CMD_DESTROY_SEC_CONF (kvm_s390_pv_deinit_vm, which "will not cleanup the guest
+    /// memory"; a refusal is -EIO and the mm stays protected), every secure page of the mm
+    /// destroyed (s390_uv_destroy_range over all of it), protected_count lowered.
+    /// kvm-s390.c kvm_s390_handle_pv; pv.c.
     public mutating func deinitVM(_ g: Int, kernel: inout Kernel, _ uv: inout Ultravisor) -> any Outcome {
         guard let guest = guests[g], guest.live else { return KernelStatus.error(.EINVAL) }
+        while uv.configurations[guest.configuration].cpus > 0 {
+            let c = uv.secureCPU(guest.configuration, create: false)
+            guard c.ok else { return PVCommandOutcome(errno: .EIO, uvc: c) }
+        }
         let r = uv.destroyConfiguration(guest.configuration)
         guard r.ok else { return PVCommandOutcome(errno: .EIO, uvc: r) }
         guests[g]!.live = false
@@ -134,8 +156,9 @@ public struct KVMS390PV: Hashable, Sendable {
     /// with FOLL_WRITE, anything else re-enters SIE; a page that is another guest's secure
     /// storage (PGM 0x3d) is destroyed or exported (kvm_s390_pv_destroy_page). The access
     /// itself reads or writes the page. kvm-s390.c vcpu_post_run_handle_fault.
-    public mutating func guestAccess(_ g: Int, gpa: UInt64, write: Bool, kernel: inout Kernel, _ uv: inout Ultravisor) -> PVAccessOutcome {
+    public mutating func guestAccess(_ g: Int, vcpu: Int = 0, gpa: UInt64, write: Bool, kernel: inout Kernel, _ uv: inout Ultravisor) -> PVAccessOutcome {
         guard let guest = guests[g], guest.live else { return .notProtected }
+        guard vcpu < guest.vcpus else { return .noVCPU }
         stats.accesses += 1
         let gfn = gpa >> pageShift, hva = guest.hva + (gfn << pageShift), pi = guest.process
         var forceWrite = write

@@ -112,6 +112,7 @@ public struct S390Platform: Platform {
 
     static let metricList: [Metric<S390Platform>] = [
         Metric("uv_secure_pages", "pages", "host frames the Ultravisor holds as secure storage now") { UInt64($0.uv.secure.count) },
+        Metric("uv_secure_cpus", "CPUs", "secure CPUs the live configurations hold (one per protected vCPU)") { UInt64($0.uv.configurations.reduce(0) { $0 + ($1.live ? $1.cpus : 0) }) },
         Metric("uv_imports", "pages", "UVC_CMD_CONV_TO_SEC_STOR that made a page secure") { $0.uv.stats.imports },
         Metric("uv_exports", "pages", "UVC_CMD_CONV_FROM_SEC_STOR that exported a secure page (encrypted for the host)") { $0.uv.stats.exports },
         Metric("uv_destroys", "pages", "UVC_CMD_DESTR_SEC_STOR that cleared a secure page") { $0.uv.stats.destroys },

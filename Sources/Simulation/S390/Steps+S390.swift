@@ -26,8 +26,9 @@ enum S390Steps {
     /// KVM_PV_ENABLE: kvm_s390_pv_init_vm with the memory slot the VMM gave.
     static let initVM = step("kvm_s390_pv_init_vm", "s390_enable_sie on the VMM's mm (THP off, huge PMDs split), then KVM_PV_ENABLE: protected_count up (its cleared PTEs export their pages from now on), the UV creates the guest's secure configuration over the memory slot [addr, addr+len); -EIO when the UV refuses",
                              [guest, UserSteps.process, Parameter("addr", .address(), required: true, "the memory slot's userspace_addr (guest absolute 0), page-aligned"),
-                              Parameter("len", .address(1...(1 << 44)), required: true, "the memory slot's size in bytes (whole pages)")]) { a, ctx throws(ScenarioError) in
-        let i = a.guest!.index, name = a.text("process")!, addr = a.number("addr"), len = a.number("len")
+                              Parameter("len", .address(1...(1 << 44)), required: true, "the memory slot's size in bytes (whole pages)"),
+                              Parameter("vcpus", .count(1...248), default: "1", "vCPUs, each a secure CPU (UVC_CMD_CREATE_SEC_CPU)")]) { a, ctx throws(ScenarioError) in
+        let i = a.guest!.index, name = a.text("process")!, addr = a.number("addr"), len = a.number("len"), vcpus = Int(a.number("vcpus"))
         guard ctx.processes.contains(where: { $0.name == name && $0.guest == nil }) else {
             throw a.field("process").error("unknown host process '\(name)'" + Suggest.hint(name, in: ctx.processes.map(\.name), listedBy: "the scenario's processes:"))
         }
@@ -36,7 +37,7 @@ enum S390Steps {
         }
         return { p, m in
             let pi = m.kernel.user.processIndex(name)!
-            return p.kvm.initVM(i, process: pi, hva: addr, pages: len >> pageShift, kernel: &m.kernel, &p.uv)
+            return p.kvm.initVM(i, process: pi, hva: addr, pages: len >> pageShift, vcpus: vcpus, kernel: &m.kernel, &p.uv)
         }
     }
 
@@ -48,13 +49,13 @@ enum S390Steps {
     /// A protected vCPU's access, with KVM's exits until it completes or KVM gives up.
     static func guestAccess(_ name: String, write: Bool) -> StepDefinition {
         step(name, "the protected guest \(write ? "writes" : "reads") a page: DAT faults fault the VMM's page in, a non-secure page is imported (make_hva_secure); prints ok, what the import's errno did (-EAGAIN re-enters SIE, -EINVAL is SIGSEGV to the VMM), or a read that found its data changed",
-             [guest, gpa]) { a, _ throws(ScenarioError) in
-            let i = a.guest!.index, gpa = a.number("gpa")
+             [guest, gpa, Parameter("vcpu", .count(0...247), default: "0", "the vCPU that makes the access")]) { a, _ throws(ScenarioError) in
+            let i = a.guest!.index, gpa = a.number("gpa"), vcpu = Int(a.number("vcpu"))
             return { p, m in
                 guard let g = p.kvm.guests[i], gpa >> pageShift < g.pages else {
                     return p.kvm.guests[i] == nil ? PVAccessOutcome.notProtected : KernelStatus.error(.EFAULT)  // gfn_to_hva outside the slot
                 }
-                return p.kvm.guestAccess(i, gpa: gpa, write: write, kernel: &m.kernel, &p.uv)
+                return p.kvm.guestAccess(i, vcpu: vcpu, gpa: gpa, write: write, kernel: &m.kernel, &p.uv)
             }
         }
     }
