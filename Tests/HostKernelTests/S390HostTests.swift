@@ -118,6 +118,24 @@ import Testing
         #expect(v.importPage(gfn + 3).errno == nil && v.uv.isSecure(h + 3))
     }
 
+    /// pin_user_pages calls the hook on a secure page: it exports it; when it cannot (the pin
+    /// and the export both refused), the pin is undone and GUP returns -EINVAL; FOLL_GET
+    /// calls nothing. mm/gup.c follow_page_pte.
+    @Test func pinUserPagesExportsOrFailsAndUnpins() {
+        var v = VMM()
+        v.fault(0)
+        let h = v.pfn(0)
+        #expect(v.importPage(0).errno == nil)
+        var acc = UVAccess(uv: v.uv)
+        acc.uv.inject(.convFromSecStor, cc: 1, count: 1)
+        #expect(v.mm.getUserPages(process: 0, addr: v.base, pages: 1, flags: GUPFlags(pin: true), &acc) == .error(.EINVAL))
+        #expect(v.mm.folio(h)!.refcount == 1 && acc.uv.isSecure(h) && v.mm.stats.gupRefused == 1)
+        #expect(v.mm.getUserPages(process: 0, addr: v.base, pages: 1, flags: GUPFlags(), &acc) == .pages(1, firstPFN: h, pinned: false))
+        #expect(acc.uv.isSecure(h) && v.mm.putPage(pfn: h) == .ok)
+        #expect(v.mm.getUserPages(process: 0, addr: v.base, pages: 1, flags: GUPFlags(pin: true), &acc) == .pages(1, firstPFN: h, pinned: true))
+        #expect(!acc.uv.isSecure(h) && acc.uv.stats.exports == 1 && v.mm.folio(h)!.maybeDMAPinned)
+    }
+
     /// arch_make_folio_accessible: nothing without PG_arch_1 or on a large folio; a shared
     /// page is pinned; else exported; -EINVAL when both fail.
     @Test func theHook() {
