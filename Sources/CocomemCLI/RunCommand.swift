@@ -134,7 +134,11 @@ struct Run: ParsableCommand {
                 let known = kernel.user.processes.map(\.name)
                 throw CLIError("--process '\(name)': no such process in \(o.guest.map { "guest \($0)" } ?? "the host")" + (known.isEmpty ? " (the scenario declares none there)" : "; processes: " + known.joined(separator: ", ")))
             }
-            out += "\nptdump of process \(name) \(when):\n" + Ptdump.renderUser(p)
+            out += "\nptdump of process \(name) \(when):\n"
+            if kernel.config.isa == .s390x {
+                out += "(the model's user table: x86-shaped levels and raw x86 values; s390's DAT layout is not modelled, docs/s390-pv.md)\n"
+            }
+            out += Ptdump.renderUser(p)
         } else if o.ptdump {
             out += "\nptdump \(when):\n" + Ptdump.render(kernel)
         }

@@ -18,6 +18,8 @@ public enum Ptdump {
     /// on arm64 its own format.
     public static func render(_ kernel: Kernel) -> String {
         if kernel.config.isa == .arm64 { return Arm64Ptdump.render(kernel) }
+        // The model keeps no s390 DAT tables for the kernel's identity mapping.
+        if kernel.config.isa == .s390x { return "(no kernel page table on s390x: the model keeps no DAT tables for the identity mapping; --process prints a process's)\n" }
         if !kernel.config.la57 { return KernelLayoutDump.render(kernel) }
         let l = kernel.layout
         var out = ""

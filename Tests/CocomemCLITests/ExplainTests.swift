@@ -82,6 +82,18 @@ import Testing
         #expect(none.out.contains("\n0xffff888000200000-0xffff888100000000        4094M     RW         PSE     GLB NX pmd\n"))
     }
 
+    /// On s390-pv every output runs: the kernel's ptdump says the model keeps no DAT tables,
+    /// a process's says what its table is, /proc/meminfo has no DirectMap lines.
+    @Test func s390OutputsSayWhatTheModelKeeps() throws {
+        let file = ScenarioCommandTests.example("s390-pv-inaccessible.yaml")
+        let kernel = try CLI.run(["run", file, "--ptdump", "--meminfo"])
+        #expect(kernel.status == 0 && kernel.out.contains("(no kernel page table on s390x: the model keeps no DAT tables for the identity mapping; --process prints a process's)"))
+        #expect(kernel.out.contains("(no DirectMap lines on s390x)"))
+        let user = try CLI.run(["run", file, "--ptdump", "--process", "qemu"])
+        #expect(user.status == 0 && user.out.contains("(the model's user table: x86-shaped levels and raw x86 values; s390's DAT layout is not modelled, docs/s390-pv.md)"))
+        #expect(user.out.contains("0x00007ffff7f01000-0x00007ffff7f02000           4K USR ro                     NX pte"))
+    }
+
     /// `--policy SLOT=NAME`: checked against the machine's slots and policies.
     @Test func policyOverridesAreChecked() throws {
         let cases: [([String], String)] = [
