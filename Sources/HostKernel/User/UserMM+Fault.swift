@@ -30,7 +30,7 @@ extension UserMM {
         guard let vi = processes[pi].vmaIndex(addr) else { return .sigsegv }
         let v = processes[pi].vmas[vi]
         if write ? !v.flags.contains(.write) : v.flags.isDisjoint(with: [.read, .write, .exec]) { return .sigsegv }
-        if let slot = swapEntry(pi, addr) { return doSwapPage(pi, vi, addr, slot: slot, write: write) }
+        if swapSlotsInUse > 0, let slot = swapEntry(pi, addr) { return doSwapPage(pi, vi, addr, slot: slot, write: write) }
         if let leaf = processes[pi].pageTable.lookup(VirtAddr(addr)) {
             let a = leaf.descriptor.attributes
             if a.contains(.present) && (!write || a.contains(.writable)) { return .handled }  // nothing to do

@@ -76,9 +76,15 @@ extension UserMM {
     }
 
     mutating func allocateSwapSlot() -> Int {
+        swapSlotsInUse += 1
         if let i = swapSlots.firstIndex(of: false) { swapSlots[i] = true; return i }
         swapSlots.append(true)
         return swapSlots.count - 1
+    }
+
+    mutating func freeSwapSlot(_ slot: Int) {
+        swapSlots[slot] = false
+        swapSlotsInUse -= 1
     }
 
     /// do_swap_page: a new exclusive anonymous folio read from the slot, mapped with
@@ -90,7 +96,7 @@ extension UserMM {
         stats.faults += 1
         stats.swapIns += 1
         folios[pfn]!.mapcount = 1
-        swapSlots[slot] = false
+        freeSwapSlot(slot)
         if recordsEvents { events.append(.swapIn(slot: slot, pfn: pfn)) }
         let page = addr & ~(pageBytes - 1)
         try? processes[pi].pageTable.setEntry(virt: VirtAddr(page), level: 1, .none)
@@ -106,11 +112,11 @@ extension UserMM {
     /// Frees the swap entries of process `pi` in [start, end) (zap_pte_range's
     /// free_swap_and_cache for non-present entries).
     mutating func zapSwapEntries(_ pi: Int, _ start: UInt64, _ end: UInt64) {
-        guard swapSlots.contains(true) else { return }
+        guard swapSlotsInUse > 0 else { return }
         var va = start & ~(pageBytes - 1)
         while va < end {
             if let slot = swapEntry(pi, va) {
-                swapSlots[slot] = false
+                freeSwapSlot(slot)
                 if recordsEvents { events.append(.swapFreed(slot: slot)) }
                 try? processes[pi].pageTable.setEntry(virt: VirtAddr(va), level: 1, .none)
             }

@@ -219,6 +219,8 @@ public struct UserMM: Sendable {
     public internal(set) var events: [UserMMEvent] = []
     /// Swap slots in use (a slot is its index; freed slots are reused lowest first).
     public internal(set) var swapSlots: [Bool] = []
+    /// How many of them are in use (faults look for swap entries only when some are).
+    public internal(set) var swapSlotsInUse = 0
     /// The vvar data page and, in an SEV guest with kvmclock, the pvclock page.
     public internal(set) var vvarPFN: UInt64?
     public internal(set) var pvclockPFN: UInt64?
