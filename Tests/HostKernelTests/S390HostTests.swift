@@ -18,7 +18,7 @@ import Testing
 
         init(huge: Bool = false, shared file: Bool = false) {
             mm.recordsEvents = true
-            let req = file ? MmapRequest(len: 4 << 20, prot: UserMMTests.rw, shared: true, backing: .file(name: "ram"))
+            let req = file ? MmapRequest(len: 4 << 20, prot: UserMMTests.rw, shared: true, backing: .file(name: "ram"), huge: huge)
                 : MmapRequest(len: 4 << 20, prot: UserMMTests.rw, huge: huge)
             base = UserMMTests.mapped(mm.mmap(process: 0, req))
             conf = uv.createConfiguration().1!
@@ -74,7 +74,7 @@ import Testing
         // Locked by another task.
         let h = v.pfn(0)
         v.mm.folios[h]!.flags.insert(.locked)
-        #expect(v.importPage(0) == ImportOutcome(errno: .EAGAIN, why: "", uvc: nil, split: false))
+        #expect(v.importPage(0) == ImportOutcome(errno: .EAGAIN, why: "folio_trylock failed", uvc: nil, split: false))
         v.mm.folios[h]!.flags.remove(.locked)
         // Under writeback: -EBUSY, then the wait for it, then -EAGAIN; the retry imports.
         v.mm.folios[h]!.flags.insert(.writeback)
@@ -277,5 +277,57 @@ import Testing
         #expect(uv.convertToSecure(guest: conf, gfn: 1, pfn: pfn).ok)  // secure, PG_arch_1 never set
         let r = k.secureStorageAccess(pfn: pfn, userAddress: false, &uv)
         #expect(r == .repeats && r.description == "hang: the access faults again for ever (do_secure_storage_access found nothing to make accessible)")
+    }
+
+    /// A THP partly unmapped before the import still splits (can_split_folio counts its
+    /// mappings): the mapped pages become small folios, the unmapped one is freed.
+    @Test func aPartlyMappedTHPSplits() {
+        var v = VMM(huge: true)
+        let block = (v.base + (2 << 20) - 1) & ~((2 << 20) - 1)
+        let gfn = (block - v.base) >> pageShift
+        v.fault(gfn)
+        let h = v.pfn(gfn)
+        #expect(v.mm.madviseDontneed(process: 0, addr: block + 0x5000, len: 4096) == .ok)  // splits the PMD, drops page 5
+        #expect(v.mm.folio(h)!.order == 9 && v.mm.folio(h)!.mapcount == 511 && v.mm.folio(h)!.refcount == 511)
+        let pages = v.mm.allocatedPages
+        let r = v.importPage(gfn)
+        #expect(r.errno == .EAGAIN && r.cause == .E2BIG && r.split)
+        #expect(v.mm.folio(h + 5) == nil && v.mm.folio(h + 6)!.order == 0 && v.mm.allocatedPages == pages - 1)
+        #expect(v.importPage(gfn).errno == nil)
+    }
+
+    /// A pgste mm maps a huge file's pages with PTEs (do_set_pmd refuses); the large
+    /// page-cache folio is split on the import's -E2BIG and stays in the cache, page by page.
+    @Test func aLargeFileFolioIsSplitInTheCache() {
+        var v = VMM(huge: true, shared: true)
+        v.mm.enableSIE(process: 0)
+        let block = (v.base + (2 << 20) - 1) & ~((2 << 20) - 1)
+        let gfn = (block - v.base) >> pageShift
+        v.fault(gfn + 1)
+        #expect(v.mm.processes[0].pageTable.lookup(VirtAddr(block))?.size != .size2M)
+        let p = v.pfn(gfn + 1)
+        #expect(v.mm.folio(p)!.order == 9)
+        let r = v.importPage(gfn + 1)
+        #expect(r.errno == .EAGAIN && r.cause == .E2BIG && r.split)
+        #expect(v.mm.folio(p)!.order == 0 && v.mm.folio(p)!.refcount == 2 && v.mm.folio(p - 1)!.refcount == 1 && v.mm.folio(p - 1)!.flags.contains(.pageCache))
+        #expect(v.importPage(gfn + 1).errno == nil)
+        v.fault(gfn + 2)  // the next page faults in from the cache as its own small folio
+        #expect(v.pfn(gfn + 2) == p + 1 && v.mm.folio(p + 1)!.mapcount == 1)
+    }
+
+    /// should_export_before_import: two protected guests on one mm and no misc feature, an
+    /// import first exports the page (here another guest's); with the feature it does not.
+    @Test func exportBeforeImportWithoutTheMiscFeature() {
+        var v = VMM()
+        let other = v.uv.createConfiguration().1!
+        v.mm.changeProtectedCount(process: 0, by: 1)
+        v.fault(0)
+        let h = v.pfn(0)
+        #expect(v.uv.convertToSecure(guest: other, gfn: 9, pfn: h).ok)
+        v.mm.folios[h]!.flags.insert(.arch1)
+        let refused = v.mm.makeHVASecure(process: 0, hva: v.base, guest: v.conf, gfn: 0, miscFeature: true, &v.uv)
+        #expect(refused.errno == .EINVAL && refused.uvc?.rc == UVCResult.rcInvalidState && v.uv.stats.exports == 0)
+        let r = v.mm.makeHVASecure(process: 0, hva: v.base, guest: v.conf, gfn: 0, miscFeature: false, &v.uv)
+        #expect(r.errno == nil && v.uv.stats.exports == 1 && v.uv.secure[h]?.guest == v.conf && v.uv.secure[h]?.gfn == 0)
     }
 }

@@ -61,8 +61,8 @@ public struct ImportOutcome: Outcome, Hashable {
     /// s390_wiggle_split_folio split a large folio.
     public let split: Bool
 
-    public static func == (a: ImportOutcome, b: ImportOutcome) -> Bool { a.errno == b.errno && a.uvc == b.uvc && a.split == b.split }
-    public func hash(into h: inout Hasher) { h.combine(errno); h.combine(uvc); h.combine(split) }
+    public static func == (a: ImportOutcome, b: ImportOutcome) -> Bool { a.description == b.description }
+    public func hash(into h: inout Hasher) { h.combine(description) }
 
     public var kind: OutcomeKind { errno == nil ? .success : .error }
     public var description: String {
@@ -191,9 +191,10 @@ extension Kernel {
     /// secure page that is not shared; then do_secure_storage_access: a kernel address (the
     /// identity map, kmap) takes the folio (none: the handler returns and the access
     /// repeats), makes it accessible, and BUG()s on failure; a user address (the process's
-    /// own access, a uaccess copy) does the same through the VMA and the folio its PTE
-    /// maps, and a failure is SIGSEGV. The misc feature's TEID bit 61 check is not modelled
-    /// (every exception here has a valid address). Linux 6.18 arch/s390/mm/fault.c.
+    /// own access, a uaccess copy) does the same with the folio its PTE maps (the model is
+    /// given the frame: the VMA lookup's SEGV_MAPERR never arises), and a failure is
+    /// SIGSEGV. The misc feature's TEID bit 61 check is not modelled (every exception here
+    /// has a valid address). Linux 6.18 arch/s390/mm/fault.c.
     public mutating func secureStorageAccess(pfn: UInt64, userAddress: Bool, _ uv: inout Ultravisor) -> SecureStorageAccess {
         guard uv.isSecure(pfn), !uv.hostAccessible(pfn) else { return .ok }
         // No folio to take (folio_try_get, or folio_walk_start on a user address): the

@@ -210,7 +210,8 @@ extension UserMM {
             }
             guard let head = files[f].pages[headIndex], folios[head] != nil else { return .sigbus }
             let aligned = (addr >> pageShift) & 511 == index & 511
-            if aligned && pmdFits(v, addr) && pmdNone(pi, addr) && (!write || v.flags.contains(.shared)) {
+            // s390 KVM cannot tolerate PMD mappings (do_set_pmd refuses on a pgste mm).
+            if aligned && pmdFits(v, addr) && pmdNone(pi, addr) && (!write || v.flags.contains(.shared)) && !processes[pi].hasPgste {
                 folios[head]!.refcount += 1
                 folios[head]!.mapcount += 1
                 var a = v.pageProt

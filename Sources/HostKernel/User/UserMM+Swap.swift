@@ -125,7 +125,7 @@ extension UserMM {
     }
 
     /// Reclaim of the anonymous page process `pi` maps at `addr`, as shrink_folio_list
-    /// takes one folio: a maybe-pinned folio is kept first of all; a large folio is split
+    /// takes one folio: a folio another task has locked is skipped, a maybe-pinned one kept; a large folio is split
     /// (the model's swap has no large entries, so folio_alloc_swap's fallback always
     /// applies); the folio goes to the swap cache; try_to_unmap replaces the PTE by a swap
     /// entry (the model unmaps a folio mapped once only); pageout writes it
@@ -141,13 +141,13 @@ extension UserMM {
               !leaf.descriptor.attributes.contains(.special), var h = folioHead(leaf.translate(VirtAddr(page)).rawValue >> pageShift) else {
             return .kept("no page mapped there")
         }
+        if folios[h]!.flags.contains(.locked) { return .kept("folio locked by another task (folio_trylock failed)") }
         if folios[h]!.maybeDMAPinned { return .kept("folio_maybe_dma_pinned: reclaim keeps a pinned anonymous folio") }
         if folios[h]!.order > 0 {
-            if splitFolio(pi, page, h) != nil { return .kept("split_folio failed: the large folio has references beyond its mappings") }
+            if splitFolio(pi, page, h) != nil { return .kept("split_folio failed: the large folio has references beyond its mappings, or mappings in other processes") }
             h = leaf.translate(VirtAddr(page)).rawValue >> pageShift
         }
         if folios[h]!.mapcount != 1 { return .kept("mapped more than once (the model unmaps single mappings only)") }
-        if folios[h]!.flags.contains(.locked) { return .kept("folio locked by another task (folio_trylock failed)") }
         // add_to_swap: a slot, the swap cache's reference, dirty.
         let slot = allocateSwapSlot()
         folios[h]!.flags.formUnion([.swapCache, .dirty])
@@ -170,19 +170,45 @@ extension UserMM {
         return .swapped(slot: slot)
     }
 
-    /// split_folio of the anonymous THP with head `h` that process `pi` maps at `addr`: a
-    /// PMD mapping is split first; the folio then becomes 512 small folios, each mapped
-    /// once, unless it holds references beyond its mappings (a pin, a GUP reference: -EBUSY)
-    /// or is not wholly mapped by this process (the model splits only those). mm/huge_memory.c
-    /// __folio_split (can_split_folio).
+    /// split_folio of the large folio with head `h` that process `pi` maps at `addr`: a PMD
+    /// mapping is split first (an anonymous one into 512 PTEs, a file one zapped); the folio
+    /// is refused (-EBUSY) when it holds references beyond its mappings and the page cache's
+    /// (a pin, a GUP reference: can_split_folio); otherwise each page becomes a small folio,
+    /// mapped as it was, a page-cache page staying in the cache, an unmapped anonymous page
+    /// freed. The model splits only a folio whose mappings are all this process's PTEs.
+    /// mm/huge_memory.c __folio_split.
     public mutating func splitFolio(_ pi: Int, _ addr: UInt64, _ h: UInt64) -> Errno? {
         guard let f = folios[h], f.order > 0 else { return nil }
-        guard f.flags.contains(.anon) else { return .EBUSY }
         if let leaf = processes[pi].pageTable.lookup(VirtAddr(addr)), leaf.size == .size2M { splitHugePMD(pi, addr) }
-        let g = folios[h]!
-        guard g.pincount == 0, g.mapcount == 512, g.refcount == 512 else { return .EBUSY }
-        for i in 0..<UInt64(512) {
-            folios[h + i] = Folio(order: 0, refcount: 1, mapcount: 1, pincount: 0, flags: g.flags)
+        guard let g = folios[h] else { return nil }  // a zapped file PMD was the last reference
+        let cache: Int32 = g.flags.contains(.pageCache) ? 1 : 0
+        guard g.pincount == 0, g.refcount == g.mapcount + cache else { return .EBUSY }
+        // Which pages this process maps (the PTEs of the 2M block around addr in its VMA).
+        var mapped = [Bool](repeating: false, count: 512)
+        var found: Int32 = 0
+        let block = addr & ~(PageSize.size2M.bytes - 1)
+        for i in 0..<512 {
+            let va = block + UInt64(i) << pageShift
+            if let leaf = processes[pi].pageTable.lookup(VirtAddr(va)), leaf.size == .size4K,
+               leaf.descriptor.attributes.contains(.present), leaf.descriptor.frame.rawValue == h + UInt64(i) {
+                mapped[i] = true
+                found += 1
+            }
+        }
+        guard found == g.mapcount else { return .EBUSY }
+        let file = cache == 1 ? files.firstIndex { $0.pages.values.contains(h) } : nil
+        let headIndex = file.flatMap { fi in files[fi].pages.first { $0.value == h }?.key }
+        for i in 0..<512 {
+            let pfn = h + UInt64(i)
+            if cache == 1 {
+                folios[pfn] = Folio(order: 0, refcount: 1 + (mapped[i] ? 1 : 0), mapcount: mapped[i] ? 1 : 0, pincount: 0, flags: g.flags)
+                if let fi = file, let hi = headIndex { files[fi].pages[hi + UInt64(i)] = pfn }
+            } else if mapped[i] {
+                folios[pfn] = Folio(order: 0, refcount: 1, mapcount: 1, pincount: 0, flags: g.flags)
+            } else {
+                folios[pfn] = nil
+                allocator.free(pfn, order: 0)
+            }
         }
         stats.folioSplits += 1
         return nil
@@ -190,6 +216,15 @@ extension UserMM {
 }
 
 extension UserMM {
+    /// A write through the entry mapping `addr` that no fault saw (a guest's, through KVM):
+    /// the entry and a page-cache folio dirty.
+    public mutating func markDirty(process pi: Int, addr: UInt64) {
+        guard let leaf = processes[pi].pageTable.lookup(VirtAddr(addr)), leaf.descriptor.attributes.contains(.present),
+              !leaf.descriptor.attributes.contains(.dirty) else { return }
+        setLeaf(pi, leaf.virt.rawValue, leaf.descriptor.frame.rawValue, leaf.size, leaf.descriptor.attributes.union(.dirty))
+        if let h = folioHead(leaf.translate(VirtAddr(addr)).rawValue >> pageShift), folios[h]!.flags.contains(.pageCache) { folios[h]!.flags.insert(.dirty) }
+    }
+
     /// The pending page events, taken (for a caller that handles them itself).
     public mutating func takeEvents() -> [UserMMEvent] {
         let e = events

@@ -12,6 +12,8 @@ public struct PVGuest: Hashable, Sendable {
     public let configuration: Int
     /// vCPUs, each a secure CPU of the configuration while the guest is protected.
     public let vcpus: Int
+    /// The secure-CPU handles KVM still holds (dropped at KVM_PV_DISABLE, refused or not).
+    public internal(set) var cpuHandles: Int
     public internal(set) var live = true
     public internal(set) var expected: [UInt64: UInt64] = [:]
 }
@@ -124,29 +126,33 @@ public struct KVMS390PV: Hashable, Sendable {
                 return PVCommandOutcome(errno: .EIO, uvc: c)
             }
         }
-        guests[g] = PVGuest(process: pi, hva: hva, pages: pages, configuration: conf, vcpus: vcpus)
+        guests[g] = PVGuest(process: pi, hva: hva, pages: pages, configuration: conf, vcpus: vcpus, cpuHandles: vcpus)
         return PVCommandOutcome(errno: nil, uvc: r)
     }
 
-    /// KVM_PV_DISABLE: kvm_s390_cpus_from_pv first (each secure CPU destroyed; a refusal is
-    /// -EIO and the guest stays protected), then kvm_s390_pv_deinit_cleanup_all:
-    /// UVC_CMD_DESTROY_SEC_CONF (kvm_s390_pv_deinit_vm, which "will not cleanup the guest
-    /// memory"; a refusal is -EIO and the mm stays protected), every secure page of the mm
-    /// destroyed (s390_uv_destroy_range over all of it), protected_count lowered.
-    /// kvm-s390.c kvm_s390_handle_pv; pv.c.
+    /// KVM_PV_DISABLE. First kvm_s390_cpus_from_pv: every vCPU's secure CPU destroyed, KVM
+    /// dropping its handle whatever the UV answers; a refusal (the UV keeps that CPU) is
+    /// -EIO once all were tried, and the guest stays protected. Then
+    /// kvm_s390_pv_deinit_cleanup_all: UVC_CMD_DESTROY_SEC_CONF (kvm_s390_pv_deinit_vm, which
+    /// "will not cleanup the guest memory"), after which KVM forgets the handle either way
+    /// and lowers protected_count only on success (the "intended memory leak" leaves the mm
+    /// protected); then every secure page of the mm destroyed (s390_uv_destroy_range over all
+    /// of it); -EIO if the configuration was refused. kvm-s390.c kvm_s390_handle_pv; pv.c.
     public mutating func deinitVM(_ g: Int, kernel: inout Kernel, _ uv: inout Ultravisor) -> any Outcome {
         guard let guest = guests[g], guest.live else { return KernelStatus.error(.EINVAL) }
-        while uv.configurations[guest.configuration].cpus > 0 {
+        var refusedCPU: UVCResult?
+        for _ in 0..<guest.cpuHandles {
             let c = uv.secureCPU(guest.configuration, create: false)
-            guard c.ok else { return PVCommandOutcome(errno: .EIO, uvc: c) }
+            if !c.ok && refusedCPU == nil { refusedCPU = c }
         }
+        guests[g]!.cpuHandles = 0
+        if let refusedCPU { return PVCommandOutcome(errno: .EIO, uvc: refusedCPU) }
         let r = uv.destroyConfiguration(guest.configuration)
-        guard r.ok else { return PVCommandOutcome(errno: .EIO, uvc: r) }
         guests[g]!.live = false
+        if r.ok { kernel.user.changeProtectedCount(process: guest.process, by: -1) }
         let n = kernel.user.destroySecureRange(process: guest.process, start: 0, end: UserMM.taskSize, &uv)
         stats.destroyedPages += UInt64(n)
-        kernel.user.changeProtectedCount(process: guest.process, by: -1)
-        return PVCommandOutcome(errno: nil, uvc: r)
+        return PVCommandOutcome(errno: r.ok ? nil : .EIO, uvc: r)
     }
 
     /// A protected vCPU's access to guest absolute address `gpa`: SIE runs it; a DAT fault
@@ -186,6 +192,7 @@ public struct KVMS390PV: Hashable, Sendable {
                     let token = gfn << 20 | writes
                     uv.setContent(pfn, token)
                     guests[g]!.expected[gfn] = token
+                    kernel.user.markDirty(process: pi, addr: hva)  // the storage key's change bit, as the host PTE's dirty state
                     return .ok
                 }
                 if uv.contents(pfn) != guest.expected[gfn] ?? 0 {

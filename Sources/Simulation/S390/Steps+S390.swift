@@ -72,7 +72,8 @@ enum S390Steps {
              [guest, gpa]) { a, _ throws(ScenarioError) in
             let i = a.guest!.index, gpa = a.number("gpa")
             return { p, m in
-                guard let conf = p.kvm.guests[i]?.configuration else { return PVAccessOutcome.notProtected }
+                guard let g = p.kvm.guests[i], g.live else { return PVAccessOutcome.notProtected }
+                let conf = g.configuration
                 guard let pfn = frame(p, m, guest: i, gpa: gpa) else {
                     return UVCResult(shared ? .setSharedAccess : .removeSharedAccess, cc: 1, rc: UVCResult.rcInvalidState, "the page is not mapped")
                 }

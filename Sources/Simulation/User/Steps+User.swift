@@ -182,6 +182,7 @@ public enum UserSteps {
             let va = a.number("addr")
             return { k, pi, acc in
                 let r = k.user.handleFault(process: pi, addr: va, write: write, inaccessible: acc.isInaccessible)
+                k.user.deliverEvents(&acc)  // the fault's new page and swap-in come before the access
                 guard r == .handled, let (pfn, _) = k.user.mappedFrame(process: pi, addr: va) else { return r }
                 k.user.noteUserAccess(pfn: pfn, acc)
                 return acc.platform.userAccess(&k, pfn: pfn, write: write) ?? r
