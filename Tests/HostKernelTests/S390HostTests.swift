@@ -35,6 +35,10 @@ import Testing
         }
         func pfn(_ gfn: UInt64) -> UInt64 { mm.mappedFrame(process: 0, addr: base + gfn << pageShift)!.pfn }
         mutating func deliver() { mm.takeS390Events(mm.takeEvents(), &uv) }
+        /// The first 2M-aligned block of the memory, its first guest page, and (faulted in by
+        /// a write) the head of the folio there.
+        var block: UInt64 { (base + (2 << 20) - 1) & ~((2 << 20) - 1) }
+        var blockGFN: UInt64 { (block - base) >> pageShift }
         /// Reclaim with the UV as the platform (its exports on the PTE clear, the hook).
         mutating func swapOut(_ gfn: UInt64) -> SwapOutOutcome {
             var acc = UVAccess(uv: uv)
@@ -101,8 +105,7 @@ import Testing
     /// small folio. A pinned THP cannot be split.
     @Test func aLargeFolioIsSplitFirst() {
         var v = VMM(huge: true)
-        let block = (v.base + (2 << 20) - 1) & ~((2 << 20) - 1)
-        let gfn = (block - v.base) >> pageShift
+        let block = v.block, gfn = v.blockGFN
         v.fault(gfn)
         let h = v.pfn(gfn)
         #expect(v.mm.folio(h)!.order == 9)
@@ -249,9 +252,9 @@ import Testing
     /// off for later mappings and MADV_HUGEPAGE.
     @Test func enableSIETurnsTHPOff() {
         var v = VMM(huge: true)
-        let block = (v.base + (2 << 20) - 1) & ~((2 << 20) - 1)
+        let block = v.block
         #expect(v.mm.handleFault(process: 0, addr: block, write: true) == .handled)
-        let h = v.pfn((block - v.base) >> pageShift)
+        let h = v.pfn(v.blockGFN)
         v.mm.enableSIE(process: 0)
         #expect(v.mm.processes[0].hasPgste && v.mm.folio(h)!.order == 9 && v.mm.folio(h)!.mapcount == 512)
         #expect(v.mm.processes[0].pageTable.lookup(VirtAddr(block))!.size == .size4K)
@@ -283,8 +286,7 @@ import Testing
     /// mappings): the mapped pages become small folios, the unmapped one is freed.
     @Test func aPartlyMappedTHPSplits() {
         var v = VMM(huge: true)
-        let block = (v.base + (2 << 20) - 1) & ~((2 << 20) - 1)
-        let gfn = (block - v.base) >> pageShift
+        let block = v.block, gfn = v.blockGFN
         v.fault(gfn)
         let h = v.pfn(gfn)
         #expect(v.mm.madviseDontneed(process: 0, addr: block + 0x5000, len: 4096) == .ok)  // splits the PMD, drops page 5
@@ -301,8 +303,7 @@ import Testing
     @Test func aLargeFileFolioIsSplitInTheCache() {
         var v = VMM(huge: true, shared: true)
         v.mm.enableSIE(process: 0)
-        let block = (v.base + (2 << 20) - 1) & ~((2 << 20) - 1)
-        let gfn = (block - v.base) >> pageShift
+        let block = v.block, gfn = v.blockGFN
         v.fault(gfn + 1)
         #expect(v.mm.processes[0].pageTable.lookup(VirtAddr(block))?.size != .size2M)
         let p = v.pfn(gfn + 1)
