@@ -55,6 +55,15 @@ import Testing
         }
         func entry(_ ipa: UInt64, _ level: Int) -> RTTEntry? { realm.entry(ipa, level: level) }
 
+        /// 512 DATA granules from the 2M-aligned `pa` on, delegated and mapped at `ipa` onward
+        /// (with `src` the contents copied in; nil: DATA_CREATE_UNKNOWN).
+        mutating func dataBlock(pa: UInt64, ipa: UInt64, src: UInt64?) {
+            for i in 0..<UInt64(512) {
+                #expect(rmm.delegate(pa + i * pageBytes, gpt: &gpt) == .success)
+                #expect(rmm.dataCreate(rd: rd, data: pa + i * pageBytes, ipa: ipa + i * pageBytes, src: src) == .success)
+            }
+        }
+
         mutating func create(_ ipa: UInt64, _ level: Int) -> RMIStatus { rmm.rttCreate(rd: rd, rtt: delegated(), ipa: ipa, level: level) }
         /// RTTs down to level 3 for `ipa`.
         mutating func tables(_ ipa: UInt64) {
@@ -221,10 +230,7 @@ import Testing
         f.tables(0)
         // 512 DATA granules at a 2M-aligned PA fill the level-3 RTT at [0, 2M).
         let base: UInt64 = 0x8040_0000
-        for i in 0..<UInt64(512) {
-            #expect(f.rmm.delegate(base + i * pageBytes, gpt: &f.gpt) == .success)
-            #expect(f.rmm.dataCreate(rd: f.rd, data: base + i * pageBytes, ipa: i * pageBytes, src: 0x8000_0000) == .success)
-        }
+        f.dataBlock(pa: base, ipa: 0, src: 0x8000_0000)
         let l3 = f.realm.rttGranule.first { $0.key >= 2 && f.realm.refcount(table: $0.key) == 512 }!.value
         let tlbis = f.rmm.stats.tlbis
         #expect(f.rmm.rttFold(rd: f.rd, ipa: 0, level: 3) == RMIResult(.success, [.init("rtt", l3)]))
@@ -252,10 +258,7 @@ import Testing
         var f = Fixture()
         f.tables(0x4000_0000)
         let base: UInt64 = 0x8060_0000
-        for i in 0..<UInt64(512) {
-            #expect(f.rmm.delegate(base + i * pageBytes, gpt: &f.gpt) == .success)
-            #expect(f.rmm.dataCreate(rd: f.rd, data: base + i * pageBytes, ipa: 0x4000_0000 + i * pageBytes, src: nil) == .success)
-        }
+        f.dataBlock(pa: base, ipa: 0x4000_0000, src: nil)
         #expect(f.rmm.rttFold(rd: f.rd, ipa: 0x4000_0000, level: 3).status == .success && f.entry(0x4000_0000, 2) == .assigned(.empty, pa: base))
         #expect(f.create(0x4000_0000, 3) == .success)
         #expect(f.wholeTable(0x4000_0000, level: 3) == (0..<512).map { .assigned(.empty, pa: base + UInt64($0) * pageBytes) })

@@ -50,7 +50,7 @@ import Testing
     /// The UV as the user-mapping code sees it (what S390Platform does).
     struct UVAccess: PageAccessibility {
         var uv: Ultravisor
-        func isInaccessible(_ pfn: UInt64) -> Bool { uv.isSecure(pfn) && !uv.hostAccessible(pfn) }
+        func isInaccessible(_ pfn: UInt64) -> Bool { !uv.hostAccessible(pfn) }
         mutating func makeAccessible(_ pfn: UInt64, folio: inout Folio) -> Errno? {
             if case .failure(let e) = folio.makeAccessible(pfn: pfn, &uv) { return e }
             return nil
@@ -227,7 +227,8 @@ import Testing
         v.fault(0)
         let h = v.pfn(0)
         #expect(v.importPage(0).errno == nil && v.uv.isSecure(h))
-        #expect(v.mm.wouldWriteBack(process: 0, addr: v.base, UVAccess(uv: v.uv)))
+        let (mapped, dirty) = v.mm.mappedFrame(process: 0, addr: v.base)!
+        #expect(mapped == h && dirty && v.mm.wouldWriteBack(pfn: h, dirtyPTE: dirty, UVAccess(uv: v.uv)))
         v.mm.mkclean(process: 0, addr: v.base)
         #expect(v.mm.events == [.pteCleared(pfn: h)])
         v.deliver()

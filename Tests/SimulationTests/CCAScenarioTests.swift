@@ -6,11 +6,6 @@ import Testing
 @Suite struct CCAScenarioTests {
     static let head = "name: t\nmachine: {arch: arm64-cca, memory: 4G}\nsteps:\n"
 
-    func refused(_ text: String, _ message: String, sourceLocation: SourceLocation = #_sourceLocation) {
-        #expect(sourceLocation: sourceLocation, performing: { _ = try Scenario.load(yaml: text, file: "t.yaml") },
-                throws: { "\($0)".contains(message) })
-    }
-
     @Test func badInputIsAScenarioError() {
         refused("name: t\nmachine: {memory: 1G}\nsteps:\n  - rmi_granule_delegate: {pa: 0x1000}\n",
                 "step 'rmi_granule_delegate' needs 'arch: arm64-cca'; this machine is x86-64")

@@ -6,11 +6,6 @@ import Testing
 @Suite struct S390ScenarioTests {
     static let head = "name: t\nmachine: {arch: s390-pv, memory: 1G}\nguests: [{name: pv0}]\nprocesses: [qemu]\nsteps:\n"
 
-    func refused(_ text: String, _ message: String, sourceLocation: SourceLocation = #_sourceLocation) {
-        #expect(sourceLocation: sourceLocation, performing: { _ = try Scenario.load(yaml: text, file: "t.yaml") },
-                throws: { "\($0)".contains(message) })
-    }
-
     @Test func badInputIsAScenarioError() {
         // An Ultravisor step on another machine.
         refused("name: t\nmachine: {memory: 1G}\nsteps:\n  - uv_pin_shared: {pa: 0x1000}\n", "step 'uv_pin_shared' needs 'arch: s390-pv'; this machine is x86-64")

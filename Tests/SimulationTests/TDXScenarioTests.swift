@@ -13,11 +13,6 @@ import Testing
 
         """
 
-    func refused(_ text: String, _ message: String, sourceLocation: SourceLocation = #_sourceLocation) {
-        #expect(sourceLocation: sourceLocation, performing: { _ = try Scenario.load(yaml: text, file: "t.yaml") },
-                throws: { "\($0)".contains(message) })
-    }
-
     @Test func badInputIsAScenarioError() {
         // A SEAMCALL on another machine.
         refused("name: t\nmachine: {memory: 1G}\nsteps:\n  - tdh.mem.track: {td: td0}\n",

@@ -150,15 +150,14 @@ public struct Ultravisor: Hashable, Sendable {
     public var swapDevice: [Int: UInt64] = [:]
     public internal(set) var stats = UVStats()
     /// Fault injection: the next `count` calls of a command answer condition code `cc`.
-    public internal(set) var injected: [(command: UVCCommand, cc: UInt8, count: Int)] = []
+    public struct Injection: Hashable, Sendable {
+        public let command: UVCCommand
+        public let cc: UInt8
+        public internal(set) var count: Int
+    }
+    public internal(set) var injected: [Injection] = []
 
     public init() {}
-
-    public static func == (a: Ultravisor, b: Ultravisor) -> Bool {
-        a.secure == b.secure && a.content == b.content && a.swapDevice == b.swapDevice && a.configurations == b.configurations && a.stats == b.stats
-            && a.injected.elementsEqual(b.injected) { $0.command == $1.command && $0.cc == $1.cc && $0.count == $1.count }
-    }
-    public func hash(into h: inout Hasher) { h.combine(secure.count); h.combine(stats) }
 
     /// Whether the host CPU may access frame `pfn`: not secure, or shared by its guest.
     public func hostAccessible(_ pfn: UInt64) -> Bool { secure[pfn].map(\.shared) ?? true }
@@ -169,7 +168,7 @@ public struct Ultravisor: Hashable, Sendable {
     /// uv_call, -EAGAIN from __make_folio_secure; 1 ERROR: refused).
     public mutating func inject(_ command: UVCCommand, cc: UInt8, count: Int) {
         injected.removeAll { $0.command == command }
-        if count > 0 { injected.append((command, cc, count)) }
+        if count > 0 { injected.append(Injection(command: command, cc: cc, count: count)) }
     }
 
     /// An injected answer for this call of `command`, if one is pending. Calls made through

@@ -182,8 +182,6 @@ public enum SecureStorageAccess: Outcome, Hashable {
         case .repeats: "hang: the access faults again for ever (do_secure_storage_access found nothing to make accessible)"
         }
     }
-    /// The access raised a secure-storage access exception.
-    public var excepted: Bool { self != .ok }
 }
 
 extension Kernel {
@@ -196,14 +194,14 @@ extension Kernel {
     /// SIGSEGV. The misc feature's TEID bit 61 check is not modelled (every exception here
     /// has a valid address). Linux 6.18 arch/s390/mm/fault.c.
     public mutating func secureStorageAccess(pfn: UInt64, userAddress: Bool, _ uv: inout Ultravisor) -> SecureStorageAccess {
-        guard uv.isSecure(pfn), !uv.hostAccessible(pfn) else { return .ok }
+        guard !uv.hostAccessible(pfn) else { return .ok }
         // No folio to take (folio_try_get, or folio_walk_start on a user address): the
         // handler returns and the access faults again.
         guard let h = user.folioHead(pfn), user.folios[h]!.refcount > 0 else { return .repeats }
         switch user.folios[h]!.makeAccessible(pfn: h, &uv) {
         case .success(let by):
             // 0 from a folio without PG_arch_1 leaves the page secure: the same again.
-            return uv.hostAccessible(pfn) || !uv.isSecure(pfn) ? .resolved(by) : .repeats
+            return uv.hostAccessible(pfn) ? .resolved(by) : .repeats
         case .failure(let e): return userAddress ? .sigsegv("arch_make_folio_accessible failed") : .bug(e)
         }
     }
@@ -231,7 +229,7 @@ extension UserMM {
                 for k in 0..<UInt64(1 << order) { uv.setContent(pfn + k, 0) }
             case .copied(let from, let to):
                 // __wp_page_copy_user reads the source: a secure one takes PGM 0x3d first.
-                if uv.isSecure(from) && !uv.hostAccessible(from), let h = folioHead(from) {
+                if !uv.hostAccessible(from), let h = folioHead(from) {
                     if case .success(.exported) = folios[h]!.makeAccessible(pfn: h, &uv) { handlerExports += 1 }
                 }
                 uv.copyContent(from: from, to: to)

@@ -192,12 +192,13 @@ extension UserMM {
         return (leaf.translate(VirtAddr(addr)).rawValue >> pageShift, leaf.descriptor.attributes.contains(.dirty))
     }
 
-    /// Whether writeback of the folio mapped at `addr` would write anything (a folio to
-    /// write back, dirty, and not guest_memfd's unevictable one).
-    public func wouldWriteBack<A: PageAccessibility>(process pi: Int, addr: UInt64, _ acc: A) -> Bool {
-        guard let (pfn, dirty) = mappedFrame(process: pi, addr: addr), let h = folioHead(pfn) else { return false }
+    /// Whether writeback of the folio holding `pfn` would write anything (a folio to write
+    /// back, dirty or mapped by a dirty entry, and not guest_memfd's unevictable one): the
+    /// checks `writeback` makes before it starts.
+    public func wouldWriteBack<A: PageAccessibility>(pfn: UInt64, dirtyPTE: Bool, _ acc: A) -> Bool {
+        guard let h = folioHead(pfn) else { return false }
         if config.inaccessibleCheck == .unmapped && acc.isInaccessible(pfn) { return false }
-        return dirty || folios[h]!.flags.contains(.dirty)
+        return dirtyPTE || folios[h]!.flags.contains(.dirty)
     }
 
     /// folio_clear_dirty_for_io's folio_mkclean for the entry mapping `addr`, before the

@@ -213,9 +213,7 @@ extension UserMM {
         stats.folioSplits += 1
         return nil
     }
-}
 
-extension UserMM {
     /// A write through the entry mapping `addr` that no fault saw (a guest's, through KVM):
     /// the entry and a page-cache folio dirty.
     public mutating func markDirty(process pi: Int, addr: UInt64) {
@@ -231,9 +229,7 @@ extension UserMM {
         events = []
         return e
     }
-}
 
-extension UserMM {
     /// s390_enable_sie for process `pi` (KVM_CREATE_VM on s390): the mm gets page-status
     /// table entries, and thp_split_mm clears VM_HUGEPAGE on every VMA, splits every huge
     /// PMD (the folios stay large, now mapped by PTEs) and turns THP off for the mm's future

@@ -59,18 +59,23 @@ public struct S390Platform: Platform {
         case .sigsegv: host.exceptions += 1; host.sigsegv += 1
         case .repeats: host.exceptions += 1
         }
-        if write && r.kind == .success { hostWrites += 1; uv.setContent(pfn, Self.hostToken | hostWrites) }
+        if write && r.kind == .success { hostWrite(pfn) }
         return r
     }
+
+    /// A host CPU's or a device's write to frame `pfn`: it holds a new host token (bit 62,
+    /// never a guest's token).
+    mutating func hostWrite(_ pfn: UInt64) {
+        hostWrites += 1
+        uv.setContent(pfn, 1 << 62 | hostWrites)
+    }
     var hostWrites: UInt64 = 0
-    /// What a host or device write leaves in a page (never a guest's token: bit 62).
-    static let hostToken: UInt64 = 1 << 62
 
     public static func guestSetMemory(_ m: inout Machine, guest: Int, gfns: Range<UInt64>, encrypt: Bool) -> any Outcome {
         KernelStatus.error(.EINVAL)  // s390-pv guests have no kernel in the model: the reader refuses `guest:` first
     }
 
-    public func isInaccessible(_ pfn: UInt64) -> Bool { uv.isSecure(pfn) && !uv.hostAccessible(pfn) }
+    public func isInaccessible(_ pfn: UInt64) -> Bool { !uv.hostAccessible(pfn) }
 
     public mutating func makeAccessible(_ pfn: UInt64, folio: inout Folio) -> Errno? {
         withAccess { $0.makeAccessible(pfn, folio: &folio) }
@@ -89,6 +94,16 @@ public struct S390Platform: Platform {
         return body(&acc)
     }
 
+    /// A user-mapping call on `mm` with the UV as its view, the page events it queued
+    /// delivered after it (what each user step does, for the workload and the bench).
+    mutating func withAccess<R>(_ mm: inout UserMM, _ body: (inout UserMM, inout UVAccessibility) -> R) -> R {
+        withAccess { acc in
+            let r = body(&mm, &acc)
+            mm.deliverEvents(&acc)
+            return r
+        }
+    }
+
     public mutating func userAccess(_ kernel: inout Kernel, pfn: UInt64, write: Bool) -> (any Outcome)? {
         let r = access(&kernel, pfn: pfn, write: write, userAddress: true)
         return r == .ok ? nil : r
@@ -97,7 +112,7 @@ public struct S390Platform: Platform {
     public mutating func noteAccess(pfn: UInt64, write: Bool, device: Bool) {
         guard device else { return }
         if isInaccessible(pfn) { host.deviceSecureAccesses += 1 }
-        if write { hostWrites += 1; uv.setContent(pfn, Self.hostToken | hostWrites) }
+        if write { hostWrite(pfn) }
     }
 
     public func metrics(kernel: Kernel) -> [(String, UInt64)] {
@@ -172,7 +187,7 @@ struct UVAccessibility: PageAccessibility {
     var uv: Ultravisor
     var host: S390HostStats
 
-    func isInaccessible(_ pfn: UInt64) -> Bool { uv.isSecure(pfn) && !uv.hostAccessible(pfn) }
+    func isInaccessible(_ pfn: UInt64) -> Bool { !uv.hostAccessible(pfn) }
 
     mutating func makeAccessible(_ pfn: UInt64, folio: inout Folio) -> Errno? {
         if case .failure(let e) = folio.makeAccessible(pfn: pfn & ~(UInt64(1 << folio.order) - 1), &uv) { return e }

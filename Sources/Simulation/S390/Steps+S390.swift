@@ -152,11 +152,7 @@ enum S390Steps {
                         case 0: r = p.kvm.guestAccess(i, gpa: gfn << pageShift, write: true, kernel: &m.kernel, &p.uv)
                         case 1: r = p.kvm.guestAccess(i, gpa: gfn << pageShift, write: false, kernel: &m.kernel, &p.uv)
                         case 2:
-                            r = p.withAccess { acc in
-                                let r = m.kernel.user.swapOut(process: g.process, addr: hva, &acc)
-                                m.kernel.user.deliverEvents(&acc)
-                                return r
-                            }
+                            r = p.withAccess(&m.kernel.user) { $0.swapOut(process: g.process, addr: hva, &$1) }
                         default: r = directIO(&p, &m, guest: i, process: g.process, hva: hva)
                         }
                         if r.kind == .fault || r.kind == .error { t.errors += 1; if t.first == nil { t.first = r } }
@@ -172,11 +168,7 @@ enum S390Steps {
     /// it, the guest touches the page while it is pinned (an import meets the pin's
     /// references), then unpin.
     static func directIO(_ p: inout S390Platform, _ m: inout Machine, guest i: Int, process pi: Int, hva: UInt64) -> any Outcome {
-        let r = p.withAccess { acc in
-            let r = m.kernel.user.getUserPages(process: pi, addr: hva, pages: 1, flags: GUPFlags(write: true, pin: true), &acc)
-            m.kernel.user.deliverEvents(&acc)
-            return r
-        }
+        let r = p.withAccess(&m.kernel.user) { $0.getUserPages(process: pi, addr: hva, pages: 1, flags: GUPFlags(write: true, pin: true), &$1) }
         guard case .pages(_, let pfn, _) = r else { return r }
         p.noteAccess(pfn: pfn, write: false, device: true)
         let gpa = (hva - p.kvm.guests[i]!.hva)
@@ -195,10 +187,7 @@ extension S390Platform {
         for _ in 0..<cycles {
             let gfn = rng.below(pages)
             if kvm.guestAccess(0, gpa: gfn << pageShift, write: true, kernel: &m.kernel, &uv) != .ok { bad += 1 }
-            withAccess { acc in
-                _ = m.kernel.user.swapOut(process: g.process, addr: g.hva + gfn << pageShift, &acc)
-                m.kernel.user.deliverEvents(&acc)
-            }
+            _ = withAccess(&m.kernel.user) { $0.swapOut(process: g.process, addr: g.hva + gfn << pageShift, &$1) }
             if kvm.guestAccess(0, gpa: gfn << pageShift, write: false, kernel: &m.kernel, &uv) != .ok { bad += 1 }
         }
         return bad

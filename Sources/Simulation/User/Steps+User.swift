@@ -291,7 +291,7 @@ public enum UserSteps {
         return { k, pi, acc in
             guard let (pfn, dirty) = k.user.mappedFrame(process: pi, addr: va) else { return ValueOutcome("no page") }
             // folio_clear_dirty_for_io's folio_mkclean comes before __folio_start_writeback.
-            if k.user.wouldWriteBack(process: pi, addr: va, acc) {
+            if k.user.wouldWriteBack(pfn: pfn, dirtyPTE: dirty, acc) {
                 k.user.mkclean(process: pi, addr: va)
                 k.user.deliverEvents(&acc)
             }
