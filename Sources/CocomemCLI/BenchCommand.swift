@@ -37,6 +37,7 @@ struct Bench: ParsableCommand {
     @Flag(help: .hidden) var userOnly = false
     @Flag(help: .hidden) var convertOnly = false
     @Flag(help: .hidden) var pvOnly = false
+    @Flag(help: .hidden) var ccaOnly = false
 
     func run() throws {
         if let worker {
@@ -56,6 +57,7 @@ struct Bench: ParsableCommand {
         if pscOnly { print(try Self.pscOps(quick: quick)); return }
         if userOnly { print(Self.userFaultOps(quick: quick)); return }
         if pvOnly { print(try Self.pvSwapCycles(quick: quick)); return }
+        if ccaOnly { let c = try Self.convertOps(quick: quick, cca: true).2; print(c.median, c.min, c.max); return }
         if convertOnly {
             let (t, s, c) = try Self.convertOps(quick: quick)
             print("tdx", t.median, t.min, t.max, "snp", s.median, s.min, s.max, "cca", c.median, c.min, c.max)
@@ -116,7 +118,7 @@ struct Bench: ParsableCommand {
         let median: Double, min: Double, max: Double, count: Int
         init(_ xs: [Double]) {
             let s = xs.sorted()
-            median = s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+            median = s.isEmpty ? .nan : s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
             min = s.first ?? .nan
             max = s.last ?? .nan
             count = s.count
@@ -271,7 +273,8 @@ struct Bench: ParsableCommand {
     /// private memory mapped on first accept), then random 4K pages made shared and private
     /// again through the guest kernel's set_memory_decrypted/encrypted, the hypervisor and
     /// the hardware model. Each conversion is one operation.
-    static func convertOps(quick: Bool) throws -> (Spread, Spread, Spread) {
+    /// The three conversion cycles, interleaved (`cca` alone: only the realm's).
+    static func convertOps(quick: Bool, cca ccaOnly: Bool = false) throws -> (Spread, Spread, Spread) {
         let guest: UInt64 = quick ? 8 << 30 : 64 << 30, host = quick ? "16G" : "80G", n = quick ? 20_000 : 200_000
         let g = "  - {name: vm0, asid: 1, memory: \(guest), placement: {pa: 0x100000000}}\n"
         let tdx = "name: bench\nmachine: {arch: x86-tdx, memory: \(host)}\nguests:\n\(g)steps:\n  - launch: {td: vm0}\n  - tdh.mr.finalize: {td: vm0}\n"
@@ -298,8 +301,10 @@ struct Bench: ParsableCommand {
         }
         var t: [Double] = [], s: [Double] = [], c: [Double] = []
         for _ in 0..<(quick ? 3 : rounds) {
-            t.append(try run(tdx))
-            s.append(try run(snp))
+            if !ccaOnly {
+                t.append(try run(tdx))
+                s.append(try run(snp))
+            }
             c.append(try run(cca, touch: true))
         }
         return (Spread(t), Spread(s), Spread(c))

@@ -4,15 +4,17 @@
 public struct AnnotationFamily: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
     public let rawValue: UInt8
     @inlinable public init(rawValue: UInt8) { self.rawValue = rawValue }
+    // Constants, not stored statics: a stored static in another module is reached through
+    // an addressor call, which makes a caller copy what it holds borrowed (a realm) around it.
 
     /// pKVM: the owner of a page the host stage-2 does not map (Hypervisor/PKVM).
-    public static let pkvmOwner = AnnotationFamily(rawValue: 1)
+    @inlinable public static var pkvmOwner: AnnotationFamily { AnnotationFamily(rawValue: 1) }
     /// Arm CCA RMM: HIPAS and RIPAS of an invalid stage-2 entry (Hardware/CCA).
-    public static let rmmS2TTE = AnnotationFamily(rawValue: 2)
+    @inlinable public static var rmmS2TTE: AnnotationFamily { AnnotationFamily(rawValue: 2) }
     /// Intel TDX: the state of a Secure-EPT entry the CPU may not use (Hardware/TDX).
-    public static let tdxSEPT = AnnotationFamily(rawValue: 3)
+    @inlinable public static var tdxSEPT: AnnotationFamily { AnnotationFamily(rawValue: 3) }
     /// A user PTE that holds a swap entry (swp_entry_t: the payload is the swap slot).
-    public static let swapEntry = AnnotationFamily(rawValue: 4)
+    @inlinable public static var swapEntry: AnnotationFamily { AnnotationFamily(rawValue: 4) }
 
     public var description: String {
         switch self {

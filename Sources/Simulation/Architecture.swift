@@ -176,6 +176,17 @@ struct PlatformAccessibility: PageAccessibility {
     mutating func take(_ events: [UserMMEvent], _ mm: inout UserMM) { platform.take(events, &mm) }
 }
 
+extension Platform {
+    /// `body` on this platform as `P`, which its type is, in place: a mutating call opens an
+    /// existential in its own box, so nothing is copied out of it.
+    @inline(__always) mutating func inPlace<P: Platform, R, E: Error>(as _: P.Type, _ body: (inout P) throws(E) -> R) throws(E) -> R {
+        precondition(Self.self == P.self)
+        return try withUnsafeMutablePointer(to: &self) { (s) throws(E) -> R in
+            try s.withMemoryRebound(to: P.self, capacity: 1) { (p) throws(E) -> R in try body(&p.pointee) }
+        }
+    }
+}
+
 /// The platform of a machine that is only a host (x86-64): no ownership table, no guests.
 public struct NoPlatform: Platform {
     public init() {}

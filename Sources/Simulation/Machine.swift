@@ -58,13 +58,16 @@ public struct Machine: Sendable {
 
     /// Runs `body` with the platform as its concrete type `P`, taken out of the machine so
     /// both can change without copying either (the platform's arrays stay uniquely held).
+    /// The platform's box is moved, not its value: no cast copies the platform out and no
+    /// new box is made for it on the way back.
     public mutating func withPlatform<P: Platform, R, E: Error>(_ type: P.Type, _ body: (inout P, inout Machine) throws(E) -> R) throws(E) -> R {
-        guard var p = platform as? P else {
+        guard Swift.type(of: platform) == P.self else {
             preconditionFailure("a \(P.self) step on a \(architecture.name) machine")  // the scenario reader checks the architecture
         }
-        platform = NoPlatform()
-        defer { platform = p }
-        return try body(&p, &self)
+        var held = platform
+        platform = NoPlatform()  // `held` now holds the box alone
+        defer { platform = held }
+        return try held.inPlace(as: P.self) { (p: inout P) throws(E) -> R in try body(&p, &self) }
     }
 
     /// Runs one prepared step of a scenario on this machine (the library's way to drive a

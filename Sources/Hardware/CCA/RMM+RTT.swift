@@ -37,7 +37,7 @@ extension Realm {
     /// s2tt_walk_lock_unlock toward `target`: from the start level (the concatenated start
     /// tables indexed as one), down through TABLE entries, stopping at `target` or at the
     /// first entry that is not a table.
-    public func walk(_ ipa: UInt64, to target: Int) -> RTTWalk {
+    @inline(__always) public func walk(_ ipa: UInt64, to target: Int) -> RTTWalk {
         var l = startLevel
         let idx = Int(truncatingIfNeeded: (ipa & ((1 << UInt64(params.s2sz)) - 1)) >> Self.shift(l))
         var table = idx >> 9, index = idx & 511
@@ -78,19 +78,19 @@ extension Realm {
     }
 
     /// validate_map_addr: inside the IPA space, aligned to `level`'s map size, below 2^48.
-    func validMapAddress(_ ipa: UInt64, _ level: Int) -> Bool {
+    @inline(__always) func validMapAddress(_ ipa: UInt64, _ level: Int) -> Bool {
         ipa < 1 << UInt64(params.s2sz) && ipa & (RMM.mapSize(level) - 1) == 0
     }
 
     /// validate_rtt_structure_cmds (RTT_CREATE, RTT_DESTROY, RTT_FOLD): sl < level ≤ 3 and
     /// the address aligned to the parent's level.
-    func validStructure(_ ipa: UInt64, _ level: Int) -> Bool {
+    @inline(__always) func validStructure(_ ipa: UInt64, _ level: Int) -> Bool {
         level > startLevel && level <= 3 && validMapAddress(ipa, level - 1)
     }
 
     /// s2tt_skip_non_live_entries: `addr` if the walk's entry is live; otherwise the next
     /// live entry of the same table, or that table's end.
-    func skipNonLive(_ addr: UInt64, _ w: RTTWalk) -> UInt64 {
+    @inline(__always) func skipNonLive(_ addr: UInt64, _ w: RTTWalk) -> UInt64 {
         if w.entry.isLive { return addr }
         let size = RMM.mapSize(w.level), aligned = addr & ~(size - 1)
         if let i = nextLive(table: w.table, after: w.index) { return aligned + UInt64(i - w.index) * size }
@@ -110,10 +110,16 @@ extension RMM {
         return realmSlot[rd]
     }
 
+    /// The walk of the realm in slot `ri` toward `level`, read in place (a method called on
+    /// `realmList[ri]` would copy the realm first).
+    @inline(__always) func rttWalk(_ ri: Int, _ ipa: UInt64, to level: Int) -> RTTWalk {
+        realmList.withUnsafeBufferPointer { $0[ri].walk(ipa, to: level) }
+    }
+
     /// The RMM's walk of realm `rd`'s RTTs toward `level`, read in place.
     public func walk(rd: UInt64, _ ipa: UInt64, to level: Int) -> RTTWalk? {
         guard let ri = slot(rd) else { return nil }
-        return realmList[ri].walk(ipa, to: level)
+        return rttWalk(ri, ipa, to: level)
     }
 
     // MARK: RTT structure (runtime/rmi/rtt.c)
@@ -127,7 +133,7 @@ extension RMM {
     public mutating func rttCreate(rd: UInt64, rtt: UInt64, ipa: UInt64, level: Int) -> RMIStatus {
         guard rtt != rd, isGranule(rtt, .delegated), let ri = slot(rd) else { return .errorInput }
         guard realmList[ri].validStructure(ipa, level) else { return .errorInput }
-        let w = realmList[ri].walk(ipa, to: level - 1)
+        let w = rttWalk(ri, ipa, to: level - 1)
         guard w.level == level - 1 else { return .errorRTT(level: w.level) }
         if case .table = w.entry { return .errorRTT(level: level - 1) }
         guard let child = try? realmList[ri].newTable(level: level, filledWith: w.entry, step: Self.mapSize(level)) else { return .errorInput }
@@ -148,7 +154,7 @@ extension RMM {
     /// outside (TLBI); the RTT becomes DELEGATED. smc_rtt_destroy.
     public mutating func rttDestroy(rd: UInt64, ipa: UInt64, level: Int) -> RMIResult {
         guard let ri = slot(rd), realmList[ri].validStructure(ipa, level) else { return RMIResult(.errorInput, .init("top", 0)) }
-        let w = realmList[ri].walk(ipa, to: level - 1)
+        let w = rttWalk(ri, ipa, to: level - 1)
         guard w.level == level - 1, case .table(let child) = w.entry else {
             return RMIResult(.errorRTT(level: w.level), .init("top", realmList[ri].skipNonLive(ipa, w)))
         }
@@ -174,7 +180,7 @@ extension RMM {
     /// DELEGATED. smc_rtt_fold.
     public mutating func rttFold(rd: UInt64, ipa: UInt64, level: Int) -> RMIResult {
         guard let ri = slot(rd), realmList[ri].validStructure(ipa, level) else { return RMIResult(.errorInput) }
-        let w = realmList[ri].walk(ipa, to: level - 1)
+        let w = rttWalk(ri, ipa, to: level - 1)
         guard w.level == level - 1 else { return RMIResult(.errorRTT(level: w.level)) }
         guard case .table(let child) = w.entry else { return RMIResult(.errorRTT(level: level - 1)) }
         // The refcount first (TF-RMM's, kept as entries change), then the 512 entries against
@@ -218,7 +224,7 @@ extension RMM {
     /// error. smc_rtt_read_entry.
     public func rttReadEntry(rd: UInt64, ipa: UInt64, level: Int) -> any Outcome {
         guard let ri = slot(rd), level >= realmList[ri].startLevel, level <= 3, realmList[ri].validMapAddress(ipa, level) else { return RMIStatus.errorInput }
-        let w = realmList[ri].walk(ipa, to: level)
+        let w = rttWalk(ri, ipa, to: level)
         let desc: UInt64
         if case .table(let t) = w.entry { desc = realmList[ri].rttGranule[t] ?? 0 } else { desc = w.entry.pa ?? 0 }
         return RTTEntryRead(level: w.level, entry: w.entry, desc: desc)
@@ -234,7 +240,7 @@ extension RMM {
     public mutating func rttMapUnprotected(rd: UInt64, ipa: UInt64, level: Int, pa: UInt64) -> RMIStatus {
         guard (1...3).contains(level), let ri = slot(rd) else { return .errorInput }
         guard pa & (Self.mapSize(level) - 1) == 0, pa < 1 << 48, realmList[ri].validMapAddress(ipa, level), !realmList[ri].inPAR(ipa) else { return .errorInput }
-        let w = realmList[ri].walk(ipa, to: level)
+        let w = rttWalk(ri, ipa, to: level)
         guard w.level == level else { return .errorRTT(level: w.level) }
         guard w.entry == .unassignedNS else { return .errorRTT(level: level) }
         realmList[ri].write(w, .assignedNS(pa: pa))
@@ -248,7 +254,7 @@ extension RMM {
     /// smc_rtt_unmap_unprotected.
     public mutating func rttUnmapUnprotected(rd: UInt64, ipa: UInt64, level: Int) -> RMIResult {
         guard (1...3).contains(level), let ri = slot(rd), realmList[ri].validMapAddress(ipa, level), !realmList[ri].inPAR(ipa) else { return RMIResult(.errorInput) }
-        let w = realmList[ri].walk(ipa, to: level)
+        let w = rttWalk(ri, ipa, to: level)
         guard w.level == level, case .assignedNS = w.entry else { return RMIResult(.errorRTT(level: w.level), .init("top", realmList[ri].skipNonLive(ipa, w))) }
         realmList[ri].write(w, .unassignedNS)
         let top = realmList[ri].skipNonLive(ipa, RTTWalk(level: w.level, table: w.table, index: w.index, entry: .unassignedNS))
@@ -271,7 +277,7 @@ extension RMM {
         guard isGranule(data, .delegated), let ri = slot(rd) else { return .errorInput }
         if src != nil && realmList[ri].state != .new { return .errorRealm }
         guard realmList[ri].inPAR(ipa), realmList[ri].validMapAddress(ipa, 3) else { return .errorInput }
-        let w = realmList[ri].walk(ipa, to: 3)
+        let w = rttWalk(ri, ipa, to: 3)
         guard w.level == 3 else { return .errorRTT(level: w.level) }
         guard case .unassigned(let ripas) = w.entry else { return .errorRTT(level: 3) }
         realmList[ri].write(w, .assigned(src != nil ? .ram : ripas, pa: data))
@@ -288,7 +294,7 @@ extension RMM {
     /// UNASSIGNED_DESTROYED; the granule DELEGATED (zeroed).
     public mutating func dataDestroy(rd: UInt64, ipa: UInt64) -> RMIResult {
         guard let ri = slot(rd), realmList[ri].inPAR(ipa), realmList[ri].validMapAddress(ipa, 3) else { return RMIResult(.errorInput, .init("top", 0)) }
-        let w = realmList[ri].walk(ipa, to: 3)
+        let w = rttWalk(ri, ipa, to: 3)
         guard w.level == 3, case .assigned(let ripas, let pa) = w.entry else {
             return RMIResult(.errorRTT(level: w.level), .init("top", realmList[ri].skipNonLive(ipa, w)))
         }
@@ -316,7 +322,7 @@ extension RMM {
             return RMIResult(.errorInput)
         }
         guard realmList[ri].state == .new else { return RMIResult(.errorRealm) }
-        let w = realmList[ri].walk(base, to: 3), size = Self.mapSize(w.level)
+        let w = rttWalk(ri, base, to: 3), size = Self.mapSize(w.level)
         guard base & (size - 1) == 0 else { return RMIResult(.errorRTT(level: w.level)) }
         let addr = realmList[ri].update(w, from: base, below: top) { $0 == .unassigned(.empty) || $0 == .unassigned(.ram) ? .unassigned(.ram) : nil }
         realmList[ri].rimExtensions += (addr - base) / size  // each entry done is measured
@@ -349,7 +355,7 @@ extension RMM {
         guard top > base, let ri = slot(rd), isGranule(rec, .rec), let c = recs[rec] else { return RMIResult(.errorInput) }
         guard c.rd == rd else { return RMIResult(.errorRec) }
         guard c.awaitingRIPASResponse, base == c.ripasAddr, top <= c.ripasTop else { return RMIResult(.errorInput) }
-        let w = realmList[ri].walk(base, to: 3), size = Self.mapSize(w.level)
+        let w = rttWalk(ri, base, to: 3), size = Self.mapSize(w.level)
         guard base & (size - 1) == 0 else { return RMIResult(.errorRTT(level: w.level)) }
         var tlbis: UInt64 = 0
         let addr = realmList[ri].update(w, from: base, below: top) { e in
@@ -391,7 +397,7 @@ extension RMM {
     public func rsiIPAStateGet(rec: UInt64, base: UInt64, end: UInt64) -> RSIResult {
         guard let c = recs[rec], let ri = slot(c.rd), base & (pageBytes - 1) == 0, end & (pageBytes - 1) == 0,
               realmList[ri].inPAR(base), end > base, realmList[ri].inPAR(end - 1) else { return RSIResult(.errorInput) }
-        let w = realmList[ri].walk(base, to: 3), size = Self.mapSize(w.level)
+        let w = rttWalk(ri, base, to: 3), size = Self.mapSize(w.level)
         guard let ripas = w.entry.ripas else { return RSIResult(.errorInput) }
         var addr = base & ~(size - 1)
         for i in w.index..<entriesPerTable {

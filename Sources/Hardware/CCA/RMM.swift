@@ -57,13 +57,13 @@ public struct Realm: Sendable {
     var refs: [UInt16] = [], live: [UInt64] = []
 
     /// The RTT's refcount.
-    public func refcount(table: Int) -> Int { table < refs.count ? Int(refs[table]) : 0 }
+    @inline(__always) public func refcount(table: Int) -> Int { table < refs.count ? Int(refs[table]) : 0 }
     /// The RTT's live entries.
     public func liveEntries(table: Int) -> Int {
         table < refs.count ? (0..<8).reduce(0) { $0 + live[table &* 8 &+ $1].nonzeroBitCount } : 0
     }
     /// The first live entry of RTT `table` after `index`, or nil.
-    func nextLive(table: Int, after index: Int) -> Int? {
+    @inline(__always) func nextLive(table: Int, after index: Int) -> Int? {
         guard table < refs.count, index < entriesPerTable - 1 else { return nil }
         var i = index + 1
         while i < entriesPerTable {
@@ -122,7 +122,7 @@ public struct Realm: Sendable {
     public var startLevel: Int { params.rttLevelStart }
     /// The protected IPA range's size: the lower half of the IPA space (PAR).
     public var parSize: UInt64 { 1 << UInt64(params.s2sz - 1) }
-    public func inPAR(_ ipa: UInt64) -> Bool { ipa < parSize }
+    @inline(__always) public func inPAR(_ ipa: UInt64) -> Bool { ipa < parSize }
     /// The top IPA bit: set on unprotected (NS-shared) addresses.
     public var unprotectedBit: UInt64 { parSize }
 }

@@ -41,7 +41,7 @@ extension Kernel {
         var va = start
         while va < end {
             let (level, e) = pageTable.entry(holding: VirtAddr(va))
-            let size = PageSize(level: level).map(\.bytes) ?? pageBytes
+            let size = PageSize(level: level)?.bytes ?? pageBytes
             let base = va & ~(size - 1)
             guard e.isLeaf else { va = base + size; continue }  // a hole: nothing to change
             if level > 1 && (config.linearMap != .bbml2Split || base < start || base + size > end) {
