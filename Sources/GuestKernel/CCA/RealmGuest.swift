@@ -56,29 +56,29 @@ extension GuestKernel {
         guard va & (pageBytes - 1) == 0 else { return AnnotatedOutcome(OK(), notes: ["WARN_ON: unaligned address, nothing done"]) }
         if kernel.isLinearMapAddress(va) {
             let pa = kernel.pa(VirtAddr(va)).rawValue
-            if let failure = realmEncDec([va], pa, n, encrypt: encrypt, order: order, rsi) { return leaked(failure) }
+            if let failure = realmEncDec(va, pa, n, encrypt: encrypt, order: order, rsi) { return leaked(failure) }
             return OK()
         }
         guard vmalloc == .perPage, kernel.isVmalloc(va) else { return leaked(KernelStatus.error(.EINVAL)) }
         for k in 0..<UInt64(n) {
             guard let pa = kernel.vmallocToPhys(va + k * pageBytes) else { return leaked(KernelStatus.error(.EINVAL)) }
-            if let failure = realmEncDec([va + k * pageBytes, kernel.va(PhysAddr(pa)).rawValue], pa, 1, encrypt: encrypt, order: order, rsi) {
+            if let failure = realmEncDec(va + k * pageBytes, alias: kernel.va(PhysAddr(pa)).rawValue, pa, 1, encrypt: encrypt, order: order, rsi) {
                 return leaked(failure)
             }
         }
         return OK()
     }
 
-    /// The conversion of `n` pages at physical `pa`, mapped at each of `aliases`.
-    mutating func realmEncDec(_ aliases: [UInt64], _ pa: UInt64, _ n: Int, encrypt: Bool, order: RealmEncOrder, _ rsi: RSIIPAStateSet) -> (any Outcome)? {
+    /// The conversion of `n` pages at physical `pa`, mapped at `va` and at `alias` if given.
+    mutating func realmEncDec(_ va: UInt64, alias: UInt64? = nil, _ pa: UInt64, _ n: Int, encrypt: Bool, order: RealmEncOrder, _ rsi: RSIIPAStateSet) -> (any Outcome)? {
         let ns: Attributes = encrypt ? [] : .shared, notNS: Attributes = encrypt ? .shared : []
         let ripas: RIPAS = encrypt ? .ram : .empty
         func change(set: Attributes, clear: Attributes) -> (any Outcome)? {
-            for a in aliases {
-                let s = kernel.changeMemoryCommon(a, pages: n, set: set, clear: clear)
-                if s != .ok { return s }
-            }
-            return nil
+            let s = kernel.changeMemoryCommon(va, pages: n, set: set, clear: clear)
+            if s != .ok { return s }
+            guard let alias else { return nil }
+            let t = kernel.changeMemoryCommon(alias, pages: n, set: set, clear: clear)
+            return t == .ok ? nil : t
         }
         switch order {
         case .invalidateFirst:

@@ -352,20 +352,21 @@ extension RMM {
     /// RMI_ERROR_RTT(level). The REC's request advances to X1. No realm-state check.
     /// smc_rtt_set_ripas.
     public mutating func rttSetRIPAS(rd: UInt64, rec: UInt64, base: UInt64, top: UInt64) -> RMIResult {
-        guard top > base, let ri = slot(rd), isGranule(rec, .rec), let c = recs[rec] else { return RMIResult(.errorInput) }
-        guard c.rd == rd else { return RMIResult(.errorRec) }
-        guard c.awaitingRIPASResponse, base == c.ripasAddr, top <= c.ripasTop else { return RMIResult(.errorInput) }
+        guard top > base, let ri = slot(rd), isGranule(rec, .rec), let ci = recs.slot(rec) else { return RMIResult(.errorInput) }
+        let c = recs.list[ci].request
+        guard recs.list[ci].rd == rd else { return RMIResult(.errorRec) }
+        guard c.pending, base == c.addr, top <= c.top else { return RMIResult(.errorInput) }
         let w = rttWalk(ri, base, to: 3), size = Self.mapSize(w.level)
         guard base & (size - 1) == 0 else { return RMIResult(.errorRTT(level: w.level)) }
         var tlbis: UInt64 = 0
         let addr = realmList[ri].update(w, from: base, below: top) { e in
-            guard let (now, tlbi) = Self.updateRIPAS(e, c.ripasValue, changeDestroyed: c.changeDestroyed) else { return nil }
+            guard let (now, tlbi) = Self.updateRIPAS(e, c.value, changeDestroyed: c.changeDestroyed) else { return nil }
             if tlbi { tlbis += 1 }
             return now
         }
         stats.tlbis += tlbis
         guard addr != base else { return RMIResult(.errorRTT(level: w.level)) }
-        recs[rec]!.ripasAddr = addr
+        recs.list[ci].ripasAddr = addr
         stats.ripasChanges += 1
         return RMIResult(.success, .init("top", addr))
     }
@@ -378,15 +379,15 @@ extension RMM {
     /// host with RMI_EXIT_RIPAS_CHANGE. Only flags == 1 (RSI_CHANGE_DESTROYED) lets DESTROYED
     /// change. handle_rsi_ipa_state_set.
     public mutating func rsiIPAStateSet(rec: UInt64, base: UInt64, top: UInt64, ripas: RIPAS, flags: UInt64) -> any Outcome {
-        guard let c = recs[rec], let ri = slot(c.rd) else { return RSIResult(.errorInput) }
+        guard let ci = recs.slot(rec), let ri = slot(recs.list[ci].rd) else { return RSIResult(.errorInput) }
         guard ripas != .destroyed, base & (pageBytes - 1) == 0, top & (pageBytes - 1) == 0, top > base, top <= realmList[ri].parSize else {
             return RSIResult(.errorInput)
         }
-        recs[rec]!.ripasBase = base
-        recs[rec]!.ripasTop = top
-        recs[rec]!.ripasAddr = base
-        recs[rec]!.ripasValue = ripas
-        recs[rec]!.changeDestroyed = flags == 1
+        recs.list[ci].ripasBase = base
+        recs.list[ci].ripasTop = top
+        recs.list[ci].ripasAddr = base
+        recs.list[ci].ripasValue = ripas
+        recs.list[ci].changeDestroyed = flags == 1
         return RECExit(ripasChange: base, top: top, ripas: ripas)
     }
 
@@ -395,7 +396,7 @@ extension RMM {
     /// one table the walk reaches: X1 = min(where it changes, end), X2 the RIPAS (a valid
     /// ASSIGNED_RAM entry is RAM). handle_rsi_ipa_state_get, realm_ipa_get_ripas.
     public func rsiIPAStateGet(rec: UInt64, base: UInt64, end: UInt64) -> RSIResult {
-        guard let c = recs[rec], let ri = slot(c.rd), base & (pageBytes - 1) == 0, end & (pageBytes - 1) == 0,
+        guard let ci = recs.slot(rec), let ri = slot(recs.list[ci].rd), base & (pageBytes - 1) == 0, end & (pageBytes - 1) == 0,
               realmList[ri].inPAR(base), end > base, realmList[ri].inPAR(end - 1) else { return RSIResult(.errorInput) }
         let w = rttWalk(ri, base, to: 3), size = Self.mapSize(w.level)
         guard let ripas = w.entry.ripas else { return RSIResult(.errorInput) }

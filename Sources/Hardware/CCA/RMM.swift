@@ -141,6 +141,49 @@ public struct REC: Sendable, Hashable {
     public internal(set) var changeDestroyed = false
     /// Whether the REC exited for a RIPAS change the host has not answered with REC_ENTER.
     public var awaitingRIPASResponse: Bool { ripasBase != ripasTop }
+    /// The pending request as plain values (reading them copies no array).
+    var request: (pending: Bool, addr: UInt64, top: UInt64, value: RIPAS, changeDestroyed: Bool) {
+        (awaitingRIPASResponse, ripasAddr, ripasTop, ripasValue, changeDestroyed)
+    }
+}
+
+/// The RECs the RMM holds, by the address of their granule: a list changed in place (a
+/// dictionary's value would be copied out and back for every field the RSI and RMI calls
+/// set), found by a scan while there are few and through an index beyond that.
+public struct RECTable: Sendable {
+    var list: [REC] = []
+    var index: [UInt64: Int] = [:]
+    public var count: Int { list.count }
+
+    /// Where REC `pa` is in `list`.
+    @inline(__always) func slot(_ pa: UInt64) -> Int? {
+        if list.count <= 8 {
+            for i in list.indices where list[i].pa == pa { return i }
+            return nil
+        }
+        return index[pa]
+    }
+
+    /// REC `pa`, copied out; set to add, replace or remove one.
+    public subscript(pa: UInt64) -> REC? {
+        get { slot(pa).map { list[$0] } }
+        set {
+            switch (slot(pa), newValue) {
+            case (let i?, let rec?): list[i] = rec
+            case (nil, let rec?):
+                index[pa] = list.count
+                list.append(rec)
+            case (let i?, nil):
+                let last = list.removeLast()
+                if i < list.count {
+                    list[i] = last
+                    index[last.pa] = i
+                }
+                index[pa] = nil
+            case (nil, nil): break
+            }
+        }
+    }
 }
 
 /// The RMM's granule array (TF-RMM's struct granule per 4K of DRAM), as the model keeps it:
@@ -211,7 +254,7 @@ public struct RMM: Sendable {
     public var realms: [UInt64: Realm] { realmSlot.mapValues { realmList[$0] } }
     /// Realm `rd`, copied out (for reading).
     public func realm(_ rd: UInt64) -> Realm? { realmSlot[rd].map { realmList[$0] } }
-    public internal(set) var recs: [UInt64: REC] = [:]
+    public internal(set) var recs = RECTable()
     /// VMIDs in use (vmid_reserve); 8-bit VMIDs (no FEAT_VMID16).
     public internal(set) var vmids: Set<UInt64> = []
     public internal(set) var stats = RMMStats()
@@ -417,19 +460,20 @@ public struct RMM: Sendable {
     /// The RSI answer it delivered, or nil when nothing was pending. runtime/rmi/run.c
     /// smc_rec_enter, runtime/core/exit.c complete_set_ripas.
     public mutating func recEnter(rec: UInt64, response: RIPASResponse) -> (status: RMIStatus, delivered: RSIResult?) {
-        guard isGranule(rec, .rec), let c = recs[rec], let ri = realmSlot[c.rd] else { return (.errorInput, nil) }
+        guard isGranule(rec, .rec), let ci = recs.slot(rec), let ri = slot(recs.list[ci].rd) else { return (.errorInput, nil) }
         switch realmList[ri].state {
         case .new: return (.errorRealm, nil)
         case .systemOff: return (RMIStatus(2, index: 1), nil)
         case .active: break
         }
-        guard c.runnable else { return (.errorRec, nil) }
+        guard recs.list[ci].runnable else { return (.errorRec, nil) }
         stats.recEntries += 1
-        guard c.awaitingRIPASResponse else { return (.success, nil) }
-        let rejected = c.ripasValue == .ram && c.ripasAddr != c.ripasTop && response == .reject
-        recs[rec]!.ripasBase = 0
-        recs[rec]!.ripasTop = 0
-        return (.success, RSIResult(.success, [.init("base", c.ripasAddr)], response: rejected ? .reject : .accept))
+        guard recs.list[ci].awaitingRIPASResponse else { return (.success, nil) }
+        let (value, addr, top) = (recs.list[ci].ripasValue, recs.list[ci].ripasAddr, recs.list[ci].ripasTop)
+        let rejected = value == .ram && addr != top && response == .reject
+        recs.list[ci].ripasBase = 0
+        recs.list[ci].ripasTop = 0
+        return (.success, RSIResult(.success, [.init("base", addr)], response: rejected ? .reject : .accept))
     }
 
     // MARK: Geometry (lib/s2tt)

@@ -158,7 +158,7 @@ public struct KVMRealm: Sendable {
     }
 
     /// The top IPA bit: set on the unprotected alias.
-    public var topBit: UInt64 { 1 << UInt64(ipaBits - 1) }
+    @inlinable public var topBit: UInt64 { 1 << UInt64(ipaBits - 1) }
     public var params: RealmParams { .kvm(s2sz: ipaBits, vmid: vmid) }
 
     /// find_map_level: the shallowest level below the start level whose block at `ipa` is

@@ -23,9 +23,9 @@ extension CCAPlatform {
     /// The realm's RSI_IPA_STATE_SET on vCPU `vcpu` of guest `i`: the RMM's own refusal, or
     /// its exit handled by KVM and the VMM and the answer on the next REC entry.
     mutating func rsiCall(_ i: Int, vcpu: Int, _ b: UInt64, _ t: UInt64, _ r: RIPAS, _ f: UInt64) -> RSIResult? {
-        guard let k = kvm[i], vcpu < k.recs.count else { return nil }
+        guard let rec = kvm[i]?.recs.withUnsafeBufferPointer({ vcpu < $0.count ? $0[vcpu] : nil }) else { return nil }
         guestStats.rsiCalls += 1
-        let answer = rmm.rsiIPAStateSet(rec: k.recs[vcpu], base: b, top: t, ripas: r, flags: f)
+        let answer = rmm.rsiIPAStateSet(rec: rec, base: b, top: t, ripas: r, flags: f)
         guard let exit = answer as? RECExit else { return answer as? RSIResult }
         // RTTs for the range's unaligned edges and any block split on the way: a few per GiB.
         return withKVM(i, need: 16 + Int((t &- b) >> 30) * 4) { k, fw in k.ripasExit(&fw, vcpu: vcpu, exit).1 } ?? nil
@@ -59,9 +59,9 @@ extension CCAPlatform {
     /// anything unmapped exits to KVM, which maps it.
     mutating func realmKernelRead(_ m: inout Machine, _ i: Int, va: UInt64, vcpu: Int) -> (translated: Bool, outcome: any Outcome) {
         guard let e = m.guestKernels[i].translate(va: va, vcpu: vcpu) else { return (false, OK()) }
-        guard let k = kvm[i] else { return (true, RealmNotRunning(reason: "KVM has not launched it")) }
+        guard let topBit = kvm[i]?.topBit else { return (true, RealmNotRunning(reason: "KVM has not launched it")) }
         let gpa = e.pa | (va & (pageBytes - 1))
-        return (true, realmAccess(i, ipa: gpa | (e.attributes.contains(.shared) ? k.topBit : 0)))
+        return (true, realmAccess(i, ipa: gpa | (e.attributes.contains(.shared) ? topBit : 0)))
     }
 
     /// Realm guest `guest`'s kernel reads the page at `gpa` through its linear map on vCPU 0

@@ -73,11 +73,14 @@ extension CCAPlatform {
     /// KVM_EXIT_MEMORY_FAULT), and the realm tries again. RMM runtime/core/exit.c
     /// handle_data_abort.
     mutating func realmAccess(_ i: Int, ipa: UInt64) -> any Outcome {
-        guard let k = kvm[i], k.state == .active else { return RealmNotRunning(reason: "KVM has not launched it") }
-        guard ipa < k.topBit << 1 else { return KVMRealmOutcome.sea(ipa: ipa) }
-        let unprotected = ipa & k.topBit != 0
+        // Stored fields read one by one: `let k = kvm[i]` would copy KVM's realm, arrays and all.
+        guard kvm[i]?.state == .active, let rd = kvm[i]?.rd, let topBit = kvm[i]?.topBit else {
+            return RealmNotRunning(reason: "KVM has not launched it")
+        }
+        guard ipa < topBit << 1 else { return KVMRealmOutcome.sea(ipa: ipa) }
+        let unprotected = ipa & topBit != 0
         for attempt in 0..<2 {
-            guard let e = rmm.walk(rd: k.rd, ipa, to: 3)?.entry else { return RealmNotRunning(reason: "its realm was destroyed under KVM") }
+            guard let e = rmm.walk(rd: rd, ipa, to: 3)?.entry else { return RealmNotRunning(reason: "its realm was destroyed under KVM") }
             switch e {
             case .assigned(.ram, _) where !unprotected, .assignedNS where unprotected: return OK()
             case .unassigned(.empty), .assigned(.empty, _): if !unprotected { return KVMRealmOutcome.sea(ipa: ipa) }
