@@ -38,7 +38,7 @@ public struct GuestKernel: Sendable {
     public mutating func trackChanges(_ on: Bool = true) { kernel.trackChanges(on) }
     public mutating func resetChanges() { kernel.resetChanges() }
 
-    public func va(gfn: UInt64) -> UInt64 { kernel.va(PhysAddr(gfn << pageShift)).rawValue }
+    @inlinable public func va(gfn: UInt64) -> UInt64 { kernel.va(PhysAddr(gfn << pageShift)).rawValue }
 
     /// The guest kernel's own translation of `gpa` through its direct map on vCPU `vcpu`:
     /// the vCPU's TLB, else the walk (cached when present). Nil when the guest's mapping is

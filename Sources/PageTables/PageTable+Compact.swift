@@ -304,7 +304,7 @@ extension PageTable {
     @usableFromInline mutating func takeDenseTable() -> Int {
         if let t = freeTables.popLast() { return t }
         let t = entries.count / entriesPerTable
-        if entries.count + entriesPerTable > entries.capacity { entries.reserveCapacity(Self.grownCapacity(entries.count)) }
+        if entries.count + entriesPerTable > entries.capacity { HugePages.reserve(&entries, capacity: Self.grownCapacity(entries.count)) }
         entries.append(contentsOf: repeatElement(0, count: entriesPerTable))
         return t
     }

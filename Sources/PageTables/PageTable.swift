@@ -70,7 +70,7 @@ public struct PageTable: Sendable {
     /// Reserves address space for `tables` table pages so growth never copies the entry array
     /// (untouched capacity costs no resident memory).
     public mutating func reserveCapacity(tables: Int) {
-        entries.reserveCapacity(tables * entriesPerTable)
+        HugePages.reserve(&entries, capacity: tables * entriesPerTable)
     }
 
     /// The raw entry array, for the C reference benchmarks run on the same layout: dense

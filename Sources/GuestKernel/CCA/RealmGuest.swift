@@ -43,13 +43,14 @@ extension GuestKernel {
 
 extension GuestKernel {
     /// realm_set_memory_encrypted/decrypted → __set_memory_enc_dec over `numpages` from `va`,
-    /// in `order`: linear-map addresses only (a vmalloc address per `vmalloc`), the PTEs
+    /// in the kernel's `guest.cca-enc-order`: linear-map addresses only (a vmalloc address per
+    /// `guest.cca-vmalloc`), the PTEs
     /// broken (VALID cleared, PROT_NS_SHARED toggled in the same write), flushed, the RIPAS
     /// changed with RSI_CHANGE_DESTROYED (RAM to encrypt, EMPTY to decrypt), the PTEs valid
     /// again. A failure leaves the PTEs as they are, WARNs "Failed to {en,de}crypt memory, N
     /// pages will be leaked" and is -EINVAL. arch/arm64/mm/pageattr.c, arch/arm64/mm/mem_encrypt.c.
-    public mutating func realmSetMemory(_ va: UInt64, numpages n: Int, encrypt: Bool, order: RealmEncOrder, vmalloc: RealmVmallocPolicy,
-                                        _ rsi: RSIIPAStateSet) -> any Outcome {
+    public mutating func realmSetMemory(_ va: UInt64, numpages n: Int, encrypt: Bool, _ rsi: RSIIPAStateSet) -> any Outcome {
+        let order = kernel.config.realmEncOrder, vmalloc = kernel.config.realmVmalloc
         func leaked(_ r: any Outcome) -> any Outcome {
             AnnotatedOutcome(r, notes: ["WARN: Failed to \(encrypt ? "en" : "de")crypt memory, \(n) pages will be leaked"])
         }

@@ -23,7 +23,7 @@ extension CCAPlatform {
     /// The realm's RSI_IPA_STATE_SET on vCPU `vcpu` of guest `i`: the RMM's own refusal, or
     /// its exit handled by KVM and the VMM and the answer on the next REC entry.
     mutating func rsiCall(_ i: Int, vcpu: Int, _ b: UInt64, _ t: UInt64, _ r: RIPAS, _ f: UInt64) -> RSIResult? {
-        guard let rec = kvm[i]?.recs.withUnsafeBufferPointer({ vcpu < $0.count ? $0[vcpu] : nil }) else { return nil }
+        guard let rec = kvmREC(i, vcpu: vcpu) else { return nil }
         guestStats.rsiCalls += 1
         let answer = rmm.rsiIPAStateSet(rec: rec, base: b, top: t, ripas: r, flags: f)
         guard let exit = answer as? RECExit else { return answer as? RSIResult }
@@ -35,10 +35,9 @@ extension CCAPlatform {
     /// realm's __set_memory_enc_dec under the guest's `guest.cca-enc-order` and
     /// `guest.cca-vmalloc`, its RSI calls through KVM.
     static func realmSetMemory(_ m: inout Machine, guest i: Int, va: UInt64, numpages: Int, encrypt: Bool) -> any Outcome {
-        let config = m.guestKernels[i].kernel.config
-        return m.withPlatform(CCAPlatform.self) { p, m in
-            guard p.kvm[i]?.state == .active else { return RealmNotRunning(reason: "KVM has not launched it") }
-            let r = m.guestKernels[i].realmSetMemory(va, numpages: numpages, encrypt: encrypt, order: config.realmEncOrder, vmalloc: config.realmVmalloc) {
+        m.withPlatform(CCAPlatform.self) { p, m in
+            guard p.running(i) != nil else { return RealmNotRunning(reason: "KVM has not launched it") }
+            let r = m.guestKernels[i].realmSetMemory(va, numpages: numpages, encrypt: encrypt) {
                 p.rsiCall(i, vcpu: 0, $0, $1, $2, $3)
             }
             if r.kind != .success { p.guestStats.leakedPages += UInt64(numpages) }
@@ -59,7 +58,7 @@ extension CCAPlatform {
     /// anything unmapped exits to KVM, which maps it.
     mutating func realmKernelRead(_ m: inout Machine, _ i: Int, va: UInt64, vcpu: Int) -> (translated: Bool, outcome: any Outcome) {
         guard let e = m.guestKernels[i].translate(va: va, vcpu: vcpu) else { return (false, OK()) }
-        guard let topBit = kvm[i]?.topBit else { return (true, RealmNotRunning(reason: "KVM has not launched it")) }
+        guard let topBit = kvmTopBit(i) else { return (true, RealmNotRunning(reason: "KVM has not launched it")) }
         let gpa = e.pa | (va & (pageBytes - 1))
         return (true, realmAccess(i, ipa: gpa | (e.attributes.contains(.shared) ? topBit : 0)))
     }

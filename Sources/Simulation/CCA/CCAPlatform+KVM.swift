@@ -16,16 +16,20 @@ extension CCAPlatform {
     /// pages in its cache; the pages KVM freed go back to the host's pool, and the raw
     /// steps see the realm's RD and RECs. Nil when KVM has no realm for the guest.
     mutating func withKVM<R>(_ i: Int, need: Int = 4, _ body: (inout KVMRealm, inout RealmFirmware) -> R) -> R? {
-        guard var k = kvm[i].take() else { return nil }
+        guard kvm.withUnsafeBufferPointer({ $0[i] != nil }) else { return nil }
         topUp(need)
-        let r = body(&k, &firmware)
+        // KVM's realm changed where it is (taking it out of the array and back moves it whole).
+        let (r, live) = kvm.withUnsafeMutableBufferPointer { b -> (R, (UInt64, [UInt64])?) in
+            let r = body(&b[i]!, &firmware)
+            let s = b[i].unsafelyUnwrapped.state
+            return (r, s != .none && s != .dead ? (b[i].unsafelyUnwrapped.rd, b[i].unsafelyUnwrapped.recs) : nil)
+        }
         metaFree += firmware.freed
         firmware.freed.removeAll(keepingCapacity: true)
-        if k.state != .none && k.state != .dead {
-            rd[i] = k.rd
-            recs[i] = k.recs
+        if let (d, c) = live {
+            rd[i] = d
+            recs[i] = c
         }
-        kvm[i] = k
         return r
     }
 
@@ -67,16 +71,34 @@ extension CCAPlatform {
         return bootRealmKernel(i, memory: g.memory)
     }
 
+    // KVM's realm is read through the array's buffer: `kvm[i]?.field`, or a KVMRealm passed
+    // to a closure, copies the whole realm first, arrays and all.
+
+    /// The RD and top IPA bit of guest `i`'s realm if KVM runs it.
+    @inline(__always) func running(_ i: Int) -> (rd: UInt64, topBit: UInt64)? {
+        kvm.withUnsafeBufferPointer { b in
+            b[i]?.state == .active ? (b[i].unsafelyUnwrapped.rd, b[i].unsafelyUnwrapped.topBit) : nil
+        }
+    }
+
+    /// The REC of vCPU `vcpu` of guest `i`'s realm, if KVM made it.
+    @inline(__always) func kvmREC(_ i: Int, vcpu: Int) -> UInt64? {
+        kvm.withUnsafeBufferPointer { b in
+            guard let n = b[i]?.recs.count, vcpu < n else { return nil }
+            return b[i].unsafelyUnwrapped.recs[vcpu]
+        }
+    }
+
+    /// The top IPA bit of guest `i`'s realm, if KVM has one.
+    @inline(__always) func kvmTopBit(_ i: Int) -> UInt64? { kvm.withUnsafeBufferPointer { $0[i]?.topBit } }
+
     /// The realm's access to `ipa` on a vCPU, through its stage 2 (the RTT): a valid entry
     /// completes; an IPA whose RIPAS is EMPTY, or past the IPA space, takes the SEA the RMM
     /// injects; anything else exits to KVM, which maps it (or answers
     /// KVM_EXIT_MEMORY_FAULT), and the realm tries again. RMM runtime/core/exit.c
     /// handle_data_abort.
     mutating func realmAccess(_ i: Int, ipa: UInt64) -> any Outcome {
-        // Stored fields read one by one: `let k = kvm[i]` would copy KVM's realm, arrays and all.
-        guard kvm[i]?.state == .active, let rd = kvm[i]?.rd, let topBit = kvm[i]?.topBit else {
-            return RealmNotRunning(reason: "KVM has not launched it")
-        }
+        guard let (rd, topBit) = running(i) else { return RealmNotRunning(reason: "KVM has not launched it") }
         guard ipa < topBit << 1 else { return KVMRealmOutcome.sea(ipa: ipa) }
         let unprotected = ipa & topBit != 0
         for attempt in 0..<2 {
