@@ -12,7 +12,7 @@ public enum HugePages {
     /// Buffers smaller than this stay on 4K pages: a huge page is only worth it when a
     /// table spans many, and a buffer's last 2M page may hold little of it (resident
     /// memory figures).
-    public static let threshold = 32 << 20
+    public static let threshold = 8 << 20
     static let hugePage: UInt = 2 << 20
 
     /// `array.reserveCapacity(capacity)`, the new buffer advised before anything is copied

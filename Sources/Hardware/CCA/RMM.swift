@@ -211,6 +211,7 @@ public struct GranuleTable: Sendable {
             if regions[r] < 0 {
                 guard newValue != .ns else { return }
                 regions[r] = Int32(states.count)
+                if states.count + 512 > states.capacity { HugePages.reserve(&states, capacity: max(2 * states.capacity, 512)) }
                 states += repeatElement(0, count: 512)
             }
             let i = Int(regions[r]) + Int(pfn & 511), old = GranuleState(rawValue: states[i])!
