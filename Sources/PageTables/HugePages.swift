@@ -2,7 +2,7 @@
 import Glibc
 #endif
 
-/// The model's large flat arrays (page-table entries, granule and RMP tables) are read at
+/// The model's large flat arrays (page-table entries, the RMM's granule states) are read at
 /// random, one entry per operation: on 4K pages nearly every read is also a TLB miss, and
 /// every new 4K of a growing table a page fault. Arrays of at least `threshold` bytes ask
 /// Linux for transparent huge pages (madvise MADV_HUGEPAGE, which `enabled = madvise`
@@ -29,7 +29,7 @@ public enum HugePages {
 
     /// Advises `array`'s buffer, capacity included, when it is large enough.
     static func advise<T>(_ array: inout [T]) {
-        #if os(Linux)
+        #if canImport(Glibc)
         let bytes = array.capacity * MemoryLayout<T>.stride
         guard bytes >= threshold else { return }
         array.withUnsafeMutableBufferPointer { b in
