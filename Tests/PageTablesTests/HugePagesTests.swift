@@ -3,7 +3,7 @@ import Testing
 @testable import PageTables
 
 /// `HugePages.reserve`: the array keeps its contents and gets the capacity asked for; a large
-/// buffer's mapping is advised MADV_HUGEPAGE (its VmFlags carry `hg`), a small one is not.
+/// buffer's mapping is advised MADV_HUGEPAGE (its VmFlags carry `hg`).
 struct HugePagesTests {
     /// The VmFlags of the mapping holding `address`, from /proc/self/smaps (nil elsewhere).
     static func vmFlags(holding address: UInt) -> [Substring]? {
@@ -47,8 +47,7 @@ struct HugePagesTests {
         let before = a.capacity
         HugePages.reserve(&a, capacity: 16)  // never shrinks
         #expect(a.capacity == before)
-        #if os(Linux)
-        if let flags = Self.vmFlags(holding: Self.base(&a)) { #expect(!flags.contains("hg")) }
-        #endif
+        // Whether its mapping is advised is not this array's to say: a small buffer shares
+        // malloc's arena with others, which a large one in the same arena may have advised.
     }
 }

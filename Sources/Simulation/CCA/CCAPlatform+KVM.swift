@@ -12,10 +12,11 @@ extension CCAPlatform {
         while firmware.pool.count < n, let g = allocGranules() { firmware.pool.append(g) }
     }
 
-    /// Runs `body` with guest `i`'s KVM backend moved out of the platform and `need` host
-    /// pages in its cache; the pages KVM freed go back to the host's pool, and the raw
+    /// Runs `body` on guest `i`'s KVM backend, changed where it is, with `need` host pages in
+    /// its cache; the pages KVM freed go back to the host's pool, and the raw
     /// steps see the realm's RD and RECs. Nil when KVM has no realm for the guest.
     mutating func withKVM<R>(_ i: Int, need: Int = 4, _ body: (inout KVMRealm, inout RealmFirmware) -> R) -> R? {
+        precondition(kvm.indices.contains(i), "guest \(i) past the platform's \(kvm.count)")  // the buffer's subscript checks nothing
         guard kvm.withUnsafeBufferPointer({ $0[i] != nil }) else { return nil }
         topUp(need)
         // KVM's realm changed where it is (taking it out of the array and back moves it whole).
@@ -77,20 +78,20 @@ extension CCAPlatform {
     /// The RD and top IPA bit of guest `i`'s realm if KVM runs it.
     @inline(__always) func running(_ i: Int) -> (rd: UInt64, topBit: UInt64)? {
         kvm.withUnsafeBufferPointer { b in
-            b[i]?.state == .active ? (b[i].unsafelyUnwrapped.rd, b[i].unsafelyUnwrapped.topBit) : nil
+            i < b.count && b[i]?.state == .active ? (b[i].unsafelyUnwrapped.rd, b[i].unsafelyUnwrapped.topBit) : nil
         }
     }
 
     /// The REC of vCPU `vcpu` of guest `i`'s realm, if KVM made it.
     @inline(__always) func kvmREC(_ i: Int, vcpu: Int) -> UInt64? {
         kvm.withUnsafeBufferPointer { b in
-            guard let n = b[i]?.recs.count, vcpu < n else { return nil }
+            guard i < b.count, let n = b[i]?.recs.count, vcpu < n else { return nil }
             return b[i].unsafelyUnwrapped.recs[vcpu]
         }
     }
 
     /// The top IPA bit of guest `i`'s realm, if KVM has one.
-    @inline(__always) func kvmTopBit(_ i: Int) -> UInt64? { kvm.withUnsafeBufferPointer { $0[i]?.topBit } }
+    @inline(__always) func kvmTopBit(_ i: Int) -> UInt64? { kvm.withUnsafeBufferPointer { i < $0.count ? $0[i]?.topBit : nil } }
 
     /// The realm's access to `ipa` on a vCPU, through its stage 2 (the RTT): a valid entry
     /// completes; an IPA whose RIPAS is EMPTY, or past the IPA space, takes the SEA the RMM
