@@ -61,3 +61,25 @@ public struct FaultKind: Hashable, Sendable, CustomStringConvertible {
     public init(_ name: String) { self.name = name }
     public var description: String { name }
 }
+
+extension StaticString {
+    /// The same text, byte for byte (no String made): for outcomes that keep a StaticString
+    /// and compare as values.
+    @inlinable public func hasSameText(as other: StaticString) -> Bool {
+        utf8Start == other.utf8Start || withUTF8Buffer { x in other.withUTF8Buffer { y in x.elementsEqual(y) } }
+    }
+
+    /// Hashes the text's bytes (what `hasSameText` compares).
+    @inlinable public func hashText(into h: inout Hasher) { withUTF8Buffer { h.combine(bytes: UnsafeRawBufferPointer($0)) } }
+}
+
+/// A reason in the model's words, kept as the StaticString it was written as (no String made
+/// per outcome) but compared and hashed by its text, so an outcome that carries one
+/// synthesizes Equatable and Hashable from its fields instead of comparing descriptions.
+public struct Why: Hashable, Sendable, CustomStringConvertible, ExpressibleByStringLiteral {
+    public let text: StaticString
+    public init(stringLiteral text: StaticString) { self.text = text }
+    public static func == (a: Why, b: Why) -> Bool { a.text.hasSameText(as: b.text) }
+    public func hash(into h: inout Hasher) { text.hashText(into: &h) }
+    public var description: String { "\(text)" }
+}

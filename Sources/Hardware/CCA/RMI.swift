@@ -51,14 +51,10 @@ public struct RMIResult: Outcome, Hashable {
             self.name = name
             self.value = value
         }
-        public static func == (a: Output, b: Output) -> Bool { same(a.name, b.name) && a.value == b.value }
+        public static func == (a: Output, b: Output) -> Bool { a.name.hasSameText(as: b.name) && a.value == b.value }
         public func hash(into h: inout Hasher) {
-            name.withUTF8Buffer { h.combine(bytes: UnsafeRawBufferPointer($0)) }
+            name.hashText(into: &h)
             h.combine(value)
-        }
-        /// Two names alike, byte for byte (no String made).
-        static func same(_ a: StaticString, _ b: StaticString) -> Bool {
-            a.utf8Start == b.utf8Start || a.withUTF8Buffer { x in b.withUTF8Buffer { y in x.elementsEqual(y) } }
         }
     }
     public init(_ status: RMIStatus, _ first: Output? = nil, _ second: Output? = nil) {
@@ -73,8 +69,8 @@ public struct RMIResult: Outcome, Hashable {
     public var outputs: [Output] { [first, second].compactMap { $0 } }
     /// The output called `name`, if the command returned it.
     public subscript(_ name: StaticString) -> UInt64? {
-        if let f = first, Output.same(f.name, name) { return f.value }
-        if let s = second, Output.same(s.name, name) { return s.value }
+        if let f = first, f.name.hasSameText(as: name) { return f.value }
+        if let s = second, s.name.hasSameText(as: name) { return s.value }
         return nil
     }
     public var kind: OutcomeKind { status.kind }

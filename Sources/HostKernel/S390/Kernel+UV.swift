@@ -52,7 +52,7 @@ extension Folio {
 public struct ImportOutcome: Outcome, Hashable {
     /// 0, or the errno make_hva_secure returns.
     public let errno: Errno?
-    public let why: StaticString
+    public let why: Why
     /// What make_folio_secure said before s390_wiggle_split_folio turned it into -EAGAIN
     /// (-E2BIG, -EBUSY).
     public var cause: Errno? = nil
@@ -60,9 +60,6 @@ public struct ImportOutcome: Outcome, Hashable {
     public let uvc: UVCResult?
     /// s390_wiggle_split_folio split a large folio.
     public let split: Bool
-
-    public static func == (a: ImportOutcome, b: ImportOutcome) -> Bool { a.description == b.description }
-    public func hash(into h: inout Hasher) { h.combine(description) }
 
     public var kind: OutcomeKind { errno == nil ? .success : .error }
     public var description: String {
@@ -97,7 +94,7 @@ extension UserMM {
               !leaf.descriptor.attributes.contains(.special), let h = folioHead(leaf.translate(VirtAddr(hva)).rawValue >> pageShift) else {
             return ImportOutcome(errno: .ENXIO, why: "no folio mapped (folio_walk_start)", uvc: nil, split: false)
         }
-        var errno: Errno?, why: StaticString = "", uvc: UVCResult?
+        var errno: Errno?, why: Why = "", uvc: UVCResult?
         if folios[h]!.order > 0 {
             (errno, why) = (.E2BIG, "a large folio cannot be secure")
         } else if !leaf.descriptor.attributes.contains(.writable) {
@@ -157,13 +154,10 @@ public enum SecureStorageAccess: Outcome, Hashable {
     /// Kernel address: arch_make_folio_accessible failed, BUG().
     case bug(Errno)
     /// User address: it failed (SIGSEGV), or no VMA holds it (SIGSEGV, SEGV_MAPERR).
-    case sigsegv(StaticString)
+    case sigsegv(Why)
     /// The handler found no folio reference to take (folio_try_get failed) and returned:
     /// the access faults again, for ever.
     case repeats
-
-    public static func == (a: SecureStorageAccess, b: SecureStorageAccess) -> Bool { a.description == b.description }
-    public func hash(into h: inout Hasher) { h.combine(description) }
 
     public var kind: OutcomeKind {
         switch self {

@@ -24,12 +24,9 @@ public enum UserMMEvent: Hashable, Sendable {
 public enum SwapOutOutcome: Outcome, Hashable {
     case swapped(slot: Int)
     /// Reclaim left the page where it is, and why.
-    case kept(StaticString)
+    case kept(Why)
     /// The writeback hook failed: VM_BUG_ON_FOLIO with CONFIG_DEBUG_VM.
     case bug(Errno)
-
-    public static func == (a: SwapOutOutcome, b: SwapOutOutcome) -> Bool { a.description == b.description }
-    public func hash(into h: inout Hasher) { h.combine(description) }
 
     public var kind: OutcomeKind {
         switch self {
@@ -196,13 +193,16 @@ extension UserMM {
             }
         }
         guard found == g.mapcount else { return .EBUSY }
-        let file = cache == 1 ? files.firstIndex { $0.pages.values.contains(h) } : nil
-        let headIndex = file.flatMap { fi in files[fi].pages.first { $0.value == h }?.key }
+        // The file and page index of a page-cache folio's head, found in one scan.
+        var owner: (file: Int, index: UInt64)?
+        for fi in files.indices where cache == 1 {
+            if let e = files[fi].pages.first(where: { $0.value == h }) { owner = (fi, e.key); break }
+        }
         for i in 0..<512 {
             let pfn = h + UInt64(i)
             if cache == 1 {
                 folios[pfn] = Folio(order: 0, refcount: 1 + (mapped[i] ? 1 : 0), mapcount: mapped[i] ? 1 : 0, pincount: 0, flags: g.flags)
-                if let fi = file, let hi = headIndex { files[fi].pages[hi + UInt64(i)] = pfn }
+                if let (fi, hi) = owner { files[fi].pages[hi + UInt64(i)] = pfn }
             } else if mapped[i] {
                 folios[pfn] = Folio(order: 0, refcount: 1, mapcount: 1, pincount: 0, flags: g.flags)
             } else {

@@ -54,16 +54,13 @@ public enum PVAccessOutcome: Outcome, Hashable {
     /// The import failed with -EINVAL: KVM sends the VMM SIGSEGV (the guest is gone).
     case sigsegv(ImportOutcome)
     /// KVM_RUN returned an error: the VMM's page could not be faulted in.
-    case efault(StaticString)
+    case efault(Why)
     /// The guest is not a running protected guest.
     case notProtected
     /// The guest has no such vCPU.
     case noVCPU
     /// A secure-storage violation KVM could neither destroy nor export: SIGSEGV to the VMM.
     case violation
-
-    public static func == (a: PVAccessOutcome, b: PVAccessOutcome) -> Bool { a.description == b.description }
-    public func hash(into h: inout Hasher) { h.combine(description) }
 
     public var kind: OutcomeKind {
         switch self {
