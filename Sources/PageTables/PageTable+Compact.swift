@@ -9,7 +9,9 @@
 /// set, or the entry emptied), the differences become bits of a `ToggleSet`: entry `i` is
 /// the formula's value changed that way where bit `i` is set (a guest's direct map after
 /// many conversions, a stage-2 table of 4K leaves faulted in one by one); up to `capacity`
-/// other differences can still sit beside it. A write that fits neither makes the table
+/// other differences can still sit beside it. Compact table `t`'s set is `toggles[t]`, so a
+/// lookup can load the bit without waiting for the table's record (two cache misses
+/// overlap instead of following each other; docs/PERFORMANCE.md). A write that fits neither makes the table
 /// dense: its 512 entries move to a table page of the dense array (`dense`), and the compact
 /// number forwards there until the walk ends, so the walk in progress is undisturbed; then
 /// the parent entry is pointed at the dense page and the compact number freed
@@ -26,7 +28,7 @@ public struct CompactTable: Sendable {
     /// Differing entries in use.
     @usableFromInline var count: UInt8 = 0
     /// The dense table that holds the entries once there are too many differences (≥ 0);
-    /// -1 for none; `-2 - k` for no dense table but toggle set `k`.
+    /// -1 for none; -2 for no dense table but a toggle set (the table's own, `toggles[t]`).
     @usableFromInline var dense: Int32 = -1
     @usableFromInline var indices: (UInt16, UInt16, UInt16, UInt16) = (0, 0, 0, 0)
     @usableFromInline var values: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
@@ -54,8 +56,8 @@ public struct CompactTable: Sendable {
         withUnsafeMutableBytes(of: &values) { $0.storeBytes(of: value, toByteOffset: k &* 8, as: UInt64.self) }
     }
 
-    /// The toggle set this table uses, if any.
-    @inlinable var toggle: Int? { dense <= -2 ? Int(-2 &- dense) : nil }
+    /// Whether this table uses its toggle set.
+    @inlinable var hasToggle: Bool { dense == -2 }
 
     /// The explicit difference at `index`, if there is one.
     @inlinable func explicit(_ index: Int) -> UInt64? {
@@ -67,11 +69,13 @@ public struct CompactTable: Sendable {
         return nil
     }
 
-    /// Entry `index` of a table that is not dense, with its toggle set (if it has one).
-    @inlinable func entry(_ index: Int, toggles: UnsafePointer<ToggleSet>?) -> UInt64 {
+    /// Entry `index` of a table that is not dense; `toggle` is where its toggle set is when
+    /// it has one (an address from the table's number alone, so the bit's load need not wait
+    /// for this record's).
+    @inlinable func entry(_ index: Int, toggle: UnsafePointer<ToggleSet>?) -> UInt64 {
         if count > 0, let v = explicit(index) { return v }
         let f = formula(index)
-        if let g = toggle, let toggles, ToggleSet.isSet(toggles + g, index) { return toggles[g].alternate(f) }
+        if hasToggle, let toggle, ToggleSet.isSet(toggle, index) { return toggle.pointee.alternate(f) }
         return f
     }
 
@@ -187,12 +191,12 @@ extension PageTable {
         let (t, index) = Self.compactPosition(slot)
         let c = compacts[t]
         if c.dense >= 0 { return entries[Int(c.dense) &* entriesPerTable &+ index] }
-        return compactEntry(c, index)
+        return compactEntry(c, t, index)
     }
 
-    /// Entry `index` of compact table `c`, which is not dense.
-    @inlinable func compactEntry(_ c: CompactTable, _ index: Int) -> UInt64 {
-        toggles.withUnsafeBufferPointer { c.entry(index, toggles: $0.baseAddress) }
+    /// Entry `index` of compact table `t`, `c`, which is not dense.
+    @inlinable func compactEntry(_ c: CompactTable, _ t: Int, _ index: Int) -> UInt64 {
+        toggles.withUnsafeBufferPointer { c.entry(index, toggle: $0.baseAddress.map { $0 + t }) }
     }
 
     /// Writes a slot of a compact table: a toggle bit when the value is the formula's or its
@@ -204,15 +208,15 @@ extension PageTable {
             entries[Int(compacts[t].dense) &* entriesPerTable &+ index] = value
             return
         }
-        if let g = compacts[t].toggle {
+        if compacts[t].hasToggle {
             let f = compacts[t].formula(index)
-            if value == f || value == toggles[g].alternate(f) {
+            if value == f || value == toggles[t].alternate(f) {
                 compacts[t].removeExplicit(index)
-                setToggle(t, g, index, value != f)
+                setToggle(t, index, value != f)
                 return
             }
             if compacts[t].write(index, value) {
-                setToggle(t, g, index, false)  // the explicit difference stands alone
+                setToggle(t, index, false)  // the explicit difference stands alone
                 return
             }
         } else {
@@ -222,7 +226,7 @@ extension PageTable {
                 for k in 0..<Int(compacts[t].count) { set.set(compacts[t].index(k), true) }
                 set.set(index, true)
                 compacts[t].count = 0
-                compacts[t].dense = Int32(-2 - storeToggle(set))
+                storeToggle(t, set)
                 return
             }
         }
@@ -230,17 +234,17 @@ extension PageTable {
         entries[Int(compacts[t].dense) &* entriesPerTable &+ index] = value
     }
 
-    /// Sets or clears toggle bit `index` of table `t`'s set `g`, freeing the set when no bit
-    /// is left (so a restored table is uniform again).
-    @inlinable mutating func setToggle(_ t: Int, _ g: Int, _ index: Int, _ on: Bool) {
-        toggles[g].set(index, on)
-        if toggles[g].population == 0 { freeToggle(t) }
+    /// Sets or clears toggle bit `index` of table `t`'s set, dropping the set when no bit is
+    /// left (so a restored table is uniform again).
+    @inlinable mutating func setToggle(_ t: Int, _ index: Int, _ on: Bool) {
+        toggles[t].set(index, on)
+        if toggles[t].population == 0 { freeToggle(t) }
     }
 
-    /// Returns table `t`'s toggle set to the free list.
+    /// Table `t` stops using its toggle set.
     @usableFromInline mutating func freeToggle(_ t: Int) {
-        guard let g = compacts[t].toggle else { return }
-        freeToggles.append(g)
+        guard compacts[t].hasToggle else { return }
+        togglesInUse -= 1
         compacts[t].dense = -1
     }
 
@@ -251,7 +255,7 @@ extension PageTable {
         let d = takeDenseTable()
         let c = compacts[t]
         let base = d &* entriesPerTable
-        for i in 0..<entriesPerTable { entries[base &+ i] = compactEntry(c, i) }
+        for i in 0..<entriesPerTable { entries[base &+ i] = compactEntry(c, t, i) }
         freeToggle(t)
         compacts[t].count = 0
         compacts[t].dense = Int32(d)
@@ -267,18 +271,24 @@ extension PageTable {
         _ = withUnsafeMutableBytes(of: &set.bits) { $0.initializeMemory(as: UInt8.self, repeating: 0xff) }
         set.population = entriesPerTable
         set.set(index, false)
-        var c = CompactTable(first: first, stepShift: stepShift)
-        c.dense = Int32(-2 - storeToggle(set))
+        let t = storeCompact(CompactTable(first: first, stepShift: stepShift))
+        storeToggle(t, set)
         tablePages += 1
         leafCounts[PageSize(level: Int(stepShift) / 9 + 1)!] += 1
-        return Self.compactTableFlag | storeCompact(c)
+        return Self.compactTableFlag | t
     }
 
-    /// Keeps `set` in a free slot of `toggles` (or a new one); its index.
-    @usableFromInline mutating func storeToggle(_ set: ToggleSet) -> Int {
-        if let g = freeToggles.popLast() { toggles[g] = set; return g }
-        toggles.append(set)
-        return toggles.count - 1
+    /// Gives compact table `t` (which has none) the toggle set `set`, in `toggles[t]`.
+    @usableFromInline mutating func storeToggle(_ t: Int, _ set: ToggleSet) {
+        precondition(!compacts[t].hasToggle && compacts[t].dense < 0, "a second toggle set, or one for a dense table")
+        if t >= toggles.count {
+            // Grown as compacts grows: doubling, so a run of new sets never copies each time.
+            if t >= toggles.capacity { toggles.reserveCapacity(max(compacts.capacity, t + 1)) }
+            toggles.append(contentsOf: repeatElement(ToggleSet(mask: 0), count: t + 1 - toggles.count))
+        }
+        toggles[t] = set
+        compacts[t].dense = -2
+        togglesInUse += 1
     }
 
     /// Keeps `c` in a free slot of `compacts` (or a new one); its index.

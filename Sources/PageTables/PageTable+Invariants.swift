@@ -19,7 +19,7 @@ extension PageTable {
         let denseCount = entries.count / entriesPerTable
         var seen = [Bool](repeating: false, count: denseCount)
         var seenCompact = [Bool](repeating: false, count: compacts.count)
-        var seenToggle = [Bool](repeating: false, count: toggles.count)
+        var togglesReached = 0
         var stack: [(table: Int, level: Int)] = (0..<format.rootTables).reversed().map { ($0, rootLevel) }
         for k in 0..<format.rootTables { seen[k] = true }
         var reachable = format.rootTables, reachableDense = format.rootTables
@@ -40,10 +40,7 @@ extension PageTable {
                         }
                         seenCompact[t] = true
                         try checkCompact(t, level: level - 1)
-                        if let g = compacts[t].toggle {
-                            guard g < toggles.count, !seenToggle[g] else { throw InvariantViolation("every table reached once", "toggle set \(g) shared") }
-                            seenToggle[g] = true
-                        }
+                        if compacts[t].hasToggle { togglesReached += 1 }
                     } else {
                         guard child < seen.count, !seen[child] else {
                             throw InvariantViolation("every table reached once", "table \(child) from table \(table) entry \(i)")
@@ -71,11 +68,8 @@ extension PageTable {
         for t in freeCompacts where t >= compacts.count || seenCompact[t] {
             throw InvariantViolation("free tables unreachable", "compact table \(t) is free and reachable, or unknown")
         }
-        for g in freeToggles where g >= toggles.count || seenToggle[g] {
-            throw InvariantViolation("free tables unreachable", "toggle set \(g) is free and in use, or unknown")
-        }
-        if seenToggle.count(where: { $0 }) + freeToggles.count != toggles.count {
-            throw InvariantViolation("every table is reachable or free", "toggle sets lost")
+        if togglesReached != togglesInUse {
+            throw InvariantViolation("every table is reachable or free", "\(togglesInUse) toggle sets kept in use, \(togglesReached) reached")
         }
         if forwarded != 0 { throw InvariantViolation("compact tables follow a split", "\(forwarded) forwarded after the walk") }
         if reachableDense + freeTables.count != denseCount {
@@ -96,10 +90,13 @@ extension PageTable {
         guard first.isLeaf, step == UInt64(c.stepShift), first.frame.rawValue & ((1 << (step! + 9)) - 1) == 0 else {
             throw InvariantViolation("compact tables follow a split", "compact table \(t): first \(first), step \(c.stepShift) at level \(level)")
         }
-        guard c.dense < 0, Int(c.count) <= CompactTable.capacity else {
+        guard c.dense == -1 || c.dense == -2, Int(c.count) <= CompactTable.capacity else {
             throw InvariantViolation("compact tables follow a split", "compact table \(t): \(c.count) differences, dense \(c.dense)")
         }
-        let toggle = c.toggle.flatMap { $0 < toggles.count ? toggles[$0] : nil }
+        if c.hasToggle && t >= toggles.count {
+            throw InvariantViolation("compact tables follow a split", "compact table \(t): toggle set unknown")
+        }
+        let toggle = c.hasToggle ? toggles[t] : nil
         for k in 0..<Int(c.count) {
             let i = c.index(k)
             guard i < entriesPerTable, c.value(k) != c.formula(i), !(0..<k).contains(where: { c.index($0) == i }),
@@ -107,13 +104,11 @@ extension PageTable {
                 throw InvariantViolation("compact tables follow a split", "compact table \(t): difference \(k) at entry \(i)")
             }
         }
-        if let g = c.toggle {
-            guard g < toggles.count else { throw InvariantViolation("compact tables follow a split", "compact table \(t): toggle set \(g) unknown") }
-            let set = toggles[g]
+        if let set = toggle {
             let bits = (0..<entriesPerTable).count(where: set.isSet)
             guard set.mask != 0, set.mask == ToggleSet.emptied || set.mask & (Descriptor.leafBit | Descriptor.tableBit) == 0,
                   set.population == bits, bits > 0 else {
-                throw InvariantViolation("compact tables follow a split", "compact table \(t): toggle set \(g) with \(set.population) of \(bits) bits, mask \(hex(set.mask))")
+                throw InvariantViolation("compact tables follow a split", "compact table \(t): toggle set with \(set.population) of \(bits) bits, mask \(hex(set.mask))")
             }
         }
     }
@@ -133,10 +128,13 @@ extension PageTable {
         guard allocated == tablePages else {
             throw InvariantViolation("table pages equal the reachable tables", "kept \(tablePages), allocated and not free \(allocated)")
         }
+        guard togglesInUse >= 0, togglesInUse <= compacts.count - freeCompacts.count else {
+            throw InvariantViolation("every table is reachable or free", "\(togglesInUse) toggle sets in use for \(compacts.count - freeCompacts.count) compact tables")
+        }
         guard leafCounts.size4K >= 0, leafCounts.size2M >= 0, leafCounts.size1G >= 0 else {
             throw InvariantViolation("leaf counts equal the walk", "a negative count: \(leafCounts)")
         }
-        let freeDense = Set(freeTables), freeCompact = Set(freeCompacts), freeToggle = Set(freeToggles)
+        let freeDense = Set(freeTables), freeCompact = Set(freeCompacts)
         struct From: Hashable { let table: Int, index: Int }
         var reachedFrom: [Int: From] = [:]
         for range in touched.ranges {
@@ -167,9 +165,6 @@ extension PageTable {
                                 throw InvariantViolation("free tables unreachable", "compact table \(t) from table \(table) entry \(i) is free or unknown")
                             }
                             try checkCompact(t, level: level - 1)
-                            if let g = compacts[t].toggle, freeToggle.contains(g) {
-                                throw InvariantViolation("free tables unreachable", "toggle set \(g) of compact table \(t) is free")
-                            }
                         } else {
                             guard child < dense, !freeDense.contains(child) else {
                                 throw InvariantViolation("free tables unreachable", "table \(child) from table \(table) entry \(i) is free or unknown")

@@ -71,7 +71,8 @@ public struct ReadOnlyPageTable: PageTableStore {
     @inline(never) @usableFromInline func loadCompact(_ slot: Int) -> UInt64 {
         let (t, index) = PageTable.compactPosition(slot)
         let c = compacts.unsafelyUnwrapped[t]
-        return c.dense >= 0 ? base[Int(c.dense) &* entriesPerTable &+ index] : c.entry(index, toggles: toggles)
+        if c.dense >= 0 { return base[Int(c.dense) &* entriesPerTable &+ index] }
+        return c.entry(index, toggle: toggles.map { $0 + t })
     }
 }
 

@@ -14,9 +14,10 @@ public struct PageTable: Sendable {
     @usableFromInline var freeTables: [Int] = []
     @usableFromInline var compacts: [CompactTable] = []
     @usableFromInline var freeCompacts: [Int] = []
-    /// Toggle sets of compact tables, and the free ones (CompactTable, ToggleSet).
+    /// Toggle sets of compact tables, by compact table number (`toggles[t]` is table `t`'s,
+    /// meaningful while it uses one), and how many are in use (CompactTable, ToggleSet).
     @usableFromInline var toggles: [ToggleSet] = []
-    @usableFromInline var freeToggles: [Int] = []
+    @usableFromInline var togglesInUse = 0
     /// Compact tables made dense during the current walk, still reached through their
     /// compact numbers until the walk ends (`unforward`).
     @usableFromInline var forwarded = 0
@@ -56,7 +57,7 @@ public struct PageTable: Sendable {
 
     /// Bytes the model spends on table storage (entries and free list), for benchmarks.
     public var storageBytes: Int {
-        entries.capacity * 8 + (freeTables.capacity + freeCompacts.capacity + freeToggles.capacity) * 8
+        entries.capacity * 8 + (freeTables.capacity + freeCompacts.capacity) * 8
             + compacts.capacity * Self.compactTableBytes + toggles.capacity * MemoryLayout<ToggleSet>.stride
     }
     /// Bytes the model spends on the tables in use: 4096 for a dense table (as the kernel's
@@ -64,7 +65,7 @@ public struct PageTable: Sendable {
     public var usedBytes: Int {
         (entries.count / entriesPerTable - freeTables.count) * entriesPerTable * 8
             + (compacts.count - freeCompacts.count) * Self.compactTableBytes
-            + (toggles.count - freeToggles.count) * MemoryLayout<ToggleSet>.stride
+            + togglesInUse * MemoryLayout<ToggleSet>.stride
     }
 
     /// Reserves address space for `tables` table pages so growth never copies the entry array
@@ -122,13 +123,13 @@ public struct PageTable: Sendable {
         if c.dense >= 0 { return freeDenseTable(Int(c.dense), level: level) }
         // The formula's entries are leaves; only the differing ones can be otherwise.
         var leaves = entriesPerTable
-        if let g = c.toggle {
-            if !Descriptor(rawValue: toggles[g].alternate(c.formula(0))).isLeaf { leaves -= toggles[g].population }
-            freeToggles.append(g)
+        if c.hasToggle {
+            if !Descriptor(rawValue: toggles[t].alternate(c.formula(0))).isLeaf { leaves -= toggles[t].population }
+            togglesInUse -= 1
         }
         for k in 0..<Int(c.count) {
             let e = Descriptor(rawValue: c.value(k))
-            let under = c.toggle.map { toggles[$0].isSet(c.index(k)) } ?? false
+            let under = c.hasToggle && toggles[t].isSet(c.index(k))
             precondition(!under, "an explicit difference over a toggle bit")
             if !e.isLeaf { leaves -= 1 }
             if e.isTable { freeTable(e.tableNumber, level: level - 1) }

@@ -66,7 +66,7 @@ import Testing
         var t = try splitTable(compact: true), d = try splitTable(compact: false)
         for i: UInt64 in [7, 100, 300, 511, 8, 9, 400] { try protectBoth(&t, &d, page: i, clear: .encrypted) }
         var c = try #require(t.compactTable(pmd(t).tableNumber))
-        #expect(c.count == 0 && c.toggle == 0 && t.toggles[0].population == 7 && t.toggles[0].mask == Attributes.encrypted.rawValue)
+        #expect(c.count == 0 && c.hasToggle && t.toggles[0].population == 7 && t.toggles[0].mask == Attributes.encrypted.rawValue)
         #expect(t.usedBytes == 3 * 4096 + PageTable.compactTableBytes + MemoryLayout<ToggleSet>.stride)
         try protectBoth(&t, &d, page: 20, set: .forced4K)  // another change: an explicit difference
         try protectBoth(&t, &d, page: 9, set: .forced4K)  // over a toggled entry: explicit, its bit cleared
@@ -77,7 +77,7 @@ import Testing
         #expect(c.count == 1 && t.toggles[0].population == 7)
         for i: UInt64 in [7, 100, 300, 511, 8, 9, 400] { try protectBoth(&t, &d, page: i, set: .encrypted) }
         try protectBoth(&t, &d, page: 20, clear: .forced4K)
-        #expect(t.compactTable(pmd(t).tableNumber)?.isUniform == true && t.freeToggles == [0])
+        #expect(t.compactTable(pmd(t).tableNumber)?.isUniform == true && t.togglesInUse == 0)
         #expect(try t.collapse(virt: VirtAddr(Self.base), size: M).collapses == LeafCounts(size2M: 1))
         try t.checkInvariants()
     }
@@ -90,7 +90,7 @@ import Testing
         for i: UInt64 in 10..<14 { try protectBoth(&t, &d, page: i, set: .forced4K) }
         #expect(t.compactTable(pmd(t).tableNumber)?.count == 4)
         try protectBoth(&t, &d, page: 14, set: .forced4K)
-        #expect(pmd(t).description == "table 3" && t.freeToggles == [0])
+        #expect(pmd(t).description == "table 3" && t.togglesInUse == 0)
         #expect(t.leafCounts == LeafCounts(size4K: 512))
     }
 
@@ -219,6 +219,35 @@ import Testing
 /// The stage-2 primitives: a fault installs one leaf in one descent; a zap removes whole
 /// leaves, never splitting one partly covered.
 @Suite struct Stage2PrimitiveTests {
+    /// Compact table `t`'s toggle set is `toggles[t]`: three sparse PTE tables each read their
+    /// own; when the first is freed its number is reused by a new table with a fresh set.
+    @Test func eachCompactTableKeepsItsOwnToggleSet() throws {
+        var t = PageTable(format: .x86_64)
+        let attributes: Attributes = [.present, .writable]
+        func fault(_ block: UInt64, _ page: UInt64) throws {
+            let va = block << 21 | page << 12
+            try t.installLeaf(virt: VirtAddr(va), phys: PhysAddr(0x4000_0000 + va), size: .size4K, attributes: attributes)
+        }
+        for block: UInt64 in 1...3 { for page in 0..<block { try fault(block, page * 7) } }
+        #expect(t.compactTableCount == 3 && t.togglesInUse == 3 && t.toggles.count == 3)
+        #expect((0..<3).map { t.toggles[$0].population } == [511, 510, 509])
+        for block: UInt64 in 1...3 {
+            for page: UInt64 in 0..<512 {
+                let present = page % 7 == 0 && page / 7 < block
+                #expect((t.lookup(VirtAddr(block << 21 | page << 12)) != nil) == present)
+            }
+        }
+        // A 2M leaf over block 1 frees compact table 0; block 5's first fault reuses it.
+        try t.installLeaf(virt: VirtAddr(1 << 21), phys: PhysAddr(0x4000_0000 + (1 << 21)), size: .size2M, attributes: attributes)
+        #expect(t.compactTableCount == 2 && t.togglesInUse == 2)
+        try fault(5, 300)
+        #expect(t.descriptor(at: VirtAddr(5 << 21), level: 2)?.description == "compact table 0")
+        #expect(t.compactTableCount == 3 && t.togglesInUse == 3 && t.toggles[0].population == 511)
+        #expect(t.lookup(VirtAddr(5 << 21 | 300 << 12))?.phys == PhysAddr(0x4000_0000 + (5 << 21 | 300 << 12)))
+        #expect(t.lookup(VirtAddr(5 << 21)) == nil && t.lookup(VirtAddr(3 << 21 | 14 << 12)) != nil)
+        try t.checkInvariants()
+    }
+
     @Test func installLeafMakesTablesOnTheWayAndReplacesATableInItsPlace() throws {
         var t = PageTable(format: .x86_64)
         try t.installLeaf(virt: VirtAddr(0x20_3000), phys: PhysAddr(0x4020_3000), size: .size4K, attributes: [.present, .writable])
@@ -235,7 +264,7 @@ import Testing
         // A 2M leaf over the same block replaces the PTE table and frees it.
         try t.installLeaf(virt: VirtAddr(0x20_5000), phys: PhysAddr(0x4020_0000), size: .size2M, attributes: [.present])
         #expect(t.lookup(VirtAddr(0x20_3000))?.size == .size2M)
-        #expect(t.leafCounts == LeafCounts(size2M: 1) && t.tablePages == 3 && t.compactTableCount == 0 && t.freeToggles == [0])
+        #expect(t.leafCounts == LeafCounts(size2M: 1) && t.tablePages == 3 && t.compactTableCount == 0 && t.togglesInUse == 0)
         // Not aligned to the formula (frame 0x40201 at index 3): a dense PTE table.
         try t.installLeaf(virt: VirtAddr(0x60_3000), phys: PhysAddr(0x4020_1000), size: .size4K, attributes: [.present])
         #expect(t.descriptor(at: VirtAddr(0x60_0000), level: 2)?.description == "table 3")
