@@ -206,8 +206,9 @@ public struct Kernel: Sendable {
         mappedRanges.contains { $0.contains(pa) }
     }
 
-    /// The direct-map leaf that holds a physical address, if any.
-    public func directMapLeaf(_ pa: PhysAddr) -> Leaf? { pageTable.lookup(va(pa)) }
+    /// The direct-map leaf that holds a physical address, if any. Inlined: called out of
+    /// line from a mutating method, Swift would copy the whole kernel to pass `self`.
+    @inlinable @inline(__always) public func directMapLeaf(_ pa: PhysAddr) -> Leaf? { pageTable.lookup(va(pa)) }
 }
 
 /// The encryption-status hooks around a C-bit change. Linux x86_platform.guest

@@ -186,12 +186,15 @@ extension PageTable {
         ((slot &- compactSlotBase) >> 9, slot & (entriesPerTable &- 1))
     }
 
-    /// Reads a slot of a compact table (out of line: see ReadOnlyPageTable.loadCompact).
-    @inline(never) @usableFromInline func loadCompact(_ slot: Int) -> UInt64 {
-        let (t, index) = Self.compactPosition(slot)
+    /// Reads a slot of a compact table, out of line (see ReadOnlyPageTable.loadCompact). It
+    /// takes the arrays, not the table: a table reached through `inout` would be copied
+    /// (130 bytes) to pass it to a function that is not inlined.
+    @inline(never) @usableFromInline
+    static func loadCompact(_ slot: Int, _ entries: [UInt64], _ compacts: [CompactTable], _ toggles: [ToggleSet]) -> UInt64 {
+        let (t, index) = compactPosition(slot)
         let c = compacts[t]
         if c.dense >= 0 { return entries[Int(c.dense) &* entriesPerTable &+ index] }
-        return compactEntry(c, t, index)
+        return toggles.withUnsafeBufferPointer { c.entry(index, toggle: $0.baseAddress.map { $0 + t }) }
     }
 
     /// Entry `index` of compact table `t`, `c`, which is not dense.

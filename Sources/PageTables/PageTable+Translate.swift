@@ -54,14 +54,16 @@ extension PageTable {
     }
 
     /// The leaf that holds `virt`, present or not; nil where there is no entry. Linux
-    /// lookup_address: the walker's one-page descent.
-    @inlinable
+    /// lookup_address: the walker's one-page descent. Always inlined, as `largeLeaf` and
+    /// `translate` are: called out of line on a table inside an `inout` value (a VM's stage
+    /// 2, a kernel's direct map), Swift copies the table struct to pass it.
+    @inlinable @inline(__always)
     public func lookup(_ virt: VirtAddr) -> Leaf? { leaf(holding: virt, lowest: 1) }
 
     /// The leaf that holds `virt` when it is larger than 4K, present or not; nil when the
     /// address is mapped by a 4K entry or not at all. Reads no PTE table: what a split
     /// decision needs (Linux adjust_direct_map looks at the level only).
-    @inlinable
+    @inlinable @inline(__always)
     public func largeLeaf(_ virt: VirtAddr) -> Leaf? { leaf(holding: virt, lowest: 2) }
 
     /// The leaf the one-page descent to `virt` ends on, looking no lower than `lowest`.
@@ -74,7 +76,7 @@ extension PageTable {
     }
 
     /// The physical address `virt` maps to through a present leaf, with the leaf.
-    @inlinable
+    @inlinable @inline(__always)
     public func translate(_ virt: VirtAddr) -> (phys: PhysAddr, leaf: Leaf)? {
         guard let leaf = lookup(virt), leaf.descriptor.isPresentLeaf else { return nil }
         return (leaf.translate(virt), leaf)

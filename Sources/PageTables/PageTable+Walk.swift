@@ -48,7 +48,7 @@ public protocol PageTableStore {
 
 extension PageTable: PageTableStore {
     @inlinable public func load(_ slot: Int) -> UInt64 {
-        _fastPath(slot < Self.compactSlotBase) ? entries[slot] : loadCompact(slot)
+        _fastPath(slot < Self.compactSlotBase) ? entries[slot] : Self.loadCompact(slot, entries, compacts, toggles)
     }
 }
 
@@ -129,7 +129,7 @@ extension PageTable {
     }
 
     /// The first address of the root table's window that holds `address`.
-    @inlinable func rootBase(_ address: UInt64) -> UInt64 { address & ~((1 << format.addressBits) &- 1) }
+    @inlinable @inline(__always) func rootBase(_ address: UInt64) -> UInt64 { address & ~((1 << format.addressBits) &- 1) }
 
     /// Runs `body` with a read-only view of the storage.
     @inlinable @inline(__always)

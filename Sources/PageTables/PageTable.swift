@@ -53,7 +53,7 @@ public struct PageTable: Sendable {
     }
 
     /// The root's level (4 or 5).
-    @inlinable public var rootLevel: Int { format.levels }
+    @inlinable @inline(__always) public var rootLevel: Int { format.levels }
 
     /// Bytes the model spends on table storage (entries and free list), for benchmarks.
     public var storageBytes: Int {
@@ -87,7 +87,7 @@ public struct PageTable: Sendable {
     }
 
     /// Whether leaves of `size` are allowed by the format.
-    @inlinable public func allows(_ size: PageSize) -> Bool { format.allows(size) }
+    @inlinable @inline(__always) public func allows(_ size: PageSize) -> Bool { format.allows(size) }
 
     /// Takes a zeroed table page from the free list or grows the array.
     @usableFromInline mutating func allocateTable() throws(PageTableError) -> Int {
@@ -181,7 +181,9 @@ public struct PageTable: Sendable {
     }
 
     /// Checks `[start, start + size)` is a non-empty, 4K-aligned range inside one root window.
-    @usableFromInline func validate(start: UInt64, size: UInt64) throws(PageTableError) {
+    /// Always inlined, as `rootBase`, `rootLevel` and `allows`: a call out of line from a
+    /// mutating method copies the whole table struct to pass `self` (docs/PERFORMANCE.md).
+    @inlinable @inline(__always) func validate(start: UInt64, size: UInt64) throws(PageTableError) {
         if start & (pageBytes - 1) != 0 { throw .unaligned(what: "address", value: start) }
         if size & (pageBytes - 1) != 0 { throw .unaligned(what: "size", value: size) }
         let (end, overflow) = start.addingReportingOverflow(size)

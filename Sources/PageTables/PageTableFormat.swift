@@ -29,7 +29,7 @@ public struct PageTableFormat: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// Root tables, concatenated (tables 0 to rootTables - 1).
-    @inlinable public var rootTables: Int { 1 << Int(rootConcatenation) }
+    @inlinable @inline(__always) public var rootTables: Int { 1 << Int(rootConcatenation) }
 
     /// The format's level count as Arm numbers the start level (4 levels start at 0).
     public var startLevel: Int { 4 - levels }
@@ -45,13 +45,13 @@ public struct PageTableFormat: Hashable, Sendable, CustomStringConvertible {
     /// Leaf sizes the hardware allows in this format, smallest first.
     public var leafSizes: [PageSize] { PageSize.allCases.filter(allows) }
     /// Whether leaves of `size` are allowed.
-    @inlinable public func allows(_ size: PageSize) -> Bool { leafMask >> UInt8(size.rawValue) & 1 != 0 }
+    @inlinable @inline(__always) public func allows(_ size: PageSize) -> Bool { leafMask >> UInt8(size.rawValue) & 1 != 0 }
     public var name: String {
         kind == 3 ? "arm64 stage 2 4K granule, start level \(startLevel), \(rootTables) root table\(rootTables == 1 ? "" : "s")"
             : ["x86-64 4-level", "x86-64 5-level", "arm64 4K granule"][Int(kind)]
     }
     /// Bits of input address the table translates.
-    @inlinable public var addressBits: UInt64 { 12 + 9 * UInt64(levels) + UInt64(rootConcatenation) }
+    @inlinable @inline(__always) public var addressBits: UInt64 { 12 + 9 * UInt64(levels) + UInt64(rootConcatenation) }
     /// Whether replacing a live entry needs break-before-make: arm64 (Arm ARM D8.16.1), not
     /// x86 (which allows a live rewrite followed by INVLPG).
     @inlinable public var requiresBreakBeforeMake: Bool { kind >= 2 }

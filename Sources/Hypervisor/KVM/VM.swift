@@ -93,8 +93,8 @@ public struct VM<ArchState: Sendable>: Sendable {
 
     public func isPrivate(_ gfn: UInt64) -> Bool { attributes.isPrivate(gfn) }
 
-    /// The stage-2 leaf that maps `gfn`, if any.
-    public func stage2Leaf(_ gfn: UInt64) -> Leaf? {
+    /// The stage-2 leaf that maps `gfn`, if any. Inlined, so the VM is not copied to call it.
+    @inlinable @inline(__always) public func stage2Leaf(_ gfn: UInt64) -> Leaf? {
         guard let leaf = stage2.lookup(VirtAddr(gfn << pageShift)), leaf.descriptor.isPresentLeaf else { return nil }
         return leaf
     }
