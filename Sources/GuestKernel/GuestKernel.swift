@@ -68,7 +68,7 @@ public struct GuestKernel: Sendable {
     public mutating func flush(gfn: UInt64) { kernel.flushTLBKernelRange(va(gfn: gfn), pages: 1) }
 
     /// Whether the guest maps `gfn` encrypted (private) in its direct map.
-    public func isEncrypted(gfn: UInt64) -> Bool {
+    @inlinable @inline(__always) public func isEncrypted(gfn: UInt64) -> Bool {
         guard let a = kernel.directMapLeaf(PhysAddr(gfn << pageShift))?.attributes else { return false }
         return kernel.config.ccSharedBit ? !a.contains(.shared) : a.contains(.encrypted)
     }

@@ -25,20 +25,25 @@ struct CPAOutcome {
 }
 
 extension Kernel {
-    /// Checks a request names whole pages inside the direct map or the vmalloc area.
+    /// Checks a request names whole pages inside the direct map or the vmalloc area. The
+    /// check is inlined; the message is built out of line, only for a refused request.
+    @inlinable @inline(__always)
     public func validate(address: UInt64, numpages: Int, function: String) throws(HostKernelError) {
-        if address & (pageBytes - 1) != 0 {
-            throw HostKernelError("\(function): address \(hex(address)) is not page-aligned (the kernel would WARN and round it down)")
-        }
-        guard numpages >= 1 else { throw HostKernelError("\(function): numpages must be at least 1, got \(numpages)") }
+        guard address & (pageBytes - 1) == 0, numpages >= 1 else { throw refusal(address: address, numpages: numpages, function: function) }
         let (bytes, o1) = UInt64(numpages).multipliedReportingOverflow(by: pageBytes)
         let (end, o2) = address.addingReportingOverflow(bytes)
-        let inDirect = isDirectMap(address) && !o1 && !o2 && end <= directMapEnd
-        let inVmalloc = isVmalloc(address) && !o1 && !o2 && end <= layout.vmallocEnd
-        guard inDirect || inVmalloc else {
-            throw HostKernelError("\(function): \(hex(address)) + \(numpages) pages is not inside the direct map "
-                + "[\(hex(layout.pageOffset))-\(hex(directMapEnd))) or the vmalloc area [\(hex(layout.vmallocStart))-\(hex(layout.vmallocEnd)))")
+        if !o1 && !o2 && (isDirectMap(address) && end <= directMapEnd || isVmalloc(address) && end <= layout.vmallocEnd) { return }
+        throw refusal(address: address, numpages: numpages, function: function)
+    }
+
+    /// Why `validate` refuses a request.
+    @usableFromInline func refusal(address: UInt64, numpages: Int, function: String) -> HostKernelError {
+        if address & (pageBytes - 1) != 0 {
+            return HostKernelError("\(function): address \(hex(address)) is not page-aligned (the kernel would WARN and round it down)")
         }
+        guard numpages >= 1 else { return HostKernelError("\(function): numpages must be at least 1, got \(numpages)") }
+        return HostKernelError("\(function): \(hex(address)) + \(numpages) pages is not inside the direct map "
+            + "[\(hex(layout.pageOffset))-\(hex(directMapEnd))) or the vmalloc area [\(hex(layout.vmallocStart))-\(hex(layout.vmallocEnd)))")
     }
 
     mutating func log(_ event: @autoclosure () -> String) {

@@ -74,8 +74,7 @@ extension Kernel {
     public mutating func setMemoryEncrypted(
         _ address: UInt64, numpages: Int, hook: EncStatusHook = { _, _, _, _ in nil }
     ) throws(HostKernelError) -> KernelStatus {
-        try validate(address: address, numpages: numpages, function: "set_memory_encrypted")
-        return setMemoryEncDec(address, numpages: numpages, encrypt: true, hook: hook)
+        try setMemoryEncDec(address, numpages: numpages, encrypt: true, hook: hook)
     }
 
     /// set_memory_decrypted: clear the C-bit, with the platform's hooks as for
@@ -83,8 +82,16 @@ extension Kernel {
     public mutating func setMemoryDecrypted(
         _ address: UInt64, numpages: Int, hook: EncStatusHook = { _, _, _, _ in nil }
     ) throws(HostKernelError) -> KernelStatus {
-        try validate(address: address, numpages: numpages, function: "set_memory_decrypted")
-        return setMemoryEncDec(address, numpages: numpages, encrypt: false, hook: hook)
+        try setMemoryEncDec(address, numpages: numpages, encrypt: false, hook: hook)
+    }
+
+    /// set_memory_encrypted (`encrypt`) or set_memory_decrypted: Linux set_memory.c
+    /// __set_memory_enc_dec, for a caller that decides the direction at run time (a guest
+    /// flipping a page) and passes its hooks as a closure literal, which then needs no heap
+    /// context.
+    public mutating func setMemoryEncDec(_ address: UInt64, numpages: Int, encrypt: Bool, hook: EncStatusHook) throws(HostKernelError) -> KernelStatus {
+        try validate(address: address, numpages: numpages, function: encrypt ? "set_memory_encrypted" : "set_memory_decrypted")
+        return setMemoryEncPgtable(address, numpages: numpages, encrypt: encrypt, hook: hook)
     }
 
     /// x86_platform.guest.enc_status_change_prepare / _finish: (which hook, the first
@@ -108,8 +115,8 @@ extension Kernel {
     /// is always true; the cache flush only without SME_COHERENT), the prepare hook, the PTE
     /// change with aliases, an unconditional flush, then the finish hook; a hook failure is
     /// -EIO. Nothing happens without CC_ATTR_MEM_ENCRYPT. Linux set_memory.c
-    /// __set_memory_enc_dec / __set_memory_enc_pgtable; mem_encrypt_amd.c.
-    mutating func setMemoryEncDec(_ address: UInt64, numpages: Int, encrypt: Bool, hook: EncStatusHook) -> KernelStatus {
+    /// __set_memory_enc_pgtable; mem_encrypt_amd.c.
+    mutating func setMemoryEncPgtable(_ address: UInt64, numpages: Int, encrypt: Bool, hook: EncStatusHook) -> KernelStatus {
         guard config.memEncrypt else { return .ok }
         // The C-bit is set to encrypt; a TDX guest's shared bit is cleared to encrypt.
         let bit: Attributes = config.ccSharedBit ? .shared : .encrypted

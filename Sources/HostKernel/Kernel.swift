@@ -191,15 +191,15 @@ public struct Kernel: Sendable {
     @inlinable public func pa(_ va: VirtAddr) -> PhysAddr { PhysAddr(va.rawValue &- layout.pageOffset &+ physOffset) }
 
     /// First address past the direct map (PAGE_OFFSET + max_pfn_mapped << PAGE_SHIFT).
-    public var directMapEnd: UInt64 { va(PhysAddr(mappedRanges.last?.upperBound ?? physOffset)).rawValue }
+    @inlinable public var directMapEnd: UInt64 { va(PhysAddr(mappedRanges.last?.upperBound ?? physOffset)).rawValue }
 
     /// Whether `pa` has a direct-map address at all (arm64: at or above PHYS_OFFSET).
     public func hasDirectMapAddress(_ pa: UInt64) -> Bool { pa >= physOffset && pa - physOffset < layout.directMapMax }
 
     /// Whether `va` lies in the direct map's window.
-    public func isDirectMap(_ va: UInt64) -> Bool { va >= layout.pageOffset && va < directMapEnd }
+    @inlinable public func isDirectMap(_ va: UInt64) -> Bool { va >= layout.pageOffset && va < directMapEnd }
     /// Whether `va` lies in the vmalloc area.
-    public func isVmalloc(_ va: UInt64) -> Bool { va >= layout.vmallocStart && va < layout.vmallocEnd }
+    @inlinable public func isVmalloc(_ va: UInt64) -> Bool { va >= layout.vmallocStart && va < layout.vmallocEnd }
 
     /// Whether a physical frame is covered by the direct map. Linux pfn_range_is_mapped.
     public func isMapped(_ pa: UInt64) -> Bool {

@@ -66,19 +66,17 @@ extension GuestKernel {
     /// GHCB page-state changes for `gfns`, 2M entries where aligned, at most 64 entries a
     /// request (VMGEXIT_PSC_MAX_ENTRY). set_pages_state / vmgexit_psc.
     public static func snpPageStateChange(_ gfns: Range<UInt64>, toPrivate: Bool, vmgexit: SNPVMGEXIT) -> PSCError? {
-        var entries: [PSCEntry] = []
         var gfn = gfns.lowerBound
         while gfn < gfns.upperBound {
-            let big = gfn & 511 == 0 && gfn + 512 <= gfns.upperBound
-            entries.append(PSCEntry(gfn: gfn, operation: toPrivate ? 1 : 2, size2M: big))
-            gfn += big ? 512 : 1
-        }
-        var start = 0
-        while start < entries.count {
-            let chunk = Array(entries[start..<min(start + 64, entries.count)])
+            var chunk: [PSCEntry] = []
+            chunk.reserveCapacity(Int(min(64, gfns.upperBound - gfn)))
+            while chunk.count < 64 && gfn < gfns.upperBound {
+                let big = gfn & 511 == 0 && gfn + 512 <= gfns.upperBound
+                chunk.append(PSCEntry(gfn: gfn, operation: toPrivate ? 1 : 2, size2M: big))
+                gfn += big ? 512 : 1
+            }
             let code = vmgexit(PSCRequest(endEntry: chunk.count - 1, entries: chunk))
             if code != 0 { return PSCError(exitInfo2: code) }
-            start += 64
         }
         return nil
     }
@@ -111,23 +109,21 @@ extension GuestKernel {
     mutating func snpConvert(_ run: Range<UInt64>, encrypt: Bool, pvalidate: SNPPvalidate, vmgexit: SNPVMGEXIT) -> (any Outcome)? {
         var failure: (any Outcome)?
         var failed = false  // checked instead of the existential on the common path
-        let hook: Kernel.EncStatusHook = { which, _, _, enc in
-            switch (which, enc) {
-            case (.prepare, false):
-                if let f = Self.snpPvalidate(run, validate: false, pvalidate: pvalidate) { failure = f; failed = true }
-                else if let e = Self.snpPageStateChange(run, toPrivate: false, vmgexit: vmgexit) { failure = e; failed = true }
-            case (.finish, true):
-                if let e = Self.snpPageStateChange(run, toPrivate: true, vmgexit: vmgexit) { failure = e; failed = true }
-                else if let f = Self.snpPvalidate(run, validate: true, pvalidate: pvalidate) { failure = f; failed = true }
-            default: break
-            }
-            return failed ? .EIO : nil
-        }
         let status: KernelStatus
-        let address = va(gfn: run.lowerBound)
         do {
-            status = encrypt ? try kernel.setMemoryEncrypted(address, numpages: run.count, hook: hook)
-                : try kernel.setMemoryDecrypted(address, numpages: run.count, hook: hook)
+            // The hooks as a closure literal: not escaping, so what they capture stays on the stack.
+            status = try kernel.setMemoryEncDec(va(gfn: run.lowerBound), numpages: run.count, encrypt: encrypt) { which, _, _, enc in
+                switch (which, enc) {
+                case (.prepare, false):
+                    if let f = Self.snpPvalidate(run, validate: false, pvalidate: pvalidate) { failure = f; failed = true }
+                    else if let e = Self.snpPageStateChange(run, toPrivate: false, vmgexit: vmgexit) { failure = e; failed = true }
+                case (.finish, true):
+                    if let e = Self.snpPageStateChange(run, toPrivate: true, vmgexit: vmgexit) { failure = e; failed = true }
+                    else if let f = Self.snpPvalidate(run, validate: true, pvalidate: pvalidate) { failure = f; failed = true }
+                default: break
+                }
+                return failed ? .EIO : nil
+            }
         } catch {
             return KernelStatus.error(.EINVAL)  // the range is inside the guest's memory by construction
         }

@@ -246,10 +246,10 @@ public struct RMP: Sendable {
         let f = RMPFlags(head)
         let follows = Self.entry(f, formula: formula[Int(chunk)], index: 0) == head
         let base = Int(chunk) << 9
-        for i in 0..<512 {
-            if follows {
-                flags[base + i] = f
-            } else {
+        if follows {
+            flags.withUnsafeMutableBufferPointer { $0[base..<base + 512].update(repeating: f) }
+        } else {
+            for i in 0..<512 {
                 var e = head
                 e.gpa += UInt64(i) << pageShift
                 flags[base + i] = f.union(.aside)
@@ -279,6 +279,8 @@ public struct RMP: Sendable {
             formula[Int(free)] = 0
             return free
         }
+        // Doubling, and on huge pages once large (HugePages): the flags are read at random.
+        if flags.count + 512 > flags.capacity { HugePages.reserve(&flags, capacity: max(2 * flags.count, 512)) }
         flags.append(contentsOf: repeatElement([], count: 512))
         formula.append(0)
         subpageCount.append(0)
