@@ -38,6 +38,8 @@ struct Bench: ParsableCommand {
     @Flag(help: .hidden) var convertOnly = false
     @Flag(help: .hidden) var pvOnly = false
     @Flag(help: .hidden) var ccaOnly = false
+    @Flag(help: .hidden) var mteOnly = false
+    @Flag(help: .hidden) var exploreOnly = false
 
     func run() throws {
         if let worker {
@@ -57,6 +59,8 @@ struct Bench: ParsableCommand {
         if pscOnly { print(try Self.pscOps(quick: quick)); return }
         if userOnly { print(Self.userFaultOps(quick: quick)); return }
         if pvOnly { print(try Self.pvSwapCycles(quick: quick)); return }
+        if mteOnly { print(Self.mteSwapCycles(quick: quick)); return }
+        if exploreOnly { print(try Self.exploreStates(quick: quick)); return }
         if ccaOnly { let c = try Self.convertOps(quick: quick, cca: true).2; print(c.median, c.min, c.max); return }
         if convertOnly {
             let (t, s, c) = try Self.convertOps(quick: quick)
