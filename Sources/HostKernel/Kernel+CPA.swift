@@ -29,15 +29,17 @@ extension Kernel {
     /// check is inlined; the message is built out of line, only for a refused request.
     @inlinable @inline(__always)
     public func validate(address: UInt64, numpages: Int, function: String) throws(HostKernelError) {
-        guard address & (pageBytes - 1) == 0, numpages >= 1 else { throw refusal(address: address, numpages: numpages, function: function) }
-        let (bytes, o1) = UInt64(numpages).multipliedReportingOverflow(by: pageBytes)
-        let (end, o2) = address.addingReportingOverflow(bytes)
-        if !o1 && !o2 && (isDirectMap(address) && end <= directMapEnd || isVmalloc(address) && end <= layout.vmallocEnd) { return }
-        throw refusal(address: address, numpages: numpages, function: function)
+        if address & (pageBytes - 1) == 0, numpages >= 1 {
+            let (bytes, o1) = UInt64(numpages).multipliedReportingOverflow(by: pageBytes)
+            let (end, o2) = address.addingReportingOverflow(bytes)
+            if !o1 && !o2 && (isDirectMap(address) && end <= directMapEnd || isVmalloc(address) && end <= layout.vmallocEnd) { return }
+        }
+        throw Self.refusal(address: address, numpages: numpages, function: function, layout: layout, directMapEnd: directMapEnd)
     }
 
-    /// Why `validate` refuses a request.
-    @usableFromInline func refusal(address: UInt64, numpages: Int, function: String) -> HostKernelError {
+    /// Why `validate` refuses a request. Static, so the inlined check never needs the kernel
+    /// as a whole (a mutating caller would copy it up front to pass `self`).
+    @usableFromInline static func refusal(address: UInt64, numpages: Int, function: String, layout: KernelLayout, directMapEnd: UInt64) -> HostKernelError {
         if address & (pageBytes - 1) != 0 {
             return HostKernelError("\(function): address \(hex(address)) is not page-aligned (the kernel would WARN and round it down)")
         }
