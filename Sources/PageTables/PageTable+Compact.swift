@@ -10,12 +10,12 @@
 /// the formula's value changed that way where bit `i` is set (a guest's direct map after
 /// many conversions, a stage-2 table of 4K leaves faulted in one by one); up to `capacity`
 /// other differences can still sit beside it. Compact table `t`'s set is `toggles[t]`, so a
-/// lookup can load the bit without waiting for the table's record (two cache misses
-/// overlap instead of following each other; docs/PERFORMANCE.md). A write that fits neither makes the table
-/// dense: its 512 entries move to a table page of the dense array (`dense`), and the compact
-/// number forwards there until the walk ends, so the walk in progress is undisturbed; then
-/// the parent entry is pointed at the dense page and the compact number freed
-/// (`unforward`). A write that restores the formula's value drops the difference. What a
+/// lookup finds the bit's address without the table's record (the two cache misses can
+/// overlap instead of following each other; docs/PERFORMANCE.md). A write that fits
+/// neither makes the table dense: its 512 entries move to a table page of the dense array
+/// (`dense`), and the compact number forwards there until the walk ends, so the walk in
+/// progress is undisturbed; then the parent entry is pointed at the dense page and the
+/// compact number freed (`unforward`). A write that restores the formula's value drops the difference. What a
 /// table holds is the same either way; only the model's memory and time differ
 /// (docs/PERFORMANCE.md).
 public struct CompactTable: Sendable {
@@ -247,7 +247,14 @@ extension PageTable {
     /// Table `t` stops using its toggle set.
     @usableFromInline mutating func freeToggle(_ t: Int) {
         guard compacts[t].hasToggle else { return }
+        dropToggle(t)
+    }
+
+    /// Marks table `t`'s set unused: its mask 0, which no set in use has, so a table that
+    /// still said it had one would fail `checkCompact`.
+    @usableFromInline mutating func dropToggle(_ t: Int) {
         togglesInUse -= 1
+        toggles[t].mask = 0
         compacts[t].dense = -1
     }
 

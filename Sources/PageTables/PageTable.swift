@@ -125,7 +125,7 @@ public struct PageTable: Sendable {
         var leaves = entriesPerTable
         if c.hasToggle {
             if !Descriptor(rawValue: toggles[t].alternate(c.formula(0))).isLeaf { leaves -= toggles[t].population }
-            togglesInUse -= 1
+            dropToggle(t)
         }
         for k in 0..<Int(c.count) {
             let e = Descriptor(rawValue: c.value(k))
