@@ -15,9 +15,9 @@
 /// neither makes the table dense: its 512 entries move to a table page of the dense array
 /// (`dense`), and the compact number forwards there until the walk ends, so the walk in
 /// progress is undisturbed; then the parent entry is pointed at the dense page and the
-/// compact number freed (`unforward`). A write that restores the formula's value drops the difference. What a
-/// table holds is the same either way; only the model's memory and time differ
-/// (docs/PERFORMANCE.md).
+/// compact number freed (`unforward`). A write that restores the formula's value drops the
+/// difference. What a table holds is the same either way; only the model's memory and time
+/// differ (docs/PERFORMANCE.md).
 public struct CompactTable: Sendable {
     /// Differing entries kept before the table becomes dense.
     public static let capacity = 4

@@ -178,6 +178,23 @@ import PageTables
         #expect(k.pageTable.lookup(VirtAddr(inGig))?.attributes.contains(.encrypted) == false)
     }
 
+    /// __set_memory_enc_dec with the direction as an argument: the same calls, hooks and
+    /// errors as set_memory_encrypted/_decrypted, each error naming the function it stands for.
+    @Test func setMemoryEncDecIsEncryptedOrDecrypted() throws {
+        var k = try exampleKernel(), calls: [String] = []
+        #expect(try k.setMemoryEncDec(inGig, numpages: 1, encrypt: false) { w, _, n, e in calls.append("\(w) \(n) \(e)"); return nil } == .ok)
+        #expect(k.pageTable.lookup(VirtAddr(inGig))?.attributes.contains(.encrypted) == false)
+        #expect(try k.setMemoryEncDec(inGig, numpages: 1, encrypt: true) { w, _, n, e in calls.append("\(w) \(n) \(e)"); return w == .finish ? .EIO : nil } == .error(.EIO))
+        #expect(k.pageTable.lookup(VirtAddr(inGig))?.attributes.contains(.encrypted) == true)
+        #expect(calls == ["prepare 1 false", "finish 1 false", "prepare 1 true", "finish 1 true"])
+        #expect(throws: HostKernelError("set_memory_encrypted: numpages must be at least 1, got 0")) {
+            try k.setMemoryEncDec(inGig, numpages: 0, encrypt: true) { _, _, _, _ in nil }
+        }
+        #expect(throws: HostKernelError("set_memory_decrypted: numpages must be at least 1, got -1")) {
+            try k.setMemoryEncDec(inGig, numpages: -1, encrypt: false) { _, _, _, _ in nil }
+        }
+    }
+
     @Test func withoutMemoryEncryptionEncDecDoNothing() throws {
         var k = try exampleKernel(memEncrypt: false)
         #expect(try k.setMemoryDecrypted(inGig, numpages: 1) == .ok)
