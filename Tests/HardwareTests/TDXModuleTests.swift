@@ -86,6 +86,13 @@ import Testing
         }
     }
 
+    /// A row's two encodings agree (`row`, and the bits `allows` reads), and a state's index
+    /// is its place in the table's order.
+    @Test func rowsAndMasksAgree() {
+        for c in SEPTCall.allCases { #expect(SEPTState.allCases.map(c.allows) == c.row, "\(c)") }
+        #expect(SEPTState.allCases.map(\.index) == Array(0..<16))
+    }
+
     /// The oracle itself: the table's rows as sept_state_lookup.c has them, by state name.
     @Test func theLookupRowsByName() {
         func names(_ c: SEPTCall) -> [String] { SEPTState.allCases.filter(c.allows).map(\.description) }

@@ -174,7 +174,7 @@ extension TDXPlatform {
             let g = a.number("gpa") | (a.bool("shared") ? KVMTDX.sharedBit : 0), size = a.number("size"), events = a.bool("pending-events")
             return { p, _, i, _ in
                 p.withKVM(i) { p, k, spare in
-                    p.topUp(&spare, forMapGPA: size, k)
+                    p.topUp(&spare, forMapGPA: size, hugepages: k.hugepages)
                     return k.mapGPA(gpa: g, size: size, module: &p.module, pendingEvents: events, spare: &spare)
                 } ?? TDVMCallResult(r10: TDVMCallResult.subfuncUnsupported, r11: g)
             }
@@ -286,7 +286,7 @@ extension TDXPlatform {
         var w = module.walk(td: t, gpa, to: 0)
         if w.state == .free || w.state == .removed {
             _ = withKVM(i) { p, k, spare in
-                p.topUp(&spare, k)
+                p.topUp(&spare, hugepages: k.hugepages)
                 return k.privateFault(gpa: gpa, module: &p.module, spare: &spare)
             }
             w = module.walk(td: t, gpa, to: 0)

@@ -147,7 +147,7 @@ public struct TDXPlatform: Platform {
                 return true
             case .eptViolationExit:
                 stats.acceptExits += 1
-                topUp(&spare, k)
+                topUp(&spare, hugepages: k.hugepages)
                 guard k.privateFault(gpa: gpa, acceptLevel: level, module: &module, spare: &spare).kind == .success else { return false }
             default: return false
             }
@@ -163,8 +163,9 @@ public struct TDXPlatform: Platform {
 
     /// Fills `spare` with the S-EPT pages KVM may need: three levels for a private fault,
     /// and with huge pages one per 2M leaf a MapGPA of `bytes` may split (the chunk edges).
-    mutating func topUp(_ spare: inout [UInt64], forMapGPA bytes: UInt64 = 0, _ k: KVMTDX) {
-        let splits = k.hugepages ? Int(min(bytes >> 21, 1 << 16)) + 2 : 0
+    /// Takes KVM's flag, not KVM: a KVMTDX passed by value from `inout` is a copy.
+    mutating func topUp(_ spare: inout [UInt64], forMapGPA bytes: UInt64 = 0, hugepages: Bool) {
+        let splits = hugepages ? Int(min(bytes >> 21, 1 << 16)) + 2 : 0
         while spare.count < max(3, splits) { spare.append(allocMeta()) }
     }
 
@@ -251,7 +252,7 @@ public struct TDXPlatform: Platform {
             guard let tdr = p.tdrs[i], p.module.tdIndex(tdr) != nil, !p.dead[i] else { return KernelStatus.error(.EIO) }
             let r = p.withKVM(i) { p, k, spare in
                 body(&m.guestKernels[i], { r12, r13 in
-                    p.topUp(&spare, forMapGPA: r13, k)
+                    p.topUp(&spare, forMapGPA: r13, hugepages: k.hugepages)
                     let out = k.mapGPA(gpa: r12, size: r13, module: &p.module, spare: &spare)
                     return (out.r10, out.r11)
                 }, { gpa, level in
