@@ -194,11 +194,12 @@ extension PageTable {
         let (t, index) = compactPosition(slot)
         let c = compacts[t]
         if c.dense >= 0 { return entries[Int(c.dense) &* entriesPerTable &+ index] }
-        return toggles.withUnsafeBufferPointer { c.entry(index, toggle: $0.baseAddress.map { $0 + t }) }
+        return compactEntry(c, t, index, toggles)
     }
 
-    /// Entry `index` of compact table `t`, `c`, which is not dense.
-    @inlinable func compactEntry(_ c: CompactTable, _ t: Int, _ index: Int) -> UInt64 {
+    /// Entry `index` of compact table `t`, `c`, which is not dense, with its toggle set from
+    /// `toggles`.
+    @inlinable static func compactEntry(_ c: CompactTable, _ t: Int, _ index: Int, _ toggles: [ToggleSet]) -> UInt64 {
         toggles.withUnsafeBufferPointer { c.entry(index, toggle: $0.baseAddress.map { $0 + t }) }
     }
 
@@ -265,7 +266,7 @@ extension PageTable {
         let d = takeDenseTable()
         let c = compacts[t]
         let base = d &* entriesPerTable
-        for i in 0..<entriesPerTable { entries[base &+ i] = compactEntry(c, t, i) }
+        for i in 0..<entriesPerTable { entries[base &+ i] = Self.compactEntry(c, t, i, toggles) }
         freeToggle(t)
         compacts[t].count = 0
         compacts[t].dense = Int32(d)
