@@ -70,8 +70,8 @@ public enum MemoryMap {
         let end = (kernel.mappedRanges.last!.upperBound + PageSize.size1G.bytes - 1) & ~(PageSize.size1G.bytes - 1)
         let cell = cellBytes(end: end)
         let count = Int((end + 512 * cell - 1) / (512 * cell)) * 512
-        let leaves = (try? kernel.pageTable.leaves(virt: VirtAddr(kernel.layout.pageOffset), size: end - kernel.physOffset)) ?? []
         if cell == PageSize.size2M.bytes {
+            let leaves = (try? kernel.pageTable.leaves(virt: VirtAddr(kernel.layout.pageOffset), size: end - kernel.physOffset)) ?? []
             let hole: UInt8 = coloring == .leafSize ? 4 : 3
             var cells = [UInt8](repeating: hole, count: count)
             // Without memory encryption (arm64) every present page is the host's own.
@@ -99,27 +99,23 @@ public enum MemoryMap {
             }
             return (cells, ownershipClasses, cell, details)
         }
-        // Large cells: bytes mapped, bytes mapped by leaves below 1G, and 4K pages, per cell.
+        // Large cells (1G-aligned, so no leaf crosses one): each cell's leaves counted by size
+        // by the page table's own walk, not listed (a 16 TiB map has millions of 4K leaves).
         var mapped = [UInt64](repeating: 0, count: count), split = [UInt64](repeating: 0, count: count)
-        var small: [Int: (m2: Int, k4: Int)] = [:]
-        for leaf in leaves {
-            let pa = kernel.pa(leaf.virt).rawValue, c = Int(pa / cell)
-            guard c < count else { continue }
-            mapped[c] += leaf.size.bytes
-            if leaf.size != .size1G {
-                split[c] += leaf.size.bytes
-                let n = small[c] ?? (0, 0)
-                small[c] = leaf.size == .size2M ? (n.m2 + 1, n.k4) : (n.m2, n.k4 + 1)
-            }
-        }
+        var small = [LeafCounts](repeating: LeafCounts(), count: count)
         var details: [Int: String] = [:]
-        for (c, n) in small {
-            details[c] = "\((mapped[c] - split[c]) >> 30) 1G leaves, \(n.m2) 2M leaves, \(n.k4) 4K pages"
+        for c in 0..<count {
+            let lo = max(UInt64(c) * cell, kernel.physOffset), hi = min(UInt64(c + 1) * cell, end)
+            guard lo < hi, let n = try? kernel.pageTable.leafCounts(virt: kernel.va(PhysAddr(lo)), size: hi - lo) else { continue }
+            small[c] = n
+            split[c] = UInt64(n.size2M) * PageSize.size2M.bytes + UInt64(n.size4K) * PageSize.size4K.bytes
+            mapped[c] = UInt64(n.size1G) * PageSize.size1G.bytes + split[c]
+            if split[c] > 0 { details[c] = "\(n.size1G) 1G leaves, \(n.size2M) 2M leaves, \(n.size4K) 4K pages" }
         }
         var cells = [UInt8](repeating: coloring == .leafSize ? 6 : 5, count: count)
         for c in 0..<count where mapped[c] > 0 {
             if coloring == .leafSize {
-                let k4 = UInt64(small[c]?.k4 ?? 0) << 12
+                let k4 = UInt64(small[c].size4K) << 12
                 cells[c] = split[c] == 0 ? 0 : k4 == 0 ? 1 : UInt8(2 + min(3, (k4 * 4 - 1) / mapped[c]))
                 continue
             }

@@ -148,9 +148,14 @@ public protocol Platform: Sendable {
     /// `guest`'s memory in the VMM: the frames the VMM's mapping gave up (the host may
     /// reuse them).
     mutating func guestMemoryReclaimed(guest: Int, pfns: [UInt64])
+    /// What a full walk of the platform's own invariants visits, in 4K tables of 512 entries
+    /// (an ownership table's expanded 2M chunks, the VMs' stage-2 table pages): counted with
+    /// the kernels' page tables for `Machine.automaticFullCheckInterval`.
+    var checkedTablePages: Int { get }
 }
 
 extension Platform {
+    public var checkedTablePages: Int { 0 }
     public static func guestSetMemory(_ m: inout Machine, guest: Int, va: UInt64, numpages: Int, encrypt: Bool) -> (any Outcome)? { nil }
     public func footprintDigest(guest: Int, gpa: UInt64) -> UInt64 { 0 }
     public func hostFootprintDigest(pa: UInt64) -> UInt64 { 0 }

@@ -70,7 +70,7 @@ public enum Checks {
                     return (n == 0, n == 0 ? "" : "\(n) host access\(n == 1 ? "" : "es") crashed the host")
                 }
             case "invariants":
-                return PreparedCheck(name: name, description: "invariants", line: line) { m, _ in
+                return PreparedCheck(name: name, description: "invariants", line: line, walksEveryInvariant: true) { m, _ in
                     do throws(InvariantViolation) { try m.checkInvariants(); return (true, "") } catch { return (false, error.description) }
                 }
             default:

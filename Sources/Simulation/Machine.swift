@@ -186,11 +186,14 @@ public struct Machine: Sendable {
         for i in guestKernels.indices { guestKernels[i].resetChanges() }
     }
 
-    /// How many steps apart `--check` walks everything, when not told: every step while the
-    /// page tables are small enough that a walk costs little (at most 16,384 table pages,
-    /// about 8 million entries), every 64 steps beyond.
+    /// How many steps apart `--check` walks everything, when not told: every step while what a
+    /// full walk visits is small enough to cost little (at most 16,384 tables of 512 entries,
+    /// about 8 million entries: the kernels' page tables and the platform's own, such as
+    /// SNP's RMP and stage-2 tables), every 64 steps beyond. `Runner` asks again after each
+    /// step, as the tables grow.
     public var automaticFullCheckInterval: Int {
-        kernel.pageTable.tablePages + guestKernels.reduce(0) { $0 + $1.kernel.pageTable.tablePages } <= 16_384 ? 1 : 64
+        kernel.pageTable.tablePages + guestKernels.reduce(0) { $0 + $1.kernel.pageTable.tablePages }
+            + platform.checkedTablePages <= 16_384 ? 1 : 64
     }
 
     /// The invariants of this machine's layers, in registry order.

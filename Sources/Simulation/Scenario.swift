@@ -67,6 +67,9 @@ public struct PreparedCheck: Sendable {
     /// For `broken-invariant`: the invariant this scenario shows broken, which `--check`
     /// therefore leaves out after each step.
     public var brokenInvariant: String? = nil
+    /// The `invariants` check: every invariant, walked in full. A `--check` run has just
+    /// done that after its last step, so it does not walk again.
+    var walksEveryInvariant = false
     let evaluate: @Sendable (Machine, [StepRecord]) -> (passed: Bool, detail: String)
 }
 

@@ -388,7 +388,8 @@ import Testing
         // RTT_CREATE under an ASSIGNED_NS block: 512 of them, refcount 0, the block broken first.
         #expect(f.rmm.rttMapUnprotected(rd: f.rd, ipa: ns, level: 1, pa: 0x4000_0000) == .success)
         #expect(f.create(ns, 2) == .success && f.entry(ns + 0x20_0000, 2) == .assignedNS(pa: 0x4020_0000))
-        #expect(f.wholeTable(ns, level: 2) == (0..<512).map { .assignedNS(pa: 0x4000_0000 + UInt64($0) << 21) })
+        let blocks: [RTTEntry] = (0..<512).map { (i: Int) -> RTTEntry in .assignedNS(pa: 0x4000_0000 + UInt64(i) << 21) }
+        #expect(f.wholeTable(ns, level: 2) == blocks)
         // An RTT of ASSIGNED_NS entries is destroyed with them (they are not counted).
         #expect(f.rmm.rttDestroy(rd: f.rd, ipa: ns, level: 2).status == .success && f.entry(ns, 1) == .unassignedNS)
         #expect(f.countsHold())

@@ -14,6 +14,27 @@ import HostKernel
         #expect(big.automaticFullCheckInterval == 64)
     }
 
+    /// The platform's own tables count as well (SNP's RMP chunks in use), and the size is
+    /// asked again as a run grows: 34 GiB of guest memory booted is 17,408 RMP chunks, and
+    /// the chunk holding the firmware's context page and the VMSA is one more.
+    @Test func thePlatformsTablesCountAndGrowingSwitchesTheInterval() throws {
+        let boot = try Scenario.load(yaml: """
+            name: t
+            machine: {arch: x86-snp, memory: 48G}
+            guests: [{name: vm0, asid: 1, memory: 34G, npt: 2M, placement: {pa: 0x240000000}}]
+            steps:
+              - workload: {kind: guest-boot, guest: vm0}
+
+            """, file: "t.yaml")
+        var m = try boot.boot()
+        #expect(m.platform.checkedTablePages < 16)
+        #expect(m.automaticFullCheckInterval == 1)
+        #expect(try m.run(boot.steps[0]).isError == false)
+        #expect((m.platform as? SNPPlatform)?.rmp.chunksInUse == 17_408 + 1)
+        #expect(m.kernel.pageTable.tablePages + m.guestKernels[0].kernel.pageTable.tablePages < 16_384)
+        #expect(m.automaticFullCheckInterval == 64)
+    }
+
     @Test func aRunBetweenFullWalksChecksTheChangedRegionsAndEndsWithAFullWalk() throws {
         let s = try Scenario.load(yaml: """
             name: t

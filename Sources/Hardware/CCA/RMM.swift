@@ -424,7 +424,8 @@ public struct RMM: Sendable {
     /// so creating them never copies the tables already built.
     public mutating func reserveRTTs(rd: UInt64, bytes: UInt64) {
         guard let i = realmSlot[rd] else { return }
-        realmList[i].rtt.reserveCapacity(tables: Int(min(1 + (bytes >> 30) + (bytes >> 21) + 4, 1 << 22)))
+        let tables: UInt64 = 1 + (bytes >> 30) + (bytes >> 21) + 4
+        realmList[i].rtt.reserveCapacity(tables: Int(min(tables, 1 << 22)))
     }
 
     /// rec_mpidr_to_idx: Aff0[3:0], Aff1, Aff2, Aff3 packed; nil when another bit is set

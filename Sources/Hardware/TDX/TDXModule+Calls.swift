@@ -119,7 +119,7 @@ public struct TDXModule: Sendable {
     /// so linking them never copies the tables already built.
     public mutating func reserveSEPT(tdr: UInt64, bytes: UInt64) {
         guard let i = tdIndex(tdr) else { return }
-        let tables = 1 + (bytes >> 39) + (bytes >> 30) + (bytes >> 21) + 3
+        let tables: UInt64 = 1 + (bytes >> 39) + (bytes >> 30) + (bytes >> 21) + 3
         tds[i].sept.reserveCapacity(tables: Int(min(tables, 1 << 22)))
     }
 
