@@ -30,6 +30,18 @@ extension HostOwnership {
     /// All or nothing, for a table that cannot say how many.
     public func guestPages(inRegionOf pfn: UInt64) -> Int { regionHasGuestPages(pfn: pfn) ? 512 : 0 }
     public func faultReason(pa: UInt64, mappingSize: PageSize) -> String { "" }
+
+    /// Of the `regions` 2M regions from the one holding `pfn`: how many hold a page given
+    /// away, and how many of those also hold host pages (for maps with cells above 2M).
+    public func regionsWithGuestPages(from pfn: UInt64, regions: UInt64) -> (holding: Int, mixing: Int) {
+        var holding = 0, mixing = 0
+        for r in 0..<regions {
+            let n = guestPages(inRegionOf: (pfn & ~511) + r * 512)
+            if n > 0 { holding += 1 }
+            if n > 0 && n < 512 { mixing += 1 }
+        }
+        return (holding, mixing)
+    }
 }
 
 /// A machine with no ownership table (plain x86-64): every access is allowed.

@@ -120,13 +120,8 @@ public enum MemoryMap {
                 continue
             }
             guard let ownership else { cells[c] = 0; continue }
-            var holding = 0, mixing = 0
             let regions = cell / PageSize.size2M.bytes
-            for r in 0..<regions {
-                let n = ownership.guestPages(inRegionOf: (UInt64(c) * regions + r) * 512)
-                if n > 0 { holding += 1 }
-                if n > 0 && n < 512 { mixing += 1 }
-            }
+            let (holding, mixing) = ownership.regionsWithGuestPages(from: UInt64(c) * regions * 512, regions: regions)
             cells[c] = mixing > 0 ? 6 : holding == 0 ? 0 : UInt8(1 + min(3, (UInt64(holding) * 4 - 1) / regions))
             if holding > 0 { details[c] = "guest pages in \(holding) of its \(regions) 2M regions, \(mixing) of them mixing" }
         }

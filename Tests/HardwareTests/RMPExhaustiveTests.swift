@@ -61,10 +61,18 @@ import PageTables
         let c = r.code(Int(base >> 21))
         if c == -1 { return [] }
         if c <= -2 { let e = r.largeEntries[Int(-2 - c)]; return [0, e.lo, e.hi] }  // one 2M page
+        // An entry whose flag byte is 0 is the default one (the invariant checked after every
+        // instruction says so), so only the others are read. A while loop: this test is built
+        // unoptimized, and a range's iterator costs more than the rest of the loop.
         var k: [UInt64] = []
-        for i in 0..<UInt64(512) {
-            let e = r[(base >> 12) + i]
-            if e != .hypervisor { k += [i, e.lo, e.hi] }
+        let flags = r.flags, first = Int(c) << 9
+        var i = 0
+        while i < 512 {
+            if flags[first + i].rawValue != 0 {
+                let e = r[(base >> 12) + UInt64(i)]
+                if e != .hypervisor { k += [UInt64(i), e.lo, e.hi] }
+            }
+            i += 1
         }
         return k
     }
