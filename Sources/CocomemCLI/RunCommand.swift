@@ -28,7 +28,7 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("Show --meminfo/--ptdump/--svg as they were right after step N (0 = after boot).", valueName: "N")) var at: Int?
     @Flag(help: "Check every invariant after every step; stop at the first violation.") var check = false
     @Option(name: .customLong("check-every"), help: ArgumentHelp(
-        "With --check: walk everything every N steps and after the last; in between, check the regions each step changed (default: every step while a full walk visits at most 16,384 tables of 512 entries, the page tables and the platform's own such as the RMP, every 64 steps beyond).",
+        "With --check: walk everything every N steps and after the last; in between, check the regions each step changed (default: every step while a full walk visits at most 16,384 tables of 512 entries, counting the page tables and the platform's own such as the RMP; every 64 steps beyond).",
         valueName: "N")) var checkEvery: Int?
     @Option(help: ArgumentHelp("Record every metric after boot, every N steps, every N operations inside a workload, and at the end (JSON 'samples', CSV rows, trace counters).", valueName: "N")) var sample: Int?
     @Option(help: ArgumentHelp("Write a Chrome trace event file (open it in Perfetto).", valueName: "file")) var trace: String?
