@@ -101,31 +101,28 @@ public enum MemoryMap {
         }
         // Large cells (1G-aligned, so no leaf crosses one): each cell's leaves counted by size
         // by the page table's own walk, not listed (a 16 TiB map has millions of 4K leaves).
-        var mapped = [UInt64](repeating: 0, count: count), split = [UInt64](repeating: 0, count: count)
-        var small = [LeafCounts](repeating: LeafCounts(), count: count)
+        // A cell with nothing mapped keeps the hole's class.
+        var cells = [UInt8](repeating: coloring == .leafSize ? 6 : 5, count: count)
         var details: [Int: String] = [:]
+        let regions = cell / PageSize.size2M.bytes
         for c in 0..<count {
             let lo = max(UInt64(c) * cell, kernel.physOffset), hi = min(UInt64(c + 1) * cell, end)
             guard lo < hi, let n = try? kernel.pageTable.leafCounts(virt: kernel.va(PhysAddr(lo)), size: hi - lo) else { continue }
-            small[c] = n
-            split[c] = UInt64(n.size2M) * PageSize.size2M.bytes + UInt64(n.size4K) * PageSize.size4K.bytes
-            mapped[c] = UInt64(n.size1G) * PageSize.size1G.bytes + split[c]
-            if split[c] > 0 { details[c] = "\(n.size1G) 1G leaves, \(n.size2M) 2M leaves, \(n.size4K) 4K pages" }
-        }
-        var cells = [UInt8](repeating: coloring == .leafSize ? 6 : 5, count: count)
-        for c in 0..<count where mapped[c] > 0 {
+            let split = UInt64(n.size2M) * PageSize.size2M.bytes + UInt64(n.size4K) * PageSize.size4K.bytes
+            let mapped = UInt64(n.size1G) * PageSize.size1G.bytes + split
+            guard mapped > 0 else { continue }
             if coloring == .leafSize {
-                let k4 = UInt64(small[c].size4K) << 12
-                cells[c] = split[c] == 0 ? 0 : k4 == 0 ? 1 : UInt8(2 + min(3, (k4 * 4 - 1) / mapped[c]))
+                let k4 = UInt64(n.size4K) << 12
+                cells[c] = split == 0 ? 0 : k4 == 0 ? 1 : UInt8(2 + min(3, (k4 * 4 - 1) / mapped))
+                if split > 0 { details[c] = "\(n.size1G) 1G leaves, \(n.size2M) 2M leaves, \(n.size4K) 4K pages" }
                 continue
             }
+            // Only a cell holding guest pages gets a tooltip of its own here.
             guard let ownership else { cells[c] = 0; continue }
-            let regions = cell / PageSize.size2M.bytes
             let (holding, mixing) = ownership.regionsWithGuestPages(from: UInt64(c) * regions * 512, regions: regions)
             cells[c] = mixing > 0 ? 6 : holding == 0 ? 0 : UInt8(1 + min(3, (UInt64(holding) * 4 - 1) / regions))
             if holding > 0 { details[c] = "guest pages in \(holding) of its \(regions) 2M regions, \(mixing) of them mixing" }
         }
-        if coloring == .ownership { details = details.filter { cells[$0.key] != 0 } }
         let classes = coloring == .leafSize ? largeLeafClasses : Array(largeOwnershipClasses.prefix(ownership == nil ? 6 : 7))
         return (cells, classes, cell, details)
     }
