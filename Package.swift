@@ -54,18 +54,22 @@ let package = Package(
         // The physical-limit reference `cocomem bench` compares the model against.
         .target(name: "CReference", cSettings: [.unsafeFlags(["-O2"])]),
 
+        // `expectEqual`/`expectNotEqual`: `#expect(a == b)` expanded once, not at each of
+        // some 1,800 call sites (see Tests/Expectations/Expectations.swift).
+        .target(name: "Expectations", path: "Tests/Expectations"),
+
         // Optimized in debug too: the differential tests compare every unit of a window
         // after every operation; unoptimized, that was 33 s of CPU, optimized under 5 s, for
         // 2 s more compiling.
-        .testTarget(name: "PageTablesTests", dependencies: ["PageTables"], swiftSettings: [.unsafeFlags(["-O"], .when(configuration: .debug))]),
-        .testTarget(name: "HardwareTests", dependencies: ["Hardware"]),
-        .testTarget(name: "HostKernelTests", dependencies: ["HostKernel"]),
-        .testTarget(name: "HypervisorTests", dependencies: ["Hypervisor"]),
-        .testTarget(name: "GuestKernelTests", dependencies: ["GuestKernel"]),
-        .testTarget(name: "SimulationTests", dependencies: ["Simulation"]),
-        .testTarget(name: "ReportsTests", dependencies: ["Reports"]),
-        .testTarget(name: "CocomemCLITests", dependencies: ["CocomemCLI"]),
-        .testTarget(name: "CocomemTests", dependencies: ["Cocomem"]),
+        .testTarget(name: "PageTablesTests", dependencies: ["PageTables", "Expectations"], swiftSettings: [.unsafeFlags(["-O"], .when(configuration: .debug))]),
+        .testTarget(name: "HardwareTests", dependencies: ["Hardware", "Expectations"]),
+        .testTarget(name: "HostKernelTests", dependencies: ["HostKernel", "Expectations"]),
+        .testTarget(name: "HypervisorTests", dependencies: ["Hypervisor", "Expectations"]),
+        .testTarget(name: "GuestKernelTests", dependencies: ["GuestKernel", "Expectations"]),
+        .testTarget(name: "SimulationTests", dependencies: ["Simulation", "Expectations"]),
+        .testTarget(name: "ReportsTests", dependencies: ["Reports", "Expectations"]),
+        .testTarget(name: "CocomemCLITests", dependencies: ["CocomemCLI", "Expectations"]),
+        .testTarget(name: "CocomemTests", dependencies: ["Cocomem", "Expectations"]),
     ]
 )
 

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import CocomemCLI
 @testable import Reports
+import Expectations
 
 /// Bad input never crashes, hangs or is silently accepted: one test per class of the issue
 /// (address arithmetic, output paths, output injection, work that cannot progress, unclear
@@ -42,7 +43,7 @@ import Testing
     ])
     func addressArithmeticAndArgumentsAreScenarioErrors(_ text: String, _ message: String) throws {
         let r = try runScenario(text)
-        #expect(r.status == 1)
+        expectEqual(r.status, 1)
         #expect(r.err.contains(message), "stderr was: \(r.err)")
     }
 
@@ -60,7 +61,7 @@ import Testing
 
             """
         let r = try runScenario(text)
-        #expect(r.status == 1)
+        expectEqual(r.status, 1)
         #expect(r.err.contains("no usable RAM page at or above 0x2000000: every one of its 8192 pages belongs to a guest or the firmware"), "stderr was: \(r.err)")
     }
 
@@ -72,7 +73,7 @@ import Testing
         let target = dir + "/target.json", link = dir + "/link.json", fifo = dir + "/fifo"
         try "old".write(toFile: target, atomically: true, encoding: .utf8)
         try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: target)
-        #expect(mkfifo(fifo, 0o644) == 0)
+        expectEqual(mkfifo(fifo, 0o644), 0)
         let scenario = try CLI.writeTemp("name: t\nmachine: {memory: 1G}\nsteps: []\n")
         // A reader for the FIFO, so the writer does not block.
         let reader = Process()
@@ -84,13 +85,15 @@ import Testing
         let r = try CLI.run(["run", scenario, "--trace", link, "--svg", fifo, "--html", "/dev/null"])
         let fromFifo = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         reader.waitUntilExit()
-        #expect(r.status == 0, "stderr was: \(r.err)")
-        #expect(try FileManager.default.destinationOfSymbolicLink(atPath: link) == target)
+        expectEqual(r.status, 0, "stderr was: \(r.err)")
+        try expectEqual(FileManager.default.destinationOfSymbolicLink(atPath: link), target)
         #expect(try String(contentsOfFile: target, encoding: .utf8).hasPrefix("{\"traceEvents\""))
         #expect(fromFifo.hasPrefix("<svg"))
         var st = stat()
-        #expect(lstat(fifo, &st) == 0 && st.st_mode & S_IFMT == S_IFIFO)
-        #expect(stat("/dev/null", &st) == 0 && st.st_mode & S_IFMT == S_IFCHR)
+        expectEqual(lstat(fifo, &st), 0)
+        expectEqual(st.st_mode & S_IFMT, S_IFIFO)
+        expectEqual(stat("/dev/null", &st), 0)
+        expectEqual(st.st_mode & S_IFMT, S_IFCHR)
         let toDir = try CLI.run(["run", scenario, "--svg", dir])
         #expect(toDir.status == 1 && toDir.err.contains("is a directory; give a file name"))
     }
@@ -99,10 +102,10 @@ import Testing
     @Test func userTextIsEscapedInEveryFormat() throws {
         let forged = "name: t\nmachine: {memory: 1G}\nsteps:\n  - host-read: {pa: 0x100000}\n    expect: \"ok\\nnot ok 2 - forged # SKIP\"\n"
         let r = try CLI.run(["check", try CLI.writeTemp(forged)])
-        #expect(r.out.split(separator: "\n").filter { $0.hasPrefix("ok") || $0.hasPrefix("not ok") }.count == 1)
+        expectEqual(r.out.split(separator: "\n").filter { $0.hasPrefix("ok") || $0.hasPrefix("not ok") }.count, 1)
         #expect(r.out.contains("host-read = ok\\nnot ok 2 - forged \\# SKIP"))
-        #expect(RunReport.tapDescription("a\tb\u{7}c\\") == "a\\tb\\u{7}c\\\\")
-        #expect(MemoryMap.escape("<a\u{1}&'\"\n>") == "&lt;a\u{fffd}&amp;&apos;&quot;\n&gt;")
+        expectEqual(RunReport.tapDescription("a\tb\u{7}c\\"), "a\\tb\\u{7}c\\\\")
+        expectEqual(MemoryMap.escape("<a\u{1}&'\"\n>"), "&lt;a\u{fffd}&amp;&apos;&quot;\n&gt;")
     }
 
     @Test(arguments: [
@@ -111,14 +114,14 @@ import Testing
     ])
     func commandLineMistakesAreSaidPlainly(_ args: [String], _ message: String) throws {
         let r = try CLI.run(args)
-        #expect(r.status == 1)
+        expectEqual(r.status, 1)
         #expect(r.err.contains(message), "stderr was: \(r.err)")
     }
 
     @Test func crlfE820FilesAndPipesAreRead() throws {
         let path = try CLI.writeTemp(CLI.e820.replacingOccurrences(of: "\n", with: "\r\n") + "\r\n")
         let r = try CLI.run(["meminfo", "--e820", path])
-        #expect(r.status == 0, "stderr was: \(r.err)")
+        expectEqual(r.status, 0, "stderr was: \(r.err)")
         #expect(r.out.hasPrefix("DirectMap4k:"))
         // A scenario on a pipe (/dev/stdin) is read too.
         let p = Process()
@@ -132,7 +135,7 @@ import Testing
         try input.fileHandleForWriting.close()
         let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         p.waitUntilExit()
-        #expect(p.terminationStatus == 0)
+        expectEqual(p.terminationStatus, 0)
         #expect(text.hasPrefix("scenario  piped  (/dev/stdin"))
     }
 
@@ -144,7 +147,7 @@ import Testing
         try h.close()
         defer { try? FileManager.default.removeItem(atPath: path) }
         let r = try CLI.run(["run", path])
-        #expect(r.status == 1)
+        expectEqual(r.status, 1)
         #expect(r.err.contains("3221225472 bytes, past the 4 MiB a scenario file may have"), "stderr was: \(r.err)")
     }
 }

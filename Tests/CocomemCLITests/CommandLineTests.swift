@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import CocomemCLI
+import Expectations
 
 /// The command line end to end: the built `cocomem` binary, its output and its exit status.
 @Suite struct CommandLineTests {
@@ -44,35 +45,35 @@ import Testing
     /// The bench's worker names are internal, but a wrong one is still a clear error.
     @Test func benchRefusesAnUnknownWorker() throws {
         let r = try Self.run(["bench", "--worker", "bogus"])
-        #expect(r.status == 1)
-        #expect(r.err == "Error: unknown bench worker bogus\n")
+        expectEqual(r.status, 1)
+        expectEqual(r.err, "Error: unknown bench worker bogus\n")
     }
 
     @Test func meminfoFromAnE820File() throws {
         let path = try Self.writeTemp(Self.e820)
         let r = try Self.run(["meminfo", "--e820", path])
-        #expect(r.status == 0)
-        #expect(r.out == "DirectMap4k:        2048 kB\nDirectMap2M:     1046528 kB\nDirectMap1G:    24117248 kB\n")
+        expectEqual(r.status, 0)
+        expectEqual(r.out, "DirectMap4k:        2048 kB\nDirectMap2M:     1046528 kB\nDirectMap1G:    24117248 kB\n")
         let n = try Self.run(["meminfo", "--e820", path, "--no-gbpages"])
-        #expect(n.out == "DirectMap4k:        2048 kB\nDirectMap2M:    25163776 kB\n")
+        expectEqual(n.out, "DirectMap4k:        2048 kB\nDirectMap2M:    25163776 kB\n")
     }
 
     @Test func meminfoAfterApplyShowsTheSplit() throws {
         let r = try Self.run(["meminfo", "--memory", "64G", "--apply", "set_memory_decrypted 0xffff888040000000 1"])
-        #expect(r.status == 0)
-        #expect(r.out == "DirectMap4k:        4096 kB\nDirectMap2M:     2093056 kB\nDirectMap1G:    65011712 kB\n")
-        #expect(r.err == "set_memory_decrypted 0xffff888040000000 1 = ok\n")
+        expectEqual(r.status, 0)
+        expectEqual(r.out, "DirectMap4k:        4096 kB\nDirectMap2M:     2093056 kB\nDirectMap1G:    65011712 kB\n")
+        expectEqual(r.err, "set_memory_decrypted 0xffff888040000000 1 = ok\n")
     }
 
     @Test func failAllocGivesENOMEM() throws {
         let r = try Self.run(["meminfo", "--memory", "4G", "--fail-alloc", "--apply", "set_memory_4k pa:0x40000000 1"])
-        #expect(r.status == 0)
-        #expect(r.err == "set_memory_4k 0xffff888040000000 1 = -ENOMEM\n")
+        expectEqual(r.status, 0)
+        expectEqual(r.err, "set_memory_4k 0xffff888040000000 1 = -ENOMEM\n")
     }
 
     @Test func ptdumpPrintsTheDirectMapSection() throws {
         let r = try Self.run(["ptdump", "--memory", "4G"])
-        #expect(r.status == 0)
+        expectEqual(r.status, 0)
         // The direct map's first page shows under "LDT remap", one entry past its marker.
         #expect(r.out.contains("---[ LDT remap ]---\n0xffff888000000000-0xffff888000001000           4K     RW                 GLB NX pte\n"
             + "---[ Low Kernel Mapping ]---\n0xffff888000001000-0xffff888000200000        2044K     RW                 GLB NX pte\n"))
@@ -80,7 +81,7 @@ import Testing
 
     @Test func demoRunsWithNoArguments() throws {
         let r = try Self.run([])
-        #expect(r.status == 0)
+        expectEqual(r.status, 0)
         #expect(r.out == (try Demo.text()) + "\n")
     }
 
@@ -96,7 +97,7 @@ import Testing
     ])
     func badInputIsAClearErrorAndExitStatusOne(_ args: [String], _ message: String) throws {
         let r = try Self.run(args)
-        #expect(r.status == 1)
+        expectEqual(r.status, 1)
         #expect(r.err.contains(message), "stderr was: \(r.err)")
         #expect(r.out.isEmpty)
     }
@@ -104,19 +105,19 @@ import Testing
     @Test func malformedE820NamesFileAndLine() throws {
         let path = try Self.writeTemp("BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable\nBIOS-e820: [mem 0x0000000000100000-0x00000000bfffffff] RAM\n")
         let r = try Self.run(["meminfo", "--e820", path])
-        #expect(r.status == 1)
+        expectEqual(r.status, 1)
         #expect(r.err.contains("\(path): e820 line 2: unknown type 'RAM'"))
     }
 
     @Test func overlappingE820IsRefused() throws {
         let path = try Self.writeTemp("BIOS-e820: [mem 0x0000000000000000-0x00000000bfffffff] usable\nBIOS-e820: [mem 0x0000000000100000-0x00000000001fffff] reserved\n")
         let r = try Self.run(["ptdump", "--e820", path])
-        #expect(r.status == 1)
+        expectEqual(r.status, 1)
         #expect(r.err.contains("e820 line 2: range 0x100000-0x1fffff overlaps line 1"))
     }
 
     @Test func unknownSubcommandIsAnError() throws {
         let r = try Self.run(["frobnicate"])
-        #expect(r.status != 0)
+        expectNotEqual(r.status, 0)
     }
 }

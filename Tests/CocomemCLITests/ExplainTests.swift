@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import CocomemCLI
+import Expectations
 
 /// Issue 21: faults explained as the kernel would log them, a crash said first, the records
 /// in --json, --trace and on the map; policies overridden from the command line.
@@ -17,14 +18,14 @@ import Testing
         let r = try CLI.run(["run", Self.adversarial, "--policy", "host.directmap-policy=none"])
         #expect(r.status == 1 && r.out.hasSuffix("FAIL  no-host-crash  (30 host accesses crashed the host)\n\nFAIL\n"), "\(r.out)")
         let lines = r.out.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
-        #expect(lines[1] == "policies  host.cpa-collapse=rox guest.cpa-collapse=rox host.directmap-policy=none")
-        #expect(lines[3] == "HOST CRASHED  30 host accesses brought the host down; the first:")
-        #expect(lines[4] == "  " + Self.firstFault)
+        expectEqual(lines[1], "policies  host.cpa-collapse=rox guest.cpa-collapse=rox host.directmap-policy=none")
+        expectEqual(lines[3], "HOST CRASHED  30 host accesses brought the host down; the first:")
+        expectEqual(lines[4], "  " + Self.firstFault)
         #expect(r.out.contains("\nhost faults  30 (the first 10; --faults N shows more)\n  " + Self.firstFault + "\n"))
-        #expect(lines.filter { $0.hasPrefix("  step 4 op ") }.count == 11)  // the crash, then ten
+        expectEqual(lines.filter { $0.hasPrefix("  step 4 op ") }.count, 11)  // the crash, then ten
         let two = try CLI.run(["run", Self.adversarial, "--policy", "host.directmap-policy=none", "--faults", "2"])
         #expect(two.out.contains("host faults  30 (the first 2; --faults N shows more)\n"))
-        #expect(two.out.split(separator: "\n").filter { $0.hasPrefix("  step 4 op ") }.count == 3)
+        expectEqual(two.out.split(separator: "\n").filter { $0.hasPrefix("  step 4 op ") }.count, 3)
         // The file's own policy keeps the host up: no crash line, no faults.
         let kept = try CLI.run(["run", Self.adversarial])
         #expect(!kept.out.contains("HOST CRASHED") && !kept.out.contains("host faults"))
@@ -57,15 +58,18 @@ import Testing
         let json = try #require(try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as? [String: Any])
         let faults = try #require(json["faults"] as? [String: Any])
         let records = try #require(faults["records"] as? [[String: Any]])
-        #expect(faults["total"] as? Int == 30 && records.count == 30)
-        #expect(records[0]["line"] as? String == Self.firstFault)
-        #expect(records[0]["error_code"] as? String == "0x80000003" && records[0]["end"] as? String == "double fault")
-        #expect(records[0]["mapping"] as? String == "a 1G pud" && records[0]["operation"] as? Int == 362)
+        expectEqual(faults["total"] as? Int, 30)
+        expectEqual(records.count, 30)
+        expectEqual(records[0]["line"] as? String, Self.firstFault)
+        expectEqual(records[0]["error_code"] as? String, "0x80000003")
+        expectEqual(records[0]["end"] as? String, "double fault")
+        expectEqual(records[0]["mapping"] as? String, "a 1G pud")
+        expectEqual(records[0]["operation"] as? Int, 362)
         let trace = try String(contentsOfFile: dir + "/t.json", encoding: .utf8)
-        #expect(trace.components(separatedBy: "\"cat\":\"fault\",\"ph\":\"i\"").count - 1 == 30)
+        expectEqual(trace.components(separatedBy: "\"cat\":\"fault\",\"ph\":\"i\"").count - 1, 30)
         #expect(trace.contains("\"args\":{\"name\":\"CPU 0\"}"))
         let svg = try String(contentsOfFile: dir + "/m.svg", encoding: .utf8)
-        #expect(svg.components(separatedBy: "<circle").count - 1 == 31)  // 30 marks and the legend's
+        expectEqual(svg.components(separatedBy: "<circle").count - 1, 31)  // 30 marks and the legend's
         let escaped = Self.firstFault.replacingOccurrences(of: ">", with: "&gt;").replacingOccurrences(of: "'", with: "&apos;")
         #expect(svg.contains("<title>" + escaped + "</title></circle>"))
     }
@@ -122,15 +126,15 @@ import Testing
         // Boot; adversarial-flip's 3000 operations in three samples; host-writes' 20000 in
         // twenty; the final state after step 4 (step 1's guest-boot and step 3's 200
         // swiotlb operations are neither a multiple of 1000 nor the last step).
-        #expect(rows.count == 1 + 1 + 3 + 20 + 1)
-        #expect(Array(rows[1...5]) == ["0,,2048", "2,1000,1660928", "2,2000,2693120", "2,3000,3330048", "4,1000,3422208"])
-        #expect(rows.last == "4,,3422208")
+        expectEqual(rows.count, 1 + 1 + 3 + 20 + 1)
+        expectEqual(Array(rows[1...5]), ["0,,2048", "2,1000,1660928", "2,2000,2693120", "2,3000,3330048", "4,1000,3422208"])
+        expectEqual(rows.last, "4,,3422208")
         let json = try CLI.run(["run", file, "--sample", "1000", "--json"])
         #expect(json.out.contains("\"step\": 2,\n      \"operation\": 1000,\n      \"of\": 3000,"))
         let dir = NSTemporaryDirectory() + "cocomem-sample-\(UUID().uuidString).json"
         _ = try CLI.run(["run", file, "--sample", "1000", "--trace", dir])
         let trace = try String(contentsOfFile: dir, encoding: .utf8)
-        #expect(trace.components(separatedBy: "\"cat\":\"batch\"").count - 1 == 3 + 20)
+        expectEqual(trace.components(separatedBy: "\"cat\":\"batch\"").count - 1, 3 + 20)
         #expect(trace.contains("{\"name\":\"adversarial-flip ops 1001-2000\",\"cat\":\"batch\",\"ph\":\"X\",\"ts\":2333.333,\"dur\":333.333,"))
         // Numeric step arguments are numbers.
         #expect(trace.contains("\"args\":{\"kind\":\"adversarial-flip\",\"guest\":\"vm0\",\"operations\":3000,"))
@@ -145,7 +149,7 @@ import Testing
         #expect(!r.out.contains("\"samples\""))
         let trace = try String(contentsOfFile: path, encoding: .utf8), short = String(trace.prefix(300))
         // adversarial-flip 3000 in 47s, swiotlb-churn 200 in 4s, host-writes 20000 in 313s.
-        #expect(trace.components(separatedBy: "\"cat\":\"batch\"").count - 1 == 64 + 50 + 64, "\(short)")
+        expectEqual(trace.components(separatedBy: "\"cat\":\"batch\"").count - 1, 64 + 50 + 64, "\(short)")
         #expect(trace.contains("{\"name\":\"adversarial-flip ops 1-47\",\"cat\":\"batch\",\"ph\":\"X\",\"ts\":2000.000,\"dur\":15.667,"))
         #expect(trace.contains("{\"name\":\"host-writes ops 19720-20000\",\"cat\":\"batch\",\"ph\":\"X\",\"ts\":4985.950,\"dur\":14.050,"))
         #expect(trace.contains("{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":1,\"tid\":1,\"args\":{\"name\":\"steps\"}}"))

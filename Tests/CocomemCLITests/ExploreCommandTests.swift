@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import CocomemCLI
+import Expectations
 
 /// `cocomem explore`: exit 0 without a counterexample, 1 with one (a listing, a replayable
 /// scenario, a trace), 2 when a limit stopped it.
@@ -10,11 +11,12 @@ import Testing
     @Test func exitStatusesListingAndReplay() throws {
         let race = ScenarioCommandTests.example("explore-mte-swap-race.yaml")
         let none = try CLI.run(["explore", race])
-        #expect(none.status == 0 && none.out == "no counterexample: 136 states, 1 complete schedules (states already seen not explored again)\n")
+        expectEqual(none.status, 0)
+        expectEqual(none.out, "no counterexample: 136 states, 1 complete schedules (states already seen not explored again)\n")
         let v514 = try CLI.writeTemp(try String(contentsOfFile: race, encoding: .utf8).replacingOccurrences(of: "mte-sync: v6.1-lock", with: "mte-sync: v5.14"))
         let ce = NSTemporaryDirectory() + "cocomem-ce-\(UUID().uuidString).yaml", trace = ce + ".json"
         let found = try CLI.run(["explore", v514, "--counterexample", ce, "--trace", trace])
-        #expect(found.status == 1)
+        expectEqual(found.status, 1)
         #expect(found.out.hasPrefix("counterexample: 7 actions, found after 26 states\n\n   #  CPU 0"))
         #expect(found.out.contains("\n   7                                                            set_pte_at: set_pte\n"))
         #expect(found.out.hasSuffix("\nthen: assert metric mte_stale_maps == 0 failed (mte_stale_maps is 1)\n"))

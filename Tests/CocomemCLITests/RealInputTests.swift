@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import CocomemCLI
+import Expectations
 
 /// Inputs as users have them: a whole boot log for --e820, a bare address in --apply, a
 /// missing file among those `check` is given, and `list operations`.
@@ -27,11 +28,11 @@ import Testing
 
             """
         let r = try CLI.run(["meminfo", "--e820", try CLI.writeTemp(log)])
-        #expect(r.status == 0, "stderr: \(r.err)")
+        expectEqual(r.status, 0, "stderr: \(r.err)")
         // Only the usable lines are RAM: [0, 3G) mapped as the kernel maps it (the first 2M in
         // 4K pages, the rest of the first 1G in 2M, then 1G pages) and [4G, 17G); the
         // persistent, soft reserved, type 13 and unusable ranges at 3G are not mapped.
-        #expect(r.out == "DirectMap4k:        2048 kB\nDirectMap2M:     1046528 kB\nDirectMap1G:    15728640 kB\n")
+        expectEqual(r.out, "DirectMap4k:        2048 kB\nDirectMap2M:     1046528 kB\nDirectMap1G:    15728640 kB\n")
         let bad = try CLI.run(["meminfo", "--e820", try CLI.writeTemp("[    0.000000] BIOS-e820: [mem 0x0-0xfff] weird\n")])
         #expect(bad.status == 1 && bad.err.contains("unknown type 'weird': valid types are 'usable', 'reserved', 'soft reserved'"))
         let none = try CLI.run(["meminfo", "--e820", try CLI.writeTemp("[    1.000000] usb 1-1: new device\n")])
@@ -40,7 +41,7 @@ import Testing
 
     @Test func aBareAddressInApplyIsNamedAsPhysical() throws {
         let r = try CLI.run(["meminfo", "--memory", "4G", "--apply", "set_memory_decrypted 0x40000000 1"])
-        #expect(r.status == 1)
+        expectEqual(r.status, 1)
         #expect(r.err.contains("is not inside the direct map") && r.err.contains("; to name a physical page write pa:0x40000000"))
         let empty = try CLI.run(["meminfo", "--memory", "4G", "--apply", ""])
         #expect(empty.status == 1 && empty.err.contains("unknown operation ''"))
@@ -49,7 +50,7 @@ import Testing
     @Test func checkReportsAFileItCannotRunAndGoesOn() throws {
         let good = ScenarioCommandTests.example("tlb-noflush.yaml")
         let r = try CLI.run(["check", "/nonexistent.yaml", good])
-        #expect(r.status == 1)
+        expectEqual(r.status, 1)
         #expect(r.out.contains("not ok 1 - /nonexistent.yaml could not be run\n  ---\n  message: \"/nonexistent.yaml: cannot read the file (No such file or directory)\""))
         #expect(r.out.contains("ok 2 - \(good)"))
         #expect(!r.out.contains("\nnot ok 2"))
@@ -59,8 +60,8 @@ import Testing
     /// not a walk); the walk stays the default.
     @Test func meminfoCountsAsTheKernelDoes() throws {
         let walk = try CLI.run(["meminfo", "--memory", "4G"]), kernel = try CLI.run(["meminfo", "--memory", "4G", "--count", "kernel"])
-        #expect(walk.out == "DirectMap4k:        2048 kB\nDirectMap2M:     1046528 kB\nDirectMap1G:     3145728 kB\n")
-        #expect(kernel.out == "DirectMap4k:        2048 kB\nDirectMap2M:     1046528 kB\nDirectMap1G:     5242880 kB\n")
+        expectEqual(walk.out, "DirectMap4k:        2048 kB\nDirectMap2M:     1046528 kB\nDirectMap1G:     3145728 kB\n")
+        expectEqual(kernel.out, "DirectMap4k:        2048 kB\nDirectMap2M:     1046528 kB\nDirectMap1G:     5242880 kB\n")
         let run = try CLI.run(["run", ScenarioCommandTests.example("cpa-basics.yaml"), "--meminfo", "--count", "kernel"])
         #expect(run.status == 0 && run.out.contains("/proc/meminfo at the end:\nDirectMap4k:"))
         let bad = try CLI.run(["meminfo", "--memory", "4G", "--count", "guess"])
@@ -69,7 +70,8 @@ import Testing
 
     @Test func listOperationsIsListOperations() throws {
         let a = try CLI.run(["list", "operations"]), b = try CLI.run(["list-operations"])
-        #expect(a.status == 0 && a.out == b.out)
+        expectEqual(a.status, 0)
+        expectEqual(a.out, b.out)
         #expect(a.out.hasPrefix("set_memory_4k ADDR NUMPAGES "))
     }
 
@@ -78,7 +80,7 @@ import Testing
         let dir = NSTemporaryDirectory() + "cocomem-maps-\(UUID().uuidString)/sub"
         let r = try CLI.run(["compare", ScenarioCommandTests.example("snp-directmap-policies.yaml"), "--policy", "none",
                              "--policy", "split-on-assign", "--svg", dir, "--color", "ownership", "--allow-fail"])
-        #expect(r.status == 0, "stderr: \(r.err)")
+        expectEqual(r.status, 0, "stderr: \(r.err)")
         let none = try String(contentsOfFile: dir + "/none.svg", encoding: .utf8)
         let split = try String(contentsOfFile: dir + "/split-on-assign.svg", encoding: .utf8)
         #expect(none.contains("snp-directmap-policies, host.directmap-policy = none — physical memory, one cell per 2M, one row per 1G (ownership)"))
@@ -107,7 +109,7 @@ import Testing
 
             """)
         let mine = try CLI.run(["ptdump", "--memory", "4G", "--system-map", map])
-        #expect(mine.status == 0, "stderr: \(mine.err)")
+        expectEqual(mine.status, 0, "stderr: \(mine.err)")
         // _etext at 0x...a5b000: 10M of text in 2M pages, 364K of 4K pages, the freed gap;
         // __end_rodata 2M-aligned: no split there.
         #expect(mine.out.contains("""

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import CocomemCLI
+import Expectations
 
 /// run, check, compare, list and demo, through the built binary.
 @Suite struct ScenarioCommandTests {
@@ -17,7 +18,7 @@ import Testing
         let files = try Self.examples()
         #expect(files.count >= 6)
         let r = try Self.run(["check"] + files)
-        #expect(r.status == 0, "\(r.out)")
+        expectEqual(r.status, 0, "\(r.out)")
         #expect(r.out.hasPrefix("TAP version 13\n1.."))
         #expect(!r.out.contains("not ok"))
         // Every example has at least one expectation or check.
@@ -35,7 +36,7 @@ import Testing
               - directmap: {1g: "== 3G"}
             """)
         let r = try Self.run(["check", path])
-        #expect(r.status == 1)
+        expectEqual(r.status, 1)
         #expect(r.out == """
             TAP version 13
             1..2
@@ -60,9 +61,10 @@ import Testing
         let f = Self.example("cpa-basics.yaml")
         let a = try Self.run(["run", f, "--json", "--sample", "3", "--trace", trace1, "--svg", svg1])
         let b = try Self.run(["run", f, "--json", "--sample", "3", "--trace", trace2, "--svg", svg2])
-        #expect(a.status == 0 && a.out == b.out)
-        #expect(try String(contentsOfFile: trace1, encoding: .utf8) == String(contentsOfFile: trace2, encoding: .utf8))
-        #expect(try String(contentsOfFile: svg1, encoding: .utf8) == String(contentsOfFile: svg2, encoding: .utf8))
+        expectEqual(a.status, 0)
+        expectEqual(a.out, b.out)
+        try expectEqual(String(contentsOfFile: trace1, encoding: .utf8), String(contentsOfFile: trace2, encoding: .utf8))
+        try expectEqual(String(contentsOfFile: svg1, encoding: .utf8), String(contentsOfFile: svg2, encoding: .utf8))
         let c1 = try Self.run(["run", Self.example("cpa-churn.yaml"), "--csv"])
         let c2 = try Self.run(["run", Self.example("cpa-churn.yaml"), "--csv"])
         #expect(c1.out == c2.out && c1.out.hasPrefix("metric,value\ndirectmap_4k_kb,"))
@@ -70,7 +72,7 @@ import Testing
 
     @Test func jsonHasStepsMetricsAndChecksInOrder() throws {
         let r = try Self.run(["run", Self.example("boot-e820.yaml"), "--json"])
-        #expect(r.status == 0)
+        expectEqual(r.status, 0)
         #expect(r.out.hasPrefix("{\n  \"scenario\": \"boot-e820\",\n  \"file\": "))
         #expect(r.out.contains("\"directmap_4k_kb\": 2048,\n    \"directmap_2m_kb\": 1046528,\n    \"directmap_1g_kb\": 24117248,"))
         #expect(r.out.hasSuffix("\"invariant_failure\": null,\n  \"passed\": true\n}\n"))
@@ -79,20 +81,20 @@ import Testing
     @Test func traceIsChromeTraceEventJSON() throws {
         let path = NSTemporaryDirectory() + "cocomem-trace-\(UUID().uuidString).json"
         let r = try Self.run(["run", Self.example("cpa-basics.yaml"), "--trace", path, "--quiet"])
-        #expect(r.status == 0)
+        expectEqual(r.status, 0)
         let data = try Data(contentsOf: URL(fileURLWithPath: path))
         let object = try JSONSerialization.jsonObject(with: data) as? [String: Any]
         let events = try #require(object?["traceEvents"] as? [[String: Any]])
-        #expect(events.filter { $0["ph"] as? String == "X" }.count == 18)
+        expectEqual(events.filter { $0["ph"] as? String == "X" }.count, 18)
         #expect(events.contains { $0["ph"] as? String == "C" && $0["name"] as? String == "DirectMap kB" })
         let first = try #require(events.first { $0["ph"] as? String == "X" })
-        #expect(first["name"] as? String == "set_memory_ro")
-        #expect((first["args"] as? [String: Any])?["result"] as? String == "ok")
+        expectEqual(first["name"] as? String, "set_memory_ro")
+        expectEqual((first["args"] as? [String: Any])?["result"] as? String, "ok")
     }
 
     @Test func meminfoAndPtdumpAtAStep() throws {
         let r = try Self.run(["run", Self.example("cpa-basics.yaml"), "--meminfo", "--at", "0"])
-        #expect(r.status == 0)
+        expectEqual(r.status, 0)
         #expect(r.out.contains("/proc/meminfo after step 0:\nDirectMap4k:        2048 kB\nDirectMap2M:     1046528 kB\nDirectMap1G:     7340032 kB\n"))
         let p = try Self.run(["run", Self.example("cpa-basics.yaml"), "--ptdump"])
         #expect(p.out.contains("ptdump at the end:\n---[ User Space ]---\n") && p.out.contains("\n---[ Low Kernel Mapping ]---\n"))
@@ -102,7 +104,7 @@ import Testing
         let svg = NSTemporaryDirectory() + "cocomem-\(UUID().uuidString).svg"
         let html = NSTemporaryDirectory() + "cocomem-\(UUID().uuidString).html"
         let r = try Self.run(["run", Self.example("split-scatter.yaml"), "--svg", svg, "--html", html, "--color", "leaf-size"])
-        #expect(r.status == 0)
+        expectEqual(r.status, 0)
         let s = try String(contentsOfFile: svg, encoding: .utf8)
         #expect(s.hasPrefix("<svg xmlns=\"http://www.w3.org/2000/svg\""))
         #expect(s.contains("4K, set_memory_4k (never collapses): "))
@@ -114,10 +116,10 @@ import Testing
     @Test func compareRunsEachPolicyInOrder() throws {
         let r = try Self.run(["compare", Self.example("cpa-basics.yaml"), "--policy", "never", "--policy", "rox", "--policy", "always"])
         // The file's metric check expects rox's collapse: `never` fails it, and compare says so.
-        #expect(r.status == 1)
+        expectEqual(r.status, 1)
         let rows = r.out.split(separator: "\n", omittingEmptySubsequences: false).map { $0.split(separator: " ").map(String.init) }
-        #expect(rows[0] == ["scenario", "cpa-basics,", "slot", "host.cpa-collapse,", "seed", "7"])
-        #expect(rows[2] == ["metric", "never", "rox", "always"])
+        expectEqual(rows[0], ["scenario", "cpa-basics,", "slot", "host.cpa-collapse,", "seed", "7"])
+        expectEqual(rows[2], ["metric", "never", "rox", "always"])
         #expect(rows.contains(["direct_map_level2_collapses", "0", "1", "1"]))
         #expect(rows.contains(["directmap_4k_kb", "14336", "12288", "12288"]))
         #expect(rows.contains(["expectations+checks", "FAIL:", "metric", "pass", "pass"]))
@@ -168,7 +170,7 @@ import Testing
     func badCommandLinesAreClearErrors(_ args: [String], _ message: String) throws {
         let fixed = args.map { $0.hasPrefix("examples/") ? Self.root.appendingPathComponent($0).path : $0 }
         let r = try Self.run(fixed)
-        #expect(r.status != 0)
+        expectNotEqual(r.status, 0)
         let expected = message.replacingOccurrences(of: "examples/", with: Self.root.path + "/examples/")
         #expect(r.err.contains(expected), "stderr: \(r.err)")
     }
@@ -176,7 +178,7 @@ import Testing
     @Test func scenarioErrorNamesFileLineColumnAndField() throws {
         let path = try CommandLineTests.writeTemp("name: bad\nmachine: {memory: 4G}\nsteps:\n  - set_memory_ro: {pa: 0x40000000, pages: 2}\n")
         let r = try Self.run(["run", path])
-        #expect(r.status == 1)
+        expectEqual(r.status, 1)
         #expect(r.err.contains("\(path):4:37: steps[1].set_memory_ro.pages: unknown field 'pages'; did you mean 'numpages'?; valid: addr, numpages, guest, gpa, pa"))
     }
 
@@ -185,7 +187,7 @@ import Testing
     @Test func compareAnswersTheKernelStackQuestion() throws {
         let r = try Self.run(["compare", Self.example("snp-directmap-policies.yaml"), "--policy", "none", "--policy", "split-on-assign",
                               "--policy", "proactive-4k", "--policy", "unmap-private", "--policy", "split-on-fault", "--policy", "coalesce"])
-        #expect(r.status == 1)  // none, unmap-private and split-on-fault fail the file's checks
+        expectEqual(r.status, 1)  // none, unmap-private and split-on-fault fail the file's checks
         #expect(r.out.contains("\n  none: step 2 host-write: expected ok, got #PF(RMP): double fault; no-host-crash\n"))
         let rows = r.out.split(separator: "\n").map { $0.split(separator: " ").map(String.init) }
         #expect(rows.contains(["rmp_fault_double_fault", "1", "0", "0", "0", "1", "0"]))
@@ -222,7 +224,7 @@ import Testing
                 expect: ok
             """)
         let r = try Self.run(["run", path, "--meminfo", "--guest", "vm0"])
-        #expect(r.status == 0)
+        expectEqual(r.status, 0)
         #expect(r.out.contains("/proc/meminfo of guest vm0 at the end:\nDirectMap4k:        2048 kB\nDirectMap2M:       14336 kB\nDirectMap1G:           0 kB\n"), "\(r.out)")
         let p = try Self.run(["run", path, "--ptdump", "--guest", "vm0"])
         #expect(p.out.contains("ptdump of guest vm0 at the end:\n---[ User Space ]---\n") && p.out.contains("\n---[ Low Kernel Mapping ]---\n"))
@@ -230,7 +232,7 @@ import Testing
         #expect(p.out.contains("0xffff888000200000-0xffff888000201000           4K     RW                 GLB NX pte\n"
             + "0xffff888000201000-0xffff888000400000        2044K     RW                 GLB NX pte\n"), "\(p.out)")
         #expect(try Self.run(["run", path, "--meminfo", "--guest", "vm9"]).err.contains("--guest 'vm9': "))
-        #expect(try Self.run(["run", path, "--guest", "vm0"]).status != 0)
+        try expectNotEqual(Self.run(["run", path, "--guest", "vm0"]).status, 0)
     }
 
     /// `--ptdump --process` prints a process's page table: ptdump's runs (split where the
@@ -238,7 +240,7 @@ import Testing
     @Test func ptdumpOfAProcess() throws {
         let path = Self.example("user-vvar-sev-guest.yaml")
         let p = try Self.run(["run", path, "--ptdump", "--guest", "sev0", "--process", "date"])
-        #expect(p.status == 0)
+        expectEqual(p.status, 0)
         #expect(p.out.contains("ptdump of process date of guest sev0 at the end:\n---[ User Space ]---\n"))
         #expect(p.out.contains("0x00007ffff7ffb000-0x00007ffff7ffc000           4K USR ro                     NX pte\n"
             + "0x00007ffff7ffc000-0x00007ffff7ffd000           4K USR ro                     NX pte\n"), "\(p.out)")

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import CocomemCLI
 @testable import Simulation
+import Expectations
 
 /// Issue 23: `sweep` expands a matrix in a fixed order and runs it locally, in shards or
 /// resumed; `merge` joins the shards into exactly the table of a local run, and refuses
@@ -24,21 +25,23 @@ import Testing
 
     @Test func runsAreNumberedScenarioFirstThenTheAxesLastFastest() throws {
         let m = try SweepCommand.load(try Self.matrix())
-        #expect(m.runs.count == 12 && m.hash.count == 16)
+        expectEqual(m.runs.count, 12)
+        expectEqual(m.hash.count, 16)
         #expect(m.runs.map { $0.params.map(\.1).joined(separator: " ") }.prefix(5)
             == ["never 50 1", "never 50 2", "never 100 1", "never 100 2", "rox 50 1"])
         // The values reach the scenario: the policy, the seed, the workload's operations.
         let r = m.runs[5]
-        #expect(r.scenario.policies.first { $0.slot == "host.cpa-collapse" }?.policy == "rox" && r.scenario.seed == 2)
-        #expect(r.scenario.steps[0].arguments.first { $0.0 == "operations" }?.1 == "50")
+        expectEqual(r.scenario.policies.first { $0.slot == "host.cpa-collapse" }?.policy, "rox")
+        expectEqual(r.scenario.seed, 2)
+        expectEqual(r.scenario.steps[0].arguments.first { $0.0 == "operations" }?.1, "50")
         // Shards interleave.
-        #expect(m.shard(1, of: 4).map(\.index) == [1, 5, 9])
+        expectEqual(m.shard(1, of: 4).map(\.index), [1, 5, 9])
     }
 
     @Test func shardsMergeToExactlyTheLocalTable() throws {
         let matrix = try Self.matrix(), all = Self.temp("all.jsonl")
         let local = try CLI.run(["sweep", matrix, "--out", all, "--jobs", "2"])
-        #expect(local.status == 0, "\(local.err)")
+        expectEqual(local.status, 0, "\(local.err)")
         let lines = try String(contentsOfFile: all, encoding: .utf8).split(separator: "\n")
         #expect(lines.count == 12 && lines[0].hasPrefix("{\"matrix\":\"") && lines[0].contains("\"run\":0,\"of\":12,\"scenario\":\"cpa-churn\",\"params\":{\"host.cpa-collapse\":\"never\",\"workload.operations\":\"50\",\"seed\":\"1\"},\"passed\":true,"))
         // No times, hosts or paths.
@@ -46,7 +49,7 @@ import Testing
         var shards: [String] = []
         for i in 0..<3 {
             let s = Self.temp("s\(i).jsonl")
-            #expect(try CLI.run(["sweep", matrix, "--shard", "\(i)/3", "--out", s]).status == 0)
+            try expectEqual(CLI.run(["sweep", matrix, "--shard", "\(i)/3", "--out", s]).status, 0)
             shards.append(s)
         }
         for format in [[], ["--csv"], ["--markdown"], ["--json"]] {
@@ -67,11 +70,12 @@ import Testing
         try (lines.prefix(5).joined(separator: "\n") + "\n" + lines[5].prefix(40)).write(toFile: part, atomically: true, encoding: .utf8)
         let r = try CLI.run(["sweep", matrix, "--out", part])
         #expect(r.status == 0 && r.err.contains("its last line was cut short; it is dropped and that run done again"))
-        #expect(try String(contentsOfFile: part, encoding: .utf8) == full)
+        try expectEqual(String(contentsOfFile: part, encoding: .utf8), full)
         // Once complete, nothing is run again.
         let again = try CLI.run(["sweep", matrix, "--out", part])
         let after = try String(contentsOfFile: part, encoding: .utf8)
-        #expect(again.status == 0 && after == full)
+        expectEqual(again.status, 0)
+        expectEqual(after, full)
     }
 
     /// Where a task finds its shard: the flag, Slurm's array variables, a Kubernetes
@@ -117,7 +121,7 @@ import Testing
         let other = try CLI.writeTemp("{\"matrix\":\"0123456789abcdef\",\"run\":0,\"of\":1}\n")
         let refused = try CLI.run(["sweep", try Self.matrix(), "--out", other])
         #expect(refused.status != 0 && refused.err.contains("a run of matrix 0123456789abcdef, not of this one"))
-        #expect(try String(contentsOfFile: other, encoding: .utf8) == "{\"matrix\":\"0123456789abcdef\",\"run\":0,\"of\":1}\n")
+        try expectEqual(String(contentsOfFile: other, encoding: .utf8), "{\"matrix\":\"0123456789abcdef\",\"run\":0,\"of\":1}\n")
         // Merges: another matrix, a missing shard, a doubled one, not a sweep line.
         let a = Self.temp("a.jsonl"), b = Self.temp("b.jsonl")
         _ = try CLI.run(["sweep", try Self.matrix(), "--out", a, "--shard", "0/2"])
@@ -134,9 +138,14 @@ import Testing
 @Suite struct BenchSpreadTests {
     @Test func aFigureIsTheMedianOfItsRunsWithItsRange() {
         let odd = Bench.Spread([3, 1, 2, 7, 5, 4, 6])
-        #expect(odd.median == 4 && odd.min == 1 && odd.max == 7 && odd.count == 7)
+        expectEqual(odd.median, 4)
+        expectEqual(odd.min, 1)
+        expectEqual(odd.max, 7)
+        expectEqual(odd.count, 7)
         let even = Bench.Spread([4, 1, 3, 2])
-        #expect(even.median == 2.5 && even.min == 1 && even.max == 4)
+        expectEqual(even.median, 2.5)
+        expectEqual(even.min, 1)
+        expectEqual(even.max, 4)
         #expect(Bench.rounds >= 7)
     }
 }

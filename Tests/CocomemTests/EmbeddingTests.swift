@@ -1,5 +1,6 @@
 import Cocomem
 import Testing
+import Expectations
 
 /// The model used from another program through the one `Cocomem` import: the README's
 /// example, and a direct-map policy of the embedding program's own, registered by name and
@@ -9,11 +10,11 @@ import Testing
     @Test func theReadmeExample() throws {
         var rmp = RMP(end: 4 << 30)
         let update = RMPUpdate(gpa: 0x1000, assigned: true, asid: 5)
-        #expect(rmp.rmpupdate(spa: 0x4000_0000, update) == .success)
-        #expect(rmp.rmpupdate(spa: 0x4000_0000, RMPUpdate(gpa: 0, assigned: true, size: .size2M, asid: 5)) == .failOverlap)
+        expectEqual(rmp.rmpupdate(spa: 0x4000_0000, update), .success)
+        expectEqual(rmp.rmpupdate(spa: 0x4000_0000, RMPUpdate(gpa: 0, assigned: true, size: .size2M, asid: 5)), .failOverlap)
         var kernel = try Kernel(memory: PhysicalMemory.pc(size: 4 << 30))
-        #expect(try kernel.setMemoryDecrypted(kernel.layout.pageOffset + 0x4000_0000, numpages: 1) == .ok)
-        #expect(kernel.directPagesCount.size4K == 1024)
+        try expectEqual(kernel.setMemoryDecrypted(kernel.layout.pageOffset + 0x4000_0000, numpages: 1), .ok)
+        expectEqual(kernel.directPagesCount.size4K, 1024)
     }
 
     /// A policy that splits the whole 2M region to 4K before a page in it changes owner.
@@ -30,7 +31,7 @@ import Testing
     @Test func aPolicyOfTheEmbeddersOwnIsChosenByName() throws {
         DirectMapPolicyKind.register(SplitRegion.self)
         #expect(!DirectMapPolicyKind.register(SplitRegion.self))  // a name is registered once
-        #expect(DirectMapPolicyKind(rawValue: "split-region")?.summary == SplitRegion.summary)
+        expectEqual(DirectMapPolicyKind(rawValue: "split-region")?.summary, SplitRegion.summary)
         let scenario = try Scenario.load(yaml: """
             name: embedded
             machine: {arch: x86-snp, memory: 4G}
@@ -44,7 +45,7 @@ import Testing
             """, file: "embedded.yaml")
         let run = try Runner.run(scenario, options: RunOptions(checkInvariants: true))
         #expect(run.passed)
-        #expect(run.machine.kernel.directPagesCount.size4K == 1024)  // the ISA 2M and the split region
+        expectEqual(run.machine.kernel.directPagesCount.size4K, 1024)  // the ISA 2M and the split region
         #expect(scenario.policies.contains { $0.slot == "host.directmap-policy" && $0.policy == "split-region" })
     }
 }

@@ -3,6 +3,7 @@ import Hardware
 import HostKernel
 import PageTables
 @testable import GuestKernel
+import Expectations
 
 /// The guest's own kernel and the SNP conversion protocol, with the machine's side stubbed.
 @Suite struct GuestKernelTests {
@@ -21,16 +22,16 @@ import PageTables
             return 0
         }
         #expect(g.isEncrypted(gfn: 3))
-        #expect(g.snpSetMemory(3..<5, encrypt: false, pvalidate: pvalidate, vmgexit: vmgexit).kind == .success)
-        #expect(calls == ["pvalidate 0x3 4K false", "pvalidate 0x4 4K false", "psc 0x3:2,0x4:2"])
+        expectEqual(g.snpSetMemory(3..<5, encrypt: false, pvalidate: pvalidate, vmgexit: vmgexit).kind, .success)
+        expectEqual(calls, ["pvalidate 0x3 4K false", "pvalidate 0x4 4K false", "psc 0x3:2,0x4:2"])
         #expect(!g.isEncrypted(gfn: 3) && !g.isEncrypted(gfn: 4) && g.isEncrypted(gfn: 5))
         calls = []
         // Already shared pages are skipped: only gfn 5 converts.
-        #expect(g.snpSetMemory(3..<6, encrypt: false, pvalidate: pvalidate, vmgexit: vmgexit).kind == .success)
-        #expect(calls == ["pvalidate 0x5 4K false", "psc 0x5:2"])
+        expectEqual(g.snpSetMemory(3..<6, encrypt: false, pvalidate: pvalidate, vmgexit: vmgexit).kind, .success)
+        expectEqual(calls, ["pvalidate 0x5 4K false", "psc 0x5:2"])
         calls = []
-        #expect(g.snpSetMemory(3..<4, encrypt: true, pvalidate: pvalidate, vmgexit: vmgexit).kind == .success)
-        #expect(calls == ["psc 0x3:1", "pvalidate 0x3 4K true"])
+        expectEqual(g.snpSetMemory(3..<4, encrypt: true, pvalidate: pvalidate, vmgexit: vmgexit).kind, .success)
+        expectEqual(calls, ["psc 0x3:1", "pvalidate 0x3 4K true"])
         #expect(g.isEncrypted(gfn: 3) && g.kernel.directPagesCount == LeafCounts(size4K: 512, size2M: 3))
     }
 
@@ -51,7 +52,7 @@ import PageTables
     @Test func theHooksSitBeforeAndAfterThePTEChangeAsInMemEncryptAMD() throws {
         var g = try GuestKernel(name: "vm0", memory: 4 << 20)
         let ok: SNPPvalidate = { _, _, _ in .success }
-        #expect(g.snpSetMemory(9..<10, encrypt: false, pvalidate: ok, vmgexit: { _ in 0 }).kind == .success)
+        expectEqual(g.snpSetMemory(9..<10, encrypt: false, pvalidate: ok, vmgexit: { _ in 0 }).kind, .success)
         let refused = g.snpSetMemory(9..<10, encrypt: true, pvalidate: ok, vmgexit: { _ in 0x1_0000_0000 })
         #expect(refused.description == "PSC error 0x100000000" && g.isEncrypted(gfn: 9))
         let failing: SNPPvalidate = { _, _, _ in PvalidateResult(failure: SNPStatusStub()) }
@@ -107,10 +108,10 @@ struct SNPStatusStub: Outcome {
         // RETRY resumes from R11; three without progress give up.
         var calls = 0
         #expect(GuestKernel.tdxMapGPA(0, 0x3000, enc: true) { r12, _ in calls += 1; return r12 == 0 ? (1, 0x1000) : (0, 0) })
-        #expect(calls == 2)
+        expectEqual(calls, 2)
         calls = 0
         #expect(!GuestKernel.tdxMapGPA(0, 0x3000, enc: true) { _, _ in calls += 1; return (1, 0) })
-        #expect(calls == 3)
+        expectEqual(calls, 3)
     }
 
     /// tdx_accept_memory tries 1G, then 2M, then 4K at each step, the largest aligned size
@@ -125,10 +126,10 @@ struct SNPStatusStub: Outcome {
         }
         // 4K, 1024 2M steps with a 1G attempt at 1G and 2G, then 2M and 4K at the end.
         #expect(ok && log.count == 1 + 1024 + 2 + 1 + 1 && log[0] == "0x3ffff000:0" && log[1] == "0x40000000:2" && log[2] == "0x40000000:1")
-        #expect(log.filter { $0.hasSuffix(":2") } == ["0x40000000:2", "0x80000000:2"])
-        #expect(log.suffix(2) == ["0xc0000000:1", "0xc0200000:0"])
+        expectEqual(log.filter { $0.hasSuffix(":2") }, ["0x40000000:2", "0x80000000:2"])
+        expectEqual(log.suffix(2), ["0xc0000000:1", "0xc0200000:0"])
         log = []
         #expect(!GuestKernel.tdxAcceptMemory(0, 0x200000) { gpa, level in log.append("\(hex(gpa)):\(level)"); return false })
-        #expect(log == ["0x0:1", "0x0:0"])
+        expectEqual(log, ["0x0:1", "0x0:0"])
     }
 }

@@ -1,5 +1,6 @@
 import Testing
 @testable import GuestKernel
+import Expectations
 
 /// drivers/firmware/efi/unaccepted_memory.c accept_memory and
 /// range_contains_unaccepted_memory (v6.12), and the page allocator's lazy acceptance
@@ -19,15 +20,18 @@ import Testing
         // [0, 2M) ends on a unit: the next unit is accepted too, in the same run.
         let ok1 = t.accept(0, 2 * Self.mib, arch: r.arch)
         #expect(ok1)
-        #expect(r.calls == ["0-4"] && t.unacceptedUnits == 6)
+        expectEqual(r.calls, ["0-4"])
+        expectEqual(t.unacceptedUnits, 6)
         // [4M, 5M) does not end on a unit: one unit.
         let ok2 = t.accept(4 * Self.mib, Self.mib, arch: r.arch)
         #expect(ok2)
-        #expect(r.calls == ["0-4", "4-6"] && t.unacceptedUnits == 5)
+        expectEqual(r.calls, ["0-4", "4-6"])
+        expectEqual(t.unacceptedUnits, 5)
         // A range over accepted and unaccepted units: one call per run of set bits.
         let ok3 = t.accept(0, 10 * Self.mib, arch: r.arch)
         #expect(ok3)
-        #expect(r.calls == ["0-4", "4-6", "6-12"] && t.unacceptedUnits == 2)
+        expectEqual(r.calls, ["0-4", "4-6", "6-12"])
+        expectEqual(t.unacceptedUnits, 2)
         // The guard past the table's end is clamped to the bitmap.
         let ok4 = t.accept(14 * Self.mib, 2 * Self.mib, arch: r.arch)
         #expect(ok4)
@@ -48,9 +52,9 @@ import Testing
         #expect(t.units == 4 && below)
         let ok5 = t.accept(4 * Self.mib, Self.mib, arch: { _, _ in false })
         #expect(!ok5)
-        #expect(t.unacceptedUnits == 4)
+        expectEqual(t.unacceptedUnits, 4)
         // The firmware claiming more than the memory accepts all of it, and no more.
-        #expect(UnacceptedMemory(bytes: 8 * Self.mib, accepted: 64 * Self.mib).unacceptedUnits == 0)
+        expectEqual(UnacceptedMemory(bytes: 8 * Self.mib, accepted: 64 * Self.mib).unacceptedUnits, 0)
     }
 
     /// Boot: the block that ends where unaccepted memory starts is listed too (the guard in
@@ -59,16 +63,21 @@ import Testing
     @Test func theAllocatorAcceptsFourMiBBlocksLazily() {
         let bytes = 32 * Self.mib
         var a = GuestAllocator(table: UnacceptedMemory(bytes: bytes, accepted: 8 * Self.mib), bytes: bytes)
-        #expect(a.nextBlock == 1 && a.freeAccepted == 1024 && a.unacceptedPages == 7168)
+        expectEqual(a.nextBlock, 1)
+        expectEqual(a.freeAccepted, 1024)
+        expectEqual(a.unacceptedPages, 7168)
         let r = Recorder()
         let ok6 = a.allocate(1024, arch: r.arch)
         #expect(ok6 && r.calls.isEmpty)
         let ok7 = a.allocate(1, arch: r.arch)
         #expect(ok7)
-        #expect(r.calls == ["8-10"] && a.blocksAccepted == 1 && a.freeAccepted == 1023)
+        expectEqual(r.calls, ["8-10"])
+        expectEqual(a.blocksAccepted, 1)
+        expectEqual(a.freeAccepted, 1023)
         let ok8 = a.allocate(1024, arch: r.arch)
         #expect(ok8)
-        #expect(r.calls == ["8-10", "10-14"] && a.table.unacceptedUnits == 9)
+        expectEqual(r.calls, ["8-10", "10-14"])
+        expectEqual(a.table.unacceptedUnits, 9)
         // Out of memory once the list is empty.
         let ok9 = a.allocate(1 << 20, arch: r.arch)
         #expect(!ok9)
@@ -81,10 +90,10 @@ import Testing
     /// Sums near 2^64 saturate instead of trapping: past the bitmap is nothing.
     @Test func extremeRangesDoNotTrap() {
         var t = UnacceptedMemory(bytes: 8 * Self.mib, accepted: UInt64.max)
-        #expect(t.unacceptedUnits == 0)
+        expectEqual(t.unacceptedUnits, 0)
         t = UnacceptedMemory(bytes: 8 * Self.mib, accepted: 0)
         #expect(!t.containsUnaccepted(0xffff_ffff_ffe0_0000, 0))
-        #expect(t.containsUnaccepted(UInt64.max - 10, 100) == false)
+        expectEqual(t.containsUnaccepted(UInt64.max - 10, 100), false)
         let ok = t.accept(0xffff_ffff_ffe0_0000, 0x40_0000, arch: { _, _ in Issue.record("nothing to accept"); return true })
         #expect(ok && t.unacceptedUnits == 4)
     }
@@ -94,7 +103,8 @@ import Testing
     @Test func aPartialLastBlockIsAcceptedAtBoot() {
         let bytes = 34 * Self.mib
         var a = GuestAllocator(table: UnacceptedMemory(bytes: bytes, accepted: 8 * Self.mib), bytes: bytes)
-        #expect(a.freeAccepted == 1024 && a.unacceptedPages == 7168)
+        expectEqual(a.freeAccepted, 1024)
+        expectEqual(a.unacceptedPages, 7168)
         let r = Recorder()
         let ok = a.acceptTail(arch: r.arch)
         #expect(ok && r.calls == ["32-34"] && a.freeAccepted == 1536)

@@ -1,5 +1,6 @@
 import Testing
 @testable import Hardware
+import Expectations
 
 /// The digests the explorer's state keys are made of: kept only once tracked, equal for
 /// equal contents whatever the order of changes that led there, and equal to the digest
@@ -12,9 +13,11 @@ import Testing
         for x in [3, 1, 2] as [UInt64] { a.insert(x) }
         for x in [2, 9, 3, 1] as [UInt64] { b.insert(x) }
         b.remove(9)
-        #expect(a == b && a.digest == b.digest && a.digest != 0)
+        expectEqual(a, b)
+        expectEqual(a.digest, b.digest)
+        expectNotEqual(a.digest, 0)
         b.remove(1)
-        #expect(a.digest != b.digest)
+        expectNotEqual(a.digest, b.digest)
 
         var d = DigestedDictionary<UInt64, UInt64>(), e = DigestedDictionary<UInt64, UInt64>()
         d.track()
@@ -24,35 +27,35 @@ import Testing
         e[2] = 21
         e[1] = 10
         e[2] = 20
-        #expect(d.digest == e.digest)
+        expectEqual(d.digest, e.digest)
         e[2] = nil
-        #expect(d.digest != e.digest)
+        expectNotEqual(d.digest, e.digest)
         var fresh = DigestedDictionary<UInt64, UInt64>()
         fresh[1] = 10
-        #expect(fresh.digest == 0)  // not tracked: nothing kept
+        expectEqual(fresh.digest, 0)  // not tracked: nothing kept
         fresh.track()
-        #expect(fresh.digest == e.digest)
+        expectEqual(fresh.digest, e.digest)
 
         var p = DigestedArray<Int>(repeating: 0, count: 4), q = DigestedArray<Int>(repeating: 0, count: 4)
         p.track()
         q.track()
-        #expect(p.digest == 0)  // blanks cost nothing
+        expectEqual(p.digest, 0)  // blanks cost nothing
         p[1] = 5
         q[2] = 5
-        #expect(p.digest != q.digest)  // the position counts
+        expectNotEqual(p.digest, q.digest)  // the position counts
         q[2] = 0
         q[1] = 5
-        #expect(p.digest == q.digest)
+        expectEqual(p.digest, q.digest)
         p.append(7)
         q.append(8)
-        #expect(p.digest != q.digest)
+        expectNotEqual(p.digest, q.digest)
         _ = q.popLast()
         q.append(7)
-        #expect(p.digest == q.digest)
+        expectEqual(p.digest, q.digest)
         var late = DigestedArray<Int>(repeating: 0, count: 4)
         late[1] = 5
         late.append(7)
         late.track()
-        #expect(late.digest == p.digest)
+        expectEqual(late.digest, p.digest)
     }
 }

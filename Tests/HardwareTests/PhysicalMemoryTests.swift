@@ -1,6 +1,7 @@
 import Testing
 import PageTables
 @testable import Hardware
+import Expectations
 
 @Suite struct PhysicalMemoryTests {
     static let example = """
@@ -16,19 +17,20 @@ import PageTables
 
     @Test func readsDmesgLinesWithAndWithoutTimestamps() throws {
         let m = try PhysicalMemory.parse(e820: Self.example)
-        #expect(m.entries.count == 8)
-        #expect(m.entries[4] == E820Entry(start: 0xfed1c000, last: 0xfed1ffff, type: .acpiData))
-        #expect(m.entries[5].type == .acpiNVS && m.entries[6].type == .unusable)
-        #expect(m.ram == [0..<0x9f000, 0x100000..<0xc000_0000, 0x1_0000_0000..<0x6_4000_0000])
-        #expect(m.endOfRAM == 0x6_4000_0000)
-        #expect(m.entries[0].description == "BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable")
+        expectEqual(m.entries.count, 8)
+        expectEqual(m.entries[4], E820Entry(start: 0xfed1c000, last: 0xfed1ffff, type: .acpiData))
+        expectEqual(m.entries[5].type, .acpiNVS)
+        expectEqual(m.entries[6].type, .unusable)
+        expectEqual(m.ram, [0..<0x9f000, 0x100000..<0xc000_0000, 0x1_0000_0000..<0x6_4000_0000])
+        expectEqual(m.endOfRAM, 0x6_4000_0000)
+        expectEqual(m.entries[0].description, "BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable")
     }
 
     @Test func pcLayoutHasTheLegacyHole() throws {
         let m = try PhysicalMemory.pc(size: ByteSize.parse("64G")!)
-        #expect(m.ram == [0..<0xa0000, 0x100000..<(64 << 30)])
-        #expect(m.entry(containing: 0xb8000)?.type == .reserved)
-        #expect(m.totalRAM == (64 << 30) - 0x60000)
+        expectEqual(m.ram, [0..<0xa0000, 0x100000..<(64 << 30)])
+        expectEqual(m.entry(containing: 0xb8000)?.type, .reserved)
+        expectEqual(m.totalRAM, (64 << 30) - 0x60000)
     }
 
     @Test func isRAMNeedsOneWholeRange() throws {
@@ -50,15 +52,15 @@ import PageTables
         let error = #expect(throws: MemoryMapError.self) {
             try PhysicalMemory.parse(e820: "BIOS-e820: [mem 0x0000000000000000-0x00000000000zfbff] usable")
         }
-        #expect(error?.line == 1)
-        #expect(error?.description.hasPrefix("e820 line 1: cannot read the range") == true)
+        expectEqual(error?.line, 1)
+        expectEqual(error?.description.hasPrefix("e820 line 1: cannot read the range"), true)
     }
 
     @Test func reversedRangeIsAnError() {
         let error = #expect(throws: MemoryMapError.self) {
             try PhysicalMemory.parse(e820: "BIOS-e820: [mem 0x0000000000200000-0x00000000001fffff] usable")
         }
-        #expect(error?.message == "range ends (0x1fffff) before it starts (0x200000)")
+        expectEqual(error?.message, "range ends (0x1fffff) before it starts (0x200000)")
     }
 
     @Test func overlappingLinesAreAnErrorNamingBoth() {
@@ -67,8 +69,8 @@ import PageTables
             BIOS-e820: [mem 0x0000000000100000-0x00000000001fffff] reserved
             """
         let error = #expect(throws: MemoryMapError.self) { try PhysicalMemory.parse(e820: text) }
-        #expect(error?.line == 2)
-        #expect(error?.message.contains("overlaps line 1") == true)
+        expectEqual(error?.line, 2)
+        expectEqual(error?.message.contains("overlaps line 1"), true)
     }
 
     @Test func mapWithoutRAMIsAnError() {
@@ -87,12 +89,12 @@ import PageTables
         ("64G", 64 << 30), ("1T", 1 << 40), ("1_000", 1000), ("1G+4K", (1 << 30) + 4096),
     ] as [(String, UInt64)])
     func byteSizesParse(_ text: String, _ value: UInt64) {
-        #expect(ByteSize.parse(text) == value)
+        expectEqual(ByteSize.parse(text), value)
     }
 
     @Test(arguments: ["", "G", "4X", "1M-2M", "0x", "99999999999999999999", "16384P", "4KB"])
     func badByteSizesAreRefused(_ text: String) {
-        #expect(ByteSize.parse(text) == nil)
+        expectEqual(ByteSize.parse(text), nil)
     }
 
     /// pfn_valid by 128 MiB section: a section with any RAM is valid whole (the one holding

@@ -1,6 +1,7 @@
 import PageTables
 import Testing
 @testable import Hardware
+import Expectations
 
 /// The RMM's realm, REC, RTT, DATA and RIPAS commands (TF-RMM tf-rmm-v0.6.0
 /// runtime/rmi/realm.c, rec.c, rtt.c, run.c; runtime/rsi/memory.c): each failure in the
@@ -18,7 +19,7 @@ import Testing
         /// The next granule, delegated.
         mutating func delegated() -> UInt64 {
             defer { next += pageBytes }
-            #expect(rmm.delegate(next, gpt: &gpt) == .success)
+            expectEqual(rmm.delegate(next, gpt: &gpt), .success)
             return next
         }
         /// The next granule, left NS.
@@ -33,7 +34,7 @@ import Testing
             let p = RealmParams.kvm(s2sz: s2sz, vmid: vmid)
             let rtt = next
             for _ in 0..<p.rttNumStart { _ = delegated() }
-            #expect(rmm.realmCreate(rd: rd, rttBase: rtt, p) == .success)
+            expectEqual(rmm.realmCreate(rd: rd, rttBase: rtt, p), .success)
         }
 
         var realm: Realm { rmm.realms[rd]! }
@@ -59,8 +60,8 @@ import Testing
         /// (with `src` the contents copied in; nil: DATA_CREATE_UNKNOWN).
         mutating func dataBlock(pa: UInt64, ipa: UInt64, src: UInt64?) {
             for i in 0..<UInt64(512) {
-                #expect(rmm.delegate(pa + i * pageBytes, gpt: &gpt) == .success)
-                #expect(rmm.dataCreate(rd: rd, data: pa + i * pageBytes, ipa: ipa + i * pageBytes, src: src) == .success)
+                expectEqual(rmm.delegate(pa + i * pageBytes, gpt: &gpt), .success)
+                expectEqual(rmm.dataCreate(rd: rd, data: pa + i * pageBytes, ipa: ipa + i * pageBytes, src: src), .success)
             }
         }
 
@@ -71,7 +72,7 @@ import Testing
         }
         mutating func rec(runnable: Bool = true) -> UInt64 {
             let rec = delegated(), aux = (0..<16).map { _ in delegated() }
-            #expect(rmm.recCreate(rd: rd, rec: rec, mpidr: RMM.mpidr(index: realm.recCount), runnable: runnable, aux: aux) == .success)
+            expectEqual(rmm.recCreate(rd: rd, rec: rec, mpidr: RMM.mpidr(index: realm.recCount), runnable: runnable, aux: aux), .success)
             return rec
         }
     }
@@ -89,15 +90,16 @@ import Testing
                 case 2: (32...34).contains(s2sz)
                 default: false
                 }
-                #expect(RMM.validIPABits(s2sz: s2sz, sl: sl) == expected, "s2sz \(s2sz) sl \(sl)")
+                expectEqual(RMM.validIPABits(s2sz: s2sz, sl: sl), expected, "s2sz \(s2sz) sl \(sl)")
             }
         }
-        #expect([40, 41, 42, 43].map { RMM.numRootRTTs(s2sz: $0, sl: 1) } == [2, 4, 8, 16])
-        #expect([32, 33, 34].map { RMM.numRootRTTs(s2sz: $0, sl: 2) } == [4, 8, 16])
-        #expect(RMM.numRootRTTs(s2sz: 48, sl: 0) == 1 && RMM.numRootRTTs(s2sz: 39, sl: 1) == 1)
-        #expect(RealmParams.kvm(s2sz: 40, vmid: 0) == RealmParams(s2sz: 40, rttLevelStart: 1, rttNumStart: 2, vmid: 0))
-        #expect(RealmParams.kvm(s2sz: 48, vmid: 0) == RealmParams(s2sz: 48, rttLevelStart: 0, rttNumStart: 1, vmid: 0))
-        #expect(RealmParams.kvm(s2sz: 33, vmid: 0) == RealmParams(s2sz: 33, rttLevelStart: 2, rttNumStart: 8, vmid: 0))
+        expectEqual([40, 41, 42, 43].map { RMM.numRootRTTs(s2sz: $0, sl: 1) }, [2, 4, 8, 16])
+        expectEqual([32, 33, 34].map { RMM.numRootRTTs(s2sz: $0, sl: 2) }, [4, 8, 16])
+        expectEqual(RMM.numRootRTTs(s2sz: 48, sl: 0), 1)
+        expectEqual(RMM.numRootRTTs(s2sz: 39, sl: 1), 1)
+        expectEqual(RealmParams.kvm(s2sz: 40, vmid: 0), RealmParams(s2sz: 40, rttLevelStart: 1, rttNumStart: 2, vmid: 0))
+        expectEqual(RealmParams.kvm(s2sz: 48, vmid: 0), RealmParams(s2sz: 48, rttLevelStart: 0, rttNumStart: 1, vmid: 0))
+        expectEqual(RealmParams.kvm(s2sz: 33, vmid: 0), RealmParams(s2sz: 33, rttLevelStart: 2, rttNumStart: 8, vmid: 0))
     }
 
     @Test func realmCreateFailures() {
@@ -108,48 +110,55 @@ import Testing
         let ok = RealmParams.kvm(s2sz: 40, vmid: 2)
         var p = ok
         p.s2sz = 31
-        #expect(create(p) == .errorInput)  // below 32 bits
+        expectEqual(create(p), .errorInput)  // below 32 bits
         p.s2sz = 49
-        #expect(create(p) == .errorInput)  // above the PA size
+        expectEqual(create(p), .errorInput)  // above the PA size
         p = ok; p.rttLevelStart = 2
-        #expect(create(p) == .errorInput)  // sl 2 cannot reach 40 bits
+        expectEqual(create(p), .errorInput)  // sl 2 cannot reach 40 bits
         p = ok; p.rttNumStart = 1
-        #expect(create(p) == .errorInput)  // 40 bits at sl 1 need 2 start tables
+        expectEqual(create(p), .errorInput)  // 40 bits at sl 1 need 2 start tables
         p = ok; p.hashAlgorithm = 2
-        #expect(create(p) == .errorInput)
+        expectEqual(create(p), .errorInput)
         p = ok; p.vmid = 256
-        #expect(create(p) == .errorInput)  // 8-bit VMIDs
+        expectEqual(create(p), .errorInput)  // 8-bit VMIDs
         p = ok; p.vmid = 1
-        #expect(create(p) == .errorInput)  // VMID 1 is the fixture realm's
-        #expect(create(ok, rd: rtt + pageBytes) == .errorInput)  // rd inside the start tables
-        #expect(create(ok, rd: f.ns()) == .errorInput)  // rd not DELEGATED
-        #expect(create(ok, rtt: rtt + pageBytes) == .errorInput)  // the second start table not DELEGATED
-        #expect(f.rmm.state(rd) == .delegated && f.rmm.state(rtt) == .delegated && f.rmm.realms.count == 1)
-        #expect(create(ok) == .success)
-        #expect(f.rmm.state(rd) == .rd && f.rmm.state(rtt) == .rtt && f.rmm.state(rtt + pageBytes) == .rtt)
+        expectEqual(create(p), .errorInput)  // VMID 1 is the fixture realm's
+        expectEqual(create(ok, rd: rtt + pageBytes), .errorInput)  // rd inside the start tables
+        expectEqual(create(ok, rd: f.ns()), .errorInput)  // rd not DELEGATED
+        expectEqual(create(ok, rtt: rtt + pageBytes), .errorInput)  // the second start table not DELEGATED
+        expectEqual(f.rmm.state(rd), .delegated)
+        expectEqual(f.rmm.state(rtt), .delegated)
+        expectEqual(f.rmm.realms.count, 1)
+        expectEqual(create(ok), .success)
+        expectEqual(f.rmm.state(rd), .rd)
+        expectEqual(f.rmm.state(rtt), .rtt)
+        expectEqual(f.rmm.state(rtt + pageBytes), .rtt)
         // The start tables: UNASSIGNED_EMPTY in the PAR (the lower 2^39), UNASSIGNED_NS above.
         let r = f.rmm.realms[rd]!
-        #expect(r.entry(0, level: 1) == .unassigned(.empty) && r.entry((1 << 39) - (1 << 30), level: 1) == .unassigned(.empty))
-        #expect(r.entry(1 << 39, level: 1) == .unassignedNS && r.entry((1 << 40) - (1 << 30), level: 1) == .unassignedNS)
+        expectEqual(r.entry(0, level: 1), .unassigned(.empty))
+        expectEqual(r.entry((1 << 39) - (1 << 30), level: 1), .unassigned(.empty))
+        expectEqual(r.entry(1 << 39, level: 1), .unassignedNS)
+        expectEqual(r.entry((1 << 40) - (1 << 30), level: 1), .unassignedNS)
     }
 
     @Test func realmActivateAndDestroy() {
         var f = Fixture()
-        #expect(f.rmm.realmActivate(rd: f.rd + pageBytes) == .errorInput)  // a start table, not an RD
+        expectEqual(f.rmm.realmActivate(rd: f.rd + pageBytes), .errorInput)  // a start table, not an RD
         let rec = f.rec()
-        #expect(f.rmm.realmActivate(rd: f.rd) == .success && f.realm.state == .active)
-        #expect(f.rmm.realmActivate(rd: f.rd) == .errorRealm)  // not NEW
-        #expect(f.rmm.realmDestroy(rd: f.next) == .errorInput)
-        #expect(f.rmm.realmDestroy(rd: f.rd) == .errorRealm)  // a REC is left
-        #expect(f.rmm.recDestroy(rec: rec) == .success)
-        #expect(f.create(0, 2) == .success)
-        #expect(f.rmm.realmDestroy(rd: f.rd) == .errorRealm)  // a table in a start table
-        #expect(f.rmm.rttDestroy(rd: f.rd, ipa: 0, level: 2).status == .success)
+        expectEqual(f.rmm.realmActivate(rd: f.rd), .success)
+        expectEqual(f.realm.state, .active)
+        expectEqual(f.rmm.realmActivate(rd: f.rd), .errorRealm)  // not NEW
+        expectEqual(f.rmm.realmDestroy(rd: f.next), .errorInput)
+        expectEqual(f.rmm.realmDestroy(rd: f.rd), .errorRealm)  // a REC is left
+        expectEqual(f.rmm.recDestroy(rec: rec), .success)
+        expectEqual(f.create(0, 2), .success)
+        expectEqual(f.rmm.realmDestroy(rd: f.rd), .errorRealm)  // a table in a start table
+        expectEqual(f.rmm.rttDestroy(rd: f.rd, ipa: 0, level: 2).status, .success)
         let roots = (0..<2).map { f.realm.rttGranule[$0]! }
-        #expect(f.rmm.realmDestroy(rd: f.rd) == .success)
+        expectEqual(f.rmm.realmDestroy(rd: f.rd), .success)
         #expect(f.rmm.state(f.rd) == .delegated && roots.allSatisfy { f.rmm.state($0) == .delegated } && f.rmm.vmids.isEmpty)
         // The VMID is free again.
-        #expect(f.rmm.realmCreate(rd: f.rd, rttBase: roots[0], .kvm(s2sz: 40, vmid: 1)) == .success)
+        expectEqual(f.rmm.realmCreate(rd: f.rd, rttBase: roots[0], .kvm(s2sz: 40, vmid: 1)), .success)
     }
 
     // MARK: RECs
@@ -160,47 +169,51 @@ import Testing
         func create(rec r: UInt64 = rec, rd: UInt64? = nil, mpidr: UInt64 = 0, aux a: [UInt64] = aux) -> RMIStatus {
             f.rmm.recCreate(rd: rd ?? f.rd, rec: r, mpidr: mpidr, runnable: true, aux: a)
         }
-        #expect(create(aux: aux + [f.delegated()]) == .errorInput)  // more than 16 auxiliary granules
+        expectEqual(create(aux: aux + [f.delegated()]), .errorInput)  // more than 16 auxiliary granules
         let ns = f.ns()
-        #expect(create(aux: Array(aux[0..<8]) + [ns] + Array(aux[9...])) == .errorInput)  // one not DELEGATED
+        expectEqual(create(aux: Array(aux[0..<8]) + [ns] + Array(aux[9...])), .errorInput)  // one not DELEGATED
         #expect(aux.allSatisfy { f.rmm.state($0) == .delegated })  // those taken were given back
-        #expect(create(rec: f.ns()) == .errorInput)  // rec not DELEGATED
-        #expect(create(rec: f.rd) == .errorInput)  // rec is the RD
-        #expect(create(rd: aux[0]) == .errorInput)  // rd not an RD
-        #expect(create(mpidr: 1) == .errorInput)  // not the next index
-        #expect(create(mpidr: 0x100_0000_0000) == .errorInput)  // a bit outside Aff0[3:0] and Aff1-3
-        #expect(create(mpidr: 0x10) == .errorInput)  // Aff0[7:4]
-        #expect(create(aux: Array(aux[0..<15])) == .errorInput)  // rd.num_rec_aux is 16
+        expectEqual(create(rec: f.ns()), .errorInput)  // rec not DELEGATED
+        expectEqual(create(rec: f.rd), .errorInput)  // rec is the RD
+        expectEqual(create(rd: aux[0]), .errorInput)  // rd not an RD
+        expectEqual(create(mpidr: 1), .errorInput)  // not the next index
+        expectEqual(create(mpidr: 0x100_0000_0000), .errorInput)  // a bit outside Aff0[3:0] and Aff1-3
+        expectEqual(create(mpidr: 0x10), .errorInput)  // Aff0[7:4]
+        expectEqual(create(aux: Array(aux[0..<15])), .errorInput)  // rd.num_rec_aux is 16
         #expect(create() == .success && f.rmm.state(rec) == .rec && aux.allSatisfy { f.rmm.state($0) == .recAux })
-        #expect(f.realm.liveRECs == 1 && f.realm.recCount == 1 && f.realm.rimExtensions == 1)
-        #expect(f.rmm.realmActivate(rd: f.rd) == .success)
+        expectEqual(f.realm.liveRECs, 1)
+        expectEqual(f.realm.recCount, 1)
+        expectEqual(f.realm.rimExtensions, 1)
+        expectEqual(f.rmm.realmActivate(rd: f.rd), .success)
         let aux2 = (0..<16).map { _ in f.delegated() }
-        #expect(f.rmm.recCreate(rd: f.rd, rec: f.delegated(), mpidr: 1, runnable: true, aux: aux2) == .errorRealm)  // ACTIVE
+        expectEqual(f.rmm.recCreate(rd: f.rd, rec: f.delegated(), mpidr: 1, runnable: true, aux: aux2), .errorRealm)  // ACTIVE
         #expect(aux2.allSatisfy { f.rmm.state($0) == .delegated })
     }
 
     @Test func recDestroyKeepsTheIndex() {
         var f = Fixture()
         let rec = f.rec()
-        #expect(f.rmm.recDestroy(rec: f.rd) == .errorInput)
+        expectEqual(f.rmm.recDestroy(rec: f.rd), .errorInput)
         let aux = f.rmm.recs[rec]!.aux
-        #expect(f.rmm.recDestroy(rec: rec) == .success)
+        expectEqual(f.rmm.recDestroy(rec: rec), .success)
         #expect(f.rmm.state(rec) == .delegated && aux.allSatisfy { f.rmm.state($0) == .delegated } && f.realm.liveRECs == 0)
-        #expect(f.rmm.recCreate(rd: f.rd, rec: rec, mpidr: 0, runnable: true, aux: aux) == .errorInput)  // rec_count stays 1
-        #expect(f.rmm.recCreate(rd: f.rd, rec: rec, mpidr: 1, runnable: true, aux: aux) == .success)
-        #expect(RMM.mpidrIndex(RMM.mpidr(index: 0x1234)) == 0x1234 && RMM.mpidr(index: 17) == 0x101)
+        expectEqual(f.rmm.recCreate(rd: f.rd, rec: rec, mpidr: 0, runnable: true, aux: aux), .errorInput)  // rec_count stays 1
+        expectEqual(f.rmm.recCreate(rd: f.rd, rec: rec, mpidr: 1, runnable: true, aux: aux), .success)
+        expectEqual(RMM.mpidrIndex(RMM.mpidr(index: 0x1234)), 0x1234)
+        expectEqual(RMM.mpidr(index: 17), 0x101)
     }
 
     @Test func recEnterFailures() {
         var f = Fixture()
         let rec = f.rec(), idle = f.rec(runnable: false)
-        #expect(f.rmm.recEnter(rec: f.rd, response: .accept).status == .errorInput)
-        #expect(f.rmm.recEnter(rec: rec, response: .accept).status == RMIStatus(2, index: 0))  // REALM_NEW
-        #expect(f.rmm.realmActivate(rd: f.rd) == .success)
-        #expect(f.rmm.recEnter(rec: idle, response: .accept).status == .errorRec)  // not runnable
+        expectEqual(f.rmm.recEnter(rec: f.rd, response: .accept).status, .errorInput)
+        expectEqual(f.rmm.recEnter(rec: rec, response: .accept).status, RMIStatus(2, index: 0))  // REALM_NEW
+        expectEqual(f.rmm.realmActivate(rd: f.rd), .success)
+        expectEqual(f.rmm.recEnter(rec: idle, response: .accept).status, .errorRec)  // not runnable
         let r = f.rmm.recEnter(rec: rec, response: .accept)
-        #expect(r.status == .success && r.delivered == nil)
-        #expect(RMIStatus(2, index: 1).description == "RMI_ERROR_REALM")
+        expectEqual(r.status, .success)
+        expectEqual(r.delivered, nil)
+        expectEqual(RMIStatus(2, index: 1).description, "RMI_ERROR_REALM")
     }
 
     // MARK: RTTs
@@ -208,19 +221,21 @@ import Testing
     @Test func rttCreateFailures() {
         var f = Fixture()
         let rtt = f.delegated()
-        #expect(f.rmm.rttCreate(rd: f.rd, rtt: f.ns(), ipa: 0, level: 2) == .errorInput)  // rtt not DELEGATED
-        #expect(f.rmm.rttCreate(rd: rtt, rtt: rtt, ipa: 0, level: 2) == .errorInput)  // rtt is rd
-        #expect(f.rmm.rttCreate(rd: f.delegated(), rtt: rtt, ipa: 0, level: 2) == .errorInput)  // rd not an RD
-        #expect(f.rmm.rttCreate(rd: f.rd, rtt: rtt, ipa: 0, level: 1) == .errorInput)  // not below the start level
-        #expect(f.rmm.rttCreate(rd: f.rd, rtt: rtt, ipa: 0, level: 4) == .errorInput)
-        #expect(f.rmm.rttCreate(rd: f.rd, rtt: rtt, ipa: 0x20_0000, level: 2) == .errorInput)  // not 1G-aligned
-        #expect(f.rmm.rttCreate(rd: f.rd, rtt: rtt, ipa: 1 << 40, level: 2) == .errorInput)  // past the IPA space
-        #expect(f.rmm.rttCreate(rd: f.rd, rtt: rtt, ipa: 0, level: 3) == .errorRTT(level: 1))  // no level-2 RTT: the walk stops at 1
-        #expect(f.rmm.rttCreate(rd: f.rd, rtt: rtt, ipa: 0, level: 2) == .success && f.rmm.state(rtt) == .rtt)
-        #expect(f.create(0, 2) == .errorRTT(level: 1))  // the parent is a table already
-        #expect(f.wholeTable(0, level: 2) == Array(repeating: .unassigned(.empty), count: 512))  // 512 copies
+        expectEqual(f.rmm.rttCreate(rd: f.rd, rtt: f.ns(), ipa: 0, level: 2), .errorInput)  // rtt not DELEGATED
+        expectEqual(f.rmm.rttCreate(rd: rtt, rtt: rtt, ipa: 0, level: 2), .errorInput)  // rtt is rd
+        expectEqual(f.rmm.rttCreate(rd: f.delegated(), rtt: rtt, ipa: 0, level: 2), .errorInput)  // rd not an RD
+        expectEqual(f.rmm.rttCreate(rd: f.rd, rtt: rtt, ipa: 0, level: 1), .errorInput)  // not below the start level
+        expectEqual(f.rmm.rttCreate(rd: f.rd, rtt: rtt, ipa: 0, level: 4), .errorInput)
+        expectEqual(f.rmm.rttCreate(rd: f.rd, rtt: rtt, ipa: 0x20_0000, level: 2), .errorInput)  // not 1G-aligned
+        expectEqual(f.rmm.rttCreate(rd: f.rd, rtt: rtt, ipa: 1 << 40, level: 2), .errorInput)  // past the IPA space
+        expectEqual(f.rmm.rttCreate(rd: f.rd, rtt: rtt, ipa: 0, level: 3), .errorRTT(level: 1))  // no level-2 RTT: the walk stops at 1
+        expectEqual(f.rmm.rttCreate(rd: f.rd, rtt: rtt, ipa: 0, level: 2), .success)
+        expectEqual(f.rmm.state(rtt), .rtt)
+        expectEqual(f.create(0, 2), .errorRTT(level: 1))  // the parent is a table already
+        expectEqual(f.wholeTable(0, level: 2), Array(repeating: .unassigned(.empty), count: 512))  // 512 copies
         // Outside the PAR the copies are UNASSIGNED_NS.
-        #expect(f.create(1 << 39, 2) == .success && f.entry((1 << 39) + 0x20_0000, 2) == .unassignedNS)
+        expectEqual(f.create(1 << 39, 2), .success)
+        expectEqual(f.entry((1 << 39) + 0x20_0000, 2), .unassignedNS)
     }
 
     /// An ASSIGNED block unfolds into 512 entries of consecutive PAs (a valid one broken
@@ -233,23 +248,28 @@ import Testing
         f.dataBlock(pa: base, ipa: 0, src: 0x8000_0000)
         let l3 = f.realm.rttGranule.first { $0.key >= 2 && f.realm.refcount(table: $0.key) == 512 }!.value
         let tlbis = f.rmm.stats.tlbis
-        #expect(f.rmm.rttFold(rd: f.rd, ipa: 0, level: 3) == RMIResult(.success, [.init("rtt", l3)]))
-        #expect(f.entry(0, 2) == .assigned(.ram, pa: base) && f.rmm.state(l3) == .delegated && f.rmm.stats.tlbis == tlbis + 1)
-        #expect(f.realm.rtt.leafCounts[.size2M] == 1 && f.realm.rtt.leafCounts[.size4K] == 0)
+        expectEqual(f.rmm.rttFold(rd: f.rd, ipa: 0, level: 3), RMIResult(.success, [.init("rtt", l3)]))
+        expectEqual(f.entry(0, 2), .assigned(.ram, pa: base))
+        expectEqual(f.rmm.state(l3), .delegated)
+        expectEqual(f.rmm.stats.tlbis, tlbis + 1)
+        expectEqual(f.realm.rtt.leafCounts[.size2M], 1)
+        expectEqual(f.realm.rtt.leafCounts[.size4K], 0)
         // Unfolded again: 512 valid 4K leaves, the block broken first.
-        #expect(f.create(0, 3) == .success)
-        #expect(f.entry(0x1ff000, 3) == .assigned(.ram, pa: base + 0x1ff000) && f.rmm.stats.tlbis == tlbis + 2)
-        #expect(f.wholeTable(0, level: 3) == (0..<512).map { .assigned(.ram, pa: base + UInt64($0) * pageBytes) })
-        #expect(f.realm.rtt.leafCounts[.size4K] == 512)
+        expectEqual(f.create(0, 3), .success)
+        expectEqual(f.entry(0x1ff000, 3), .assigned(.ram, pa: base + 0x1ff000))
+        expectEqual(f.rmm.stats.tlbis, tlbis + 2)
+        expectEqual(f.wholeTable(0, level: 3), (0..<512).map { .assigned(.ram, pa: base + UInt64($0) * pageBytes) })
+        expectEqual(f.realm.rtt.leafCounts[.size4K], 512)
         // 511 assigned entries do not fold; nor 512 whose PAs are not consecutive.
-        #expect(f.rmm.dataDestroy(rd: f.rd, ipa: 0x1000).status == .success)
-        #expect(f.rmm.rttFold(rd: f.rd, ipa: 0, level: 3).status == .errorRTT(level: 3))
+        expectEqual(f.rmm.dataDestroy(rd: f.rd, ipa: 0x1000).status, .success)
+        expectEqual(f.rmm.rttFold(rd: f.rd, ipa: 0, level: 3).status, .errorRTT(level: 3))
         let stray = f.delegated()
-        #expect(f.rmm.dataCreate(rd: f.rd, data: stray, ipa: 0x1000, src: 0x8000_0000) == .success)
-        #expect(f.rmm.rttFold(rd: f.rd, ipa: 0, level: 3).status == .errorRTT(level: 3))
-        #expect(f.rmm.dataDestroy(rd: f.rd, ipa: 0x1000).status == .success)
-        #expect(f.rmm.dataCreate(rd: f.rd, data: base + 0x1000, ipa: 0x1000, src: 0x8000_0000) == .success)
-        #expect(f.rmm.rttFold(rd: f.rd, ipa: 0, level: 3).status == .success && f.entry(0x1000, 2) == .assigned(.ram, pa: base))
+        expectEqual(f.rmm.dataCreate(rd: f.rd, data: stray, ipa: 0x1000, src: 0x8000_0000), .success)
+        expectEqual(f.rmm.rttFold(rd: f.rd, ipa: 0, level: 3).status, .errorRTT(level: 3))
+        expectEqual(f.rmm.dataDestroy(rd: f.rd, ipa: 0x1000).status, .success)
+        expectEqual(f.rmm.dataCreate(rd: f.rd, data: base + 0x1000, ipa: 0x1000, src: 0x8000_0000), .success)
+        expectEqual(f.rmm.rttFold(rd: f.rd, ipa: 0, level: 3).status, .success)
+        expectEqual(f.entry(0x1000, 2), .assigned(.ram, pa: base))
         #expect(f.countsHold())
     }
 
@@ -259,71 +279,77 @@ import Testing
         f.tables(0x4000_0000)
         let base: UInt64 = 0x8060_0000
         f.dataBlock(pa: base, ipa: 0x4000_0000, src: nil)
-        #expect(f.rmm.rttFold(rd: f.rd, ipa: 0x4000_0000, level: 3).status == .success && f.entry(0x4000_0000, 2) == .assigned(.empty, pa: base))
-        #expect(f.create(0x4000_0000, 3) == .success)
-        #expect(f.wholeTable(0x4000_0000, level: 3) == (0..<512).map { .assigned(.empty, pa: base + UInt64($0) * pageBytes) })
+        expectEqual(f.rmm.rttFold(rd: f.rd, ipa: 0x4000_0000, level: 3).status, .success)
+        expectEqual(f.entry(0x4000_0000, 2), .assigned(.empty, pa: base))
+        expectEqual(f.create(0x4000_0000, 3), .success)
+        expectEqual(f.wholeTable(0x4000_0000, level: 3), (0..<512).map { .assigned(.empty, pa: base + UInt64($0) * pageBytes) })
         #expect(f.realm.rtt.leafCounts[.size4K] == 0 && f.countsHold())
     }
 
     @Test func foldOfUnassignedAndNS() {
         var f = Fixture()
-        #expect(f.create(0, 2) == .success)
-        #expect(f.rmm.rttFold(rd: f.rd, ipa: 0, level: 2).status == .success && f.entry(0, 1) == .unassigned(.empty))
-        #expect(f.rmm.rttFold(rd: f.rd, ipa: 0, level: 2).status == .errorRTT(level: 1))  // the parent is no table
-        #expect(f.rmm.rttFold(rd: f.rd, ipa: 0, level: 3).status == .errorRTT(level: 1))  // the walk stops at 1
-        #expect(f.rmm.rttFold(rd: f.rd + pageBytes, ipa: 0, level: 2).status == .errorInput)
-        #expect(f.rmm.rttFold(rd: f.rd, ipa: 0x1000, level: 2).status == .errorInput)
+        expectEqual(f.create(0, 2), .success)
+        expectEqual(f.rmm.rttFold(rd: f.rd, ipa: 0, level: 2).status, .success)
+        expectEqual(f.entry(0, 1), .unassigned(.empty))
+        expectEqual(f.rmm.rttFold(rd: f.rd, ipa: 0, level: 2).status, .errorRTT(level: 1))  // the parent is no table
+        expectEqual(f.rmm.rttFold(rd: f.rd, ipa: 0, level: 3).status, .errorRTT(level: 1))  // the walk stops at 1
+        expectEqual(f.rmm.rttFold(rd: f.rd + pageBytes, ipa: 0, level: 2).status, .errorInput)
+        expectEqual(f.rmm.rttFold(rd: f.rd, ipa: 0x1000, level: 2).status, .errorInput)
         // Mixed RIPAS does not fold.
         f.tables(0)
-        #expect(f.rmm.rttInitRIPAS(rd: f.rd, base: 0, top: 0x1000).status == .success)
-        #expect(f.rmm.rttFold(rd: f.rd, ipa: 0, level: 3).status == .errorRTT(level: 3))
+        expectEqual(f.rmm.rttInitRIPAS(rd: f.rd, base: 0, top: 0x1000).status, .success)
+        expectEqual(f.rmm.rttFold(rd: f.rd, ipa: 0, level: 3).status, .errorRTT(level: 3))
         // 512 ASSIGNED_NS of consecutive, aligned PAs fold into a 2M ASSIGNED_NS block.
         let ns: UInt64 = 1 << 39
         f.tables(ns)
         for i in 0..<UInt64(512) { #expect(f.rmm.rttMapUnprotected(rd: f.rd, ipa: ns + i * pageBytes, level: 3, pa: 0x9000_0000 + i * pageBytes) == .success) }
-        #expect(f.rmm.rttFold(rd: f.rd, ipa: ns, level: 3).status == .success && f.entry(ns, 2) == .assignedNS(pa: 0x9000_0000))
+        expectEqual(f.rmm.rttFold(rd: f.rd, ipa: ns, level: 3).status, .success)
+        expectEqual(f.entry(ns, 2), .assignedNS(pa: 0x9000_0000))
         // A level-0 block is never made: a 48-bit realm's level-1 RTT of ASSIGNED_NS 1G blocks.
         var g = Fixture(s2sz: 48, vmid: 3)
         let top: UInt64 = 1 << 47
-        #expect(g.create(top, 1) == .success)
+        expectEqual(g.create(top, 1), .success)
         for i in 0..<UInt64(512) { #expect(g.rmm.rttMapUnprotected(rd: g.rd, ipa: top + (i << 30), level: 1, pa: i << 30) == .success) }
-        #expect(g.rmm.rttFold(rd: g.rd, ipa: top, level: 1).status == .errorRTT(level: 0))
+        expectEqual(g.rmm.rttFold(rd: g.rd, ipa: top, level: 1).status, .errorRTT(level: 0))
         // … but 512 UNASSIGNED_NS entries fold into level 0.
-        #expect(g.create(0, 1) == .success)
-        #expect(g.rmm.rttFold(rd: g.rd, ipa: 0, level: 1).status == .success && g.entry(0, 0) == .unassigned(.empty))
+        expectEqual(g.create(0, 1), .success)
+        expectEqual(g.rmm.rttFold(rd: g.rd, ipa: 0, level: 1).status, .success)
+        expectEqual(g.entry(0, 0), .unassigned(.empty))
         #expect(f.countsHold())
     }
 
     @Test func rttDestroyFailuresAndTop() {
         var f = Fixture()
         f.tables(0)
-        #expect(f.rmm.dataCreate(rd: f.rd, data: f.delegated(), ipa: 0x3000, src: 0x8000_0000) == .success)
-        #expect(f.rmm.rttDestroy(rd: f.rd, ipa: 0, level: 3) == RMIResult(.errorRTT(level: 3), [.init("top", 0)]))  // live: X2 the address
-        #expect(f.rmm.rttDestroy(rd: f.rd, ipa: 0, level: 2).status == .errorRTT(level: 2))
+        expectEqual(f.rmm.dataCreate(rd: f.rd, data: f.delegated(), ipa: 0x3000, src: 0x8000_0000), .success)
+        expectEqual(f.rmm.rttDestroy(rd: f.rd, ipa: 0, level: 3), RMIResult(.errorRTT(level: 3), [.init("top", 0)]))  // live: X2 the address
+        expectEqual(f.rmm.rttDestroy(rd: f.rd, ipa: 0, level: 2).status, .errorRTT(level: 2))
         // A walk that stops above: X2 the next live entry of that table (none: its end).
-        #expect(f.rmm.rttDestroy(rd: f.rd, ipa: 0x4000_0000, level: 3) == RMIResult(.errorRTT(level: 1), [.init("top", 1 << 39)]))
-        #expect(f.rmm.rttDestroy(rd: f.rd, ipa: 0x20_0000, level: 3) == RMIResult(.errorRTT(level: 2), [.init("top", 0x4000_0000)]))
-        #expect(f.rmm.dataDestroy(rd: f.rd, ipa: 0x3000).status == .success)
+        expectEqual(f.rmm.rttDestroy(rd: f.rd, ipa: 0x4000_0000, level: 3), RMIResult(.errorRTT(level: 1), [.init("top", 1 << 39)]))
+        expectEqual(f.rmm.rttDestroy(rd: f.rd, ipa: 0x20_0000, level: 3), RMIResult(.errorRTT(level: 2), [.init("top", 0x4000_0000)]))
+        expectEqual(f.rmm.dataDestroy(rd: f.rd, ipa: 0x3000).status, .success)
         let l3 = f.realm.walk(0, to: 3)
         let granule = f.realm.rttGranule[l3.table]!
-        #expect(f.rmm.rttDestroy(rd: f.rd, ipa: 0, level: 3) == RMIResult(.success, [.init("rtt", granule), .init("top", 0x4000_0000)]))
-        #expect(f.entry(0, 2) == .unassigned(.destroyed) && f.rmm.state(granule) == .delegated)
+        expectEqual(f.rmm.rttDestroy(rd: f.rd, ipa: 0, level: 3), RMIResult(.success, [.init("rtt", granule), .init("top", 0x4000_0000)]))
+        expectEqual(f.entry(0, 2), .unassigned(.destroyed))
+        expectEqual(f.rmm.state(granule), .delegated)
         // Outside the PAR the parent becomes UNASSIGNED_NS.
         let ns: UInt64 = 1 << 39
-        #expect(f.create(ns, 2) == .success)
-        #expect(f.rmm.rttDestroy(rd: f.rd, ipa: ns, level: 2).status == .success && f.entry(ns, 1) == .unassignedNS)
+        expectEqual(f.create(ns, 2), .success)
+        expectEqual(f.rmm.rttDestroy(rd: f.rd, ipa: ns, level: 2).status, .success)
+        expectEqual(f.entry(ns, 1), .unassignedNS)
         #expect(f.countsHold())
     }
 
     @Test func readEntry() {
         var f = Fixture()
-        #expect(f.rmm.rttReadEntry(rd: f.rd, ipa: 0, level: 0) as? RMIStatus == .errorInput)  // below the start level
-        #expect(f.rmm.rttReadEntry(rd: f.rd, ipa: 0x1000, level: 2) as? RMIStatus == .errorInput)  // not 2M-aligned
-        #expect(f.rmm.rttReadEntry(rd: f.rd + pageBytes, ipa: 0, level: 3) as? RMIStatus == .errorInput)
-        #expect("\(f.rmm.rttReadEntry(rd: f.rd, ipa: 0x1000, level: 3))" == "RMI_SUCCESS (level 1, UNASSIGNED, RIPAS EMPTY)")
-        #expect(f.create(0, 2) == .success)
+        expectEqual(f.rmm.rttReadEntry(rd: f.rd, ipa: 0, level: 0) as? RMIStatus, .errorInput)  // below the start level
+        expectEqual(f.rmm.rttReadEntry(rd: f.rd, ipa: 0x1000, level: 2) as? RMIStatus, .errorInput)  // not 2M-aligned
+        expectEqual(f.rmm.rttReadEntry(rd: f.rd + pageBytes, ipa: 0, level: 3) as? RMIStatus, .errorInput)
+        expectEqual("\(f.rmm.rttReadEntry(rd: f.rd, ipa: 0x1000, level: 3))", "RMI_SUCCESS (level 1, UNASSIGNED, RIPAS EMPTY)")
+        expectEqual(f.create(0, 2), .success)
         let child = f.realm.rttGranule[f.realm.walk(0, to: 2).table]!
-        #expect("\(f.rmm.rttReadEntry(rd: f.rd, ipa: 0, level: 1))" == "RMI_SUCCESS (level 1, TABLE, RIPAS EMPTY, desc \(hex(child)))")
+        expectEqual("\(f.rmm.rttReadEntry(rd: f.rd, ipa: 0, level: 1))", "RMI_SUCCESS (level 1, TABLE, RIPAS EMPTY, desc \(hex(child)))")
     }
 
     // MARK: DATA
@@ -332,40 +358,48 @@ import Testing
         var f = Fixture()
         f.tables(0)
         let data = f.delegated(), src: UInt64 = 0x8000_0000
-        #expect(f.rmm.dataCreate(rd: f.rd, data: data, ipa: 0, src: data) == .errorInput)  // src not NS
-        #expect(f.rmm.dataCreate(rd: f.rd, data: f.ns(), ipa: 0, src: src) == .errorInput)  // data not DELEGATED
-        #expect(f.rmm.dataCreate(rd: f.rd + pageBytes, data: data, ipa: 0, src: src) == .errorInput)  // rd not an RD
-        #expect(f.rmm.dataCreate(rd: f.rd, data: data, ipa: 1 << 39, src: src) == .errorInput)  // outside the PAR
-        #expect(f.rmm.dataCreate(rd: f.rd, data: data, ipa: 0x800, src: src) == .errorInput)  // not 4K-aligned
-        #expect(f.rmm.dataCreate(rd: f.rd, data: data, ipa: 0x20_0000, src: src) == .errorRTT(level: 2))  // no level-3 RTT there
-        #expect(f.rmm.dataCreate(rd: f.rd, data: data, ipa: 0, src: src) == .success && f.rmm.state(data) == .data)
-        #expect(f.entry(0, 3) == .assigned(.ram, pa: data))  // RAM, though the RIPAS was EMPTY
-        #expect(f.rmm.dataCreate(rd: f.rd, data: f.delegated(), ipa: 0, src: src) == .errorRTT(level: 3))  // assigned already
-        #expect(f.rmm.realmActivate(rd: f.rd) == .success)
-        #expect(f.rmm.dataCreate(rd: f.rd, data: f.delegated(), ipa: 0x1000, src: src) == .errorRealm)  // not NEW
+        expectEqual(f.rmm.dataCreate(rd: f.rd, data: data, ipa: 0, src: data), .errorInput)  // src not NS
+        expectEqual(f.rmm.dataCreate(rd: f.rd, data: f.ns(), ipa: 0, src: src), .errorInput)  // data not DELEGATED
+        expectEqual(f.rmm.dataCreate(rd: f.rd + pageBytes, data: data, ipa: 0, src: src), .errorInput)  // rd not an RD
+        expectEqual(f.rmm.dataCreate(rd: f.rd, data: data, ipa: 1 << 39, src: src), .errorInput)  // outside the PAR
+        expectEqual(f.rmm.dataCreate(rd: f.rd, data: data, ipa: 0x800, src: src), .errorInput)  // not 4K-aligned
+        expectEqual(f.rmm.dataCreate(rd: f.rd, data: data, ipa: 0x20_0000, src: src), .errorRTT(level: 2))  // no level-3 RTT there
+        expectEqual(f.rmm.dataCreate(rd: f.rd, data: data, ipa: 0, src: src), .success)
+        expectEqual(f.rmm.state(data), .data)
+        expectEqual(f.entry(0, 3), .assigned(.ram, pa: data))  // RAM, though the RIPAS was EMPTY
+        expectEqual(f.rmm.dataCreate(rd: f.rd, data: f.delegated(), ipa: 0, src: src), .errorRTT(level: 3))  // assigned already
+        expectEqual(f.rmm.realmActivate(rd: f.rd), .success)
+        expectEqual(f.rmm.dataCreate(rd: f.rd, data: f.delegated(), ipa: 0x1000, src: src), .errorRealm)  // not NEW
         // DATA_CREATE_UNKNOWN: any realm state, the entry's RIPAS kept.
         let d2 = f.delegated()
-        #expect(f.rmm.dataCreate(rd: f.rd, data: d2, ipa: 0x1000, src: nil) == .success && f.entry(0x1000, 3) == .assigned(.empty, pa: d2))
-        #expect(f.realm.rtt.leafCounts[.size4K] == 1)  // ASSIGNED_EMPTY is no valid mapping
+        expectEqual(f.rmm.dataCreate(rd: f.rd, data: d2, ipa: 0x1000, src: nil), .success)
+        expectEqual(f.entry(0x1000, 3), .assigned(.empty, pa: d2))
+        expectEqual(f.realm.rtt.leafCounts[.size4K], 1)  // ASSIGNED_EMPTY is no valid mapping
     }
 
     @Test func dataDestroyTransitions() {
         var f = Fixture()
         f.tables(0)
-        #expect(f.rmm.rttInitRIPAS(rd: f.rd, base: 0x2000, top: 0x3000).status == .success)
+        expectEqual(f.rmm.rttInitRIPAS(rd: f.rd, base: 0x2000, top: 0x3000).status, .success)
         let ram = f.delegated(), empty = f.delegated(), unknownRAM = f.delegated()
-        #expect(f.rmm.dataCreate(rd: f.rd, data: ram, ipa: 0, src: 0x8000_0000) == .success)
-        #expect(f.rmm.dataCreate(rd: f.rd, data: empty, ipa: 0x1000, src: nil) == .success)
-        #expect(f.rmm.dataCreate(rd: f.rd, data: unknownRAM, ipa: 0x2000, src: nil) == .success && f.entry(0x2000, 3) == .assigned(.ram, pa: unknownRAM))
-        #expect(f.rmm.dataDestroy(rd: f.rd, ipa: 0x800).status == .errorInput)
-        #expect(f.rmm.dataDestroy(rd: f.rd, ipa: 1 << 39).status == .errorInput)
-        #expect(f.rmm.dataDestroy(rd: f.rd, ipa: 0x3000) == RMIResult(.errorRTT(level: 3), [.init("top", 0x20_0000)]))  // unassigned: X2 the table's end
-        #expect(f.rmm.dataDestroy(rd: f.rd, ipa: 0x20_0000) == RMIResult(.errorRTT(level: 2), [.init("top", 0x4000_0000)]))
+        expectEqual(f.rmm.dataCreate(rd: f.rd, data: ram, ipa: 0, src: 0x8000_0000), .success)
+        expectEqual(f.rmm.dataCreate(rd: f.rd, data: empty, ipa: 0x1000, src: nil), .success)
+        expectEqual(f.rmm.dataCreate(rd: f.rd, data: unknownRAM, ipa: 0x2000, src: nil), .success)
+        expectEqual(f.entry(0x2000, 3), .assigned(.ram, pa: unknownRAM))
+        expectEqual(f.rmm.dataDestroy(rd: f.rd, ipa: 0x800).status, .errorInput)
+        expectEqual(f.rmm.dataDestroy(rd: f.rd, ipa: 1 << 39).status, .errorInput)
+        expectEqual(f.rmm.dataDestroy(rd: f.rd, ipa: 0x3000), RMIResult(.errorRTT(level: 3), [.init("top", 0x20_0000)]))  // unassigned: X2 the table's end
+        expectEqual(f.rmm.dataDestroy(rd: f.rd, ipa: 0x20_0000), RMIResult(.errorRTT(level: 2), [.init("top", 0x4000_0000)]))
         let tlbis = f.rmm.stats.tlbis
-        #expect(f.rmm.dataDestroy(rd: f.rd, ipa: 0) == RMIResult(.success, [.init("pa", ram), .init("top", 0x1000)]))  // next live: 0x1000
-        #expect(f.entry(0, 3) == .unassigned(.destroyed) && f.rmm.stats.tlbis == tlbis + 1 && f.rmm.state(ram) == .delegated)
-        #expect(f.rmm.dataDestroy(rd: f.rd, ipa: 0x1000).status == .success && f.entry(0x1000, 3) == .unassigned(.empty) && f.rmm.stats.tlbis == tlbis + 1)
-        #expect(f.rmm.dataDestroy(rd: f.rd, ipa: 0x2000).status == .success && f.entry(0x2000, 3) == .unassigned(.destroyed))
+        expectEqual(f.rmm.dataDestroy(rd: f.rd, ipa: 0), RMIResult(.success, [.init("pa", ram), .init("top", 0x1000)]))  // next live: 0x1000
+        expectEqual(f.entry(0, 3), .unassigned(.destroyed))
+        expectEqual(f.rmm.stats.tlbis, tlbis + 1)
+        expectEqual(f.rmm.state(ram), .delegated)
+        expectEqual(f.rmm.dataDestroy(rd: f.rd, ipa: 0x1000).status, .success)
+        expectEqual(f.entry(0x1000, 3), .unassigned(.empty))
+        expectEqual(f.rmm.stats.tlbis, tlbis + 1)
+        expectEqual(f.rmm.dataDestroy(rd: f.rd, ipa: 0x2000).status, .success)
+        expectEqual(f.entry(0x2000, 3), .unassigned(.destroyed))
         #expect(f.countsHold())
     }
 
@@ -374,24 +408,28 @@ import Testing
     @Test func mapAndUnmapUnprotected() {
         var f = Fixture()
         let ns: UInt64 = 1 << 39
-        #expect(f.rmm.rttMapUnprotected(rd: 0, ipa: ns, level: 0, pa: 0) == .errorInput)  // level first
-        #expect(f.rmm.rttMapUnprotected(rd: f.rd + pageBytes, ipa: ns, level: 3, pa: 0x9000_0000) == .errorInput)
-        #expect(f.rmm.rttMapUnprotected(rd: f.rd, ipa: ns, level: 2, pa: 0x9000_1000) == .errorInput)  // the descriptor's PA not 2M-aligned
-        #expect(f.rmm.rttMapUnprotected(rd: f.rd, ipa: ns + 0x1000, level: 2, pa: 0x9000_0000) == .errorInput)  // ipa not 2M-aligned
-        #expect(f.rmm.rttMapUnprotected(rd: f.rd, ipa: 0, level: 1, pa: 0x4000_0000) == .errorInput)  // inside the PAR
-        #expect(f.rmm.rttMapUnprotected(rd: f.rd, ipa: ns, level: 3, pa: 0x9000_0000) == .errorRTT(level: 1))
-        #expect(f.rmm.rttMapUnprotected(rd: f.rd, ipa: ns, level: 1, pa: 0x4000_0000) == .success && f.entry(ns, 1) == .assignedNS(pa: 0x4000_0000))
-        #expect(f.rmm.rttMapUnprotected(rd: f.rd, ipa: ns, level: 1, pa: 0x4000_0000) == .errorRTT(level: 1))  // not UNASSIGNED_NS
-        #expect(f.rmm.rttUnmapUnprotected(rd: f.rd, ipa: ns + (1 << 30), level: 1) == RMIResult(.errorRTT(level: 1), [.init("top", 1 << 40)]))
-        #expect(f.rmm.rttUnmapUnprotected(rd: f.rd, ipa: 0, level: 1).status == .errorInput)
-        #expect(f.rmm.rttUnmapUnprotected(rd: f.rd, ipa: ns, level: 1) == RMIResult(.success, [.init("top", 1 << 40)]) && f.entry(ns, 1) == .unassignedNS)
+        expectEqual(f.rmm.rttMapUnprotected(rd: 0, ipa: ns, level: 0, pa: 0), .errorInput)  // level first
+        expectEqual(f.rmm.rttMapUnprotected(rd: f.rd + pageBytes, ipa: ns, level: 3, pa: 0x9000_0000), .errorInput)
+        expectEqual(f.rmm.rttMapUnprotected(rd: f.rd, ipa: ns, level: 2, pa: 0x9000_1000), .errorInput)  // the descriptor's PA not 2M-aligned
+        expectEqual(f.rmm.rttMapUnprotected(rd: f.rd, ipa: ns + 0x1000, level: 2, pa: 0x9000_0000), .errorInput)  // ipa not 2M-aligned
+        expectEqual(f.rmm.rttMapUnprotected(rd: f.rd, ipa: 0, level: 1, pa: 0x4000_0000), .errorInput)  // inside the PAR
+        expectEqual(f.rmm.rttMapUnprotected(rd: f.rd, ipa: ns, level: 3, pa: 0x9000_0000), .errorRTT(level: 1))
+        expectEqual(f.rmm.rttMapUnprotected(rd: f.rd, ipa: ns, level: 1, pa: 0x4000_0000), .success)
+        expectEqual(f.entry(ns, 1), .assignedNS(pa: 0x4000_0000))
+        expectEqual(f.rmm.rttMapUnprotected(rd: f.rd, ipa: ns, level: 1, pa: 0x4000_0000), .errorRTT(level: 1))  // not UNASSIGNED_NS
+        expectEqual(f.rmm.rttUnmapUnprotected(rd: f.rd, ipa: ns + (1 << 30), level: 1), RMIResult(.errorRTT(level: 1), [.init("top", 1 << 40)]))
+        expectEqual(f.rmm.rttUnmapUnprotected(rd: f.rd, ipa: 0, level: 1).status, .errorInput)
+        expectEqual(f.rmm.rttUnmapUnprotected(rd: f.rd, ipa: ns, level: 1), RMIResult(.success, [.init("top", 1 << 40)]))
+        expectEqual(f.entry(ns, 1), .unassignedNS)
         // RTT_CREATE under an ASSIGNED_NS block: 512 of them, refcount 0, the block broken first.
-        #expect(f.rmm.rttMapUnprotected(rd: f.rd, ipa: ns, level: 1, pa: 0x4000_0000) == .success)
-        #expect(f.create(ns, 2) == .success && f.entry(ns + 0x20_0000, 2) == .assignedNS(pa: 0x4020_0000))
+        expectEqual(f.rmm.rttMapUnprotected(rd: f.rd, ipa: ns, level: 1, pa: 0x4000_0000), .success)
+        expectEqual(f.create(ns, 2), .success)
+        expectEqual(f.entry(ns + 0x20_0000, 2), .assignedNS(pa: 0x4020_0000))
         let blocks: [RTTEntry] = (0..<512).map { (i: Int) -> RTTEntry in .assignedNS(pa: 0x4000_0000 + UInt64(i) << 21) }
-        #expect(f.wholeTable(ns, level: 2) == blocks)
+        expectEqual(f.wholeTable(ns, level: 2), blocks)
         // An RTT of ASSIGNED_NS entries is destroyed with them (they are not counted).
-        #expect(f.rmm.rttDestroy(rd: f.rd, ipa: ns, level: 2).status == .success && f.entry(ns, 1) == .unassignedNS)
+        expectEqual(f.rmm.rttDestroy(rd: f.rd, ipa: ns, level: 2).status, .success)
+        expectEqual(f.entry(ns, 1), .unassignedNS)
         #expect(f.countsHold())
     }
 
@@ -399,21 +437,23 @@ import Testing
 
     @Test func initRIPAS() {
         var f = Fixture()
-        #expect(f.rmm.rttInitRIPAS(rd: 0, base: 0x1000, top: 0x1000).status == .errorInput)  // top ≤ base first
-        #expect(f.rmm.rttInitRIPAS(rd: f.rd + pageBytes, base: 0, top: 0x1000).status == .errorInput)
-        #expect(f.rmm.rttInitRIPAS(rd: f.rd, base: 0x800, top: 0x1000).status == .errorInput)
-        #expect(f.rmm.rttInitRIPAS(rd: f.rd, base: (1 << 39) - 0x1000, top: (1 << 39) + 0x1000).status == .errorInput)  // top past the PAR
-        #expect(f.rmm.rttInitRIPAS(rd: f.rd, base: 0x1000, top: 0x2000).status == .errorRTT(level: 1))  // base not 1G-aligned at level 1
+        expectEqual(f.rmm.rttInitRIPAS(rd: 0, base: 0x1000, top: 0x1000).status, .errorInput)  // top ≤ base first
+        expectEqual(f.rmm.rttInitRIPAS(rd: f.rd + pageBytes, base: 0, top: 0x1000).status, .errorInput)
+        expectEqual(f.rmm.rttInitRIPAS(rd: f.rd, base: 0x800, top: 0x1000).status, .errorInput)
+        expectEqual(f.rmm.rttInitRIPAS(rd: f.rd, base: (1 << 39) - 0x1000, top: (1 << 39) + 0x1000).status, .errorInput)  // top past the PAR
+        expectEqual(f.rmm.rttInitRIPAS(rd: f.rd, base: 0x1000, top: 0x2000).status, .errorRTT(level: 1))  // base not 1G-aligned at level 1
         // Whole level-1 entries while they fit below top.
-        #expect(f.rmm.rttInitRIPAS(rd: f.rd, base: 0, top: 0x8000_1000) == RMIResult(.success, [.init("top", 0x8000_0000)]))
-        #expect(f.entry(0, 1) == .unassigned(.ram) && f.entry(0x4000_0000, 1) == .unassigned(.ram) && f.entry(0x8000_0000, 1) == .unassigned(.empty))
+        expectEqual(f.rmm.rttInitRIPAS(rd: f.rd, base: 0, top: 0x8000_1000), RMIResult(.success, [.init("top", 0x8000_0000)]))
+        expectEqual(f.entry(0, 1), .unassigned(.ram))
+        expectEqual(f.entry(0x4000_0000, 1), .unassigned(.ram))
+        expectEqual(f.entry(0x8000_0000, 1), .unassigned(.empty))
         f.tables(0x8000_0000)
-        #expect(f.rmm.dataCreate(rd: f.rd, data: f.delegated(), ipa: 0x8000_2000, src: 0x8000_0000) == .success)
+        expectEqual(f.rmm.dataCreate(rd: f.rd, data: f.delegated(), ipa: 0x8000_2000, src: 0x8000_0000), .success)
         // It stops at the ASSIGNED entry, RAM entries counted as done.
-        #expect(f.rmm.rttInitRIPAS(rd: f.rd, base: 0x8000_0000, top: 0x8001_0000) == RMIResult(.success, [.init("top", 0x8000_2000)]))
-        #expect(f.rmm.rttInitRIPAS(rd: f.rd, base: 0x8000_2000, top: 0x8001_0000).status == .errorRTT(level: 3))
-        #expect(f.rmm.realmActivate(rd: f.rd) == .success)
-        #expect(f.rmm.rttInitRIPAS(rd: f.rd, base: 0x8000_3000, top: 0x8001_0000).status == .errorRealm)
+        expectEqual(f.rmm.rttInitRIPAS(rd: f.rd, base: 0x8000_0000, top: 0x8001_0000), RMIResult(.success, [.init("top", 0x8000_2000)]))
+        expectEqual(f.rmm.rttInitRIPAS(rd: f.rd, base: 0x8000_2000, top: 0x8001_0000).status, .errorRTT(level: 3))
+        expectEqual(f.rmm.realmActivate(rd: f.rd), .success)
+        expectEqual(f.rmm.rttInitRIPAS(rd: f.rd, base: 0x8000_3000, top: 0x8001_0000).status, .errorRealm)
     }
 
     @Test func ripasChangeRoundTrip() {
@@ -421,48 +461,51 @@ import Testing
         f.tables(0)
         let rec = f.rec()
         let data = f.delegated()
-        #expect(f.rmm.rttInitRIPAS(rd: f.rd, base: 0, top: 0x4000).status == .success)
-        #expect(f.rmm.dataCreate(rd: f.rd, data: data, ipa: 0x1000, src: 0x8000_0000) == .success)
-        #expect(f.rmm.realmActivate(rd: f.rd) == .success)
+        expectEqual(f.rmm.rttInitRIPAS(rd: f.rd, base: 0, top: 0x4000).status, .success)
+        expectEqual(f.rmm.dataCreate(rd: f.rd, data: data, ipa: 0x1000, src: 0x8000_0000), .success)
+        expectEqual(f.rmm.realmActivate(rd: f.rd), .success)
         // RSI's own checks, back to the realm.
-        #expect(f.rmm.rsiIPAStateSet(rec: rec, base: 0, top: 0x1000, ripas: .destroyed, flags: 0) as? RSIResult == RSIResult(.errorInput))
-        #expect(f.rmm.rsiIPAStateSet(rec: rec, base: 0x800, top: 0x1000, ripas: .empty, flags: 0) as? RSIResult == RSIResult(.errorInput))
-        #expect(f.rmm.rsiIPAStateSet(rec: rec, base: 0x1000, top: 0x1000, ripas: .empty, flags: 0) as? RSIResult == RSIResult(.errorInput))
-        #expect(f.rmm.rsiIPAStateSet(rec: rec, base: 0, top: (1 << 39) + 0x1000, ripas: .empty, flags: 0) as? RSIResult == RSIResult(.errorInput))
-        #expect(f.rmm.rttSetRIPAS(rd: f.rd, rec: rec, base: 0, top: 0x1000).status == .errorInput)  // nothing pending
-        #expect("\(f.rmm.rsiIPAStateSet(rec: rec, base: 0, top: 0x3000, ripas: .empty, flags: 1))" == "RMI_EXIT_RIPAS_CHANGE [0x0-0x3000) RIPAS EMPTY")
-        #expect(f.rmm.rttSetRIPAS(rd: f.rd, rec: rec, base: 0x3000, top: 0x3000).status == .errorInput)  // top ≤ base
-        #expect(f.rmm.rttSetRIPAS(rd: f.rd, rec: rec, base: 0x1000, top: 0x3000).status == .errorInput)  // not where the request is
-        #expect(f.rmm.rttSetRIPAS(rd: f.rd, rec: rec, base: 0, top: 0x4000).status == .errorInput)  // past its top
+        expectEqual(f.rmm.rsiIPAStateSet(rec: rec, base: 0, top: 0x1000, ripas: .destroyed, flags: 0) as? RSIResult, RSIResult(.errorInput))
+        expectEqual(f.rmm.rsiIPAStateSet(rec: rec, base: 0x800, top: 0x1000, ripas: .empty, flags: 0) as? RSIResult, RSIResult(.errorInput))
+        expectEqual(f.rmm.rsiIPAStateSet(rec: rec, base: 0x1000, top: 0x1000, ripas: .empty, flags: 0) as? RSIResult, RSIResult(.errorInput))
+        expectEqual(f.rmm.rsiIPAStateSet(rec: rec, base: 0, top: (1 << 39) + 0x1000, ripas: .empty, flags: 0) as? RSIResult, RSIResult(.errorInput))
+        expectEqual(f.rmm.rttSetRIPAS(rd: f.rd, rec: rec, base: 0, top: 0x1000).status, .errorInput)  // nothing pending
+        expectEqual("\(f.rmm.rsiIPAStateSet(rec: rec, base: 0, top: 0x3000, ripas: .empty, flags: 1))", "RMI_EXIT_RIPAS_CHANGE [0x0-0x3000) RIPAS EMPTY")
+        expectEqual(f.rmm.rttSetRIPAS(rd: f.rd, rec: rec, base: 0x3000, top: 0x3000).status, .errorInput)  // top ≤ base
+        expectEqual(f.rmm.rttSetRIPAS(rd: f.rd, rec: rec, base: 0x1000, top: 0x3000).status, .errorInput)  // not where the request is
+        expectEqual(f.rmm.rttSetRIPAS(rd: f.rd, rec: rec, base: 0, top: 0x4000).status, .errorInput)  // past its top
         let other = f.delegated()  // a REC of another realm
         f.rmm.recs[other] = REC(pa: other, rd: 0x8800_0000, index: 0, runnable: true, aux: [])
         f.rmm.granules[other >> pageShift] = .rec
-        #expect(f.rmm.rttSetRIPAS(rd: f.rd, rec: other, base: 0, top: 0x1000).status == .errorRec)  // another realm's REC
+        expectEqual(f.rmm.rttSetRIPAS(rd: f.rd, rec: other, base: 0, top: 0x1000).status, .errorRec)  // another realm's REC
         let tlbis = f.rmm.stats.tlbis
-        #expect(f.rmm.rttSetRIPAS(rd: f.rd, rec: rec, base: 0, top: 0x2000) == RMIResult(.success, [.init("top", 0x2000)]))
-        #expect(f.entry(0, 3) == .unassigned(.empty) && f.entry(0x1000, 3) == .assigned(.empty, pa: data) && f.rmm.stats.tlbis == tlbis + 1)
-        #expect(f.rmm.recs[rec]!.ripasAddr == 0x2000)
+        expectEqual(f.rmm.rttSetRIPAS(rd: f.rd, rec: rec, base: 0, top: 0x2000), RMIResult(.success, [.init("top", 0x2000)]))
+        expectEqual(f.entry(0, 3), .unassigned(.empty))
+        expectEqual(f.entry(0x1000, 3), .assigned(.empty, pa: data))
+        expectEqual(f.rmm.stats.tlbis, tlbis + 1)
+        expectEqual(f.rmm.recs[rec]!.ripasAddr, 0x2000)
         // The host answers on the next entry: the realm reads how far it got; an EMPTY request is always accepted.
         let e = f.rmm.recEnter(rec: rec, response: .reject)
-        #expect(e.status == .success && e.delivered == RSIResult(.success, [.init("base", 0x2000)], response: .accept))
+        expectEqual(e.status, .success)
+        expectEqual(e.delivered, RSIResult(.success, [.init("base", 0x2000)], response: .accept))
         #expect(!f.rmm.recs[rec]!.awaitingRIPASResponse)
         // RSI_IPA_STATE_GET: how far one RIPAS runs.
-        #expect(f.rmm.rsiIPAStateGet(rec: rec, base: 0, end: 0x10000) == RSIResult(.success, [.init("top", 0x2000)], ripas: .empty))
-        #expect(f.rmm.rsiIPAStateGet(rec: rec, base: 0x2000, end: 0x3000) == RSIResult(.success, [.init("top", 0x3000)], ripas: .ram))
-        #expect(f.rmm.rsiIPAStateGet(rec: rec, base: 0x2000, end: 0x2000) == RSIResult(.errorInput))
-        #expect(f.rmm.rsiIPAStateGet(rec: rec, base: 1 << 39, end: (1 << 39) + 0x1000) == RSIResult(.errorInput))
+        expectEqual(f.rmm.rsiIPAStateGet(rec: rec, base: 0, end: 0x10000), RSIResult(.success, [.init("top", 0x2000)], ripas: .empty))
+        expectEqual(f.rmm.rsiIPAStateGet(rec: rec, base: 0x2000, end: 0x3000), RSIResult(.success, [.init("top", 0x3000)], ripas: .ram))
+        expectEqual(f.rmm.rsiIPAStateGet(rec: rec, base: 0x2000, end: 0x2000), RSIResult(.errorInput))
+        expectEqual(f.rmm.rsiIPAStateGet(rec: rec, base: 1 << 39, end: (1 << 39) + 0x1000), RSIResult(.errorInput))
         // Back to RAM; the host rejects it before finishing: the realm reads RSI_REJECT.
         _ = f.rmm.rsiIPAStateSet(rec: rec, base: 0, top: 0x2000, ripas: .ram, flags: 0)
-        #expect(f.rmm.rttSetRIPAS(rd: f.rd, rec: rec, base: 0, top: 0x1000).status == .success)
-        #expect(f.rmm.recEnter(rec: rec, response: .reject).delivered == RSIResult(.success, [.init("base", 0x1000)], response: .reject))
+        expectEqual(f.rmm.rttSetRIPAS(rd: f.rd, rec: rec, base: 0, top: 0x1000).status, .success)
+        expectEqual(f.rmm.recEnter(rec: rec, response: .reject).delivered, RSIResult(.success, [.init("base", 0x1000)], response: .reject))
         // DESTROYED changes only with RSI_CHANGE_DESTROYED (flags == 1).
-        #expect(f.rmm.dataDestroy(rd: f.rd, ipa: 0x1000).status == .success)  // ASSIGNED_EMPTY → UNASSIGNED_EMPTY
-        #expect(f.rmm.dataCreate(rd: f.rd, data: data, ipa: 0x1000, src: nil) == .success)  // DELEGATED again: UNKNOWN keeps EMPTY
+        expectEqual(f.rmm.dataDestroy(rd: f.rd, ipa: 0x1000).status, .success)  // ASSIGNED_EMPTY → UNASSIGNED_EMPTY
+        expectEqual(f.rmm.dataCreate(rd: f.rd, data: data, ipa: 0x1000, src: nil), .success)  // DELEGATED again: UNKNOWN keeps EMPTY
         _ = f.rmm.rsiIPAStateSet(rec: rec, base: 0x3000, top: 0x4000, ripas: .empty, flags: 1)
-        #expect(f.rmm.rttSetRIPAS(rd: f.rd, rec: rec, base: 0x3000, top: 0x4000).status == .success)
+        expectEqual(f.rmm.rttSetRIPAS(rd: f.rd, rec: rec, base: 0x3000, top: 0x4000).status, .success)
         _ = f.rmm.recEnter(rec: rec, response: .accept)
-        #expect(f.entry(0x3000, 3) == .unassigned(.empty))
-        #expect(f.rmm.rttInitRIPAS(rd: f.rd, base: 0x3000, top: 0x4000).status == .errorRealm)
+        expectEqual(f.entry(0x3000, 3), .unassigned(.empty))
+        expectEqual(f.rmm.rttInitRIPAS(rd: f.rd, base: 0x3000, top: 0x4000).status, .errorRealm)
         #expect(f.countsHold())
     }
 
@@ -470,17 +513,19 @@ import Testing
         var f = Fixture()
         f.tables(0)
         let rec = f.rec()
-        #expect(f.rmm.rttInitRIPAS(rd: f.rd, base: 0, top: 0x1000).status == .success)
-        #expect(f.rmm.dataCreate(rd: f.rd, data: f.delegated(), ipa: 0, src: 0x8000_0000) == .success)
-        #expect(f.rmm.realmActivate(rd: f.rd) == .success)
-        #expect(f.rmm.dataDestroy(rd: f.rd, ipa: 0).status == .success && f.entry(0, 3) == .unassigned(.destroyed))
+        expectEqual(f.rmm.rttInitRIPAS(rd: f.rd, base: 0, top: 0x1000).status, .success)
+        expectEqual(f.rmm.dataCreate(rd: f.rd, data: f.delegated(), ipa: 0, src: 0x8000_0000), .success)
+        expectEqual(f.rmm.realmActivate(rd: f.rd), .success)
+        expectEqual(f.rmm.dataDestroy(rd: f.rd, ipa: 0).status, .success)
+        expectEqual(f.entry(0, 3), .unassigned(.destroyed))
         for flags: UInt64 in [0, 2] {
             _ = f.rmm.rsiIPAStateSet(rec: rec, base: 0, top: 0x1000, ripas: .ram, flags: flags)
-            #expect(f.rmm.rttSetRIPAS(rd: f.rd, rec: rec, base: 0, top: 0x1000).status == .errorRTT(level: 3))
-            #expect(f.rmm.recEnter(rec: rec, response: .accept).delivered == RSIResult(.success, [.init("base", 0)], response: .accept))
+            expectEqual(f.rmm.rttSetRIPAS(rd: f.rd, rec: rec, base: 0, top: 0x1000).status, .errorRTT(level: 3))
+            expectEqual(f.rmm.recEnter(rec: rec, response: .accept).delivered, RSIResult(.success, [.init("base", 0)], response: .accept))
         }
         _ = f.rmm.rsiIPAStateSet(rec: rec, base: 0, top: 0x1000, ripas: .ram, flags: 1)
-        #expect(f.rmm.rttSetRIPAS(rd: f.rd, rec: rec, base: 0, top: 0x1000).status == .success && f.entry(0, 3) == .unassigned(.ram))
+        expectEqual(f.rmm.rttSetRIPAS(rd: f.rd, rec: rec, base: 0, top: 0x1000).status, .success)
+        expectEqual(f.entry(0, 3), .unassigned(.ram))
     }
 
     /// update_ripas, every state × target × flag.
@@ -488,15 +533,21 @@ import Testing
         let pa: UInt64 = 0x9000_0000
         for cd in [false, true] {
             func u(_ e: RTTEntry, _ t: RIPAS) -> RTTEntry? { RMM.updateRIPAS(e, t, changeDestroyed: cd)?.0 }
-            #expect(u(.unassigned(.empty), .ram) == .unassigned(.ram) && u(.unassigned(.ram), .ram) == .unassigned(.ram))
-            #expect(u(.unassigned(.destroyed), .ram) == (cd ? .unassigned(.ram) : nil))
-            #expect(u(.assigned(.empty, pa: pa), .ram) == .assigned(.ram, pa: pa) && u(.assigned(.ram, pa: pa), .ram) == .assigned(.ram, pa: pa))
-            #expect(u(.assigned(.destroyed, pa: pa), .ram) == (cd ? .assigned(.ram, pa: pa) : nil))
-            #expect(u(.unassigned(.empty), .empty) == .unassigned(.empty) && u(.unassigned(.ram), .empty) == .unassigned(.empty))
-            #expect(u(.unassigned(.destroyed), .empty) == (cd ? .unassigned(.empty) : nil))
-            #expect(u(.assigned(.empty, pa: pa), .empty) == .assigned(.empty, pa: pa) && u(.assigned(.ram, pa: pa), .empty) == .assigned(.empty, pa: pa))
-            #expect(u(.assigned(.destroyed, pa: pa), .empty) == (cd ? .assigned(.empty, pa: pa) : nil))
-            #expect(u(.unassignedNS, .ram) == nil && u(.assignedNS(pa: pa), .empty) == nil && u(.table(3), .ram) == nil)
+            expectEqual(u(.unassigned(.empty), .ram), .unassigned(.ram))
+            expectEqual(u(.unassigned(.ram), .ram), .unassigned(.ram))
+            expectEqual(u(.unassigned(.destroyed), .ram), (cd ? .unassigned(.ram) : nil))
+            expectEqual(u(.assigned(.empty, pa: pa), .ram), .assigned(.ram, pa: pa))
+            expectEqual(u(.assigned(.ram, pa: pa), .ram), .assigned(.ram, pa: pa))
+            expectEqual(u(.assigned(.destroyed, pa: pa), .ram), (cd ? .assigned(.ram, pa: pa) : nil))
+            expectEqual(u(.unassigned(.empty), .empty), .unassigned(.empty))
+            expectEqual(u(.unassigned(.ram), .empty), .unassigned(.empty))
+            expectEqual(u(.unassigned(.destroyed), .empty), (cd ? .unassigned(.empty) : nil))
+            expectEqual(u(.assigned(.empty, pa: pa), .empty), .assigned(.empty, pa: pa))
+            expectEqual(u(.assigned(.ram, pa: pa), .empty), .assigned(.empty, pa: pa))
+            expectEqual(u(.assigned(.destroyed, pa: pa), .empty), (cd ? .assigned(.empty, pa: pa) : nil))
+            expectEqual(u(.unassignedNS, .ram), nil)
+            expectEqual(u(.assignedNS(pa: pa), .empty), nil)
+            expectEqual(u(.table(3), .ram), nil)
             #expect(RMM.updateRIPAS(.assigned(.ram, pa: pa), .empty, changeDestroyed: cd)!.tlbi)
         }
     }
@@ -507,7 +558,8 @@ import Testing
                                .assigned(.empty, pa: 0x9000_1000), .assigned(.ram, pa: 0x9000_2000), .assigned(.destroyed, pa: 0x9000_3000),
                                .assignedNS(pa: 0x9000_4000), .table(7)]
         for e in all { #expect(RTTEntry(e.descriptor) == e) }
-        #expect(Set(all.map(\.descriptor)).count == all.count)
-        #expect(all.filter(\.isRefcounted).count == 4 && all.filter(\.isLive).count == 5)
+        expectEqual(Set(all.map(\.descriptor)).count, all.count)
+        expectEqual(all.filter(\.isRefcounted).count, 4)
+        expectEqual(all.filter(\.isLive).count, 5)
     }
 }

@@ -1,6 +1,7 @@
 import Testing
 import PageTables
 @testable import Hardware
+import Expectations
 
 /// Every instruction over every reachable state of one 2M region in which up to three 4K
 /// entries differ from the default (a 2M page counts as one), checking the RMP invariants
@@ -106,8 +107,8 @@ import PageTables
             }
         }
         // The space is explored, not sampled: these bounds fail if the search is cut short.
-        #expect(seen.count == 1005, "\(seen.count) states")  // the whole reachable space under these operations
-        #expect(transitions == seen.count * ops.count)
+        expectEqual(seen.count, 1005, "\(seen.count) states")  // the whole reachable space under these operations
+        expectEqual(transitions, seen.count * ops.count)
         // Every kind of answer the instructions can give appears somewhere.
         for expected in ["ok", "FAIL_INPUT", "FAIL_PERMISSION", "FAIL_OVERLAP", "FAIL_SIZEMISMATCH", "FAIL(7)", "NPF(RMP|ENC)", "NPF(RMP|ENC|SIZEM)", "#VC(0x404)"] {
             #expect(results.contains(expected), "no transition answered \(expected)")

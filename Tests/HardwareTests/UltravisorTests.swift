@@ -1,5 +1,6 @@
 import Testing
 @testable import Hardware
+import Expectations
 
 /// The Ultravisor's calls, each outcome: import (first time cleared, after an export
 /// verified and decrypted, refused for another page, not mapped, no configuration),
@@ -25,11 +26,15 @@ import Testing
         // Swapped to another frame and imported there: verified, decrypted.
         uv.copyContent(from: 0x100, to: 0x200)
         #expect(uv.convertToSecure(guest: g, gfn: 5, pfn: 0x200).ok)
-        #expect(uv.contents(0x200) == 42 && uv.configurations[g].exported[5] == nil && uv.stats.imports == 2 && uv.stats.exports == 1)
+        expectEqual(uv.contents(0x200), 42)
+        expectEqual(uv.configurations[g].exported[5], nil)
+        expectEqual(uv.stats.imports, 2)
+        expectEqual(uv.stats.exports, 1)
         // Importing the same page again is a no-op; into another guest page it is refused.
         #expect(uv.convertToSecure(guest: g, gfn: 5, pfn: 0x200).ok && uv.stats.imports == 2)
         let other = uv.convertToSecure(guest: g, gfn: 6, pfn: 0x200)
-        #expect(other.cc == 1 && other.rc == UVCResult.rcInvalidState)
+        expectEqual(other.cc, 1)
+        expectEqual(other.rc, UVCResult.rcInvalidState)
     }
 
     @Test func aChangedExportFailsItsIntegrityCheck() {
@@ -40,14 +45,15 @@ import Testing
         uv.setContent(0x10, 1 << 62)  // a host or device write to the exported page
         let r = uv.convertToSecure(guest: g, gfn: 1, pfn: 0x10)
         #expect(r.cc == 1 && r.rc == nil && uv.stats.integrityFailures == 1 && !uv.isSecure(0x10))
-        #expect(r.description == "cc 1 (UVC_CC_ERROR): integrity check failed: the page is not what the UV exported")
+        expectEqual(r.description, "cc 1 (UVC_CC_ERROR): integrity check failed: the page is not what the UV exported")
     }
 
     @Test func refusalsAndNoOps() {
         var (uv, g) = fresh()
         let unmapped = uv.convertToSecure(guest: g, gfn: 1, pfn: nil)
-        #expect(unmapped.cc == 1 && unmapped.rc == 0x010a)
-        #expect(uv.convertToSecure(guest: g + 1, gfn: 1, pfn: 0x10).rc == UVCResult.rcInvalidState)
+        expectEqual(unmapped.cc, 1)
+        expectEqual(unmapped.rc, 0x010a)
+        expectEqual(uv.convertToSecure(guest: g + 1, gfn: 1, pfn: 0x10).rc, UVCResult.rcInvalidState)
         // Export and destroy of a page that is not secure change nothing and succeed.
         #expect(uv.convertFromSecure(0x10).ok && uv.destroyPage(0x10).ok && uv.stats.exports == 0 && uv.stats.destroys == 0)
         // Destroy clears without a record.
@@ -57,36 +63,39 @@ import Testing
         // A destroyed configuration imports nothing and forgets its exports.
         #expect(uv.convertToSecure(guest: g, gfn: 2, pfn: 0x11).ok && uv.convertFromSecure(0x11).ok)
         #expect(uv.destroyConfiguration(g).ok && uv.configurations[g].exported.isEmpty)
-        #expect(uv.convertToSecure(guest: g, gfn: 2, pfn: 0x11).cc == 1 && uv.destroyConfiguration(g).cc == 1)
+        expectEqual(uv.convertToSecure(guest: g, gfn: 2, pfn: 0x11).cc, 1)
+        expectEqual(uv.destroyConfiguration(g).cc, 1)
     }
 
     @Test func secureCPUs() {
         var (uv, g) = fresh()
-        #expect(uv.secureCPU(g, create: false).cc == 1)  // none to destroy
+        expectEqual(uv.secureCPU(g, create: false).cc, 1)  // none to destroy
         #expect(uv.secureCPU(g, create: true).ok && uv.secureCPU(g, create: true).ok && uv.configurations[g].cpus == 2)
         #expect(uv.secureCPU(g, create: false).ok && uv.configurations[g].cpus == 1)
-        #expect(uv.secureCPU(g + 1, create: true).rc == UVCResult.rcInvalidState)
+        expectEqual(uv.secureCPU(g + 1, create: true).rc, UVCResult.rcInvalidState)
     }
 
     @Test func sharedPagesPinAndUnshare() {
         var (uv, g) = fresh()
-        #expect(uv.pinShared(0x20).cc == 1)  // not secure
+        expectEqual(uv.pinShared(0x20).cc, 1)  // not secure
         #expect(uv.convertToSecure(guest: g, gfn: 3, pfn: 0x20).ok)
         let notShared = uv.pinShared(0x20)
-        #expect(notShared.cc == 1 && notShared.rc == UVCResult.rcInvalidState)
-        #expect(uv.setShared(guest: g + 1, pfn: 0x20, shared: true).cc == 1)  // another guest's page
+        expectEqual(notShared.cc, 1)
+        expectEqual(notShared.rc, UVCResult.rcInvalidState)
+        expectEqual(uv.setShared(guest: g + 1, pfn: 0x20, shared: true).cc, 1)  // another guest's page
         #expect(uv.setShared(guest: g, pfn: 0x20, shared: true).ok && uv.hostAccessible(0x20) && uv.isSecure(0x20))
         #expect(uv.pinShared(0x20).ok && uv.stats.pinsShared == 1)
         let unshare = uv.setShared(guest: g, pfn: 0x20, shared: false)
-        #expect(unshare.cc == 1 && unshare.command == .removeSharedAccess)
-        #expect(uv.secure[0x20]?.shared == true)
+        expectEqual(unshare.cc, 1)
+        expectEqual(unshare.command, .removeSharedAccess)
+        expectEqual(uv.secure[0x20]?.shared, true)
     }
 
     @Test func injectedAnswers() {
         var (uv, g) = fresh()
         uv.inject(.convToSecStor, cc: 2, count: 2)
-        #expect(uv.convertToSecure(guest: g, gfn: 1, pfn: 0x10).cc == 2)
-        #expect(uv.convertToSecure(guest: g, gfn: 1, pfn: 0x10).cc == 2)
+        expectEqual(uv.convertToSecure(guest: g, gfn: 1, pfn: 0x10).cc, 2)
+        expectEqual(uv.convertToSecure(guest: g, gfn: 1, pfn: 0x10).cc, 2)
         #expect(uv.convertToSecure(guest: g, gfn: 1, pfn: 0x10).ok && uv.stats.busy == 2)
         uv.inject(.convFromSecStor, cc: 1, count: 1)
         let r = uv.convertFromSecure(0x10)
@@ -99,7 +108,8 @@ import Testing
         uv.inject(.convFromSecStor, cc: 3, count: 3)
         #expect(uv.convertFromSecure(0x10).ok && uv.stats.busy == 5 && uv.injected.isEmpty)
         uv.inject(.createSecConf, cc: 1, count: 1)
-        #expect(uv.createConfiguration().1 == nil && uv.createConfiguration().1 != nil)
+        expectEqual(uv.createConfiguration().1, nil)
+        expectNotEqual(uv.createConfiguration().1, nil)
         // A page another guest shared: the import moves it (the misc feature), cleared.
         let (_, h) = uv.createConfiguration()
         #expect(uv.convertToSecure(guest: g, gfn: 2, pfn: 0x30).ok && uv.setShared(guest: g, pfn: 0x30, shared: true).ok)
@@ -109,7 +119,7 @@ import Testing
 
     /// The command codes Linux uses (arch/s390/include/asm/uv.h).
     @Test func commandCodes() {
-        #expect(UVCCommand.allCases.map(\.rawValue) == [0x0100, 0x0101, 0x0120, 0x0121, 0x0200, 0x0201, 0x0202, 0x0341, 0x1000, 0x1001])
-        #expect(UVCCommand.convFromSecStor.shortName == "conv_from_sec_stor")
+        expectEqual(UVCCommand.allCases.map(\.rawValue), [0x0100, 0x0101, 0x0120, 0x0121, 0x0200, 0x0201, 0x0202, 0x0341, 0x1000, 0x1001])
+        expectEqual(UVCCommand.convFromSecStor.shortName, "conv_from_sec_stor")
     }
 }

@@ -2,6 +2,7 @@ import Testing
 import Hardware
 import PageTables
 @testable import HostKernel
+import Expectations
 
 /// The arm64 host kernel: map_mem's linear map for each `host.arm64-linear-map`, set_memory_*
 /// refused over a block and accepted at page granularity, the BBML2 split's exact shape, and
@@ -37,9 +38,9 @@ import PageTables
         // contiguous PTEs (the 64K tail).
         let blocks = try kernel(.blocks)
         #expect(try shape(blocks) == (LeafCounts(size4K: 272, size2M: 32, size1G: 4), 16 + 272))
-        #expect(blocks.physOffset == 0x4000_0000)
-        #expect(blocks.va(PhysAddr(0x4000_0000)).rawValue == 0xffff_0000_0000_0000)
-        #expect(blocks.directPagesCount == LeafCounts(size4K: 272, size2M: 32, size1G: 4))
+        expectEqual(blocks.physOffset, 0x4000_0000)
+        expectEqual(blocks.va(PhysAddr(0x4000_0000)).rawValue, 0xffff_0000_0000_0000)
+        expectEqual(blocks.directPagesCount, LeafCounts(size4K: 272, size2M: 32, size1G: 4))
         // pte: every page 4K, no contiguous bit.
         let pte = try kernel(.pte)
         #expect(try shape(pte) == (LeafCounts(size4K: (4 << 30) / 4096 + 0x4110, size2M: 0, size1G: 0), 0))
@@ -54,21 +55,21 @@ import PageTables
         var k = try kernel(.blocks)
         let before = k.pageTable
         k.eventLog = []
-        #expect(try KernelOperation(name: "set_memory_valid", address: page, numpages: 1, enable: false).apply(to: &k) as? KernelStatus == .error(.EINVAL))
-        #expect(k.eventLog == ["WARN: apply_to_page_range met a 1G block at 0xffff000000000000", "flush_tlb_one_kernel x1"])
-        #expect(k.pageTable.lookup(VirtAddr(page)) == before.lookup(VirtAddr(page)))
+        try expectEqual(KernelOperation(name: "set_memory_valid", address: page, numpages: 1, enable: false).apply(to: &k) as? KernelStatus, .error(.EINVAL))
+        expectEqual(k.eventLog, ["WARN: apply_to_page_range met a 1G block at 0xffff000000000000", "flush_tlb_one_kernel x1"])
+        expectEqual(k.pageTable.lookup(VirtAddr(page)), before.lookup(VirtAddr(page)))
         // set_direct_map_* do nothing without can_set_direct_map().
-        #expect(try KernelOperation(name: "set_direct_map_invalid_noflush", address: page, numpages: 1).apply(to: &k) as? KernelStatus == .ok)
-        #expect(k.pageTable.lookup(VirtAddr(page))?.attributes.contains(.present) == true)
+        try expectEqual(KernelOperation(name: "set_direct_map_invalid_noflush", address: page, numpages: 1).apply(to: &k) as? KernelStatus, .ok)
+        expectEqual(k.pageTable.lookup(VirtAddr(page))?.attributes.contains(.present), true)
 
         var p = try kernel(.pte, cpus: 2, e820: Self.small)
         _ = p.translate(cpu: 1, page)
-        #expect(try KernelOperation(name: "set_memory_valid", address: page, numpages: 1, enable: false).apply(to: &p) as? KernelStatus == .ok)
-        #expect(p.pageTable.lookup(VirtAddr(page))?.attributes.contains(.present) == false)
-        #expect(p.cpus[1].tlb.entry(page) == nil)  // flushed on every CPU
-        #expect(try KernelOperation(name: "set_direct_map_default_noflush", address: page, numpages: 1).apply(to: &p) as? KernelStatus == .ok)
-        #expect(p.pageTable.lookup(VirtAddr(page))?.attributes == [.present, .writable, .noExecute, .global, .tagged])
-        #expect(p.unflushed == [page..<page + pageBytes])
+        try expectEqual(KernelOperation(name: "set_memory_valid", address: page, numpages: 1, enable: false).apply(to: &p) as? KernelStatus, .ok)
+        expectEqual(p.pageTable.lookup(VirtAddr(page))?.attributes.contains(.present), false)
+        expectEqual(p.cpus[1].tlb.entry(page), nil)  // flushed on every CPU
+        try expectEqual(KernelOperation(name: "set_direct_map_default_noflush", address: page, numpages: 1).apply(to: &p) as? KernelStatus, .ok)
+        expectEqual(p.pageTable.lookup(VirtAddr(page))?.attributes, [.present, .writable, .noExecute, .global, .tagged])
+        expectEqual(p.unflushed, [page..<page + pageBytes])
         try p.checkInvariants()
         try p.checkTLBInvariants()
     }
@@ -77,13 +78,13 @@ import PageTables
         var k = try kernel(.bbml2Split)
         let base = k.layout.pageOffset, page = base + 0x20_1000
         k.pageTable.replaceLog = []
-        #expect(try KernelOperation(name: "set_memory_valid", address: page, numpages: 1, enable: false).apply(to: &k) as? KernelStatus == .ok)
-        #expect(k.pageTable.breakBeforeMakes == 0)  // BBML2: no break-before-make
+        try expectEqual(KernelOperation(name: "set_memory_valid", address: page, numpages: 1, enable: false).apply(to: &k) as? KernelStatus, .ok)
+        expectEqual(k.pageTable.breakBeforeMakes, 0)  // BBML2: no break-before-make
         // The split writes in place and invalidates nothing; the one invalidation is the
         // page's own change (which __change_memory_common's flush then covers).
         let invalidations = (k.pageTable.replaceLog ?? []).filter { if case .invalidate = $0 { true } else { false } }
-        #expect(invalidations == [.invalidate(virt: page, level: 1)])
-        #expect(k.stats.splits == LeafCounts(size2M: 1, size1G: 1))
+        expectEqual(invalidations, [.invalidate(virt: page, level: 1)])
+        expectEqual(k.stats.splits, LeafCounts(size2M: 1, size1G: 1))
         // The first 1G is now 512 2M entries: the first 16 (the run holding the split page)
         // without the contiguous bit, entry 1 a PTE table, the rest contiguous 2M blocks.
         let pud = k.pageTable.descriptor(at: VirtAddr(base), level: 3)!
@@ -91,7 +92,7 @@ import PageTables
         let pmds = (0..<512).map { k.pageTable.entry(table: pud.tableNumber, index: $0) }
         let tagged: Attributes = [.present, .writable, .noExecute, .global, .tagged]
         for (i, e) in pmds.enumerated() where i != 1 {
-            #expect(e == .leaf(PFN(0x40000 + UInt64(i) * 512), i < 16 ? tagged : tagged.union(.contiguous)), "PMD \(i)")
+            expectEqual(e, .leaf(PFN(0x40000 + UInt64(i) * 512), i < 16 ? tagged : tagged.union(.contiguous)), "PMD \(i)")
         }
         // The PTE table: the run of 16 holding the page without the contiguous bit, the page
         // itself invalid, the other 496 contiguous.
@@ -100,9 +101,9 @@ import PageTables
             let e = k.pageTable.entry(table: pmds[1].tableNumber, index: i)
             var a = i < 16 ? tagged : tagged.union(.contiguous)
             if i == 1 { a.remove(.present) }
-            #expect(e == .leaf(PFN(0x40200 + UInt64(i)), a), "PTE \(i)")
+            expectEqual(e, .leaf(PFN(0x40200 + UInt64(i)), a), "PTE \(i)")
         }
-        #expect(k.directPagesCount == LeafCounts(size4K: 272 + 512, size2M: 32 + 511, size1G: 3))
+        expectEqual(k.directPagesCount, LeafCounts(size4K: 272 + 512, size2M: 32 + 511, size1G: 3))
         try k.checkInvariants()
     }
 
@@ -110,9 +111,10 @@ import PageTables
         var k = try kernel(.bbml2Split, e820: Self.small)
         let before = k.pageTable.leafCounts
         k.failPageTableAllocations = true
-        #expect(try KernelOperation(name: "set_memory_valid", address: k.layout.pageOffset + 0x20_1000, numpages: 1, enable: false).apply(to: &k) as? KernelStatus == .error(.ENOMEM))
-        #expect(k.stats.allocationFailures == 1 && k.stats.splits == LeafCounts())
-        #expect(k.pageTable.leafCounts == before)
+        try expectEqual(KernelOperation(name: "set_memory_valid", address: k.layout.pageOffset + 0x20_1000, numpages: 1, enable: false).apply(to: &k) as? KernelStatus, .error(.ENOMEM))
+        expectEqual(k.stats.allocationFailures, 1)
+        expectEqual(k.stats.splits, LeafCounts())
+        expectEqual(k.pageTable.leafCounts, before)
         try k.checkInvariants()
     }
 
@@ -121,20 +123,22 @@ import PageTables
         let va = k.layout.pageOffset + 0x5000
         for cpu in 0..<2 { _ = k.translate(cpu: cpu, va) }
         k.tlbi(.vaale1, va: va, cpu: 0)
-        #expect(k.cpus.map { $0.tlb.entry(va) != nil } == [false, true])
+        expectEqual(k.cpus.map { $0.tlb.entry(va) != nil }, [false, true])
         k.tlbi(.aside1is, va: 0, cpu: 0)  // global kernel entries stay
-        #expect(k.cpus[1].tlb.entry(va) != nil)
+        expectNotEqual(k.cpus[1].tlb.entry(va), nil)
         k.tlbi(.vaale1is, va: va, cpu: 0)
         #expect(k.cpus.allSatisfy { $0.tlb.validEntries.isEmpty })
-        #expect(k.cpus.map(\.stats.flushes) == [3, 2])
-        #expect(ArmTLBI.allCases.filter(\.broadcast).map(\.rawValue) == ["vae1is", "vale1is", "vaae1is", "vaale1is", "aside1is", "vmalle1is"])
+        expectEqual(k.cpus.map(\.stats.flushes), [3, 2])
+        expectEqual(ArmTLBI.allCases.filter(\.broadcast).map(\.rawValue), ["vae1is", "vale1is", "vaae1is", "vaale1is", "aside1is", "vmalle1is"])
     }
 
     @Test func flushTLBKernelRangeFlushesEverythingFromTwoMegabytes() throws {
         var k = try kernel(.pte, e820: Self.small)
         k.flushTLBKernelRange(k.layout.pageOffset, pages: 511)
-        #expect(k.stats.tlbPageFlushRounds == 1 && k.stats.tlbPagesFlushed == 511 && k.stats.tlbFullFlushes == 0)
+        expectEqual(k.stats.tlbPageFlushRounds, 1)
+        expectEqual(k.stats.tlbPagesFlushed, 511)
+        expectEqual(k.stats.tlbFullFlushes, 0)
         k.flushTLBKernelRange(k.layout.pageOffset, pages: 512)
-        #expect(k.stats.tlbFullFlushes == 1)
+        expectEqual(k.stats.tlbFullFlushes, 1)
     }
 }

@@ -2,19 +2,20 @@ import Testing
 import Hardware
 import PageTables
 @testable import HostKernel
+import Expectations
 
 /// The boot direct map, as init_mem_mapping builds it (settled.md §8).
 @Suite struct BootDirectMapTests {
     @Test func issueExampleWithGbpages() throws {
         let k = try exampleKernel()
         // DirectMap4k 2048 kB, DirectMap2M 1046528 kB, DirectMap1G 24117248 kB.
-        #expect(k.directPagesCount == LeafCounts(size4K: 512, size2M: 511, size1G: 23))
+        expectEqual(k.directPagesCount, LeafCounts(size4K: 512, size2M: 511, size1G: 23))
         try k.checkInvariants()
     }
 
     @Test func issueExampleWithoutGbpages() throws {
         let k = try exampleKernel(gbpages: false)
-        #expect(k.directPagesCount == LeafCounts(size4K: 512, size2M: 511 + 1024 + 21 * 512, size1G: 0))
+        expectEqual(k.directPagesCount, LeafCounts(size4K: 512, size2M: 511 + 1024 + 21 * 512, size1G: 0))
         try k.checkInvariants()
     }
 
@@ -22,16 +23,17 @@ import PageTables
         let k = try exampleKernel()
         // 0xa0000 is reserved (VGA) yet mapped, 4K, PAGE_KERNEL.
         let leaf = try #require(k.pageTable.lookup(VirtAddr(pageOffset + 0xa0000)))
-        #expect(leaf.size == .size4K && leaf.attributes == .pageKernel(encrypted: true))
-        #expect(k.pageTable.translate(VirtAddr(pageOffset + 0x1ff000))?.leaf.size == .size4K)
-        #expect(k.pageTable.translate(VirtAddr(pageOffset + 0x200000))?.leaf.size == .size2M)
-        #expect(k.pageTable.translate(VirtAddr(pageOffset + 0x4000_0000))?.leaf.size == .size1G)
+        expectEqual(leaf.size, .size4K)
+        expectEqual(leaf.attributes, .pageKernel(encrypted: true))
+        expectEqual(k.pageTable.translate(VirtAddr(pageOffset + 0x1ff000))?.leaf.size, .size4K)
+        expectEqual(k.pageTable.translate(VirtAddr(pageOffset + 0x200000))?.leaf.size, .size2M)
+        expectEqual(k.pageTable.translate(VirtAddr(pageOffset + 0x4000_0000))?.leaf.size, .size1G)
     }
 
     @Test func holesAboveOneMegAreNotMapped() throws {
         let k = try exampleKernel()
-        #expect(k.pageTable.lookup(VirtAddr(pageOffset + 0xc000_0000)) == nil)
-        #expect(k.pageTable.lookup(VirtAddr(pageOffset + 0x6_4000_0000)) == nil)
+        expectEqual(k.pageTable.lookup(VirtAddr(pageOffset + 0xc000_0000)), nil)
+        expectEqual(k.pageTable.lookup(VirtAddr(pageOffset + 0x6_4000_0000)), nil)
     }
 
     @Test func splitMemRangeMakesHeadBigMiddleAndTail() throws {
@@ -45,15 +47,15 @@ import PageTables
         let tail = Kernel.splitMemRange(start: 0x1_0000_0000, end: 0x1_4020_1000, sizes: [.size2M, .size1G], memory: m)
         // The 2M and 4K tails lie in a 1G region that is all RAM: both are promoted to 1G,
         // and the three equal ranges merge into one.
-        #expect(tail == [MapRange(start: 0x1_0000_0000, end: 0x1_4020_1000, sizes: [.size2M, .size1G])])
+        expectEqual(tail, [MapRange(start: 0x1_0000_0000, end: 0x1_4020_1000, sizes: [.size2M, .size1G])])
     }
 
     @Test func rangesArePromotedWhenTheWholeRegionIsRAM() throws {
         // No legacy hole: [0, 4G) is RAM, so even the ISA range becomes part of a 1G leaf.
         let m = try PhysicalMemory.parse(e820: "BIOS-e820: [mem 0x0000000000000000-0x00000000ffffffff] usable")
         let k = try Kernel(memory: m)
-        #expect(k.directPagesCount == LeafCounts(size1G: 4))
-        #expect(k.pageTable.tablePages == 2)
+        expectEqual(k.directPagesCount, LeafCounts(size1G: 4))
+        expectEqual(k.pageTable.tablePages, 2)
         try k.checkInvariants()
     }
 
@@ -64,22 +66,22 @@ import PageTables
             """)
         let k = try Kernel(memory: m)
         // 4K: ISA 256 + [1M,2M) 256 + [1G+2M, 1G+4M-4K) 511; 2M: [2M,1G) 511 + [1G, 1G+2M) 1.
-        #expect(k.directPagesCount == LeafCounts(size4K: 256 + 256 + 511, size2M: 512, size1G: 0))
+        expectEqual(k.directPagesCount, LeafCounts(size4K: 256 + 256 + 511, size2M: 512, size1G: 0))
         try k.checkInvariants()
     }
 
     @Test func fiveLevelPagingUsesItsOwnPageOffset() throws {
         let k = try Kernel(memory: PhysicalMemory.pc(size: 4 << 30), config: KernelConfig(la57: true))
-        #expect(k.layout.pageOffset == 0xff11_0000_0000_0000)
-        #expect(k.pageTable.translate(VirtAddr(0xff11_0000_4000_0000))?.phys == PhysAddr(0x4000_0000))
-        #expect(k.directPagesCount == LeafCounts(size4K: 512, size2M: 511, size1G: 3))
+        expectEqual(k.layout.pageOffset, 0xff11_0000_0000_0000)
+        expectEqual(k.pageTable.translate(VirtAddr(0xff11_0000_4000_0000))?.phys, PhysAddr(0x4000_0000))
+        expectEqual(k.directPagesCount, LeafCounts(size4K: 512, size2M: 511, size1G: 3))
     }
 
     @Test func ramPastTheFourLevelDirectMapIsRefused() throws {
         let m = try PhysicalMemory.pc(size: 65 << 40)
         #expect(throws: HostKernelError.self) { try Kernel(memory: m) }
         let k = try Kernel(memory: m, config: KernelConfig(la57: true))
-        #expect(k.directPagesCount.size1G == 65 * 1024 - 1)
+        expectEqual(k.directPagesCount.size1G, 65 * 1024 - 1)
     }
 }
 
@@ -98,22 +100,22 @@ import PageTables
             BIOS-e820: [mem 0x0000000100000000-0x000000063fffffff] usable
             """)
         let k = try Kernel(memory: memory)
-        #expect(k.directPagesCount == LeafCounts(size4K: 512, size2M: 511, size1G: 23))
+        expectEqual(k.directPagesCount, LeafCounts(size4K: 512, size2M: 511, size1G: 23))
         let boot = k.directPagesCount(.kernel)
-        #expect(boot == LeafCounts(size4K: 512, size2M: 511, size1G: 25))
+        expectEqual(boot, LeafCounts(size4K: 512, size2M: 511, size1G: 25))
         let total = boot.size4K * 4 + boot.size2M * 2048 + boot.size1G * 1_048_576
-        #expect(total == 30720 + 2_066_432 + 25_165_824)  // the real machine's kB after its splits
+        expectEqual(total, 30720 + 2_066_432 + 25_165_824)  // the real machine's kB after its splits
         // Without gbpages nothing is counted twice here: every chunk boundary is 2M-aligned.
         let no1G = try Kernel(memory: memory, config: KernelConfig(gbpages: false))
-        #expect(no1G.directPagesCount(.kernel) == no1G.directPagesCount)
+        expectEqual(no1G.directPagesCount(.kernel), no1G.directPagesCount)
     }
 
     /// After boot the kernel's count moves as the walk's does (a split counts the same).
     @Test func splitsMoveBothCountsAlike() throws {
         var k = try Kernel(memory: PhysicalMemory.pc(size: 4 << 30))
-        #expect(k.directPagesCount(.kernel) == LeafCounts(size4K: 512, size2M: 511, size1G: 5))
+        expectEqual(k.directPagesCount(.kernel), LeafCounts(size4K: 512, size2M: 511, size1G: 5))
         _ = try k.setMemory4K(k.layout.pageOffset + (3 << 30) + 0x5000, numpages: 1)
-        #expect(k.directPagesCount == LeafCounts(size4K: 1024, size2M: 1022, size1G: 2))
-        #expect(k.directPagesCount(.kernel) == LeafCounts(size4K: 1024, size2M: 1022, size1G: 4))
+        expectEqual(k.directPagesCount, LeafCounts(size4K: 1024, size2M: 1022, size1G: 2))
+        expectEqual(k.directPagesCount(.kernel), LeafCounts(size4K: 1024, size2M: 1022, size1G: 4))
     }
 }

@@ -2,6 +2,7 @@ import Testing
 import Hardware
 import PageTables
 @testable import HostKernel
+import Expectations
 
 /// change_page_attr, one documented rule per test (linux-x86.md §1, invariants 1–9).
 @Suite struct ChangePageAttrTests {
@@ -13,95 +14,102 @@ import PageTables
     @Test func fourKChangeInsideOneGigSplitsTwiceAsSplitPageCountSays() throws {
         var k = try exampleKernel()
         let before = k.directPagesCount
-        #expect(try k.setMemoryRO(inGig + 5 * K, numpages: 1) == .ok)
+        try expectEqual(k.setMemoryRO(inGig + 5 * K, numpages: 1), .ok)
         // 1G −1, 2M +511, 4K +512 (split_page_count twice).
-        #expect(k.directPagesCount == LeafCounts(size4K: before.size4K + 512, size2M: before.size2M + 511, size1G: before.size1G - 1))
-        #expect(k.stats.splits == LeafCounts(size2M: 1, size1G: 1))
-        #expect(k.stats.tlbSplitFlushes == 2)
-        #expect(k.stats.tlbFullFlushes == 2)
-        #expect(k.stats.tlbPageFlushRounds == 1 && k.stats.tlbPagesFlushed == 1)
-        #expect(k.pageTable.lookup(VirtAddr(inGig + 5 * K))?.attributes == Attributes.pageKernel(encrypted: true).subtracting(.writable))
-        #expect(k.pageTable.lookup(VirtAddr(inGig + 2 * M2))?.size == .size2M)
+        expectEqual(k.directPagesCount, LeafCounts(size4K: before.size4K + 512, size2M: before.size2M + 511, size1G: before.size1G - 1))
+        expectEqual(k.stats.splits, LeafCounts(size2M: 1, size1G: 1))
+        expectEqual(k.stats.tlbSplitFlushes, 2)
+        expectEqual(k.stats.tlbFullFlushes, 2)
+        expectEqual(k.stats.tlbPageFlushRounds, 1)
+        expectEqual(k.stats.tlbPagesFlushed, 1)
+        expectEqual(k.pageTable.lookup(VirtAddr(inGig + 5 * K))?.attributes, Attributes.pageKernel(encrypted: true).subtracting(.writable))
+        expectEqual(k.pageTable.lookup(VirtAddr(inGig + 2 * M2))?.size, .size2M)
         try k.checkInvariants()
     }
 
     @Test func sameProtectionMeansNoSplitAndNoFlush() throws {
         var k = try exampleKernel()
-        #expect(try k.setMemoryRW(inGig + K, numpages: 3) == .ok)
-        #expect(try k.setMemoryNX(in2M + K, numpages: 1) == .ok)
-        #expect(k.stats == CPAStats())
+        try expectEqual(k.setMemoryRW(inGig + K, numpages: 3), .ok)
+        try expectEqual(k.setMemoryNX(in2M + K, numpages: 1), .ok)
+        expectEqual(k.stats, CPAStats())
         #expect(k.directPagesCount == (try exampleKernel()).directPagesCount)
     }
 
     @Test func wholeAlignedLargeLeafIsRewrittenInPlace() throws {
         var k = try exampleKernel()
-        #expect(try k.setMemoryRO(in2M, numpages: 512) == .ok)
-        #expect(k.stats.splits == LeafCounts())
-        #expect(k.pageTable.lookup(VirtAddr(in2M))?.size == .size2M)
-        #expect(k.pageTable.lookup(VirtAddr(in2M))?.attributes.contains(.writable) == false)
+        try expectEqual(k.setMemoryRO(in2M, numpages: 512), .ok)
+        expectEqual(k.stats.splits, LeafCounts())
+        expectEqual(k.pageTable.lookup(VirtAddr(in2M))?.size, .size2M)
+        expectEqual(k.pageTable.lookup(VirtAddr(in2M))?.attributes.contains(.writable), false)
         // 512 pages > the 33-page ceiling: one full flush.
-        #expect(k.stats.tlbFullFlushes == 1 && k.stats.tlbPageFlushRounds == 0)
+        expectEqual(k.stats.tlbFullFlushes, 1)
+        expectEqual(k.stats.tlbPageFlushRounds, 0)
     }
 
     @Test func flushIsPerPageUpToTheCeilingAndFullAbove() throws {
         var k = try exampleKernel()
-        #expect(try k.setMemoryRO(pageOffset + 0x10_0000, numpages: 33) == .ok)
-        #expect(k.stats.tlbPageFlushRounds == 1 && k.stats.tlbPagesFlushed == 33 && k.stats.tlbFullFlushes == 0)
-        #expect(try k.setMemoryRO(pageOffset + 0x14_0000, numpages: 34) == .ok)
-        #expect(k.stats.tlbPageFlushRounds == 1 && k.stats.tlbFullFlushes == 1)
+        try expectEqual(k.setMemoryRO(pageOffset + 0x10_0000, numpages: 33), .ok)
+        expectEqual(k.stats.tlbPageFlushRounds, 1)
+        expectEqual(k.stats.tlbPagesFlushed, 33)
+        expectEqual(k.stats.tlbFullFlushes, 0)
+        try expectEqual(k.setMemoryRO(pageOffset + 0x14_0000, numpages: 34), .ok)
+        expectEqual(k.stats.tlbPageFlushRounds, 1)
+        expectEqual(k.stats.tlbFullFlushes, 1)
     }
 
     @Test func setMemory4KForcesASplitAndMarksThePages() throws {
         var k = try exampleKernel()
-        #expect(try k.setMemory4K(in2M, numpages: 1) == .ok)
-        #expect(k.stats.splits == LeafCounts(size2M: 1))
+        try expectEqual(k.setMemory4K(in2M, numpages: 1), .ok)
+        expectEqual(k.stats.splits, LeafCounts(size2M: 1))
         let leaf = try #require(k.pageTable.lookup(VirtAddr(in2M)))
         #expect(leaf.size == .size4K && leaf.attributes.contains(.forced4K))
-        #expect(k.pageTable.lookup(VirtAddr(in2M + K))?.attributes.contains(.forced4K) == false)
+        expectEqual(k.pageTable.lookup(VirtAddr(in2M + K))?.attributes.contains(.forced4K), false)
         // The PTE changed (the _PAGE_KERNEL_4K bit), so one per-page flush follows the split's.
-        #expect(k.stats.tlbSplitFlushes == 1 && k.stats.tlbPageFlushRounds == 1)
+        expectEqual(k.stats.tlbSplitFlushes, 1)
+        expectEqual(k.stats.tlbPageFlushRounds, 1)
         try k.checkInvariants()
     }
 
     @Test func setMemory4KOnFourKPageDoesNotSplit() throws {
         var k = try exampleKernel()
-        #expect(try k.setMemory4K(pageOffset + 0x10_0000, numpages: 2) == .ok)
-        #expect(k.stats.splits == LeafCounts() && k.stats.tlbSplitFlushes == 0)
+        try expectEqual(k.setMemory4K(pageOffset + 0x10_0000, numpages: 2), .ok)
+        expectEqual(k.stats.splits, LeafCounts())
+        expectEqual(k.stats.tlbSplitFlushes, 0)
     }
 
     @Test func notPresentAndBack() throws {
         var k = try exampleKernel()
-        #expect(try k.setMemoryNP(in2M + K, numpages: 1) == .ok)
+        try expectEqual(k.setMemoryNP(in2M + K, numpages: 1), .ok)
         #expect(k.pageTable.translate(VirtAddr(in2M + K)) == nil)
-        #expect(k.pageTable.lookup(VirtAddr(in2M + K))?.phys == PhysAddr(0x20_1000))
-        #expect(k.pageTable.lookup(VirtAddr(in2M + K))?.attributes.contains(.global) == false)  // pgprot_clear_protnone_bits
-        #expect(try k.setMemoryP(in2M + K, numpages: 1) == .ok)
-        #expect(k.pageTable.translate(VirtAddr(in2M + K))?.phys == PhysAddr(0x20_1000))
-        #expect(k.stats.splits == LeafCounts(size2M: 1))
+        expectEqual(k.pageTable.lookup(VirtAddr(in2M + K))?.phys, PhysAddr(0x20_1000))
+        expectEqual(k.pageTable.lookup(VirtAddr(in2M + K))?.attributes.contains(.global), false)  // pgprot_clear_protnone_bits
+        try expectEqual(k.setMemoryP(in2M + K, numpages: 1), .ok)
+        expectEqual(k.pageTable.translate(VirtAddr(in2M + K))?.phys, PhysAddr(0x20_1000))
+        expectEqual(k.stats.splits, LeafCounts(size2M: 1))
     }
 
     @Test func executeBitFlips() throws {
         var k = try exampleKernel()
-        #expect(try k.setMemoryX(in2M, numpages: 512) == .ok)
-        #expect(k.pageTable.lookup(VirtAddr(in2M))?.attributes.contains(.noExecute) == false)
-        #expect(try k.setMemoryNX(in2M, numpages: 512) == .ok)
-        #expect(k.pageTable.lookup(VirtAddr(in2M))?.attributes.contains(.noExecute) == true)
+        try expectEqual(k.setMemoryX(in2M, numpages: 512), .ok)
+        expectEqual(k.pageTable.lookup(VirtAddr(in2M))?.attributes.contains(.noExecute), false)
+        try expectEqual(k.setMemoryNX(in2M, numpages: 512), .ok)
+        expectEqual(k.pageTable.lookup(VirtAddr(in2M))?.attributes.contains(.noExecute), true)
     }
 
     @Test func holesInTheDirectMapAreSkipped() throws {
         var k = try exampleKernel()
         // [3G-4K, 3G+4K): the second page is in the hole above RAM's first range.
-        #expect(try k.setMemoryRO(pageOffset + 0xc000_0000 - K, numpages: 2) == .ok)
-        #expect(k.pageTable.lookup(VirtAddr(pageOffset + 0xc000_0000 - K))?.attributes.contains(.writable) == false)
+        try expectEqual(k.setMemoryRO(pageOffset + 0xc000_0000 - K, numpages: 2), .ok)
+        expectEqual(k.pageTable.lookup(VirtAddr(pageOffset + 0xc000_0000 - K))?.attributes.contains(.writable), false)
     }
 
     @Test func splitWithoutMemoryFailsWithENOMEMAndChangesNothing() throws {
         var k = try exampleKernel()
         k.failPageTableAllocations = true
-        #expect(try k.setMemoryRO(in2M, numpages: 1) == .error(.ENOMEM))
-        #expect(k.stats.allocationFailures == 1)
+        try expectEqual(k.setMemoryRO(in2M, numpages: 1), .error(.ENOMEM))
+        expectEqual(k.stats.allocationFailures, 1)
         #expect(k.stats.tlbFullFlushes == 0 && k.stats.tlbPageFlushRounds == 0)  // CPA_FLUSHTLB was never set
-        #expect(k.pageTable.lookup(VirtAddr(in2M))?.size == .size2M)
+        expectEqual(k.pageTable.lookup(VirtAddr(in2M))?.size, .size2M)
         try k.checkInvariants()
     }
 
@@ -109,30 +117,34 @@ import PageTables
         var k = try exampleKernel()
         k.failPageTableAllocations = true
         // [2M-4K, 2M+4K): the 4K page before 2M changes, then the 2M leaf cannot split.
-        #expect(try k.setMemoryRO(in2M - K, numpages: 2) == .error(.ENOMEM))
-        #expect(k.pageTable.lookup(VirtAddr(in2M - K))?.attributes.contains(.writable) == false)
-        #expect(k.stats.tlbFullFlushes == 1)  // cpa_flush_all
-        #expect(k.stats.tlbPageFlushRounds == 0)
+        try expectEqual(k.setMemoryRO(in2M - K, numpages: 2), .error(.ENOMEM))
+        expectEqual(k.pageTable.lookup(VirtAddr(in2M - K))?.attributes.contains(.writable), false)
+        expectEqual(k.stats.tlbFullFlushes, 1)  // cpa_flush_all
+        expectEqual(k.stats.tlbPageFlushRounds, 0)
     }
 
     @Test func noflushVariantsNeverFlushButASplitStillDoes() throws {
         var k = try exampleKernel()
-        #expect(try k.setDirectMapInvalidNoflush(pageOffset + 0x10_0000) == .ok)
-        #expect(k.stats.tlbFullFlushes == 0 && k.stats.tlbPageFlushRounds == 0)
+        try expectEqual(k.setDirectMapInvalidNoflush(pageOffset + 0x10_0000), .ok)
+        expectEqual(k.stats.tlbFullFlushes, 0)
+        expectEqual(k.stats.tlbPageFlushRounds, 0)
         #expect(k.pageTable.translate(VirtAddr(pageOffset + 0x10_0000)) == nil)
-        #expect(try k.setDirectMapInvalidNoflush(in2M) == .ok)
-        #expect(k.stats.tlbFullFlushes == 1 && k.stats.tlbSplitFlushes == 1 && k.stats.tlbPageFlushRounds == 0)
-        #expect(try k.setDirectMapDefaultNoflush(in2M) == .ok)
+        try expectEqual(k.setDirectMapInvalidNoflush(in2M), .ok)
+        expectEqual(k.stats.tlbFullFlushes, 1)
+        expectEqual(k.stats.tlbSplitFlushes, 1)
+        expectEqual(k.stats.tlbPageFlushRounds, 0)
+        try expectEqual(k.setDirectMapDefaultNoflush(in2M), .ok)
         // PRESENT and RW are back; _PAGE_GLOBAL, dropped by pgprot_clear_protnone_bits when
         // the page went not-present, is not (__set_pages_p sets only PRESENT|RW).
-        #expect(k.pageTable.translate(VirtAddr(in2M))?.leaf.attributes == Attributes.pageKernel(encrypted: true).subtracting(.global))
-        #expect(k.stats.tlbFullFlushes == 1 && k.stats.tlbPageFlushRounds == 0)
+        expectEqual(k.pageTable.translate(VirtAddr(in2M))?.leaf.attributes, Attributes.pageKernel(encrypted: true).subtracting(.global))
+        expectEqual(k.stats.tlbFullFlushes, 1)
+        expectEqual(k.stats.tlbPageFlushRounds, 0)
     }
 
     @Test func decryptFollowsTheDocumentedOrder() throws {
         var k = try exampleKernel(smeCoherent: false)
         k.eventLog = []
-        #expect(try k.setMemoryDecrypted(inGig, numpages: 1) == .ok)
+        try expectEqual(k.setMemoryDecrypted(inGig, numpages: 1), .ok)
         #expect(k.eventLog == [
             "flush_tlb_one_kernel x1", "clflush x1",  // cache flush before the flip
             "enc_status_change_prepare",
@@ -141,52 +153,53 @@ import PageTables
             "flush_tlb_one_kernel x1",
             "enc_status_change_finish",
         ])
-        #expect(k.pageTable.lookup(VirtAddr(inGig))?.attributes.contains(.encrypted) == false)
-        #expect(k.stats.splits == LeafCounts(size2M: 1, size1G: 1))
-        #expect(k.stats.cacheFlushPages == 1)
+        expectEqual(k.pageTable.lookup(VirtAddr(inGig))?.attributes.contains(.encrypted), false)
+        expectEqual(k.stats.splits, LeafCounts(size2M: 1, size1G: 1))
+        expectEqual(k.stats.cacheFlushPages, 1)
         try k.checkInvariants()
     }
 
     @Test func conversionsCountThePagesWhoseCBitFlipped() throws {
         var k = try exampleKernel()
-        #expect(try k.setMemoryDecrypted(in2M, numpages: 512) == .ok)  // a whole 2M leaf, in place
-        #expect(try k.setMemoryDecrypted(inGig, numpages: 3) == .ok)
-        #expect(try k.setMemoryDecrypted(inGig, numpages: 3) == .ok)   // already clear: nothing flips
-        #expect(k.stats.encConversions == 515)
+        try expectEqual(k.setMemoryDecrypted(in2M, numpages: 512), .ok)  // a whole 2M leaf, in place
+        try expectEqual(k.setMemoryDecrypted(inGig, numpages: 3), .ok)
+        try expectEqual(k.setMemoryDecrypted(inGig, numpages: 3), .ok)   // already clear: nothing flips
+        expectEqual(k.stats.encConversions, 515)
     }
 
     @Test func encryptionChangeFlushesEvenWhenNothingChanges() throws {
         var k = try exampleKernel()
-        #expect(try k.setMemoryEncrypted(inGig, numpages: 1) == .ok)
+        try expectEqual(k.setMemoryEncrypted(inGig, numpages: 1), .ok)
         // __set_memory_enc_pgtable flushes before and after unconditionally.
-        #expect(k.stats.tlbPageFlushRounds == 2 && k.stats.splits == LeafCounts())
-        #expect(k.stats.cacheFlushPages == 0)  // SME_COHERENT
+        expectEqual(k.stats.tlbPageFlushRounds, 2)
+        expectEqual(k.stats.splits, LeafCounts())
+        expectEqual(k.stats.cacheFlushPages, 0)  // SME_COHERENT
     }
 
     @Test func prepareHookFailureIsEIOAndLeavesThePTE() throws {
         var k = try exampleKernel()
         k.failingHook = .prepare
-        #expect(try k.setMemoryDecrypted(inGig, numpages: 1) == .error(.EIO))
-        #expect(k.pageTable.lookup(VirtAddr(inGig))?.attributes.contains(.encrypted) == true)
-        #expect(k.stats.splits == LeafCounts())
+        try expectEqual(k.setMemoryDecrypted(inGig, numpages: 1), .error(.EIO))
+        expectEqual(k.pageTable.lookup(VirtAddr(inGig))?.attributes.contains(.encrypted), true)
+        expectEqual(k.stats.splits, LeafCounts())
     }
 
     @Test func finishHookFailureIsEIOAfterThePTEChange() throws {
         var k = try exampleKernel()
         k.failingHook = .finish
-        #expect(try k.setMemoryDecrypted(inGig, numpages: 1) == .error(.EIO))
-        #expect(k.pageTable.lookup(VirtAddr(inGig))?.attributes.contains(.encrypted) == false)
+        try expectEqual(k.setMemoryDecrypted(inGig, numpages: 1), .error(.EIO))
+        expectEqual(k.pageTable.lookup(VirtAddr(inGig))?.attributes.contains(.encrypted), false)
     }
 
     /// __set_memory_enc_dec with the direction as an argument: the same calls, hooks and
     /// errors as set_memory_encrypted/_decrypted, each error naming the function it stands for.
     @Test func setMemoryEncDecIsEncryptedOrDecrypted() throws {
         var k = try exampleKernel(), calls: [String] = []
-        #expect(try k.setMemoryEncDec(inGig, numpages: 1, encrypt: false) { w, _, n, e in calls.append("\(w) \(n) \(e)"); return nil } == .ok)
-        #expect(k.pageTable.lookup(VirtAddr(inGig))?.attributes.contains(.encrypted) == false)
-        #expect(try k.setMemoryEncDec(inGig, numpages: 1, encrypt: true) { w, _, n, e in calls.append("\(w) \(n) \(e)"); return w == .finish ? .EIO : nil } == .error(.EIO))
-        #expect(k.pageTable.lookup(VirtAddr(inGig))?.attributes.contains(.encrypted) == true)
-        #expect(calls == ["prepare 1 false", "finish 1 false", "prepare 1 true", "finish 1 true"])
+        try expectEqual(k.setMemoryEncDec(inGig, numpages: 1, encrypt: false) { w, _, n, e in calls.append("\(w) \(n) \(e)"); return nil }, .ok)
+        expectEqual(k.pageTable.lookup(VirtAddr(inGig))?.attributes.contains(.encrypted), false)
+        try expectEqual(k.setMemoryEncDec(inGig, numpages: 1, encrypt: true) { w, _, n, e in calls.append("\(w) \(n) \(e)"); return w == .finish ? .EIO : nil }, .error(.EIO))
+        expectEqual(k.pageTable.lookup(VirtAddr(inGig))?.attributes.contains(.encrypted), true)
+        expectEqual(calls, ["prepare 1 false", "finish 1 false", "prepare 1 true", "finish 1 true"])
         #expect(throws: HostKernelError("set_memory_encrypted: numpages must be at least 1, got 0")) {
             try k.setMemoryEncDec(inGig, numpages: 0, encrypt: true) { _, _, _, _ in nil }
         }
@@ -197,81 +210,83 @@ import PageTables
 
     @Test func withoutMemoryEncryptionEncDecDoNothing() throws {
         var k = try exampleKernel(memEncrypt: false)
-        #expect(try k.setMemoryDecrypted(inGig, numpages: 1) == .ok)
-        #expect(k.stats == CPAStats())
-        #expect(k.pageTable.lookup(VirtAddr(inGig))?.size == .size1G)
+        try expectEqual(k.setMemoryDecrypted(inGig, numpages: 1), .ok)
+        expectEqual(k.stats, CPAStats())
+        expectEqual(k.pageTable.lookup(VirtAddr(inGig))?.size, .size1G)
     }
 
     @Test func vmallocChangeAlsoChangesTheDirectMapAlias() throws {
         var k = try exampleKernel()
         let v = try k.vmap(PhysAddr(0x4000_0000), pages: 2)
-        #expect(v == VirtAddr(0xffff_c900_0000_0000))
-        #expect(try k.setMemoryDecrypted(v.rawValue, numpages: 1) == .ok)
-        #expect(k.pageTable.lookup(v)?.attributes.contains(.encrypted) == false)
-        #expect(k.pageTable.lookup(VirtAddr(inGig))?.attributes.contains(.encrypted) == false)
-        #expect(k.pageTable.lookup(VirtAddr(inGig + K))?.attributes.contains(.encrypted) == true)
-        #expect(k.stats.splits == LeafCounts(size2M: 1, size1G: 1))  // the alias split the 1G leaf
+        expectEqual(v, VirtAddr(0xffff_c900_0000_0000))
+        try expectEqual(k.setMemoryDecrypted(v.rawValue, numpages: 1), .ok)
+        expectEqual(k.pageTable.lookup(v)?.attributes.contains(.encrypted), false)
+        expectEqual(k.pageTable.lookup(VirtAddr(inGig))?.attributes.contains(.encrypted), false)
+        expectEqual(k.pageTable.lookup(VirtAddr(inGig + K))?.attributes.contains(.encrypted), true)
+        expectEqual(k.stats.splits, LeafCounts(size2M: 1, size1G: 1))  // the alias split the 1G leaf
         // force_flush_all from the alias: the post-change flush is a full one.
-        #expect(k.stats.tlbFullFlushes == 2 + 1 && k.stats.tlbPageFlushRounds == 1)
+        expectEqual(k.stats.tlbFullFlushes, 2 + 1)
+        expectEqual(k.stats.tlbPageFlushRounds, 1)
         try k.checkInvariants()
     }
 
     @Test func aliasChangeLeavesNXAlone() throws {
         var k = try exampleKernel()
         let v = try k.vmap(PhysAddr(0x4000_0000), pages: 1)
-        #expect(try k.setMemoryX(v.rawValue, numpages: 1) == .ok)
-        #expect(k.pageTable.lookup(v)?.attributes.contains(.noExecute) == false)
-        #expect(k.pageTable.lookup(VirtAddr(inGig))?.attributes.contains(.noExecute) == true)
-        #expect(k.stats.splits == LeafCounts())
+        try expectEqual(k.setMemoryX(v.rawValue, numpages: 1), .ok)
+        expectEqual(k.pageTable.lookup(v)?.attributes.contains(.noExecute), false)
+        expectEqual(k.pageTable.lookup(VirtAddr(inGig))?.attributes.contains(.noExecute), true)
+        expectEqual(k.stats.splits, LeafCounts())
     }
 
     @Test func aliasOnlyChangeIsNotFlushed() throws {
         var k = try exampleKernel()
         let v = try k.vmap(PhysAddr(0x20_0000), pages: 1)
-        #expect(try k.setMemoryRO(v.rawValue, numpages: 1) == .ok)
-        #expect(try k.setMemoryRW(in2M, numpages: 1) == .ok)   // direct map back to RW
+        try expectEqual(k.setMemoryRO(v.rawValue, numpages: 1), .ok)
+        try expectEqual(k.setMemoryRW(in2M, numpages: 1), .ok)   // direct map back to RW
         let flushes = (k.stats.tlbFullFlushes, k.stats.tlbPageFlushRounds)
         // Primary already RO: only the alias changes, and its CPA_FLUSHTLB is lost.
-        #expect(try k.setMemoryRO(v.rawValue, numpages: 1) == .ok)
-        #expect(k.pageTable.lookup(VirtAddr(in2M))?.attributes.contains(.writable) == false)
-        #expect(k.stats.tlbFullFlushes == flushes.0 && k.stats.tlbPageFlushRounds == flushes.1)
+        try expectEqual(k.setMemoryRO(v.rawValue, numpages: 1), .ok)
+        expectEqual(k.pageTable.lookup(VirtAddr(in2M))?.attributes.contains(.writable), false)
+        expectEqual(k.stats.tlbFullFlushes, flushes.0)
+        expectEqual(k.stats.tlbPageFlushRounds, flushes.1)
     }
 
     @Test func vmallocHoleIsEFAULT() throws {
         var k = try exampleKernel()
-        #expect(try k.setMemoryRO(0xffff_c900_0010_0000, numpages: 1) == .error(.EFAULT))
+        try expectEqual(k.setMemoryRO(0xffff_c900_0010_0000, numpages: 1), .error(.EFAULT))
     }
 
     @Test func roxCollapsesTwoMegThenOneGig() throws {
         var k = try exampleKernel()
         let start = k.directPagesCount
-        #expect(try k.setMemoryRO(inGig + K, numpages: 1) == .ok)  // 1G → 2M → 4K
-        #expect(try k.setMemoryROX(inGig, numpages: Int(G1 / K)) == .ok)
-        #expect(k.stats.collapses == LeafCounts(size2M: 1, size1G: 1))
-        #expect(k.directPagesCount == start)
-        #expect(k.pageTable.lookup(VirtAddr(inGig))?.size == .size1G)
+        try expectEqual(k.setMemoryRO(inGig + K, numpages: 1), .ok)  // 1G → 2M → 4K
+        try expectEqual(k.setMemoryROX(inGig, numpages: Int(G1 / K)), .ok)
+        expectEqual(k.stats.collapses, LeafCounts(size2M: 1, size1G: 1))
+        expectEqual(k.directPagesCount, start)
+        expectEqual(k.pageTable.lookup(VirtAddr(inGig))?.size, .size1G)
         try k.checkInvariants()
     }
 
     @Test func roxDoesNotCollapseForcedFourKPages() throws {
         var k = try exampleKernel()
-        #expect(try k.setMemory4K(in2M, numpages: 1) == .ok)
-        #expect(try k.setMemoryROX(in2M, numpages: 512) == .ok)
-        #expect(k.stats.collapses == LeafCounts())
-        #expect(k.pageTable.lookup(VirtAddr(in2M + K))?.size == .size4K)
+        try expectEqual(k.setMemory4K(in2M, numpages: 1), .ok)
+        try expectEqual(k.setMemoryROX(in2M, numpages: 512), .ok)
+        expectEqual(k.stats.collapses, LeafCounts())
+        expectEqual(k.pageTable.lookup(VirtAddr(in2M + K))?.size, .size4K)
     }
 
     @Test func roxWithoutGbpagesStopsAtTwoMeg() throws {
         var k = try exampleKernel(gbpages: false)
-        #expect(try k.setMemoryRO(inGig + K, numpages: 1) == .ok)
-        #expect(try k.setMemoryROX(inGig, numpages: 512) == .ok)
-        #expect(k.stats.collapses == LeafCounts(size2M: 1))
+        try expectEqual(k.setMemoryRO(inGig + K, numpages: 1), .ok)
+        try expectEqual(k.setMemoryROX(inGig, numpages: 512), .ok)
+        expectEqual(k.stats.collapses, LeafCounts(size2M: 1))
     }
 
     @Test func unalignedAddressIsAnError() throws {
         var k = try exampleKernel()
         let e = #expect(throws: HostKernelError.self) { try k.setMemoryRO(in2M + 1, numpages: 1) }
-        #expect(e?.message.contains("is not page-aligned") == true)
+        expectEqual(e?.message.contains("is not page-aligned"), true)
     }
 
     @Test func zeroPagesIsAnError() throws {
@@ -282,7 +297,7 @@ import PageTables
     @Test func addressOutsideDirectMapAndVmallocIsAnError() throws {
         var k = try exampleKernel()
         let e = #expect(throws: HostKernelError.self) { try k.setMemoryDecrypted(pageOffset + 0x6_4000_0000, numpages: 1) }
-        #expect(e?.message.contains("is not inside the direct map [0xffff888000000000-0xffff888640000000)") == true)
+        expectEqual(e?.message.contains("is not inside the direct map [0xffff888000000000-0xffff888640000000)"), true)
         #expect(throws: HostKernelError.self) { try k.setMemoryRO(0x1000, numpages: 1) }
         #expect(throws: HostKernelError.self) { try k.setMemoryRO(pageOffset + 0x6_3fff_f000, numpages: 2) }
     }
@@ -304,7 +319,7 @@ import PageTables
         k.compactPageTables = compact
         let before = k.pageTable.usedBytes
         for i: UInt64 in 0..<100 { #expect(try k.setMemory4K(pageOffset + (1 << 30) + i << 21, numpages: 1) == .ok) }
-        #expect(k.pageTable.usedBytes - before == 100 * (compact ? 56 : 4096))
-        #expect(k.stats.splits == LeafCounts(size2M: 100))
+        expectEqual(k.pageTable.usedBytes - before, 100 * (compact ? 56 : 4096))
+        expectEqual(k.stats.splits, LeafCounts(size2M: 100))
     }
 }

@@ -2,6 +2,7 @@ import Testing
 import Hardware
 import PageTables
 @testable import HostKernel
+import Expectations
 
 /// The SNP host direct-map policies and how host faults end (linux-x86.md §2, seed 001).
 @Suite struct DirectMapPolicyTests {
@@ -26,33 +27,33 @@ import PageTables
     ])
     func kernelStackWriteNextToAPrivatePage(_ policy: DirectMapPolicyKind, _ expected: String) throws {
         var (k, rmp) = try machine(policy)
-        #expect(makePrivate(&k, &rmp) == .ok)
-        #expect(k.hostAccess(rmp, pa: Self.stack, write: true, context: .kernelStack).description == expected)
-        #expect(k.faults.hostCrashes == (expected == "ok" ? 0 : 1))
+        expectEqual(makePrivate(&k, &rmp), .ok)
+        expectEqual(k.hostAccess(rmp, pa: Self.stack, write: true, context: .kernelStack).description, expected)
+        expectEqual(k.faults.hostCrashes, (expected == "ok" ? 0 : 1))
     }
 
     @Test func splitOnAssignSplitsOnlyFor4KAndNeverUndoes() throws {
         var (k, rmp) = try machine(.splitOnAssign)
-        #expect(makePrivate(&k, &rmp) == .ok)
-        #expect(k.stats.splits == LeafCounts(size2M: 1))
-        #expect(k.pageTable.lookup(k.va(PhysAddr(Self.page)))?.attributes.contains(.forced4K) == true)  // set_memory_4k
-        #expect(k.rmpUpdate(&rmp, pfn: Self.page >> 12, RMPUpdate(assigned: false)).0 == .ok)
-        #expect(k.directPagesCount.size4K == 1024)  // still split
-        #expect(makePrivate(&k, &rmp, 0x8000_0000, size: .size2M) == .ok)
-        #expect(k.stats.splits == LeafCounts(size2M: 1))  // a 2M transition never splits
+        expectEqual(makePrivate(&k, &rmp), .ok)
+        expectEqual(k.stats.splits, LeafCounts(size2M: 1))
+        expectEqual(k.pageTable.lookup(k.va(PhysAddr(Self.page)))?.attributes.contains(.forced4K), true)  // set_memory_4k
+        expectEqual(k.rmpUpdate(&rmp, pfn: Self.page >> 12, RMPUpdate(assigned: false)).0, .ok)
+        expectEqual(k.directPagesCount.size4K, 1024)  // still split
+        expectEqual(makePrivate(&k, &rmp, 0x8000_0000, size: .size2M), .ok)
+        expectEqual(k.stats.splits, LeafCounts(size2M: 1))  // a 2M transition never splits
     }
 
     /// adjust_direct_map returns early only for pte_none or a 4K level: a large leaf made not
     /// present by set_memory_np is still split.
     @Test func splitOnAssignSplitsANotPresentLargeLeafToo() throws {
         var (k, rmp) = try machine(.splitOnAssign)
-        #expect(try k.setMemoryNP(k.va(PhysAddr(Self.page)).rawValue, numpages: 512) == .ok)
-        #expect(k.stats.splits == LeafCounts())
-        #expect(makePrivate(&k, &rmp) == .ok)
-        #expect(k.stats.splits == LeafCounts(size2M: 1))
-        #expect(k.pageTable.lookup(k.va(PhysAddr(Self.page)))?.size == .size4K)
-        #expect(makePrivate(&k, &rmp, Self.page + 0x2000) == .ok)
-        #expect(k.stats.splits == LeafCounts(size2M: 1))  // already 4K: lookup_address's level
+        try expectEqual(k.setMemoryNP(k.va(PhysAddr(Self.page)).rawValue, numpages: 512), .ok)
+        expectEqual(k.stats.splits, LeafCounts())
+        expectEqual(makePrivate(&k, &rmp), .ok)
+        expectEqual(k.stats.splits, LeafCounts(size2M: 1))
+        expectEqual(k.pageTable.lookup(k.va(PhysAddr(Self.page)))?.size, .size4K)
+        expectEqual(makePrivate(&k, &rmp, Self.page + 0x2000), .ok)
+        expectEqual(k.stats.splits, LeafCounts(size2M: 1))  // already 4K: lookup_address's level
     }
 
     /// adjust_direct_map's -EINVAL for a misaligned 2M pfn comes back from rmpupdate as
@@ -62,10 +63,10 @@ import PageTables
         var (k, rmp) = try machine(.splitOnAssign)
         k.eventLog = []
         k.failPageTableAllocations = true
-        #expect(makePrivate(&k, &rmp) == .error(.EFAULT))
+        expectEqual(makePrivate(&k, &rmp), .error(.EFAULT))
         k.failPageTableAllocations = false
-        #expect(makePrivate(&k, &rmp, 0x8000_0000, size: .size2M) == .ok)
-        #expect(makePrivate(&k, &rmp, 0x8000_1000) == .error(.EFAULT))  // inside an assigned 2M page
+        expectEqual(makePrivate(&k, &rmp, 0x8000_0000, size: .size2M), .ok)
+        expectEqual(makePrivate(&k, &rmp, 0x8000_1000), .error(.EFAULT))  // inside an assigned 2M page
         #expect(k.eventLog?.filter { $0.lowercased().contains("failed") } == [
             "Failed to split direct map for PFN 0x40000, ret: -12",
             "RMPUPDATE failed for PFN 80001, pg_level: 1, ret: 4",
@@ -74,7 +75,7 @@ import PageTables
 
     @Test func splitOnAssign2MNeedsAnAlignedPfn() throws {
         var (k, rmp) = try machine(.splitOnAssign)
-        #expect(makePrivate(&k, &rmp, 0x4000_1000, size: .size2M) == .error(.EFAULT))
+        expectEqual(makePrivate(&k, &rmp, 0x4000_1000, size: .size2M), .error(.EFAULT))
         #expect(!rmp[0x4000_1000 >> 12].assigned && k.faults.pagesGiven == 0)
     }
 
@@ -86,42 +87,44 @@ import PageTables
         config.directMapPolicy = policy
         var k = try Kernel(memory: PhysicalMemory.parse(e820: exampleE820), config: config)
         var rmp = RMP(end: k.memory.endOfRAM)
-        #expect(makePrivate(&k, &rmp, 0xd000_0000) == expected)
-        #expect(rmp[0xd000_0000 >> 12].assigned == (expected == .ok))
+        expectEqual(makePrivate(&k, &rmp, 0xd000_0000), expected)
+        expectEqual(rmp[0xd000_0000 >> 12].assigned, (expected == .ok))
     }
 
     @Test func proactive4KSplitsEvery2MPageToo() throws {
         var (k, rmp) = try machine(.proactive4K)
-        #expect(makePrivate(&k, &rmp, 0x8000_0000, size: .size2M) == .ok)
-        #expect(k.stats.splits == LeafCounts(size2M: 1))
-        #expect(k.pageTable.lookup(k.va(PhysAddr(0x8000_0000 + 0x1ff000)))?.size == .size4K)
+        expectEqual(makePrivate(&k, &rmp, 0x8000_0000, size: .size2M), .ok)
+        expectEqual(k.stats.splits, LeafCounts(size2M: 1))
+        expectEqual(k.pageTable.lookup(k.va(PhysAddr(0x8000_0000 + 0x1ff000)))?.size, .size4K)
     }
 
     @Test func unmapPrivateRemovesAndRestoresTheDirectMap() throws {
         var (k, rmp) = try machine(.unmapPrivate)
-        #expect(makePrivate(&k, &rmp) == .ok)
+        expectEqual(makePrivate(&k, &rmp), .ok)
         #expect(k.pageTable.translate(k.va(PhysAddr(Self.page))) == nil)
         // A stray read faults (not present) instead of reading ciphertext.
-        #expect(k.hostAccess(rmp, pa: Self.page, write: false, context: .data).description == "#PF(not-present): oops")
-        #expect(k.rmpUpdate(&rmp, pfn: Self.page >> 12, RMPUpdate(assigned: false)).0 == .ok)
+        expectEqual(k.hostAccess(rmp, pa: Self.page, write: false, context: .data).description, "#PF(not-present): oops")
+        expectEqual(k.rmpUpdate(&rmp, pfn: Self.page >> 12, RMPUpdate(assigned: false)).0, .ok)
         #expect(k.pageTable.translate(k.va(PhysAddr(Self.page))) != nil)
-        #expect(k.hostAccess(rmp, pa: Self.page, write: true, context: .data) == .ok)
+        expectEqual(k.hostAccess(rmp, pa: Self.page, write: true, context: .data), .ok)
     }
 
     @Test func strayReadUnderSplitOnAssignReturnsCiphertext() throws {
         var (k, rmp) = try machine(.splitOnAssign)
-        #expect(makePrivate(&k, &rmp) == .ok)
-        #expect(k.hostAccess(rmp, pa: Self.page, write: false, context: .data) == .ciphertext)
-        #expect(k.faults.ciphertextReads == 1 && k.faults.hostCrashes == 0)
+        expectEqual(makePrivate(&k, &rmp), .ok)
+        expectEqual(k.hostAccess(rmp, pa: Self.page, write: false, context: .data), .ciphertext)
+        expectEqual(k.faults.ciphertextReads, 1)
+        expectEqual(k.faults.hostCrashes, 0)
     }
 
     @Test func splitOnFaultSplitsInSafeContextsOnly() throws {
         var (k, rmp) = try machine(.splitOnFault)
-        #expect(makePrivate(&k, &rmp) == .ok)
-        #expect(k.stats.splits == LeafCounts())
-        #expect(k.hostAccess(rmp, pa: Self.stack, write: true, context: .data) == .splitAndRetried)
-        #expect(k.faults.splitsOnFault == 1 && k.stats.splits == LeafCounts(size2M: 1))
-        #expect(k.hostAccess(rmp, pa: Self.stack, write: true, context: .kernelStack) == .ok)  // already split
+        expectEqual(makePrivate(&k, &rmp), .ok)
+        expectEqual(k.stats.splits, LeafCounts())
+        expectEqual(k.hostAccess(rmp, pa: Self.stack, write: true, context: .data), .splitAndRetried)
+        expectEqual(k.faults.splitsOnFault, 1)
+        expectEqual(k.stats.splits, LeafCounts(size2M: 1))
+        expectEqual(k.hostAccess(rmp, pa: Self.stack, write: true, context: .kernelStack), .ok)  // already split
     }
 
     @Test(arguments: [
@@ -130,28 +133,29 @@ import PageTables
     ])
     func anRMPFaultEndsAsItsContextDecides(_ context: HostAccessContext, _ expected: String) throws {
         var (k, rmp) = try machine(.none)
-        #expect(makePrivate(&k, &rmp) == .ok)
-        #expect(k.hostAccess(rmp, pa: Self.page, write: true, context: context).description == expected)
+        expectEqual(makePrivate(&k, &rmp), .ok)
+        expectEqual(k.hostAccess(rmp, pa: Self.page, write: true, context: context).description, expected)
     }
 
     @Test func coalesceRemergesOnceTheRegionIsHypervisorOwnedAgain() throws {
         var (k, rmp) = try machine(.coalesce, gbpages: true)
         let before = k.directPagesCount
-        #expect(makePrivate(&k, &rmp) == .ok)
-        #expect(makePrivate(&k, &rmp, Self.page + 0x5000) == .ok)
-        #expect(k.directPagesCount.size1G == before.size1G - 1)
-        #expect(k.rmpUpdate(&rmp, pfn: Self.page >> 12, RMPUpdate(assigned: false)).0 == .ok)
-        #expect(k.stats.collapses == LeafCounts())  // one page still private
-        #expect(k.rmpUpdate(&rmp, pfn: (Self.page + 0x5000) >> 12, RMPUpdate(assigned: false)).0 == .ok)
-        #expect(k.stats.collapses == LeafCounts(size2M: 1, size1G: 1))
-        #expect(k.directPagesCount == before)
+        expectEqual(makePrivate(&k, &rmp), .ok)
+        expectEqual(makePrivate(&k, &rmp, Self.page + 0x5000), .ok)
+        expectEqual(k.directPagesCount.size1G, before.size1G - 1)
+        expectEqual(k.rmpUpdate(&rmp, pfn: Self.page >> 12, RMPUpdate(assigned: false)).0, .ok)
+        expectEqual(k.stats.collapses, LeafCounts())  // one page still private
+        expectEqual(k.rmpUpdate(&rmp, pfn: (Self.page + 0x5000) >> 12, RMPUpdate(assigned: false)).0, .ok)
+        expectEqual(k.stats.collapses, LeafCounts(size2M: 1, size1G: 1))
+        expectEqual(k.directPagesCount, before)
         try k.checkInvariants()
     }
 
     @Test func aFailedRMPUpdateIsEFAULTWithTheStatus() throws {
         var (k, rmp) = try machine(.splitOnAssign)
-        #expect(makePrivate(&k, &rmp, 0x8000_0000, size: .size2M) == .ok)
+        expectEqual(makePrivate(&k, &rmp, 0x8000_0000, size: .size2M), .ok)
         let (status, hw) = k.rmpUpdate(&rmp, pfn: 0x8000_3000 >> 12, RMPUpdate(assigned: false))
-        #expect(status == .error(.EFAULT) && hw == .failOverlap)
+        expectEqual(status, .error(.EFAULT))
+        expectEqual(hw, .failOverlap)
     }
 }

@@ -2,6 +2,7 @@ import Testing
 import Hardware
 @testable import HostKernel
 import PageTables
+import Expectations
 
 /// MTE on the host: the tag storage, the page flags, mte_sync_tags in each form, swap's
 /// save, restore and invalidate, and tag-checked accesses, each with its exact tags.
@@ -14,13 +15,16 @@ import PageTables
         page[0] = 0xa
         page[1] = 0x3
         page[255] = 0xf
-        #expect(page.bytes[0] == 0x3a && page.bytes[127] == 0xf0 && page[1] == 3 && page[254] == 0)
+        expectEqual(page.bytes[0], 0x3a)
+        expectEqual(page.bytes[127], 0xf0)
+        expectEqual(page[1], 3)
+        expectEqual(page[254], 0)
         var tags = MTETags()
         tags.set(7, page)
         #expect(tags.tagged == 1 && tags.check(pa: 7 << 12 | 0x10, logicalTag: 3) && !tags.check(pa: 7 << 12, logicalTag: 3))
         tags.set(7, MTETags.Page())
-        #expect(tags.tagged == 0)
-        #expect(MTETags.Page(all: 5).summary == "0x5 ×256")
+        expectEqual(tags.tagged, 0)
+        expectEqual(MTETags.Page(all: 5).summary, "0x5 ×256")
     }
 
     /// try_page_mte_tagging: the first caller takes PG_mte_lock and initialises; a later
@@ -46,17 +50,20 @@ import PageTables
     func swapInThroughAnUntaggedPTE(form: MTESyncForm, restored: Bool, flagged: Bool, restores: Int) {
         var h = MTEHost()
         h.form = form
-        #expect(h.mmap(name: "g", pages: 2, protMTE: false, backing: "anon", shared: false) == .ok)
+        expectEqual(h.mmap(name: "g", pages: 2, protMTE: false, backing: "anon", shared: false), .ok)
         let pfn = h.fault(vma: 0, page: 1, ram: Self.ram)!
         h.sanitise(pfn)  // the guest's first stage-2 fault
         h.guestStoreTags(vma: 0, page: 1, pfn: pfn, tag: 0xc)
-        #expect(h.swapOut(vma: 0, page: 1) == .ok && h.saved[1] == MTETags.Page(all: 0xc) && h.stats.saved == 1)
+        expectEqual(h.swapOut(vma: 0, page: 1), .ok)
+        expectEqual(h.saved[1], MTETags.Page(all: 0xc))
+        expectEqual(h.stats.saved, 1)
         // Another page takes the freed frame and zeroes its tags first, so restore is visible.
         h.tags.clear(pfn)
         let again = h.fault(vma: 0, page: 1, ram: Self.ram)!
-        #expect(again == pfn)
-        #expect((h.tags.page(again) == MTETags.Page(all: 0xc)) == restored)
-        #expect(h.pageMTETagged(again) == flagged && h.stats.restored == restores)
+        expectEqual(again, pfn)
+        expectEqual((h.tags.page(again) == MTETags.Page(all: 0xc)), restored)
+        expectEqual(h.pageMTETagged(again), flagged)
+        expectEqual(h.stats.restored, restores)
         // swap_free dropped the saved tags with the slot.
         #expect(h.saved.isEmpty)
     }
@@ -69,9 +76,11 @@ import PageTables
         h.form = form
         _ = h.mmap(name: "g", pages: 1, protMTE: false, backing: "anon", shared: false)
         _ = h.fault(vma: 0, page: 0, ram: Self.ram)
-        #expect(h.swapOut(vma: 0, page: 0) == .ok && h.stats.saved == 0)
+        expectEqual(h.swapOut(vma: 0, page: 0), .ok)
+        expectEqual(h.stats.saved, 0)
         let pfn = h.fault(vma: 0, page: 0, ram: Self.ram)!
-        #expect(h.pageMTETagged(pfn) == flagged && h.stats.cleared == 0)
+        expectEqual(h.pageMTETagged(pfn), flagged)
+        expectEqual(h.stats.cleared, 0)
     }
 
     /// A PROT_MTE mapping: the first set_pte_at clears the page's tags and flags it in every
@@ -80,23 +89,28 @@ import PageTables
     func aTaggedMappingClearsThenRestores(form: MTESyncForm) {
         var h = MTEHost()
         h.form = form
-        #expect(h.mmap(name: "t", pages: 1, protMTE: true, backing: "anon", shared: false) == .ok)
-        #expect(h.userStoreTags(vma: 0, page: 0, tag: 7, ram: Self.ram) == .ok)
-        #expect(h.stats.cleared == 1 && h.userLoad(vma: 0, page: 0, tag: 7, ram: Self.ram) == .ok)
-        #expect(h.userLoad(vma: 0, page: 0, tag: 1, ram: Self.ram) == .tagCheckFault(found: 7) && h.stats.tagCheckFaults == 1)
-        #expect(h.swapOut(vma: 0, page: 0) == .ok)
-        #expect(h.userLoad(vma: 0, page: 0, tag: 7, ram: Self.ram) == .ok && h.stats.restored == 1 && h.stats.lost == 0)
+        expectEqual(h.mmap(name: "t", pages: 1, protMTE: true, backing: "anon", shared: false), .ok)
+        expectEqual(h.userStoreTags(vma: 0, page: 0, tag: 7, ram: Self.ram), .ok)
+        expectEqual(h.stats.cleared, 1)
+        expectEqual(h.userLoad(vma: 0, page: 0, tag: 7, ram: Self.ram), .ok)
+        expectEqual(h.userLoad(vma: 0, page: 0, tag: 1, ram: Self.ram), .tagCheckFault(found: 7))
+        expectEqual(h.stats.tagCheckFaults, 1)
+        expectEqual(h.swapOut(vma: 0, page: 0), .ok)
+        expectEqual(h.userLoad(vma: 0, page: 0, tag: 7, ram: Self.ram), .ok)
+        expectEqual(h.stats.restored, 1)
+        expectEqual(h.stats.lost, 0)
     }
 
     /// PROT_MTE needs VM_MTE_ALLOWED; a failed tag-storage allocation leaves the page mapped.
     @Test func refusals() {
         var h = MTEHost()
-        #expect(h.mmap(name: "f", pages: 1, protMTE: true, backing: "file", shared: false) == .error(.EINVAL))
-        #expect(h.mmap(name: "s", pages: 1, protMTE: true, backing: "shmem", shared: true) == .ok)
+        expectEqual(h.mmap(name: "f", pages: 1, protMTE: true, backing: "file", shared: false), .error(.EINVAL))
+        expectEqual(h.mmap(name: "s", pages: 1, protMTE: true, backing: "shmem", shared: true), .ok)
         _ = h.userStoreTags(vma: 0, page: 0, tag: 2, ram: Self.ram)
-        #expect(h.swapOut(vma: 0, page: 0, failAllocation: true) == .error(.ENOMEM) && h.stats.saveFailures == 1)
+        expectEqual(h.swapOut(vma: 0, page: 0, failAllocation: true), .error(.ENOMEM))
+        expectEqual(h.stats.saveFailures, 1)
         guard case .present = h.vmas[0].ptes[0] else { Issue.record("the page left its PTE"); return }
-        #expect(h.swapOut(vma: 0, page: 0, failAllocation: false) == .ok)
+        expectEqual(h.swapOut(vma: 0, page: 0, failAllocation: false), .ok)
     }
 }
 
@@ -117,7 +131,7 @@ import PageTables
         let a2 = h.breakCOW(vma: 0, page: 0, ram: MTETests.ram)!, b2 = h.breakCOW(vma: 0, page: 1, ram: MTETests.ram)!
         #expect(a2 != a && h.tags.page(a2) == MTETags.Page(all: 4) && h.pageMTETagged(a2))
         #expect(h.tags.page(b2) == MTETags.Page() && !h.pageMTETagged(b2) && h.stats.copied == 1)
-        #expect(h.breakCOW(vma: 0, page: 0, ram: MTETests.ram) == nil)  // copied once
+        expectEqual(h.breakCOW(vma: 0, page: 0, ram: MTETests.ram), nil)  // copied once
     }
 
     /// mprotect(PROT_MTE) needs VM_MTE_ALLOWED and rewrites present PTEs tagged, clearing
@@ -126,12 +140,13 @@ import PageTables
         var h = MTEHost()
         _ = h.mmap(name: "f", pages: 1, protMTE: false, backing: "file", shared: false)
         _ = h.mmap(name: "a", pages: 1, protMTE: false, backing: "anon", shared: false)
-        #expect(h.mprotect(vma: 0, protMTE: true, protNone: false) == .error(.EINVAL))
+        expectEqual(h.mprotect(vma: 0, protMTE: true, protNone: false), .error(.EINVAL))
         let pfn = h.fault(vma: 1, page: 0, ram: MTETests.ram)!
         h.tags.set(pfn, MTETags.Page(all: 3))
-        #expect(h.mprotect(vma: 1, protMTE: true, protNone: false) == .ok)
+        expectEqual(h.mprotect(vma: 1, protMTE: true, protNone: false), .ok)
         #expect(h.tags.page(pfn) == MTETags.Page() && h.pageMTETagged(pfn) && h.stats.cleared == 1)
-        #expect(h.mprotect(vma: 1, protMTE: false, protNone: true) == .ok && h.userLoad(vma: 1, page: 0, tag: 0, ram: MTETests.ram) == .segv)
+        expectEqual(h.mprotect(vma: 1, protMTE: false, protNone: true), .ok)
+        expectEqual(h.userLoad(vma: 1, page: 0, tag: 0, ram: MTETests.ram), .segv)
     }
 }
 
@@ -162,7 +177,8 @@ import PageTables
             if form.program[t2.pc] == .writePTE { sawStale = h.tags.page(9) != MTETags.Page(all: 6) }
             h.step(&t2)
         }
-        #expect(sawStale == races && t2.done == races)
+        expectEqual(sawStale, races)
+        expectEqual(t2.done, races)
         while !t1.done { h.step(&t1) }
         while !t2.done { h.step(&t2) }
         #expect(h.tags.page(9) == MTETags.Page(all: 6) && h.pageMTETagged(9))
@@ -174,7 +190,8 @@ import PageTables
             "call site (pte_tagged, else → 7)", "test_and_set_bit(PG_mte_tagged) (set → 7)", "is_swap_pte(old) (no → 6)",
             "xa_load(mte_pages) (none → 6)", "mte_restore_page_tags", "→ 7", "mte_clear_page_tags", "set_pte",
         ])
-        #expect(MTESyncForm.v6_1Lock.program.count == 12 && MTESyncForm.v6_1Lock.program.filter { if case .tryLock = $0 { true } else { false } }.count == 2)
+        expectEqual(MTESyncForm.v6_1Lock.program.count, 12)
+        expectEqual(MTESyncForm.v6_1Lock.program.filter { if case .tryLock = $0 { true } else { false } }.count, 2)
     }
 
     /// With the restore in n parts, it takes n actions at one place in the program, each
@@ -195,6 +212,9 @@ import PageTables
             let page = h.tags.page(9)
             #expect((0..<256).allSatisfy { page[$0] == ($0 < (k + 1) * 256 / parts ? 6 : 0) })
         }
-        #expect(t.pc == pc + 1 && t.restored == 0 && h.tags.page(9) == saved && h.stats.restored == 1)
+        expectEqual(t.pc, pc + 1)
+        expectEqual(t.restored, 0)
+        expectEqual(h.tags.page(9), saved)
+        expectEqual(h.stats.restored, 1)
     }
 }

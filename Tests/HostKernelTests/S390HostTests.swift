@@ -2,6 +2,7 @@ import Hardware
 import PageTables
 import Testing
 @testable import HostKernel
+import Expectations
 
 /// The s390 host kernel's side of protected virtualization (Linux 6.18 arch/s390/kernel/uv.c,
 /// arch/s390/mm/fault.c): make_hva_secure's every path, arch_make_folio_accessible, the
@@ -27,7 +28,7 @@ import Testing
 
         /// The VMM's write fault, its page events delivered as each step's are.
         mutating func fault(_ gfn: UInt64) {
-            #expect(mm.handleFault(process: 0, addr: base + gfn << pageShift, write: true) == .handled)
+            expectEqual(mm.handleFault(process: 0, addr: base + gfn << pageShift, write: true), .handled)
             deliver()
         }
         mutating func importPage(_ gfn: UInt64) -> ImportOutcome {
@@ -62,23 +63,24 @@ import Testing
         var v = VMM()
         v.fault(0)
         let r = v.importPage(0)
-        #expect(r.errno == nil && r.description == "0: imported (UVC_CMD_CONV_TO_SEC_STOR cc 0 (UVC_CC_OK) rc 0x0001 (UVC_RC_EXECUTED))")
+        expectEqual(r.errno, nil)
+        expectEqual(r.description, "0: imported (UVC_CMD_CONV_TO_SEC_STOR cc 0 (UVC_CC_OK) rc 0x0001 (UVC_RC_EXECUTED))")
         #expect(v.uv.isSecure(v.pfn(0)) && v.mm.folio(v.pfn(0))!.flags.contains(.arch1))
     }
 
     /// Each errno in make_hva_secure's order, and what s390_wiggle_split_folio turns into -EAGAIN.
     @Test func everyPathOfMakeHVASecure() {
         var v = VMM()
-        #expect(v.mm.makeHVASecure(process: 0, hva: 0x1000, guest: v.conf, gfn: 0, miscFeature: true, &v.uv).errno == .EFAULT)
-        #expect(v.importPage(0).errno == .ENXIO)  // nothing mapped yet
+        expectEqual(v.mm.makeHVASecure(process: 0, hva: 0x1000, guest: v.conf, gfn: 0, miscFeature: true, &v.uv).errno, .EFAULT)
+        expectEqual(v.importPage(0).errno, .ENXIO)  // nothing mapped yet
         // A read fault maps the zero page (special: no folio), then a read-only PTE.
-        #expect(v.mm.handleFault(process: 0, addr: v.base, write: false) == .handled)
-        #expect(v.importPage(0).errno == .ENXIO)
+        expectEqual(v.mm.handleFault(process: 0, addr: v.base, write: false), .handled)
+        expectEqual(v.importPage(0).errno, .ENXIO)
         v.fault(0)
         // Locked by another task.
         let h = v.pfn(0)
         v.mm.folios[h]!.flags.insert(.locked)
-        #expect(v.importPage(0) == ImportOutcome(errno: .EAGAIN, why: "folio_trylock failed", uvc: nil, split: false))
+        expectEqual(v.importPage(0), ImportOutcome(errno: .EAGAIN, why: "folio_trylock failed", uvc: nil, split: false))
         v.mm.folios[h]!.flags.remove(.locked)
         // Under writeback: -EBUSY, then the wait for it, then -EAGAIN; the retry imports.
         v.mm.folios[h]!.flags.insert(.writeback)
@@ -86,18 +88,20 @@ import Testing
         #expect(wb.errno == .EAGAIN && wb.cause == .EBUSY && !v.mm.folios[h]!.flags.contains(.writeback) && !v.uv.isSecure(h))
         // A pin's references: the freeze fails, for as long as the pin is held.
         var acc = AllAccessible()
-        #expect(v.mm.getUserPages(process: 0, addr: v.base, pages: 1, flags: GUPFlags(pin: true), &acc) == .pages(1, firstPFN: h, pinned: true))
+        expectEqual(v.mm.getUserPages(process: 0, addr: v.base, pages: 1, flags: GUPFlags(pin: true), &acc), .pages(1, firstPFN: h, pinned: true))
         let pinned = v.importPage(0)
-        #expect(pinned.errno == .EAGAIN && pinned.cause == .EBUSY && pinned.uvc == nil)
-        #expect(pinned.description == "-EAGAIN after -EBUSY: folio_ref_freeze failed: references beyond the mappings (a pin, a GUP reference)")
-        #expect(v.mm.unpinUserPage(pfn: h) == .ok)
+        expectEqual(pinned.errno, .EAGAIN)
+        expectEqual(pinned.cause, .EBUSY)
+        expectEqual(pinned.uvc, nil)
+        expectEqual(pinned.description, "-EAGAIN after -EBUSY: folio_ref_freeze failed: references beyond the mappings (a pin, a GUP reference)")
+        expectEqual(v.mm.unpinUserPage(pfn: h), .ok)
         // The UVC busy: -EAGAIN (PG_arch_1 stays set, over-indicating); then it goes through.
         v.uv.inject(.convToSecStor, cc: 2, count: 1)
         let busy = v.importPage(0)
         #expect(busy.errno == .EAGAIN && busy.uvc?.cc == 2 && v.mm.folios[h]!.flags.contains(.arch1) && !v.uv.isSecure(h))
         // Refused by the UV: -EINVAL.
         v.uv.inject(.convToSecStor, cc: 1, count: 1)
-        #expect(v.importPage(0).errno == .EINVAL)
+        expectEqual(v.importPage(0).errno, .EINVAL)
         #expect(v.importPage(0).errno == nil && v.uv.isSecure(h))
     }
 
@@ -108,16 +112,18 @@ import Testing
         let block = v.block, gfn = v.blockGFN
         v.fault(gfn)
         let h = v.pfn(gfn)
-        #expect(v.mm.folio(h)!.order == 9)
+        expectEqual(v.mm.folio(h)!.order, 9)
         var acc = AllAccessible()
-        #expect(v.mm.getUserPages(process: 0, addr: block, pages: 1, flags: GUPFlags(pin: true), &acc) == .pages(1, firstPFN: h, pinned: true))
+        expectEqual(v.mm.getUserPages(process: 0, addr: block, pages: 1, flags: GUPFlags(pin: true), &acc), .pages(1, firstPFN: h, pinned: true))
         let stuck = v.importPage(gfn + 3)
         #expect(stuck.errno == .EAGAIN && stuck.cause == .E2BIG && !stuck.split && v.mm.folio(h)!.order == 9)
-        #expect(v.mm.unpinUserPage(pfn: h) == .ok)
+        expectEqual(v.mm.unpinUserPage(pfn: h), .ok)
         let r = v.importPage(gfn + 3)
         #expect(r.errno == .EAGAIN && r.cause == .E2BIG && r.split && v.mm.stats.folioSplits == 1)
-        #expect(r.description == "-EAGAIN after -E2BIG: a large folio cannot be secure; s390_wiggle_split_folio split the folio")
-        #expect(v.mm.folio(h + 3)!.order == 0 && v.mm.folio(h + 3)!.refcount == 1 && v.mm.folio(h + 3)!.mapcount == 1)
+        expectEqual(r.description, "-EAGAIN after -E2BIG: a large folio cannot be secure; s390_wiggle_split_folio split the folio")
+        expectEqual(v.mm.folio(h + 3)!.order, 0)
+        expectEqual(v.mm.folio(h + 3)!.refcount, 1)
+        expectEqual(v.mm.folio(h + 3)!.mapcount, 1)
         #expect(v.importPage(gfn + 3).errno == nil && v.uv.isSecure(h + 3))
     }
 
@@ -128,14 +134,14 @@ import Testing
         var v = VMM()
         v.fault(0)
         let h = v.pfn(0)
-        #expect(v.importPage(0).errno == nil)
+        expectEqual(v.importPage(0).errno, nil)
         var acc = UVAccess(uv: v.uv)
         acc.uv.inject(.convFromSecStor, cc: 1, count: 1)
-        #expect(v.mm.getUserPages(process: 0, addr: v.base, pages: 1, flags: GUPFlags(pin: true), &acc) == .error(.EINVAL))
+        expectEqual(v.mm.getUserPages(process: 0, addr: v.base, pages: 1, flags: GUPFlags(pin: true), &acc), .error(.EINVAL))
         #expect(v.mm.folio(h)!.refcount == 1 && acc.uv.isSecure(h) && v.mm.stats.gupRefused == 1)
-        #expect(v.mm.getUserPages(process: 0, addr: v.base, pages: 1, flags: GUPFlags(), &acc) == .pages(1, firstPFN: h, pinned: false))
+        expectEqual(v.mm.getUserPages(process: 0, addr: v.base, pages: 1, flags: GUPFlags(), &acc), .pages(1, firstPFN: h, pinned: false))
         #expect(acc.uv.isSecure(h) && v.mm.putPage(pfn: h) == .ok)
-        #expect(v.mm.getUserPages(process: 0, addr: v.base, pages: 1, flags: GUPFlags(pin: true), &acc) == .pages(1, firstPFN: h, pinned: true))
+        expectEqual(v.mm.getUserPages(process: 0, addr: v.base, pages: 1, flags: GUPFlags(pin: true), &acc), .pages(1, firstPFN: h, pinned: true))
         #expect(!acc.uv.isSecure(h) && acc.uv.stats.exports == 1 && v.mm.folio(h)!.maybeDMAPinned)
     }
 
@@ -145,12 +151,12 @@ import Testing
         var v = VMM()
         v.fault(0)
         let h = v.pfn(0)
-        #expect(v.mm.makeFolioAccessible(head: h, &v.uv) == .success(.nothing))
-        #expect(v.importPage(0).errno == nil)
+        expectEqual(v.mm.makeFolioAccessible(head: h, &v.uv), .success(.nothing))
+        expectEqual(v.importPage(0).errno, nil)
         v.uv.inject(.convFromSecStor, cc: 1, count: 1)
         #expect(v.mm.makeFolioAccessible(head: h, &v.uv) == .failure(.EINVAL) && v.mm.folios[h]!.flags.contains(.arch1))
         #expect(v.mm.makeFolioAccessible(head: h, &v.uv) == .success(.exported) && !v.mm.folios[h]!.flags.contains(.arch1) && !v.uv.isSecure(h))
-        #expect(v.importPage(0).errno == nil)
+        expectEqual(v.importPage(0).errno, nil)
         #expect(v.uv.setShared(guest: v.conf, pfn: h, shared: true).ok)
         #expect(v.mm.makeFolioAccessible(head: h, &v.uv) == .success(.pinnedShared) && v.uv.isSecure(h))
         // Destroy clears PG_arch_1 and the page.
@@ -165,17 +171,18 @@ import Testing
         var uv = Ultravisor()
         let conf = uv.createConfiguration().1!
         let a = UserMMTests.mapped(k.user.mmap(process: 0, MmapRequest(len: 4096, prot: UserMMTests.rw)))
-        #expect(k.user.handleFault(process: 0, addr: a, write: true) == .handled)
+        expectEqual(k.user.handleFault(process: 0, addr: a, write: true), .handled)
         let pfn = k.user.mappedFrame(process: 0, addr: a)!.pfn
-        #expect(k.secureStorageAccess(pfn: pfn, userAddress: false, &uv) == .ok)
-        #expect(k.user.makeHVASecure(process: 0, hva: a, guest: conf, gfn: 0, miscFeature: true, &uv).errno == nil)
-        #expect(k.secureStorageAccess(pfn: pfn, userAddress: false, &uv) == .resolved(.exported))
-        #expect(k.user.makeHVASecure(process: 0, hva: a, guest: conf, gfn: 0, miscFeature: true, &uv).errno == nil)
+        expectEqual(k.secureStorageAccess(pfn: pfn, userAddress: false, &uv), .ok)
+        expectEqual(k.user.makeHVASecure(process: 0, hva: a, guest: conf, gfn: 0, miscFeature: true, &uv).errno, nil)
+        expectEqual(k.secureStorageAccess(pfn: pfn, userAddress: false, &uv), .resolved(.exported))
+        expectEqual(k.user.makeHVASecure(process: 0, hva: a, guest: conf, gfn: 0, miscFeature: true, &uv).errno, nil)
         uv.inject(.convFromSecStor, cc: 1, count: 2)
         let bug = k.secureStorageAccess(pfn: pfn, userAddress: false, &uv)
-        #expect(bug == .bug(.EINVAL) && bug.description == "kernel BUG at arch/s390/mm/fault.c: do_secure_storage_access (arch_make_folio_accessible -EINVAL)")
-        #expect(k.secureStorageAccess(pfn: pfn, userAddress: true, &uv) == .sigsegv("arch_make_folio_accessible failed"))
-        #expect(k.secureStorageAccess(pfn: pfn, userAddress: true, &uv) == .resolved(.exported))
+        expectEqual(bug, .bug(.EINVAL))
+        expectEqual(bug.description, "kernel BUG at arch/s390/mm/fault.c: do_secure_storage_access (arch_make_folio_accessible -EINVAL)")
+        expectEqual(k.secureStorageAccess(pfn: pfn, userAddress: true, &uv), .sigsegv("arch_make_folio_accessible failed"))
+        expectEqual(k.secureStorageAccess(pfn: pfn, userAddress: true, &uv), .resolved(.exported))
     }
 
     /// A protected mm's cleared PTE exports its page (ptep_get_and_clear); an unprotected
@@ -184,39 +191,47 @@ import Testing
         var v = VMM()
         v.fault(1)
         let h = v.pfn(1)
-        #expect(v.importPage(1).errno == nil)
+        expectEqual(v.importPage(1).errno, nil)
         v.uv.setContent(h, 0xabc)  // the guest's data
         // try_to_unmap's PTE clear exports the page before pageout (the events before the
         // writeback are delivered first), so the writeback hook finds PG_arch_1 clear.
-        #expect(v.swapOut(1) == .swapped(slot: 0) && v.mm.events == [.swapOut(pfn: h, slot: 0)] && v.mm.folio(h) == nil)
+        expectEqual(v.swapOut(1), .swapped(slot: 0))
+        expectEqual(v.mm.events, [.swapOut(pfn: h, slot: 0)])
+        expectEqual(v.mm.folio(h), nil)
         #expect(!v.uv.isSecure(h) && v.uv.stats.exports == 1 && v.mm.swapEntry(0, v.base + 0x1000) == 0)
         v.deliver()
-        #expect(v.uv.swapDevice[0] != 0xabc && v.uv.swapDevice[0] != nil)
+        expectNotEqual(v.uv.swapDevice[0], 0xabc)
+        expectNotEqual(v.uv.swapDevice[0], nil)
         // The guest's next access: do_swap_page, then the import verifies and decrypts.
         v.fault(1)
         let back = v.pfn(1)
         #expect(v.mm.swapEntry(0, v.base + 0x1000) == nil && v.uv.swapDevice.isEmpty && v.mm.stats.swapIns == 1)
-        #expect(v.importPage(1).errno == nil && v.uv.contents(back) == 0xabc)
+        expectEqual(v.importPage(1).errno, nil)
+        expectEqual(v.uv.contents(back), 0xabc)
         // MADV_DONTNEED on a protected mm exports as it zaps; the next access refaults a zero
         // page the UV will not take for the exported one.
-        #expect(v.mm.madviseDontneed(process: 0, addr: v.base + 0x1000, len: 4096) == .ok)
+        expectEqual(v.mm.madviseDontneed(process: 0, addr: v.base + 0x1000, len: 4096), .ok)
         v.deliver()
         #expect(v.uv.stats.exports == 2 && !v.uv.isSecure(back))
         v.fault(1)
         let refused = v.importPage(1)
-        #expect(refused.description == "-EINVAL: the UVC failed (UVC_CMD_CONV_TO_SEC_STOR cc 1 (UVC_CC_ERROR): integrity check failed: the page is not what the UV exported)")
-        #expect(refused.errno == .EINVAL && refused.uvc?.rc == nil && v.uv.stats.integrityFailures == 1)
+        expectEqual(refused.description, "-EINVAL: the UVC failed (UVC_CMD_CONV_TO_SEC_STOR cc 1 (UVC_CC_ERROR): integrity check failed: the page is not what the UV exported)")
+        expectEqual(refused.errno, .EINVAL)
+        expectEqual(refused.uvc?.rc, nil)
+        expectEqual(v.uv.stats.integrityFailures, 1)
         // A pinned page is not reclaimed.
         v.fault(2)
         var acc = AllAccessible()
         #expect(v.mm.getUserPages(process: 0, addr: v.base + 0x2000, pages: 1, flags: GUPFlags(pin: true), &acc).description.hasPrefix("pinned"))
-        #expect(v.swapOut(2).description == "kept: folio_maybe_dma_pinned: reclaim keeps a pinned anonymous folio")
+        expectEqual(v.swapOut(2).description, "kept: folio_maybe_dma_pinned: reclaim keeps a pinned anonymous folio")
         // No events on an mm that backs no protected guest.
         v.mm.changeProtectedCount(process: 0, by: -1)
         _ = v.mm.takeEvents()
         v.fault(3)
         let p3 = v.pfn(3)
-        #expect(v.swapOut(3) == .swapped(slot: 0) && v.mm.events == [.swapOut(pfn: p3, slot: 0)] && v.uv.stats.exports == 2)
+        expectEqual(v.swapOut(3), .swapped(slot: 0))
+        expectEqual(v.mm.events, [.swapOut(pfn: p3, slot: 0)])
+        expectEqual(v.uv.stats.exports, 2)
     }
 
     /// Writeback's folio_mkclean clears the dirty PTE of a protected mm's page-cache page,
@@ -230,23 +245,25 @@ import Testing
         let (mapped, dirty) = v.mm.mappedFrame(process: 0, addr: v.base)!
         #expect(mapped == h && dirty && v.mm.wouldWriteBack(pfn: h, dirtyPTE: dirty, UVAccess(uv: v.uv)))
         v.mm.mkclean(process: 0, addr: v.base)
-        #expect(v.mm.events == [.pteCleared(pfn: h)])
+        expectEqual(v.mm.events, [.pteCleared(pfn: h)])
         v.deliver()
         #expect(!v.uv.isSecure(h) && !v.mm.folios[h]!.flags.contains(.arch1))
         var acc = UVAccess(uv: v.uv)
-        #expect(v.mm.writeback(pfn: h, dirtyPTE: true, &acc) == .started && acc.uv.stats.exports == 1)
+        expectEqual(v.mm.writeback(pfn: h, dirtyPTE: true, &acc), .started)
+        expectEqual(acc.uv.stats.exports, 1)
         // COW: a private copy of a secure page.
         var w = VMM()
         w.fault(0)
         let p = w.pfn(0)
-        #expect(w.importPage(0).errno == nil)
+        expectEqual(w.importPage(0).errno, nil)
         w.uv.setContent(p, 0x77)
         w.mm.addProcess("child")
         w.mm.fork(process: 0, child: "child")
         w.fault(0)  // the parent's write breaks COW
         let copy = w.pfn(0)
         #expect(copy != p && w.uv.stats.exports == 1 && !w.uv.isSecure(p))
-        #expect(w.uv.contents(copy) == w.uv.contents(p) && w.uv.contents(copy) != 0x77)
+        expectEqual(w.uv.contents(copy), w.uv.contents(p))
+        expectNotEqual(w.uv.contents(copy), 0x77)
     }
 
     /// s390_enable_sie: VM_HUGEPAGE cleared, huge PMDs split with the folio kept large, THP
@@ -254,14 +271,14 @@ import Testing
     @Test func enableSIETurnsTHPOff() {
         var v = VMM(huge: true)
         let block = v.block
-        #expect(v.mm.handleFault(process: 0, addr: block, write: true) == .handled)
+        expectEqual(v.mm.handleFault(process: 0, addr: block, write: true), .handled)
         let h = v.pfn(v.blockGFN)
         v.mm.enableSIE(process: 0)
         #expect(v.mm.processes[0].hasPgste && v.mm.folio(h)!.order == 9 && v.mm.folio(h)!.mapcount == 512)
-        #expect(v.mm.processes[0].pageTable.lookup(VirtAddr(block))!.size == .size4K)
+        expectEqual(v.mm.processes[0].pageTable.lookup(VirtAddr(block))!.size, .size4K)
         #expect(v.mm.processes[0].vmas.allSatisfy { !$0.flags.contains(.hugepage) })
         let later = UserMMTests.mapped(v.mm.mmap(process: 0, MmapRequest(len: 4 << 20, prot: UserMMTests.rw, huge: true)))
-        #expect(v.mm.madviseHugepage(process: 0, addr: later, len: 4 << 20, on: true) == .ok)
+        expectEqual(v.mm.madviseHugepage(process: 0, addr: later, len: 4 << 20, on: true), .ok)
         #expect(v.mm.processes[0].vmas.allSatisfy { !$0.flags.contains(.hugepage) })
     }
 
@@ -272,15 +289,16 @@ import Testing
         var uv = Ultravisor()
         let conf = uv.createConfiguration().1!
         #expect(uv.convertToSecure(guest: conf, gfn: 0, pfn: 0x1234).ok)
-        #expect(k.secureStorageAccess(pfn: 0x1234, userAddress: false, &uv) == .repeats)
-        #expect(k.secureStorageAccess(pfn: 0x1234, userAddress: true, &uv) == .repeats)
+        expectEqual(k.secureStorageAccess(pfn: 0x1234, userAddress: false, &uv), .repeats)
+        expectEqual(k.secureStorageAccess(pfn: 0x1234, userAddress: true, &uv), .repeats)
         k.user.addProcess("p")
         let a = UserMMTests.mapped(k.user.mmap(process: 0, MmapRequest(len: 4096, prot: UserMMTests.rw)))
-        #expect(k.user.handleFault(process: 0, addr: a, write: true) == .handled)
+        expectEqual(k.user.handleFault(process: 0, addr: a, write: true), .handled)
         let pfn = k.user.mappedFrame(process: 0, addr: a)!.pfn
         #expect(uv.convertToSecure(guest: conf, gfn: 1, pfn: pfn).ok)  // secure, PG_arch_1 never set
         let r = k.secureStorageAccess(pfn: pfn, userAddress: false, &uv)
-        #expect(r == .repeats && r.description == "hang: the access faults again for ever (do_secure_storage_access found nothing to make accessible)")
+        expectEqual(r, .repeats)
+        expectEqual(r.description, "hang: the access faults again for ever (do_secure_storage_access found nothing to make accessible)")
     }
 
     /// A THP partly unmapped before the import still splits (can_split_folio counts its
@@ -290,13 +308,17 @@ import Testing
         let block = v.block, gfn = v.blockGFN
         v.fault(gfn)
         let h = v.pfn(gfn)
-        #expect(v.mm.madviseDontneed(process: 0, addr: block + 0x5000, len: 4096) == .ok)  // splits the PMD, drops page 5
-        #expect(v.mm.folio(h)!.order == 9 && v.mm.folio(h)!.mapcount == 511 && v.mm.folio(h)!.refcount == 511)
+        expectEqual(v.mm.madviseDontneed(process: 0, addr: block + 0x5000, len: 4096), .ok)  // splits the PMD, drops page 5
+        expectEqual(v.mm.folio(h)!.order, 9)
+        expectEqual(v.mm.folio(h)!.mapcount, 511)
+        expectEqual(v.mm.folio(h)!.refcount, 511)
         let pages = v.mm.allocatedPages
         let r = v.importPage(gfn)
         #expect(r.errno == .EAGAIN && r.cause == .E2BIG && r.split)
-        #expect(v.mm.folio(h + 5) == nil && v.mm.folio(h + 6)!.order == 0 && v.mm.allocatedPages == pages - 1)
-        #expect(v.importPage(gfn).errno == nil)
+        expectEqual(v.mm.folio(h + 5), nil)
+        expectEqual(v.mm.folio(h + 6)!.order, 0)
+        expectEqual(v.mm.allocatedPages, pages - 1)
+        expectEqual(v.importPage(gfn).errno, nil)
     }
 
     /// A pgste mm maps a huge file's pages with PTEs (do_set_pmd refuses); the large
@@ -306,15 +328,16 @@ import Testing
         v.mm.enableSIE(process: 0)
         let block = v.block, gfn = v.blockGFN
         v.fault(gfn + 1)
-        #expect(v.mm.processes[0].pageTable.lookup(VirtAddr(block))?.size != .size2M)
+        expectNotEqual(v.mm.processes[0].pageTable.lookup(VirtAddr(block))?.size, .size2M)
         let p = v.pfn(gfn + 1)
-        #expect(v.mm.folio(p)!.order == 9)
+        expectEqual(v.mm.folio(p)!.order, 9)
         let r = v.importPage(gfn + 1)
         #expect(r.errno == .EAGAIN && r.cause == .E2BIG && r.split)
         #expect(v.mm.folio(p)!.order == 0 && v.mm.folio(p)!.refcount == 2 && v.mm.folio(p - 1)!.refcount == 1 && v.mm.folio(p - 1)!.flags.contains(.pageCache))
-        #expect(v.importPage(gfn + 1).errno == nil)
+        expectEqual(v.importPage(gfn + 1).errno, nil)
         v.fault(gfn + 2)  // the next page faults in from the cache as its own small folio
-        #expect(v.pfn(gfn + 2) == p + 1 && v.mm.folio(p + 1)!.mapcount == 1)
+        expectEqual(v.pfn(gfn + 2), p + 1)
+        expectEqual(v.mm.folio(p + 1)!.mapcount, 1)
     }
 
     /// should_export_before_import: two protected guests on one mm and no misc feature, an
@@ -328,8 +351,13 @@ import Testing
         #expect(v.uv.convertToSecure(guest: other, gfn: 9, pfn: h).ok)
         v.mm.folios[h]!.flags.insert(.arch1)
         let refused = v.mm.makeHVASecure(process: 0, hva: v.base, guest: v.conf, gfn: 0, miscFeature: true, &v.uv)
-        #expect(refused.errno == .EINVAL && refused.uvc?.rc == UVCResult.rcInvalidState && v.uv.stats.exports == 0)
+        expectEqual(refused.errno, .EINVAL)
+        expectEqual(refused.uvc?.rc, UVCResult.rcInvalidState)
+        expectEqual(v.uv.stats.exports, 0)
         let r = v.mm.makeHVASecure(process: 0, hva: v.base, guest: v.conf, gfn: 0, miscFeature: false, &v.uv)
-        #expect(r.errno == nil && v.uv.stats.exports == 1 && v.uv.secure[h]?.guest == v.conf && v.uv.secure[h]?.gfn == 0)
+        expectEqual(r.errno, nil)
+        expectEqual(v.uv.stats.exports, 1)
+        expectEqual(v.uv.secure[h]?.guest, v.conf)
+        expectEqual(v.uv.secure[h]?.gfn, 0)
     }
 }

@@ -3,6 +3,7 @@ import Hardware
 import PageTables
 import Testing
 @testable import HostKernel
+import Expectations
 
 /// Seeded differential test of mmap (MAP_FIXED), munmap, mprotect and faults on a process's
 /// page tables against a naive per-page model of the same rules: each page's VMA flags,
@@ -52,11 +53,11 @@ import Testing
             switch rng.below(6) {
             case 0:
                 what = "mmap \(i)+\(n) \(prot)"
-                #expect(m.mmap(process: 0, MmapRequest(addr: addr, len: len, prot: prot, fixed: .fixed)) == .mapped(addr), "\(what)")
+                expectEqual(m.mmap(process: 0, MmapRequest(addr: addr, len: len, prot: prot, fixed: .fixed)), .mapped(addr), "\(what)")
                 for k in i..<i + n { naive[k] = NaivePage(mapped: true, read: prot.read, write: prot.write, exec: prot.exec) }
             case 1:
                 what = "munmap \(i)+\(n)"
-                #expect(m.munmap(process: 0, addr: addr, len: len) == .ok)
+                expectEqual(m.munmap(process: 0, addr: addr, len: len), .ok)
                 for k in i..<i + n { naive[k] = NaivePage() }
             case 2:
                 what = "mprotect \(i)+\(n) \(prot)"
@@ -73,7 +74,7 @@ import Testing
                         naive[k].pte = p
                     }
                 }
-                #expect(m.mprotect(process: 0, addr: addr, len: len, prot: prot) == expected, "\(what)")
+                expectEqual(m.mprotect(process: 0, addr: addr, len: len, prot: prot), expected, "\(what)")
             default:
                 let write = rng.below(2) == 0
                 what = "\(write ? "write" : "read") \(i)"
@@ -89,7 +90,7 @@ import Testing
                     }
                     naive[i] = p
                 }
-                #expect(m.handleFault(process: 0, addr: addr, write: write) == expected, "\(what)")
+                expectEqual(m.handleFault(process: 0, addr: addr, write: write), expected, "\(what)")
             }
             // Compare every page.
             var anonPages: UInt64 = 0
@@ -112,7 +113,7 @@ import Testing
                     return
                 }
             }
-            #expect(m.allocatedPages == anonPages + (m.zeroPFN == nil ? 0 : 1), "step \(step) \(what)")
+            expectEqual(m.allocatedPages, anonPages + (m.zeroPFN == nil ? 0 : 1), "step \(step) \(what)")
             if step % 97 == 0 { try m.processes[0].pageTable.checkInvariants() }
         }
         try m.processes[0].pageTable.checkInvariants()

@@ -3,6 +3,7 @@ import Hardware
 import PageTables
 import Testing
 @testable import HostKernel
+import Expectations
 
 /// User mappings: one test per rule, with exact entries (docs/user-mappings.md).
 @Suite struct UserMMTests {
@@ -44,8 +45,8 @@ import Testing
             let a = PgProt.vmGetPageProt(flags, memEncrypt: true)
             // PAGE_NONE is not present: its PFN field is inverted (L1TF), so compare the low and high bits only.
             let raw = PgProt.x86PTE(.leaf(PFN(0), a), level: 1)
-            #expect(raw & (0xfff | nx | c) == bits | c, "\(flags)")
-            #expect(PgProt.vmGetPageProt(flags, memEncrypt: false).contains(.encrypted) == false)
+            expectEqual(raw & (0xfff | nx | c), bits | c, "\(flags)")
+            expectEqual(PgProt.vmGetPageProt(flags, memEncrypt: false).contains(.encrypted), false)
         }
     }
 
@@ -55,14 +56,14 @@ import Testing
         let old: Attributes = Attributes([.present, .writable, .user, .noExecute, .special, .dirty, .shared]).with(memoryType: .writeCombining)
         let newprot: Attributes = [.present, .user, .encrypted]  // PAGE_READONLY_EXEC with the C-bit
         let none = PgProt.pteModify(old, newprot, mask: .none)
-        #expect(none == Attributes([.present, .user, .encrypted, .special, .dirty]).with(memoryType: .writeCombining))
+        expectEqual(none, Attributes([.present, .user, .encrypted, .special, .dirty]).with(memoryType: .writeCombining))
         let enc = PgProt.pteModify(old, newprot, mask: .enc)
-        #expect(enc == Attributes([.present, .user, .special, .dirty]).with(memoryType: .writeCombining))
+        expectEqual(enc, Attributes([.present, .user, .special, .dirty]).with(memoryType: .writeCombining))
         let cc = PgProt.pteModify(old, newprot, mask: .cc)
-        #expect(cc == Attributes([.present, .user, .special, .dirty, .shared]).with(memoryType: .writeCombining))
+        expectEqual(cc, Attributes([.present, .user, .special, .dirty, .shared]).with(memoryType: .writeCombining))
         // The C-bit set in the old entry survives enc and cc, not none with a clear new prot.
-        #expect(PgProt.pteModify([.present, .encrypted], [.present], mask: .none) == [.present])
-        #expect(PgProt.pteModify([.present, .encrypted], [.present], mask: .enc) == [.present, .encrypted])
+        expectEqual(PgProt.pteModify([.present, .encrypted], [.present], mask: .none), [.present])
+        expectEqual(PgProt.pteModify([.present, .encrypted], [.present], mask: .enc), [.present, .encrypted])
     }
 
     /// pgprot_modify before 5.7 ORs all of the new prot in; from 5.7 the masked bits are the old's.
@@ -78,35 +79,35 @@ import Testing
 
     @Test func mmapPlacesTopDownAndChecksItsArguments() {
         var m = Self.mm()
-        #expect(m.mmap(process: 0, MmapRequest(len: 8192, prot: Self.rw)) == .mapped(0x7fff_f7ff_d000))
-        #expect(m.mmap(process: 0, MmapRequest(len: 4096, prot: Self.rw)) == .mapped(0x7fff_f7ff_c000))
+        expectEqual(m.mmap(process: 0, MmapRequest(len: 8192, prot: Self.rw)), .mapped(0x7fff_f7ff_d000))
+        expectEqual(m.mmap(process: 0, MmapRequest(len: 4096, prot: Self.rw)), .mapped(0x7fff_f7ff_c000))
         // A free hint is taken; an anonymous multiple of 2M is PMD-aligned.
-        #expect(m.mmap(process: 0, MmapRequest(addr: 0x1000_0000, len: 4096, prot: Self.rw)) == .mapped(0x1000_0000))
-        #expect(m.mmap(process: 0, MmapRequest(len: 2 << 20, prot: Self.rw)) == .mapped(0x7fff_f7c0_0000))
-        #expect(m.mmap(process: 0, MmapRequest(len: 0, prot: Self.rw)) == .error(.EINVAL))
-        #expect(m.mmap(process: 0, MmapRequest(addr: 0x1000_0800, len: 4096, prot: Self.rw, fixed: .fixed)) == .error(.EINVAL))
-        #expect(m.mmap(process: 0, MmapRequest(addr: 0x1000, len: 4096, prot: Self.rw, fixed: .fixed)) == .error(.EPERM))
-        #expect(m.mmap(process: 0, MmapRequest(addr: UserMM.taskSize, len: 4096, prot: Self.rw, fixed: .fixed)) == .error(.ENOMEM))
-        #expect(m.mmap(process: 0, MmapRequest(len: UserMM.taskSize + 4096, prot: Self.rw)) == .error(.ENOMEM))
-        #expect(m.mmap(process: 0, MmapRequest(addr: 0x1000_0000, len: 4096, prot: Self.rw, fixed: .noreplace)) == .error(.EEXIST))
+        expectEqual(m.mmap(process: 0, MmapRequest(addr: 0x1000_0000, len: 4096, prot: Self.rw)), .mapped(0x1000_0000))
+        expectEqual(m.mmap(process: 0, MmapRequest(len: 2 << 20, prot: Self.rw)), .mapped(0x7fff_f7c0_0000))
+        expectEqual(m.mmap(process: 0, MmapRequest(len: 0, prot: Self.rw)), .error(.EINVAL))
+        expectEqual(m.mmap(process: 0, MmapRequest(addr: 0x1000_0800, len: 4096, prot: Self.rw, fixed: .fixed)), .error(.EINVAL))
+        expectEqual(m.mmap(process: 0, MmapRequest(addr: 0x1000, len: 4096, prot: Self.rw, fixed: .fixed)), .error(.EPERM))
+        expectEqual(m.mmap(process: 0, MmapRequest(addr: UserMM.taskSize, len: 4096, prot: Self.rw, fixed: .fixed)), .error(.ENOMEM))
+        expectEqual(m.mmap(process: 0, MmapRequest(len: UserMM.taskSize + 4096, prot: Self.rw)), .error(.ENOMEM))
+        expectEqual(m.mmap(process: 0, MmapRequest(addr: 0x1000_0000, len: 4096, prot: Self.rw, fixed: .noreplace)), .error(.EEXIST))
         // MAP_FIXED replaces: the old page is freed.
         _ = m.handleFault(process: 0, addr: 0x1000_0000, write: true)
-        #expect(m.allocatedPages == 1)
-        #expect(m.mmap(process: 0, MmapRequest(addr: 0x1000_0000, len: 4096, prot: Self.ro, fixed: .fixed)) == .mapped(0x1000_0000))
-        #expect(m.allocatedPages == 0)
-        #expect(m.processes[0].vmas.count == 4)
+        expectEqual(m.allocatedPages, 1)
+        expectEqual(m.mmap(process: 0, MmapRequest(addr: 0x1000_0000, len: 4096, prot: Self.ro, fixed: .fixed)), .mapped(0x1000_0000))
+        expectEqual(m.allocatedPages, 0)
+        expectEqual(m.processes[0].vmas.count, 4)
     }
 
     @Test func munmapSplitsAndChecks() {
         var m = Self.mm()
         let a = Self.mapped(m.mmap(process: 0, MmapRequest(len: 3 * 4096, prot: Self.rw)))
-        #expect(m.munmap(process: 0, addr: a + 4096, len: 4096) == .ok)
-        #expect(m.processes[0].vmas.map { [$0.start, $0.end] } == [[a, a + 4096], [a + 8192, a + 12288]])
-        #expect(m.processes[0].vmas[1].pgoff == 2)
-        #expect(m.munmap(process: 0, addr: a + 4096, len: 4096) == .ok)  // nothing there
-        #expect(m.munmap(process: 0, addr: a + 1, len: 4096) == .error(.EINVAL))
-        #expect(m.munmap(process: 0, addr: a, len: 0) == .error(.EINVAL))
-        #expect(m.munmap(process: 0, addr: UserMM.taskSize, len: 8192) == .error(.EINVAL))
+        expectEqual(m.munmap(process: 0, addr: a + 4096, len: 4096), .ok)
+        expectEqual(m.processes[0].vmas.map { [$0.start, $0.end] }, [[a, a + 4096], [a + 8192, a + 12288]])
+        expectEqual(m.processes[0].vmas[1].pgoff, 2)
+        expectEqual(m.munmap(process: 0, addr: a + 4096, len: 4096), .ok)  // nothing there
+        expectEqual(m.munmap(process: 0, addr: a + 1, len: 4096), .error(.EINVAL))
+        expectEqual(m.munmap(process: 0, addr: a, len: 0), .error(.EINVAL))
+        expectEqual(m.munmap(process: 0, addr: UserMM.taskSize, len: 8192), .error(.EINVAL))
     }
 
     /// do_mprotect_pkey walks VMA by VMA: a hole is -ENOMEM after the VMAs before it changed.
@@ -114,12 +115,12 @@ import Testing
         var m = Self.mm()
         let a = Self.mapped(m.mmap(process: 0, MmapRequest(addr: 0x1000_0000, len: 4096, prot: Self.rw, fixed: .fixed)))
         _ = m.mmap(process: 0, MmapRequest(addr: 0x1000_2000, len: 4096, prot: Self.rw, fixed: .fixed))
-        #expect(m.mprotect(process: 0, addr: a, len: 3 * 4096, prot: Self.ro) == .error(.ENOMEM))
-        #expect(m.processes[0].vmas[0].flags.contains(.write) == false)
+        expectEqual(m.mprotect(process: 0, addr: a, len: 3 * 4096, prot: Self.ro), .error(.ENOMEM))
+        expectEqual(m.processes[0].vmas[0].flags.contains(.write), false)
         #expect(m.processes[0].vmas[1].flags.contains(.write))
-        #expect(m.mprotect(process: 0, addr: 0x2000_0000, len: 4096, prot: Self.ro) == .error(.ENOMEM))
-        #expect(m.mprotect(process: 0, addr: a + 1, len: 4096, prot: Self.ro) == .error(.EINVAL))
-        #expect(m.mprotect(process: 0, addr: a, len: 0, prot: Self.ro) == .ok)
+        expectEqual(m.mprotect(process: 0, addr: 0x2000_0000, len: 4096, prot: Self.ro), .error(.ENOMEM))
+        expectEqual(m.mprotect(process: 0, addr: a + 1, len: 4096, prot: Self.ro), .error(.EINVAL))
+        expectEqual(m.mprotect(process: 0, addr: a, len: 0, prot: Self.ro), .ok)
     }
 
     /// mprotect on an anonymous page: PROT_READ drops RW; PROT_READ|PROT_WRITE gives it back
@@ -127,18 +128,19 @@ import Testing
     @Test func mprotectRewritesEntriesWithPteModify() {
         var m = Self.mm()
         let a = Self.mapped(m.mmap(process: 0, MmapRequest(len: 4096, prot: Self.rw)))
-        #expect(m.handleFault(process: 0, addr: a, write: true) == .handled)
+        expectEqual(m.handleFault(process: 0, addr: a, write: true), .handled)
         let pfn = m.mappedFrame(process: 0, addr: a)!.pfn
-        #expect(Self.pte(m, a) == 0x8000_8000_0000_0067 | pfn << 12)
-        #expect(m.mprotect(process: 0, addr: a, len: 4096, prot: Self.ro) == .ok)
-        #expect(Self.pte(m, a) == 0x8000_8000_0000_0065 | pfn << 12)
-        #expect(m.mprotect(process: 0, addr: a, len: 4096, prot: Self.rw) == .ok)
-        #expect(Self.pte(m, a) == 0x8000_8000_0000_0067 | pfn << 12)
+        expectEqual(Self.pte(m, a), 0x8000_8000_0000_0067 | pfn << 12)
+        expectEqual(m.mprotect(process: 0, addr: a, len: 4096, prot: Self.ro), .ok)
+        expectEqual(Self.pte(m, a), 0x8000_8000_0000_0065 | pfn << 12)
+        expectEqual(m.mprotect(process: 0, addr: a, len: 4096, prot: Self.rw), .ok)
+        expectEqual(Self.pte(m, a), 0x8000_8000_0000_0067 | pfn << 12)
         // PROT_NONE: not present, PROTNONE (G), the PFN inverted.
-        #expect(m.mprotect(process: 0, addr: a, len: 4096, prot: UserProt()) == .ok)
+        expectEqual(m.mprotect(process: 0, addr: a, len: 4096, prot: UserProt()), .ok)
         let none = Self.pte(m, a)
-        #expect(none & 0xfff == 0x160 && none & (1 << 47) != 0)
-        #expect(m.handleFault(process: 0, addr: a, write: false) == .sigsegv)
+        expectEqual(none & 0xfff, 0x160)
+        expectNotEqual(none & (1 << 47), 0)
+        expectEqual(m.handleFault(process: 0, addr: a, write: false), .sigsegv)
     }
 
     // MARK: faults
@@ -146,15 +148,16 @@ import Testing
     @Test func anonymousReadMapsTheZeroPageAndWriteCopiesIt() {
         var m = Self.mm()
         let a = Self.mapped(m.mmap(process: 0, MmapRequest(len: 4096, prot: Self.rw)))
-        #expect(m.handleFault(process: 0, addr: a, write: false) == .handled)
+        expectEqual(m.handleFault(process: 0, addr: a, write: false), .handled)
         let zero = m.zeroPFN!
-        #expect(Self.pte(m, a) == 0x8000_8000_0000_0225 | zero << 12)  // special, read-only, not dirty
-        #expect(m.handleFault(process: 0, addr: a, write: true) == .handled)
+        expectEqual(Self.pte(m, a), 0x8000_8000_0000_0225 | zero << 12)  // special, read-only, not dirty
+        expectEqual(m.handleFault(process: 0, addr: a, write: true), .handled)
         let pfn = m.mappedFrame(process: 0, addr: a)!.pfn
-        #expect(pfn != zero && Self.pte(m, a) == 0x8000_8000_0000_0067 | pfn << 12)
-        #expect(m.stats.cowCopies == 1)
-        #expect(m.folio(pfn) == Folio(order: 0, refcount: 1, mapcount: 1, pincount: 0, flags: [.anon, .anonExclusive]))
-        #expect(m.handleFault(process: 0, addr: a + 4096, write: false) == .sigsegv)
+        expectNotEqual(pfn, zero)
+        expectEqual(Self.pte(m, a), 0x8000_8000_0000_0067 | pfn << 12)
+        expectEqual(m.stats.cowCopies, 1)
+        expectEqual(m.folio(pfn), Folio(order: 0, refcount: 1, mapcount: 1, pincount: 0, flags: [.anon, .anonExclusive]))
+        expectEqual(m.handleFault(process: 0, addr: a + 4096, write: false), .sigsegv)
     }
 
     /// After fork both share the page read-only; the child's write copies, the parent's then reuses.
@@ -167,11 +170,12 @@ import Testing
         m.fork(process: 0, child: "c")
         let c = m.processIndex("c")!
         #expect(m.folio(pfn)!.mapcount == 2 && m.folio(pfn)!.refcount == 2 && !m.folio(pfn)!.flags.contains(.anonExclusive))
-        #expect(Self.pte(m, a) & 2 == 0)
-        #expect(m.handleFault(process: c, addr: a, write: true) == .handled)
-        #expect(m.mappedFrame(process: c, addr: a)!.pfn != pfn)
-        #expect(m.handleFault(process: 0, addr: a, write: true) == .handled)
-        #expect(m.mappedFrame(process: 0, addr: a)!.pfn == pfn && m.stats.cowCopies == 1)
+        expectEqual(Self.pte(m, a) & 2, 0)
+        expectEqual(m.handleFault(process: c, addr: a, write: true), .handled)
+        expectNotEqual(m.mappedFrame(process: c, addr: a)!.pfn, pfn)
+        expectEqual(m.handleFault(process: 0, addr: a, write: true), .handled)
+        expectEqual(m.mappedFrame(process: 0, addr: a)!.pfn, pfn)
+        expectEqual(m.stats.cowCopies, 1)
     }
 
     /// A shared writable file mapping with dirty accounting maps read-only first
@@ -182,14 +186,16 @@ import Testing
         let s = Self.mapped(m.mmap(process: 0, MmapRequest(len: 4096, prot: Self.rw, shared: true, backing: .file(name: "f"))))
         _ = m.handleFault(process: 0, addr: s, write: false)
         let pfn = m.mappedFrame(process: 0, addr: s)!.pfn
-        #expect(Self.pte(m, s) == 0x8000_8000_0000_0025 | pfn << 12)
+        expectEqual(Self.pte(m, s), 0x8000_8000_0000_0025 | pfn << 12)
         _ = m.handleFault(process: 0, addr: s, write: true)
-        #expect(Self.pte(m, s) == 0x8000_8000_0000_0067 | pfn << 12)
-        #expect(m.folio(pfn)!.flags == [.pageCache, .dirty] && m.folio(pfn)!.refcount == 2)
+        expectEqual(Self.pte(m, s), 0x8000_8000_0000_0067 | pfn << 12)
+        expectEqual(m.folio(pfn)!.flags, [.pageCache, .dirty])
+        expectEqual(m.folio(pfn)!.refcount, 2)
         let p = Self.mapped(m.mmap(process: 0, MmapRequest(len: 4096, prot: Self.rw, backing: .file(name: "f"))))
         _ = m.handleFault(process: 0, addr: p, write: true)
-        #expect(m.mappedFrame(process: 0, addr: p)!.pfn != pfn && m.stats.cowCopies == 1)
-        #expect(m.folio(pfn)!.refcount == 2)  // the cache's and the shared mapping's
+        expectNotEqual(m.mappedFrame(process: 0, addr: p)!.pfn, pfn)
+        expectEqual(m.stats.cowCopies, 1)
+        expectEqual(m.folio(pfn)!.refcount, 2)  // the cache's and the shared mapping's
     }
 
     /// A write fault in a VM_HUGEPAGE anonymous VMA maps a 2M THP; its split rebuilds 512
@@ -198,25 +204,28 @@ import Testing
     @Test func anonymousTHPAndItsSplit() {
         var m = Self.mm()
         let a = Self.mapped(m.mmap(process: 0, MmapRequest(len: 4 << 20, prot: Self.rw, huge: true)))
-        #expect(a & (2 << 20 - 1) == 0)
+        expectEqual(a & (2 << 20 - 1), 0)
         _ = m.handleFault(process: 0, addr: a + 0x1234, write: true)
         let head = m.mappedFrame(process: 0, addr: a)!.pfn
-        #expect(head & 511 == 0 && Self.pte(m, a) == 0x8000_8000_0000_00e7 | head << 12)
+        expectEqual(head & 511, 0)
+        expectEqual(Self.pte(m, a), 0x8000_8000_0000_00e7 | head << 12)
         m.splitHugePMD(0, a)
         for i in [0, 1, 511] as [UInt64] { #expect(Self.pte(m, a + i << 12) == 0x8000_8000_0000_0067 | (head + i) << 12) }
-        #expect(m.folio(head)!.refcount == 512 && m.folio(head)!.mapcount == 512)
+        expectEqual(m.folio(head)!.refcount, 512)
+        expectEqual(m.folio(head)!.mapcount, 512)
         _ = m.handleFault(process: 0, addr: a + (2 << 20), write: false)
         let zero = m.hugeZeroPFN!
-        #expect(Self.pte(m, a + (2 << 20)) == 0x8000_8000_0000_02a5 | zero << 12)
+        expectEqual(Self.pte(m, a + (2 << 20)), 0x8000_8000_0000_02a5 | zero << 12)
         m.splitHugePMD(0, a + (2 << 20))
-        #expect(Self.pte(m, a + (2 << 20) + 4096) == 0x8000_8000_0000_0225 | m.zeroPFN! << 12)
+        expectEqual(Self.pte(m, a + (2 << 20) + 4096), 0x8000_8000_0000_0225 | m.zeroPFN! << 12)
         // munmap of the split THP's pages frees the folio once the last goes, and the PTE
         // table with it (free_pgtables): the same address gets a THP again.
-        #expect(m.munmap(process: 0, addr: a, len: 4 << 20) == .ok)
-        #expect(m.folio(head) == nil && m.processes[0].pageTable.descriptor(at: VirtAddr(a), level: 2)?.isNone == true)
-        #expect(m.mmap(process: 0, MmapRequest(addr: a, len: 2 << 20, prot: Self.rw, fixed: .fixed, huge: true)) == .mapped(a))
+        expectEqual(m.munmap(process: 0, addr: a, len: 4 << 20), .ok)
+        expectEqual(m.folio(head), nil)
+        expectEqual(m.processes[0].pageTable.descriptor(at: VirtAddr(a), level: 2)?.isNone, true)
+        expectEqual(m.mmap(process: 0, MmapRequest(addr: a, len: 2 << 20, prot: Self.rw, fixed: .fixed, huge: true)), .mapped(a))
         _ = m.handleFault(process: 0, addr: a, write: true)
-        #expect(m.processes[0].pageTable.lookup(VirtAddr(a))?.size == .size2M)
+        expectEqual(m.processes[0].pageTable.lookup(VirtAddr(a))?.size, .size2M)
     }
 
     /// The split never copies the PMD's encryption or cache bits: a THP entry without the
@@ -228,7 +237,7 @@ import Testing
         let head = m.mappedFrame(process: 0, addr: a)!.pfn
         m.setLeaf(0, a, head, .size2M, Attributes([.present, .writable, .user, .noExecute, .dirty]).with(memoryType: .uncached))
         m.splitHugePMD(0, a)
-        #expect(Self.pte(m, a + 4096) == 0x8000_8000_0000_0067 | (head + 1) << 12)
+        expectEqual(Self.pte(m, a + 4096), 0x8000_8000_0000_0067 | (head + 1) << 12)
     }
 
     /// A VMA boundary across a THP splits it first under the old prot
@@ -238,10 +247,10 @@ import Testing
         let a = Self.mapped(m.mmap(process: 0, MmapRequest(len: 2 << 20, prot: UserProt(read: true, write: true, exec: false), huge: true)))
         _ = m.handleFault(process: 0, addr: a, write: true)
         let head = m.mappedFrame(process: 0, addr: a)!.pfn
-        #expect(m.mprotect(process: 0, addr: a, len: 1 << 20, prot: UserProt(read: true, exec: true)) == .ok)
-        #expect(Self.pte(m, a) == 0x0000_8000_0000_0065 | head << 12)  // executable, read-only, still dirty
-        #expect(Self.pte(m, a + (1 << 20)) == 0x8000_8000_0000_0067 | (head + 256) << 12)
-        #expect(m.processes[0].vmas.count == 2)
+        expectEqual(m.mprotect(process: 0, addr: a, len: 1 << 20, prot: UserProt(read: true, exec: true)), .ok)
+        expectEqual(Self.pte(m, a), 0x0000_8000_0000_0065 | head << 12)  // executable, read-only, still dirty
+        expectEqual(Self.pte(m, a + (1 << 20)), 0x8000_8000_0000_0067 | (head + 256) << 12)
+        expectEqual(m.processes[0].vmas.count, 2)
     }
 
     /// A non-anonymous huge entry is zapped by the split, not rebuilt.
@@ -249,9 +258,10 @@ import Testing
         var m = Self.mm()
         let a = Self.mapped(m.mmap(process: 0, MmapRequest(len: 2 << 20, prot: Self.rw, shared: true, backing: .file(name: "shm"), huge: true)))
         _ = m.handleFault(process: 0, addr: a, write: false)
-        #expect(m.processes[0].pageTable.lookup(VirtAddr(a))!.size == .size2M)
+        expectEqual(m.processes[0].pageTable.lookup(VirtAddr(a))!.size, .size2M)
         m.splitHugePMD(0, a)
-        #expect(m.processes[0].pageTable.lookup(VirtAddr(a)) == nil && m.stats.pmdZaps == 1)
+        expectEqual(m.processes[0].pageTable.lookup(VirtAddr(a)), nil)
+        expectEqual(m.stats.pmdZaps, 1)
     }
 
     // MARK: inserts
@@ -262,25 +272,25 @@ import Testing
         let anon = Self.mapped(m.mmap(process: 0, MmapRequest(len: 4096, prot: Self.rw)))
         let io: UInt64 = 1 << 28  // a frame past RAM
         if case .bug(_, let cond) = m.insert(.pfnProt, process: 0, addr: anon, pfn: io, prot: [.present]) {
-            #expect(cond == "!(vma->vm_flags & (VM_PFNMAP|VM_MIXEDMAP))")
+            expectEqual(cond, "!(vma->vm_flags & (VM_PFNMAP|VM_MIXEDMAP))")
         } else { Issue.record("no BUG_ON for an anonymous VMA") }
         // VFIO refuses a private BAR mapping; a private coherent-DMA mapping is a COW VM_PFNMAP.
-        #expect(m.mmap(process: 0, MmapRequest(len: 8192, prot: Self.rw, backing: .pfnmap(pa: io << 12))) == .error(.EINVAL))
+        expectEqual(m.mmap(process: 0, MmapRequest(len: 8192, prot: Self.rw, backing: .pfnmap(pa: io << 12))), .error(.EINVAL))
         let cow = Self.mapped(m.mmap(process: 0, MmapRequest(len: 8192, prot: Self.rw, backing: .dmaCoherent(decrypted: false))))
         if case .bug(_, let cond) = m.insert(.pfnProt, process: 0, addr: cow + 4096, pfn: io, prot: [.present]) {
-            #expect(cond == "(vma->vm_flags & VM_PFNMAP) && is_cow_mapping(vma->vm_flags)")
+            expectEqual(cond, "(vma->vm_flags & VM_PFNMAP) && is_cow_mapping(vma->vm_flags)")
         } else { Issue.record("no BUG_ON for a COW PFNMAP") }
         let pfnmap = Self.mapped(m.mmap(process: 0, MmapRequest(len: 8192, prot: Self.rw, shared: true, backing: .pfnmap(pa: io << 12))))
         let dec: Attributes = [.present, .user, .noExecute]
-        #expect(m.insert(.pfnProt, process: 0, addr: pfnmap, pfn: io, prot: dec) == .nopage)
-        #expect(Self.pte(m, pfnmap) == 0x8000_0000_0000_0225 | io << 12)
+        expectEqual(m.insert(.pfnProt, process: 0, addr: pfnmap, pfn: io, prot: dec), .nopage)
+        expectEqual(Self.pte(m, pfnmap), 0x8000_0000_0000_0225 | io << 12)
         // An entry already there is left alone.
-        #expect(m.insert(.pfnProt, process: 0, addr: pfnmap, pfn: io + 1, prot: [.present, .user, .encrypted]) == .nopage)
-        #expect(Self.pte(m, pfnmap) == 0x8000_0000_0000_0225 | io << 12)
-        #expect(m.insert(.pfnProt, process: 0, addr: 0x1000, pfn: io, prot: dec) == .sigbus)
+        expectEqual(m.insert(.pfnProt, process: 0, addr: pfnmap, pfn: io + 1, prot: [.present, .user, .encrypted]), .nopage)
+        expectEqual(Self.pte(m, pfnmap), 0x8000_0000_0000_0225 | io << 12)
+        expectEqual(m.insert(.pfnProt, process: 0, addr: 0x1000, pfn: io, prot: dec), .sigbus)
         // vmf_insert_mixed needs VM_MIXEDMAP (or the zero page).
         if case .bug(_, let cond) = m.insert(.mixed, process: 0, addr: pfnmap + 4096, pfn: io, prot: dec) {
-            #expect(cond == "!vm_mixed_ok(vma, pfn)")
+            expectEqual(cond, "!vm_mixed_ok(vma, pfn)")
         } else { Issue.record("no BUG_ON for a mixed insert into a PFNMAP") }
     }
 
@@ -289,10 +299,10 @@ import Testing
         let a = Self.mapped(m.mmap(process: 0, MmapRequest(len: 4096, prot: Self.rw, shared: true, backing: .ttm(vram: 1))))
         #expect(m.processes[0].vmas[0].flags.contains(.mixedmap))
         if case .bug(_, let cond) = m.insert(.pfn, process: 0, addr: a, pfn: 5, prot: [.present]) {
-            #expect(cond == "(vma->vm_flags & VM_MIXEDMAP) && pfn_valid(pfn)")
+            expectEqual(cond, "(vma->vm_flags & VM_MIXEDMAP) && pfn_valid(pfn)")
         } else { Issue.record("no BUG_ON") }
-        #expect(m.insert(.mixedProt, process: 0, addr: a, pfn: 5, prot: [.present, .user]) == .nopage)
-        #expect(Self.pte(m, a) == 0x225 | 5 << 12)
+        expectEqual(m.insert(.mixedProt, process: 0, addr: a, pfn: 5, prot: [.present, .user]), .nopage)
+        expectEqual(Self.pte(m, a), 0x225 | 5 << 12)
     }
 
     // MARK: GUP
@@ -304,25 +314,28 @@ import Testing
         var m = Self.mm { $0.ttmInsert = .vmaCopy }
         var acc = AllAccessible()
         let a = Self.mapped(m.mmap(process: 0, MmapRequest(len: 8192, prot: Self.rw)))
-        #expect(m.getUserPages(process: 0, addr: a, pages: 1, flags: GUPFlags(write: true, pin: true), &acc) == .pages(1, firstPFN: m.mappedFrame(process: 0, addr: a)?.pfn ?? 0, pinned: true))
+        expectEqual(m.getUserPages(process: 0, addr: a, pages: 1, flags: GUPFlags(write: true, pin: true), &acc), .pages(1, firstPFN: m.mappedFrame(process: 0, addr: a)?.pfn ?? 0, pinned: true))
         let pfn = m.mappedFrame(process: 0, addr: a)!.pfn
         #expect(m.folio(pfn)!.refcount == 1 + 1024 && m.folio(pfn)!.maybeDMAPinned)
-        #expect(m.getUserPages(process: 0, addr: a, pages: 1, flags: GUPFlags(), &acc) == .pages(1, firstPFN: pfn, pinned: false))
-        #expect(m.folio(pfn)!.refcount == 1026)
-        #expect(m.unpinUserPage(pfn: pfn) == .ok && m.putPage(pfn: pfn) == .ok && m.folio(pfn)!.refcount == 1)
+        expectEqual(m.getUserPages(process: 0, addr: a, pages: 1, flags: GUPFlags(), &acc), .pages(1, firstPFN: pfn, pinned: false))
+        expectEqual(m.folio(pfn)!.refcount, 1026)
+        expectEqual(m.unpinUserPage(pfn: pfn), .ok)
+        expectEqual(m.putPage(pfn: pfn), .ok)
+        expectEqual(m.folio(pfn)!.refcount, 1)
         // Only references GUP took can be dropped: the mapping's is not put_page's.
-        #expect(m.unpinUserPage(pfn: pfn) == .error(.EINVAL) && m.putPage(pfn: pfn) == .error(.EINVAL))
-        #expect(m.getUserPages(process: 0, addr: 0x1000, pages: 1, flags: GUPFlags(), &acc) == .error(.EFAULT))
-        #expect(m.getUserPages(process: 0, addr: a, pages: 1, flags: GUPFlags(longterm: true), &acc) == .error(.EINVAL))
+        expectEqual(m.unpinUserPage(pfn: pfn), .error(.EINVAL))
+        expectEqual(m.putPage(pfn: pfn), .error(.EINVAL))
+        expectEqual(m.getUserPages(process: 0, addr: 0x1000, pages: 1, flags: GUPFlags(), &acc), .error(.EFAULT))
+        expectEqual(m.getUserPages(process: 0, addr: a, pages: 1, flags: GUPFlags(longterm: true), &acc), .error(.EINVAL))
         // Two pages, the second past the VMA: one taken.
         #expect(m.getUserPages(process: 0, addr: a + 4096, pages: 2, flags: GUPFlags(), &acc).description.hasPrefix("got 1 page"))
         let r = Self.mapped(m.mmap(process: 0, MmapRequest(len: 4096, prot: Self.ro)))
-        #expect(m.getUserPages(process: 0, addr: r, pages: 1, flags: GUPFlags(write: true), &acc) == .error(.EFAULT))
+        expectEqual(m.getUserPages(process: 0, addr: r, pages: 1, flags: GUPFlags(write: true), &acc), .error(.EFAULT))
         let io = Self.mapped(m.mmap(process: 0, MmapRequest(len: 4096, prot: Self.rw, shared: true, backing: .pfnmap(pa: 1 << 40))))
-        #expect(m.getUserPages(process: 0, addr: io, pages: 1, flags: GUPFlags(), &acc) == .error(.EFAULT))
+        expectEqual(m.getUserPages(process: 0, addr: io, pages: 1, flags: GUPFlags(), &acc), .error(.EFAULT))
         // A TTM BO of ≤5.5 is VM_MIXEDMAP|VM_IO: check_vma_flags refuses it too.
         let bo = Self.mapped(m.mmap(process: 0, MmapRequest(len: 4096, prot: Self.rw, shared: true, backing: .ttm(vram: 0))))
-        #expect(m.getUserPages(process: 0, addr: bo, pages: 1, flags: GUPFlags(), &acc) == .error(.EFAULT))
+        expectEqual(m.getUserPages(process: 0, addr: bo, pages: 1, flags: GUPFlags(), &acc), .error(.EFAULT))
     }
 
     /// FOLL_WRITE on a page shared after fork breaks COW first; a THP pin counts in _pincount.
@@ -333,8 +346,9 @@ import Testing
         let a = Self.mapped(m.mmap(process: 0, MmapRequest(len: 2 << 20, prot: Self.rw, huge: true)))
         _ = m.handleFault(process: 0, addr: a, write: true)
         let head = m.mappedFrame(process: 0, addr: a)!.pfn
-        #expect(m.getUserPages(process: 0, addr: a + 4096, pages: 1, flags: GUPFlags(pin: true), &acc) == .pages(1, firstPFN: head + 1, pinned: true))
-        #expect(m.folio(head)!.pincount == 1 && m.folio(head)!.refcount == 2)
+        expectEqual(m.getUserPages(process: 0, addr: a + 4096, pages: 1, flags: GUPFlags(pin: true), &acc), .pages(1, firstPFN: head + 1, pinned: true))
+        expectEqual(m.folio(head)!.pincount, 1)
+        expectEqual(m.folio(head)!.refcount, 2)
         let b = Self.mapped(m.mmap(process: 0, MmapRequest(len: 4096, prot: Self.rw)))
         _ = m.handleFault(process: 0, addr: b, write: true)
         let old = m.mappedFrame(process: 0, addr: b)!.pfn
@@ -342,7 +356,8 @@ import Testing
         guard case .pages(1, let got, _) = m.getUserPages(process: 0, addr: b, pages: 1, flags: GUPFlags(write: true), &acc) else {
             Issue.record("GUP failed"); return
         }
-        #expect(got != old && m.stats.cowCopies == 1)
+        expectNotEqual(got, old)
+        expectEqual(m.stats.cowCopies, 1)
     }
 
     /// A platform that refuses: the pin fails and is undone; FOLL_GET and a huge leaf never
@@ -359,24 +374,25 @@ import Testing
         let a = Self.mapped(m.mmap(process: 0, MmapRequest(len: 4096, prot: Self.rw)))
         _ = m.handleFault(process: 0, addr: a, write: true)
         let pfn = m.mappedFrame(process: 0, addr: a)!.pfn
-        #expect(m.getUserPages(process: 0, addr: a, pages: 1, flags: GUPFlags(pin: true), &acc) == .error(.EFAULT))
-        #expect(m.folio(pfn)!.refcount == 1 && acc.calls == 1)
-        #expect(m.getUserPages(process: 0, addr: a, pages: 1, flags: GUPFlags(), &acc) == .pages(1, firstPFN: pfn, pinned: false))
-        #expect(acc.calls == 1)
+        expectEqual(m.getUserPages(process: 0, addr: a, pages: 1, flags: GUPFlags(pin: true), &acc), .error(.EFAULT))
+        expectEqual(m.folio(pfn)!.refcount, 1)
+        expectEqual(acc.calls, 1)
+        expectEqual(m.getUserPages(process: 0, addr: a, pages: 1, flags: GUPFlags(), &acc), .pages(1, firstPFN: pfn, pinned: false))
+        expectEqual(acc.calls, 1)
         let h = Self.mapped(m.mmap(process: 0, MmapRequest(len: 2 << 20, prot: Self.rw, huge: true)))
         _ = m.handleFault(process: 0, addr: h, write: true)
         #expect(m.getUserPages(process: 0, addr: h, pages: 1, flags: GUPFlags(pin: true), &acc).description.hasPrefix("pinned 1 page"))
-        #expect(acc.calls == 1)
-        #expect(m.writeback(pfn: pfn, dirtyPTE: true, &acc) == .bugIgnored(.EFAULT))
-        #expect(m.writeback(pfn: pfn, dirtyPTE: false, &acc) == .clean)
+        expectEqual(acc.calls, 1)
+        expectEqual(m.writeback(pfn: pfn, dirtyPTE: true, &acc), .bugIgnored(.EFAULT))
+        expectEqual(m.writeback(pfn: pfn, dirtyPTE: false, &acc), .clean)
         m.config.debugVM = true
-        #expect(m.writeback(pfn: pfn, dirtyPTE: true, &acc) == .bug(.EFAULT))
+        expectEqual(m.writeback(pfn: pfn, dirtyPTE: true, &acc), .bug(.EFAULT))
         // Dave Hansen's design: vm_normal_page gives no page, every walker stops.
         m.config.inaccessibleCheck = .vmNormalPage
-        #expect(m.getUserPages(process: 0, addr: a, pages: 1, flags: GUPFlags(), &acc) == .error(.EEXIST))
-        #expect(m.followPage(process: 0, addr: a, acc) == nil)
+        expectEqual(m.getUserPages(process: 0, addr: a, pages: 1, flags: GUPFlags(), &acc), .error(.EEXIST))
+        expectEqual(m.followPage(process: 0, addr: a, acc), nil)
         m.config.debugVM = false
-        #expect(m.writeback(pfn: pfn, dirtyPTE: true, &acc) == .started)
+        expectEqual(m.writeback(pfn: pfn, dirtyPTE: true, &acc), .started)
     }
 
     // MARK: the invariant
@@ -389,8 +405,8 @@ import Testing
         let a = Self.mapped(k.userMmap(process: 0, MmapRequest(len: 8192, prot: Self.rw, shared: true, backing: .ttm(vram: 1))))
         _ = k.user.handleFault(process: 0, addr: a, write: false)
         try k.checkUserInvariants()
-        #expect(k.user.mprotect(process: 0, addr: a, len: 8192, prot: Self.ro) == .ok)
-        #expect(k.userEncryptionMismatches().map(\.addr) == [a])
+        expectEqual(k.user.mprotect(process: 0, addr: a, len: 8192, prot: Self.ro), .ok)
+        expectEqual(k.userEncryptionMismatches().map(\.addr), [a])
         #expect(throws: InvariantViolation.self) { try k.checkUserInvariants() }
     }
 }

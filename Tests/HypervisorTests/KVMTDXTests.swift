@@ -2,6 +2,7 @@ import Testing
 @testable import Hardware
 @testable import Hypervisor
 import HostKernel
+import Expectations
 
 /// KVM's TDX backend: private faults, zaps and MapGPA (arch/x86/kvm/vmx/tdx.c, 6.16).
 @Suite struct KVMTDXTests {
@@ -23,10 +24,11 @@ import HostKernel
     @Test func privateFaultLinksAndAugs() {
         var (m, k) = Self.setup()
         var spare: [UInt64] = [0x12_0000, 0x11_0000, 0x10_0000]
-        #expect(k.privateFault(gpa: 0x1234, module: &m, spare: &spare) as? TDXResult == .status(.success))
-        #expect(k.privateFault(gpa: 0x5000, module: &m, spare: &spare) as? TDXResult == .status(.success))
+        expectEqual(k.privateFault(gpa: 0x1234, module: &m, spare: &spare) as? TDXResult, .status(.success))
+        expectEqual(k.privateFault(gpa: 0x5000, module: &m, spare: &spare) as? TDXResult, .status(.success))
         #expect(k.stats.septAdds == 3 && k.stats.augs == 2 && m.tds[0].stateAt(0x1000, 0) == .pending && spare.isEmpty)
-        #expect(m.pamt.entry(0x1000_1000, .size4K).pt == .reg && m.pamt.entry(0x10_0000, .size4K).pt == .ept)
+        expectEqual(m.pamt.entry(0x1000_1000, .size4K).pt, .reg)
+        expectEqual(m.pamt.entry(0x10_0000, .size4K).pt, .ept)
     }
 
     /// A SEPT.ADD the module refuses (its page is the TDR: PAGE_METADATA_INCORRECT on R8)
@@ -34,10 +36,11 @@ import HostKernel
     @Test func refusedSEPTPageStaysInTheCache() {
         var (m, k) = Self.setup()
         var spare: [UInt64] = [Self.tdr]
-        #expect(k.privateFault(gpa: 0x1000, module: &m, spare: &spare) as? TDXResult == .status(TDXStatus(.pageMetadataIncorrect, 8)))
-        #expect(spare == [Self.tdr] && k.stats.septAdds == 0)
+        expectEqual(k.privateFault(gpa: 0x1000, module: &m, spare: &spare) as? TDXResult, .status(TDXStatus(.pageMetadataIncorrect, 8)))
+        expectEqual(spare, [Self.tdr])
+        expectEqual(k.stats.septAdds, 0)
         spare = [0x12_0000, 0x11_0000, 0x10_0000]
-        #expect(k.privateFault(gpa: 0x1000, module: &m, spare: &spare) as? TDXResult == .status(.success))
+        expectEqual(k.privateFault(gpa: 0x1000, module: &m, spare: &spare) as? TDXResult, .status(.success))
     }
 
     /// tdx_map_gpa's checks, each with R11 = the start GPA; the 2M chunks; RETRY with R11
@@ -45,15 +48,16 @@ import HostKernel
     @Test func mapGPAChecksAndChunks() {
         var (m, k) = Self.setup()
         let shared = KVMTDX.sharedBit
-        #expect(k.mapGPA(gpa: 0x1000, size: 0, module: &m) == TDVMCallResult(r10: TDVMCallResult.invalidOperand, r11: 0x1000))
-        #expect(k.mapGPA(gpa: shared - 0x1000, size: 0x2000, module: &m) == TDVMCallResult(r10: TDVMCallResult.invalidOperand, r11: shared - 0x1000))
-        #expect(k.mapGPA(gpa: 1 << 48, size: 0x1000, module: &m) == TDVMCallResult(r10: TDVMCallResult.invalidOperand, r11: 1 << 48))
-        #expect(k.mapGPA(gpa: 0x1000, size: 0x800, module: &m) == TDVMCallResult(r10: TDVMCallResult.alignError, r11: 0x1000))
-        #expect(k.mapGPA(gpa: shared, size: 5 << 20, module: &m) == TDVMCallResult(r10: TDVMCallResult.success, r11: 0))
-        #expect(k.stats.mapGPAExits == 3 && k.sharedGFNs.count == 1280)
-        #expect(k.mapGPA(gpa: 0, size: 4 << 20, module: &m, pendingEvents: true) == TDVMCallResult(r10: TDVMCallResult.retry, r11: 2 << 20))
+        expectEqual(k.mapGPA(gpa: 0x1000, size: 0, module: &m), TDVMCallResult(r10: TDVMCallResult.invalidOperand, r11: 0x1000))
+        expectEqual(k.mapGPA(gpa: shared - 0x1000, size: 0x2000, module: &m), TDVMCallResult(r10: TDVMCallResult.invalidOperand, r11: shared - 0x1000))
+        expectEqual(k.mapGPA(gpa: 1 << 48, size: 0x1000, module: &m), TDVMCallResult(r10: TDVMCallResult.invalidOperand, r11: 1 << 48))
+        expectEqual(k.mapGPA(gpa: 0x1000, size: 0x800, module: &m), TDVMCallResult(r10: TDVMCallResult.alignError, r11: 0x1000))
+        expectEqual(k.mapGPA(gpa: shared, size: 5 << 20, module: &m), TDVMCallResult(r10: TDVMCallResult.success, r11: 0))
+        expectEqual(k.stats.mapGPAExits, 3)
+        expectEqual(k.sharedGFNs.count, 1280)
+        expectEqual(k.mapGPA(gpa: 0, size: 4 << 20, module: &m, pendingEvents: true), TDVMCallResult(r10: TDVMCallResult.retry, r11: 2 << 20))
         k.mapGPAExitEnabled = false
-        #expect(k.mapGPA(gpa: 0, size: 0x1000, module: &m).r10 == TDVMCallResult.subfuncUnsupported)
+        expectEqual(k.mapGPA(gpa: 0, size: 0x1000, module: &m).r10, TDVMCallResult.subfuncUnsupported)
     }
 
     /// Converting a mapped private page to shared zaps it: BLOCK, TRACK, REMOVE, WBINVD.
@@ -61,10 +65,12 @@ import HostKernel
         var (m, k) = Self.setup()
         var spare: [UInt64] = [0x12_0000, 0x11_0000, 0x10_0000]
         _ = k.privateFault(gpa: 0x1000, module: &m, spare: &spare)
-        #expect(m.accept(tdr: Self.tdr, gpa: 0x1000, level: 0) == .status(.success))
-        #expect(k.mapGPA(gpa: KVMTDX.sharedBit | 0x1000, size: 0x1000, module: &m).r10 == TDVMCallResult.success)
-        #expect(k.stats.zaps == 1 && m.tds[0].stateAt(0x1000, 0) == .free && m.pamt.entry(0x1000_1000, .size4K).pt == .nda)
-        #expect(k.privateFault(gpa: 0x1000, module: &m, spare: &spare) as? KVMTDXExit == .memoryFault(gpa: 0x1000, toPrivate: true))
+        expectEqual(m.accept(tdr: Self.tdr, gpa: 0x1000, level: 0), .status(.success))
+        expectEqual(k.mapGPA(gpa: KVMTDX.sharedBit | 0x1000, size: 0x1000, module: &m).r10, TDVMCallResult.success)
+        expectEqual(k.stats.zaps, 1)
+        expectEqual(m.tds[0].stateAt(0x1000, 0), .free)
+        expectEqual(m.pamt.entry(0x1000_1000, .size4K).pt, .nda)
+        expectEqual(k.privateFault(gpa: 0x1000, module: &m, spare: &spare) as? KVMTDXExit, .memoryFault(gpa: 0x1000, toPrivate: true))
     }
 
     /// With a vCPU running in the TD, the zap still completes: after TRACK, KVM kicks the
@@ -76,12 +82,18 @@ import HostKernel
         var spare: [UInt64] = [0x12_0000, 0x11_0000, 0x10_0000]
         _ = k.privateFault(gpa: 0x1000, module: &m, spare: &spare)
         _ = k.privateFault(gpa: 0x2000, module: &m, spare: &spare)
-        #expect(m.vpEnter(tdr: Self.tdr, vcpu: 0) == .success)
-        #expect(k.mapGPA(gpa: KVMTDX.sharedBit | 0x1000, size: 0x1000, module: &m).r10 == TDVMCallResult.success)
-        #expect(k.stats.zaps == 1 && k.stats.kicks == 1 && k.stats.zapFailures == 0 && m.tds[0].vcpuEpoch == [2])
-        #expect(m.rangeBlock(tdr: Self.tdr, gpa: 0x2000, level: 0) == .status(.success))
-        #expect(k.mapGPA(gpa: KVMTDX.sharedBit | 0x2000, size: 0x1000, module: &m).r10 == TDVMCallResult.success)
-        #expect(k.stats.zaps == 1 && k.stats.zapFailures == 1 && m.tds[0].stateAt(0x2000, 0) == .pendingBlocked && m.tds[0].vcpuEpoch == [2])
+        expectEqual(m.vpEnter(tdr: Self.tdr, vcpu: 0), .success)
+        expectEqual(k.mapGPA(gpa: KVMTDX.sharedBit | 0x1000, size: 0x1000, module: &m).r10, TDVMCallResult.success)
+        expectEqual(k.stats.zaps, 1)
+        expectEqual(k.stats.kicks, 1)
+        expectEqual(k.stats.zapFailures, 0)
+        expectEqual(m.tds[0].vcpuEpoch, [2])
+        expectEqual(m.rangeBlock(tdr: Self.tdr, gpa: 0x2000, level: 0), .status(.success))
+        expectEqual(k.mapGPA(gpa: KVMTDX.sharedBit | 0x2000, size: 0x1000, module: &m).r10, TDVMCallResult.success)
+        expectEqual(k.stats.zaps, 1)
+        expectEqual(k.stats.zapFailures, 1)
+        expectEqual(m.tds[0].stateAt(0x2000, 0), .pendingBlocked)
+        expectEqual(m.tds[0].vcpuEpoch, [2])
     }
 
     /// The huge-page series: a 2M accept that exits is mapped at 2M; a 4K accept inside a
@@ -91,18 +103,23 @@ import HostKernel
     @Test func hugePagesFollowTheAcceptLevel() {
         var (m, k) = Self.setup(hugepages: true)
         var spare: [UInt64] = [0x13_0000, 0x12_0000, 0x11_0000, 0x10_0000]
-        #expect(k.privateFault(gpa: 0x20_0000, acceptLevel: 1, module: &m, spare: &spare) as? TDXResult == .status(.success))
-        #expect(m.tds[0].stateAt(0x20_0000, 1) == .pending && k.stats.hugeAugs == 1 && spare.count == 2)
-        #expect(m.accept(tdr: Self.tdr, gpa: 0x40_0000, level: 0) == .eptViolationExit(requested: 0, level: 1, state: .free))
-        #expect(m.accept(tdr: Self.tdr, gpa: 0x20_1000, level: 0) == .eptViolationExit(requested: 0, level: 1, state: .pending))
-        #expect(k.privateFault(gpa: 0x20_1000, acceptLevel: 0, module: &m, spare: &spare) as? TDXResult == .status(.success))
-        #expect(k.stats.demotes == 1 && m.tds[0].stateAt(0x20_1000, 0) == .pending && m.accept(tdr: Self.tdr, gpa: 0x20_1000, level: 0) == .status(.success))
+        expectEqual(k.privateFault(gpa: 0x20_0000, acceptLevel: 1, module: &m, spare: &spare) as? TDXResult, .status(.success))
+        expectEqual(m.tds[0].stateAt(0x20_0000, 1), .pending)
+        expectEqual(k.stats.hugeAugs, 1)
+        expectEqual(spare.count, 2)
+        expectEqual(m.accept(tdr: Self.tdr, gpa: 0x40_0000, level: 0), .eptViolationExit(requested: 0, level: 1, state: .free))
+        expectEqual(m.accept(tdr: Self.tdr, gpa: 0x20_1000, level: 0), .eptViolationExit(requested: 0, level: 1, state: .pending))
+        expectEqual(k.privateFault(gpa: 0x20_1000, acceptLevel: 0, module: &m, spare: &spare) as? TDXResult, .status(.success))
+        expectEqual(k.stats.demotes, 1)
+        expectEqual(m.tds[0].stateAt(0x20_1000, 0), .pending)
+        expectEqual(m.accept(tdr: Self.tdr, gpa: 0x20_1000, level: 0), .status(.success))
         // The 2M range at 2M is inhibited for good (hugepage_set_guest_inhibit).
-        #expect(k.inhibited == [1])
+        expectEqual(k.inhibited, [1])
         var (m2, mainline) = Self.setup()
         spare = [0x12_0000, 0x11_0000, 0x10_0000]
         _ = mainline.privateFault(gpa: 0x20_0000, acceptLevel: 1, module: &m2, spare: &spare)
-        #expect(m2.tds[0].stateAt(0x20_0000, 0) == .pending && m2.accept(tdr: Self.tdr, gpa: 0x20_0000, level: 1) == .status(TDXStatus(.pageSizeMismatch, 1)))
+        expectEqual(m2.tds[0].stateAt(0x20_0000, 0), .pending)
+        expectEqual(m2.accept(tdr: Self.tdr, gpa: 0x20_0000, level: 1), .status(TDXStatus(.pageSizeMismatch, 1)))
     }
 
     /// A conversion to shared of part of a 2M leaf splits it first and zaps only the part;
@@ -113,22 +130,29 @@ import HostKernel
         var spare: [UInt64] = [0x13_0000, 0x12_0000, 0x11_0000, 0x10_0000]
         _ = k.privateFault(gpa: 0x20_0000, acceptLevel: 1, module: &m, spare: &spare)
         _ = k.privateFault(gpa: 0x40_0000, acceptLevel: 1, module: &m, spare: &spare)
-        #expect(m.accept(tdr: Self.tdr, gpa: 0x20_0000, level: 1) == .status(.success) && k.stats.hugeAugs == 2)
+        expectEqual(m.accept(tdr: Self.tdr, gpa: 0x20_0000, level: 1), .status(.success))
+        expectEqual(k.stats.hugeAugs, 2)
         spare = [0x14_0000]
-        #expect(k.mapGPA(gpa: KVMTDX.sharedBit | 0x20_3000, size: 0x1000, module: &m, spare: &spare).r10 == TDVMCallResult.success)
-        #expect(k.stats.demotes == 1 && k.stats.zaps == 1 && m.tds[0].stateAt(0x20_3000, 0) == .free && m.tds[0].stateAt(0x20_4000, 0) == .mapped)
-        #expect(k.mapGPA(gpa: KVMTDX.sharedBit | 0x40_0000, size: 0x20_0000, module: &m).r10 == TDVMCallResult.success)
-        #expect(k.stats.zaps == 2 && k.lastZapped.count == 513 && m.tds[0].stateAt(0x40_0000, 1) == .free)
-        #expect(k.mapGPA(gpa: 0x20_3000, size: 0x1000, module: &m).r10 == TDVMCallResult.success)
+        expectEqual(k.mapGPA(gpa: KVMTDX.sharedBit | 0x20_3000, size: 0x1000, module: &m, spare: &spare).r10, TDVMCallResult.success)
+        expectEqual(k.stats.demotes, 1)
+        expectEqual(k.stats.zaps, 1)
+        expectEqual(m.tds[0].stateAt(0x20_3000, 0), .free)
+        expectEqual(m.tds[0].stateAt(0x20_4000, 0), .mapped)
+        expectEqual(k.mapGPA(gpa: KVMTDX.sharedBit | 0x40_0000, size: 0x20_0000, module: &m).r10, TDVMCallResult.success)
+        expectEqual(k.stats.zaps, 2)
+        expectEqual(k.lastZapped.count, 513)
+        expectEqual(m.tds[0].stateAt(0x40_0000, 1), .free)
+        expectEqual(k.mapGPA(gpa: 0x20_3000, size: 0x1000, module: &m).r10, TDVMCallResult.success)
         spare = [0x15_0000]
         _ = k.privateFault(gpa: 0x20_3000, acceptLevel: 1, module: &m, spare: &spare)
-        #expect(m.tds[0].stateAt(0x20_3000, 0) == .pending && k.stats.hugeAugs == 2)
+        expectEqual(m.tds[0].stateAt(0x20_3000, 0), .pending)
+        expectEqual(k.stats.hugeAugs, 2)
         // A split KVM cannot make (no page for the new S-EPT table) fails the VMM's
         // KVM_SET_MEMORY_ATTRIBUTES: INVALID_OPERAND with R11 the chunk, attributes unchanged.
         spare = [0x16_0000]
         _ = k.privateFault(gpa: 0x60_0000, acceptLevel: 1, module: &m, spare: &spare)
         spare = []
-        #expect(k.mapGPA(gpa: KVMTDX.sharedBit | 0x60_1000, size: 0x1000, module: &m, spare: &spare) == TDVMCallResult(r10: TDVMCallResult.invalidOperand, r11: KVMTDX.sharedBit | 0x60_1000))
+        expectEqual(k.mapGPA(gpa: KVMTDX.sharedBit | 0x60_1000, size: 0x1000, module: &m, spare: &spare), TDVMCallResult(r10: TDVMCallResult.invalidOperand, r11: KVMTDX.sharedBit | 0x60_1000))
         #expect(k.isPrivate(0x601) && m.tds[0].stateAt(0x60_0000, 1) == .pending && k.stats.zapFailures == 1)
     }
 
@@ -149,8 +173,12 @@ import HostKernel
         _ = k.privateFault(gpa: 0x1000, module: &m, spare: &spare)
         m.markFatal(tdr: Self.tdr)
         t = k.destroy(module: &m)
-        #expect(t.firstFailure == .status(.tdFatal) && t.leakedGuestPages == 1 && t.leaked == [Self.tdr] && t.reclaimed.count == 1 + 3 + 6)
-        #expect(m.tds.count == 1 && k.stats.zapFailures == 1)
+        expectEqual(t.firstFailure, .status(.tdFatal))
+        expectEqual(t.leakedGuestPages, 1)
+        expectEqual(t.leaked, [Self.tdr])
+        expectEqual(t.reclaimed.count, 1 + 3 + 6)
+        expectEqual(m.tds.count, 1)
+        expectEqual(k.stats.zapFailures, 1)
     }
 
     /// KVM_TDX_INIT_MEM_REGION: S-EPT levels, PAGE.ADD, sixteen MR.EXTENDs per page; and
@@ -158,20 +186,24 @@ import HostKernel
     @Test func initMemRegionAddsAndMeasures() {
         var (m, k) = Self.setup(finalize: false)
         var spare: [UInt64] = [0x12_0000, 0x11_0000, 0x10_0000]
-        #expect(k.initMemRegion(gpa: 0x1000, pages: 2, source: 0x60_0000, measure: true, module: &m, spare: &spare) as? TDXStatus == .success)
-        #expect(k.stats.pageAdds == 2 && k.stats.septAdds == 3 && m.tds[0].extendedChunks == 32 && m.tds[0].measuredPages == 2)
-        #expect(k.lastAdded == [0x1000_1000, 0x1000_2000] && m.tds[0].stateAt(0x2000, 0) == .mapped)
-        #expect(m.mrExtend(tdr: Self.tdr, gpa: 0x1080) == .status(TDXStatus(.operandInvalid, 1)))
-        #expect(m.mrExtend(tdr: Self.tdr, gpa: 0x4000_0000) == .status(TDXStatus(.eptEntryNotPresent, 1)))
-        #expect(m.mrExtend(tdr: Self.tdr, gpa: 0x5000) == .status(TDXStatus(.eptEntryNotPresent, 1)))
+        expectEqual(k.initMemRegion(gpa: 0x1000, pages: 2, source: 0x60_0000, measure: true, module: &m, spare: &spare) as? TDXStatus, .success)
+        expectEqual(k.stats.pageAdds, 2)
+        expectEqual(k.stats.septAdds, 3)
+        expectEqual(m.tds[0].extendedChunks, 32)
+        expectEqual(m.tds[0].measuredPages, 2)
+        expectEqual(k.lastAdded, [0x1000_1000, 0x1000_2000])
+        expectEqual(m.tds[0].stateAt(0x2000, 0), .mapped)
+        expectEqual(m.mrExtend(tdr: Self.tdr, gpa: 0x1080), .status(TDXStatus(.operandInvalid, 1)))
+        expectEqual(m.mrExtend(tdr: Self.tdr, gpa: 0x4000_0000), .status(TDXStatus(.eptEntryNotPresent, 1)))
+        expectEqual(m.mrExtend(tdr: Self.tdr, gpa: 0x5000), .status(TDXStatus(.eptEntryNotPresent, 1)))
         m.setSEPTState(tdr: Self.tdr, gpa: 0x6000, level: 0, .blockedW, hpa: 0x1000_6000)
-        #expect(m.mrExtend(tdr: Self.tdr, gpa: 0x6000) == .status(.eptEntryNotPresent))
-        #expect(k.initMemRegion(gpa: 0x3000, pages: 1, source: 0x60_0800, measure: false, module: &m, spare: &spare) as? KernelStatus == .error(.EINVAL))
-        #expect(k.initMemRegion(gpa: 0xfff000, pages: 2, source: 0x60_0000, measure: false, module: &m, spare: &spare) as? KernelStatus == .error(.EINVAL))
-        #expect(TDXStatus.eptEntryNotPresent.description == "TDX_EPT_ENTRY_NOT_PRESENT 0xc0000b0300000000")
+        expectEqual(m.mrExtend(tdr: Self.tdr, gpa: 0x6000), .status(.eptEntryNotPresent))
+        expectEqual(k.initMemRegion(gpa: 0x3000, pages: 1, source: 0x60_0800, measure: false, module: &m, spare: &spare) as? KernelStatus, .error(.EINVAL))
+        expectEqual(k.initMemRegion(gpa: 0xfff000, pages: 2, source: 0x60_0000, measure: false, module: &m, spare: &spare) as? KernelStatus, .error(.EINVAL))
+        expectEqual(TDXStatus.eptEntryNotPresent.description, "TDX_EPT_ENTRY_NOT_PRESENT 0xc0000b0300000000")
         _ = m.mrFinalize(tdr: Self.tdr)
-        #expect(m.mrExtend(tdr: Self.tdr, gpa: 0x1000) == .status(.opStateIncorrect))
-        #expect(k.initMemRegion(gpa: 0x3000, pages: 1, source: 0x60_0000, measure: false, module: &m, spare: &spare) as? KernelStatus == .error(.EINVAL))
+        expectEqual(m.mrExtend(tdr: Self.tdr, gpa: 0x1000), .status(.opStateIncorrect))
+        expectEqual(k.initMemRegion(gpa: 0x3000, pages: 1, source: 0x60_0000, measure: false, module: &m, spare: &spare) as? KernelStatus, .error(.EINVAL))
     }
 }
 

@@ -3,6 +3,7 @@ import Hardware
 import HostKernel
 import PageTables
 @testable import Hypervisor
+import Expectations
 
 typealias SNPKVM = KVM<SNPBackend>
 
@@ -26,71 +27,76 @@ typealias SNPKVM = KVM<SNPBackend>
 
     @Test func launchMakesAFirmwarePageAndVMSAsThatAreNever2MAligned() throws {
         var (kvm, k, rmp) = try setup(vcpus: 3)
-        #expect(kvm.launch(0, imagePages: 4, kernel: &k, rmp: &rmp) == .ok)
+        expectEqual(kvm.launch(0, imagePages: 4, kernel: &k, rmp: &rmp), .ok)
         let vm = kvm.vms[0]
-        #expect(rmp[vm.arch.contextPage! >> 12].state == .firmware)
-        #expect(vm.arch.vmsaPages.count == 3)
+        expectEqual(rmp[vm.arch.contextPage! >> 12].state, .firmware)
+        expectEqual(vm.arch.vmsaPages.count, 3)
         for v in vm.arch.vmsaPages {
-            #expect(v & 0x1f_ffff != 0)
+            expectNotEqual(v & 0x1f_ffff, 0)
             #expect(rmp[v >> 12].vmsa && rmp[v >> 12].state == .guestValid && rmp[v >> 12].asid == 1)
-            #expect(rmp[v >> 12].gpa == SNPKVM.initialVMSAGPA)  // INITIAL_VMSA_GPA
+            expectEqual(rmp[v >> 12].gpa, SNPKVM.initialVMSAGPA)  // INITIAL_VMSA_GPA
         }
-        #expect(rmp[Self.base >> 12].state == .guestValid)  // an image page after LAUNCH_FINISH
-        #expect(rmp[(Self.base >> 12) + 4].assigned == false)
+        expectEqual(rmp[Self.base >> 12].state, .guestValid)  // an image page after LAUNCH_FINISH
+        expectEqual(rmp[(Self.base >> 12) + 4].assigned, false)
         try rmp.checkInvariants()
     }
 
     @Test func gmemPrepareUses2MOnlyForLargeFoliosOverAnUnassignedRange() throws {
         var (kvm, k, rmp) = try setup(.gmem2M)
-        #expect(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp) == .ok)
-        #expect(touch(&kvm, &k, &rmp, gfn: 0x203).1 == ["gmem prepare 2M"])
+        expectEqual(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp), .ok)
+        expectEqual(touch(&kvm, &k, &rmp, gfn: 0x203).1, ["gmem prepare 2M"])
         #expect(rmp.largeEntry((Self.base >> 12) + 0x200).isLarge)
         // A range with one assigned page already: the next prepare is 4K.
         kvm.convert(0, gfns: 0x400..<0x401, toPrivate: true, kernel: &k, hw: &rmp)
-        #expect(touch(&kvm, &k, &rmp, gfn: 0x400).1 == ["gmem prepare 2M"])
+        expectEqual(touch(&kvm, &k, &rmp, gfn: 0x400).1, ["gmem prepare 2M"])
         var (kvm4, k4, rmp4) = try setup(.gmem4K)
-        #expect(kvm4.launch(0, imagePages: 0, kernel: &k4, rmp: &rmp4) == .ok)
-        #expect(touch(&kvm4, &k4, &rmp4, gfn: 0x200).1 == ["gmem prepare 4K"])
-        #expect(kvm.backend.stats.prepared2M == 2 && kvm4.backend.stats.prepared4K == 1)
+        expectEqual(kvm4.launch(0, imagePages: 0, kernel: &k4, rmp: &rmp4), .ok)
+        expectEqual(touch(&kvm4, &k4, &rmp4, gfn: 0x200).1, ["gmem prepare 4K"])
+        expectEqual(kvm.backend.stats.prepared2M, 2)
+        expectEqual(kvm4.backend.stats.prepared4K, 1)
     }
 
     @Test func invalidateOfPartOfA2MPagePSMASHesFirst() throws {
         var (kvm, k, rmp) = try setup()
-        #expect(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp) == .ok)
+        expectEqual(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp), .ok)
         _ = touch(&kvm, &k, &rmp, gfn: 0x200)
         kvm.convert(0, gfns: 0x201..<0x202, toPrivate: false, kernel: &k, hw: &rmp)
-        #expect(kvm.backend.stats.psmash == 1 && kvm.backend.stats.invalidated4K == 1)
+        expectEqual(kvm.backend.stats.psmash, 1)
+        expectEqual(kvm.backend.stats.invalidated4K, 1)
         #expect(!rmp[(Self.base >> 12) + 0x201].assigned && rmp[(Self.base >> 12) + 0x202].assigned)
         kvm.convert(0, gfns: 0x000..<0x200, toPrivate: false, kernel: &k, hw: &rmp)  // never prepared: nothing to do
-        #expect(kvm.backend.stats.invalidated2M == 0)
+        expectEqual(kvm.backend.stats.invalidated2M, 0)
         try rmp.checkInvariants()
     }
 
     @Test func invalidateOfAWhole2MPageIsOne2MUpdate() throws {
         var (kvm, k, rmp) = try setup()
-        #expect(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp) == .ok)
+        expectEqual(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp), .ok)
         _ = touch(&kvm, &k, &rmp, gfn: 0x200)
         kvm.convert(0, gfns: 0x200..<0x400, toPrivate: false, kernel: &k, hw: &rmp)
-        #expect(kvm.backend.stats.invalidated2M == 1 && kvm.backend.stats.psmash == 0)
+        expectEqual(kvm.backend.stats.invalidated2M, 1)
+        expectEqual(kvm.backend.stats.psmash, 0)
     }
 
     @Test func mixedAttributesMapAt4KAndTheRMPFaultPSMASHesAndZaps() throws {
         var (kvm, k, rmp) = try setup()
-        #expect(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp) == .ok)
+        expectEqual(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp), .ok)
         _ = touch(&kvm, &k, &rmp, gfn: 0x200)
         // Attributes go mixed without the RMP changing (to-private of a shared page elsewhere
         // in the region is lazy): make one gfn shared in attributes only.
-        #expect(kvm.vms[0].stage2Leaf(0x200)?.size == .size2M)  // the fault mapped the 2M page at 2M
+        expectEqual(kvm.vms[0].stage2Leaf(0x200)?.size, .size2M)  // the fault mapped the 2M page at 2M
         kvm.vms[0].attributes.setPrivate(0x3ff, false)
         kvm.zapStage2(0, gfns: 0x3ff..<0x400)  // KVM_SET_MEMORY_ATTRIBUTES zaps the range: the whole 2M leaf goes
-        #expect(kvm.vms[0].stage2Leaf(0x200) == nil)
-        #expect(kvm.mapStage2(0, gfn: 0x200, hw: rmp) == .size4K)  // stage-2 level ≤ RMP level, no mixed hugepage
+        expectEqual(kvm.vms[0].stage2Leaf(0x200), nil)
+        expectEqual(kvm.mapStage2(0, gfn: 0x200, hw: rmp), .size4K)  // stage-2 level ≤ RMP level, no mixed hugepage
         kvm.zapStage2(0, gfns: 0x200..<0x201)
         let (outcome, path) = touch(&kvm, &k, &rmp, gfn: 0x200)
-        #expect(path == ["RMP #NPF: PSMASH"])
-        #expect(outcome == "#VC(0x404)")  // now 4K and matching; never validated
-        #expect(kvm.vms[0].stage2Leaf(0x200)?.size == .size4K && kvm.vms[0].stage2Leaf(0x201) == nil)
-        #expect(kvm.backend.stats.rmpNPF == 1 && kvm.stats.zappedGFNs == 512)
+        expectEqual(path, ["RMP #NPF: PSMASH"])
+        expectEqual(outcome, "#VC(0x404)")  // now 4K and matching; never validated
+        expectEqual(kvm.vms[0].stage2Leaf(0x200)?.size, .size4K)
+        expectEqual(kvm.vms[0].stage2Leaf(0x201), nil)
+        expectEqual(kvm.backend.stats.rmpNPF, 1)
+        expectEqual(kvm.stats.zappedGFNs, 512)
     }
 
     /// An RMP #NPF that persists on a 4K entry: sev_handle_rmp_fault calls it spurious and
@@ -98,102 +104,107 @@ typealias SNPKVM = KVM<SNPBackend>
     @Test func anRMPFaultThatPersistsAt4KLoops() throws {
         var (kvm, _, rmp) = try setup(.gmem4K)
         var k = try Kernel(memory: PhysicalMemory.pc(size: 4 << 30))
-        #expect(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp) == .ok)
+        expectEqual(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp), .ok)
         // The page is assigned to another ASID behind KVM's back.
-        #expect(rmp.rmpupdate(spa: kvm.vms[0].config.spa(5), RMPUpdate(gpa: 5 << 12, assigned: true, asid: 9)) == .success)
-        #expect(touch(&kvm, &k, &rmp, gfn: 5).0 == "NPF loop")
-        #expect(kvm.backend.stats.spuriousRMPNPF == 1 && kvm.backend.stats.psmash == 0)
+        expectEqual(rmp.rmpupdate(spa: kvm.vms[0].config.spa(5), RMPUpdate(gpa: 5 << 12, assigned: true, asid: 9)), .success)
+        expectEqual(touch(&kvm, &k, &rmp, gfn: 5).0, "NPF loop")
+        expectEqual(kvm.backend.stats.spuriousRMPNPF, 1)
+        expectEqual(kvm.backend.stats.psmash, 0)
     }
 
     @Test func anRMPFaultOnA4KEntryIsSpurious() throws {
         var (kvm, _, rmp) = try setup(.gmem4K)
         var k = try Kernel(memory: PhysicalMemory.pc(size: 4 << 30))
-        #expect(kvm.launch(0, imagePages: 1, kernel: &k, rmp: &rmp) == .ok)
+        expectEqual(kvm.launch(0, imagePages: 1, kernel: &k, rmp: &rmp), .ok)
         _ = kvm.backend.handleFault(&kvm.vms[0], gfn: 0, private: true, outcome: .npf(.rmp), hw: &rmp)
-        #expect(kvm.backend.stats.spuriousRMPNPF == 1 && kvm.backend.stats.psmash == 0)
+        expectEqual(kvm.backend.stats.spuriousRMPNPF, 1)
+        expectEqual(kvm.backend.stats.psmash, 0)
     }
 
     @Test func privateAccessToASharedGfnExitsToTheVMM() throws {
         var (kvm, k, rmp) = try setup()
-        #expect(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp) == .ok)
+        expectEqual(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp), .ok)
         kvm.convert(0, gfns: 5..<6, toPrivate: false, kernel: &k, hw: &rmp)
-        #expect(touch(&kvm, &k, &rmp, gfn: 5).0 == "KVM_EXIT_MEMORY_FAULT")
-        #expect(touch(&kvm, &k, &rmp, gfn: 5, private: false).0 == "ok")
-        #expect(kvm.stats.memoryFaultExits == 1)
+        expectEqual(touch(&kvm, &k, &rmp, gfn: 5).0, "KVM_EXIT_MEMORY_FAULT")
+        expectEqual(touch(&kvm, &k, &rmp, gfn: 5, private: false).0, "ok")
+        expectEqual(kvm.stats.memoryFaultExits, 1)
     }
 
     @Test func ghcbPSCCoalescesContinuesPartial2MAndSkipsPsmashEntries() throws {
         var (kvm, k, rmp) = try setup()
-        #expect(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp) == .ok)
+        expectEqual(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp), .ok)
         let request = PSCRequest(endEntry: 3, entries: [
             PSCEntry(gfn: 0x10, operation: 2, size2M: false), PSCEntry(gfn: 0x11, operation: 2, size2M: false),
             PSCEntry(gfn: 0x200, operation: 2, size2M: true, curPage: 0x100),   // half done: the rest as 4K
             PSCEntry(gfn: 0x400, operation: 3, size2M: true),                    // PSMASH: a no-op
         ])
         let (code, done) = kvm.handlePSC(0, request, kernel: &k, rmp: &rmp)
-        #expect(code == 0 && done.curEntry == 4)
-        #expect(done.entries.map(\.curPage) == [1, 1, 512, 512])
+        expectEqual(code, 0)
+        expectEqual(done.curEntry, 4)
+        expectEqual(done.entries.map(\.curPage), [1, 1, 512, 512])
         #expect(!kvm.vms[0].isPrivate(0x10) && !kvm.vms[0].isPrivate(0x11) && kvm.vms[0].isPrivate(0x12))
         #expect(kvm.vms[0].isPrivate(0x2ff) && !kvm.vms[0].isPrivate(0x300) && !kvm.vms[0].isPrivate(0x3ff))  // only [cur_page, 512) is done now
         #expect(kvm.vms[0].isPrivate(0x400))
-        #expect(kvm.backend.stats.pscPages == 2 + 256)
+        expectEqual(kvm.backend.stats.pscPages, 2 + 256)
     }
 
     @Test func ghcbPSCErrorsComeBackAsKVMReturnsThem() throws {
         var (kvm, k, rmp) = try setup()
-        #expect(kvm.handlePSC(0, PSCRequest(endEntry: 253, entries: []), kernel: &k, rmp: &rmp).exitInfo2 == PSCRequest.errorInvalidHeader)
+        expectEqual(kvm.handlePSC(0, PSCRequest(endEntry: 253, entries: []), kernel: &k, rmp: &rmp).exitInfo2, PSCRequest.errorInvalidHeader)
         let bad = PSCRequest(endEntry: 0, entries: [PSCEntry(gfn: 0x201, operation: 2, size2M: true)])
-        #expect(kvm.handlePSC(0, bad, kernel: &k, rmp: &rmp).exitInfo2 == PSCRequest.errorInvalidEntry)
+        expectEqual(kvm.handlePSC(0, bad, kernel: &k, rmp: &rmp).exitInfo2, PSCRequest.errorInvalidEntry)
         let outside = PSCRequest(endEntry: 0, entries: [PSCEntry(gfn: 0x10_0000, operation: 2, size2M: false)])
-        #expect(kvm.handlePSC(0, outside, kernel: &k, rmp: &rmp).exitInfo2 == PSCRequest.errorGeneric)
+        expectEqual(kvm.handlePSC(0, outside, kernel: &k, rmp: &rmp).exitInfo2, PSCRequest.errorGeneric)
     }
 
     /// snp_begin_psc checks an entry only when the search for the next range reaches it: the
     /// ranges before a bad entry are converted and completed, and cur_entry stops on it.
     @Test func ghcbPSCConvertsTheRangesBeforeABadEntry() throws {
         var (kvm, k, rmp) = try setup()
-        #expect(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp) == .ok)
+        expectEqual(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp), .ok)
         let request = PSCRequest(endEntry: 2, entries: [
             PSCEntry(gfn: 0x10, operation: 2, size2M: false),
             PSCEntry(gfn: 0x201, operation: 2, size2M: true),  // a 2M entry that is not 2M-aligned
             PSCEntry(gfn: 0x30, operation: 2, size2M: false),
         ])
         let (code, done) = kvm.handlePSC(0, request, kernel: &k, rmp: &rmp)
-        #expect(code == PSCRequest.errorInvalidEntry)
-        #expect(done.curEntry == 1)
-        #expect(done.entries.map(\.curPage) == [1, 0, 0])
+        expectEqual(code, PSCRequest.errorInvalidEntry)
+        expectEqual(done.curEntry, 1)
+        expectEqual(done.entries.map(\.curPage), [1, 0, 0])
         #expect(!kvm.vms[0].isPrivate(0x10) && kvm.vms[0].isPrivate(0x30))
-        #expect(kvm.backend.stats.pscPages == 1)
+        expectEqual(kvm.backend.stats.pscPages, 1)
     }
 
     /// Slots from the written entries to end_entry read as zero (operation 0): they complete
     /// as no-ops and cur_entry ends past end_entry.
     @Test func ghcbPSCRunsToEndEntryOverUnwrittenSlots() throws {
         var (kvm, k, rmp) = try setup()
-        #expect(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp) == .ok)
+        expectEqual(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp), .ok)
         let request = PSCRequest(endEntry: 3, entries: [PSCEntry(gfn: 0x10, operation: 2, size2M: false)])
         let (code, done) = kvm.handlePSC(0, request, kernel: &k, rmp: &rmp)
-        #expect(code == 0 && done.curEntry == 4 && done.entries.map(\.curPage) == [1])
-        #expect(kvm.backend.stats.pscPages == 1)
+        expectEqual(code, 0)
+        expectEqual(done.curEntry, 4)
+        expectEqual(done.entries.map(\.curPage), [1])
+        expectEqual(kvm.backend.stats.pscPages, 1)
     }
 
     @Test func msrPSCConvertsOnePage() throws {
         var (kvm, k, rmp) = try setup()
-        #expect(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp) == .ok)
+        expectEqual(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp), .ok)
         let response = kvm.handlePSCMSR(0, msr: PSCMSRRequest(gfn: 7, operation: .makeShared).msr, kernel: &k, rmp: &rmp)
         #expect(response == 0x015 && !kvm.vms[0].isPrivate(7))
-        #expect(kvm.handlePSCMSR(0, msr: 0x014 | 7 << 12 | 4 << 52, kernel: &k, rmp: &rmp) == PSCMSRRequest.errorResponse)
+        expectEqual(kvm.handlePSCMSR(0, msr: 0x014 | 7 << 12 | 4 << 52, kernel: &k, rmp: &rmp), PSCMSRRequest.errorResponse)
     }
 
     @Test func teardownReturnsEveryPageAndAFailedReclaimLeaks() throws {
         var (kvm, k, rmp) = try setup(vcpus: 2)
-        #expect(kvm.launch(0, imagePages: 16, kernel: &k, rmp: &rmp) == .ok)
+        expectEqual(kvm.launch(0, imagePages: 16, kernel: &k, rmp: &rmp), .ok)
         _ = touch(&kvm, &k, &rmp, gfn: 0x200)
         kvm.backend.failReclaim = true
-        #expect(kvm.destroy(0, kernel: &k, hw: &rmp) == .ok)
-        #expect(k.faults.leakedPages == 1)
-        #expect(rmp.chunksInUse == 1)  // only the leaked context page stays assigned
-        #expect(kvm.destroy(0, kernel: &k, hw: &rmp) == .error(.EINVAL))
+        expectEqual(kvm.destroy(0, kernel: &k, hw: &rmp), .ok)
+        expectEqual(k.faults.leakedPages, 1)
+        expectEqual(rmp.chunksInUse, 1)  // only the leaked context page stays assigned
+        expectEqual(kvm.destroy(0, kernel: &k, hw: &rmp), .error(.EINVAL))
         try rmp.checkInvariants()
     }
 
@@ -201,10 +212,10 @@ typealias SNPKVM = KVM<SNPBackend>
         var (kvm, k, rmp) = try setup(vcpus: 2)
         kvm.backend.reservePool(&k, start: SNPBackend.poolStart, pages: 512)
         let splits = k.stats.splits
-        #expect(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp) == .ok)
+        expectEqual(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp), .ok)
         #expect(kvm.vms[0].arch.vmsaPages.allSatisfy { SNPBackend.poolStart..<SNPBackend.poolStart + (2 << 20) ~= $0 })
-        #expect(k.stats.splits == splits)
-        #expect(kvm.backend.poolPagesWasted == 512 - 3)
+        expectEqual(k.stats.splits, splits)
+        expectEqual(kvm.backend.poolPagesWasted, 512 - 3)
     }
 }
 
@@ -217,20 +228,20 @@ typealias SNPKVM = KVM<SNPBackend>
         let empty = rmp.storageBytes
         var kvm = SNPKVM(backend: SNPBackend())
         kvm.create(VMConfig(name: "vm0", id: 1, vcpus: 1, memory: 16 << 30, placement: 16 << 30, backing: .gmem2M))
-        #expect(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp) == .ok)
+        expectEqual(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp), .ok)
         for gfn in stride(from: UInt64(0), to: (16 << 30) >> 12, by: 512) {
             let r = kvm.guestStep(0, gfn: gfn, private: true, kernel: &k, hw: &rmp) { r, level in
                 r.pvalidate(GuestContext(asid: 1, vmpl: 0, gpa: gfn << 12, spa: (16 << 30) + gfn << 12, nptSize: level), size: .size2M, validate: true)
             }
             #expect(r.succeeded)
         }
-        #expect(kvm.backend.stats.prepared2M == 8192)
+        expectEqual(kvm.backend.stats.prepared2M, 8192)
         // 8192 2M pages at 16 bytes each, plus one chunk (512 flag bytes, a formula, a count)
         // for the context and VMSA pages (held aside: ASID 0 and a guest VMSA do not follow
         // one formula), the index blocks for the 16 1G regions touched, within the arrays'
         // growth slack (at most double).
         #expect(rmp.storageBytes - empty <= 2 * (8192 * 16 + 512 + 8 + 2 + 2 * 512 * 4 + 16 * 512 * 4) + 4 * 24 + 64)
-        #expect(rmp.chunksInUse == 8192 + 1)
+        expectEqual(rmp.chunksInUse, 8192 + 1)
     }
 
     /// A 4K-backed guest accepted page by page: its stage-2 holds 4K leaves, yet each 2M
@@ -240,13 +251,14 @@ typealias SNPKVM = KVM<SNPBackend>
         var rmp = RMP(end: k.memory.endOfRAM)
         var kvm = SNPKVM(backend: SNPBackend())
         kvm.create(VMConfig(name: "vm0", id: 1, vcpus: 1, memory: 64 << 20, placement: 1 << 30, backing: .gmem4K))
-        #expect(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp) == .ok)
+        expectEqual(kvm.launch(0, imagePages: 0, kernel: &k, rmp: &rmp), .ok)
         for gfn in UInt64(0)..<((64 << 20) >> 12) {
             #expect(kvm.pvalidate(0, gfn: gfn, size: .size4K, validate: true, kernel: &k, rmp: &rmp).succeeded)
         }
         let s2 = kvm.vms[0].stage2
-        #expect(s2.leafCounts == LeafCounts(size4K: 16384))
-        #expect(s2.compactTableCount == 32 && s2.tablePages == 3 + 32)
+        expectEqual(s2.leafCounts, LeafCounts(size4K: 16384))
+        expectEqual(s2.compactTableCount, 32)
+        expectEqual(s2.tablePages, 3 + 32)
         #expect(s2.usedBytes < 3 * 4096 + 32 * 256)  // 32 dense tables would be 128 KiB
         try s2.checkInvariants()
     }

@@ -3,6 +3,7 @@ import Testing
 import HostKernel
 import PageTables
 @testable import Hypervisor
+import Expectations
 
 /// pKVM's ownership machinery against its own oracle: the ownership selftest of
 /// mem_protect.c (pkvm_ownership_selftest), every call with the result it asserts and the
@@ -13,10 +14,9 @@ import PageTables
     static let pfn: UInt64 = 0x40200  // the selftest page
     static let gfn: UInt64 = 1 << (PKVM.guestIPABits - 1 - 12)  // selftest_ipa(): BIT(ia_bits - 1)
 
-    enum Call: CustomStringConvertible {
+    enum Call {
         case donateHyp, shareHyp, unshareHyp, hypDonateHost, shareFFA, unshareFFA, pin, unpin
         case shareGuest(UInt64), unshareGuest(UInt64), donateGuest(UInt64), relinquish
-        var description: String { "\(self)" }
     }
 
     typealias S = PKVMPageState
@@ -89,7 +89,7 @@ import PageTables
         case .donateGuest(let g): status = p.hostDonateGuest(pfn: pfn, gfn: g, nrPages: 1, guest: 0)
         case .relinquish:
             let (s, pa) = p.guestRelinquishToHost(guest: 0, ipa: gfn << pageShift)
-            #expect(pa == pfn << pageShift)  // WARN_ON(pa != phys)
+            expectEqual(pa, pfn << pageShift)  // WARN_ON(pa != phys)
             status = s
         }
         if case .error(let e) = status { return e }
@@ -98,19 +98,20 @@ import PageTables
 
     @Test func theOwnershipSelftestCallByCall() throws {
         var p = PKVM(memory: Self.ram, guests: [("selftest", true)])
-        #expect(Self.selftest.count == 73)  // the setup donation, 70 assert_transition_res, 2 unpins
+        expectEqual(Self.selftest.count, 73)  // the setup donation, 70 assert_transition_res, 2 unpins
         for (i, (call, result, host, hyp, g0, g1)) in Self.selftest.enumerated() {
             let r = Self.apply(call, &p)
-            #expect(r == result, "call \(i + 1) \(call)")
-            #expect(p.stateTuple(pa: Self.pfn << pageShift, guest: 0, gfn: Self.gfn) == [host, hyp, g0, g1], "after call \(i + 1) \(call)")
+            expectEqual(r, result, "call \(i + 1) \(call)")
+            expectEqual(p.stateTuple(pa: Self.pfn << pageShift, guest: 0, gfn: Self.gfn), [host, hyp, g0, g1], "after call \(i + 1) \(call)")
             if case .shareGuest(let g) = call, g == Self.gfn + 1, result == nil {
-                #expect(p.page(Self.pfn).hostShareGuestCount == 2)  // WARN_ON(host_share_guest_count != 2)
+                expectEqual(p.page(Self.pfn).hostShareGuestCount, 2)  // WARN_ON(host_share_guest_count != 2)
             }
             if case .unshareHyp = call, result == .EBUSY { #expect(p.page(Self.pfn).refcount == 1) }  // hyp_page_count(virt) != 1
             try p.checkInvariants()
         }
-        #expect(p.page(Self.pfn).refcount == 0)
-        #expect(p.stats.pagesPoisoned == 1 && p.stats.warnings == 0)
+        expectEqual(p.page(Self.pfn).refcount, 0)
+        expectEqual(p.stats.pagesPoisoned, 1)
+        expectEqual(p.stats.warnings, 0)
     }
 
     /// __guest_check_transition_size, the protection check, and the memory checks, each with
@@ -118,43 +119,43 @@ import PageTables
     @Test func rangeRulesReturnTheirErrno() throws {
         var p = PKVM(memory: Self.ram, guests: [("vm", false)])
         let r1 = p.hostShareGuest(pfn: 0x40200, gfn: 0x200, nrPages: 2, guest: 0, prot: .rwx)
-        #expect(r1 == .error(.EINVAL))
+        expectEqual(r1, .error(.EINVAL))
         let r2 = p.hostShareGuest(pfn: 0x40201, gfn: 0x200, nrPages: 512, guest: 0, prot: .rwx)
-        #expect(r2 == .error(.EINVAL))
+        expectEqual(r2, .error(.EINVAL))
         let r3 = p.hostShareGuest(pfn: 0x40200, gfn: 0x201, nrPages: 512, guest: 0, prot: .rwx)
-        #expect(r3 == .error(.EINVAL))
+        expectEqual(r3, .error(.EINVAL))
         let r4 = p.hostShareGuest(pfn: 0x40200, gfn: 0x200, nrPages: 1, guest: 0, prot: [.r, .device])
-        #expect(r4 == .error(.EINVAL))
+        expectEqual(r4, .error(.EINVAL))
         let r5 = p.hostShareGuest(pfn: 0x40200, gfn: 0x200, nrPages: 1, guest: 0, prot: [.normalNC])
-        #expect(r5 == .error(.EINVAL))
+        expectEqual(r5, .error(.EINVAL))
         let r6 = p.hostShareGuest(pfn: 0x10000, gfn: 0x200, nrPages: 1, guest: 0, prot: .rwx)
-        #expect(r6 == .error(.EPERM))  // MMIO
+        expectEqual(r6, .error(.EPERM))  // MMIO
         let r7 = p.hostShareGuest(pfn: 0x7ffff, gfn: 0x200, nrPages: 512, guest: 0, prot: .rwx)
-        #expect(r7 == .error(.EINVAL))  // misaligned
+        expectEqual(r7, .error(.EINVAL))  // misaligned
         let r8 = p.hostDonateHyp(pfn: 0x7ffff, nrPages: 2)
-        #expect(r8 == .error(.EINVAL))  // RAM into MMIO
+        expectEqual(r8, .error(.EINVAL))  // RAM into MMIO
         let r9 = p.hostDonateHyp(pfn: 0x80000, nrPages: 1)
-        #expect(r9 == .error(.EPERM))  // past RAM
+        expectEqual(r9, .error(.EPERM))  // past RAM
         let r10 = p.hostShareFFA(pfn: 0x40200, nrPages: 0)
-        #expect(r10 == .ok)  // nothing to share: Linux loops over no page
+        expectEqual(r10, .ok)  // nothing to share: Linux loops over no page
         // A 2M share, then unsharing it at the wrong size, then right.
         let r11 = p.hostShareGuest(pfn: 0x40200, gfn: 0x200, nrPages: 512, guest: 0, prot: .rwx)
-        #expect(r11 == .ok)
-        #expect(p.guests[0].stage2.leafCounts.size2M == 1)
+        expectEqual(r11, .ok)
+        expectEqual(p.guests[0].stage2.leafCounts.size2M, 1)
         let r12 = p.hostUnshareGuest(gfn: 0x200, nrPages: 1, guest: 0)
-        #expect(r12 == .error(.E2BIG))
+        expectEqual(r12, .error(.E2BIG))
         let r13 = p.hostUnshareGuest(gfn: 0x200, nrPages: 512, guest: 0)
-        #expect(r13 == .ok)
+        expectEqual(r13, .ok)
         let r14 = p.hostUnshareGuest(gfn: 0x200, nrPages: 512, guest: 0)
-        #expect(r14 == .error(.ENOENT))
+        expectEqual(r14, .error(.ENOENT))
         // The share count at U32_MAX: the next share is -EBUSY, and nothing changed.
         let r15 = p.hostShareGuest(pfn: 0x40300, gfn: 0x300, nrPages: 1, guest: 0, prot: .rwx)
-        #expect(r15 == .ok)
+        expectEqual(r15, .ok)
         p.vmemmap[0x40300]!.hostShareGuestCount = .max
         let r16 = p.hostShareGuest(pfn: 0x40300, gfn: 0x301, nrPages: 1, guest: 0, prot: .rwx)
-        #expect(r16 == .error(.EBUSY))
-        #expect(p.guestState(0, ipa: 0x301 << pageShift) == .noPage)
-        #expect(p.stats.warnings == 0)
+        expectEqual(r16, .error(.EBUSY))
+        expectEqual(p.guestState(0, ipa: 0x301 << pageShift), .noPage)
+        expectEqual(p.stats.warnings, 0)
     }
 
     /// The host stage-2: the lazy map takes the largest block inside the memory region; a
@@ -164,36 +165,40 @@ import PageTables
     @Test func hostStage2LazyMapBlockBreakAndAnnotation() throws {
         var p = PKVM(memory: Self.ram, guests: [])
         let r17 = p.hostFault(0x4020_0000)
-        #expect(r17 == nil)
-        #expect(p.hostStage2.leafCounts == LeafCounts(size1G: 1))
+        expectEqual(r17, nil)
+        expectEqual(p.hostStage2.leafCounts, LeafCounts(size1G: 1))
         let r18 = p.hostDonateHyp(pfn: 0x40201, nrPages: 1)
-        #expect(r18 == .ok)
-        #expect(p.hostStage2.leafCounts == LeafCounts())
+        expectEqual(r18, .ok)
+        expectEqual(p.hostStage2.leafCounts, LeafCounts())
         let r19 = p.takePendingHostFlushes()
-        #expect(p.hostStage2.breakBeforeMakes == 1)
-        #expect(p.stats.hostStage2BlockBreaks == 1 && p.stats.hostTLBInvalidations == 1 && r19 == 1)
+        expectEqual(p.hostStage2.breakBeforeMakes, 1)
+        expectEqual(p.stats.hostStage2BlockBreaks, 1)
+        expectEqual(p.stats.hostTLBInvalidations, 1)
+        expectEqual(r19, 1)
         let e = p.hostStage2.entry(holding: VirtAddr(0x4020_1000))
-        #expect(e.level == 1 && e.entry.pkvmOwner == .hyp)
+        expectEqual(e.level, 1)
+        expectEqual(e.entry.pkvmOwner, .hyp)
         let r20 = p.hostFault(0x4020_1000)
-        #expect(r20 == .EPERM)
+        expectEqual(r20, .EPERM)
         let r21 = p.hostFault(0x4020_0000)
-        #expect(r21 == nil)  // same 2M: a page
+        expectEqual(r21, nil)  // same 2M: a page
         let r22 = p.hostFault(0x4040_0000)
-        #expect(r22 == nil)  // another 2M: a block
-        #expect(p.hostStage2.leafCounts == LeafCounts(size4K: 1, size2M: 1))
+        expectEqual(r22, nil)  // another 2M: a block
+        expectEqual(p.hostStage2.leafCounts, LeafCounts(size4K: 1, size2M: 1))
         #expect(p.hypMaps(0x4020_1000))
         let r23 = p.hypDonateHost(pfn: 0x40201, nrPages: 1)
-        #expect(r23 == .ok)
+        expectEqual(r23, .ok)
         #expect(!p.hypMaps(0x4020_1000))
         #expect(p.hostStage2.entry(holding: VirtAddr(0x4020_1000)).entry.isNone)
-        #expect(p.stats.hostTLBInvalidations == 1)  // an annotation is not live: no invalidation
+        expectEqual(p.stats.hostTLBInvalidations, 1)  // an annotation is not live: no invalidation
         let r24 = p.hostFault(0x4020_1000)
-        #expect(r24 == nil)
-        #expect(p.stats.hostStage2Maps == 4 && p.stats.hostStage2Aborts == 1)
+        expectEqual(r24, nil)
+        expectEqual(p.stats.hostStage2Maps, 4)
+        expectEqual(p.stats.hostStage2Aborts, 1)
         // MMIO outside RAM is mapped too, in the largest block inside its gap ([0, 1G): a 1G block).
         let r25 = p.hostFault(0x0900_0000)
-        #expect(r25 == nil)
-        #expect(p.hostStage2.leafCounts == LeafCounts(size4K: 2, size2M: 1, size1G: 1))
+        expectEqual(r25, nil)
+        expectEqual(p.hostStage2.leafCounts, LeafCounts(size4K: 2, size2M: 1, size1G: 1))
         try p.hostStage2.checkInvariants()
         try p.checkInvariants()
     }
@@ -204,39 +209,40 @@ import PageTables
     @Test func elTwoWipesWhatItHandsBack() throws {
         var p = PKVM(memory: Self.ram, guests: [("pvm", true), ("vm", false)])
         let r26 = p.hostDonateGuest(pfn: 0x40010, gfn: 0x10, nrPages: 3, guest: 0)
-        #expect(r26 == .ok)
-        #expect(p.pageContents(0x4001_0000) == .host)
+        expectEqual(r26, .ok)
+        expectEqual(p.pageContents(0x4001_0000), .host)
         let r27 = p.guestAccess(guest: 0, ipa: 0x10 << pageShift, write: true)
-        #expect(r27?.allowed == true)
+        expectEqual(r27?.allowed, true)
         let r28 = p.guestAccess(guest: 0, ipa: 0x11 << pageShift, write: true)
-        #expect(r28?.allowed == true)
-        #expect(p.pageContents(0x4001_0000) == .guest(0))
+        expectEqual(r28?.allowed, true)
+        expectEqual(p.pageContents(0x4001_0000), .guest(0))
         p.vmemmap[0x40010, default: HypPage()].refcount = 1
         let r29 = p.guestRelinquishToHost(guest: 0, ipa: 0x10 << pageShift)
-        #expect(r29.status == .error(.EBUSY))
+        expectEqual(r29.status, .error(.EBUSY))
         p.vmemmap[0x40010]!.refcount = 0
         let r30 = p.guestRelinquishToHost(guest: 0, ipa: 0x10 << pageShift)
         #expect(r30 == (.ok, 0x4001_0000))
-        #expect(p.pageContents(0x4001_0000) == .zeros && p.hostState(0x4001_0000) == .owned)
+        expectEqual(p.pageContents(0x4001_0000), .zeros)
+        expectEqual(p.hostState(0x4001_0000), .owned)
         let r31 = p.hostForceReclaimPageGuest(pfn: 0x40010)
-        #expect(r31 == .error(.EPERM))  // the host's again
+        expectEqual(r31, .error(.EPERM))  // the host's again
         let r32 = p.hostForceReclaimPageGuest(pfn: 0x40011)
-        #expect(r32 == .ok)
-        #expect(p.pageContents(0x4001_1000) == .zeros)
+        expectEqual(r32, .ok)
+        expectEqual(p.pageContents(0x4001_1000), .zeros)
         let r33 = p.teardown(guest: 0)
         #expect(r33 == (reclaimed: 1, poisoned: 1))
-        #expect(p.stats.pagesPoisoned == 3)
+        expectEqual(p.stats.pagesPoisoned, 3)
         #expect(p.vmemmap.isEmpty && p.donated.isEmpty)
         let r34 = p.hostDonateGuest(pfn: 0x40020, gfn: 0x20, nrPages: 1, guest: 1)
-        #expect(r34 == .ok)
+        expectEqual(r34, .ok)
         let r35 = p.guestRelinquishToHost(guest: 1, ipa: 0x20 << pageShift)
         #expect(r35 == (.ok, 0))  // not protected: a no-op
         let r36 = p.enableMTE(guest: 0, systemSupportsMTE: true)
-        #expect(r36 == .error(.EINVAL))
+        expectEqual(r36, .error(.EINVAL))
         let r37 = p.enableMTE(guest: 1, systemSupportsMTE: false)
-        #expect(r37 == .error(.EINVAL))
+        expectEqual(r37, .error(.EINVAL))
         let r38 = p.enableMTE(guest: 1, systemSupportsMTE: true)
-        #expect(r38 == .ok)
+        expectEqual(r38, .ok)
         try p.checkInvariants()
     }
 
@@ -246,15 +252,15 @@ import PageTables
     @Test func theInvariantNamesTheBrokenTuple() throws {
         var p = PKVM(memory: Self.ram, guests: [("pvm", true)])
         let r39 = p.hostShareHyp(pfn: 0x40200)
-        #expect(r39 == .ok)
+        expectEqual(r39, .ok)
         let r40 = p.hostUnshareFFA(pfn: 0x40200, nrPages: 1)
-        #expect(r40 == .ok)
+        expectEqual(r40, .ok)
         #expect(throws: InvariantViolation("pkvm-ownership", "page 0x40200000: the host owns it but another component maps it (host OWNED, hyp SHARED_BORROWED, share count 0, refcount 0, no guest mapping)")) {
             try p.checkInvariants()
         }
         var q = PKVM(memory: Self.ram, guests: [("pvm", true)])
         let r41 = q.hostDonateGuest(pfn: 0x40300, gfn: 0x1, nrPages: 1, guest: 0)
-        #expect(r41 == .ok)
+        expectEqual(r41, .ok)
         _ = q.guestAccess(guest: 0, ipa: 0x1000, write: true)
         q.contents[0x40301] = .guest(0)  // as if the guest's data were in a host page
         #expect(throws: InvariantViolation("pkvm-ownership", "page 0x40301000: the host can reach data protected guest pvm wrote: the page was not wiped (host OWNED, hyp NOPAGE, share count 0, refcount 0, no guest mapping)")) {
@@ -332,7 +338,7 @@ import PageTables
                 try p.hypStage1.checkInvariants()
                 for vm in p.guests { try vm.stage2.checkInvariants() }
             }
-            #expect(p.stats.warnings == 0)
+            expectEqual(p.stats.warnings, 0)
         }
     }
 }

@@ -1,5 +1,6 @@
 import Testing
 @testable import PageTables
+import Expectations
 
 /// Entries that carry state: annotations in not-present entries, software bits in valid
 /// ones, and live replacements through break-before-make (Hafnium mm_test.cc style: whole
@@ -16,14 +17,14 @@ import Testing
         let a = Annotation(AnnotationFamily(rawValue: 9), payload: 0xabc_def0)
         try t.setEntry(virt: VirtAddr(0x4000_3000), level: 1, .annotated(a))
         try t.setEntry(virt: VirtAddr(0x8020_0000), level: 2, .annotated(Annotation(AnnotationFamily(rawValue: 9), payload: 7)))
-        #expect(t.entry(holding: VirtAddr(0x4000_3000)).entry.annotation == a)
-        #expect(t.entry(holding: VirtAddr(0x4000_3000)).level == 1)
+        expectEqual(t.entry(holding: VirtAddr(0x4000_3000)).entry.annotation, a)
+        expectEqual(t.entry(holding: VirtAddr(0x4000_3000)).level, 1)
         #expect(t.entry(holding: VirtAddr(0x803f_f000)) == (2, .annotated(Annotation(AnnotationFamily(rawValue: 9), payload: 7))))
-        #expect(t.entry(holding: VirtAddr(0x4000_4000)).entry == .none)
+        expectEqual(t.entry(holding: VirtAddr(0x4000_4000)).entry, .none)
         // Not a leaf: no translation, no leaf counted; the tables made on the way are.
-        #expect(t.lookup(VirtAddr(0x4000_3000)) == nil)
-        #expect(t.leafCounts == LeafCounts())
-        #expect(t.tablePages == 1 + 2 + 1 + 1)  // root, two PUD tables' worth (L1 for 1G and 2G), one PMD and one PTE table
+        expectEqual(t.lookup(VirtAddr(0x4000_3000)), nil)
+        expectEqual(t.leafCounts, LeafCounts())
+        expectEqual(t.tablePages, 1 + 2 + 1 + 1)  // root, two PUD tables' worth (L1 for 1G and 2G), one PMD and one PTE table
         try t.checkInvariants()
         // A leaf installed over it replaces it.
         try t.installLeaf(virt: VirtAddr(0x4000_3000), phys: PhysAddr(0x9000_0000), size: .size4K, attributes: [.present])
@@ -38,9 +39,9 @@ import Testing
         for i in 0..<40 {
             try t.setEntry(virt: VirtAddr(0x20_0000 + UInt64(i) * 0x2000), level: 1, .annotated(Annotation(.rmmS2TTE, payload: UInt64(i))))
         }
-        #expect(t.leafCounts.size4K == 512 - 40)
+        expectEqual(t.leafCounts.size4K, 512 - 40)
         for i in 0..<40 {
-            #expect(t.entry(holding: VirtAddr(0x20_0000 + UInt64(i) * 0x2000)).entry.annotation?.payload == UInt64(i))
+            expectEqual(t.entry(holding: VirtAddr(0x20_0000 + UInt64(i) * 0x2000)).entry.annotation?.payload, UInt64(i))
             #expect(t.entry(holding: VirtAddr(0x20_1000 + UInt64(i) * 0x2000)).entry.isPresentLeaf)
         }
         try t.checkInvariants()
@@ -50,10 +51,10 @@ import Testing
         var t = PageTable(format: .arm64_4K)
         try t.map(virt: VirtAddr(0x20_0000), phys: PhysAddr(0x20_0000), size: 0x20_0000, attributes: [.present, .writable, .software1, .software2])
         try t.protect(virt: VirtAddr(0x20_1000), size: pageBytes, clear: .writable)  // splits the block
-        #expect(t.lookup(VirtAddr(0x20_1000))?.attributes == [.present, .software1, .software2])
-        #expect(t.lookup(VirtAddr(0x20_2000))?.attributes == [.present, .writable, .software1, .software2])
+        expectEqual(t.lookup(VirtAddr(0x20_1000))?.attributes, [.present, .software1, .software2])
+        expectEqual(t.lookup(VirtAddr(0x20_2000))?.attributes, [.present, .writable, .software1, .software2])
         try t.protect(virt: VirtAddr(0x20_1000), size: pageBytes, clear: .software2)
-        #expect(t.lookup(VirtAddr(0x20_1000))?.attributes == [.present, .software1])
+        expectEqual(t.lookup(VirtAddr(0x20_1000))?.attributes, [.present, .software1])
     }
 
     @Test func replacingALiveBlockBreaksThenInvalidatesThenMakes() throws {
@@ -66,25 +67,26 @@ import Testing
         // A new output address for a live block: break-before-make, entry by entry.
         let moved = Descriptor.leaf(PFN(0x9020_0000 >> 12), [.present, .writable])
         try t.replace(virt: VirtAddr(0x4020_0000), level: 2, with: moved, &tlb)
-        #expect(t.replaceLog == [.write(slot: slot, entry: .none), .invalidate(virt: 0x4020_0000, level: 2), .write(slot: slot, entry: moved)])
-        #expect(tlb.events.map(\.level) == [2])
-        #expect(t.breakBeforeMakes == 1)
+        expectEqual(t.replaceLog, [.write(slot: slot, entry: .none), .invalidate(virt: 0x4020_0000, level: 2), .write(slot: slot, entry: moved)])
+        expectEqual(tlb.events.map(\.level), [2])
+        expectEqual(t.breakBeforeMakes, 1)
         #expect(t.entry(holding: VirtAddr(0x4020_0000)) == (2, moved))
-        #expect(t.leafCounts == before.leafCounts && t.tablePages == before.tablePages)
+        expectEqual(t.leafCounts, before.leafCounts)
+        expectEqual(t.tablePages, before.tablePages)
         // A permission change is written in place, then invalidated: no break.
         t.replaceLog = []
         let readOnly = moved.with(attributes: [.present])
         try t.replace(virt: VirtAddr(0x4020_0000), level: 2, with: readOnly, &tlb)
-        #expect(t.replaceLog == [.write(slot: slot, entry: readOnly), .invalidate(virt: 0x4020_0000, level: 2)])
-        #expect(t.breakBeforeMakes == 1)
+        expectEqual(t.replaceLog, [.write(slot: slot, entry: readOnly), .invalidate(virt: 0x4020_0000, level: 2)])
+        expectEqual(t.breakBeforeMakes, 1)
         try t.checkInvariants()
         // x86 rewrites a live entry in place for the same change, then invalidates.
         var x = PageTable(format: .x86_64)
         try x.map(virt: VirtAddr(0x4020_0000), phys: PhysAddr(0x8020_0000), size: 0x20_0000, attributes: [.present, .writable])
         x.replaceLog = []
         try x.replace(virt: VirtAddr(0x4020_0000), level: 2, with: moved, &tlb)
-        #expect(x.replaceLog == [.write(slot: pmdSlot(x, 0x4020_0000), entry: moved), .invalidate(virt: 0x4020_0000, level: 2)])
-        #expect(x.breakBeforeMakes == 0)
+        expectEqual(x.replaceLog, [.write(slot: pmdSlot(x, 0x4020_0000), entry: moved), .invalidate(virt: 0x4020_0000, level: 2)])
+        expectEqual(x.breakBeforeMakes, 0)
         try x.checkInvariants()
     }
 
@@ -98,7 +100,7 @@ import Testing
     @Test func aBlockSplitIsBuiltUnlinkedThenInstalledWithBreakBeforeMake() throws {
         var t = PageTable(format: .arm64_4K)
         try t.map(virt: VirtAddr(0x4000_0000), phys: PhysAddr(0x4000_0000), size: 0x4000_0000, attributes: [.present, .writable])
-        #expect(t.leafCounts == LeafCounts(size1G: 1))
+        expectEqual(t.leafCounts, LeafCounts(size1G: 1))
         var tlb = Recorder()
         t.replaceLog = []
         try t.splitBlock(virt: VirtAddr(0x4000_0000), level: 3, &tlb)
@@ -106,14 +108,14 @@ import Testing
         #expect(t.replaceLog == [.write(slot: pudSlot, entry: .none), .invalidate(virt: 0x4000_0000, level: 3),
                                  .write(slot: pudSlot, entry: Descriptor(rawValue: t.load(pudSlot)))])
         #expect(Descriptor(rawValue: t.load(pudSlot)).isTable)
-        #expect(t.breakBeforeMakes == 1)
-        #expect(t.leafCounts == LeafCounts(size2M: 512))
+        expectEqual(t.breakBeforeMakes, 1)
+        expectEqual(t.leafCounts, LeafCounts(size2M: 512))
         // The whole new table: 512 2M blocks, frame i·2M, the block's attributes.
         let table = t.entry(table: 0, index: 0)
         let l1 = t.entry(table: table.tableNumber, index: 1)
         #expect(l1.isTable)
         let blocks = (0..<512).map { t.entry(table: l1.tableNumber, index: $0) }
-        #expect(blocks == (0..<512).map { Descriptor.leaf(PFN((0x4000_0000 >> 12) + UInt64($0) * 512), [.present, .writable]) })
+        expectEqual(blocks, (0..<512).map { Descriptor.leaf(PFN((0x4000_0000 >> 12) + UInt64($0) * 512), [.present, .writable]) })
         try t.checkInvariants()
     }
 
@@ -126,16 +128,18 @@ import Testing
         var tlb = Recorder()
         t.replaceLog = []
         try t.breakBlock(virt: VirtAddr(0x4020_1000), level: 3, &tlb)
-        #expect(t.replaceLog?.count == 3)
+        expectEqual(t.replaceLog?.count, 3)
         if let log = t.replaceLog, case .write(let slot, .none) = log[0], case .write(slot, let table) = log[2] {
-            #expect(log[1] == .invalidate(virt: 0x4000_0000, level: 3))
+            expectEqual(log[1], .invalidate(virt: 0x4000_0000, level: 3))
             #expect(table.isTable && (0..<entriesPerTable).allSatisfy { t.entry(table: table.tableNumber, index: $0).isNone })
         } else {
             Issue.record("not a break-before-make: \(t.replaceLog ?? [])")
         }
-        #expect(t.breakBeforeMakes == 1 && tlb.events.map(\.level) == [3])
-        #expect(t.leafCounts == LeafCounts() && t.tablePages == before + 1)
-        #expect(t.lookup(VirtAddr(0x4000_0000)) == nil)
+        expectEqual(t.breakBeforeMakes, 1)
+        expectEqual(tlb.events.map(\.level), [3])
+        expectEqual(t.leafCounts, LeafCounts())
+        expectEqual(t.tablePages, before + 1)
+        expectEqual(t.lookup(VirtAddr(0x4000_0000)), nil)
         #expect(throws: PageTableError.self) { try t.breakBlock(virt: VirtAddr(0x4000_0000), level: 3, &tlb) }  // no block there now
         try t.checkInvariants()
     }
@@ -151,26 +155,26 @@ import Testing
             let f = PageTableFormat.arm64Stage2(ipaBits: ipa)!
             #expect((f.levels, f.rootTables) == (levels, roots), "IPA \(ipa)")
         }
-        #expect(PageTableFormat.arm64Stage2(ipaBits: 40)!.startLevel == 1)
-        #expect(PageTableFormat.arm64Stage2(ipaBits: 52) == nil)  // LPA2, start level -1: out of scope
-        #expect(PageTableFormat.arm64Stage2(ipaBits: 40)!.addressBits == 40)
+        expectEqual(PageTableFormat.arm64Stage2(ipaBits: 40)!.startLevel, 1)
+        expectEqual(PageTableFormat.arm64Stage2(ipaBits: 52), nil)  // LPA2, start level -1: out of scope
+        expectEqual(PageTableFormat.arm64Stage2(ipaBits: 40)!.addressBits, 40)
     }
 
     @Test func aFortyBitIPASpaceUsesBothRootTables() throws {
         var t = PageTable(format: .arm64Stage2(ipaBits: 40)!)
-        #expect(t.tablePages == 2)
+        expectEqual(t.tablePages, 2)
         let low: UInt64 = 0x4000_0000, high: UInt64 = 0xff_c000_0000  // in root 0 and root 1
         try t.installLeaf(virt: VirtAddr(low), phys: PhysAddr(0x8000_0000), size: .size1G, attributes: [.present])
         try t.installLeaf(virt: VirtAddr(high + 0x20_0000), phys: PhysAddr(0x1_0000_0000), size: .size2M, attributes: [.present])
         #expect(t.entry(table: 0, index: 1).isLeaf)  // 1G block: root 0, entry 1
         #expect(t.entry(table: 1, index: 511).isTable)  // the last 1G of the IPA space: root 1, entry 511
-        #expect(t.translate(VirtAddr(high + 0x20_1234))?.phys == PhysAddr(0x1_0000_1234))
-        #expect(t.translate(VirtAddr(low + 0x1234))?.phys == PhysAddr(0x8000_1234))
+        expectEqual(t.translate(VirtAddr(high + 0x20_1234))?.phys, PhysAddr(0x1_0000_1234))
+        expectEqual(t.translate(VirtAddr(low + 0x1234))?.phys, PhysAddr(0x8000_1234))
         // One walk across both roots sees both leaves, in address order.
-        #expect(try t.leaves(virt: VirtAddr(0), size: 1 << 40).map(\.virt.rawValue) == [low, high + 0x20_0000])
+        try expectEqual(t.leaves(virt: VirtAddr(0), size: 1 << 40).map(\.virt.rawValue), [low, high + 0x20_0000])
         try t.zap(virt: VirtAddr(0), size: 1 << 40)
-        #expect(t.leafCounts == LeafCounts())
-        #expect(t.tablePages == 3)  // both roots and the PMD table, which a zap keeps
+        expectEqual(t.leafCounts, LeafCounts())
+        expectEqual(t.tablePages, 3)  // both roots and the PMD table, which a zap keeps
         try t.checkInvariants()
     }
 }

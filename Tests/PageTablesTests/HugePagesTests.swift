@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import PageTables
+import Expectations
 
 /// `HugePages.reserve`: the array keeps its contents and gets the capacity asked for; a large
 /// buffer's mapping is advised MADV_HUGEPAGE (its VmFlags carry `hg`).
@@ -35,7 +36,7 @@ struct HugePagesTests {
         if FileManager.default.fileExists(atPath: "/sys/kernel/mm/transparent_hugepage/enabled") {
             // The middle of the buffer: its unaligned ends keep 4K pages.
             let middle = Self.base(&a) + UInt(capacity * 8 / 2)
-            #expect(Self.vmFlags(holding: middle)?.contains("hg") == true)
+            expectEqual(Self.vmFlags(holding: middle)?.contains("hg"), true)
         }
         #endif
     }
@@ -46,7 +47,7 @@ struct HugePagesTests {
         #expect(a == [1, 2, 3] && a.capacity >= 4096)
         let before = a.capacity
         HugePages.reserve(&a, capacity: 16)  // never shrinks
-        #expect(a.capacity == before)
+        expectEqual(a.capacity, before)
         // Whether its mapping is advised is not this array's to say: a small buffer shares
         // malloc's arena with others, which a large one in the same arena may have advised.
     }

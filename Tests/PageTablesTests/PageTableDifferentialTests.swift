@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import PageTables
+import Expectations
 
 /// Seeded differential tests: random map, unmap, protect, forced split and collapse on the
 /// real table and on the naive per-unit model; leaves, tables and counters are compared
@@ -111,9 +112,9 @@ import Testing
         var copy = real
         var tables = TablesVisitor()
         try copy.walk(start: naive.base, size: bytes, &tables)
-        #expect(tables.found == naive.tables, "step \(step) (\(what)): tables")
-        #expect(real.leafCounts == naive.leafCounts, "step \(step) (\(what)): leaf counts")
-        #expect(real.tablePages == naive.tables.count + 1, "step \(step) (\(what)): table pages")
+        expectEqual(tables.found, naive.tables, "step \(step) (\(what)): tables")
+        expectEqual(real.leafCounts, naive.leafCounts, "step \(step) (\(what)): leaf counts")
+        expectEqual(real.tablePages, naive.tables.count + 1, "step \(step) (\(what)): table pages")
         try real.checkInvariants()
         if tables.found != naive.tables || real.leafCounts != naive.leafCounts { throw CancellationError() }
     }

@@ -1,5 +1,6 @@
 import Testing
 @testable import PageTables
+import Expectations
 
 /// Exact-shape tests: the entry at every level after each operation, as Hafnium's
 /// mm_test.cc asserts them.
@@ -13,10 +14,10 @@ import Testing
 
     @Test func emptyTableHasOnlyItsRoot() throws {
         let t = table()
-        #expect(t.tablePages == 1)
-        #expect(t.leafCounts == LeafCounts())
-        #expect(t.descriptor(at: VirtAddr(Self.base), level: 4) == Descriptor.none)
-        #expect(t.descriptor(at: VirtAddr(Self.base), level: 3) == nil)
+        expectEqual(t.tablePages, 1)
+        expectEqual(t.leafCounts, LeafCounts())
+        expectEqual(t.descriptor(at: VirtAddr(Self.base), level: 4), Descriptor.none)
+        expectEqual(t.descriptor(at: VirtAddr(Self.base), level: 3), nil)
         try t.checkInvariants()
     }
 
@@ -24,20 +25,20 @@ import Testing
         var t = table()
         try t.map(virt: VirtAddr(Self.base), phys: PhysAddr(G), size: G, attributes: Self.kernel)
         let pud = try #require(t.descriptor(at: VirtAddr(Self.base), level: 3))
-        #expect(pud == .leaf(PFN(G >> 12), Self.kernel))
+        expectEqual(pud, .leaf(PFN(G >> 12), Self.kernel))
         #expect(t.descriptor(at: VirtAddr(Self.base), level: 4)!.isTable)
-        #expect(t.descriptor(at: VirtAddr(Self.base), level: 2) == nil)
-        #expect(t.leafCounts == LeafCounts(size1G: 1))
-        #expect(t.tablePages == 2)
+        expectEqual(t.descriptor(at: VirtAddr(Self.base), level: 2), nil)
+        expectEqual(t.leafCounts, LeafCounts(size1G: 1))
+        expectEqual(t.tablePages, 2)
         try t.checkInvariants()
     }
 
     @Test func mapWithoutGigLeavesUses512TwoMegLeaves() throws {
         var t = table()
         try t.map(virt: VirtAddr(Self.base), phys: PhysAddr(0), size: G, attributes: Self.kernel, sizes: [.size4K, .size2M])
-        #expect(t.leafCounts == LeafCounts(size2M: 512))
-        #expect(t.tablePages == 3)
-        #expect(t.descriptor(at: VirtAddr(Self.base + 7 * M), level: 2) == .leaf(PFN(7 * 512), Self.kernel))
+        expectEqual(t.leafCounts, LeafCounts(size2M: 512))
+        expectEqual(t.tablePages, 3)
+        expectEqual(t.descriptor(at: VirtAddr(Self.base + 7 * M), level: 2), .leaf(PFN(7 * 512), Self.kernel))
         try t.checkInvariants()
     }
 
@@ -45,9 +46,9 @@ import Testing
         var t = table()
         // Virtual 2M-aligned, physical only 4K-aligned: no 2M leaf can be used.
         try t.map(virt: VirtAddr(Self.base), phys: PhysAddr(K), size: 2 * M, attributes: Self.kernel)
-        #expect(t.leafCounts == LeafCounts(size4K: 1024))
-        #expect(t.descriptor(at: VirtAddr(Self.base + M + K), level: 1) == .leaf(PFN(1 + 512 + 1), Self.kernel))
-        #expect(t.tablePages == 5)  // root, PUD, PMD, two PTE tables
+        expectEqual(t.leafCounts, LeafCounts(size4K: 1024))
+        expectEqual(t.descriptor(at: VirtAddr(Self.base + M + K), level: 1), .leaf(PFN(1 + 512 + 1), Self.kernel))
+        expectEqual(t.tablePages, 5)  // root, PUD, PMD, two PTE tables
         try t.checkInvariants()
     }
 
@@ -55,7 +56,7 @@ import Testing
         var t = table()
         // [1M, 9M+8K): a 4K head [1M, 2M), three 2M leaves [2M, 8M), a 4K tail [8M, 9M+8K).
         try t.map(virt: VirtAddr(Self.base + M / 2), phys: PhysAddr(M / 2), size: 4 * M + 2 * K, attributes: Self.kernel)
-        #expect(t.leafCounts == LeafCounts(size4K: 256 + 256 + 2, size2M: 3))
+        expectEqual(t.leafCounts, LeafCounts(size4K: 256 + 256 + 2, size2M: 3))
         try t.checkInvariants()
     }
 
@@ -63,14 +64,14 @@ import Testing
         var t = table()
         try t.map(virt: VirtAddr(Self.base), phys: PhysAddr(0), size: G, attributes: Self.kernel)
         let r = try t.protect(virt: VirtAddr(Self.base + 3 * M + 5 * K), size: K, clear: .writable)
-        #expect(r.splits == LeafCounts(size2M: 1, size1G: 1))
-        #expect(r.pagesChanged == 1)
-        #expect(t.leafCounts == LeafCounts(size4K: 512, size2M: 511))
-        #expect(t.tablePages == 4)
+        expectEqual(r.splits, LeafCounts(size2M: 1, size1G: 1))
+        expectEqual(r.pagesChanged, 1)
+        expectEqual(t.leafCounts, LeafCounts(size4K: 512, size2M: 511))
+        expectEqual(t.tablePages, 4)
         #expect(t.descriptor(at: VirtAddr(Self.base + 3 * M), level: 2)!.isTable)
-        #expect(t.descriptor(at: VirtAddr(Self.base + 2 * M), level: 2) == .leaf(PFN(2 * 512), Self.kernel))
-        #expect(t.descriptor(at: VirtAddr(Self.base + 3 * M + 5 * K), level: 1) == .leaf(PFN(3 * 512 + 5), Self.kernel.subtracting(.writable)))
-        #expect(t.descriptor(at: VirtAddr(Self.base + 3 * M + 6 * K), level: 1) == .leaf(PFN(3 * 512 + 6), Self.kernel))
+        expectEqual(t.descriptor(at: VirtAddr(Self.base + 2 * M), level: 2), .leaf(PFN(2 * 512), Self.kernel))
+        expectEqual(t.descriptor(at: VirtAddr(Self.base + 3 * M + 5 * K), level: 1), .leaf(PFN(3 * 512 + 5), Self.kernel.subtracting(.writable)))
+        expectEqual(t.descriptor(at: VirtAddr(Self.base + 3 * M + 6 * K), level: 1), .leaf(PFN(3 * 512 + 6), Self.kernel))
         try t.checkInvariants()
     }
 
@@ -78,49 +79,50 @@ import Testing
         var t = table()
         try t.map(virt: VirtAddr(Self.base), phys: PhysAddr(0), size: G, attributes: Self.kernel)
         let r = try t.protect(virt: VirtAddr(Self.base + K), size: K, set: .writable)
-        #expect(r == ProtectResult())
-        #expect(t.leafCounts == LeafCounts(size1G: 1))
+        expectEqual(r, ProtectResult())
+        expectEqual(t.leafCounts, LeafCounts(size1G: 1))
     }
 
     @Test func protectOfWholeAlignedLeafRewritesInPlace() throws {
         var t = table()
         try t.map(virt: VirtAddr(Self.base), phys: PhysAddr(0), size: 2 * M, attributes: Self.kernel, sizes: [.size4K, .size2M])
         let r = try t.protect(virt: VirtAddr(Self.base + M), size: M, clear: .present)
-        #expect(r.splits == LeafCounts())
-        #expect(r.leavesChanged == 1 && r.pagesChanged == 512)
-        #expect(t.descriptor(at: VirtAddr(Self.base + M), level: 2) == .leaf(PFN(512), Self.kernel.subtracting(.present)))
+        expectEqual(r.splits, LeafCounts())
+        expectEqual(r.leavesChanged, 1)
+        expectEqual(r.pagesChanged, 512)
+        expectEqual(t.descriptor(at: VirtAddr(Self.base + M), level: 2), .leaf(PFN(512), Self.kernel.subtracting(.present)))
         #expect(t.translate(VirtAddr(Self.base + M)) == nil)
-        #expect(t.lookup(VirtAddr(Self.base + M))?.size == .size2M)
-        #expect(t.translate(VirtAddr(Self.base + K))?.phys == PhysAddr(K))
+        expectEqual(t.lookup(VirtAddr(Self.base + M))?.size, .size2M)
+        expectEqual(t.translate(VirtAddr(Self.base + K))?.phys, PhysAddr(K))
     }
 
     @Test func forcedSplitGoesToFourKAndMarks() throws {
         var t = table()
         try t.map(virt: VirtAddr(Self.base), phys: PhysAddr(0), size: G, attributes: Self.kernel)
         let r = try t.protect(virt: VirtAddr(Self.base), size: K, set: .forced4K, forceSplit: true)
-        #expect(r.splitLevels == [.size1G, .size2M])
-        #expect(t.descriptor(at: VirtAddr(Self.base), level: 1) == .leaf(PFN(0), Self.kernel.union(.forced4K)))
-        #expect(t.descriptor(at: VirtAddr(Self.base + K), level: 1) == .leaf(PFN(1), Self.kernel))
+        expectEqual(r.splitLevels, [.size1G, .size2M])
+        expectEqual(t.descriptor(at: VirtAddr(Self.base), level: 1), .leaf(PFN(0), Self.kernel.union(.forced4K)))
+        expectEqual(t.descriptor(at: VirtAddr(Self.base + K), level: 1), .leaf(PFN(1), Self.kernel))
     }
 
     @Test func unmapPartOfTwoMegLeafSplitsAndKeepsTheRest() throws {
         var t = table()
         try t.map(virt: VirtAddr(Self.base), phys: PhysAddr(0), size: M, attributes: Self.kernel)
         try t.unmap(virt: VirtAddr(Self.base + M / 2), size: M / 2)
-        #expect(t.leafCounts == LeafCounts(size4K: 256))
-        #expect(t.descriptor(at: VirtAddr(Self.base + M / 2), level: 1) == Descriptor.none)
-        #expect(t.descriptor(at: VirtAddr(Self.base + M / 2 - K), level: 1) == .leaf(PFN(255), Self.kernel))
+        expectEqual(t.leafCounts, LeafCounts(size4K: 256))
+        expectEqual(t.descriptor(at: VirtAddr(Self.base + M / 2), level: 1), Descriptor.none)
+        expectEqual(t.descriptor(at: VirtAddr(Self.base + M / 2 - K), level: 1), .leaf(PFN(255), Self.kernel))
         try t.checkInvariants()
     }
 
     @Test func unmapWholeTableRegionFreesTheTable() throws {
         var t = table()
         try t.map(virt: VirtAddr(Self.base), phys: PhysAddr(0), size: 2 * M, attributes: Self.kernel, sizes: [.size4K])
-        #expect(t.tablePages == 5)  // root, PUD, PMD, two PTE tables
+        expectEqual(t.tablePages, 5)  // root, PUD, PMD, two PTE tables
         try t.unmap(virt: VirtAddr(Self.base), size: M)
-        #expect(t.tablePages == 4)
-        #expect(t.leafCounts == LeafCounts(size4K: 512))
-        #expect(t.descriptor(at: VirtAddr(Self.base), level: 2) == Descriptor.none)
+        expectEqual(t.tablePages, 4)
+        expectEqual(t.leafCounts, LeafCounts(size4K: 512))
+        expectEqual(t.descriptor(at: VirtAddr(Self.base), level: 2), Descriptor.none)
         try t.checkInvariants()
     }
 
@@ -128,8 +130,8 @@ import Testing
         var t = table()
         try t.map(virt: VirtAddr(Self.base), phys: PhysAddr(0), size: M, attributes: Self.kernel, sizes: [.size4K])
         try t.map(virt: VirtAddr(Self.base), phys: PhysAddr(0), size: M, attributes: Self.kernel)
-        #expect(t.leafCounts == LeafCounts(size2M: 1))
-        #expect(t.tablePages == 3)
+        expectEqual(t.leafCounts, LeafCounts(size2M: 1))
+        expectEqual(t.tablePages, 3)
         try t.checkInvariants()
     }
 
@@ -137,8 +139,8 @@ import Testing
         var t = table()
         try t.map(virt: VirtAddr(Self.base), phys: PhysAddr(0), size: M / 2, attributes: Self.kernel)
         try t.map(virt: VirtAddr(Self.base), phys: PhysAddr(0), size: M, attributes: Self.kernel, reuseTables: true)
-        #expect(t.leafCounts == LeafCounts(size4K: 512))
-        #expect(t.tablePages == 4)
+        expectEqual(t.leafCounts, LeafCounts(size4K: 512))
+        expectEqual(t.tablePages, 4)
     }
 
     @Test func collapseRestoresTwoMegThenOneGig() throws {
@@ -147,9 +149,9 @@ import Testing
         try t.protect(virt: VirtAddr(Self.base + K), size: K, clear: .writable)
         try t.protect(virt: VirtAddr(Self.base + K), size: K, set: .writable)
         let r = try t.collapse(virt: VirtAddr(Self.base), size: K)
-        #expect(r.collapseLevels == [.size2M, .size1G])
-        #expect(t.leafCounts == LeafCounts(size1G: 1))
-        #expect(t.tablePages == 2)
+        expectEqual(r.collapseLevels, [.size2M, .size1G])
+        expectEqual(t.leafCounts, LeafCounts(size1G: 1))
+        expectEqual(t.tablePages, 2)
         try t.checkInvariants()
     }
 
@@ -159,23 +161,23 @@ import Testing
         try t.protect(virt: VirtAddr(Self.base), size: K, set: .forced4K, forceSplit: true)
         try t.protect(virt: VirtAddr(Self.base), size: K, clear: .forced4K)
         // Page 0 is no longer marked but page 0's mark was the only one: collapse now works.
-        #expect(try t.collapse(virt: VirtAddr(Self.base), size: K).collapseLevels == [.size2M])
+        try expectEqual(t.collapse(virt: VirtAddr(Self.base), size: K).collapseLevels, [.size2M])
         try t.protect(virt: VirtAddr(Self.base), size: K, set: .forced4K, forceSplit: true)
-        #expect(try t.collapse(virt: VirtAddr(Self.base), size: K).collapseLevels == [])
+        try expectEqual(t.collapse(virt: VirtAddr(Self.base), size: K).collapseLevels, [])
     }
 
     @Test func collapseRefusesMisalignedOrDifferentEntries() throws {
         var t = table()
         try t.map(virt: VirtAddr(Self.base), phys: PhysAddr(K), size: M, attributes: Self.kernel)
-        #expect(try t.collapse(virt: VirtAddr(Self.base), size: M).collapseLevels == [])  // frames not 2M-aligned
+        try expectEqual(t.collapse(virt: VirtAddr(Self.base), size: M).collapseLevels, [])  // frames not 2M-aligned
         try t.map(virt: VirtAddr(Self.base), phys: PhysAddr(0), size: M, attributes: Self.kernel, sizes: [.size4K])
         try t.protect(virt: VirtAddr(Self.base + 511 * K), size: K, clear: .present)
-        #expect(try t.collapse(virt: VirtAddr(Self.base), size: M).collapseLevels == [])  // one not identical
+        try expectEqual(t.collapse(virt: VirtAddr(Self.base), size: M).collapseLevels, [])  // one not identical
         try t.protect(virt: VirtAddr(Self.base + 511 * K), size: K, set: .present)
         try t.map(virt: VirtAddr(Self.base + 7 * K), phys: PhysAddr(8 * K), size: K, attributes: Self.kernel)
-        #expect(try t.collapse(virt: VirtAddr(Self.base), size: M).collapseLevels == [])  // not contiguous
+        try expectEqual(t.collapse(virt: VirtAddr(Self.base), size: M).collapseLevels, [])  // not contiguous
         try t.map(virt: VirtAddr(Self.base + 7 * K), phys: PhysAddr(7 * K), size: K, attributes: Self.kernel)
-        #expect(try t.collapse(virt: VirtAddr(Self.base), size: M).collapseLevels == [.size2M])
+        try expectEqual(t.collapse(virt: VirtAddr(Self.base), size: M).collapseLevels, [.size2M])
     }
 
     @Test func splitFailsCleanlyWithoutMemory() throws {
@@ -183,8 +185,8 @@ import Testing
         try t.map(virt: VirtAddr(Self.base), phys: PhysAddr(0), size: M, attributes: Self.kernel)
         t.failAllocations = true
         #expect(throws: PageTableError.outOfMemory) { try t.protect(virt: VirtAddr(Self.base), size: K, clear: .writable) }
-        #expect(t.leafCounts == LeafCounts(size2M: 1))
-        #expect(t.descriptor(at: VirtAddr(Self.base), level: 2) == .leaf(PFN(0), Self.kernel))
+        expectEqual(t.leafCounts, LeafCounts(size2M: 1))
+        expectEqual(t.descriptor(at: VirtAddr(Self.base), level: 2), .leaf(PFN(0), Self.kernel))
         try t.checkInvariants()
     }
 
@@ -192,9 +194,9 @@ import Testing
         var t = table(.x86_64_la57)
         let va: UInt64 = 0xff11_0000_0000_0000
         try t.map(virt: VirtAddr(va), phys: PhysAddr(0), size: M, attributes: Self.kernel)
-        #expect(t.tablePages == 4)
+        expectEqual(t.tablePages, 4)
         #expect(t.descriptor(at: VirtAddr(va), level: 5)!.isTable)
-        #expect(t.descriptor(at: VirtAddr(va), level: 2) == .leaf(PFN(0), Self.kernel))
+        expectEqual(t.descriptor(at: VirtAddr(va), level: 2), .leaf(PFN(0), Self.kernel))
     }
 
     @Test func unalignedAndBadRangesAreRefused() {

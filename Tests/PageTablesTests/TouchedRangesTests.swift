@@ -1,5 +1,6 @@
 import Testing
 @testable import PageTables
+import Expectations
 
 /// Invariants between full walks: the regions a change touched are noted (widened to 1G,
 /// merged, folded past the capacity), and the regional check finds a broken entry inside
@@ -8,26 +9,26 @@ import Testing
     @Test func rangesWidenMergeAndFold() {
         var t = TouchedRanges()
         t.insert(0x4020_1000, 0x4020_1fff)
-        #expect(t.ranges == [0x4000_0000...0x7fff_ffff])
+        expectEqual(t.ranges, [0x4000_0000...0x7fff_ffff])
         t.insert(0x8000_0000, 0x8000_0fff)  // adjacent: merged
-        #expect(t.ranges == [0x4000_0000...0xbfff_ffff])
+        expectEqual(t.ranges, [0x4000_0000...0xbfff_ffff])
         t.insert(0x1_0000_0000, 0x1_0000_0000)  // a gap of one region: apart
-        #expect(t.ranges == [0x4000_0000...0xbfff_ffff, 0x1_0000_0000...0x1_3fff_ffff])
+        expectEqual(t.ranges, [0x4000_0000...0xbfff_ffff, 0x1_0000_0000...0x1_3fff_ffff])
         t.insert(0xffff_ffff_ffff_f000, .max)  // the top of the space does not wrap
-        #expect(t.ranges.last == 0xffff_ffff_c000_0000...UInt64.max)
+        expectEqual(t.ranges.last, 0xffff_ffff_c000_0000...UInt64.max)
         var many = TouchedRanges()
         for i in 0..<UInt64(TouchedRanges.capacity + 1) { many.insert(i << 32, i << 32) }
-        #expect(many.ranges == [0...((UInt64(TouchedRanges.capacity) << 32) | 0x3fff_ffff)])
+        expectEqual(many.ranges, [0...((UInt64(TouchedRanges.capacity) << 32) | 0x3fff_ffff)])
     }
 
     @Test func changesNoteTheirRegionsOnlyWhenTracked() throws {
         var t = PageTable(format: .arm64_4K)
         try t.map(virt: VirtAddr(0x4000_0000), phys: PhysAddr(0x4000_0000), size: 0x20_0000, attributes: [.present])
-        #expect(t.touched == nil)
+        expectEqual(t.touched, nil)
         t.touched = TouchedRanges()
         try t.protect(virt: VirtAddr(0x4000_1000), size: pageBytes, set: .writable)
         try t.setEntry(virt: VirtAddr(0x80_0000_0000), level: 1, .none)
-        #expect(t.touched?.ranges == [0x4000_0000...0x7fff_ffff, 0x80_0000_0000...0x80_3fff_ffff])
+        expectEqual(t.touched?.ranges, [0x4000_0000...0x7fff_ffff, 0x80_0000_0000...0x80_3fff_ffff])
     }
 
     @Test func theRegionalCheckFindsWhatItCoversAndTheFullWalkTheRest() throws {

@@ -3,6 +3,7 @@ import Hardware
 import HostKernel
 import PageTables
 @testable import Reports
+import Expectations
 
 let exampleE820 = """
     BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable
@@ -31,24 +32,24 @@ let exampleE820 = """
     }
 
     @Test func wideValuesOverflowTheFieldAsPrintfDoes() {
-        #expect(Meminfo.line("DirectMap1G:", 123_456_789_012) == "DirectMap1G:    123456789012 kB\n")
+        expectEqual(Meminfo.line("DirectMap1G:", 123_456_789_012), "DirectMap1G:    123456789012 kB\n")
     }
 }
 
 @Suite struct PtdumpTests {
     @Test func sizesUseTheLargestExactUnit() {
         // %9lu then the unit letter.
-        #expect(Ptdump.size(4096) == "        4K")
-        #expect(Ptdump.size(2 << 20) == "        2M")
-        #expect(Ptdump.size(2036 << 10) == "     2036K")
-        #expect(Ptdump.size(64 << 40) == "       64T")
-        #expect(Ptdump.size(1000) == "     1000B")
+        expectEqual(Ptdump.size(4096), "        4K")
+        expectEqual(Ptdump.size(2 << 20), "        2M")
+        expectEqual(Ptdump.size(2036 << 10), "     2036K")
+        expectEqual(Ptdump.size(64 << 40), "       64T")
+        expectEqual(Ptdump.size(1000), "     1000B")
     }
 
     @Test func smallMachineDumpsExactly() throws {
         var k = try Kernel(memory: PhysicalMemory.pc(size: 4 << 30))
-        #expect(try k.setMemoryRO(k.layout.pageOffset + 0x20_0000, numpages: 3) == .ok)
-        #expect(try k.setMemoryNP(k.layout.pageOffset + 0x4000_0000, numpages: 512) == .ok)
+        try expectEqual(k.setMemoryRO(k.layout.pageOffset + 0x20_0000, numpages: 3), .ok)
+        try expectEqual(k.setMemoryNP(k.layout.pageOffset + 0x4000_0000, numpages: 512), .ok)
         let expected = """
             ---[ User Space ]---
             0x0000000000000000-0xffff880000000000    16777096T                               pgd
@@ -78,9 +79,9 @@ let exampleE820 = """
         let wc = Descriptor.leaf(PFN(0), Attributes.pageKernel(encrypted: false).with(memoryType: .writeCombining))
         let uc = Descriptor.leaf(PFN(0), Attributes.pageKernel(encrypted: false).with(memoryType: .uncached))
         let user = Descriptor.leaf(PFN(0), [.present, .user])
-        #expect(Ptdump.flags(wc, level: 1) == "    RW PWT             GLB NX ")
-        #expect(Ptdump.flags(uc, level: 2) == "    RW PWT PCD PSE     GLB NX ")
-        #expect(Ptdump.flags(user, level: 1) == "USR ro                     x  ")
+        expectEqual(Ptdump.flags(wc, level: 1), "    RW PWT             GLB NX ")
+        expectEqual(Ptdump.flags(uc, level: 2), "    RW PWT PCD PSE     GLB NX ")
+        expectEqual(Ptdump.flags(user, level: 1), "USR ro                     x  ")
     }
 }
 
@@ -91,7 +92,7 @@ let exampleE820 = """
         config.isa = .arm64
         var k = try Kernel(memory: PhysicalMemory.parse(e820: "BIOS-e820: [mem 0x0000000040100000-0x000000004220ffff] usable"), config: config)
         _ = try k.vmap(PhysAddr(0x4020_0000), pages: 2)
-        #expect(Meminfo.directMap(k) == "")
+        expectEqual(Meminfo.directMap(k), "")
         #expect(Ptdump.render(k) == """
             ---[ Linear Mapping start ]---
             0xffff000000000000-0xffff000000100000           1M PTE

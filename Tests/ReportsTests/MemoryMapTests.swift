@@ -5,6 +5,7 @@ import HostKernel
 import PageTables
 @testable import Reports
 import Simulation
+import Expectations
 
 /// Maps that scale: a cell per 2M up to 64 GiB, a cell per 1G (or larger) past it, with the
 /// scale in the title, legends in GiB, the classes counted exactly, a class for 2M regions
@@ -42,31 +43,33 @@ import Simulation
         _ = try k.setMemory4K(k.layout.pageOffset + (100 << 30) + 0x3000, numpages: 1)
         _ = try k.setMemoryRO(k.layout.pageOffset + (201 << 30) - (2 << 20), numpages: 1024)
         let svg = MemoryMap.svg(k, title: "big")
-        #expect(MemoryMap.cellBytes(end: 16 << 40) == 1 << 30)
+        expectEqual(MemoryMap.cellBytes(end: 16 << 40), 1 << 30)
         #expect(svg.contains("one cell per 1G, one row per 512G (leaf-size)"))
         let l = legend(svg)
         // Region 0 (ISA 4K and 2M leaves) and region 100 are split, each with 2M of 4K pages.
-        #expect(l["1G leaves only"] == "16380 GiB" && l["split to 4K pages: up to 25% of it"] == "2 GiB")
-        #expect(l["not mapped (hole)"] == "0 GiB" && l["split to 2M leaves, no 4K pages"] == "2 GiB")
+        expectEqual(l["1G leaves only"], "16380 GiB")
+        expectEqual(l["split to 4K pages: up to 25% of it"], "2 GiB")
+        expectEqual(l["not mapped (hole)"], "0 GiB")
+        expectEqual(l["split to 2M leaves, no 4K pages"], "2 GiB")
         #expect(svg.contains("<title>[0x3240000000-0x3280000000): split to 2M leaves, no 4K pages; 0 1G leaves, 512 2M leaves, 0 4K pages</title>"))
-        #expect(l.count == 7)
+        expectEqual(l.count, 7)
         // The tooltips of the split cells count their leaves.
         #expect(svg.contains("<title>[0x1900000000-0x1940000000): split to 4K pages: up to 25% of it; 0 1G leaves, 511 2M leaves, 512 4K pages</title>"))
         #expect(svg.contains("<title>[0x0-0x40000000): split to 4K pages: up to 25% of it; 0 1G leaves, 511 2M leaves, 512 4K pages</title>"))
         let rows = svg.split(separator: "\n").filter { $0.hasPrefix("<text x=\"4\"") }.count
-        #expect(rows == 32)  // 16 TiB in rows of 512G
-        #expect(MemoryMap.cellBytes(end: 4 << 50) == 8 << 30)  // 4 PiB: 8G cells, 1024 rows
+        expectEqual(rows, 32)  // 16 TiB in rows of 512G
+        expectEqual(MemoryMap.cellBytes(end: 4 << 50), 8 << 30)  // 4 PiB: 8G cells, 1024 rows
     }
 
     /// A 2M region half given to a guest: the map's own class for the seed's hazard.
     @Test func aRegionMixingGuestAndHostPagesHasItsOwnColour() throws {
         let k = try Kernel(memory: PhysicalMemory.pc(size: 4 << 30))
         var rmp = RMP(end: 4 << 30)
-        #expect(rmp.rmpupdate(spa: 0x4000_0000, RMPUpdate(gpa: 0, assigned: true, asid: 1)) == .success)
-        #expect(rmp.rmpupdate(spa: 0x4020_0000, RMPUpdate(gpa: 0x20_0000, assigned: true, size: .size2M, asid: 1)) == .success)
+        expectEqual(rmp.rmpupdate(spa: 0x4000_0000, RMPUpdate(gpa: 0, assigned: true, asid: 1)), .success)
+        expectEqual(rmp.rmpupdate(spa: 0x4020_0000, RMPUpdate(gpa: 0x20_0000, assigned: true, size: .size2M, asid: 1)), .success)
         let svg = MemoryMap.svg(k, ownership: rmp, coloring: .ownership, title: "mixed", guests: [("vm0", 0x4000_0000..<0x4040_0000)])
         let l = legend(svg)
-        #expect(l["mixing guest and host pages (a host write through a 2M or 1G mapping here faults)"] == "2 MiB")
+        expectEqual(l["mixing guest and host pages (a host write through a 2M or 1G mapping here faults)"], "2 MiB")
         #expect(svg.contains("<title>[0x40000000-0x40200000): mixing guest and host pages (a host write through a 2M or 1G mapping here faults); 1 of its 512 pages a guest's or the firmware's</title>"))
         #expect(svg.contains("<title>[0x40200000-0x40400000): wholly given to a guest or the firmware"))
         #expect(svg.contains(">vm0 [0x40000000-0x40400000)</text>"))

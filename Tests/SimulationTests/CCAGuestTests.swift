@@ -2,6 +2,7 @@ import Testing
 @testable import GuestKernel
 @testable import Hardware
 @testable import Simulation
+import Expectations
 
 /// The realm guest's kernel (Linux 6.18 arch/arm64) on KVM's realm backend: seed 004's cases.
 @Suite struct CCAGuestTests {
@@ -44,7 +45,7 @@ import Testing
               - realm-access: {realm: r0, ipa: 0x8000400000}
 
             """
-        #expect(try Self.run(steps) == ["ok", "ok", "ok"])
+        try expectEqual(Self.run(steps), ["ok", "ok", "ok"])
         #expect(try Self.run(steps, guest: "dcache-word-access: false")
             == ["ok", "ok (no CONFIG_DCACHE_WORD_ACCESS: read byte by byte, never past the page)", "ok"])
     }
@@ -59,27 +60,27 @@ import Testing
               - load_unaligned_zeropad: {guest: r0, gpa: 0x400ffd, cpu: 1}
 
             """
-        #expect(try Self.run(steps) == ["ok", "ok", "ok"])
-        #expect(try Self.run(steps, guest: "cca-enc-order: in-place") == ["ok", "ok", "ok"])
+        try expectEqual(Self.run(steps), ["ok", "ok", "ok"])
+        try expectEqual(Self.run(steps, guest: "cca-enc-order: in-place"), ["ok", "ok", "ok"])
     }
 
     /// A linear map of blocks (rodata=off without BBML2): a flip inside a block is refused.
     @Test func blocksInTheLinearMap() throws {
         #expect(try Self.run("  - set_memory_decrypted: {guest: r0, gpa: 0x400000}\n", guest: "realm-linear-map: blocks")
             == ["-EINVAL (WARN: Failed to decrypt memory, 1 pages will be leaked)"])
-        #expect(try Self.run("  - set_memory_decrypted: {guest: r0, gpa: 0x400000}\n", guest: "realm-linear-map: bbml2-split") == ["ok"])
+        try expectEqual(Self.run("  - set_memory_decrypted: {guest: r0, gpa: 0x400000}\n", guest: "realm-linear-map: bbml2-split"), ["ok"])
     }
 
     /// rsi_set_memory_range: a REJECT, an error or a top out of range is -EINVAL; an accepted
     /// call without progress would be issued forever.
     @Test func rsiSetMemoryRangeLoop() {
         func answer(_ r: RSIResult?) -> RealmRIPASFailure? { GuestKernel.rsiSetMemoryRange(0, 0x2000, .ram, flags: 1) { _, _, _, _ in r } }
-        #expect(answer(RSIResult(.success, [.init("base", 0x2000)], response: .accept)) == nil)
-        #expect(answer(RSIResult(.success, [.init("base", 0x1000)], response: .reject)) == .invalid)
-        #expect(answer(RSIResult(.errorInput)) == .invalid)
-        #expect(answer(RSIResult(.success, [.init("base", 0x3000)], response: .accept)) == .invalid)
-        #expect(answer(RSIResult(.success, [.init("base", 0)], response: .accept)) == .livelock(base: 0))
-        #expect(answer(nil) == .invalid)
+        expectEqual(answer(RSIResult(.success, [.init("base", 0x2000)], response: .accept)), nil)
+        expectEqual(answer(RSIResult(.success, [.init("base", 0x1000)], response: .reject)), .invalid)
+        expectEqual(answer(RSIResult(.errorInput)), .invalid)
+        expectEqual(answer(RSIResult(.success, [.init("base", 0x3000)], response: .accept)), .invalid)
+        expectEqual(answer(RSIResult(.success, [.init("base", 0)], response: .accept)), .livelock(base: 0))
+        expectEqual(answer(nil), .invalid)
         var calls: [UInt64] = []
         #expect(GuestKernel.rsiSetMemoryRange(0, 0x3000, .empty, flags: 1) { b, _, _, _ in
             calls.append(b)

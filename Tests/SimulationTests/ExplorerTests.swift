@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import Simulation
+import Expectations
 
 /// The interleaving explorer: exact schedule and state counts for independent threads, the
 /// seed's race found or ruled out by form, counterexamples replayed, bad input refused.
@@ -28,8 +29,8 @@ import Testing
         var all = Explorer.Options()
         all.prune = false
         func choose(_ a: Int, _ b: Int) -> Int { b == 0 ? 1 : choose(a - 1, b - 1) * a / b }
-        #expect(try Explorer.explore(s, options: all).schedules == choose(m + n, n))
-        #expect(try Explorer.explore(s).states == (m + 1) * (n + 1))
+        try expectEqual(Explorer.explore(s, options: all).schedules, choose(m + n, n))
+        try expectEqual(Explorer.explore(s).states, (m + 1) * (n + 1))
     }
 
     /// Seed 003's race: the second CPU maps the page before its tags are back under every
@@ -38,7 +39,8 @@ import Testing
     func theSwapRaceIsFoundBeforeTheLock(form: String, length: Int) throws {
         let s = try Scenario.load(yaml: try Self.example("explore-mte-swap-race.yaml", form: form), file: "race.yaml")
         let r = try Explorer.explore(s)
-        #expect(r.counterexample?.count == length && r.violation == "assert metric mte_stale_maps == 0 failed (mte_stale_maps is 1)")
+        expectEqual(r.counterexample?.count, length)
+        expectEqual(r.violation, "assert metric mte_stale_maps == 0 failed (mte_stale_maps is 1)")
         // Replayed by run, the schedule reaches the same violation.
         let replay = try Scenario.load(yaml: try Self.example("explore-mte-swap-race.yaml", form: form)
             + "schedule: [" + r.counterexample!.map(String.init).joined(separator: ", ") + "]\n", file: "replay.yaml")
@@ -52,7 +54,7 @@ import Testing
             #expect(r.counterexample == nil && r.limited == nil && r.states > 100 && r.schedules == 1, "\(name)")
         }
         let kvm = try Explorer.explore(try Scenario.load(yaml: try Self.example("explore-mte-kvm-race.yaml", form: "v5.14"), file: "k.yaml"))
-        #expect(kvm.counterexample?.count == 7)
+        expectEqual(kvm.counterexample?.count, 7)
     }
 
     /// Seed 004 on SEV-SNP. As merged, vCPU 1's load_unaligned_zeropad between vCPU 0's
@@ -63,7 +65,8 @@ import Testing
     @Test func theZeropadReadDuringAConversion() throws {
         let merged = try Self.example("explore-snp-zeropad.yaml")
         let r = try Explorer.explore(try Scenario.load(yaml: merged, file: "z.yaml"))
-        #expect(r.counterexample == [0, 0, 1] && r.violation == "assert metric guest_vc == 0 failed (guest_vc is 1)")
+        expectEqual(r.counterexample, [0, 0, 1])
+        expectEqual(r.violation, "assert metric guest_vc == 0 failed (guest_vc is 1)")
         let listing = try Explorer.describe(try Scenario.load(yaml: merged, file: "z.yaml"), schedule: r.counterexample!)
         #expect(listing.map(\.action) == [
             "set_memory_decrypted: cpa_flush before the change → ok",
@@ -75,7 +78,9 @@ import Testing
 
         let notPresent = try Self.example("explore-snp-zeropad-not-present.yaml")
         let np = try Explorer.explore(try Scenario.load(yaml: notPresent, file: "np.yaml"))
-        #expect(np.counterexample == nil && np.limited == nil && np.states == 11)
+        expectEqual(np.counterexample, nil)
+        expectEqual(np.limited, nil)
+        expectEqual(np.states, 11)
         let oops = try Explorer.describe(try Scenario.load(yaml: notPresent, file: "np.yaml"), schedule: [0, 0, 0, 1])
         #expect(oops.map(\.action) == [
             "set_memory_decrypted: set_memory_np: the PTE not present → ok",
@@ -91,10 +96,13 @@ import Testing
     /// and replayed by run.
     @Test func theRealmZeropadReadDuringAConversion() throws {
         let merged = try Explorer.explore(try Scenario.load(yaml: try Self.example("explore-cca-zeropad.yaml"), file: "c.yaml"))
-        #expect(merged.counterexample == nil && merged.limited == nil && merged.schedules == 4)
+        expectEqual(merged.counterexample, nil)
+        expectEqual(merged.limited, nil)
+        expectEqual(merged.schedules, 4)
         let text = try Self.example("explore-cca-zeropad-in-place.yaml")
         let r = try Explorer.explore(try Scenario.load(yaml: text, file: "i.yaml"))
-        #expect(r.counterexample == [0, 1] && r.violation == "assert metric guest_kernel_seas == 0 failed (guest_kernel_seas is 1)")
+        expectEqual(r.counterexample, [0, 1])
+        expectEqual(r.violation, "assert metric guest_kernel_seas == 0 failed (guest_kernel_seas is 1)")
         let listing = try Explorer.describe(try Scenario.load(yaml: text, file: "i.yaml"), schedule: r.counterexample!)
         #expect(listing.map(\.action) == [
             "set_memory_decrypted: rsi_set_memory_range_shared: RSI_IPA_STATE_SET EMPTY (the exit, KVM, REC_ENTER) → ok",
@@ -102,7 +110,7 @@ import Testing
         ])
         // Every schedule of the merged order: what the read met.
         let fixed = try Explorer.describe(try Scenario.load(yaml: try Self.example("explore-cca-zeropad.yaml"), file: "c.yaml"), schedule: [0, 0, 1])
-        #expect(fixed.last?.action == "load_unaligned_zeropad → translation fault fixed up by ex_handler_load_unaligned_zeropad (the next page's bytes read as zero)")
+        expectEqual(fixed.last?.action, "load_unaligned_zeropad → translation fault fixed up by ex_handler_load_unaligned_zeropad (the next page's bytes read as zero)")
         let replay = try Runner.run(try Scenario.load(yaml: text + "schedule: [0, 1]\n", file: "replay.yaml"))
         #expect(replay.failure?.invariant == "assert" && replay.failure!.detail.hasSuffix("guest_kernel_seas is 1)"))
     }
@@ -113,11 +121,15 @@ import Testing
     /// in is found in 4 actions, and replayed by run.
     @Test func theNMIDuringASplit() throws {
         let linux = try Explorer.explore(try Scenario.load(yaml: try Self.example("explore-nmi-split.yaml"), file: "n.yaml"))
-        #expect(linux.counterexample == nil && linux.limited == nil && linux.states == 9 && linux.schedules == 2)
+        expectEqual(linux.counterexample, nil)
+        expectEqual(linux.limited, nil)
+        expectEqual(linux.states, 9)
+        expectEqual(linux.schedules, 2)
         let text = try Self.example("explore-nmi-split-clear-first.yaml")
         let wrong = try Explorer.explore(try Scenario.load(yaml: text, file: "w.yaml"))
-        #expect(wrong.counterexample == [0, 0, 0, 1] && wrong.violation == "assert no-host-crash failed (1 host access crashed the host)")
-        #expect(try Scenario.load(yaml: text, file: "w.yaml").threadNames == ["CPU 0", "CPU 0 NMI"])
+        expectEqual(wrong.counterexample, [0, 0, 0, 1])
+        expectEqual(wrong.violation, "assert no-host-crash failed (1 host access crashed the host)")
+        try expectEqual(Scenario.load(yaml: text, file: "w.yaml").threadNames, ["CPU 0", "CPU 0 NMI"])
         let unnamed = text.replacingOccurrences(of: "  - name: CPU 0 NMI\n    steps:\n", with: "  - nmi: CPU 0\n    steps:\n")
         #expect(performing: { _ = try Scenario.load(yaml: unnamed, file: "w.yaml") }, throws: { "\($0)".contains("nmi") })
         let listing = try Explorer.describe(try Scenario.load(yaml: text, file: "w.yaml"), schedule: wrong.counterexample!)
@@ -180,6 +192,7 @@ import Testing
         var limited = Explorer.Options()
         limited.maxStates = 10
         let r = try Explorer.explore(try Scenario.load(yaml: try Self.example("explore-mte-swap-race.yaml"), file: "race.yaml"), options: limited)
-        #expect(r.counterexample == nil && r.limited?.hasPrefix("--max-states 10 reached (") == true)
+        expectEqual(r.counterexample, nil)
+        expectEqual(r.limited?.hasPrefix("--max-states 10 reached ("), true)
     }
 }

@@ -1,6 +1,7 @@
 import Testing
 import HostKernel
 @testable import Simulation
+import Expectations
 
 /// `--check` walks everything only every N steps on machines whose page tables are large,
 /// checking the regions each step changed in between, and always after the last step.
@@ -8,10 +9,10 @@ import HostKernel
     func machine(_ text: String) throws -> Machine { try Scenario.load(yaml: text, file: "t.yaml").boot() }
 
     @Test func theIntervalFollowsTheSizeOfThePageTables() throws {
-        #expect(try machine("name: t\nmachine: {memory: 4G}\nsteps: []\n").automaticFullCheckInterval == 1)
+        try expectEqual(machine("name: t\nmachine: {memory: 4G}\nsteps: []\n").automaticFullCheckInterval, 1)
         let big = try machine("name: t\nmachine: {memory: 17T, gbpages: false}\nsteps: []\n")
         #expect(big.kernel.pageTable.tablePages > 16_384)
-        #expect(big.automaticFullCheckInterval == 64)
+        expectEqual(big.automaticFullCheckInterval, 64)
     }
 
     /// The platform's own tables count as well (SNP's RMP chunks in use), and the size is
@@ -28,11 +29,11 @@ import HostKernel
             """, file: "t.yaml")
         var m = try boot.boot()
         #expect(m.platform.checkedTablePages < 16)
-        #expect(m.automaticFullCheckInterval == 1)
-        #expect(try m.run(boot.steps[0]).isError == false)
-        #expect((m.platform as? SNPPlatform)?.rmp.chunksInUse == 17_408 + 1)
+        expectEqual(m.automaticFullCheckInterval, 1)
+        try expectEqual(m.run(boot.steps[0]).isError, false)
+        expectEqual((m.platform as? SNPPlatform)?.rmp.chunksInUse, 17_408 + 1)
         #expect(m.kernel.pageTable.tablePages + m.guestKernels[0].kernel.pageTable.tablePages < 16_384)
-        #expect(m.automaticFullCheckInterval == 64)
+        expectEqual(m.automaticFullCheckInterval, 64)
     }
 
     @Test func aRunBetweenFullWalksChecksTheChangedRegionsAndEndsWithAFullWalk() throws {
@@ -49,13 +50,14 @@ import HostKernel
         var m = try s.boot()
         m.trackChanges()
         _ = try m.run(s.steps[0])
-        #expect(m.kernel.pageTable.touched?.ranges == [0xffff_8880_4000_0000...0xffff_8880_7fff_ffff])
+        expectEqual(m.kernel.pageTable.touched?.ranges, [0xffff_8880_4000_0000...0xffff_8880_7fff_ffff])
         try m.checkInvariants(full: false)
         m.resetChanges()
-        #expect(m.kernel.pageTable.touched?.isEmpty == true)
+        expectEqual(m.kernel.pageTable.touched?.isEmpty, true)
         for every in [1, 3, 64] {
             let r = try Runner.run(s, options: RunOptions(checkInvariants: true, fullCheckEvery: every))
-            #expect(r.failure == nil && r.records.count == 4)
+            expectEqual(r.failure, nil)
+            expectEqual(r.records.count, 4)
         }
     }
 }

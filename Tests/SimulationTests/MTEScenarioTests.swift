@@ -1,5 +1,6 @@
 import Testing
 @testable import Simulation
+import Expectations
 
 /// MTE steps in scenarios: only on a machine with MTE, with names that exist, and the seed
 /// scenario's outcome under every form.
@@ -41,8 +42,10 @@ import Testing
               - guest-load: {vm: vm0, gfn: 3, tag: 5}
 
             """, form: form)
-        #expect(r.records.last?.result == load)
+        expectEqual(r.records.last?.result, load)
         let m = Dictionary(uniqueKeysWithValues: r.metrics)
-        #expect(m["mte_tags_lost"] == lost && m["mte_tags_saved"] == 1 && m["mte_tags_restored"] == 1 - lost)
+        expectEqual(m["mte_tags_lost"], lost)
+        expectEqual(m["mte_tags_saved"], 1)
+        expectEqual(m["mte_tags_restored"], 1 - lost)
     }
 }

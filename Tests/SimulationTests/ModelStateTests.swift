@@ -2,6 +2,7 @@ import Testing
 import Hardware
 import Hypervisor
 @testable import Simulation
+import Expectations
 
 /// States the machine cannot be in are refused when the scenario is read (naming both things
 /// that conflict), or answered with the error the kernel gives.
@@ -17,7 +18,7 @@ import Hypervisor
     ])
     func vmsaStepsNameAPage(_ text: String, _ message: String) {
         let m = error("name: t\nmachine: {arch: x86-snp, memory: 4G}\nsteps:\n  - " + text + "\n")
-        #expect(m?.message.contains(message) == true, "message was: \(m?.message ?? "none")")
+        expectEqual(m?.message.contains(message), true, "message was: \(m?.message ?? "none")")
     }
 
     @Test func thePooledPolicysPoolMustBeRAMNoGuestOccupies() {
@@ -34,12 +35,13 @@ import Hypervisor
 
             """
         let e = error(hole)
-        #expect(e?.message == "the pooled policy sets aside its 512-page pool at [0x1000000-0x1200000), which is not all RAM here; RAM is [0x0-0x9f000) [0x1100000-0xc0000000)")
-        #expect(e?.line == 8 && e?.field == "host.directmap-policy")
+        expectEqual(e?.message, "the pooled policy sets aside its 512-page pool at [0x1000000-0x1200000), which is not all RAM here; RAM is [0x0-0x9f000) [0x1100000-0xc0000000)")
+        expectEqual(e?.line, 8)
+        expectEqual(e?.field, "host.directmap-policy")
         let overlap = error("name: t\nmachine: {arch: x86-snp, memory: 4G}\nhost: {directmap-policy: pooled}\nguests:\n  - {name: vm0, asid: 1, memory: 32M, placement: {pa: 0x1000000}}\nsteps: []\n")
-        #expect(overlap?.message == "guest vm0 at [0x1000000-0x3000000) overlaps the pooled policy's pool at [0x1000000-0x1200000)")
+        expectEqual(overlap?.message, "guest vm0 at [0x1000000-0x3000000) overlaps the pooled policy's pool at [0x1000000-0x1200000)")
         // Without the pooled policy the same placement is fine.
-        #expect(error("name: t\nmachine: {arch: x86-snp, memory: 4G}\nguests:\n  - {name: vm0, asid: 1, memory: 32M, placement: {pa: 0x1000000}}\nsteps: []\n") == nil)
+        expectEqual(error("name: t\nmachine: {arch: x86-snp, memory: 4G}\nguests:\n  - {name: vm0, asid: 1, memory: 32M, placement: {pa: 0x1000000}}\nsteps: []\n"), nil)
     }
 
     @Test func guestExitsNeedARunningGuest() throws {
@@ -66,10 +68,10 @@ import Hypervisor
     @Test func anArm64RunReportsNoX86OnlyMetric() throws {
         let arm = try Runner.run(try Scenario.load(yaml: "name: t\nmachine:\n  arch: arm64\n  memory: 1G\nsteps: []\n", file: "m.yaml"))
         let names = arm.machine.metrics.map(\.0)
-        #expect(names == Machine.metricInfo(arm.scenario.architecture).map(\.name))
+        expectEqual(names, Machine.metricInfo(arm.scenario.architecture).map(\.name))
         let x86Only = ["direct_map_level2_collapses", "direct_map_level3_collapses", "tlb_split_flushes", "cache_flush_pages", "wbinvd", "cbit_conversions"]
-        #expect(names.filter(x86Only.contains) == [])
-        #expect(Machine.metricInfo(Architectures.x86_64).map(\.name).filter(x86Only.contains) == x86Only)
+        expectEqual(names.filter(x86Only.contains), [])
+        expectEqual(Machine.metricInfo(Architectures.x86_64).map(\.name).filter(x86Only.contains), x86Only)
     }
 
     /// KVM's metadata pages (the context page, VMSAs) come from RAM only, never from a hole
@@ -95,7 +97,7 @@ import Hypervisor
         let memory = r.machine.kernel.memory
         var assigned: [UInt64] = []
         for pfn in 0..<(UInt64(0x8000_0000) >> 12) where rmp[pfn].assigned && !(0x40000..<0x40800).contains(pfn) { assigned.append(pfn) }
-        #expect(assigned.count == 5)  // the context page and four VMSAs
+        expectEqual(assigned.count, 5)  // the context page and four VMSAs
         #expect(assigned.allSatisfy { memory.isRAM(($0 << 12)..<(($0 + 1) << 12)) })
     }
 }

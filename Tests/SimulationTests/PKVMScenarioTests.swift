@@ -2,6 +2,7 @@ import Testing
 import HostKernel
 import Hypervisor
 @testable import Simulation
+import Expectations
 
 /// pKVM scenarios: bad input is a scenario error naming the place (a step on another
 /// architecture, an unknown guest, a protection letter, an address the hypercall cannot
@@ -41,15 +42,15 @@ import Hypervisor
     ])
     func badStepsAreScenarioErrors(_ text: String, _ message: String) {
         let m = error(step(text))
-        #expect(m?.contains(message) == true, "message was: \(m ?? "none")")
+        expectEqual(m?.contains(message), true, "message was: \(m ?? "none")")
     }
 
     @Test func pkvmStepsAndSettingsOnAnotherMachineNameWhoHasThem() {
         #expect(error("name: t\nmachine: {arch: arm64, memory: 4G}\nsteps:\n  - pkvm_host_share_hyp: {pa: 0x40000000}\n")
             == "step 'pkvm_host_share_hyp' needs 'arch: arm64-pkvm'; this machine is arm64")
-        #expect(error("name: t\nmachine: {memory: 4G, mte: true}\nsteps: []\n") == "'mte' is an arm64 machine setting; this machine is x86-64")
-        #expect(error(Self.machine.replacingOccurrences(of: "{name: vm}", with: "{name: vm, asid: 1}") + "steps: []\n")?.contains("unknown field 'asid'") == true)
-        #expect(error(Self.machine.replacingOccurrences(of: "{name: vm}", with: "{name: vm}\n  - {name: vm}") + "steps: []\n") == "guest 'vm' is defined twice")
+        expectEqual(error("name: t\nmachine: {memory: 4G, mte: true}\nsteps: []\n"), "'mte' is an arm64 machine setting; this machine is x86-64")
+        expectEqual(error(Self.machine.replacingOccurrences(of: "{name: vm}", with: "{name: vm, asid: 1}") + "steps: []\n")?.contains("unknown field 'asid'"), true)
+        expectEqual(error(Self.machine.replacingOccurrences(of: "{name: vm}", with: "{name: vm}\n  - {name: vm}") + "steps: []\n"), "guest 'vm' is defined twice")
     }
 
     /// What reaches the hypervisor is answered by it: MMIO and RAM's end are -EPERM, a
@@ -65,6 +66,6 @@ import Hypervisor
 
             """, file: "t.yaml")
         let run = try Runner.run(s, options: RunOptions(checkInvariants: true))
-        #expect(run.records.map(\.result) == ["-EPERM", "-EPERM", "-EINVAL", "-EINVAL", "-EINVAL"])
+        expectEqual(run.records.map(\.result), ["-EPERM", "-EPERM", "-EINVAL", "-EINVAL", "-EINVAL"])
     }
 }

@@ -5,6 +5,7 @@ import HostKernel
 import Hypervisor
 import PageTables
 @testable import Simulation
+import Expectations
 
 /// The shape every architecture plugs into: registration, typed outcomes, the step schema,
 /// guest kernels and stage-2 tables.
@@ -23,19 +24,19 @@ import PageTables
 
     @Test func architecturesRegisterOnceAndSNPBringsItsOwnSteps() throws {
         let names = Architectures.all.map(\.name)
-        #expect(Set(names).count == names.count)
-        #expect(Architectures.modelled.map(\.name) == ["x86-64", "x86-snp", "x86-sev", "x86-tdx", "arm64", "arm64-cca", "arm64-pkvm", "s390-pv"])
+        expectEqual(Set(names).count, names.count)
+        expectEqual(Architectures.modelled.map(\.name), ["x86-64", "x86-snp", "x86-sev", "x86-tdx", "arm64", "arm64-cca", "arm64-pkvm", "s390-pv"])
         let snp = try #require(Architectures.named("x86-snp"))
         #expect(snp.steps.contains { $0.name == "rmpupdate" } && snp.workloads.contains { $0.name == "adversarial-flip" })
-        #expect(snp.policySlots.map(\.name) == ["host.directmap-policy"])
-        #expect(snp.invariants.map(\.name) == ["rmp", "stage-2"])
+        expectEqual(snp.policySlots.map(\.name), ["host.directmap-policy"])
+        expectEqual(snp.invariants.map(\.name), ["rmp", "stage-2"])
         #expect(Architectures.x86_64.steps.isEmpty && Steps.available(Architectures.x86_64).contains { $0.name == "host-write" })
         // A plain x86-64 run reports no SEV-SNP metric; an SNP run reports every declared one, in order.
         let plain = try run("name: t\nmachine: {memory: 4G}\nsteps: []\n")
         #expect(!plain.metrics.contains { $0.0 == "psmash" || $0.0 == "rmp_regions" })
-        #expect(plain.metrics.map(\.0) == Machine.metricInfo(Architectures.x86_64).map(\.name))
+        expectEqual(plain.metrics.map(\.0), Machine.metricInfo(Architectures.x86_64).map(\.name))
         let r = try run(Self.snp + "steps: []\n")
-        #expect(r.metrics.map(\.0) == Machine.metricInfo(snp).map(\.name))
+        expectEqual(r.metrics.map(\.0), Machine.metricInfo(snp).map(\.name))
     }
 
     /// Every step name and alias is unique on each architecture (host steps included), and
@@ -43,9 +44,9 @@ import PageTables
     @Test func noTwoStepsShareAName() {
         for a in Architectures.all {
             let names = Steps.available(a).flatMap { [$0.name] + $0.aliases.map(\.name) } + ["workload"]
-            #expect(Set(names).count == names.count, "\(a.name): \(names.filter { n in names.filter { $0 == n }.count > 1 })")
+            expectEqual(Set(names).count, names.count, "\(a.name): \(names.filter { n in names.filter { $0 == n }.count > 1 })")
             let workloads = Workloads.available(a).map(\.name)
-            #expect(Set(workloads).count == workloads.count)
+            expectEqual(Set(workloads).count, workloads.count)
         }
     }
 
@@ -67,26 +68,27 @@ import PageTables
             (ValueOutcome("0xffffc90000000000"), "0xffffc90000000000", .success),
         ]
         for (o, text, kind) in cases {
-            #expect(o.description == text)
-            #expect(o.kind == kind, "\(text)")
-            #expect(o.isError == (kind == .error))
+            expectEqual(o.description, text)
+            expectEqual(o.kind, kind, "\(text)")
+            expectEqual(o.isError, (kind == .error))
             #expect(o.matches(text) && !o.matches(text + " "))
         }
-        #expect(Errno.EHWPOISON.description == "-EHWPOISON" && Errno.EPERM.rawValue == 1)
+        expectEqual(Errno.EHWPOISON.description, "-EHWPOISON")
+        expectEqual(Errno.EPERM.rawValue, 1)
     }
 
     @Test func helpAndErrorsComeFromTheSchema() throws {
         let rmpupdate = try #require(Steps.all.first { $0.name == "rmpupdate" })
-        #expect(rmpupdate.arguments.map(\.name) == ["spa", "assigned", "asid", "gpa", "size", "immutable", "issuer"])
-        #expect(rmpupdate.arguments[1].helpLine == "assign (true) or return to the hypervisor (false) (true or false); required")
-        #expect(rmpupdate.arguments[4].helpLine == "page size (one of 4K, 2M); default 4K")
+        expectEqual(rmpupdate.arguments.map(\.name), ["spa", "assigned", "asid", "gpa", "size", "immutable", "issuer"])
+        expectEqual(rmpupdate.arguments[1].helpLine, "assign (true) or return to the hypervisor (false) (true or false); required")
+        expectEqual(rmpupdate.arguments[4].helpLine, "page size (one of 4K, 2M); default 4K")
         // The echo follows the schema: every argument, defaults filled in, in declaration order.
         let s = try Scenario.load(yaml: Self.snp + "steps:\n  - rmpupdate: {assigned: true, spa: 0x40200000}\n", file: "p.yaml")
-        #expect(s.steps[0].arguments.map(\.0) == ["spa", "assigned", "asid", "gpa", "size", "immutable", "issuer"])
-        #expect(s.steps[0].arguments.map(\.1) == ["0x40200000", "true", "0", "0x0", "4K", "false", "hypervisor"])
+        expectEqual(s.steps[0].arguments.map(\.0), ["spa", "assigned", "asid", "gpa", "size", "immutable", "issuer"])
+        expectEqual(s.steps[0].arguments.map(\.1), ["0x40200000", "true", "0", "0x0", "4K", "false", "hypervisor"])
         let missing = #expect(throws: ScenarioError.self) { try Scenario.load(yaml: Self.snp + "steps:\n  - rmpupdate: {spa: 0}\n", file: "p.yaml") }
-        #expect(missing?.message == "'assigned' is required: assign (true) or return to the hypervisor (false)")
-        #expect(missing?.field == "steps[1].rmpupdate")
+        expectEqual(missing?.message, "'assigned' is required: assign (true) or return to the hypervisor (false)")
+        expectEqual(missing?.field, "steps[1].rmpupdate")
     }
 
     /// A field the interface cannot encode is a scenario error; what the hardware answers
@@ -95,11 +97,12 @@ import PageTables
         let bad = #expect(throws: ScenarioError.self) {
             try Scenario.load(yaml: Self.snp + "steps:\n  - rmpupdate: {spa: somewhere, assigned: true}\n", file: "p.yaml")
         }
-        #expect(bad?.field == "steps[1].rmpupdate.spa" && bad?.message.hasPrefix("'somewhere' is not a number") == true)
+        expectEqual(bad?.field, "steps[1].rmpupdate.spa")
+        expectEqual(bad?.message.hasPrefix("'somewhere' is not a number"), true)
         let past = #expect(throws: ScenarioError.self) {
             try Scenario.load(yaml: Self.snp + "steps:\n  - rmpupdate: {spa: 0x200000000, assigned: true}\n", file: "p.yaml")
         }
-        #expect(past?.message == "0x200000000 is past the end of RAM (0x100000000)")
+        expectEqual(past?.message, "0x200000000 is past the end of RAM (0x100000000)")
         let r = try run(Self.snp + "steps:\n  - rmpupdate: {spa: 0x40001000, assigned: true, asid: 1, size: 2M}\n    expect: FAIL_INPUT\n")
         #expect(r.passed && r.records[0].outcome.kind == .status)
     }
@@ -121,21 +124,22 @@ import PageTables
         #expect(r.passed)
         let g = r.machine.guestKernels[0]
         #expect(!g.isEncrypted(gfn: 5) && !g.isEncrypted(gfn: 6) && g.isEncrypted(gfn: 3) && g.isEncrypted(gfn: 7))
-        #expect(g.kernel.directMapLeaf(PhysAddr(0x5000))?.size == .size4K)
-        #expect(g.kernel.directMapLeaf(PhysAddr(0x20_0000))?.size == .size2M)
+        expectEqual(g.kernel.directMapLeaf(PhysAddr(0x5000))?.size, .size4K)
+        expectEqual(g.kernel.directMapLeaf(PhysAddr(0x20_0000))?.size, .size2M)
         // 8M of guest memory: [0, 2M) split to 4K, three 2M leaves; the host's map is untouched by it.
-        #expect(g.kernel.directPagesCount == LeafCounts(size4K: 512, size2M: 3))
-        #expect(g.kernel.stats.splits.size2M == 1 && g.kernel.stats.encConversions == 4)
+        expectEqual(g.kernel.directPagesCount, LeafCounts(size4K: 512, size2M: 3))
+        expectEqual(g.kernel.stats.splits.size2M, 1)
+        expectEqual(g.kernel.stats.encConversions, 4)
         let p = try #require(r.machine.platform as? SNPPlatform)
         #expect(!p.kvm.vms[0].isPrivate(5) && p.kvm.vms[0].isPrivate(3))
-        #expect(r.records.map(\.arguments.first?.0) == ["kind", "numpages", "numpages", "numpages"])
+        expectEqual(r.records.map(\.arguments.first?.0), ["kind", "numpages", "numpages", "numpages"])
     }
 
     /// Launch maps nothing; the guest's accept maps 2M stage-2 leaves; converting one page
     /// zaps its 2M leaf, and the next private fault in that region maps 4K.
     @Test func stage2LeavesAfterLaunchAndAfterAConversion() throws {
         let launched = try run(Self.snp + "steps:\n  - launch: {guest: vm0}\n")
-        #expect((launched.machine.platform as? SNPPlatform)?.kvm.vms[0].stage2.leafCounts == LeafCounts())
+        expectEqual((launched.machine.platform as? SNPPlatform)?.kvm.vms[0].stage2.leafCounts, LeafCounts())
         let r = try run(Self.snp + """
             steps:
               - workload: {kind: guest-boot, guest: vm0}
@@ -144,10 +148,12 @@ import PageTables
                 expect: ok (RMP #NPF: PSMASH)
             """)
         let vm = try #require((r.machine.platform as? SNPPlatform)?.kvm.vms[0])
-        #expect(vm.stage2Leaf(0)?.size == .size2M && vm.stage2Leaf(0x600)?.size == .size2M)
-        #expect(vm.stage2Leaf(0x201) == nil)  // shared now: zapped, not faulted in again
-        #expect(vm.stage2Leaf(0x200)?.size == .size4K && vm.stage2Leaf(0x200)?.phys == PhysAddr(0x4020_0000))
-        #expect(vm.stage2.leafCounts == LeafCounts(size4K: 1, size2M: 3))
+        expectEqual(vm.stage2Leaf(0)?.size, .size2M)
+        expectEqual(vm.stage2Leaf(0x600)?.size, .size2M)
+        expectEqual(vm.stage2Leaf(0x201), nil)  // shared now: zapped, not faulted in again
+        expectEqual(vm.stage2Leaf(0x200)?.size, .size4K)
+        expectEqual(vm.stage2Leaf(0x200)?.phys, PhysAddr(0x4020_0000))
+        expectEqual(vm.stage2.leafCounts, LeafCounts(size4K: 1, size2M: 3))
     }
 
     /// Access steps take `cpu:` (default 0), checked against the machine's CPUs; the host's
@@ -156,7 +162,8 @@ import PageTables
         let e = #expect(throws: ScenarioError.self) {
             try Scenario.load(yaml: "name: t\nmachine: {memory: 4G}\nsteps:\n  - host-write: {pa: 0x40000000, cpu: 2}\n", file: "t.yaml")
         }
-        #expect(e?.message == "cpu 2 is past the machine's 1 CPU (valid: 0 to 0)" && e?.field == "steps[1].host-write.cpu")
+        expectEqual(e?.message, "cpu 2 is past the machine's 1 CPU (valid: 0 to 0)")
+        expectEqual(e?.field, "steps[1].host-write.cpu")
         let r = try run("""
             name: t
             machine: {memory: 4G, cpus: 4}
@@ -168,7 +175,8 @@ import PageTables
                 expect: "#PF(not-present): double fault"
             """)
         #expect(r.passed && r.records[0].arguments.map(\.0) == ["pa", "context", "cpu", "access"])
-        #expect(r.metrics.first { $0.0 == "host_crashes" }?.1 == 1 && r.metrics.first { $0.0 == "not_present_faults" }?.1 == 1)
+        expectEqual(r.metrics.first { $0.0 == "host_crashes" }?.1, 1)
+        expectEqual(r.metrics.first { $0.0 == "not_present_faults" }?.1, 1)
     }
 
     /// adversarial-flip with `guest: all` spreads its flips over every guest at random.
@@ -196,7 +204,7 @@ import PageTables
         let bad = #expect(throws: ScenarioError.self) {
             try Scenario.load(yaml: Self.snp + "steps:\n  - workload: {kind: swiotlb-churn, guest: all}\n", file: "p.yaml")
         }
-        #expect(bad?.message.hasPrefix("unknown guest 'all'") == true)
+        expectEqual(bad?.message.hasPrefix("unknown guest 'all'"), true)
     }
 
     /// Review findings: a guest placed off a 2M boundary (4K folios: 2M ones would have to be
@@ -215,7 +223,8 @@ import PageTables
               - guest-access: {guest: vm0, gpa: 0x1ff000}
             """)
         let vm = try #require((r.machine.platform as? SNPPlatform)?.kvm.vms[0])
-        #expect(vm.stage2Leaf(0x1ff)?.size == .size4K && vm.stage2.leafCounts.size2M == 0)
+        expectEqual(vm.stage2Leaf(0x1ff)?.size, .size4K)
+        expectEqual(vm.stage2.leafCounts.size2M, 0)
 
         let b = try run(Self.snp + """
             steps:
@@ -223,20 +232,20 @@ import PageTables
               - psc: {guest: vm0, gpa: 0, size: 2M, to: private}
                 expect: ok
             """)
-        #expect((b.machine.platform as? SNPPlatform)?.kvm.vms[0].stage2Leaf(0)?.size == .size2M)
+        expectEqual((b.machine.platform as? SNPPlatform)?.kvm.vms[0].stage2Leaf(0)?.size, .size2M)
 
         let alias = #expect(throws: ScenarioError.self) {
             try Scenario.load(yaml: Self.snp + "steps:\n  - guest_set_memory_decrypted: {pa: 0x40000000}\n", file: "p.yaml")
         }
-        #expect(alias?.message == "guest_set_memory_decrypted needs 'guest' (it is set_memory_decrypted in a guest's kernel)")
+        expectEqual(alias?.message, "guest_set_memory_decrypted needs 'guest' (it is set_memory_decrypted in a guest's kernel)")
         let huge = #expect(throws: ScenarioError.self) {
             try Scenario.load(yaml: Self.snp + "steps:\n  - set_memory_decrypted: {guest: vm0, gpa: 0xfffffffffffff000, numpages: 2}\n", file: "p.yaml")
         }
-        #expect(huge?.message.hasPrefix("0xfffffffffffff000 + 2 pages must be page-aligned and inside vm0's") == true)
+        expectEqual(huge?.message.hasPrefix("0xfffffffffffff000 + 2 pages must be page-aligned and inside vm0's"), true)
         let psc = #expect(throws: ScenarioError.self) {
             try Scenario.load(yaml: Self.snp + "steps:\n  - psc: {guest: vm0, gpa: 0x1000, size: 0xfffffffffffff000, to: shared}\n", file: "p.yaml")
         }
-        #expect(psc?.field == "steps[1].psc.gpa")
+        expectEqual(psc?.field, "steps[1].psc.gpa")
     }
 
     /// `guest.` slots set every guest kernel's configuration; a guest entry may choose its
@@ -258,15 +267,15 @@ import PageTables
               - set_memory_decrypted: {guest: vm1, gpa: 0x201000}
               - set_memory_encrypted: {guest: vm1, gpa: 0x201000}
             """)
-        #expect(r.scenario.policies.map { "\($0.slot)=\($0.policy)" } == ["host.cpa-collapse=rox", "guest.cpa-collapse=always", "host.directmap-policy=split-on-assign"])
-        #expect(r.machine.guestKernels[0].kernel.directPagesCount == LeafCounts(size2M: 4))
-        #expect(r.machine.guestKernels[1].kernel.directPagesCount == LeafCounts(size4K: 512, size2M: 3))
-        #expect(r.machine.kernel.config.collapse == .rox)
+        expectEqual(r.scenario.policies.map { "\($0.slot)=\($0.policy)" }, ["host.cpa-collapse=rox", "guest.cpa-collapse=always", "host.directmap-policy=split-on-assign"])
+        expectEqual(r.machine.guestKernels[0].kernel.directPagesCount, LeafCounts(size2M: 4))
+        expectEqual(r.machine.guestKernels[1].kernel.directPagesCount, LeafCounts(size4K: 512, size2M: 3))
+        expectEqual(r.machine.kernel.config.collapse, .rox)
         // A plain x86-64 machine has no guest slots.
         let e = #expect(throws: ScenarioError.self) {
             try Scenario.load(yaml: "name: t\nmachine: {memory: 4G}\nguest: {cpa-collapse: never}\nsteps: []\n", file: "t.yaml")
         }
-        #expect(e?.message == "unknown field 'cpa-collapse'; there are none here")
+        expectEqual(e?.message, "unknown field 'cpa-collapse'; there are none here")
     }
 
     /// A shared gfn maps from the VMM's memory: only the attributes limit its stage-2 leaf
@@ -283,7 +292,7 @@ import PageTables
                 expect: ok
             """)
         let vm = try #require((r.machine.platform as? SNPPlatform)?.kvm.vms[0])
-        #expect(vm.stage2Leaf(0x201)?.size == .size2M)  // the whole 2M is shared
-        #expect(vm.stage2Leaf(0x400)?.size == .size4K)  // mixed attributes: 4K
+        expectEqual(vm.stage2Leaf(0x201)?.size, .size2M)  // the whole 2M is shared
+        expectEqual(vm.stage2Leaf(0x400)?.size, .size4K)  // mixed attributes: 4K
     }
 }

@@ -3,6 +3,7 @@ import Hardware
 @testable import HostKernel
 import PageTables
 @testable import Simulation
+import Expectations
 
 @Suite struct RunnerTests {
     static let scenario = """
@@ -25,15 +26,15 @@ import PageTables
     @Test func runReportsStepsMetricsAndChecks() throws {
         let s = try Scenario.load(yaml: Self.scenario, file: "run.yaml")
         let r = try Runner.run(s, options: RunOptions(checkInvariants: true, sampleEvery: 1))
-        #expect(r.records.map(\.result) == ["ok", "ok", "ok"])
-        #expect(r.failedExpectations.map(\.index) == [2])
-        #expect(r.checks.map(\.passed) == [true, true, true])
+        expectEqual(r.records.map(\.result), ["ok", "ok", "ok"])
+        expectEqual(r.failedExpectations.map(\.index), [2])
+        expectEqual(r.checks.map(\.passed), [true, true, true])
         #expect(!r.passed)
         // After boot and each step, and inside the workload after each of its 300 operations.
-        #expect(r.samples.filter { $0.operation == nil }.map(\.step) == [0, 1, 2, 3])
+        expectEqual(r.samples.filter { $0.operation == nil }.map(\.step), [0, 1, 2, 3])
         #expect(r.samples.compactMap(\.operation) == Array(1...300) && r.samples.allSatisfy { $0.operation == nil || $0.step == 3 })
         let m = Dictionary(uniqueKeysWithValues: r.metrics)
-        #expect(m["operations"] == 2 + 600)
+        expectEqual(m["operations"], 2 + 600)
         #expect(m["direct_map_level3_splits"]! >= 1)
     }
 
@@ -45,17 +46,17 @@ import PageTables
             let k = r.machine.kernel
             return try k.pageTable.leaves(virt: VirtAddr(k.layout.pageOffset), size: k.directMapEnd - k.layout.pageOffset)
         }
-        #expect(a.metrics.map(\.1) == b.metrics.map(\.1))
-        #expect(try layout(a) == layout(b))
-        #expect(try layout(a) != layout(c))
+        expectEqual(a.metrics.map(\.1), b.metrics.map(\.1))
+        try expectEqual(layout(a), layout(b))
+        try expectNotEqual(layout(a), layout(c))
     }
 
     @Test func snapshotAtStepKeepsThatState() throws {
         let s = try Scenario.load(yaml: Self.scenario, file: "run.yaml")
         let r = try Runner.run(s, options: RunOptions(snapshotAt: 1))
-        #expect(r.snapshot?.kernel.stats.splits == LeafCounts(size2M: 1, size1G: 1))
+        expectEqual(r.snapshot?.kernel.stats.splits, LeafCounts(size2M: 1, size1G: 1))
         let boot = try Runner.run(s, options: RunOptions(snapshotAt: 0))
-        #expect(boot.snapshot?.kernel.stats == CPAStats())
+        expectEqual(boot.snapshot?.kernel.stats, CPAStats())
     }
 
     @Test func invariantViolationStopsTheRunNamingStepAndInvariant() throws {
@@ -67,10 +68,10 @@ import PageTables
         let broken = Scenario(file: s.file, name: s.name, seed: s.seed, architecture: s.architecture, cpus: s.cpus, memory: s.memory,
                               kernelConfig: s.kernelConfig, guests: s.guests, policies: s.policies, steps: [s.steps[0], corrupt, s.steps[2]], checks: s.checks)
         let r = try Runner.run(broken, options: RunOptions(checkInvariants: true))
-        #expect(r.failure?.step == 2)
-        #expect(r.failure?.invariant == "direct_pages_count equals the direct-map walk")
-        #expect(r.failure?.detail == "count 4K:1024 2M:1022 1G:7, walk 4K:1024 2M:1022 1G:6")
-        #expect(r.records.count == 2)
+        expectEqual(r.failure?.step, 2)
+        expectEqual(r.failure?.invariant, "direct_pages_count equals the direct-map walk")
+        expectEqual(r.failure?.detail, "count 4K:1024 2M:1022 1G:7, walk 4K:1024 2M:1022 1G:6")
+        expectEqual(r.records.count, 2)
         #expect(!r.passed)
     }
 
@@ -87,9 +88,9 @@ import PageTables
               - no-errors
             """, file: "e.yaml")
         let r = try Runner.run(s, options: RunOptions(checkInvariants: true))
-        #expect(r.records.map(\.result) == ["ok", "-ENOMEM", "-ENOMEM"])
-        #expect(r.checks[0].passed == false)
-        #expect(r.checks[0].detail == "step 3 set_memory_ro = -ENOMEM")
+        expectEqual(r.records.map(\.result), ["ok", "-ENOMEM", "-ENOMEM"])
+        expectEqual(r.checks[0].passed, false)
+        expectEqual(r.checks[0].detail, "step 3 set_memory_ro = -ENOMEM")
     }
 
     @Test func collapsePolicyChangesTheOutcome() throws {
@@ -104,9 +105,9 @@ import PageTables
         func run(_ p: String) throws -> LeafCounts {
             try Runner.run(try Scenario.load(yaml: text.replacingOccurrences("POLICY", p), file: "p.yaml"), options: RunOptions(checkInvariants: true)).machine.kernel.directPagesCount
         }
-        #expect(try run("never") == LeafCounts(size4K: 1024, size2M: 1022, size1G: 2))
-        #expect(try run("rox") == LeafCounts(size4K: 1024, size2M: 1022, size1G: 2))
-        #expect(try run("always") == LeafCounts(size4K: 512, size2M: 511, size1G: 3))
+        try expectEqual(run("never"), LeafCounts(size4K: 1024, size2M: 1022, size1G: 2))
+        try expectEqual(run("rox"), LeafCounts(size4K: 1024, size2M: 1022, size1G: 2))
+        try expectEqual(run("always"), LeafCounts(size4K: 512, size2M: 511, size1G: 3))
     }
 }
 

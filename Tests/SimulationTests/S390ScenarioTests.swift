@@ -1,5 +1,6 @@
 import Testing
 @testable import Simulation
+import Expectations
 
 /// s390-pv through scenarios: bad input is a scenario error naming the place; what the
 /// Ultravisor and the kernel answer themselves prints as their results.
@@ -104,10 +105,13 @@ import Testing
             "-EINVAL: not a running protected guest (kvm_s390_pv_init_vm first)",
         ])
         let m = Dictionary(uniqueKeysWithValues: r.metrics.map { ($0.0, $0.1) })
-        #expect(m["uv_busy"] == 3 && m["pv_destroyed_pages"] == 2 && m["uv_destroys"] == 2 && m["uv_secure_pages"] == 0)
+        expectEqual(m["uv_busy"], 3)
+        expectEqual(m["pv_destroyed_pages"], 2)
+        expectEqual(m["uv_destroys"], 2)
+        expectEqual(m["uv_secure_pages"], 0)
         // The refused CPU stays in the UV's first destroyed configuration; the refused
         // configuration stays in the UV, and the mm protected.
-        #expect((r.machine.platform as? S390Platform)?.uv.configurations.map { "\($0.live) \($0.cpus)" } == ["false 0", "false 1", "true 0"])
+        expectEqual((r.machine.platform as? S390Platform)?.uv.configurations.map { "\($0.live) \($0.cpus)" }, ["false 0", "false 1", "true 0"])
         #expect(r.machine.kernel.user.processes[0].protectedCount == 1 && r.machine.kernel.user.processes[0].hasPgste)
     }
 
@@ -137,11 +141,12 @@ import Testing
 
             """
         let a = try run(steps)
-        #expect(a.records.last?.result == "ok")
+        expectEqual(a.records.last?.result, "ok")
         // The seeded generator's exact counts (a change of them is a change of the model or
         // of the seed's stream, never of hashing: no dictionary order reaches them).
         let m = Dictionary(uniqueKeysWithValues: a.metrics.map { ($0.0, $0.1) })
-        #expect(m["pv_corrupt_reads"] == 0 && m["pv_sigsegv"] == 0)
-        #expect(["user_swap_outs", "user_swap_ins", "pv_imports", "pv_import_retries", "uv_exports"].map { m[$0]! } == Self.golden)
+        expectEqual(m["pv_corrupt_reads"], 0)
+        expectEqual(m["pv_sigsegv"], 0)
+        expectEqual(["user_swap_outs", "user_swap_ins", "pv_imports", "pv_import_retries", "uv_exports"].map { m[$0]! }, Self.golden)
     }
 }

@@ -2,6 +2,7 @@ import Testing
 import Hardware
 import Hypervisor
 @testable import Simulation
+import Expectations
 
 /// The SEV-SNP corrections: who executes an instruction, and page-state-change requests as
 /// the GHCB carries them.
@@ -20,8 +21,8 @@ import Hypervisor
         let e = error("  - rmpupdate: {spa: 0x40000000, assigned: true, issuer: guest}\n")
         #expect(e?.message == "RMPUPDATE executed by a guest is not modelled: the sources disagree (FAIL_PERMISSION in Microsoft's "
             + "intrinsic docs, #GP in verismo; docs/SNP-HARDWARE.md); valid: hypervisor")
-        #expect(e?.line == 6)
-        #expect(error("  - psmash: {spa: 0x40200000, issuer: guest}\n")?.message.hasPrefix("PSMASH executed by a guest is not modelled") == true)
+        expectEqual(e?.line, 6)
+        expectEqual(error("  - psmash: {spa: 0x40200000, issuer: guest}\n")?.message.hasPrefix("PSMASH executed by a guest is not modelled"), true)
     }
 
     @Test func guestInstructionsExecutedByTheHypervisorGP() throws {
@@ -33,7 +34,7 @@ import Hypervisor
               - pvalidate: {guest: vm0, gpa: 0x0, validate: true}
 
             """)
-        #expect(r == ["ok", "#GP(0)", "#GP(0)", "#GP(0)", "ok"])
+        expectEqual(r, ["ok", "#GP(0)", "#GP(0)", "#GP(0)", "ok"])
     }
 
     @Test func aRequestAsTheGHCBCarriesItIsWhatTheGuestReadsBack() throws {
@@ -61,6 +62,6 @@ import Hypervisor
         #expect(error("  - psc: {guest: vm0, size: 0x1000}\n")?.message
             == "psc needs 'gpa' and 'to' (one range), or 'entries' (a request as the GHCB carries it)")
         let many = (0..<254).map { "{gpa: \($0 << 12), op: shared}" }.joined(separator: ", ")
-        #expect(error("  - psc: {guest: vm0, entries: [\(many)]}\n")?.message == "254 entries: a GHCB request holds at most 253 (VMGEXIT_PSC_MAX_COUNT)")
+        expectEqual(error("  - psc: {guest: vm0, entries: [\(many)]}\n")?.message, "254 entries: a GHCB request holds at most 253 (VMGEXIT_PSC_MAX_COUNT)")
     }
 }
