@@ -14,8 +14,11 @@ import Expectations
             .filter { $0.hasSuffix(".yaml") }.sorted().map(example)
     }
 
+    /// All but map-16t, which `theExampleMapsInDocsCountTheirRegions` (ReportsTests) runs with
+    /// the same options as `check`, for 8 s of this test's 15 in a debug build; CI's release
+    /// `check` runs every example.
     @Test func everyExamplePassesCheck() throws {
-        let files = try Self.examples()
+        let files = try Self.examples().filter { !$0.hasSuffix("/map-16t.yaml") }
         #expect(files.count >= 6)
         let r = try Self.run(["check"] + files)
         expectEqual(r.status, 0, "\(r.out)")

@@ -76,12 +76,13 @@ import Expectations
     }
 
     /// The two example maps whose PNGs are in docs/ (map-64g*.png, map-16t*.png): the region
-    /// counts behind each colour, exactly, in both colourings.
+    /// counts behind each colour, exactly, in both colourings. Run as `cocomem check` runs them
+    /// (invariants after every step), and passing: `everyExamplePassesCheck` leaves map-16t here.
     @Test func theExampleMapsInDocsCountTheirRegions() throws {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         func maps(_ name: String) throws -> (leaf: [String: String], owner: [String: String], title: String) {
             let file = root.appendingPathComponent("examples/\(name).yaml").path
-            let r = try Runner.run(try Scenario.load(yaml: try String(contentsOfFile: file, encoding: .utf8), file: file))
+            let r = try Runner.run(try Scenario.load(yaml: try String(contentsOfFile: file, encoding: .utf8), file: file), options: RunOptions(checkInvariants: true))
             #expect(r.passed)
             let m = r.machine, guests = m.guests.map { (name: $0.name, range: $0.placement..<$0.placement + $0.memory) }
             let leaf = MemoryMap.svg(m.kernel, ownership: m.platform.ownership, coloring: .leafSize, title: name, guests: guests)
