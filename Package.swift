@@ -54,8 +54,8 @@ let package = Package(
         // The physical-limit reference `cocomem bench` compares the model against.
         .target(name: "CReference", cSettings: [.unsafeFlags(["-O2"])]),
 
-        // `expectEqual`/`expectNotEqual`: `#expect(a == b)` expanded once, not at each of
-        // some 1,800 call sites (see Tests/Expectations/Expectations.swift).
+        // `expectEqual`, `expectNotEqual`, `expectTrue`: `#expect` expanded once, not at each
+        // of some 2,100 call sites (see Tests/Expectations/Expectations.swift).
         .target(name: "Expectations", path: "Tests/Expectations"),
 
         // Optimized in debug too: the differential tests compare every unit of a window

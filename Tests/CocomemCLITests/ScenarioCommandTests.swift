@@ -19,11 +19,11 @@ import Expectations
     /// `check` runs every example.
     @Test func everyExamplePassesCheck() throws {
         let files = try Self.examples().filter { !$0.hasSuffix("/map-16t.yaml") }
-        #expect(files.count >= 6)
+        expectTrue(files.count >= 6)
         let r = try Self.run(["check"] + files)
         expectEqual(r.status, 0, "\(r.out)")
-        #expect(r.out.hasPrefix("TAP version 13\n1.."))
-        #expect(!r.out.contains("not ok"))
+        expectTrue(r.out.hasPrefix("TAP version 13\n1.."))
+        expectTrue(!r.out.contains("not ok"))
         // Every example has at least one expectation or check.
         for f in files { #expect(r.out.contains(f + ":"), "no test point from \(f)") }
     }
@@ -70,15 +70,16 @@ import Expectations
         try expectEqual(String(contentsOfFile: svg1, encoding: .utf8), String(contentsOfFile: svg2, encoding: .utf8))
         let c1 = try Self.run(["run", Self.example("cpa-churn.yaml"), "--csv"])
         let c2 = try Self.run(["run", Self.example("cpa-churn.yaml"), "--csv"])
-        #expect(c1.out == c2.out && c1.out.hasPrefix("metric,value\ndirectmap_4k_kb,"))
+        expectEqual(c1.out, c2.out)
+        expectTrue(c1.out.hasPrefix("metric,value\ndirectmap_4k_kb,"))
     }
 
     @Test func jsonHasStepsMetricsAndChecksInOrder() throws {
         let r = try Self.run(["run", Self.example("boot-e820.yaml"), "--json"])
         expectEqual(r.status, 0)
-        #expect(r.out.hasPrefix("{\n  \"scenario\": \"boot-e820\",\n  \"file\": "))
-        #expect(r.out.contains("\"directmap_4k_kb\": 2048,\n    \"directmap_2m_kb\": 1046528,\n    \"directmap_1g_kb\": 24117248,"))
-        #expect(r.out.hasSuffix("\"invariant_failure\": null,\n  \"passed\": true\n}\n"))
+        expectTrue(r.out.hasPrefix("{\n  \"scenario\": \"boot-e820\",\n  \"file\": "))
+        expectTrue(r.out.contains("\"directmap_4k_kb\": 2048,\n    \"directmap_2m_kb\": 1046528,\n    \"directmap_1g_kb\": 24117248,"))
+        expectTrue(r.out.hasSuffix("\"invariant_failure\": null,\n  \"passed\": true\n}\n"))
     }
 
     @Test func traceIsChromeTraceEventJSON() throws {
@@ -89,7 +90,7 @@ import Expectations
         let object = try JSONSerialization.jsonObject(with: data) as? [String: Any]
         let events = try #require(object?["traceEvents"] as? [[String: Any]])
         expectEqual(events.filter { $0["ph"] as? String == "X" }.count, 18)
-        #expect(events.contains { $0["ph"] as? String == "C" && $0["name"] as? String == "DirectMap kB" })
+        expectTrue(events.contains { $0["ph"] as? String == "C" && $0["name"] as? String == "DirectMap kB" })
         let first = try #require(events.first { $0["ph"] as? String == "X" })
         expectEqual(first["name"] as? String, "set_memory_ro")
         expectEqual((first["args"] as? [String: Any])?["result"] as? String, "ok")
@@ -98,9 +99,10 @@ import Expectations
     @Test func meminfoAndPtdumpAtAStep() throws {
         let r = try Self.run(["run", Self.example("cpa-basics.yaml"), "--meminfo", "--at", "0"])
         expectEqual(r.status, 0)
-        #expect(r.out.contains("/proc/meminfo after step 0:\nDirectMap4k:        2048 kB\nDirectMap2M:     1046528 kB\nDirectMap1G:     7340032 kB\n"))
+        expectTrue(r.out.contains("/proc/meminfo after step 0:\nDirectMap4k:        2048 kB\nDirectMap2M:     1046528 kB\nDirectMap1G:     7340032 kB\n"))
         let p = try Self.run(["run", Self.example("cpa-basics.yaml"), "--ptdump"])
-        #expect(p.out.contains("ptdump at the end:\n---[ User Space ]---\n") && p.out.contains("\n---[ Low Kernel Mapping ]---\n"))
+        expectTrue(p.out.contains("ptdump at the end:\n---[ User Space ]---\n"))
+        expectTrue(p.out.contains("\n---[ Low Kernel Mapping ]---\n"))
     }
 
     @Test func svgAndHtmlAreWritten() throws {
@@ -109,11 +111,12 @@ import Expectations
         let r = try Self.run(["run", Self.example("split-scatter.yaml"), "--svg", svg, "--html", html, "--color", "leaf-size"])
         expectEqual(r.status, 0)
         let s = try String(contentsOfFile: svg, encoding: .utf8)
-        #expect(s.hasPrefix("<svg xmlns=\"http://www.w3.org/2000/svg\""))
-        #expect(s.contains("4K, set_memory_4k (never collapses): "))
-        #expect(s.contains(">0x0007c0000000</text>"))  // the last of 32 rows
+        expectTrue(s.hasPrefix("<svg xmlns=\"http://www.w3.org/2000/svg\""))
+        expectTrue(s.contains("4K, set_memory_4k (never collapses): "))
+        expectTrue(s.contains(">0x0007c0000000</text>"))  // the last of 32 rows
         let h = try String(contentsOfFile: html, encoding: .utf8)
-        #expect(h.contains("<svg") && h.contains("metric"))
+        expectTrue(h.contains("<svg"))
+        expectTrue(h.contains("metric"))
     }
 
     @Test func compareRunsEachPolicyInOrder() throws {
@@ -123,17 +126,19 @@ import Expectations
         let rows = r.out.split(separator: "\n", omittingEmptySubsequences: false).map { $0.split(separator: " ").map(String.init) }
         expectEqual(rows[0], ["scenario", "cpa-basics,", "slot", "host.cpa-collapse,", "seed", "7"])
         expectEqual(rows[2], ["metric", "never", "rox", "always"])
-        #expect(rows.contains(["direct_map_level2_collapses", "0", "1", "1"]))
-        #expect(rows.contains(["directmap_4k_kb", "14336", "12288", "12288"]))
-        #expect(rows.contains(["expectations+checks", "FAIL:", "metric", "pass", "pass"]))
+        expectTrue(rows.contains(["direct_map_level2_collapses", "0", "1", "1"]))
+        expectTrue(rows.contains(["directmap_4k_kb", "14336", "12288", "12288"]))
+        expectTrue(rows.contains(["expectations+checks", "FAIL:", "metric", "pass", "pass"]))
         #expect(r.out.hasSuffix("\n10 metrics zero in every run not shown (--show-zero shows them)\n\nfailed:\n"
             + "  never: metric direct_map_level2_collapses == 1, pgtable_alloc_failures == 1\n"))
-        #expect(!rows.contains { $0.first == "cache_flush_pages" })
+        expectTrue(!rows.contains { $0.first == "cache_flush_pages" })
         let all = try Self.run(["compare", Self.example("cpa-basics.yaml"), "--policy", "never", "--policy", "rox", "--show-zero", "--allow-fail"])
-        #expect(all.status == 0 && all.out.contains("\ncache_flush_pages ") && !all.out.contains("not shown"))
+        expectEqual(all.status, 0)
+        expectTrue(all.out.contains("\ncache_flush_pages "))
+        expectTrue(!all.out.contains("not shown"))
         let csv = try Self.run(["compare", Self.example("cpa-basics.yaml"), "--policy", "never", "--policy", "rox", "--csv"])
-        #expect(csv.out.hasPrefix("metric,never,rox\nseed,7,7\npolicy:host.cpa-collapse,never,rox\ndirectmap_4k_kb,"))
-        #expect(csv.out.hasSuffix("\ncheck:invariants,pass,pass\n\"check:metric direct_map_level2_collapses == 1, pgtable_alloc_failures == 1\",fail,pass\npassed,false,true\n"))
+        expectTrue(csv.out.hasPrefix("metric,never,rox\nseed,7,7\npolicy:host.cpa-collapse,never,rox\ndirectmap_4k_kb,"))
+        expectTrue(csv.out.hasSuffix("\ncheck:invariants,pass,pass\n\"check:metric direct_map_level2_collapses == 1, pgtable_alloc_failures == 1\",fail,pass\npassed,false,true\n"))
         let md = try Self.run(["compare", Self.example("cpa-basics.yaml"), "--policy", "never", "--policy", "rox", "--markdown",
                                "--metrics", "direct_map_level2_collapses,directmap_4k_kb"])
         #expect(md.out == """
@@ -150,11 +155,13 @@ import Expectations
 
             """)
         let json = try Self.run(["compare", Self.example("cpa-basics.yaml"), "--policy", "never", "--json", "--metrics", "errors"])
-        #expect(json.out.contains("\"seed\": 7") && json.out.contains("\"policies\": {\n        \"host.cpa-collapse\": \"never\""))
-        #expect(json.out.contains("\"failed\": [\n        \"metric direct_map_level2_collapses == 1, pgtable_alloc_failures == 1\"\n      ]"))
-        #expect(json.out.contains("\"check\": \"invariants\",\n          \"passed\": true"))
+        expectTrue(json.out.contains("\"seed\": 7"))
+        expectTrue(json.out.contains("\"policies\": {\n        \"host.cpa-collapse\": \"never\""))
+        expectTrue(json.out.contains("\"failed\": [\n        \"metric direct_map_level2_collapses == 1, pgtable_alloc_failures == 1\"\n      ]"))
+        expectTrue(json.out.contains("\"check\": \"invariants\",\n          \"passed\": true"))
         let bad = try Self.run(["compare", Self.example("cpa-basics.yaml"), "--policy", "never", "--metrics", "errors,eros"])
-        #expect(bad.status == 1 && bad.err.contains("--metrics: no metric 'eros' on this machine; did you mean 'errors'?"))
+        expectEqual(bad.status, 1)
+        expectTrue(bad.err.contains("--metrics: no metric 'eros' on this machine; did you mean 'errors'?"))
     }
 
     @Test(arguments: [
@@ -175,14 +182,14 @@ import Expectations
         let r = try Self.run(fixed)
         expectNotEqual(r.status, 0)
         let expected = message.replacingOccurrences(of: "examples/", with: Self.root.path + "/examples/")
-        #expect(r.err.contains(expected), "stderr: \(r.err)")
+        expectTrue(r.err.contains(expected), "stderr: \(r.err)")
     }
 
     @Test func scenarioErrorNamesFileLineColumnAndField() throws {
         let path = try CommandLineTests.writeTemp("name: bad\nmachine: {memory: 4G}\nsteps:\n  - set_memory_ro: {pa: 0x40000000, pages: 2}\n")
         let r = try Self.run(["run", path])
         expectEqual(r.status, 1)
-        #expect(r.err.contains("\(path):4:37: steps[1].set_memory_ro.pages: unknown field 'pages'; did you mean 'numpages'?; valid: addr, numpages, guest, gpa, pa"))
+        expectTrue(r.err.contains("\(path):4:37: steps[1].set_memory_ro.pages: unknown field 'pages'; did you mean 'numpages'?; valid: addr, numpages, guest, gpa, pa"))
     }
 
     /// The seed thread's question, answered by compare: which policies keep the host up when
@@ -191,26 +198,33 @@ import Expectations
         let r = try Self.run(["compare", Self.example("snp-directmap-policies.yaml"), "--policy", "none", "--policy", "split-on-assign",
                               "--policy", "proactive-4k", "--policy", "unmap-private", "--policy", "split-on-fault", "--policy", "coalesce"])
         expectEqual(r.status, 1)  // none, unmap-private and split-on-fault fail the file's checks
-        #expect(r.out.contains("\n  none: step 2 host-write: expected ok, got #PF(RMP): double fault; no-host-crash\n"))
+        expectTrue(r.out.contains("\n  none: step 2 host-write: expected ok, got #PF(RMP): double fault; no-host-crash\n"))
         let rows = r.out.split(separator: "\n").map { $0.split(separator: " ").map(String.init) }
-        #expect(rows.contains(["rmp_fault_double_fault", "1", "0", "0", "0", "1", "0"]))
-        #expect(rows.contains(["host_crashes", "1", "0", "0", "1", "1", "0"]))  // unmap-private: the stray read oopses
-        #expect(rows.contains(["ciphertext_reads", "1", "1", "1", "0", "1", "1"]))
-        #expect(rows.contains(["directmap_4k_kb", "2048", "6144", "6144", "6144", "4096", "2048"]))
+        expectTrue(rows.contains(["rmp_fault_double_fault", "1", "0", "0", "0", "1", "0"]))
+        expectTrue(rows.contains(["host_crashes", "1", "0", "0", "1", "1", "0"]))  // unmap-private: the stray read oopses
+        expectTrue(rows.contains(["ciphertext_reads", "1", "1", "1", "0", "1", "1"]))
+        expectTrue(rows.contains(["directmap_4k_kb", "2048", "6144", "6144", "6144", "4096", "2048"]))
     }
 
     @Test func listShowsEachRegistry() throws {
         for what in ["steps", "policies", "workloads", "checks", "invariants", "metrics", "archs"] {
             let r = try Self.run(["list", what])
-            #expect(r.status == 0 && !r.out.isEmpty)
+            expectEqual(r.status, 0)
+            expectTrue(!r.out.isEmpty)
         }
         let workloads = try Self.run(["list", "workloads"]).out
-        #expect(workloads.hasPrefix("cpa-churn ") && workloads.split(separator: "\n")[0].hasSuffix(" set_memory_decrypted then set_memory_encrypted on random RAM pages (swiotlb-style bounce buffers on an SME host)"))
+        expectTrue(workloads.hasPrefix("cpa-churn "))
+        expectTrue(workloads.split(separator: "\n")[0].hasSuffix(" set_memory_decrypted then set_memory_encrypted on random RAM pages (swiotlb-style bounce buffers on an SME host)"))
         let steps = try Self.run(["list", "steps"]).out
-        #expect(steps.contains("\nrmpupdate ") && steps.contains("[x86-snp]") && steps.contains("(also: guest_set_memory_decrypted)"))
-        #expect(steps.contains("\n  numpages ") && steps.contains("pages to change; default 1\n"))
+        expectTrue(steps.contains("\nrmpupdate "))
+        expectTrue(steps.contains("[x86-snp]"))
+        expectTrue(steps.contains("(also: guest_set_memory_decrypted)"))
+        expectTrue(steps.contains("\n  numpages "))
+        expectTrue(steps.contains("pages to change; default 1\n"))
         let metrics = try Self.run(["list", "metrics"]).out
-        #expect(metrics.contains("[x86-snp]") && metrics.contains("  psmash ") && metrics.contains("  directmap_4k_kb "))
+        expectTrue(metrics.contains("[x86-snp]"))
+        expectTrue(metrics.contains("  psmash "))
+        expectTrue(metrics.contains("  directmap_4k_kb "))
     }
 
     /// `--guest` prints the guest's own kernel: its DirectMap lines after a conversion split
@@ -228,13 +242,14 @@ import Expectations
             """)
         let r = try Self.run(["run", path, "--meminfo", "--guest", "vm0"])
         expectEqual(r.status, 0)
-        #expect(r.out.contains("/proc/meminfo of guest vm0 at the end:\nDirectMap4k:        2048 kB\nDirectMap2M:       14336 kB\nDirectMap1G:           0 kB\n"), "\(r.out)")
+        expectTrue(r.out.contains("/proc/meminfo of guest vm0 at the end:\nDirectMap4k:        2048 kB\nDirectMap2M:       14336 kB\nDirectMap1G:           0 kB\n"), "\(r.out)")
         let p = try Self.run(["run", path, "--ptdump", "--guest", "vm0"])
-        #expect(p.out.contains("ptdump of guest vm0 at the end:\n---[ User Space ]---\n") && p.out.contains("\n---[ Low Kernel Mapping ]---\n"))
+        expectTrue(p.out.contains("ptdump of guest vm0 at the end:\n---[ User Space ]---\n"))
+        expectTrue(p.out.contains("\n---[ Low Kernel Mapping ]---\n"))
         // The decrypted page is a range of its own (its C-bit differs, as note_page sees it).
         #expect(p.out.contains("0xffff888000200000-0xffff888000201000           4K     RW                 GLB NX pte\n"
             + "0xffff888000201000-0xffff888000400000        2044K     RW                 GLB NX pte\n"), "\(p.out)")
-        #expect(try Self.run(["run", path, "--meminfo", "--guest", "vm9"]).err.contains("--guest 'vm9': "))
+        try expectTrue(Self.run(["run", path, "--meminfo", "--guest", "vm9"]).err.contains("--guest 'vm9': "))
         try expectNotEqual(Self.run(["run", path, "--guest", "vm0"]).status, 0)
     }
 
@@ -244,18 +259,19 @@ import Expectations
         let path = Self.example("user-vvar-sev-guest.yaml")
         let p = try Self.run(["run", path, "--ptdump", "--guest", "sev0", "--process", "date"])
         expectEqual(p.status, 0)
-        #expect(p.out.contains("ptdump of process date of guest sev0 at the end:\n---[ User Space ]---\n"))
+        expectTrue(p.out.contains("ptdump of process date of guest sev0 at the end:\n---[ User Space ]---\n"))
         #expect(p.out.contains("0x00007ffff7ffb000-0x00007ffff7ffc000           4K USR ro                     NX pte\n"
             + "0x00007ffff7ffc000-0x00007ffff7ffd000           4K USR ro                     NX pte\n"), "\(p.out)")
         #expect(p.out.contains("---[ entries ]---\n0x00007ffff7ffb000 pte 0x8000800003fff225 [present user nx enc special]\n"
             + "0x00007ffff7ffc000 pte 0x8000000003ffe225 [present user nx special]\n"))
         let bad = try Self.run(["run", path, "--ptdump", "--process", "date"])
         #expect(bad.status != 0 && bad.err.contains("--process 'date': no such process in the host (the scenario declares none there)"), "\(bad.err)")
-        #expect(try Self.run(["run", path, "--process", "date"]).err.contains("--process chooses whose page table --ptdump prints"))
+        try expectTrue(Self.run(["run", path, "--process", "date"]).err.contains("--process chooses whose page table --ptdump prints"))
     }
 
     @Test func compareSuggestsAPolicyForATypo() throws {
         let r = try Self.run(["compare", Self.example("snp-directmap-policies.yaml"), "--policy", "split-on-asign"])
-        #expect(r.status != 0 && r.err.contains("--policy 'split-on-asign': no such policy; did you mean 'split-on-assign'?"))
+        expectNotEqual(r.status, 0)
+        expectTrue(r.err.contains("--policy 'split-on-asign': no such policy; did you mean 'split-on-assign'?"))
     }
 }

@@ -30,7 +30,7 @@ import Expectations
 
     @Test func aPolicyOfTheEmbeddersOwnIsChosenByName() throws {
         DirectMapPolicyKind.register(SplitRegion.self)
-        #expect(!DirectMapPolicyKind.register(SplitRegion.self))  // a name is registered once
+        expectTrue(!DirectMapPolicyKind.register(SplitRegion.self))  // a name is registered once
         expectEqual(DirectMapPolicyKind(rawValue: "split-region")?.summary, SplitRegion.summary)
         let scenario = try Scenario.load(yaml: """
             name: embedded
@@ -44,8 +44,8 @@ import Expectations
 
             """, file: "embedded.yaml")
         let run = try Runner.run(scenario, options: RunOptions(checkInvariants: true))
-        #expect(run.passed)
+        expectTrue(run.passed)
         expectEqual(run.machine.kernel.directPagesCount.size4K, 1024)  // the ISA 2M and the split region
-        #expect(scenario.policies.contains { $0.slot == "host.directmap-policy" && $0.policy == "split-region" })
+        expectTrue(scenario.policies.contains { $0.slot == "host.directmap-policy" && $0.policy == "split-region" })
     }
 }

@@ -16,6 +16,11 @@ import Testing
         } matching: { issue in
             issue.sourceLocation?.line == line + 6
         }
+        withKnownIssue {
+            expectTrue([1, 2].contains(3), "no 3")
+        } matching: { issue in
+            issue.sourceLocation?.line == line + 11 && issue.comments.map(\.rawValue) == ["no 3"]
+        }
     }
 
     /// A comment is built only when the expectation fails.
@@ -24,6 +29,7 @@ import Testing
         func comment() -> Comment { built += 1; return "built" }
         expectEqual(2, 2, comment())
         expectNotEqual(2, 3, comment())
-        #expect(built == 0)
+        expectTrue(true, comment())
+        expectEqual(built, 0)
     }
 }

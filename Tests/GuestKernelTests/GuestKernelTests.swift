@@ -21,10 +21,12 @@ import Expectations
             calls.append("psc \(r.entries.map { "\(hex($0.gfn)):\($0.operation)" }.joined(separator: ","))")
             return 0
         }
-        #expect(g.isEncrypted(gfn: 3))
+        expectTrue(g.isEncrypted(gfn: 3))
         expectEqual(g.snpSetMemory(3..<5, encrypt: false, pvalidate: pvalidate, vmgexit: vmgexit).kind, .success)
         expectEqual(calls, ["pvalidate 0x3 4K false", "pvalidate 0x4 4K false", "psc 0x3:2,0x4:2"])
-        #expect(!g.isEncrypted(gfn: 3) && !g.isEncrypted(gfn: 4) && g.isEncrypted(gfn: 5))
+        expectTrue(!g.isEncrypted(gfn: 3))
+        expectTrue(!g.isEncrypted(gfn: 4))
+        expectTrue(g.isEncrypted(gfn: 5))
         calls = []
         // Already shared pages are skipped: only gfn 5 converts.
         expectEqual(g.snpSetMemory(3..<6, encrypt: false, pvalidate: pvalidate, vmgexit: vmgexit).kind, .success)
@@ -32,7 +34,8 @@ import Expectations
         calls = []
         expectEqual(g.snpSetMemory(3..<4, encrypt: true, pvalidate: pvalidate, vmgexit: vmgexit).kind, .success)
         expectEqual(calls, ["psc 0x3:1", "pvalidate 0x3 4K true"])
-        #expect(g.isEncrypted(gfn: 3) && g.kernel.directPagesCount == LeafCounts(size4K: 512, size2M: 3))
+        expectTrue(g.isEncrypted(gfn: 3))
+        expectEqual(g.kernel.directPagesCount, LeafCounts(size4K: 512, size2M: 3))
     }
 
     /// A refused page-state change stops the conversion before the PTE changes and is the
@@ -42,8 +45,9 @@ import Expectations
         let r = g.snpSetMemory(7..<8, encrypt: false,
                                pvalidate: { _, _, _ in .success },
                                vmgexit: { _ in 0x1_0000_0000 })
-        #expect(r.description == "PSC error 0x100000000" && r.isError)
-        #expect(g.isEncrypted(gfn: 7))
+        expectEqual(r.description, "PSC error 0x100000000")
+        expectTrue(r.isError)
+        expectTrue(g.isEncrypted(gfn: 7))
     }
 
     /// Where the calls sit against the PTE change: a refused change to private comes from the
@@ -54,10 +58,12 @@ import Expectations
         let ok: SNPPvalidate = { _, _, _ in .success }
         expectEqual(g.snpSetMemory(9..<10, encrypt: false, pvalidate: ok, vmgexit: { _ in 0 }).kind, .success)
         let refused = g.snpSetMemory(9..<10, encrypt: true, pvalidate: ok, vmgexit: { _ in 0x1_0000_0000 })
-        #expect(refused.description == "PSC error 0x100000000" && g.isEncrypted(gfn: 9))
+        expectEqual(refused.description, "PSC error 0x100000000")
+        expectTrue(g.isEncrypted(gfn: 9))
         let failing: SNPPvalidate = { _, _, _ in PvalidateResult(failure: SNPStatusStub()) }
         let r = g.snpSetMemory(10..<11, encrypt: false, pvalidate: failing, vmgexit: { _ in 0 })
-        #expect(r.description == "FAIL_SIZEMISMATCH" && g.isEncrypted(gfn: 10))
+        expectEqual(r.description, "FAIL_SIZEMISMATCH")
+        expectTrue(g.isEncrypted(gfn: 10))
     }
 
     /// accept_memory validates 2M where it can and falls back to 4K on FAIL_SIZEMISMATCH.
@@ -69,7 +75,9 @@ import Expectations
             return mismatch ? PvalidateResult(failure: SNPStatusStub(), sizeMismatch: true) : .success
         }
         #expect(r == nil)
-        #expect(sizes.count == 2 + 512 && sizes.prefix(2) == [.size2M, .size2M] && sizes.dropFirst(2).allSatisfy { $0 == .size4K })
+        expectEqual(sizes.count, 2 + 512)
+        expectEqual(sizes.prefix(2), [.size2M, .size2M])
+        expectTrue(sizes.dropFirst(2).allSatisfy { $0 == .size4K })
     }
 }
 
@@ -86,31 +94,36 @@ struct SNPStatusStub: Outcome {
         var config = KernelConfig(memEncrypt: true, smeCoherent: true)
         config.ccSharedBit = true
         var g = try GuestKernel(name: "td", memory: 16 << 20, config: config)
-        #expect(g.isEncrypted(gfn: 0x200))  // private by default: no shared bit
+        expectTrue(g.isEncrypted(gfn: 0x200))  // private by default: no shared bit
         var log: [String] = []
         // To shared: MapGPA (in enc_status_change_finish, after the flip) with the shared bit in R12.
         let r1 = g.tdxSetMemory(0x200..<0x201, encrypt: false, mapGPA: { r12, r13 in
             log.append("mapgpa \(hex(r12)) \(hex(r13))")
             return (0, 0)
         }, accept: { _, _ in log.append("accept"); return true })
-        #expect(r1.description == "ok" && log == ["mapgpa 0x800000200000 0x1000"] && !g.isEncrypted(gfn: 0x200))
+        expectEqual(r1.description, "ok")
+        expectEqual(log, ["mapgpa 0x800000200000 0x1000"])
+        expectTrue(!g.isEncrypted(gfn: 0x200))
         // To private: MapGPA (no shared bit), then ACCEPT, in enc_status_change_prepare.
         log = []
         let r2 = g.tdxSetMemory(0x200..<0x201, encrypt: true, mapGPA: { r12, r13 in
             log.append("mapgpa \(hex(r12)) \(hex(r13))")
             return (0, 0)
         }, accept: { gpa, level in log.append("accept \(hex(gpa)) \(level)"); return true })
-        #expect(r2.description == "ok" && log == ["mapgpa 0x200000 0x1000", "accept 0x200000 0"] && g.isEncrypted(gfn: 0x200))
+        expectEqual(r2.description, "ok")
+        expectEqual(log, ["mapgpa 0x200000 0x1000", "accept 0x200000 0"])
+        expectTrue(g.isEncrypted(gfn: 0x200))
         // A failed ACCEPT fails the call before the flip: -EIO, the PTE still shared.
         _ = g.tdxSetMemory(0x201..<0x202, encrypt: false, mapGPA: { _, _ in (0, 0) }, accept: { _, _ in true })
         let r3 = g.tdxSetMemory(0x201..<0x202, encrypt: true, mapGPA: { _, _ in (0, 0) }, accept: { _, _ in false })
-        #expect(r3.description == "-EIO" && !g.isEncrypted(gfn: 0x201))
+        expectEqual(r3.description, "-EIO")
+        expectTrue(!g.isEncrypted(gfn: 0x201))
         // RETRY resumes from R11; three without progress give up.
         var calls = 0
-        #expect(GuestKernel.tdxMapGPA(0, 0x3000, enc: true) { r12, _ in calls += 1; return r12 == 0 ? (1, 0x1000) : (0, 0) })
+        expectTrue(GuestKernel.tdxMapGPA(0, 0x3000, enc: true) { r12, _ in calls += 1; return r12 == 0 ? (1, 0x1000) : (0, 0) })
         expectEqual(calls, 2)
         calls = 0
-        #expect(!GuestKernel.tdxMapGPA(0, 0x3000, enc: true) { _, _ in calls += 1; return (1, 0) })
+        expectTrue(!GuestKernel.tdxMapGPA(0, 0x3000, enc: true) { _, _ in calls += 1; return (1, 0) })
         expectEqual(calls, 3)
     }
 
@@ -125,11 +138,15 @@ struct SNPStatusStub: Outcome {
             return level < 2
         }
         // 4K, 1024 2M steps with a 1G attempt at 1G and 2G, then 2M and 4K at the end.
-        #expect(ok && log.count == 1 + 1024 + 2 + 1 + 1 && log[0] == "0x3ffff000:0" && log[1] == "0x40000000:2" && log[2] == "0x40000000:1")
+        expectTrue(ok)
+        expectEqual(log.count, 1 + 1024 + 2 + 1 + 1)
+        expectEqual(log[0], "0x3ffff000:0")
+        expectEqual(log[1], "0x40000000:2")
+        expectEqual(log[2], "0x40000000:1")
         expectEqual(log.filter { $0.hasSuffix(":2") }, ["0x40000000:2", "0x80000000:2"])
         expectEqual(log.suffix(2), ["0xc0000000:1", "0xc0200000:0"])
         log = []
-        #expect(!GuestKernel.tdxAcceptMemory(0, 0x200000) { gpa, level in log.append("\(hex(gpa)):\(level)"); return false })
+        expectTrue(!GuestKernel.tdxAcceptMemory(0, 0x200000) { gpa, level in log.append("\(hex(gpa)):\(level)"); return false })
         expectEqual(log, ["0x0:1", "0x0:0"])
     }
 }

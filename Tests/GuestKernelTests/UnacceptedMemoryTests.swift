@@ -19,39 +19,42 @@ import Expectations
         let r = Recorder()
         // [0, 2M) ends on a unit: the next unit is accepted too, in the same run.
         let ok1 = t.accept(0, 2 * Self.mib, arch: r.arch)
-        #expect(ok1)
+        expectTrue(ok1)
         expectEqual(r.calls, ["0-4"])
         expectEqual(t.unacceptedUnits, 6)
         // [4M, 5M) does not end on a unit: one unit.
         let ok2 = t.accept(4 * Self.mib, Self.mib, arch: r.arch)
-        #expect(ok2)
+        expectTrue(ok2)
         expectEqual(r.calls, ["0-4", "4-6"])
         expectEqual(t.unacceptedUnits, 5)
         // A range over accepted and unaccepted units: one call per run of set bits.
         let ok3 = t.accept(0, 10 * Self.mib, arch: r.arch)
-        #expect(ok3)
+        expectTrue(ok3)
         expectEqual(r.calls, ["0-4", "4-6", "6-12"])
         expectEqual(t.unacceptedUnits, 2)
         // The guard past the table's end is clamped to the bitmap.
         let ok4 = t.accept(14 * Self.mib, 2 * Self.mib, arch: r.arch)
-        #expect(ok4)
-        #expect(r.calls.last == "14-16" && t.unacceptedUnits == 1 && t.isUnaccepted(12 * Self.mib))
+        expectTrue(ok4)
+        expectEqual(r.calls.last, "14-16")
+        expectEqual(t.unacceptedUnits, 1)
+        expectTrue(t.isUnaccepted(12 * Self.mib))
     }
 
     @Test func rangeContainsUnacceptedUsesTheSameGuard() {
         let t = UnacceptedMemory(bytes: 16 * Self.mib, accepted: 4 * Self.mib)
-        #expect(!t.containsUnaccepted(0, 3 * Self.mib))
-        #expect(t.containsUnaccepted(0, 4 * Self.mib))  // ends on a unit: the unit at 4M counts
-        #expect(t.containsUnaccepted(0x3f_f000, 0x1000))
-        #expect(!t.containsUnaccepted(0x3f_e000, 0x1000))
+        expectTrue(!t.containsUnaccepted(0, 3 * Self.mib))
+        expectTrue(t.containsUnaccepted(0, 4 * Self.mib))  // ends on a unit: the unit at 4M counts
+        expectTrue(t.containsUnaccepted(0x3f_f000, 0x1000))
+        expectTrue(!t.containsUnaccepted(0x3f_e000, 0x1000))
     }
 
     @Test func startBelowPhysBaseIsClampedAndAFailedArchLeavesTheBits() {
         var t = UnacceptedMemory(physBase: 4 * Self.mib, bytes: 8 * Self.mib, accepted: 0)
         let below = t.accept(0, Self.mib, arch: { _, _ in Issue.record("below physBase"); return true })
-        #expect(t.units == 4 && below)
+        expectEqual(t.units, 4)
+        expectTrue(below)
         let ok5 = t.accept(4 * Self.mib, Self.mib, arch: { _, _ in false })
-        #expect(!ok5)
+        expectTrue(!ok5)
         expectEqual(t.unacceptedUnits, 4)
         // The firmware claiming more than the memory accepts all of it, and no more.
         expectEqual(UnacceptedMemory(bytes: 8 * Self.mib, accepted: 64 * Self.mib).unacceptedUnits, 0)
@@ -68,23 +71,27 @@ import Expectations
         expectEqual(a.unacceptedPages, 7168)
         let r = Recorder()
         let ok6 = a.allocate(1024, arch: r.arch)
-        #expect(ok6 && r.calls.isEmpty)
+        expectTrue(ok6)
+        expectTrue(r.calls.isEmpty)
         let ok7 = a.allocate(1, arch: r.arch)
-        #expect(ok7)
+        expectTrue(ok7)
         expectEqual(r.calls, ["8-10"])
         expectEqual(a.blocksAccepted, 1)
         expectEqual(a.freeAccepted, 1023)
         let ok8 = a.allocate(1024, arch: r.arch)
-        #expect(ok8)
+        expectTrue(ok8)
         expectEqual(r.calls, ["8-10", "10-14"])
         expectEqual(a.table.unacceptedUnits, 9)
         // Out of memory once the list is empty.
         let ok9 = a.allocate(1 << 20, arch: r.arch)
-        #expect(!ok9)
+        expectTrue(!ok9)
         // Eager: every listed block at boot.
         var e = GuestAllocator(table: UnacceptedMemory(bytes: bytes, accepted: 8 * Self.mib), bytes: bytes)
         let ok10 = e.acceptAll(arch: Recorder().arch)
-        #expect(ok10 && e.table.unacceptedUnits == 0 && e.freeAccepted == 8192 && e.blocksAccepted == 7)
+        expectTrue(ok10)
+        expectEqual(e.table.unacceptedUnits, 0)
+        expectEqual(e.freeAccepted, 8192)
+        expectEqual(e.blocksAccepted, 7)
     }
 
     /// Sums near 2^64 saturate instead of trapping: past the bitmap is nothing.
@@ -92,10 +99,11 @@ import Expectations
         var t = UnacceptedMemory(bytes: 8 * Self.mib, accepted: UInt64.max)
         expectEqual(t.unacceptedUnits, 0)
         t = UnacceptedMemory(bytes: 8 * Self.mib, accepted: 0)
-        #expect(!t.containsUnaccepted(0xffff_ffff_ffe0_0000, 0))
+        expectTrue(!t.containsUnaccepted(0xffff_ffff_ffe0_0000, 0))
         expectEqual(t.containsUnaccepted(UInt64.max - 10, 100), false)
         let ok = t.accept(0xffff_ffff_ffe0_0000, 0x40_0000, arch: { _, _ in Issue.record("nothing to accept"); return true })
-        #expect(ok && t.unacceptedUnits == 4)
+        expectTrue(ok)
+        expectEqual(t.unacceptedUnits, 4)
     }
 
     /// Memory past the last whole 4 MiB block is accepted at boot, not listed
@@ -107,7 +115,9 @@ import Expectations
         expectEqual(a.unacceptedPages, 7168)
         let r = Recorder()
         let ok = a.acceptTail(arch: r.arch)
-        #expect(ok && r.calls == ["32-34"] && a.freeAccepted == 1536)
+        expectTrue(ok)
+        expectEqual(r.calls, ["32-34"])
+        expectEqual(a.freeAccepted, 1536)
     }
 }
 

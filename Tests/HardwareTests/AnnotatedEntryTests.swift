@@ -16,7 +16,10 @@ import Expectations
             expectEqual(S2TTEState.allCases.filter { e.isS2TTE($0) }, [state])
             let assigned = state == .assignedEmpty || state == .assignedDestroyed
             expectEqual(e.s2tteAddress, (assigned ? pa : nil))
-            #expect(!e.isLeaf && !e.isTable && !e.isNone && e.septState == nil)
+            expectTrue(!e.isLeaf)
+            expectTrue(!e.isTable)
+            expectTrue(!e.isNone)
+            expectEqual(e.septState, nil)
         }
         expectEqual(t.leafCounts, LeafCounts())
         try t.checkInvariants()

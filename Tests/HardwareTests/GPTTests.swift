@@ -20,7 +20,8 @@ import Expectations
         // By default the PPS is the smallest size strictly above the end of RAM.
         expectEqual(GPT(ram: [Self.g2..<(Self.g2 * 2)]).ppsBits, 36)
         expectEqual(GPT(ram: [0..<(1 << 36) - 0x1000]).ppsBits, 36)
-        #expect(t.l1.allSatisfy { $0.allSatisfy { $0 == GPT.contiguous(.ns, 3) } } && GPT.contiguous(.ns, 3) == 0x391)
+        expectTrue(t.l1.allSatisfy { $0.allSatisfy { $0 == GPT.contiguous(.ns, 3) } })
+        expectEqual(GPT.contiguous(.ns, 3), 0x391)
         // RAM from 0x80001000 to 0x80400000: the first 2M in Granules descriptors (granule 0
         // ANY), then one 2M contiguous block; the rest of the 1 GB region ANY.
         let p = Self.gpt([(Self.g2 + 0x1000)..<(Self.g2 + 4 * Self.mib)])
@@ -31,7 +32,8 @@ import Expectations
         expectEqual(p.l1[0][64], GPT.granules(.any))
         // 32M-aligned, 32M long: one 32M block.
         let q = Self.gpt([Self.g2..<(Self.g2 + 32 * Self.mib)])
-        #expect((0..<512).allSatisfy { q.l1[0][$0] == GPT.contiguous(.ns, 2) } && q.l1[0][512] == GPT.granules(.any))
+        expectTrue((0..<512).allSatisfy { q.l1[0][$0] == GPT.contiguous(.ns, 2) })
+        expectEqual(q.l1[0][512], GPT.granules(.any))
     }
 
     /// Every GPI encoding against every PA space (QEMU granule_protection_check, GPCCR's
@@ -55,9 +57,9 @@ import Expectations
         }
         // Outside the table: an L0 block of ANY passes everything; at or above the PPS a
         // Non-secure access passes and the others are address-size faults.
-        #expect(PhysicalAddressSpace.allCases.allSatisfy { t.check(0x1000, $0) == .ok })
+        expectTrue(PhysicalAddressSpace.allCases.allSatisfy { t.check(0x1000, $0) == .ok })
         expectEqual(t.check(1 << 32, .nonSecure), .ok)
-        #expect([PhysicalAddressSpace.secure, .root, .realm].allSatisfy { t.check(1 << 32, $0) == .addressSize })
+        expectTrue([PhysicalAddressSpace.secure, .root, .realm].allSatisfy { t.check(1 << 32, $0) == .addressSize })
         // A contiguous descriptor with Contig 0 is a walk fault; so are a reserved L0 GPI and
         // an L0 type that is neither block nor table.
         t.l1[1][0] = 0x91
@@ -79,9 +81,10 @@ import Expectations
         expectEqual(t.delegate(pa), nil)
         let e = t.l1[0], k = GPT.entryIndex(pa)
         expectEqual(e[k], 0x9999_9999_999B_9999)
-        #expect((288..<320).allSatisfy { $0 == k || e[$0] == GPT.granules(.ns) })
-        #expect((0..<512).allSatisfy { ($0 >= 288 && $0 < 320) || e[$0] == GPT.contiguous(.ns, 1) })
-        #expect((512..<8192).allSatisfy { e[$0] == GPT.contiguous(.ns, 2) } && e[8192] == GPT.contiguous(.ns, 3))
+        expectTrue((288..<320).allSatisfy { $0 == k || e[$0] == GPT.granules(.ns) })
+        expectTrue((0..<512).allSatisfy { ($0 >= 288 && $0 < 320) || e[$0] == GPT.contiguous(.ns, 1) })
+        expectTrue((512..<8192).allSatisfy { e[$0] == GPT.contiguous(.ns, 2) })
+        expectEqual(e[8192], GPT.contiguous(.ns, 3))
         expectEqual(t.stats.shatters, [0, 0, 1])
         expectEqual(t.stats.tlbi512M, 1)
         expectEqual(t.stats.tlbiGranule, 1)
@@ -101,7 +104,8 @@ import Expectations
     @Test func shatterAt32MAnd2M() {
         var t = Self.gpt([Self.g2..<(Self.g2 + 32 * Self.mib)])
         expectEqual(t.delegate(Self.g2 + 0x20_0000), nil)
-        #expect((0..<32).allSatisfy { t.l1[0][$0] == GPT.contiguous(.ns, 1) } && t.l1[0][32] == 0x9999_9999_9999_999B)
+        expectTrue((0..<32).allSatisfy { t.l1[0][$0] == GPT.contiguous(.ns, 1) })
+        expectEqual(t.l1[0][32], 0x9999_9999_9999_999B)
         expectEqual(t.stats.shatters, [0, 1, 0])
         expectEqual(t.stats.tlbi32M, 1)
         var u = Self.gpt([Self.g2..<(Self.g2 + 2 * Self.mib)])
@@ -114,7 +118,8 @@ import Expectations
         // Every granule of the 2M delegated: it fuses into one REALM 2M block (no 32M: its
         // neighbours in the 32M are ANY).
         for g in UInt64(0)..<512 where g != 16 && g != 17 { _ = u.delegate(Self.g2 + g << 12) }
-        #expect((0..<32).allSatisfy { u.l1[0][$0] == GPT.contiguous(.realm, 1) } && u.stats.fuses == [1, 0, 0])
+        expectTrue((0..<32).allSatisfy { u.l1[0][$0] == GPT.contiguous(.realm, 1) })
+        expectEqual(u.stats.fuses, [1, 0, 0])
     }
 
     /// The refusals of gpt_delegate_pas/gpt_undelegate_pas, in their order.
@@ -155,7 +160,9 @@ import Expectations
         expectEqual(u.undelegate(Self.g2 + 0x40_0000), nil)
         expectEqual(u.stats.fuses, [1, 0, 0])
         expectEqual(u.stats.shatters, [0, 0, 0])
-        #expect((64..<96).allSatisfy { u.l1[0][$0] == GPT.contiguous(.ns, 1) } && u.l1[0][0] == GPT.granules(.ns) && u.l1[0][96] == GPT.granules(.ns))
+        expectTrue((64..<96).allSatisfy { u.l1[0][$0] == GPT.contiguous(.ns, 1) })
+        expectEqual(u.l1[0][0], GPT.granules(.ns))
+        expectEqual(u.l1[0][96], GPT.granules(.ns))
         expectEqual(u.refusedGranules(in2M: Self.g2 + 0x40_0000), 0)
         expectEqual(t.refusedGranules(in2M: Self.g2 + (1 << 30)), 0)
         expectEqual(t.delegate(Self.g2 + 0x5000), nil)

@@ -35,9 +35,9 @@ import Expectations
 
     @Test func isRAMNeedsOneWholeRange() throws {
         let m = try PhysicalMemory.parse(e820: Self.example)
-        #expect(m.isRAM(0x100000..<0x200000))
-        #expect(!m.isRAM(0..<0x200000))  // crosses the hole at 0x9f000
-        #expect(!m.isRAM(0xbfe0_0000..<0xc020_0000))
+        expectTrue(m.isRAM(0x100000..<0x200000))
+        expectTrue(!m.isRAM(0..<0x200000))  // crosses the hole at 0x9f000
+        expectTrue(!m.isRAM(0xbfe0_0000..<0xc020_0000))
     }
 
     @Test func unknownTypeIsAnErrorNamingTheLineAndTheValidTypes() {
@@ -101,11 +101,11 @@ import Expectations
     /// the 640K hole too), the PCI hole's sections and anything past RAM are not.
     @Test func pfnValidFollowsMemorySections() throws {
         let m = try PhysicalMemory.parse(e820: Self.example)
-        #expect(m.pfnValid(0x9f))  // below the 640K hole
-        #expect(m.pfnValid(0xa0))  // in it, same section as RAM
+        expectTrue(m.pfnValid(0x9f))  // below the 640K hole
+        expectTrue(m.pfnValid(0xa0))  // in it, same section as RAM
         #expect(m.pfnValid(0xbfff_f000 >> 12) && !m.pfnValid(0xc000_0000 >> 12))  // the PCI hole's sections
-        #expect(!m.pfnValid(0xfed1_c000 >> 12))  // ACPI data is not memblock memory
-        #expect(m.pfnValid(m.endOfRAM / 4096 - 1))
-        #expect(!m.pfnValid(m.endOfRAM / 4096 + (1 << 15)))
+        expectTrue(!m.pfnValid(0xfed1_c000 >> 12))  // ACPI data is not memblock memory
+        expectTrue(m.pfnValid(m.endOfRAM / 4096 - 1))
+        expectTrue(!m.pfnValid(m.endOfRAM / 4096 + (1 << 15)))
     }
 }

@@ -156,7 +156,9 @@ import Expectations
         expectEqual(f.rmm.rttDestroy(rd: f.rd, ipa: 0, level: 2).status, .success)
         let roots = (0..<2).map { f.realm.rttGranule[$0]! }
         expectEqual(f.rmm.realmDestroy(rd: f.rd), .success)
-        #expect(f.rmm.state(f.rd) == .delegated && roots.allSatisfy { f.rmm.state($0) == .delegated } && f.rmm.vmids.isEmpty)
+        expectEqual(f.rmm.state(f.rd), .delegated)
+        expectTrue(roots.allSatisfy { f.rmm.state($0) == .delegated })
+        expectTrue(f.rmm.vmids.isEmpty)
         // The VMID is free again.
         expectEqual(f.rmm.realmCreate(rd: f.rd, rttBase: roots[0], .kvm(s2sz: 40, vmid: 1)), .success)
     }
@@ -172,7 +174,7 @@ import Expectations
         expectEqual(create(aux: aux + [f.delegated()]), .errorInput)  // more than 16 auxiliary granules
         let ns = f.ns()
         expectEqual(create(aux: Array(aux[0..<8]) + [ns] + Array(aux[9...])), .errorInput)  // one not DELEGATED
-        #expect(aux.allSatisfy { f.rmm.state($0) == .delegated })  // those taken were given back
+        expectTrue(aux.allSatisfy { f.rmm.state($0) == .delegated })  // those taken were given back
         expectEqual(create(rec: f.ns()), .errorInput)  // rec not DELEGATED
         expectEqual(create(rec: f.rd), .errorInput)  // rec is the RD
         expectEqual(create(rd: aux[0]), .errorInput)  // rd not an RD
@@ -180,14 +182,16 @@ import Expectations
         expectEqual(create(mpidr: 0x100_0000_0000), .errorInput)  // a bit outside Aff0[3:0] and Aff1-3
         expectEqual(create(mpidr: 0x10), .errorInput)  // Aff0[7:4]
         expectEqual(create(aux: Array(aux[0..<15])), .errorInput)  // rd.num_rec_aux is 16
-        #expect(create() == .success && f.rmm.state(rec) == .rec && aux.allSatisfy { f.rmm.state($0) == .recAux })
+        expectEqual(create(), .success)
+        expectEqual(f.rmm.state(rec), .rec)
+        expectTrue(aux.allSatisfy { f.rmm.state($0) == .recAux })
         expectEqual(f.realm.liveRECs, 1)
         expectEqual(f.realm.recCount, 1)
         expectEqual(f.realm.rimExtensions, 1)
         expectEqual(f.rmm.realmActivate(rd: f.rd), .success)
         let aux2 = (0..<16).map { _ in f.delegated() }
         expectEqual(f.rmm.recCreate(rd: f.rd, rec: f.delegated(), mpidr: 1, runnable: true, aux: aux2), .errorRealm)  // ACTIVE
-        #expect(aux2.allSatisfy { f.rmm.state($0) == .delegated })
+        expectTrue(aux2.allSatisfy { f.rmm.state($0) == .delegated })
     }
 
     @Test func recDestroyKeepsTheIndex() {
@@ -196,7 +200,9 @@ import Expectations
         expectEqual(f.rmm.recDestroy(rec: f.rd), .errorInput)
         let aux = f.rmm.recs[rec]!.aux
         expectEqual(f.rmm.recDestroy(rec: rec), .success)
-        #expect(f.rmm.state(rec) == .delegated && aux.allSatisfy { f.rmm.state($0) == .delegated } && f.realm.liveRECs == 0)
+        expectEqual(f.rmm.state(rec), .delegated)
+        expectTrue(aux.allSatisfy { f.rmm.state($0) == .delegated })
+        expectEqual(f.realm.liveRECs, 0)
         expectEqual(f.rmm.recCreate(rd: f.rd, rec: rec, mpidr: 0, runnable: true, aux: aux), .errorInput)  // rec_count stays 1
         expectEqual(f.rmm.recCreate(rd: f.rd, rec: rec, mpidr: 1, runnable: true, aux: aux), .success)
         expectEqual(RMM.mpidrIndex(RMM.mpidr(index: 0x1234)), 0x1234)
@@ -270,7 +276,7 @@ import Expectations
         expectEqual(f.rmm.dataCreate(rd: f.rd, data: base + 0x1000, ipa: 0x1000, src: 0x8000_0000), .success)
         expectEqual(f.rmm.rttFold(rd: f.rd, ipa: 0, level: 3).status, .success)
         expectEqual(f.entry(0x1000, 2), .assigned(.ram, pa: base))
-        #expect(f.countsHold())
+        expectTrue(f.countsHold())
     }
 
     /// An invalid ASSIGNED block (EMPTY) folds and unfolds with its PAs kept in order.
@@ -283,7 +289,8 @@ import Expectations
         expectEqual(f.entry(0x4000_0000, 2), .assigned(.empty, pa: base))
         expectEqual(f.create(0x4000_0000, 3), .success)
         expectEqual(f.wholeTable(0x4000_0000, level: 3), (0..<512).map { .assigned(.empty, pa: base + UInt64($0) * pageBytes) })
-        #expect(f.realm.rtt.leafCounts[.size4K] == 0 && f.countsHold())
+        expectEqual(f.realm.rtt.leafCounts[.size4K], 0)
+        expectTrue(f.countsHold())
     }
 
     @Test func foldOfUnassignedAndNS() {
@@ -315,7 +322,7 @@ import Expectations
         expectEqual(g.create(0, 1), .success)
         expectEqual(g.rmm.rttFold(rd: g.rd, ipa: 0, level: 1).status, .success)
         expectEqual(g.entry(0, 0), .unassigned(.empty))
-        #expect(f.countsHold())
+        expectTrue(f.countsHold())
     }
 
     @Test func rttDestroyFailuresAndTop() {
@@ -338,7 +345,7 @@ import Expectations
         expectEqual(f.create(ns, 2), .success)
         expectEqual(f.rmm.rttDestroy(rd: f.rd, ipa: ns, level: 2).status, .success)
         expectEqual(f.entry(ns, 1), .unassignedNS)
-        #expect(f.countsHold())
+        expectTrue(f.countsHold())
     }
 
     @Test func readEntry() {
@@ -400,7 +407,7 @@ import Expectations
         expectEqual(f.rmm.stats.tlbis, tlbis + 1)
         expectEqual(f.rmm.dataDestroy(rd: f.rd, ipa: 0x2000).status, .success)
         expectEqual(f.entry(0x2000, 3), .unassigned(.destroyed))
-        #expect(f.countsHold())
+        expectTrue(f.countsHold())
     }
 
     // MARK: Unprotected mappings
@@ -430,7 +437,7 @@ import Expectations
         // An RTT of ASSIGNED_NS entries is destroyed with them (they are not counted).
         expectEqual(f.rmm.rttDestroy(rd: f.rd, ipa: ns, level: 2).status, .success)
         expectEqual(f.entry(ns, 1), .unassignedNS)
-        #expect(f.countsHold())
+        expectTrue(f.countsHold())
     }
 
     // MARK: RIPAS
@@ -506,7 +513,7 @@ import Expectations
         _ = f.rmm.recEnter(rec: rec, response: .accept)
         expectEqual(f.entry(0x3000, 3), .unassigned(.empty))
         expectEqual(f.rmm.rttInitRIPAS(rd: f.rd, base: 0x3000, top: 0x4000).status, .errorRealm)
-        #expect(f.countsHold())
+        expectTrue(f.countsHold())
     }
 
     @Test func destroyedNeedsChangeDestroyed() {
@@ -548,7 +555,7 @@ import Expectations
             expectEqual(u(.unassignedNS, .ram), nil)
             expectEqual(u(.assignedNS(pa: pa), .empty), nil)
             expectEqual(u(.table(3), .ram), nil)
-            #expect(RMM.updateRIPAS(.assigned(.ram, pa: pa), .empty, changeDestroyed: cd)!.tlbi)
+            expectTrue(RMM.updateRIPAS(.assigned(.ram, pa: pa), .empty, changeDestroyed: cd)!.tlbi)
         }
     }
 

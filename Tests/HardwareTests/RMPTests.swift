@@ -32,8 +32,13 @@ import Expectations
         var r = assigned4K(validated: true)
         expectEqual(r.rmpupdate(spa: Self.base, RMPUpdate(gpa: 0x3000, assigned: true, asid: 6)), .success)
         let e = r[Self.base >> 12]
-        #expect(e.assigned && e.asid == 6 && e.gpa == 0x3000 && !e.isLarge && !e.immutable)
-        #expect(!e.validated && !e.vmsa)
+        expectTrue(e.assigned)
+        expectEqual(e.asid, 6)
+        expectEqual(e.gpa, 0x3000)
+        expectTrue(!e.isLarge)
+        expectTrue(!e.immutable)
+        expectTrue(!e.validated)
+        expectTrue(!e.vmsa)
         expectEqual(e.permissions(vmpl: 0), .all)
         expectEqual(e.permissions(vmpl: 1), [])
         expectEqual(e.permissions(vmpl: 3), [])
@@ -103,11 +108,11 @@ import Expectations
         let c = r.code(Int(base >> 9))
         for (p, e) in followers {
             expectEqual(r[p], e)
-            #expect(!r.flags[Int(c) << 9 | Int(p & 511)].contains(.aside), "\(e)")
+            expectTrue(!r.flags[Int(c) << 9 | Int(p & 511)].contains(.aside), "\(e)")
         }
         for (p, e) in outliers {
             expectEqual(r[p], e)
-            #expect(r.flags[Int(c) << 9 | Int(p & 511)].contains(.aside), "\(e)")
+            expectTrue(r.flags[Int(c) << 9 | Int(p & 511)].contains(.aside), "\(e)")
         }
         expectEqual(r.aside.count, outliers.count)
         expectEqual(r.assigned4KCount(base), 1 + 3 + 5)  // the unassigned 13 does not count
@@ -127,7 +132,7 @@ import Expectations
         expected.isLarge = false
         expectEqual(r[next + 2], expected)
         expectEqual(r.aside.count, outliers.count)
-        #expect(!r.flags[Int(r.code(Int(next >> 9))) << 9 | 2].contains(.aside))
+        expectTrue(!r.flags[Int(r.code(Int(next >> 9))) << 9 | 2].contains(.aside))
         try r.checkInvariants()
         // Every entry but the outliers and one follower gone: the formula cannot move while
         // that follower holds it; once it goes too, the next assignment brings its own.
@@ -179,7 +184,10 @@ import Expectations
     @Test func rmpupdate2MWritesAll512EntriesWithContiguousGPAs() throws {
         let r = assigned2M()
         let last = r[(Self.base >> 12) + 511]
-        #expect(last.assigned && last.isLarge && last.gpa == Self.M + 511 * 0x1000 && last.asid == 5)
+        expectTrue(last.assigned)
+        expectTrue(last.isLarge)
+        expectEqual(last.gpa, Self.M + 511 * 0x1000)
+        expectEqual(last.asid, 5)
         expectEqual(r.assigned4KCount(Self.base >> 12), 0)
         try r.checkInvariants()
     }
@@ -190,7 +198,11 @@ import Expectations
         expectEqual(r.psmash(spa: Self.base), .success)
         for i: UInt64 in [0, 1, 511] {
             let e = r[(Self.base >> 12) + i]
-            #expect(e.assigned && !e.isLarge && e.validated && e.gpa == Self.M + i * 0x1000 && e.permissions(vmpl: 0) == .all)
+            expectTrue(e.assigned)
+            expectTrue(!e.isLarge)
+            expectTrue(e.validated)
+            expectEqual(e.gpa, Self.M + i * 0x1000)
+            expectEqual(e.permissions(vmpl: 0), .all)
         }
         expectEqual(r.assigned4KCount(Self.base >> 12), 512)
         try r.checkInvariants()
@@ -220,7 +232,7 @@ import Expectations
     @Test func pvalidate4KSetsValidated() {
         var r = assigned4K()
         expectEqual(r.pvalidate(guest(0x1000, spa: Self.base), size: .size4K, validate: true), .status(.success))
-        #expect(r[Self.base >> 12].validated)
+        expectTrue(r[Self.base >> 12].validated)
         expectEqual(r[Self.base >> 12].state, .guestValid)
     }
 
@@ -236,7 +248,7 @@ import Expectations
         var r = rmp()
         expectEqual(r.rmpupdate(spa: Self.base, RMPUpdate(gpa: Self.M, assigned: true, asid: 5)), .success)
         expectEqual(r.pvalidate(guest(Self.M, spa: Self.base), size: .size2M, validate: true), .status(.failSizeMismatch))
-        #expect(!r[Self.base >> 12].validated)
+        expectTrue(!r[Self.base >> 12].validated)
     }
 
     @Test func pvalidate4KInside2MEntryIsNPFWithSizem() {
@@ -367,9 +379,9 @@ import Expectations
     @Test func rmpadjustSetsVMSAOnlyFromVMPL0() {
         var r = assigned4K(validated: true)
         expectEqual(r.rmpadjust(guest(0x1000, spa: Self.base), size: .size4K, targetVMPL: 1, permissions: .all, vmsa: true), .status(.success))
-        #expect(r[Self.base >> 12].vmsa)
+        expectTrue(r[Self.base >> 12].vmsa)
         expectEqual(r.rmpadjust(guest(0x1000, spa: Self.base, vmpl: 1), size: .size4K, targetVMPL: 2, permissions: .read, vmsa: false), .status(.success))
-        #expect(r[Self.base >> 12].vmsa)  // VMPL1 cannot clear it
+        expectTrue(r[Self.base >> 12].vmsa)  // VMPL1 cannot clear it
     }
 
     @Test func rmpqueryReportsPermissionsVMSAAndSize() {
@@ -441,7 +453,12 @@ import Expectations
     @Test func entryLayoutRoundTrips() {
         let e = PSCEntry(gfn: 0xabcde, operation: 2, size2M: true, curPage: 7)
         expectEqual(e.raw, 7 | 0xabcde << 12 | 2 << 52 | 1 << 56)
-        #expect(PSCEntry(raw: e.raw) == e && e.gfn == 0xabcde && e.operation == 2 && e.size2M && e.curPage == 7 && e.pages == 512)
+        expectEqual(PSCEntry(raw: e.raw), e)
+        expectEqual(e.gfn, 0xabcde)
+        expectEqual(e.operation, 2)
+        expectTrue(e.size2M)
+        expectEqual(e.curPage, 7)
+        expectEqual(e.pages, 512)
     }
 
     // §5 case 17

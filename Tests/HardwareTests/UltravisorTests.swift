@@ -10,28 +10,34 @@ import Expectations
     func fresh() -> (Ultravisor, Int) {
         var uv = Ultravisor()
         let (r, g) = uv.createConfiguration()
-        #expect(r.ok && r.description == "cc 0 (UVC_CC_OK) rc 0x0001 (UVC_RC_EXECUTED)")
+        expectTrue(r.ok)
+        expectEqual(r.description, "cc 0 (UVC_CC_OK) rc 0x0001 (UVC_RC_EXECUTED)")
         return (uv, g!)
     }
 
     @Test func importClearsTheFirstTimeAndVerifiesAfterAnExport() {
         var (uv, g) = fresh()
         uv.setContent(0x100, 77)  // what the host left in the frame
-        #expect(uv.convertToSecure(guest: g, gfn: 5, pfn: 0x100).ok)
-        #expect(uv.contents(0x100) == 0 && uv.isSecure(0x100) && !uv.hostAccessible(0x100))
+        expectTrue(uv.convertToSecure(guest: g, gfn: 5, pfn: 0x100).ok)
+        expectEqual(uv.contents(0x100), 0)
+        expectTrue(uv.isSecure(0x100))
+        expectTrue(!uv.hostAccessible(0x100))
         uv.setContent(0x100, 42)  // the guest writes
-        #expect(uv.convertFromSecure(0x100).ok)
+        expectTrue(uv.convertFromSecure(0x100).ok)
         let cipher = uv.contents(0x100)
-        #expect(cipher != 42 && !uv.isSecure(0x100) && uv.configurations[g].exported[5] == ExportRecord(cipher: cipher, plain: 42))
+        expectNotEqual(cipher, 42)
+        expectTrue(!uv.isSecure(0x100))
+        expectEqual(uv.configurations[g].exported[5], ExportRecord(cipher: cipher, plain: 42))
         // Swapped to another frame and imported there: verified, decrypted.
         uv.copyContent(from: 0x100, to: 0x200)
-        #expect(uv.convertToSecure(guest: g, gfn: 5, pfn: 0x200).ok)
+        expectTrue(uv.convertToSecure(guest: g, gfn: 5, pfn: 0x200).ok)
         expectEqual(uv.contents(0x200), 42)
         expectEqual(uv.configurations[g].exported[5], nil)
         expectEqual(uv.stats.imports, 2)
         expectEqual(uv.stats.exports, 1)
         // Importing the same page again is a no-op; into another guest page it is refused.
-        #expect(uv.convertToSecure(guest: g, gfn: 5, pfn: 0x200).ok && uv.stats.imports == 2)
+        expectTrue(uv.convertToSecure(guest: g, gfn: 5, pfn: 0x200).ok)
+        expectEqual(uv.stats.imports, 2)
         let other = uv.convertToSecure(guest: g, gfn: 6, pfn: 0x200)
         expectEqual(other.cc, 1)
         expectEqual(other.rc, UVCResult.rcInvalidState)
@@ -39,12 +45,15 @@ import Expectations
 
     @Test func aChangedExportFailsItsIntegrityCheck() {
         var (uv, g) = fresh()
-        #expect(uv.convertToSecure(guest: g, gfn: 1, pfn: 0x10).ok)
+        expectTrue(uv.convertToSecure(guest: g, gfn: 1, pfn: 0x10).ok)
         uv.setContent(0x10, 9)
-        #expect(uv.convertFromSecure(0x10).ok)
+        expectTrue(uv.convertFromSecure(0x10).ok)
         uv.setContent(0x10, 1 << 62)  // a host or device write to the exported page
         let r = uv.convertToSecure(guest: g, gfn: 1, pfn: 0x10)
-        #expect(r.cc == 1 && r.rc == nil && uv.stats.integrityFailures == 1 && !uv.isSecure(0x10))
+        expectEqual(r.cc, 1)
+        expectEqual(r.rc, nil)
+        expectEqual(uv.stats.integrityFailures, 1)
+        expectTrue(!uv.isSecure(0x10))
         expectEqual(r.description, "cc 1 (UVC_CC_ERROR): integrity check failed: the page is not what the UV exported")
     }
 
@@ -55,14 +64,22 @@ import Expectations
         expectEqual(unmapped.rc, 0x010a)
         expectEqual(uv.convertToSecure(guest: g + 1, gfn: 1, pfn: 0x10).rc, UVCResult.rcInvalidState)
         // Export and destroy of a page that is not secure change nothing and succeed.
-        #expect(uv.convertFromSecure(0x10).ok && uv.destroyPage(0x10).ok && uv.stats.exports == 0 && uv.stats.destroys == 0)
+        expectTrue(uv.convertFromSecure(0x10).ok)
+        expectTrue(uv.destroyPage(0x10).ok)
+        expectEqual(uv.stats.exports, 0)
+        expectEqual(uv.stats.destroys, 0)
         // Destroy clears without a record.
-        #expect(uv.convertToSecure(guest: g, gfn: 1, pfn: 0x10).ok)
+        expectTrue(uv.convertToSecure(guest: g, gfn: 1, pfn: 0x10).ok)
         uv.setContent(0x10, 3)
-        #expect(uv.destroyPage(0x10).ok && uv.contents(0x10) == 0 && uv.configurations[g].exported.isEmpty && uv.stats.destroys == 1)
+        expectTrue(uv.destroyPage(0x10).ok)
+        expectEqual(uv.contents(0x10), 0)
+        expectTrue(uv.configurations[g].exported.isEmpty)
+        expectEqual(uv.stats.destroys, 1)
         // A destroyed configuration imports nothing and forgets its exports.
-        #expect(uv.convertToSecure(guest: g, gfn: 2, pfn: 0x11).ok && uv.convertFromSecure(0x11).ok)
-        #expect(uv.destroyConfiguration(g).ok && uv.configurations[g].exported.isEmpty)
+        expectTrue(uv.convertToSecure(guest: g, gfn: 2, pfn: 0x11).ok)
+        expectTrue(uv.convertFromSecure(0x11).ok)
+        expectTrue(uv.destroyConfiguration(g).ok)
+        expectTrue(uv.configurations[g].exported.isEmpty)
         expectEqual(uv.convertToSecure(guest: g, gfn: 2, pfn: 0x11).cc, 1)
         expectEqual(uv.destroyConfiguration(g).cc, 1)
     }
@@ -70,21 +87,27 @@ import Expectations
     @Test func secureCPUs() {
         var (uv, g) = fresh()
         expectEqual(uv.secureCPU(g, create: false).cc, 1)  // none to destroy
-        #expect(uv.secureCPU(g, create: true).ok && uv.secureCPU(g, create: true).ok && uv.configurations[g].cpus == 2)
-        #expect(uv.secureCPU(g, create: false).ok && uv.configurations[g].cpus == 1)
+        expectTrue(uv.secureCPU(g, create: true).ok)
+        expectTrue(uv.secureCPU(g, create: true).ok)
+        expectEqual(uv.configurations[g].cpus, 2)
+        expectTrue(uv.secureCPU(g, create: false).ok)
+        expectEqual(uv.configurations[g].cpus, 1)
         expectEqual(uv.secureCPU(g + 1, create: true).rc, UVCResult.rcInvalidState)
     }
 
     @Test func sharedPagesPinAndUnshare() {
         var (uv, g) = fresh()
         expectEqual(uv.pinShared(0x20).cc, 1)  // not secure
-        #expect(uv.convertToSecure(guest: g, gfn: 3, pfn: 0x20).ok)
+        expectTrue(uv.convertToSecure(guest: g, gfn: 3, pfn: 0x20).ok)
         let notShared = uv.pinShared(0x20)
         expectEqual(notShared.cc, 1)
         expectEqual(notShared.rc, UVCResult.rcInvalidState)
         expectEqual(uv.setShared(guest: g + 1, pfn: 0x20, shared: true).cc, 1)  // another guest's page
-        #expect(uv.setShared(guest: g, pfn: 0x20, shared: true).ok && uv.hostAccessible(0x20) && uv.isSecure(0x20))
-        #expect(uv.pinShared(0x20).ok && uv.stats.pinsShared == 1)
+        expectTrue(uv.setShared(guest: g, pfn: 0x20, shared: true).ok)
+        expectTrue(uv.hostAccessible(0x20))
+        expectTrue(uv.isSecure(0x20))
+        expectTrue(uv.pinShared(0x20).ok)
+        expectEqual(uv.stats.pinsShared, 1)
         let unshare = uv.setShared(guest: g, pfn: 0x20, shared: false)
         expectEqual(unshare.cc, 1)
         expectEqual(unshare.command, .removeSharedAccess)
@@ -96,25 +119,33 @@ import Expectations
         uv.inject(.convToSecStor, cc: 2, count: 2)
         expectEqual(uv.convertToSecure(guest: g, gfn: 1, pfn: 0x10).cc, 2)
         expectEqual(uv.convertToSecure(guest: g, gfn: 1, pfn: 0x10).cc, 2)
-        #expect(uv.convertToSecure(guest: g, gfn: 1, pfn: 0x10).ok && uv.stats.busy == 2)
+        expectTrue(uv.convertToSecure(guest: g, gfn: 1, pfn: 0x10).ok)
+        expectEqual(uv.stats.busy, 2)
         uv.inject(.convFromSecStor, cc: 1, count: 1)
         let r = uv.convertFromSecure(0x10)
-        #expect(r.cc == 1 && r.description == "cc 1 (UVC_CC_ERROR): injected" && uv.isSecure(0x10))
+        expectEqual(r.cc, 1)
+        expectEqual(r.description, "cc 1 (UVC_CC_ERROR): injected")
+        expectTrue(uv.isSecure(0x10))
         uv.inject(.convFromSecStor, cc: 1, count: 5)
         uv.inject(.convFromSecStor, cc: 1, count: 0)  // cancelled
-        #expect(uv.convertFromSecure(0x10).ok)
+        expectTrue(uv.convertFromSecure(0x10).ok)
         // uv_call repeats a busy or partial answer; only the import takes it once.
-        #expect(uv.convertToSecure(guest: g, gfn: 1, pfn: 0x10).ok)
+        expectTrue(uv.convertToSecure(guest: g, gfn: 1, pfn: 0x10).ok)
         uv.inject(.convFromSecStor, cc: 3, count: 3)
-        #expect(uv.convertFromSecure(0x10).ok && uv.stats.busy == 5 && uv.injected.isEmpty)
+        expectTrue(uv.convertFromSecure(0x10).ok)
+        expectEqual(uv.stats.busy, 5)
+        expectTrue(uv.injected.isEmpty)
         uv.inject(.createSecConf, cc: 1, count: 1)
         expectEqual(uv.createConfiguration().1, nil)
         expectNotEqual(uv.createConfiguration().1, nil)
         // A page another guest shared: the import moves it (the misc feature), cleared.
         let (_, h) = uv.createConfiguration()
-        #expect(uv.convertToSecure(guest: g, gfn: 2, pfn: 0x30).ok && uv.setShared(guest: g, pfn: 0x30, shared: true).ok)
+        expectTrue(uv.convertToSecure(guest: g, gfn: 2, pfn: 0x30).ok)
+        expectTrue(uv.setShared(guest: g, pfn: 0x30, shared: true).ok)
         uv.setContent(0x30, 5)
-        #expect(uv.convertToSecure(guest: h!, gfn: 7, pfn: 0x30).ok && uv.secure[0x30] == SecurePage(guest: h!, gfn: 7) && uv.contents(0x30) == 0)
+        expectTrue(uv.convertToSecure(guest: h!, gfn: 7, pfn: 0x30).ok)
+        expectEqual(uv.secure[0x30], SecurePage(guest: h!, gfn: 7))
+        expectEqual(uv.contents(0x30), 0)
     }
 
     /// The command codes Linux uses (arch/s390/include/asm/uv.h).

@@ -88,7 +88,7 @@ import Expectations
         // The first 1G is now 512 2M entries: the first 16 (the run holding the split page)
         // without the contiguous bit, entry 1 a PTE table, the rest contiguous 2M blocks.
         let pud = k.pageTable.descriptor(at: VirtAddr(base), level: 3)!
-        #expect(pud.isTable)
+        expectTrue(pud.isTable)
         let pmds = (0..<512).map { k.pageTable.entry(table: pud.tableNumber, index: $0) }
         let tagged: Attributes = [.present, .writable, .noExecute, .global, .tagged]
         for (i, e) in pmds.enumerated() where i != 1 {
@@ -96,7 +96,7 @@ import Expectations
         }
         // The PTE table: the run of 16 holding the page without the contiguous bit, the page
         // itself invalid, the other 496 contiguous.
-        #expect(pmds[1].isTable)
+        expectTrue(pmds[1].isTable)
         for i in 0..<512 {
             let e = k.pageTable.entry(table: pmds[1].tableNumber, index: i)
             var a = i < 16 ? tagged : tagged.union(.contiguous)
@@ -127,7 +127,7 @@ import Expectations
         k.tlbi(.aside1is, va: 0, cpu: 0)  // global kernel entries stay
         expectNotEqual(k.cpus[1].tlb.entry(va), nil)
         k.tlbi(.vaale1is, va: va, cpu: 0)
-        #expect(k.cpus.allSatisfy { $0.tlb.validEntries.isEmpty })
+        expectTrue(k.cpus.allSatisfy { $0.tlb.validEntries.isEmpty })
         expectEqual(k.cpus.map(\.stats.flushes), [3, 2])
         expectEqual(ArmTLBI.allCases.filter(\.broadcast).map(\.rawValue), ["vae1is", "vale1is", "vaae1is", "vaale1is", "aside1is", "vmalle1is"])
     }

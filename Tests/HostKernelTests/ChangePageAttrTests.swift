@@ -62,7 +62,8 @@ import Expectations
         try expectEqual(k.setMemory4K(in2M, numpages: 1), .ok)
         expectEqual(k.stats.splits, LeafCounts(size2M: 1))
         let leaf = try #require(k.pageTable.lookup(VirtAddr(in2M)))
-        #expect(leaf.size == .size4K && leaf.attributes.contains(.forced4K))
+        expectEqual(leaf.size, .size4K)
+        expectTrue(leaf.attributes.contains(.forced4K))
         expectEqual(k.pageTable.lookup(VirtAddr(in2M + K))?.attributes.contains(.forced4K), false)
         // The PTE changed (the _PAGE_KERNEL_4K bit), so one per-page flush follows the split's.
         expectEqual(k.stats.tlbSplitFlushes, 1)

@@ -21,7 +21,9 @@ import Expectations
         expectEqual(page[254], 0)
         var tags = MTETags()
         tags.set(7, page)
-        #expect(tags.tagged == 1 && tags.check(pa: 7 << 12 | 0x10, logicalTag: 3) && !tags.check(pa: 7 << 12, logicalTag: 3))
+        expectEqual(tags.tagged, 1)
+        expectTrue(tags.check(pa: 7 << 12 | 0x10, logicalTag: 3))
+        expectTrue(!tags.check(pa: 7 << 12, logicalTag: 3))
         tags.set(7, MTETags.Page())
         expectEqual(tags.tagged, 0)
         expectEqual(MTETags.Page(all: 5).summary, "0x5 ×256")
@@ -31,12 +33,14 @@ import Expectations
     /// one gets false. The flag is never cleared while the page lives; freeing resets both.
     @Test func theLockIsTakenOnce() {
         var h = MTEHost()
-        #expect(h.tryPageMTETagging(5) && !h.tryPageMTETagging(5))
-        #expect(!h.pageMTETagged(5))
+        expectTrue(h.tryPageMTETagging(5))
+        expectTrue(!h.tryPageMTETagging(5))
+        expectTrue(!h.pageMTETagged(5))
         h.setPageMTETagged(5)
-        #expect(h.pageMTETagged(5))
+        expectTrue(h.pageMTETagged(5))
         h.freePage(5)
-        #expect(!h.pageMTETagged(5) && h.tryPageMTETagging(5))
+        expectTrue(!h.pageMTETagged(5))
+        expectTrue(h.tryPageMTETagging(5))
     }
 
     /// A guest-tagged page of an untagged VMM mapping through swap, form by form: what the
@@ -65,7 +69,7 @@ import Expectations
         expectEqual(h.pageMTETagged(again), flagged)
         expectEqual(h.stats.restored, restores)
         // swap_free dropped the saved tags with the slot.
-        #expect(h.saved.isEmpty)
+        expectTrue(h.saved.isEmpty)
     }
 
     /// v5.14 flags a page mapped over a swap entry with nothing saved; the stable fix and the
@@ -129,8 +133,12 @@ import Expectations
         h.tags.set(b, MTETags.Page(all: 9))  // stale tags in an unflagged page
         h.fork()
         let a2 = h.breakCOW(vma: 0, page: 0, ram: MTETests.ram)!, b2 = h.breakCOW(vma: 0, page: 1, ram: MTETests.ram)!
-        #expect(a2 != a && h.tags.page(a2) == MTETags.Page(all: 4) && h.pageMTETagged(a2))
-        #expect(h.tags.page(b2) == MTETags.Page() && !h.pageMTETagged(b2) && h.stats.copied == 1)
+        expectNotEqual(a2, a)
+        expectEqual(h.tags.page(a2), MTETags.Page(all: 4))
+        expectTrue(h.pageMTETagged(a2))
+        expectEqual(h.tags.page(b2), MTETags.Page())
+        expectTrue(!h.pageMTETagged(b2))
+        expectEqual(h.stats.copied, 1)
         expectEqual(h.breakCOW(vma: 0, page: 0, ram: MTETests.ram), nil)  // copied once
     }
 
@@ -144,7 +152,9 @@ import Expectations
         let pfn = h.fault(vma: 1, page: 0, ram: MTETests.ram)!
         h.tags.set(pfn, MTETags.Page(all: 3))
         expectEqual(h.mprotect(vma: 1, protMTE: true, protNone: false), .ok)
-        #expect(h.tags.page(pfn) == MTETags.Page() && h.pageMTETagged(pfn) && h.stats.cleared == 1)
+        expectEqual(h.tags.page(pfn), MTETags.Page())
+        expectTrue(h.pageMTETagged(pfn))
+        expectEqual(h.stats.cleared, 1)
         expectEqual(h.mprotect(vma: 1, protMTE: false, protNone: true), .ok)
         expectEqual(h.userLoad(vma: 1, page: 0, tag: 0, ram: MTETests.ram), .segv)
     }
@@ -181,7 +191,8 @@ import Expectations
         expectEqual(t2.done, races)
         while !t1.done { h.step(&t1) }
         while !t2.done { h.step(&t2) }
-        #expect(h.tags.page(9) == MTETags.Page(all: 6) && h.pageMTETagged(9))
+        expectEqual(h.tags.page(9), MTETags.Page(all: 6))
+        expectTrue(h.pageMTETagged(9))
     }
 
     /// Each form's program, as the docs print it.
@@ -210,7 +221,7 @@ import Expectations
                 == "mte_restore_page_tags, granules \(k * 256 / parts)-\((k + 1) * 256 / parts - 1)")
             h.step(&t)
             let page = h.tags.page(9)
-            #expect((0..<256).allSatisfy { page[$0] == ($0 < (k + 1) * 256 / parts ? 6 : 0) })
+            expectTrue((0..<256).allSatisfy { page[$0] == ($0 < (k + 1) * 256 / parts ? 6 : 0) })
         }
         expectEqual(t.pc, pc + 1)
         expectEqual(t.restored, 0)

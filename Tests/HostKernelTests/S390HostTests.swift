@@ -65,7 +65,8 @@ import Expectations
         let r = v.importPage(0)
         expectEqual(r.errno, nil)
         expectEqual(r.description, "0: imported (UVC_CMD_CONV_TO_SEC_STOR cc 0 (UVC_CC_OK) rc 0x0001 (UVC_RC_EXECUTED))")
-        #expect(v.uv.isSecure(v.pfn(0)) && v.mm.folio(v.pfn(0))!.flags.contains(.arch1))
+        expectTrue(v.uv.isSecure(v.pfn(0)))
+        expectTrue(v.mm.folio(v.pfn(0))!.flags.contains(.arch1))
     }
 
     /// Each errno in make_hva_secure's order, and what s390_wiggle_split_folio turns into -EAGAIN.
@@ -85,7 +86,10 @@ import Expectations
         // Under writeback: -EBUSY, then the wait for it, then -EAGAIN; the retry imports.
         v.mm.folios[h]!.flags.insert(.writeback)
         let wb = v.importPage(0)
-        #expect(wb.errno == .EAGAIN && wb.cause == .EBUSY && !v.mm.folios[h]!.flags.contains(.writeback) && !v.uv.isSecure(h))
+        expectEqual(wb.errno, .EAGAIN)
+        expectEqual(wb.cause, .EBUSY)
+        expectTrue(!v.mm.folios[h]!.flags.contains(.writeback))
+        expectTrue(!v.uv.isSecure(h))
         // A pin's references: the freeze fails, for as long as the pin is held.
         var acc = AllAccessible()
         expectEqual(v.mm.getUserPages(process: 0, addr: v.base, pages: 1, flags: GUPFlags(pin: true), &acc), .pages(1, firstPFN: h, pinned: true))
@@ -98,11 +102,15 @@ import Expectations
         // The UVC busy: -EAGAIN (PG_arch_1 stays set, over-indicating); then it goes through.
         v.uv.inject(.convToSecStor, cc: 2, count: 1)
         let busy = v.importPage(0)
-        #expect(busy.errno == .EAGAIN && busy.uvc?.cc == 2 && v.mm.folios[h]!.flags.contains(.arch1) && !v.uv.isSecure(h))
+        expectEqual(busy.errno, .EAGAIN)
+        expectEqual(busy.uvc?.cc, 2)
+        expectTrue(v.mm.folios[h]!.flags.contains(.arch1))
+        expectTrue(!v.uv.isSecure(h))
         // Refused by the UV: -EINVAL.
         v.uv.inject(.convToSecStor, cc: 1, count: 1)
         expectEqual(v.importPage(0).errno, .EINVAL)
-        #expect(v.importPage(0).errno == nil && v.uv.isSecure(h))
+        expectEqual(v.importPage(0).errno, nil)
+        expectTrue(v.uv.isSecure(h))
     }
 
     /// A large folio: -E2BIG, split by s390_wiggle_split_folio, -EAGAIN; the retry imports a
@@ -116,15 +124,22 @@ import Expectations
         var acc = AllAccessible()
         expectEqual(v.mm.getUserPages(process: 0, addr: block, pages: 1, flags: GUPFlags(pin: true), &acc), .pages(1, firstPFN: h, pinned: true))
         let stuck = v.importPage(gfn + 3)
-        #expect(stuck.errno == .EAGAIN && stuck.cause == .E2BIG && !stuck.split && v.mm.folio(h)!.order == 9)
+        expectEqual(stuck.errno, .EAGAIN)
+        expectEqual(stuck.cause, .E2BIG)
+        expectTrue(!stuck.split)
+        expectEqual(v.mm.folio(h)!.order, 9)
         expectEqual(v.mm.unpinUserPage(pfn: h), .ok)
         let r = v.importPage(gfn + 3)
-        #expect(r.errno == .EAGAIN && r.cause == .E2BIG && r.split && v.mm.stats.folioSplits == 1)
+        expectEqual(r.errno, .EAGAIN)
+        expectEqual(r.cause, .E2BIG)
+        expectTrue(r.split)
+        expectEqual(v.mm.stats.folioSplits, 1)
         expectEqual(r.description, "-EAGAIN after -E2BIG: a large folio cannot be secure; s390_wiggle_split_folio split the folio")
         expectEqual(v.mm.folio(h + 3)!.order, 0)
         expectEqual(v.mm.folio(h + 3)!.refcount, 1)
         expectEqual(v.mm.folio(h + 3)!.mapcount, 1)
-        #expect(v.importPage(gfn + 3).errno == nil && v.uv.isSecure(h + 3))
+        expectEqual(v.importPage(gfn + 3).errno, nil)
+        expectTrue(v.uv.isSecure(h + 3))
     }
 
     /// pin_user_pages calls the hook on a secure page: it exports it; when it cannot (the pin
@@ -138,11 +153,16 @@ import Expectations
         var acc = UVAccess(uv: v.uv)
         acc.uv.inject(.convFromSecStor, cc: 1, count: 1)
         expectEqual(v.mm.getUserPages(process: 0, addr: v.base, pages: 1, flags: GUPFlags(pin: true), &acc), .error(.EINVAL))
-        #expect(v.mm.folio(h)!.refcount == 1 && acc.uv.isSecure(h) && v.mm.stats.gupRefused == 1)
+        expectEqual(v.mm.folio(h)!.refcount, 1)
+        expectTrue(acc.uv.isSecure(h))
+        expectEqual(v.mm.stats.gupRefused, 1)
         expectEqual(v.mm.getUserPages(process: 0, addr: v.base, pages: 1, flags: GUPFlags(), &acc), .pages(1, firstPFN: h, pinned: false))
-        #expect(acc.uv.isSecure(h) && v.mm.putPage(pfn: h) == .ok)
+        expectTrue(acc.uv.isSecure(h))
+        expectEqual(v.mm.putPage(pfn: h), .ok)
         expectEqual(v.mm.getUserPages(process: 0, addr: v.base, pages: 1, flags: GUPFlags(pin: true), &acc), .pages(1, firstPFN: h, pinned: true))
-        #expect(!acc.uv.isSecure(h) && acc.uv.stats.exports == 1 && v.mm.folio(h)!.maybeDMAPinned)
+        expectTrue(!acc.uv.isSecure(h))
+        expectEqual(acc.uv.stats.exports, 1)
+        expectTrue(v.mm.folio(h)!.maybeDMAPinned)
     }
 
     /// arch_make_folio_accessible: nothing without PG_arch_1 or on a large folio; a shared
@@ -154,13 +174,19 @@ import Expectations
         expectEqual(v.mm.makeFolioAccessible(head: h, &v.uv), .success(.nothing))
         expectEqual(v.importPage(0).errno, nil)
         v.uv.inject(.convFromSecStor, cc: 1, count: 1)
-        #expect(v.mm.makeFolioAccessible(head: h, &v.uv) == .failure(.EINVAL) && v.mm.folios[h]!.flags.contains(.arch1))
-        #expect(v.mm.makeFolioAccessible(head: h, &v.uv) == .success(.exported) && !v.mm.folios[h]!.flags.contains(.arch1) && !v.uv.isSecure(h))
+        expectEqual(v.mm.makeFolioAccessible(head: h, &v.uv), .failure(.EINVAL))
+        expectTrue(v.mm.folios[h]!.flags.contains(.arch1))
+        expectEqual(v.mm.makeFolioAccessible(head: h, &v.uv), .success(.exported))
+        expectTrue(!v.mm.folios[h]!.flags.contains(.arch1))
+        expectTrue(!v.uv.isSecure(h))
         expectEqual(v.importPage(0).errno, nil)
-        #expect(v.uv.setShared(guest: v.conf, pfn: h, shared: true).ok)
-        #expect(v.mm.makeFolioAccessible(head: h, &v.uv) == .success(.pinnedShared) && v.uv.isSecure(h))
+        expectTrue(v.uv.setShared(guest: v.conf, pfn: h, shared: true).ok)
+        expectEqual(v.mm.makeFolioAccessible(head: h, &v.uv), .success(.pinnedShared))
+        expectTrue(v.uv.isSecure(h))
         // Destroy clears PG_arch_1 and the page.
-        #expect(v.mm.destroySecureFolio(pfn: h, &v.uv) == nil && !v.uv.isSecure(h) && !v.mm.folios[h]!.flags.contains(.arch1))
+        expectEqual(v.mm.destroySecureFolio(pfn: h, &v.uv), nil)
+        expectTrue(!v.uv.isSecure(h))
+        expectTrue(!v.mm.folios[h]!.flags.contains(.arch1))
     }
 
     /// do_secure_storage_access: no exception on a page that is not secure or is shared; a
@@ -198,21 +224,26 @@ import Expectations
         expectEqual(v.swapOut(1), .swapped(slot: 0))
         expectEqual(v.mm.events, [.swapOut(pfn: h, slot: 0)])
         expectEqual(v.mm.folio(h), nil)
-        #expect(!v.uv.isSecure(h) && v.uv.stats.exports == 1 && v.mm.swapEntry(0, v.base + 0x1000) == 0)
+        expectTrue(!v.uv.isSecure(h))
+        expectEqual(v.uv.stats.exports, 1)
+        expectEqual(v.mm.swapEntry(0, v.base + 0x1000), 0)
         v.deliver()
         expectNotEqual(v.uv.swapDevice[0], 0xabc)
         expectNotEqual(v.uv.swapDevice[0], nil)
         // The guest's next access: do_swap_page, then the import verifies and decrypts.
         v.fault(1)
         let back = v.pfn(1)
-        #expect(v.mm.swapEntry(0, v.base + 0x1000) == nil && v.uv.swapDevice.isEmpty && v.mm.stats.swapIns == 1)
+        expectEqual(v.mm.swapEntry(0, v.base + 0x1000), nil)
+        expectTrue(v.uv.swapDevice.isEmpty)
+        expectEqual(v.mm.stats.swapIns, 1)
         expectEqual(v.importPage(1).errno, nil)
         expectEqual(v.uv.contents(back), 0xabc)
         // MADV_DONTNEED on a protected mm exports as it zaps; the next access refaults a zero
         // page the UV will not take for the exported one.
         expectEqual(v.mm.madviseDontneed(process: 0, addr: v.base + 0x1000, len: 4096), .ok)
         v.deliver()
-        #expect(v.uv.stats.exports == 2 && !v.uv.isSecure(back))
+        expectEqual(v.uv.stats.exports, 2)
+        expectTrue(!v.uv.isSecure(back))
         v.fault(1)
         let refused = v.importPage(1)
         expectEqual(refused.description, "-EINVAL: the UVC failed (UVC_CMD_CONV_TO_SEC_STOR cc 1 (UVC_CC_ERROR): integrity check failed: the page is not what the UV exported)")
@@ -222,7 +253,7 @@ import Expectations
         // A pinned page is not reclaimed.
         v.fault(2)
         var acc = AllAccessible()
-        #expect(v.mm.getUserPages(process: 0, addr: v.base + 0x2000, pages: 1, flags: GUPFlags(pin: true), &acc).description.hasPrefix("pinned"))
+        expectTrue(v.mm.getUserPages(process: 0, addr: v.base + 0x2000, pages: 1, flags: GUPFlags(pin: true), &acc).description.hasPrefix("pinned"))
         expectEqual(v.swapOut(2).description, "kept: folio_maybe_dma_pinned: reclaim keeps a pinned anonymous folio")
         // No events on an mm that backs no protected guest.
         v.mm.changeProtectedCount(process: 0, by: -1)
@@ -241,13 +272,17 @@ import Expectations
         var v = VMM(shared: true)
         v.fault(0)
         let h = v.pfn(0)
-        #expect(v.importPage(0).errno == nil && v.uv.isSecure(h))
+        expectEqual(v.importPage(0).errno, nil)
+        expectTrue(v.uv.isSecure(h))
         let (mapped, dirty) = v.mm.mappedFrame(process: 0, addr: v.base)!
-        #expect(mapped == h && dirty && v.mm.wouldWriteBack(pfn: h, dirtyPTE: dirty, UVAccess(uv: v.uv)))
+        expectEqual(mapped, h)
+        expectTrue(dirty)
+        expectTrue(v.mm.wouldWriteBack(pfn: h, dirtyPTE: dirty, UVAccess(uv: v.uv)))
         v.mm.mkclean(process: 0, addr: v.base)
         expectEqual(v.mm.events, [.pteCleared(pfn: h)])
         v.deliver()
-        #expect(!v.uv.isSecure(h) && !v.mm.folios[h]!.flags.contains(.arch1))
+        expectTrue(!v.uv.isSecure(h))
+        expectTrue(!v.mm.folios[h]!.flags.contains(.arch1))
         var acc = UVAccess(uv: v.uv)
         expectEqual(v.mm.writeback(pfn: h, dirtyPTE: true, &acc), .started)
         expectEqual(acc.uv.stats.exports, 1)
@@ -261,7 +296,9 @@ import Expectations
         w.mm.fork(process: 0, child: "child")
         w.fault(0)  // the parent's write breaks COW
         let copy = w.pfn(0)
-        #expect(copy != p && w.uv.stats.exports == 1 && !w.uv.isSecure(p))
+        expectNotEqual(copy, p)
+        expectEqual(w.uv.stats.exports, 1)
+        expectTrue(!w.uv.isSecure(p))
         expectEqual(w.uv.contents(copy), w.uv.contents(p))
         expectNotEqual(w.uv.contents(copy), 0x77)
     }
@@ -274,12 +311,14 @@ import Expectations
         expectEqual(v.mm.handleFault(process: 0, addr: block, write: true), .handled)
         let h = v.pfn(v.blockGFN)
         v.mm.enableSIE(process: 0)
-        #expect(v.mm.processes[0].hasPgste && v.mm.folio(h)!.order == 9 && v.mm.folio(h)!.mapcount == 512)
+        expectTrue(v.mm.processes[0].hasPgste)
+        expectEqual(v.mm.folio(h)!.order, 9)
+        expectEqual(v.mm.folio(h)!.mapcount, 512)
         expectEqual(v.mm.processes[0].pageTable.lookup(VirtAddr(block))!.size, .size4K)
-        #expect(v.mm.processes[0].vmas.allSatisfy { !$0.flags.contains(.hugepage) })
+        expectTrue(v.mm.processes[0].vmas.allSatisfy { !$0.flags.contains(.hugepage) })
         let later = UserMMTests.mapped(v.mm.mmap(process: 0, MmapRequest(len: 4 << 20, prot: UserMMTests.rw, huge: true)))
         expectEqual(v.mm.madviseHugepage(process: 0, addr: later, len: 4 << 20, on: true), .ok)
-        #expect(v.mm.processes[0].vmas.allSatisfy { !$0.flags.contains(.hugepage) })
+        expectTrue(v.mm.processes[0].vmas.allSatisfy { !$0.flags.contains(.hugepage) })
     }
 
     /// The handler's dead ends: a secure page with no folio, or whose folio lacks PG_arch_1,
@@ -288,14 +327,14 @@ import Expectations
         var k = try Kernel(memory: PhysicalMemory.pc(size: 1 << 30), config: { var c = KernelConfig(); c.isa = .s390x; return c }())
         var uv = Ultravisor()
         let conf = uv.createConfiguration().1!
-        #expect(uv.convertToSecure(guest: conf, gfn: 0, pfn: 0x1234).ok)
+        expectTrue(uv.convertToSecure(guest: conf, gfn: 0, pfn: 0x1234).ok)
         expectEqual(k.secureStorageAccess(pfn: 0x1234, userAddress: false, &uv), .repeats)
         expectEqual(k.secureStorageAccess(pfn: 0x1234, userAddress: true, &uv), .repeats)
         k.user.addProcess("p")
         let a = UserMMTests.mapped(k.user.mmap(process: 0, MmapRequest(len: 4096, prot: UserMMTests.rw)))
         expectEqual(k.user.handleFault(process: 0, addr: a, write: true), .handled)
         let pfn = k.user.mappedFrame(process: 0, addr: a)!.pfn
-        #expect(uv.convertToSecure(guest: conf, gfn: 1, pfn: pfn).ok)  // secure, PG_arch_1 never set
+        expectTrue(uv.convertToSecure(guest: conf, gfn: 1, pfn: pfn).ok)  // secure, PG_arch_1 never set
         let r = k.secureStorageAccess(pfn: pfn, userAddress: false, &uv)
         expectEqual(r, .repeats)
         expectEqual(r.description, "hang: the access faults again for ever (do_secure_storage_access found nothing to make accessible)")
@@ -314,7 +353,9 @@ import Expectations
         expectEqual(v.mm.folio(h)!.refcount, 511)
         let pages = v.mm.allocatedPages
         let r = v.importPage(gfn)
-        #expect(r.errno == .EAGAIN && r.cause == .E2BIG && r.split)
+        expectEqual(r.errno, .EAGAIN)
+        expectEqual(r.cause, .E2BIG)
+        expectTrue(r.split)
         expectEqual(v.mm.folio(h + 5), nil)
         expectEqual(v.mm.folio(h + 6)!.order, 0)
         expectEqual(v.mm.allocatedPages, pages - 1)
@@ -332,8 +373,13 @@ import Expectations
         let p = v.pfn(gfn + 1)
         expectEqual(v.mm.folio(p)!.order, 9)
         let r = v.importPage(gfn + 1)
-        #expect(r.errno == .EAGAIN && r.cause == .E2BIG && r.split)
-        #expect(v.mm.folio(p)!.order == 0 && v.mm.folio(p)!.refcount == 2 && v.mm.folio(p - 1)!.refcount == 1 && v.mm.folio(p - 1)!.flags.contains(.pageCache))
+        expectEqual(r.errno, .EAGAIN)
+        expectEqual(r.cause, .E2BIG)
+        expectTrue(r.split)
+        expectEqual(v.mm.folio(p)!.order, 0)
+        expectEqual(v.mm.folio(p)!.refcount, 2)
+        expectEqual(v.mm.folio(p - 1)!.refcount, 1)
+        expectTrue(v.mm.folio(p - 1)!.flags.contains(.pageCache))
         expectEqual(v.importPage(gfn + 1).errno, nil)
         v.fault(gfn + 2)  // the next page faults in from the cache as its own small folio
         expectEqual(v.pfn(gfn + 2), p + 1)
@@ -348,7 +394,7 @@ import Expectations
         v.mm.changeProtectedCount(process: 0, by: 1)
         v.fault(0)
         let h = v.pfn(0)
-        #expect(v.uv.convertToSecure(guest: other, gfn: 9, pfn: h).ok)
+        expectTrue(v.uv.convertToSecure(guest: other, gfn: 9, pfn: h).ok)
         v.mm.folios[h]!.flags.insert(.arch1)
         let refused = v.mm.makeHVASecure(process: 0, hva: v.base, guest: v.conf, gfn: 0, miscFeature: true, &v.uv)
         expectEqual(refused.errno, .EINVAL)

@@ -20,12 +20,12 @@ import Expectations
         expectEqual(k.translate(cpu: 0, in2M + 8)?.size, .size2M)  // hit
         expectNotEqual(k.translate(cpu: 1, in2M), nil)  // miss
         k.flushTLBKernelRange(in2M, pages: 1)  // one page on each CPU
-        #expect(k.cpus.allSatisfy { $0.tlb.validEntries.isEmpty })
+        expectTrue(k.cpus.allSatisfy { $0.tlb.validEntries.isEmpty })
         expectNotEqual(k.translate(cpu: 1, in2M + K), nil)  // miss (another page)
         k.flushTLBKernelRange(in2M, pages: 34)  // past the 33-page ceiling: everything
         expectEqual(k.cpus[0].stats, TLBStats(hits: 1, misses: 1, pageFlushes: 1, fullFlushes: 1, asidFlushes: 0))
         expectEqual(k.cpus[1].stats, TLBStats(hits: 0, misses: 2, pageFlushes: 1, fullFlushes: 1, asidFlushes: 0))
-        #expect(k.cpus.allSatisfy { $0.tlb.validEntries.isEmpty })
+        expectTrue(k.cpus.allSatisfy { $0.tlb.validEntries.isEmpty })
         expectEqual(k.cpuMetrics.map(\.0), ["cpu0_tlb_hits", "cpu0_tlb_misses", "cpu0_tlb_flushes", "cpu1_tlb_hits", "cpu1_tlb_misses", "cpu1_tlb_flushes"])
         expectEqual(k.cpuMetrics.map(\.1), [1, 1, 2, 0, 2, 2])
         expectEqual(k.stats.tlbFullFlushes, 1)
@@ -67,7 +67,7 @@ import Expectations
         expectEqual(k.unflushed, [in2M..<in2M + K])
         expectEqual(k.cpus[0].tlb.entry(in2M + K), nil)
         k.flushTLBAll()
-        #expect(k.unflushed.isEmpty)
+        expectTrue(k.unflushed.isEmpty)
         expectEqual(k.translate(cpu: 0, in2M), nil)  // now the walk: not present
         try k.checkTLBInvariants()
     }
@@ -76,9 +76,9 @@ import Expectations
         var k = try kernel(cpus: 3)
         for cpu in 0..<3 { _ = k.translate(cpu: cpu, in2M) }
         try expectEqual(k.setMemoryNX(in2M + K, numpages: 1), .ok)  // already NX: nothing changes, no flush
-        #expect(k.cpus.allSatisfy { $0.tlb.validEntries.count == 1 })
+        expectTrue(k.cpus.allSatisfy { $0.tlb.validEntries.count == 1 })
         try expectEqual(k.setMemoryRO(in2M + K, numpages: 1), .ok)  // split (flush_tlb_all) and one page
-        #expect(k.cpus.allSatisfy { $0.tlb.validEntries.isEmpty && $0.stats.fullFlushes == 1 && $0.stats.pageFlushes == 1 })
+        expectTrue(k.cpus.allSatisfy { $0.tlb.validEntries.isEmpty && $0.stats.fullFlushes == 1 && $0.stats.pageFlushes == 1 })
         try k.checkTLBInvariants()
     }
 }

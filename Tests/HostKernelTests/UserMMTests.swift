@@ -70,9 +70,9 @@ import Expectations
     @Test func pgprotModifyBeforeAndAfterTheFix() {
         let decrypted: Attributes = [.present, .user, .noExecute]
         let def = PgProt.vmGetPageProt([.read], memEncrypt: true)
-        #expect(PgProt.pgprotModify(decrypted, def, mask: .none).contains(.encrypted))
-        #expect(!PgProt.pgprotModify(decrypted, def, mask: .enc).contains(.encrypted))
-        #expect(!PgProt.pgprotModify(decrypted, def, mask: .cc).contains(.encrypted))
+        expectTrue(PgProt.pgprotModify(decrypted, def, mask: .none).contains(.encrypted))
+        expectTrue(!PgProt.pgprotModify(decrypted, def, mask: .enc).contains(.encrypted))
+        expectTrue(!PgProt.pgprotModify(decrypted, def, mask: .cc).contains(.encrypted))
     }
 
     // MARK: mmap, munmap, mprotect
@@ -117,7 +117,7 @@ import Expectations
         _ = m.mmap(process: 0, MmapRequest(addr: 0x1000_2000, len: 4096, prot: Self.rw, fixed: .fixed))
         expectEqual(m.mprotect(process: 0, addr: a, len: 3 * 4096, prot: Self.ro), .error(.ENOMEM))
         expectEqual(m.processes[0].vmas[0].flags.contains(.write), false)
-        #expect(m.processes[0].vmas[1].flags.contains(.write))
+        expectTrue(m.processes[0].vmas[1].flags.contains(.write))
         expectEqual(m.mprotect(process: 0, addr: 0x2000_0000, len: 4096, prot: Self.ro), .error(.ENOMEM))
         expectEqual(m.mprotect(process: 0, addr: a + 1, len: 4096, prot: Self.ro), .error(.EINVAL))
         expectEqual(m.mprotect(process: 0, addr: a, len: 0, prot: Self.ro), .ok)
@@ -169,7 +169,9 @@ import Expectations
         let pfn = m.mappedFrame(process: 0, addr: a)!.pfn
         m.fork(process: 0, child: "c")
         let c = m.processIndex("c")!
-        #expect(m.folio(pfn)!.mapcount == 2 && m.folio(pfn)!.refcount == 2 && !m.folio(pfn)!.flags.contains(.anonExclusive))
+        expectEqual(m.folio(pfn)!.mapcount, 2)
+        expectEqual(m.folio(pfn)!.refcount, 2)
+        expectTrue(!m.folio(pfn)!.flags.contains(.anonExclusive))
         expectEqual(Self.pte(m, a) & 2, 0)
         expectEqual(m.handleFault(process: c, addr: a, write: true), .handled)
         expectNotEqual(m.mappedFrame(process: c, addr: a)!.pfn, pfn)
@@ -297,7 +299,7 @@ import Expectations
     @Test func insertPFNIntoMixedmapRefusesAStructPage() {
         var m = Self.mm { $0.ttmInsert = .vmaCopy }
         let a = Self.mapped(m.mmap(process: 0, MmapRequest(len: 4096, prot: Self.rw, shared: true, backing: .ttm(vram: 1))))
-        #expect(m.processes[0].vmas[0].flags.contains(.mixedmap))
+        expectTrue(m.processes[0].vmas[0].flags.contains(.mixedmap))
         if case .bug(_, let cond) = m.insert(.pfn, process: 0, addr: a, pfn: 5, prot: [.present]) {
             expectEqual(cond, "(vma->vm_flags & VM_MIXEDMAP) && pfn_valid(pfn)")
         } else { Issue.record("no BUG_ON") }
@@ -316,7 +318,8 @@ import Expectations
         let a = Self.mapped(m.mmap(process: 0, MmapRequest(len: 8192, prot: Self.rw)))
         expectEqual(m.getUserPages(process: 0, addr: a, pages: 1, flags: GUPFlags(write: true, pin: true), &acc), .pages(1, firstPFN: m.mappedFrame(process: 0, addr: a)?.pfn ?? 0, pinned: true))
         let pfn = m.mappedFrame(process: 0, addr: a)!.pfn
-        #expect(m.folio(pfn)!.refcount == 1 + 1024 && m.folio(pfn)!.maybeDMAPinned)
+        expectEqual(m.folio(pfn)!.refcount, 1 + 1024)
+        expectTrue(m.folio(pfn)!.maybeDMAPinned)
         expectEqual(m.getUserPages(process: 0, addr: a, pages: 1, flags: GUPFlags(), &acc), .pages(1, firstPFN: pfn, pinned: false))
         expectEqual(m.folio(pfn)!.refcount, 1026)
         expectEqual(m.unpinUserPage(pfn: pfn), .ok)
@@ -328,7 +331,7 @@ import Expectations
         expectEqual(m.getUserPages(process: 0, addr: 0x1000, pages: 1, flags: GUPFlags(), &acc), .error(.EFAULT))
         expectEqual(m.getUserPages(process: 0, addr: a, pages: 1, flags: GUPFlags(longterm: true), &acc), .error(.EINVAL))
         // Two pages, the second past the VMA: one taken.
-        #expect(m.getUserPages(process: 0, addr: a + 4096, pages: 2, flags: GUPFlags(), &acc).description.hasPrefix("got 1 page"))
+        expectTrue(m.getUserPages(process: 0, addr: a + 4096, pages: 2, flags: GUPFlags(), &acc).description.hasPrefix("got 1 page"))
         let r = Self.mapped(m.mmap(process: 0, MmapRequest(len: 4096, prot: Self.ro)))
         expectEqual(m.getUserPages(process: 0, addr: r, pages: 1, flags: GUPFlags(write: true), &acc), .error(.EFAULT))
         let io = Self.mapped(m.mmap(process: 0, MmapRequest(len: 4096, prot: Self.rw, shared: true, backing: .pfnmap(pa: 1 << 40))))
@@ -381,7 +384,7 @@ import Expectations
         expectEqual(acc.calls, 1)
         let h = Self.mapped(m.mmap(process: 0, MmapRequest(len: 2 << 20, prot: Self.rw, huge: true)))
         _ = m.handleFault(process: 0, addr: h, write: true)
-        #expect(m.getUserPages(process: 0, addr: h, pages: 1, flags: GUPFlags(pin: true), &acc).description.hasPrefix("pinned 1 page"))
+        expectTrue(m.getUserPages(process: 0, addr: h, pages: 1, flags: GUPFlags(pin: true), &acc).description.hasPrefix("pinned 1 page"))
         expectEqual(acc.calls, 1)
         expectEqual(m.writeback(pfn: pfn, dirtyPTE: true, &acc), .bugIgnored(.EFAULT))
         expectEqual(m.writeback(pfn: pfn, dirtyPTE: false, &acc), .clean)

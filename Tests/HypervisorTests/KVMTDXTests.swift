@@ -26,7 +26,10 @@ import Expectations
         var spare: [UInt64] = [0x12_0000, 0x11_0000, 0x10_0000]
         expectEqual(k.privateFault(gpa: 0x1234, module: &m, spare: &spare) as? TDXResult, .status(.success))
         expectEqual(k.privateFault(gpa: 0x5000, module: &m, spare: &spare) as? TDXResult, .status(.success))
-        #expect(k.stats.septAdds == 3 && k.stats.augs == 2 && m.tds[0].stateAt(0x1000, 0) == .pending && spare.isEmpty)
+        expectEqual(k.stats.septAdds, 3)
+        expectEqual(k.stats.augs, 2)
+        expectEqual(m.tds[0].stateAt(0x1000, 0), .pending)
+        expectTrue(spare.isEmpty)
         expectEqual(m.pamt.entry(0x1000_1000, .size4K).pt, .reg)
         expectEqual(m.pamt.entry(0x10_0000, .size4K).pt, .ept)
     }
@@ -153,7 +156,9 @@ import Expectations
         _ = k.privateFault(gpa: 0x60_0000, acceptLevel: 1, module: &m, spare: &spare)
         spare = []
         expectEqual(k.mapGPA(gpa: KVMTDX.sharedBit | 0x60_1000, size: 0x1000, module: &m, spare: &spare), TDVMCallResult(r10: TDVMCallResult.invalidOperand, r11: KVMTDX.sharedBit | 0x60_1000))
-        #expect(k.isPrivate(0x601) && m.tds[0].stateAt(0x60_0000, 1) == .pending && k.stats.zapFailures == 1)
+        expectTrue(k.isPrivate(0x601))
+        expectEqual(m.tds[0].stateAt(0x60_0000, 1), .pending)
+        expectEqual(k.stats.zapFailures, 1)
     }
 
     /// KVM_DESTROY_VM: every leaf zapped, the HKID released, the vCPU, S-EPT and TDCS pages
@@ -166,8 +171,12 @@ import Expectations
         _ = k.privateFault(gpa: 0x1000, module: &m, spare: &spare)
         _ = k.privateFault(gpa: 0x2000, module: &m, spare: &spare)
         var t = k.destroy(module: &m)
-        #expect(t.firstFailure == nil && t.leaked.isEmpty && t.reclaimed.count == 1 + 3 + 6 + 1 && k.lastZapped.count == 2)
-        #expect(m.tds.isEmpty && m.pamt.count == 0)
+        expectEqual(t.firstFailure, nil)
+        expectTrue(t.leaked.isEmpty)
+        expectEqual(t.reclaimed.count, 1 + 3 + 6 + 1)
+        expectEqual(k.lastZapped.count, 2)
+        expectTrue(m.tds.isEmpty)
+        expectEqual(m.pamt.count, 0)
         (m, k) = Self.setup()
         spare = [0x12_0000, 0x11_0000, 0x10_0000]
         _ = k.privateFault(gpa: 0x1000, module: &m, spare: &spare)

@@ -82,7 +82,7 @@ import Expectations
         case .pin: status = p.hypPinSharedMem(pfn: pfn, nrPages: 1)!
         case .unpin:
             let unpinned = p.hypUnpinSharedMem(pfn: pfn, nrPages: 1)
-            #expect(unpinned)
+            expectTrue(unpinned)
             return nil
         case .shareGuest(let g): status = p.hostShareGuest(pfn: pfn, gfn: g, nrPages: 1, guest: 0, prot: .rwx)
         case .unshareGuest(let g): status = p.hostUnshareGuest(gfn: g, nrPages: 1, guest: 0)
@@ -185,11 +185,11 @@ import Expectations
         let r22 = p.hostFault(0x4040_0000)
         expectEqual(r22, nil)  // another 2M: a block
         expectEqual(p.hostStage2.leafCounts, LeafCounts(size4K: 1, size2M: 1))
-        #expect(p.hypMaps(0x4020_1000))
+        expectTrue(p.hypMaps(0x4020_1000))
         let r23 = p.hypDonateHost(pfn: 0x40201, nrPages: 1)
         expectEqual(r23, .ok)
-        #expect(!p.hypMaps(0x4020_1000))
-        #expect(p.hostStage2.entry(holding: VirtAddr(0x4020_1000)).entry.isNone)
+        expectTrue(!p.hypMaps(0x4020_1000))
+        expectTrue(p.hostStage2.entry(holding: VirtAddr(0x4020_1000)).entry.isNone)
         expectEqual(p.stats.hostTLBInvalidations, 1)  // an annotation is not live: no invalidation
         let r24 = p.hostFault(0x4020_1000)
         expectEqual(r24, nil)
@@ -232,7 +232,8 @@ import Expectations
         let r33 = p.teardown(guest: 0)
         #expect(r33 == (reclaimed: 1, poisoned: 1))
         expectEqual(p.stats.pagesPoisoned, 3)
-        #expect(p.vmemmap.isEmpty && p.donated.isEmpty)
+        expectTrue(p.vmemmap.isEmpty)
+        expectTrue(p.donated.isEmpty)
         let r34 = p.hostDonateGuest(pfn: 0x40020, gfn: 0x20, nrPages: 1, guest: 1)
         expectEqual(r34, .ok)
         let r35 = p.guestRelinquishToHost(guest: 1, ipa: 0x20 << pageShift)
@@ -315,7 +316,7 @@ import Expectations
                 case 10:
                     if p.page(pfn).refcount > 0 {
                         let unpinned = p.hypUnpinSharedMem(pfn: pfn, nrPages: 1)
-                        #expect(unpinned)
+                        expectTrue(unpinned)
                     }
                     status = nil
                 case 11: status = p.hostForceReclaimPageGuest(pfn: pfn)

@@ -28,7 +28,7 @@ import Expectations
         try t.checkInvariants()
         // A leaf installed over it replaces it.
         try t.installLeaf(virt: VirtAddr(0x4000_3000), phys: PhysAddr(0x9000_0000), size: .size4K, attributes: [.present])
-        #expect(t.entry(holding: VirtAddr(0x4000_3000)).entry.isLeaf)
+        expectTrue(t.entry(holding: VirtAddr(0x4000_3000)).entry.isLeaf)
         try t.checkInvariants()
     }
 
@@ -42,7 +42,7 @@ import Expectations
         expectEqual(t.leafCounts.size4K, 512 - 40)
         for i in 0..<40 {
             expectEqual(t.entry(holding: VirtAddr(0x20_0000 + UInt64(i) * 0x2000)).entry.annotation?.payload, UInt64(i))
-            #expect(t.entry(holding: VirtAddr(0x20_1000 + UInt64(i) * 0x2000)).entry.isPresentLeaf)
+            expectTrue(t.entry(holding: VirtAddr(0x20_1000 + UInt64(i) * 0x2000)).entry.isPresentLeaf)
         }
         try t.checkInvariants()
     }
@@ -107,13 +107,13 @@ import Expectations
         let pudSlot = t.entry(table: 0, index: 0).tableNumber * entriesPerTable + 1
         #expect(t.replaceLog == [.write(slot: pudSlot, entry: .none), .invalidate(virt: 0x4000_0000, level: 3),
                                  .write(slot: pudSlot, entry: Descriptor(rawValue: t.load(pudSlot)))])
-        #expect(Descriptor(rawValue: t.load(pudSlot)).isTable)
+        expectTrue(Descriptor(rawValue: t.load(pudSlot)).isTable)
         expectEqual(t.breakBeforeMakes, 1)
         expectEqual(t.leafCounts, LeafCounts(size2M: 512))
         // The whole new table: 512 2M blocks, frame i·2M, the block's attributes.
         let table = t.entry(table: 0, index: 0)
         let l1 = t.entry(table: table.tableNumber, index: 1)
-        #expect(l1.isTable)
+        expectTrue(l1.isTable)
         let blocks = (0..<512).map { t.entry(table: l1.tableNumber, index: $0) }
         expectEqual(blocks, (0..<512).map { Descriptor.leaf(PFN((0x4000_0000 >> 12) + UInt64($0) * 512), [.present, .writable]) })
         try t.checkInvariants()
@@ -131,7 +131,8 @@ import Expectations
         expectEqual(t.replaceLog?.count, 3)
         if let log = t.replaceLog, case .write(let slot, .none) = log[0], case .write(slot, let table) = log[2] {
             expectEqual(log[1], .invalidate(virt: 0x4000_0000, level: 3))
-            #expect(table.isTable && (0..<entriesPerTable).allSatisfy { t.entry(table: table.tableNumber, index: $0).isNone })
+            expectTrue(table.isTable)
+            expectTrue((0..<entriesPerTable).allSatisfy { t.entry(table: table.tableNumber, index: $0).isNone })
         } else {
             Issue.record("not a break-before-make: \(t.replaceLog ?? [])")
         }
@@ -166,8 +167,8 @@ import Expectations
         let low: UInt64 = 0x4000_0000, high: UInt64 = 0xff_c000_0000  // in root 0 and root 1
         try t.installLeaf(virt: VirtAddr(low), phys: PhysAddr(0x8000_0000), size: .size1G, attributes: [.present])
         try t.installLeaf(virt: VirtAddr(high + 0x20_0000), phys: PhysAddr(0x1_0000_0000), size: .size2M, attributes: [.present])
-        #expect(t.entry(table: 0, index: 1).isLeaf)  // 1G block: root 0, entry 1
-        #expect(t.entry(table: 1, index: 511).isTable)  // the last 1G of the IPA space: root 1, entry 511
+        expectTrue(t.entry(table: 0, index: 1).isLeaf)  // 1G block: root 0, entry 1
+        expectTrue(t.entry(table: 1, index: 511).isTable)  // the last 1G of the IPA space: root 1, entry 511
         expectEqual(t.translate(VirtAddr(high + 0x20_1234))?.phys, PhysAddr(0x1_0000_1234))
         expectEqual(t.translate(VirtAddr(low + 0x1234))?.phys, PhysAddr(0x8000_1234))
         // One walk across both roots sees both leaves, in address order.

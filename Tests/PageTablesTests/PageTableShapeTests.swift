@@ -26,7 +26,7 @@ import Expectations
         try t.map(virt: VirtAddr(Self.base), phys: PhysAddr(G), size: G, attributes: Self.kernel)
         let pud = try #require(t.descriptor(at: VirtAddr(Self.base), level: 3))
         expectEqual(pud, .leaf(PFN(G >> 12), Self.kernel))
-        #expect(t.descriptor(at: VirtAddr(Self.base), level: 4)!.isTable)
+        expectTrue(t.descriptor(at: VirtAddr(Self.base), level: 4)!.isTable)
         expectEqual(t.descriptor(at: VirtAddr(Self.base), level: 2), nil)
         expectEqual(t.leafCounts, LeafCounts(size1G: 1))
         expectEqual(t.tablePages, 2)
@@ -68,7 +68,7 @@ import Expectations
         expectEqual(r.pagesChanged, 1)
         expectEqual(t.leafCounts, LeafCounts(size4K: 512, size2M: 511))
         expectEqual(t.tablePages, 4)
-        #expect(t.descriptor(at: VirtAddr(Self.base + 3 * M), level: 2)!.isTable)
+        expectTrue(t.descriptor(at: VirtAddr(Self.base + 3 * M), level: 2)!.isTable)
         expectEqual(t.descriptor(at: VirtAddr(Self.base + 2 * M), level: 2), .leaf(PFN(2 * 512), Self.kernel))
         expectEqual(t.descriptor(at: VirtAddr(Self.base + 3 * M + 5 * K), level: 1), .leaf(PFN(3 * 512 + 5), Self.kernel.subtracting(.writable)))
         expectEqual(t.descriptor(at: VirtAddr(Self.base + 3 * M + 6 * K), level: 1), .leaf(PFN(3 * 512 + 6), Self.kernel))
@@ -195,7 +195,7 @@ import Expectations
         let va: UInt64 = 0xff11_0000_0000_0000
         try t.map(virt: VirtAddr(va), phys: PhysAddr(0), size: M, attributes: Self.kernel)
         expectEqual(t.tablePages, 4)
-        #expect(t.descriptor(at: VirtAddr(va), level: 5)!.isTable)
+        expectTrue(t.descriptor(at: VirtAddr(va), level: 5)!.isTable)
         expectEqual(t.descriptor(at: VirtAddr(va), level: 2), .leaf(PFN(0), Self.kernel))
     }
 

@@ -45,7 +45,8 @@ import Expectations
         let replay = try Scenario.load(yaml: try Self.example("explore-mte-swap-race.yaml", form: form)
             + "schedule: [" + r.counterexample!.map(String.init).joined(separator: ", ") + "]\n", file: "replay.yaml")
         let run = try Runner.run(replay)
-        #expect(run.failure?.invariant == "assert" && run.failure!.detail.hasSuffix("assert metric mte_stale_maps == 0 failed (mte_stale_maps is 1)"))
+        expectEqual(run.failure?.invariant, "assert")
+        expectTrue(run.failure!.detail.hasSuffix("assert metric mte_stale_maps == 0 failed (mte_stale_maps is 1)"))
     }
 
     @Test func theLockFormHasNoCounterexample() throws {
@@ -74,7 +75,8 @@ import Expectations
             "load_unaligned_zeropad → #VC(0x404)",
         ])
         let replay = try Runner.run(try Scenario.load(yaml: merged + "schedule: [0, 0, 1]\n", file: "replay.yaml"))
-        #expect(replay.failure?.invariant == "assert" && replay.failure!.detail.hasSuffix("guest_vc is 1)"))
+        expectEqual(replay.failure?.invariant, "assert")
+        expectTrue(replay.failure!.detail.hasSuffix("guest_vc is 1)"))
 
         let notPresent = try Self.example("explore-snp-zeropad-not-present.yaml")
         let np = try Explorer.explore(try Scenario.load(yaml: notPresent, file: "np.yaml"))
@@ -112,7 +114,8 @@ import Expectations
         let fixed = try Explorer.describe(try Scenario.load(yaml: try Self.example("explore-cca-zeropad.yaml"), file: "c.yaml"), schedule: [0, 0, 1])
         expectEqual(fixed.last?.action, "load_unaligned_zeropad → translation fault fixed up by ex_handler_load_unaligned_zeropad (the next page's bytes read as zero)")
         let replay = try Runner.run(try Scenario.load(yaml: text + "schedule: [0, 1]\n", file: "replay.yaml"))
-        #expect(replay.failure?.invariant == "assert" && replay.failure!.detail.hasSuffix("guest_kernel_seas is 1)"))
+        expectEqual(replay.failure?.invariant, "assert")
+        expectTrue(replay.failure!.detail.hasSuffix("guest_kernel_seas is 1)"))
     }
 
     /// Seed 001's NMI question: the NMI (thread 1, on CPU 0) reads the page between any two
@@ -140,7 +143,8 @@ import Expectations
             "host-read → #PF(not-present): oops",
         ])
         let replay = try Runner.run(try Scenario.load(yaml: text + "schedule: [0, 0, 0, 1]\n", file: "replay.yaml"))
-        #expect(replay.failure?.invariant == "assert" && replay.failure!.detail.hasSuffix("(1 host access crashed the host)"))
+        expectEqual(replay.failure?.invariant, "assert")
+        expectTrue(replay.failure!.detail.hasSuffix("(1 host access crashed the host)"))
         // A page mapped 4K at boot has no large leaf; a physical address past RAM is refused.
         for (pa, message) in [("0x1000", "0x1000 is mapped by a 4K page at boot: there is no large leaf to split"),
                               ("0x4000000000", "0x4000000000 is past the end of RAM (0x100000000)")] {

@@ -112,7 +112,8 @@ import Expectations
         // The refused CPU stays in the UV's first destroyed configuration; the refused
         // configuration stays in the UV, and the mm protected.
         expectEqual((r.machine.platform as? S390Platform)?.uv.configurations.map { "\($0.live) \($0.cpus)" }, ["false 0", "false 1", "true 0"])
-        #expect(r.machine.kernel.user.processes[0].protectedCount == 1 && r.machine.kernel.user.processes[0].hasPgste)
+        expectEqual(r.machine.kernel.user.processes[0].protectedCount, 1)
+        expectTrue(r.machine.kernel.user.processes[0].hasPgste)
     }
 
     /// The VMM's own write to a guest page that was swapped out lands after do_swap_page

@@ -114,14 +114,15 @@ import Expectations
 
             """
         let ok = try Runner.run(try Scenario.load(yaml: base + "check:\n  - invariants\n", file: "t.yaml"))
-        #expect(ok.passed)
+        expectTrue(ok.passed)
         let broken = try Runner.run(try Scenario.load(yaml: base + """
               - tdg.vp.vmcall.mapgpa: {td: td0, gpa: 0x5000, size: 0x2000, shared: true}
             check:
               - broken-invariant: tdx-private-mapping
 
             """, file: "t.yaml"))
-        #expect(broken.passed && broken.checks.first?.detail.contains("gfn 0x5 is shared in KVM") == true)
+        expectTrue(broken.passed)
+        expectEqual(broken.checks.first?.detail.contains("gfn 0x5 is shared in KVM"), true)
     }
 
     /// Booting twice only allocates the second time; a firmware claim that is not 2M-aligned
