@@ -104,6 +104,24 @@ public struct CompactTable: Sendable {
         return mask
     }
 
+    /// The leaves among the 512 entries, from the record alone; nil when the table is dense
+    /// or a difference is a table (the caller walks it). The formula's entries are leaves; a
+    /// toggle keeps the leaf bit unless it empties the entry; a difference never sits on a
+    /// toggled entry (`checkCompact`). `toggle` is the table's set, when it has one.
+    @inlinable func leafCount(toggle: UnsafePointer<ToggleSet>?) -> Int? {
+        guard dense < 0 else { return nil }
+        var n = entriesPerTable
+        if hasToggle, let toggle, toggle.pointee.mask == ToggleSet.emptied { n -= toggle.pointee.population }
+        var k = 0
+        while k < Int(count) {
+            let v = Descriptor(rawValue: value(k))
+            if v.isTable { return nil }
+            if !v.isLeaf { n -= 1 }
+            k &+= 1
+        }
+        return n
+    }
+
     /// Whether every entry follows the formula (a table fresh from a split, or restored).
     @inlinable public var isUniform: Bool { dense == -1 && count == 0 }
 

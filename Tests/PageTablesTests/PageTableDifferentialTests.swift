@@ -164,6 +164,15 @@ import Expectations
                 Issue.record("seed \(seed) step \(step) (\(what)): compact \(a.count) leaves \(compact.leafCounts) \(compact.tablePages) pages, dense \(b.count) \(dense.leafCounts) \(dense.tablePages)")
                 return
             }
+            // The count from compact records, whole and over a range that cuts two tables,
+            // against the walker's entry-by-entry count and the dense table's.
+            let part = VirtAddr((u & ~511) << 12 + 0x3000), partSize: UInt64 = min(0x20_0000, (units << 12) - part.rawValue)
+            let whole = try compact.leafCounts(virt: VirtAddr(0), size: units << 12)
+            let fast = try compact.leafCounts(virt: part, size: partSize), walked = try compact.walkedLeafCounts(virt: part, size: partSize)
+            guard whole == compact.leafCounts, fast == walked, fast == (try dense.leafCounts(virt: part, size: partSize)) else {
+                Issue.record("seed \(seed) step \(step) (\(what)): counted \(whole) of \(compact.leafCounts); at \(part) \(fast), walked \(walked)")
+                return
+            }
             if step % 97 == 0 { try compact.checkInvariants() }
         }
         try compact.checkInvariants()
