@@ -94,9 +94,13 @@ public enum Architectures {
         Arm64Architecture.definition,
         CCAArchitecture.definition,
         PKVMArchitecture.definition,
-        ArchitectureDefinition(name: "arm64-mte", summary: "Arm MTE: not an architecture; give arch: arm64 with machine.mte: true (docs/mte.md)", modelled: false),
+        arm64MTE,
         S390Platform.definition,
     ]
+
+    /// Not an architecture: a name that says how to ask for MTE.
+    static let arm64MTE = ArchitectureDefinition(
+        name: "arm64-mte", summary: "Arm MTE: not an architecture; give arch: arm64 with machine.mte: true (docs/mte.md)", modelled: false)
 
     /// The plain x86-64 host: boot direct map, change_page_attr, vmalloc aliases, host faults.
     public static let x86_64 = ArchitectureDefinition(

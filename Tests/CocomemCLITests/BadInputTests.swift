@@ -40,7 +40,7 @@ import Expectations
         // Deep block nesting: libyaml's limit, said without its C API.
         ("name: t\nmachine: {memory: 1G}\nsteps: []\nx:\n" + (0..<1100).map { String(repeating: " ", count: $0 + 1) + "a:\n" }.joined(),
          ":1003:1000: YAML: the document nests deeper than libyaml's limit of 1000 levels; flatten it"),
-    ])
+    ] as [(String, String)])
     func addressArithmeticAndArgumentsAreScenarioErrors(_ text: String, _ message: String) throws {
         let r = try runScenario(text)
         expectEqual(r.status, 1)

@@ -240,11 +240,11 @@ import Expectations
     @Test func staticAndDynamicSizes() {
         let tib: UInt64 = 1 << 40
         // 16 bytes per 4K page (4 GiB), per 2M (8 MiB) and per 1G (16 KiB).
-        expectEqual(TDXPAMTSize.staticBytes(tdmr: tib), (4 << 30) + (8 << 20) + (16 << 10))
+        expectEqual(TDXPAMTSize.staticBytes(tdmr: tib), (4 << 30) + (8 << 20) + (16 << 10) as UInt64)
         // A bit per 4K page (32 MiB) with the same 2M and 1G levels; 4 bytes per 2M of PA.
-        expectEqual(TDXPAMTSize.dynamicFixedBytes(tdmr: tib), (32 << 20) + (8 << 20) + (16 << 10))
+        expectEqual(TDXPAMTSize.dynamicFixedBytes(tdmr: tib), (32 << 20) + (8 << 20) + (16 << 10) as UInt64)
         expectEqual(TDXPAMTSize.refcountBytes(maxPA: tib), 2 << 20)
-        expectEqual(TDXPAMTSize.dynamicBytes(tdmr: tib, maxPA: tib, regions: 3), (42 << 20) + (16 << 10) + 3 * 8192)
+        expectEqual(TDXPAMTSize.dynamicBytes(tdmr: tib, maxPA: tib, regions: 3), (42 << 20) + (16 << 10) + 3 * 8192 as UInt64)
         // A page pair per 2M region holding a 4K entry in use.
         var p = PAMT()
         p.set(0x20_0000, .size4K, PAMTEntry(pt: .reg, owner: 1, bepoch: 0))

@@ -21,7 +21,7 @@ import Expectations
         let lines = out.split(separator: "\n").map(String.init)
         // The walker notes LDT's empty pgd and the first pte of the direct map each past a
         // marker, so "Kernel Space" shows one pgd and "LDT remap" one 4K page.
-        #expect(Array(lines.prefix(8)) == [
+        expectEqual(Array(lines.prefix(8)), [
             "---[ User Space ]---",
             "0x0000000000000000-0xffff880000000000    16777096T                               pgd",
             "---[ Kernel Space ]---",
