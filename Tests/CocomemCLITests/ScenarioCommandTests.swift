@@ -15,8 +15,8 @@ import Expectations
     }
 
     /// All but map-16t, which `theExampleMapsInDocsCountTheirRegions` (ReportsTests) runs with
-    /// the same options as `check`, for 8 s of this test's 15 in a debug build; CI's release
-    /// `check` runs every example.
+    /// the same options as `check` (in a debug build it takes longer than every other example
+    /// together); CI's release `check` runs every example.
     @Test func everyExamplePassesCheck() throws {
         let files = try Self.examples().filter { !$0.hasSuffix("/map-16t.yaml") }
         expectTrue(files.count >= 6)
