@@ -130,6 +130,30 @@ public struct CPUSet: Sendable {
         slots.withUnsafeMutableBufferPointer { SoftTLB.invalidate(op, UnsafeMutableBufferPointer(rebasing: $0[base..<base + SoftTLB.entries])) }
     }
 
+    /// Carries out one invalidation on every CPU (a broadcast), counted on each, in one pass
+    /// over the flat storage.
+    public mutating func invalidateEverywhere(_ op: TLBInvalidation) {
+        let n = empty.count
+        stats.withUnsafeMutableBufferPointer { stats in
+            empty.withUnsafeMutableBufferPointer { empty in
+                slots.withUnsafeMutableBufferPointer { slots in
+                    for cpu in 0..<n {
+                        switch op {
+                        case .all:
+                            stats[cpu].fullFlushes += 1
+                            guard !empty[cpu] else { continue }
+                            empty[cpu] = true
+                        case .page: stats[cpu].pageFlushes += 1
+                        case .nonGlobal: stats[cpu].asidFlushes += 1
+                        }
+                        let base = cpu &* SoftTLB.entries
+                        SoftTLB.invalidate(op, UnsafeMutableBufferPointer(rebasing: slots[base..<base + SoftTLB.entries]))
+                    }
+                }
+            }
+        }
+    }
+
     /// CPU `cpu` as a value: its TLB (a copy of its slots) and its counters.
     public func cpu(_ cpu: Int) -> CPU {
         var c = CPU(id: cpu)

@@ -8,7 +8,7 @@ extension Kernel {
     /// Sends one invalidation to every CPU, unless flushes are left out by fault injection.
     mutating func broadcast(_ op: TLBInvalidation) {
         guard !omitTLBFlushes else { return log("flush omitted (\(op))") }
-        for i in 0..<tlbs.count { tlbs.invalidate(cpu: i, op) }
+        tlbs.invalidateEverywhere(op)
         switch op {
         case .all: unflushed.removeAll()
         case .page(let va): forgetUnflushed(va)

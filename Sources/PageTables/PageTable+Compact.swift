@@ -226,15 +226,22 @@ extension PageTable {
     /// change) a new toggle set, else the table goes dense.
     @usableFromInline mutating func writeCompact(_ slot: Int, _ value: UInt64) {
         let (t, index) = Self.compactPosition(slot)
-        if compacts[t].dense >= 0 {
-            entries[Int(compacts[t].dense) &* entriesPerTable &+ index] = value
+        let c = compacts[t]
+        if c.dense >= 0 {
+            entries[Int(c.dense) &* entriesPerTable &+ index] = value
             return
         }
-        if compacts[t].hasToggle {
-            let f = compacts[t].formula(index)
-            if value == f || value == toggles[t].alternate(f) {
-                compacts[t].removeExplicit(index)
-                setToggle(t, index, value != f)
+        if c.hasToggle {
+            let f = c.formula(index)
+            // The common write: a toggle bit, the set changed in place.
+            let left: Int? = toggles.withUnsafeMutableBufferPointer { ts in
+                guard value == f || value == ts[t].alternate(f) else { return nil }
+                ts[t].set(index, value != f)
+                return ts[t].population
+            }
+            if let left {
+                if c.count > 0 { compacts[t].removeExplicit(index) }
+                if left == 0 { freeToggle(t) }
                 return
             }
             if compacts[t].write(index, value) {

@@ -174,10 +174,10 @@ extension PageTable {
             if v.entry.isTable { return }  // a table at level 1 (checkInvariants forbids it)
             try visitor.visit(v, table: &store)
             // A visitor that turned the leaf into a table is walked the general way (a
-            // read-only one cannot have).
-            if V.Store.self == ReadOnlyPageTable.self { return }
+            // read-only one cannot have, nor can a PTE hold a table).
+            if V.Store.self == ReadOnlyPageTable.self || v.level == 1 { return }
             let now = Descriptor(rawValue: store.load(v.slot))
-            guard now.isTable, v.level > 1 else { return }
+            guard now.isTable else { return }
             return try walkTable(&store, now.tableNumber, level: v.level - 1, base: v.address, start: start, last: last, &visitor)
         }
         let shift = levelShift(level)

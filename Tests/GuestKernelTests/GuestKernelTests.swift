@@ -17,7 +17,9 @@ import Expectations
             calls.append("pvalidate \(hex(gfn)) \(size) \(v)")
             return .success
         }
-        let vmgexit: SNPVMGEXIT = { r in
+        let vmgexit: SNPVMGEXIT = { write in
+            var r = PSCRequest(endEntry: -1, entries: [])
+            write(&r)
             calls.append("psc \(r.entries.map { "\(hex($0.gfn)):\($0.operation)" }.joined(separator: ","))")
             return 0
         }

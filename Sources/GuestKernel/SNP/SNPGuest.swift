@@ -34,7 +34,9 @@ public struct PSCError: Outcome, Hashable {
 /// The guest's instruction and exit, supplied by the machine: PVALIDATE on the guest's vCPU,
 /// and VMGEXIT with a GHCB page-state-change request (its SW_EXITINFO2 comes back).
 public typealias SNPPvalidate = (_ gfn: UInt64, _ size: PageSize, _ validate: Bool) -> PvalidateResult
-public typealias SNPVMGEXIT = (_ request: PSCRequest) -> UInt64
+/// The guest writes its request into the GHCB's shared buffer (`write`); the hypervisor
+/// handles it there, writing its progress back into the buffer.
+public typealias SNPVMGEXIT = (_ write: (inout PSCRequest) -> Void) -> UInt64
 
 /// The SEV-SNP guest's side of conversions (arch/x86/coco/sev/core.c, arch/x86/mm/
 /// mem_encrypt_amd.c): set_memory_decrypted's prepare hook rescinds validation (PVALIDATE,
@@ -68,17 +70,32 @@ extension GuestKernel {
     public static func snpPageStateChange(_ gfns: Range<UInt64>, toPrivate: Bool, vmgexit: SNPVMGEXIT) -> PSCError? {
         var gfn = gfns.lowerBound
         while gfn < gfns.upperBound {
-            var chunk: [PSCEntry] = []
-            chunk.reserveCapacity(Int(min(64, gfns.upperBound - gfn)))
-            while chunk.count < 64 && gfn < gfns.upperBound {
-                let big = gfn & 511 == 0 && gfn + 512 <= gfns.upperBound
-                chunk.append(PSCEntry(gfn: gfn, operation: toPrivate ? 1 : 2, size2M: big))
-                gfn += big ? 512 : 1
+            // The request's pages, decided before the exit whether or not the buffer is written.
+            let first = gfn
+            var entries = 0
+            while entries < 64 && gfn < gfns.upperBound {
+                gfn += pscEntryIsLarge(gfn, gfns) ? 512 : 1
+                entries += 1
             }
-            let code = vmgexit(PSCRequest(endEntry: chunk.count - 1, entries: chunk))
+            let code = vmgexit { request in
+                request.curEntry = 0
+                request.endEntry = entries - 1
+                request.entries.removeAll(keepingCapacity: true)
+                var g = first
+                while g < gfn {
+                    let big = pscEntryIsLarge(g, gfns)
+                    request.entries.append(PSCEntry(gfn: g, operation: toPrivate ? 1 : 2, size2M: big))
+                    g += big ? 512 : 1
+                }
+            }
             if code != 0 { return PSCError(exitInfo2: code) }
         }
         return nil
+    }
+
+    /// Whether the request's entry at `gfn` is a 2M one: 2M-aligned with the whole 2M inside.
+    @inline(__always) static func pscEntryIsLarge(_ gfn: UInt64, _ gfns: Range<UInt64>) -> Bool {
+        gfn & 511 == 0 && gfn + 512 <= gfns.upperBound
     }
 
     /// set_memory_decrypted (`encrypt` false) or set_memory_encrypted of `gfns` in an SNP

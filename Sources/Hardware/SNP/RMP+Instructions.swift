@@ -140,6 +140,7 @@ extension RMP {
         if let fault = ownershipFault(g, size: size) { return fault }
         let pfn = g.spa >> pageShift
         if size == .size2M && !self[pfn].isLarge { return .status(.failSizeMismatch) }
+        if size == .size4K, let changed = setValidatedFlag(pfn, validate) { return .status(.success, unchanged: !changed) }
         let pages: Range<UInt64> = size == .size2M ? pfn..<pfn + 512 : pfn..<pfn + 1
         if self.pages(pages, allHave: .validated, validate) { return .status(.success, unchanged: true) }
         modify(pages) { $0.validated = validate }

@@ -273,6 +273,21 @@ public struct RMP: Sendable {
         }
     }
 
+    /// Sets or clears Validated on a 4K entry held as a flag byte that follows its chunk's
+    /// formula: the byte alone changes, since Validated touches neither the formula, the
+    /// per-2M count nor an aside entry (what `set` would conclude). Whether it changed; nil
+    /// when the entry is held otherwise, for the general path.
+    @inline(__always) mutating func setValidatedFlag(_ pfn: UInt64, _ on: Bool) -> Bool? {
+        let c = code(Int(pfn >> 9))
+        guard c >= 0 else { return nil }
+        let i = Int(c) << 9 | Int(pfn & 511)
+        let f = flags[i]
+        guard f.rawValue != 0, !f.contains(.aside) else { return nil }
+        if f.contains(.validated) == on { return false }
+        flags[i] = f.symmetricDifference(.validated)
+        return true
+    }
+
     /// A chunk of 512 default entries with a zero count and no formula, from the free list or new.
     mutating func allocateChunk() -> Int32 {
         if let free = freeChunks.popLast() {

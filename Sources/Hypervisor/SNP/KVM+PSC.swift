@@ -32,18 +32,25 @@ extension KVM where Backend == SNPBackend {
     /// and the request as the guest sees it.
     public mutating func handlePSC(_ i: Int, _ request: PSCRequest, kernel: inout Kernel, rmp: inout RMP) -> (exitInfo2: UInt64, request: PSCRequest) {
         var req = request
-        if req.endEntry >= PSCRequest.maxEntries { return (PSCRequest.errorInvalidHeader, req) }
+        let code = handlePSC(i, &req, kernel: &kernel, rmp: &rmp)
+        return (code, req)
+    }
+
+    /// The same, on the guest's buffer in place (the GHCB's shared buffer, which KVM writes
+    /// cur_entry and each cur_page back into): SW_EXITINFO2.
+    public mutating func handlePSC(_ i: Int, _ req: inout PSCRequest, kernel: inout Kernel, rmp: inout RMP) -> UInt64 {
+        if req.endEntry >= PSCRequest.maxEntries { return PSCRequest.errorInvalidHeader }
         backend.stats.pscRequests += 1
         while true {
             // Find the next entry with pages left, checking each on the way.
             var e = PSCEntry(raw: 0)
             while req.curEntry <= req.endEntry {
                 e = req.entry(req.curEntry)
-                guard e.isValid else { return (PSCRequest.errorInvalidEntry, req) }
+                guard e.isValid else { return PSCRequest.errorInvalidEntry }
                 if e.curPage < e.pages { break }
                 req.curEntry += 1
             }
-            if req.curEntry > req.endEntry { return (0, req) }
+            if req.curEntry > req.endEntry { return 0 }
             var first = e.gfn + UInt64(e.curPage)
             var end = e.gfn + UInt64(e.pages)
             let op = e.operation
@@ -57,7 +64,7 @@ extension KVM where Backend == SNPBackend {
             if op == PSCOperation.makePrivate.rawValue || op == PSCOperation.makeShared.rawValue {
                 first = min(first, vms[i].config.pages)
                 end = min(end, vms[i].config.pages)
-                guard first < end else { return (PSCRequest.errorGeneric, req) }
+                guard first < end else { return PSCRequest.errorGeneric }
                 pscConvert(i, gfns: first..<end, toPrivate: op == PSCOperation.makePrivate.rawValue, kernel: &kernel, rmp: &rmp)
             }
             var k = req.curEntry

@@ -61,8 +61,8 @@ public struct SNPBackend: KVMBackend {
         var gfn = gfns.lowerBound
         while gfn < gfns.upperBound {
             let pfn = c.spa(gfn) >> pageShift
-            let head = rmp.largeEntry(pfn)
-            guard rmp[pfn].assigned && rmp[pfn].asid == c.id else { gfn += 1; continue }
+            let head = rmp.largeEntry(pfn), e = rmp[pfn]
+            guard e.assigned && e.asid == c.id else { gfn += 1; continue }
             if head.isLarge {
                 let base = gfn - (pfn & 511)
                 if pfn & 511 == 0 && base + 512 <= gfns.upperBound {

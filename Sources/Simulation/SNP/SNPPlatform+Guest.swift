@@ -26,15 +26,18 @@ extension SNPPlatform {
         _ p: inout SNPPlatform, _ i: Int, _ kernel: inout Kernel, _ counters: inout RunCounters, _ guest: inout GuestKernel,
         _ body: (inout GuestKernel, SNPPvalidate, SNPVMGEXIT) -> R
     ) -> R {
-        body(&guest, { gfn, size, validate in
+        // The GHCB's shared buffer: every request of the call is written into it, in place.
+        var ghcb = PSCRequest(endEntry: -1, entries: [])
+        return body(&guest, { gfn, size, validate in
             counters.operations += 1
             let r = p.pvalidate(i, gfn: gfn, size: size, validate: validate, kernel: &kernel)
             if r.succeeded { return .success }
             if r.isError { counters.errors += 1 }
             return PvalidateResult(failure: r, sizeMismatch: r.stopped == nil && r.outcome == .status(.failSizeMismatch))
-        }, { request in
+        }, { write in
             counters.operations += 1
-            let code = p.kvm.handlePSC(i, request, kernel: &kernel, rmp: &p.rmp).exitInfo2
+            write(&ghcb)
+            let code = p.kvm.handlePSC(i, &ghcb, kernel: &kernel, rmp: &p.rmp)
             if code != 0 { counters.errors += 1 }
             return code
         })
