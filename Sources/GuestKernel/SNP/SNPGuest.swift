@@ -80,12 +80,15 @@ extension GuestKernel {
             let code = vmgexit { request in
                 request.curEntry = 0
                 request.endEntry = entries - 1
-                request.entries.removeAll(keepingCapacity: true)
-                var g = first
+                // Over what the last request left, so a buffer of the same length stays as it is.
+                if request.entries.count > entries { request.entries.removeLast(request.entries.count - entries) }
+                var g = first, k = 0
                 while g < gfn {
                     let big = pscEntryIsLarge(g, gfns)
-                    request.entries.append(PSCEntry(gfn: g, operation: toPrivate ? 1 : 2, size2M: big))
+                    let e = PSCEntry(gfn: g, operation: toPrivate ? 1 : 2, size2M: big)
+                    if k < request.entries.count { request.entries[k] = e } else { request.entries.append(e) }
                     g += big ? 512 : 1
+                    k += 1
                 }
             }
             if code != 0 { return PSCError(exitInfo2: code) }

@@ -36,7 +36,7 @@ extension RMP {
         guard covers(pfn) else { return .npf([.rmp, .enc]) }
         let e = self[pfn]
         if !e.assigned || e.asid != g.asid || e.gpa != g.gpa & ~(pageBytes - 1) || e.immutable { return .npf([.rmp, .enc]) }
-        let rmpSize: PageSize = largeEntry(pfn).isLarge ? .size2M : .size4K
+        let rmpSize: PageSize = isLarge(regionOf: pfn) ? .size2M : .size4K
         if rmpSize != min(g.nptSize, .size2M) { return .npf([.rmp, .enc]) }
         if !e.validated { return .notValidated }
         let needed: VMPLPermissions = write ? .write : .read

@@ -110,7 +110,7 @@ extension RMP {
         let e = self[base]
         let gpa = size == .size2M ? g.gpa & ~(PageSize.size2M.bytes - 1) : g.gpa & ~(pageBytes - 1)
         if !e.assigned || e.asid != g.asid || e.gpa != gpa || e.immutable { return .npf([.rmp, .enc]) }
-        if size == .size4K && largeEntry(pfn).isLarge { return .npf([.rmp, .enc, .sizem]) }
+        if size == .size4K && isLarge(regionOf: pfn) { return .npf([.rmp, .enc, .sizem]) }
         return nil
     }
 

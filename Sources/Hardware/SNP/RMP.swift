@@ -143,6 +143,14 @@ public struct RMP: Sendable {
     /// The 2M-aligned entry of the region holding `pfn`, which decides its page size.
     public func largeEntry(_ pfn: UInt64) -> RMPEntry { self[pfn & ~511] }
 
+    /// Whether the 2M-aligned entry of `pfn`'s region has page size 2M (`largeEntry(pfn).isLarge`),
+    /// from its flag byte alone (an entry held aside keeps its flags there too).
+    @inlinable public func isLarge(regionOf pfn: UInt64) -> Bool {
+        let c = code(Int(pfn >> 9))
+        if c >= 0 { return flags[Int(c) << 9].contains(.large) }
+        return c <= -2 && largeEntries[Int(-2 - c)].isLarge
+    }
+
     /// The count of assigned 4K entries in the 2M region of `pfn` (subpage_count).
     public func assigned4KCount(_ pfn: UInt64) -> Int {
         let c = code(Int(pfn >> 9))

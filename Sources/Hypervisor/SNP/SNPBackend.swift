@@ -61,9 +61,9 @@ public struct SNPBackend: KVMBackend {
         var gfn = gfns.lowerBound
         while gfn < gfns.upperBound {
             let pfn = c.spa(gfn) >> pageShift
-            let head = rmp.largeEntry(pfn), e = rmp[pfn]
+            let e = rmp[pfn]
             guard e.assigned && e.asid == c.id else { gfn += 1; continue }
-            if head.isLarge {
+            if rmp.isLarge(regionOf: pfn) {
                 let base = gfn - (pfn & 511)
                 if pfn & 511 == 0 && base + 512 <= gfns.upperBound {
                     if kernel.rmpUpdate(&rmp, pfn: pfn, RMPUpdate(assigned: false, size: .size2M)).0 == .ok { stats.invalidated2M += 1 }
@@ -85,7 +85,7 @@ public struct SNPBackend: KVMBackend {
 
     /// sev_private_max_mapping_level: the RMP entry's page size.
     public func maxMappingLevel(_ vm: inout VM<ArchState>, gfn: UInt64, hw rmp: RMP) -> PageSize {
-        rmp.largeEntry(vm.config.spa(gfn) >> pageShift).isLarge ? .size2M : .size4K
+        rmp.isLarge(regionOf: vm.config.spa(gfn) >> pageShift) ? .size2M : .size4K
     }
 
     /// sev_handle_rmp_fault on an NPF with the RMP bit for a private gfn: if its RMP page is
@@ -97,7 +97,7 @@ public struct SNPBackend: KVMBackend {
         let pfn = vm.config.spa(gfn) >> pageShift
         stats.rmpNPF += 1
         guard vm.attributes.isPrivate(gfn), rmp[pfn].assigned else { return .loop }
-        guard rmp.largeEntry(pfn).isLarge else { stats.spuriousRMPNPF += 1; return .loop }
+        guard rmp.isLarge(regionOf: pfn) else { stats.spuriousRMPNPF += 1; return .loop }
         psmash(pfn & ~511, rmp: &rmp)
         return .retry(zap: (gfn & ~511)..<(gfn & ~511) + 512)
     }
