@@ -62,7 +62,7 @@ public struct ProtectResult: Hashable, Sendable {
             return
         }
         if new == old { return }
-        table.store(v.entry.with(attributes: new), slot: v.slot, level: v.level)
+        table.store(v.entry.with(attributes: new), slot: v.slot, level: v.level, replacing: v.entry)
         result.leavesChanged += 1
         result.pagesChanged += size.pages
     }

@@ -7,7 +7,7 @@
     @inlinable init() {}
 
     @inlinable mutating func visit(_ v: Visit, table: inout PageTable) throws(PageTableError) {
-        if v.entry.isLeaf { table.store(.none, slot: v.slot, level: v.level) }
+        if v.entry.isLeaf { table.store(.none, slot: v.slot, level: v.level, replacing: v.entry) }
     }
 }
 

@@ -104,7 +104,12 @@ public struct PageTable: Sendable {
     /// Writes `new` into `slot` (an entry at `level`), keeping the counters exact. A table it
     /// replaces is freed with everything below it.
     @usableFromInline mutating func store(_ new: Descriptor, slot: Int, level: Int) {
-        let old = Descriptor(rawValue: load(slot))
+        store(new, slot: slot, level: level, replacing: Descriptor(rawValue: load(slot)))
+    }
+
+    /// `store` when the caller has just read the entry there (`old`): a visitor storing over
+    /// the entry it was shown.
+    @usableFromInline mutating func store(_ new: Descriptor, slot: Int, level: Int, replacing old: Descriptor) {
         if old.isLeaf {
             leafCounts[PageSize(level: level)!] -= 1
         } else if old.isTable {

@@ -208,6 +208,22 @@ import Expectations
         try r.checkInvariants()
     }
 
+    /// A 2M page held as 512 entries (the storage `expand` makes for single-entry changes)
+    /// still reads as 2M from its chunk's formula bit; PSMASH over it, entry by entry,
+    /// clears the bit with the 2M-aligned entry's page size.
+    @Test func aChunkedTwoMegPageKeepsItsSizeBitThroughPsmash() throws {
+        var r = assigned2M(validated: true)
+        let pfn = Self.base >> 12
+        r.expand(Int(pfn >> 9))
+        expectTrue(r.code(Int(pfn >> 9)) >= 0)
+        expectTrue(r.isLarge(regionOf: pfn + 7))
+        try r.checkInvariants()
+        expectEqual(r.psmash(spa: Self.base), .success)
+        expectTrue(!r.isLarge(regionOf: pfn + 7))
+        expectTrue(!r[pfn].isLarge)
+        try r.checkInvariants()
+    }
+
     // §5 case 6
     @Test func psmashOfMisalignedSPAIsFailInput() {
         var r = assigned2M()

@@ -67,10 +67,11 @@ public struct KVM<Backend: KVMBackend>: Sendable {
         if let leaf = vm.stage2Leaf(gfn) { return leaf.size }
         // Private: guest_memfd's folio and the backend's limit (kvm_max_private_mapping_level);
         // shared: the VMM's own mapping, modelled as transparent huge pages, so only the
-        // attributes limit it (host_pfn_mapping_level). Mixed attributes: 4K.
-        let uniform: PageSize = vm.attributes.hugepageUniform(gfn) ? .size2M : .size4K
-        var level = vm.attributes.isPrivate(gfn)
-            ? min(vm.config.backing.folio, backend.maxMappingLevel(&vm, gfn: gfn, hw: hw), uniform) : uniform
+        // attributes limit it (host_pfn_mapping_level). Mixed attributes: 4K (read only when
+        // the other limits leave more than 4K: the minimum is the same).
+        var level: PageSize = vm.attributes.isPrivate(gfn)
+            ? min(vm.config.backing.folio, backend.maxMappingLevel(&vm, gfn: gfn, hw: hw), .size2M) : .size2M
+        if level > .size4K && !vm.attributes.hugepageUniform(gfn) { level = .size4K }
         // A huge leaf needs the gfn and the pfn aligned alike (the memslot's base and
         // guest_memfd's offset; kvm_mmu_max_mapping_level, kvm_gmem_get_pfn's max_order).
         if ((vm.config.spa(gfn) >> pageShift) ^ gfn) & (level.pages - 1) != 0 { level = .size4K }
