@@ -209,9 +209,9 @@ import Expectations
     }
 
     /// A 2M page held as 512 entries (the storage `expand` makes for single-entry changes)
-    /// still reads as 2M from its chunk's formula bit; PSMASH over it, entry by entry,
-    /// clears the bit with the 2M-aligned entry's page size.
-    @Test func aChunkedTwoMegPageKeepsItsSizeBitThroughPsmash() throws {
+    /// still reads as 2M through `isLarge(regionOf:)`; PSMASH over it, entry by entry, makes
+    /// it 4K.
+    @Test func aChunkedTwoMegPageReadsAsTwoMegUntilPsmash() throws {
         var r = assigned2M(validated: true)
         let pfn = Self.base >> 12
         r.expand(Int(pfn >> 9))

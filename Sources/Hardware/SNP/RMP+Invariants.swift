@@ -29,9 +29,6 @@ extension RMP {
             owner[Int(c)] = region
             let base = UInt64(region) << 9
             let head = self[base]
-            guard (formula[Int(c)] & Self.headLargeBit != 0) == head.isLarge else {
-                throw InvariantViolation("a chunk's formula mirrors its 2M-aligned entry's page size", "region at \(hex(base << pageShift))")
-            }
             var count = 0  // assigned 4K entries, counted in the same pass (one read of each entry)
             for p in base..<base + 512 {
                 let e = self[p], f = flags[Int(c) << 9 | Int(p & 511)]

@@ -33,8 +33,7 @@ public struct RMP: Sendable {
     /// 512 flag bytes per chunk.
     @usableFromInline var flags: [RMPFlags] = []
     /// Per chunk: the low word an assigned entry of the region's first page would have (its
-    /// GPA and ASID); entry i's GPA is that GPA plus i pages. Bit 1 (`headLargeBit`) mirrors
-    /// the page size of the region's 2M-aligned entry.
+    /// GPA and ASID); entry i's GPA is that GPA plus i pages.
     @usableFromInline var formula: [UInt64] = []
     /// Entries that do not follow their chunk's formula, whole, by PFN.
     @usableFromInline var aside: [UInt64: RMPEntry] = [:]
@@ -148,19 +147,8 @@ public struct RMP: Sendable {
     /// from its flag byte alone (an entry held aside keeps its flags there too).
     @inlinable public func isLarge(regionOf pfn: UInt64) -> Bool {
         let c = code(Int(pfn >> 9))
-        if c >= 0 { return formula[Int(c)] & Self.headLargeBit != 0 }
+        if c >= 0 { return flags[Int(c) << 9].contains(.large) }
         return c <= -2 && largeEntries[Int(-2 - c)].isLarge
-    }
-
-    /// The bit of a chunk's formula that mirrors its 2M-aligned entry's page size: the page
-    /// size's own bit, which neither the GPA nor the ASID uses. So `isLarge(regionOf:)`
-    /// reads the formula an entry's GPA needs anyway, not a second line of flag bytes.
-    @usableFromInline static var headLargeBit: UInt64 { 1 << 1 }
-
-    /// Sets chunk `c`'s `headLargeBit` from its 2M-aligned entry's flags.
-    mutating func syncHeadLarge(_ c: Int32) {
-        let large = flags[Int(c) << 9].contains(.large)
-        formula[Int(c)] = formula[Int(c)] & ~Self.headLargeBit | (large ? Self.headLargeBit : 0)
     }
 
     /// The count of assigned 4K entries in the 2M region of `pfn` (subpage_count).
@@ -277,7 +265,6 @@ public struct RMP: Sendable {
             }
         }
         subpageCount[Int(chunk)] = as4K ? 512 : 0
-        if f.contains(.large) { formula[Int(chunk)] |= Self.headLargeBit }
     }
 
     /// Applies `change` to every entry of `pages`: to the one entry of a region held as a 2M
@@ -353,7 +340,6 @@ public struct RMP: Sendable {
             }
         }
         flags[i] = f
-        if pfn & 511 == 0 { syncHeadLarge(c) }  // a new formula has the bit clear, as a new chunk's head
         if f.rawValue == 0 && subpageCount[Int(c)] == 0 { releaseIfEmpty(region, chunk: c) }
     }
 
@@ -366,7 +352,6 @@ public struct RMP: Sendable {
     /// by it the aside entries that now follow it.
     mutating func rebase(chunk c: Int32, region: Int, to new: UInt64) {
         formula[Int(c)] = new
-        defer { syncHeadLarge(c) }
         let b = Int(c) << 9
         for i in 0..<512 where flags[b + i].contains(.aside) {
             let pfn = UInt64(region) << 9 | UInt64(i), e = aside[pfn]!
