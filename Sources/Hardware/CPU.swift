@@ -134,6 +134,20 @@ public struct CPUSet: Sendable {
     /// over the flat storage.
     public mutating func invalidateEverywhere(_ op: TLBInvalidation) {
         let n = empty.count
+        if case .page(let va) = op {
+            // One page: no CPU's emptiness changes, so only the slots and counters are written.
+            let vpn = va >> pageShift, i = SoftTLB.index(vpn)
+            stats.withUnsafeMutableBufferPointer { stats in
+                slots.withUnsafeMutableBufferPointer { slots in
+                    for cpu in 0..<n {
+                        stats[cpu].pageFlushes += 1
+                        let s = cpu &* SoftTLB.entries &+ i
+                        if slots[s].tag == vpn { slots[s].tag = .max }
+                    }
+                }
+            }
+            return
+        }
         stats.withUnsafeMutableBufferPointer { stats in
             empty.withUnsafeMutableBufferPointer { empty in
                 slots.withUnsafeMutableBufferPointer { slots in

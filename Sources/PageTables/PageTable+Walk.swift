@@ -99,9 +99,11 @@ extension PageTable {
         noteTouched(start, last)
         defer { if forwarded > 0 { unforward(rootBase: rootBase, start: start, last: last) } }
         let (first, base) = root(start), final = root(last).table
-        for k in first...final {
+        var k = first  // a while loop: a closed range's iterator is not free here
+        while k <= final {
             try Self.walkTable(&self, k, level: rootLevel, base: base &+ (UInt64(k - first) &<< (levelShift(rootLevel) &+ 9)),
                                start: start, last: last, &visitor)
+            k += 1
         }
     }
 

@@ -20,7 +20,8 @@ public struct PvalidateResult: Sendable {
         self.succeeded = failure == nil
     }
 
-    public static let success = PvalidateResult(failure: nil)
+    /// Built where it is used (a stored static would be copied out through its accessor).
+    @inlinable public static var success: PvalidateResult { PvalidateResult(failure: nil) }
 }
 
 /// A page-state change the hypervisor refused: SW_EXITINFO2 as the guest reads it.
