@@ -89,8 +89,8 @@ extension PageTable {
     ) throws(PageTableError) {
         var visitor = ProtectVisitor(start: virt.rawValue, last: virt.rawValue &+ (size &- 1), set: set, clear: clear,
                                      forceSplit: forceSplit, notPresentClearsGlobal: notPresentClearsGlobal)
-        visitor.result = result
-        defer { result = visitor.result }
+        swap(&visitor.result, &result)  // moved in and out: no copy of its split list
+        defer { swap(&visitor.result, &result) }
         try walk(start: virt.rawValue, size: size, &visitor)
     }
 
