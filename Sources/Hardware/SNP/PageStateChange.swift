@@ -55,18 +55,18 @@ public struct PSCMSRError: Error, Hashable, Sendable {
 /// operation[55:52], pagesize[56]. Linux sev-common.h struct psc_entry.
 public struct PSCEntry: Hashable, Sendable {
     public var raw: UInt64
-    public init(raw: UInt64) { self.raw = raw }
-    public init(gfn: UInt64, operation: UInt8, size2M: Bool, curPage: UInt16 = 0) {
+    @inlinable public init(raw: UInt64) { self.raw = raw }
+    @inlinable public init(gfn: UInt64, operation: UInt8, size2M: Bool, curPage: UInt16 = 0) {
         raw = UInt64(curPage & 0xfff) | (gfn & ((1 << 40) - 1)) << 12 | UInt64(operation & 0xf) << 52 | (size2M ? 1 << 56 : 0)
     }
-    public var curPage: Int { Int(raw & 0xfff) }
-    public var gfn: UInt64 { raw >> 12 & ((1 << 40) - 1) }
-    public var operation: UInt8 { UInt8(raw >> 52 & 0xf) }
-    public var size2M: Bool { raw >> 56 & 1 != 0 }
+    @inlinable public var curPage: Int { Int(raw & 0xfff) }
+    @inlinable public var gfn: UInt64 { raw >> 12 & ((1 << 40) - 1) }
+    @inlinable public var operation: UInt8 { UInt8(raw >> 52 & 0xf) }
+    @inlinable public var size2M: Bool { raw >> 56 & 1 != 0 }
     /// Pages the entry covers (512 for 2M, else 1).
-    public var pages: Int { size2M ? 512 : 1 }
+    @inlinable public var pages: Int { size2M ? 512 : 1 }
     /// snp_begin_psc's entry check: cur_page within the entry and a 2M gfn 2M-aligned.
-    public var isValid: Bool { curPage <= pages && gfn & UInt64(pages - 1) == 0 }
+    @inlinable public var isValid: Bool { curPage <= pages && gfn & UInt64(pages - 1) == 0 }
 }
 
 /// A GHCB page-state-change request (NAE exit 0x8000_0010): header {cur_entry, end_entry}
@@ -100,7 +100,7 @@ public struct PSCRequest: Hashable, Sendable {
     }
 
     /// Entry `i` of the shared buffer: zero past the entries written.
-    public func entry(_ i: Int) -> PSCEntry { i < entries.count ? entries[i] : PSCEntry(raw: 0) }
+    @inlinable public func entry(_ i: Int) -> PSCEntry { i < entries.count ? entries[i] : PSCEntry(raw: 0) }
 }
 
 /// What the guest sees after a GHCB page-state change: KVM's SW_EXITINFO2 and the request
