@@ -130,39 +130,22 @@ public struct CPUSet: Sendable {
         slots.withUnsafeMutableBufferPointer { SoftTLB.invalidate(op, UnsafeMutableBufferPointer(rebasing: $0[base..<base + SoftTLB.entries])) }
     }
 
-    /// Carries out one invalidation on every CPU (a broadcast), counted on each, in one pass
-    /// over the flat storage.
+    /// Carries out one invalidation on every CPU (a broadcast), counted on each. A page's,
+    /// the common one, in one pass over the flat storage: no CPU's emptiness changes, so only
+    /// the slots and counters are written.
     public mutating func invalidateEverywhere(_ op: TLBInvalidation) {
         let n = empty.count
-        if case .page(let va) = op {
-            // One page: no CPU's emptiness changes, so only the slots and counters are written.
-            let vpn = va >> pageShift, i = SoftTLB.index(vpn)
-            stats.withUnsafeMutableBufferPointer { stats in
-                slots.withUnsafeMutableBufferPointer { slots in
-                    for cpu in 0..<n {
-                        stats[cpu].pageFlushes += 1
-                        let s = cpu &* SoftTLB.entries &+ i
-                        if slots[s].tag == vpn { slots[s].tag = .max }
-                    }
-                }
-            }
+        guard case .page(let va) = op else {
+            for cpu in 0..<n { invalidate(cpu: cpu, op) }
             return
         }
+        let vpn = va >> pageShift, i = SoftTLB.index(vpn)
         stats.withUnsafeMutableBufferPointer { stats in
-            empty.withUnsafeMutableBufferPointer { empty in
-                slots.withUnsafeMutableBufferPointer { slots in
-                    for cpu in 0..<n {
-                        switch op {
-                        case .all:
-                            stats[cpu].fullFlushes += 1
-                            guard !empty[cpu] else { continue }
-                            empty[cpu] = true
-                        case .page: stats[cpu].pageFlushes += 1
-                        case .nonGlobal: stats[cpu].asidFlushes += 1
-                        }
-                        let base = cpu &* SoftTLB.entries
-                        SoftTLB.invalidate(op, UnsafeMutableBufferPointer(rebasing: slots[base..<base + SoftTLB.entries]))
-                    }
+            slots.withUnsafeMutableBufferPointer { slots in
+                for cpu in 0..<n {
+                    stats[cpu].pageFlushes += 1
+                    let s = cpu &* SoftTLB.entries &+ i
+                    if slots[s].tag == vpn { slots[s].tag = .max }
                 }
             }
         }
