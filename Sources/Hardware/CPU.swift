@@ -135,17 +135,16 @@ public struct CPUSet: Sendable {
     /// the slots and counters are written.
     public mutating func invalidateEverywhere(_ op: TLBInvalidation) {
         let n = empty.count
-        guard case .page(let va) = op else {
+        guard case .page = op else {
             for cpu in 0..<n { invalidate(cpu: cpu, op) }
             return
         }
-        let vpn = va >> pageShift, i = SoftTLB.index(vpn)
         stats.withUnsafeMutableBufferPointer { stats in
             slots.withUnsafeMutableBufferPointer { slots in
                 for cpu in 0..<n {
                     stats[cpu].pageFlushes += 1
-                    let s = cpu &* SoftTLB.entries &+ i
-                    if slots[s].tag == vpn { slots[s].tag = .max }
+                    let base = cpu &* SoftTLB.entries
+                    SoftTLB.invalidate(op, UnsafeMutableBufferPointer(rebasing: slots[base..<base + SoftTLB.entries]))
                 }
             }
         }

@@ -29,6 +29,9 @@ extension RMP {
             owner[Int(c)] = region
             let base = UInt64(region) << 9
             let head = self[base]
+            guard isLarge(regionOf: base) == head.isLarge else {
+                throw InvariantViolation("a region's page size reads the same from its flag byte as from its 2M-aligned entry", "region \(hex(base << pageShift))")
+            }
             var count = 0  // assigned 4K entries, counted in the same pass (one read of each entry)
             for p in base..<base + 512 {
                 let e = self[p], f = flags[Int(c) << 9 | Int(p & 511)]

@@ -23,7 +23,7 @@ extension RMP: HostOwnership {
         func owner(_ p: UInt64) -> String {
             let e = self[p]
             return e.asid == 0 ? "assigned to the firmware (ASID 0)" : "assigned to ASID \(e.asid) at GPA \(hex(e.gpa))"
-                + (largeEntry(p).isLarge ? " as part of a 2M page" : "")
+                + (isLarge(regionOf: p) ? " as part of a 2M page" : "")
         }
         if isAssigned(pfn) { return "the RMP entry of PFN \(hex(pfn)) is \(owner(pfn))" }
         let base = pfn & ~511
