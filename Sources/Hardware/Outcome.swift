@@ -41,6 +41,32 @@ public struct ValueOutcome: Outcome, Hashable {
     public var description: String { text }
 }
 
+/// An outcome that is nearly always a plain success, held so that success costs nothing:
+/// a null reference for `ok`, the outcome in a box otherwise. Hot paths return it instead of
+/// `(any Outcome)?` or an enum around `any Outcome`: those are copied and destroyed through
+/// runtime metadata and value witnesses (an indirect call each), this with a null test.
+public struct OKOr: Outcome {
+    @usableFromInline let box: OutcomeBox?
+    @inlinable init(box: OutcomeBox?) { self.box = box }
+
+    /// A plain success.
+    @inlinable public static var ok: OKOr { OKOr(box: nil) }
+    /// What the operation came to when that was not a plain success.
+    @inlinable public static func other(_ outcome: any Outcome) -> OKOr { OKOr(box: OutcomeBox(outcome)) }
+
+    /// The outcome, when it was not a plain success.
+    @inlinable public var other: (any Outcome)? { box?.outcome }
+    @inlinable public var isOK: Bool { box == nil }
+    public var kind: OutcomeKind { box?.outcome.kind ?? .success }
+    public var description: String { box?.outcome.description ?? "ok" }
+}
+
+/// The outcome an `OKOr` keeps when it is not `ok`.
+public final class OutcomeBox: Sendable {
+    public let outcome: any Outcome
+    @inlinable init(_ outcome: any Outcome) { self.outcome = outcome }
+}
+
 /// An outcome together with what happened on the way to it (`ok (gmem prepare 2M)`): the
 /// kind is the final outcome's.
 public struct AnnotatedOutcome: Outcome {

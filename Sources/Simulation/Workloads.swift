@@ -33,6 +33,11 @@ public struct WorkloadTally: Sendable {
         errors += 1
         if first == nil { first = r }
     }
+
+    /// `note` for an outcome that is usually a plain success: that costs one test.
+    mutating func note(_ r: OKOr) {
+        if !r.isOK, let o = r.other { note(o) }
+    }
 }
 
 /// A workload's result: `ok`, or `N of M failed (first -EINVAL)`.

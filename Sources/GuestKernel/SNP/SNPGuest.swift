@@ -48,7 +48,7 @@ public typealias SNPVMGEXIT = (_ write: (inout PSCRequest) -> Void) -> UInt64
 extension GuestKernel {
     /// PVALIDATE `gfns`, 2M where it can, falling back to 4K on FAIL_SIZEMISMATCH
     /// (pvalidate_pages). Also accept_memory's loop.
-    public static func snpPvalidate(_ gfns: Range<UInt64>, validate: Bool, pvalidate: SNPPvalidate) -> (any Outcome)? {
+    public static func snpPvalidate(_ gfns: Range<UInt64>, validate: Bool, pvalidate: SNPPvalidate) -> OKOr {
         var gfn = gfns.lowerBound
         while gfn < gfns.upperBound {
             let big = gfn & 511 == 0 && gfn + 512 <= gfns.upperBound
@@ -56,14 +56,14 @@ extension GuestKernel {
             if big && r.sizeMismatch {
                 for g in gfn..<gfn + 512 {
                     let small = pvalidate(g, .size4K, validate)
-                    if !small.succeeded { return small.outcome }
+                    if !small.succeeded { return .other(small.outcome) }
                 }
             } else if !r.succeeded {
-                return r.outcome
+                return .other(r.outcome)
             }
             gfn += big ? 512 : 1
         }
-        return nil
+        return .ok
     }
 
     /// GHCB page-state changes for `gfns`, 2M entries where aligned, at most 64 entries a
@@ -109,46 +109,46 @@ extension GuestKernel {
     /// PSC to private, then validate).
     /// One page flipped to the other state (set_memory_decrypted of a private page,
     /// set_memory_encrypted of a shared one): the page's state read once.
-    public mutating func snpFlip(_ gfn: UInt64, pvalidate: SNPPvalidate, vmgexit: SNPVMGEXIT) -> any Outcome {
-        snpConvert(gfn..<gfn + 1, encrypt: !isEncrypted(gfn: gfn), pvalidate: pvalidate, vmgexit: vmgexit) ?? OK()
+    public mutating func snpFlip(_ gfn: UInt64, pvalidate: SNPPvalidate, vmgexit: SNPVMGEXIT) -> OKOr {
+        snpConvert(gfn..<gfn + 1, encrypt: !isEncrypted(gfn: gfn), pvalidate: pvalidate, vmgexit: vmgexit)
     }
 
-    public mutating func snpSetMemory(_ gfns: Range<UInt64>, encrypt: Bool, pvalidate: SNPPvalidate, vmgexit: SNPVMGEXIT) -> any Outcome {
+    public mutating func snpSetMemory(_ gfns: Range<UInt64>, encrypt: Bool, pvalidate: SNPPvalidate, vmgexit: SNPVMGEXIT) -> OKOr {
         // One page (the common case) needs no list of runs.
         if gfns.count == 1 {
-            guard isEncrypted(gfn: gfns.lowerBound) != encrypt else { return OK() }
-            return snpConvert(gfns, encrypt: encrypt, pvalidate: pvalidate, vmgexit: vmgexit) ?? OK()
+            guard isEncrypted(gfn: gfns.lowerBound) != encrypt else { return .ok }
+            return snpConvert(gfns, encrypt: encrypt, pvalidate: pvalidate, vmgexit: vmgexit)
         }
         for run in runs(gfns, encrypted: !encrypt) {
-            if let failure = snpConvert(run, encrypt: encrypt, pvalidate: pvalidate, vmgexit: vmgexit) { return failure }
+            let r = snpConvert(run, encrypt: encrypt, pvalidate: pvalidate, vmgexit: vmgexit)
+            if !r.isOK { return r }
         }
-        return OK()
+        return .ok
     }
 
-    /// change_page_attr over one run not yet in the target state, with the SNP hooks; the
-    /// failure, if any.
-    mutating func snpConvert(_ run: Range<UInt64>, encrypt: Bool, pvalidate: SNPPvalidate, vmgexit: SNPVMGEXIT) -> (any Outcome)? {
-        var failure: (any Outcome)?
-        var failed = false  // checked instead of the existential on the common path
+    /// change_page_attr over one run not yet in the target state, with the SNP hooks: `.ok`,
+    /// or the failure.
+    mutating func snpConvert(_ run: Range<UInt64>, encrypt: Bool, pvalidate: SNPPvalidate, vmgexit: SNPVMGEXIT) -> OKOr {
+        var failure = OKOr.ok
         let status: KernelStatus
         do {
             // The hooks as a closure literal: not escaping, so what they capture stays on the stack.
             status = try kernel.setMemoryEncDec(va(gfn: run.lowerBound), numpages: run.count, encrypt: encrypt) { which, _, _, enc in
                 switch (which, enc) {
                 case (.prepare, false):
-                    if let f = Self.snpPvalidate(run, validate: false, pvalidate: pvalidate) { failure = f; failed = true }
-                    else if let e = Self.snpPageStateChange(run, toPrivate: false, vmgexit: vmgexit) { failure = e; failed = true }
+                    failure = Self.snpPvalidate(run, validate: false, pvalidate: pvalidate)
+                    if failure.isOK, let e = Self.snpPageStateChange(run, toPrivate: false, vmgexit: vmgexit) { failure = .other(e) }
                 case (.finish, true):
-                    if let e = Self.snpPageStateChange(run, toPrivate: true, vmgexit: vmgexit) { failure = e; failed = true }
-                    else if let f = Self.snpPvalidate(run, validate: true, pvalidate: pvalidate) { failure = f; failed = true }
+                    if let e = Self.snpPageStateChange(run, toPrivate: true, vmgexit: vmgexit) { failure = .other(e) }
+                    else { failure = Self.snpPvalidate(run, validate: true, pvalidate: pvalidate) }
                 default: break
                 }
-                return failed ? .EIO : nil
+                return failure.isOK ? nil : .EIO
             }
         } catch {
-            return KernelStatus.error(.EINVAL)  // the range is inside the guest's memory by construction
+            return .other(KernelStatus.error(.EINVAL))  // the range is inside the guest's memory by construction
         }
-        if failed, let failure { return failure }
-        return status == .ok ? nil : status
+        if !failure.isOK { return failure }
+        return status == .ok ? .ok : .other(status)
     }
 }

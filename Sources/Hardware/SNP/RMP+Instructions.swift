@@ -179,7 +179,7 @@ extension RMP {
         let pfn = g.spa >> pageShift
         let e = self[pfn]
         if !e.validated { return .notValidated }
-        return .read("perms=\(e.permissions(vmpl: targetVMPL)) vmsa=\(e.vmsa ? 1 : 0) pagesize=\(isLarge(regionOf: pfn) ? "2M" : "4K")")
+        return .read(.query(e.permissions(vmpl: targetVMPL), vmsa: e.vmsa, large: isLarge(regionOf: pfn)))
     }
 
     /// RMPREAD: the RMPREAD-format view of an entry (gpa, assigned, pagesize,
@@ -190,8 +190,7 @@ extension RMP {
         guard spa & (pageBytes - 1) == 0, covers(pfn) else { return .status(.failInput) }
         let e = self[pfn]
         let others = pfn & 511 == 0 && !self.pages(pfn + 1..<pfn + 512, allHave: .assigned, false)
-        return .read("gpa=\(hex(e.gpa)) assigned=\(e.assigned ? 1 : 0) pagesize=\(isLarge(regionOf: pfn) ? "2M" : "4K") "
-            + "hpage_region_status=\(others ? 1 : 0) immutable=\(e.immutable ? 1 : 0) asid=\(e.asid)")
+        return .read(.read(e, large: isLarge(regionOf: pfn), regionStatus: others))
     }
 
     /// VMRUN of an SNP vCPU: the VMSA page must be one in the RMP (assigned, with the VMSA

@@ -1,3 +1,5 @@
+import PageTables
+
 /// An SNP instruction's status in RAX, printed by its APM / Linux name.
 /// Linux arch/x86/include/asm/sev.h (RMPUPDATE_FAIL_OVERLAP, PSMASH_FAIL_INUSE,
 /// PVALIDATE_FAIL_SIZEMISMATCH); AMD APM Vol 2 §15.36.
@@ -65,8 +67,8 @@ public enum SNPOutcome: Hashable, Sendable, CustomStringConvertible {
     case notRunning
     /// An access that passed every check.
     case ok
-    /// RMPREAD / RMPQUERY results.
-    case read(String)
+    /// RMPREAD / RMPQUERY / dump_rmpentry results.
+    case read(RMPReadout)
 
     public static let notValidated = SNPOutcome.vc(0x404)
 
@@ -82,7 +84,30 @@ public enum SNPOutcome: Hashable, Sendable, CustomStringConvertible {
         case .vmexitInvalid: "VMEXIT_INVALID"
         case .notRunning: "not running"
         case .ok: "ok"
-        case .read(let text): "ok " + text
+        case .read(let r): "ok " + r.description
+        }
+    }
+}
+
+/// What RMPQUERY, RMPREAD and dump_rmpentry read, kept as values and written out only when
+/// printed, so an `SNPOutcome` holds no string and copying or dropping one costs nothing.
+public enum RMPReadout: Hashable, Sendable, CustomStringConvertible {
+    /// RMPQUERY: the VMPL's permissions, the VMSA bit, the page size.
+    case query(VMPLPermissions, vmsa: Bool, large: Bool)
+    /// RMPREAD: the entry, its region's page size, hpage_region_status.
+    case read(RMPEntry, large: Bool, regionStatus: Bool)
+    /// dump_rmpentry: the PFN and the raw entry.
+    case dump(pfn: UInt64, RMPEntry)
+
+    public var description: String {
+        switch self {
+        case .query(let perms, let vmsa, let large):
+            "perms=\(perms) vmsa=\(vmsa ? 1 : 0) pagesize=\(large ? "2M" : "4K")"
+        case .read(let e, let large, let others):
+            "gpa=\(hex(e.gpa)) assigned=\(e.assigned ? 1 : 0) pagesize=\(large ? "2M" : "4K") "
+                + "hpage_region_status=\(others ? 1 : 0) immutable=\(e.immutable ? 1 : 0) asid=\(e.asid)"
+        case .dump(let pfn, let e):
+            "PFN \(hex(pfn)), RMP entry: [\(hex(e.hi, digits: 16)) - \(hex(e.lo, digits: 16))] \(e.state)"
         }
     }
 }

@@ -60,7 +60,7 @@ extension SNPPlatform {
         let pages = p.kvm.vms[i].config.pages
         return guestCalls(&p, i, &m) { _, pvalidate, _ in
             GuestKernel.snpPvalidate(0..<pages, validate: true, pvalidate: pvalidate)
-        } ?? OK()
+        }
     }
 
     /// Teardown, then create the VM and its guest kernel again (not launched).

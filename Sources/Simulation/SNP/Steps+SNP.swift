@@ -63,8 +63,7 @@ extension Steps {
         snpStep("dump_rmpentry", "the raw RMP entry as Linux's dump_rmpentry prints it, with the firmware's page-state name", [spa]) { a, _ throws(ScenarioError) in
             let spa = a.number("spa")
             return { p, _ in
-                let e = p.rmp[spa >> pageShift]
-                return .read("PFN \(hex(spa >> pageShift)), RMP entry: [\(hex(e.hi, digits: 16)) - \(hex(e.lo, digits: 16))] \(e.state)")
+                .read(.dump(pfn: spa >> pageShift, p.rmp[spa >> pageShift]))
             }
         },
         snpStep("pvalidate", "PVALIDATE: the guest validates or rescinds a page",

@@ -60,7 +60,7 @@ extension SNPPlatform {
             let failure = m.withPlatform(SNPPlatform.self) { p, m in
                 guestCalls(&p, i, &m) { _, pvalidate, _ in GuestKernel.snpPvalidate(gfn..<gfn + 1, validate: false, pvalidate: pvalidate) }
             }
-            return (failure ?? OK(), failure != nil)
+            return (failure, !failure.isOK)
         }
         let psc = ThreadAction("enc_status_change_prepare: page-state change to shared (VMGEXIT)") { m in
             let failure = m.withPlatform(SNPPlatform.self) { p, m in

@@ -54,7 +54,7 @@ extension Workloads {
                 repeatGuestOps(&p, &m, i, ops) { guest, random, pvalidate, vmgexit in
                     let first = random(pages - n + 1)
                     let r = guest.snpSetMemory(first..<first + n, encrypt: false, pvalidate: pvalidate, vmgexit: vmgexit)
-                    return r.kind == .success ? guest.snpSetMemory(first..<first + n, encrypt: true, pvalidate: pvalidate, vmgexit: vmgexit) : r
+                    return r.isOK ? guest.snpSetMemory(first..<first + n, encrypt: true, pvalidate: pvalidate, vmgexit: vmgexit) : r
                 }
             }
         },
@@ -75,7 +75,7 @@ extension Workloads {
 
     /// One adversarial flip: set_memory_decrypted of a private page, set_memory_encrypted of
     /// a shared one.
-    static func flip(_ guest: inout GuestKernel, _ gfn: UInt64, _ pvalidate: SNPPvalidate, _ vmgexit: SNPVMGEXIT) -> any Outcome {
+    static func flip(_ guest: inout GuestKernel, _ gfn: UInt64, _ pvalidate: SNPPvalidate, _ vmgexit: SNPVMGEXIT) -> OKOr {
         guest.snpFlip(gfn, pvalidate: pvalidate, vmgexit: vmgexit)
     }
 
@@ -96,7 +96,7 @@ extension Workloads {
     /// wired to the machine; `random(n)` draws below n from the run's generator.
     static func repeatGuestOps(
         _ p: inout SNPPlatform, _ m: inout Machine, _ i: Int, _ ops: UInt64,
-        _ op: (inout GuestKernel, (UInt64) -> UInt64, SNPPvalidate, SNPVMGEXIT) -> any Outcome
+        _ op: (inout GuestKernel, (UInt64) -> UInt64, SNPPvalidate, SNPVMGEXIT) -> OKOr
     ) -> WorkloadTally {
         var tally = WorkloadTally()
         var rng = m.rng
