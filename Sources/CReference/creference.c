@@ -27,6 +27,7 @@ uint64_t cref_walk_check(const uint64_t *entries, int levels,
             int32_t m = rmp_mid[((uint64_t)t << 9) | ((region >> 9) & 511)];
             if (m >= 0) c = rmp_codes[((uint64_t)m << 9) | (region & 511)];
         }
+        if (c >= 0) c &= (1 << 30) - 1;  /* a chunk's code less its head-size bit */
         int fault;
         if (level >= 2) {
             fault = c >= 0 ? subpage_count[c] != 0 : c != -1;

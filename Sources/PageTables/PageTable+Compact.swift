@@ -21,22 +21,29 @@
 public struct CompactTable: Sendable {
     /// Differing entries kept before the table becomes dense.
     public static let capacity = 4
-    /// The leaf in entry 0, whose frame the formula steps from.
-    @usableFromInline var first: UInt64
-    /// log2 of the 4K frames each entry covers (0 for a table of 4K leaves, 9 for 2M).
-    @usableFromInline var stepShift: UInt8
-    /// Differing entries in use.
-    @usableFromInline var count: UInt8 = 0
-    /// The dense table that holds the entries once there are too many differences (≥ 0);
-    /// -1 for none; -2 for no dense table but a toggle set (the table's own, `toggles[t]`).
-    @usableFromInline var dense: Int32 = -1
-    @usableFromInline var indices: (UInt16, UInt16, UInt16, UInt16) = (0, 0, 0, 0)
-    @usableFromInline var values: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+    /// What every lookup reads, stored apart from the differences (`CompactTables`).
+    @usableFromInline var head: CompactHead
+    @usableFromInline var diffs = CompactDiffs()
 
     @inlinable init(first: UInt64, stepShift: UInt8) {
-        self.first = first
-        self.stepShift = stepShift
+        head = CompactHead(first: first, stepShift: stepShift)
     }
+    @inlinable init(_ head: CompactHead, _ diffs: CompactDiffs) {
+        self.head = head
+        self.diffs = diffs
+    }
+
+    /// The leaf in entry 0, whose frame the formula steps from.
+    @inlinable var first: UInt64 { get { head.first } set { head.first = newValue } }
+    /// log2 of the 4K frames each entry covers (0 for a table of 4K leaves, 9 for 2M).
+    @inlinable var stepShift: UInt8 { get { head.stepShift } set { head.stepShift = newValue } }
+    /// Differing entries in use.
+    @inlinable var count: UInt8 { get { head.count } set { head.count = newValue } }
+    /// The dense table that holds the entries once there are too many differences (≥ 0);
+    /// -1 for none; -2 for no dense table but a toggle set (the table's own, `toggles[t]`).
+    @inlinable var dense: Int32 { get { head.dense } set { head.dense = newValue } }
+    @inlinable var indices: (UInt16, UInt16, UInt16, UInt16) { get { diffs.indices } set { diffs.indices = newValue } }
+    @inlinable var values: (UInt64, UInt64, UInt64, UInt64) { get { diffs.values } set { diffs.values = newValue } }
 
     /// The formula's value for entry `index`.
     @inlinable func formula(_ index: Int) -> UInt64 {
@@ -73,9 +80,15 @@ public struct CompactTable: Sendable {
     /// it has one (an address from the table's number alone, so the bit's load need not wait
     /// for this record's).
     @inlinable func entry(_ index: Int, toggle: UnsafePointer<ToggleSet>?) -> UInt64 {
-        if count > 0, let v = explicit(index) { return v }
-        let f = formula(index)
-        if hasToggle, let toggle, ToggleSet.isSet(toggle, index) { return toggle.pointee.alternate(f) }
+        withUnsafePointer(to: diffs) { Self.entry(head, $0, index, toggle: toggle) }
+    }
+
+    /// Entry `index` of the table with `head` (not dense), its differences at `diffs` (read
+    /// only when it has some), its toggle set at `toggle`.
+    @inlinable static func entry(_ head: CompactHead, _ diffs: UnsafePointer<CompactDiffs>, _ index: Int, toggle: UnsafePointer<ToggleSet>?) -> UInt64 {
+        if head.count > 0, let v = CompactTable(head, diffs.pointee).explicit(index) { return v }
+        let f = head.formula(index)
+        if head.hasToggle, let toggle, ToggleSet.isSet(toggle, index) { return toggle.pointee.alternate(f) }
         return f
     }
 
@@ -151,6 +164,54 @@ public struct CompactTable: Sendable {
     }
 }
 
+/// A compact table's 16 bytes every lookup reads. Stored 16 to an array element, so one never
+/// crosses a cache line (the whole record, 56 bytes, did seven times in eight).
+@usableFromInline struct CompactHead: Sendable {
+    @usableFromInline var first: UInt64
+    @usableFromInline var dense: Int32 = -1
+    @usableFromInline var stepShift: UInt8
+    @usableFromInline var count: UInt8 = 0
+    @inlinable init(first: UInt64, stepShift: UInt8) {
+        self.first = first
+        self.stepShift = stepShift
+    }
+    /// The formula's value for entry `index`.
+    @inlinable func formula(_ index: Int) -> UInt64 {
+        first &+ (UInt64(index) << (UInt64(stepShift) &+ Descriptor.frameShift))
+    }
+    /// Whether the table uses its toggle set.
+    @inlinable var hasToggle: Bool { dense == -2 }
+}
+
+/// A compact table's explicit differences (`CompactTable.capacity` of them).
+@usableFromInline struct CompactDiffs: Sendable {
+    @usableFromInline var indices: (UInt16, UInt16, UInt16, UInt16) = (0, 0, 0, 0)
+    @usableFromInline var values: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+    @inlinable init() {}
+}
+
+/// The compact tables of one page table, each stored as its head and its differences in two
+/// arrays; a table is read and written whole through the subscript, the head alone on the
+/// lookup and toggle paths.
+@usableFromInline struct CompactTables: Sendable {
+    @usableFromInline var heads: [CompactHead] = []
+    @usableFromInline var diffs: [CompactDiffs] = []
+    @inlinable init() {}
+    @inlinable subscript(t: Int) -> CompactTable {
+        get { CompactTable(heads[t], diffs[t]) }
+        set {
+            heads[t] = newValue.head
+            diffs[t] = newValue.diffs
+        }
+    }
+    @inlinable var count: Int { heads.count }
+    @inlinable var capacity: Int { heads.capacity }
+    @inlinable mutating func append(_ c: CompactTable) {
+        heads.append(c.head)
+        diffs.append(c.diffs)
+    }
+}
+
 /// The entries of a compact table that take one alternate value: the formula's value with
 /// `mask` flipped in, or an empty entry (`mask == emptied`). 512 bits and the mask.
 public struct ToggleSet: Sendable {
@@ -208,11 +269,13 @@ extension PageTable {
     /// takes the arrays, not the table: a table reached through `inout` would be copied
     /// (130 bytes) to pass it to a function that is not inlined.
     @inline(never) @usableFromInline
-    static func loadCompact(_ slot: Int, _ entries: [UInt64], _ compacts: [CompactTable], _ toggles: [ToggleSet]) -> UInt64 {
+    static func loadCompact(_ slot: Int, _ entries: [UInt64], _ compacts: CompactTables, _ toggles: [ToggleSet]) -> UInt64 {
         let (t, index) = compactPosition(slot)
-        let c = compacts[t]
-        if c.dense >= 0 { return entries[Int(c.dense) &* entriesPerTable &+ index] }
-        return compactEntry(c, t, index, toggles)
+        let h = compacts.heads[t]
+        if h.dense >= 0 { return entries[Int(h.dense) &* entriesPerTable &+ index] }
+        return compacts.diffs.withUnsafeBufferPointer { diffs in
+            toggles.withUnsafeBufferPointer { CompactTable.entry(h, diffs.baseAddress! + t, index, toggle: $0.baseAddress.map { $0 + t }) }
+        }
     }
 
     /// Entry `index` of compact table `t`, `c`, which is not dense, with its toggle set from
@@ -226,7 +289,7 @@ extension PageTable {
     /// change) a new toggle set, else the table goes dense.
     @usableFromInline mutating func writeCompact(_ slot: Int, _ value: UInt64) {
         let (t, index) = Self.compactPosition(slot)
-        let c = compacts[t]
+        let c = compacts.heads[t]
         if c.dense >= 0 {
             entries[Int(c.dense) &* entriesPerTable &+ index] = value
             return

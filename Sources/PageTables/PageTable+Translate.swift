@@ -77,7 +77,7 @@ extension PageTable {
         let shift = levelShift(level)
         let tableLast = base &+ ((1 << (shift + 9)) &- 1)
         if start <= base, tableLast <= last, let t = compactIndex(table), let size = PageSize(level: level),
-           let n = store.compacts.unsafelyUnwrapped[t].leafCount(toggle: store.toggles.map { $0 + t }) {
+           let n = CompactTable(store.heads.unsafelyUnwrapped[t], store.diffs.unsafelyUnwrapped[t]).leafCount(toggle: store.toggles.map { $0 + t }) {
             counts[size] += n
             return
         }

@@ -55,11 +55,13 @@ extension PageTable: PageTableStore {
 /// A read-only view of a table's entries, valid during `PageTable.read`.
 public struct ReadOnlyPageTable: PageTableStore {
     @usableFromInline let base: UnsafePointer<UInt64>
-    @usableFromInline let compacts: UnsafePointer<CompactTable>?
+    @usableFromInline let heads: UnsafePointer<CompactHead>?
+    @usableFromInline let diffs: UnsafePointer<CompactDiffs>?
     @usableFromInline let toggles: UnsafePointer<ToggleSet>?
-    @inlinable init(base: UnsafePointer<UInt64>, compacts: UnsafePointer<CompactTable>?, toggles: UnsafePointer<ToggleSet>?) {
+    @inlinable init(base: UnsafePointer<UInt64>, heads: UnsafePointer<CompactHead>?, diffs: UnsafePointer<CompactDiffs>?, toggles: UnsafePointer<ToggleSet>?) {
         self.base = base
-        self.compacts = compacts
+        self.heads = heads
+        self.diffs = diffs
         self.toggles = toggles
     }
     @inlinable public func load(_ slot: Int) -> UInt64 {
@@ -70,9 +72,9 @@ public struct ReadOnlyPageTable: PageTableStore {
     /// Out of line, so the dense path the walker takes stays small.
     @inline(never) @usableFromInline func loadCompact(_ slot: Int) -> UInt64 {
         let (t, index) = PageTable.compactPosition(slot)
-        let c = compacts.unsafelyUnwrapped[t]
-        if c.dense >= 0 { return base[Int(c.dense) &* entriesPerTable &+ index] }
-        return c.entry(index, toggle: toggles.map { $0 + t })
+        let h = heads.unsafelyUnwrapped[t]
+        if h.dense >= 0 { return base[Int(h.dense) &* entriesPerTable &+ index] }
+        return CompactTable.entry(h, diffs.unsafelyUnwrapped + t, index, toggle: toggles.map { $0 + t })
     }
 }
 
@@ -137,9 +139,11 @@ extension PageTable {
     @inlinable @inline(__always)
     func withReadOnly<R, E: Error>(_ body: (ReadOnlyPageTable) throws(E) -> R) throws(E) -> R {
         try entries.withUnsafeBufferPointer { (buffer) throws(E) in
-            try compacts.withUnsafeBufferPointer { (compacts) throws(E) in
-                try toggles.withUnsafeBufferPointer { (toggles) throws(E) in
-                    try body(ReadOnlyPageTable(base: buffer.baseAddress!, compacts: compacts.baseAddress, toggles: toggles.baseAddress))
+            try compacts.heads.withUnsafeBufferPointer { (heads) throws(E) in
+                try compacts.diffs.withUnsafeBufferPointer { (diffs) throws(E) in
+                    try toggles.withUnsafeBufferPointer { (toggles) throws(E) in
+                        try body(ReadOnlyPageTable(base: buffer.baseAddress!, heads: heads.baseAddress, diffs: diffs.baseAddress, toggles: toggles.baseAddress))
+                    }
                 }
             }
         }

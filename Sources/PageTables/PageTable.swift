@@ -12,7 +12,7 @@ public struct PageTable: Sendable {
     public let format: PageTableFormat
     @usableFromInline var entries: [UInt64]
     @usableFromInline var freeTables: [Int] = []
-    @usableFromInline var compacts: [CompactTable] = []
+    @usableFromInline var compacts = CompactTables()
     @usableFromInline var freeCompacts: [Int] = []
     /// Toggle sets of compact tables, by compact table number (`toggles[t]` is table `t`'s,
     /// meaningful while it uses one), and how many are in use (CompactTable, ToggleSet).
@@ -58,7 +58,8 @@ public struct PageTable: Sendable {
     /// Bytes the model spends on table storage (entries and free list), for benchmarks.
     public var storageBytes: Int {
         entries.capacity * 8 + (freeTables.capacity + freeCompacts.capacity) * 8
-            + compacts.capacity * Self.compactTableBytes + toggles.capacity * MemoryLayout<ToggleSet>.stride
+            + compacts.heads.capacity * MemoryLayout<CompactHead>.stride + compacts.diffs.capacity * MemoryLayout<CompactDiffs>.stride
+            + toggles.capacity * MemoryLayout<ToggleSet>.stride
     }
     /// Bytes the model spends on the tables in use: 4096 for a dense table (as the kernel's
     /// page), `compactTableBytes` for a compact one, plus its toggle set if it has one.

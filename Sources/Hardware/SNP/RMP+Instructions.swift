@@ -57,9 +57,9 @@ extension RMP {
         let pages: Range<UInt64> = u.size == .size2M ? pfn..<pfn + 512 : pfn..<pfn + 1
         if !self.pages(pages, allHave: .immutable, false) { return .failPermission }
         if !inUse.isEmpty, pages.contains(where: isInUse) { return .failInUse }
-        let large = largeEntry(pfn)
         if u.size == .size2M && assigned4KCount(pfn) != 0 { return .failOverlap }
-        if u.size == .size4K && large.assigned && large.isLarge { return .failOverlap }
+        // The 2M-aligned entry's size from the region's code; its flags only when it is 2M.
+        if u.size == .size4K && isLarge(regionOf: pfn) && isAssigned(pfn & ~511) { return .failOverlap }
         var e = RMPEntry()
         if u.assigned {
             e.assigned = true

@@ -24,9 +24,13 @@ public struct RMP: Sendable {
     /// Blocks of 512 (one per 512G touched): per 1G, the block of `codes` for its 2M regions, or -1.
     @usableFromInline var mid: [Int32] = []
     /// Blocks of 512 (one per 1G touched): per 2M region, the chunk holding its entries
-    /// (≥ 0), -1 when all are the default, or -2 - k when the region is one 2M page whose
-    /// entry is `largeEntries[k]`.
+    /// (≥ 0, with `headLargeBit` set when the chunk's first entry is 2M), -1 when all are the
+    /// default, or -2 - k when the region is one 2M page whose entry is `largeEntries[k]`.
     @usableFromInline var codes: [Int32] = []
+    /// In a chunk's code: its 2M-aligned entry has page size 2M (the `large` bit of its first
+    /// flag byte, mirrored), so the region's page size is read from the code, not a second
+    /// line of flags.
+    @usableFromInline static var headLargeBit: Int32 { 1 << 30 }
     /// The 2M-aligned entries of regions held as one 2M page.
     @usableFromInline var largeEntries: [RMPEntry] = []
     var freeLarge: [Int32] = []
@@ -55,11 +59,23 @@ public struct RMP: Sendable {
 
     /// The code of 2M region `region` (PFN >> 9): a chunk, -1, or a 2M page.
     @inlinable @inline(__always) func code(_ region: Int) -> Int32 {
+        let c = storedCode(region)
+        return c & (c >> 31 | ~Self.headLargeBit)  // a chunk's without its head bit
+    }
+
+    /// The code as stored: a chunk's with its `headLargeBit`.
+    @inlinable @inline(__always) func storedCode(_ region: Int) -> Int32 {
         let t = top[region >> 18]
         if t < 0 { return -1 }
         let m = mid[Int(t) << 9 | (region >> 9) & 511]
         if m < 0 { return -1 }
         return codes[Int(m) << 9 | region & 511]
+    }
+
+    /// Mirrors the page size of chunk region `region`'s first flag byte, `f`, in its code.
+    mutating func noteHead(_ region: Int, _ f: RMPFlags) {
+        let c = code(region)
+        setCode(region, f.contains(.large) ? c | Self.headLargeBit : c)
     }
 
     /// Sets the code of region `region`, making index blocks on the way.
@@ -90,7 +106,7 @@ public struct RMP: Sendable {
                 let m = mid[Int(t) << 9 | mi]
                 guard m >= 0 else { continue }
                 for ri in 0..<512 where codes[Int(m) << 9 | ri] != -1 {
-                    out.append((ti << 18 | mi << 9 | ri, codes[Int(m) << 9 | ri]))
+                    out.append((ti << 18 | mi << 9 | ri, code(ti << 18 | mi << 9 | ri)))
                 }
             }
         }
@@ -146,8 +162,8 @@ public struct RMP: Sendable {
     /// Whether the 2M-aligned entry of `pfn`'s region has page size 2M (`largeEntry(pfn).isLarge`),
     /// from its flag byte alone (an entry held aside keeps its flags there too).
     @inlinable public func isLarge(regionOf pfn: UInt64) -> Bool {
-        let c = code(Int(pfn >> 9))
-        if c >= 0 { return flags[Int(c) << 9].contains(.large) }
+        let c = storedCode(Int(pfn >> 9))
+        if c >= 0 { return c & Self.headLargeBit != 0 }
         return c <= -2 && largeEntries[Int(-2 - c)].isLarge
     }
 
@@ -253,6 +269,7 @@ public struct RMP: Sendable {
         formula[Int(chunk)] = head.lo & (RMPEntry.gpaMask | RMPEntry.asidMask)
         let f = RMPFlags(head)
         let follows = Self.entry(f, formula: formula[Int(chunk)], index: 0) == head
+        noteHead(region, f)
         let base = Int(chunk) << 9
         if follows {
             flags.withUnsafeMutableBufferPointer { $0[base..<base + 512].update(repeating: f) }
@@ -340,6 +357,7 @@ public struct RMP: Sendable {
             }
         }
         flags[i] = f
+        if pfn & 511 == 0 { noteHead(region, f) }
         if f.rawValue == 0 && subpageCount[Int(c)] == 0 { releaseIfEmpty(region, chunk: c) }
     }
 
