@@ -88,7 +88,7 @@ public struct CompactTable: Sendable {
     @inlinable static func entry(_ head: CompactHead, _ diffs: UnsafePointer<CompactDiffs>, _ index: Int, toggle: UnsafePointer<ToggleSet>?) -> UInt64 {
         if head.count > 0, let v = CompactTable(head, diffs.pointee).explicit(index) { return v }
         let f = head.formula(index)
-        if head.hasToggle, let toggle, ToggleSet.isSet(toggle, index) { return toggle.pointee.alternate(f) }
+        if head.hasToggle, let toggle, ToggleSet.isSet(toggle, index) { return head.alternate(f, toggle) }
         return f
     }
 
@@ -171,6 +171,12 @@ public struct CompactTable: Sendable {
     @usableFromInline var dense: Int32 = -1
     @usableFromInline var stepShift: UInt8
     @usableFromInline var count: UInt8 = 0
+    /// The toggle set's mask as the lookup needs it, so it reads no second line of the set:
+    /// `emptiedMask` for an emptying set, a bit number below 64 for a one-bit mask (the
+    /// C-bit, `forced4K`), `otherMask` for any other (read from the set).
+    @usableFromInline var maskBit: UInt8 = Self.otherMask
+    @usableFromInline static var emptiedMask: UInt8 { 0xff }
+    @usableFromInline static var otherMask: UInt8 { 0xfe }
     @inlinable init(first: UInt64, stepShift: UInt8) {
         self.first = first
         self.stepShift = stepShift
@@ -181,6 +187,20 @@ public struct CompactTable: Sendable {
     }
     /// Whether the table uses its toggle set.
     @inlinable var hasToggle: Bool { dense == -2 }
+
+    /// The alternate of formula value `f` under the toggle set at `toggle` (its mask read
+    /// only when it is neither emptying nor one bit).
+    @inlinable func alternate(_ f: UInt64, _ toggle: UnsafePointer<ToggleSet>) -> UInt64 {
+        if maskBit == Self.emptiedMask { return 0 }
+        if maskBit < 64 { return f ^ (1 << UInt64(maskBit)) }
+        return f ^ toggle.pointee.mask
+    }
+
+    /// `maskBit` for a set of mask `mask`.
+    @inlinable static func maskBit(_ mask: UInt64) -> UInt8 {
+        if mask == ToggleSet.emptied { return emptiedMask }
+        return mask.nonzeroBitCount == 1 ? UInt8(mask.trailingZeroBitCount) : otherMask
+    }
 }
 
 /// A compact table's explicit differences (`CompactTable.capacity` of them).
@@ -213,17 +233,22 @@ public struct CompactTable: Sendable {
 }
 
 /// The entries of a compact table that take one alternate value: the formula's value with
-/// `mask` flipped in, or an empty entry (`mask == emptied`). 512 bits and the mask.
+/// `mask` flipped in, or an empty entry (`mask == emptied`). 512 bits and the mask; the
+/// table's head mirrors the mask (`CompactHead.maskBit`) and no count is kept, so a toggle's
+/// read and write touch one word of the set.
 public struct ToggleSet: Sendable {
     /// The mask that stands for "the entry is empty" rather than a flip of bits.
     public static let emptied = UInt64.max
     /// The bits, first, so a bit can be read in place through a pointer (`isSet(_:_:)`).
     @usableFromInline var bits: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
     @usableFromInline var mask: UInt64
-    /// Bits set.
-    @usableFromInline var population = 0
 
     @inlinable init(mask: UInt64) { self.mask = mask }
+
+    /// Bits set, counted.
+    @inlinable var population: Int {
+        withUnsafeBytes(of: bits) { b in (0..<8).reduce(0) { $0 + b.load(fromByteOffset: $1 * 8, as: UInt64.self).nonzeroBitCount } }
+    }
 
     /// Bit `index` of the set at `p`, read in place (the bits are the first 64 bytes).
     @inlinable static func isSet(_ p: UnsafePointer<ToggleSet>, _ index: Int) -> Bool {
@@ -234,14 +259,22 @@ public struct ToggleSet: Sendable {
         withUnsafeBytes(of: bits) { $0.load(fromByteOffset: (index >> 6) &* 8, as: UInt64.self) } >> UInt64(index & 63) & 1 != 0
     }
 
-    @inlinable mutating func set(_ index: Int, _ on: Bool) {
-        let was = isSet(index)
-        guard was != on else { return }
+    /// Sets or clears bit `index`; whether no bit is left set (the other words read only
+    /// when this one became zero).
+    @inlinable @discardableResult mutating func set(_ index: Int, _ on: Bool) -> Bool {
         withUnsafeMutableBytes(of: &bits) {
-            let w = $0.load(fromByteOffset: (index >> 6) &* 8, as: UInt64.self) ^ (1 << UInt64(index & 63))
-            $0.storeBytes(of: w, toByteOffset: (index >> 6) &* 8, as: UInt64.self)
+            let at = (index >> 6) &* 8, bit: UInt64 = 1 << UInt64(index & 63)
+            let old = $0.load(fromByteOffset: at, as: UInt64.self)
+            let w = on ? old | bit : old & ~bit
+            if w != old { $0.storeBytes(of: w, toByteOffset: at, as: UInt64.self) }
+            if w != 0 { return false }
+            var k = 0
+            while k < 64 {
+                if $0.load(fromByteOffset: k, as: UInt64.self) != 0 { return false }
+                k &+= 8
+            }
+            return true
         }
-        population &+= on ? 1 : -1
     }
 
     /// The alternate of a formula value.
@@ -297,14 +330,14 @@ extension PageTable {
         if c.hasToggle {
             let f = c.formula(index)
             // The common write: a toggle bit, the set changed in place.
-            let left: Int? = toggles.withUnsafeMutableBufferPointer { ts in
-                guard value == f || value == ts[t].alternate(f) else { return nil }
-                ts[t].set(index, value != f)
-                return ts[t].population
+            let emptied: Bool? = toggles.withUnsafeMutableBufferPointer { ts in
+                let p = ts.baseAddress.unsafelyUnwrapped + t
+                guard value == f || value == c.alternate(f, p) else { return nil }
+                return p.pointee.set(index, value != f)
             }
-            if let left {
+            if let emptied {
                 if c.count > 0 { compacts[t].removeExplicit(index) }
-                if left == 0 { freeToggle(t) }
+                if emptied { freeToggle(t) }
                 return
             }
             if compacts[t].write(index, value) {
@@ -329,8 +362,7 @@ extension PageTable {
     /// Sets or clears toggle bit `index` of table `t`'s set, dropping the set when no bit is
     /// left (so a restored table is uniform again).
     @inlinable mutating func setToggle(_ t: Int, _ index: Int, _ on: Bool) {
-        toggles[t].set(index, on)
-        if toggles[t].population == 0 { freeToggle(t) }
+        if toggles[t].set(index, on) { freeToggle(t) }
     }
 
     /// Table `t` stops using its toggle set.
@@ -368,7 +400,6 @@ extension PageTable {
     @usableFromInline mutating func newSparseCompact(first: UInt64, stepShift: UInt8, present index: Int) -> Int {
         var set = ToggleSet(mask: ToggleSet.emptied)
         _ = withUnsafeMutableBytes(of: &set.bits) { $0.initializeMemory(as: UInt8.self, repeating: 0xff) }
-        set.population = entriesPerTable
         set.set(index, false)
         let t = storeCompact(CompactTable(first: first, stepShift: stepShift))
         storeToggle(t, set)
@@ -386,6 +417,7 @@ extension PageTable {
             toggles.append(contentsOf: repeatElement(ToggleSet(mask: 0), count: t + 1 - toggles.count))
         }
         toggles[t] = set
+        compacts.heads[t].maskBit = CompactHead.maskBit(set.mask)
         compacts[t].dense = -2
         togglesInUse += 1
     }

@@ -74,6 +74,8 @@ import Expectations
         expectTrue(c.hasToggle)
         expectEqual(t.toggles[0].population, 7)
         #expect(t.toggles[0].mask == Attributes.encrypted.rawValue)
+        // The head mirrors the one-bit mask, so a lookup reads no second line of the set.
+        expectEqual(c.head.maskBit, UInt8(Attributes.encrypted.rawValue.trailingZeroBitCount))
         expectEqual(t.usedBytes, 3 * 4096 + PageTable.compactTableBytes + MemoryLayout<ToggleSet>.stride)
         try protectBoth(&t, &d, page: 20, set: .forced4K)  // another change: an explicit difference
         try protectBoth(&t, &d, page: 9, set: .forced4K)  // over a toggled entry: explicit, its bit cleared
