@@ -8,7 +8,7 @@ public enum PageSize: Int, CaseIterable, Comparable, Hashable, Sendable, CustomS
     /// The table level whose leaf has this size, counting as Linux's pg_level does (PTE = 1).
     @inlinable public var level: Int { rawValue }
     /// log2 of the size in bytes.
-    @inlinable public var shift: UInt64 { 12 + 9 * UInt64(rawValue - 1) }
+    @inlinable public var shift: UInt64 { 12 &+ 9 &* UInt64(truncatingIfNeeded: rawValue &- 1) }
     @inlinable public var bytes: UInt64 { 1 << shift }
     /// Base pages in one leaf of this size.
     @inlinable public var pages: UInt64 { bytes >> pageShift }

@@ -261,7 +261,7 @@ public struct ToggleSet: Sendable {
 
     /// Sets or clears bit `index`; whether no bit is left set (the other words read only
     /// when this one became zero).
-    @inlinable @discardableResult mutating func set(_ index: Int, _ on: Bool) -> Bool {
+    @inlinable @inline(__always) @discardableResult mutating func set(_ index: Int, _ on: Bool) -> Bool {
         withUnsafeMutableBytes(of: &bits) {
             let at = (index >> 6) &* 8, bit: UInt64 = 1 << UInt64(index & 63)
             let old = $0.load(fromByteOffset: at, as: UInt64.self)
