@@ -9,9 +9,39 @@ public struct ProtectResult: Hashable, Sendable {
     /// Large leaves split, by the size of the leaf that was split.
     public var splits = LeafCounts()
     /// The levels of the leaves that were split, in order (for split_page_count).
-    public var splitLevels: [PageSize] = []
+    public var splitLevels = SplitLevels()
 
     public init() {}
+}
+
+/// The sizes of the leaves a walk split, in order: the first 32 packed in a word (two bits
+/// each), the rest in an array. A one-page change_page_attr splits at most twice, so it
+/// allocates nothing (an array here cost a malloc and a free per split).
+public struct SplitLevels: Hashable, Sendable, Sequence {
+    @usableFromInline var packed: UInt64 = 0
+    @usableFromInline var stored = 0
+    /// Splits recorded.
+    @inlinable public var count: Int { stored }
+    @usableFromInline var more: [PageSize] = []
+    @inlinable public init() {}
+
+    @inlinable public mutating func append(_ size: PageSize) {
+        if count < 32 { packed |= UInt64(size.rawValue) << UInt64(2 * count) } else { more.append(size) }
+        stored += 1
+    }
+
+    @inlinable public func makeIterator() -> Iterator { Iterator(levels: self) }
+
+    public struct Iterator: IteratorProtocol {
+        @usableFromInline let levels: SplitLevels
+        @usableFromInline var i = 0
+        @inlinable init(levels: SplitLevels) { self.levels = levels }
+        @inlinable public mutating func next() -> PageSize? {
+            guard i < levels.count else { return nil }
+            defer { i += 1 }
+            return i < 32 ? PageSize(rawValue: Int(levels.packed >> UInt64(2 * i) & 3)) : levels.more[i - 32]
+        }
+    }
 }
 
 /// Changes the attributes of every leaf in a range: `new = (old & ~clear) | set`.

@@ -100,9 +100,18 @@ import Expectations
         var t = table()
         try t.map(virt: VirtAddr(Self.base), phys: PhysAddr(0), size: G, attributes: Self.kernel)
         let r = try t.protect(virt: VirtAddr(Self.base), size: K, set: .forced4K, forceSplit: true)
-        expectEqual(r.splitLevels, [.size1G, .size2M])
+        expectEqual(Array(r.splitLevels), [.size1G, .size2M])
         expectEqual(t.descriptor(at: VirtAddr(Self.base), level: 1), .leaf(PFN(0), Self.kernel.union(.forced4K)))
         expectEqual(t.descriptor(at: VirtAddr(Self.base + K), level: 1), .leaf(PFN(1), Self.kernel))
+    }
+
+    /// The split log keeps its order past the 32 it packs in a word.
+    @Test func splitLevelsKeepTheirOrderPastThePackedWord() {
+        var log = SplitLevels()
+        let sizes = (0..<40).map { [PageSize.size1G, .size2M, .size2M][$0 % 3] }
+        for s in sizes { log.append(s) }
+        expectEqual(log.count, 40)
+        expectEqual(Array(log), sizes)
     }
 
     @Test func unmapPartOfTwoMegLeafSplitsAndKeepsTheRest() throws {
