@@ -165,7 +165,7 @@ public struct CompactTable: Sendable {
 }
 
 /// A compact table's 16 bytes every lookup reads. Stored 16 to an array element, so one never
-/// crosses a cache line (the whole record, 56 bytes, did seven times in eight).
+/// crosses a cache line (the whole record, 56 bytes, did at six of its eight offsets in a line).
 @usableFromInline struct CompactHead: Sendable {
     @usableFromInline var first: UInt64
     @usableFromInline var dense: Int32 = -1
