@@ -55,7 +55,6 @@ extension Kernel {
     /// Counts the splits a walk did: split_large_page flushes all, and split_page_count runs
     /// for direct-map addresses only. Linux set_memory.c __split_large_page.
     mutating func accountSplits(_ result: ProtectResult, directMap: Bool) {
-        guard result.splitLevels.count > 0 else { return }
         for size in result.splitLevels {
             stats.tlbSplitFlushes += 1
             flushTLBAll()

@@ -46,9 +46,7 @@ public struct CompactTable: Sendable {
     @inlinable var values: (UInt64, UInt64, UInt64, UInt64) { get { diffs.values } set { diffs.values = newValue } }
 
     /// The formula's value for entry `index`.
-    @inlinable func formula(_ index: Int) -> UInt64 {
-        first &+ (UInt64(index) << (UInt64(stepShift) &+ Descriptor.frameShift))
-    }
+    @inlinable func formula(_ index: Int) -> UInt64 { head.formula(index) }
 
     @inlinable func index(_ k: Int) -> Int {
         withUnsafeBytes(of: indices) { Int($0.load(fromByteOffset: k &* 2, as: UInt16.self)) }
@@ -64,7 +62,7 @@ public struct CompactTable: Sendable {
     }
 
     /// Whether this table uses its toggle set.
-    @inlinable var hasToggle: Bool { dense == -2 }
+    @inlinable var hasToggle: Bool { head.hasToggle }
 
     /// The explicit difference at `index`, if there is one.
     @inlinable func explicit(_ index: Int) -> UInt64? {
@@ -193,7 +191,7 @@ public struct CompactTable: Sendable {
     @inlinable func alternate(_ f: UInt64, _ toggle: UnsafePointer<ToggleSet>) -> UInt64 {
         if maskBit == Self.emptiedMask { return 0 }
         if maskBit < 64 { return f ^ (1 << UInt64(maskBit)) }
-        return f ^ toggle.pointee.mask
+        return toggle.pointee.alternate(f)
     }
 
     /// `maskBit` for a set of mask `mask`.

@@ -160,7 +160,7 @@ public struct RMP: Sendable {
     public func largeEntry(_ pfn: UInt64) -> RMPEntry { self[pfn & ~511] }
 
     /// Whether the 2M-aligned entry of `pfn`'s region has page size 2M (`largeEntry(pfn).isLarge`),
-    /// from its flag byte alone (an entry held aside keeps its flags there too).
+    /// from the region's code alone (its `headLargeBit`, or the 2M page's one entry).
     @inlinable public func isLarge(regionOf pfn: UInt64) -> Bool {
         let c = storedCode(Int(pfn >> 9))
         if c >= 0 { return c & Self.headLargeBit != 0 }

@@ -54,7 +54,7 @@ extension Workloads {
                 repeatGuestOps(&p, &m, i, ops) { guest, random, pvalidate, vmgexit in
                     let first = random(pages - n + 1)
                     let r = guest.snpSetMemory(first..<first + n, encrypt: false, pvalidate: pvalidate, vmgexit: vmgexit)
-                    return r.isOK ? guest.snpSetMemory(first..<first + n, encrypt: true, pvalidate: pvalidate, vmgexit: vmgexit) : r
+                    return r.kind == .success ? guest.snpSetMemory(first..<first + n, encrypt: true, pvalidate: pvalidate, vmgexit: vmgexit) : r
                 }
             }
         },
