@@ -7,7 +7,7 @@ import Expectations
 /// Bad input never crashes, hangs or is silently accepted: one test per class of the issue
 /// (address arithmetic, output paths, output injection, work that cannot progress, unclear
 /// errors), through the real binary where the class is the command line's.
-@Suite struct BadInputTests {
+struct BadInputTests {
     typealias CLI = CommandLineTests
 
     static let snp = """

@@ -4,7 +4,7 @@ import Testing
 import Expectations
 
 /// The command line end to end: the built `cocomem` binary, its output and its exit status.
-@Suite struct CommandLineTests {
+struct CommandLineTests {
     /// The `cocomem` executable next to the test bundle in the build folder.
     static func binary() throws -> URL {
         var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()

@@ -5,7 +5,7 @@ import Expectations
 
 /// Issue 21: faults explained as the kernel would log them, a crash said first, the records
 /// in --json, --trace and on the map; policies overridden from the command line.
-@Suite struct ExplainTests {
+struct ExplainTests {
     typealias CLI = CommandLineTests
     static let adversarial = ScenarioCommandTests.example("snp-adversarial.yaml")
     static let firstFault = "step 4 op 362: #PF: supervisor write access in kernel mode at 0xffff8881f38b5000, error_code(0x80000003) - RMP violation; "
@@ -118,7 +118,7 @@ import Expectations
 
 /// Issue 21: workloads observable with --sample (inside workloads, boot and end included)
 /// in the CSV, the JSON and the trace.
-@Suite struct SampleTests {
+struct SampleTests {
     typealias CLI = CommandLineTests
 
     @Test func samplesReachInsideWorkloads() throws {

@@ -5,7 +5,7 @@ import Expectations
 
 /// `cocomem explore`: exit 0 without a counterexample, 1 with one (a listing, a replayable
 /// scenario, a trace), 2 when a limit stopped it.
-@Suite struct ExploreCommandTests {
+struct ExploreCommandTests {
     typealias CLI = CommandLineTests
 
     @Test func exitStatusesListingAndReplay() throws {

@@ -5,7 +5,7 @@ import Expectations
 
 /// Inputs as users have them: a whole boot log for --e820, a bare address in --apply, a
 /// missing file among those `check` is given, and `list operations`.
-@Suite struct RealInputTests {
+struct RealInputTests {
     typealias CLI = CommandLineTests
 
     /// A whole `dmesg`: timestamps, other lines, and every type e820_print_type prints.

@@ -4,7 +4,7 @@ import Testing
 import Expectations
 
 /// run, check, compare, list and demo, through the built binary.
-@Suite struct ScenarioCommandTests {
+struct ScenarioCommandTests {
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
     static func example(_ name: String) -> String { root.appendingPathComponent("examples/\(name)").path }
     static func run(_ args: [String]) throws -> (status: Int32, out: String, err: String) { try CommandLineTests.run(args) }

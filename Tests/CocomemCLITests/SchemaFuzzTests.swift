@@ -9,7 +9,7 @@ import Expectations
 /// (status 0 or 1, no signal), within 2 seconds and 256 MiB of resident memory, and whose
 /// scenario errors name file:line. `COCOMEM_FUZZ_LONG=N` runs N inputs instead of the
 /// quick default.
-@Suite struct SchemaFuzzTests {
+struct SchemaFuzzTests {
     static let numbers = ["0", "1", "0x1000", "0xfff", "0x1001", "0x200000", "0x40000000", "0x7fffffffffffffff", "0x8000000000000000",
                           "0xffffffffffffffff", "0xfffffffffffff000", "18446744073709551616", "-1", "-4G", "4P", "0x10000000000000",
                           "0xfffffffffffff", "1023", "1024", "65535", "4294967295", "4294967296", "2M-1", "1G+1"]

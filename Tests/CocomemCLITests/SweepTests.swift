@@ -7,7 +7,7 @@ import Expectations
 /// Issue 23: `sweep` expands a matrix in a fixed order and runs it locally, in shards or
 /// resumed; `merge` joins the shards into exactly the table of a local run, and refuses
 /// what is not one whole matrix.
-@Suite struct SweepTests {
+struct SweepTests {
     typealias CLI = CommandLineTests
 
     /// A 12-run matrix over cpa-churn with few operations (the file's 20,000 made 100).
@@ -141,7 +141,7 @@ import Expectations
 
 /// The bench's figures: a median with its range (the timing itself is a benchmark figure,
 /// never a test).
-@Suite struct BenchSpreadTests {
+struct BenchSpreadTests {
     @Test func aFigureIsTheMedianOfItsRunsWithItsRange() {
         let odd = Bench.Spread([3, 1, 2, 7, 5, 4, 6])
         expectEqual(odd.median, 4)

@@ -5,7 +5,7 @@ import Expectations
 /// The model used from another program through the one `Cocomem` import: the README's
 /// example, and a direct-map policy of the embedding program's own, registered by name and
 /// chosen by a scenario without a fork.
-@Suite struct EmbeddingTests {
+struct EmbeddingTests {
     /// The README's example, as it is printed there.
     @Test func theReadmeExample() throws {
         var rmp = RMP(end: 4 << 30)

@@ -2,7 +2,7 @@ import Expectations
 import Testing
 
 /// The test helpers fail where `#expect` would: at the caller's line, with its comment.
-@Suite struct ExpectationsTests {
+struct ExpectationsTests {
     @Test func aFailedEqualityIsAnIssueAtTheCallersLine() {
         let line = #line + 2
         withKnownIssue {

@@ -6,7 +6,7 @@ import PageTables
 import Expectations
 
 /// The guest's own kernel and the SNP conversion protocol, with the machine's side stubbed.
-@Suite struct GuestKernelTests {
+struct GuestKernelTests {
     /// set_memory_decrypted: PVALIDATE rescind, then the PSC to shared, both inside the
     /// prepare hook, before the PTE loses its C-bit; set_memory_encrypted: PSC to private,
     /// then PVALIDATE, in the finish hook (arch/x86/mm/mem_encrypt_amd.c).
@@ -91,7 +91,7 @@ struct SNPStatusStub: Outcome {
 
 /// The TDX guest's conversion order (arch/x86/coco/tdx/tdx.c, fixed in 2023): to private,
 /// MapGPA and ACCEPT before the direct-map flip; to shared, the flip before MapGPA.
-@Suite struct TDXGuestOrderTests {
+struct TDXGuestOrderTests {
     @Test func mapGPAAndAcceptComeWhereTheKernelPutsThem() throws {
         var config = KernelConfig(memEncrypt: true, smeCoherent: true)
         config.ccSharedBit = true

@@ -5,7 +5,7 @@ import Expectations
 /// drivers/firmware/efi/unaccepted_memory.c accept_memory and
 /// range_contains_unaccepted_memory (v6.12), and the page allocator's lazy acceptance
 /// (mm/page_alloc.c, __free_unaccepted, cond_accept_memory).
-@Suite struct UnacceptedMemoryTests {
+struct UnacceptedMemoryTests {
     static let mib: UInt64 = 1 << 20
 
     /// Records the arch_accept_memory calls and accepts everything.

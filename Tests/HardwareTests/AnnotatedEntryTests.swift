@@ -5,7 +5,7 @@ import Expectations
 
 /// The architectures' not-present entry states: each constructor's entry answers its own
 /// predicate and no other, keeps its address, and comes back the same through a table.
-@Suite struct AnnotatedEntryTests {
+struct AnnotatedEntryTests {
     @Test func everyRMMStateRoundTripsThroughTheTable() throws {
         var t = PageTable(format: .arm64_4K)
         for (i, state) in S2TTEState.allCases.enumerated() {

@@ -5,7 +5,7 @@ import Expectations
 /// The digests the explorer's state keys are made of: kept only once tracked, equal for
 /// equal contents whatever the order of changes that led there, and equal to the digest
 /// computed afresh from the contents.
-@Suite struct DigestedTests {
+struct DigestedTests {
     @Test func setsDictionariesAndArraysDigestTheirContentsWhateverTheOrder() {
         var a = DigestedSet<UInt64>(), b = DigestedSet<UInt64>()
         a.track()

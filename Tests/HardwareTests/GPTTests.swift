@@ -4,7 +4,7 @@ import Expectations
 
 /// The granule protection table: TF-A lib/gpt_rme (v2.12.0) for its shapes, transitions,
 /// shatters and fuses; QEMU granule_protection_check for the check.
-@Suite struct GPTTests {
+struct GPTTests {
     static let g2: UInt64 = 0x8000_0000
     static let mib: UInt64 = 1 << 20
 
@@ -172,7 +172,7 @@ import Expectations
 
 /// TF-RMM's RMI_GRANULE_DELEGATE/UNDELEGATE (tf-rmm-v0.6.0 runtime/rmi/granule.c), over
 /// the GPT.
-@Suite struct RMMGranuleTests {
+struct RMMGranuleTests {
     @Test func delegateAndUndelegate() {
         var gpt = GPT(ram: [0x8000_0000..<0x1_0000_0000], ppsBits: 32)  // a platform with its PPS at the end of DRAM
         var rmm = RMM(dram: [0x8000_0000..<0x1_0000_0000])

@@ -3,7 +3,7 @@ import PageTables
 @testable import Hardware
 import Expectations
 
-@Suite struct PhysicalMemoryTests {
+struct PhysicalMemoryTests {
     static let example = """
         [    0.000000] BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable
         [    0.000000] BIOS-e820: [mem 0x000000000009fc00-0x000000000009ffff] reserved

@@ -6,7 +6,7 @@ import Expectations
 /// The RMM's realm, REC, RTT, DATA and RIPAS commands (TF-RMM tf-rmm-v0.6.0
 /// runtime/rmi/realm.c, rec.c, rtt.c, run.c; runtime/rsi/memory.c): each failure in the
 /// order the RMM checks it, with its exact status, and the states each success leaves.
-@Suite struct RMMTests {
+struct RMMTests {
     static let dram: Range<UInt64> = 0x8000_0000..<0x1_0000_0000
 
     /// A GPT and an RMM over 2 GiB of DRAM, and granules handed out from 0x80100000 up.

@@ -7,7 +7,7 @@ import Expectations
 /// entries differ from the default (a 2M page counts as one), checking the RMP invariants
 /// after each: the per-2M count equals the assigned 4K entries, a 2M entry's 512 pages
 /// agree, and no VMPL above 0 has a permission VMPL0 lacks.
-@Suite struct RMPExhaustiveTests {
+struct RMPExhaustiveTests {
     static let base: UInt64 = 2 << 20        // the region's SPA
     static let guestBase: UInt64 = 4 << 20   // GPA of its first page for ASID 5
     static let offsets: [UInt64] = [0, 1, 511]

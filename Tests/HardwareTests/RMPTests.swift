@@ -4,7 +4,7 @@ import PageTables
 import Expectations
 
 /// The SEV-SNP cases of hardware-specs.md §5 and the rules of the SNP issue, one test each.
-@Suite struct RMPTests {
+struct RMPTests {
     static let M: UInt64 = 2 << 20
     static let base: UInt64 = 0x4000_0000  // a 2M-aligned SPA
 
@@ -446,7 +446,7 @@ import Expectations
 }
 
 /// GHCB page-state-change formats (hardware-specs §1.4, §5 cases 15-17).
-@Suite struct PageStateChangeTests {
+struct PageStateChangeTests {
     // §5 case 15
     @Test func endEntry253IsInvalidHeader() {
         let r = PSCRequest(endEntry: 253, entries: [])
@@ -500,7 +500,7 @@ import Expectations
 }
 
 /// The software TLB: one comparison decides a hit; flushes empty it.
-@Suite struct SoftTLBTests {
+struct SoftTLBTests {
     @Test func fillLookupAndFlush() {
         var tlb = SoftTLB()
         expectEqual(tlb.lookup(0x1234_5000), nil)

@@ -5,7 +5,7 @@ import Expectations
 
 /// The TDX module 1.5.01 model (commit 72d8cffb): the allowed-state table of every call that
 /// walks the S-EPT, exhaustively, and each error path of the SEAMCALLs with its exact status.
-@Suite struct TDXModuleTests {
+struct TDXModuleTests {
     static let tdr: UInt64 = 0x1000
     static let gpa: UInt64 = 0x4000_0000
 
@@ -236,7 +236,7 @@ import Expectations
 }
 
 /// The PAMT's memory: tdmr_get_pamt_sz's three levels, and the dynamic form's parts.
-@Suite struct TDXPAMTSizeTests {
+struct TDXPAMTSizeTests {
     @Test func staticAndDynamicSizes() {
         let tib: UInt64 = 1 << 40
         // 16 bytes per 4K page (4 GiB), per 2M (8 MiB) and per 1G (16 KiB).

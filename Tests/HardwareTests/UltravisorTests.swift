@@ -6,7 +6,7 @@ import Expectations
 /// verified and decrypted, refused for another page, not mapped, no configuration),
 /// export (a no-op on a page that is not secure), destroy, pin shared, share and unshare,
 /// and injected busy and error answers.
-@Suite struct UltravisorTests {
+struct UltravisorTests {
     func fresh() -> (Ultravisor, Int) {
         var uv = Ultravisor()
         let (r, g) = uv.createConfiguration()

@@ -7,7 +7,7 @@ import Expectations
 /// The arm64 host kernel: map_mem's linear map for each `host.arm64-linear-map`, set_memory_*
 /// refused over a block and accepted at page granularity, the BBML2 split's exact shape, and
 /// the TLBI flush threshold.
-@Suite struct Arm64KernelTests {
+struct Arm64KernelTests {
     /// 4G at 1G (whole 1G blocks) and a ragged range: [0x1_8010_0000, 0x1_8421_0000).
     static let e820 = """
         BIOS-e820: [mem 0x0000000040000000-0x000000013fffffff] usable

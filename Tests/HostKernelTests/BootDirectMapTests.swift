@@ -5,7 +5,7 @@ import PageTables
 import Expectations
 
 /// The boot direct map, as init_mem_mapping builds it (settled.md §8).
-@Suite struct BootDirectMapTests {
+struct BootDirectMapTests {
     @Test func issueExampleWithGbpages() throws {
         let k = try exampleKernel()
         // DirectMap4k 2048 kB, DirectMap2M 1046528 kB, DirectMap1G 24117248 kB.
@@ -86,7 +86,7 @@ import Expectations
 }
 
 /// direct_pages_count as the kernel keeps it after boot, not a walk (BootCounter).
-@Suite struct KernelBootCountTests {
+struct KernelBootCountTests {
     /// The e820 of the 24 GiB machine this was written on: the kernel's boot count counts the
     /// top 1G page three times (the first 2M chunk, the 512M chunk, the 128G chunk) and is
     /// 2 GiB more than the walk; that machine's /proc/meminfo (DirectMap4k 30720 kB, 2M

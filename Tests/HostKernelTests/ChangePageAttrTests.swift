@@ -5,7 +5,7 @@ import PageTables
 import Expectations
 
 /// change_page_attr, one documented rule per test (linux-x86.md §1, invariants 1–9).
-@Suite struct ChangePageAttrTests {
+struct ChangePageAttrTests {
     /// A direct-map address inside the 1G leaf [1G, 2G).
     let inGig = pageOffset + 0x4000_0000
     /// A direct-map address inside the 2M leaf [2M, 4M).
@@ -313,7 +313,7 @@ import Expectations
 /// The memory figure bytes_per_split_2m, which is exact: each 2M region split to 4K costs the
 /// model one compact table (56 bytes) while its entries follow the split, and one 512-entry
 /// table (4096 bytes, the kernel's page-table page) once they do not.
-@Suite struct SplitMemoryTests {
+struct SplitMemoryTests {
     @Test(arguments: [true, false])
     func eachTwoMegSplitCostsOneCompactTableOrOneTablePage(compact: Bool) throws {
         var k = try Kernel(memory: PhysicalMemory.pc(size: 8 << 30), config: KernelConfig(gbpages: false))

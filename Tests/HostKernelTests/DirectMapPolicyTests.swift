@@ -5,7 +5,7 @@ import PageTables
 import Expectations
 
 /// The SNP host direct-map policies and how host faults end (linux-x86.md §2, seed 001).
-@Suite struct DirectMapPolicyTests {
+struct DirectMapPolicyTests {
     static let page: UInt64 = 0x4000_0000        // becomes guest-private
     static let stack: UInt64 = 0x4000_1000       // a kernel stack page in the same 2M region
 

@@ -6,7 +6,7 @@ import Expectations
 
 /// MTE on the host: the tag storage, the page flags, mte_sync_tags in each form, swap's
 /// save, restore and invalidate, and tag-checked accesses, each with its exact tags.
-@Suite struct MTETests {
+struct MTETests {
     static let ram: [Range<UInt64>] = [0x4000_0000..<0x8000_0000]
 
     /// One page's tags: 4 bits per 16-byte granule, 128 bytes, none held when all zero.
@@ -119,7 +119,7 @@ import Expectations
 }
 
 /// Copy-on-write and mprotect on the host.
-@Suite struct MTECopyTests {
+struct MTECopyTests {
     /// copy_highpage carries the tags of a PG_mte_tagged page and flags the copy; an
     /// unflagged page's tags are not copied. The child keeps the old frame.
     @Test(arguments: MTESyncForm.allCases)
@@ -162,7 +162,7 @@ import Expectations
 
 /// The forms as sequences of atomic actions, interleaved by hand as the seed's table does:
 /// two CPUs map one page back from swap.
-@Suite struct MTERaceTests {
+struct MTERaceTests {
     /// Two VMAs map the one page (a shared swap-cache page); its tags, 0x6, are saved.
     static func host(_ form: MTESyncForm) -> (MTEHost, MTESyncThread, MTESyncThread) {
         var h = MTEHost()

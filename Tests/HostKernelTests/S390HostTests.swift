@@ -8,7 +8,7 @@ import Expectations
 /// arch/s390/mm/fault.c): make_hva_secure's every path, arch_make_folio_accessible, the
 /// PGM 0x3d handler, the export on a protected mm's PTE clear, swap's round trip and the
 /// large-folio split.
-@Suite struct S390HostTests {
+struct S390HostTests {
     /// A VMM with 4 MiB of anonymous memory (one 2M-aligned THP-able block) and one
     /// protected configuration over it.
     struct VMM {

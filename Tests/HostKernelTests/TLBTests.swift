@@ -6,7 +6,7 @@ import Expectations
 
 /// CPUs with TLBs: flushes really invalidate, a missing one leaves a stale translation the
 /// `tlb` invariant catches, and *_noflush changes are exempt until a flush covers them.
-@Suite struct TLBTests {
+struct TLBTests {
     /// A direct-map address inside the 2M leaf [2M, 4M) of the example machine.
     let in2M = pageOffset + 0x20_0000
 

@@ -9,7 +9,7 @@ import Expectations
 /// page tables against a naive per-page model of the same rules: each page's VMA flags,
 /// and its entry (present, RW, NX, dirty, special, C-bit) compared after every operation,
 /// with the page-table and allocation accounting.
-@Suite struct UserMMDifferentialTests {
+struct UserMMDifferentialTests {
     static let base: UInt64 = 0x1000_0000
     static let window = 64
     /// Operations per seed: 3,000 by default, 20,000 with COCOMEM_LONG_TESTS.

@@ -6,7 +6,7 @@ import Testing
 import Expectations
 
 /// User mappings: one test per rule, with exact entries (docs/user-mappings.md).
-@Suite struct UserMMTests {
+struct UserMMTests {
     static let rw = UserProt(read: true, write: true)
     static let ro = UserProt(read: true)
 

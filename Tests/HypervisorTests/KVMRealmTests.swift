@@ -5,7 +5,7 @@ import Testing
 import Expectations
 
 /// KVM's realm backend (the KVM CCA host series v12, RMM 1.0) over the model's RMM and GPT.
-@Suite struct KVMRealmTests {
+struct KVMRealmTests {
     static let dram: Range<UInt64> = 0x8000_0000..<0x1_0000_0000
     /// A 16 MiB realm with two vCPUs at 0x90000000, KVM's pages from 0x88000000 up.
     static func launched(populate: UInt64 = 0x2000, fold: Bool = true) -> (KVMRealm, RealmFirmware) {

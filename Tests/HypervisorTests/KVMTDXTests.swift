@@ -5,7 +5,7 @@ import HostKernel
 import Expectations
 
 /// KVM's TDX backend: private faults, zaps and MapGPA (arch/x86/kvm/vmx/tdx.c, 6.16).
-@Suite struct KVMTDXTests {
+struct KVMTDXTests {
     static let tdr: UInt64 = 0x1000
 
     static func setup(hugepages: Bool = false, finalize: Bool = true) -> (TDXModule, KVMTDX) {

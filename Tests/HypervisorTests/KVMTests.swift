@@ -8,7 +8,7 @@ import Expectations
 typealias SNPKVM = KVM<SNPBackend>
 
 /// KVM's SEV-SNP paths, one documented rule each (linux-x86.md §2-3, invariants 12-17).
-@Suite struct KVMTests {
+struct KVMTests {
     static let base: UInt64 = 0x4000_0000
 
     func setup(_ backing: GmemBacking = .gmem2M, memory: UInt64 = 8 << 20, vcpus: Int = 1) throws -> (SNPKVM, Kernel, RMP) {
@@ -228,7 +228,7 @@ typealias SNPKVM = KVM<SNPBackend>
 
 /// The memory design behind rss_16t_256g_mib: a booted guest's 2M RMP pages cost one entry
 /// each, not 512, so idle guests cost the model almost nothing.
-@Suite struct KVMMemoryTests {
+struct KVMMemoryTests {
     @Test func aBootedGuestCostsOneRMPEntryPer2MPage() throws {
         var k = try Kernel(memory: PhysicalMemory.pc(size: 64 << 30))
         var rmp = RMP(end: k.memory.endOfRAM)

@@ -4,7 +4,7 @@ import PageTables
 import Expectations
 
 /// pKVM's owner annotation: the owner ID in bits [9:2] of an invalid host stage-2 entry.
-@Suite struct PKVMOwnerTests {
+struct PKVMOwnerTests {
     @Test func theOwnerRoundTripsThroughTheTable() throws {
         var t = PageTable(format: .arm64_4K)
         try t.setEntry(virt: VirtAddr(0x8000_0000), level: 1, .pkvmOwner(.hyp))

@@ -9,7 +9,7 @@ import Expectations
 /// mem_protect.c (pkvm_ownership_selftest), every call with the result it asserts and the
 /// state tuple after it; the range rules; the host stage-2's lazy map, block breaks and
 /// owner annotations; EL2's wiping; and the invariant.
-@Suite struct PKVMTests {
+struct PKVMTests {
     static let ram = [0x4000_0000..<0x8000_0000 as Range<UInt64>]
     static let pfn: UInt64 = 0x40200  // the selftest page
     static let gfn: UInt64 = 1 << (PKVM.guestIPABits - 1 - 12)  // selftest_ipa(): BIT(ia_bits - 1)
@@ -274,7 +274,7 @@ import Expectations
 /// after each call the ownership invariant and the tables' invariants hold, and a call that
 /// returned an errno changed nothing (all-or-nothing). `COCOMEM_PKVM_LONG=N` runs N
 /// sequences (default 15).
-@Suite struct PKVMRandomTests {
+struct PKVMRandomTests {
     struct Snapshot: Equatable {
         let vmemmap: [UInt64: HypPage], donated: [UInt64: GuestPage], contents: [UInt64: PageContents]
         let guests: [[Leaf]]

@@ -5,7 +5,7 @@ import Expectations
 /// Tables made by splits start compact (the split's formula plus up to four differences); a
 /// fifth difference makes a toggle set when all are one change of the formula, else the table
 /// goes dense; either way they hold exactly what a dense split holds.
-@Suite struct CompactTableTests {
+struct CompactTableTests {
     static let base: UInt64 = 0xffff_8880_0000_0000
     static let kernel = Attributes.pageKernel(encrypted: true)
     let M = PageSize.size2M.bytes, K = pageBytes, G = PageSize.size1G.bytes
@@ -238,7 +238,7 @@ import Expectations
 
 /// The stage-2 primitives: a fault installs one leaf in one descent; a zap removes whole
 /// leaves, never splitting one partly covered.
-@Suite struct Stage2PrimitiveTests {
+struct Stage2PrimitiveTests {
     /// Compact table `t`'s toggle set is `toggles[t]`: three sparse PTE tables each read their
     /// own; when the first is freed its number is reused by a new table with a fresh set.
     @Test func eachCompactTableKeepsItsOwnToggleSet() throws {
@@ -324,7 +324,7 @@ import Expectations
     }
 }
 
-@Suite struct ToggleSetLayoutTests {
+struct ToggleSetLayoutTests {
     /// `ToggleSet.isSet(_:_:)` reads the bits in place: they must be the first 64 bytes.
     @Test func theBitsComeFirst() {
         expectEqual(MemoryLayout<ToggleSet>.offset(of: \ToggleSet.bits), 0)

@@ -5,7 +5,7 @@ import Expectations
 /// Entries that carry state: annotations in not-present entries, software bits in valid
 /// ones, and live replacements through break-before-make (Hafnium mm_test.cc style: whole
 /// tables asserted).
-@Suite struct EntryStateTests {
+struct EntryStateTests {
     /// Records the invalidations it is sent.
     struct Recorder: TLBInvalidator {
         var events: [(virt: UInt64, level: Int)] = []
@@ -147,7 +147,7 @@ import Expectations
 }
 
 /// Stage-2 formats with concatenated root tables and a lower start level.
-@Suite struct ConcatenatedRootTests {
+struct ConcatenatedRootTests {
     @Test func kvmsIPASizesGiveItsLevelsAndRootTables() {
         // (IPA bits, levels, root tables): KVM's stage2_pgtable_levels and concatenation.
         let cases: [(Int, Int, Int)] = [(32, 2, 4), (33, 2, 8), (36, 3, 1), (39, 3, 1), (40, 3, 2), (42, 3, 8), (43, 3, 16),

@@ -4,7 +4,7 @@ import Expectations
 
 /// Exact-shape tests: the entry at every level after each operation, as Hafnium's
 /// mm_test.cc asserts them.
-@Suite struct PageTableShapeTests {
+struct PageTableShapeTests {
     static let base: UInt64 = 0xffff_8880_0000_0000  // 512G-aligned, the x86-64 PAGE_OFFSET
     static let kernel = Attributes.pageKernel(encrypted: false)
     /// 1 GiB, 2 MiB and 4 KiB in bytes.

@@ -5,7 +5,7 @@ import Expectations
 /// Invariants between full walks: the regions a change touched are noted (widened to 1G,
 /// merged, folded past the capacity), and the regional check finds a broken entry inside
 /// them, the table accounting anywhere, while the leaf counts wait for the full walk.
-@Suite struct TouchedRangesTests {
+struct TouchedRangesTests {
     @Test func rangesWidenMergeAndFold() {
         var t = TouchedRanges()
         t.insert(0x4020_1000, 0x4020_1fff)

@@ -11,7 +11,7 @@ let exampleE820 = """
     BIOS-e820: [mem 0x0000000100000000-0x000000063fffffff] usable
     """
 
-@Suite struct MeminfoTests {
+struct MeminfoTests {
     @Test func issueExampleByteForByteWithGbpages() throws {
         let k = try Kernel(memory: PhysicalMemory.parse(e820: exampleE820))
         #expect(Meminfo.directMap(k) == """
@@ -36,7 +36,7 @@ let exampleE820 = """
     }
 }
 
-@Suite struct PtdumpTests {
+struct PtdumpTests {
     @Test func sizesUseTheLargestExactUnit() {
         // %9lu then the unit letter.
         expectEqual(Ptdump.size(4096), "        4K")
@@ -86,7 +86,7 @@ let exampleE820 = """
 }
 
 /// arm64's /sys/kernel/debug/kernel_page_tables, byte for byte, and its empty DirectMap lines.
-@Suite struct Arm64PtdumpTests {
+struct Arm64PtdumpTests {
     @Test func aSmallBlockMappedMachine() throws {
         var config = KernelConfig()
         config.isa = .arm64

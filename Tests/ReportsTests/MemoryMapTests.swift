@@ -10,7 +10,7 @@ import Expectations
 /// Maps that scale: a cell per 2M up to 64 GiB, a cell per 1G (or larger) past it, with the
 /// scale in the title, legends in GiB, the classes counted exactly, a class for 2M regions
 /// that mix guest and host pages, guests labelled, and a tooltip on every run of cells.
-@Suite struct MemoryMapTests {
+struct MemoryMapTests {
     /// The legend's counts, by label.
     func legend(_ svg: String) -> [String: String] {
         var out: [String: String] = [:]

@@ -9,7 +9,7 @@ import Expectations
 /// markers in address_markers order, the one-entry-late markers of the generic walker,
 /// ESPfix's 16 lines and the skipped count, the kernel image after mark_rodata_ro and its
 /// alias in the direct map, the fixmap's IOAPIC page, the final flush ending at 0.
-@Suite struct PtdumpLayoutTests {
+struct PtdumpLayoutTests {
     static func dump(cpus: Int = 2, image: KernelImage? = .typical) throws -> String {
         var config = KernelConfig(cpus: cpus)
         config.image = image

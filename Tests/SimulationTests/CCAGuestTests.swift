@@ -5,7 +5,7 @@ import Testing
 import Expectations
 
 /// The realm guest's kernel (Linux 6.18 arch/arm64) on KVM's realm backend: seed 004's cases.
-@Suite struct CCAGuestTests {
+struct CCAGuestTests {
     static func run(_ steps: String, guest: String = "", file: String = "t.yaml") throws -> [String] {
         let yaml = """
             name: t

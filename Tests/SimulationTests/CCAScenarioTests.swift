@@ -4,7 +4,7 @@ import Expectations
 
 /// arm64-cca through scenarios: bad input is a scenario error naming the step and field;
 /// what the RMM and the check answer themselves print as their results.
-@Suite struct CCAScenarioTests {
+struct CCAScenarioTests {
     static let head = "name: t\nmachine: {arch: arm64-cca, memory: 4G}\nsteps:\n"
 
     @Test func badInputIsAScenarioError() {

@@ -5,7 +5,7 @@ import Testing
 import Expectations
 
 /// docs/SCENARIOS.md documents everything that is registered.
-@Suite struct DocumentationTests {
+struct DocumentationTests {
     static func scenariosDoc() throws -> String {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         return try String(contentsOf: root.appendingPathComponent("docs/SCENARIOS.md"), encoding: .utf8)

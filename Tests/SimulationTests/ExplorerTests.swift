@@ -5,7 +5,7 @@ import Expectations
 
 /// The interleaving explorer: exact schedule and state counts for independent threads, the
 /// seed's race found or ruled out by form, counterexamples replayed, bad input refused.
-@Suite struct ExplorerTests {
+struct ExplorerTests {
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
     static func example(_ name: String, form: String? = nil) throws -> String {
         let text = try String(contentsOf: root.appendingPathComponent("examples/\(name)"), encoding: .utf8)

@@ -3,7 +3,7 @@ import Testing
 import Expectations
 
 /// Property tests: random and mutated YAML never crash the reader; it loads or it explains.
-@Suite struct FuzzTests {
+struct FuzzTests {
     static let seeds: [String] = [
         ScenarioLoaderTests.minimal,
         """

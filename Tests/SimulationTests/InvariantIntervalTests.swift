@@ -5,7 +5,7 @@ import Expectations
 
 /// `--check` walks everything only every N steps on machines whose page tables are large,
 /// checking the regions each step changed in between, and always after the last step.
-@Suite struct InvariantIntervalTests {
+struct InvariantIntervalTests {
     func machine(_ text: String) throws -> Machine { try Scenario.load(yaml: text, file: "t.yaml").boot() }
 
     @Test func theIntervalFollowsTheSizeOfThePageTables() throws {

@@ -4,7 +4,7 @@ import Expectations
 
 /// MTE steps in scenarios: only on a machine with MTE, with names that exist, and the seed
 /// scenario's outcome under every form.
-@Suite struct MTEScenarioTests {
+struct MTEScenarioTests {
     static let machine = """
         machine:
           arch: arm64

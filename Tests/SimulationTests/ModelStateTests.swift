@@ -6,7 +6,7 @@ import Expectations
 
 /// States the machine cannot be in are refused when the scenario is read (naming both things
 /// that conflict), or answered with the error the kernel gives.
-@Suite struct ModelStateTests {
+struct ModelStateTests {
     func error(_ text: String) -> ScenarioError? {
         do { _ = try Scenario.load(yaml: text, file: "m.yaml"); return nil } catch { return error }
     }

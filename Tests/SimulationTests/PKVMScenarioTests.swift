@@ -8,7 +8,7 @@ import Expectations
 /// architecture, an unknown guest, a protection letter, an address the hypercall cannot
 /// take); what the hypervisor answers itself is its errno; the invariant runs after every
 /// step.
-@Suite struct PKVMScenarioTests {
+struct PKVMScenarioTests {
     static let machine = """
         name: t
         machine:

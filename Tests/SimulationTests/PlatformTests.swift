@@ -9,7 +9,7 @@ import Expectations
 
 /// The shape every architecture plugs into: registration, typed outcomes, the step schema,
 /// guest kernels and stage-2 tables.
-@Suite struct PlatformTests {
+struct PlatformTests {
     static let snp = """
         name: p
         machine: {arch: x86-snp, memory: 4G, gbpages: false}

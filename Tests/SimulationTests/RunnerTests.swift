@@ -5,7 +5,7 @@ import PageTables
 @testable import Simulation
 import Expectations
 
-@Suite struct RunnerTests {
+struct RunnerTests {
     static let scenario = """
         name: run
         seed: 9

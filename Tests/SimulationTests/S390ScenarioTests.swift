@@ -4,7 +4,7 @@ import Expectations
 
 /// s390-pv through scenarios: bad input is a scenario error naming the place; what the
 /// Ultravisor and the kernel answer themselves prints as their results.
-@Suite struct S390ScenarioTests {
+struct S390ScenarioTests {
     static let head = "name: t\nmachine: {arch: s390-pv, memory: 1G}\nguests: [{name: pv0}]\nprocesses: [qemu]\nsteps:\n"
 
     @Test func badInputIsAScenarioError() {

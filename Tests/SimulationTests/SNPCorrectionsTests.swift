@@ -6,7 +6,7 @@ import Expectations
 
 /// The SEV-SNP corrections: who executes an instruction, and page-state-change requests as
 /// the GHCB carries them.
-@Suite struct SNPCorrectionsTests {
+struct SNPCorrectionsTests {
     let snp = PlatformTests.snp
 
     func load(_ steps: String) throws -> Scenario { try Scenario.load(yaml: snp + "steps:\n" + steps, file: "s.yaml") }

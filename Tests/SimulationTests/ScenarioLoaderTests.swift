@@ -4,7 +4,7 @@ import Testing
 import Expectations
 
 /// Reading scenarios: good files load; each kind of mistake is an error naming the place.
-@Suite struct ScenarioLoaderTests {
+struct ScenarioLoaderTests {
     static let minimal = """
         name: t
         machine:
@@ -225,7 +225,7 @@ import Expectations
 }
 
 /// SNP scenarios: what only a scenario can get wrong is an error naming the place.
-@Suite struct SNPScenarioTests {
+struct SNPScenarioTests {
     static let head = """
         name: s
         machine: {arch: x86-snp, memory: 4G}

@@ -4,7 +4,7 @@ import Expectations
 
 /// x86-tdx through scenarios: bad input is a scenario error naming the step and field; what
 /// the module answers itself prints its status.
-@Suite struct TDXScenarioTests {
+struct TDXScenarioTests {
     static let head = """
         name: t
         machine: {arch: x86-tdx, memory: 1G}

@@ -5,7 +5,7 @@ import Expectations
 
 /// User mappings and SEV through scenarios: bad input is a scenario error naming the field;
 /// what the kernel answers itself prints its errno.
-@Suite struct UserScenarioTests {
+struct UserScenarioTests {
     static let head = """
         name: t
         machine: {arch: x86-sev, memory: 1G}

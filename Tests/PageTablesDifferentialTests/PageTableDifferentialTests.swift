@@ -6,7 +6,7 @@ import Expectations
 /// Seeded differential tests: random map, unmap, protect, forced split and collapse on the
 /// real table and on the naive per-unit model; leaves, tables and counters are compared
 /// after every operation.
-@Suite struct PageTableDifferentialTests {
+struct PageTableDifferentialTests {
     static let base: UInt64 = 0xffff_8880_0000_0000
     /// Operations per configuration: a quick 2,500 by default (every operation kind many
     /// times over), the full 10,000 or more with COCOMEM_LONG_TESTS=1 (or a number).
@@ -123,7 +123,7 @@ import Expectations
 /// The stage-2 primitives and toggle sets against the dense layout: the same seeded stream
 /// of faults (installLeaf where nothing maps), zaps and one-flag protects on a compact and a
 /// dense table must leave the same leaves, counts and table pages.
-@Suite struct CompactAgainstDenseTests {
+struct CompactAgainstDenseTests {
     @Test(arguments: [21, 22, 23] as [UInt64])
     func faultsZapsAndProtectsAgree(_ seed: UInt64) throws {
         var rng = TestRNG(seed: seed)
