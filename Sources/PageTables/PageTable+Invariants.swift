@@ -105,7 +105,7 @@ extension PageTable {
             }
         }
         if let set = toggle {
-            let bits = (0..<entriesPerTable).count(where: set.isSet)
+            let bits = set.population
             guard set.mask != 0, set.mask == ToggleSet.emptied || set.mask & (Descriptor.leafBit | Descriptor.tableBit) == 0,
                   c.head.maskBit == CompactHead.maskBit(set.mask), bits > 0 else {
                 throw InvariantViolation("compact tables follow a split", "compact table \(t): toggle set with \(bits) bits, mask \(hex(set.mask)), head's mask bit \(c.head.maskBit)")
