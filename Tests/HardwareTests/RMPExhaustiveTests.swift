@@ -1,6 +1,7 @@
 import Testing
 import PageTables
 @testable import Hardware
+@testable import HardwareCore
 import Expectations
 
 /// Every instruction over every reachable state of one 2M region in which up to three 4K

@@ -1,6 +1,7 @@
 import Testing
 import PageTables
 @testable import Hardware
+@testable import HardwareCore
 import Expectations
 
 /// The SEV-SNP cases of hardware-specs.md §5 and the rules of the SNP issue, one test each.
