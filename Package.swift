@@ -31,7 +31,7 @@ let package = Package(
         // HardwareCore (Core/ and SNP/, whose RMP the tests and examples run at
         // terabyte scale) is optimized in debug builds too; Hardware (CCA/, TDX/, S390/, SEV/,
         // MTE/) is not, and re-exports HardwareCore, so the layers above import only Hardware.
-        // Optimizing those folders cost 14 s of CPU per clean build and no test needed it.
+        // Optimizing those folders cost about 20 s of CPU per clean build, and no test needs it.
         .target(
             name: "HardwareCore", dependencies: ["PageTables"], path: "Sources/Hardware",
             exclude: ["CCA", "TDX", "S390", "SEV", "MTE", "Hardware.swift"],
