@@ -1,6 +1,25 @@
 // swift-tools-version: 6.1
 // cocomem: an executable model of memory management on confidential-computing hardware.
+import Foundation
 import PackageDescription
+
+/// Debug builds compile each target as one whole module (`-wmo`, code generation on every
+/// core): one frontend job per target, where batch mode runs a job per core plus one that
+/// emits the module, each parsing and type-checking the target again (the emitting job also
+/// expands every swift-testing macro again). On two cores a fresh clone's `swift test` built in
+/// 117 and 127 s instead of 155 and 159 s, and tested in 21 and 22 s instead of 25 and 31 s
+/// (PageTables and HardwareCore optimized across their files; docs/PERFORMANCE.md, session 20).
+/// The price is the incremental build: an edit rebuilds its whole target and every target
+/// above it. `COCOMEM_INCREMENTAL=1` builds in batch mode, incrementally, as SwiftPM does by
+/// default (the first build after switching rebuilds everything). The driver says "remark:
+/// Incremental compilation has been disabled" once per target: that is this setting.
+let wholeModule = Context.environment["COCOMEM_INCREMENTAL"] == "1"
+    ? [] : ["-wmo", "-num-threads", "\(ProcessInfo.processInfo.activeProcessorCount)", "-disable-batch-mode"]
+/// A target's settings in debug builds: whole-module, and optimized where the tests need it.
+func debug(optimized: Bool = false) -> [SwiftSetting] {
+    let flags = (optimized ? ["-O"] : []) + wholeModule
+    return flags.isEmpty ? [] : [.unsafeFlags(flags, .when(configuration: .debug))]
+}
 
 /// The architectures' folders in Sources/Hardware that build in the `Hardware` target, not in
 /// the optimized `HardwareCore`: a new architecture's folder goes here.
@@ -29,7 +48,7 @@ let package = Package(
         // Layer 0: addresses, descriptors, the radix page table and its walker.
         // Optimized in debug builds too: every test and `cocomem check` walks these tables
         // after each step, and unoptimized generic walks made the test suite CPU-bound.
-        .target(name: "PageTables", swiftSettings: [.unsafeFlags(["-O"], .when(configuration: .debug))]),
+        .target(name: "PageTables", swiftSettings: debug(optimized: true)),
         // Layer 1: physical memory (e820), CPUs and TLBs, each architecture's ownership tables
         // and firmware. One layer, two targets in one folder, for the debug build's sake:
         // HardwareCore (Core/ and SNP/, whose RMP the tests and examples run at terabyte
@@ -40,54 +59,54 @@ let package = Package(
         .target(
             name: "HardwareCore", dependencies: ["PageTables"], path: "Sources/Hardware",
             exclude: unoptimizedHardware + ["Hardware.swift"],
-            swiftSettings: [.unsafeFlags(["-O"], .when(configuration: .debug))]),
+            swiftSettings: debug(optimized: true)),
         .target(
             name: "Hardware", dependencies: ["HardwareCore", "PageTables"], path: "Sources/Hardware",
-            exclude: ["Core", "SNP"]),
+            exclude: ["Core", "SNP"], swiftSettings: debug()),
         // Layer 2: the host kernel: direct map, change_page_attr, vmalloc aliases.
-        .target(name: "HostKernel", dependencies: ["Hardware", "PageTables"]),
+        .target(name: "HostKernel", dependencies: ["Hardware", "PageTables"], swiftSettings: debug()),
         // Layer 3: KVM (VMs, memory attributes, guest_memfd, stage-2 tables) and one backend per
         // architecture (SNP/: launch, PSC, RMP faults).
-        .target(name: "Hypervisor", dependencies: ["HostKernel", "Hardware", "PageTables"]),
+        .target(name: "Hypervisor", dependencies: ["HostKernel", "Hardware", "PageTables"], swiftSettings: debug()),
         // Layer 3, beside Hypervisor: a guest's own kernel (its direct map through the shared
         // change_page_attr engine) and each architecture's conversion protocol.
-        .target(name: "GuestKernel", dependencies: ["HostKernel", "Hardware", "PageTables"]),
+        .target(name: "GuestKernel", dependencies: ["HostKernel", "Hardware", "PageTables"], swiftSettings: debug()),
         // Machine, scenarios, workloads, policies, invariants, metrics.
-        .target(name: "Simulation", dependencies: ["GuestKernel", "Hypervisor", "HostKernel", "Hardware", "PageTables", "Yams"]),
+        .target(name: "Simulation", dependencies: ["GuestKernel", "Hypervisor", "HostKernel", "Hardware", "PageTables", "Yams"], swiftSettings: debug()),
         // Renderers: the kernel's own formats (/proc/meminfo, ptdump), tables, JSON, CSV,
         // Chrome traces, SVG/HTML maps.
-        .target(name: "Reports", dependencies: ["Simulation", "GuestKernel", "HostKernel", "Hardware", "PageTables"]),
+        .target(name: "Reports", dependencies: ["Simulation", "GuestKernel", "HostKernel", "Hardware", "PageTables"], swiftSettings: debug()),
         // The library's front door: re-exports every layer.
-        .target(name: "Cocomem", dependencies: ["Reports", "Simulation", "GuestKernel", "Hypervisor", "HostKernel", "Hardware", "PageTables"]),
+        .target(name: "Cocomem", dependencies: ["Reports", "Simulation", "GuestKernel", "Hypervisor", "HostKernel", "Hardware", "PageTables"], swiftSettings: debug()),
         // The command line, as a library so tests can drive it.
         .target(
             name: "CocomemCLI",
             dependencies: [
                 "Reports", "Simulation", "GuestKernel", "Hypervisor", "HostKernel", "Hardware", "PageTables", "CReference",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ]),
-        .executableTarget(name: "cocomem", dependencies: ["CocomemCLI"]),
+            ], swiftSettings: debug()),
+        .executableTarget(name: "cocomem", dependencies: ["CocomemCLI"], swiftSettings: debug()),
         // The physical-limit reference `cocomem bench` compares the model against.
         .target(name: "CReference", cSettings: [.unsafeFlags(["-O2"])]),
 
         // `expectEqual`, `expectNotEqual`, `expectTrue`: `#expect` expanded once, not at each
         // of some 2,100 call sites (see Tests/Expectations/Expectations.swift).
-        .target(name: "Expectations", path: "Tests/Expectations"),
+        .target(name: "Expectations", path: "Tests/Expectations", swiftSettings: debug()),
 
-        .testTarget(name: "PageTablesTests", dependencies: ["PageTables", "Expectations"]),
+        .testTarget(name: "PageTablesTests", dependencies: ["PageTables", "Expectations"], swiftSettings: debug()),
         // The seeded differential tests against the naive per-unit model, apart and optimized
         // in debug too: they compare every unit of a window after every operation, 44 s of
         // CPU unoptimized and under 5 s optimized. Only their two files pay for `-O`: all of
         // PageTablesTests with it took 10 s more CPU to compile.
-        .testTarget(name: "PageTablesDifferentialTests", dependencies: ["PageTables", "Expectations"], swiftSettings: [.unsafeFlags(["-O"], .when(configuration: .debug))]),
-        .testTarget(name: "HardwareTests", dependencies: ["Hardware", "HardwareCore", "Expectations"]),
-        .testTarget(name: "HostKernelTests", dependencies: ["HostKernel", "Expectations"]),
-        .testTarget(name: "HypervisorTests", dependencies: ["Hypervisor", "Expectations"]),
-        .testTarget(name: "GuestKernelTests", dependencies: ["GuestKernel", "Expectations"]),
-        .testTarget(name: "SimulationTests", dependencies: ["Simulation", "Expectations"]),
-        .testTarget(name: "ReportsTests", dependencies: ["Reports", "Expectations"]),
-        .testTarget(name: "CocomemCLITests", dependencies: ["CocomemCLI", "Expectations"]),
-        .testTarget(name: "CocomemTests", dependencies: ["Cocomem", "Expectations"]),
+        .testTarget(name: "PageTablesDifferentialTests", dependencies: ["PageTables", "Expectations"], swiftSettings: debug(optimized: true)),
+        .testTarget(name: "HardwareTests", dependencies: ["Hardware", "HardwareCore", "Expectations"], swiftSettings: debug()),
+        .testTarget(name: "HostKernelTests", dependencies: ["HostKernel", "Expectations"], swiftSettings: debug()),
+        .testTarget(name: "HypervisorTests", dependencies: ["Hypervisor", "Expectations"], swiftSettings: debug()),
+        .testTarget(name: "GuestKernelTests", dependencies: ["GuestKernel", "Expectations"], swiftSettings: debug()),
+        .testTarget(name: "SimulationTests", dependencies: ["Simulation", "Expectations"], swiftSettings: debug()),
+        .testTarget(name: "ReportsTests", dependencies: ["Reports", "Expectations"], swiftSettings: debug()),
+        .testTarget(name: "CocomemCLITests", dependencies: ["CocomemCLI", "Expectations"], swiftSettings: debug()),
+        .testTarget(name: "CocomemTests", dependencies: ["Cocomem", "Expectations"], swiftSettings: debug()),
     ]
 )
 
