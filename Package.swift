@@ -12,7 +12,7 @@ import PackageDescription
 /// HardwareCore optimized across their files; docs/PERFORMANCE.md, session 20).
 /// The price is the incremental build: an edit rebuilds its whole target and every target
 /// above it. `COCOMEM_INCREMENTAL=1` builds in batch mode, incrementally, as SwiftPM does by
-/// default (the first build after switching rebuilds everything). The driver says "remark:
+/// default (switching can rebuild every target once). The driver says "remark:
 /// Incremental compilation has been disabled" once per target: that is this setting.
 let wholeModule = Context.environment["COCOMEM_INCREMENTAL"] == "1"
     ? [] : ["-wmo", "-num-threads", "\(ProcessInfo.processInfo.activeProcessorCount)", "-disable-batch-mode"]
