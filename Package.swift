@@ -7,7 +7,7 @@ import PackageDescription
 /// core): one frontend job per target, where batch mode runs a job per core plus one that
 /// emits the module, each parsing and type-checking the target again (the emitting job also
 /// expands every swift-testing macro again). On two cores a fresh clone's `swift test` took
-/// 2 min 36 s to 2 min 40 s instead of 2 min 55 s to 3 min 6 s: the build 190 to 208 s of CPU
+/// 2 min 36 s to 2 min 47 s instead of 2 min 55 s to 3 min 6 s: the build 190 to 208 s of CPU
 /// instead of 265 to 274 s, the test run 35 s of CPU instead of about 50 s (PageTables and
 /// HardwareCore optimized across their files; docs/PERFORMANCE.md, session 20).
 /// The price is the incremental build: an edit rebuilds its whole target and every target
@@ -55,8 +55,8 @@ let package = Package(
         // HardwareCore (Core/ and SNP/, whose RMP the tests and examples run at terabyte
         // scale) is optimized in debug builds too; Hardware (the `unoptimizedHardware`
         // folders) is not, and re-exports HardwareCore, so the layers above import only
-        // Hardware. Optimizing those folders cost about 20 s of CPU per clean build, and no
-        // test needs it.
+        // Hardware. Optimizing those folders cost about 20 s of CPU per clean build (measured
+        // in batch mode, before `debug()`), and no test needs it.
         .target(
             name: "HardwareCore", dependencies: ["PageTables"], path: "Sources/Hardware",
             exclude: unoptimizedHardware + ["Hardware.swift"],
