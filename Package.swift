@@ -7,7 +7,7 @@ import PackageDescription
 /// core): one frontend job per target, where batch mode runs a job per core plus one that
 /// emits the module, each parsing and type-checking the target again (the emitting job also
 /// expands every swift-testing macro again). On two cores a fresh clone's `swift test` took
-/// 2 min 36 s to 2 min 47 s instead of 2 min 55 s to 3 min 6 s: the build 190 to 208 s of CPU
+/// 2 min 36 s to 2 min 51 s instead of 2 min 55 s to 3 min 6 s: the build 190 to 208 s of CPU
 /// instead of 265 to 274 s, the test run 35 s of CPU instead of about 50 s (PageTables and
 /// HardwareCore optimized across their files; docs/PERFORMANCE.md, session 20).
 /// The price is the incremental build: an edit rebuilds its whole target and every target
